@@ -1,0 +1,257 @@
+import {
+  type Backend, type BinaryOp, type DType, type FusedKernels, type HostArray, type Input, type MemoryStats,
+  type ReduceOp, type UnaryOp, DTYPES, fromF32, hostArray, numel, uniformAt, isContiguous,
+} from "@lowrank/tensor";
+import { binaryKernel, unaryKernel } from "./kernels/elementwise.ts";
+import { concatKernel, gatherKernel, scatterAddKernel } from "./kernels/indexing.ts";
+import { reduceKernel } from "./kernels/reduce.ts";
+import {
+  crossEntropyBackwardRows, crossEntropyRowsKernel, rmsNormBackwardRows, rmsNormRows, softmaxBackwardRows, softmaxRows,
+} from "./kernels/fused.ts";
+import { type Num, gatherValues, isDense, numeric, offsets } from "./kernels/strided.ts";
+import { type MatmulEngine, createMatmulEngine } from "./matmul.ts";
+
+/** A CPU storage is its host array. */
+export type CpuHandle = HostArray;
+
+export interface CpuBackendOptions {
+  /** Worker threads for matmul (default: available cores - 1; 0 = main thread only). */
+  threads?: number;
+  /** Use the WASM SIMD matmul when the runtime supports it (default true). */
+  wasm?: boolean;
+}
+
+/**
+ * The CPU backend: the reference every other backend is checked against, and a usable fast
+ * path (packed matmul on WASM SIMD across worker threads). Elementwise work runs in f64/f32
+ * TypeScript loops; f16/bf16 are decoded to f32, computed, and rounded on store.
+ */
+export class CpuBackend implements Backend<CpuHandle> {
+  readonly name = "cpu";
+  readonly dtypes: readonly DType[] = DTYPES;
+  private live = 0;
+  private peak = 0;
+  private buffers = 0;
+  readonly engine: MatmulEngine;
+  readonly fused: FusedKernels<CpuHandle>;
+
+  constructor(opts: CpuBackendOptions = {}) {
+    this.engine = createMatmulEngine(opts);
+    this.fused = makeFused(this);
+  }
+
+  get device(): string {
+    return `cpu (${this.engine.describe()})`;
+  }
+
+  // ---- memory ----
+  /** @internal register a freshly allocated array */
+  own<T extends HostArray>(a: T): T {
+    this.live += a.byteLength;
+    this.buffers++;
+    if (this.live > this.peak) this.peak = this.live;
+    return a;
+  }
+  alloc(dtype: DType, n: number): HostArray {
+    return this.own(hostArray(dtype, n));
+  }
+  upload(data: HostArray, dtype: DType): CpuHandle {
+    const a = hostArray(dtype, data.length);
+    (a as Uint8Array).set(data as Uint8Array);
+    return this.own(a);
+  }
+  async read(h: CpuHandle, dtype: DType, size: number): Promise<HostArray> {
+    return this.readSync(h, dtype, size);
+  }
+  readSync(h: CpuHandle, _dtype: DType, size: number): HostArray {
+    return h.slice(0, size) as HostArray;
+  }
+  free(h: CpuHandle): void {
+    this.live -= h.byteLength;
+    this.buffers--;
+  }
+  memory(): MemoryStats {
+    return { liveBytes: this.live, peakBytes: this.peak, liveBuffers: this.buffers };
+  }
+  resetPeak(): void {
+    this.peak = this.live;
+  }
+  async sync(): Promise<void> {}
+  dispose(): void {
+    this.engine.dispose();
+  }
+
+  /** Store f32/f64/int values as `dtype`. */
+  private store(dtype: DType, values: Num): CpuHandle {
+    if (dtype === "f16" || dtype === "bf16") return this.own(fromF32(dtype, values instanceof Float32Array ? values : Float32Array.from(values)));
+    if (values instanceof Float64Array || values.constructor !== hostArray(dtype, 0).constructor) {
+      const a = hostArray(dtype, values.length);
+      (a as Float32Array).set(values);
+      return this.own(a);
+    }
+    return this.own(values as HostArray);
+  }
+  /** Output array for a computation: f32 for floats (rounded into f16/bf16 by store), else the dtype. */
+  private scratch(dtype: DType, n: number): Float32Array | Int32Array | Uint8Array {
+    return dtype === "f16" || dtype === "bf16" ? new Float32Array(n) : (hostArray(dtype, n) as Float32Array | Int32Array | Uint8Array);
+  }
+  private values(x: Input<CpuHandle>): Num {
+    return numeric(x.dtype, x.handle);
+  }
+  /** Contiguous f32 copy (or the storage itself) of a view. */
+  packedF32(x: Input<CpuHandle>): Float32Array {
+    const v = gatherValues(this.values(x), x.view);
+    return v instanceof Float32Array ? v : Float32Array.from(v);
+  }
+
+  // ---- creation ----
+  full(size: number, value: number, dtype: DType): CpuHandle {
+    const a = this.scratch(dtype, size);
+    a.fill(value);
+    return this.store(dtype, a);
+  }
+  arange(size: number, start: number, step: number, dtype: DType): CpuHandle {
+    const a = this.scratch(dtype, size);
+    for (let i = 0; i < size; i++) a[i] = start + i * step;
+    return this.store(dtype, a);
+  }
+  random(size: number, seed: number, offset: number): CpuHandle {
+    const a = new Float32Array(size);
+    for (let i = 0; i < size; i++) a[i] = uniformAt(seed, offset + i);
+    return this.own(a);
+  }
+
+  // ---- elementwise ----
+  unary(op: UnaryOp, x: Input<CpuHandle>): CpuHandle {
+    const v = gatherValues(this.values(x), x.view);
+    const out = this.scratch(x.dtype, v.length);
+    unaryKernel(op, v, out);
+    return this.store(x.dtype, out);
+  }
+  binary(op: BinaryOp, a: Input<CpuHandle>, b: Input<CpuHandle>): CpuHandle {
+    const n = numel(a.view.shape);
+    const outDtype: DType = op === "lt" || op === "eq" ? "u8" : a.dtype;
+    const av = this.values(a);
+    const bv = this.values(b);
+    const oa = isDense(a.view, av.length) ? null : offsets(a.view);
+    const ob = isDense(b.view, bv.length) ? null : offsets(b.view);
+    const out = this.scratch(outDtype, n);
+    binaryKernel(op, av, oa, bv, ob, out);
+    return this.store(outDtype, out);
+  }
+  where(c: Input<CpuHandle>, a: Input<CpuHandle>, b: Input<CpuHandle>): CpuHandle {
+    const cv = gatherValues(this.values(c), c.view);
+    const av = gatherValues(this.values(a), a.view);
+    const bv = gatherValues(this.values(b), b.view);
+    const out = this.scratch(a.dtype, cv.length);
+    for (let i = 0; i < cv.length; i++) out[i] = cv[i] ? av[i] : bv[i];
+    return this.store(a.dtype, out);
+  }
+  cast(x: Input<CpuHandle>, to: DType): CpuHandle {
+    const v = gatherValues(this.values(x), x.view);
+    const out = this.scratch(to, v.length);
+    if (to === "i32" || to === "u8") for (let i = 0; i < v.length; i++) out[i] = Math.trunc(v[i]) || 0;
+    else out.set(v);
+    return this.store(to, out);
+  }
+  copy(x: Input<CpuHandle>): CpuHandle {
+    if (isContiguous(x.view.shape, x.view.strides)) {
+      const n = numel(x.view.shape);
+      return this.own(x.handle.slice(x.view.offset, x.view.offset + n) as HostArray);
+    }
+    const off = offsets(x.view);
+    const out = hostArray(x.dtype, off.length);
+    for (let i = 0; i < off.length; i++) out[i] = x.handle[off[i]];
+    return this.own(out);
+  }
+
+  // ---- reductions, movement, indexing ----
+  reduce(op: ReduceOp, x: Input<CpuHandle>, nReduce: number): CpuHandle {
+    const shape = x.view.shape;
+    const inner = numel(shape.slice(shape.length - nReduce));
+    const outer = numel(shape.slice(0, shape.length - nReduce));
+    const v = gatherValues(this.values(x), x.view);
+    const out = this.scratch(x.dtype, outer);
+    reduceKernel(op, v, outer, inner, out);
+    return this.store(x.dtype, out);
+  }
+  concat(xs: Input<CpuHandle>[], axis: number): CpuHandle {
+    const parts = xs.map((x) => gatherValues(x.handle as Num, x.view));
+    const total = parts.reduce((s, p) => s + p.length, 0);
+    const out = hostArray(xs[0].dtype, total);
+    concatKernel(parts, xs.map((x) => x.view.shape), axis, out as Num);
+    return this.own(out);
+  }
+  matmul(a: Input<CpuHandle>, b: Input<CpuHandle>): CpuHandle {
+    const sa = a.view.shape;
+    const sb = b.view.shape;
+    const M = sa[sa.length - 2], K = sa[sa.length - 1], N = sb[sb.length - 1];
+    const batch = numel(sa.slice(0, -2));
+    const A = this.packedF32(a);
+    const B = this.packedF32(b);
+    const C = new Float32Array(batch * M * N);
+    for (let i = 0; i < batch; i++) {
+      this.engine.matmul(A.subarray(i * M * K, (i + 1) * M * K), B.subarray(i * K * N, (i + 1) * K * N), C.subarray(i * M * N, (i + 1) * M * N), M, N, K);
+    }
+    return this.store(a.dtype, C);
+  }
+  gather(x: Input<CpuHandle>, idx: Input<CpuHandle>, axis: number): CpuHandle {
+    const xv = gatherValues(this.values(x), x.view);
+    const iv = gatherValues(idx.handle as Num, idx.view);
+    const out = this.scratch(x.dtype, iv.length) as Num;
+    gatherKernel(xv, x.view.shape, iv, idx.view.shape, axis, out);
+    return this.store(x.dtype, out);
+  }
+  scatterAdd(shape: readonly number[], dtype: DType, idx: Input<CpuHandle>, src: Input<CpuHandle>, axis: number): CpuHandle {
+    const acc = new Float64Array(numel(shape));
+    const iv = gatherValues(idx.handle as Num, idx.view);
+    const sv = gatherValues(this.values(src), src.view);
+    scatterAddKernel(acc, shape, iv, sv, src.view.shape, axis);
+    return this.store(dtype, acc);
+  }
+}
+
+function makeFused(be: CpuBackend): FusedKernels<CpuHandle> {
+  const rowsOf = (x: Input<CpuHandle>) => {
+    const s = x.view.shape;
+    const n = s[s.length - 1];
+    return { rows: numel(s) / n, n };
+  };
+  const out = (dtype: DType, v: Float32Array): CpuHandle =>
+    dtype === "f32" ? be.own(v) : be.own(fromF32(dtype, v));
+  return {
+    softmax: (x) => { const { rows, n } = rowsOf(x); const y = new Float32Array(rows * n); softmaxRows(be.packedF32(x), rows, n, y, false); return out(x.dtype, y); },
+    logSoftmax: (x) => { const { rows, n } = rowsOf(x); const y = new Float32Array(rows * n); softmaxRows(be.packedF32(x), rows, n, y, true); return out(x.dtype, y); },
+    softmaxBackward: (y, gy) => { const { rows, n } = rowsOf(y); const g = new Float32Array(rows * n); softmaxBackwardRows(be.packedF32(y), be.packedF32(gy), rows, n, g, false); return out(y.dtype, g); },
+    logSoftmaxBackward: (y, gy) => { const { rows, n } = rowsOf(y); const g = new Float32Array(rows * n); softmaxBackwardRows(be.packedF32(y), be.packedF32(gy), rows, n, g, true); return out(y.dtype, g); },
+    rmsNorm: (x, w, eps) => {
+      const { rows, n } = rowsOf(x);
+      const y = new Float32Array(rows * n);
+      const rstd = new Float32Array(rows);
+      rmsNormRows(be.packedF32(x), be.packedF32(w), rows, n, eps, y, rstd);
+      return { out: out(x.dtype, y), rstd: be.own(rstd) };
+    },
+    rmsNormBackward: (x, w, rstd, gy) => {
+      const { rows, n } = rowsOf(x);
+      const gx = new Float32Array(rows * n);
+      const gw = new Float64Array(n);
+      rmsNormBackwardRows(be.packedF32(x), be.packedF32(w), be.packedF32(rstd), be.packedF32(gy), rows, n, gx, gw);
+      return { gx: out(x.dtype, gx), gw: out(w.dtype, Float32Array.from(gw)) };
+    },
+    crossEntropy: (logits, targets, ignore) => {
+      const { rows, n } = rowsOf(logits);
+      const loss = new Float32Array(rows);
+      const lse = new Float32Array(rows);
+      const t = gatherValues(targets.handle as Num, targets.view) as Int32Array;
+      crossEntropyRowsKernel(be.packedF32(logits), t, rows, n, ignore, loss, lse);
+      return { loss: out(logits.dtype, loss), lse: be.own(lse) };
+    },
+    crossEntropyBackward: (logits, targets, lse, g, ignore) => {
+      const { rows, n } = rowsOf(logits);
+      const gl = new Float32Array(rows * n);
+      const t = gatherValues(targets.handle as Num, targets.view) as Int32Array;
+      crossEntropyBackwardRows(be.packedF32(logits), t, be.packedF32(lse), be.packedF32(g), rows, n, ignore, gl);
+      return out(logits.dtype, gl);
+    },
+  };
+}

@@ -1,0 +1,107 @@
+import type { DType, HostArray } from "./dtype.ts";
+
+/**
+ * A strided window onto a storage, in elements: element `[i0, i1, ...]` lives at
+ * `offset + i0*strides[0] + i1*strides[1] + ...`. A stride of 0 broadcasts.
+ */
+export interface View {
+  readonly shape: readonly number[];
+  readonly strides: readonly number[];
+  readonly offset: number;
+}
+
+/** What a kernel reads: a backend storage handle, its element type and a view onto it. */
+export interface Input<H = unknown> {
+  readonly handle: H;
+  readonly dtype: DType;
+  readonly view: View;
+}
+
+export type UnaryOp = "neg" | "exp" | "log" | "sqrt" | "recip" | "sin" | "cos" | "tanh" | "sigmoid" | "abs" | "relu";
+export type BinaryOp = "add" | "sub" | "mul" | "div" | "max" | "min" | "pow" | "lt" | "eq";
+export type ReduceOp = "sum" | "max";
+
+export interface MemoryStats {
+  /** Bytes held by live storages right now. */
+  liveBytes: number;
+  /** Highest `liveBytes` since creation or the last `resetPeak()`. */
+  peakBytes: number;
+  /** Number of live storages. */
+  liveBuffers: number;
+}
+
+/**
+ * The closed set of primitives a device implements. Every kernel returns a fresh, contiguous
+ * (row-major) storage. Inputs may be strided views (permuted, sliced, broadcast with stride 0).
+ * Dispatch is synchronous (work may be queued); only reading back is asynchronous.
+ * Gradients are not the backend's concern: they live in the core's gradient table (grad.ts).
+ */
+export interface Backend<H = unknown> {
+  readonly name: string;
+  /** Human-readable device description (adapter name, threads, SIMD). */
+  readonly device: string;
+  /** Element types this backend can store and compute with. */
+  readonly dtypes: readonly DType[];
+
+  // ---- memory ----
+  upload(data: HostArray, dtype: DType): H;
+  read(handle: H, dtype: DType, size: number): Promise<HostArray>;
+  /** Synchronous read, only where the device allows it (CPU). */
+  readSync?(handle: H, dtype: DType, size: number): HostArray;
+  free(handle: H): void;
+  memory(): MemoryStats;
+  resetPeak(): void;
+  /** Wait for queued work (no-op on synchronous devices). */
+  sync(): Promise<void>;
+  /** Release the device and any threads; the backend is unusable afterwards. */
+  dispose(): void;
+
+  // ---- creation ----
+  full(size: number, value: number, dtype: DType): H;
+  arange(size: number, start: number, step: number, dtype: DType): H;
+  /** Uniform [0, 1) from the counter-based hash `uniformAt(seed, offset + i)` (random.ts), f32. */
+  random(size: number, seed: number, offset: number): H;
+
+  // ---- elementwise (inputs already broadcast to the output shape) ----
+  unary(op: UnaryOp, x: Input<H>): H;
+  /** Comparisons (`lt`, `eq`) produce u8; others the input dtype. */
+  binary(op: BinaryOp, a: Input<H>, b: Input<H>): H;
+  /** `cond` is u8 (non-zero = take `a`). */
+  where(cond: Input<H>, a: Input<H>, b: Input<H>): H;
+  cast(x: Input<H>, to: DType): H;
+  /** Materialise a strided view contiguously. */
+  copy(x: Input<H>): H;
+
+  // ---- reductions, movement, indexing, matmul ----
+  /** Reduce the last `nReduce` dims of the view; output shape = the leading dims. */
+  reduce(op: ReduceOp, x: Input<H>, nReduce: number): H;
+  concat(xs: Input<H>[], axis: number): H;
+  /** Batched matmul: a [..., M, K] x b [..., K, N] with identical (already broadcast) batch dims. */
+  matmul(a: Input<H>, b: Input<H>): H;
+  /** torch.gather: out[..i..] = x[..idx[..i..] at `axis`..]; out shape = idx shape; idx is i32. */
+  gather(x: Input<H>, idx: Input<H>, axis: number): H;
+  /** zeros(shape) then out[..idx[..i..] at axis..] += src[..i..]; idx and src have the same shape. */
+  scatterAdd(shape: readonly number[], dtype: DType, idx: Input<H>, src: Input<H>, axis: number): H;
+
+  /** Optional fused kernels for composites (see fused.ts); missing ones fall back to primitives. */
+  readonly fused?: Partial<FusedKernels<H>>;
+}
+
+/** Fused kernels a backend may provide. All operate on the last axis of contiguous inputs. */
+export interface FusedKernels<H = unknown> {
+  /** softmax over the last axis of [rows, n]. */
+  softmax(x: Input<H>): H;
+  /** grad of softmax: gx = y * (gy - sum(gy*y)). */
+  softmaxBackward(y: Input<H>, gy: Input<H>): H;
+  logSoftmax(x: Input<H>): H;
+  logSoftmaxBackward(y: Input<H>, gy: Input<H>): H;
+  /** y = x * rsqrt(mean(x^2) + eps) * w over the last axis; also returns rstd [rows] (f32). */
+  rmsNorm(x: Input<H>, w: Input<H>, eps: number): { out: H; rstd: H };
+  rmsNormBackward(x: Input<H>, w: Input<H>, rstd: Input<H>, gy: Input<H>): { gx: H; gw: H };
+  /** Per-row loss of logits [rows, V] vs i32 targets [rows]; rows with target == ignoreIndex give 0. Returns loss and logsumexp. */
+  crossEntropy(logits: Input<H>, targets: Input<H>, ignoreIndex: number): { loss: H; lse: H };
+  /** d loss_row / d logits scaled per row by g [rows]. */
+  crossEntropyBackward(logits: Input<H>, targets: Input<H>, lse: Input<H>, g: Input<H>, ignoreIndex: number): H;
+}
+
+export type FusedName = keyof FusedKernels;

@@ -1,0 +1,14 @@
+export type { Backend, BinaryOp, FusedKernels, FusedName, Input, MemoryStats, ReduceOp, UnaryOp, View } from "./backend.ts";
+export * from "./dtype.ts";
+export * from "./shape.ts";
+export { hash32, uniformAt, Rng } from "./random.ts";
+export { Tensor, tensor, full, zeros, ones, arange, rand, setDefaultBackend, getDefaultBackend, fromHandle, type CreateOptions } from "./tensor.ts";
+export { noGrad, isGradEnabled, type GradCtx } from "./autograd.ts";
+export { scope, keep } from "./scope.ts";
+export { gradRules, type GradRule } from "./grad.ts";
+export {
+  reshape, permute, transpose, expand, slice, narrow, squeeze, unsqueeze, flatten, contiguous,
+  unary, binary, where, cast, reduce, mean, sumTo, matmul, gather, scatterAdd, embedding, concat, stack,
+} from "./ops.ts";
+export * from "./functional.ts";
+export { crossEntropyRows } from "./fused.ts";
