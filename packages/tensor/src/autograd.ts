@@ -71,6 +71,7 @@ function releaseNode(t: Tensor): void {
   for (const s of n.ctx.saved) s?.dispose();
   n.ctx.out?.dispose();
   t._node = null;
+  t._released = true;
 }
 
 /** Tensors reachable from `root` through nodes, inputs before outputs (iterative: graphs can be deep). */
@@ -103,6 +104,9 @@ export function releaseGraph(root: Tensor): void {
 }
 
 export function backward(root: Tensor, seed: Tensor | undefined, opts: { retainGraph?: boolean } = {}): void {
+  if (root._released) {
+    throw new Error(`backward: the graph behind ${root.describe()} was already released; pass { retainGraph: true } to the first backward() to call it twice`);
+  }
   if (!root.requiresGrad) throw new Error(`backward: ${root.describe()} does not require grad (no trainable input reached it)`);
   if (!seed && root.size !== 1) throw new Error(`backward: ${root.describe()} is not a scalar; pass the output gradient`);
   if (seed && !sameShape(seed.shape, root.shape)) {

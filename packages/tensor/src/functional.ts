@@ -23,7 +23,7 @@ export function gelu(x: Tensor, approximate: "none" | "tanh" = "none"): Tensor {
 /** erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), differentiable through primitives. */
 export function erf(x: Tensor): Tensor {
   return scope(() => {
-    const sign = ops.where(x.lt(0), -1, 1);
+    const sign = ops.binary("sub", 1, x.lt(0).cast(x.dtype).mul(2));
     const a = x.abs();
     const t = a.mul(0.3275911).add(1).recip();
     const poly = t.mul(1.061405429).add(-1.453152027).mul(t).add(1.421413741).mul(t).add(-0.284496736).mul(t).add(0.254829592).mul(t);

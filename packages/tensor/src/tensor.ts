@@ -31,8 +31,9 @@ let nextId = 1;
 export class Tensor implements Disposable {
   readonly id = nextId++;
   readonly shape: readonly number[];
-  readonly strides: readonly number[];
-  readonly offset: number;
+  /** Element strides and offset into the storage (change only through `assign`). */
+  strides: readonly number[];
+  offset: number;
   readonly dtype: DType;
   /** Set on leaves that should receive a gradient. Non-leaf tensors derive it from their inputs. */
   requiresGrad = false;
@@ -42,6 +43,8 @@ export class Tensor implements Disposable {
   name?: string;
   /** @internal autograd node that produced this tensor. */
   _node: Node | null = null;
+  /** @internal set when backward released the node that produced this tensor. */
+  _released = false;
   private _storage: Storage | null;
 
   /** @internal use the factories (`tensor`, `zeros`, ...) */
@@ -93,10 +96,28 @@ export class Tensor implements Disposable {
     return new Tensor(this.storage.retain(), view, this.dtype, register);
   }
 
+  /**
+   * Replace this tensor's contents with `src` (same shape and dtype), keeping the object, so
+   * modules and optimizers hold stable parameter references. Shares `src`'s storage; not
+   * recorded by autograd. Graph nodes that saved the old value keep their own reference.
+   */
+  assign(src: Tensor): this {
+    if (src.dtype !== this.dtype || src.shape.length !== this.shape.length || src.shape.some((d, i) => d !== this.shape[i])) {
+      throw new RangeError(`assign: ${src.describe()} does not match ${this.describe()}`);
+    }
+    if (this._node) throw new Error(`assign: ${this.describe()} is computed; assign only to leaves`);
+    const st = src.storage.retain();
+    this._storage?.release();
+    this._storage = st;
+    this.strides = src.strides;
+    this.offset = src.offset;
+    return this;
+  }
+
   // ---- reading ----
   /** Values in row-major order. f16/bf16 decode to f32. */
   async read(): Promise<Float32Array | Int32Array | Uint8Array> {
-    const t = this.isContiguous && this.offset === 0 && this.storage.size === this.size ? this : ops.contiguous(this);
+    const t = this.dense();
     try {
       const raw = await t.backend.read(t.storage.handle, t.dtype, t.size);
       return decode(t.dtype, raw);
@@ -108,12 +129,17 @@ export class Tensor implements Disposable {
   readSync(): Float32Array | Int32Array | Uint8Array {
     const b = this.backend;
     if (!b.readSync) throw new Error(`backend ${b.name} has no synchronous read; use await tensor.read()`);
-    const t = this.isContiguous && this.offset === 0 && this.storage.size === this.size ? this : ops.contiguous(this);
+    const t = this.dense();
     try {
       return decode(t.dtype, b.readSync(t.storage.handle, t.dtype, t.size));
     } finally {
       if (t !== this) t.dispose();
     }
+  }
+  /** This tensor if it exactly covers its storage in row-major order, else a packed copy (no graph). */
+  private dense(): Tensor {
+    if (this.isContiguous && this.offset === 0 && this.storage.size === this.size) return this;
+    return fromHandle(this.backend, this.backend.copy(this.input), this.shape, this.dtype);
   }
   async item(): Promise<number> {
     if (this.size !== 1) throw new RangeError(`item() needs one element, ${this.describe()} has ${this.size}`);

@@ -1,0 +1,19 @@
+/**
+ * The backend conformance suite. Every backend runs it:
+ *
+ *   import { test } from "node:test";
+ *   import { conformanceSuite } from "@lowrank/tensor/testing";
+ *   conformanceSuite({ backend: myBackend, test });
+ */
+import { forwardSuite } from "./forward.ts";
+import { gradientSuite } from "./gradients.ts";
+import type { SuiteOptions } from "./util.ts";
+
+export { gradcheck, coveredOps, type GradcheckOptions, type GradcheckResult } from "./gradcheck.ts";
+export { expectClose, rnd, spread, withoutFused, type SuiteOptions, type TestFn } from "./util.ts";
+export * as oracle from "./oracle.ts";
+
+export function conformanceSuite(opts: SuiteOptions): void {
+  forwardSuite(opts);
+  gradientSuite(opts);
+}
