@@ -1,0 +1,23 @@
+/** Where models and datasets live: --data-dir, else LOWRANK_DATA_DIR, else ../shared/data beside the repo. */
+import { existsSync } from "node:fs";
+import { resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export interface DataDir {
+  path: string;
+  source: "--data-dir" | "LOWRANK_DATA_DIR" | "default";
+  exists: boolean;
+}
+
+/** apps/cli/src -> repository root -> its parent. */
+const DEFAULT_DATA_DIR = fileURLToPath(new URL("../../../../shared/data", import.meta.url));
+
+export function resolveDataDir(flag: string | undefined, env: Record<string, string | undefined>): DataDir {
+  const [raw, source]: [string, DataDir["source"]] = flag
+    ? [flag, "--data-dir"]
+    : env.LOWRANK_DATA_DIR
+      ? [env.LOWRANK_DATA_DIR, "LOWRANK_DATA_DIR"]
+      : [DEFAULT_DATA_DIR, "default"];
+  const path = resolve(raw);
+  return { path, source, exists: existsSync(path) };
+}

@@ -1,0 +1,62 @@
+/** Backend selection, in process (no spawning). */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { autoChoice, BackendError, resolveChoice, selectBackend, type WebGpuProbe } from "../src/backends.ts";
+import { resolveDataDir } from "../src/data-dir.ts";
+
+const found: WebGpuProbe = {
+  available: true, runtime: "node", implementation: "Dawn (webgpu npm)", f16: true,
+  adapter: { vendor: "mesa", architecture: "software", description: "llvmpipe: Mesa 25.0.7 (LLVM 15.0.6)" },
+  description: "llvmpipe: Mesa 25.0.7 (LLVM 15.0.6) (vendor mesa, software)",
+};
+const missing: WebGpuProbe = { available: false, runtime: "node", reason: "no-adapter", cause: "WebGPU unavailable (node, no-adapter): no adapter found" };
+
+test("option beats LOWRANK_BACKEND beats auto", () => {
+  assert.deepEqual(resolveChoice("cpu", { LOWRANK_BACKEND: "webgpu" }), { requested: "cpu", source: "--backend" });
+  assert.deepEqual(resolveChoice(undefined, { LOWRANK_BACKEND: "webgpu" }), { requested: "webgpu", source: "LOWRANK_BACKEND" });
+  assert.deepEqual(resolveChoice(undefined, {}), { requested: "auto", source: "default" });
+  assert.deepEqual(resolveChoice(undefined, { LOWRANK_BACKEND: "" }), { requested: "auto", source: "default" });
+});
+
+test("bad values name the source and the valid choices", () => {
+  assert.throws(() => resolveChoice(undefined, { LOWRANK_BACKEND: "bogus" }), (err: unknown) => {
+    assert.ok(err instanceof BackendError && err.usage);
+    assert.equal(err.message, "LOWRANK_BACKEND=bogus is not a backend: use one of auto, cpu, webgpu");
+    return true;
+  });
+  assert.throws(() => resolveChoice("gpu", {}), /--backend gpu is not a backend/);
+});
+
+test("auto picks cpu while the WebGPU kernels are missing, and says why", async () => {
+  assert.deepEqual(autoChoice(found), { name: "cpu", reason: "webgpu adapter llvmpipe found; WebGPU kernels not implemented yet (issue 3)" });
+  assert.equal(autoChoice(missing).reason, "webgpu unavailable (no-adapter)");
+  const sel = await selectBackend(undefined, {}, found);
+  try {
+    assert.equal(sel.name, "cpu");
+    assert.equal(sel.backend.name, "cpu");
+    assert.equal(sel.source, "default");
+    assert.match(sel.reason, /llvmpipe found; WebGPU kernels not implemented yet/);
+  } finally {
+    sel.backend.dispose();
+  }
+});
+
+test("explicit webgpu fails with the cause", async () => {
+  await assert.rejects(selectBackend("webgpu", {}, found), /--backend webgpu: the webgpu backend cannot run: webgpu adapter llvmpipe found, but WebGPU kernels not implemented yet \(issue 3\)/);
+  await assert.rejects(selectBackend(undefined, { LOWRANK_BACKEND: "webgpu" }, missing), /LOWRANK_BACKEND=webgpu: .*no adapter found/);
+});
+
+test("cpu needs no WebGPU probe", async () => {
+  const sel = await selectBackend("cpu", {});
+  sel.backend.dispose();
+  assert.equal(sel.name, "cpu");
+  assert.equal(sel.reason, "requested by --backend cpu");
+});
+
+test("data dir: flag, then LOWRANK_DATA_DIR, then ../shared/data beside the repo", () => {
+  assert.equal(resolveDataDir("/x/y", { LOWRANK_DATA_DIR: "/a" }).source, "--data-dir");
+  assert.equal(resolveDataDir(undefined, { LOWRANK_DATA_DIR: "/a" }).path, "/a");
+  const d = resolveDataDir(undefined, {});
+  assert.equal(d.source, "default");
+  assert.match(d.path, /[/\\]shared[/\\]data$/);
+});

@@ -1,0 +1,126 @@
+/** The lowrank command end to end: spawned under Node (bin), Bun and Deno (src/main.ts). */
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { test } from "node:test";
+import { fileURLToPath } from "node:url";
+
+const CLI_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+const ROOT = resolve(CLI_DIR, "../..");
+const BIN = join(CLI_DIR, "bin", "lowrank.mjs");
+const MAIN = join(CLI_DIR, "src", "main.ts");
+const VERSION = (JSON.parse(readFileSync(join(CLI_DIR, "package.json"), "utf8")) as { version: string }).version;
+
+type Runtime = "node" | "bun" | "deno";
+
+function command(runtime: Runtime): [string, string[]] | undefined {
+  if (runtime === "node") return ["Bun" in globalThis || "Deno" in globalThis ? "node" : process.execPath, [BIN]];
+  const bin = join(ROOT, "node_modules", ".bin", runtime);
+  if (!existsSync(bin)) return undefined;
+  return runtime === "bun" ? [bin, [MAIN]] : [bin, ["run", "-A", "--unstable-webgpu", MAIN]];
+}
+
+interface Result {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function lowrank(runtime: Runtime, args: string[], env: Record<string, string | undefined> = {}): Promise<Result> {
+  const [cmd, pre] = command(runtime)!;
+  return new Promise((done, fail) => {
+    const child = spawn(cmd, [...pre, ...args], { cwd: ROOT, env: { ...process.env, LOWRANK_BACKEND: undefined, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d));
+    child.stderr.on("data", (d: Buffer) => (stderr += d));
+    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+    child.on("error", fail);
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      done({ code, stdout, stderr: stderr.replace(/^Warning: maxDynamic\w+ artificially reduced.*\n?/gm, "") });
+    });
+  });
+}
+
+const show = (r: Result): string => `exit ${r.code}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`;
+
+test("--help lists the commands that exist", async () => {
+  const r = await lowrank("node", ["--help"]);
+  assert.equal(r.code, 0, show(r));
+  assert.match(r.stdout, /^Usage: lowrank <command>/m);
+  assert.match(r.stdout, /^ {2}backends /m);
+  assert.match(r.stdout, /--backend <auto\|cpu\|webgpu>/);
+  for (const planned of ["generate", "merge", "quantize", "bench", "serve"]) assert.doesNotMatch(r.stdout, new RegExp(`^  ${planned}\\b`, "m"));
+});
+
+test("--version prints the CLI package version", async () => {
+  const r = await lowrank("node", ["--version"]);
+  assert.equal(r.code, 0, show(r));
+  assert.equal(r.stdout.trim(), VERSION);
+});
+
+for (const runtime of ["node", "bun", "deno"] as const) {
+  test(`backends under ${runtime}: cpu, webgpu adapter or reason, auto choice`, async (t) => {
+    if (!command(runtime)) return t.skip(`${runtime} is not installed (npm install at the repository root)`);
+    const r = await lowrank(runtime, ["backends"]);
+    assert.equal(r.code, 0, show(r));
+    assert.match(r.stdout, new RegExp(`^lowrank ${VERSION.replace(/\./g, "\\.")} on ${runtime} `, "m"), show(r));
+    assert.match(r.stdout, /^ {2}cpu {5}cpu \(/m, show(r));
+    assert.match(r.stdout, /^ {2}webgpu {2}(\S.* via .*|unavailable: .+)$/m, show(r));
+    // No WebGPU kernels yet: auto must pick cpu and say why.
+    assert.match(r.stdout, /^auto: cpu \((webgpu adapter .+ found; WebGPU kernels not implemented yet \(issue 3\)|webgpu unavailable.*)\)$/m, show(r));
+    t.diagnostic(r.stdout.split("\n").find((l) => l.startsWith("  webgpu")) ?? "");
+  });
+}
+
+test("backends --json is machine-readable", async () => {
+  const r = await lowrank("node", ["backends", "--json"]);
+  assert.equal(r.code, 0, show(r));
+  const j = JSON.parse(r.stdout) as { runtime: string; auto: { name: string }; selected: { name: string }; webgpu: { available: boolean } };
+  assert.equal(j.runtime, "node");
+  assert.equal(j.auto.name, "cpu");
+  assert.equal(j.selected.name, "cpu");
+  assert.equal(typeof j.webgpu.available, "boolean");
+});
+
+test("LOWRANK_BACKEND=bogus is a clear usage error", async () => {
+  const r = await lowrank("node", ["backends"], { LOWRANK_BACKEND: "bogus" });
+  assert.equal(r.code, 2, show(r));
+  assert.match(r.stderr, /LOWRANK_BACKEND=bogus is not a backend: use one of auto, cpu, webgpu/);
+});
+
+test("--backend overrides LOWRANK_BACKEND", async () => {
+  const r = await lowrank("node", ["backends", "--backend", "cpu"], { LOWRANK_BACKEND: "bogus" });
+  assert.equal(r.code, 0, show(r));
+  assert.match(r.stdout, /^selected: cpu \(requested by --backend cpu\)$/m);
+});
+
+test("explicit webgpu fails with the reason until the kernels exist", async () => {
+  const r = await lowrank("node", ["backends"], { LOWRANK_BACKEND: "webgpu" });
+  assert.equal(r.code, 1, show(r));
+  assert.match(r.stdout, /^selected: error: LOWRANK_BACKEND=webgpu: the webgpu backend cannot run: .+Use --backend cpu/m);
+});
+
+test("finetune is a placeholder that says so", async () => {
+  const r = await lowrank("node", ["finetune"]);
+  assert.equal(r.code, 2, show(r));
+  assert.equal(r.stderr.trim(), "not available yet: the trainer lands with issue 7");
+});
+
+test("unknown commands and options are usage errors", async () => {
+  for (const args of [["frobnicate"], ["--frobnicate"]]) {
+    const r = await lowrank("node", args);
+    assert.equal(r.code, 2, show(r));
+    assert.match(r.stderr, /see lowrank --help/);
+  }
+});
+
+test("without a Vulkan driver, webgpu is unavailable with the fix and auto picks cpu", async (t) => {
+  if (process.platform !== "linux") return t.skip("VK_ICD_FILENAMES hides the drivers only on Linux");
+  const r = await lowrank("node", ["backends"], { VK_ICD_FILENAMES: "/nonexistent/icd.json" });
+  assert.equal(r.code, 0, show(r));
+  assert.match(r.stdout, /^ {2}webgpu {2}unavailable: WebGPU unavailable \(node, no-adapter\): .*scripts\/install-system\.sh/m, show(r));
+  assert.match(r.stdout, /^auto: cpu \(webgpu unavailable \(no-adapter\)\)$/m, show(r));
+});
