@@ -1,0 +1,18 @@
+export {
+  Module, ModuleList, type TensorModule, type StateDictReport, type LoadStateDictOptions, type TensorSpec,
+  type ParamOptions, type ParamRole, type Init, placeholderInit, randomInit,
+} from "./module.ts";
+export { Linear, type LinearOptions, Embedding, RMSNorm } from "./layers.ts";
+export { KVCache } from "./kv-cache.ts";
+export {
+  LlamaForCausalLM, LlamaModel, LlamaDecoderLayer, LlamaAttention, LlamaMLP, type LlamaConfig, type LlamaOptions,
+  type LlamaForwardOptions, type LayerContext, type RopeScaling, parseLlamaConfig, llamaConfigToHf, ropeInvFreq,
+} from "./models/llama.ts";
+export { loadHfModel, saveHfModel, type LoadOptions, type SaveOptions } from "./loaders/hf.ts";
+export { loadLlama2c, llama2cFromBytes, readLlama2cHeader, llama2cConfigJson, permuteRotaryRows, type Llama2cHeader } from "./loaders/llama2c.ts";
+export { type TextTokenizer, type EncodeOptions, type DecodeOptions, HfTokenizer, loadTokenizer, TextStream } from "./loaders/tokenizer.ts";
+export { Llama2cTokenizer, loadLlama2cTokenizer } from "./loaders/llama2c-tokenizer.ts";
+export { resolveDataDir, type DataDirOptions } from "./loaders/data-dir.ts";
+export {
+  generate, generateIds, streamText, sampleNext, argmax, type CausalLM, type GenerateOptions, type SamplingOptions,
+} from "./generate.ts";

@@ -1,0 +1,107 @@
+/**
+ * Tokenizers behind one small interface: Hugging Face tokenizer.json (through
+ * @huggingface/tokenizers) and llama2.c's tok*.bin (llama2c-tokenizer.ts).
+ */
+import { Tokenizer } from "@huggingface/tokenizers";
+import { joinPath, pathExists, readJson } from "./files.ts";
+
+export interface EncodeOptions {
+  /** Add the tokenizer's special tokens, BOS for Llama (default true). */
+  addSpecialTokens?: boolean;
+}
+
+export interface DecodeOptions {
+  /** Leave out BOS/EOS/UNK and other special tokens (default true). */
+  skipSpecialTokens?: boolean;
+}
+
+export interface TextTokenizer {
+  readonly vocabSize: number;
+  readonly bosTokenId: number | null;
+  readonly eosTokenId: number | null;
+  encode(text: string, opts?: EncodeOptions): number[];
+  decode(ids: readonly number[], opts?: DecodeOptions): string;
+}
+
+/** A tokenizer.json + tokenizer_config.json pair through @huggingface/tokenizers. */
+export class HfTokenizer implements TextTokenizer {
+  readonly tokenizer: Tokenizer;
+  readonly bosTokenId: number | null;
+  readonly eosTokenId: number | null;
+  readonly vocabSize: number;
+
+  constructor(tokenizerJson: object, tokenizerConfig: object = {}) {
+    this.tokenizer = new Tokenizer(tokenizerJson, tokenizerConfig);
+    const cfg = tokenizerConfig as Record<string, unknown>;
+    const id = (tok: unknown): number | null => {
+      const content = typeof tok === "string" ? tok : (tok as { content?: unknown } | null)?.content;
+      return typeof content === "string" ? (this.tokenizer.token_to_id(content) ?? null) : null;
+    };
+    this.bosTokenId = id(cfg.bos_token);
+    this.eosTokenId = id(cfg.eos_token);
+    this.vocabSize = this.tokenizer.get_vocab(true).size;
+  }
+
+  encode(text: string, opts: EncodeOptions = {}): number[] {
+    return this.tokenizer.encode(text, { add_special_tokens: opts.addSpecialTokens ?? true }).ids;
+  }
+
+  decode(ids: readonly number[], opts: DecodeOptions = {}): string {
+    return this.tokenizer.decode([...ids], { skip_special_tokens: opts.skipSpecialTokens ?? true });
+  }
+}
+
+/** Load `dir/tokenizer.json` (required) and `dir/tokenizer_config.json` (optional). */
+export async function loadTokenizer(dir: string): Promise<HfTokenizer> {
+  const jsonPath = await joinPath(dir, "tokenizer.json");
+  const configPath = await joinPath(dir, "tokenizer_config.json");
+  const json = await readJson(jsonPath, "the Hugging Face tokenizer.json");
+  const config = (await pathExists(configPath)) ? await readJson(configPath, "tokenizer_config.json") : {};
+  if (typeof json !== "object" || json === null || !("model" in json)) throw new Error(`${jsonPath}: not a tokenizer.json (no "model" section)`);
+  try {
+    return new HfTokenizer(json, config as object);
+  } catch (e) {
+    throw new Error(`${jsonPath}: cannot build the tokenizer: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/**
+ * Incremental detokenization for streaming: text is emitted once it is complete (no dangling
+ * byte-fallback piece of a multi-byte character). Decoding a short window of recent ids and
+ * diffing (as text-generation-inference does) keeps it linear, and keeps context-dependent
+ * details (a leading space stripped at the start) the same as decoding everything at once.
+ */
+export class TextStream {
+  readonly #tok: TextTokenizer;
+  readonly #ids: number[];
+  #prefix: number;
+  #read: number;
+
+  constructor(tokenizer: TextTokenizer, promptIds: readonly number[] = []) {
+    this.#tok = tokenizer;
+    this.#ids = [...promptIds];
+    this.#prefix = Math.max(0, promptIds.length - 5);
+    this.#read = promptIds.length;
+  }
+
+  /** Add one id; returns the text it completes ("" while a character is still partial). */
+  push(id: number): string {
+    this.#ids.push(id);
+    const before = this.#tok.decode(this.#ids.slice(this.#prefix, this.#read));
+    const after = this.#tok.decode(this.#ids.slice(this.#prefix));
+    if (after.length > before.length && !after.endsWith("\uFFFD")) {
+      this.#prefix = this.#read;
+      this.#read = this.#ids.length;
+      return after.slice(before.length);
+    }
+    return "";
+  }
+
+  /** Whatever is left (a partial character comes out as U+FFFD). */
+  flush(): string {
+    const before = this.#tok.decode(this.#ids.slice(this.#prefix, this.#read));
+    const after = this.#tok.decode(this.#ids.slice(this.#prefix));
+    this.#prefix = this.#read = this.#ids.length;
+    return after.slice(before.length);
+  }
+}
