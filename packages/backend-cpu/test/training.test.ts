@@ -152,3 +152,33 @@ test("a 1,000-step training loop does not grow memory", async () => {
   assert.equal(end.liveBuffers, at10.liveBuffers, `live buffers grew from ${at10.liveBuffers} to ${end.liveBuffers}`);
   assert.equal(end.liveBytes, at10.liveBytes, `live bytes grew from ${at10.liveBytes} to ${end.liveBytes}`);
 });
+
+test("checkpoint: same gradients for parameters inside the block, fewer live bytes before backward", async () => {
+  const { checkpoint } = await import("@lowrank/tensor");
+  const rng = new Rng(4);
+  const x = tensor(Float32Array.from({ length: 64 * 32 }, () => rng.next()), { shape: [64, 32] }); // frozen input
+  const W1 = param([32, 128], rng, 0.2), W2 = param([128, 32], rng, 0.2);
+  const block = (h: Tensor) => silu(h.matmul(W1)).matmul(W2).tanh().add(h);
+  const run = (ckpt: boolean) => {
+    const base = backend.memory().liveBytes;
+    const loss = scope(() => {
+      let h = x;
+      for (let i = 0; i < 4; i++) h = ckpt ? checkpoint(block, h) : block(h);
+      return h.square().mean();
+    });
+    const held = backend.memory().liveBytes - base;
+    loss.backward();
+    const grads = [W1.grad!.readSync().slice(), W2.grad!.readSync().slice()];
+    W1.zeroGrad();
+    W2.zeroGrad();
+    loss.dispose();
+    return { held, grads };
+  };
+  const plain = run(false);
+  const ck = run(true);
+  for (let k = 0; k < 2; k++) {
+    const a = plain.grads[k], b = ck.grads[k];
+    for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i] - b[i]) <= 1e-6 + 1e-5 * Math.abs(a[i]), `grad ${k}[${i}] ${a[i]} vs ${b[i]}`);
+  }
+  assert.ok(ck.held * 3 < plain.held, `checkpointed graph holds ${ck.held} bytes vs ${plain.held}`);
+});

@@ -41,6 +41,17 @@ export function noGrad<T>(fn: () => T): T {
   }
 }
 
+/** Run `fn` with autograd recording on (inside a noGrad region, e.g. a checkpoint's recompute). */
+export function enableGrad<T>(fn: () => T): T {
+  const prev = gradEnabled;
+  gradEnabled = true;
+  try {
+    return fn();
+  } finally {
+    gradEnabled = prev;
+  }
+}
+
 /** Attach a node to `out` when any input requires grad. Saved tensors get their own storage reference. */
 export function record(out: Tensor, op: string, inputs: Tensor[], params: unknown = undefined, extraSaved?: Tensor[]): Tensor {
   if (!gradEnabled || !inputs.some((t) => t.requiresGrad)) return out;

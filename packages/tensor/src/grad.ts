@@ -8,6 +8,7 @@ import type { GradCtx } from "./autograd.ts";
 import * as ops from "./ops.ts";
 import type { Tensor } from "./tensor.ts";
 import { fusedGradRules } from "./fused.ts";
+import { checkpointGradRule } from "./checkpoint.ts";
 
 export interface GradRule {
   save?: { inputs?: number[]; out?: boolean };
@@ -159,4 +160,5 @@ export const gradRules: Record<string, GradRule> = {
     },
   },
   ...fusedGradRules,
+  ...checkpointGradRule,
 };

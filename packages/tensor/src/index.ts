@@ -3,7 +3,8 @@ export * from "./dtype.ts";
 export * from "./shape.ts";
 export { hash32, uniformAt, Rng } from "./random.ts";
 export { Tensor, tensor, full, zeros, ones, arange, rand, setDefaultBackend, getDefaultBackend, fromHandle, type CreateOptions } from "./tensor.ts";
-export { noGrad, isGradEnabled, type GradCtx } from "./autograd.ts";
+export { noGrad, enableGrad, isGradEnabled, type GradCtx } from "./autograd.ts";
+export { checkpoint } from "./checkpoint.ts";
 export { scope, keep } from "./scope.ts";
 export { gradRules, type GradRule } from "./grad.ts";
 export {

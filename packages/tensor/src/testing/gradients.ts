@@ -3,6 +3,7 @@ import type { Backend, UnaryOp } from "../backend.ts";
 import * as F from "../functional.ts";
 import { gradRules } from "../grad.ts";
 import * as ops from "../ops.ts";
+import { checkpoint } from "../checkpoint.ts";
 import type { Tensor } from "../tensor.ts";
 import { type GradcheckOptions, coveredOps, gradcheck } from "./gradcheck.ts";
 import { type SuiteOptions, rnd, spread, withoutFused } from "./util.ts";
@@ -65,6 +66,11 @@ function cases(be: Backend): Case[] {
     { name: "rope interleaved", fn: (x) => F.rope(x, tables, 2, "interleaved"), inputs: [f(rnd(12, 59), [3, 4])] },
     { name: "attention (causal, GQA)", fn: (q, k, v) => F.attention(q, k, v), inputs: [f(rnd(16, 60), [1, 2, 2, 4]), f(rnd(12, 61), [1, 1, 3, 4]), f(rnd(12, 62), [1, 1, 3, 4])] },
     { name: "dropout (fixed seed)", fn: (x) => F.dropout(x, 0.3, 5), inputs: [f(rnd(8, 63), [8])] },
+    {
+      name: "checkpoint (recomputed block with an inner parameter-free graph)",
+      fn: (x, w) => checkpoint((a: Tensor, b: Tensor) => F.silu(a.matmul(b)).mul(a.sum(-1, true)), x, w),
+      inputs: [f(rnd(6, 66), [2, 3]), f(rnd(6, 67), [3, 2])],
+    },
     { name: "stack", fn: (a, b) => ops.stack([a, b], 1), inputs: [f(rnd(3, 64), [3]), f(rnd(3, 65), [3])] },
   ];
 }
