@@ -8,6 +8,7 @@ import { reduceKernel } from "./kernels/reduce.ts";
 import {
   crossEntropyBackwardRows, crossEntropyRowsKernel, rmsNormBackwardRows, rmsNormRows, softmaxBackwardRows, softmaxRows,
 } from "./kernels/fused.ts";
+import { matmul4bitKernel } from "./kernels/matmul4bit.ts";
 import { type Num, gatherValues, isDense, numeric, offsets } from "./kernels/strided.ts";
 import { type MatmulEngine, createMatmulEngine } from "./matmul.ts";
 
@@ -253,5 +254,6 @@ function makeFused(be: CpuBackend): FusedKernels<CpuHandle> {
       crossEntropyBackwardRows(be.packedF32(logits), t, be.packedF32(lse), be.packedF32(g), rows, n, ignore, gl);
       return out(logits.dtype, gl);
     },
+    matmul4bit: (x, w, transpose) => matmul4bitKernel(be, x, w, transpose),
   };
 }

@@ -2,7 +2,7 @@ import { CpuBackend, type CpuBackendOptions } from "./backend.ts";
 
 export { CpuBackend, type CpuBackendOptions, type CpuHandle } from "./backend.ts";
 export { matmulNaive, matmulBlocked } from "./kernels/matmul.ts";
-export { createMatmulEngine, type MatmulEngine } from "./matmul.ts";
+export { createMatmulEngine, type MatmulEngine, type MatmulEngineOptions, type WasmMatmulEngine } from "./matmul.ts";
 
 export function createCpuBackend(opts: CpuBackendOptions = {}): CpuBackend {
   return new CpuBackend(opts);

@@ -1,8 +1,19 @@
 /**
  * The matmul engine behind CpuBackend.matmul: packed row-major f32 C[M,N] = A[M,K]·B[K,N].
- * This file picks the implementation; kernels/matmul.ts holds the TypeScript kernels.
+ *
+ * Data layout: tensors stay plain typed arrays; the WASM heap is a packed scratch area. Each call
+ * copies A and B into one WebAssembly.Memory (shared when threads are used, grown as needed), packs
+ * B once, runs the SIMD kernel (assembly/matmul.ts) on the calling thread plus worker threads that
+ * share the memory and claim chunks (rows x column blocks) as they go, and copies C out. Problems
+ * larger than the heap are split by rows of A and, if B alone is too big, by columns of B.
+ * kernels/matmul.ts holds the TypeScript kernels used when WASM SIMD is unavailable.
  */
 import { matmulBlocked } from "./kernels/matmul.ts";
+import { MATMUL_WASM_PLAIN, MATMUL_WASM_SHARED } from "./wasm/matmul-wasm.ts";
+import {
+  COPIED, DONE, ERR, type GemmPacked, JOB, NEXT, READY, SEQ, SLOT, TMP, type WorkerHandle,
+  availableCores, canBlock, canShare, claimChunks, startWorkers,
+} from "./wasm/threads.ts";
 
 export interface MatmulEngine {
   matmul(A: Float32Array, B: Float32Array, C: Float32Array, M: number, N: number, K: number): void;
@@ -10,10 +21,336 @@ export interface MatmulEngine {
   dispose(): void;
 }
 
-export function createMatmulEngine(_opts: { threads?: number; wasm?: boolean } = {}): MatmulEngine {
+export interface MatmulEngineOptions {
+  /** Worker threads besides the caller (default: available cores - 1; 0 = calling thread only). */
+  threads?: number;
+  /** Use the WASM SIMD kernel when the runtime supports it (default true); false = TypeScript kernel. */
+  wasm?: boolean;
+  /** Cap on the WASM heap in bytes (default and maximum: the 4 GiB wasm32 limit); tests lower it to exercise splitting. */
+  maxHeapBytes?: number;
+  /** Problems with fewer FLOPs (2·M·N·K) run on the calling thread only (default PARALLEL_MIN_FLOPS). */
+  parallelMinFlops?: number;
+}
+
+/** What createMatmulEngine returns: a MatmulEngine that can also report when its workers are up. */
+export interface WasmMatmulEngine extends MatmulEngine {
+  /** Starts the workers (otherwise started by the first large matmul) and resolves once each runs or has failed. */
+  ready(): Promise<void>;
+  /** Threads a large matmul uses right now (caller + running workers). */
+  readonly activeThreads: number;
+}
+
+/**
+ * Below this a worker round trip costs more than it saves. Measured on the 2-core Zen 5 VM
+ * (Node 20, n³ matmuls, threads 1 vs 0): 64: 0.5x, 128: 0.9-1.2x, 256: 1.3-1.6x, 512: 1.5-1.8x.
+ */
+export const PARALLEL_MIN_FLOPS = 8e6;
+/** How long the caller spins for workers to finish before it sleeps in Atomics.wait. */
+const MAIN_SPIN_MS = 1;
+/** Depth and width of a packed B block (KC·NC·4 = 256 KiB, fits L2); measured best of 128-512. */
+const KC = 256, NC = 256;
+const PAGE = 65536, MAX_PAGES = 65536;
+/** Bytes between threads' edge-tile scratch (tileBytes = 128, padded apart to separate cache lines). */
+const TMP_STRIDE = 256;
+/** Chunks per thread a parallel job is cut into, so a thread that gets less CPU time takes fewer. */
+const CHUNKS_PER_THREAD = 8;
+/** How long a first large matmul may wait for workers to boot (they normally take 20-60 ms). */
+const START_TIMEOUT_MS = 5000;
+
+interface Kernel {
+  gemmPacked: GemmPacked;
+  packB(b: number, ldb: number, k: number, n: number, dst: number, kc: number, nc: number): void;
+  heapBase(): number;
+  tileBytes(): number;
+}
+
+function decode(b64: string): Uint8Array {
+  const s = atob(b64);
+  const out = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+  return out;
+}
+
+const align64 = (n: number) => Math.ceil(n / 64) * 64;
+
+/** A WebAssembly memory that may grow to the 4 GiB limit, or 1 GiB where address space is short. */
+function createMemory(shared: boolean): { memory: WebAssembly.Memory; maxBytes: number } | null {
+  for (const maximum of [MAX_PAGES, 16384]) {
+    try {
+      return { memory: new WebAssembly.Memory({ initial: 1, maximum, shared } as WebAssembly.MemoryDescriptor), maxBytes: maximum * PAGE };
+    } catch {
+      // try a smaller reservation
+    }
+  }
+  return null;
+}
+
+function typescriptEngine(): WasmMatmulEngine {
   return {
     matmul: (A, B, C, M, N, K) => matmulBlocked(A, B, C, M, N, K),
     describe: () => "1 thread, typescript",
     dispose: () => {},
+    ready: async () => {},
+    activeThreads: 1,
   };
+}
+
+export function createMatmulEngine(opts: MatmulEngineOptions = {}): WasmMatmulEngine {
+  if (opts.wasm === false || typeof WebAssembly !== "object") return typescriptEngine();
+  try {
+    const engine = new WasmEngine(opts);
+    return engine.kernel ? engine : typescriptEngine();
+  } catch {
+    return typescriptEngine();
+  }
+}
+
+class WasmEngine implements WasmMatmulEngine {
+  readonly kernel: Kernel | null = null;
+  private memory: WebAssembly.Memory | null = null;
+  private heap = new Float32Array(0);
+  private heapLimit: number;
+  /** Per-thread edge-tile scratch from tmpBase (slot 0 for the caller); operands start at opBase. */
+  private tmpBase = 0;
+  private opBase = 0;
+  private readonly ctl: Int32Array = new Int32Array(SLOT);
+  private readonly workers: (WorkerHandle | null)[] = [];
+  private readonly nWorkers: number;
+  private started: Promise<void> | null = null;
+  private startDeadline = 0;
+  private readonly minFlops: number;
+  private bytes: Uint8Array = new Uint8Array(0);
+  private seq = 0;
+  private disposed = false;
+
+  constructor(opts: MatmulEngineOptions) {
+    const requested = Math.max(0, Math.floor(opts.threads ?? availableCores() - 1));
+    this.minFlops = opts.parallelMinFlops ?? PARALLEL_MIN_FLOPS;
+    // Threads need the shared variant (threads feature, SharedArrayBuffer, a caller that may block);
+    // otherwise the unshared one runs on the calling thread alone.
+    let bytes = decode(MATMUL_WASM_SHARED);
+    let mem = requested > 0 && canShare() && canBlock() && WebAssembly.validate(bytes as BufferSource) ? createMemory(true) : null;
+    this.nWorkers = mem ? requested : 0;
+    if (!mem) {
+      bytes = decode(MATMUL_WASM_PLAIN);
+      mem = WebAssembly.validate(bytes as BufferSource) ? createMemory(false) : null;
+    }
+    this.heapLimit = Math.min(opts.maxHeapBytes ?? Infinity, mem?.maxBytes ?? 0);
+    if (!mem) return;
+    const memory = (this.memory = mem.memory);
+    const kernel = (this.kernel = new WebAssembly.Instance(new WebAssembly.Module(bytes as BufferSource), { env: { memory } }).exports as unknown as Kernel);
+    this.tmpBase = align64(kernel.heapBase());
+    this.opBase = this.tmpBase + (this.nWorkers + 1) * TMP_STRIDE;
+    if (kernel.tileBytes() > TMP_STRIDE) throw new Error("edge tile larger than its scratch slot");
+    if (!this.ensure(this.opBase)) throw new Error("WASM heap too small for the scratch area");
+    if (this.nWorkers > 0) this.ctl = new Int32Array(new SharedArrayBuffer((this.nWorkers + 1) * SLOT * 4));
+    this.bytes = bytes;
+  }
+
+  /** Start the workers on first need, so backends that never multiply large matrices spawn no threads. */
+  private spawn(): Promise<void> {
+    if (!this.started) {
+      this.startDeadline = Date.now() + START_TIMEOUT_MS;
+      for (let i = 1; i <= this.nWorkers; i++) this.ctl[i * SLOT + TMP] = this.tmpBase + i * TMP_STRIDE;
+      const init = { bytes: this.bytes, memory: this.memory!, ctl: this.ctl };
+      this.started = this.nWorkers > 0 && !this.disposed
+        ? startWorkers(this.nWorkers, (index) => ({ ...init, index }), (i, h) => {
+            this.workers[i - 1] = h;
+            if (this.disposed) h.terminate(); // started after dispose(): its quit flag is already set
+          })
+        : Promise.resolve();
+    }
+    return this.started;
+  }
+
+  get activeThreads(): number {
+    if (this.disposed) return 1;
+    let n = 1;
+    for (let i = 1; i <= this.nWorkers; i++) if (Atomics.load(this.ctl, i * SLOT + READY) === 1) n++;
+    return n;
+  }
+
+  describe(): string {
+    let n = 1 + this.nWorkers;
+    for (let i = 1; i <= this.nWorkers; i++) if (Atomics.load(this.ctl, i * SLOT + READY) === -1) n--;
+    return `${n} thread${n === 1 ? "" : "s"}, wasm-simd`;
+  }
+
+  async ready(): Promise<void> {
+    await this.spawn();
+    while (!this.disposed && Date.now() < this.startDeadline) {
+      let pending = false;
+      for (let i = 1; i <= this.nWorkers; i++) if (Atomics.load(this.ctl, i * SLOT + READY) === 0) pending = true;
+      if (!pending) return;
+      await new Promise((r) => setTimeout(r, 2));
+    }
+  }
+
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    // Workers sit in Atomics.wait; tell them to leave their loop before terminating them.
+    for (let i = 1; i <= this.nWorkers; i++) {
+      Atomics.store(this.ctl, i * SLOT + SEQ, -1);
+      Atomics.notify(this.ctl, i * SLOT + SEQ);
+    }
+    for (const w of this.workers) w?.terminate();
+    this.workers.length = 0;
+  }
+
+  /** Grow the memory to hold `end` bytes; false when that would pass the heap limit or the grow fails. */
+  private ensure(end: number): boolean {
+    const memory = this.memory!;
+    if (end > this.heapLimit) return false;
+    const have = memory.buffer.byteLength;
+    if (end > have) {
+      try {
+        memory.grow(Math.ceil((end - have) / PAGE));
+      } catch {
+        this.heapLimit = have;
+        return false;
+      }
+    }
+    if (this.heap.buffer !== memory.buffer || this.heap.length * 4 !== memory.buffer.byteLength) this.heap = new Float32Array(memory.buffer);
+    return true;
+  }
+
+  matmul(A: Float32Array, B: Float32Array, C: Float32Array, M: number, N: number, K: number): void {
+    if (M === 0 || N === 0) return;
+    if (K === 0) {
+      C.fill(0, 0, M * N);
+      return;
+    }
+    for (;;) {
+      const plan = this.plan(M, N, K);
+      // Only an absurdly deep K (a 4-row block of A plus 8 columns of B over the whole heap) does not fit.
+      if (!plan) return matmulBlocked(A, B, C, M, N, K);
+      if (this.ensure(plan.end)) return this.run(A, B, C, M, N, K, plan);
+      // The grow failed below the limit: heapLimit now equals what we have; plan again within it.
+    }
+  }
+
+  /**
+   * Block sizes (rows mb of A, columns nb of B) and heap offsets so one block of each fits:
+   * packed B (pb, k x nb rounded up to 8), A rows, and one region that first receives raw B
+   * (packed from there) and then holds C. Null when not even 4 rows and 8 columns fit.
+   */
+  private plan(M: number, N: number, K: number): { mb: number; nb: number; pb: number; a: number; x: number; end: number } | null {
+    const avail = this.heapLimit - this.opBase - 256;
+    const bytes = (mb: number, nb: number) => 4 * (K * Math.ceil(nb / 8) * 8 + mb * K + Math.max(K * nb, mb * nb));
+    let nb = N, mb = M;
+    if (bytes(M, N) > avail) {
+      // Keep B whole when it (packed and raw) takes at most half the heap, else split its columns.
+      if (bytes(0, N) > avail / 2) nb = Math.min(N, Math.max(8, Math.floor(avail / 2 / (8 * K) / 8) * 8));
+      mb = Math.floor((avail - bytes(0, nb) + 4 * K * nb) / (4 * (K + nb))); // assumes C is the larger region
+      if (mb < K) mb = Math.floor((avail - bytes(0, nb)) / (4 * K)); // raw B is: A alone gets the rest
+      if (mb >= 8) mb -= mb % 4;
+      mb = Math.min(M, mb);
+      if (mb < 1 || bytes(mb, nb) > avail) return null;
+    }
+    const pb = this.opBase;
+    const a = align64(pb + K * Math.ceil(nb / 8) * 32);
+    const x = align64(a + mb * K * 4);
+    return { mb, nb, pb, a, x, end: x + Math.max(K * nb, mb * nb) * 4 };
+  }
+
+  private run(A: Float32Array, B: Float32Array, C: Float32Array, M: number, N: number, K: number, p: { mb: number; nb: number; pb: number; a: number; x: number }): void {
+    const heap = this.heap;
+    const a4 = p.a / 4, x4 = p.x / 4;
+    for (let c0 = 0; c0 < N; c0 += p.nb) {
+      const nb = Math.min(p.nb, N - c0);
+      if (nb === N) heap.set(B.subarray(0, K * N), x4);
+      else for (let k = 0; k < K; k++) heap.set(B.subarray(k * N + c0, k * N + c0 + nb), x4 + k * nb);
+      this.kernel!.packB(p.x, nb, K, nb, p.pb, KC, NC);
+      for (let r0 = 0; r0 < M; r0 += p.mb) {
+        const mb = Math.min(p.mb, M - r0);
+        // Row ranges are relative to this block of rows r0..r0+mb; C's block has row stride nb.
+        const copyA = (s: number, e: number) => heap.set(A.subarray((r0 + s) * K, (r0 + e) * K), a4 + s * K);
+        const copyC = (s: number, e: number, j0: number, j1: number) => {
+          if (j0 === 0 && j1 === N) C.set(heap.subarray(x4 + s * N, x4 + e * N), (r0 + s) * N);
+          else for (let i = s; i < e; i++) C.set(heap.subarray(x4 + i * nb + j0, x4 + i * nb + j1), (r0 + i) * N + c0 + j0);
+        };
+        this.gemm(p.a, p.pb, p.x, mb, nb, K, copyA, copyC);
+      }
+    }
+  }
+
+  /** Worker slots (1-based) that can take a job now; waits (bounded) for booting ones. */
+  private liveWorkers(): number[] {
+    const live: number[] = [];
+    if (this.nWorkers > 0) void this.spawn();
+    for (let i = 1; i <= this.nWorkers && !this.disposed; i++) {
+      const ready = i * SLOT + READY;
+      let state = Atomics.load(this.ctl, ready);
+      const h = this.workers[i - 1];
+      if (state === 0 && h?.blocking && !h.failed) {
+        const left = this.startDeadline - Date.now();
+        if (left > 0) Atomics.wait(this.ctl, ready, 0, left);
+        state = Atomics.load(this.ctl, ready);
+      }
+      if (state === 1) live.push(i);
+    }
+    return live;
+  }
+
+  /**
+   * C[m,n] = A[m,k]·B[k,n] with B packed at pb, split over the caller and the live workers.
+   * copyA/copyC move rows [s, e) (C: columns [j0, j1)) between the arrays and the heap. The job
+   * is cut into chunks that threads claim as they go; the caller publishes A chunk by chunk so
+   * workers start at once, and copies out its own chunks of C while the workers finish theirs.
+   */
+  private gemm(a: number, pb: number, c: number, m: number, n: number, k: number, copyA: (s: number, e: number) => void, copyC: (s: number, e: number, j0: number, j1: number) => void): void {
+    const kernel = this.kernel!, ctl = this.ctl;
+    const workers = 2 * m * n * k >= this.minFlops ? this.liveWorkers() : [];
+    if (workers.length === 0) {
+      copyA(0, m);
+      kernel.gemmPacked(a, k, pb, c, n, m, n, k, 0, n, KC, NC, this.tmpBase);
+      copyC(0, m, 0, n);
+      return;
+    }
+    const blocks = Math.ceil(n / NC);
+    const rowChunks = Math.min(Math.ceil(m / 4), Math.ceil((CHUNKS_PER_THREAD * (workers.length + 1)) / blocks));
+    const rc = Math.ceil(m / rowChunks / 4) * 4;
+    const job = [a, pb, c, m, n, k, rc, Math.ceil(m / rc), blocks, KC, NC];
+    for (let i = 0; i < job.length; i++) ctl[JOB + i] = job[i];
+    Atomics.store(ctl, COPIED, 0);
+    Atomics.store(ctl, NEXT, 0);
+    const seq = (this.seq = this.seq >= 0x3fffffff ? 1 : this.seq + 1);
+    for (const w of workers) {
+      Atomics.store(ctl, w * SLOT + SEQ, seq);
+      Atomics.notify(ctl, w * SLOT + SEQ);
+    }
+    const mine = new Set<number>();
+    try {
+      for (let r = 0; r < m; r += rc) {
+        copyA(r, Math.min(m, r + rc));
+        Atomics.store(ctl, COPIED, r / rc + 1);
+      }
+      claimChunks(ctl, kernel.gemmPacked, this.tmpBase, (r0, r1, j0, j1) => {
+        copyC(r0, r1, j0, j1);
+        mine.add(r0 * blocks + j0 / NC);
+      });
+    } finally {
+      // Even if the caller failed, release any worker waiting for A, and let all finish before reuse.
+      Atomics.store(ctl, COPIED, 0x7fffffff);
+      this.join(workers, seq);
+    }
+    for (const w of workers) if (Atomics.load(ctl, w * SLOT + ERR)) throw new Error("matmul: a WASM worker trapped");
+    for (let r0 = 0; r0 < m; r0 += rc) {
+      for (let j0 = 0; j0 < n; j0 += NC) if (!mine.has(r0 * blocks + j0 / NC)) copyC(r0, Math.min(m, r0 + rc), j0, Math.min(n, j0 + NC));
+    }
+  }
+
+  /** Wait until every worker in `used` has finished job `seq`. */
+  private join(used: number[], seq: number): void {
+    for (const w of used) {
+      const done = w * SLOT + DONE;
+      // Spin briefly before sleeping: a caller that sleeps tends to be woken onto the worker's core
+      // (measured: threads 1 gained 1.0-1.5x at 512 without this, 1.5-1.8x with it).
+      const until = performance.now() + MAIN_SPIN_MS;
+      while (Atomics.load(this.ctl, done) !== seq && performance.now() < until);
+      let d: number;
+      while ((d = Atomics.load(this.ctl, done)) !== seq) Atomics.wait(this.ctl, done, d);
+    }
+  }
 }

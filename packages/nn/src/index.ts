@@ -9,6 +9,15 @@ export {
   type LlamaForwardOptions, type LayerContext, type RopeScaling, parseLlamaConfig, llamaConfigToHf, ropeInvFreq,
 } from "./models/llama.ts";
 export { loadHfModel, saveHfModel, type LoadOptions, type SaveOptions } from "./loaders/hf.ts";
+export { QuantizedLinear, quantDtypeOf, type ComputeDtype, type QuantizedLinearOptions } from "./quantized.ts";
+export {
+  quantizeModel, quantizedMemoryReport, quantizationConfigOf, setQuantizationConfig, matchesModule, type QuantizeModelOptions,
+  type QuantizeModelReport, type QuantizedMemoryReport, type QuantizedLayerMemory,
+} from "./quantize-model.ts";
+export { parseBnbConfig, type BnbConfig } from "./loaders/bnb.ts";
+export {
+  quantizeHfCheckpoint, dequantizeHfCheckpoint, type ConvertOptions, type ConvertReport, type QuantizeCheckpointOptions,
+} from "./loaders/bnb-convert.ts";
 export { loadLlama2c, llama2cFromBytes, readLlama2cHeader, llama2cConfigJson, permuteRotaryRows, type Llama2cHeader } from "./loaders/llama2c.ts";
 export { type TextTokenizer, type EncodeOptions, type DecodeOptions, HfTokenizer, loadTokenizer, TextStream } from "./loaders/tokenizer.ts";
 export { Llama2cTokenizer, loadLlama2cTokenizer } from "./loaders/llama2c-tokenizer.ts";

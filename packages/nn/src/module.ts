@@ -43,9 +43,13 @@ export class Module {
     return t;
   }
 
-  /** Register a buffer: state that is not trained. Non-persistent buffers (RoPE tables) stay out of stateDict. */
+  /**
+   * Register a buffer: state that is not trained. Non-persistent buffers (RoPE tables) stay out of
+   * stateDict. Buffer names may be dotted ("weight.absmax"): bitsandbytes keeps a 4-bit layer's
+   * quant state under its weight's name.
+   */
   protected registerBuffer(name: string, t: Tensor, opts: { persistent?: boolean } = {}): Tensor {
-    checkName(name);
+    for (const part of name.split(".")) checkName(part);
     const old = this.#buffers.get(name);
     if (old && old.t !== t) old.t.dispose();
     this.#buffers.set(name, { t: keep(t), persistent: opts.persistent ?? true });

@@ -102,6 +102,46 @@ export interface FusedKernels<H = unknown> {
   crossEntropy(logits: Input<H>, targets: Input<H>, ignoreIndex: number): { loss: H; lse: H };
   /** d loss_row / d logits scaled per row by g [rows]. */
   crossEntropyBackward(logits: Input<H>, targets: Input<H>, lse: Input<H>, g: Input<H>, ignoreIndex: number): H;
+  /**
+   * 4-bit dequant-matmul with the weight left packed on the device (bitsandbytes layout, see
+   * Quant4bitInputs). x is contiguous [rows, K], f32 or f16; the result is [rows, N] in x's dtype.
+   * transpose = false: y[r, o] = sum_i x[r, i] * W[o, i]   (K = inFeatures, N = outFeatures; forward)
+   * transpose = true:  y[r, i] = sum_o x[r, o] * W[o, i]   (K = outFeatures, N = inFeatures; input gradient)
+   * with W[o, i] = f32(code[q(o*in + i)] * absmax(block (o*in + i) / blocksize)). Must agree with
+   * dequantize-then-matmul (quant.ts) within f32 rounding. Optional: without it the core dequantizes
+   * with primitives.
+   */
+  matmul4bit?(x: Input<H>, w: Quant4bitInputs<H>, transpose: boolean): H;
+}
+
+/**
+ * A frozen 4-bit weight W [outFeatures, inFeatures] as the kernel reads it: bitsandbytes' layout
+ * (docs/nf4-format.md), every buffer a contiguous 1-D view. n = outFeatures * inFeatures,
+ * nBlocks = ceil(n / blocksize); blocks run over the flattened row-major weight (a block may span rows).
+ */
+export interface Quant4bitInputs<H = unknown> {
+  /** u8 [ceil(n/2)]: element 2j in the high nibble of byte j, element 2j+1 in the low nibble. */
+  readonly packed: Input<H>;
+  /** f32 [nBlocks] absmax per block; with `nested`, u8 [nBlocks] codes into nested.code. */
+  readonly absmax: Input<H>;
+  /** f32 [16]: the code table (quant_map), indexed by the 4-bit code. */
+  readonly code: Input<H>;
+  /**
+   * Double quantization: absmax[b] = f32(f32(nested.code[absmax_u8[b]] * nested.absmax[floor(b / nested.blocksize)]) + nested.offset).
+   */
+  readonly nested?: {
+    /** f32 [ceil(nBlocks / blocksize)] */
+    readonly absmax: Input<H>;
+    /** f32 [256]: the dynamic map (nested_quant_map). */
+    readonly code: Input<H>;
+    readonly offset: number;
+    /** Always 256 in bitsandbytes. */
+    readonly blocksize: number;
+  };
+  /** Elements per block: a power of two in 32..4096 (bitsandbytes' set). */
+  readonly blocksize: number;
+  readonly outFeatures: number;
+  readonly inFeatures: number;
 }
 
 export type FusedName = keyof FusedKernels;

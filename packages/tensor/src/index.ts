@@ -1,4 +1,4 @@
-export type { Backend, BinaryOp, FusedKernels, FusedName, Input, MemoryStats, ReduceOp, UnaryOp, View } from "./backend.ts";
+export type { Backend, BinaryOp, FusedKernels, FusedName, Input, MemoryStats, Quant4bitInputs, ReduceOp, UnaryOp, View } from "./backend.ts";
 export * from "./dtype.ts";
 export * from "./shape.ts";
 export { hash32, uniformAt, Rng } from "./random.ts";
@@ -13,3 +13,4 @@ export {
 } from "./ops.ts";
 export * from "./functional.ts";
 export { crossEntropyRows } from "./fused.ts";
+export { matmul4bit, dequantize4bitWeight, checkQuant4bitWeight, quant4bitTensors, type Quant4bitWeight } from "./quant.ts";

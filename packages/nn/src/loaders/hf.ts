@@ -6,6 +6,8 @@ import { type Backend, type DType, fromF32, getDefaultBackend, scope } from "@lo
 import { type LazyTensorInput, SafetensorsError, type ShardedSafetensors, openShardedSafetensors, writeShardedSafetensors } from "@lowrank/safetensors";
 import { LlamaForCausalLM, llamaConfigToHf, parseLlamaConfig } from "../models/llama.ts";
 import type { TensorSpec } from "../module.ts";
+import { quantizationConfigOf } from "../quantize-model.ts";
+import { loadBnbLayers, parseBnbConfig, withoutQuantizationConfig } from "./bnb.ts";
 import { SOURCE_FLOATS, type SourceFloat, joinPath, readJson, tensorFromBytes } from "./files.ts";
 
 export interface LoadOptions {
@@ -22,7 +24,9 @@ export async function loadHfModel(dir: string, opts: LoadOptions = {}): Promise<
   const dtype = opts.dtype ?? "f32";
   if (dtype !== "f32" && dtype !== "f16" && dtype !== "bf16") throw new TypeError(`loadHfModel: dtype must be f32, f16 or bf16, got ${dtype}`);
   const configPath = await joinPath(dir, "config.json");
-  const config = parseLlamaConfig(await readJson(configPath, "the model's config.json"), configPath);
+  const raw = await readJson(configPath, "the model's config.json");
+  const quant = parseBnbConfig(raw, configPath); // bitsandbytes 4-bit: Linear layers load as QuantizedLinear
+  const config = parseLlamaConfig(quant ? withoutQuantizationConfig(raw) : raw, configPath);
 
   const ckpt = await openCheckpoint(dir);
   const model = new LlamaForCausalLM(config, { backend, dtype });
@@ -30,10 +34,11 @@ export async function loadHfModel(dir: string, opts: LoadOptions = {}): Promise<
     const shardPaths = new Map<string, string>();
     for (const shard of ckpt.shards.keys()) shardPaths.set(shard, await joinPath(dir, shard));
     const where = (name: string) => shardPaths.get(ckpt.tensors[name].shard) as string;
-    const given = new Map<string, TensorSpec>();
+    const consumed = quant ? await loadBnbLayers(model, ckpt, where, quant, { backend, dtype }) : new Map<string, TensorSpec>();
+    const given = new Map<string, TensorSpec>(consumed);
     const badDtype: string[] = [];
     for (const name of ckpt.names) {
-      if (IGNORED.test(name)) continue;
+      if (IGNORED.test(name) || consumed.has(name)) continue;
       const info = ckpt.tensors[name];
       if (!SOURCE_FLOATS.includes(info.dtype)) badDtype.push(`${where(name)}: tensor "${name}" has dtype ${info.dtype}, expected a float weight (F32, F16 or BF16)`);
       given.set(name, { shape: info.shape, dtype }); // dtype is converted on read, so only names and shapes are compared here
@@ -44,7 +49,7 @@ export async function loadHfModel(dir: string, opts: LoadOptions = {}): Promise<
 
     for (const name of given.keys()) {
       const target = model.tensorAt(name);
-      if (!target) continue;
+      if (!target || consumed.has(name)) continue;
       const data = await ckpt.read(name).catch((e: unknown) => {
         throw explain(e);
       });
@@ -75,23 +80,27 @@ export interface SaveOptions {
 /**
  * Write `dir/config.json` and `dir/model.safetensors` (or shards plus an index) the way
  * transformers' save_pretrained does: HF names, tied weights saved once, __metadata__ format "pt".
+ * A model with QuantizedLinear layers is written as a bitsandbytes 4-bit directory (bnb's keys
+ * plus config.json's quantization_config).
  */
 export async function saveHfModel(model: LlamaForCausalLM, dir: string, opts: SaveOptions = {}): Promise<string[]> {
   const fs = await import("node:fs/promises");
   const tensors = new Map<string, LazyTensorInput>();
   for (const [name, t] of model.stateDict()) {
-    const st = ({ f32: "F32", f16: "F16", bf16: "BF16" } as const)[t.dtype as "f32" | "f16" | "bf16"];
-    if (!st) throw new TypeError(`saveHfModel: ${name} is ${t.dtype}; only float parameters are saved`);
+    const st = ({ f32: "F32", f16: "F16", bf16: "BF16", u8: "U8" } as const)[t.dtype as "f32" | "f16" | "bf16" | "u8"];
+    if (!st) throw new TypeError(`saveHfModel: ${name} is ${t.dtype}; only float parameters and 4-bit (u8) buffers are saved`);
     // read() decodes halves to f32; re-encoding them is exact.
     const data = async () => {
-      const v = (await t.read()) as Float32Array;
-      return t.dtype === "f32" ? v : fromF32(t.dtype, v);
+      const v = await t.read();
+      return t.dtype === "f32" || t.dtype === "u8" ? v : fromF32(t.dtype, v as Float32Array);
     };
     tensors.set(name, { dtype: st, shape: t.shape, data });
   }
   await fs.mkdir(dir, { recursive: true });
   const configPath = await joinPath(dir, "config.json");
-  await fs.writeFile(configPath, JSON.stringify({ ...llamaConfigToHf(model.config), torch_dtype: { f32: "float32", f16: "float16", bf16: "bfloat16" }[model.dtype as "f32"] }, null, 2) + "\n");
+  const quantization = quantizationConfigOf(model); // QuantizedLinear layers: a bnb-4bit directory
+  const hfConfig = { ...llamaConfigToHf(model.config), torch_dtype: { f32: "float32", f16: "float16", bf16: "bfloat16" }[model.dtype as "f32"] };
+  await fs.writeFile(configPath, JSON.stringify(quantization ? { ...hfConfig, quantization_config: quantization } : hfConfig, null, 2) + "\n");
   const files = await writeShardedSafetensors(dir, tensors, { maxShardBytes: opts.maxShardBytes, metadata: { format: "pt" } });
   return ["config.json", ...files];
 }

@@ -7,6 +7,7 @@ import { checkpoint } from "../checkpoint.ts";
 import type { Tensor } from "../tensor.ts";
 import { type GradcheckOptions, coveredOps, gradcheck } from "./gradcheck.ts";
 import { type SuiteOptions, rnd, spread, withoutFused } from "./util.ts";
+import { quantGradCases } from "./quant.ts";
 
 type In = { data: Float32Array | Int32Array | Uint8Array; shape: number[]; dtype?: "f32" | "i32" | "u8" };
 const f = (data: Float32Array, shape: number[]): In => ({ data, shape });
@@ -72,6 +73,7 @@ function cases(be: Backend): Case[] {
       inputs: [f(rnd(6, 66), [2, 3]), f(rnd(6, 67), [3, 2])],
     },
     { name: "stack", fn: (a, b) => ops.stack([a, b], 1), inputs: [f(rnd(3, 64), [3]), f(rnd(3, 65), [3])] },
+    ...quantGradCases(be),
   ];
 }
 
@@ -81,7 +83,7 @@ export function gradientSuite(opts: SuiteOptions): void {
   for (const [label, be] of variants) {
     for (const c of cases(be)) {
       if (c.needs && !be.dtypes.includes(c.needs)) continue;
-      if (label && !/softmax|rmsNorm|crossEntropy|attention/.test(c.name)) continue;
+      if (label && !/softmax|rmsNorm|crossEntropy|attention|matmul4bit/.test(c.name)) continue;
       test(`gradcheck ${c.name}${label}`, async () => {
         const r = await gradcheck(be, c.fn, c.inputs, c.opts);
         if (!r.ok) throw new Error(`gradcheck ${c.name}${label} failed: max error ${r.maxAbsErr} at ${r.worst}`);

@@ -1,0 +1,86 @@
+/**
+ * The CPU 4-bit dequant-matmul against dequantize-then-matmul: both paths (the fused small-M
+ * loop and dequantized panels on the engine), several panels with a short last one, both
+ * transposes, odd shapes, tails, blocksizes 64 and 128, with and without double quantization.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { dequantizeCase, matmulCaseRef, quant4bitCase, rnd } from "@lowrank/tensor/testing";
+import { createMatmulEngine } from "../src/index.ts";
+import { blockScales, matmul4bitHost } from "../src/kernels/matmul4bit.ts";
+
+const engine = createMatmulEngine({ threads: 0 });
+
+function maxRelErr(got: Float32Array, ref: number[]): number {
+  let m = 0;
+  for (let i = 0; i < ref.length; i++) m = Math.max(m, Math.abs(got[i] - ref[i]) / (1 + Math.abs(ref[i])));
+  return m;
+}
+
+// [out, in, blocksize, double quant]
+const SHAPES: [number, number, number, boolean][] = [
+  [37, 50, 64, true], // n = 1850: tail block of 58, blocks span rows
+  [23, 41, 128, false], // odd n = 943: a lone high nibble at the end
+  [64, 64, 64, true], // exact blocks
+  [45, 300, 64, true], // 211 blocks; panels of 8 columns, the last one short
+  [300, 60, 128, true], // > 256 blocks: two nested blocks
+];
+
+for (const [out, inF, bs, dq] of SHAPES) {
+  test(`matmul4bit [${out}, ${inF}] blocksize ${bs}${dq ? " DQ" : ""}: small-M loop and panels match dequantize-then-matmul`, () => {
+    const c = quant4bitCase(out, inF, bs, dq, out + inF);
+    const W = dequantizeCase(c);
+    const w = { ...c, outFeatures: out, inFeatures: inF };
+    for (const transpose of [false, true]) {
+      const [K, N] = transpose ? [out, inF] : [inF, out];
+      for (const M of [1, 3, 7, 20]) {
+        const x = rnd(M * K, M + K);
+        const ref = matmulCaseRef(x, M, W, out, inF, transpose);
+        for (const [label, opts] of [["small-M loop", { smallM: 1000 }], ["panels of 8", { smallM: 0, panelFloats: 8 * K }], ["default", {}]] as const) {
+          const y = new Float32Array(M * N);
+          matmul4bitHost(engine, w, x, M, transpose, y, opts);
+          const err = maxRelErr(y, ref);
+          assert.ok(err < 2e-6, `${label} transpose=${transpose} M=${M}: max rel err ${err}`);
+        }
+      }
+    }
+  });
+}
+
+test("blockScales resolves double quantization exactly as bitsandbytes (f32 mul, then f32 add)", () => {
+  const c = quant4bitCase(40, 700, 64, true, 5);
+  const s = blockScales({ ...c, outFeatures: 40, inFeatures: 700 });
+  const n = c.nested!;
+  for (let b = 0; b < s.length; b++) {
+    assert.equal(s[b], Math.fround(Math.fround(n.code[c.absmax[b]] * n.absmax[Math.floor(b / 256)]) + n.offset));
+  }
+});
+
+test("panels dequantize exactly: x = one-hot rows reproduce W bit for bit", () => {
+  const [out, inF] = [19, 70];
+  const c = quant4bitCase(out, inF, 64, true, 9);
+  const W = dequantizeCase(c);
+  const eye = new Float32Array(inF * inF);
+  for (let i = 0; i < inF; i++) eye[i * inF + i] = 1;
+  const y = new Float32Array(inF * out); // eye · Wᵀ = Wᵀ
+  matmul4bitHost(engine, { ...c, outFeatures: out, inFeatures: inF }, eye, inF, false, y, { smallM: 0, panelFloats: 8 * inF });
+  for (let o = 0; o < out; o++) for (let i = 0; i < inF; i++) assert.equal(y[i * out + o], W[o * inF + i], `W[${o}, ${i}]`);
+});
+
+test("a packed view at an odd byte offset (no 32-bit word loads) gives the same products", () => {
+  const [out, inF] = [13, 150];
+  const c = quant4bitCase(out, inF, 64, true, 4);
+  const shifted = new Uint8Array(c.packed.length + 1).subarray(1);
+  shifted.set(c.packed);
+  const W = dequantizeCase(c);
+  for (const transpose of [false, true]) {
+    const K = transpose ? out : inF;
+    const x = rnd(K, 3);
+    const ref = matmulCaseRef(x, 1, W, out, inF, transpose);
+    for (const packed of [c.packed, shifted]) {
+      const y = new Float32Array(transpose ? inF : out);
+      matmul4bitHost(engine, { ...c, packed, outFeatures: out, inFeatures: inF }, x, 1, transpose, y);
+      assert.ok(maxRelErr(y, ref) < 2e-6, `byteOffset ${packed.byteOffset} transpose=${transpose}: ${maxRelErr(y, ref)}`);
+    }
+  }
+});

@@ -1,0 +1,203 @@
+/**
+ * `finetune(config, { backend })`: everything around the loop. Order matters: the config, the
+ * model and method (target modules, ranks), and the dataset are all checked before the first
+ * step, so mistakes fail fast. Then: eval + sample before, (resume), the loop, eval + sample
+ * after, the adapter (or model) plus training_args.json, metrics.jsonl and eval_report.json.
+ */
+import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { loadHfModel, loadTokenizer } from "@lowrank/nn";
+import type { Backend, Tensor } from "@lowrank/tensor";
+import { listCheckpoints, loadCheckpoint, restoreParams, saveCheckpoint, type SaveOptions, type TrainerState } from "./checkpoint.ts";
+import { ConfigError, type FinetuneConfig, resolveConfig, resumeFingerprint } from "./config.ts";
+import { buildDataset, type Dataset } from "./data/dataset.ts";
+import { BatchLoader } from "./data/loader.ts";
+import { DatasetError } from "./data/records.ts";
+import { type EvalResult, evaluate, greedySample } from "./evaluate.ts";
+import { dropoutStreamMap, enableGradientCheckpointing } from "./grad-checkpoint.ts";
+import { trainLoop } from "./loop.ts";
+import { type PreparedModel, prepareModel } from "./methods.ts";
+import { MetricsLog, type Reporter, silentReporter } from "./metrics.ts";
+import { AdamW, type Optimizer, SGD, namedParams } from "./optim.ts";
+import { type ScheduleOptions, warmupSteps } from "./schedule.ts";
+
+export type FinetuneInput = Partial<FinetuneConfig> & Pick<FinetuneConfig, "model" | "data" | "output">;
+
+export interface FinetuneIO {
+  backend: Backend;
+  reporter?: Reporter;
+  /** Stop after this many steps (the schedule still spans the full run): for interrupt/resume tests. */
+  stopAt?: number;
+  /** Skip the before/after samples (tests). */
+  skipSamples?: boolean;
+  /** Checkpoint test hook (see SaveOptions.beforeCommit). */
+  beforeCommit?: SaveOptions["beforeCommit"];
+  /** Loop test hook: after backward of each step. */
+  afterBackward?: (step: number, trainable: ReadonlyMap<string, Tensor>) => void;
+}
+
+export interface FinetuneResult {
+  config: FinetuneConfig;
+  output: string;
+  steps: number;
+  totalSteps: number;
+  skipped: number;
+  trainSeconds: number;
+  summary: string;
+  dataset: Dataset["stats"] & { train: number; eval: number; format: string };
+  before: EvalResult | null;
+  after: EvalResult | null;
+  samples: { prompt: string; before: string; after: string } | null;
+  /** Train loss of every step from 1 (a resumed run includes the steps before the interruption). */
+  losses: number[];
+  checkpoint: string | null;
+  outputFiles: string[];
+  peakBytes: number;
+}
+
+export async function finetune(input: FinetuneInput, io: FinetuneIO): Promise<FinetuneResult> {
+  const cfg = resolveConfig(input);
+  const { backend } = io;
+  const rep = io.reporter ?? silentReporter;
+  if (cfg.mixedPrecision !== "no") {
+    throw new ConfigError(`mixed precision (${cfg.mixedPrecision}) is not supported on the ${backend.name} backend yet; train in fp32 (drop --${cfg.mixedPrecision})`);
+  }
+
+  const loraOnly = (["rank", "alpha", "dropout", "targetModules"] as const).filter((k) => input[k] !== undefined);
+  if (cfg.method === "full" && loraOnly.length) rep.info(`warning: ${loraOnly.join(", ")} apply to lora and qlora; --method full trains every weight and ignores them`);
+
+  // ---- model, method, data: every check before training ----
+  const tokenizer = await loadTokenizer(cfg.model);
+  const base = await loadHfModel(cfg.model, { backend, dtype: "f32" });
+  const maxPos = base.config.max_position_embeddings;
+  if (cfg.seqLen > maxPos) throw new ConfigError(`seq len ${cfg.seqLen} exceeds the model's max_position_embeddings (${maxPos})`);
+  let prepared: PreparedModel;
+  try {
+    prepared = await prepareModel(base, cfg, cfg.model, (m) => rep.info(`warning: ${m}`));
+  } catch (e) {
+    base.dispose();
+    throw e;
+  }
+  const model = prepared.model;
+  try {
+    const ckpt = cfg.gradientCheckpointing ?? cfg.method === "qlora";
+    if (ckpt) enableGradientCheckpointing(model);
+    const text = await readFile(cfg.data, "utf8").catch((e: NodeJS.ErrnoException) => {
+      throw new DatasetError(cfg.data, null, null, e.code === "ENOENT" ? "no such file" : e.message);
+    });
+    const data = buildDataset(cfg.data, text, tokenizer, { format: cfg.format, seqLen: cfg.seqLen, evalFraction: cfg.evalFraction, seed: cfg.seed });
+    const padId = tokenizer.eosTokenId ?? 0;
+    const loader = new BatchLoader(data.train, cfg.batchSize, cfg.seed, padId);
+    const totalSteps = cfg.steps ?? Math.max(1, Math.ceil(((cfg.epochs as number) * loader.batchesPerEpoch) / cfg.gradAccum));
+    const schedule: ScheduleOptions = { name: cfg.scheduler, lr: cfg.lr, totalSteps, warmupSteps: warmupSteps(cfg.warmup, totalSteps) };
+    const params = namedParams(prepared.trainable);
+    const optimizer: Optimizer = cfg.optimizer === "sgd"
+      ? new SGD(params, { momentum: cfg.momentum, weightDecay: cfg.weightDecay })
+      : new AdamW(params, { betas: cfg.betas, eps: cfg.eps, weightDecay: cfg.weightDecay });
+    const st = data.stats;
+    rep.info(`data: ${cfg.data} (${data.format}): ${st.records} record(s), ${st.tokens.toLocaleString("en-US")} tokens -> ${data.train.length} train / ${data.eval.length} eval examples of <= ${cfg.seqLen} tokens` +
+      (st.truncated ? `; ${st.truncated} truncated` : "") + (st.noTargets ? `; ${st.noTargets} dropped (no response tokens)` : ""));
+    rep.info(`model: ${cfg.model} (${cfg.method}${ckpt ? ", gradient checkpointing" : ""}): ${prepared.summary}`);
+    rep.info(`training: ${totalSteps} steps of ${cfg.batchSize} x ${cfg.gradAccum} sequences, ${cfg.optimizer} lr ${cfg.lr} (${cfg.scheduler}, ${schedule.warmupSteps} warmup), backend ${backend.name}`);
+
+    // A resumed run must match the checkpoint's settings; checked before any work.
+    const resume = cfg.resume ? await loadCheckpoint(cfg.resume) : null;
+    if (resume) {
+      const want = resumeFingerprint(cfg);
+      const diff = Object.keys(want).filter((k) => JSON.stringify(want[k]) !== JSON.stringify(resume.state.fingerprint[k]));
+      if (diff.length) throw new ConfigError(`--resume ${resume.dir}: the checkpoint was trained with different settings (${diff.map((k) => `${k}: ${JSON.stringify(resume.state.fingerprint[k])} there, ${JSON.stringify(want[k])} now`).join("; ")})`);
+      if (resume.state.total_steps !== totalSteps) throw new ConfigError(`--resume ${resume.dir}: the checkpoint's run has ${resume.state.total_steps} steps, this one ${totalSteps}; the schedule would differ`);
+    }
+
+    // ---- before ----
+    const evalOpts = { batchSize: cfg.batchSize, padId, maxBatches: cfg.evalBatches };
+    const hasEval = data.eval.length > 0;
+    const before = hasEval ? await evaluate(model, data.eval, evalOpts) : null;
+    if (before) rep.info(`eval before: loss ${before.loss.toFixed(4)}, perplexity ${before.perplexity.toFixed(2)} (${before.tokens} tokens)`);
+    const promptIds = cfg.samplePrompt !== undefined ? tokenizer.encode(cfg.samplePrompt) : data.samplePrompt;
+    const sampleBefore = io.skipSamples || !cfg.sampleTokens ? null : await greedySample(model, tokenizer, promptIds, cfg.sampleTokens);
+
+    // ---- resume (after the "before" eval, which always measures the base model) ----
+    let startStep = 0;
+    const losses: number[] = [];
+    if (resume) {
+      restoreParams(prepared.trainable, resume.params, resume.dir);
+      optimizer.loadState(resume.optimizer);
+      loader.load(resume.state.loader);
+      const streams = dropoutStreamMap(model);
+      for (const [k, v] of Object.entries(resume.state.dropout)) {
+        const s = streams.get(k);
+        if (!s) throw new Error(`--resume ${resume.dir}: dropout stream ${k} does not exist in this model`);
+        s.seed = v.seed;
+        s.counter = v.counter;
+      }
+      startStep = resume.state.global_step;
+      losses.push(...resume.state.losses);
+      rep.info(`resumed from ${resume.dir} at step ${startStep}`);
+    }
+
+    // ---- output dir, metrics ----
+    await mkdir(cfg.output, { recursive: true });
+    await writeFile(join(cfg.output, "training_args.json"), `${JSON.stringify({ ...cfg, total_steps: totalSteps, warmup_steps: schedule.warmupSteps, backend: backend.name }, null, 2)}\n`);
+    const metrics = new MetricsLog(join(cfg.output, "metrics.jsonl"));
+    await metrics.reset(cfg.resume ? startStep : null);
+    if (before && !cfg.resume) await metrics.write({ step: 0, split: "eval", eval_loss: before.loss, perplexity: before.perplexity });
+
+    let lastCheckpoint: string | null = null;
+    const save = async (step: number) => {
+      const dropout = Object.fromEntries([...dropoutStreamMap(model)].map(([k, s]) => [k, { seed: s.seed, counter: s.counter }]));
+      const state: TrainerState = { version: 1, global_step: step, total_steps: totalSteps, loader: loader.state(), dropout, fingerprint: resumeFingerprint(cfg), losses: [...losses] };
+      lastCheckpoint = await saveCheckpoint(cfg.output, {
+        step, params: prepared.trainable, paramsFile: prepared.paramsFile, optimizer: await optimizer.state(), state,
+      }, { keep: cfg.saveTotalLimit, beforeCommit: io.beforeCommit });
+    };
+    const evalAt = async (step: number) => {
+      if (!hasEval) return;
+      const r = await evaluate(model, data.eval, evalOpts);
+      rep.info(`eval at step ${step}: loss ${r.loss.toFixed(4)}, perplexity ${r.perplexity.toFixed(2)}`);
+      await metrics.write({ step, split: "eval", eval_loss: r.loss, perplexity: r.perplexity });
+    };
+
+    // ---- train ----
+    const stopAt = Math.min(io.stopAt ?? totalSteps, totalSteps);
+    let peakBytes = 0;
+    const loop = await trainLoop({
+      model, params, optimizer, loader, schedule, gradAccum: cfg.gradAccum, maxGradNorm: cfg.maxGradNorm, startStep, stopAt,
+      evalEvery: cfg.evalEvery, saveEvery: cfg.saveEvery, evaluate: evalAt, save, metrics, reporter: rep, losses,
+      afterBackward: io.afterBackward ? (s) => io.afterBackward!(s, prepared.trainable) : undefined,
+      onPeak: (b) => (peakBytes = Math.max(peakBytes, b)),
+    });
+
+    // ---- after ----
+    const after = hasEval ? await evaluate(model, data.eval, evalOpts) : null;
+    if (after) {
+      await metrics.write({ step: stopAt, split: "eval", eval_loss: after.loss, perplexity: after.perplexity });
+      rep.info(`eval after:  loss ${after.loss.toFixed(4)}, perplexity ${after.perplexity.toFixed(2)}` + (before ? ` (before: ${before.loss.toFixed(4)}, ${before.perplexity.toFixed(2)})` : ""));
+    }
+    const sampleAfter = sampleBefore === null ? null : await greedySample(model, tokenizer, promptIds, cfg.sampleTokens);
+    const samples = sampleBefore === null ? null : { prompt: tokenizer.decode(promptIds), before: sampleBefore, after: sampleAfter as string };
+    if (loop.steps > 0 || !(await listCheckpoints(cfg.output)).includes(stopAt)) await save(stopAt);
+    const outputFiles = stopAt === totalSteps ? await prepared.writeOutput(cfg.output) : [];
+    const result: FinetuneResult = {
+      config: cfg, output: cfg.output, steps: stopAt, totalSteps, skipped: loop.skipped, trainSeconds: loop.seconds, summary: prepared.summary,
+      dataset: { ...data.stats, train: data.train.length, eval: data.eval.length, format: data.format },
+      before, after, samples, losses, checkpoint: lastCheckpoint, outputFiles, peakBytes,
+    };
+    await writeFile(join(cfg.output, "eval_report.json"), `${JSON.stringify(reportOf(result), null, 2)}\n`);
+    optimizer.dispose();
+    return result;
+  } finally {
+    model.dispose();
+  }
+}
+
+function reportOf(r: FinetuneResult) {
+  return {
+    method: r.config.method, model: r.config.model, data: r.config.data, steps: r.steps, total_steps: r.totalSteps, skipped_steps: r.skipped,
+    train_seconds: r.trainSeconds, trainable: r.summary, peak_bytes: r.peakBytes,
+    before: r.before && { eval_loss: r.before.loss, perplexity: r.before.perplexity, tokens: r.before.tokens },
+    after: r.after && { eval_loss: r.after.loss, perplexity: r.after.perplexity, tokens: r.after.tokens },
+    samples: r.samples, final_train_loss: r.losses[r.losses.length - 1] ?? null,
+  };
+}
+

@@ -1,0 +1,82 @@
+/**
+ * Gradient checkpointing per decoder layer, from outside nn: each `model.layers.N` is replaced
+ * (setSubmodule) by a wrapper whose forward runs the layer under tensor's `checkpoint()`, so only
+ * the layer's input is kept and its activations are recomputed in backward. The wrapper
+ * registers the layer's children under their own names, so parameter names (and saved
+ * adapters) do not change. Under noGrad (eval, generation with a KV cache) checkpoint() just
+ * runs the layer.
+ *
+ * A frozen embedding feeding the first layer needs no "enable_input_require_grads" here:
+ * tensor's checkpoint() attaches its node even when no input requires grad.
+ *
+ * Dropout inside the layer (LoRA's) draws from counter-based streams whose counters advance on
+ * every forward. The recompute must see the masks of the original forward, so the wrapper
+ * rewinds every `dropoutState` counter found in the layer for the recompute and restores it after.
+ */
+import { type LayerContext, type LlamaForCausalLM, Module } from "@lowrank/nn";
+import { type Tensor, checkpoint } from "@lowrank/tensor";
+
+type Layer = Module & { forward(x: Tensor, ctx: LayerContext): Tensor };
+
+export class CheckpointedLayer extends Module {
+  constructor(readonly inner: Layer) {
+    super();
+    const own = inner.namedParameters().length - inner.children().reduce((n, [, c]) => n + c.namedParameters().length, 0);
+    if (own !== 0) throw new Error("CheckpointedLayer: the layer has parameters of its own; only children are re-registered");
+    for (const [name, child] of inner.children()) this.registerModule(name, child);
+  }
+
+  forward(x: Tensor, ctx: LayerContext): Tensor {
+    const streams = dropoutStreams(this.inner);
+    const before = streams.map((s) => s.counter);
+    let first = true;
+    return checkpoint((h) => {
+      if (first) {
+        first = false;
+        return this.inner.forward(h, ctx);
+      }
+      const now = streams.map((s) => s.counter);
+      streams.forEach((s, i) => (s.counter = before[i]));
+      try {
+        return this.inner.forward(h, ctx);
+      } finally {
+        streams.forEach((s, i) => (s.counter = now[i]));
+      }
+    }, x);
+  }
+}
+
+/** Wrap every decoder layer; returns a function that puts the original layers back. */
+export function enableGradientCheckpointing(model: LlamaForCausalLM): () => void {
+  const n = model.config.num_hidden_layers;
+  const originals: Layer[] = [];
+  for (let i = 0; i < n; i++) {
+    const path = `model.layers.${i}`;
+    const layer = model.getSubmodule(path) as Layer;
+    if (layer instanceof CheckpointedLayer) return () => {};
+    originals.push(layer);
+    model.setSubmodule(path, new CheckpointedLayer(layer));
+  }
+  return () => originals.forEach((l, i) => model.setSubmodule(`model.layers.${i}`, l));
+}
+
+/** A counter-based stream a module advances as it draws (LoRA dropout's `dropoutState` values). */
+export interface DropoutStream {
+  seed: number;
+  counter: number;
+}
+
+/** Every dropout stream in a module tree, by "<module path>:<adapter>". */
+export function dropoutStreamMap(root: Module): Map<string, DropoutStream> {
+  const out = new Map<string, DropoutStream>();
+  for (const [path, m] of root.namedModules()) {
+    const states = (m as { dropoutState?: unknown }).dropoutState;
+    if (!(states instanceof Map)) continue;
+    for (const [name, st] of states as Map<string, DropoutStream>) out.set(`${path}:${name}`, st);
+  }
+  return out;
+}
+
+function dropoutStreams(root: Module): DropoutStream[] {
+  return [...dropoutStreamMap(root).values()];
+}

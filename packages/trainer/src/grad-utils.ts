@@ -1,0 +1,38 @@
+/** Gradient norm, clipping and the finite check, on the device with one read-back per step. */
+import { type Tensor, noGrad, scope } from "@lowrank/tensor";
+
+/** sqrt(sum of squares) over every gradient present (torch.nn.utils.clip_grad_norm_'s total norm). */
+export async function globalGradNorm(params: readonly Tensor[]): Promise<number> {
+  const grads = params.map((p) => p.grad).filter((g): g is Tensor => g !== null);
+  if (!grads.length) return 0;
+  const total = noGrad(() =>
+    scope(() => {
+      let acc: Tensor | null = null;
+      for (const g of grads) {
+        const s = (g.dtype === "f32" ? g : g.cast("f32")).square().sum();
+        acc = acc ? acc.add(s) : s;
+      }
+      return (acc as Tensor).sqrt();
+    }),
+  );
+  try {
+    return await total.item();
+  } finally {
+    total.dispose();
+  }
+}
+
+/** Scale gradients so their global norm is at most maxNorm (coefficient maxNorm / (norm + 1e-6), as torch). */
+export function clipGradients(params: readonly Tensor[], maxNorm: number, norm: number): boolean {
+  if (!(maxNorm > 0) || !Number.isFinite(norm)) return false;
+  const coef = maxNorm / (norm + 1e-6);
+  if (coef >= 1) return false;
+  noGrad(() => {
+    for (const p of params) {
+      const g = p.grad;
+      if (!g) continue;
+      scope(() => g.assign(g.mul(coef)));
+    }
+  });
+  return true;
+}

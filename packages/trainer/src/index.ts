@@ -1,0 +1,27 @@
+// @lowrank/trainer: data pipeline, optimizers, schedules, checkpoint/resume, metrics and the
+// training loop for full, LoRA and QLoRA fine-tuning.
+export { finetune, type FinetuneInput, type FinetuneIO, type FinetuneResult } from "./finetune.ts";
+export {
+  resolveConfig, resumeFingerprint, ConfigError, DEFAULTS, METHODS, OPTIMIZERS, MIXED_PRECISION,
+  type FinetuneConfig, type Method, type OptimizerName, type MixedPrecision,
+} from "./config.ts";
+export { trainLoop, type LoopOptions, type LoopResult } from "./loop.ts";
+export { prepareModel, paramSummary, type PreparedModel } from "./methods.ts";
+export { AdamW, SGD, namedParams, type Optimizer, type OptimizerState, type NamedParam, type AdamWOptions, type SgdOptions } from "./optim.ts";
+export { learningRate, lrFactor, warmupSteps, SCHEDULERS, type SchedulerName, type ScheduleOptions } from "./schedule.ts";
+export { globalGradNorm, clipGradients } from "./grad-utils.ts";
+export { enableGradientCheckpointing, CheckpointedLayer, dropoutStreamMap, type DropoutStream } from "./grad-checkpoint.ts";
+export {
+  saveCheckpoint, loadCheckpoint, resolveCheckpoint, listCheckpoints, restoreParams,
+  type TrainerState, type SaveParts, type SaveOptions, type LoadedCheckpoint,
+} from "./checkpoint.ts";
+export { evaluate, greedySample, batchLossSum, type EvalResult } from "./evaluate.ts";
+export { MetricsLog, consoleReporter, silentReporter, clock, type Reporter, type MetricRecord, type TrainRecord, type EvalRecord } from "./metrics.ts";
+export { DatasetError, parseJsonRecords, type JsonRecord } from "./data/records.ts";
+export { buildDataset, detectFormat, permutation, DATA_FORMATS, DOC_SEPARATOR, type DataFormat, type Dataset, type DatasetOptions } from "./data/dataset.ts";
+export { BatchLoader, collate, batchesOf, IGNORE_INDEX, type Batch, type LoaderState } from "./data/loader.ts";
+export { encodeLong, encodeDocument, encodeSegments, type Example, type Segment, type EncodeSpec } from "./data/tokenize.ts";
+export {
+  alpacaPrompt, alpacaSegments, chatSegments, chatPrompt, ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT, CHAT_ROLES,
+  type ChatMessage, type ChatRole,
+} from "./data/templates.ts";

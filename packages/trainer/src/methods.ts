@@ -1,0 +1,104 @@
+/**
+ * The three ways to fine-tune: `full` (every weight trains), `lora` (PEFT LoRA on a frozen base)
+ * and `qlora` (the base quantized to 4 bits on load, then LoRA, prepared as PEFT's
+ * prepare_model_for_kbit_training does). Each returns the trained parameters by name and how to
+ * write the result.
+ */
+import { copyFile, mkdir } from "node:fs/promises";
+import { join } from "node:path";
+import { type LlamaForCausalLM, quantizeModel, saveHfModel } from "@lowrank/nn";
+import { type Tensor, isFloat } from "@lowrank/tensor";
+import { getPeftModel, saveAdapter } from "@lowrank/lora";
+import type { FinetuneConfig } from "./config.ts";
+
+export interface PreparedModel {
+  model: LlamaForCausalLM;
+  /** Trained parameters by their in-memory name. */
+  trainable: Map<string, Tensor>;
+  /** "trainable params: N || all params: M || trainable%: P" */
+  summary: string;
+  /** Where a checkpoint keeps the trained weights: full runs write a loadable model.safetensors. */
+  paramsFile: "trainable.safetensors" | "model.safetensors";
+  /** Write the final result (a PEFT adapter, or a full HF model directory) into `dir`. */
+  writeOutput(dir: string): Promise<string[]>;
+}
+
+export async function prepareModel(model: LlamaForCausalLM, cfg: FinetuneConfig, modelDir: string, warn: (m: string) => void = () => {}): Promise<PreparedModel> {
+  if (cfg.method === "full") return prepareFull(model, modelDir);
+  if (cfg.method === "qlora") await quantizeBase(model, cfg);
+  return prepareLora(model, cfg, modelDir, warn);
+}
+
+/**
+ * QLoRA's base, as prepare_model_for_kbit_training leaves it: linear weights in 4 bits (NF4 +
+ * double quant by default; the head stays dense, as transformers keeps lm_head out of
+ * quantization), every other parameter f32 and frozen. Gradient checkpointing is switched on
+ * by the caller (default for qlora); input gradients need no hook (see grad-checkpoint.ts).
+ */
+async function quantizeBase(model: LlamaForCausalLM, cfg: FinetuneConfig): Promise<void> {
+  await quantizeModel(model, { quantType: cfg.quantType, blocksize: cfg.blocksize, doubleQuant: cfg.doubleQuant, skipModules: ["lm_head"], computeDtype: "f32" });
+  // prepare_model_for_kbit_training: every float parameter left dense (norms, embeddings, head) in f32, frozen.
+  for (const [name, t] of model.namedParameters()) {
+    if (isFloat(t.dtype) && t.dtype !== "f32") throw new Error(`qlora: ${name} is ${t.dtype}; the base must be loaded in f32`);
+  }
+  model.setRequiresGrad(false);
+}
+
+function prepareLora(model: LlamaForCausalLM, cfg: FinetuneConfig, modelDir: string, warn: (m: string) => void): PreparedModel {
+  const peft = getPeftModel(model, {
+    r: cfg.rank,
+    lora_alpha: cfg.alpha,
+    lora_dropout: cfg.dropout,
+    target_modules: cfg.targetModules === "all-linear" ? "all-linear" : [...cfg.targetModules],
+    task_type: "CAUSAL_LM",
+    base_model_name_or_path: modelDir,
+  }, "default", { seed: cfg.seed, warn });
+  const trainable = new Map(peft.namedTrainableParameters());
+  return {
+    model,
+    trainable,
+    // PEFT's count: a 4-bit base counts its logical weights, not its packed bytes.
+    summary: peft.printTrainableParameters(() => {}),
+    paramsFile: "trainable.safetensors",
+    async writeOutput(dir) {
+      await mkdir(dir, { recursive: true });
+      const files = await saveAdapter(peft, dir);
+      return [...files.map((f) => f.slice(f.lastIndexOf("/") + 1)), ...(await copyTokenizer(modelDir, dir))];
+    },
+  };
+}
+
+function prepareFull(model: LlamaForCausalLM, modelDir: string): PreparedModel {
+  model.setRequiresGrad(true);
+  const trainable = new Map(model.namedParameters().filter(([, t]) => isFloat(t.dtype)));
+  return {
+    model,
+    trainable,
+    summary: paramSummary(model, trainable),
+    paramsFile: "model.safetensors",
+    async writeOutput(dir) {
+      await mkdir(dir, { recursive: true });
+      const files = await saveHfModel(model, dir);
+      return [...files, ...(await copyTokenizer(modelDir, dir))];
+    },
+  };
+}
+
+/** PEFT's print_trainable_parameters line (elements, tied weights counted once). */
+export function paramSummary(model: LlamaForCausalLM, trainable: ReadonlyMap<string, Tensor>): string {
+  let all = 0;
+  for (const [, t] of model.namedParameters()) all += t.size;
+  let n = 0;
+  for (const t of trainable.values()) n += t.size;
+  return `trainable params: ${n.toLocaleString("en-US")} || all params: ${all.toLocaleString("en-US")} || trainable%: ${((100 * n) / Math.max(1, all)).toFixed(4)}`;
+}
+
+/** Copy tokenizer.json and tokenizer_config.json next to the result, so the directory is self-contained. */
+export async function copyTokenizer(modelDir: string, dir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const f of ["tokenizer.json", "tokenizer_config.json"]) {
+    const ok = await copyFile(join(modelDir, f), join(dir, f)).then(() => true, () => false);
+    if (ok) out.push(f);
+  }
+  return out;
+}
