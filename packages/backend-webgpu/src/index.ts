@@ -95,3 +95,10 @@ export function describeAdapter(info: WebGpuAdapterInfo): string {
   const name = info.description || info.vendor || "unnamed adapter";
   return extra ? `${name} (${extra})` : name;
 }
+
+// The backend (kernels). index.ts and backend.ts import each other; both only use the other's
+// exports at call time, so the cycle is safe under Node, Bun and Deno.
+export { WebGpuBackend, createWebGpuBackend, GpuStorage, type GpuInput, type WebGpuBackendOptions, type WebGpuMemoryStats } from "./backend.ts";
+export {
+  WebGpuBackendError, WebGpuDeviceLostError, WebGpuDisposedError, WebGpuKernelError, WebGpuLimitError, WebGpuOutOfMemoryError, WebGpuValidationError,
+} from "./errors.ts";

@@ -1,0 +1,47 @@
+/** What kernels need from the backend: the engine, allocation and the binding limit. */
+import type { DType, Input } from "@lowrank/tensor";
+import type { Engine } from "../engine.ts";
+import { EPW } from "../wgsl/common.ts";
+
+/** A backend storage: one pooled GPU buffer (class-sized) holding `size` elements. */
+export class GpuStorage {
+  freed = false;
+  constructor(
+    readonly buffer: GPUBuffer,
+    readonly dtype: DType,
+    /** Elements. */
+    readonly size: number,
+    /** Bytes counted as live (size x element bytes). */
+    readonly bytes: number,
+  ) {}
+}
+
+export type GpuInput = Input<GpuStorage>;
+
+export interface KernelContext {
+  readonly engine: Engine;
+  /** Binding limit in 32-bit words. */
+  readonly maxWords: number;
+  /** The device has shader-f16 (used by the f16 matmul path). */
+  readonly hasF16: boolean;
+  /** A fresh output storage of `n` elements (returned to the caller). */
+  alloc(dtype: DType, n: number): GpuStorage;
+  /** Release an internal temporary (never a caller's handle). */
+  release(h: GpuStorage): void;
+}
+
+/** Words that hold `n` elements of `dtype`. */
+export function wordsOf(dtype: DType, n: number): number {
+  return Math.ceil(n / EPW[dtype]);
+}
+
+/** A window of a storage buffer for a binding, in words. */
+export function bindWords(h: GpuStorage, word: number, words: number): { buffer: GPUBuffer; offset: number; size: number } {
+  const offset = word * 4;
+  return { buffer: h.buffer, offset, size: Math.max(4, Math.min(words * 4, h.buffer.size - offset)) };
+}
+
+/** Workgroups needed for `units` invocations. */
+export function groupsFor(units: number, wg: number): number {
+  return Math.ceil(units / wg);
+}
