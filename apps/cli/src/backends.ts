@@ -4,14 +4,20 @@
  */
 import type { Backend } from "@lowrank/tensor";
 import { createCpuBackend } from "@lowrank/backend-cpu";
-import { describeAdapter, type WebGpuAdapterInfo, type WebGpuContext } from "@lowrank/backend-webgpu";
+import { createWebGpuBackend, describeAdapter, type WebGpuAdapterInfo, type WebGpuContext } from "@lowrank/backend-webgpu";
 import { detectRuntime, type Runtime } from "./runtime.ts";
 
 export const BACKEND_CHOICES = ["auto", "cpu", "webgpu"] as const;
 export type BackendChoice = (typeof BACKEND_CHOICES)[number];
 
-/** Why explicit webgpu is refused and auto skips it; goes away when the WGSL kernels land. */
-export const WEBGPU_KERNELS_MISSING = "WebGPU kernels not implemented yet (issue 3)";
+/**
+ * Software rasterizers (Mesa's llvmpipe/lavapipe, SwiftShader) run WGSL on the CPU; measured here
+ * they are 5-8x slower than the CPU backend's WASM SIMD matmul, so auto skips them.
+ */
+export function isSoftwareAdapter(info: WebGpuAdapterInfo): boolean {
+  const text = `${info.description} ${info.vendor} ${info.architecture}`.toLowerCase();
+  return /software|llvmpipe|lavapipe|swiftshader/.test(text);
+}
 
 /** A bad --backend / LOWRANK_BACKEND value, or a backend that cannot run here. */
 export class BackendError extends Error {
@@ -55,14 +61,19 @@ export function resolveChoice(
   return { requested: value, source };
 }
 
+/** Acquire a device through the WebGPU edge of this runtime. */
+async function acquireWebGpu(runtime: Runtime): Promise<WebGpuContext> {
+  // Dynamic imports: Deno must not load dawn.node, Node/Bun have no built-in navigator.gpu.
+  return runtime === "deno"
+    ? await (await import("@lowrank/backend-webgpu/deno")).requestWebGpu()
+    : await (await import("@lowrank/backend-webgpu/node")).requestWebGpu();
+}
+
 /** Acquire a WebGPU device through the edge for this runtime, describe it, and release it at once. */
 export async function probeWebGpu(runtime: Runtime = detectRuntime()): Promise<WebGpuProbe> {
   let ctx: WebGpuContext;
   try {
-    // Dynamic imports: Deno must not load dawn.node, Node/Bun have no built-in navigator.gpu.
-    ctx = runtime === "deno"
-      ? await (await import("@lowrank/backend-webgpu/deno")).requestWebGpu()
-      : await (await import("@lowrank/backend-webgpu/node")).requestWebGpu();
+    ctx = await acquireWebGpu(runtime);
   } catch (err) {
     const reason = (err as { reason?: unknown })?.reason;
     return { available: false, runtime, cause: err instanceof Error ? err.message : String(err), ...(typeof reason === "string" ? { reason } : {}) };
@@ -91,7 +102,10 @@ export function shortAdapterName(probe: WebGpuProbe): string {
 /** What auto picks and why, given a WebGPU probe. */
 export function autoChoice(probe: WebGpuProbe): { name: "cpu" | "webgpu"; reason: string } {
   if (!probe.available) return { name: "cpu", reason: `webgpu unavailable${probe.reason ? ` (${probe.reason})` : ""}` };
-  return { name: "cpu", reason: `webgpu adapter ${shortAdapterName(probe)} found; ${WEBGPU_KERNELS_MISSING}` };
+  if (isSoftwareAdapter(probe.adapter)) {
+    return { name: "cpu", reason: `webgpu adapter ${shortAdapterName(probe)} is a software rasterizer (slower than the cpu backend); --backend webgpu forces it` };
+  }
+  return { name: "webgpu", reason: `webgpu adapter ${shortAdapterName(probe)} found` };
 }
 
 /**
@@ -106,11 +120,13 @@ export async function selectBackend(
     return { name: "cpu", backend: createCpuBackend(), requested, source, reason: `requested by ${source === "--backend" ? "--backend cpu" : "LOWRANK_BACKEND=cpu"}` };
   }
   const webgpu = probe ?? (await probeWebGpu());
-  if (requested === "webgpu") {
-    const where = source === "--backend" ? "--backend webgpu" : "LOWRANK_BACKEND=webgpu";
-    const found = webgpu.available ? `webgpu adapter ${shortAdapterName(webgpu)} found, but ${WEBGPU_KERNELS_MISSING}` : webgpu.cause;
-    throw new BackendError(`${where}: the webgpu backend cannot run: ${found}. Use --backend cpu (or auto)`, false);
+  const where = source === "--backend" ? "--backend webgpu" : "LOWRANK_BACKEND=webgpu";
+  if (requested === "webgpu" && !webgpu.available) {
+    throw new BackendError(`${where}: the webgpu backend cannot run: ${webgpu.cause}. Use --backend cpu (or auto)`, false);
   }
-  const auto = autoChoice(webgpu);
-  return { name: auto.name, backend: createCpuBackend(), requested, source, reason: auto.reason };
+  const auto = requested === "webgpu" ? { name: "webgpu" as const, reason: `requested by ${where}` } : autoChoice(webgpu);
+  if (auto.name === "cpu") return { name: "cpu", backend: createCpuBackend(), requested, source, reason: auto.reason };
+  // The backend owns the context: dispose() releases the device so the process can exit.
+  const backend = createWebGpuBackend(await acquireWebGpu(webgpu.runtime));
+  return { name: "webgpu", backend, requested, source, reason: auto.reason };
 }

@@ -6,7 +6,11 @@ import {
   autoChoice, BACKEND_CHOICES, type BackendChoice, BackendError, probeWebGpu, resolveChoice, selectBackend,
 } from "./backends.ts";
 import { resolveDataDir } from "./data-dir.ts";
+import { DEQUANTIZE_USAGE, QUANTIZE_USAGE, quantizeCommand } from "./quantize.ts";
+import { finetuneCommand } from "./finetune.ts";
+import { MERGE_USAGE, mergeCommand } from "./merge.ts";
 import { detectRuntime, runtimeVersion } from "./runtime.ts";
+import { SERVE_USAGE, serveCli } from "./serve.ts";
 
 type Env = Record<string, string | undefined>;
 
@@ -27,7 +31,14 @@ Usage: lowrank <command> [options]
 
 Commands:
   backends      show the backends this runtime offers and which one auto picks
-  finetune      not available yet (the trainer lands with issue 7)
+  merge         fold a PEFT LoRA adapter into its base model and save a plain HF model directory:
+                ${MERGE_USAGE}
+  finetune      fine-tune a model with QLoRA, LoRA or full training (lowrank finetune --help)
+  quantize      write a bitsandbytes 4-bit (NF4 + double quant) copy of a HF model directory:
+                ${QUANTIZE_USAGE}
+  dequantize    write a dense copy of a bitsandbytes 4-bit model directory: ${DEQUANTIZE_USAGE}
+  serve         HTTP API: adapter registry, fine-tuning jobs, OpenAI-compatible inference:
+                ${SERVE_USAGE}
 
 Options:
   --backend <${BACKEND_CHOICES.join("|")}>  compute backend (default: $LOWRANK_BACKEND, else auto)
@@ -40,6 +51,27 @@ Runtimes: Node 20+ (npx lowrank), Bun (bun apps/cli/src/main.ts), Deno (deno run
 }
 
 export async function run(argv: string[], env: Env = process.env): Promise<number> {
+  // finetune has its own flags; hand it everything but the command word.
+  const first = commandIndex(argv);
+  if (first >= 0 && argv[first] === "finetune" && !argv.slice(0, first).some((a) => a === "-h" || a === "--help" || a === "-v" || a === "--version")) {
+    try {
+      return await finetuneCommand([...argv.slice(0, first), ...argv.slice(first + 1)], env);
+    } catch (err) {
+      if (err instanceof BackendError) {
+        console.error(`lowrank: ${err.message}`);
+        return err.usage ? EXIT_USAGE : EXIT_FAIL;
+      }
+      throw err;
+    }
+  }
+  // serve has its own flags too (lowrank serve --help).
+  if (first >= 0 && argv[first] === "serve" && !argv.slice(0, first).some((a) => a === "-v" || a === "--version")) {
+    return await serveCli([...argv.slice(0, first), ...argv.slice(first + 1)], env, usage);
+  }
+  // quantize/dequantize have their own flags too (lowrank quantize --help).
+  if (first >= 0 && (argv[first] === "quantize" || argv[first] === "dequantize") && !argv.slice(0, first).some((a) => a === "-h" || a === "--help" || a === "-v" || a === "--version")) {
+    return await quantizeCommand(argv[first] as "quantize" | "dequantize", [...argv.slice(0, first), ...argv.slice(first + 1)], env, usage);
+  }
   let parsed;
   try {
     parsed = parseArgs({
@@ -51,6 +83,13 @@ export async function run(argv: string[], env: Env = process.env): Promise<numbe
         backend: { type: "string" },
         "data-dir": { type: "string" },
         json: { type: "boolean" },
+        model: { type: "string" },
+        adapter: { type: "string" },
+        out: { type: "string" },
+        "adapter-name": { type: "string" },
+        dtype: { type: "string" },
+        "ignore-base-model": { type: "boolean" },
+        dequantize: { type: "boolean" },
       },
     });
   } catch (err) {
@@ -71,9 +110,12 @@ export async function run(argv: string[], env: Env = process.env): Promise<numbe
       case "backends":
         if (rest.length) return usage(`backends takes no arguments (got ${rest.join(" ")})`);
         return await backendsCommand(values.backend, values["data-dir"], values.json ?? false, env);
-      case "finetune":
-        console.error("not available yet: the trainer lands with issue 7");
-        return EXIT_USAGE;
+      case "merge":
+        if (rest.length) return usage(`merge takes no positional arguments (got ${rest.join(" ")}); use ${MERGE_USAGE}`);
+        return await mergeCommand(
+          { model: values.model, adapter: values.adapter, out: values.out, adapterName: values["adapter-name"], dtype: values.dtype, ignoreBaseModel: values["ignore-base-model"], dequantize: values.dequantize, backend: values.backend },
+          usage,
+        );
       default:
         return usage(`unknown command "${command}"`);
     }
@@ -84,6 +126,15 @@ export async function run(argv: string[], env: Env = process.env): Promise<numbe
     }
     throw err;
   }
+}
+
+/** Index of the command word: the first argument that is neither an option nor a global option's value. */
+function commandIndex(argv: string[]): number {
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === "--backend" || argv[i] === "--data-dir") i++;
+    else if (!argv[i].startsWith("-")) return i;
+  }
+  return -1;
 }
 
 function usage(message: string): number {
@@ -121,7 +172,7 @@ async function backendsCommand(option: string | undefined, dataDirFlag: string |
     `lowrank ${version()} on ${runtime} ${runtimeVersion(runtime)} (${process.platform} ${process.arch})`,
     `  cpu     ${cpuDevice}`,
     webgpu.available
-      ? `  webgpu  ${webgpu.description} via ${webgpu.implementation}${webgpu.f16 ? ", shader-f16" : ""}; kernels not implemented yet (issue 3)`
+      ? `  webgpu  ${webgpu.description} via ${webgpu.implementation}${webgpu.f16 ? ", shader-f16" : ""}`
       : `  webgpu  unavailable: ${webgpu.cause}`,
     `auto: ${auto.name} (${auto.reason})`,
   ];

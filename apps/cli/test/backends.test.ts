@@ -1,7 +1,7 @@
 /** Backend selection, in process (no spawning). */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { autoChoice, BackendError, resolveChoice, selectBackend, type WebGpuProbe } from "../src/backends.ts";
+import { autoChoice, BackendError, probeWebGpu, resolveChoice, selectBackend, type WebGpuProbe } from "../src/backends.ts";
 import { resolveDataDir } from "../src/data-dir.ts";
 
 const found: WebGpuProbe = {
@@ -27,23 +27,39 @@ test("bad values name the source and the valid choices", () => {
   assert.throws(() => resolveChoice("gpu", {}), /--backend gpu is not a backend/);
 });
 
-test("auto picks cpu while the WebGPU kernels are missing, and says why", async () => {
-  assert.deepEqual(autoChoice(found), { name: "cpu", reason: "webgpu adapter llvmpipe found; WebGPU kernels not implemented yet (issue 3)" });
+test("auto skips software adapters, takes hardware ones, and says why", async () => {
+  assert.deepEqual(autoChoice(found), {
+    name: "cpu",
+    reason: "webgpu adapter llvmpipe is a software rasterizer (slower than the cpu backend); --backend webgpu forces it",
+  });
+  const hardware: WebGpuProbe = { ...found, adapter: { vendor: "nvidia", architecture: "hopper", description: "NVIDIA H200" }, description: "NVIDIA H200" } as WebGpuProbe;
+  assert.deepEqual(autoChoice(hardware), { name: "webgpu", reason: "webgpu adapter NVIDIA H200 found" });
   assert.equal(autoChoice(missing).reason, "webgpu unavailable (no-adapter)");
   const sel = await selectBackend(undefined, {}, found);
   try {
     assert.equal(sel.name, "cpu");
     assert.equal(sel.backend.name, "cpu");
     assert.equal(sel.source, "default");
-    assert.match(sel.reason, /llvmpipe found; WebGPU kernels not implemented yet/);
+    assert.match(sel.reason, /llvmpipe is a software rasterizer/);
   } finally {
     sel.backend.dispose();
   }
 });
 
-test("explicit webgpu fails with the cause", async () => {
-  await assert.rejects(selectBackend("webgpu", {}, found), /--backend webgpu: the webgpu backend cannot run: webgpu adapter llvmpipe found, but WebGPU kernels not implemented yet \(issue 3\)/);
+test("explicit webgpu runs kernels on the adapter, or fails with the cause", async (t) => {
   await assert.rejects(selectBackend(undefined, { LOWRANK_BACKEND: "webgpu" }, missing), /LOWRANK_BACKEND=webgpu: .*no adapter found/);
+  const probe = await probeWebGpu();
+  if (!probe.available) return t.skip(`no WebGPU adapter here: ${probe.cause}`);
+  const sel = await selectBackend("webgpu", {});
+  try {
+    assert.equal(sel.name, "webgpu");
+    assert.equal(sel.backend.name, "webgpu");
+    const { tensor } = await import("@lowrank/tensor");
+    const y = tensor([[1, 2], [3, 4]], { backend: sel.backend }).matmul(tensor([[1], [1]], { backend: sel.backend }));
+    assert.deepEqual(Array.from(await y.read()), [3, 7]);
+  } finally {
+    sel.backend.dispose();
+  }
 });
 
 test("cpu needs no WebGPU probe", async () => {

@@ -1,0 +1,204 @@
+/**
+ * Bounded load test on loopback: completions through one adapter vs eight in rotation.
+ *
+ *   node --import tsx apps/server/bench/load.ts [--requests 200] [--concurrency 4] [--max-tokens 16] [--rounds 4] [--json out.json]
+ *
+ * Starts `lowrank serve` (stories260K, a temporary home) as a separate process so the client does
+ * not share its event loop, uploads 8 adapters, warms each once, then alternates rounds of the two
+ * modes (requests/rounds each) so drift from other work on the machine hits both alike. Reports
+ * requests/s, tokens/s, p50/p99 latency, and the acceptance check: 8 adapters in rotation cost
+ * under 20% throughput vs 1. Only 127.0.0.1 is contacted; every request has a timeout and the
+ * whole run a deadline.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { createCpuBackend } from "@lowrank/backend-cpu";
+import { getPeftModel, saveAdapter } from "@lowrank/lora";
+import { loadHfModel } from "@lowrank/nn";
+
+const { values } = parseArgs({
+  options: {
+    requests: { type: "string", default: "200" },
+    concurrency: { type: "string", default: "4" },
+    "max-tokens": { type: "string", default: "16" },
+    rounds: { type: "string", default: "4" },
+    "deadline-s": { type: "string", default: "600" },
+    json: { type: "string" },
+  },
+});
+const REQUESTS = Math.min(2000, Number(values.requests));
+const CONCURRENCY = Math.min(32, Number(values.concurrency));
+const MAX_TOKENS = Math.min(128, Number(values["max-tokens"]));
+const ROUNDS = Math.max(1, Number(values.rounds));
+const DEADLINE = Date.now() + Number(values["deadline-s"]) * 1000;
+const ADAPTERS = 8;
+
+const DATA = process.env.LOWRANK_DATA_DIR ?? fileURLToPath(new URL("../../../../shared/data", import.meta.url));
+const MODEL = join(DATA, "models", "stories260K-hf");
+const CLI = fileURLToPath(new URL("../../cli/bin/lowrank.mjs", import.meta.url));
+const KEY = `bench-${randomBytes(16).toString("hex")}`;
+const PROMPTS = ["Once upon a time", "The little dog", "Lily wanted to", "One day, a big", "Tom and Sue went"];
+
+function assertLoopback(url: string): void {
+  const host = new URL(url).hostname;
+  if (!["127.0.0.1", "localhost", "[::1]"].includes(host)) throw new Error(`load.ts only talks to loopback, not ${host}`);
+}
+
+async function makeAdapters(dir: string): Promise<string[]> {
+  const backend = createCpuBackend();
+  const out: string[] = [];
+  for (let i = 0; i < ADAPTERS; i++) {
+    const model = await loadHfModel(MODEL, { backend });
+    const peft = getPeftModel(model, { r: 8, lora_alpha: 16, target_modules: ["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights: false }, "default", { seed: 1000 + i });
+    for (const [, layer] of peft.loraLayers()) {
+      const B = layer.lora_B.get("default").weight;
+      const small = B.mul(0.05); // a real but mild change: the stories stay stories, lengths stay comparable
+      B.assign(small);
+      small.dispose();
+    }
+    const d = join(dir, `a${i}`);
+    await saveAdapter(peft, d);
+    model.dispose();
+    out.push(d);
+  }
+  backend.dispose();
+  return out;
+}
+
+async function startServer(home: string): Promise<{ child: ChildProcess; url: string }> {
+  const child = spawn(process.execPath, [CLI, "serve", "--model", MODEL, "--port", "0", "--host", "127.0.0.1", "--home", home, "--backend", "cpu"], {
+    env: { ...process.env, LOWRANK_API_KEY: KEY }, stdio: ["ignore", "pipe", "pipe"],
+  });
+  let out = "";
+  child.stdout?.on("data", (d) => (out += d));
+  child.stderr?.on("data", (d) => (out += d));
+  const end = Date.now() + 60_000;
+  while (Date.now() < end) {
+    const m = /on (http:\/\/127\.0\.0\.1:\d+)/.exec(out);
+    if (m && out.includes("try: curl")) return { child, url: m[1] };
+    if (child.exitCode !== null) throw new Error(`lowrank serve exited: ${out}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  child.kill("SIGKILL");
+  throw new Error(`lowrank serve did not start: ${out}`);
+}
+
+async function api(url: string, path: string, init: RequestInit = {}): Promise<Response> {
+  assertLoopback(url);
+  return fetch(`${url}${path}`, { ...init, headers: { authorization: `Bearer ${KEY}`, ...(init.headers ?? {}) }, signal: AbortSignal.timeout(60_000) });
+}
+
+async function upload(url: string, name: string, dir: string): Promise<void> {
+  const form = new FormData();
+  form.set("name", name);
+  form.set("adapter_config.json", new Blob([await readFile(join(dir, "adapter_config.json"))]), "adapter_config.json");
+  form.set("adapter_model.safetensors", new Blob([new Uint8Array(await readFile(join(dir, "adapter_model.safetensors")))]), "adapter_model.safetensors");
+  const r = await api(url, "/v1/adapters", { method: "POST", body: form });
+  if (r.status !== 201) throw new Error(`upload ${name}: ${r.status} ${await r.text()}`);
+}
+
+interface Sample {
+  ms: number;
+  tokens: number;
+  adapter: string;
+}
+
+/** `count` completions with `concurrency` workers; model i is models[i % models.length]. */
+async function run(url: string, models: string[], count: number, offset: number): Promise<{ samples: Sample[]; seconds: number }> {
+  let next = 0;
+  const samples: Sample[] = [];
+  const t0 = performance.now();
+  const worker = async () => {
+    while (next < count) {
+      if (Date.now() > DEADLINE) throw new Error("deadline reached");
+      const i = next++;
+      const model = models[(offset + i) % models.length];
+      const t = performance.now();
+      const r = await api(url, "/v1/completions", {
+        method: "POST", headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model, prompt: PROMPTS[(offset + i) % PROMPTS.length], max_tokens: MAX_TOKENS, temperature: 0 }),
+      });
+      const j = (await r.json()) as { usage?: { completion_tokens: number }; adapter?: string; error?: unknown };
+      if (r.status !== 200) throw new Error(`completion ${model}: ${r.status} ${JSON.stringify(j)}`);
+      samples.push({ ms: performance.now() - t, tokens: j.usage?.completion_tokens ?? 0, adapter: j.adapter ?? "none" });
+    }
+  };
+  await Promise.all(Array.from({ length: CONCURRENCY }, worker));
+  return { samples, seconds: (performance.now() - t0) / 1000 };
+}
+
+function pct(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
+}
+
+function summary(samples: Sample[], seconds: number) {
+  const ms = samples.map((s) => s.ms).sort((a, b) => a - b);
+  const tokens = samples.reduce((n, s) => n + s.tokens, 0);
+  return {
+    requests: samples.length, seconds, rps: samples.length / seconds, tokens_per_s: tokens / seconds, mean_tokens: tokens / samples.length,
+    p50_ms: pct(ms, 50), p99_ms: pct(ms, 99), adapters_used: new Set(samples.map((s) => s.adapter)).size,
+  };
+}
+
+async function main(): Promise<number> {
+  if (!existsSync(join(MODEL, "model.safetensors"))) {
+    console.log(`skipped: ${MODEL} not found (set LOWRANK_DATA_DIR)`);
+    return 0;
+  }
+  const work = await mkdtemp(join(tmpdir(), "lowrank-load-"));
+  let server: ChildProcess | null = null;
+  try {
+    const dirs = await makeAdapters(join(work, "adapters"));
+    const s = await startServer(join(work, "home"));
+    server = s.child;
+    const names = dirs.map((_, i) => `bench-${i}`);
+    for (let i = 0; i < ADAPTERS; i++) await upload(s.url, names[i], dirs[i]);
+    await run(s.url, names, ADAPTERS * 2, 0); // warm: every adapter loaded into the cache once
+
+    const per = Math.ceil(REQUESTS / ROUNDS);
+    const one: Sample[] = [];
+    const eight: Sample[] = [];
+    let t1 = 0;
+    let t8 = 0;
+    for (let r = 0; r < ROUNDS; r++) {
+      // Alternate which mode goes first, so neither always runs on a warmer or quieter machine.
+      const order = r % 2 === 0 ? ["1", "8"] : ["8", "1"];
+      for (const mode of order) {
+        const res = await run(s.url, mode === "1" ? [names[0]] : names, per, r * per);
+        if (mode === "1") {
+          one.push(...res.samples);
+          t1 += res.seconds;
+        } else {
+          eight.push(...res.samples);
+          t8 += res.seconds;
+        }
+      }
+    }
+    const a = summary(one, t1);
+    const b = summary(eight, t8);
+    const cost = 1 - b.rps / a.rps;
+    const line = (label: string, x: ReturnType<typeof summary>) =>
+      `${label.padEnd(24)} ${String(x.requests).padStart(5)} req  ${x.rps.toFixed(2).padStart(7)} req/s  ${x.tokens_per_s.toFixed(1).padStart(8)} tok/s  p50 ${x.p50_ms.toFixed(1).padStart(7)} ms  p99 ${x.p99_ms.toFixed(1).padStart(7)} ms  (${x.mean_tokens.toFixed(1)} tokens/req, ${x.adapters_used} adapter(s))`;
+    console.log(`lowrank server load test: stories260K, ${REQUESTS} requests per mode in ${ROUNDS} alternating rounds, concurrency ${CONCURRENCY}, max_tokens ${MAX_TOKENS}, loopback ${s.url}`);
+    console.log(line("1 adapter", a));
+    console.log(line(`${ADAPTERS} adapters in rotation`, b));
+    const pass = cost < 0.2;
+    console.log(`ACCEPTANCE ${pass ? "PASS" : "FAIL"}: ${ADAPTERS} adapters in rotation cost ${(cost * 100).toFixed(1)}% throughput vs 1 adapter (limit 20%)`);
+    if (values.json) await writeFile(values.json, `${JSON.stringify({ date: new Date().toISOString(), requests: REQUESTS, concurrency: CONCURRENCY, max_tokens: MAX_TOKENS, one: a, eight: b, throughput_cost: cost, pass }, null, 2)}\n`);
+    return pass ? 0 : 1;
+  } finally {
+    if (server && server.exitCode === null) {
+      server.kill("SIGTERM");
+      await new Promise((r) => server!.once("exit", r));
+    }
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+process.exitCode = await main();

@@ -1,0 +1,30 @@
+/** What every route handler can reach. */
+import type { ApiKey, KeyStore } from "../auth.ts";
+import type { Home } from "../home.ts";
+import type { ModelHost } from "../inference/host.ts";
+import type { JobRunner } from "../jobs/runner.ts";
+import type { JobStore } from "../jobs/store.ts";
+import type { Registry } from "../registry/registry.ts";
+
+export interface Limits {
+  /** JSON request bodies (default 1 MiB). */
+  maxBodyBytes: number;
+  /** Adapter and dataset uploads (default 1 GiB). */
+  maxUploadBytes: number;
+  /** Largest max_tokens a request may ask for (default 2048). */
+  maxTokens: number;
+}
+
+export interface ServerContext {
+  home: Home;
+  host: ModelHost;
+  registry: Registry;
+  keys: KeyStore;
+  jobs: JobStore;
+  runner: JobRunner;
+  limits: Limits;
+  startedAt: number;
+  log: (line: string) => void;
+}
+
+export type AppEnv = { Variables: { key: ApiKey } };

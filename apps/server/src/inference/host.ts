@@ -1,0 +1,291 @@
+/**
+ * One base model in memory, its LoRA adapters, and the queue in front of it.
+ *
+ * The active adapter is state of the model object, so every request that touches the model runs
+ * inside `exclusive()`: a one-permit Effect semaphore (FIFO). A request sets its adapter, generates,
+ * and only then lets the next one in, so two requests with different adapters never interleave
+ * tokens on the same weights. Adapters load on first use and stay cached (LRU by weight bytes).
+ */
+import { Effect, Semaphore } from "effect";
+import type { Backend } from "@lowrank/tensor";
+import { type LlamaForCausalLM, type TextTokenizer, generate, loadHfModel, loadTokenizer } from "@lowrank/nn";
+import { PeftModel, loadAdapter } from "@lowrank/lora";
+import { chatPrompt, type ChatMessage } from "@lowrank/trainer";
+import { conflict, invalid, unavailable } from "../errors.ts";
+import type { AdapterVersion } from "../registry/registry.ts";
+import { ByteLru } from "./lru.ts";
+
+export interface HostOptions {
+  modelDir: string;
+  backend: Backend;
+  /** The public id of the base model (default: the directory's name). */
+  id: string;
+  /** sha256 identity of the base weights (registry metadata). */
+  hash: string;
+  /** Adapter cache capacity in bytes (default 256 MiB). */
+  cacheBytes?: number;
+  /** Requests allowed to wait for the model before new ones get 503 (default 256). */
+  maxQueue?: number;
+}
+
+export interface LoadedAdapter {
+  id: number;
+  ref: string;
+  internal: string;
+  bytes: number;
+  loadedAt: string;
+}
+
+export interface GenRequest {
+  /** null: the base model alone. */
+  adapter: { version: AdapterVersion; dir: string } | null;
+  /** From encode(): the prompt's ids, BOS included. */
+  promptIds: number[];
+  maxTokens: number;
+  temperature: number;
+  topP: number;
+  topK: number;
+  repetitionPenalty: number;
+  seed: number;
+  stop: string[];
+  signal?: AbortSignal;
+}
+
+export interface GenResult {
+  text: string;
+  finishReason: "stop" | "length";
+  promptTokens: number;
+  completionTokens: number;
+}
+
+export class ModelHost {
+  readonly id: string;
+  readonly dir: string;
+  readonly hash: string;
+  readonly backend: Backend;
+  readonly model: LlamaForCausalLM;
+  readonly tokenizer: TextTokenizer;
+  readonly #sem = Semaphore.makeUnsafe(1);
+  readonly #maxQueue: number;
+  readonly #cache: ByteLru<number, LoadedAdapter>;
+  #peft: PeftModel<LlamaForCausalLM> | null = null;
+  #pending = 0;
+  #closed = false;
+  /** Requests served, per adapter ref ("" = base); for /v1/cache and tests. */
+  readonly served = new Map<string, number>();
+
+  private constructor(o: HostOptions, model: LlamaForCausalLM, tokenizer: TextTokenizer) {
+    this.id = o.id;
+    this.dir = o.modelDir;
+    this.hash = o.hash;
+    this.backend = o.backend;
+    this.model = model;
+    this.tokenizer = tokenizer;
+    this.#maxQueue = o.maxQueue ?? 256;
+    this.#cache = new ByteLru(o.cacheBytes ?? 256 * 2 ** 20, (_, a) => this.#peft?.deleteAdapter(a.internal));
+  }
+
+  static async load(o: HostOptions): Promise<ModelHost> {
+    const tokenizer = await loadTokenizer(o.modelDir);
+    const model = await loadHfModel(o.modelDir, { backend: o.backend, dtype: "f32" });
+    model.eval();
+    model.setRequiresGrad(false);
+    return new ModelHost(o, model, tokenizer);
+  }
+
+  get queued(): number {
+    return this.#pending;
+  }
+
+  get cacheCapacity(): number {
+    return this.#cache.capacity;
+  }
+
+  /** Run `fn` alone on the model, after every request queued before it. */
+  exclusive<T>(fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
+    if (this.#closed) return Promise.reject(unavailable("the server is shutting down"));
+    if (this.#pending >= this.#maxQueue) return Promise.reject(unavailable(`the model queue is full (${this.#maxQueue} requests waiting); retry later`));
+    this.#pending++;
+    const run = Effect.tryPromise({
+      try: () => {
+        this.#pending--;
+        if (signal?.aborted) return Promise.reject(invalid("the client closed the request while it was queued"));
+        return fn();
+      },
+      catch: (e) => e,
+    });
+    return Effect.runPromise(this.#sem.withPermits(1)(run));
+  }
+
+  /** Let every queued request finish, refuse new ones, free the model (idempotent). */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    await this.exclusive(async () => {
+      this.#closed = true;
+    }).catch(() => {});
+    this.#cache.clear();
+    this.model.dispose();
+  }
+
+  loaded(): LoadedAdapter[] {
+    return this.#cache.entries().map(([, a]) => a);
+  }
+
+  isLoaded(id: number): boolean {
+    return this.#cache.has(id);
+  }
+
+  /** Load into the cache (hot-load). Call inside exclusive(). */
+  async ensureLoaded(v: AdapterVersion, dir: string): Promise<LoadedAdapter> {
+    const hit = this.#cache.get(v.id);
+    if (hit) return hit;
+    if (v.base_model_hash !== this.hash) {
+      throw conflict(`${v.ref} was trained on base ${v.base_model} (${v.base_model_hash.slice(0, 19)}...), not on the served ${this.id} (${this.hash.slice(0, 19)}...)`, "model");
+    }
+    const internal = `v${v.id}`;
+    try {
+      this.#peft = await loadAdapter<LlamaForCausalLM>(this.#peft ?? this.model, dir, internal, { ignoreBaseModel: true, warn: () => {} });
+    } catch (e) {
+      throw conflict(`${v.ref} does not load onto ${this.id}: ${(e as Error).message.split("\n")[0]}`, "model");
+    } finally {
+      this.model.eval();
+    }
+    let bytes = 0;
+    for (const [, layer] of this.#peft.loraLayers()) for (const t of layer.adapterParameters(internal)) bytes += t.size * 4;
+    const entry: LoadedAdapter = { id: v.id, ref: v.ref, internal, bytes, loadedAt: new Date().toISOString() };
+    this.#cache.set(v.id, entry, bytes);
+    return entry;
+  }
+
+  /** Drop from the cache (hot-unload). Call inside exclusive(). */
+  unload(id: number): boolean {
+    return this.#cache.delete(id);
+  }
+
+  /** Validate adapter files against this base without keeping them: load under a scratch name, then delete. */
+  async check(dir: string): Promise<void> {
+    const scratch = `check${Date.now()}`;
+    try {
+      this.#peft = await loadAdapter<LlamaForCausalLM>(this.#peft ?? this.model, dir, scratch, { ignoreBaseModel: true, warn: () => {} });
+    } catch (e) {
+      throw invalid(`the adapter does not fit base model ${this.id}: ${(e as Error).message}`, "adapter_model.safetensors");
+    } finally {
+      this.model.eval();
+    }
+    this.#peft.deleteAdapter(scratch);
+  }
+
+  /** Set the request's adapter (or none). Call inside exclusive(). */
+  async activate(adapter: GenRequest["adapter"]): Promise<void> {
+    if (!adapter) {
+      this.#peft?.setAdapter([]);
+      return;
+    }
+    const a = await this.ensureLoaded(adapter.version, adapter.dir);
+    (this.#peft as PeftModel<LlamaForCausalLM>).setAdapter(a.internal);
+  }
+
+  chatPrompt(messages: ChatMessage[]): string {
+    return chatPrompt(messages);
+  }
+
+  /** Tokenize a prompt (BOS included); 400 when it leaves no room to generate. */
+  encode(prompt: string, field: string): number[] {
+    const ids = this.tokenizer.encode(prompt);
+    const maxPos = this.model.config.max_position_embeddings;
+    if (ids.length >= maxPos) throw invalid(`the prompt is ${ids.length} tokens; this model's context is ${maxPos} tokens`, field);
+    return ids;
+  }
+
+  /** 503 now rather than after the response has started (streams). */
+  assertCapacity(): void {
+    if (this.#closed) throw unavailable("the server is shutting down");
+    if (this.#pending >= this.#maxQueue) throw unavailable(`the model queue is full (${this.#maxQueue} requests waiting); retry later`);
+  }
+
+  /**
+   * Generate for one request inside the queue. `onText` gets each piece of text as soon as it is
+   * safe to emit (a piece that could be the start of a stop string is held back).
+   */
+  generate(req: GenRequest, onText?: (text: string) => void): Promise<GenResult> {
+    const ids = req.promptIds;
+    const maxPos = this.model.config.max_position_embeddings;
+    return this.exclusive(async () => {
+      await this.activate(req.adapter);
+      const key = req.adapter?.version.ref ?? "";
+      this.served.set(key, (this.served.get(key) ?? 0) + 1);
+      const tok = this.tokenizer;
+      const stopIds = [...this.model.config.eos_token_id, ...(tok.eosTokenId === null ? [] : [tok.eosTokenId])];
+      const maxNew = Math.min(req.maxTokens, maxPos - ids.length);
+      const out: number[] = [];
+      let text = "";
+      let emitted = 0;
+      let finish: GenResult["finishReason"] = "length";
+      const emit = (upTo: number) => {
+        if (upTo > emitted) {
+          onText?.(text.slice(emitted, upTo));
+          emitted = upTo;
+        }
+      };
+      let stopped = false;
+      for await (const id of generate(this.model, ids, {
+        maxNewTokens: maxNew, temperature: req.temperature, topP: req.topP, topK: req.topK,
+        repetitionPenalty: req.repetitionPenalty, seed: req.seed, stopTokens: stopIds, signal: req.signal,
+      })) {
+        out.push(id);
+        // The CPU backend's reads resolve as microtasks: without this the whole generation would run
+        // before any other I/O (no streaming flushes, no new connections accepted).
+        await yieldToEventLoop();
+        // Decode the whole completion each time: byte-fallback pieces become whole characters.
+        const full = tok.decode(out);
+        if (full.endsWith("\uFFFD")) continue;
+        text = full;
+        const hit = findStop(text, req.stop, Math.max(0, emitted - maxLen(req.stop)));
+        if (hit >= 0) {
+          text = text.slice(0, hit);
+          emit(hit);
+          finish = "stop";
+          stopped = true;
+          break;
+        }
+        emit(text.length - heldBack(text, req.stop));
+      }
+      if (!stopped) {
+        text = tok.decode(out);
+        if (out.length < maxNew) finish = "stop"; // EOS
+        emit(text.length);
+      }
+      return { text, finishReason: finish, promptTokens: ids.length, completionTokens: out.length };
+    }, req.signal);
+  }
+}
+
+const yieldToEventLoop = () => new Promise<void>((r) => setImmediate(r));
+
+function maxLen(stops: string[]): number {
+  return stops.reduce((m, s) => Math.max(m, s.length), 0);
+}
+
+/** Index of the earliest stop string in `text` at or after `from`, or -1. */
+export function findStop(text: string, stops: string[], from: number): number {
+  let best = -1;
+  for (const s of stops) {
+    const i = text.indexOf(s, from);
+    if (i >= 0 && (best < 0 || i < best)) best = i;
+  }
+  return best;
+}
+
+/** Length of the longest suffix of `text` that is a proper prefix of a stop string (not yet safe to emit). */
+export function heldBack(text: string, stops: string[]): number {
+  let hold = 0;
+  for (const s of stops) {
+    for (let k = Math.min(s.length - 1, text.length); k > hold; k--) {
+      if (text.endsWith(s.slice(0, k))) {
+        hold = k;
+        break;
+      }
+    }
+  }
+  return hold;
+}
