@@ -9,6 +9,7 @@ import { resolveDataDir } from "./data-dir.ts";
 import { DEQUANTIZE_USAGE, QUANTIZE_USAGE, quantizeCommand } from "./quantize.ts";
 import { finetuneCommand } from "./finetune.ts";
 import { MERGE_USAGE, mergeCommand } from "./merge.ts";
+import { GENERATE_USAGE, generateCommand } from "./generate.ts";
 import { detectRuntime, runtimeVersion } from "./runtime.ts";
 import { SERVE_USAGE, serveCli } from "./serve.ts";
 
@@ -33,6 +34,8 @@ Commands:
   backends      show the backends this runtime offers and which one auto picks
   merge         fold a PEFT LoRA adapter into its base model and save a plain HF model directory:
                 ${MERGE_USAGE}
+  generate      stream a model's continuation of a prompt (optionally with a PEFT adapter):
+                ${GENERATE_USAGE}
   finetune      fine-tune a model with QLoRA, LoRA or full training (lowrank finetune --help)
   quantize      write a bitsandbytes 4-bit (NF4 + double quant) copy of a HF model directory:
                 ${QUANTIZE_USAGE}
@@ -63,6 +66,10 @@ export async function run(argv: string[], env: Env = process.env): Promise<numbe
       }
       throw err;
     }
+  }
+  // generate has its own flags too (lowrank generate --help).
+  if (first >= 0 && argv[first] === "generate" && !argv.slice(0, first).some((a) => a === "-v" || a === "--version")) {
+    return await generateCommand([...argv.slice(0, first), ...argv.slice(first + 1)], env, usage);
   }
   // serve has its own flags too (lowrank serve --help).
   if (first >= 0 && argv[first] === "serve" && !argv.slice(0, first).some((a) => a === "-v" || a === "--version")) {

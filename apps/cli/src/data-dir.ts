@@ -1,6 +1,6 @@
 /** Where models and datasets live: --data-dir, else LOWRANK_DATA_DIR, else ../shared/data beside the repo. */
 import { existsSync } from "node:fs";
-import { resolve } from "node:path";
+import { isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 export interface DataDir {
@@ -20,4 +20,9 @@ export function resolveDataDir(flag: string | undefined, env: Record<string, str
       : [DEFAULT_DATA_DIR, "default"];
   const path = resolve(raw);
   return { path, source, exists: existsSync(path) };
+}
+
+/** A path as given when it exists (or is absolute), else the same relative path inside the data dir if that exists. */
+export function locateInDataDir(p: string, dataDir: string, cwd: string): string {
+  return isAbsolute(p) || existsSync(resolve(cwd, p)) || !existsSync(join(dataDir, p)) ? resolve(cwd, p) : join(dataDir, p);
 }

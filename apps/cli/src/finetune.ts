@@ -3,8 +3,7 @@
  * Relative --model/--data paths that do not exist here are looked up in the data directory
  * (--data-dir, else LOWRANK_DATA_DIR, else ../shared/data beside the repository).
  */
-import { existsSync } from "node:fs";
-import { basename, isAbsolute, join, resolve } from "node:path";
+import { basename, join, resolve } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { LoraConfigError } from "@lowrank/lora";
@@ -12,7 +11,7 @@ import {
   ConfigError, DATA_FORMATS, DatasetError, type FinetuneInput, type FinetuneResult, METHODS, SCHEDULERS, consoleReporter, finetune,
 } from "@lowrank/trainer";
 import { BACKEND_CHOICES, type BackendChoice, resolveChoice, selectBackend } from "./backends.ts";
-import { resolveDataDir } from "./data-dir.ts";
+import { locateInDataDir, resolveDataDir } from "./data-dir.ts";
 
 type Env = Record<string, string | undefined>;
 
@@ -114,7 +113,7 @@ export function finetuneInput(v: Values, env: Env, cwd = process.cwd()): Finetun
   if (v["gradient-checkpointing"] && v["no-gradient-checkpointing"]) throw new FinetuneUsageError("--gradient-checkpointing and --no-gradient-checkpointing contradict each other");
   if (v.bf16 && v.fp16) throw new FinetuneUsageError("--bf16 and --fp16 contradict each other");
   const dataDir = resolveDataDir(v["data-dir"], env).path;
-  const locate = (p: string) => (isAbsolute(p) || existsSync(resolve(cwd, p)) || !existsSync(join(dataDir, p)) ? resolve(cwd, p) : join(dataDir, p));
+  const locate = (p: string) => locateInDataDir(p, dataDir, cwd);
   const model = locate(v.model);
   const method = v.method ?? "qlora";
   const tm = v["target-modules"];

@@ -1,0 +1,55 @@
+/**
+ * `lowrank generate` on stories260K with temperature 0 prints the reference greedy story
+ * (../shared/data/models/stories260K/reference_vectors.json, made independently of this code).
+ */
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import process from "node:process";
+import { test } from "node:test";
+import { fileURLToPath } from "node:url";
+import { resolveDataDir } from "@lowrank/nn";
+
+const CLI_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+const BIN = join(CLI_DIR, "bin", "lowrank.mjs");
+const dataDir = await resolveDataDir({ env: process.env });
+const refPath = dataDir ? join(dataDir, "models", "stories260K", "reference_vectors.json") : "";
+const skip = dataDir && existsSync(refPath) ? false : "reference vectors not found: set LOWRANK_DATA_DIR or put shared/data beside the repo";
+
+function lowrank(args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const node = "Bun" in globalThis || "Deno" in globalThis ? "node" : process.execPath;
+  return new Promise((done, fail) => {
+    const p = spawn(node, [BIN, ...args], { env: { ...process.env, LOWRANK_BACKEND: "cpu", ...env }, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    p.stdout.on("data", (d) => (stdout += d));
+    p.stderr.on("data", (d) => (stderr += d));
+    p.on("error", fail);
+    p.on("close", (code) => done({ code, stdout, stderr }));
+  });
+}
+
+test("greedy with the prompt 'Once upon a time' prints the reference continuation", { skip, timeout: 120_000 }, async () => {
+  const ref = JSON.parse(readFileSync(refPath, "utf8")).greedy_with_prompt as { prompt: string; steps: number; prompt_ids: number[]; generated_text: string };
+  const r = await lowrank(["generate", "--model", "models/stories260K-hf", "--prompt", ref.prompt, "--max-new-tokens", String(ref.steps - ref.prompt_ids.length + 1), "--temperature", "0"]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, `${ref.prompt}${ref.generated_text}\n`);
+  assert.match(r.stderr, /cpu backend/);
+});
+
+test("greedy from BOS prints the 256-token reference story", { skip, timeout: 120_000 }, async () => {
+  const ref = JSON.parse(readFileSync(refPath, "utf8")).greedy_no_prompt as { steps: number; generated_text: string };
+  const r = await lowrank(["generate", "--model", "models/stories260K-hf", "--prompt", "", "--max-new-tokens", String(ref.steps)]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(r.stdout, `${ref.generated_text}\n`);
+});
+
+test("bad flags are usage errors; a missing model names the file", async () => {
+  const bad = await lowrank(["generate", "--model", "x", "--prompt", "p", "--top-p", "2"]);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /--top-p 2: expected a number in \(0, 1\]/);
+  const missing = await lowrank(["generate", "--model", "/nonexistent/model", "--prompt", "p"]);
+  assert.equal(missing.code, 1);
+  assert.match(missing.stderr, /\/nonexistent\/model\/config\.json/);
+});
