@@ -11,8 +11,8 @@
 import { matmulBlocked } from "./kernels/matmul.ts";
 import { MATMUL_WASM_PLAIN, MATMUL_WASM_SHARED } from "./wasm/matmul-wasm.ts";
 import {
-  COPIED, DONE, ERR, type GemmPacked, JOB, NEXT, READY, SEQ, SLOT, TMP, type WorkerHandle,
-  availableCores, canBlock, canShare, claimChunks, startWorkers,
+  COPIED, FAIL, FINISHED, type GemmPacked, JOB, MAX_CHUNKS, NEXT, READY, SEQ, SLOT, TMP, type WorkerHandle,
+  availableCores, canBlock, canShare, claimChunks, jobTag, startWorkers,
 } from "./wasm/threads.ts";
 
 export interface MatmulEngine {
@@ -223,7 +223,7 @@ class WasmEngine implements WasmMatmulEngine {
     }
     for (;;) {
       const plan = this.plan(M, N, K);
-      // Only an absurdly deep K (a 4-row block of A plus 8 columns of B over the whole heap) does not fit.
+      // Only an absurdly deep K (one row of A plus 8 columns of B overflow the heap) does not fit.
       if (!plan) return matmulBlocked(A, B, C, M, N, K);
       if (this.ensure(plan.end)) return this.run(A, B, C, M, N, K, plan);
       // The grow failed below the limit: heapLimit now equals what we have; plan again within it.
@@ -233,7 +233,7 @@ class WasmEngine implements WasmMatmulEngine {
   /**
    * Block sizes (rows mb of A, columns nb of B) and heap offsets so one block of each fits:
    * packed B (pb, k x nb rounded up to 8), A rows, and one region that first receives raw B
-   * (packed from there) and then holds C. Null when not even 4 rows and 8 columns fit.
+   * (packed from there) and then holds C. Null when not even one row of A and 8 columns of B fit.
    */
   private plan(M: number, N: number, K: number): { mb: number; nb: number; pb: number; a: number; x: number; end: number } | null {
     const avail = this.heapLimit - this.opBase - 256;
@@ -297,25 +297,35 @@ class WasmEngine implements WasmMatmulEngine {
    * C[m,n] = A[m,k]·B[k,n] with B packed at pb, split over the caller and the live workers.
    * copyA/copyC move rows [s, e) (C: columns [j0, j1)) between the arrays and the heap. The job
    * is cut into chunks that threads claim as they go; the caller publishes A chunk by chunk so
-   * workers start at once, and copies out its own chunks of C while the workers finish theirs.
+   * workers start at once, copies out its own chunks of C while the workers finish theirs, and
+   * waits only for chunks actually claimed (a worker that never got CPU time costs nothing).
    */
   private gemm(a: number, pb: number, c: number, m: number, n: number, k: number, copyA: (s: number, e: number) => void, copyC: (s: number, e: number, j0: number, j1: number) => void): void {
     const kernel = this.kernel!, ctl = this.ctl;
-    const workers = 2 * m * n * k >= this.minFlops ? this.liveWorkers() : [];
+    const workers = 2 * m * n * k >= this.minFlops && Math.ceil(n / NC) <= MAX_CHUNKS ? this.liveWorkers() : [];
     if (workers.length === 0) {
       copyA(0, m);
       kernel.gemmPacked(a, k, pb, c, n, m, n, k, 0, n, KC, NC, this.tmpBase);
       copyC(0, m, 0, n);
       return;
     }
-    const blocks = Math.ceil(n / NC);
-    const rowChunks = Math.min(Math.ceil(m / 4), Math.ceil((CHUNKS_PER_THREAD * (workers.length + 1)) / blocks));
+    // Full-width row chunks when there are rows enough (C then copies out contiguously), else
+    // also cut the columns into NC-wide blocks (few, wide rows: M=16, N=4096).
+    const target = Math.min(CHUNKS_PER_THREAD * (workers.length + 1), MAX_CHUNKS);
+    const cw = Math.ceil(m / 4) >= target ? n : NC;
+    const blocks = Math.ceil(n / cw);
+    const rowChunks = Math.max(1, Math.min(Math.ceil(m / 4), Math.floor(target / blocks)));
     const rc = Math.ceil(m / rowChunks / 4) * 4;
-    const job = [a, pb, c, m, n, k, rc, Math.ceil(m / rc), blocks, KC, NC];
+    const total = Math.ceil(m / rc) * blocks;
+    const seq = (this.seq = this.seq >= 0x3fffffff ? 1 : this.seq + 1);
+    const tag = jobTag(seq);
+    // Retag NEXT first: from here on, a late worker still holding the previous job claims nothing.
+    Atomics.store(ctl, NEXT, (tag << 12) | 0);
+    const job = [a, pb, c, m, n, k, rc, Math.ceil(m / rc), blocks, KC, NC, cw];
     for (let i = 0; i < job.length; i++) ctl[JOB + i] = job[i];
     Atomics.store(ctl, COPIED, 0);
-    Atomics.store(ctl, NEXT, 0);
-    const seq = (this.seq = this.seq >= 0x3fffffff ? 1 : this.seq + 1);
+    Atomics.store(ctl, FINISHED, 0);
+    Atomics.store(ctl, FAIL, 0);
     for (const w of workers) {
       Atomics.store(ctl, w * SLOT + SEQ, seq);
       Atomics.notify(ctl, w * SLOT + SEQ);
@@ -326,31 +336,33 @@ class WasmEngine implements WasmMatmulEngine {
         copyA(r, Math.min(m, r + rc));
         Atomics.store(ctl, COPIED, r / rc + 1);
       }
-      claimChunks(ctl, kernel.gemmPacked, this.tmpBase, (r0, r1, j0, j1) => {
+      claimChunks(ctl, tag, kernel.gemmPacked, this.tmpBase, (r0, r1, j0, j1) => {
         copyC(r0, r1, j0, j1);
-        mine.add(r0 * blocks + j0 / NC);
+        mine.add(r0 * blocks + j0 / cw);
       });
     } finally {
-      // Even if the caller failed, release any worker waiting for A, and let all finish before reuse.
+      // If the caller failed part-way: release workers waiting for A, take the unclaimed chunks
+      // off the table, and still let claimed ones finish before the heap is reused.
       Atomics.store(ctl, COPIED, 0x7fffffff);
-      this.join(workers, seq);
+      for (let cur = Atomics.load(ctl, NEXT); (cur & 0xfff) < total; cur = Atomics.load(ctl, NEXT)) {
+        if (Atomics.compareExchange(ctl, NEXT, cur, (tag << 12) | total) === cur) Atomics.add(ctl, FINISHED, total - (cur & 0xfff));
+      }
+      this.join(total);
     }
-    for (const w of workers) if (Atomics.load(ctl, w * SLOT + ERR)) throw new Error("matmul: a WASM worker trapped");
+    if (Atomics.load(ctl, FAIL)) throw new Error("matmul: a WASM worker trapped");
     for (let r0 = 0; r0 < m; r0 += rc) {
-      for (let j0 = 0; j0 < n; j0 += NC) if (!mine.has(r0 * blocks + j0 / NC)) copyC(r0, Math.min(m, r0 + rc), j0, Math.min(n, j0 + NC));
+      for (let j0 = 0; j0 < n; j0 += cw) if (!mine.has(r0 * blocks + j0 / cw)) copyC(r0, Math.min(m, r0 + rc), j0, Math.min(n, j0 + cw));
     }
   }
 
-  /** Wait until every worker in `used` has finished job `seq`. */
-  private join(used: number[], seq: number): void {
-    for (const w of used) {
-      const done = w * SLOT + DONE;
-      // Spin briefly before sleeping: a caller that sleeps tends to be woken onto the worker's core
-      // (measured: threads 1 gained 1.0-1.5x at 512 without this, 1.5-1.8x with it).
-      const until = performance.now() + MAIN_SPIN_MS;
-      while (Atomics.load(this.ctl, done) !== seq && performance.now() < until);
-      let d: number;
-      while ((d = Atomics.load(this.ctl, done)) !== seq) Atomics.wait(this.ctl, done, d);
-    }
+  /** Wait until `total` chunks are finished. */
+  private join(total: number): void {
+    const ctl = this.ctl;
+    // Spin briefly before sleeping: a caller that sleeps tends to be woken onto the worker's core
+    // (measured: threads 1 gained 1.0-1.5x at 512 without this, 1.5-1.8x with it).
+    const until = performance.now() + MAIN_SPIN_MS;
+    while (Atomics.load(ctl, FINISHED) !== total && performance.now() < until);
+    let d: number;
+    while ((d = Atomics.load(ctl, FINISHED)) !== total) Atomics.wait(ctl, FINISHED, d);
   }
 }

@@ -29,13 +29,20 @@ function relErr(got: Float32Array, want: Float32Array): number {
   return d / (m || 1);
 }
 
+/** Inputs and naive results per shape, computed once: the naive loop dominates the test time. */
+const problems = new Map<string, { A: Float32Array; B: Float32Array; want: Float32Array }>();
+
 function check(engine: WasmMatmulEngine, M: number, N: number, K: number): void {
-  const A = random(M * K, M * 7 + K), B = random(K * N, N * 13 + K);
-  const want = new Float32Array(M * N);
-  matmulNaive(A, B, want, M, N, K);
+  const key = `${M}x${N}x${K}`;
+  let p = problems.get(key);
+  if (!p) {
+    p = { A: random(M * K, M * 7 + K), B: random(K * N, N * 13 + K), want: new Float32Array(M * N) };
+    matmulNaive(p.A, p.B, p.want, M, N, K);
+    problems.set(key, p);
+  }
   const got = new Float32Array(M * N).fill(NaN);
-  engine.matmul(A, B, got, M, N, K);
-  const e = relErr(got, want);
+  engine.matmul(p.A, p.B, got, M, N, K);
+  const e = relErr(got, p.want);
   assert.ok(e <= 1e-4, `${M}x${K}·${K}x${N} on ${engine.describe()}: relative error ${e}`);
 }
 
@@ -47,6 +54,7 @@ const SHAPES: [number, number, number][] = [
 const CONFIGS: [string, MatmulEngineOptions][] = [
   ["wasm, threads 0", { threads: 0 }],
   ["wasm, threads 1", { threads: 1, parallelMinFlops: 0 }],
+  ["wasm, threads 3 (more workers than cores here)", { threads: 3, parallelMinFlops: 0 }],
   ["typescript, threads 0", { threads: 0, wasm: false }],
   ["typescript, threads 1", { threads: 1, wasm: false }],
 ];
@@ -62,10 +70,11 @@ describe("matmul engine", () => {
       const engine = createMatmulEngine(opts);
       engines.push(engine);
       await engine.ready();
+      const threads = opts.threads ?? 0;
       if (opts.wasm === false) assert.equal(engine.describe(), "1 thread, typescript");
-      else if (opts.threads === 1) {
-        assert.equal(engine.describe(), "2 threads, wasm-simd");
-        assert.equal(engine.activeThreads, 2, "worker did not start");
+      else if (threads > 0) {
+        assert.equal(engine.describe(), `${threads + 1} threads, wasm-simd`);
+        assert.equal(engine.activeThreads, threads + 1, "a worker did not start");
       } else assert.equal(engine.describe(), "1 thread, wasm-simd");
       for (const [M, N, K] of SHAPES) check(engine, M, N, K);
     });
@@ -111,6 +120,15 @@ describe("matmul engine", () => {
     engine.dispose();
     assert.equal(engine.activeThreads, 1);
     check(engine, 256, 256, 256);
+  });
+
+  test("many back-to-back parallel jobs of changing shapes stay correct", async () => {
+    const engine = createMatmulEngine({ threads: 3, parallelMinFlops: 0 });
+    engines.push(engine);
+    await engine.ready();
+    let seed = 7;
+    const next = (n: number) => ((seed = (seed * 1103515245 + 12345) >>> 0) % n) + 1;
+    for (let i = 0; i < 150; i++) check(engine, next(70), next(600), next(40));
   });
 
   test("the worker and the caller reuse the memory across growing problems", async () => {

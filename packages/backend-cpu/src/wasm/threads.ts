@@ -7,14 +7,22 @@
 
 /**
  * Control block: Int32Array over a SharedArrayBuffer, SLOT int32s per thread. Slot 0 holds the
- * current job, read by every thread: chunk counters, then the gemmPacked operands. Slot i >= 1
- * belongs to worker i. Pointers are stored as int32 bit patterns (wasm32 addresses reach 4 GiB).
+ * current job, read by every thread; slot i >= 1 belongs to worker i. Pointers are stored as
+ * int32 bit patterns (wasm32 addresses reach 4 GiB).
  */
 export const SLOT = 16;
-/** Job fields: next chunk to claim, row chunks of A copied so far, then from JOB: a, pb, c, m, n, k, rows per chunk, row chunks, column blocks, kc, nc. */
-export const NEXT = 0, COPIED = 1, JOB = 2;
-/** Worker fields: job counter (-1 = quit), finished job, 1 ready / -1 failed, 1 if the last job trapped, its edge-tile scratch. */
-export const SEQ = 0, DONE = 1, READY = 2, ERR = 3, TMP = 4;
+/**
+ * Job fields: NEXT = job tag << 12 | next chunk (claimed by compare-exchange, so a thread that
+ * wakes up late for a finished job cannot claim chunks of the next one), row chunks of A copied so
+ * far, chunks finished, 1 if a worker trapped, then from JOB: a, pb, c, m, n, k, rows per chunk,
+ * row chunks, column chunks, kc, nc, columns per chunk (a multiple of nc).
+ */
+export const NEXT = 0, COPIED = 1, FINISHED = 2, FAIL = 3, JOB = 4;
+/** Worker fields: job counter (-1 = quit), 1 ready / -1 failed, its edge-tile scratch. */
+export const SEQ = 0, READY = 1, TMP = 2;
+/** Chunks per job fit in the low 12 bits of NEXT; the job tag is the low 20 bits of the job counter. */
+export const MAX_CHUNKS = 4095;
+export const jobTag = (seq: number): number => seq & 0xfffff;
 
 /** What a worker receives at start. */
 export interface WorkerInit {
@@ -29,20 +37,27 @@ export interface WorkerInit {
  * CommonJS eval script of node:worker_threads (Node, Bun, Deno) or as a module Web Worker.
  */
 export const WORKER_SOURCE = `
-const SLOT = ${SLOT}, NEXT = ${NEXT}, COPIED = ${COPIED}, JOB = ${JOB};
-const SEQ = ${SEQ}, DONE = ${DONE}, READY = ${READY}, ERR = ${ERR}, TMP = ${TMP};
+const SLOT = ${SLOT}, NEXT = ${NEXT}, COPIED = ${COPIED}, FINISHED = ${FINISHED}, FAIL = ${FAIL}, JOB = ${JOB};
+const SEQ = ${SEQ}, READY = ${READY}, TMP = ${TMP};
 // The same loop as claimChunks in threads.ts (kept as text: a bundler or coverage tool may rewrite functions).
-function claimChunks(ctl, gemm, tmp) {
+function claimChunks(ctl, tag, gemm, tmp) {
   const a = ctl[JOB] >>> 0, pb = ctl[JOB + 1] >>> 0, c = ctl[JOB + 2] >>> 0, m = ctl[JOB + 3], n = ctl[JOB + 4], k = ctl[JOB + 5];
-  const rc = ctl[JOB + 6], blocks = ctl[JOB + 8], total = ctl[JOB + 7] * blocks, kc = ctl[JOB + 9], nc = ctl[JOB + 10];
+  const rc = ctl[JOB + 6], blocks = ctl[JOB + 8], total = ctl[JOB + 7] * blocks, kc = ctl[JOB + 9], nc = ctl[JOB + 10], cw = ctl[JOB + 11];
   for (;;) {
-    const i = Atomics.add(ctl, NEXT, 1);
-    if (i >= total) return;
+    const cur = Atomics.load(ctl, NEXT), i = cur & 0xfff;
+    if (cur >>> 12 !== tag || i >= total) return;
+    if (Atomics.compareExchange(ctl, NEXT, cur, cur + 1) !== cur) continue;
     const ri = Math.floor(i / blocks), ci = i - ri * blocks;
     let spins = 0, v = 0;
     while ((v = Atomics.load(ctl, COPIED)) <= ri) if (++spins > 4096) Atomics.wait(ctl, COPIED, v, 1);
-    const r0 = ri * rc, r1 = Math.min(m, r0 + rc), j0 = ci * nc, j1 = Math.min(n, j0 + nc);
-    gemm(a + r0 * k * 4, k, pb, c + r0 * n * 4, n, r1 - r0, n, k, j0, j1, kc, nc, tmp);
+    const r0 = ri * rc, r1 = Math.min(m, r0 + rc), j0 = ci * cw, j1 = Math.min(n, j0 + cw);
+    try {
+      gemm(a + r0 * k * 4, k, pb, c + r0 * n * 4, n, r1 - r0, n, k, j0, j1, kc, nc, tmp);
+    } catch (e) {
+      Atomics.store(ctl, FAIL, 1);
+    }
+    Atomics.add(ctl, FINISHED, 1);
+    Atomics.notify(ctl, FINISHED);
   }
 }
 function run(d) {
@@ -64,14 +79,7 @@ function run(d) {
     if (seq === seen) continue;
     if (seq < 0) return;
     seen = seq;
-    try {
-      claimChunks(ctl, gemm, ctl[base + TMP]);
-      Atomics.store(ctl, base + ERR, 0);
-    } catch (e) {
-      Atomics.store(ctl, base + ERR, 1);
-    }
-    Atomics.store(ctl, base + DONE, seq);
-    Atomics.notify(ctl, base + DONE);
+    claimChunks(ctl, seq & 0xfffff, gemm, ctl[base + TMP]);
   }
 }
 if (typeof require === "function") run(require("node:worker_threads").workerData);
@@ -81,23 +89,29 @@ else self.onmessage = (e) => { self.onmessage = null; run(e.data); self.close();
 export type GemmPacked = (a: number, lda: number, pb: number, c: number, ldc: number, m: number, n: number, k: number, j0: number, j1: number, kc: number, nc: number, tmp: number) => void;
 
 /**
- * Claim chunks of the job in slot 0 until none are left and compute each: chunk i is row chunk
- * floor(i / column blocks) x column block (i mod column blocks), so a thread that is descheduled
- * simply claims fewer. Waits until the caller has copied that chunk's rows of A. `done` receives
- * each finished chunk. The worker script carries the same loop as text (WORKER_SOURCE).
+ * Claim chunks of job `tag` in slot 0 until none are left and compute each: chunk i is row chunk
+ * floor(i / column chunks) x column chunk (i mod column chunks), so a thread that gets less CPU
+ * time simply claims fewer. Waits until the caller has copied that chunk's rows of A, and counts
+ * each finished chunk in FINISHED even when it throws. `done` receives each finished chunk.
+ * The worker script carries the same loop as text (WORKER_SOURCE).
  */
-export function claimChunks(ctl: Int32Array, gemm: GemmPacked, tmp: number, done: (r0: number, r1: number, j0: number, j1: number) => void): void {
+export function claimChunks(ctl: Int32Array, tag: number, gemm: GemmPacked, tmp: number, done: (r0: number, r1: number, j0: number, j1: number) => void): void {
   const a = ctl[JOB] >>> 0, pb = ctl[JOB + 1] >>> 0, c = ctl[JOB + 2] >>> 0, m = ctl[JOB + 3], n = ctl[JOB + 4], k = ctl[JOB + 5];
-  const rc = ctl[JOB + 6], blocks = ctl[JOB + 8], total = ctl[JOB + 7] * blocks, kc = ctl[JOB + 9], nc = ctl[JOB + 10];
+  const rc = ctl[JOB + 6], blocks = ctl[JOB + 8], total = ctl[JOB + 7] * blocks, kc = ctl[JOB + 9], nc = ctl[JOB + 10], cw = ctl[JOB + 11];
   for (;;) {
-    const i = Atomics.add(ctl, NEXT, 1);
-    if (i >= total) return;
+    const cur = Atomics.load(ctl, NEXT), i = cur & 0xfff;
+    if (cur >>> 12 !== tag || i >= total) return;
+    if (Atomics.compareExchange(ctl, NEXT, cur, cur + 1) !== cur) continue;
     const ri = Math.floor(i / blocks), ci = i - ri * blocks;
     let spins = 0, v = 0;
     while ((v = Atomics.load(ctl, COPIED)) <= ri) if (++spins > 4096) Atomics.wait(ctl, COPIED, v, 1);
-    const r0 = ri * rc, r1 = Math.min(m, r0 + rc), j0 = ci * nc, j1 = Math.min(n, j0 + nc);
-    gemm(a + r0 * k * 4, k, pb, c + r0 * n * 4, n, r1 - r0, n, k, j0, j1, kc, nc, tmp);
-    done(r0, r1, j0, j1);
+    const r0 = ri * rc, r1 = Math.min(m, r0 + rc), j0 = ci * cw, j1 = Math.min(n, j0 + cw);
+    try {
+      gemm(a + r0 * k * 4, k, pb, c + r0 * n * 4, n, r1 - r0, n, k, j0, j1, kc, nc, tmp);
+      done(r0, r1, j0, j1);
+    } finally {
+      Atomics.add(ctl, FINISHED, 1);
+    }
   }
 }
 
@@ -121,8 +135,9 @@ function nodeProcess(): { getBuiltinModule?: (id: string) => unknown; versions?:
 
 /**
  * node:worker_threads when the runtime has it. Preferred on Node, Bun and Deno: an eval worker
- * needs no file, starts while the caller blocks in Atomics.wait, and unref() lets the process exit
- * (Deno's and Bun's Web Workers do not: measured with Deno 2.9.6 and Bun 1.4.5).
+ * needs no file, starts while the caller blocks in Atomics.wait, and unref() lets the process exit.
+ * (Measured: a Deno 2.9.6 Web Worker blocked in Atomics.wait keeps the process alive even after
+ * terminate(); a Bun 1.4.5 Web Worker does not start while the caller blocks.)
  */
 async function nodeWorkerCtor(): Promise<NodeWorkerCtor | null> {
   const proc = nodeProcess();
@@ -158,7 +173,8 @@ function startNode(Ctor: NodeWorkerCtor, init: WorkerInit): WorkerHandle {
   const w = new Ctor(WORKER_SOURCE, { eval: true, workerData: init });
   w.unref();
   const h: WorkerHandle = { blocking: true, failed: false, terminate: () => void w.terminate() };
-  // Without a listener a worker error would crash the process; the share falls back to the caller.
+  // Without a listener a worker error would crash the process; a failed worker takes no more jobs.
+  // (Traps inside gemm are caught in the worker and reported through FAIL instead.)
   w.on("error", () => markFailed(init, h));
   return h;
 }
