@@ -8,40 +8,14 @@ import {
   type Tensor, Rng, attention, crossEntropy, keep, noGrad, rmsNorm, rope, ropeTables, scope, setDefaultBackend, silu, tensor,
   embedding, zeros,
 } from "@lowrank/tensor";
+import { testAdam, testParam } from "@lowrank/tensor/testing";
 import { createCpuBackend } from "../src/index.ts";
 
 const backend = createCpuBackend({ threads: 0 });
 setDefaultBackend(backend);
 
-function param(shape: number[], rng: Rng, scale: number): Tensor {
-  const n = shape.reduce((a, b) => a * b, 1);
-  return keep(tensor(Float32Array.from({ length: n }, () => rng.normal() * scale), { shape, requiresGrad: true }));
-}
-
-/** Minimal Adam for the tests (the trainer package has the real AdamW). */
-function adam(params: Tensor[], lr: number) {
-  const m = params.map((p) => keep(zeros(p.shape)));
-  const v = params.map((p) => keep(zeros(p.shape)));
-  let t = 0;
-  return () => {
-    t++;
-    noGrad(() =>
-      params.forEach((p, i) => {
-        const g = p.grad!;
-        const nm = scope(() => m[i].mul(0.9).add(g.mul(0.1)));
-        const nv = scope(() => v[i].mul(0.999).add(g.square().mul(0.001)));
-        m[i].dispose();
-        v[i].dispose();
-        m[i] = keep(nm);
-        v[i] = keep(nv);
-        const upd = scope(() => p.sub(nm.div(1 - 0.9 ** t).div(nv.div(1 - 0.999 ** t).sqrt().add(1e-8)).mul(lr)));
-        p.assign(upd);
-        upd.dispose();
-        p.zeroGrad();
-      }),
-    );
-  };
-}
+const param = (shape: number[], rng: Rng, scale: number): Tensor => testParam(backend, shape, rng, scale);
+const adam = (params: Tensor[], lr: number) => testAdam(backend, params, lr).step;
 
 test("2-layer MLP fits a synthetic regression to near-zero loss", async () => {
   const rng = new Rng(1);

@@ -9,6 +9,7 @@ import {
   type Backend, type Tensor, Rng, attention, crossEntropy, embedding, keep, noGrad, rmsNorm, rope, ropeTables, scope, silu,
   tensor, zeros,
 } from "@lowrank/tensor";
+import { testAdam, testParam } from "@lowrank/tensor/testing";
 import { TIMEOUT_MS, acquireBackend } from "./setup.ts";
 import { cpu } from "./helpers-cpu.ts";
 
@@ -16,37 +17,8 @@ const got = await acquireBackend();
 const skip = typeof got === "string" ? got : false;
 const STEPS = 20;
 
-function param(be: Backend, shape: number[], rng: Rng, scale: number): Tensor {
-  const n = shape.reduce((a, b) => a * b, 1);
-  return keep(tensor(Float32Array.from({ length: n }, () => rng.normal() * scale), { shape, requiresGrad: true, backend: be }));
-}
-
-/** Minimal Adam (the trainer package has the real AdamW); returns step and a disposer of its state. */
-function adam(be: Backend, params: Tensor[], lr: number): { step: () => void; dispose: () => void } {
-  const m = params.map((p) => keep(zeros(p.shape, { backend: be })));
-  const v = params.map((p) => keep(zeros(p.shape, { backend: be })));
-  let t = 0;
-  const dispose = () => [...m, ...v].forEach((x) => x.dispose());
-  const step = () => {
-    t++;
-    noGrad(() =>
-      params.forEach((p, i) => {
-        const g = p.grad!;
-        const nm = scope(() => m[i].mul(0.9).add(g.mul(0.1)));
-        const nv = scope(() => v[i].mul(0.999).add(g.square().mul(0.001)));
-        m[i].dispose();
-        v[i].dispose();
-        m[i] = keep(nm);
-        v[i] = keep(nv);
-        const upd = scope(() => p.sub(nm.div(1 - 0.9 ** t).div(nv.div(1 - 0.999 ** t).sqrt().add(1e-8)).mul(lr)));
-        p.assign(upd);
-        upd.dispose();
-        p.zeroGrad();
-      }),
-    );
-  };
-  return { step, dispose };
-}
+const param = testParam;
+const adam = testAdam;
 
 async function mlp(be: Backend): Promise<number[]> {
   const rng = new Rng(1);

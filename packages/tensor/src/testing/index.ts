@@ -20,3 +20,4 @@ export function conformanceSuite(opts: SuiteOptions): void {
   quantForwardSuite(opts);
   gradientSuite(opts);
 }
+export { testParam, testAdam } from "./train.ts";
