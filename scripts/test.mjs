@@ -22,6 +22,11 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const BIN = join(ROOT, "node_modules", ".bin");
 /** Packages whose suites must also pass under Bun and Deno. */
 const CORE = ["packages/tensor", "packages/backend-cpu"];
+// WebGPU under the other runtimes: the conformance suite on Deno's own WebGPU, a smoke run on Bun (Dawn).
+const EXTRA = [
+  { runtime: "deno", rel: "packages/backend-webgpu", files: ["test/conformance.test.ts", "test/training.test.ts", "test/smoke.test.ts"], flags: ["--unstable-webgpu"] },
+  { runtime: "bun", rel: "packages/backend-webgpu", files: ["test/smoke.test.ts"], flags: [] },
+];
 const RUNTIMES = ["node", "bun", "deno"];
 /** Dawn prints these in every process that loads it; harmless. */
 const DAWN_NOISE = /^Warning: maxDynamic\w+ artificially reduced.*$/;
@@ -132,10 +137,10 @@ const parsers = {
   }),
 };
 
-function commandFor(runtime, files) {
+function commandFor(runtime, files, flags = []) {
   if (runtime === "node") return [process.execPath, ["--import", "tsx", "--test", "--test-reporter=spec", ...files]];
-  if (runtime === "bun") return [join(BIN, "bun"), ["test", ...files.map((f) => `./${f}`)]];
-  return [join(BIN, "deno"), ["test", "-A", "--no-check", ...files]];
+  if (runtime === "bun") return [join(BIN, "bun"), ["test", ...flags, ...files.map((f) => `./${f}`)]];
+  return [join(BIN, "deno"), ["test", "-A", "--no-check", ...flags, ...files]];
 }
 
 const results = [];
@@ -157,7 +162,7 @@ async function check(label, cmd, args) {
 }
 
 async function suite(runtime, pkg) {
-  const [cmd, args] = commandFor(runtime, pkg.files);
+  const [cmd, args] = commandFor(runtime, pkg.files, pkg.flags);
   const label = `${runtime.padEnd(5)} ${pkg.name}`;
   if (runtime !== "node" && !existsSync(cmd)) {
     const r = { code: null, out: `${cmd} not found: run npm install at the repository root (bun and deno are devDependencies)`, ms: 0 };
@@ -184,6 +189,10 @@ if (!only.length) {
 if (runtimes.includes("node")) for (const pkg of pkgs) await suite("node", pkg);
 for (const runtime of runtimes.filter((r) => r !== "node")) {
   for (const pkg of pkgs.filter((p) => CORE.includes(p.rel))) await suite(runtime, pkg);
+  for (const extra of EXTRA.filter((e) => e.runtime === runtime)) {
+    const pkg = pkgs.find((p) => p.rel === extra.rel);
+    if (pkg) await suite(runtime, { ...pkg, files: extra.files, flags: extra.flags, name: `${pkg.name} (${extra.files.length} files)` });
+  }
 }
 
 const passed = results.reduce((a, r) => a + r.passed, 0);
