@@ -7,14 +7,13 @@ import { type Rolldown, defineConfig } from "vite";
 import { dataAssets, resolveWebDataDir } from "./src/build/data-assets.ts";
 
 const root = fileURLToPath(new URL(".", import.meta.url));
-const shim = fileURLToPath(new URL("./src/shims/node-builtins.ts", import.meta.url));
 // Cross-origin isolation: SharedArrayBuffer for the CPU backend's threaded WASM matmul.
 const isolation = { "Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp" };
-
-// Packages import the shimmed built-ins both statically and lazily; rolldown's note about it is expected.
+// The packages import node: built-ins only lazily, inside their file-system functions, which the
+// page never calls; Vite externalizes them to an empty module, and its note about it is expected.
 const quiet: Pick<Rolldown.InputOptions, "onLog"> = {
   onLog(level, log, handler) {
-    if (log.code === "INEFFECTIVE_DYNAMIC_IMPORT" && log.message.includes("node-builtins")) return;
+    if (/Module "node:[^"]+" has been externalized for browser compatibility/.test(log.message)) return;
     handler(level, log);
   },
 };
@@ -23,8 +22,6 @@ export default defineConfig({
   root,
   base: "./",
   plugins: [dataAssets(resolveWebDataDir({ argv: process.argv, env: process.env, repoRoot: fileURLToPath(new URL("../..", import.meta.url)) }))],
-  // node: built-ins imported by workspace packages (see the shim) resolve to throwing stubs.
-  resolve: { alias: [{ find: /^node:(fs\/promises|path|process|url)$/, replacement: shim }] },
   worker: { format: "es", rolldownOptions: quiet },
   server: { headers: isolation, host: "127.0.0.1" },
   preview: { headers: isolation, host: "127.0.0.1" },

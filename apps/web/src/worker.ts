@@ -10,7 +10,7 @@ import { greedySample } from "@lowrank/trainer";
 import type { BackendPref, Column, FromWorker, MemoryInfo, ModelSource, ToWorker, TrainSettings } from "./protocol.ts";
 import { adapterFiles, applyAdapterFiles, modelFiles } from "./worker/adapter-io.ts";
 import { pickBackend } from "./worker/backend.ts";
-import { type ModelFiles, buildModel, buildTokenizer, loadModelFiles } from "./worker/model-loader.ts";
+import { type ModelFiles, buildModel, buildModelAndTokenizer, loadModelFiles } from "./worker/model-loader.ts";
 import { type Trained, runTraining } from "./worker/train.ts";
 
 interface Loaded {
@@ -58,8 +58,7 @@ async function loadModel(source: ModelSource): Promise<void> {
   for (const k of ["base", "trained", "loaded"] as const) drop(k);
   post({ type: "status", text: `loading ${source.name}...` });
   const files = await loadModelFiles(source);
-  const tokenizer = buildTokenizer(files);
-  const base = await buildModel(files, backend);
+  const { model: base, tokenizer } = await buildModelAndTokenizer(files, backend);
   base.setRequiresGrad(false);
   Object.assign(state, { files, tokenizer, base });
   const linear = new Set(base.namedModules().filter(([n, m]) => m instanceof Linear && n !== "lm_head").map(([n]) => n.slice(n.lastIndexOf(".") + 1)));

@@ -17,6 +17,7 @@ export {
 export { addWeightedAdapter, weightedDelta, type Combination, type WeightedAdapterOptions } from "./weighted.ts";
 export {
   saveAdapter, loadAdapter, readAdapterConfig, adapterStateDict, sameModelName, type SaveAdapterOptions, type LoadAdapterOptions,
+  adapterToBytes, loadAdapterFromBytes, type AdapterBytes, type AdapterToBytesOptions, type AdapterInput, type LoadAdapterFromBytesOptions,
   ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, PEFT_PREFIX,
 } from "./peft-io.ts";
 export { mergeAndSave, type MergeAndSaveOptions, type MergeAndSaveResult } from "./merge-and-save.ts";

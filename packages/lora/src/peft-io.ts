@@ -6,7 +6,7 @@
  */
 import { type Backend, type DType, type Tensor, fromF32, tensor, toF32 } from "@lowrank/tensor";
 import type { Module } from "@lowrank/nn";
-import { type LazyTensorInput, type SafetensorsFile, openSafetensors, toTypedArray, writeSafetensors } from "@lowrank/safetensors";
+import { type SafetensorsFile, type TensorInput, openSafetensors, serializeSafetensors, toTypedArray } from "@lowrank/safetensors";
 import { type LoraConfig, configFromJson, configToJson, show } from "./config.ts";
 import { ModulesToSaveWrapper } from "./modules-to-save.ts";
 import { PeftModel, type PeftOptions, biasParameters } from "./model.ts";
@@ -46,10 +46,42 @@ export interface SaveAdapterOptions {
   baseModelNameOrPath?: string;
 }
 
+/** An adapter's two PEFT files in memory: adapter_config.json's text and adapter_model.safetensors' bytes. */
+export interface AdapterBytes {
+  config: string;
+  weights: Uint8Array;
+}
+
+export interface AdapterToBytesOptions {
+  /** base_model_name_or_path to record when the config has none. */
+  baseModelNameOrPath?: string;
+}
+
+/** adapter_config.json and adapter_model.safetensors of one adapter, as saveAdapter writes them (no file system). */
+export async function adapterToBytes(peft: PeftModel, adapterName: string, opts: AdapterToBytesOptions = {}): Promise<AdapterBytes> {
+  return adapterBytes(peft, adapterName, opts.baseModelNameOrPath, "adapterToBytes");
+}
+
+async function adapterBytes(peft: PeftModel, name: string, baseModel: string | undefined, fn: string): Promise<AdapterBytes> {
+  const config = peft.peftConfig.get(name);
+  if (!config) throw new Error(`${fn}: no adapter '${name}' (adapters: ${[...peft.peftConfig.keys()].join(", ")})`);
+  const merged = peft.loraLayers().filter(([, l]) => l.mergedAdapters.includes(name));
+  if (merged.length) throw new Error(`${fn}: adapter '${name}' is merged into ${merged[0][0]}${merged.length > 1 ? ` and ${merged.length - 1} more` : ""}; unmerge() first (its A and B are still right, but the base weights are not the ones it was trained on)`);
+  const tensors = new Map<string, TensorInput>();
+  for (const [key, t] of adapterStateDict(peft, name)) {
+    const st = ST_DTYPE[t.dtype];
+    if (!st) throw new Error(`${fn}: ${key} is ${t.dtype}; only float tensors are saved`);
+    tensors.set(key, { dtype: st, shape: [...t.shape], data: t.dtype === "f32" ? await t.read() : fromF32(t.dtype, (await t.read()) as Float32Array) });
+  }
+  const weights = serializeSafetensors(tensors, { format: "pt" }, { label: ADAPTER_WEIGHTS_NAME });
+  const json = configToJson({ ...config, base_model_name_or_path: config.base_model_name_or_path ?? baseModel ?? null });
+  return { config: JSON.stringify(json, null, 2) + "\n", weights };
+}
+
 /**
- * Write adapter_config.json and adapter_model.safetensors. Each file is written to a temporary
- * name and renamed into place (weights first, config last), so a crash never leaves a
- * half-written file. Returns the written file paths.
+ * Write adapter_config.json and adapter_model.safetensors (adapterToBytes' bytes). Each file is
+ * written to a temporary name, fsynced and renamed into place (weights first, config last), so
+ * a crash never leaves a half-written file. Returns the written file paths.
  */
 export async function saveAdapter(peft: PeftModel, dir: string, opts: SaveAdapterOptions = {}): Promise<string[]> {
   const { join } = await import("node:path");
@@ -58,39 +90,34 @@ export async function saveAdapter(peft: PeftModel, dir: string, opts: SaveAdapte
   if (names.length === 0) throw new Error("saveAdapter: the model has no adapters");
   const written: string[] = [];
   for (const name of names) {
-    const config = peft.peftConfig.get(name);
-    if (!config) throw new Error(`saveAdapter: no adapter '${name}' (adapters: ${[...peft.peftConfig.keys()].join(", ")})`);
-    const merged = peft.loraLayers().filter(([, l]) => l.mergedAdapters.includes(name));
-    if (merged.length) throw new Error(`saveAdapter: adapter '${name}' is merged into ${merged[0][0]}${merged.length > 1 ? ` and ${merged.length - 1} more` : ""}; unmerge() first (its A and B are still right, but the base weights are not the ones it was trained on)`);
+    const bytes = await adapterBytes(peft, name, opts.baseModelNameOrPath, "saveAdapter");
     const out = name === "default" ? dir : join(dir, name);
     await fs.mkdir(out, { recursive: true });
-    const tensors = new Map<string, LazyTensorInput>();
-    for (const [key, t] of adapterStateDict(peft, name)) {
-      const st = ST_DTYPE[t.dtype];
-      if (!st) throw new Error(`saveAdapter: ${key} is ${t.dtype}; only float tensors are saved`);
-      tensors.set(key, { dtype: st, shape: [...t.shape], data: async () => (t.dtype === "f32" ? await t.read() : fromF32(t.dtype, (await t.read()) as Float32Array)) });
-    }
     const weights = join(out, ADAPTER_WEIGHTS_NAME);
-    await writeSafetensors(weights, tensors, { format: "pt" });
+    await writeAtomic(weights, bytes.weights);
     const cfgPath = join(out, ADAPTER_CONFIG_NAME);
-    const tmp = `${cfgPath}.tmp-${Date.now()}-${Math.random().toString(36).slice(2)}`;
-    try {
-      const json = configToJson({ ...config, base_model_name_or_path: config.base_model_name_or_path ?? opts.baseModelNameOrPath ?? null });
-      const fh = await fs.open(tmp, "w");
-      try {
-        await fh.writeFile(JSON.stringify(json, null, 2) + "\n");
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
-      await fs.rename(tmp, cfgPath);
-    } catch (e) {
-      await fs.rm(tmp, { force: true });
-      throw e;
-    }
+    await writeAtomic(cfgPath, bytes.config);
     written.push(weights, cfgPath);
   }
   return written;
+}
+
+async function writeAtomic(path: string, data: string | Uint8Array): Promise<void> {
+  const fs = await import("node:fs/promises");
+  const tmp = `${path}.tmp-${Date.now()}-${Math.random().toString(36).slice(2)}`;
+  try {
+    const fh = await fs.open(tmp, "w");
+    try {
+      await fh.writeFile(data);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await fs.rename(tmp, path);
+  } catch (e) {
+    await fs.rm(tmp, { force: true });
+    throw e;
+  }
 }
 
 export interface LoadAdapterOptions extends PeftOptions {
@@ -142,14 +169,54 @@ export async function loadAdapter<M extends Module>(target: M | PeftModel<M>, di
     const bin = await exists(join(where, "adapter_model.bin"));
     throw new Error(`${weightsPath}: not found${bin ? "; adapter_model.bin (pickle) is not supported: re-save it with safe_serialization=True" : ""}`);
   }
+  return applyAdapter(target, config, () => openSafetensors(weightsPath), weightsPath, where, adapterName, opts);
+}
+
+export interface AdapterInput {
+  /** adapter_config.json: its text, bytes, or the parsed object. */
+  config: string | Uint8Array | object;
+  /** adapter_model.safetensors. */
+  weights: Blob | Uint8Array | ArrayBuffer;
+}
+
+export interface LoadAdapterFromBytesOptions extends LoadAdapterOptions {
+  /** Names of the two files in error messages (default adapter_config.json, adapter_model.safetensors). */
+  configLabel?: string;
+  weightsLabel?: string;
+}
+
+/** loadAdapter for in-memory files (no file system): the same checks, the same result. */
+export async function loadAdapterFromBytes<M extends Module>(
+  target: M | PeftModel<M>, files: AdapterInput, adapterName = "default", opts: LoadAdapterFromBytesOptions = {},
+): Promise<PeftModel<M>> {
+  const configLabel = opts.configLabel ?? ADAPTER_CONFIG_NAME;
+  const weightsLabel = opts.weightsLabel ?? ADAPTER_WEIGHTS_NAME;
+  let json: unknown = files.config;
+  if (typeof json === "string" || json instanceof Uint8Array) {
+    const text = typeof json === "string" ? json : new TextDecoder().decode(json);
+    try {
+      json = JSON.parse(text);
+    } catch (e) {
+      throw new Error(`${configLabel}: not valid JSON (${(e as Error).message})`, { cause: e });
+    }
+  }
+  const config = configFromJson(json, configLabel);
+  return applyAdapter(target, config, () => openSafetensors(files.weights, { label: weightsLabel }), weightsLabel, configLabel, adapterName, opts);
+}
+
+/** The shared part of loadAdapter and loadAdapterFromBytes: check everything, then add and fill the adapter. */
+async function applyAdapter<M extends Module>(
+  target: M | PeftModel<M>, config: LoraConfig, open: () => Promise<SafetensorsFile>, weightsLabel: string, where: string, adapterName: string,
+  opts: LoadAdapterOptions,
+): Promise<PeftModel<M>> {
   const peft = target instanceof PeftModel ? target : null;
   const model = (peft ? peft.model : target) as M;
   checkBaseModel(config, peft, opts, where);
 
   const plan = planInjection(model, config, { strictEntries: false });
-  const file = await openSafetensors(weightsPath);
+  const file = await open();
   try {
-    checkAdapterFile(file, expectedSpecs(model, plan), plan, weightsPath);
+    checkAdapterFile(file, expectedSpecs(model, plan), plan, weightsLabel);
     const result = peft ?? new PeftModel(model, opts);
     result.addAdapter(adapterName, config, { ...opts, zeroInit: true, strictTargets: false });
     const live = adapterStateDict(result, adapterName);

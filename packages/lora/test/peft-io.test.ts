@@ -5,7 +5,7 @@ import { mkdir, readFile, readdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Rng } from "@lowrank/tensor";
 import { type LazyTensorInput, openSafetensors, toTypedArray, writeSafetensors } from "@lowrank/safetensors";
-import { type LoraConfigInput, type PeftModel, getPeftModel, loadAdapter, saveAdapter } from "../src/index.ts";
+import { type LoraConfigInput, type PeftModel, adapterToBytes, getPeftModel, loadAdapter, loadAdapterFromBytes, saveAdapter } from "../src/index.ts";
 import { logits, maxAbsDiff, noData, peftConfigPath, randomizeAdapter, snapshot, tinyModel, withTempDir } from "./helpers.ts";
 
 const quiet = { warn: () => {} };
@@ -208,5 +208,29 @@ test("the real PEFT 0.18.1 adapter_config.json loads with PEFT-shaped weights (r
     for (const [, l] of peft.loraLayers()) assert.equal(l.scaling.get("default"), 2);
     assert.ok(maxAbsDiff(logits(model), before) > 1e-4);
     model.dispose();
+  });
+});
+
+test("adapterToBytes / loadAdapterFromBytes: the same bytes and the same load as saveAdapter / loadAdapter", async () => {
+  await withTempDir(async (dir) => {
+    const { peft, out } = await savedAdapter(dir, { target_modules: "all-linear", r: 3, lora_alpha: 5, use_dora: true, modules_to_save: ["lm_head"] });
+    const bytes = await adapterToBytes(peft, "default");
+    assert.equal(bytes.config, await readFile(join(dir, "adapter_config.json"), "utf8"));
+    assert.deepEqual(bytes.weights, new Uint8Array(await readFile(join(dir, "adapter_model.safetensors"))));
+    const fromFiles = tinyModel();
+    const a = await loadAdapter(fromFiles, dir);
+    const fromBytes = tinyModel();
+    const b = await loadAdapterFromBytes(fromBytes, bytes, "default");
+    assert.deepEqual(b.peftConfig.get("default"), a.peftConfig.get("default"));
+    assert.equal(maxAbsDiff(logits(fromBytes), out), 0);
+    const live = new Map(fromFiles.namedParameters());
+    for (const [n, t] of fromBytes.namedParameters()) {
+      assert.deepEqual(snapshot(t), snapshot(live.get(n)!), n);
+      assert.equal(t.requiresGrad, live.get(n)!.requiresGrad, n);
+    }
+    // The same checks: a file from another rank is refused with loadAdapter's message, naming the label.
+    const other = await adapterToBytes(getPeftModel(tinyModel(), { target_modules: "all-linear", r: 2 }, "default", quiet), "default");
+    await assert.rejects(loadAdapterFromBytes(tinyModel(), { config: bytes.config, weights: other.weights }, "default", { weightsLabel: "picked.safetensors" }),
+      /^Error: picked\.safetensors: adapter does not match the model .*the file's rank is 2 but adapter_config\.json says r = 3/s);
   });
 });

@@ -8,7 +8,11 @@ export {
   LlamaForCausalLM, LlamaModel, LlamaDecoderLayer, LlamaAttention, LlamaMLP, type LlamaConfig, type LlamaOptions,
   type LlamaForwardOptions, type LayerContext, type RopeScaling, parseLlamaConfig, llamaConfigToHf, ropeInvFreq,
 } from "./models/llama.ts";
-export { loadHfModel, saveHfModel, type LoadOptions, type SaveOptions } from "./loaders/hf.ts";
+export {
+  loadHfModel, loadHfModelFromFiles, saveHfModel, type LoadOptions, type SaveOptions, type HfModelFiles, type LoadedHfModel, type FileBytes,
+  type JsonFile,
+} from "./loaders/hf.ts";
+export { tensorFromBytes, type SourceFloat } from "./loaders/files.ts";
 export { QuantizedLinear, quantDtypeOf, type ComputeDtype, type QuantizedLinearOptions } from "./quantized.ts";
 export {
   quantizeModel, quantizedMemoryReport, quantizationConfigOf, setQuantizationConfig, matchesModule, type QuantizeModelOptions,
@@ -19,7 +23,7 @@ export {
   quantizeHfCheckpoint, dequantizeHfCheckpoint, type ConvertOptions, type ConvertReport, type QuantizeCheckpointOptions,
 } from "./loaders/bnb-convert.ts";
 export { loadLlama2c, llama2cFromBytes, readLlama2cHeader, llama2cConfigJson, permuteRotaryRows, type Llama2cHeader } from "./loaders/llama2c.ts";
-export { type TextTokenizer, type EncodeOptions, type DecodeOptions, HfTokenizer, loadTokenizer, TextStream } from "./loaders/tokenizer.ts";
+export { type TextTokenizer, type EncodeOptions, type DecodeOptions, HfTokenizer, loadTokenizer, tokenizerFromJson, TextStream } from "./loaders/tokenizer.ts";
 export { Llama2cTokenizer, loadLlama2cTokenizer } from "./loaders/llama2c-tokenizer.ts";
 export { resolveDataDir, type DataDirOptions } from "./loaders/data-dir.ts";
 export {

@@ -10,9 +10,6 @@
  *     trainer_state.json                          TrainerState
  *     (+ whatever `writeExtra` adds: the PEFT adapter, config.json, tokenizer files)
  */
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
-import { join } from "node:path";
-import process from "node:process";
 import { type Tensor, noGrad, scope, tensor } from "@lowrank/tensor";
 import { openSafetensors, writeSafetensors } from "@lowrank/safetensors";
 import type { LoaderState } from "./data/loader.ts";
@@ -54,6 +51,9 @@ const CKPT = /^checkpoint-(\d+)$/;
 
 /** Write checkpoint-<step> under `outputDir` atomically; returns its path. */
 export async function saveCheckpoint(outputDir: string, parts: SaveParts, opts: SaveOptions = {}): Promise<string> {
+  const { mkdir, rename, rm, writeFile } = await import("node:fs/promises");
+  const { join } = await import("node:path");
+  const { default: process } = await import("node:process");
   await mkdir(outputDir, { recursive: true });
   await removeStale(outputDir);
   const final = join(outputDir, `checkpoint-${parts.step}`);
@@ -90,12 +90,16 @@ async function f32Entries(params: ReadonlyMap<string, Tensor>) {
 
 /** Leftovers of saves that were killed (other pids too: a dead run's temp dir is never committed). */
 async function removeStale(outputDir: string): Promise<void> {
+  const { readdir, rm } = await import("node:fs/promises");
+  const { join } = await import("node:path");
   for (const name of await readdir(outputDir).catch(() => [] as string[])) {
     if (name.startsWith(".tmp-checkpoint-") || name.startsWith(".old-checkpoint-")) await rm(join(outputDir, name), { recursive: true, force: true });
   }
 }
 
 async function prune(outputDir: string, keep: number, newest: number): Promise<void> {
+  const { rm } = await import("node:fs/promises");
+  const { join } = await import("node:path");
   const steps = (await listCheckpoints(outputDir)).filter((s) => s !== newest);
   const excess = steps.length + 1 - keep;
   for (const s of steps.slice(0, Math.max(0, excess))) await rm(join(outputDir, `checkpoint-${s}`), { recursive: true, force: true });
@@ -103,12 +107,14 @@ async function prune(outputDir: string, keep: number, newest: number): Promise<v
 
 /** Steps of the complete checkpoints in a directory, ascending. */
 export async function listCheckpoints(outputDir: string): Promise<number[]> {
+  const { readdir } = await import("node:fs/promises");
   const names = await readdir(outputDir).catch(() => [] as string[]);
   return names.map((n) => CKPT.exec(n)).filter((m): m is RegExpExecArray => m !== null).map((m) => Number(m[1])).sort((a, b) => a - b);
 }
 
 /** `path` itself when it is a checkpoint, else its latest checkpoint-* (an output dir). */
 export async function resolveCheckpoint(path: string): Promise<string> {
+  const { join } = await import("node:path");
   if (await exists(join(path, "trainer_state.json"))) return path;
   const steps = await listCheckpoints(path);
   if (!steps.length) throw new Error(`${path}: not a checkpoint (no trainer_state.json) and no checkpoint-* inside`);
@@ -123,6 +129,8 @@ export interface LoadedCheckpoint {
 }
 
 export async function loadCheckpoint(path: string): Promise<LoadedCheckpoint> {
+  const { readFile } = await import("node:fs/promises");
+  const { join } = await import("node:path");
   const dir = await resolveCheckpoint(path);
   const state = JSON.parse(await readFile(join(dir, "trainer_state.json"), "utf8")) as TrainerState;
   if (state.version !== 1) throw new Error(`${dir}/trainer_state.json: unknown version ${state.version}`);
@@ -175,5 +183,6 @@ export function restoreParams(params: ReadonlyMap<string, Tensor>, saved: Readon
 }
 
 async function exists(p: string): Promise<boolean> {
+  const { stat } = await import("node:fs/promises");
   return stat(p).then(() => true, () => false);
 }

@@ -4,8 +4,6 @@
  * step, so mistakes fail fast. Then: eval + sample before, (resume), the loop, eval + sample
  * after, the adapter (or model) plus training_args.json, metrics.jsonl and eval_report.json.
  */
-import { mkdir, readFile, writeFile } from "node:fs/promises";
-import { join } from "node:path";
 import { loadHfModel, loadTokenizer } from "@lowrank/nn";
 import type { Backend, Tensor } from "@lowrank/tensor";
 import { listCheckpoints, loadCheckpoint, restoreParams, saveCheckpoint, type SaveOptions, type TrainerState } from "./checkpoint.ts";
@@ -56,6 +54,8 @@ export interface FinetuneResult {
 }
 
 export async function finetune(input: FinetuneInput, io: FinetuneIO): Promise<FinetuneResult> {
+  const { mkdir, readFile, writeFile } = await import("node:fs/promises");
+  const { join } = await import("node:path");
   const cfg = resolveConfig(input);
   const { backend } = io;
   const rep = io.reporter ?? silentReporter;

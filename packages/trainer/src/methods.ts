@@ -4,8 +4,6 @@
  * prepare_model_for_kbit_training does). Each returns the trained parameters by name and how to
  * write the result.
  */
-import { copyFile, mkdir } from "node:fs/promises";
-import { join } from "node:path";
 import { type LlamaForCausalLM, quantizeModel, saveHfModel } from "@lowrank/nn";
 import { type Tensor, isFloat } from "@lowrank/tensor";
 import { getPeftModel, saveAdapter } from "@lowrank/lora";
@@ -61,6 +59,7 @@ function prepareLora(model: LlamaForCausalLM, cfg: FinetuneConfig, modelDir: str
     summary: peft.printTrainableParameters(() => {}),
     paramsFile: "trainable.safetensors",
     async writeOutput(dir) {
+      const { mkdir } = await import("node:fs/promises");
       await mkdir(dir, { recursive: true });
       const files = await saveAdapter(peft, dir);
       return [...files.map((f) => f.slice(f.lastIndexOf("/") + 1)), ...(await copyTokenizer(modelDir, dir))];
@@ -77,6 +76,7 @@ function prepareFull(model: LlamaForCausalLM, modelDir: string): PreparedModel {
     summary: paramSummary(model, trainable),
     paramsFile: "model.safetensors",
     async writeOutput(dir) {
+      const { mkdir } = await import("node:fs/promises");
       await mkdir(dir, { recursive: true });
       const files = await saveHfModel(model, dir);
       return [...files, ...(await copyTokenizer(modelDir, dir))];
@@ -95,6 +95,8 @@ export function paramSummary(model: LlamaForCausalLM, trainable: ReadonlyMap<str
 
 /** Copy tokenizer.json and tokenizer_config.json next to the result, so the directory is self-contained. */
 export async function copyTokenizer(modelDir: string, dir: string): Promise<string[]> {
+  const { copyFile } = await import("node:fs/promises");
+  const { join } = await import("node:path");
   const out: string[] = [];
   for (const f of ["tokenizer.json", "tokenizer_config.json"]) {
     const ok = await copyFile(join(modelDir, f), join(dir, f)).then(() => true, () => false);

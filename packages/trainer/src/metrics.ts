@@ -2,7 +2,6 @@
  * metrics.jsonl (one JSON object per line, appended as training goes) and the progress display:
  * a bar redrawn in place on a TTY, plain lines otherwise (logs, CI).
  */
-import { appendFile, readFile, writeFile } from "node:fs/promises";
 
 export interface TrainRecord {
   step: number;
@@ -30,6 +29,7 @@ export class MetricsLog {
 
   /** Start fresh, or (on resume) keep only the records up to `step` so a resumed log has no duplicates. */
   async reset(keepUpTo: number | null): Promise<void> {
+    const { readFile, writeFile } = await import("node:fs/promises");
     let kept = "";
     if (keepUpTo !== null) {
       const old = await readFile(this.path, "utf8").catch(() => "");
@@ -39,6 +39,7 @@ export class MetricsLog {
   }
 
   async write(r: MetricRecord): Promise<void> {
+    const { appendFile } = await import("node:fs/promises");
     await appendFile(this.path, `${JSON.stringify(r)}\n`);
   }
 }

@@ -1,16 +1,13 @@
 /**
- * PEFT files in memory: lora's saveAdapter/loadAdapter go through node:fs, so the page builds
- * the same files from lora's public pieces (adapterStateDict, configToJson, configFromJson)
- * and @lowrank/safetensors' serializeSafetensors / openSafetensors(Blob).
+ * PEFT files in memory, through lora's adapterToBytes / loadAdapterFromBytes (the same files and
+ * checks as saveAdapter / loadAdapter). A full fine-tune is written with @lowrank/safetensors'
+ * serializeSafetensors as transformers' save_pretrained would.
  */
 import { type LlamaForCausalLM, llamaConfigToHf } from "@lowrank/nn";
-import {
-  ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, type PeftModel, adapterStateDict, configFromJson, configToJson, getPeftModel,
-} from "@lowrank/lora";
-import { type Dtype, type TensorInput, openSafetensors, serializeSafetensors } from "@lowrank/safetensors";
-import { type DType, type Tensor, fromF32, tensor } from "@lowrank/tensor";
+import { ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, type PeftModel, adapterToBytes, loadAdapterFromBytes } from "@lowrank/lora";
+import { type Dtype, type TensorInput, serializeSafetensors } from "@lowrank/safetensors";
+import { type DType, type Tensor, fromF32 } from "@lowrank/tensor";
 import type { DownloadFile } from "../protocol.ts";
-import { toFloat32 } from "./model-loader.ts";
 
 const ST: Partial<Record<DType, Dtype>> = { f32: "F32", f16: "F16", bf16: "BF16" };
 
@@ -25,14 +22,9 @@ const json = (v: unknown) => new TextEncoder().encode(`${JSON.stringify(v, null,
 
 /** adapter_config.json + adapter_model.safetensors of the "default" adapter, as PEFT's save_pretrained writes them. */
 export async function adapterFiles(peft: PeftModel, baseName: string): Promise<DownloadFile[]> {
-  const config = peft.peftConfig.get("default");
-  if (!config) throw new Error("the model has no 'default' adapter");
-  const tensors = new Map<string, TensorInput>();
-  for (const [key, t] of adapterStateDict(peft, "default")) tensors.set(key, await tensorInput(key, t));
-  const weights = serializeSafetensors(tensors, { format: "pt" }, { label: ADAPTER_WEIGHTS_NAME });
-  const cfg = configToJson({ ...config, base_model_name_or_path: config.base_model_name_or_path ?? baseName });
+  const { config, weights } = await adapterToBytes(peft, "default", { baseModelNameOrPath: baseName });
   return [
-    { name: ADAPTER_CONFIG_NAME, mime: "application/json", bytes: json(cfg) },
+    { name: ADAPTER_CONFIG_NAME, mime: "application/json", bytes: new TextEncoder().encode(config) },
     { name: ADAPTER_WEIGHTS_NAME, mime: "application/octet-stream", bytes: weights },
   ];
 }
@@ -60,40 +52,12 @@ export async function applyAdapterFiles(model: LlamaForCausalLM, files: readonly
     const bin = files.some((f) => f.name.endsWith(".bin")) ? " (adapter_model.bin is a pickle: re-save it with safe_serialization=True)" : "";
     throw new Error(`pick both ${ADAPTER_CONFIG_NAME} and ${ADAPTER_WEIGHTS_NAME}${bin}; got ${files.map((f) => f.name).join(", ") || "nothing"}`);
   }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(await cfgFile.text());
-  } catch (e) {
-    throw new Error(`${cfgFile.name}: not valid JSON (${(e as Error).message})`, { cause: e });
-  }
-  const config = configFromJson(raw, cfgFile.name);
-  const file = await openSafetensors(wFile, { label: wFile.name });
-  try {
-    const peft = getPeftModel(model, config, "default", { zeroInit: true, strictTargets: false });
-    const live = adapterStateDict(peft, "default");
-    const problems = [...live.keys()].filter((k) => !file.has(k)).map((k) => `missing: ${k}`);
-    problems.push(...file.names.filter((k) => !live.has(k)).map((k) => `unexpected: ${k}`));
-    for (const [k, t] of live) {
-      const info = file.has(k) ? file.tensors[k] : null;
-      if (info && (info.shape.length !== t.shape.length || info.shape.some((d, i) => d !== t.shape[i]))) {
-        problems.push(`${k}: shape [${info.shape.join(", ")}] in the file, the model needs [${t.shape.join(", ")}]`);
-      }
-    }
-    if (problems.length) {
-      throw new Error(`${wFile.name}: the adapter does not fit this model (${problems.length} problem(s)):\n  ${problems.slice(0, 12).join("\n  ")}${problems.length > 12 ? `\n  ... and ${problems.length - 12} more` : ""}`);
-    }
-    for (const [k, target] of live) {
-      const t = tensor(toFloat32(await file.read(k)), { shape: target.shape, dtype: "f32", backend: target.backend });
-      target.assign(t);
-      t.dispose();
-      target.setRequiresGrad(false);
-    }
-    model.eval(); // as PEFT's from_pretrained: an inference load runs without dropout
-    const targets = Array.isArray(config.target_modules) ? config.target_modules.join(", ") : String(config.target_modules);
-    const summary = `r ${config.r}, alpha ${config.lora_alpha}, ${peft.loraLayers().length} layers (${targets})` +
-      (config.base_model_name_or_path ? `, trained on ${config.base_model_name_or_path}` : "");
-    return { peft, summary };
-  } finally {
-    await file.close();
-  }
+  const peft = await loadAdapterFromBytes(model, { config: await cfgFile.text(), weights: wFile }, "default", {
+    ignoreBaseModel: true, configLabel: cfgFile.name, weightsLabel: wFile.name,
+  });
+  const config = peft.peftConfig.get("default")!;
+  const targets = Array.isArray(config.target_modules) ? config.target_modules.join(", ") : String(config.target_modules);
+  const summary = `r ${config.r}, alpha ${config.lora_alpha}, ${peft.loraLayers().length} layers (${targets})` +
+    (config.base_model_name_or_path ? `, trained on ${config.base_model_name_or_path}` : "");
+  return { peft, summary };
 }

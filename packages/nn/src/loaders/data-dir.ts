@@ -38,5 +38,5 @@ export async function resolveDataDir(opts: DataDirOptions = {}): Promise<string 
 async function defaultRepoRoot(): Promise<string | null> {
   if (!import.meta.url.startsWith("file:")) return null;
   const { fileURLToPath } = await import("node:url");
-  return fileURLToPath(new URL("../../../../", import.meta.url));
+  return fileURLToPath(new URL(/* @vite-ignore */ "../../../../", import.meta.url));
 }

@@ -3,12 +3,16 @@
  * model.safetensors.index.json. Every failure names the file and the problem.
  */
 import { type Backend, type DType, fromF32, getDefaultBackend, scope } from "@lowrank/tensor";
-import { type LazyTensorInput, SafetensorsError, type ShardedSafetensors, openShardedSafetensors, writeShardedSafetensors } from "@lowrank/safetensors";
+import {
+  type LazyTensorInput, SafetensorsError, type SafetensorsFile, ShardedSafetensors, type ShardedTensorInfo, openSafetensors, openShardedSafetensors,
+  writeShardedSafetensors,
+} from "@lowrank/safetensors";
 import { LlamaForCausalLM, llamaConfigToHf, parseLlamaConfig } from "../models/llama.ts";
 import type { TensorSpec } from "../module.ts";
 import { quantizationConfigOf } from "../quantize-model.ts";
 import { loadBnbLayers, parseBnbConfig, withoutQuantizationConfig } from "./bnb.ts";
 import { SOURCE_FLOATS, type SourceFloat, joinPath, readJson, tensorFromBytes } from "./files.ts";
+import { type HfTokenizer, tokenizerFromJson } from "./tokenizer.ts";
 
 export interface LoadOptions {
   backend?: Backend;
@@ -20,19 +24,74 @@ export interface LoadOptions {
 const IGNORED = /(^|\.)rotary_emb\.inv_freq$/;
 
 export async function loadHfModel(dir: string, opts: LoadOptions = {}): Promise<LlamaForCausalLM> {
-  const backend = opts.backend ?? getDefaultBackend();
-  const dtype = opts.dtype ?? "f32";
-  if (dtype !== "f32" && dtype !== "f16" && dtype !== "bf16") throw new TypeError(`loadHfModel: dtype must be f32, f16 or bf16, got ${dtype}`);
+  checkDtype("loadHfModel", opts);
   const configPath = await joinPath(dir, "config.json");
   const raw = await readJson(configPath, "the model's config.json");
+  const shardPath = (shard: string) => joinPath(dir, shard);
+  return loadHfCore(raw, configPath, () => openShardedSafetensors(dir), shardPath, opts);
+}
+
+/** Anything a file's bytes can be held in: a Blob (File), bytes, or an ArrayBuffer. */
+export type FileBytes = Blob | Uint8Array | ArrayBuffer;
+/** A JSON file: its bytes or text, or the already parsed value. */
+export type JsonFile = FileBytes | string | object;
+
+/** A Hugging Face model directory held in memory (fetched, or picked in a browser). */
+export interface HfModelFiles {
+  /** config.json. */
+  config: JsonFile;
+  /** Safetensors files by file name: model.safetensors, or the shards model.safetensors.index.json names (other entries are ignored). */
+  weights: ReadonlyMap<string, FileBytes>;
+  /** model.safetensors.index.json of a sharded checkpoint. */
+  index?: JsonFile;
+  /** tokenizer.json: when given, the tokenizer is built too. */
+  tokenizer?: JsonFile;
+  /** tokenizer_config.json (optional). */
+  tokenizerConfig?: JsonFile;
+}
+
+export interface LoadedHfModel {
+  model: LlamaForCausalLM;
+  /** Built when `files.tokenizer` is given, else null. */
+  tokenizer: HfTokenizer | null;
+}
+
+/**
+ * loadHfModel for in-memory files (no file system: works in a browser). Same checks, same
+ * conversions, bitsandbytes 4-bit included; errors name the files by their names in `files`.
+ */
+export async function loadHfModelFromFiles(files: HfModelFiles, opts: LoadOptions = {}): Promise<LoadedHfModel> {
+  checkDtype("loadHfModelFromFiles", opts);
+  const raw = await jsonOf(files.config, "config.json");
+  let tokenizer: HfTokenizer | null = null;
+  if (files.tokenizer !== undefined) {
+    const json = await jsonOf(files.tokenizer, "tokenizer.json");
+    const config = files.tokenizerConfig !== undefined ? await jsonOf(files.tokenizerConfig, "tokenizer_config.json") : {};
+    tokenizer = tokenizerFromJson(json, config, "tokenizer.json");
+  }
+  const model = await loadHfCore(raw, "config.json", () => openCheckpointFiles(files), (shard) => shard, opts);
+  return { model, tokenizer };
+}
+
+function checkDtype(fn: string, opts: LoadOptions): void {
+  const dtype = opts.dtype ?? "f32";
+  if (dtype !== "f32" && dtype !== "f16" && dtype !== "bf16") throw new TypeError(`${fn}: dtype must be f32, f16 or bf16, got ${dtype}`);
+}
+
+/** The shared loader: `raw` is config.json's value, `label` names a shard in errors. */
+async function loadHfCore(
+  raw: unknown, configPath: string, open: () => Promise<ShardedSafetensors>, label: (shard: string) => string | Promise<string>, opts: LoadOptions,
+): Promise<LlamaForCausalLM> {
+  const backend = opts.backend ?? getDefaultBackend();
+  const dtype = opts.dtype ?? "f32";
   const quant = parseBnbConfig(raw, configPath); // bitsandbytes 4-bit: Linear layers load as QuantizedLinear
   const config = parseLlamaConfig(quant ? withoutQuantizationConfig(raw) : raw, configPath);
 
-  const ckpt = await openCheckpoint(dir);
+  const ckpt = await openCheckpoint(open);
   const model = new LlamaForCausalLM(config, { backend, dtype });
   try {
     const shardPaths = new Map<string, string>();
-    for (const shard of ckpt.shards.keys()) shardPaths.set(shard, await joinPath(dir, shard));
+    for (const shard of ckpt.shards.keys()) shardPaths.set(shard, await label(shard));
     const where = (name: string) => shardPaths.get(ckpt.tensors[name].shard) as string;
     const consumed = quant ? await loadBnbLayers(model, ckpt, where, quant, { backend, dtype }) : new Map<string, TensorSpec>();
     const given = new Map<string, TensorSpec>(consumed);
@@ -64,11 +123,80 @@ export async function loadHfModel(dir: string, opts: LoadOptions = {}): Promise<
   return model;
 }
 
-async function openCheckpoint(dir: string): Promise<ShardedSafetensors> {
+async function openCheckpoint(open: () => Promise<ShardedSafetensors>): Promise<ShardedSafetensors> {
   try {
-    return await openShardedSafetensors(dir);
+    return await open();
   } catch (e) {
     throw explain(e);
+  }
+}
+
+const INDEX_NAME = "model.safetensors.index.json";
+const SINGLE_NAME = "model.safetensors";
+
+async function jsonOf(v: JsonFile, file: string): Promise<unknown> {
+  let text: string;
+  if (typeof v === "string") text = v;
+  else if (v instanceof Uint8Array || v instanceof ArrayBuffer) text = new TextDecoder().decode(v);
+  else if (typeof Blob !== "undefined" && v instanceof Blob) text = await v.text();
+  else return v;
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new Error(`${file}: not valid JSON (${(e as Error).message})`, { cause: e });
+  }
+}
+
+/** openShardedSafetensors for in-memory files: the index's shards (or model.safetensors) as one checkpoint. */
+async function openCheckpointFiles(files: HfModelFiles): Promise<ShardedSafetensors> {
+  if (files.index === undefined) {
+    const bytes = files.weights.get(SINGLE_NAME);
+    if (bytes === undefined) throw new SafetensorsError("not_found", SINGLE_NAME, undefined, `not among the given files (${[...files.weights.keys()].join(", ") || "none"})`);
+    const shard = SINGLE_NAME;
+    const file = await openSafetensors(bytes, { label: shard });
+    const tensors: Record<string, ShardedTensorInfo> = Object.create(null);
+    for (const name of file.names) tensors[name] = Object.freeze({ ...file.tensors[name], shard });
+    return new ShardedSafetensors(undefined, { ...file.metadata }, new Map([[shard, file]]), tensors, [...file.names]);
+  }
+  const json = await jsonOf(files.index, INDEX_NAME);
+  const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
+  if (!isObject(json) || !isObject(json.weight_map)) throw new SafetensorsError("invalid_index", INDEX_NAME, undefined, 'index is not an object with a "weight_map" object');
+  const byShard = new Map<string, string[]>();
+  for (const [name, shard] of Object.entries(json.weight_map)) {
+    if (typeof shard !== "string" || shard === "") throw new SafetensorsError("invalid_index", INDEX_NAME, name, `weight_map value ${JSON.stringify(shard)} is not a shard file name`);
+    const list = byShard.get(shard);
+    if (list) list.push(name);
+    else byShard.set(shard, [name]);
+  }
+  const shardFiles = [...byShard.keys()].sort();
+  for (const shard of shardFiles) {
+    if (!files.weights.has(shard)) {
+      const users = byShard.get(shard)!;
+      throw new SafetensorsError("missing_shard", INDEX_NAME, users[0], `shard file ${JSON.stringify(shard)} is not among the given files (needed by ${users.length} tensor${users.length === 1 ? "" : "s"})`);
+    }
+  }
+  const opened = new Map<string, SafetensorsFile>();
+  try {
+    const tensors: Record<string, ShardedTensorInfo> = Object.create(null);
+    const names: string[] = [];
+    for (const shard of shardFiles) {
+      const file = await openSafetensors(files.weights.get(shard)!, { label: shard });
+      opened.set(shard, file);
+      const wanted = new Set(byShard.get(shard));
+      for (const name of wanted) {
+        if (!file.has(name)) throw new SafetensorsError("invalid_index", INDEX_NAME, name, `weight_map says the tensor is in ${JSON.stringify(shard)} but that file has no such tensor`);
+      }
+      for (const name of file.names) {
+        if (!wanted.has(name)) continue;
+        tensors[name] = Object.freeze({ ...file.tensors[name], shard });
+        names.push(name);
+      }
+    }
+    const meta = json.metadata;
+    return new ShardedSafetensors(INDEX_NAME, isObject(meta) ? { ...meta } : {}, opened, tensors, names);
+  } catch (err) {
+    for (const f of opened.values()) await f.close().catch(() => {});
+    throw err;
   }
 }
 

@@ -57,11 +57,16 @@ export async function loadTokenizer(dir: string): Promise<HfTokenizer> {
   const configPath = await joinPath(dir, "tokenizer_config.json");
   const json = await readJson(jsonPath, "the Hugging Face tokenizer.json");
   const config = (await pathExists(configPath)) ? await readJson(configPath, "tokenizer_config.json") : {};
-  if (typeof json !== "object" || json === null || !("model" in json)) throw new Error(`${jsonPath}: not a tokenizer.json (no "model" section)`);
+  return tokenizerFromJson(json, config, jsonPath);
+}
+
+/** An HfTokenizer from parsed tokenizer.json and tokenizer_config.json values; `file` names tokenizer.json in errors. */
+export function tokenizerFromJson(json: unknown, config: unknown, file = "tokenizer.json"): HfTokenizer {
+  if (typeof json !== "object" || json === null || !("model" in json)) throw new Error(`${file}: not a tokenizer.json (no "model" section)`);
   try {
     return new HfTokenizer(json, config as object);
   } catch (e) {
-    throw new Error(`${jsonPath}: cannot build the tokenizer: ${(e as Error).message}`, { cause: e });
+    throw new Error(`${file}: cannot build the tokenizer: ${(e as Error).message}`, { cause: e });
   }
 }
 
