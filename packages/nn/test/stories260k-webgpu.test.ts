@@ -9,7 +9,7 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { type Backend, crossEntropy, noGrad, scope, tensor } from "@lowrank/tensor";
 import { createWebGpuBackend } from "@lowrank/backend-webgpu";
-import { type LlamaForCausalLM, generateIds, loadHfModel } from "../src/index.ts";
+import { type LlamaForCausalLM, generateIds, loadHfModel, loadLlama2c } from "../src/index.ts";
 import { maxAbsDiff, noData, storiesDir, storiesHfDir } from "./helpers.ts";
 
 interface Reference {
@@ -69,6 +69,15 @@ test("webgpu: per-token teacher-forced loss within 1e-4", { skip, timeout: 300_0
   loss.dispose();
   t.diagnostic(`max |loss diff| ${d.toExponential(2)}`);
   assert.ok(d < 1e-4, `per-token loss diff ${d}`);
+});
+
+test("webgpu: the llama2.c file gives the same logits as the HF directory", { skip, timeout: 300_000 }, async (t) => {
+  const m2 = await loadLlama2c(join(storiesDir as string, "stories260K.bin"), { backend: gpu as Backend });
+  const ids = (ref as Reference).greedy_with_prompt.prompt_ids;
+  const d = maxAbsDiff(await logitsAt(m2, ids, ids.length - 1), await logitsAt(await load(), ids, ids.length - 1));
+  m2.dispose();
+  t.diagnostic(`max |logit diff| llama2.c vs HF on webgpu ${d.toExponential(2)}`);
+  assert.ok(d < 1e-5, `${d}`);
 });
 
 test("webgpu: release the device", { skip }, async () => {
