@@ -1,7 +1,10 @@
-/** Where models and datasets live: --data-dir, else LOWRANK_DATA_DIR, else ../shared/data beside the repo. */
+/** Where models and datasets live: --data-dir, else LOWRANK_DATA_DIR, else ../shared/data beside the repo; Hub models are cached under LOWRANK_CACHE_DIR. */
 import { existsSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { homedir } from "node:os";
+import process from "node:process";
+import { downloadHfModel, isHfRepoId } from "@lowrank/nn";
 
 export interface DataDir {
   path: string;
@@ -25,4 +28,43 @@ export function resolveDataDir(flag: string | undefined, env: Record<string, str
 /** A path as given when it exists (or is absolute), else the same relative path inside the data dir if that exists. */
 export function locateInDataDir(p: string, dataDir: string, cwd: string): string {
   return isAbsolute(p) || existsSync(resolve(cwd, p)) || !existsSync(join(dataDir, p)) ? resolve(cwd, p) : join(dataDir, p);
+}
+
+/** The Hub download cache: $LOWRANK_CACHE_DIR, else ~/.cache/lowrank/hub. */
+export function defaultCacheDir(env: Record<string, string | undefined>): string {
+  return env.LOWRANK_CACHE_DIR ? resolve(env.LOWRANK_CACHE_DIR) : join(homedir(), ".cache", "lowrank", "hub");
+}
+
+/**
+ * A --model value: an existing path (here or in the data dir) as is; else, when it looks like
+ * `org/name` (or `org/name@revision`), the Hugging Face Hub snapshot (downloaded into the cache unless already there;
+ * $HF_ENDPOINT, $HF_TOKEN and $LOWRANK_CACHE_DIR apply), with progress on stderr.
+ */
+export async function resolveModelDir(
+  value: string, dataDir: string, cwd: string, env: Record<string, string | undefined>,
+  log: (s: string) => void = (s) => void process.stderr.write(s),
+): Promise<string> {
+  const local = locateInDataDir(value, dataDir, cwd);
+  const [repoId, revision] = value.split("@") as [string, string | undefined];
+  if (existsSync(local) || isAbsolute(value) || value.startsWith(".") || !repoId.includes("/") || !isHfRepoId(repoId)) return local;
+  const cacheDir = defaultCacheDir(env);
+  let last = "";
+  let lastT = 0;
+  const tty = process.stderr.isTTY === true;
+  const dir = await downloadHfModel(repoId, {
+    cacheDir, revision, endpoint: env.HF_ENDPOINT || undefined, token: env.HF_TOKEN || undefined,
+    onProgress: (p) => {
+      const done = p.total !== null && p.loaded >= p.total;
+      const now = Date.now();
+      if (!done && now - lastT < (tty ? 100 : 2000)) return;
+      lastT = now;
+      const mb = (n: number) => (n / 1e6).toFixed(1);
+      const line = `downloading ${repoId} [${p.index + 1}/${p.count}] ${p.file}: ${mb(p.loaded)}${p.total !== null ? ` / ${mb(p.total)}` : ""} MB`;
+      if (line === last) return;
+      last = line;
+      log(tty ? `\r${line}\x1b[K${done ? "\n" : ""}` : `${line}\n`);
+    },
+  });
+  log(`model ${value}: ${dir}\n`);
+  return dir;
 }

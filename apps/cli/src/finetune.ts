@@ -11,7 +11,7 @@ import {
   ConfigError, DATA_FORMATS, DatasetError, type FinetuneInput, type FinetuneResult, METHODS, SCHEDULERS, consoleReporter, finetune,
 } from "@lowrank/trainer";
 import { BACKEND_CHOICES, type BackendChoice, resolveChoice, selectBackend } from "./backends.ts";
-import { locateInDataDir, resolveDataDir } from "./data-dir.ts";
+import { locateInDataDir, resolveDataDir, resolveModelDir } from "./data-dir.ts";
 
 type Env = Record<string, string | undefined>;
 
@@ -20,7 +20,9 @@ export const FINETUNE_HELP = `Usage: lowrank finetune --model <dir> --data <file
 Fine-tune a Llama-family model (Hugging Face directory) with QLoRA, LoRA or full fine-tuning.
 
 Model and data:
-  --model <dir>              model directory (config.json, model.safetensors, tokenizer.json)
+  --model <dir>              model directory (config.json, model.safetensors, tokenizer.json), or a
+                             Hugging Face repo id org/name[@revision], downloaded into $LOWRANK_CACHE_DIR
+                             (default ~/.cache/lowrank/hub; $HF_ENDPOINT, $HF_TOKEN apply)
   --data <file>              .txt, .jsonl or .json dataset
   --format <${DATA_FORMATS.join("|")}>  dataset format (default: from the file: "text", "instruction"/"output" or "messages" keys)
   --data-dir <dir>           where relative --model/--data paths are also looked up
@@ -177,6 +179,12 @@ export async function finetuneCommand(argv: string[], env: Env): Promise<number>
     resolveChoice(v.backend, env);
   } catch (e) {
     return fail(2, `${(e as Error).message}; see lowrank finetune --help`);
+  }
+  try {
+    // A --model that is no local path but looks like org/name comes from the Hugging Face Hub.
+    input.model = await resolveModelDir(v.model as string, resolveDataDir(v["data-dir"], env).path, process.cwd(), env);
+  } catch (e) {
+    return fail(1, `${(e as Error).message}`);
   }
   const sel = await selectBackend(v.backend as BackendChoice | undefined, env);
   const stderr = (s: string) => void process.stderr.write(s);

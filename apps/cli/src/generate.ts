@@ -8,7 +8,7 @@ import { loadAdapter } from "@lowrank/lora";
 import { loadHfModel, loadTokenizer, streamText } from "@lowrank/nn";
 import { setDefaultBackend } from "@lowrank/tensor";
 import { type BackendChoice, resolveChoice, selectBackend } from "./backends.ts";
-import { locateInDataDir, resolveDataDir } from "./data-dir.ts";
+import { locateInDataDir, resolveDataDir, resolveModelDir } from "./data-dir.ts";
 
 type Env = Record<string, string | undefined>;
 
@@ -61,7 +61,13 @@ export async function generateCommand(argv: string[], env: Env, usage: (message:
   }
   const dataDir = resolveDataDir(v["data-dir"] as string | undefined, env).path;
   const cwd = process.cwd();
-  const modelDir = locateInDataDir(v.model as string, dataDir, cwd);
+  let modelDir: string;
+  try {
+    modelDir = await resolveModelDir(v.model as string, dataDir, cwd, env);
+  } catch (err) {
+    console.error(`lowrank generate: ${err instanceof Error ? err.message : String(err)}`);
+    return 1;
+  }
   const sel = await selectBackend(v.backend as BackendChoice | undefined, env);
   setDefaultBackend(sel.backend);
   try {

@@ -53,3 +53,41 @@ test("bad flags are usage errors; a missing model names the file", async () => {
   assert.equal(missing.code, 1);
   assert.match(missing.stderr, /\/nonexistent\/model\/config\.json/);
 });
+
+test("--model org/name downloads from $HF_ENDPOINT into $LOWRANK_CACHE_DIR, then generates", { skip, timeout: 120_000 }, async () => {
+  const { createServer } = await import("node:http");
+  const { createHash } = await import("node:crypto");
+  const { mkdtempSync, readdirSync, rmSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const src = join(dataDir as string, "models", "stories260K-hf");
+  const names = readdirSync(src);
+  const server = createServer((req, res) => {
+    const path = decodeURIComponent(new URL(req.url ?? "/", "http://x").pathname);
+    if (path === "/api/models/test-org/stories/revision/main") {
+      res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ siblings: names.map((rfilename) => ({ rfilename })) }));
+      return;
+    }
+    const m = /^\/test-org\/stories\/resolve\/main\/(.+)$/.exec(path);
+    if (!m || !names.includes(m[1])) return void res.writeHead(404).end();
+    const bytes = readFileSync(join(src, m[1]));
+    res.writeHead(200, { etag: `"${createHash("sha256").update(bytes).digest("hex")}"`, "content-length": bytes.length }).end(bytes);
+  });
+  await new Promise<void>((ok) => server.listen(0, "127.0.0.1", ok));
+  const cache = mkdtempSync(join(tmpdir(), "lowrank-cli-hub-"));
+  try {
+    const port = (server.address() as { port: number }).port;
+    const env = { HF_ENDPOINT: `http://127.0.0.1:${port}`, LOWRANK_CACHE_DIR: cache };
+    const ref = JSON.parse(readFileSync(refPath, "utf8")).greedy_with_prompt as { prompt: string; steps: number; prompt_ids: number[]; generated_text: string };
+    const r = await lowrank(["generate", "--model", "test-org/stories", "--prompt", ref.prompt, "--max-new-tokens", String(ref.steps - ref.prompt_ids.length + 1)], env);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, `${ref.prompt}${ref.generated_text}\n`);
+    assert.match(r.stderr, /downloading test-org\/stories \[\d\/\d\] model\.safetensors/);
+    assert.ok(existsSync(join(cache, "models--test-org--stories", "snapshots", "main", "model.safetensors")));
+    const missing = await lowrank(["generate", "--model", "test-org/absent", "--prompt", "p"], env);
+    assert.equal(missing.code, 1);
+    assert.ok(missing.stderr.includes(`http://127.0.0.1:${port}/api/models/test-org/absent/revision/main`), missing.stderr);
+  } finally {
+    server.close();
+    rmSync(cache, { recursive: true, force: true });
+  }
+});

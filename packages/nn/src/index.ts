@@ -27,5 +27,8 @@ export { type TextTokenizer, type EncodeOptions, type DecodeOptions, HfTokenizer
 export { Llama2cTokenizer, loadLlama2cTokenizer } from "./loaders/llama2c-tokenizer.ts";
 export { resolveDataDir, type DataDirOptions } from "./loaders/data-dir.ts";
 export {
+  downloadHfModel, hubSnapshotDir, isHfRepoId, isModelFile, HubError, ChecksumError, type DownloadHfModelOptions, type HubProgress,
+} from "./loaders/hub.ts";
+export {
   generate, generateIds, streamText, sampleNext, argmax, type CausalLM, type GenerateOptions, type SamplingOptions,
 } from "./generate.ts";
