@@ -57,11 +57,14 @@ function fatal(msg) {
 /** Workspace directories with test/*.test.ts, found by scanning so new packages join automatically. */
 function testPackages() {
   const found = [];
-  for (const group of ["packages", "apps"]) {
+  const dirs = ["packages", "apps"].flatMap((group) => {
     const base = join(ROOT, group);
-    if (!existsSync(base)) continue;
-    for (const name of readdirSync(base).sort()) {
-      const dir = join(base, name);
+    return existsSync(base) ? readdirSync(base).sort().map((name) => join(base, name)) : [];
+  });
+  dirs.push(join(ROOT, "benchmarks")); // a workspace of its own at the root
+  {
+    for (const dir of dirs) {
+      const name = relative(ROOT, dir);
       const testDir = join(dir, "test");
       if (!existsSync(join(dir, "package.json")) || !existsSync(testDir)) continue;
       const files = readdirSync(testDir).filter((f) => f.endsWith(".test.ts")).sort().map((f) => `test/${f}`);

@@ -42,6 +42,10 @@ Commands:
   dequantize    write a dense copy of a bitsandbytes 4-bit model directory: ${DEQUANTIZE_USAGE}
   serve         HTTP API: adapter registry, fine-tuning jobs, OpenAI-compatible inference:
                 ${SERVE_USAGE}
+  bench         benchmark suites (ranks, memory, peer, kernels, cpu, all) and benchmarks/results/REPORT.md:
+                lowrank bench <suite> [--quick] (lowrank bench --help)
+  plan          memory a fine-tuning configuration needs, by category:
+                lowrank plan --params 70e9 --method qlora --rank 16 [--layers --hidden --seq-len --batch-size]
 
 Options:
   --backend <${BACKEND_CHOICES.join("|")}>  compute backend (default: $LOWRANK_BACKEND, else auto)
@@ -70,6 +74,12 @@ export async function run(argv: string[], env: Env = process.env): Promise<numbe
   // generate has its own flags too (lowrank generate --help).
   if (first >= 0 && argv[first] === "generate" && !argv.slice(0, first).some((a) => a === "-v" || a === "--version")) {
     return await generateCommand([...argv.slice(0, first), ...argv.slice(first + 1)], env, usage);
+  }
+  // bench and plan have their own flags; the work lives in benchmarks/src/cli.ts, loaded only when asked for.
+  if (first >= 0 && (argv[first] === "bench" || argv[first] === "plan") && !argv.slice(0, first).some((a) => a === "-v" || a === "--version")) {
+    const rest = [...argv.slice(0, first), ...argv.slice(first + 1)].filter((a, i, all) => !(a === "--backend" || all[i - 1] === "--backend"));
+    const bench = await import("../../../benchmarks/src/cli.ts");
+    return argv[first] === "plan" ? bench.planCommand(rest) : await bench.benchCommand(rest, env, `lowrank bench ${rest.join(" ")}`);
   }
   // serve has its own flags too (lowrank serve --help).
   if (first >= 0 && argv[first] === "serve" && !argv.slice(0, first).some((a) => a === "-v" || a === "--version")) {

@@ -1,0 +1,80 @@
+/**
+ * `lowrank plan` and `lowrank bench` argument handling, spawned under Node, Bun and Deno (the
+ * suites themselves are tested in benchmarks/test: the quick rank sweep, the plan formula against
+ * measured steps, the report).
+ */
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { test } from "node:test";
+import { fileURLToPath } from "node:url";
+
+const CLI_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+const ROOT = resolve(CLI_DIR, "../..");
+const BIN = join(CLI_DIR, "bin", "lowrank.mjs");
+const MAIN = join(CLI_DIR, "src", "main.ts");
+
+type Runtime = "node" | "bun" | "deno";
+
+function command(runtime: Runtime): [string, string[]] | undefined {
+  if (runtime === "node") return ["Bun" in globalThis || "Deno" in globalThis ? "node" : process.execPath, [BIN]];
+  const bin = join(ROOT, "node_modules", ".bin", runtime);
+  if (!existsSync(bin)) return undefined;
+  return runtime === "bun" ? [bin, [MAIN]] : [bin, ["run", "-A", MAIN]];
+}
+
+function lowrank(runtime: Runtime, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const [cmd, pre] = command(runtime)!;
+  return new Promise((done, fail) => {
+    const child = spawn(cmd, [...pre, ...args], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => (stdout += d));
+    child.stderr.on("data", (d: Buffer) => (stderr += d));
+    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+    child.on("error", fail);
+    child.on("close", (code) => {
+      clearTimeout(timer);
+      done({ code, stdout, stderr });
+    });
+  });
+}
+
+for (const runtime of ["node", "bun", "deno"] as const) {
+  test(`plan prints every category (${runtime})`, { skip: command(runtime) ? false : `${runtime} not installed` }, async () => {
+    const r = await lowrank(runtime, ["plan", "--params", "70e9", "--method", "qlora", "--rank", "16"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^model: Llama-2-70B/m);
+    assert.match(r.stdout, /trainable params: 207,093,760/);
+    for (const line of ["weights (NF4", "LoRA A/B", "gradients", "AdamW state", "activations, gradient checkpointing", "activations, no checkpointing", "total, with checkpointing"]) {
+      assert.ok(r.stdout.includes(line), `missing "${line}" in\n${r.stdout}`);
+    }
+  });
+}
+
+test("plan with --layers/--hidden solves the MLP width from the count", async () => {
+  const r = await lowrank("node", ["plan", "--params", "7e9", "--method", "lora", "--layers", "32", "--hidden", "4096", "--seq-len", "1024", "--batch-size", "2"]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /derived: 32 layers, hidden 4096, MLP \d+ solved from the count/);
+  assert.match(r.stdout, /batch 2 x seq 1024/);
+});
+
+test("plan and bench reject bad arguments with usage errors", async () => {
+  const cases: [string[], RegExp][] = [
+    [["plan", "--method", "qlora"], /--params is required/],
+    [["plan", "--params", "1e9", "--method", "dora"], /--method must be qlora, lora or full/],
+    [["plan", "--params", "1e9", "--target-modules", "q_proj,nope"], /--target-modules/],
+    [["bench"], /which suite\?/],
+    [["bench", "speed"], /unknown suite "speed"/],
+    [["bench", "ranks", "--fast"], /Unknown option '--fast'/],
+  ];
+  for (const [args, re] of cases) {
+    const r = await lowrank("node", args);
+    assert.equal(r.code, 2, `${args.join(" ")}: ${r.stdout}${r.stderr}`);
+    assert.match(r.stderr, re);
+  }
+  const help = await lowrank("node", ["bench", "--help"]);
+  assert.equal(help.code, 0);
+  for (const suite of ["ranks", "memory", "peer", "kernels", "cpu", "all", "report"]) assert.match(help.stdout, new RegExp(`^  ${suite} `, "m"));
+});

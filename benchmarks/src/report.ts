@@ -1,0 +1,231 @@
+/**
+ * REPORT.md and the SVG plots, generated from the newest results/<suite>-<date>.json of each
+ * suite (quick runs excluded). Every number in the report is read from those files, and each
+ * section names the command that wrote its file. `lowrank bench report` regenerates it alone;
+ * the full suites regenerate it after writing their results.
+ */
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
+import { basename, join } from "node:path";
+import { RESULTS_DIR, fmtMiB } from "./common.ts";
+import type { KernelsResult } from "./kernels.ts";
+import type { MemoryResult, MemoryRow } from "./memory.ts";
+import type { PeerResult } from "./peer.ts";
+import { PRESETS, estimate, planText, shapeFor } from "./plan.ts";
+import { type Panel, type Series, color, linePanels, stackedBarPanels } from "./plots.ts";
+import type { RankRun, RanksResult } from "./ranks.ts";
+
+/** Newest results/<prefix>-YYYY-MM-DD.json, or null. */
+export function latest(prefix: string, dir = RESULTS_DIR): string | null {
+  if (!existsSync(dir)) return null;
+  const re = new RegExp(`^${prefix}-\\d{4}-\\d{2}-\\d{2}\\.json$`);
+  const f = readdirSync(dir).filter((x) => re.test(x)).sort().pop();
+  return f ? join(dir, f) : null;
+}
+
+const read = <T>(f: string | null): T | null => (f ? (JSON.parse(readFileSync(f, "utf8")) as T) : null);
+const pm = (m: number | null, s: number | null, d = 3) => (m === null ? "-" : `${m.toFixed(d)} ± ${(s ?? 0).toFixed(d)}`);
+const int = (v: number | null) => (v === null ? "-" : Math.round(v).toLocaleString("en-US"));
+const mins = (s: number) => `${(s / 60).toFixed(1)} min`;
+const rel = (f: string) => `results/${basename(f)}`;
+const table = (h: string[], rows: (string | number)[][]) =>
+  [`| ${h.join(" | ")} |`, `|${h.map(() => "---").join("|")}|`, ...rows.map((r) => `| ${r.join(" | ")} |`)].join("\n");
+
+function ranksSection(r: RanksResult, file: string, plots: Map<string, string>): string[] {
+  const c = r.config;
+  const out = [
+    "## 1. Rank sweep: LoRA and QLoRA on stories260K",
+    "",
+    `Command: \`${c.command}\` → \`${rel(file)}\` (${mins(r.wall_seconds)} wall; ${c.machine.cpu}, ${c.machine.cores} cores, load average ${c.machine.loadavg1.toFixed(2)} at the start; backend ${c.backend}). Config: \`benchmarks/configs/${c.name}.json\`.`,
+    "",
+    `Seeds ${c.seeds.join(", ")} (mean ± sample std over seeds); lora_alpha = ${c.alpha_over_rank} × r; dropout ${c.dropout}; AdamW, ${c.scheduler} schedule, warmup ${c.warmup}, clipping ${c.max_grad_norm}; QLoRA = NF4 + double quant base with gradient checkpointing (the trainer's defaults). Every run of a task is evaluated on the same held-out split (data seed ${c.data_seed}); the run seed sets LoRA init, dropout and batch order. **quality = (base loss − method loss) / (base loss − full fine-tune loss)**, base = the dense stories260K, full = the mean of the full fine-tuning seeds. tokens/s counts every position processed (batch × padded length) over the training loop's time; peak = the largest per-step \`backend.memory().peakBytes\` (everything live: weights, optimizer state, activations). adapter bytes = the written \`adapter_model.safetensors\`.`,
+  ];
+  for (const task of c.tasks) {
+    const base = r.base[task.name];
+    const full = r.full_ft[task.name];
+    const tokens = task.steps * task.batch_size * task.seq_len;
+    out.push(
+      "",
+      `### ${task.name}: \`${task.data}\`${task.format ? ` (${task.format})` : ""}`,
+      "",
+      `${task.steps} steps × ${task.batch_size} sequences × ≤ ${task.seq_len} tokens (≤ ${tokens.toLocaleString("en-US")} tokens per run); lr ${task.lr.lora} (LoRA, QLoRA), ${task.lr.full} (full); ${base.train_examples} train / ${base.eval_examples} eval examples, eval on ${base.eval_tokens.toLocaleString("en-US")} target tokens.`,
+      "",
+      `Base eval loss ${base.eval_loss.toFixed(4)} (NF4 base ${base.quantized_eval_loss.toFixed(4)}). Full fine-tuning: eval loss ${pm(full.eval_loss, full.eval_loss_std, 4)}, ${full.trainable_params.toLocaleString("en-US")} trainable params, model file ${int(full.model_bytes)} bytes, peak ${fmtMiB(full.peak_bytes)} MiB, ${int(full.tokens_per_s)} ± ${int(full.tokens_per_s_std)} tokens/s.`,
+      "",
+    );
+    const runs = r.runs.filter((x) => x.task === task.name);
+    out.push(table(
+      ["method", "targets", "r", "trainable params", "adapter bytes", "peak MiB", "tokens/s", "eval loss", "quality"],
+      runs.map((x) => x.status === "rejected"
+        ? [x.method, x.targets, x.rank, "-", "-", "-", "-", "rejected by the trainer", `- (${(x.error ?? "").replace(/^LoRA config does not fit the model: /, "")})`]
+        : [x.method, x.targets, x.rank, int(x.trainable_params), int(x.adapter_bytes), fmtMiB(x.peak_bytes as number), `${int(x.tokens_per_s)} ± ${int(x.tokens_per_s_std)}`, pm(x.eval_loss, x.eval_loss_std, 4), pm(x.quality, x.quality_std)]),
+    ));
+    for (const [k, v] of plots) if (k.startsWith(`${task.name}/`)) out.push("", `![${k}](${v})`);
+  }
+  return out;
+}
+
+function rankPlots(r: RanksResult, dir: string): Map<string, string> {
+  const files = new Map<string, string>();
+  for (const task of r.config.tasks) {
+    const runs = r.runs.filter((x) => x.task === task.name && x.status === "ok");
+    const groups = [...new Set(runs.map((x) => `${x.method} ${x.targets}`))];
+    const full = r.full_ft[task.name];
+    const fullSeries: Series = { label: "full FT", color: "#000", dashed: true, points: full.loss_curve.map((y, i) => ({ x: i + 1, y })) };
+    const ranks = [...new Set(runs.map((x) => x.rank))].sort((a, b) => a - b);
+    const panels: Panel[] = groups.map((g) => ({
+      title: g,
+      series: [...runs.filter((x) => `${x.method} ${x.targets}` === g).map((x) => ({
+        label: `r=${x.rank}`, color: color(ranks.indexOf(x.rank)), points: (x.loss_curve as number[]).map((y, i) => ({ x: i + 1, y })),
+      })), fullSeries],
+    }));
+    const lossFile = `loss-curves-${task.name}.svg`;
+    writeFileSync(join(dir, lossFile), linePanels(panels, { title: `${task.name}: train loss per step (mean over seeds)`, xLabel: "step", yLabel: "train loss" }));
+    files.set(`${task.name}/loss curves`, `plots/${lossFile}`);
+    const byGroup = (g: string): RankRun[] => runs.filter((x) => `${x.method} ${x.targets}` === g).sort((a, b) => (a.trainable_params as number) - (b.trainable_params as number));
+    const series: Series[] = groups.map((g, i) => ({
+      label: g, color: color(i),
+      points: byGroup(g).map((x) => ({ x: x.trainable_params as number, y: x.quality as number, err: x.quality_std ?? 0 })),
+    }));
+    series.push({ label: "full FT (= 1)", color: "#000", dashed: true, points: [{ x: Math.min(...runs.map((x) => x.trainable_params as number)), y: 1 }, { x: full.trainable_params, y: 1 }] });
+    const qFile = `quality-${task.name}.svg`;
+    writeFileSync(join(dir, qFile), linePanels([{ title: "quality vs trainable parameters", series }], { title: `${task.name}: quality = (base − method) / (base − full FT), mean ± std`, xLabel: "trainable parameters (log)", yLabel: "quality", logX: true }));
+    files.set(`${task.name}/quality`, `plots/${qFile}`);
+  }
+  return files;
+}
+
+const CATS = ["weights", "lora", "gradients", "optimizer", "activations", "update"] as const;
+
+function memorySection(m: MemoryResult, file: string, plot: string): string[] {
+  const c = m.config;
+  const label = (r: MemoryRow) => `${r.method}${r.checkpointing ? " +ckpt" : ""}`;
+  const out = [
+    "## 2. Memory: full vs LoRA vs QLoRA, measured and by formula",
+    "",
+    `Command: \`${c.command}\` → \`${rel(file)}\` (${mins(m.wall_seconds)} wall). One training step (batch ${c.batch} × ${c.seq} tokens, LoRA r=${c.rank} alpha ${c.alpha} on ${typeof c.targets === "string" ? c.targets : c.targets.join(",")}, dropout ${c.dropout}, AdamW) on the CPU backend, whose allocator counts every storage. Weights of stories260K are the real ones; the other shapes are llama2.c's (stories15M/42M/110M: dim 288/512/768, 6/8/12 layers, MLP 768/1376/2048, vocab 32000, tied head) with random weights. "+ckpt" = gradient checkpointing per layer (QLoRA's default).`,
+    "",
+    "Categories (MiB, measured / formula): weights = the model as held (NF4 + DQ for QLoRA) incl. RoPE tables; LoRA = A and B; gradients = growth over forward + backward; optimizer = AdamW state; activations = forward/backward peak minus the rest; update = the optimizer step's transient above the rest (AdamW's temporaries for its largest tensor, or the grad-norm's squares). Peak = the larger phase. Formula: `benchmarks/src/plan.ts` (the same code as `lowrank plan`).",
+    "",
+    table(
+      ["model", "method", "params", "trainable", ...CATS, "peak measured", "peak formula", "measured / formula"],
+      m.rows.map((r) => [r.shape, label(r), int(r.params), int(r.trainable), ...CATS.map((k) => `${fmtMiB(r.measured[k])} / ${fmtMiB(r.formula[k])}`), fmtMiB(r.measured.peak), fmtMiB(r.formula.peak), r.peakRatio.toFixed(3)]),
+    ),
+    "",
+    `Largest deviation of the formula's peak: ${(100 * Math.max(...m.rows.map((r) => Math.abs(r.peakRatio - 1)))).toFixed(1)}%.`,
+  ];
+  for (const s of m.skipped) out.push("", `Not measured: **${s.shape}**: ${s.reason}`);
+  out.push("", `![memory by category](${plot})`);
+  return out;
+}
+
+function memoryPlot(m: MemoryResult, dir: string): string {
+  const shapes = [...new Set(m.rows.map((r) => r.shape))];
+  const groups = shapes.map((s) => ({
+    title: s,
+    bars: m.rows.filter((r) => r.shape === s).map((r) => ({
+      label: `${r.method}${r.checkpointing ? "+ckpt" : ""}`,
+      // The peak is the larger phase: show the activations or the update transient, whichever set it.
+      parts: CATS.filter((k) => (k === "update" ? r.measured.update > r.measured.activations : k === "activations" ? r.measured.activations >= r.measured.update : true))
+        .map((k) => ({ name: k, value: r.measured[k] / 2 ** 20 })),
+      marker: r.formula.peak / 2 ** 20,
+    })),
+  }));
+  const f = "memory-stacked.svg";
+  writeFileSync(join(dir, f), stackedBarPanels(groups, { title: "Measured memory of one training step by category (MiB; bar = measured peak)", yLabel: "MiB", parts: [...CATS], markerLabel: "formula peak" }));
+  return `plots/${f}`;
+}
+
+function peerSection(p: PeerResult, file: string): string[] {
+  const c = p.config;
+  const out = [
+    "## 3. PyTorch peer baseline",
+    "",
+    `Command: \`${c.command}\` → \`${rel(file)}\` (${mins(p.wall_seconds)} wall). PyTorch: \`OPENBLAS_NUM_THREADS=${c.torch.env.OPENBLAS_NUM_THREADS} ${c.torch.python} benchmarks/src/peer_torch.py\` (torch.set_num_threads(${c.torch.threads})), installed by \`scripts/install-peer.sh\`${c.torch_available ? "" : ` — **unavailable here: ${c.torch_reason}**`}. Same model shape, LoRA r=${c.rank} alpha ${c.alpha} on ${typeof c.targets === "string" ? c.targets : c.targets.join(",")} (dropout ${c.dropout}), batch, sequence length, AdamW lr ${c.lr}, clipping 1.0, random weights and synthetic tokens; QLoRA in torch = NF4 codes dequantized per forward + gradient checkpointing, like Lowrank's default. Order: torch, Lowrank on each backend, torch again; torch tokens/s = the median of both runs' steps. **ratio = Lowrank tokens/s ÷ PyTorch tokens/s** (goal ≥ 1.0).`,
+    "",
+  ];
+  const tv = Object.values(p.torch_runs)[0]?.[0];
+  if (tv) out.push(`torch ${tv.torch_version}, BLAS loaded: ${tv.blas_libraries.map((l) => `\`${l}\``).join(", ")}.`, "");
+  out.push(table(
+    ["model (batch × seq)", "method", "backend", "Lowrank tokens/s", "PyTorch tokens/s", "ratio", "first losses Lowrank / torch", "note"],
+    p.results.map((r) => [
+      `${r.shape} (${c.cases.find((x) => x.shape === r.shape)?.batch} × ${c.cases.find((x) => x.shape === r.shape)?.seq})`, r.method, r.backend,
+      int(r.lowrank_tokens_per_s), int(r.torch_tokens_per_s), r.ratio === null ? "-" : `**${r.ratio.toFixed(3)}**`,
+      `${r.lowrank_first_losses.map((v) => v.toFixed(3)).join(" ")} / ${r.torch_first_losses.map((v) => v.toFixed(3)).join(" ")}`,
+      r.skipped ?? (r.backend === "webgpu" ? `${r.device.replace(/^webgpu \(/, "").slice(0, 40)}…` : ""),
+    ]),
+  ));
+  if (p.profiles.length) {
+    out.push("", "### Where Lowrank's CPU step goes (profiling proxy over the backend, `benchmarks/src/profile.ts`)", "",
+      "Each backend call timed by op; \"host\" = the step minus all kernel time (autograd bookkeeping, views, scopes, loader, optimizer orchestration). Profiled in the same run, after one warm-up step.", "");
+    for (const pr of p.profiles) {
+      const top = pr.ops.slice(0, 8).map((o) => `${o.op} ${o.pct.toFixed(0)}%${o.gflops ? ` (${o.gflops.toFixed(1)} GFLOP/s)` : ""}`).join(", ");
+      const share = (f: (op: string) => boolean) => pr.ops.filter((o) => f(o.op)).reduce((a, o) => a + o.pct, 0).toFixed(0);
+      const isMatmul = (op: string) => op === "matmul" || op === "fused.matmul4bit";
+      const isElementwise = (op: string) => /^(unary|binary)\.|^(where|cast|copy|random|full|arange)$/.test(op);
+      out.push(`- **${pr.shape} ${pr.method}**: ${pr.step_ms.toFixed(0)} ms/step = kernels ${pr.kernel_ms.toFixed(0)} ms + host ${pr.host_ms.toFixed(0)} ms; matmuls ${share(isMatmul)}%, elementwise ${share(isElementwise)}%, the rest (fused norm/softmax/loss, concat, reduce, gather) ${share((o) => !isMatmul(o) && !isElementwise(o))}%. Top: ${top}.`);
+    }
+  }
+  return out;
+}
+
+function kernelsSection(k: KernelsResult, file: string): string[] {
+  const bs = k.backends.map((b) => b.name);
+  const out = [
+    "## 4. Kernels",
+    "",
+    `Command: \`${k.config.command}\` → \`${rel(file)}\` (${mins(k.wall_seconds)} wall). Through the Tensor API (output allocation included), median of batches of calls each followed by \`sync()\`. Backends: ${k.backends.map((b) => `${b.name} = ${b.device}`).join("; ")}.`,
+    "",
+    `Peak per backend = its best square f32 matmul in this run (${bs.map((b) => `${b}: ${k.peak[b].gflops.toFixed(2)} GFLOP/s at ${k.peak[b].from}`).join("; ")}); for reference a JS scalar multiply-add loop on one thread does ${k.scalarLoopGflops.toFixed(2)} GFLOP/s. Attention FLOPs count QKᵀ and PV over the full T×T (fwd+bwd = 3× fwd).`,
+    "",
+    table(["kernel", "case", ...bs.flatMap((b) => [`${b} GFLOP/s`, `${b} % peak`])], k.rows.map((r) => [r.kernel, r.name, ...bs.flatMap((b) => r.results[b] ? [r.results[b].gflops.toFixed(2), `${r.results[b].pctPeak.toFixed(0)}%`] : ["-", "-"])])),
+  ];
+  for (const s of k.skipped) out.push("", `Skipped: ${s.backend}: ${s.reason}`);
+  return out;
+}
+
+function planSection(): string[] {
+  const cmd = (p: number, method: "qlora" | "lora" | "full", rank: number) => {
+    const { shape, how } = shapeFor(p);
+    return [`$ lowrank plan --params ${p === 70e9 ? "70e9" : p} --method ${method} --rank ${rank}`, planText({ shape, method, rank, targets: "all-linear", batch: 1, seq: 512, dropout: 0.05 }, how)].join("\n");
+  };
+  const tl = PRESETS.find((x) => x.name === "TinyLlama-1.1B") as (typeof PRESETS)[number];
+  const full = estimate({ shape: tl, method: "full", rank: 8, targets: "all-linear", batch: 2, seq: 128, dropout: 0.05 });
+  return [
+    "## 5. The estimator: `lowrank plan`",
+    "",
+    "Formula output, not a measurement (the measurements it is checked against are in section 2; `benchmarks/test/plan.test.ts` asserts it stays within 10% of the measured activations and peak on stories260K and stories15M, and within 0.5% for weights, LoRA, gradients and optimizer state). Defaults: batch 1, seq 512, all-linear, dropout 0.05.",
+    "",
+    "```text",
+    cmd(70e9, "qlora", 16),
+    "```",
+    "",
+    `TinyLlama-1.1B (not measured, see section 2) full fine-tuning at batch 2 × 128 would need ${(full.totalBytes / 2 ** 30).toFixed(1)} GiB by the formula.`,
+  ];
+}
+
+export function writeReport(dir = RESULTS_DIR): string {
+  const plotsDir = join(dir, "plots");
+  mkdirSync(plotsDir, { recursive: true });
+  const files = { ranks: latest("ranks", dir), memory: latest("memory", dir), peer: latest("peer", dir), kernels: latest("kernels", dir), cpu: latest("cpu", dir) };
+  const walls = [files.ranks, files.memory, files.peer, files.kernels].map((f) => read<{ wall_seconds?: number }>(f)?.wall_seconds ?? 0);
+  const out = [
+    "# Lowrank benchmarks",
+    "",
+    `Generated by \`lowrank bench report\` (benchmarks/src/report.ts) from the newest results file of each suite; every number below is read from the file its section names, made by the command shown. Rerun everything with \`lowrank bench all\` (${mins(walls.reduce((a, b) => a + b, 0))} for these four suites here: ${walls.map(mins).join(" + ")}), or one suite with \`lowrank bench <ranks|memory|peer|kernels|cpu> [--quick]\`.`,
+    "",
+    "The machine is a shared 2-vCPU VM whose load varies (its load average is recorded with each run), so absolute speeds move between runs; ratios are measured within one run.",
+  ];
+  const ranks = read<RanksResult>(files.ranks);
+  if (ranks && files.ranks) out.push("", ...ranksSection(ranks, files.ranks, rankPlots(ranks, plotsDir)));
+  const mem = read<MemoryResult>(files.memory);
+  if (mem && files.memory) out.push("", ...memorySection(mem, files.memory, memoryPlot(mem, plotsDir)));
+  const peer = read<PeerResult>(files.peer);
+  if (peer && files.peer) out.push("", ...peerSection(peer, files.peer));
+  const k = read<KernelsResult>(files.kernels);
+  if (k && files.kernels) out.push("", ...kernelsSection(k, files.kernels));
+  out.push("", ...planSection());
+  if (files.cpu) out.push("", "## 6. CPU engine and op benchmarks", "", `\`lowrank bench cpu\` runs \`benchmarks/src/run.ts\` (matmul engine and per-op throughput); newest: \`${rel(files.cpu)}\`. See benchmarks/README.md.`);
+  const report = join(dir, "REPORT.md");
+  writeFileSync(report, `${out.join("\n")}\n`);
+  return report;
+}
