@@ -4,42 +4,13 @@
  * measured steps, the report).
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
+import { command, lowrank } from "./spawn-cli.ts";
 
-const CLI_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "..");
-const ROOT = resolve(CLI_DIR, "../..");
-const BIN = join(CLI_DIR, "bin", "lowrank.mjs");
-const MAIN = join(CLI_DIR, "src", "main.ts");
 
-type Runtime = "node" | "bun" | "deno";
-
-function command(runtime: Runtime): [string, string[]] | undefined {
-  if (runtime === "node") return ["Bun" in globalThis || "Deno" in globalThis ? "node" : process.execPath, [BIN]];
-  const bin = join(ROOT, "node_modules", ".bin", runtime);
-  if (!existsSync(bin)) return undefined;
-  return runtime === "bun" ? [bin, [MAIN]] : [bin, ["run", "-A", MAIN]];
-}
-
-function lowrank(runtime: Runtime, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const [cmd, pre] = command(runtime)!;
-  return new Promise((done, fail) => {
-    const child = spawn(cmd, [...pre, ...args], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d));
-    child.stderr.on("data", (d: Buffer) => (stderr += d));
-    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
-    child.on("error", fail);
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      done({ code, stdout, stderr });
-    });
-  });
-}
 
 for (const runtime of ["node", "bun", "deno"] as const) {
   test(`plan prints every category (${runtime})`, { skip: command(runtime) ? false : `${runtime} not installed` }, async () => {

@@ -1,48 +1,13 @@
 /** The lowrank command end to end: spawned under Node (bin), Bun and Deno (src/main.ts). */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
+import { CLI_DIR, type Result, command, lowrank } from "./spawn-cli.ts";
 
-const CLI_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "..");
-const ROOT = resolve(CLI_DIR, "../..");
-const BIN = join(CLI_DIR, "bin", "lowrank.mjs");
-const MAIN = join(CLI_DIR, "src", "main.ts");
 const VERSION = (JSON.parse(readFileSync(join(CLI_DIR, "package.json"), "utf8")) as { version: string }).version;
 
-type Runtime = "node" | "bun" | "deno";
-
-function command(runtime: Runtime): [string, string[]] | undefined {
-  if (runtime === "node") return ["Bun" in globalThis || "Deno" in globalThis ? "node" : process.execPath, [BIN]];
-  const bin = join(ROOT, "node_modules", ".bin", runtime);
-  if (!existsSync(bin)) return undefined;
-  return runtime === "bun" ? [bin, [MAIN]] : [bin, ["run", "-A", "--unstable-webgpu", MAIN]];
-}
-
-interface Result {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function lowrank(runtime: Runtime, args: string[], env: Record<string, string | undefined> = {}): Promise<Result> {
-  const [cmd, pre] = command(runtime)!;
-  return new Promise((done, fail) => {
-    const child = spawn(cmd, [...pre, ...args], { cwd: ROOT, env: { ...process.env, LOWRANK_BACKEND: undefined, ...env }, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d));
-    child.stderr.on("data", (d: Buffer) => (stderr += d));
-    const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
-    child.on("error", fail);
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      done({ code, stdout, stderr: stderr.replace(/^Warning: maxDynamic\w+ artificially reduced.*\n?/gm, "") });
-    });
-  });
-}
 
 const show = (r: Result): string => `exit ${r.code}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`;
 

@@ -5,7 +5,6 @@
  * them, and bad input is a usage error or an error naming the file and the field.
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdtemp, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -17,11 +16,8 @@ import { noGrad, scope, setDefaultBackend, tensor } from "@lowrank/tensor";
 import { createCpuBackend } from "@lowrank/backend-cpu";
 import { bnbQuantizationConfig } from "@lowrank/nf4";
 import { type LlamaForCausalLM, QuantizedLinear, loadHfModel, quantizeModel, resolveDataDir, saveHfModel } from "@lowrank/nn";
+import { type Result, command, lowrank } from "./spawn-cli.ts";
 
-const CLI_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "..");
-const ROOT = resolve(CLI_DIR, "../..");
-const BIN = join(CLI_DIR, "bin", "lowrank.mjs");
-const MAIN = join(CLI_DIR, "src", "main.ts");
 
 const backend = createCpuBackend({ threads: 0 });
 setDefaultBackend(backend);
@@ -29,37 +25,6 @@ const dataDir = await resolveDataDir({ env: process.env });
 const stories = dataDir ? join(dataDir, "models", "stories260K-hf") : null;
 const skip = stories && existsSync(stories) ? false : "stories260K-hf not found: set LOWRANK_DATA_DIR or put shared/data beside the repo";
 
-type Runtime = "node" | "bun" | "deno";
-
-function command(runtime: Runtime): [string, string[]] | undefined {
-  if (runtime === "node") return ["Bun" in globalThis || "Deno" in globalThis ? "node" : process.execPath, [BIN]];
-  const bin = join(ROOT, "node_modules", ".bin", runtime);
-  if (!existsSync(bin)) return undefined;
-  return runtime === "bun" ? [bin, [MAIN]] : [bin, ["run", "-A", MAIN]];
-}
-
-interface Result {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function lowrank(runtime: Runtime, args: string[]): Promise<Result> {
-  const [cmd, pre] = command(runtime)!;
-  return new Promise((done, fail) => {
-    const child = spawn(cmd, [...pre, ...args], { cwd: ROOT, env: { ...process.env, LOWRANK_BACKEND: undefined }, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    child.stdout.on("data", (d: Buffer) => (stdout += d));
-    child.stderr.on("data", (d: Buffer) => (stderr += d));
-    const timer = setTimeout(() => child.kill("SIGKILL"), 120_000);
-    child.on("error", fail);
-    child.on("close", (code) => {
-      clearTimeout(timer);
-      done({ code, stdout, stderr });
-    });
-  });
-}
 
 const show = (r: Result) => `exit ${r.code}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`;
 const PROMPT = [[1, 403, 407, 261, 378, 428, 269, 162, 263, 295, 30]];
