@@ -57,12 +57,34 @@ Options:
 Runtimes: Node 20+ (npx lowrank), Bun (bun apps/cli/src/main.ts), Deno (deno run -A --unstable-webgpu apps/cli/src/main.ts).`;
 }
 
+/** Subcommands that parse their own flags (each has its own --help). */
+const OWN_FLAGS: Record<string, { globalHelp: boolean; run: (command: string, rest: string[], env: Env) => Promise<number> }> = {
+  finetune: { globalHelp: true, run: (_c, rest, env) => finetuneCommand(rest, env) },
+  generate: { globalHelp: false, run: (_c, rest, env) => generateCommand(rest, env, usage) },
+  serve: { globalHelp: false, run: (_c, rest, env) => serveCli(rest, env, usage) },
+  quantize: { globalHelp: true, run: (c, rest, env) => quantizeCommand(c as "quantize", rest, env, usage) },
+  dequantize: { globalHelp: true, run: (c, rest, env) => quantizeCommand(c as "dequantize", rest, env, usage) },
+  // bench and plan live in benchmarks/src/cli.ts, loaded only when asked for; they take no --backend.
+  bench: { globalHelp: false, run: benchOrPlan },
+  plan: { globalHelp: false, run: benchOrPlan },
+};
+
+async function benchOrPlan(command: string, args: string[], env: Env): Promise<number> {
+  const rest = args.filter((a, i, all) => !(a === "--backend" || all[i - 1] === "--backend"));
+  const bench = await import("../../../benchmarks/src/cli.ts");
+  return command === "plan" ? bench.planCommand(rest) : await bench.benchCommand(rest, env, `lowrank bench ${rest.join(" ")}`);
+}
+
 export async function run(argv: string[], env: Env = process.env): Promise<number> {
-  // finetune has its own flags; hand it everything but the command word.
+  // Commands with their own flags get every argument but the command word. `-v` before the command
+  // always means the global --version; `-h` before it means global help only where `global-help` says so.
   const first = commandIndex(argv);
-  if (first >= 0 && argv[first] === "finetune" && !argv.slice(0, first).some((a) => a === "-h" || a === "--help" || a === "-v" || a === "--version")) {
+  const own = first >= 0 ? OWN_FLAGS[argv[first]] : undefined;
+  const before = first >= 0 ? argv.slice(0, first) : [];
+  const globalFlag = (a: string) => a === "-v" || a === "--version" || (own?.globalHelp === true && (a === "-h" || a === "--help"));
+  if (own && !before.some(globalFlag)) {
     try {
-      return await finetuneCommand([...argv.slice(0, first), ...argv.slice(first + 1)], env);
+      return await own.run(argv[first], [...before, ...argv.slice(first + 1)], env);
     } catch (err) {
       if (err instanceof BackendError) {
         console.error(`lowrank: ${err.message}`);
@@ -70,24 +92,6 @@ export async function run(argv: string[], env: Env = process.env): Promise<numbe
       }
       throw err;
     }
-  }
-  // generate has its own flags too (lowrank generate --help).
-  if (first >= 0 && argv[first] === "generate" && !argv.slice(0, first).some((a) => a === "-v" || a === "--version")) {
-    return await generateCommand([...argv.slice(0, first), ...argv.slice(first + 1)], env, usage);
-  }
-  // bench and plan have their own flags; the work lives in benchmarks/src/cli.ts, loaded only when asked for.
-  if (first >= 0 && (argv[first] === "bench" || argv[first] === "plan") && !argv.slice(0, first).some((a) => a === "-v" || a === "--version")) {
-    const rest = [...argv.slice(0, first), ...argv.slice(first + 1)].filter((a, i, all) => !(a === "--backend" || all[i - 1] === "--backend"));
-    const bench = await import("../../../benchmarks/src/cli.ts");
-    return argv[first] === "plan" ? bench.planCommand(rest) : await bench.benchCommand(rest, env, `lowrank bench ${rest.join(" ")}`);
-  }
-  // serve has its own flags too (lowrank serve --help).
-  if (first >= 0 && argv[first] === "serve" && !argv.slice(0, first).some((a) => a === "-v" || a === "--version")) {
-    return await serveCli([...argv.slice(0, first), ...argv.slice(first + 1)], env, usage);
-  }
-  // quantize/dequantize have their own flags too (lowrank quantize --help).
-  if (first >= 0 && (argv[first] === "quantize" || argv[first] === "dequantize") && !argv.slice(0, first).some((a) => a === "-h" || a === "--help" || a === "-v" || a === "--version")) {
-    return await quantizeCommand(argv[first] as "quantize" | "dequantize", [...argv.slice(0, first), ...argv.slice(first + 1)], env, usage);
   }
   let parsed;
   try {
