@@ -34,7 +34,7 @@ export class CpuBackend implements Backend<CpuHandle> {
   private peak = 0;
   private buffers = 0;
   readonly engine: MatmulEngine;
-  readonly fused: FusedKernels<CpuHandle>;
+  readonly fused: Partial<FusedKernels<CpuHandle>>;
 
   constructor(opts: CpuBackendOptions = {}) {
     this.engine = createMatmulEngine(opts);
@@ -212,7 +212,7 @@ export class CpuBackend implements Backend<CpuHandle> {
   }
 }
 
-function makeFused(be: CpuBackend): FusedKernels<CpuHandle> {
+function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
   const rowsOf = (x: Input<CpuHandle>) => {
     const s = x.view.shape;
     const n = s[s.length - 1];

@@ -50,7 +50,7 @@ export class WebGpuBackend implements Backend<GpuStorage>, KernelContext {
   readonly maxWords: number;
   readonly hasF16: boolean;
   readonly matmulVariant: MatmulVariant;
-  readonly fused: FusedKernels<GpuStorage>;
+  readonly fused: Partial<FusedKernels<GpuStorage>>;
   private readonly pool: BufferPool;
   private readonly live = new Set<GpuStorage>();
   private liveBytes = 0;

@@ -112,6 +112,90 @@ export interface FusedKernels<H = unknown> {
    * with primitives.
    */
   matmul4bit?(x: Input<H>, w: Quant4bitInputs<H>, transpose: boolean): H;
+
+  /**
+   * Inverted dropout whose mask is a pure function of (seed, offset + i): element i is kept iff
+   * uniformAt(seed, offset + i) >= p (random.ts), and kept values are scaled by 1 / (1 - p).
+   * x is contiguous; out has x's dtype. Its own backward: the gradient is dropout(g) with the
+   * same (p, seed, offset), so no mask is ever stored.
+   */
+  dropout(x: Input<H>, p: number, seed: number, offset: number): H;
+  /** SwiGLU's gate: silu(gate) * up = gate * sigmoid(gate) * up, elementwise over contiguous inputs of one shape. */
+  swiglu(gate: Input<H>, up: Input<H>): H;
+  /** d/dgate and d/dup of swiglu for output gradient gy (recomputes sigmoid; stores nothing from forward). */
+  swigluBackward(gate: Input<H>, up: Input<H>, gy: Input<H>): { gGate: H; gUp: H };
+  /**
+   * Rotary embedding of x [..., T, D]. x may be any strided view (its strides are honoured: q and k
+   * arrive as a head permute of the projection output); out is contiguous in x's logical shape.
+   * cos, sin: contiguous f32 [T, D/2] (the table rows for positions offset..offset+T-1).
+   * interleaved = false (HF rotate_half): pairs (i, i + D/2); true (llama2.c): pairs (2i, 2i + 1).
+   * out[p] = x[p] cos - x[q] sin, out[q] = x[q] cos + x[p] sin.
+   */
+  rope(x: Input<H>, cos: Input<H>, sin: Input<H>, interleaved: boolean): H;
+  /** The transpose of rope (rotation by the negated angle), applied to the contiguous output gradient. */
+  ropeBackward(gy: Input<H>, cos: Input<H>, sin: Input<H>, interleaved: boolean): H;
+  /**
+   * Flash-style scaled dot-product attention, grouped-query aware: q [B, Hq, T, D], k and v
+   * [B, Hkv, S, D], all contiguous, Hq % Hkv == 0 (query head h reads kv head floor(h / (Hq / Hkv))).
+   * When causal, query t sees keys 0..(S - T + t). Online softmax: no [T, S] score or probability
+   * matrix is kept; returns out [B, Hq, T, D] (q's dtype) and lse [B, Hq, T] (f32, the logsumexp of
+   * each row of scale * q·kᵀ), which is all the backward needs besides the inputs and out.
+   */
+  attention(q: Input<H>, k: Input<H>, v: Input<H>, causal: boolean, scale: number): { out: H; lse: H };
+  /** Gradients of attention for output gradient gy, recomputing probabilities from lse block by block. */
+  attentionBackward(
+    q: Input<H>, k: Input<H>, v: Input<H>, out: Input<H>, lse: Input<H>, gy: Input<H>, causal: boolean, scale: number,
+  ): { gq: H; gk: H; gv: H };
+  /**
+   * One AdamW step IN PLACE on f32 storages p, m, v (each `size` elements, contiguous), with f32
+   * gradient g (contiguous, `size` elements), torch semantics:
+   *   p *= 1 - lr * weightDecay;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g²;
+   *   p -= (lr / bc1) * m / (sqrt(v) / sqrtBc2 + eps)     with bc1 = 1 - b1^t, sqrtBc2 = sqrt(1 - b2^t).
+   * The only kernel that writes into existing storages: an optimizer update has no gradient and
+   * must not hold temporaries the size of the parameter.
+   */
+  adamw(p: H, g: Input<H>, m: H, v: H, size: number, h: AdamWHyper): void;
+}
+
+/** Scalars of one AdamW step (see FusedKernels.adamw). */
+export interface AdamWHyper {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  /** 1 - beta1^t */
+  bc1: number;
+  /** sqrt(1 - beta2^t) */
+  sqrtBc2: number;
+}
+
+/**
+ * Forward/backward pairs of the fused set: a backend provides both kernels of a pair or neither
+ * (checkFusedPairs; the conformance suite runs it). dropout is its own backward; adamw has none.
+ */
+export const FUSED_PAIRS: readonly (readonly [keyof FusedKernels, keyof FusedKernels | null])[] = [
+  ["softmax", "softmaxBackward"],
+  ["logSoftmax", "logSoftmaxBackward"],
+  ["rmsNorm", "rmsNormBackward"],
+  ["crossEntropy", "crossEntropyBackward"],
+  ["swiglu", "swigluBackward"],
+  ["rope", "ropeBackward"],
+  ["attention", "attentionBackward"],
+  ["dropout", null],
+  ["adamw", null],
+  ["matmul4bit", null],
+];
+
+/** Throws naming the backend and the kernel when one half of a fused pair is missing. */
+export function checkFusedPairs(b: { name: string; fused?: Partial<FusedKernels<unknown>> }): void {
+  const f = b.fused;
+  if (!f) return;
+  for (const [fwd, bwd] of FUSED_PAIRS) {
+    if (bwd && !!f[fwd] !== !!f[bwd]) {
+      throw new Error(`backend ${b.name}: fused kernel ${f[fwd] ? fwd : bwd} is provided without its pair ${f[fwd] ? bwd : fwd}`);
+    }
+  }
 }
 
 /**

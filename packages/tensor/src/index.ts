@@ -1,4 +1,5 @@
-export type { Backend, BinaryOp, FusedKernels, FusedName, Input, MemoryStats, Quant4bitInputs, ReduceOp, UnaryOp, View } from "./backend.ts";
+export type { AdamWHyper, Backend, BinaryOp, FusedKernels, FusedName, Input, MemoryStats, Quant4bitInputs, ReduceOp, UnaryOp, View } from "./backend.ts";
+export { FUSED_PAIRS, checkFusedPairs } from "./backend.ts";
 export * from "./dtype.ts";
 export * from "./shape.ts";
 export { hash32, uniformAt, Rng } from "./random.ts";

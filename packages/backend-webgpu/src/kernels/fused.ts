@@ -204,7 +204,7 @@ const CROSS_ENTROPY_BWD = `
     set_gl(r, i, select(v, v - gr, i32(i) == t));
   }`;
 
-export function makeFused(ctx: KernelContext): FusedKernels<GpuStorage> {
+export function makeFused(ctx: KernelContext): Partial<FusedKernels<GpuStorage>> {
   return {
     softmax: (x) => { const { rows, n } = dims(x); return finish(ctx, rowKernel(ctx, "softmax", rows, n, [{ name: "x", x, kind: "rows" }], [{ name: "y", kind: "rows" }], SOFTMAX(false))[0], x.dtype); },
     logSoftmax: (x) => { const { rows, n } = dims(x); return finish(ctx, rowKernel(ctx, "logSoftmax", rows, n, [{ name: "x", x, kind: "rows" }], [{ name: "y", kind: "rows" }], SOFTMAX(true))[0], x.dtype); },
