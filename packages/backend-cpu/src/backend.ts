@@ -9,6 +9,8 @@ import {
   crossEntropyBackwardRows, crossEntropyRowsKernel, rmsNormBackwardRows, rmsNormRows, softmaxBackwardRows, softmaxRows,
 } from "./kernels/fused.ts";
 import { matmul4bitKernel } from "./kernels/matmul4bit.ts";
+import { adamwKernel, dropoutKernel, ropeKernel, swigluBackwardKernel, swigluKernel } from "./kernels/fused-nn.ts";
+import { type AttnShape, attentionBackward, attentionForward } from "./kernels/attention.ts";
 import { type Num, gatherValues, isDense, numeric, offsets } from "./kernels/strided.ts";
 import { type MatmulEngine, createMatmulEngine } from "./matmul.ts";
 
@@ -255,5 +257,49 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
       return out(logits.dtype, gl);
     },
     matmul4bit: (x, w, transpose) => matmul4bitKernel(be, x, w, transpose),
+    dropout: (x, p, seed, offset) => {
+      const v = be.packedF32(x);
+      const y = new Float32Array(v.length);
+      dropoutKernel(v, p, seed, offset, y);
+      return out(x.dtype, y);
+    },
+    swiglu: (gate, up) => {
+      const y = new Float32Array(numel(gate.view.shape));
+      swigluKernel(be.packedF32(gate), be.packedF32(up), y);
+      return out(gate.dtype, y);
+    },
+    swigluBackward: (gate, up, gy) => {
+      const n = numel(gate.view.shape);
+      const gGate = new Float32Array(n), gUp = new Float32Array(n);
+      swigluBackwardKernel(be.packedF32(gate), be.packedF32(up), be.packedF32(gy), gGate, gUp);
+      return { gGate: out(gate.dtype, gGate), gUp: out(up.dtype, gUp) };
+    },
+    rope: (x, cos, sin, interleaved) => {
+      const y = new Float32Array(numel(x.view.shape));
+      ropeKernel(numeric(x.dtype, x.handle) as Float32Array, x.view, be.packedF32(cos), be.packedF32(sin), interleaved, 1, y);
+      return out(x.dtype, y);
+    },
+    ropeBackward: (gy, cos, sin, interleaved) => {
+      const y = new Float32Array(numel(gy.view.shape));
+      ropeKernel(numeric(gy.dtype, gy.handle) as Float32Array, gy.view, be.packedF32(cos), be.packedF32(sin), interleaved, -1, y);
+      return out(gy.dtype, y);
+    },
+    attention: (q, k, v, causal, scale) => {
+      const a = attnShape(q, k, causal, scale);
+      const r = attentionForward(be.engine, be.packedF32(q), be.packedF32(k), be.packedF32(v), a);
+      return { out: out(q.dtype, r.out), lse: be.own(r.lse) };
+    },
+    attentionBackward: (q, k, v, o, lse, gy, causal, scale) => {
+      const a = attnShape(q, k, causal, scale);
+      const r = attentionBackward(be.engine, be.packedF32(q), be.packedF32(k), be.packedF32(v), be.packedF32(o), be.packedF32(lse), be.packedF32(gy), a);
+      return { gq: out(q.dtype, r.gq), gk: out(k.dtype, r.gk), gv: out(v.dtype, r.gv) };
+    },
+    adamw: (p, g, m, v, size, h) => adamwKernel(p as Float32Array, be.packedF32(g), m as Float32Array, v as Float32Array, size, h),
   };
+}
+
+function attnShape(q: Input<CpuHandle>, k: Input<CpuHandle>, causal: boolean, scale: number): AttnShape {
+  const [B, Hq, T, D] = q.view.shape;
+  const [, Hkv, S] = k.view.shape;
+  return { B, Hq, Hkv, T, S, D, causal, scale };
 }

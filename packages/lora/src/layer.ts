@@ -8,7 +8,7 @@
  *
  * DoRA adapters add a learned magnitude per output row (see dora forward below).
  */
-import { type DType, type Tensor, Rng, dropout, hash32, keep, noGrad, scope, tensor } from "@lowrank/tensor";
+import { type DType, type DropoutParams, type Tensor, Rng, dropout, hash32, keep, loraBranch, noGrad, scope, tensor } from "@lowrank/tensor";
 import { Linear, Module } from "@lowrank/nn";
 import { type BaseLayer, baseBackend, baseBias, denseWeightF32, isRequantizable } from "./base-layer.ts";
 
@@ -219,19 +219,21 @@ export class LoraLinear extends Module {
         const xa = (x.dtype === A.dtype ? x : x.cast(A.dtype)).reshape([-1, this.inFeatures]); // (N, in)
         const p = this.loraDropout.get(name) as number;
         const dropped = p > 0 && this.training;
-        let xd = xa;
+        let drop: DropoutParams | null = null;
         if (dropped) {
           const st = this.dropoutState.get(name) as { seed: number; counter: number };
-          xd = dropout(xa, p, st.seed, st.counter);
+          drop = { p, seed: st.seed, offset: st.counter };
           st.counter += xa.size;
         }
-        const h = xd.matmul(A.T).matmul(B.T); // (N, out)
         let delta: Tensor;
         if (this.useDora.get(name)) {
+          const xd = drop ? dropout(xa, p, drop.seed, drop.offset) : xa;
+          const h = xd.matmul(A.T).matmul(B.T); // (N, out)
           const baseNoBias = dropped ? null : subBias(base.reshape([-1, this.outFeatures]).cast(h.dtype), baseBias(this.base_layer));
           delta = this.#doraDelta(name, xd, h, baseNoBias);
         } else {
-          delta = h.mul(s);
+          // One node that keeps only A·x: the dropped input is regenerated in backward.
+          delta = loraBranch(xa, A, B, s, drop); // (N, out)
         }
         delta = delta.reshape([...lead, this.outFeatures]);
         result = result.add(delta.dtype === result.dtype ? delta : delta.cast(result.dtype));

@@ -2,12 +2,13 @@
  * Every gradient rule, in one table. A rule maps the output gradient `g` to one gradient per
  * input (null where none). Rules run under noGrad inside a scope, so temporaries are freed.
  * `save` names what the forward must keep alive for backward: nothing else is retained.
- * Fused kernels (softmax, rmsNorm, crossEntropy) and matmul4bit (quant.ts) register here too, next to the primitives.
+ * Fused kernels (softmax, rmsNorm, crossEntropy; dropout, swiglu, rope, attention, loraBranch) and matmul4bit (quant.ts) register here too, next to the primitives.
  */
 import type { GradCtx } from "./autograd.ts";
 import * as ops from "./ops.ts";
 import type { Tensor } from "./tensor.ts";
 import { fusedGradRules } from "./fused.ts";
+import { fusedNnGradRules } from "./fused-nn.ts";
 import { quantGradRules } from "./quant.ts";
 import { checkpointGradRule } from "./checkpoint.ts";
 
@@ -161,6 +162,7 @@ export const gradRules: Record<string, GradRule> = {
     },
   },
   ...fusedGradRules,
+  ...fusedNnGradRules,
   ...quantGradRules,
   ...checkpointGradRule,
 };

@@ -4,7 +4,7 @@
  * in the parameters with `assign`, so modules keep the same tensor objects. State is keyed by
  * parameter name, which makes it serializable and independent of object identity.
  */
-import { type Tensor, keep, noGrad, scope, tensor, zeros } from "@lowrank/tensor";
+import { type Tensor, adamwStep, keep, noGrad, scope, tensor, zeros } from "@lowrank/tensor";
 
 export interface NamedParam {
   name: string;
@@ -143,17 +143,15 @@ export class AdamW extends Base implements Optimizer {
     const { beta1: b1, beta2: b2, eps, weightDecay: wd } = this;
     const bc1 = 1 - b1 ** t;
     const sqrtBc2 = Math.sqrt(1 - b2 ** t);
-    this.update((p, g, p32) => {
+    const h = { lr, beta1: b1, beta2: b2, eps, weightDecay: wd, bc1, sqrtBc2 };
+    for (const p of this.params) {
+      const g = p.param.grad;
+      if (!g) continue;
       const m = this.slot(`${p.name}.exp_avg`, p.param);
       const v = this.slot(`${p.name}.exp_avg_sq`, p.param);
-      const m1 = m.mul(b1).add(g.mul(1 - b1));
-      const v1 = v.mul(b2).add(g.square().mul(1 - b2));
-      m.assign(m1);
-      v.assign(v1);
-      const decayed = wd > 0 && p.decay ? p32.mul(1 - lr * wd) : p32;
-      const denom = v1.sqrt().div(sqrtBc2).add(eps);
-      return decayed.sub(m1.div(denom).mul(lr / bc1));
-    });
+      // In place on the backend's fused kernel (no temporaries); primitives otherwise.
+      adamwStep(p.param, g, m, v, h, p.decay);
+    }
   }
 }
 

@@ -6,7 +6,7 @@
  * Shapes: B batch, T new positions, S cached + new positions, C hidden, nh query heads,
  * nkv key/value heads, hs head size, V vocab.
  */
-import { type RopeTables, type Tensor, attention, noGrad, rope, ropeTables, scope, silu } from "@lowrank/tensor";
+import { type RopeTables, type Tensor, attention, noGrad, rope, ropeTables, scope, swiglu } from "@lowrank/tensor";
 import { KVCache } from "../kv-cache.ts";
 import { Embedding, Linear, RMSNorm } from "../layers.ts";
 import { Module, ModuleList, type ParamOptions, type TensorModule } from "../module.ts";
@@ -278,7 +278,7 @@ export class LlamaMLP extends Module {
   }
 
   forward(x: Tensor): Tensor {
-    return scope(() => this.down_proj.forward(silu(this.gate_proj.forward(x)).mul(this.up_proj.forward(x))));
+    return scope(() => this.down_proj.forward(swiglu(this.gate_proj.forward(x), this.up_proj.forward(x))));
   }
 }
 

@@ -67,6 +67,12 @@ function cases(be: Backend): Case[] {
     { name: "rope interleaved", fn: (x) => F.rope(x, tables, 2, "interleaved"), inputs: [f(rnd(12, 59), [3, 4])] },
     { name: "attention (causal, GQA)", fn: (q, k, v) => F.attention(q, k, v), inputs: [f(rnd(16, 60), [1, 2, 2, 4]), f(rnd(12, 61), [1, 1, 3, 4]), f(rnd(12, 62), [1, 1, 3, 4])] },
     { name: "dropout (fixed seed)", fn: (x) => F.dropout(x, 0.3, 5), inputs: [f(rnd(8, 63), [8])] },
+    { name: "swiglu", fn: (g, u) => F.swiglu(g, u), inputs: [f(rnd(6, 68, -3, 3), [2, 3]), f(rnd(6, 69), [2, 3])] },
+    { name: "rope on a head-permuted view", fn: (x) => F.rope(x.reshape([1, 3, 2, 4]).permute(0, 2, 1, 3), tables, 1), inputs: [f(rnd(24, 72), [3, 8])] },
+    { name: "rope interleaved on a head-permuted view", fn: (x) => F.rope(x.reshape([1, 3, 2, 4]).permute(0, 2, 1, 3), tables, 0, "interleaved"), inputs: [f(rnd(24, 73), [3, 8])] },
+    { name: "attention (non-causal, S > T)", fn: (q, k, v) => F.attention(q, k, v, { causal: false }), inputs: [f(rnd(16, 74), [1, 2, 2, 4]), f(rnd(24, 75), [1, 2, 3, 4]), f(rnd(24, 76), [1, 2, 3, 4])] },
+    { name: "loraBranch (dropout)", fn: (x, a, b) => F.loraBranch(x, a, b, 1.5, { p: 0.3, seed: 9, offset: 2 }), inputs: [f(rnd(12, 77), [3, 4]), f(rnd(8, 78), [2, 4]), f(rnd(10, 79), [5, 2])] },
+    { name: "loraBranch (no dropout)", fn: (x, a, b) => F.loraBranch(x, a, b, 0.5, null), inputs: [f(rnd(12, 80), [3, 4]), f(rnd(8, 81), [2, 4]), f(rnd(10, 82), [5, 2])] },
     {
       name: "checkpoint (recomputed block with an inner parameter-free graph)",
       fn: (x, w) => checkpoint((a: Tensor, b: Tensor) => F.silu(a.matmul(b)).mul(a.sum(-1, true)), x, w),
@@ -83,7 +89,7 @@ export function gradientSuite(opts: SuiteOptions): void {
   for (const [label, be] of variants) {
     for (const c of cases(be)) {
       if (c.needs && !be.dtypes.includes(c.needs)) continue;
-      if (label && !/softmax|rmsNorm|crossEntropy|attention|matmul4bit/.test(c.name)) continue;
+      if (label && !/softmax|rmsNorm|crossEntropy|attention|matmul4bit|dropout|swiglu|rope|loraBranch/.test(c.name)) continue;
       test(`gradcheck ${c.name}${label}`, async () => {
         const r = await gradcheck(be, c.fn, c.inputs, c.opts);
         if (!r.ok) throw new Error(`gradcheck ${c.name}${label} failed: max error ${r.maxAbsErr} at ${r.worst}`);
@@ -103,7 +109,7 @@ export function gradientSuite(opts: SuiteOptions): void {
   });
 
   test("every gradient rule in the table was exercised by a gradcheck", () => {
-    const fusedNames = ["softmax", "logSoftmax", "rmsNorm", "crossEntropy"];
+    const fusedNames = ["softmax", "logSoftmax", "rmsNorm", "crossEntropy", "dropout", "swiglu", "rope", "attention"];
     const missing = Object.keys(gradRules).filter((op) => !coveredOps.has(op) && (backend.fused || !fusedNames.includes(op)));
     if (missing.length) throw new Error(`gradient rules never checked: ${missing.join(", ")}`);
   });

@@ -8,6 +8,7 @@
 import { forwardSuite } from "./forward.ts";
 import { gradientSuite } from "./gradients.ts";
 import { quantForwardSuite } from "./quant.ts";
+import { fusedNnSuite } from "./fused-nn.ts";
 import type { SuiteOptions } from "./util.ts";
 
 export { gradcheck, coveredOps, type GradcheckOptions, type GradcheckResult } from "./gradcheck.ts";
@@ -18,6 +19,7 @@ export { quant4bitCase, quant4bitWeight, dequantizeCase, matmulCaseRef, type Qua
 export function conformanceSuite(opts: SuiteOptions): void {
   forwardSuite(opts);
   quantForwardSuite(opts);
+  fusedNnSuite(opts);
   gradientSuite(opts);
 }
 export { testParam, testAdam } from "./train.ts";

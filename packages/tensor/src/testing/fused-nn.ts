@@ -1,0 +1,168 @@
+/**
+ * Conformance of the fused transformer set (dropout, SwiGLU, RoPE, attention, the LoRA branch,
+ * AdamW): each kernel against its primitive composite on the same backend and against plain-JS
+ * numbers, the pair rule, and the memory claims (no stored dropout mask, AdamW without
+ * parameter-sized temporaries). Gradchecks live in gradients.ts with the other rules.
+ */
+import { checkFusedPairs } from "../backend.ts";
+import * as F from "../functional.ts";
+import { noGrad } from "../autograd.ts";
+import { uniformAt } from "../random.ts";
+import { keep, scope } from "../scope.ts";
+import { type Tensor, tensor, zeros } from "../tensor.ts";
+import * as O from "./oracle.ts";
+import { type SuiteOptions, expectClose, mk, rnd, withoutFused } from "./util.ts";
+
+export function fusedNnSuite(opts: SuiteOptions): void {
+  const { backend, test } = opts;
+  const tol = opts.tolScale ?? 1;
+  const composite = withoutFused(backend);
+  const T = mk(backend);
+  const C = mk(composite);
+
+  test("fused pairs: every forward kernel comes with its backward", () => {
+    checkFusedPairs(backend);
+    let msg = "";
+    try {
+      checkFusedPairs({ name: "half", fused: { rope: backend.fused?.rope ?? (() => 0) } });
+    } catch (e) {
+      msg = String(e);
+    }
+    if (!msg.includes("ropeBackward")) throw new Error(`a backend with rope but no ropeBackward passed checkFusedPairs (${msg})`);
+  });
+
+  test("dropout: the fused mask is the counter-based stream, equal to the composite, on any offset", async () => {
+    const n = 3000;
+    const x = rnd(n, 80, 0.5, 2);
+    for (const [p, seed, offset] of [[0.1, 7, 0], [0.5, 123456789, 1001], [0.9, 3, 4294967290]] as const) {
+      const ref = Array.from(x, (v, i) => (uniformAt(seed, offset + i) >= p ? Math.fround(v * (1 / (1 - p))) : 0));
+      await expectClose(F.dropout(T(x, [30, 100]), p, seed, offset), ref, `dropout p=${p} offset=${offset}`, 1e-6 * tol, 1e-6 * tol);
+      await expectClose(F.dropout(C(x, [30, 100]), p, seed, offset), ref, `composite dropout p=${p}`, 1e-6 * tol, 1e-6 * tol);
+    }
+  });
+
+  test("swiglu: fused equals silu(gate) * up", async () => {
+    const g = rnd(4 * 37, 81, -6, 6);
+    const u = rnd(4 * 37, 82, -2, 2);
+    const ref = Array.from(g, (v, i) => (v / (1 + Math.exp(-v))) * u[i]);
+    await expectClose(F.swiglu(T(g, [4, 37]), T(u, [4, 37])), ref, "swiglu", 1e-6 * tol, 1e-5 * tol);
+    await expectClose(F.swiglu(C(g, [4, 37]), C(u, [4, 37])), ref, "composite swiglu", 1e-6 * tol, 1e-5 * tol);
+  });
+
+  test("rope: fused on a head-permuted view equals the composite (both modes, offset)", async () => {
+    const [B, Tn, H, D, off] = [2, 5, 3, 8, 3];
+    const x = rnd(B * Tn * H * D, 83);
+    for (const mode of ["rotate_half", "interleaved"] as const) {
+      const run = (be: typeof backend) => {
+        const tables = F.ropeTables(D, 16, 10000, undefined, { backend: be });
+        const y = F.rope(mk(be)(x, [B, Tn, H, D]).permute(0, 2, 1, 3), tables, off, mode);
+        return y.read();
+      };
+      const [a, b] = [await run(backend), await run(composite)];
+      for (let i = 0; i < a.length; i++) {
+        if (Math.abs(a[i] - b[i]) > 1e-5 * tol) throw new Error(`rope ${mode}: element ${i} fused ${a[i]}, composite ${b[i]}`);
+      }
+    }
+  });
+
+  test("attention: fused equals the oracle (GQA, causal with S > T, non-causal, rows past a block)", async () => {
+    for (const [B, H, Hkv, Tq, S, D, causal] of [[1, 4, 2, 3, 7, 8, true], [2, 2, 1, 33, 33, 16, true], [1, 2, 2, 5, 9, 4, false]] as const) {
+      const q = rnd(B * H * Tq * D, 84);
+      const k = rnd(B * Hkv * S * D, 85);
+      const v = rnd(B * Hkv * S * D, 86);
+      const ref = O.attention(O.host(q, [B, H, Tq, D]), O.host(k, [B, Hkv, S, D]), O.host(v, [B, Hkv, S, D]), causal);
+      const y = F.attention(T(q, [B, H, Tq, D]), T(k, [B, Hkv, S, D]), T(v, [B, Hkv, S, D]), { causal });
+      await expectClose(y, ref, `attention B${B} H${H}/${Hkv} T${Tq} S${S} causal=${causal}`, 1e-5 * tol, 1e-4 * tol);
+    }
+  });
+
+  test("loraBranch: equals B(A(dropout(x)))·s, and its gradients equal the composite's", async () => {
+    const [N, inF, r, outF] = [6, 10, 3, 7];
+    const xs = rnd(N * inF, 87), As = rnd(r * inF, 88), Bs = rnd(outF * r, 89);
+    const drop = { p: 0.25, seed: 11, offset: 5 };
+    const grads = async (be: typeof backend) => {
+      const M = mk(be);
+      const [x, A, B] = [M(xs, [N, inF]), M(As, [r, inF]), M(Bs, [outF, r])];
+      for (const t of [x, A, B]) t.requiresGrad = true;
+      const y = F.loraBranch(x, A, B, 1.5, drop);
+      const out = await y.read();
+      y.mul(y).sum().backward();
+      return [out, await x.grad!.read(), await A.grad!.read(), await B.grad!.read()];
+    };
+    const [f, c] = [await grads(backend), await grads(composite)];
+    const names = ["y", "dx", "dA", "dB"];
+    f.forEach((a, j) => {
+      for (let i = 0; i < a.length; i++) {
+        if (Math.abs(a[i] - c[j][i]) > 1e-4 * tol * (1 + Math.abs(c[j][i]))) throw new Error(`loraBranch ${names[j]}[${i}]: fused ${a[i]}, composite ${c[j][i]}`);
+      }
+    });
+  });
+
+  test("memory: a LoRA branch with dropout keeps no more than one without (the mask is regenerated)", () => {
+    const [N, inF, r, outF] = [64, 96, 4, 80];
+    const live = (p: number) => {
+      const x = T(rnd(N * inF, 90), [N, inF]);
+      const A = T(rnd(r * inF, 91), [r, inF]);
+      const B = T(rnd(outF * r, 92), [outF, r]);
+      A.requiresGrad = true;
+      B.requiresGrad = true;
+      const before = backend.memory().liveBytes;
+      const y = F.loraBranch(x, A, B, 2, p > 0 ? { p, seed: 1, offset: 0 } : null);
+      const held = backend.memory().liveBytes - before - y.size * 4;
+      y.backward(tensor(new Float32Array(y.size).fill(1), { shape: y.shape, backend }));
+      for (const t of [x, A, B, y]) t.dispose();
+      A.grad?.dispose();
+      B.grad?.dispose();
+      return held;
+    };
+    const [withDrop, without] = [live(0.1), live(0)];
+    if (!backend.fused?.dropout) return;
+    if (withDrop > without) throw new Error(`dropout added ${withDrop - without} bytes of saved activations to the LoRA branch`);
+    if (without > N * r * 4) throw new Error(`the LoRA branch keeps ${without} bytes, more than its [N, r] projection (${N * r * 4})`);
+  });
+
+  test("adamwStep: fused in place equals the composite and the torch formula; no parameter-sized temporaries", async () => {
+    const n = 1000;
+    const h0 = { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1 };
+    const p0 = rnd(n, 93), grads = [rnd(n, 94), rnd(n, 95), rnd(n, 96)];
+    // Reference in f64, torch.optim.AdamW order.
+    const p = Float64Array.from(p0), m = new Float64Array(n), v = new Float64Array(n);
+    grads.forEach((g, t) => {
+      const bc1 = 1 - h0.beta1 ** (t + 1), sq = Math.sqrt(1 - h0.beta2 ** (t + 1));
+      for (let i = 0; i < n; i++) {
+        p[i] *= 1 - h0.lr * h0.weightDecay;
+        m[i] = h0.beta1 * m[i] + (1 - h0.beta1) * g[i];
+        v[i] = h0.beta2 * v[i] + (1 - h0.beta2) * g[i] * g[i];
+        p[i] -= (h0.lr / bc1) * (m[i] / (Math.sqrt(v[i]) / sq + h0.eps));
+      }
+    });
+    let transient = 0;
+    for (const be of [backend, composite]) {
+      const M = mk(be);
+      const [pt, mt, vt] = [keep(M(p0, [10, 100])), keep(zeros([10, 100], { backend: be })), keep(zeros([10, 100], { backend: be }))];
+      for (let t = 0; t < grads.length; t++) {
+        const g = M(grads[t], [10, 100]);
+        const base = backend.memory().liveBytes;
+        backend.resetPeak();
+        F.adamwStep(pt, g, mt, vt, { ...h0, bc1: 1 - h0.beta1 ** (t + 1), sqrtBc2: Math.sqrt(1 - h0.beta2 ** (t + 1)) }, true);
+        if (be === backend) transient = Math.max(transient, backend.memory().peakBytes - base);
+        g.dispose();
+      }
+      await expectClose(pt, Array.from(p), `adamw ${be === backend ? "fused" : "composite"} parameter`, 1e-6, 1e-5);
+      await expectClose(mt, Array.from(m), "adamw exp_avg", 1e-7, 1e-5);
+      for (const t of [pt, mt, vt]) t.dispose();
+    }
+    if (backend.fused?.adamw && transient > n * 4) throw new Error(`fused adamw held ${transient} transient bytes, more than one tensor (${n * 4})`);
+  });
+
+  test("fused ops inside noGrad and scope leave no storage behind", () => {
+    const before = backend.memory().liveBytes;
+    noGrad(() => scope(() => {
+      const x: Tensor = T(rnd(64, 97), [1, 2, 4, 8]);
+      F.attention(x, x, x);
+      F.swiglu(x, x);
+      F.dropout(x, 0.5, 1);
+    }));
+    if (backend.memory().liveBytes !== before) throw new Error(`${backend.memory().liveBytes - before} bytes leaked`);
+  });
+}
