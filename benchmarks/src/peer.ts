@@ -146,7 +146,7 @@ async function backendFor(name: string): Promise<Backend | string> {
   return `unknown backend ${name}`;
 }
 
-export async function runPeer(cfg: PeerConfig, o: { command: string; quick: boolean }): Promise<PeerResult> {
+export async function runPeer(cfg: PeerConfig, o: { command: string; quick: boolean; webgpu?: boolean }): Promise<PeerResult> {
   const t0 = performance.now();
   const avail = await torchAvailable(cfg.torch.python);
   if (!avail.ok) log(`peer: PyTorch unavailable: ${avail.reason}; Lowrank is measured alone, ratios are null`);
@@ -163,7 +163,8 @@ export async function runPeer(cfg: PeerConfig, o: { command: string; quick: bool
       if (avail.ok) torch.push(await torchRun(shape, cc, cfg, method));
       const spec: MethodSpec = { method, rank: cfg.rank, alpha: cfg.alpha, targets: cfg.targets, dropout: cfg.dropout };
       const rows: PeerRow[] = [];
-      for (const bname of c.backends) {
+      // --no-webgpu: the rows of other backends are left out, not reported as skipped.
+      for (const bname of c.backends.filter((b) => b === "cpu" || o.webgpu !== false)) {
         const be = await backendFor(bname);
         const row: PeerRow = {
           shape: c.shape, method, backend: bname, device: typeof be === "string" ? "" : be.device, tokens_per_step: c.batch * c.seq,
