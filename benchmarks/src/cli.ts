@@ -113,7 +113,7 @@ export async function benchCommand(argv: string[], env: Env = process.env, comma
     } else if (s === "memory") {
       writeJson(out(s), await runMemory(memoryConfig(quick), { dataDir, command: cmd }));
     } else if (s === "peer") {
-      writeJson(out(s), await runPeer(loadPeerConfig(v.config ?? join(CONFIGS_DIR, "peer.json")), { command: cmd, quick, webgpu: !v["no-webgpu"] }));
+      writeJson(out(s), await runPeer(loadPeerConfig(v.config ?? join(CONFIGS_DIR, "peer.json")), { command: cmd, quick, webgpu: !v["no-webgpu"], dataDir }));
     } else if (s === "kernels") {
       writeJson(out(s), await runKernels({ quick, command: cmd, webgpu: !v["no-webgpu"] }));
     }

@@ -18,6 +18,7 @@ import { tryWebGpu } from "./kernels.ts";
 import { SHAPES, type Shape, randomModel } from "./models.ts";
 import { type OpStat, profileBackend } from "./profile.ts";
 import { type MethodSpec, TooSlowError, timeSteps } from "./step.ts";
+import { type ProductRun, productRun } from "./product.ts";
 
 export interface PeerCase {
   shape: string;
@@ -29,6 +30,8 @@ export interface PeerCase {
   backends: string[];
   /** Steps on a slow backend (software WebGPU): fewer, with a per-step limit. */
   slowSteps?: number;
+  /** Also run `finetune()` on this case (CPU) and report metrics.jsonl's tokens/s (product.ts). */
+  product?: boolean;
 }
 
 export interface PeerConfig {
@@ -77,6 +80,8 @@ export interface PeerRow {
   trainable_params: { lowrank: number | null; torch: number | null };
   checkpointing: boolean | null;
   skipped?: string;
+  /** `finetune()` on the same shape and config (product.ts): the CLI's own tokens/s from metrics.jsonl. */
+  product?: ProductRun | { skipped: string };
 }
 
 export interface PeerProfile {
@@ -146,7 +151,7 @@ async function backendFor(name: string): Promise<Backend | string> {
   return `unknown backend ${name}`;
 }
 
-export async function runPeer(cfg: PeerConfig, o: { command: string; quick: boolean; webgpu?: boolean }): Promise<PeerResult> {
+export async function runPeer(cfg: PeerConfig, o: { command: string; quick: boolean; webgpu?: boolean; dataDir?: string | null }): Promise<PeerResult> {
   const t0 = performance.now();
   const avail = await torchAvailable(cfg.torch.python);
   if (!avail.ok) log(`peer: PyTorch unavailable: ${avail.reason}; Lowrank is measured alone, ratios are null`);
@@ -192,6 +197,16 @@ export async function runPeer(cfg: PeerConfig, o: { command: string; quick: bool
           log(`peer: ${key} lowrank ${bname}: skipped: ${row.skipped}`);
         } finally {
           model.dispose();
+        }
+        try {
+          if (bname === "cpu" && c.product && row.lowrank_tokens_per_s !== null) {
+            if (!o.dataDir) row.product = { skipped: "no data directory (stories260K's tokenizer and Tiny Shakespeare)" };
+            else {
+              row.product = await productRun(be, shape, spec, { batch: c.batch, seq: c.seq, steps, warmup: cc.warmup, lr: cfg.lr, dataDir: o.dataDir });
+              log(`peer: ${key} lowrank finetune (metrics.jsonl): ${Math.round(row.product.tokens_per_s)} tok/s`);
+            }
+          }
+        } finally {
           be.dispose();
         }
       }
