@@ -11,6 +11,10 @@ import {
 import { matmul4bitKernel } from "./kernels/matmul4bit.ts";
 import { type Num, gatherValues, isDense, numeric, offsets } from "./kernels/strided.ts";
 import { type MatmulEngine, createMatmulEngine } from "./matmul.ts";
+import { BlasEngine } from "./blas/engine.ts";
+import { selectBlas } from "./blas/index.ts";
+import { gemmViews } from "./kernels/gemm-views.ts";
+import { availableCores } from "./wasm/threads.ts";
 
 /** A CPU storage is its host array. */
 export type CpuHandle = HostArray;
@@ -20,7 +24,17 @@ export interface CpuBackendOptions {
   threads?: number;
   /** Use the WASM SIMD matmul when the runtime supports it (default true). */
   wasm?: boolean;
+  /**
+   * Matmul through the system BLAS: "auto" (the first known library found, else WASM), "off", or
+   * the path of a library with cblas_sgemm (an error if it does not load). Wins over LOWRANK_BLAS.
+   */
+  blas?: "auto" | "off" | (string & {});
 }
+
+/** Whether matmul runs on a system BLAS, which one, and why (or why not). */
+export type BlasStatus =
+  | { active: true; reason: string; library: string; core: string | null; path: string; via: string; threads: number }
+  | { active: false; reason: string };
 
 /**
  * The CPU backend: the reference every other backend is checked against, and a usable fast
@@ -34,15 +48,25 @@ export class CpuBackend implements Backend<CpuHandle> {
   private peak = 0;
   private buffers = 0;
   readonly engine: MatmulEngine;
+  readonly blas: BlasStatus;
   readonly fused: Partial<FusedKernels<CpuHandle>>;
 
   constructor(opts: CpuBackendOptions = {}) {
-    this.engine = createMatmulEngine(opts);
+    const { lib, reason } = selectBlas(opts.blas);
+    if (lib) {
+      // `threads` counts workers besides the caller; a BLAS counts the caller too.
+      const engine = new BlasEngine(lib, opts.threads === undefined ? availableCores() : Math.max(0, Math.floor(opts.threads)) + 1);
+      this.engine = engine;
+      this.blas = { active: true, reason, library: lib.label, core: lib.core, path: lib.path, via: lib.via, threads: engine.threads };
+    } else {
+      this.engine = createMatmulEngine(opts);
+      this.blas = { active: false, reason };
+    }
     this.fused = makeFused(this);
   }
 
   get device(): string {
-    return `cpu (${this.engine.describe()})`;
+    return `cpu (${this.engine.describe()}${this.blas.active ? "" : `; no BLAS: ${this.blas.reason}`})`;
   }
 
   // ---- memory ----
@@ -188,6 +212,15 @@ export class CpuBackend implements Backend<CpuHandle> {
     const sb = b.view.shape;
     const M = sa[sa.length - 2], K = sa[sa.length - 1], N = sb[sb.length - 1];
     const batch = numel(sa.slice(0, -2));
+    if (this.engine instanceof BlasEngine) {
+      const C = new Float32Array(batch * M * N);
+      const f32 = (x: Input<CpuHandle>) => {
+        const v = this.values(x);
+        return { values: v instanceof Float32Array ? v : Float32Array.from(v), view: x.view };
+      };
+      gemmViews(this.engine, f32(a), f32(b), C, (x) => gatherValues(x.values, x.view) as Float32Array);
+      return this.store(a.dtype, C);
+    }
     const A = this.packedF32(a);
     const B = this.packedF32(b);
     const C = new Float32Array(batch * M * N);
