@@ -15,6 +15,7 @@ import { BlasEngine } from "./blas/engine.ts";
 import { selectBlas } from "./blas/index.ts";
 import { gemmViews } from "./kernels/gemm-views.ts";
 import { availableCores } from "./wasm/threads.ts";
+import { OutputPool } from "./output-pool.ts";
 
 /** A CPU storage is its host array. */
 export type CpuHandle = HostArray;
@@ -47,6 +48,7 @@ export class CpuBackend implements Backend<CpuHandle> {
   private live = 0;
   private peak = 0;
   private buffers = 0;
+  private readonly pool = new OutputPool();
   readonly engine: MatmulEngine;
   readonly blas: BlasStatus;
   readonly fused: Partial<FusedKernels<CpuHandle>>;
@@ -94,6 +96,7 @@ export class CpuBackend implements Backend<CpuHandle> {
   free(h: CpuHandle): void {
     this.live -= h.byteLength;
     this.buffers--;
+    this.pool.put(h);
   }
   memory(): MemoryStats {
     return { liveBytes: this.live, peakBytes: this.peak, liveBuffers: this.buffers };
@@ -104,6 +107,7 @@ export class CpuBackend implements Backend<CpuHandle> {
   async sync(): Promise<void> {}
   dispose(): void {
     this.engine.dispose();
+    this.pool.clear();
   }
 
   /** Store f32/f64/int values as `dtype`. */
@@ -212,22 +216,23 @@ export class CpuBackend implements Backend<CpuHandle> {
     const sb = b.view.shape;
     const M = sa[sa.length - 2], K = sa[sa.length - 1], N = sb[sb.length - 1];
     const batch = numel(sa.slice(0, -2));
+    const C = this.pool.take(batch * M * N);
     if (this.engine instanceof BlasEngine) {
-      const C = new Float32Array(batch * M * N);
       const f32 = (x: Input<CpuHandle>) => {
         const v = this.values(x);
         return { values: v instanceof Float32Array ? v : Float32Array.from(v), view: x.view };
       };
       gemmViews(this.engine, f32(a), f32(b), C, (x) => gatherValues(x.values, x.view) as Float32Array);
-      return this.store(a.dtype, C);
+    } else {
+      const A = this.packedF32(a);
+      const B = this.packedF32(b);
+      for (let i = 0; i < batch; i++) {
+        this.engine.matmul(A.subarray(i * M * K, (i + 1) * M * K), B.subarray(i * K * N, (i + 1) * K * N), C.subarray(i * M * N, (i + 1) * M * N), M, N, K);
+      }
     }
-    const A = this.packedF32(a);
-    const B = this.packedF32(b);
-    const C = new Float32Array(batch * M * N);
-    for (let i = 0; i < batch; i++) {
-      this.engine.matmul(A.subarray(i * M * K, (i + 1) * M * K), B.subarray(i * K * N, (i + 1) * K * N), C.subarray(i * M * N, (i + 1) * M * N), M, N, K);
-    }
-    return this.store(a.dtype, C);
+    const out = this.store(a.dtype, C);
+    if (out !== C) this.pool.put(C); // f16/bf16: C was only the f32 result before rounding
+    return out;
   }
   gather(x: Input<CpuHandle>, idx: Input<CpuHandle>, axis: number): CpuHandle {
     const xv = gatherValues(this.values(x), x.view);

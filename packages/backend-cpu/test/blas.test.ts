@@ -160,6 +160,22 @@ describe("matmul on the BLAS path", { skip: noBlas }, () => {
     assert.deepEqual(t(new Float32Array(0), [0, 2, 4]).matmul(t(new Float32Array(0), [0, 4, 3])).shape, [0, 2, 3]);
   });
 
+  test("recycled outputs are fully overwritten (stale values never leak into a result)", async () => {
+    for (const be of [backend, createCpuBackend({ threads: 0, blas: "off" })]) {
+      // 256 x 128 f32 = 128 KiB: large enough for the output pool.
+      const x = tensor(random(256 * 64, 18), { shape: [256, 64], backend: be }), y = tensor(random(64 * 128, 19), { shape: [64, 128], backend: be });
+      const first = x.matmul(y);
+      assertClose(first.readSync() as Float32Array, reference(x, y), `${be.device} first`);
+      first.dispose();
+      const zeros = tensor(new Float32Array(0), { shape: [256, 0], backend: be }).matmul(tensor(new Float32Array(0), { shape: [0, 128], backend: be }));
+      assert.ok((zeros.readSync() as Float32Array).every((v) => v === 0), `${be.device}: K = 0 after a recycled output`);
+      zeros.dispose();
+      const again = x.transpose(0, 1).transpose(0, 1).matmul(y.mul(2));
+      assertClose(again.readSync() as Float32Array, reference(x, y.mul(2)), `${be.device} again`);
+      if (be !== backend) be.dispose();
+    }
+  });
+
   for (const dtype of ["f16", "bf16"] as const) {
     test(`${dtype}: decoded to f32, multiplied, rounded on store, as on the WASM path`, () => {
       const wasm = createCpuBackend({ threads: 0, blas: "off" });
