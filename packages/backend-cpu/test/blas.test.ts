@@ -130,6 +130,12 @@ describe("matmul on the BLAS path", { skip: noBlas }, () => {
     ["batched through a permuted view", () => [t(random(3 * K * M, 8), [3, K, M]).transpose(1, 2), t(random(3 * K * N, 9), [3, K, N])]],
     ["broadcast batch", () => [t(random(2 * 3 * M * K, 10), [2, 3, M, K]), t(random(K * N, 2), [K, N]).expand(2, 3, K, N)]],
     ["expanded rows (packed first)", () => [t(random(K, 11), [1, K]).expand(M, K), t(random(K * N, 2), [K, N])]],
+    // Skinny products (N or K <= 16, more than 128 rows) run in row blocks, a transposed B with small K copied.
+    ["skinny x·Aᵀ (LoRA A)", () => [t(random(300 * K, 20), [300, K]), t(random(8 * K, 21), [8, K]).T]],
+    ["skinny h·Bᵀ (LoRA B)", () => [t(random(300 * 8, 22), [300, 8]), t(random(N * 8, 23), [N, 8]).T]],
+    ["skinny h·Bᵀ with strided B", () => [t(random(300 * 8, 22), [300, 8]), t(random(N * 12, 24), [N, 12]).narrow(1, 2, 8).T]],
+    ["skinny transposed x", () => [t(random(K * 300, 25), [K, 300]).T, t(random(K * 8, 26), [K, 8])]],
+    ["skinny strided x and C", () => [t(random(300 * (K + 6), 27), [300, K + 6]).narrow(1, 6, K), t(random(K * 16, 28), [K, 16])]],
     ["row vector", () => [t(random(K, 12), [1, K]), t(random(K * N, 2), [K, N])]],
     ["column result", () => [t(random(M * K, 1), [M, K]), t(random(K, 13), [K, 1])]],
   ];
