@@ -39,7 +39,7 @@ export type BlasStatus =
 
 /**
  * The CPU backend: the reference every other backend is checked against, and a usable fast
- * path (packed matmul on WASM SIMD across worker threads). Elementwise work runs in f64/f32
+ * path (matmul on the system BLAS, else packed on WASM SIMD across worker threads). Elementwise work runs in f64/f32
  * TypeScript loops; f16/bf16 are decoded to f32, computed, and rounded on store.
  */
 export class CpuBackend implements Backend<CpuHandle> {
