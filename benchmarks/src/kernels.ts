@@ -3,25 +3,32 @@
  * matmul and causal attention, on every backend this runtime offers, in GFLOP/s and as a share
  * of that backend's peak measured in the same run. Shapes are the ones a training step of the
  * peer-baseline model (d256, batch 8 x 128 tokens) runs, plus square matmuls for the peak.
+ * The CPU backend runs twice: cpu-blas (matmul on the system BLAS, when one is found) and
+ * cpu-wasm (blas: "off"); PyTorch's matmul on the same shapes (kernels_torch.py, threads as in
+ * configs/peer.json) gives each matmul row a "% of PyTorch".
  *
- * Peak = the best f32 matmul GFLOP/s this run measured on that backend (square 512³ / 1024³;
- * CPU: the WASM SIMD engine with its default threads). It is the best the backend's own fastest
- * kernel reaches here, not a hardware roofline; a JS scalar multiply-add loop is reported too.
- * Every call goes through the Tensor API (allocation included); a sample is a batch of calls
- * followed by backend.sync().
+ * Peak = the best f32 matmul GFLOP/s this run measured on that backend (square 512³ / 1024³).
+ * It is the best the backend's own fastest kernel reaches here, not a hardware roofline; a JS
+ * scalar multiply-add loop is reported too. Every call goes through the Tensor API (allocation
+ * included); a sample is a batch of calls followed by backend.sync().
  */
 import { type Backend, type Quant4bitWeight, type Tensor, attention, matmul4bit, noGrad, tensor } from "@lowrank/tensor";
 import { createCpuBackend } from "@lowrank/backend-cpu";
 import { quantize4bit } from "@lowrank/nf4";
-import { type Machine, log, machine, median } from "./common.ts";
+import { join } from "node:path";
+import { CONFIGS_DIR, type Machine, log, machine, median } from "./common.ts";
+import { loadPeerConfig } from "./peer.ts";
+import { type TorchKernels, mergeTorchRuns, torchKernels } from "./kernels-torch.ts";
 import { randomF32 } from "./timing.ts";
 
 export interface KernelRow {
   kernel: "matmul" | "matmul4bit" | "attention";
   name: string;
   flops: number;
-  /** Per backend name: median ms per call, GFLOP/s, % of that backend's peak. */
-  results: Record<string, { ms: number; gflops: number; pctPeak: number }>;
+  /** Per backend name: median ms per call, GFLOP/s, % of that backend's peak, % of PyTorch's GFLOP/s on this row. */
+  results: Record<string, { ms: number; gflops: number; pctPeak: number; pctTorch?: number }>;
+  /** PyTorch's matmul on the same shape in the same run (matmul rows, when torch ran). */
+  torch?: { ms: number; gflops: number; runs?: number[] };
 }
 
 export interface KernelsResult {
@@ -31,6 +38,8 @@ export interface KernelsResult {
   peak: Record<string, { gflops: number; from: string }>;
   /** A JS scalar f64 multiply-add loop on one thread (reference point). */
   scalarLoopGflops: number;
+  /** The PyTorch run the matmul rows are compared with (null: skipped, the reason is in `skipped`). */
+  torch?: Omit<TorchKernels, "results"> | null;
   rows: KernelRow[];
   skipped: { backend: string; reason: string }[];
   wall_seconds: number;
@@ -74,6 +83,8 @@ interface Case {
   kernel: KernelRow["kernel"];
   name: string;
   flops: number;
+  /** Matmul operands, for the PyTorch side. */
+  matmul?: { M: number; K: number; N: number; transposeA?: boolean; transposeB?: boolean };
   /** Build operands on `be`; returns the call and a cleanup. */
   setup(be: Backend): { run: () => void; dispose: () => void };
   peak?: boolean;
@@ -85,6 +96,7 @@ const mat = (be: Backend, r: number, c: number, seed: number) => tensor(randomF3
 function matmulCase(name: string, M: number, K: number, N: number, opts: { peak?: boolean; transposeA?: boolean; transposeB?: boolean } = {}): Case {
   return {
     kernel: "matmul", name, flops: 2 * M * N * K, peak: opts.peak,
+    matmul: { M, K, N, transposeA: opts.transposeA, transposeB: opts.transposeB },
     setup(be) {
       const a = opts.transposeA ? mat(be, K, M, 1) : mat(be, M, K, 1);
       const b = opts.transposeB ? mat(be, N, K, 2) : mat(be, K, N, 2);
@@ -149,7 +161,7 @@ export function kernelCases(quick: boolean): Case[] {
     attentionCase(8, 4, 128, 64, false),
     attentionCase(8, 4, 128, 64, true),
   ];
-  return quick ? cases.filter((c) => !c.name.startsWith("square 1024") && !c.name.includes("[512×1024]")) : cases;
+  return quick ? cases.filter((c) => !c.name.includes("[512×1024]")) : cases;
 }
 
 /** WebGPU through this runtime's edge, or the reason there is none. */
@@ -163,41 +175,77 @@ export async function tryWebGpu(): Promise<Backend | string> {
   }
 }
 
+/** cpu-blas (when a BLAS is found) and cpu-wasm, named apart since both are backend "cpu". */
+function cpuTargets(skipped: KernelsResult["skipped"]): { name: string; be: Backend }[] {
+  const out: { name: string; be: Backend }[] = [];
+  try {
+    const be = createCpuBackend();
+    if (be.blas.active) out.push({ name: "cpu-blas", be });
+    else {
+      skipped.push({ backend: "cpu-blas", reason: `no BLAS: ${be.blas.reason}` });
+      be.dispose();
+    }
+  } catch (e) {
+    skipped.push({ backend: "cpu-blas", reason: e instanceof Error ? e.message : String(e) });
+  }
+  out.push({ name: "cpu-wasm", be: createCpuBackend({ blas: "off" }) });
+  return out;
+}
+
 export async function runKernels(o: { quick: boolean; command: string; webgpu: boolean }): Promise<KernelsResult> {
   const t0 = performance.now();
-  const backends: Backend[] = [createCpuBackend()];
   const skipped: KernelsResult["skipped"] = [];
+  const targets = cpuTargets(skipped);
   if (o.webgpu) {
     const g = await tryWebGpu();
     if (typeof g === "string") skipped.push({ backend: "webgpu", reason: g });
-    else backends.push(g);
+    else targets.push({ name: "webgpu", be: g });
   } else skipped.push({ backend: "webgpu", reason: "--no-webgpu" });
   const cases = kernelCases(o.quick);
   const rows: KernelRow[] = cases.map((c) => ({ kernel: c.kernel, name: c.name, flops: c.flops, results: {} }));
+  // PyTorch before and after the backends (which are idle then: no BLAS or WASM threads compete).
+  const matmuls = cases.filter((c) => c.matmul).map((c) => ({ name: c.name, ...c.matmul! }));
+  const torchCfg = loadPeerConfig(join(CONFIGS_DIR, "peer.json")).torch;
+  const torchOpts = { targetMs: o.quick ? 60 : 250, samples: o.quick ? 3 : 5 };
+  const torchBefore = await torchKernels(torchCfg, matmuls, torchOpts);
   const scalar = scalarLoop();
   try {
-    for (const be of backends) {
+    for (const { name, be } of targets) {
       // A software WebGPU adapter is ~10x slower: shorter samples keep the suite's time bounded.
       const target = be.name === "cpu" ? (o.quick ? 60 : 250) : o.quick ? 100 : 400;
       for (const [i, c] of cases.entries()) {
         const { run, dispose } = c.setup(be);
         const ms = await timeCall(be, run, target, o.quick ? 3 : 5);
         dispose();
-        rows[i].results[be.name] = { ms, gflops: c.flops / ms / 1e6, pctPeak: NaN };
-        log(`kernels: ${be.name} ${c.name}: ${(c.flops / ms / 1e6).toFixed(2)} GFLOP/s`);
+        rows[i].results[name] = { ms, gflops: c.flops / ms / 1e6, pctPeak: NaN };
+        log(`kernels: ${name} ${c.name}: ${(c.flops / ms / 1e6).toFixed(2)} GFLOP/s`);
       }
     }
   } finally {
-    for (const be of backends) be.dispose();
+    for (const { be } of targets) be.dispose();
   }
+  const torch = typeof torchBefore === "string" ? torchBefore : mergeTorchRuns(torchBefore, await torchKernels(torchCfg, matmuls, torchOpts));
+  if (typeof torch === "string") skipped.push({ backend: "pytorch", reason: torch });
+  const { results: torchResults = {}, ...torchRun } = typeof torch === "string" ? {} : torch;
   const peak: KernelsResult["peak"] = {};
-  for (const be of backends) {
-    const best = cases.map((c, i) => ({ c, r: rows[i].results[be.name] })).filter((x) => x.c.peak).sort((a, b) => b.r.gflops - a.r.gflops)[0];
-    peak[be.name] = { gflops: best.r.gflops, from: best.c.name };
-    for (const row of rows) row.results[be.name].pctPeak = (100 * row.results[be.name].gflops) / best.r.gflops;
+  for (const { name } of targets) {
+    const best = cases.map((c, i) => ({ c, r: rows[i].results[name] })).filter((x) => x.c.peak).sort((a, b) => b.r.gflops - a.r.gflops)[0];
+    peak[name] = { gflops: best.r.gflops, from: best.c.name };
+    for (const row of rows) {
+      const r = row.results[name];
+      r.pctPeak = (100 * r.gflops) / best.r.gflops;
+      const t = torchResults[row.name];
+      if (t) {
+        row.torch = t;
+        r.pctTorch = (100 * r.gflops) / t.gflops;
+        log(`kernels: ${name} ${row.name}: ${r.pctTorch.toFixed(0)}% of PyTorch (${t.gflops.toFixed(2)} GFLOP/s), ${r.pctPeak.toFixed(0)}% of peak`);
+      }
+    }
   }
   return {
     config: { command: o.command, date: new Date().toISOString(), machine: machine(), quick: o.quick },
-    backends: backends.map((b) => ({ name: b.name, device: b.device })), peak, scalarLoopGflops: scalar, rows, skipped, wall_seconds: (performance.now() - t0) / 1000,
+    backends: targets.map(({ name, be }) => ({ name, device: be.device })), peak, scalarLoopGflops: scalar,
+    torch: typeof torch === "string" ? null : (torchRun as Omit<TorchKernels, "results">),
+    rows, skipped, wall_seconds: (performance.now() - t0) / 1000,
   };
 }

@@ -108,7 +108,7 @@ export interface PeerResult {
   wall_seconds: number;
 }
 
-function runPython(python: string, args: string[], env: Record<string, string>): Promise<{ code: number | null; out: string; err: string }> {
+export function runPython(python: string, args: string[], env: Record<string, string>): Promise<{ code: number | null; out: string; err: string }> {
   return new Promise((done) => {
     const child = spawn(python, args, { env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
     let out = "";

@@ -170,14 +170,25 @@ function peerSection(p: PeerResult, file: string): string[] {
 
 function kernelsSection(k: KernelsResult, file: string): string[] {
   const bs = k.backends.map((b) => b.name);
+  const torch = k.torch ? `; PyTorch ${k.torch.torch_version} (${k.torch.python}, torch threads ${k.torch.threads}, ${Object.entries(k.torch.env).map(([n, v]) => `${n}=${v}`).join(" ")}) runs the same matmuls in the same run, and "% torch" is each backend's GFLOP/s over PyTorch's` : "";
+  const pct = (x: number | undefined) => (x === undefined ? "-" : `${x.toFixed(0)}%`);
   const out = [
     "## 4. Kernels",
     "",
-    `Command: \`${k.config.command}\` → \`${rel(file)}\` (${mins(k.wall_seconds)} wall). Through the Tensor API (output allocation included), median of batches of calls each followed by \`sync()\`. Backends: ${k.backends.map((b) => `${b.name} = ${b.device}`).join("; ")}.`,
+    `Command: \`${k.config.command}\` → \`${rel(file)}\` (${mins(k.wall_seconds)} wall). Through the Tensor API (output allocation included), median of batches of calls each followed by \`sync()\`. Backends: ${k.backends.map((b) => `${b.name} = ${b.device}`).join("; ")}${torch}.`,
     "",
     `Peak per backend = its best square f32 matmul in this run (${bs.map((b) => `${b}: ${k.peak[b].gflops.toFixed(2)} GFLOP/s at ${k.peak[b].from}`).join("; ")}); for reference a JS scalar multiply-add loop on one thread does ${k.scalarLoopGflops.toFixed(2)} GFLOP/s. Attention FLOPs count QKᵀ and PV over the full T×T (fwd+bwd = 3× fwd).`,
     "",
-    table(["kernel", "case", ...bs.flatMap((b) => [`${b} GFLOP/s`, `${b} % peak`])], k.rows.map((r) => [r.kernel, r.name, ...bs.flatMap((b) => r.results[b] ? [r.results[b].gflops.toFixed(2), `${r.results[b].pctPeak.toFixed(0)}%`] : ["-", "-"])])),
+    table(
+      ["kernel", "case", ...(k.torch ? ["PyTorch GFLOP/s"] : []), ...bs.flatMap((b) => [`${b} GFLOP/s`, `${b} % peak`, ...(k.torch ? [`${b} % torch`] : [])])],
+      k.rows.map((r) => [
+        r.kernel, r.name, ...(k.torch ? [r.torch ? r.torch.gflops.toFixed(2) : "-"] : []),
+        ...bs.flatMap((b) => {
+          const x = r.results[b];
+          return x ? [x.gflops.toFixed(2), pct(x.pctPeak), ...(k.torch ? [pct(x.pctTorch)] : [])] : ["-", "-", ...(k.torch ? ["-"] : [])];
+        }),
+      ]),
+    ),
   ];
   for (const s of k.skipped) out.push("", `Skipped: ${s.backend}: ${s.reason}`);
   return out;

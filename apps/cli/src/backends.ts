@@ -3,7 +3,7 @@
  * never choose a device themselves; the CLI (and later the server) does it here.
  */
 import type { Backend } from "@lowrank/tensor";
-import { createCpuBackend } from "@lowrank/backend-cpu";
+import { BlasError, type BlasStatus, createCpuBackend } from "@lowrank/backend-cpu";
 import { createWebGpuBackend, describeAdapter, type WebGpuAdapterInfo, type WebGpuContext } from "@lowrank/backend-webgpu";
 import { detectRuntime, type Runtime } from "./runtime.ts";
 
@@ -25,6 +25,19 @@ export class BackendError extends Error {
   constructor(message: string, readonly usage: boolean) {
     super(message);
   }
+}
+
+/** A BlasError (LOWRANK_BLAS names a library that does not load) reads like the backend errors: one line, no stack. */
+export function asBackendError(err: unknown): BackendError | null {
+  if (err instanceof BackendError) return err;
+  if (err instanceof BlasError) return new BackendError(err.message, false);
+  return null;
+}
+
+/** One line on the CPU backend's matmul library: which, where, through which FFI, and why; or why none. */
+export function describeBlas(blas: BlasStatus): string {
+  if (!blas.active) return `none, matmul on the WASM kernel: ${blas.reason}`;
+  return `${blas.library}${blas.core ? ` (${blas.core})` : ""} at ${blas.path} via ${blas.via}: ${blas.reason}`;
 }
 
 export type WebGpuProbe =

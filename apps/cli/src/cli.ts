@@ -3,7 +3,7 @@ import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { createCpuBackend } from "@lowrank/backend-cpu";
 import {
-  autoChoice, BACKEND_CHOICES, type BackendChoice, BackendError, probeWebGpu, resolveChoice, selectBackend,
+  asBackendError, autoChoice, BACKEND_CHOICES, type BackendChoice, describeBlas, probeWebGpu, resolveChoice, selectBackend,
 } from "./backends.ts";
 import { resolveDataDir } from "./data-dir.ts";
 import { DEQUANTIZE_USAGE, QUANTIZE_USAGE, quantizeCommand } from "./quantize.ts";
@@ -86,9 +86,10 @@ export async function run(argv: string[], env: Env = process.env): Promise<numbe
     try {
       return await own.run(argv[first], [...before, ...argv.slice(first + 1)], env);
     } catch (err) {
-      if (err instanceof BackendError) {
-        console.error(`lowrank: ${err.message}`);
-        return err.usage ? EXIT_USAGE : EXIT_FAIL;
+      const clean = asBackendError(err);
+      if (clean) {
+        console.error(`lowrank: ${clean.message}`);
+        return clean.usage ? EXIT_USAGE : EXIT_FAIL;
       }
       throw err;
     }
@@ -141,9 +142,10 @@ export async function run(argv: string[], env: Env = process.env): Promise<numbe
         return usage(`unknown command "${command}"`);
     }
   } catch (err) {
-    if (err instanceof BackendError) {
-      console.error(`lowrank: ${err.message}`);
-      return err.usage ? EXIT_USAGE : EXIT_FAIL;
+    const clean = asBackendError(err);
+    if (clean) {
+      console.error(`lowrank: ${clean.message}`);
+      return clean.usage ? EXIT_USAGE : EXIT_FAIL;
     }
     throw err;
   }
@@ -167,9 +169,17 @@ function usage(message: string): number {
 async function backendsCommand(option: string | undefined, dataDirFlag: string | undefined, json: boolean, env: Env): Promise<number> {
   const { requested, source } = resolveChoice(option, env); // bad values fail before any probing
   const runtime = detectRuntime();
-  const cpu = createCpuBackend();
-  const cpuDevice = cpu.device;
-  cpu.dispose();
+  // A bad LOWRANK_BLAS is reported on the cpu line (and fails the command), not thrown.
+  let cpu: { device: string; blas: string } | { error: string };
+  try {
+    const be = createCpuBackend();
+    cpu = { device: be.device, blas: describeBlas(be.blas) };
+    be.dispose();
+  } catch (err) {
+    const clean = asBackendError(err);
+    if (!clean) throw err;
+    cpu = { error: clean.message };
+  }
   const webgpu = await probeWebGpu(runtime);
   const auto = autoChoice(webgpu);
   let selected: { name: string; reason: string } | { error: string };
@@ -179,19 +189,20 @@ async function backendsCommand(option: string | undefined, dataDirFlag: string |
     sel.backend.dispose();
     selected = { name: sel.name, reason: sel.reason };
   } catch (err) {
-    if (!(err instanceof BackendError)) throw err;
-    selected = { error: err.message };
+    const clean = asBackendError(err);
+    if (!clean) throw err;
+    selected = { error: clean.message };
   }
   const dataDir = resolveDataDir(dataDirFlag, env);
-  const failed = "error" in selected;
+  const failed = "error" in selected || "error" in cpu;
 
   if (json) {
-    console.log(JSON.stringify({ version: version(), runtime, runtimeVersion: runtimeVersion(runtime), cpu: { device: cpuDevice }, webgpu, auto, requested, source, selected, dataDir }, null, 2));
+    console.log(JSON.stringify({ version: version(), runtime, runtimeVersion: runtimeVersion(runtime), cpu, webgpu, auto, requested, source, selected, dataDir }, null, 2));
     return failed ? EXIT_FAIL : EXIT_OK;
   }
   const lines = [
     `lowrank ${version()} on ${runtime} ${runtimeVersion(runtime)} (${process.platform} ${process.arch})`,
-    `  cpu     ${cpuDevice}`,
+    ...("error" in cpu ? [`  cpu     error: ${cpu.error}`] : [`  cpu     ${cpu.device}`, `  blas    ${cpu.blas}`]),
     webgpu.available
       ? `  webgpu  ${webgpu.description} via ${webgpu.implementation}${webgpu.f16 ? ", shader-f16" : ""}`
       : `  webgpu  unavailable: ${webgpu.cause}`,

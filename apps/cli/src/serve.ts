@@ -61,7 +61,7 @@ export async function serveCli(argv: string[], env: Env, usage: (message: string
     return await serveCommand({ model: values.model, port: values.port, host: values.host, home: values.home, backend: values.backend, dataDir: values["data-dir"] }, env);
   } catch (e) {
     if (e instanceof ServeUsageError) return usage(`serve: ${e.message}`);
-    if ((e as Error).name === "BackendError") {
+    if ((e as Error).name === "BackendError" || (e as Error).name === "BlasError") {
       console.error(`lowrank: ${(e as Error).message}`);
       return (e as { usage?: boolean }).usage ? 2 : 1;
     }

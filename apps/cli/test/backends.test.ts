@@ -1,7 +1,8 @@
 /** Backend selection, in process (no spawning). */
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { autoChoice, BackendError, probeWebGpu, resolveChoice, selectBackend, type WebGpuProbe } from "../src/backends.ts";
+import { BlasError } from "@lowrank/backend-cpu";
+import { asBackendError, autoChoice, BackendError, describeBlas, probeWebGpu, resolveChoice, selectBackend, type WebGpuProbe } from "../src/backends.ts";
 import { resolveDataDir } from "../src/data-dir.ts";
 
 const found: WebGpuProbe = {
@@ -67,6 +68,18 @@ test("cpu needs no WebGPU probe", async () => {
   sel.backend.dispose();
   assert.equal(sel.name, "cpu");
   assert.equal(sel.reason, "requested by --backend cpu");
+});
+
+test("the BLAS line names library, path, FFI and reason; a BlasError becomes a clean BackendError", () => {
+  assert.equal(
+    describeBlas({ active: true, reason: "auto: found libopenblas.so.0", library: "openblas 0.3.21 pthread", core: "Zen", path: "/usr/lib/libopenblasp-r0.3.21.so", via: "koffi 3.3.4", threads: 2 }),
+    "openblas 0.3.21 pthread (Zen) at /usr/lib/libopenblasp-r0.3.21.so via koffi 3.3.4: auto: found libopenblas.so.0",
+  );
+  assert.equal(describeBlas({ active: false, reason: "LOWRANK_BLAS=off" }), "none, matmul on the WASM kernel: LOWRANK_BLAS=off");
+  const clean = asBackendError(new BlasError("LOWRANK_BLAS=/x.so: cannot load /x.so"));
+  assert.ok(clean instanceof BackendError && !clean.usage);
+  assert.equal(clean.message, "LOWRANK_BLAS=/x.so: cannot load /x.so");
+  assert.equal(asBackendError(new Error("other")), null);
 });
 
 test("data dir: flag, then LOWRANK_DATA_DIR, then ../shared/data beside the repo", () => {

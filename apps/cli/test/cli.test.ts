@@ -38,6 +38,8 @@ for (const runtime of ["node", "bun", "deno"] as const) {
     assert.equal(r.code, 0, show(r));
     assert.match(r.stdout, new RegExp(`^lowrank ${VERSION.replace(/\./g, "\\.")} on ${runtime} `, "m"), show(r));
     assert.match(r.stdout, /^ {2}cpu {5}cpu \(/m, show(r));
+    // The matmul library and why: a BLAS with its path, or none with the reason.
+    assert.match(r.stdout, /^ {2}blas {4}(\S.* at \S+ via .+: .+|none, matmul on the WASM kernel: .+)$/m, show(r));
     assert.match(r.stdout, /^ {2}webgpu {2}(\S.* via .*|unavailable: .+)$/m, show(r));
     // auto names its choice and why (software adapters such as llvmpipe are skipped for the cpu).
     assert.match(r.stdout, /^auto: (cpu \((webgpu adapter .+ is a software rasterizer.*|webgpu unavailable.*)\)|webgpu \(webgpu adapter .+ found\))$/m, show(r));
@@ -53,6 +55,18 @@ test("backends --json is machine-readable", async () => {
   assert.equal(j.auto.name, "cpu");
   assert.equal(j.selected.name, "cpu");
   assert.equal(typeof j.webgpu.available, "boolean");
+});
+
+test("LOWRANK_BLAS=off and a bad LOWRANK_BLAS path show on the cpu line; the bad path fails without a stack", async () => {
+  const off = await lowrank("node", ["backends"], { LOWRANK_BLAS: "off" });
+  assert.equal(off.code, 0, show(off));
+  assert.match(off.stdout, /^ {2}cpu {5}cpu \(\d+ threads?, wasm-simd; no BLAS: LOWRANK_BLAS=off\)$/m, show(off));
+  assert.match(off.stdout, /^ {2}blas {4}none, matmul on the WASM kernel: LOWRANK_BLAS=off$/m, show(off));
+  const bad = await lowrank("node", ["backends", "--backend", "cpu"], { LOWRANK_BLAS: "/nonexistent/libblas.so.3" });
+  assert.equal(bad.code, 1, show(bad));
+  assert.match(bad.stdout, /^ {2}cpu {5}error: LOWRANK_BLAS=\/nonexistent\/libblas\.so\.3: cannot load \/nonexistent\/libblas\.so\.3 via /m, show(bad));
+  assert.match(bad.stdout, /^selected: error: LOWRANK_BLAS=\/nonexistent\/libblas\.so\.3: cannot load/m, show(bad));
+  assert.doesNotMatch(bad.stdout + bad.stderr, /^\s+at /m, show(bad));
 });
 
 test("LOWRANK_BACKEND=bogus is a clear usage error", async () => {

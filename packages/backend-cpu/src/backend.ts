@@ -13,6 +13,11 @@ import { adamwKernel, dropoutKernel, ropeKernel, swigluBackwardKernel, swigluKer
 import { type AttnShape, attentionBackward, attentionForward } from "./kernels/attention.ts";
 import { type Num, gatherValues, isDense, numeric, offsets } from "./kernels/strided.ts";
 import { type MatmulEngine, createMatmulEngine } from "./matmul.ts";
+import { BlasEngine } from "./blas/engine.ts";
+import { selectBlas } from "./blas/index.ts";
+import { gemmViews } from "./kernels/gemm-views.ts";
+import { availableCores } from "./wasm/threads.ts";
+import { OutputPool } from "./output-pool.ts";
 
 /** A CPU storage is its host array. */
 export type CpuHandle = HostArray;
@@ -22,11 +27,21 @@ export interface CpuBackendOptions {
   threads?: number;
   /** Use the WASM SIMD matmul when the runtime supports it (default true). */
   wasm?: boolean;
+  /**
+   * Matmul through the system BLAS: "auto" (the first known library found, else WASM), "off", or
+   * the path of a library with cblas_sgemm (an error if it does not load). Wins over LOWRANK_BLAS.
+   */
+  blas?: "auto" | "off" | (string & {});
 }
+
+/** Whether matmul runs on a system BLAS, which one, and why (or why not). */
+export type BlasStatus =
+  | { active: true; reason: string; library: string; core: string | null; path: string; via: string; threads: number }
+  | { active: false; reason: string };
 
 /**
  * The CPU backend: the reference every other backend is checked against, and a usable fast
- * path (packed matmul on WASM SIMD across worker threads). Elementwise work runs in f64/f32
+ * path (matmul on the system BLAS, else packed on WASM SIMD across worker threads). Elementwise work runs in f64/f32
  * TypeScript loops; f16/bf16 are decoded to f32, computed, and rounded on store.
  */
 export class CpuBackend implements Backend<CpuHandle> {
@@ -35,16 +50,27 @@ export class CpuBackend implements Backend<CpuHandle> {
   private live = 0;
   private peak = 0;
   private buffers = 0;
+  private readonly pool = new OutputPool();
   readonly engine: MatmulEngine;
+  readonly blas: BlasStatus;
   readonly fused: Partial<FusedKernels<CpuHandle>>;
 
   constructor(opts: CpuBackendOptions = {}) {
-    this.engine = createMatmulEngine(opts);
+    const { lib, reason } = selectBlas(opts.blas);
+    if (lib) {
+      // `threads` counts workers besides the caller; a BLAS counts the caller too.
+      const engine = new BlasEngine(lib, opts.threads === undefined ? availableCores() : Math.max(0, Math.floor(opts.threads)) + 1);
+      this.engine = engine;
+      this.blas = { active: true, reason, library: lib.label, core: lib.core, path: lib.path, via: lib.via, threads: engine.threads };
+    } else {
+      this.engine = createMatmulEngine(opts);
+      this.blas = { active: false, reason };
+    }
     this.fused = makeFused(this);
   }
 
   get device(): string {
-    return `cpu (${this.engine.describe()})`;
+    return `cpu (${this.engine.describe()}${this.blas.active ? "" : `; no BLAS: ${this.blas.reason}`})`;
   }
 
   // ---- memory ----
@@ -72,6 +98,7 @@ export class CpuBackend implements Backend<CpuHandle> {
   free(h: CpuHandle): void {
     this.live -= h.byteLength;
     this.buffers--;
+    this.pool.put(h);
   }
   memory(): MemoryStats {
     return { liveBytes: this.live, peakBytes: this.peak, liveBuffers: this.buffers };
@@ -82,6 +109,7 @@ export class CpuBackend implements Backend<CpuHandle> {
   async sync(): Promise<void> {}
   dispose(): void {
     this.engine.dispose();
+    this.pool.clear();
   }
 
   /** Store f32/f64/int values as `dtype`. */
@@ -190,13 +218,23 @@ export class CpuBackend implements Backend<CpuHandle> {
     const sb = b.view.shape;
     const M = sa[sa.length - 2], K = sa[sa.length - 1], N = sb[sb.length - 1];
     const batch = numel(sa.slice(0, -2));
-    const A = this.packedF32(a);
-    const B = this.packedF32(b);
-    const C = new Float32Array(batch * M * N);
-    for (let i = 0; i < batch; i++) {
-      this.engine.matmul(A.subarray(i * M * K, (i + 1) * M * K), B.subarray(i * K * N, (i + 1) * K * N), C.subarray(i * M * N, (i + 1) * M * N), M, N, K);
+    const C = this.pool.take(batch * M * N);
+    if (this.engine instanceof BlasEngine) {
+      const f32 = (x: Input<CpuHandle>) => {
+        const v = this.values(x);
+        return { values: v instanceof Float32Array ? v : Float32Array.from(v), view: x.view };
+      };
+      gemmViews(this.engine, f32(a), f32(b), C, (x) => gatherValues(x.values, x.view) as Float32Array);
+    } else {
+      const A = this.packedF32(a);
+      const B = this.packedF32(b);
+      for (let i = 0; i < batch; i++) {
+        this.engine.matmul(A.subarray(i * M * K, (i + 1) * M * K), B.subarray(i * K * N, (i + 1) * K * N), C.subarray(i * M * N, (i + 1) * M * N), M, N, K);
+      }
     }
-    return this.store(a.dtype, C);
+    const out = this.store(a.dtype, C);
+    if (out !== C) this.pool.put(C); // f16/bf16: C was only the f32 result before rounding
+    return out;
   }
   gather(x: Input<CpuHandle>, idx: Input<CpuHandle>, axis: number): CpuHandle {
     const xv = gatherValues(this.values(x), x.view);

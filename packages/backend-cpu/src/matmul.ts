@@ -1,5 +1,6 @@
 /**
- * The matmul engine behind CpuBackend.matmul: packed row-major f32 C[M,N] = A[M,K]·B[K,N].
+ * The WASM matmul engine behind CpuBackend.matmul where no BLAS is used (blas/engine.ts is the other):
+ * packed row-major f32 C[M,N] = A[M,K]·B[K,N].
  *
  * Data layout: tensors stay plain typed arrays; the WASM heap is a packed scratch area. Each call
  * copies A and B into one WebAssembly.Memory (shared when threads are used, grown as needed), packs
