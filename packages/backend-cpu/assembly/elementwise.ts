@@ -144,6 +144,13 @@ const LOG2E: f32 = 1.44269504;
 const LN2_HI: f32 = 0.693359375;
 const LN2_LO: f32 = -2.12194440e-4;
 
+/** a * b + c; fused (one rounding) where the relaxed-SIMD build runs on hardware with FMA. */
+// @ts-ignore: decorator
+@inline function madd(a: v128, b: v128, c: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return f32x4.relaxed_madd(a, b, c);
+  return f32x4.add(f32x4.mul(a, b), c);
+}
+
 /**
  * e^x for 4 lanes: x = k ln2 + r, |r| <= ln2/2, e^r by the Cephes expf polynomial (about 1 ulp),
  * times 2^k applied in two halves so overflow gives inf and tiny results come out subnormal.
@@ -155,12 +162,12 @@ const LN2_LO: f32 = -2.12194440e-4;
   const k = f32x4.nearest(f32x4.mul(x, f32x4.splat(LOG2E)));
   const r = f32x4.sub(f32x4.sub(x, f32x4.mul(k, f32x4.splat(LN2_HI))), f32x4.mul(k, f32x4.splat(LN2_LO)));
   let p = f32x4.splat(1.9875691500e-4);
-  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(1.3981999507e-3));
-  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(8.3334519073e-3));
-  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(4.1665795894e-2));
-  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(1.6666665459e-1));
-  p = f32x4.add(f32x4.mul(p, r), f32x4.splat(5.0000001201e-1));
-  p = f32x4.add(f32x4.add(f32x4.mul(f32x4.mul(p, r), r), r), f32x4.splat(1));
+  p = madd(p, r, f32x4.splat(1.3981999507e-3));
+  p = madd(p, r, f32x4.splat(8.3334519073e-3));
+  p = madd(p, r, f32x4.splat(4.1665795894e-2));
+  p = madd(p, r, f32x4.splat(1.6666665459e-1));
+  p = madd(p, r, f32x4.splat(5.0000001201e-1));
+  p = f32x4.add(madd(f32x4.mul(p, r), r, r), f32x4.splat(1));
   const ki = i32x4.trunc_sat_f32x4_s(k);
   const k1 = i32x4.shr_s(ki, 1), k2 = i32x4.sub(ki, k1);
   const bias = i32x4.splat(127);
@@ -211,6 +218,25 @@ export function sumRows(a: usize, rows: i32, n: i32, o: usize): void {
     let t = f64x2.extract_lane(s, 0) + f64x2.extract_lane(s, 1);
     for (let i = n8; i < n; i++) t += <f64>load<f32>(a + (<usize>i << 2));
     store<f64>(o + (<usize>r << 3), t);
+    a += <usize>n << 2;
+  }
+}
+
+// ---- column sums: acc[j] += a[r, j] for each row in order (f64, the same adds as the TypeScript path) ----
+
+export function addRows(acc: usize, a: usize, rows: i32, n: i32): void {
+  const n4 = n & ~3;
+  for (let r = 0; r < rows; r++) {
+    for (let i = 0; i < n4; i += 4) {
+      const x = v128.load(a + (<usize>i << 2));
+      const p = acc + (<usize>i << 3);
+      v128.store(p, f64x2.add(v128.load(p), f64x2.promote_low_f32x4(x)));
+      v128.store(p, f64x2.add(v128.load(p, 16), f64x2.promote_low_f32x4(i32x4.shuffle(x, x, 2, 3, 0, 1))), 16);
+    }
+    for (let i = n4; i < n; i++) {
+      const p = acc + (<usize>i << 3);
+      store<f64>(p, load<f64>(p) + <f64>load<f32>(a + (<usize>i << 2)));
+    }
     a += <usize>n << 2;
   }
 }

@@ -24,7 +24,8 @@ export const TARGETS = {
   elementwise: {
     source: "assembly/elementwise.ts",
     output: "src/wasm/elementwise-wasm.ts",
-    variants: { ELEMENTWISE_WASM: COMMON },
+    // The relaxed-SIMD build fuses the exp polynomial's multiply-adds; runtimes without it take the plain one.
+    variants: { ELEMENTWISE_WASM_RELAXED: [...COMMON, "--enable", "relaxed-simd"], ELEMENTWISE_WASM: COMMON },
   },
 };
 /** The matmul target's file and variants (what the matmul tests check). */

@@ -11,6 +11,7 @@ import {
 } from "@lowrank/tensor";
 import { readFileSync } from "node:fs";
 import { type CpuHandle, createCpuBackend } from "../src/index.ts";
+import { decodeHalf, encodeHalf } from "../src/kernels/half.ts";
 import { ElementwiseWasm } from "../src/wasm/elementwise.ts";
 
 // ---- random views ----
@@ -323,6 +324,24 @@ describe("WASM elementwise engine", () => {
 
   test("is available on this runtime (WASM SIMD)", () => assert.ok(ew));
 
+  test("exp and sigmoid of the plain and the relaxed-SIMD (FMA) builds stay within 1 and 2 ulp", () => {
+    const x = Float32Array.from({ length: 1 << 16 }, (_, i) => -110 + (200 * i) / (1 << 16));
+    x.set([NaN, Infinity, -Infinity, 0, -0, 88.72283, 88.7229, -103.97]);
+    const u = new Uint32Array(1), f = new Float32Array(u.buffer);
+    const bits = (v: number) => ((f[0] = v), u[0]);
+    for (const build of [ElementwiseWasm.create({ relaxed: false })!, ew!]) {
+      for (const [op, ulps, ref] of [["exp", 1, Math.exp], ["sigmoid", 2, (v: number) => 1 / (1 + Math.exp(-v))]] as const) {
+        const out = new Float32Array(x.length);
+        assert.ok(build.unary(op, x, out));
+        x.forEach((v, i) => {
+          const want = Math.fround(ref(v));
+          if (want !== want) assert.ok(out[i] !== out[i], `${op}(${v})`);
+          else assert.ok(Math.abs(bits(out[i]) - bits(want)) <= ulps, `${op}(${v}) = ${out[i]}, expected ${want} (${build.relaxed ? "relaxed" : "plain"})`);
+        });
+      }
+    }
+  });
+
   test("takes dense, broadcast-row, column and scalar operands; leaves other strides, small and rank-3 loops to TypeScript", () => {
     const a = f(4000), b = f(4000), out = new Float32Array(9 * 301);
     for (const s of [[301, 1], [0, 1], [1, 0], [0, 0]]) {
@@ -339,9 +358,40 @@ describe("WASM elementwise engine", () => {
     const bits = (x: Float32Array) => new Int32Array(x.buffer);
     assert.equal(ew!.where(c, v([1, 0]), bits(a), v([301, 1]), bits(b), v([0, 0], 3), o), true, "where");
     assert.deepEqual(o, Int32Array.from({ length: 2709 }, (_, k) => (c[Math.floor(k / 301)] ? bits(a)[k] : bits(b)[3])));
+    const cols = new Float32Array(301), colsTs = new Float32Array(301);
+    const inner = Int32Array.from({ length: 9 }, (_, j) => j * 310);
+    assert.equal(ew!.sumColumns(a, 2, 301, inner, cols), true, "column sums");
+    for (let o = 0; o < 301; o++) colsTs[o] = inner.reduce((t, j) => t + a[2 + j + o], 0);
+    assert.deepEqual(cols, colsTs, "column sums add in the same order as TypeScript");
     const sums = new Float32Array(9);
     assert.equal(ew!.sumRuns(a, Int32Array.from({ length: 9 }, (_, i) => i * 400), 301, sums), true, "sum rows with gaps between them");
     sums.forEach((s, i) => assert.ok(Math.abs(s - a.subarray(i * 400, i * 400 + 301).reduce((t, x) => t + x, 0)) < 1e-5));
+  });
+});
+
+describe("half codecs", () => {
+  test("decode every f16/bf16 bit pattern and encode f32 bit patterns as @lowrank/tensor does", () => {
+    const all = Uint16Array.from({ length: 65536 }, (_, i) => i);
+    const f16 = decodeHalf("f16", all), bf16 = decodeHalf("bf16", all);
+    for (let h = 0; h < 65536; h++) {
+      assert.ok(Object.is(f16[h], Math.fround(f16BitsToF32(h))), `f16 ${h}`);
+      assert.ok(Object.is(bf16[h], bf16BitsToF32(h)) || (bf16[h] !== bf16[h] && bf16BitsToF32(h) !== bf16BitsToF32(h)), `bf16 ${h}`);
+    }
+    // every exponent with random mantissas and both signs, plus the edges
+    const r = rng(10);
+    const bits = Uint32Array.from({ length: 200000 }, (_, i) => ((i & 0x1ff) << 23) ^ Math.floor(r() * 0x800000));
+    bits.set([0, 0x80000000, 0x7f800000, 0xff800000, 0x7fc00000, 0xffc00001, 0x7f800001, 0x387fe000, 0x38800000, 0x33000000, 0x33000001, 0x477fefff, 0x477ff000]);
+    const f = new Float32Array(bits.buffer);
+    const e16 = encodeHalf("f16", f), eb16 = encodeHalf("bf16", f);
+    for (let i = 0; i < f.length; i++) {
+      // A NaN's sign and payload may not survive a JS number on every engine (JSC makes it canonical).
+      if (f[i] !== f[i]) {
+        assert.ok((e16[i] & 0x7fff) > 0x7c00 && (eb16[i] & 0x7fff) > 0x7f80, `NaN bits ${bits[i].toString(16)}`);
+        continue;
+      }
+      assert.equal(e16[i], f32ToF16Bits(f[i]), `f16 of bits ${bits[i].toString(16)}`);
+      assert.equal(eb16[i], f32ToBf16Bits(f[i]), `bf16 of bits ${bits[i].toString(16)}`);
+    }
   });
 });
 

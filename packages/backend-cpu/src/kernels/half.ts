@@ -26,7 +26,7 @@ export function decodeHalf(dtype: Half, src: Uint16Array): Float32Array {
     const t = f16Values();
     for (let i = 0; i < n; i++) out[i] = t[src[i]];
   } else {
-    const bits = new Uint32Array(out.buffer);
+    const bits = new Int32Array(out.buffer);
     for (let i = 0; i < n; i++) bits[i] = src[i] << 16;
   }
   return out;
@@ -35,11 +35,12 @@ export function decodeHalf(dtype: Half, src: Uint16Array): Float32Array {
 export function encodeHalf(dtype: Half, src: Float32Array): Uint16Array {
   const n = src.length;
   const out = new Uint16Array(n);
-  const bits = new Uint32Array(src.buffer, src.byteOffset, n);
+  // Signed bits stay small integers in the JIT; the arithmetic is the same modulo 2^32.
+  const bits = new Int32Array(src.buffer, src.byteOffset, n);
   if (dtype === "bf16") {
     for (let i = 0; i < n; i++) {
       const x = bits[i];
-      out[i] = (x & 0x7f800000) === 0x7f800000 && x & 0x7fffff ? (x >>> 16) | 0x40 : (x + 0x7fff + ((x >>> 16) & 1)) >>> 16;
+      out[i] = (x & 0x7fffffff) > 0x7f800000 ? (x >>> 16) | 0x40 : (x + 0x7fff + ((x >>> 16) & 1)) >>> 16;
     }
   } else {
     for (let i = 0; i < n; i++) out[i] = f16Bits(bits[i]);

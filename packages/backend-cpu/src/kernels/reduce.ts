@@ -22,7 +22,9 @@ export function reduceStrided(op: ReduceOp, x: Num, view: View, nReduce: number,
     reduceRuns(op, x, starts, iShape[0], out);
   } else if (oShape.length === 1 && os[0] === 1) {
     // Column-like: step through the reduced elements in order, each across every output at once.
-    reduceColumns(op, x, view.offset, oShape[0], rowStarts([...iShape, 1], [...is, 0], 0), out);
+    const inner = rowStarts([...iShape, 1], [...is, 0], 0);
+    if (op === "sum" && x instanceof Float32Array && wasm?.sumColumns(x, view.offset, oShape[0], inner, out)) return;
+    reduceColumns(op, x, view.offset, oShape[0], inner, out);
   } else {
     const q = iShape.length - 1;
     reduceNested(op, x, starts, rowStarts(iShape, is, 0), iShape[q], is[q], out);
@@ -38,12 +40,18 @@ function reduceRuns(op: ReduceOp, x: Num, starts: Int32Array, n: number, out: Ou
       for (let i = base; i < base + n; i++) s += x[i];
       out[o] = s;
     } else {
-      let m = -Infinity;
-      for (let i = base; i < base + n; i++) {
-        const v = x[i];
-        if (v > m || v !== v) m = v;
-        if (m !== m) break;
+      // Four independent Math.max chains (NaN-propagating); only a 0 result needs the order: the first zero's sign.
+      let m0 = -Infinity, m1 = -Infinity, m2 = -Infinity, m3 = -Infinity;
+      let i = base;
+      for (; i + 4 <= base + n; i += 4) {
+        m0 = Math.max(m0, x[i]);
+        m1 = Math.max(m1, x[i + 1]);
+        m2 = Math.max(m2, x[i + 2]);
+        m3 = Math.max(m3, x[i + 3]);
       }
+      for (; i < base + n; i++) m0 = Math.max(m0, x[i]);
+      let m = Math.max(Math.max(m0, m1), Math.max(m2, m3));
+      if (m === 0) for (i = base; ; i++) if (x[i] === 0) { m = x[i]; break; }
       out[o] = m;
     }
   }

@@ -11,7 +11,7 @@
  */
 import type { BinaryOp, View } from "@lowrank/tensor";
 import { coalesce } from "../kernels/strided.ts";
-import { ELEMENTWISE_WASM } from "./elementwise-wasm.ts";
+import { ELEMENTWISE_WASM, ELEMENTWISE_WASM_RELAXED } from "./elementwise-wasm.ts";
 
 /** Op codes of `binary` in assembly/elementwise.ts. */
 const BINARY_OPS: Partial<Record<BinaryOp, number>> = { add: 0, sub: 1, mul: 2, div: 3, max: 4, min: 5, lt: 6, eq: 7 };
@@ -29,6 +29,7 @@ interface Kernel {
   select(c: number, ldc: number, uc: number, a: number, lda: number, ua: number, b: number, ldb: number, ub: number, o: number, rows: number, n: number): void;
   unary(op: number, a: number, o: number, n: number): void;
   sumRows(a: number, rows: number, n: number, o: number): void;
+  addRows(acc: number, a: number, rows: number, n: number): void;
 }
 
 type Store = Float32Array | Int32Array | Uint8Array;
@@ -68,17 +69,29 @@ export class ElementwiseWasm {
   private readonly region: number[];
   private readonly sums: number;
 
-  /** null when this runtime has no WASM SIMD. */
-  static create(): ElementwiseWasm | null {
-    try {
-      const bytes = decode(ELEMENTWISE_WASM);
-      return typeof WebAssembly === "object" && WebAssembly.validate(bytes as BufferSource) ? new ElementwiseWasm(bytes) : null;
-    } catch {
-      return null;
+  /**
+   * The relaxed-SIMD build (fused multiply-add in exp) where the runtime validates it, else the
+   * plain SIMD one; null when this runtime has no WASM SIMD. `relaxed: false` skips the first.
+   */
+  static create(opts: { relaxed?: boolean } = {}): ElementwiseWasm | null {
+    if (typeof WebAssembly !== "object") return null;
+    const builds = opts.relaxed === false ? [ELEMENTWISE_WASM] : [ELEMENTWISE_WASM_RELAXED, ELEMENTWISE_WASM];
+    for (const b64 of builds) {
+      try {
+        const bytes = decode(b64);
+        if (WebAssembly.validate(bytes as BufferSource)) return new ElementwiseWasm(bytes, b64 === ELEMENTWISE_WASM_RELAXED);
+      } catch {
+        // try the next build
+      }
     }
+    return null;
   }
 
-  private constructor(bytes: Uint8Array) {
+  private constructor(
+    bytes: Uint8Array,
+    /** Whether the relaxed-SIMD build runs. */
+    readonly relaxed: boolean,
+  ) {
     const memory = new WebAssembly.Memory({ initial: 1 });
     this.k = new WebAssembly.Instance(new WebAssembly.Module(bytes as BufferSource), { env: { memory } }).exports as unknown as Kernel;
     const base = Math.ceil(this.k.heapBase() / 64) * 64;
@@ -169,6 +182,29 @@ export class ElementwiseWasm {
       this.k.sumRows(a, rr, n, this.sums);
       for (let r = 0; r < rr; r++) out[r0 + r] = this.f64[s + r];
     }
+    return true;
+  }
+
+  /**
+   * out[o] = sum over j in order of x[offset + inner[j] + o], o < count: each reduced element
+   * is a contiguous run across the outputs (a column sum). The same f64 adds as the TypeScript
+   * path, so the same bits.
+   */
+  sumColumns(x: Float32Array, offset: number, count: number, inner: Int32Array, out: Float32Array | Int32Array | Uint8Array): boolean {
+    if (count > CHUNK || count < MIN_ROW || count * inner.length < MIN_ELEMENTS) return false;
+    const a = this.region[0], s = this.sums >> 3;
+    this.f64.fill(0, s, s + count);
+    const per = Math.floor(CHUNK / count);
+    for (let j0 = 0; j0 < inner.length; j0 += per) {
+      const jj = Math.min(per, inner.length - j0);
+      let dense = true;
+      for (let j = j0 + 1; j < j0 + jj && dense; j++) dense = inner[j] === inner[j - 1] + count;
+      const start = offset + inner[j0];
+      if (dense) this.f32.set(x.subarray(start, start + jj * count), a >> 2);
+      else for (let j = 0; j < jj; j++) this.f32.set(x.subarray(offset + inner[j0 + j], offset + inner[j0 + j] + count), (a >> 2) + j * count);
+      this.k.addRows(this.sums, a, jj, count);
+    }
+    for (let o = 0; o < count; o++) out[o] = this.f64[s + o];
     return true;
   }
 
