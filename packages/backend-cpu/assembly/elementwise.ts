@@ -154,11 +154,13 @@ const LN2_LO: f32 = -2.12194440e-4;
 /**
  * e^x for 4 lanes: x = k ln2 + r, |r| <= ln2/2, e^r by the Cephes expf polynomial (about 1 ulp),
  * times 2^k applied in two halves so overflow gives inf and tiny results come out subnormal.
- * NaN stays NaN (min/max propagate it; trunc_sat maps it to k = 0).
+ * The clamp uses pmin/pmax (one instruction each on x86, unlike min/max) and keeps NaN, whose
+ * p is NaN whatever k becomes. k is integral and small, so adding 1.5 * 2^23 puts it in the
+ * low mantissa bits (cheaper than trunc_sat).
  */
 // @ts-ignore: decorator
 @inline function expv(x0: v128): v128 {
-  const x = f32x4.max(f32x4.min(x0, f32x4.splat(89)), f32x4.splat(-104));
+  const x = f32x4.pmin(f32x4.pmax(x0, f32x4.splat(-104)), f32x4.splat(89));
   const k = f32x4.nearest(f32x4.mul(x, f32x4.splat(LOG2E)));
   const r = f32x4.sub(f32x4.sub(x, f32x4.mul(k, f32x4.splat(LN2_HI))), f32x4.mul(k, f32x4.splat(LN2_LO)));
   let p = f32x4.splat(1.9875691500e-4);
@@ -168,7 +170,7 @@ const LN2_LO: f32 = -2.12194440e-4;
   p = madd(p, r, f32x4.splat(1.6666665459e-1));
   p = madd(p, r, f32x4.splat(5.0000001201e-1));
   p = f32x4.add(madd(f32x4.mul(p, r), r, r), f32x4.splat(1));
-  const ki = i32x4.trunc_sat_f32x4_s(k);
+  const ki = i32x4.sub(f32x4.add(k, f32x4.splat(12582912)), i32x4.splat(0x4b400000));
   const k1 = i32x4.shr_s(ki, 1), k2 = i32x4.sub(ki, k1);
   const bias = i32x4.splat(127);
   const s1 = i32x4.shl(i32x4.add(k1, bias), 23), s2 = i32x4.shl(i32x4.add(k2, bias), 23);
@@ -180,8 +182,8 @@ const LN2_LO: f32 = -2.12194440e-4;
   if (op == 0) return expv(x);
   // sigmoid = 1 / (1 + e^-x) for x >= 0, e^x / (1 + e^x) below: e^-|x| never overflows.
   const e = expv(f32x4.neg(f32x4.abs(x)));
-  const d = f32x4.add(f32x4.splat(1), e);
-  return v128.bitselect(f32x4.div(f32x4.splat(1), d), f32x4.div(e, d), f32x4.ge(x, f32x4.splat(0)));
+  const one = f32x4.splat(1);
+  return f32x4.div(v128.bitselect(one, e, f32x4.ge(x, f32x4.splat(0))), f32x4.add(one, e));
 }
 
 // @ts-ignore: decorator

@@ -157,7 +157,7 @@ for (const { name, be } of BACKENDS) {
     return { handle: be.upload(randomData(r, dtype, size), dtype), dtype, view };
   };
   const read = (h: CpuHandle, dtype: DType, shape: readonly number[]) => be.readSync(h, dtype, numel(shape));
-  /** Small random shapes, plus some long enough for the WASM path (from 2048 elements). */
+  /** Small random shapes, plus some long enough for the WASM path (from 1024 elements). */
   const shapeFor = (r: Rand, i: number) => (i % 4 === 3 ? [int(r, 2, 4), int(r, 1100, 1500)] : i % 8 === 5 ? [int(r, 2, 40), int(r, 2, 40), int(r, 1, 9)] : randomShape(r));
 
   describe(`elementwise kernels (${name})`, () => {

@@ -3,7 +3,8 @@
  * where, exp/sigmoid and row sums. Tensors stay plain typed arrays: each call copies its operands
  * into a small fixed heap one chunk at a time (CHUNK elements per operand, cache-resident), runs
  * the kernel and copies the chunk out. Measured on the 2-core dev VM (benchmarks/src/elementwise.ts),
- * that round trip still beats the TypeScript loops 1.5-4x for f32 from a few thousand elements on.
+ * that round trip still beats the TypeScript loops 2-4x for f32 from about a thousand elements on
+ * (exp/sigmoid 4-8x).
  *
  * A call handles a loop (strided.ts coalesce) of rank <= 2, [rows, n], whose operands each read a
  * row contiguously or as one repeated value: dense, a broadcast row [n], a column [rows, 1] or a
@@ -18,8 +19,8 @@ const BINARY_OPS: Partial<Record<BinaryOp, number>> = { add: 0, sub: 1, mul: 2, 
 const UNARY_OPS: Record<string, number> = { exp: 0, sigmoid: 1 };
 /** Elements per operand per kernel call: 16 KiB of f32, so a chunk of every operand stays in L2. */
 const CHUNK = 4096;
-/** Smaller calls stay in TypeScript: copies and the call cost more than they save. */
-const MIN_ELEMENTS = 2048;
+/** Smaller calls stay in TypeScript: copies and the call cost more than they save (even at about 512-1024). */
+const MIN_ELEMENTS = 1024;
 /** Shorter rows stay in TypeScript: per-row setup would dominate. */
 const MIN_ROW = 16;
 
