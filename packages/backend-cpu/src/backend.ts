@@ -1,18 +1,20 @@
 import {
   type Backend, type BinaryOp, type DType, type FusedKernels, type HostArray, type Input, type MemoryStats,
-  type ReduceOp, type UnaryOp, DTYPES, fromF32, hostArray, numel, uniformAt, isContiguous,
+  type ReduceOp, type UnaryOp, DTYPES, fromF32, hostArray, numel, uniformAt,
 } from "@lowrank/tensor";
-import { binaryKernel, unaryKernel } from "./kernels/elementwise.ts";
-import { concatKernel, gatherKernel, scatterAddKernel } from "./kernels/indexing.ts";
-import { reduceKernel } from "./kernels/reduce.ts";
+import { type Bits, binaryStrided, unaryKernel, whereStrided } from "./kernels/elementwise.ts";
+import { encodeHalf, isHalf } from "./kernels/half.ts";
+import { concatViews, gatherKernel, scatterAddKernel } from "./kernels/indexing.ts";
+import { reduceStrided } from "./kernels/reduce.ts";
 import {
   crossEntropyBackwardRows, crossEntropyRowsKernel, rmsNormBackwardRows, rmsNormRows, softmaxBackwardRows, softmaxRows,
 } from "./kernels/fused.ts";
 import { matmul4bitKernel } from "./kernels/matmul4bit.ts";
 import { adamwKernel, dropoutKernel, ropeKernel, swigluBackwardKernel, swigluKernel } from "./kernels/fused-nn.ts";
 import { type AttnShape, attentionBackward, attentionForward } from "./kernels/attention.ts";
-import { type Num, gatherValues, isDense, numeric, offsets } from "./kernels/strided.ts";
+import { type Num, contiguous, copyView, gatherValues, numeric, numericView } from "./kernels/strided.ts";
 import { type MatmulEngine, createMatmulEngine } from "./matmul.ts";
+import { ElementwiseWasm } from "./wasm/elementwise.ts";
 import { BlasEngine } from "./blas/engine.ts";
 import { selectBlas } from "./blas/index.ts";
 import { gemmViews } from "./kernels/gemm-views.ts";
@@ -25,7 +27,7 @@ export type CpuHandle = HostArray;
 export interface CpuBackendOptions {
   /** Worker threads for matmul (default: available cores - 1; 0 = main thread only). */
   threads?: number;
-  /** Use the WASM SIMD matmul when the runtime supports it (default true). */
+  /** Use the WASM SIMD kernels (matmul; f32 elementwise, where, exp/sigmoid, row sums) when the runtime supports them (default true). */
   wasm?: boolean;
   /**
    * Matmul through the system BLAS: "auto" (the first known library found, else WASM), "off", or
@@ -41,8 +43,9 @@ export type BlasStatus =
 
 /**
  * The CPU backend: the reference every other backend is checked against, and a usable fast
- * path (matmul on the system BLAS, else packed on WASM SIMD across worker threads). Elementwise work runs in f64/f32
- * TypeScript loops; f16/bf16 are decoded to f32, computed, and rounded on store.
+ * path (matmul on the system BLAS, else packed on WASM SIMD across worker threads). Elementwise
+ * work walks strided views row by row in TypeScript (kernels/strided.ts), with WASM SIMD for the
+ * common f32 cases (wasm/elementwise.ts); f16/bf16 are decoded to f32, computed, and rounded on store.
  */
 export class CpuBackend implements Backend<CpuHandle> {
   readonly name = "cpu";
@@ -54,6 +57,8 @@ export class CpuBackend implements Backend<CpuHandle> {
   readonly engine: MatmulEngine;
   readonly blas: BlasStatus;
   readonly fused: Partial<FusedKernels<CpuHandle>>;
+  /** null: TypeScript elementwise kernels only (wasm: false, or no WASM SIMD here). */
+  private readonly ew: ElementwiseWasm | null;
 
   constructor(opts: CpuBackendOptions = {}) {
     const { lib, reason } = selectBlas(opts.blas);
@@ -66,6 +71,7 @@ export class CpuBackend implements Backend<CpuHandle> {
       this.engine = createMatmulEngine(opts);
       this.blas = { active: false, reason };
     }
+    this.ew = opts.wasm === false ? null : ElementwiseWasm.create();
     this.fused = makeFused(this);
   }
 
@@ -114,7 +120,7 @@ export class CpuBackend implements Backend<CpuHandle> {
 
   /** Store f32/f64/int values as `dtype`. */
   private store(dtype: DType, values: Num): CpuHandle {
-    if (dtype === "f16" || dtype === "bf16") return this.own(fromF32(dtype, values instanceof Float32Array ? values : Float32Array.from(values)));
+    if (isHalf(dtype)) return this.own(encodeHalf(dtype, values instanceof Float32Array ? values : Float32Array.from(values)));
     if (values instanceof Float64Array || values.constructor !== hostArray(dtype, 0).constructor) {
       const a = hostArray(dtype, values.length);
       (a as Float32Array).set(values);
@@ -126,12 +132,14 @@ export class CpuBackend implements Backend<CpuHandle> {
   private scratch(dtype: DType, n: number): Float32Array | Int32Array | Uint8Array {
     return dtype === "f16" || dtype === "bf16" ? new Float32Array(n) : (hostArray(dtype, n) as Float32Array | Int32Array | Uint8Array);
   }
-  private values(x: Input<CpuHandle>): Num {
-    return numeric(x.dtype, x.handle);
+  /** The view's values packed (the storage itself when already dense); f16/bf16 decoded to f32. */
+  private packed(x: Input<CpuHandle>): Num {
+    const { values, view } = numericView(x.dtype, x.handle, x.view);
+    return gatherValues(values, view);
   }
   /** Contiguous f32 copy (or the storage itself) of a view. */
   packedF32(x: Input<CpuHandle>): Float32Array {
-    const v = gatherValues(this.values(x), x.view);
+    const v = this.packed(x);
     return v instanceof Float32Array ? v : Float32Array.from(v);
   }
 
@@ -154,63 +162,57 @@ export class CpuBackend implements Backend<CpuHandle> {
 
   // ---- elementwise ----
   unary(op: UnaryOp, x: Input<CpuHandle>): CpuHandle {
-    const v = gatherValues(this.values(x), x.view);
+    const v = this.packed(x);
     const out = this.scratch(x.dtype, v.length);
-    unaryKernel(op, v, out);
+    if (!(v instanceof Float32Array && out instanceof Float32Array && this.ew?.unary(op, v, out))) unaryKernel(op, v, out);
     return this.store(x.dtype, out);
   }
   binary(op: BinaryOp, a: Input<CpuHandle>, b: Input<CpuHandle>): CpuHandle {
-    const n = numel(a.view.shape);
     const outDtype: DType = op === "lt" || op === "eq" ? "u8" : a.dtype;
-    const av = this.values(a);
-    const bv = this.values(b);
-    const oa = isDense(a.view, av.length) ? null : offsets(a.view);
-    const ob = isDense(b.view, bv.length) ? null : offsets(b.view);
-    const out = this.scratch(outDtype, n);
-    binaryKernel(op, av, oa, bv, ob, out);
+    const out = this.scratch(outDtype, numel(a.view.shape));
+    const A = numericView(a.dtype, a.handle, a.view);
+    const B = numericView(b.dtype, b.handle, b.view);
+    const wasm = this.ew && A.values instanceof Float32Array && B.values instanceof Float32Array && !(out instanceof Int32Array);
+    if (!(wasm && this.ew!.binary(op, A.values as Float32Array, A.view, B.values as Float32Array, B.view, out as Float32Array | Uint8Array))) {
+      binaryStrided(op, A.values, A.view, B.values, B.view, out);
+    }
     return this.store(outDtype, out);
   }
+  /** Moves storage bits (f16/bf16 are not decoded). */
   where(c: Input<CpuHandle>, a: Input<CpuHandle>, b: Input<CpuHandle>): CpuHandle {
-    const cv = gatherValues(this.values(c), c.view);
-    const av = gatherValues(this.values(a), a.view);
-    const bv = gatherValues(this.values(b), b.view);
-    const out = this.scratch(a.dtype, cv.length);
-    for (let i = 0; i < cv.length; i++) out[i] = cv[i] ? av[i] : bv[i];
-    return this.store(a.dtype, out);
+    const out = hostArray(a.dtype, numel(a.view.shape));
+    const [cb, ab, bb, ob] = [truthy(c), bits(a.handle), bits(b.handle), bits(out)];
+    const wasm = this.ew && ob instanceof Int32Array && this.ew.where(cb, c.view, ab as Int32Array, a.view, bb as Int32Array, b.view, ob);
+    if (!wasm) whereStrided(cb, c.view, ab, a.view, bb, b.view, ob);
+    return this.own(out);
   }
   cast(x: Input<CpuHandle>, to: DType): CpuHandle {
-    const v = gatherValues(this.values(x), x.view);
-    const out = this.scratch(to, v.length);
-    if (to === "i32" || to === "u8") for (let i = 0; i < v.length; i++) out[i] = Math.trunc(v[i]) || 0;
-    else out.set(v);
-    return this.store(to, out);
+    if (to === x.dtype) return this.copy(x);
+    const v = this.packed(x);
+    if (isHalf(to)) return this.own(encodeHalf(to, v instanceof Float32Array ? v : Float32Array.from(v)));
+    // A typed-array store truncates toward zero and wraps (NaN -> 0) for i32/u8, rounds for f32.
+    const out = hostArray(to, v.length);
+    out.set(v);
+    return this.own(out);
   }
   copy(x: Input<CpuHandle>): CpuHandle {
-    if (isContiguous(x.view.shape, x.view.strides)) {
-      const n = numel(x.view.shape);
-      return this.own(x.handle.slice(x.view.offset, x.view.offset + n) as HostArray);
-    }
-    const off = offsets(x.view);
-    const out = hostArray(x.dtype, off.length);
-    for (let i = 0; i < off.length; i++) out[i] = x.handle[off[i]];
+    const shape = x.view.shape;
+    const out = hostArray(x.dtype, numel(shape));
+    copyView(x.handle, x.view, out, { shape, strides: contiguous(shape), offset: 0 });
     return this.own(out);
   }
 
   // ---- reductions, movement, indexing ----
   reduce(op: ReduceOp, x: Input<CpuHandle>, nReduce: number): CpuHandle {
     const shape = x.view.shape;
-    const inner = numel(shape.slice(shape.length - nReduce));
-    const outer = numel(shape.slice(0, shape.length - nReduce));
-    const v = gatherValues(this.values(x), x.view);
-    const out = this.scratch(x.dtype, outer);
-    reduceKernel(op, v, outer, inner, out);
+    const out = this.scratch(x.dtype, numel(shape.slice(0, shape.length - nReduce)));
+    const X = numericView(x.dtype, x.handle, x.view);
+    reduceStrided(op, X.values, X.view, nReduce, out, this.ew);
     return this.store(x.dtype, out);
   }
   concat(xs: Input<CpuHandle>[], axis: number): CpuHandle {
-    const parts = xs.map((x) => gatherValues(x.handle as Num, x.view));
-    const total = parts.reduce((s, p) => s + p.length, 0);
-    const out = hostArray(xs[0].dtype, total);
-    concatKernel(parts, xs.map((x) => x.view.shape), axis, out as Num);
+    const out = hostArray(xs[0].dtype, xs.reduce((s, x) => s + numel(x.view.shape), 0));
+    concatViews(xs.map((x) => ({ data: x.handle, view: x.view })), axis, out);
     return this.own(out);
   }
   matmul(a: Input<CpuHandle>, b: Input<CpuHandle>): CpuHandle {
@@ -221,8 +223,8 @@ export class CpuBackend implements Backend<CpuHandle> {
     const C = this.pool.take(batch * M * N);
     if (this.engine instanceof BlasEngine) {
       const f32 = (x: Input<CpuHandle>) => {
-        const v = this.values(x);
-        return { values: v instanceof Float32Array ? v : Float32Array.from(v), view: x.view };
+        const { values: v, view } = numericView(x.dtype, x.handle, x.view);
+        return { values: v instanceof Float32Array ? v : Float32Array.from(v), view };
       };
       gemmViews(this.engine, f32(a), f32(b), C, (x) => gatherValues(x.values, x.view) as Float32Array);
     } else {
@@ -237,7 +239,7 @@ export class CpuBackend implements Backend<CpuHandle> {
     return out;
   }
   gather(x: Input<CpuHandle>, idx: Input<CpuHandle>, axis: number): CpuHandle {
-    const xv = gatherValues(this.values(x), x.view);
+    const xv = this.packed(x);
     const iv = gatherValues(idx.handle as Num, idx.view);
     const out = this.scratch(x.dtype, iv.length) as Num;
     gatherKernel(xv, x.view.shape, iv, idx.view.shape, axis, out);
@@ -246,10 +248,21 @@ export class CpuBackend implements Backend<CpuHandle> {
   scatterAdd(shape: readonly number[], dtype: DType, idx: Input<CpuHandle>, src: Input<CpuHandle>, axis: number): CpuHandle {
     const acc = new Float64Array(numel(shape));
     const iv = gatherValues(idx.handle as Num, idx.view);
-    const sv = gatherValues(this.values(src), src.view);
+    const sv = this.packed(src);
     scatterAddKernel(acc, shape, iv, sv, src.view.shape, axis);
     return this.store(dtype, acc);
   }
+}
+
+/** Integer view of a storage (f32 as its bits). */
+function bits(h: HostArray): Bits {
+  return h instanceof Float32Array ? new Int32Array(h.buffer, h.byteOffset, h.length) : (h as Bits);
+}
+
+/** A condition storage as u8 0/1 (it is u8 already from lt/eq). */
+function truthy(c: Input<CpuHandle>): Uint8Array {
+  if (c.dtype === "u8") return c.handle as Uint8Array;
+  return Uint8Array.from(numeric(c.dtype, c.handle), (v) => (v ? 1 : 0));
 }
 
 function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {

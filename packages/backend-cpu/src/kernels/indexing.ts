@@ -1,5 +1,5 @@
-import { numel } from "@lowrank/tensor";
-import type { Num } from "./strided.ts";
+import { type View, numel } from "@lowrank/tensor";
+import { type Elems, type Num, contiguous, copyView } from "./strided.ts";
 
 function checkIndex(v: number, dim: number, op: string, axis: number): void {
   if (v < 0 || v >= dim || !Number.isInteger(v)) throw new RangeError(`${op}: index ${v} out of range [0, ${dim}) on axis ${axis}`);
@@ -41,19 +41,13 @@ export function scatterAddKernel(acc: Float64Array, outShape: readonly number[],
   }
 }
 
-/** Concatenate packed parts along `axis` into out. */
-export function concatKernel(parts: Num[], shapes: (readonly number[])[], axis: number, out: Num): void {
-  const outer = numel(shapes[0].slice(0, axis));
-  const blocks = shapes.map((sh) => numel(sh.slice(axis)));
-  const row = blocks.reduce((a, b) => a + b, 0);
-  let col = 0;
-  parts.forEach((p, k) => {
-    const blk = blocks[k];
-    for (let o = 0; o < outer; o++) {
-      const dst = o * row + col;
-      const src = o * blk;
-      for (let j = 0; j < blk; j++) out[dst + j] = p[src + j];
-    }
-    col += blk;
-  });
+/** Concatenate views (storage arrays of one type) along `axis` into packed out. */
+export function concatViews(parts: { data: Elems; view: View }[], axis: number, out: Elems): void {
+  const total = parts.reduce((s, p) => s + p.view.shape[axis], 0);
+  const strides = contiguous(parts[0].view.shape.map((n, d) => (d === axis ? total : n)));
+  let at = 0;
+  for (const { data, view } of parts) {
+    copyView(data, view, out, { shape: view.shape, strides, offset: at * strides[axis] });
+    at += view.shape[axis];
+  }
 }

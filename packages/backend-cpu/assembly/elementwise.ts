@@ -1,0 +1,244 @@
+// AssemblyScript source of the WASM SIMD elementwise kernels (compiled by scripts/build-wasm.mjs; not seen by tsc).
+// A block is `rows` rows of `n` 32-bit elements in the heap, written packed to `o`. An operand steps
+// `ld` bytes from row to row and reads its row either contiguously (unit = 1) or as one value
+// repeated (unit = 0): dense rows, a broadcast row (ld = 0), a column (unit = 0, ld = 4) and a
+// scalar (unit = 0, ld = 0) are all blocks. Codes for `op` are BINARY_OPS in src/wasm/elementwise.ts.
+
+/** First free byte after static data: the engine puts its buffers above it. */
+export function heapBase(): usize {
+  return __heap_base;
+}
+
+// ---- binary: add sub mul div max min (f32 out), lt eq (u8 out) ----
+
+// @ts-ignore: decorator
+@inline function vop(op: i32, x: v128, y: v128): v128 {
+  if (op == 0) return f32x4.add(x, y);
+  if (op == 1) return f32x4.sub(x, y);
+  if (op == 2) return f32x4.mul(x, y);
+  if (op == 3) return f32x4.div(x, y);
+  if (op == 4) return f32x4.max(x, y);
+  return f32x4.min(x, y);
+}
+
+// @ts-ignore: decorator
+@inline function sop(op: i32, x: f32, y: f32): f32 {
+  if (op == 0) return x + y;
+  if (op == 1) return x - y;
+  if (op == 2) return x * y;
+  if (op == 3) return x / y;
+  if (op == 4) return max<f32>(x, y);
+  return min<f32>(x, y);
+}
+
+// @ts-ignore: decorator
+@inline function arith(op: i32, a: usize, lda: usize, ua: i32, b: usize, ldb: usize, ub: i32, o: usize, rows: i32, n: i32): void {
+  const n4 = n & ~3;
+  for (let r = 0; r < rows; r++) {
+    if (ua && ub) {
+      for (let i = 0; i < n4; i += 4) {
+        const k = <usize>i << 2;
+        v128.store(o + k, vop(op, v128.load(a + k), v128.load(b + k)));
+      }
+      for (let i = n4; i < n; i++) {
+        const k = <usize>i << 2;
+        store<f32>(o + k, sop(op, load<f32>(a + k), load<f32>(b + k)));
+      }
+    } else if (ua) {
+      const y = load<f32>(b), vy = f32x4.splat(y);
+      for (let i = 0; i < n4; i += 4) v128.store(o + (<usize>i << 2), vop(op, v128.load(a + (<usize>i << 2)), vy));
+      for (let i = n4; i < n; i++) store<f32>(o + (<usize>i << 2), sop(op, load<f32>(a + (<usize>i << 2)), y));
+    } else if (ub) {
+      const x = load<f32>(a), vx = f32x4.splat(x);
+      for (let i = 0; i < n4; i += 4) v128.store(o + (<usize>i << 2), vop(op, vx, v128.load(b + (<usize>i << 2))));
+      for (let i = n4; i < n; i++) store<f32>(o + (<usize>i << 2), sop(op, x, load<f32>(b + (<usize>i << 2))));
+    } else {
+      const z = sop(op, load<f32>(a), load<f32>(b));
+      for (let i = 0; i < n; i++) store<f32>(o + (<usize>i << 2), z);
+    }
+    a += lda;
+    b += ldb;
+    o += <usize>n << 2;
+  }
+}
+
+// 1/0 bytes for 16 lanes of comparison masks (each -1/0).
+// @ts-ignore: decorator
+@inline function bytes16(m0: v128, m1: v128, m2: v128, m3: v128): v128 {
+  return v128.and(i8x16.narrow_i16x8_s(i16x8.narrow_i32x4_s(m0, m1), i16x8.narrow_i32x4_s(m2, m3)), i8x16.splat(1));
+}
+
+// @ts-ignore: decorator
+@inline function vcmp(op: i32, x: v128, y: v128): v128 {
+  return op == 6 ? f32x4.lt(x, y) : f32x4.eq(x, y);
+}
+
+// @ts-ignore: decorator
+@inline function compare(op: i32, a: usize, lda: usize, ua: i32, b: usize, ldb: usize, ub: i32, o: usize, rows: i32, n: i32): void {
+  const n16 = n & ~15;
+  for (let r = 0; r < rows; r++) {
+    const y = load<f32>(b), vy = f32x4.splat(y);
+    const x = load<f32>(a), vx = f32x4.splat(x);
+    for (let i = 0; i < n16; i += 16) {
+      const ka = ua ? a + (<usize>i << 2) : 0, kb = ub ? b + (<usize>i << 2) : 0;
+      const m0 = vcmp(op, ua ? v128.load(ka) : vx, ub ? v128.load(kb) : vy);
+      const m1 = vcmp(op, ua ? v128.load(ka, 16) : vx, ub ? v128.load(kb, 16) : vy);
+      const m2 = vcmp(op, ua ? v128.load(ka, 32) : vx, ub ? v128.load(kb, 32) : vy);
+      const m3 = vcmp(op, ua ? v128.load(ka, 48) : vx, ub ? v128.load(kb, 48) : vy);
+      v128.store(o + <usize>i, bytes16(m0, m1, m2, m3));
+    }
+    for (let i = n16; i < n; i++) {
+      const p = ua ? load<f32>(a + (<usize>i << 2)) : x, q = ub ? load<f32>(b + (<usize>i << 2)) : y;
+      store<u8>(o + <usize>i, op == 6 ? <u8>(p < q) : <u8>(p == q));
+    }
+    a += lda;
+    b += ldb;
+    o += <usize>n;
+  }
+}
+
+export function binary(op: i32, a: usize, lda: usize, ua: i32, b: usize, ldb: usize, ub: i32, o: usize, rows: i32, n: i32): void {
+  switch (op) {
+    case 0: arith(0, a, lda, ua, b, ldb, ub, o, rows, n); break;
+    case 1: arith(1, a, lda, ua, b, ldb, ub, o, rows, n); break;
+    case 2: arith(2, a, lda, ua, b, ldb, ub, o, rows, n); break;
+    case 3: arith(3, a, lda, ua, b, ldb, ub, o, rows, n); break;
+    case 4: arith(4, a, lda, ua, b, ldb, ub, o, rows, n); break;
+    case 5: arith(5, a, lda, ua, b, ldb, ub, o, rows, n); break;
+    case 6: compare(6, a, lda, ua, b, ldb, ub, o, rows, n); break;
+    default: compare(7, a, lda, ua, b, ldb, ub, o, rows, n);
+  }
+}
+
+// ---- where: o = c != 0 ? a : b on 32-bit lanes, c u8 ----
+
+export function select(c: usize, ldc: usize, uc: i32, a: usize, lda: usize, ua: i32, b: usize, ldb: usize, ub: i32, o: usize, rows: i32, n: i32): void {
+  const n8 = n & ~7;
+  const zero = i32x4.splat(0);
+  for (let r = 0; r < rows; r++) {
+    const ta = load<i32>(a), tb = load<i32>(b), tc = load<u8>(c);
+    const va = i32x4.splat(ta), vb = i32x4.splat(tb), vc = i16x8.splat(tc);
+    for (let i = 0; i < n8; i += 8) {
+      const k = <usize>i << 2;
+      const m16 = uc ? v128.load8x8_u(c + <usize>i) : vc;
+      const m0 = i32x4.ne(i32x4.extend_low_i16x8_u(m16), zero), m1 = i32x4.ne(i32x4.extend_high_i16x8_u(m16), zero);
+      v128.store(o + k, v128.bitselect(ua ? v128.load(a + k) : va, ub ? v128.load(b + k) : vb, m0));
+      v128.store(o + k, v128.bitselect(ua ? v128.load(a + k, 16) : va, ub ? v128.load(b + k, 16) : vb, m1), 16);
+    }
+    for (let i = n8; i < n; i++) {
+      const k = <usize>i << 2;
+      const t = uc ? load<u8>(c + <usize>i) : tc;
+      store<i32>(o + k, t ? (ua ? load<i32>(a + k) : ta) : ub ? load<i32>(b + k) : tb);
+    }
+    c += ldc;
+    a += lda;
+    b += ldb;
+    o += <usize>n << 2;
+  }
+}
+
+// ---- unary: exp, sigmoid on packed f32 ----
+
+const LOG2E: f32 = 1.44269504;
+// ln 2 split so k * LN2_HI is exact for |k| <= 150 (Cody-Waite).
+const LN2_HI: f32 = 0.693359375;
+const LN2_LO: f32 = -2.12194440e-4;
+
+/** a * b + c; fused (one rounding) where the relaxed-SIMD build runs on hardware with FMA. */
+// @ts-ignore: decorator
+@inline function madd(a: v128, b: v128, c: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return f32x4.relaxed_madd(a, b, c);
+  return f32x4.add(f32x4.mul(a, b), c);
+}
+
+/**
+ * e^x for 4 lanes: x = k ln2 + r, |r| <= ln2/2, e^r by the Cephes expf polynomial (about 1 ulp),
+ * times 2^k applied in two halves so overflow gives inf and tiny results come out subnormal.
+ * The clamp uses pmin/pmax (one instruction each on x86, unlike min/max) and keeps NaN, whose
+ * p is NaN whatever k becomes. k is integral and small, so adding 1.5 * 2^23 puts it in the
+ * low mantissa bits (cheaper than trunc_sat).
+ */
+// @ts-ignore: decorator
+@inline function expv(x0: v128): v128 {
+  const x = f32x4.pmin(f32x4.pmax(x0, f32x4.splat(-104)), f32x4.splat(89));
+  const k = f32x4.nearest(f32x4.mul(x, f32x4.splat(LOG2E)));
+  const r = f32x4.sub(f32x4.sub(x, f32x4.mul(k, f32x4.splat(LN2_HI))), f32x4.mul(k, f32x4.splat(LN2_LO)));
+  let p = f32x4.splat(1.9875691500e-4);
+  p = madd(p, r, f32x4.splat(1.3981999507e-3));
+  p = madd(p, r, f32x4.splat(8.3334519073e-3));
+  p = madd(p, r, f32x4.splat(4.1665795894e-2));
+  p = madd(p, r, f32x4.splat(1.6666665459e-1));
+  p = madd(p, r, f32x4.splat(5.0000001201e-1));
+  p = f32x4.add(madd(f32x4.mul(p, r), r, r), f32x4.splat(1));
+  const ki = i32x4.sub(f32x4.add(k, f32x4.splat(12582912)), i32x4.splat(0x4b400000));
+  const k1 = i32x4.shr_s(ki, 1), k2 = i32x4.sub(ki, k1);
+  const bias = i32x4.splat(127);
+  const s1 = i32x4.shl(i32x4.add(k1, bias), 23), s2 = i32x4.shl(i32x4.add(k2, bias), 23);
+  return f32x4.mul(f32x4.mul(p, s1), s2);
+}
+
+// @ts-ignore: decorator
+@inline function uop(op: i32, x: v128): v128 {
+  if (op == 0) return expv(x);
+  // sigmoid = 1 / (1 + e^-x) for x >= 0, e^x / (1 + e^x) below: e^-|x| never overflows.
+  const e = expv(f32x4.neg(f32x4.abs(x)));
+  const one = f32x4.splat(1);
+  return f32x4.div(v128.bitselect(one, e, f32x4.ge(x, f32x4.splat(0))), f32x4.add(one, e));
+}
+
+// @ts-ignore: decorator
+@inline function unaryLoop(op: i32, a: usize, o: usize, n: i32): void {
+  const n4 = n & ~3;
+  for (let i = 0; i < n4; i += 4) v128.store(o + (<usize>i << 2), uop(op, v128.load(a + (<usize>i << 2))));
+  if (n4 < n) {
+    // the tail through a zero-padded vector
+    let t = f32x4.splat(0);
+    for (let i = n4; i < n; i++) t = f32x4.replace_lane(t, 0, load<f32>(a + (<usize>i << 2))), store<f32>(o + (<usize>i << 2), f32x4.extract_lane(uop(op, t), 0));
+  }
+}
+
+export function unary(op: i32, a: usize, o: usize, n: i32): void {
+  if (op == 0) unaryLoop(0, a, o, n);
+  else unaryLoop(1, a, o, n);
+}
+
+// ---- sum of each row of a packed [rows, n] block, in f64 ----
+
+/** Eight f64 partial sums (4 lanes x 2 chains), added pairwise at the end, then the tail. */
+export function sumRows(a: usize, rows: i32, n: i32, o: usize): void {
+  const n8 = n & ~7;
+  for (let r = 0; r < rows; r++) {
+    let s0 = f64x2.splat(0), s1 = f64x2.splat(0), s2 = f64x2.splat(0), s3 = f64x2.splat(0);
+    for (let i = 0; i < n8; i += 8) {
+      const x0 = v128.load(a + (<usize>i << 2)), x1 = v128.load(a + (<usize>i << 2), 16);
+      s0 = f64x2.add(s0, f64x2.promote_low_f32x4(x0));
+      s1 = f64x2.add(s1, f64x2.promote_low_f32x4(i32x4.shuffle(x0, x0, 2, 3, 0, 1)));
+      s2 = f64x2.add(s2, f64x2.promote_low_f32x4(x1));
+      s3 = f64x2.add(s3, f64x2.promote_low_f32x4(i32x4.shuffle(x1, x1, 2, 3, 0, 1)));
+    }
+    const s = f64x2.add(f64x2.add(s0, s1), f64x2.add(s2, s3));
+    let t = f64x2.extract_lane(s, 0) + f64x2.extract_lane(s, 1);
+    for (let i = n8; i < n; i++) t += <f64>load<f32>(a + (<usize>i << 2));
+    store<f64>(o + (<usize>r << 3), t);
+    a += <usize>n << 2;
+  }
+}
+
+// ---- column sums: acc[j] += a[r, j] for each row in order (f64, the same adds as the TypeScript path) ----
+
+export function addRows(acc: usize, a: usize, rows: i32, n: i32): void {
+  const n4 = n & ~3;
+  for (let r = 0; r < rows; r++) {
+    for (let i = 0; i < n4; i += 4) {
+      const x = v128.load(a + (<usize>i << 2));
+      const p = acc + (<usize>i << 3);
+      v128.store(p, f64x2.add(v128.load(p), f64x2.promote_low_f32x4(x)));
+      v128.store(p, f64x2.add(v128.load(p, 16), f64x2.promote_low_f32x4(i32x4.shuffle(x, x, 2, 3, 0, 1))), 16);
+    }
+    for (let i = n4; i < n; i++) {
+      const p = acc + (<usize>i << 3);
+      store<f64>(p, load<f64>(p) + <f64>load<f32>(a + (<usize>i << 2)));
+    }
+    a += <usize>n << 2;
+  }
+}

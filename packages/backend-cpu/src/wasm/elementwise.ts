@@ -1,0 +1,251 @@
+/**
+ * The WASM SIMD elementwise kernels (assembly/elementwise.ts) behind CpuBackend's f32 binary ops,
+ * where, exp/sigmoid and row sums. Tensors stay plain typed arrays: each call copies its operands
+ * into a small fixed heap one chunk at a time (CHUNK elements per operand, cache-resident), runs
+ * the kernel and copies the chunk out. Measured on the 2-core dev VM (benchmarks/src/elementwise.ts),
+ * that round trip still beats the TypeScript loops 2-4x for f32 from about a thousand elements on
+ * (exp/sigmoid 4-8x).
+ *
+ * A call handles a loop (strided.ts coalesce) of rank <= 2, [rows, n], whose operands each read a
+ * row contiguously or as one repeated value: dense, a broadcast row [n], a column [rows, 1] or a
+ * scalar. Anything else returns false and the caller runs the TypeScript kernel.
+ */
+import type { BinaryOp, View } from "@lowrank/tensor";
+import { coalesce } from "../kernels/strided.ts";
+import { ELEMENTWISE_WASM, ELEMENTWISE_WASM_RELAXED } from "./elementwise-wasm.ts";
+
+/** Op codes of `binary` in assembly/elementwise.ts. */
+const BINARY_OPS: Partial<Record<BinaryOp, number>> = { add: 0, sub: 1, mul: 2, div: 3, max: 4, min: 5, lt: 6, eq: 7 };
+const UNARY_OPS: Record<string, number> = { exp: 0, sigmoid: 1 };
+/** Elements per operand per kernel call: 16 KiB of f32, so a chunk of every operand stays in L2. */
+const CHUNK = 4096;
+/** Smaller calls stay in TypeScript: copies and the call cost more than they save (even at about 512-1024). */
+const MIN_ELEMENTS = 1024;
+/** Shorter rows stay in TypeScript: per-row setup would dominate. */
+const MIN_ROW = 16;
+
+interface Kernel {
+  heapBase(): number;
+  binary(op: number, a: number, lda: number, ua: number, b: number, ldb: number, ub: number, o: number, rows: number, n: number): void;
+  select(c: number, ldc: number, uc: number, a: number, lda: number, ua: number, b: number, ldb: number, ub: number, o: number, rows: number, n: number): void;
+  unary(op: number, a: number, o: number, n: number): void;
+  sumRows(a: number, rows: number, n: number, o: number): void;
+  addRows(acc: number, a: number, rows: number, n: number): void;
+}
+
+type Store = Float32Array | Int32Array | Uint8Array;
+
+/** One operand of a [rows, n] loop: element [r, j] is data[offset + r * s0 + j * s1], s1 is 0 or 1. */
+interface Operand {
+  data: Store;
+  offset: number;
+  s0: number;
+  s1: number;
+}
+
+function decode(b64: string): Uint8Array {
+  const s = atob(b64);
+  const out = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+  return out;
+}
+
+/** The loop of views of one shape as [rows, n] operands, or null when some inner stride is not 0 or 1. */
+function plan(views: View[], data: Store[]): { rows: number; n: number; ops: Operand[] } | null {
+  const { shape, strides } = coalesce(views[0].shape, views.map((v) => v.strides));
+  if (shape.length > 2) return null;
+  const n = shape[shape.length - 1], rows = shape.length === 2 ? shape[0] : 1;
+  if (rows * n < MIN_ELEMENTS || (rows > 1 && n < MIN_ROW)) return null;
+  const ops = strides.map((s, k) => ({ data: data[k], offset: views[k].offset, s0: s.length === 2 ? s[0] : 0, s1: s[s.length - 1] }));
+  return ops.every((o) => o.s1 === 0 || o.s1 === 1) ? { rows, n, ops } : null;
+}
+
+export class ElementwiseWasm {
+  private readonly k: Kernel;
+  private readonly f32: Float32Array;
+  private readonly i32: Int32Array;
+  private readonly u8: Uint8Array;
+  private readonly f64: Float64Array;
+  /** Byte addresses of the operand regions (CHUNK x 4 bytes each) and of the f64 row sums. */
+  private readonly region: number[];
+  private readonly sums: number;
+
+  /**
+   * The relaxed-SIMD build (fused multiply-add in exp) where the runtime validates it, else the
+   * plain SIMD one; null when this runtime has no WASM SIMD. `relaxed: false` skips the first.
+   */
+  static create(opts: { relaxed?: boolean } = {}): ElementwiseWasm | null {
+    if (typeof WebAssembly !== "object") return null;
+    const builds = opts.relaxed === false ? [ELEMENTWISE_WASM] : [ELEMENTWISE_WASM_RELAXED, ELEMENTWISE_WASM];
+    for (const b64 of builds) {
+      try {
+        const bytes = decode(b64);
+        if (WebAssembly.validate(bytes as BufferSource)) return new ElementwiseWasm(bytes, b64 === ELEMENTWISE_WASM_RELAXED);
+      } catch {
+        // try the next build
+      }
+    }
+    return null;
+  }
+
+  private constructor(
+    bytes: Uint8Array,
+    /** Whether the relaxed-SIMD build runs. */
+    readonly relaxed: boolean,
+  ) {
+    const memory = new WebAssembly.Memory({ initial: 1 });
+    this.k = new WebAssembly.Instance(new WebAssembly.Module(bytes as BufferSource), { env: { memory } }).exports as unknown as Kernel;
+    const base = Math.ceil(this.k.heapBase() / 64) * 64;
+    this.region = [0, 1, 2, 3].map((i) => base + i * CHUNK * 4);
+    this.sums = base + 4 * CHUNK * 4;
+    const end = this.sums + CHUNK * 8;
+    memory.grow(Math.ceil(end / 65536) - 1);
+    this.f32 = new Float32Array(memory.buffer);
+    this.i32 = new Int32Array(memory.buffer);
+    this.u8 = new Uint8Array(memory.buffer);
+    this.f64 = new Float64Array(memory.buffer);
+  }
+
+  /** out = a op b (f32; lt/eq write u8); false when the views do not fit (caller falls back). */
+  binary(op: BinaryOp, a: Float32Array, av: View, b: Float32Array, bv: View, out: Float32Array | Uint8Array): boolean {
+    const code = BINARY_OPS[op];
+    const p = code === undefined ? null : plan([av, bv], [a, b]);
+    if (!p) return false;
+    const [A, B] = p.ops;
+    const o = this.region[2];
+    this.blocks(p.rows, p.n, (r0, rr, j0, cc, reuse) => {
+      const [pa, lda, ua] = this.stage(A, this.f32, this.region[0], 4, r0, rr, j0, cc, reuse);
+      const [pb, ldb, ub] = this.stage(B, this.f32, this.region[1], 4, r0, rr, j0, cc, reuse);
+      this.k.binary(code!, pa, lda, ua, pb, ldb, ub, o, rr, cc);
+      if (out instanceof Uint8Array) out.set(this.u8.subarray(o, o + rr * cc), r0 * p.n + j0);
+      else out.set(this.f32.subarray(o >> 2, (o >> 2) + rr * cc), r0 * p.n + j0);
+    });
+    return true;
+  }
+
+  /** out = c != 0 ? a : b on 32-bit storage bits; false when the views do not fit. */
+  where(c: Uint8Array, cv: View, a: Int32Array, av: View, b: Int32Array, bv: View, out: Int32Array): boolean {
+    const p = plan([cv, av, bv], [c, a, b]);
+    if (!p) return false;
+    const [C, A, B] = p.ops;
+    const o = this.region[3];
+    this.blocks(p.rows, p.n, (r0, rr, j0, cc, reuse) => {
+      const [pc, ldc, uc] = this.stage(C, this.u8, this.region[2], 1, r0, rr, j0, cc, reuse);
+      const [pa, lda, ua] = this.stage(A, this.i32, this.region[0], 4, r0, rr, j0, cc, reuse);
+      const [pb, ldb, ub] = this.stage(B, this.i32, this.region[1], 4, r0, rr, j0, cc, reuse);
+      this.k.select(pc, ldc, uc, pa, lda, ua, pb, ldb, ub, o, rr, cc);
+      out.set(this.i32.subarray(o >> 2, (o >> 2) + rr * cc), r0 * p.n + j0);
+    });
+    return true;
+  }
+
+  /** exp or sigmoid of packed f32 (about 1-3 ulp from the f64 Math.exp route); false for other ops or small inputs. */
+  unary(op: string, x: Float32Array, out: Float32Array): boolean {
+    const code = UNARY_OPS[op];
+    if (code === undefined || out.length < MIN_ELEMENTS) return false;
+    const [a, o] = this.region;
+    for (let i = 0; i < out.length; i += CHUNK) {
+      const m = Math.min(CHUNK, out.length - i);
+      this.f32.set(x.subarray(i, i + m), a >> 2);
+      this.k.unary(code, a, o, m);
+      out.set(this.f32.subarray(o >> 2, (o >> 2) + m), i);
+    }
+    return true;
+  }
+
+  /**
+   * out[r] = sum of x[starts[r] .. starts[r] + n), accumulated in f64 as 8 interleaved partial
+   * sums (a fixed order, so results are deterministic); rows longer than a chunk add chunk sums.
+   */
+  sumRuns(x: Float32Array, starts: Int32Array, n: number, out: Float32Array | Int32Array | Uint8Array): boolean {
+    if (n < MIN_ROW || starts.length * n < MIN_ELEMENTS) return false;
+    const a = this.region[0], s = this.sums >> 3;
+    if (n > CHUNK) {
+      for (let r = 0; r < starts.length; r++) {
+        let t = 0;
+        for (let j = 0; j < n; j += CHUNK) {
+          const m = Math.min(CHUNK, n - j);
+          this.f32.set(x.subarray(starts[r] + j, starts[r] + j + m), a >> 2);
+          this.k.sumRows(a, 1, m, this.sums);
+          t += this.f64[s];
+        }
+        out[r] = t;
+      }
+      return true;
+    }
+    const per = Math.floor(CHUNK / n);
+    for (let r0 = 0; r0 < starts.length; r0 += per) {
+      const rr = Math.min(per, starts.length - r0);
+      let dense = true;
+      for (let r = r0 + 1; r < r0 + rr && dense; r++) dense = starts[r] === starts[r - 1] + n;
+      if (dense) this.f32.set(x.subarray(starts[r0], starts[r0] + rr * n), a >> 2);
+      else for (let r = 0; r < rr; r++) this.f32.set(x.subarray(starts[r0 + r], starts[r0 + r] + n), (a >> 2) + r * n);
+      this.k.sumRows(a, rr, n, this.sums);
+      for (let r = 0; r < rr; r++) out[r0 + r] = this.f64[s + r];
+    }
+    return true;
+  }
+
+  /**
+   * out[o] = sum over j in order of x[offset + inner[j] + o], o < count: each reduced element
+   * is a contiguous run across the outputs (a column sum). The same f64 adds as the TypeScript
+   * path, so the same bits.
+   */
+  sumColumns(x: Float32Array, offset: number, count: number, inner: Int32Array, out: Float32Array | Int32Array | Uint8Array): boolean {
+    if (count > CHUNK || count < MIN_ROW || count * inner.length < MIN_ELEMENTS) return false;
+    const a = this.region[0], s = this.sums >> 3;
+    this.f64.fill(0, s, s + count);
+    const per = Math.floor(CHUNK / count);
+    for (let j0 = 0; j0 < inner.length; j0 += per) {
+      const jj = Math.min(per, inner.length - j0);
+      let dense = true;
+      for (let j = j0 + 1; j < j0 + jj && dense; j++) dense = inner[j] === inner[j - 1] + count;
+      const start = offset + inner[j0];
+      if (dense) this.f32.set(x.subarray(start, start + jj * count), a >> 2);
+      else for (let j = 0; j < jj; j++) this.f32.set(x.subarray(offset + inner[j0 + j], offset + inner[j0 + j] + count), (a >> 2) + j * count);
+      this.k.addRows(this.sums, a, jj, count);
+    }
+    for (let o = 0; o < count; o++) out[o] = this.f64[s + o];
+    return true;
+  }
+
+  /**
+   * Calls fn per block: whole rows when a row fits in a chunk (then every block after the first
+   * may reuse a staged broadcast row), else one row's column range.
+   */
+  private blocks(rows: number, n: number, fn: (r0: number, rr: number, j0: number, cc: number, reuse: boolean) => void): void {
+    if (n <= CHUNK) {
+      const per = Math.floor(CHUNK / n);
+      for (let r0 = 0; r0 < rows; r0 += per) fn(r0, Math.min(per, rows - r0), 0, n, r0 > 0);
+    } else {
+      for (let r0 = 0; r0 < rows; r0++) for (let j0 = 0; j0 < n; j0 += CHUNK) fn(r0, 1, j0, Math.min(CHUNK, n - j0), false);
+    }
+  }
+
+  /**
+   * Copy an operand's part of block (rows r0..r0+rr, columns j0..j0+cc) into its heap region;
+   * returns [address, row step in bytes, 1 if rows are contiguous else 0].
+   */
+  private stage(x: Operand, heap: Store, at: number, size: number, r0: number, rr: number, j0: number, cc: number, reuse: boolean): [number, number, number] {
+    const { data, offset, s0, s1 } = x;
+    const h = at / size;
+    if (s1 === 1) {
+      if (s0 === 0) {
+        if (!reuse) heap.set(data.subarray(offset + j0, offset + j0 + cc), h);
+        return [at, 0, 1];
+      }
+      const start = offset + r0 * s0 + j0;
+      if (rr === 1 || s0 === cc) heap.set(data.subarray(start, start + rr * cc), h);
+      else for (let r = 0; r < rr; r++) heap.set(data.subarray(start + r * s0, start + r * s0 + cc), h + r * cc);
+      return [at, cc * size, 1];
+    }
+    if (s0 === 0) {
+      heap[h] = data[offset];
+      return [at, 0, 0];
+    }
+    const start = offset + r0 * s0;
+    if (s0 === 1) heap.set(data.subarray(start, start + rr), h);
+    else for (let r = 0; r < rr; r++) heap[h + r] = data[start + r * s0];
+    return [at, size, 0];
+  }
+}
