@@ -242,3 +242,65 @@ export function addRows(acc: usize, a: usize, rows: i32, n: i32): void {
     a += <usize>n << 2;
   }
 }
+
+// ---- fused kernels of the transformer block (kernels/fused-nn.ts has the TypeScript reference) ----
+
+/**
+ * Inverted dropout: lane i keeps iff the 24 high bits of hash32((hs ^ (lo + i)) + hi) reach thr
+ * (uniformAt in random.ts with hs = hash32(seed), hi the counter's high-word term, thr =
+ * ceil(p * 2^24)), scaled by `scale`. Integer math only, so the mask is bit-identical.
+ */
+export function dropout(a: usize, o: usize, n: i32, hs: i32, lo: i32, hi: i32, thr: i32, scale: f32): void {
+  const vs = f32x4.splat(scale), vt = i32x4.splat(thr), vhs = i32x4.splat(hs), vhi = i32x4.splat(hi);
+  const m1 = i32x4.splat(0x7feb352d), m2 = i32x4.splat(0x846ca68b);
+  let idx = i32x4.add(i32x4.splat(lo), i32x4(0, 1, 2, 3));
+  const four = i32x4.splat(4);
+  const n4 = n & ~3;
+  for (let i = 0; i < n4; i += 4) {
+    let h = i32x4.add(v128.xor(vhs, idx), vhi);
+    h = v128.xor(h, i32x4.shr_u(h, 16));
+    h = i32x4.mul(h, m1);
+    h = v128.xor(h, i32x4.shr_u(h, 15));
+    h = i32x4.mul(h, m2);
+    h = v128.xor(h, i32x4.shr_u(h, 16));
+    const keep = i32x4.ge_s(i32x4.shr_u(h, 8), vt);
+    v128.store(o + (<usize>i << 2), v128.and(f32x4.mul(v128.load(a + (<usize>i << 2)), vs), keep));
+    idx = i32x4.add(idx, four);
+  }
+  for (let i = n4; i < n; i++) {
+    let h = ((hs ^ (lo + i)) + hi);
+    h ^= h >>> 16;
+    h *= 0x7feb352d;
+    h ^= h >>> 15;
+    h *= 0x846ca68b;
+    h ^= h >>> 16;
+    store<f32>(o + (<usize>i << 2), (h >>> 8) >= thr ? load<f32>(a + (<usize>i << 2)) * scale : 0);
+  }
+}
+
+// @ts-ignore: decorator
+@inline function sigmoidv(x: v128): v128 {
+  return uop(1, x);
+}
+
+/** o = g * sigmoid(g) * u (SwiGLU). n is a multiple of 4 (the caller zero-pads the tail). */
+export function swiglu(g: usize, u: usize, o: usize, n: i32): void {
+  for (let i = 0; i < n; i += 4) {
+    const k = <usize>i << 2;
+    const x = v128.load(g + k);
+    v128.store(o + k, f32x4.mul(f32x4.mul(x, sigmoidv(x)), v128.load(u + k)));
+  }
+}
+
+/** In place: g <- gy * u * s * (1 + g (1 - s)), u <- gy * g * s, with s = sigmoid(g). n a multiple of 4. */
+export function swigluBackward(g: usize, u: usize, gy: usize, n: i32): void {
+  const one = f32x4.splat(1);
+  for (let i = 0; i < n; i += 4) {
+    const k = <usize>i << 2;
+    const x = v128.load(g + k), s = sigmoidv(x);
+    const gs = f32x4.mul(v128.load(gy + k), s);
+    const up = v128.load(u + k);
+    v128.store(u + k, f32x4.mul(gs, x));
+    v128.store(g + k, f32x4.mul(f32x4.mul(gs, up), f32x4.add(one, f32x4.mul(x, f32x4.sub(one, s)))));
+  }
+}

@@ -53,12 +53,14 @@ export class CpuBackend implements Backend<CpuHandle> {
   private live = 0;
   private peak = 0;
   private buffers = 0;
-  private readonly pool = new OutputPool();
+  /** @internal recycled f32 outputs: every kernel that writes each element of its output takes from it */
+  readonly pool = new OutputPool();
   readonly engine: MatmulEngine;
   readonly blas: BlasStatus;
   readonly fused: Partial<FusedKernels<CpuHandle>>;
   /** null: TypeScript elementwise kernels only (wasm: false, or no WASM SIMD here). */
-  private readonly ew: ElementwiseWasm | null;
+  /** @internal also used by the fused kernels (makeFused) */
+  readonly ew: ElementwiseWasm | null;
 
   constructor(opts: CpuBackendOptions = {}) {
     const { lib, reason } = selectBlas(opts.blas);
@@ -130,6 +132,7 @@ export class CpuBackend implements Backend<CpuHandle> {
   }
   /** Output array for a computation: f32 for floats (rounded into f16/bf16 by store), else the dtype. */
   private scratch(dtype: DType, n: number): Float32Array | Int32Array | Uint8Array {
+    if (dtype === "f32") return this.pool.take(n);
     return dtype === "f16" || dtype === "bf16" ? new Float32Array(n) : (hostArray(dtype, n) as Float32Array | Int32Array | Uint8Array);
   }
   /** The view's values packed (the storage itself when already dense); f16/bf16 decoded to f32. */
@@ -180,7 +183,8 @@ export class CpuBackend implements Backend<CpuHandle> {
   }
   /** Moves storage bits (f16/bf16 are not decoded). */
   where(c: Input<CpuHandle>, a: Input<CpuHandle>, b: Input<CpuHandle>): CpuHandle {
-    const out = hostArray(a.dtype, numel(a.view.shape));
+    const n = numel(a.view.shape);
+    const out = a.dtype === "f32" ? this.pool.take(n) : hostArray(a.dtype, n);
     const [cb, ab, bb, ob] = [truthy(c), bits(a.handle), bits(b.handle), bits(out)];
     const wasm = this.ew && ob instanceof Int32Array && this.ew.where(cb, c.view, ab as Int32Array, a.view, bb as Int32Array, b.view, ob);
     if (!wasm) whereStrided(cb, c.view, ab, a.view, bb, b.view, ob);
@@ -197,7 +201,7 @@ export class CpuBackend implements Backend<CpuHandle> {
   }
   copy(x: Input<CpuHandle>): CpuHandle {
     const shape = x.view.shape;
-    const out = hostArray(x.dtype, numel(shape));
+    const out = x.dtype === "f32" ? this.pool.take(numel(shape)) : hostArray(x.dtype, numel(shape));
     copyView(x.handle, x.view, out, { shape, strides: contiguous(shape), offset: 0 });
     return this.own(out);
   }
@@ -308,30 +312,33 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
       return out(logits.dtype, gl);
     },
     matmul4bit: (x, w, transpose) => matmul4bitKernel(be, x, w, transpose),
+    // WASM SIMD where it runs (same mask bits; sigmoid within 2 ulp), else the TypeScript kernels.
     dropout: (x, p, seed, offset) => {
       const v = be.packedF32(x);
-      const y = new Float32Array(v.length);
-      dropoutKernel(v, p, seed, offset, y);
+      const y = be.pool.take(v.length);
+      if (!be.ew?.dropout(v, y, p, seed, offset)) dropoutKernel(v, p, seed, offset, y);
       return out(x.dtype, y);
     },
     swiglu: (gate, up) => {
-      const y = new Float32Array(numel(gate.view.shape));
-      swigluKernel(be.packedF32(gate), be.packedF32(up), y);
+      const y = be.pool.take(numel(gate.view.shape));
+      const [g, u] = [be.packedF32(gate), be.packedF32(up)];
+      if (!be.ew?.swiglu(g, u, y)) swigluKernel(g, u, y);
       return out(gate.dtype, y);
     },
     swigluBackward: (gate, up, gy) => {
       const n = numel(gate.view.shape);
-      const gGate = new Float32Array(n), gUp = new Float32Array(n);
-      swigluBackwardKernel(be.packedF32(gate), be.packedF32(up), be.packedF32(gy), gGate, gUp);
+      const gGate = be.pool.take(n), gUp = be.pool.take(n);
+      const [g, u, dy] = [be.packedF32(gate), be.packedF32(up), be.packedF32(gy)];
+      if (!be.ew?.swigluBackward(g, u, dy, gGate, gUp)) swigluBackwardKernel(g, u, dy, gGate, gUp);
       return { gGate: out(gate.dtype, gGate), gUp: out(up.dtype, gUp) };
     },
     rope: (x, cos, sin, interleaved) => {
-      const y = new Float32Array(numel(x.view.shape));
+      const y = be.pool.take(numel(x.view.shape));
       ropeKernel(numeric(x.dtype, x.handle) as Float32Array, x.view, be.packedF32(cos), be.packedF32(sin), interleaved, 1, y);
       return out(x.dtype, y);
     },
     ropeBackward: (gy, cos, sin, interleaved) => {
-      const y = new Float32Array(numel(gy.view.shape));
+      const y = be.pool.take(numel(gy.view.shape));
       ropeKernel(numeric(gy.dtype, gy.handle) as Float32Array, gy.view, be.packedF32(cos), be.packedF32(sin), interleaved, -1, y);
       return out(gy.dtype, y);
     },

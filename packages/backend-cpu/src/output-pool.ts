@@ -2,12 +2,12 @@
  * Freed f32 storages kept for the next matmul output of the same length. A fresh large typed
  * array page-faults on first write, every 4 KiB: measured here 0.25 ms for a 1 MiB output, three
  * times the sgemm of LoRA's h·Bᵀ [1024×8]·[8×256] itself; a recycled one is already mapped.
- * Only matmul outputs take from it: sgemm (beta 0) and the WASM engine write every element.
+ * Only outputs whose kernel writes every element take from it (matmul, elementwise, copy, fused).
  */
 import type { HostArray } from "@lowrank/tensor";
 
 /** Smaller arrays are cheap to allocate; larger pools would hide too much memory from memory(). */
-const MIN_BYTES = 64 * 1024, MAX_BYTES = 64 * 2 ** 20, PER_LENGTH = 4;
+const MIN_BYTES = 64 * 1024, MAX_BYTES = 64 * 2 ** 20, PER_LENGTH = 8;
 
 export class OutputPool {
   private readonly byLength = new Map<number, Float32Array[]>();

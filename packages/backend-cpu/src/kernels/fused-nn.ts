@@ -15,7 +15,8 @@ const TWO32 = 4294967296;
 export function dropoutKernel(x: Float32Array, p: number, seed: number, offset: number, out: Float32Array): void {
   const hs = hash32(seed >>> 0);
   const threshold = p * 16777216;
-  const scale = 1 / (1 - p);
+  // An f32 scale, as the composite's scalar tensor: x * scale is then one f32 rounding on every path.
+  const scale = Math.fround(1 / (1 - p));
   const n = out.length;
   let i = 0;
   while (i < n) {

@@ -10,7 +10,7 @@
  * row contiguously or as one repeated value: dense, a broadcast row [n], a column [rows, 1] or a
  * scalar. Anything else returns false and the caller runs the TypeScript kernel.
  */
-import type { BinaryOp, View } from "@lowrank/tensor";
+import { type BinaryOp, type View, hash32 } from "@lowrank/tensor";
 import { coalesce } from "../kernels/strided.ts";
 import { ELEMENTWISE_WASM, ELEMENTWISE_WASM_RELAXED } from "./elementwise-wasm.ts";
 
@@ -23,6 +23,7 @@ const CHUNK = 4096;
 const MIN_ELEMENTS = 1024;
 /** Shorter rows stay in TypeScript: per-row setup would dominate. */
 const MIN_ROW = 16;
+const TWO32 = 4294967296;
 
 interface Kernel {
   heapBase(): number;
@@ -31,6 +32,9 @@ interface Kernel {
   unary(op: number, a: number, o: number, n: number): void;
   sumRows(a: number, rows: number, n: number, o: number): void;
   addRows(acc: number, a: number, rows: number, n: number): void;
+  dropout(a: number, o: number, n: number, hs: number, lo: number, hi: number, thr: number, scale: number): void;
+  swiglu(g: number, u: number, o: number, n: number): void;
+  swigluBackward(g: number, u: number, gy: number, n: number): void;
 }
 
 type Store = Float32Array | Int32Array | Uint8Array;
@@ -206,6 +210,55 @@ export class ElementwiseWasm {
       this.k.addRows(this.sums, a, jj, count);
     }
     for (let o = 0; o < count; o++) out[o] = this.f64[s + o];
+    return true;
+  }
+
+  /** Dropout of packed f32 (FusedKernels.dropout's mask, bit for bit); false for small inputs. */
+  dropout(x: Float32Array, out: Float32Array, p: number, seed: number, offset: number): boolean {
+    if (out.length < MIN_ELEMENTS) return false;
+    const [a, o] = this.region;
+    const hs = hash32(seed >>> 0) | 0, thr = Math.ceil(p * 16777216), scale = 1 / (1 - p);
+    for (let i = 0; i < out.length;) {
+      // A chunk never crosses a multiple of 2^32 in the counter: its high-word term is one constant.
+      const idx = offset + i;
+      const m = Math.min(CHUNK, out.length - i, TWO32 - (idx % TWO32));
+      this.f32.set(x.subarray(i, i + m), a >> 2);
+      this.k.dropout(a, o, m, hs, idx | 0, Math.imul((idx / TWO32) >>> 0, 0x9e3779b9), thr, scale);
+      out.set(this.f32.subarray(o >> 2, (o >> 2) + m), i);
+      i += m;
+    }
+    return true;
+  }
+
+  /** out = silu(gate) * up over packed f32; false for small inputs. */
+  swiglu(gate: Float32Array, up: Float32Array, out: Float32Array): boolean {
+    if (out.length < MIN_ELEMENTS) return false;
+    const [g, u, o] = this.region;
+    for (let i = 0; i < out.length; i += CHUNK) {
+      const m = Math.min(CHUNK, out.length - i), m4 = (m + 3) & ~3;
+      this.f32.set(gate.subarray(i, i + m), g >> 2);
+      this.f32.set(up.subarray(i, i + m), u >> 2);
+      this.f32.fill(0, (g >> 2) + m, (g >> 2) + m4);
+      this.k.swiglu(g, u, o, m4);
+      out.set(this.f32.subarray(o >> 2, (o >> 2) + m), i);
+    }
+    return true;
+  }
+
+  /** SwiGLU's gradients (FusedKernels.swigluBackward) over packed f32; false for small inputs. */
+  swigluBackward(gate: Float32Array, up: Float32Array, gy: Float32Array, gGate: Float32Array, gUp: Float32Array): boolean {
+    if (gy.length < MIN_ELEMENTS) return false;
+    const [g, u, y] = this.region;
+    for (let i = 0; i < gy.length; i += CHUNK) {
+      const m = Math.min(CHUNK, gy.length - i), m4 = (m + 3) & ~3;
+      this.f32.set(gate.subarray(i, i + m), g >> 2);
+      this.f32.set(up.subarray(i, i + m), u >> 2);
+      this.f32.set(gy.subarray(i, i + m), y >> 2);
+      this.f32.fill(0, (g >> 2) + m, (g >> 2) + m4);
+      this.k.swigluBackward(g, u, y, m4);
+      gGate.set(this.f32.subarray(g >> 2, (g >> 2) + m), i);
+      gUp.set(this.f32.subarray(u >> 2, (u >> 2) + m), i);
+    }
     return true;
   }
 

@@ -1,0 +1,39 @@
+// The WASM SIMD fused kernels (dropout, SwiGLU) against their TypeScript references, sizes and
+// counter offsets chosen to hit the 4-lane tails, the chunk edges and a 2^32 counter boundary.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { uniformAt } from "@lowrank/tensor";
+import { ElementwiseWasm } from "../src/wasm/elementwise.ts";
+import { dropoutKernel, swigluBackwardKernel, swigluKernel } from "../src/kernels/fused-nn.ts";
+
+const ew = ElementwiseWasm.create();
+const rnd = (n: number, s: number) => Float32Array.from({ length: n }, (_, i) => 8 * uniformAt(s, i) - 4);
+
+test("WASM dropout equals the TypeScript kernel bit for bit", { skip: ew ? false : "no WASM SIMD here" }, () => {
+  for (const [n, p, seed, offset] of [[1027, 0.1, 3, 0], [9001, 0.5, 0xdeadbeef, 4294967296 - 4097], [4096 * 3 + 5, 0.9, 1, 2 ** 40 + 7]]) {
+    const x = rnd(n, 1);
+    const [a, b] = [new Float32Array(n), new Float32Array(n)];
+    assert.ok(ew!.dropout(x, a, p, seed, offset));
+    dropoutKernel(x, p, seed, offset, b);
+    assert.deepEqual(a, b, `n ${n} p ${p} offset ${offset}`);
+    for (let i = 0; i < n; i += 97) assert.equal(a[i] !== 0, uniformAt(seed, offset + i) >= p, `element ${i}`);
+  }
+});
+
+test("WASM SwiGLU forward and backward within 4 ulp of the TypeScript kernels", { skip: ew ? false : "no WASM SIMD here" }, () => {
+  for (const n of [1024, 4099, 4096 * 2 + 3]) {
+    const [g, u, gy] = [rnd(n, 2), rnd(n, 3), rnd(n, 4)];
+    const close = (a: Float32Array, b: Float32Array, what: string) => {
+      for (let i = 0; i < n; i++) assert.ok(Math.abs(a[i] - b[i]) <= 4e-7 * Math.max(1, Math.abs(b[i])) * 4, `${what}[${i}] ${a[i]} vs ${b[i]}`);
+    };
+    const [y1, y2] = [new Float32Array(n), new Float32Array(n)];
+    assert.ok(ew!.swiglu(g, u, y1));
+    swigluKernel(g, u, y2);
+    close(y1, y2, `swiglu n ${n}`);
+    const [ga, ua, gb, ub] = [new Float32Array(n), new Float32Array(n), new Float32Array(n), new Float32Array(n)];
+    assert.ok(ew!.swigluBackward(g, u, gy, ga, ua));
+    swigluBackwardKernel(g, u, gy, gb, ub);
+    close(ga, gb, `dgate n ${n}`);
+    close(ua, ub, `dup n ${n}`);
+  }
+});
