@@ -11,7 +11,7 @@ import {
 } from "./kernels/fused.ts";
 import { matmul4bitKernel } from "./kernels/matmul4bit.ts";
 import { adamwKernel, dropoutKernel, ropeKernel, swigluBackwardKernel, swigluKernel } from "./kernels/fused-nn.ts";
-import { type AttnShape, attentionBackward, attentionForward } from "./kernels/attention.ts";
+import { type AttnOps, type AttnShape, attentionBackward, attentionForward, engineOps } from "./kernels/attention.ts";
 import { type Num, contiguous, copyView, gatherValues, numeric, numericView } from "./kernels/strided.ts";
 import { type MatmulEngine, createMatmulEngine } from "./matmul.ts";
 import { ElementwiseWasm } from "./wasm/elementwise.ts";
@@ -277,6 +277,14 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
   };
   const out = (dtype: DType, v: Float32Array): CpuHandle =>
     dtype === "f32" ? be.own(v) : be.own(fromF32(dtype, v));
+  const exp = (x: Float32Array, n: number) => {
+    const v = x.subarray(0, n);
+    if (!be.ew?.unary("exp", v, v)) for (let i = 0; i < n; i++) v[i] = Math.exp(v[i]);
+  };
+  const blas = be.engine instanceof BlasEngine ? be.engine : null;
+  const attn: AttnOps = blas
+    ? { gemm: (tA, tB, M, N, K, A, B, C, acc) => blas.gemm(tA, tB, M, N, K, A, tA ? M : K, B, tB ? K : N, C, N, acc ? 1 : 0), exp }
+    : engineOps(be.engine, exp);
   return {
     softmax: (x) => { const { rows, n } = rowsOf(x); const y = new Float32Array(rows * n); softmaxRows(be.packedF32(x), rows, n, y, false); return out(x.dtype, y); },
     logSoftmax: (x) => { const { rows, n } = rowsOf(x); const y = new Float32Array(rows * n); softmaxRows(be.packedF32(x), rows, n, y, true); return out(x.dtype, y); },
@@ -344,12 +352,12 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
     },
     attention: (q, k, v, causal, scale) => {
       const a = attnShape(q, k, causal, scale);
-      const r = attentionForward(be.engine, be.packedF32(q), be.packedF32(k), be.packedF32(v), a);
+      const r = attentionForward(attn, be.packedF32(q), be.packedF32(k), be.packedF32(v), a);
       return { out: out(q.dtype, r.out), lse: be.own(r.lse) };
     },
     attentionBackward: (q, k, v, o, lse, gy, causal, scale) => {
       const a = attnShape(q, k, causal, scale);
-      const r = attentionBackward(be.engine, be.packedF32(q), be.packedF32(k), be.packedF32(v), be.packedF32(o), be.packedF32(lse), be.packedF32(gy), a);
+      const r = attentionBackward(attn, be.packedF32(q), be.packedF32(k), be.packedF32(v), be.packedF32(o), be.packedF32(lse), be.packedF32(gy), a);
       return { gq: out(q.dtype, r.gq), gk: out(k.dtype, r.gk), gv: out(v.dtype, r.gv) };
     },
     adamw: (p, g, m, v, size, h) => adamwKernel(p as Float32Array, be.packedF32(g), m as Float32Array, v as Float32Array, size, h),

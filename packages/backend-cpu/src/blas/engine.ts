@@ -33,10 +33,11 @@ export class BlasEngine implements MatmulEngine {
     this.threads = lib.useThreads(wanted);
   }
 
-  /** C[M,N] (row stride ldc) = op(A)·op(B); each array starts at its matrix's first element. */
-  gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Float32Array, lda: number, B: Float32Array, ldb: number, C: Float32Array, ldc: number): void {
+  /** C[M,N] (row stride ldc) = op(A)·op(B) + beta·C; each array starts at its matrix's first element. */
+  gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Float32Array, lda: number, B: Float32Array, ldb: number, C: Float32Array, ldc: number, beta = 0): void {
     if (M === 0 || N === 0) return;
     if (K === 0) {
+      if (beta === 1) return;
       for (let i = 0; i < M; i++) C.fill(0, i * ldc, i * ldc + N);
       return;
     }
@@ -44,7 +45,7 @@ export class BlasEngine implements MatmulEngine {
     // products run on one.
     this.lib.useThreads(2 * M * N * K < this.parallelMinFlops ? 1 : this.wanted);
     if (this.lib.kind !== "openblas" || Math.min(N, K) > SKINNY || M <= SKINNY_ROWS) {
-      this.lib.sgemm(transA, transB, M, N, K, A, lda, B, ldb, C, ldc);
+      this.lib.sgemm(transA, transB, M, N, K, A, lda, B, ldb, C, ldc, beta);
       return;
     }
     if (transB && K <= SKINNY) {
@@ -56,7 +57,7 @@ export class BlasEngine implements MatmulEngine {
     for (let i = 0; i < M; i += SKINNY_ROWS) {
       // Row i of op(A) starts at row i of A, or at column i when A is stored transposed.
       const a = A.subarray(transA ? i : i * lda);
-      this.lib.sgemm(transA, transB, Math.min(SKINNY_ROWS, M - i), N, K, a, lda, B, ldb, C.subarray(i * ldc), ldc);
+      this.lib.sgemm(transA, transB, Math.min(SKINNY_ROWS, M - i), N, K, a, lda, B, ldb, C.subarray(i * ldc), ldc, beta);
     }
   }
 

@@ -22,8 +22,8 @@ export interface BlasLibrary {
   readonly canSetThreads: boolean;
   /** Set the (process-wide) thread count if it differs from the last request; returns what the library reports, 0 if it cannot be set. */
   useThreads(n: number): number;
-  /** Row-major C[M,N] = op(A)·op(B); A, B, C start at their first element. */
-  sgemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Float32Array, lda: number, B: Float32Array, ldb: number, C: Float32Array, ldc: number): void;
+  /** Row-major C[M,N] = op(A)·op(B) + beta·C (beta 0 by default); A, B, C start at their first element. */
+  sgemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Float32Array, lda: number, B: Float32Array, ldb: number, C: Float32Array, ldc: number, beta?: number): void;
 }
 
 type Fn<A extends unknown[], R> = (...args: A) => R;
@@ -78,8 +78,8 @@ export function describeLibrary(bound: Bound, path: string, via: string): BlasLi
       }
       return current;
     },
-    sgemm(transA, transB, M, N, K, A, lda, B, ldb, C, ldc) {
-      sgemm(ROW_MAJOR, transA ? TRANS : NO_TRANS, transB ? TRANS : NO_TRANS, M, N, K, 1, A, lda, B, ldb, 0, C, ldc);
+    sgemm(transA, transB, M, N, K, A, lda, B, ldb, C, ldc, beta = 0) {
+      sgemm(ROW_MAJOR, transA ? TRANS : NO_TRANS, transB ? TRANS : NO_TRANS, M, N, K, 1, A, lda, B, ldb, beta, C, ldc);
     },
   };
 }

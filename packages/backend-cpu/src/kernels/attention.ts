@@ -2,12 +2,37 @@
  * Causal grouped-query attention on the CPU, forward and backward (FusedKernels.attention).
  *
  * The query heads that share a kv head are adjacent in q [B, Hq, T, D], so each (batch, kv head)
- * is one [rep·T, D] block of rows: scores = Q·Kᵀ and P·V go through the matmul engine (BLAS or
- * WASM SIMD) a block of rows at a time. Only the row logsumexp survives the forward; backward
+ * is one [rep·T, D] block of rows: scores = Q·Kᵀ and P·V go through `AttnOps.gemm` (sgemm with
+ * transposes and accumulation on a BLAS; transposed copies on the WASM engine) a block of rows at
+ * a time, and exp through the WASM SIMD kernel. Only the row logsumexp survives the forward; backward
  * recomputes P = exp(scale·Q·Kᵀ - lse) block by block, as flash attention does. The transient
  * score block is bounded (ROW_BLOCK_FLOATS), so memory does not grow with T·S.
  */
 import type { MatmulEngine } from "../matmul.ts";
+
+/** What the kernels need from the backend: a packed gemm and an in-place exp. */
+export interface AttnOps {
+  /** C[M,N] (+)= op(A)·op(B) on packed row-major operands (op(A) is [M, K], op(B) [K, N]). */
+  gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Float32Array, B: Float32Array, C: Float32Array, accumulate: boolean): void;
+  /** x <- e^x for the first n elements. */
+  exp(x: Float32Array, n: number): void;
+}
+
+/** AttnOps over a packed-only engine: transposes into scratch, accumulates through a temporary. */
+export function engineOps(mm: MatmulEngine, exp: AttnOps["exp"]): AttnOps {
+  let ta: Float32Array = new Float32Array(0), tb: Float32Array = new Float32Array(0), tc: Float32Array = new Float32Array(0);
+  const grow = (a: Float32Array, n: number) => (a.length >= n ? a : new Float32Array(n));
+  return {
+    gemm(transA, transB, M, N, K, A, B, C, accumulate) {
+      if (transA) transpose(A, K, M, (ta = grow(ta, M * K)));
+      if (transB) transpose(B, N, K, (tb = grow(tb, K * N)));
+      const out = accumulate ? (tc = grow(tc, M * N)) : C;
+      mm.matmul(transA ? ta.subarray(0, M * K) : A.subarray(0, M * K), transB ? tb.subarray(0, K * N) : B.subarray(0, K * N), out.subarray(0, M * N), M, N, K);
+      if (accumulate) for (let i = 0; i < M * N; i++) C[i] += tc[i];
+    },
+    exp,
+  };
+}
 
 /** Scores held at once: rows per block = this / S (at least 16 rows). 4 MiB of f32. */
 const ROW_BLOCK_FLOATS = 1 << 20;
@@ -43,51 +68,49 @@ function rowBlock(a: AttnShape): number {
 }
 
 /** P = softmax(scale · scores) over each row's visible keys, in place; zeros beyond; lse per row. */
-function softmaxRows(s: Float32Array, rows: number, r0: number, a: AttnShape, lse: Float32Array, lseAt: number): void {
+function softmaxRows(ops: AttnOps, s: Float32Array, rows: number, r0: number, a: AttnShape, lse: Float32Array, lseAt: number): void {
   const S = a.S;
+  const mx = new Float64Array(rows);
   for (let i = 0; i < rows; i++) {
-    const n = visible(a, r0 + i);
-    const o = i * S;
-    let mx = -Infinity;
+    const n = visible(a, r0 + i), o = i * S;
+    let m = -Infinity;
     for (let j = 0; j < n; j++) {
-      const x = s[o + j] * a.scale;
-      s[o + j] = x;
-      if (x > mx) mx = x;
+      const x = (s[o + j] *= a.scale);
+      if (x > m) m = x;
     }
+    for (let j = 0; j < n; j++) s[o + j] -= m;
+    mx[i] = m;
+  }
+  ops.exp(s, rows * S);
+  for (let i = 0; i < rows; i++) {
+    const n = visible(a, r0 + i), o = i * S;
+    s.fill(0, o + n, o + S);
     let sum = 0;
-    for (let j = 0; j < n; j++) {
-      const e = Math.exp(s[o + j] - mx);
-      s[o + j] = e;
-      sum += e;
-    }
+    for (let j = 0; j < n; j++) sum += s[o + j];
     const inv = 1 / sum;
     for (let j = 0; j < n; j++) s[o + j] *= inv;
-    s.fill(0, o + n, o + S);
-    lse[lseAt + i] = mx + Math.log(sum);
+    lse[lseAt + i] = mx[i] + Math.log(sum);
   }
 }
 
-export function attentionForward(mm: MatmulEngine, q: Float32Array, k: Float32Array, v: Float32Array, a: AttnShape): { out: Float32Array; lse: Float32Array } {
+export function attentionForward(ops: AttnOps, q: Float32Array, k: Float32Array, v: Float32Array, a: AttnShape): { out: Float32Array; lse: Float32Array } {
   const { B, Hq, Hkv, T, S, D } = a;
   const R = (Hq / Hkv) * T;
   const rb = rowBlock(a);
   const out = new Float32Array(B * Hq * T * D);
   const lse = new Float32Array(B * Hq * T);
-  const kT = new Float32Array(D * S);
   const scores = new Float32Array(rb * S);
   for (let b = 0; b < B; b++) {
     for (let g = 0; g < Hkv; g++) {
       const kv = (b * Hkv + g) * S * D;
       const q0 = (b * Hkv + g) * R; // first row of this group in [B·Hq·T]
-      transpose(k.subarray(kv, kv + S * D), S, D, kT);
-      const V = v.subarray(kv, kv + S * D);
+      const K = k.subarray(kv, kv + S * D), V = v.subarray(kv, kv + S * D);
       for (let r0 = 0; r0 < R; r0 += rb) {
         const rows = Math.min(rb, R - r0);
         const Q = q.subarray((q0 + r0) * D, (q0 + r0 + rows) * D);
-        const sc = scores.subarray(0, rows * S);
-        mm.matmul(Q, kT, sc, rows, S, D);
-        softmaxRows(sc, rows, r0, a, lse, q0 + r0);
-        mm.matmul(sc, V, out.subarray((q0 + r0) * D, (q0 + r0 + rows) * D), rows, D, S);
+        ops.gemm(false, true, rows, S, D, Q, K, scores, false);
+        softmaxRows(ops, scores, rows, r0, a, lse, q0 + r0);
+        ops.gemm(false, false, rows, D, S, scores, V, out.subarray((q0 + r0) * D), false);
       }
     }
   }
@@ -95,7 +118,7 @@ export function attentionForward(mm: MatmulEngine, q: Float32Array, k: Float32Ar
 }
 
 export function attentionBackward(
-  mm: MatmulEngine, q: Float32Array, k: Float32Array, v: Float32Array, out: Float32Array, lse: Float32Array, gy: Float32Array, a: AttnShape,
+  ops: AttnOps, q: Float32Array, k: Float32Array, v: Float32Array, out: Float32Array, lse: Float32Array, gy: Float32Array, a: AttnShape,
 ): { gq: Float32Array; gk: Float32Array; gv: Float32Array } {
   const { B, Hq, Hkv, T, S, D, scale } = a;
   const R = (Hq / Hkv) * T;
@@ -110,47 +133,35 @@ export function attentionBackward(
     for (let d = 0; d < D; d++) s += gy[r * D + d] * out[r * D + d];
     delta[r] = s;
   }
-  const kT = new Float32Array(D * S);
-  const vT = new Float32Array(D * S);
   const P = new Float32Array(rb * S);
   const dP = new Float32Array(rb * S);
-  const tBlock = new Float32Array(rb * S);
-  const acc = new Float32Array(S * D);
   for (let b = 0; b < B; b++) {
     for (let g = 0; g < Hkv; g++) {
       const kv = (b * Hkv + g) * S * D;
       const q0 = (b * Hkv + g) * R;
-      const K = k.subarray(kv, kv + S * D);
-      transpose(K, S, D, kT);
-      transpose(v.subarray(kv, kv + S * D), S, D, vT);
-      const gK = gk.subarray(kv, kv + S * D);
-      const gV = gv.subarray(kv, kv + S * D);
+      const K = k.subarray(kv, kv + S * D), V = v.subarray(kv, kv + S * D);
+      const gK = gk.subarray(kv, kv + S * D), gV = gv.subarray(kv, kv + S * D);
       for (let r0 = 0; r0 < R; r0 += rb) {
         const rows = Math.min(rb, R - r0);
         const span = (t: Float32Array) => t.subarray((q0 + r0) * D, (q0 + r0 + rows) * D);
         const Q = span(q), dO = span(gy);
-        const p = P.subarray(0, rows * S), dp = dP.subarray(0, rows * S), tb = tBlock.subarray(0, rows * S);
-        mm.matmul(Q, kT, p, rows, S, D);
+        // P = exp(scale·Q·Kᵀ - lse), zero where masked
+        ops.gemm(false, true, rows, S, D, Q, K, P, false);
         for (let i = 0; i < rows; i++) {
           const n = visible(a, r0 + i), o = i * S, l = lse[q0 + r0 + i];
-          for (let j = 0; j < n; j++) p[o + j] = Math.exp(p[o + j] * scale - l);
-          p.fill(0, o + n, o + S);
+          for (let j = 0; j < n; j++) P[o + j] = P[o + j] * scale - l;
         }
-        // dV += Pᵀ·dO
-        transpose(p, rows, S, tb);
-        mm.matmul(tb, dO, acc, S, D, rows);
-        for (let i = 0; i < S * D; i++) gV[i] += acc[i];
+        ops.exp(P, rows * S);
+        for (let i = 0; i < rows; i++) P.fill(0, i * S + visible(a, r0 + i), (i + 1) * S);
+        ops.gemm(true, false, S, D, rows, P, dO, gV, true); // dV += Pᵀ·dO
         // dS = P ∘ (dO·Vᵀ - delta) · scale
-        mm.matmul(dO, vT, dp, rows, S, D);
+        ops.gemm(false, true, rows, S, D, dO, V, dP, false);
         for (let i = 0; i < rows; i++) {
           const o = i * S, dl = delta[q0 + r0 + i];
-          for (let j = 0; j < S; j++) dp[o + j] = p[o + j] * (dp[o + j] - dl) * scale;
+          for (let j = 0; j < S; j++) dP[o + j] = P[o + j] * (dP[o + j] - dl) * scale;
         }
-        // dQ = dS·K;  dK += dSᵀ·Q
-        mm.matmul(dp, K, span(gq), rows, D, S);
-        transpose(dp, rows, S, tb);
-        mm.matmul(tb, Q, acc, S, D, rows);
-        for (let i = 0; i < S * D; i++) gK[i] += acc[i];
+        ops.gemm(false, false, rows, D, S, dP, K, span(gq), false); // dQ = dS·K
+        ops.gemm(true, false, S, D, rows, dP, Q, gK, true); // dK += dSᵀ·Q
       }
     }
   }
