@@ -6,10 +6,15 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { dequantizeCase, matmulCaseRef, quant4bitCase, rnd } from "@lowrank/tensor/testing";
-import { createMatmulEngine } from "../src/index.ts";
+import { createCpuBackend, createMatmulEngine } from "../src/index.ts";
+import { BlasEngine } from "../src/blas/engine.ts";
 import { blockScales, matmul4bitHost } from "../src/kernels/matmul4bit.ts";
 
 const engine = createMatmulEngine({ threads: 0 });
+// The BLAS path takes its own panels (whole rows of W, sgemm with transposes); checked when a BLAS loads.
+const blasBackend = createCpuBackend({ threads: 0, blas: "auto" });
+const blas = blasBackend.engine instanceof BlasEngine ? blasBackend.engine : null;
+const ENGINES = [["wasm", engine], ...(blas ? [["blas", blas] as const] : [])] as const;
 
 function maxRelErr(got: Float32Array, ref: number[]): number {
   let m = 0;
@@ -37,10 +42,12 @@ for (const [out, inF, bs, dq] of SHAPES) {
         const x = rnd(M * K, M + K);
         const ref = matmulCaseRef(x, M, W, out, inF, transpose);
         for (const [label, opts] of [["small-M loop", { smallM: 1000 }], ["panels of 8", { smallM: 0, panelFloats: 8 * K }], ["default", {}]] as const) {
-          const y = new Float32Array(M * N);
-          matmul4bitHost(engine, w, x, M, transpose, y, opts);
-          const err = maxRelErr(y, ref);
-          assert.ok(err < 2e-6, `${label} transpose=${transpose} M=${M}: max rel err ${err}`);
+          for (const [name, eng] of ENGINES) {
+            const y = new Float32Array(M * N).fill(NaN);
+            matmul4bitHost(eng, w, x, M, transpose, y, opts);
+            const err = maxRelErr(y, ref);
+            assert.ok(err < 2e-6, `${label} on ${name} transpose=${transpose} M=${M}: max rel err ${err}`);
+          }
         }
       }
     }

@@ -175,16 +175,17 @@ export function loraBranch(x: Tensor, A: Tensor, B: Tensor, scaling: number, dro
   return scope(() => {
     if (drop && drop.p === 0) drop = null;
     const fusedDrop = x.backend.fused?.dropout;
-    if (!isGradEnabled() || (drop && !fusedDrop) || x.rank !== 2) {
+    if ((drop && !fusedDrop) || x.rank !== 2) {
       const xd = drop ? dropout(x, drop.p, drop.seed, drop.offset) : x;
       return xd.matmul(A.T).matmul(B.T).mul(scaling);
     }
+    const grad = isGradEnabled();
     const h = noGrad(() => {
       const xd = drop ? dropoutKernel(x.backend, x, drop) : x;
-      return xd.matmul(A.T).mul(scaling); // [N, r], scaled so backward reuses it for gB
+      return xd.matmul(A.T).mul(scaling); // [N, r]: scaling the thin side is cheap, and backward reuses it for gB
     });
     const y = noGrad(() => h.matmul(B.T));
-    return record(y, "loraBranch", [x, A, B], { scaling, drop }, [h]);
+    return grad ? record(y, "loraBranch", [x, A, B], { scaling, drop }, [h]) : y;
   });
 }
 

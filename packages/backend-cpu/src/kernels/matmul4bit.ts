@@ -12,6 +12,7 @@
  */
 import { type DType, type HostArray, type Input, type Quant4bitInputs, fromF32, numel } from "@lowrank/tensor";
 import type { MatmulEngine } from "../matmul.ts";
+import { BlasEngine } from "../blas/engine.ts";
 
 /** The weight as host arrays (what Quant4bitInputs views resolve to on the CPU). */
 export interface Quant4bitHost {
@@ -189,6 +190,7 @@ export function matmul4bitHost(
     matmul4bitSmall(w, scales, x, M, transpose, y);
     return;
   }
+  if (isStrided(engine)) return panelsStrided(engine, w, scales, x, M, transpose, y, opts.panelFloats ?? PANEL_FLOATS);
   // P output columns per panel: a multiple of 8 (the engine's tiles) unless N is smaller.
   const P = Math.min(N, Math.max(8, Math.floor((opts.panelFloats ?? PANEL_FLOATS) / K / 8) * 8));
   const panel = new Float32Array(K * P);
@@ -212,6 +214,26 @@ export function matmul4bitHost(
     for (let o = 0; o < O; o++) dequantRange(w, scales, o * I + c0, o * I + c0 + p, panel, o * p);
     engine.matmul(x, panel.subarray(0, K * p), cPanel, M, p, K); // (M, p)
     for (let m = 0; m < M; m++) y.set(cPanel.subarray(m * p, (m + 1) * p), m * N + c0);
+  }
+}
+
+/** The BLAS engine takes transposed, strided operands and accumulates. */
+const isStrided = (e: MatmulEngine): e is BlasEngine => e instanceof BlasEngine;
+
+/**
+ * Panels of whole rows of W (contiguous in the flat weight, so the dequant writes are sequential),
+ * handed to sgemm as they lie: forward y[:, rows] = x·panelᵀ straight into y's columns (ldc = N);
+ * input gradient y += x[:, rows]·panel, accumulated over the panels. No transposes, no scatter.
+ */
+function panelsStrided(engine: BlasEngine, w: Quant4bitHost, scales: Float32Array, x: Float32Array, M: number, transpose: boolean, y: Float32Array, panelFloats: number): void {
+  const { outFeatures: O, inFeatures: I } = w;
+  const P = Math.min(O, Math.max(8, Math.floor(panelFloats / I)));
+  const panel = new Float32Array(P * I);
+  for (let o0 = 0; o0 < O; o0 += P) {
+    const p = Math.min(P, O - o0);
+    dequantRange(w, scales, o0 * I, (o0 + p) * I, panel, 0);
+    if (!transpose) engine.gemm(false, true, M, p, I, x, I, panel, I, y.subarray(o0), O);
+    else engine.gemm(false, false, M, I, p, x.subarray(o0), O, panel, I, y, I, o0 === 0 ? 0 : 1);
   }
 }
 
