@@ -244,6 +244,14 @@ export class CpuBackend implements Backend<CpuHandle> {
   }
   gather(x: Input<CpuHandle>, idx: Input<CpuHandle>, axis: number): CpuHandle {
     const xv = this.packed(x);
+    const rows = rowIds(idx, axis, x.view.shape);
+    if (rows) {
+      // embedding: one id per output row, whole rows of the table copied
+      const dim = x.view.shape[1];
+      const out = this.scratch(x.dtype, rows.length * dim) as Num;
+      for (let r = 0; r < rows.length; r++) out.set(xv.subarray(rows[r] * dim, (rows[r] + 1) * dim), r * dim);
+      return this.store(x.dtype, out);
+    }
     const iv = gatherValues(idx.handle as Num, idx.view);
     const out = this.scratch(x.dtype, iv.length) as Num;
     gatherKernel(xv, x.view.shape, iv, idx.view.shape, axis, out);
@@ -251,8 +259,18 @@ export class CpuBackend implements Backend<CpuHandle> {
   }
   scatterAdd(shape: readonly number[], dtype: DType, idx: Input<CpuHandle>, src: Input<CpuHandle>, axis: number): CpuHandle {
     const acc = new Float64Array(numel(shape));
-    const iv = gatherValues(idx.handle as Num, idx.view);
     const sv = this.packed(src);
+    const rows = rowIds(idx, axis, shape);
+    if (rows) {
+      // embedding's gradient: whole rows added in order (the same f64 sums as the general kernel)
+      const dim = shape[1];
+      for (let r = 0; r < rows.length; r++) {
+        const o = rows[r] * dim, i0 = r * dim;
+        for (let j = 0; j < dim; j++) acc[o + j] += sv[i0 + j];
+      }
+      return this.store(dtype, acc);
+    }
+    const iv = gatherValues(idx.handle as Num, idx.view);
     scatterAddKernel(acc, shape, iv, sv, src.view.shape, axis);
     return this.store(dtype, acc);
   }
@@ -286,20 +304,20 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
     ? { gemm: (tA, tB, M, N, K, A, B, C, acc) => blas.gemm(tA, tB, M, N, K, A, tA ? M : K, B, tB ? K : N, C, N, acc ? 1 : 0), exp }
     : engineOps(be.engine, exp);
   return {
-    softmax: (x) => { const { rows, n } = rowsOf(x); const y = new Float32Array(rows * n); softmaxRows(be.packedF32(x), rows, n, y, false); return out(x.dtype, y); },
-    logSoftmax: (x) => { const { rows, n } = rowsOf(x); const y = new Float32Array(rows * n); softmaxRows(be.packedF32(x), rows, n, y, true); return out(x.dtype, y); },
-    softmaxBackward: (y, gy) => { const { rows, n } = rowsOf(y); const g = new Float32Array(rows * n); softmaxBackwardRows(be.packedF32(y), be.packedF32(gy), rows, n, g, false); return out(y.dtype, g); },
-    logSoftmaxBackward: (y, gy) => { const { rows, n } = rowsOf(y); const g = new Float32Array(rows * n); softmaxBackwardRows(be.packedF32(y), be.packedF32(gy), rows, n, g, true); return out(y.dtype, g); },
+    softmax: (x) => { const { rows, n } = rowsOf(x); const y = be.pool.take(rows * n); softmaxRows(be.packedF32(x), rows, n, y, false); return out(x.dtype, y); },
+    logSoftmax: (x) => { const { rows, n } = rowsOf(x); const y = be.pool.take(rows * n); softmaxRows(be.packedF32(x), rows, n, y, true); return out(x.dtype, y); },
+    softmaxBackward: (y, gy) => { const { rows, n } = rowsOf(y); const g = be.pool.take(rows * n); softmaxBackwardRows(be.packedF32(y), be.packedF32(gy), rows, n, g, false); return out(y.dtype, g); },
+    logSoftmaxBackward: (y, gy) => { const { rows, n } = rowsOf(y); const g = be.pool.take(rows * n); softmaxBackwardRows(be.packedF32(y), be.packedF32(gy), rows, n, g, true); return out(y.dtype, g); },
     rmsNorm: (x, w, eps) => {
       const { rows, n } = rowsOf(x);
-      const y = new Float32Array(rows * n);
+      const y = be.pool.take(rows * n);
       const rstd = new Float32Array(rows);
       rmsNormRows(be.packedF32(x), be.packedF32(w), rows, n, eps, y, rstd);
       return { out: out(x.dtype, y), rstd: be.own(rstd) };
     },
     rmsNormBackward: (x, w, rstd, gy) => {
       const { rows, n } = rowsOf(x);
-      const gx = new Float32Array(rows * n);
+      const gx = be.pool.take(rows * n);
       const gw = new Float64Array(n);
       rmsNormBackwardRows(be.packedF32(x), be.packedF32(w), be.packedF32(rstd), be.packedF32(gy), rows, n, gx, gw);
       return { gx: out(x.dtype, gx), gw: out(w.dtype, Float32Array.from(gw)) };
@@ -314,7 +332,7 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
     },
     crossEntropyBackward: (logits, targets, lse, g, ignore) => {
       const { rows, n } = rowsOf(logits);
-      const gl = new Float32Array(rows * n);
+      const gl = be.pool.take(rows * n);
       const t = gatherValues(targets.handle as Num, targets.view) as Int32Array;
       crossEntropyBackwardRows(be.packedF32(logits), t, be.packedF32(lse), be.packedF32(g), rows, n, ignore, gl);
       return out(logits.dtype, gl);
@@ -368,4 +386,20 @@ function attnShape(q: Input<CpuHandle>, k: Input<CpuHandle>, causal: boolean, sc
   const [B, Hq, T, D] = q.view.shape;
   const [, Hkv, S] = k.view.shape;
   return { B, Hq, Hkv, T, S, D, causal, scale };
+}
+
+/**
+ * The ids of an embedding-style index: 2-D, axis 0, one id per row broadcast along the row
+ * (ops.embedding's expand), checked against the table's rows; null for any other index.
+ */
+function rowIds(idx: Input<CpuHandle>, axis: number, xShape: readonly number[]): Int32Array | null {
+  const { shape, strides, offset } = idx.view;
+  if (axis !== 0 || shape.length !== 2 || xShape.length !== 2 || strides[1] !== 0 || shape[1] !== xShape[1] || !(idx.handle instanceof Int32Array)) return null;
+  const ids = new Int32Array(shape[0]);
+  for (let r = 0; r < shape[0]; r++) {
+    const v = idx.handle[offset + r * strides[0]];
+    if (!(v >= 0 && v < xShape[0])) return null; // the general kernel reports the bad index
+    ids[r] = v;
+  }
+  return ids;
 }
