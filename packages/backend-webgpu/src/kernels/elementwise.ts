@@ -9,9 +9,9 @@
  * scalar (all strides 0) or strided.
  */
 import type { BinaryOp, DType, UnaryOp } from "@lowrank/tensor";
-import { hash32, numel } from "@lowrank/tensor";
+import { hash32, isContiguous, numel } from "@lowrank/tensor";
 import { BITS, EPW, Wgsl, natOf } from "../wgsl/common.ts";
-import { type GpuStorage, type KernelContext, bindWords, groupsFor, wordsOf } from "./context.ts";
+import { type GpuInput, type GpuStorage, type KernelContext, bindWords, groupsFor, wordsOf } from "./context.ts";
 import { type Access, MAX_RANK, checkRank, coalesce, contiguousStrides, planBoxes } from "./strided.ts";
 
 const WG = 64;
@@ -256,4 +256,22 @@ export function randomKernel(ctx: KernelContext, size: number, seed: number, off
     extras: [hash32(seed >>> 0), offset >>> 0, hi >>> 0],
     expr: (w) => (w.need("hash"), "uniform_at(li)"),
   });
+}
+
+// ---------------------------------------------------------------- helpers of the hand-written kernels
+
+/** A contiguous view of x (copies only when the core hands over a strided one; the copy joins `temps`). */
+export function contig(ctx: KernelContext, x: GpuInput, temps: GpuStorage[]): GpuInput {
+  if (isContiguous(x.view.shape, x.view.strides)) return x;
+  const h = elementwise(ctx, { name: "copy", out: x.dtype, shape: x.view.shape, bits: true, expr: () => "", operands: [{ handle: x.handle, dtype: x.dtype, strides: x.view.strides, offset: x.view.offset }] });
+  temps.push(h);
+  return { handle: h, dtype: x.dtype, view: { shape: x.view.shape, strides: contiguousStrides(x.view.shape), offset: 0 } };
+}
+
+/** Round an f32 temporary into `dtype` and release the temporary (no-op when h already has that dtype). */
+export function finish(ctx: KernelContext, h: GpuStorage, dtype: DType): GpuStorage {
+  if (h.dtype === dtype) return h;
+  const out = elementwise(ctx, { name: "cast_f32", out: dtype, shape: [h.size], operands: [{ handle: h, dtype: "f32", strides: [1], offset: 0 }], expr: (w, [v]) => w.convert("f32", dtype, v) });
+  ctx.release(h);
+  return out;
 }

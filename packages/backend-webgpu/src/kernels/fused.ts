@@ -1,19 +1,22 @@
 /**
  * Fused last-axis kernels (softmax, logSoftmax, rmsNorm, crossEntropy and their backward
- * kernels): one workgroup per row, row reductions in workgroup memory, f32 math. Outputs are
- * written as f32; a half/bf16 result is then rounded by the cast kernel (one rounding, like the CPU).
- * Rows are chunked so every operand window fits one storage binding (a 32k-vocab logits
- * matrix is larger than lavapipe's 128 MiB binding limit).
+ * kernels): one workgroup per row, row reductions in workgroup memory, f32 math. makeFused adds
+ * the kernels of fused-nn.ts and attention.ts. Outputs are written as f32; a half/bf16 result
+ * is then rounded by the cast kernel (one rounding, like the CPU). Rows are chunked so every
+ * operand window fits one storage binding (a 32k-vocab logits matrix is larger than lavapipe's
+ * 128 MiB binding limit).
  *
  * Operand kinds: "rows" (row r at base + r*n), "vec" (one length-n vector for every row),
  * "perrow" (element r). Parameters: 0 rows in chunk, 1 n, 2 eps, 3 ignore index, 4 first
  * chunk?, 16+k input bases, 32+k output bases.
  */
-import { type DType, type FusedKernels, isContiguous, numel } from "@lowrank/tensor";
+import { type FusedKernels, numel } from "@lowrank/tensor";
 import { Wgsl, natOf } from "../wgsl/common.ts";
 import { type GpuInput, type GpuStorage, type KernelContext, bindWords } from "./context.ts";
-import { elementwise } from "./elementwise.ts";
-import { type Access, contiguousStrides, planBoxes } from "./strided.ts";
+import { makeAttention } from "./attention.ts";
+import { contig, finish } from "./elementwise.ts";
+import { makeFusedNn } from "./fused-nn.ts";
+import { type Access, planBoxes } from "./strided.ts";
 
 const WG = 64;
 type Kind = "rows" | "vec" | "perrow";
@@ -52,14 +55,6 @@ fn wg_max(v: f32, lid: u32) -> f32 {
   workgroupBarrier();
   return t;
 }`;
-
-/** A contiguous view of x (copies only when the core hands over a strided one). */
-function contig(ctx: KernelContext, x: GpuInput, temps: GpuStorage[]): GpuInput {
-  if (isContiguous(x.view.shape, x.view.strides)) return x;
-  const h = elementwise(ctx, { name: "copy", out: x.dtype, shape: x.view.shape, bits: true, expr: () => "", operands: [{ handle: x.handle, dtype: x.dtype, strides: x.view.strides, offset: x.view.offset }] });
-  temps.push(h);
-  return { handle: h, dtype: x.dtype, view: { shape: x.view.shape, strides: contiguousStrides(x.view.shape), offset: 0 } };
-}
 
 /**
  * Run a row kernel: `body` sees the chunk-local row `r`, `lid`, `n`, accessors `<in>(r, i)` /
@@ -119,14 +114,6 @@ ${body}`);
   });
   temps.forEach((t) => ctx.release(t));
   return outputs;
-}
-
-/** Round an f32 temporary into `dtype` (no-op for f32). */
-function finish(ctx: KernelContext, h: GpuStorage, dtype: DType): GpuStorage {
-  if (dtype === "f32") return h;
-  const out = elementwise(ctx, { name: "cast_f32", out: dtype, shape: [h.size], operands: [{ handle: h, dtype: "f32", strides: [1], offset: 0 }], expr: (w, [v]) => w.convert("f32", dtype, v) });
-  ctx.release(h);
-  return out;
 }
 
 function dims(x: GpuInput): { rows: number; n: number } {
@@ -238,5 +225,7 @@ export function makeFused(ctx: KernelContext): Partial<FusedKernels<GpuStorage>>
       const ins: RowIn[] = [{ name: "x", x: logits, kind: "rows" }, { name: "tg", x: targets, kind: "perrow" }, { name: "lse", x: lse, kind: "perrow" }, { name: "g", x: g, kind: "perrow" }];
       return finish(ctx, rowKernel(ctx, "crossEntropyBackward", rows, n, ins, [{ name: "gl", kind: "rows" }], CROSS_ENTROPY_BWD, { ignore, flags: true })[0], logits.dtype);
     },
+    ...makeFusedNn(ctx),
+    ...makeAttention(ctx),
   };
 }
