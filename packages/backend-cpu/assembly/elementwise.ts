@@ -304,3 +304,59 @@ export function swigluBackward(g: usize, u: usize, gy: usize, n: i32): void {
     v128.store(g + k, f32x4.mul(f32x4.mul(gs, up), f32x4.add(one, f32x4.mul(x, f32x4.sub(one, s)))));
   }
 }
+
+/**
+ * RMSNorm of `rows` packed rows of n: rstd = 1/sqrt(mean(x²) + eps) from an f64 sum of squares
+ * (as the TypeScript kernel), o = x · rstd · w in f32.
+ */
+export function rmsNorm(x: usize, w: usize, o: usize, rstd: usize, rows: i32, n: i32, eps: f64): void {
+  const n4 = n & ~3;
+  for (let r = 0; r < rows; r++) {
+    let s0 = f64x2.splat(0), s1 = f64x2.splat(0);
+    for (let i = 0; i < n4; i += 4) {
+      const v = v128.load(x + (<usize>i << 2));
+      const lo = f64x2.promote_low_f32x4(v), hi = f64x2.promote_low_f32x4(i32x4.shuffle(v, v, 2, 3, 0, 1));
+      s0 = f64x2.add(s0, f64x2.mul(lo, lo));
+      s1 = f64x2.add(s1, f64x2.mul(hi, hi));
+    }
+    const s = f64x2.add(s0, s1);
+    let ss = f64x2.extract_lane(s, 0) + f64x2.extract_lane(s, 1);
+    for (let i = n4; i < n; i++) { const v = <f64>load<f32>(x + (<usize>i << 2)); ss += v * v; }
+    const rs = <f32>(1 / Math.sqrt(ss / <f64>n + eps));
+    store<f32>(rstd + (<usize>r << 2), rs);
+    const vr = f32x4.splat(rs);
+    for (let i = 0; i < n4; i += 4) {
+      const k = <usize>i << 2;
+      v128.store(o + k, f32x4.mul(f32x4.mul(v128.load(x + k), vr), v128.load(w + k)));
+    }
+    for (let i = n4; i < n; i++) store<f32>(o + (<usize>i << 2), load<f32>(x + (<usize>i << 2)) * rs * load<f32>(w + (<usize>i << 2)));
+    x += <usize>n << 2;
+    o += <usize>n << 2;
+  }
+}
+
+/**
+ * RMSNorm's backward over packed rows: gx = rstd (gy w - x̂ · mean(gy w x̂)), x̂ = x rstd, and
+ * gw[i] += gy x̂ accumulated in f64 row by row (gw is n f64 values the caller keeps across calls).
+ */
+export function rmsNormBackward(x: usize, w: usize, gy: usize, gx: usize, gw: usize, rstd: usize, rows: i32, n: i32): void {
+  for (let r = 0; r < rows; r++) {
+    const rs = load<f32>(rstd + (<usize>r << 2));
+    let dot: f64 = 0;
+    for (let i = 0; i < n; i++) {
+      const k = <usize>i << 2;
+      dot += <f64>load<f32>(gy + k) * <f64>load<f32>(w + k) * <f64>load<f32>(x + k) * <f64>rs;
+    }
+    const d = <f32>(dot / <f64>n);
+    for (let i = 0; i < n; i++) {
+      const k = <usize>i << 2;
+      const xh = load<f32>(x + k) * rs, g = load<f32>(gy + k);
+      const p = gw + (<usize>i << 3);
+      store<f64>(p, load<f64>(p) + <f64>g * <f64>xh);
+      store<f32>(gx + k, rs * (g * load<f32>(w + k) - xh * d));
+    }
+    x += <usize>n << 2;
+    gy += <usize>n << 2;
+    gx += <usize>n << 2;
+  }
+}

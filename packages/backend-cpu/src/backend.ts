@@ -312,14 +312,16 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
       const { rows, n } = rowsOf(x);
       const y = be.pool.take(rows * n);
       const rstd = new Float32Array(rows);
-      rmsNormRows(be.packedF32(x), be.packedF32(w), rows, n, eps, y, rstd);
+      const [xv, wv] = [be.packedF32(x), be.packedF32(w)];
+      if (!be.ew?.rmsNorm(xv, wv, rows, n, eps, y, rstd)) rmsNormRows(xv, wv, rows, n, eps, y, rstd);
       return { out: out(x.dtype, y), rstd: be.own(rstd) };
     },
     rmsNormBackward: (x, w, rstd, gy) => {
       const { rows, n } = rowsOf(x);
       const gx = be.pool.take(rows * n);
       const gw = new Float64Array(n);
-      rmsNormBackwardRows(be.packedF32(x), be.packedF32(w), be.packedF32(rstd), be.packedF32(gy), rows, n, gx, gw);
+      const [xv, wv, rv, gv] = [be.packedF32(x), be.packedF32(w), be.packedF32(rstd), be.packedF32(gy)];
+      if (!be.ew?.rmsNormBackward(xv, wv, rv, gv, rows, n, gx, gw)) rmsNormBackwardRows(xv, wv, rv, gv, rows, n, gx, gw);
       return { gx: out(x.dtype, gx), gw: out(w.dtype, Float32Array.from(gw)) };
     },
     crossEntropy: (logits, targets, ignore) => {

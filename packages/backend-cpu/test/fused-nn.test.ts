@@ -37,3 +37,23 @@ test("WASM SwiGLU forward and backward within 4 ulp of the TypeScript kernels", 
     close(ua, ub, `dup n ${n}`);
   }
 });
+
+test("WASM RMSNorm forward and backward agree with the TypeScript kernels", { skip: ew ? false : "no WASM SIMD here" }, async () => {
+  const { rmsNormRows, rmsNormBackwardRows } = await import("../src/kernels/fused.ts");
+  for (const [rows, n] of [[64, 256], [33, 67], [5, 2048]]) {
+    const x = rnd(rows * n, 5), w = rnd(n, 6), gy = rnd(rows * n, 7);
+    const [y1, y2, r1, r2] = [new Float32Array(rows * n), new Float32Array(rows * n), new Float32Array(rows), new Float32Array(rows)];
+    assert.ok(ew!.rmsNorm(x, w, rows, n, 1e-5, y1, r1));
+    rmsNormRows(x, w, rows, n, 1e-5, y2, r2);
+    const [g1, g2, w1, w2] = [new Float32Array(rows * n), new Float32Array(rows * n), new Float64Array(n), new Float64Array(n)];
+    assert.ok(ew!.rmsNormBackward(x, w, r2, gy, rows, n, g1, w1));
+    rmsNormBackwardRows(x, w, r2, gy, rows, n, g2, w2);
+    const close = (a: ArrayLike<number>, b: ArrayLike<number>, what: string) => {
+      for (let i = 0; i < b.length; i++) assert.ok(Math.abs(a[i] - b[i]) <= 1e-5 * (1 + Math.abs(b[i])), `${what}[${i}] ${a[i]} vs ${b[i]} (rows ${rows}, n ${n})`);
+    };
+    close(r1, r2, "rstd");
+    close(y1, y2, "y");
+    close(g1, g2, "gx");
+    close(w1, w2, "gw");
+  }
+});

@@ -242,6 +242,8 @@ export interface Matmul4bitHost {
   readonly engine: MatmulEngine;
   packedF32(x: Input<HostArray>): Float32Array;
   own<T extends HostArray>(a: T): T;
+  /** Recycled f32 arrays for outputs the kernel writes in full. */
+  readonly pool: { take(n: number): Float32Array };
 }
 
 /** The contiguous 1-D views of Quant4bitInputs as typed arrays (no copies). */
@@ -267,7 +269,7 @@ export function matmul4bitKernel(be: Matmul4bitHost, x: Input<HostArray>, w: Qua
   const K = shape[shape.length - 1];
   const M = numel(shape) / K;
   const N = transpose ? w.inFeatures : w.outFeatures;
-  const y = new Float32Array(M * N);
+  const y = be.pool.take(M * N); // every element is written (panels cover all columns; the small path all rows)
   matmul4bitHost(be.engine, hostWeight(w), be.packedF32(x), M, transpose, y);
   const dtype: DType = x.dtype;
   return dtype === "f32" ? be.own(y) : be.own(fromF32(dtype, y));

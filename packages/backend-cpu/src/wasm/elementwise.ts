@@ -35,6 +35,8 @@ interface Kernel {
   dropout(a: number, o: number, n: number, hs: number, lo: number, hi: number, thr: number, scale: number): void;
   swiglu(g: number, u: number, o: number, n: number): void;
   swigluBackward(g: number, u: number, gy: number, n: number): void;
+  rmsNorm(x: number, w: number, o: number, rstd: number, rows: number, n: number, eps: number): void;
+  rmsNormBackward(x: number, w: number, gy: number, gx: number, gw: number, rstd: number, rows: number, n: number): void;
 }
 
 type Store = Float32Array | Int32Array | Uint8Array;
@@ -259,6 +261,43 @@ export class ElementwiseWasm {
       gGate.set(this.f32.subarray(g >> 2, (g >> 2) + m), i);
       gUp.set(this.f32.subarray(u >> 2, (u >> 2) + m), i);
     }
+    return true;
+  }
+
+  /** RMSNorm over packed rows of n (FusedKernels.rmsNorm); false for rows wider than half a chunk or small inputs. */
+  rmsNorm(x: Float32Array, w: Float32Array, rows: number, n: number, eps: number, out: Float32Array, rstd: Float32Array): boolean {
+    if (n > CHUNK / 2 || rows * n < MIN_ELEMENTS) return false;
+    const [a, , o, wr] = this.region, rs = this.sums;
+    this.f32.set(w.subarray(0, n), wr >> 2);
+    const per = Math.floor(CHUNK / n);
+    for (let r0 = 0; r0 < rows; r0 += per) {
+      const m = Math.min(per, rows - r0);
+      this.f32.set(x.subarray(r0 * n, (r0 + m) * n), a >> 2);
+      this.k.rmsNorm(a, wr, o, rs, m, n, eps);
+      out.set(this.f32.subarray(o >> 2, (o >> 2) + m * n), r0 * n);
+      rstd.set(this.f32.subarray(rs >> 2, (rs >> 2) + m), r0);
+    }
+    return true;
+  }
+
+  /** RMSNorm's gradients (FusedKernels.rmsNormBackward); gw (n f64, zeros on entry) gets the weight gradient. */
+  rmsNormBackward(x: Float32Array, w: Float32Array, rstd: Float32Array, gy: Float32Array, rows: number, n: number, gx: Float32Array, gw: Float64Array): boolean {
+    if (n > CHUNK / 2 || rows * n < MIN_ELEMENTS) return false;
+    const [a, y, o, wr] = this.region;
+    // The sums area (CHUNK f64) holds gw's n f64 accumulators, then one chunk's rstd values.
+    const acc = this.sums, rs = this.sums + n * 8;
+    this.f32.set(w.subarray(0, n), wr >> 2);
+    this.f64.fill(0, acc >> 3, (acc >> 3) + n);
+    const per = Math.floor(CHUNK / n);
+    for (let r0 = 0; r0 < rows; r0 += per) {
+      const m = Math.min(per, rows - r0);
+      this.f32.set(x.subarray(r0 * n, (r0 + m) * n), a >> 2);
+      this.f32.set(gy.subarray(r0 * n, (r0 + m) * n), y >> 2);
+      this.f32.set(rstd.subarray(r0, r0 + m), rs >> 2);
+      this.k.rmsNormBackward(a, wr, y, o, acc, rs, m, n);
+      gx.set(this.f32.subarray(o >> 2, (o >> 2) + m * n), r0 * n);
+    }
+    gw.set(this.f64.subarray(acc >> 3, (acc >> 3) + n));
     return true;
   }
 
