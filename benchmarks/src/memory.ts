@@ -11,8 +11,8 @@
  *   gradients    live growth over step 2's forward + backward (the graph is released by then,
  *                so what remains is the parameters' .grad)
  *   activations  step 2's forward + backward peak minus all of the above ("peak minus the rest")
- *   update       step 2's optimizer-step peak above weights + LoRA + gradients + state: AdamW's
- *                temporaries for one tensor at a time, so it scales with the largest trainable tensor
+ *   update       step 2's optimizer-step peak above weights + LoRA + gradients + state: the grad
+ *                norm's squares of every gradient (clipping and the fused AdamW work in place)
  * The step's peak is the larger of the two phases.
  */
 import { createCpuBackend } from "@lowrank/backend-cpu";

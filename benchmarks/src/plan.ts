@@ -1,24 +1,30 @@
 /**
  * The memory estimator behind `lowrank plan`: bytes a full / LoRA / QLoRA training step needs
  * on Lowrank (f32 compute, AdamW, the trainer's defaults), by category. The formulas follow what
- * this implementation keeps alive, op by op (tensor's gradient table saves exactly the inputs
- * each rule names); memory.ts measures the same categories and the test compares the two.
+ * this implementation keeps alive, op by op, with the CPU backend's fused kernels (tensor's
+ * fused-nn.ts: each gradient rule saves exactly what it names); memory.ts measures the same
+ * categories on live storages (the backend's recycled buffers are not counted) and the test
+ * compares the two.
  *
- * Per decoder layer and token, in f32 elements (C hidden, Ckv = kv heads x head size, H MLP
- * width, nh heads, T sequence length, rep = nh / n_kv):
- *   attention   x, norm(x), q, k, rope(q), o_proj input: 5C + Ckv; k and v as attention reads
- *               them: 2C when GQA copies them to every query head (rep > 1), else rope(k) + v = 2Ckv;
- *               scores (kept by the 1/sqrt(d) scale) and softmax probs: 2 nh T
- *   MLP         h, norm(h): 2C; gate, sigmoid(gate), up, silu(gate), silu*up: 5H
- *   LoRA        per adapted Linear (in -> out, rank r): r + out (the two products), plus 3 in with
- *               dropout > 0 (keep mask, masked input, scaled input: tensor's dropout is x*mask*1/(1-p))
- * Head and loss: final norm input and output 2C, logits V, and the logits' gradient V while the
- * loss node still holds the logits (the start of backward, where the peak is).
- * With gradient checkpointing (each layer re-run in backward) only every layer's input C stays;
- * the peak is then the larger of the head's 2C + 2V and one recomputed layer plus its gradients.
- * The optimizer step is a second peak: AdamW's update of one tensor holds 11 temporaries of its
- * size (m and v terms, sqrt, denominators, the new value) until the tensor is done, so a full
- * fine-tune of a large-vocabulary model peaks there, on the embedding matrix.
+ * Saved per decoder layer and token, in f32 elements (C hidden, Ckv = kv heads x head size,
+ * H MLP width, nh heads):
+ *   attention   x and its rstd (input norm), norm(x) (the q/k/v input), rope(q) and the output
+ *               (fused attention: q, k, v contiguous, output, one lse per head and row; no T x T
+ *               matrix), rope(k) and v: 2Ckv, lse: nh, the o_proj input (heads merged back): C.
+ *               5C + 2Ckv + nh + 1. RoPE saves only its [T, hs/2] cos and sin rows (per layer, not per token).
+ *   MLP         h and its rstd, norm(h); fused SwiGLU's gate and up, its output (the down_proj input):
+ *               2C + 3H + 1
+ *   LoRA        r per adapted Linear (loraBranch saves its [N, r] projection; x, A, B exist anyway;
+ *               dropout is regenerated in backward, so it costs nothing). With LoRA nothing before the
+ *               first adapter needs a gradient: the first layer's input norm is not recorded.
+ * Head and loss: final norm input, output and rstd, logits, cross-entropy's lse and labels (and the
+ * embedding's ids, full only), and the logits' gradient V while the loss node still holds the
+ * logits (the start of backward, the peak without checkpointing).
+ * With gradient checkpointing (each layer re-run in backward) only every layer's input C stays; the
+ * peak is the head's moment or a re-run layer: its activations plus the MLP backward's gradients,
+ * next to the gradients made so far (the first and the last re-run bound it).
+ * The optimizer step: the grad norm squares every gradient before summing (a gradient-sized
+ * transient); clipping works one gradient at a time and AdamW updates in place (fused, no temporaries).
  * "Activations" is reported as measured: the forward/backward peak minus weights, LoRA,
  * gradients and optimizer state (so for full fine-tuning it nets out gradients not yet made).
  */
@@ -44,7 +50,7 @@ export interface PlanInput {
   targets: "all-linear" | string[];
   batch: number;
   seq: number;
-  /** LoRA dropout (the trainer's default 0.05). */
+  /** LoRA dropout (the trainer's default 0.05); fused, it adds no memory. */
   dropout: number;
   /** Default: on for qlora only (the trainer's default). */
   checkpointing?: boolean;
@@ -94,16 +100,24 @@ export function nf4Bytes(n: number, blocksize = 64, doubleQuant = true): number 
   return Math.ceil(n / 2) + scales + 4 * 16 + 200;
 }
 
-/** Activation elements per token of one decoder layer (see the file comment). */
-export function layerActivationElems(s: PlanShape, i: Pick<PlanInput, "method" | "rank" | "targets" | "dropout" | "seq">): number {
+/** Activation elements per token one decoder layer saves for backward (see the file comment). */
+export function layerActivationElems(s: PlanShape, i: Pick<PlanInput, "method" | "rank" | "targets">): number {
   const hs = s.dim / s.heads;
   const ckv = s.kvHeads * hs;
-  const rep = s.heads / s.kvHeads;
-  let n = 5 * s.dim + ckv + (rep > 1 ? 2 * s.dim : 2 * ckv) + 2 * s.heads * i.seq + 2 * s.dim + 5 * s.hidden;
-  if (i.method !== "full") {
-    for (const [name, fin, fout] of layerLinears(s)) if (isTarget(i.targets, name)) n += i.rank + fout + (i.dropout > 0 ? 3 * fin : 0);
-  }
-  return n;
+  const attn = 5 * s.dim + 2 * ckv + s.heads + 1; // x, norm(x), q, output, o_proj input; k, v; lse; rstd
+  const mlp = 2 * s.dim + 3 * s.hidden + 1; // h, norm(h); gate, up, swiglu output; rstd
+  let lora = 0;
+  if (i.method !== "full") for (const [name] of layerLinears(s)) if (isTarget(i.targets, name)) lora += i.rank; // loraBranch's h
+  return attn + mlp + lora;
+}
+
+/** Trainable elements of one decoder layer, and its down_proj's share (made first in the layer's backward). */
+function layerTrainable(s: PlanShape, i: Pick<PlanInput, "method" | "rank" | "targets">): { all: number; down: number; tensors: number } {
+  const size = (fin: number, fout: number) => (i.method === "full" ? fin * fout : i.rank * (fin + fout));
+  const lins = layerLinears(s).filter(([n]) => i.method === "full" || isTarget(i.targets, n));
+  const all = lins.reduce((a, [, fin, fout]) => a + size(fin, fout), 0) + (i.method === "full" ? 2 * s.dim : 0);
+  const down = lins.find(([n]) => n === "down_proj");
+  return { all, down: down ? size(down[1], down[2]) : 0, tensors: i.method === "full" ? lins.length + 2 : 2 * lins.length };
 }
 
 export function estimate(i: PlanInput): PlanEstimate {
@@ -125,35 +139,49 @@ export function estimate(i: PlanInput): PlanEstimate {
   const trainable = i.method === "full" ? params : lora;
   const gradBytes = 4 * trainable;
   const optimizerBytes = 8 * trainable;
-  const layerElems = layerActivationElems(s, i);
   const full = i.method === "full";
   const checkpointing = i.checkpointing ?? i.method === "qlora";
   const fixed = weightBytes + 4 * lora + optimizerBytes;
   const el = 4 * tokens; // bytes per per-token element
-  const nv = el * s.vocab; // logits, or their gradient
-  const vc = full ? 4 * s.vocab * s.dim : 0; // the head's weight gradient (full only)
-  const head = el * (2 * s.dim) + 2 * nv; // final norm in/out, logits and their gradient
-  // Forward/backward peak above the fixed bytes: the largest of these moments.
+  const C = s.dim;
+  const lt = layerTrainable(s, i);
+  // One layer's saved bytes, plus the [T, hs/2] cos and sin rows RoPE copies for q and for k.
+  const layer = el * layerActivationElems(s, i) + 4 * 2 * i.seq * hs;
+  const vc = full ? 4 * s.vocab * C : 0; // the head's weight gradient (full only)
+  // Head and loss: final norm input, output and rstd, logits, lse and labels (cross-entropy's
+  // saved inputs), the ids (the embedding's, full only) and the logits' gradient.
+  const head = el * (2 * C + 1 + 2 * s.vocab + 2 + (full ? 1 : 0));
+  // The loss node released (logits, lse, labels), the head's backward makes the norm output's gradient and its weight's.
+  const headBackward = head - el * (s.vocab + 2) + el * C + vc;
   const endOfBackward = gradBytes + (full && s.tied ? 2 * vc : 0); // tied: the embedding's gradient summed into the head's
+  // Gradients alive when the head is done: the tied embedding/head matrix (or the untied head) and the final norm's weight.
+  const headGrads = full ? vc + 4 * C : 0;
+  // The MLP's backward peak above its saved activations. Full: the SwiGLU backward (its output
+  // freed) makes the gradients of that output, gate and up: 2H. An adapted down_proj: that
+  // output is still saved while its gradient is summed from the base and the adapter: 3H.
+  const mlpBack = (full || !isTarget(i.targets, "down_proj") ? 2 : 3) * s.hidden;
   const fbPeak = (ckpt: boolean) => {
     if (!ckpt) {
-      const all = el * s.layers * layerElems + head; // start of backward: everything saved + the logits' gradient
-      return Math.max(all, all - nv + vc, endOfBackward); // then the head's backward frees the logits, makes its weight gradient
+      // Start of backward: everything saved plus the logits' gradient. With LoRA nothing before the
+      // first adapter needs a gradient, so the first layer's input norm is not recorded (x, rstd).
+      const all = s.layers * layer - (full ? 0 : el * (C + 1)) + head;
+      // Then the last layer's MLP backward: the head freed, its incoming gradient (C) alive.
+      const lastMlp = all - head + el * (C + mlpBack) + headGrads + 4 * lt.down;
+      return Math.max(all, all - head + headBackward, lastMlp, endOfBackward);
     }
-    // Checkpointed: every layer's input, then the loss as above, then each layer recomputed; inside its
-    // backward the softmax gradient and the input's gradient (2 nh T) sit next to the attention
-    // activations once the MLP's are freed. The last layer re-run has nearly every gradient made.
-    const keep = el * s.layers * s.dim;
-    const attnPeak = layerElems - mlpElems(s, i) + 2 * s.heads * i.seq + 2 * s.dim;
-    const layer = el * Math.max(layerElems + 2 * s.dim, attnPeak);
-    return Math.max(keep + head, keep + head - nv + vc, keep + layer + gradBytes, endOfBackward);
+    // Checkpointed: each layer's input; the head as above; then layer l (L-1 down to 0) re-run: the
+    // inputs of layers 0..l, its saved activations, its output and incoming gradient (2C), and the
+    // MLP's backward peak; next to the gradients of the head, the layers above and this layer's
+    // down_proj. Linear in l, so the largest is the first or the last re-run.
+    const keep = el * s.layers * C;
+    const rerun = (l: number) => el * (l + 1) * C + layer - el * C + el * (2 * C + mlpBack) + headGrads + 4 * ((s.layers - 1 - l) * lt.all + lt.down);
+    return Math.max(keep + head, keep + headBackward, rerun(s.layers - 1), rerun(0), endOfBackward);
   };
-  // Optimizer step: the grad norm squares every gradient at once; AdamW holds 11 temporaries of
-  // the tensor it is updating.
-  const largest = full
-    ? Math.max(s.vocab * s.dim, ...layerLinears(s).map(([, a, b]) => a * b))
-    : Math.max(...layerLinears(s).filter(([n]) => isTarget(i.targets, n)).map(([, a, b]) => i.rank * Math.max(a, b)));
-  const updateBytes = Math.max(gradBytes, 4 * 11 * largest);
+  // Optimizer step: the grad norm squares every gradient before summing them (plus a scalar sum of
+  // each and the running total); clipping and the fused AdamW then work in place (clip's g * coef
+  // is one gradient, less than those squares).
+  const gradTensors = full ? s.layers * lt.tensors + (s.tied ? 2 : 3) : s.layers * lt.tensors;
+  const updateBytes = gradBytes + 8 * gradTensors;
   // Reported like the measurement: the forward/backward peak minus the gradients.
   const act = (ckpt: boolean) => fbPeak(ckpt) - gradBytes;
   const total = (ckpt: boolean) => fixed + Math.max(fbPeak(ckpt), gradBytes + updateBytes);
@@ -162,15 +190,6 @@ export function estimate(i: PlanInput): PlanEstimate {
     activationBytes: { checkpointing: act(true), none: act(false) }, updateBytes, checkpointing,
     totalBytes: total(checkpointing), totalOtherBytes: total(!checkpointing),
   };
-}
-
-/** The MLP's share of layerActivationElems (freed first in backward). */
-function mlpElems(s: PlanShape, i: Pick<PlanInput, "method" | "rank" | "targets" | "dropout">): number {
-  let n = 2 * s.dim + 5 * s.hidden;
-  if (i.method !== "full") {
-    for (const [name, fin, fout] of layerLinears(s).slice(4)) if (isTarget(i.targets, name)) n += i.rank + fout + (i.dropout > 0 ? 3 * fin : 0);
-  }
-  return n;
 }
 
 /** Known shapes, so `--params 70e9` alone picks a real architecture. */
