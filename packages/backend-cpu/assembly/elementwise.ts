@@ -360,3 +360,92 @@ export function rmsNormBackward(x: usize, w: usize, gy: usize, gx: usize, gw: us
     gx += <usize>n << 2;
   }
 }
+
+// ---- attention rows (kernels/attention.ts): a block of score rows, each row S wide ----
+
+/** Keys row i of the block may see: all S, or S - T + t + 1 for its query t = (r0 + i) % T. */
+// @ts-ignore: decorator
+@inline function visibleKeys(causal: i32, S: i32, T: i32, r: i32): i32 {
+  return causal ? S - T + (r % T) + 1 : S;
+}
+
+/** In place: row = softmax(scale · row) over its visible keys, zeros beyond; lse[i] = the row's logsumexp. */
+export function attnSoftmax(s: usize, rows: i32, S: i32, T: i32, r0: i32, causal: i32, scale: f32, lse: usize): void {
+  const vs = f32x4.splat(scale);
+  for (let i = 0; i < rows; i++) {
+    const n = visibleKeys(causal, S, T, r0 + i), n4 = n & ~3;
+    let vm = f32x4.splat(-Infinity);
+    for (let j = 0; j < n4; j += 4) {
+      const p = s + (<usize>j << 2);
+      const x = f32x4.mul(v128.load(p), vs);
+      v128.store(p, x);
+      vm = f32x4.max(vm, x);
+    }
+    let m = max(max(f32x4.extract_lane(vm, 0), f32x4.extract_lane(vm, 1)), max(f32x4.extract_lane(vm, 2), f32x4.extract_lane(vm, 3)));
+    for (let j = n4; j < n; j++) {
+      const p = s + (<usize>j << 2);
+      const x = load<f32>(p) * scale;
+      store<f32>(p, x);
+      m = max(m, x);
+    }
+    const sum = expRow(s, n, m);
+    const inv = <f32>(1 / sum);
+    const vi = f32x4.splat(inv);
+    for (let j = 0; j < n4; j += 4) v128.store(s + (<usize>j << 2), f32x4.mul(v128.load(s + (<usize>j << 2)), vi));
+    for (let j = n4; j < n; j++) store<f32>(s + (<usize>j << 2), load<f32>(s + (<usize>j << 2)) * inv);
+    for (let j = n; j < S; j++) store<f32>(s + (<usize>j << 2), 0);
+    store<f32>(lse + (<usize>i << 2), <f32>(<f64>m + Math.log(sum)));
+    s += <usize>S << 2;
+  }
+}
+
+/** row[j] = e^(row[j] - m) for j < n, in place; returns the f64 sum. */
+// @ts-ignore: decorator
+@inline function expRow(s: usize, n: i32, m: f32): f64 {
+  const n4 = n & ~3, vm = f32x4.splat(m);
+  let a0 = f64x2.splat(0), a1 = f64x2.splat(0);
+  for (let j = 0; j < n4; j += 4) {
+    const p = s + (<usize>j << 2);
+    const e = expv(f32x4.sub(v128.load(p), vm));
+    v128.store(p, e);
+    a0 = f64x2.add(a0, f64x2.promote_low_f32x4(e));
+    a1 = f64x2.add(a1, f64x2.promote_low_f32x4(i32x4.shuffle(e, e, 2, 3, 0, 1)));
+  }
+  const a = f64x2.add(a0, a1);
+  let sum = f64x2.extract_lane(a, 0) + f64x2.extract_lane(a, 1);
+  for (let j = n4; j < n; j++) {
+    const p = s + (<usize>j << 2);
+    const e = f32x4.extract_lane(expv(f32x4.splat(load<f32>(p) - m)), 0);
+    store<f32>(p, e);
+    sum += <f64>e;
+  }
+  return sum;
+}
+
+/** In place: row = e^(scale · row - lse[i]) over visible keys (the forward's probabilities), zeros beyond. */
+export function attnProbs(s: usize, rows: i32, S: i32, T: i32, r0: i32, causal: i32, scale: f32, lse: usize): void {
+  const vs = f32x4.splat(scale);
+  for (let i = 0; i < rows; i++) {
+    const n = visibleKeys(causal, S, T, r0 + i), n4 = n & ~3;
+    for (let j = 0; j < n4; j += 4) v128.store(s + (<usize>j << 2), f32x4.mul(v128.load(s + (<usize>j << 2)), vs));
+    for (let j = n4; j < n; j++) store<f32>(s + (<usize>j << 2), load<f32>(s + (<usize>j << 2)) * scale);
+    expRow(s, n, load<f32>(lse + (<usize>i << 2)));
+    for (let j = n; j < S; j++) store<f32>(s + (<usize>j << 2), 0);
+    s += <usize>S << 2;
+  }
+}
+
+/** In place on dp: dS = P ∘ (dP - delta[i]) · scale, row by row. */
+export function attnDs(p: usize, dp: usize, rows: i32, S: i32, delta: usize, scale: f32): void {
+  const vs = f32x4.splat(scale), S4 = S & ~3;
+  for (let i = 0; i < rows; i++) {
+    const d = load<f32>(delta + (<usize>i << 2)), vd = f32x4.splat(d);
+    for (let j = 0; j < S4; j += 4) {
+      const k = <usize>j << 2;
+      v128.store(dp + k, f32x4.mul(f32x4.mul(v128.load(p + k), f32x4.sub(v128.load(dp + k), vd)), vs));
+    }
+    for (let j = S4; j < S; j++) store<f32>(dp + (<usize>j << 2), load<f32>(p + (<usize>j << 2)) * (load<f32>(dp + (<usize>j << 2)) - d) * scale);
+    p += <usize>S << 2;
+    dp += <usize>S << 2;
+  }
+}

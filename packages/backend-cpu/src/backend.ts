@@ -301,8 +301,8 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
   };
   const blas = be.engine instanceof BlasEngine ? be.engine : null;
   const attn: AttnOps = blas
-    ? { gemm: (tA, tB, M, N, K, A, B, C, acc) => blas.gemm(tA, tB, M, N, K, A, tA ? M : K, B, tB ? K : N, C, N, acc ? 1 : 0), exp }
-    : engineOps(be.engine, exp);
+    ? { gemm: (tA, tB, M, N, K, A, B, C, acc) => blas.gemm(tA, tB, M, N, K, A, tA ? M : K, B, tB ? K : N, C, N, acc ? 1 : 0), exp, rows: be.ew }
+    : { ...engineOps(be.engine, exp), rows: be.ew };
   return {
     softmax: (x) => { const { rows, n } = rowsOf(x); const y = be.pool.take(rows * n); softmaxRows(be.packedF32(x), rows, n, y, false); return out(x.dtype, y); },
     logSoftmax: (x) => { const { rows, n } = rowsOf(x); const y = be.pool.take(rows * n); softmaxRows(be.packedF32(x), rows, n, y, true); return out(x.dtype, y); },

@@ -57,3 +57,30 @@ test("WASM RMSNorm forward and backward agree with the TypeScript kernels", { sk
     close(w1, w2, "gw");
   }
 });
+
+test("attention: the WASM row kernels and the TypeScript passes give the same values and gradients", async () => {
+  const { createCpuBackend } = await import("../src/index.ts");
+  const { attention, tensor } = await import("@lowrank/tensor");
+  const run = async (opts: { wasm?: boolean; blas?: "off" | "auto" }) => {
+    const backend = createCpuBackend({ threads: 0, ...opts });
+    const [B, H, Hkv, T, S, D] = [2, 4, 2, 37, 45, 8];
+    const mk = (n: number, seed: number, shape: number[]) => {
+      const t = tensor(rnd(n, seed), { shape, backend });
+      t.requiresGrad = true;
+      return t;
+    };
+    const q = mk(B * H * T * D, 11, [B, H, T, D]), k = mk(B * Hkv * S * D, 12, [B, Hkv, S, D]), v = mk(B * Hkv * S * D, 13, [B, Hkv, S, D]);
+    const y = attention(q, k, v);
+    y.mul(y).sum().backward();
+    const out = [await y.read(), await q.grad!.read(), await k.grad!.read(), await v.grad!.read()];
+    backend.dispose();
+    return out;
+  };
+  const ref = await run({ wasm: false, blas: "off" });
+  for (const opts of [{}, { blas: "off" as const }]) {
+    const got = await run(opts);
+    got.forEach((a, j) => {
+      for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i] - ref[j][i]) <= 2e-5 * (1 + Math.abs(ref[j][i])), `${JSON.stringify(opts)} output ${j}[${i}]: ${a[i]} vs ${ref[j][i]}`);
+    });
+  }
+});

@@ -10,8 +10,13 @@
  */
 import type { MatmulEngine } from "../matmul.ts";
 
-/** What the kernels need from the backend: a packed gemm and an in-place exp. */
+/** What the kernels need from the backend: a packed gemm, an in-place exp, optional WASM row kernels. */
 export interface AttnOps {
+  /** WASM SIMD versions of the row passes below (ElementwiseWasm.attnRows / attnDs); each returns false to decline. */
+  rows?: {
+    attnRows(kind: "softmax" | "probs", s: Float32Array, rows: number, S: number, T: number, r0: number, causal: boolean, scale: number, lse: Float32Array, at: number): boolean;
+    attnDs(p: Float32Array, dp: Float32Array, rows: number, S: number, delta: Float32Array, at: number, scale: number): boolean;
+  } | null;
   /** C[M,N] (+)= op(A)·op(B) on packed row-major operands (op(A) is [M, K], op(B) [K, N]). */
   gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Float32Array, B: Float32Array, C: Float32Array, accumulate: boolean): void;
   /** x <- e^x for the first n elements. */
@@ -69,6 +74,7 @@ function rowBlock(a: AttnShape): number {
 
 /** P = softmax(scale · scores) over each row's visible keys, in place; zeros beyond; lse per row. */
 function softmaxRows(ops: AttnOps, s: Float32Array, rows: number, r0: number, a: AttnShape, lse: Float32Array, lseAt: number): void {
+  if (ops.rows?.attnRows("softmax", s.subarray(0, rows * a.S), rows, a.S, a.T, r0, a.causal, a.scale, lse, lseAt)) return;
   const S = a.S;
   const mx = new Float64Array(rows);
   for (let i = 0; i < rows; i++) {
@@ -147,18 +153,22 @@ export function attentionBackward(
         const Q = span(q), dO = span(gy);
         // P = exp(scale·Q·Kᵀ - lse), zero where masked
         ops.gemm(false, true, rows, S, D, Q, K, P, false);
-        for (let i = 0; i < rows; i++) {
-          const n = visible(a, r0 + i), o = i * S, l = lse[q0 + r0 + i];
-          for (let j = 0; j < n; j++) P[o + j] = P[o + j] * scale - l;
+        if (!ops.rows?.attnRows("probs", P.subarray(0, rows * S), rows, S, a.T, r0, a.causal, scale, lse, q0 + r0)) {
+          for (let i = 0; i < rows; i++) {
+            const n = visible(a, r0 + i), o = i * S, l = lse[q0 + r0 + i];
+            for (let j = 0; j < n; j++) P[o + j] = P[o + j] * scale - l;
+          }
+          ops.exp(P, rows * S);
+          for (let i = 0; i < rows; i++) P.fill(0, i * S + visible(a, r0 + i), (i + 1) * S);
         }
-        ops.exp(P, rows * S);
-        for (let i = 0; i < rows; i++) P.fill(0, i * S + visible(a, r0 + i), (i + 1) * S);
         ops.gemm(true, false, S, D, rows, P, dO, gV, true); // dV += Pᵀ·dO
         // dS = P ∘ (dO·Vᵀ - delta) · scale
         ops.gemm(false, true, rows, S, D, dO, V, dP, false);
-        for (let i = 0; i < rows; i++) {
-          const o = i * S, dl = delta[q0 + r0 + i];
-          for (let j = 0; j < S; j++) dP[o + j] = P[o + j] * (dP[o + j] - dl) * scale;
+        if (!ops.rows?.attnDs(P, dP.subarray(0, rows * S), rows, S, delta, q0 + r0, scale)) {
+          for (let i = 0; i < rows; i++) {
+            const o = i * S, dl = delta[q0 + r0 + i];
+            for (let j = 0; j < S; j++) dP[o + j] = P[o + j] * (dP[o + j] - dl) * scale;
+          }
         }
         ops.gemm(false, false, rows, D, S, dP, K, span(gq), false); // dQ = dS·K
         ops.gemm(true, false, S, D, rows, dP, Q, gK, true); // dK += dSᵀ·Q

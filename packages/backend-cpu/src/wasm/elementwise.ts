@@ -37,6 +37,9 @@ interface Kernel {
   swigluBackward(g: number, u: number, gy: number, n: number): void;
   rmsNorm(x: number, w: number, o: number, rstd: number, rows: number, n: number, eps: number): void;
   rmsNormBackward(x: number, w: number, gy: number, gx: number, gw: number, rstd: number, rows: number, n: number): void;
+  attnSoftmax(s: number, rows: number, S: number, T: number, r0: number, causal: number, scale: number, lse: number): void;
+  attnProbs(s: number, rows: number, S: number, T: number, r0: number, causal: number, scale: number, lse: number): void;
+  attnDs(p: number, dp: number, rows: number, S: number, delta: number, scale: number): void;
 }
 
 type Store = Float32Array | Int32Array | Uint8Array;
@@ -298,6 +301,45 @@ export class ElementwiseWasm {
       gx.set(this.f32.subarray(o >> 2, (o >> 2) + m * n), r0 * n);
     }
     gw.set(this.f64.subarray(acc >> 3, (acc >> 3) + n));
+    return true;
+  }
+
+  /**
+   * Attention score rows [rows, S] in place (kernels/attention.ts): "softmax" normalises each
+   * row's visible keys and writes lse[at + i]; "probs" recomputes e^(scale·s - lse[at + i]).
+   * Row i of the block is query (r0 + i) % T. False when a row is wider than a chunk.
+   */
+  attnRows(kind: "softmax" | "probs", s: Float32Array, rows: number, S: number, T: number, r0: number, causal: boolean, scale: number, lse: Float32Array, at: number): boolean {
+    if (S > CHUNK) return false;
+    const [a, , l] = this.region;
+    const per = Math.floor(CHUNK / S);
+    for (let i0 = 0; i0 < rows; i0 += per) {
+      const m = Math.min(per, rows - i0);
+      this.f32.set(s.subarray(i0 * S, (i0 + m) * S), a >> 2);
+      if (kind === "softmax") this.k.attnSoftmax(a, m, S, T, r0 + i0, causal ? 1 : 0, scale, l);
+      else {
+        this.f32.set(lse.subarray(at + i0, at + i0 + m), l >> 2);
+        this.k.attnProbs(a, m, S, T, r0 + i0, causal ? 1 : 0, scale, l);
+      }
+      s.set(this.f32.subarray(a >> 2, (a >> 2) + m * S), i0 * S);
+      if (kind === "softmax") lse.set(this.f32.subarray(l >> 2, (l >> 2) + m), at + i0);
+    }
+    return true;
+  }
+
+  /** dp <- p ∘ (dp - delta[at + i]) · scale over rows [rows, S]; false when a row is wider than a chunk. */
+  attnDs(p: Float32Array, dp: Float32Array, rows: number, S: number, delta: Float32Array, at: number, scale: number): boolean {
+    if (S > CHUNK) return false;
+    const [a, b, d] = this.region;
+    const per = Math.floor(CHUNK / S);
+    for (let i0 = 0; i0 < rows; i0 += per) {
+      const m = Math.min(per, rows - i0);
+      this.f32.set(p.subarray(i0 * S, (i0 + m) * S), a >> 2);
+      this.f32.set(dp.subarray(i0 * S, (i0 + m) * S), b >> 2);
+      this.f32.set(delta.subarray(at + i0, at + i0 + m), d >> 2);
+      this.k.attnDs(a, b, m, S, d, scale);
+      dp.set(this.f32.subarray(b >> 2, (b >> 2) + m * S), i0 * S);
+    }
     return true;
   }
 
