@@ -151,7 +151,7 @@ function peerSection(p: PeerResult, file: string): string[] {
       `${r.shape} (${c.cases.find((x) => x.shape === r.shape)?.batch} × ${c.cases.find((x) => x.shape === r.shape)?.seq})`, r.method, r.backend,
       int(r.lowrank_tokens_per_s), int(r.torch_tokens_per_s), r.ratio === null ? "-" : `**${r.ratio.toFixed(3)}**`,
       `${r.lowrank_first_losses.map((v) => v.toFixed(3)).join(" ")} / ${r.torch_first_losses.map((v) => v.toFixed(3)).join(" ")}`,
-      r.skipped ?? (r.backend === "webgpu" ? `${r.device.replace(/^webgpu \(/, "").slice(0, 40)}…` : ""),
+      r.skipped ?? (r.backend === "webgpu" ? `${r.device.replace(/^webgpu \(/, "").slice(0, 40)}…` : productNote(r)),
     ]),
   ));
   if (p.profiles.length) {
@@ -166,6 +166,23 @@ function peerSection(p: PeerResult, file: string): string[] {
     }
   }
   return out;
+}
+
+/** The `lowrank finetune` check of a peer row: metrics.jsonl's tokens/s on the same shape. */
+function productNote(r: PeerResult["results"][number]): string {
+  const p = r.product;
+  if (!p) return "";
+  return "skipped" in p ? `finetune: not run (${p.skipped})` : `\`lowrank finetune\` on this shape: ${int(p.tokens_per_s)} tok/s in metrics.jsonl`;
+}
+
+/** The same peer suite with LOWRANK_BLAS=off (WASM SIMD matmul, the browser's path). */
+function wasmPeerSection(p: PeerResult, file: string): string[] {
+  return [
+    "", "### Without a BLAS: `LOWRANK_BLAS=off` (WASM SIMD matmul, the path a browser takes)", "",
+    `Command: \`${p.config.command}\` → \`${rel(file)}\`; torch measured in the same run as above.`, "",
+    table(["model (batch × seq)", "method", "Lowrank tokens/s (wasm)", "PyTorch tokens/s", "ratio"],
+      p.results.filter((r) => r.backend === "cpu").map((r) => [r.shape, r.method, int(r.lowrank_tokens_per_s), int(r.torch_tokens_per_s), r.ratio === null ? "-" : `**${r.ratio.toFixed(3)}**`])),
+  ];
 }
 
 function kernelsSection(k: KernelsResult, file: string): string[] {
@@ -232,6 +249,9 @@ export function writeReport(dir = RESULTS_DIR): string {
   if (mem && files.memory) out.push("", ...memorySection(mem, files.memory, memoryPlot(mem, plotsDir)));
   const peer = read<PeerResult>(files.peer);
   if (peer && files.peer) out.push("", ...peerSection(peer, files.peer));
+  const wasmFile = latest("peer-wasm", dir);
+  const wasmPeer = read<PeerResult>(wasmFile);
+  if (wasmPeer && wasmFile) out.push(...wasmPeerSection(wasmPeer, wasmFile));
   const k = read<KernelsResult>(files.kernels);
   if (k && files.kernels) out.push("", ...kernelsSection(k, files.kernels));
   out.push("", ...planSection());

@@ -5,6 +5,7 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { type Tensor, tensor, fromF32, toF32 } from "@lowrank/tensor";
+import { rnd } from "@lowrank/tensor/testing";
 import { BlasError, type CpuBackend, createCpuBackend, matmulNaive } from "../src/index.ts";
 import { BlasEngine } from "../src/blas/engine.ts";
 import { blasLayout, gemmViews } from "../src/kernels/gemm-views.ts";
@@ -29,15 +30,8 @@ function withEnv<T>(value: string | undefined, fn: () => T): T {
   }
 }
 
-function random(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
-    out[i] = s / 2 ** 31 - 1;
-  }
-  return out;
-}
+/** Deterministic values in [-1, 1) (the conformance suite's generator). */
+const random = (n: number, seed: number): Float32Array => rnd(n, seed);
 
 /** x·y by the naive loop on contiguous copies (copy() never touches the matmul engine). */
 function reference(x: Tensor, y: Tensor): Float32Array {
