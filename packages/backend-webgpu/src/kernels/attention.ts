@@ -42,7 +42,7 @@ function storeDtype(dtype: DType, D: number): DType {
 
 function params(d: Dims, causal: boolean, scale: number): Uint32Array {
   const p = new Uint32Array(64);
-  p.set([d.T, d.S, d.Hq, d.G, d.Hkv, causal ? 1 : 0, f32Bits(scale)], 2);
+  p.set([d.T, d.S, d.Hq, d.G, d.Hkv, causal ? 1 : 0, f32Bits(scale), d.D, Math.ceil(d.D / 4)], 2);
   return p;
 }
 

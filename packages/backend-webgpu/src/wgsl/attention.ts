@@ -13,7 +13,10 @@
  *
  * Causal: query t sees keys 0..S-T+t (the queries are the last T of S positions).
  * Parameters (u32): 0 first row of the run, 1 rows, 2 T, 3 S, 4 Hq, 5 G = Hq / Hkv, 6 Hkv,
- * 7 causal, 8 scale (f32); 16.. element bases of the bindings in order (kernels/runs.ts).
+ * 7 causal, 8 scale (f32), 9 D, 10 D4; 16.. element bases of the bindings in order (kernels/runs.ts).
+ * D also sizes the private arrays at compile time, but the loops over it read D and D4 from the
+ * parameters: with constant trip counts lavapipe's LLVM unrolls them fully and a D = 128 backward
+ * took minutes to compile.
  */
 import type { DType } from "@lowrank/tensor";
 import { EPW, Wgsl } from "./common.ts";
@@ -30,6 +33,8 @@ export interface AttentionDtypes {
 }
 
 const ROW = `
+  let D = p(9u);
+  let D4 = p(10u);
   let T = p(2u);
   let S = p(3u);
   let scale = pf(8u);`;
@@ -43,29 +48,51 @@ const QUERY = `${ROW}
   var send = S;
   if (p(7u) != 0u) { send = u32(clamp(i32(S) - i32(T) + i32(t) + 1, 0, i32(S))); }`;
 
-/** Store `D` values `val(d)` as a row at element `at` of `buf` in `dtype` (halves: D is even, two per word). */
-function storeRow(w: Wgsl, buf: string, dtype: DType, at: string, val: (d: string) => string): string {
-  if (EPW[dtype] === 1) return `for (var d = 0u; d < D; d++) { ${buf}[${at} + d] = ${w.encode(dtype, val("d"))}; }`;
-  return `for (var d = 0u; d < D; d += 2u) { ${buf}[(${at} + d) >> 1u] = ${w.encode(dtype, val("d"))} | (${w.encode(dtype, val("d + 1u"))} << 16u); }`;
+/**
+ * Store a row of D values at element `at` of `buf` in `dtype`: `val` is the vec4 of chunk i.
+ * Halves go two per word (D is even, `at` too).
+ */
+function storeRow(w: Wgsl, buf: string, dtype: DType, at: string, val: string): string {
+  if (EPW[dtype] === 1) {
+    return `for (var i = 0u; i < D4; i++) {
+    let c = ${val};
+    for (var j = 0u; j < 4u; j++) { if (4u * i + j < D) { ${buf}[${at} + 4u * i + j] = ${w.encode(dtype, "c[j]")}; } }
+  }`;
+  }
+  return `for (var i = 0u; i < D4; i++) {
+    let c = ${val};
+    let e = (${at} + 4u * i) >> 1u;
+    ${buf}[e] = ${w.encode(dtype, "c.x")} | (${w.encode(dtype, "c.y")} << 16u);
+    if (4u * i + 2u < D) { ${buf}[e + 1u] = ${w.encode(dtype, "c.z")} | (${w.encode(dtype, "c.w")} << 16u); }
+  }`;
 }
 
+/**
+ * Rows are held as D4 = ceil(D / 4) vec4s; `ld4_<x>(o, i)` reads chunk i of the row at element o
+ * (zeros past D when D is not a multiple of 4).
+ */
 function header(D: number, bindings: [string, DType | null][]): Wgsl {
   const w = new Wgsl().params(64).need("inf");
   bindings.forEach(([name, dtype], i) => {
     w.buffer(i + 1, name, dtype === null);
-    if (dtype) w.loader(name, dtype);
+    if (!dtype) return;
+    w.loader(name, dtype);
+    const lane = (j: number) => (D > 0 && (D % 4 === 0 || j === 0) ? `ld_${name}(b + ${j}u)` : `select(0.0, ld_${name}(b + ${j}u), 4u * i + ${j}u < p(9u))`);
+    w.decl(`fn ld4_${name}(o: u32, i: u32) -> vec4<f32> { let b = o + 4u * i; return vec4<f32>(${[0, 1, 2, 3].map(lane).join(", ")}); }`);
   });
-  return w.decl(`const D = ${D}u;\nconst BK = ${BK}u;`);
+  return w.decl(`const DV = ${Math.max(1, Math.ceil(D / 4))}u;\nconst BK = ${BK}u;`);
 }
+
+const hsum = (v: string) => `dot(${v}, vec4<f32>(1.0))`;
 
 /** Bindings: 1 out, 2 lse (f32), 3 q, 4 k, 5 v. */
 export function attentionForwardWgsl(D: number, dt: AttentionDtypes, out: DType): string {
   const w = header(D, [["out", null], ["lse", null], ["q", dt.q], ["k", dt.k], ["v", dt.v]]);
   return w.build(Wgsl.main(WG, `  if (unit >= p(1u)) { return; }${QUERY}
-  var qv: array<f32, D>;
+  var qv: array<vec4<f32>, DV>;
   let qo = p(18u) + r * D;
-  for (var d = 0u; d < D; d++) { qv[d] = ld_q(qo + d) * scale; }
-  var acc: array<f32, D>;
+  for (var i = 0u; i < D4; i++) { qv[i] = ld4_q(qo, i) * scale; }
+  var acc: array<vec4<f32>, DV>;
   var sc: array<f32, BK>;
   var m = -inf_f32();
   var l = 0.0;
@@ -74,59 +101,60 @@ export function attentionForwardWgsl(D: number, dt: AttentionDtypes, out: DType)
     var mb = m;
     for (var j = 0u; j < n; j++) {
       let ko = p(19u) + (kv0 + s0 + j) * D;
-      var dot = 0.0;
-      for (var d = 0u; d < D; d++) { dot += qv[d] * ld_k(ko + d); }
-      sc[j] = dot;
-      mb = max(mb, dot);
+      var d4 = vec4<f32>();
+      for (var i = 0u; i < D4; i++) { d4 += qv[i] * ld4_k(ko, i); }
+      sc[j] = ${hsum("d4")};
+      mb = max(mb, sc[j]);
     }
     let corr = select(exp(m - mb), 1.0, m == mb);
     l *= corr;
-    for (var d = 0u; d < D; d++) { acc[d] *= corr; }
+    for (var i = 0u; i < D4; i++) { acc[i] *= corr; }
     for (var j = 0u; j < n; j++) {
       let e = exp(sc[j] - mb);
       l += e;
       let vo = p(20u) + (kv0 + s0 + j) * D;
-      for (var d = 0u; d < D; d++) { acc[d] += e * ld_v(vo + d); }
+      for (var i = 0u; i < D4; i++) { acc[i] += e * ld4_v(vo, i); }
     }
     m = mb;
   }
   // A row that sees no key (only when S < T) gives out 0 and lse -inf.
   lse[p(17u) + r] = bitcast<u32>(select(m + log(l), -inf_f32(), l == 0.0));
   let inv = select(1.0 / l, 0.0, l == 0.0);
-  ${storeRow(w, "out", out, "p(16u) + r * D", (d) => `acc[${d}] * inv`)}`));
+  ${storeRow(w, "out", out, "p(16u) + r * D", "acc[i] * inv")}`));
 }
 
 /** Bindings: 1 gq, 2 delta (f32), 3 q, 4 k, 5 v, 6 out, 7 lse, 8 gy. */
 export function attentionDqWgsl(D: number, dt: AttentionDtypes & { out: DType; lse: DType; gy: DType }, gq: DType): string {
   const w = header(D, [["gq", null], ["delta", null], ["q", dt.q], ["k", dt.k], ["v", dt.v], ["out", dt.out], ["lse", dt.lse], ["gy", dt.gy]]);
   return w.build(Wgsl.main(WG, `  if (unit >= p(1u)) { return; }${QUERY}
-  var qv: array<f32, D>;
-  var gv: array<f32, D>;
-  var dq: array<f32, D>;
+  var qv: array<vec4<f32>, DV>;
+  var gv: array<vec4<f32>, DV>;
+  var dq: array<vec4<f32>, DV>;
   let qo = p(18u) + r * D;
   let oo = p(21u) + r * D;
   let go = p(23u) + r * D;
-  var dl = 0.0;
-  for (var d = 0u; d < D; d++) {
-    qv[d] = ld_q(qo + d) * scale;
-    gv[d] = ld_gy(go + d);
-    dl += gv[d] * ld_out(oo + d);
+  var dl4 = vec4<f32>();
+  for (var i = 0u; i < D4; i++) {
+    qv[i] = ld4_q(qo, i) * scale;
+    gv[i] = ld4_gy(go, i);
+    dl4 += gv[i] * ld4_out(oo, i);
   }
+  let dl = ${hsum("dl4")};
   let ls = ld_lse(p(22u) + r);
   for (var s = 0u; s < send; s++) {
     let ko = p(19u) + (kv0 + s) * D;
     let vo = p(20u) + (kv0 + s) * D;
-    var sc = 0.0;
-    var dp = 0.0;
-    for (var d = 0u; d < D; d++) {
-      sc += qv[d] * ld_k(ko + d);
-      dp += gv[d] * ld_v(vo + d);
+    var sc = vec4<f32>();
+    var dp = vec4<f32>();
+    for (var i = 0u; i < D4; i++) {
+      sc += qv[i] * ld4_k(ko, i);
+      dp += gv[i] * ld4_v(vo, i);
     }
-    let ds = exp(sc - ls) * (dp - dl);
-    for (var d = 0u; d < D; d++) { dq[d] += ds * ld_k(ko + d); }
+    let ds = exp(${hsum("sc")} - ls) * (${hsum("dp")} - dl);
+    for (var i = 0u; i < D4; i++) { dq[i] += ds * ld4_k(ko, i); }
   }
   delta[p(17u) + r] = bitcast<u32>(dl);
-  ${storeRow(w, "gq", gq, "p(16u) + r * D", (d) => `dq[${d}] * scale`)}`));
+  ${storeRow(w, "gq", gq, "p(16u) + r * D", "dq[i] * scale")}`));
 }
 
 /** Bindings: 1 gk, 2 gv, 3 q, 4 k, 5 v, 6 gy, 7 lse, 8 delta. Rows are key rows over [B, Hkv, S]. */
@@ -138,13 +166,13 @@ export function attentionDkvWgsl(D: number, dt: AttentionDtypes & { gy: DType; l
   let bk = kr / S;
   let G = p(5u);
   let q0 = ((bk / p(6u)) * p(4u) + (bk % p(6u)) * G) * T;
-  var kv: array<f32, D>;
-  var vv: array<f32, D>;
-  var dk: array<f32, D>;
-  var dv: array<f32, D>;
-  for (var d = 0u; d < D; d++) {
-    kv[d] = ld_k(p(19u) + kr * D + d) * scale;
-    vv[d] = ld_v(p(20u) + kr * D + d);
+  var kv: array<vec4<f32>, DV>;
+  var vv: array<vec4<f32>, DV>;
+  var dk: array<vec4<f32>, DV>;
+  var dv: array<vec4<f32>, DV>;
+  for (var i = 0u; i < D4; i++) {
+    kv[i] = ld4_k(p(19u) + kr * D, i) * scale;
+    vv[i] = ld4_v(p(20u) + kr * D, i);
   }
   var t0 = 0u;
   if (p(7u) != 0u && s + T > S) { t0 = s + T - S; }
@@ -153,20 +181,20 @@ export function attentionDkvWgsl(D: number, dt: AttentionDtypes & { gy: DType; l
       let r = q0 + g * T + t;
       let qo = p(18u) + r * D;
       let go = p(21u) + r * D;
-      var sc = 0.0;
-      var dp = 0.0;
-      for (var d = 0u; d < D; d++) {
-        sc += ld_q(qo + d) * kv[d];
-        dp += ld_gy(go + d) * vv[d];
+      var sc = vec4<f32>();
+      var dp = vec4<f32>();
+      for (var i = 0u; i < D4; i++) {
+        sc += ld4_q(qo, i) * kv[i];
+        dp += ld4_gy(go, i) * vv[i];
       }
-      let pr = exp(sc - ld_lse(p(22u) + r));
-      let ds = pr * (dp - ld_delta(p(23u) + r));
-      for (var d = 0u; d < D; d++) {
-        dv[d] += pr * ld_gy(go + d);
-        dk[d] += ds * ld_q(qo + d);
+      let pr = exp(${hsum("sc")} - ld_lse(p(22u) + r));
+      let ds = pr * (${hsum("dp")} - ld_delta(p(23u) + r));
+      for (var i = 0u; i < D4; i++) {
+        dv[i] += pr * ld4_gy(go, i);
+        dk[i] += ds * ld4_q(qo, i);
       }
     }
   }
-  ${storeRow(w, "gk", gk, "p(16u) + kr * D", (d) => `dk[${d}] * scale`)}
-  ${storeRow(w, "gv", gvd, "p(17u) + kr * D", (d) => `dv[${d}]`)}`));
+  ${storeRow(w, "gk", gk, "p(16u) + kr * D", "dk[i] * scale")}
+  ${storeRow(w, "gv", gvd, "p(17u) + kr * D", "dv[i]")}`));
 }
