@@ -22,9 +22,10 @@ const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const BIN = join(ROOT, "node_modules", ".bin");
 /** Packages whose suites must also pass under Bun and Deno. */
 const CORE = ["packages/tensor", "packages/backend-cpu"];
-// WebGPU under the other runtimes: the conformance suite on Deno's own WebGPU, a smoke run on Bun (Dawn).
+// WebGPU under the other runtimes: the conformance suite and the fused kernels on Deno's own WebGPU
+// (naga validates WGSL differently from Dawn), a smoke run on Bun (Dawn).
 const EXTRA = [
-  { runtime: "deno", rel: "packages/backend-webgpu", files: ["test/conformance.test.ts", "test/training.test.ts", "test/smoke.test.ts"], flags: ["--unstable-webgpu"] },
+  { runtime: "deno", rel: "packages/backend-webgpu", files: ["test/conformance.test.ts", "test/training.test.ts", "test/smoke.test.ts", "test/fused-nn.test.ts"], flags: ["--unstable-webgpu"] },
   { runtime: "bun", rel: "packages/backend-webgpu", files: ["test/smoke.test.ts"], flags: [] },
 ];
 const RUNTIMES = ["node", "bun", "deno"];

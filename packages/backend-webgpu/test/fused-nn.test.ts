@@ -8,7 +8,7 @@ import {
   type AdamWHyper, type DType, type FusedKernels, type Input, FUSED_PAIRS, checkFusedPairs, contiguousStrides, fromF32,
   toF32, uniformAt,
 } from "@lowrank/tensor";
-import type { GpuStorage, WebGpuBackend } from "../src/backend.ts";
+import { type GpuStorage, type WebGpuBackend, createWebGpuBackend } from "../src/backend.ts";
 import { TIMEOUT_MS, acquireBackend } from "./setup.ts";
 
 const got = await acquireBackend();
@@ -286,8 +286,9 @@ t("adamw: three in-place steps against the torch formula; g a view at an offset;
 });
 
 t("operands wider than one storage binding: rope, adamw and attention split into runs", async () => {
-  const small = await acquireBackend({ maxBindingBytes: 4096 });
-  if (typeof small === "string") throw new Error(small);
+  // A second backend on the same device rather than a second device: one Deno run that made its own
+  // device here crashed at exit (heap corruption in teardown), after every test had passed.
+  const small = createWebGpuBackend(gpu.gpuDevice, { maxBindingBytes: 4096, ownsDevice: false });
   try {
     const before = small.engine.counters.dispatches;
     await checkAttention(small, { B: 2, Hq: 4, Hkv: 2, T: 20, S: 24, D: 16, causal: true, dtype: "f32" }, null, 100);
