@@ -4,7 +4,7 @@
  * primitives and autograd derives the gradient. Both paths are checked against each other by
  * the conformance suite.
  */
-import type { Input } from "./backend.ts";
+import type { FusedKernels, Input } from "./backend.ts";
 import type { GradCtx } from "./autograd.ts";
 import { noGrad, record } from "./autograd.ts";
 import * as ops from "./ops.ts";
@@ -87,42 +87,37 @@ export function crossEntropyRows(logits: Tensor, targets: Tensor, ignoreIndex: n
 }
 
 const saved = (c: GradCtx, i: number) => c.saved[i] as Tensor;
+/**
+ * The backward half of a fused pair. A rule below runs only after its forward kernel ran, and a
+ * backend has both halves or neither (checkFusedPairs), so there is no primitive fallback here.
+ */
+function pair<K extends "softmaxBackward" | "logSoftmaxBackward" | "rmsNormBackward" | "crossEntropyBackward">(t: Tensor, name: K): NonNullable<FusedKernels[K]> {
+  const k = t.backend.fused?.[name];
+  if (!k) throw new Error(`backend ${t.backend.name} ran a fused forward kernel without its backward ${name} (see checkFusedPairs)`);
+  return k as NonNullable<FusedKernels[K]>;
+}
 
 export const fusedGradRules = {
   softmax: {
     save: { out: true },
     backward: (c: GradCtx, g: Tensor) => {
       const y = c.out as Tensor;
-      const k = y.backend.fused?.softmaxBackward;
-      if (k) return [fromHandle(y.backend, k(inp(y), inp(ensureContig(g))), y.shape, y.dtype)];
-      return [y.mul(g.sub(g.mul(y).sum(-1, true)))];
+      return [fromHandle(y.backend, pair(y, "softmaxBackward")(inp(y), inp(ensureContig(g))), y.shape, y.dtype)];
     },
   },
   logSoftmax: {
     save: { out: true },
     backward: (c: GradCtx, g: Tensor) => {
       const y = c.out as Tensor;
-      const k = y.backend.fused?.logSoftmaxBackward;
-      if (k) return [fromHandle(y.backend, k(inp(y), inp(ensureContig(g))), y.shape, y.dtype)];
-      return [g.sub(y.exp().mul(g.sum(-1, true)))];
+      return [fromHandle(y.backend, pair(y, "logSoftmaxBackward")(inp(y), inp(ensureContig(g))), y.shape, y.dtype)];
     },
   },
   rmsNorm: {
     save: { inputs: [0, 1] },
     backward: (c: GradCtx, g: Tensor) => {
       const [x, w, rstd] = [saved(c, 0), saved(c, 1), saved(c, 2)];
-      const k = x.backend.fused?.rmsNormBackward;
-      if (k) {
-        const r = k(inp(x), inp(w), inp(rstd), inp(ensureContig(g)));
-        return [fromHandle(x.backend, r.gx, x.shape, x.dtype), fromHandle(x.backend, r.gw, w.shape, w.dtype)];
-      }
-      const f32 = (t: Tensor) => (t.dtype === "f32" ? t : t.cast("f32"));
-      const r = rstd.reshape([...x.shape.slice(0, -1), 1]);
-      const xhat = f32(x).mul(r);
-      const gw = f32(g).mul(xhat).sum(x.shape.slice(0, -1).map((_, i) => i));
-      const gxw = f32(g).mul(f32(w));
-      const gx = r.mul(gxw.sub(xhat.mul(gxw.mul(xhat).mean(-1, true))));
-      return [gx.cast(x.dtype), gw.cast(w.dtype)];
+      const r = pair(x, "rmsNormBackward")(inp(x), inp(w), inp(rstd), inp(ensureContig(g)));
+      return [fromHandle(x.backend, r.gx, x.shape, x.dtype), fromHandle(x.backend, r.gw, w.shape, w.dtype)];
     },
   },
   crossEntropy: {
@@ -130,14 +125,8 @@ export const fusedGradRules = {
     backward: (c: GradCtx, g: Tensor) => {
       const [logits, targets, lse] = [saved(c, 0), saved(c, 1), saved(c, 2)];
       const ignoreIndex = c.params as number;
-      const k = logits.backend.fused?.crossEntropyBackward;
-      if (k) return [fromHandle(logits.backend, k(inp(logits), inp(targets), inp(lse), inp(ensureContig(g)), ignoreIndex), logits.shape, logits.dtype), null];
-      const valid = targets.eq(ignoreIndex).eq(0);
-      const safe = ops.where(valid, targets, 0).reshape([-1, 1]);
-      const p = logits.cast("f32").sub(lse.reshape([-1, 1])).exp();
-      const onehot = ops.scatterAdd(p.shape, safe, ops.scalarLike(p, 1).reshape([1, 1]).expand([p.shape[0], 1]).contiguous(), 1);
-      const scale = g.cast("f32").mul(valid.cast("f32")).reshape([-1, 1]);
-      return [p.sub(onehot).mul(scale).cast(logits.dtype), null];
+      const k = pair(logits, "crossEntropyBackward");
+      return [fromHandle(logits.backend, k(inp(logits), inp(targets), inp(lse), inp(ensureContig(g)), ignoreIndex), logits.shape, logits.dtype), null];
     },
   },
 };
