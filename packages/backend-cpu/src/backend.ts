@@ -297,7 +297,13 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
     dtype === "f32" ? be.own(v) : be.own(fromF32(dtype, v));
   const exp = (x: Float32Array, n: number) => {
     const v = x.subarray(0, n);
-    if (!be.ew?.unary("exp", v, v)) for (let i = 0; i < n; i++) v[i] = Math.exp(v[i]);
+    if (!be.ew?.unary("exp", v, v)) unaryKernel("exp", v, v);
+  };
+  // RoPE and its backward: the rotation by +angle or -angle (its transpose).
+  const rotate = (sign: 1 | -1) => (x: Input<CpuHandle>, cos: Input<CpuHandle>, sin: Input<CpuHandle>, interleaved: boolean): CpuHandle => {
+    const y = be.pool.take(numel(x.view.shape));
+    ropeKernel(numeric(x.dtype, x.handle) as Float32Array, x.view, be.packedF32(cos), be.packedF32(sin), interleaved, sign, y);
+    return out(x.dtype, y);
   };
   const blas = be.engine instanceof BlasEngine ? be.engine : null;
   const attn: AttnOps = blas
@@ -360,16 +366,8 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
       if (!be.ew?.swigluBackward(g, u, dy, gGate, gUp)) swigluBackwardKernel(g, u, dy, gGate, gUp);
       return { gGate: out(gate.dtype, gGate), gUp: out(up.dtype, gUp) };
     },
-    rope: (x, cos, sin, interleaved) => {
-      const y = be.pool.take(numel(x.view.shape));
-      ropeKernel(numeric(x.dtype, x.handle) as Float32Array, x.view, be.packedF32(cos), be.packedF32(sin), interleaved, 1, y);
-      return out(x.dtype, y);
-    },
-    ropeBackward: (gy, cos, sin, interleaved) => {
-      const y = be.pool.take(numel(gy.view.shape));
-      ropeKernel(numeric(gy.dtype, gy.handle) as Float32Array, gy.view, be.packedF32(cos), be.packedF32(sin), interleaved, -1, y);
-      return out(gy.dtype, y);
-    },
+    rope: rotate(1),
+    ropeBackward: rotate(-1),
     attention: (q, k, v, causal, scale) => {
       const a = attnShape(q, k, causal, scale);
       const r = attentionForward(attn, be.packedF32(q), be.packedF32(k), be.packedF32(v), a);

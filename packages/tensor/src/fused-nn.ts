@@ -5,18 +5,14 @@
  * without it the same math is built from primitives, the reference the conformance suite checks
  * every kernel against (forward values and gradcheck on both paths).
  */
-import type { AdamWHyper, Backend, Input } from "./backend.ts";
+import type { AdamWHyper } from "./backend.ts";
 import type { GradCtx } from "./autograd.ts";
 import { isGradEnabled, noGrad, record } from "./autograd.ts";
 import * as ops from "./ops.ts";
 import { scope } from "./scope.ts";
 import { sameShape } from "./shape.ts";
 import { type Tensor, fromHandle, rand } from "./tensor.ts";
-
-const inp = (t: Tensor): Input => t.input;
-/** Fused kernels read contiguous inputs (row-major from their view's offset). */
-const dense = (t: Tensor) => (t.isContiguous ? t : ops.contiguous(t));
-const saved = (c: GradCtx, i: number) => c.saved[i] as Tensor;
+import { ensureContig as dense, inp, pair, saved, softmax } from "./fused.ts";
 
 // ---------------------------------------------------------------- dropout
 
@@ -46,10 +42,9 @@ export function dropout(x: Tensor, p: number, seed: number, offset = 0): Tensor 
   });
 }
 
-function dropoutKernel(be: Backend, x: Tensor, d: DropoutParams): Tensor {
-  const k = be.fused?.dropout as NonNullable<NonNullable<Backend["fused"]>["dropout"]>;
-  const xc = dense(x);
-  return fromHandle(be, k(inp(xc), d.p, d.seed, d.offset), x.shape, x.dtype);
+/** The fused dropout kernel on x (the backward of dropout, and the LoRA branch's regeneration). */
+function dropoutKernel(x: Tensor, d: DropoutParams): Tensor {
+  return fromHandle(x.backend, pair(x, "dropout")(inp(dense(x)), d.p, d.seed, d.offset), x.shape, x.dtype);
 }
 
 // ---------------------------------------------------------------- SwiGLU
@@ -146,14 +141,8 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: { causal?: bool
       const allowed = noGrad(() => causalMask(q, T, S));
       scores = ops.where(allowed, scores, -Infinity);
     }
-    return softmaxComposite(scores).matmul(repeat(v));
+    return softmax(scores, -1).matmul(repeat(v));
   });
-}
-
-function softmaxComposite(x: Tensor): Tensor {
-  const m = noGrad(() => x.max(-1, true));
-  const e = x.sub(m).exp();
-  return e.div(e.sum(-1, true));
 }
 
 /** u8 [T, S]: 1 where key s may be seen by query t (s <= S - T + t). */
@@ -180,11 +169,11 @@ export function loraBranch(x: Tensor, A: Tensor, B: Tensor, scaling: number, dro
       return xd.matmul(A.T).matmul(B.T).mul(scaling);
     }
     const grad = isGradEnabled();
-    const h = noGrad(() => {
-      const xd = drop ? dropoutKernel(x.backend, x, drop) : x;
-      return xd.matmul(A.T).mul(scaling); // [N, r]: scaling the thin side is cheap, and backward reuses it for gB
+    const [h, y] = noGrad(() => {
+      const xd = drop ? dropoutKernel(x, drop) : x;
+      const hs = xd.matmul(A.T).mul(scaling); // [N, r]: scaling the thin side is cheap, and backward reuses it for gB
+      return [hs, hs.matmul(B.T)];
     });
-    const y = noGrad(() => h.matmul(B.T));
     return grad ? record(y, "loraBranch", [x, A, B], { scaling, drop }, [h]) : y;
   });
 }
@@ -198,13 +187,13 @@ const loraBranchRule = {
     const gh = g.matmul(B).mul(scaling); // [N, r]
     let gA: Tensor | null = null;
     if (c.needs[1]) {
-      const xd = drop ? dropoutKernel(x.backend, x, drop) : x;
+      const xd = drop ? dropoutKernel(x, drop) : x;
       gA = gh.T.matmul(xd);
     }
     let gx: Tensor | null = null;
     if (c.needs[0]) {
       const gxd = gh.matmul(A);
-      gx = drop ? dropoutKernel(x.backend, gxd, drop) : gxd;
+      gx = drop ? dropoutKernel(gxd, drop) : gxd;
     }
     return [gx, gA, gB];
   },
@@ -240,25 +229,23 @@ export function adamwStep(p: Tensor, g: Tensor, m: Tensor, v: Tensor, h: AdamWHy
 
 // ---------------------------------------------------------------- gradient rules
 
-type Fused = NonNullable<Backend["fused"]>;
-const kernel = <K extends keyof Fused>(t: Tensor, name: K) => t.backend.fused?.[name] as NonNullable<Fused[K]>;
 
 export const fusedNnGradRules = {
   dropout: {
-    backward: (c: GradCtx, g: Tensor) => [dropoutKernel(g.backend, g, c.params as DropoutParams)],
+    backward: (c: GradCtx, g: Tensor) => [dropoutKernel(g, c.params as DropoutParams)],
   },
   swiglu: {
     save: { inputs: [0, 1] },
     backward: (c: GradCtx, g: Tensor) => {
       const [gate, up] = [saved(c, 0), saved(c, 1)];
-      const r = kernel(gate, "swigluBackward")(inp(gate), inp(up), inp(dense(g)));
+      const r = pair(gate, "swigluBackward")(inp(gate), inp(up), inp(dense(g)));
       return [fromHandle(gate.backend, r.gGate, gate.shape, gate.dtype), fromHandle(gate.backend, r.gUp, up.shape, up.dtype)];
     },
   },
   rope: {
     backward: (c: GradCtx, g: Tensor) => {
       const [cos, sin] = [saved(c, 1), saved(c, 2)];
-      return [fromHandle(g.backend, kernel(g, "ropeBackward")(inp(dense(g)), inp(cos), inp(sin), c.params as boolean), g.shape, g.dtype)];
+      return [fromHandle(g.backend, pair(g, "ropeBackward")(inp(dense(g)), inp(cos), inp(sin), c.params as boolean), g.shape, g.dtype)];
     },
   },
   attention: {
@@ -266,7 +253,7 @@ export const fusedNnGradRules = {
     backward: (c: GradCtx, g: Tensor) => {
       const [q, k, v, lse] = [saved(c, 0), saved(c, 1), saved(c, 2), saved(c, 3)];
       const { causal, scale } = c.params as { causal: boolean; scale: number };
-      const r = kernel(q, "attentionBackward")(inp(q), inp(k), inp(v), inp(c.out as Tensor), inp(lse), inp(dense(g)), causal, scale);
+      const r = pair(q, "attentionBackward")(inp(q), inp(k), inp(v), inp(c.out as Tensor), inp(lse), inp(dense(g)), causal, scale);
       return [fromHandle(q.backend, r.gq, q.shape, q.dtype), fromHandle(q.backend, r.gk, k.shape, k.dtype), fromHandle(q.backend, r.gv, v.shape, v.dtype)];
     },
   },

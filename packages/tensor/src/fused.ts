@@ -12,9 +12,9 @@ import { scope } from "./scope.ts";
 import { type Tensor, fromHandle } from "./tensor.ts";
 
 const lastAxis = (x: Tensor, axis: number) => axis === -1 || axis === x.rank - 1;
-/** Fused kernels take contiguous inputs. */
-const inp = (t: Tensor): Input => t.input;
-const ensureContig = (t: Tensor) => (t.isContiguous ? t : ops.contiguous(t));
+/** Fused kernels take contiguous inputs (row-major from their view's offset). */
+export const inp = (t: Tensor): Input => t.input;
+export const ensureContig = (t: Tensor) => (t.isContiguous ? t : ops.contiguous(t));
 
 export function softmax(x: Tensor, axis = -1): Tensor {
   return scope(() => {
@@ -86,14 +86,15 @@ export function crossEntropyRows(logits: Tensor, targets: Tensor, ignoreIndex: n
   });
 }
 
-const saved = (c: GradCtx, i: number) => c.saved[i] as Tensor;
+export const saved = (c: GradCtx, i: number) => c.saved[i] as Tensor;
 /**
- * The backward half of a fused pair. A rule below runs only after its forward kernel ran, and a
- * backend has both halves or neither (checkFusedPairs), so there is no primitive fallback here.
+ * A fused kernel a gradient rule needs: the backward half of a pair, or dropout regenerating its
+ * mask. A rule runs only after its forward kernel ran, and a backend has both halves of a pair or
+ * neither (checkFusedPairs), so the rules carry no primitive fallback.
  */
-function pair<K extends "softmaxBackward" | "logSoftmaxBackward" | "rmsNormBackward" | "crossEntropyBackward">(t: Tensor, name: K): NonNullable<FusedKernels[K]> {
+export function pair<K extends keyof FusedKernels>(t: Tensor, name: K): NonNullable<FusedKernels[K]> {
   const k = t.backend.fused?.[name];
-  if (!k) throw new Error(`backend ${t.backend.name} ran a fused forward kernel without its backward ${name} (see checkFusedPairs)`);
+  if (!k) throw new Error(`backend ${t.backend.name} ran a fused forward kernel but has no ${name} (see checkFusedPairs)`);
   return k as NonNullable<FusedKernels[K]>;
 }
 

@@ -9,6 +9,7 @@
  * score block is bounded (ROW_BLOCK_FLOATS), so memory does not grow with T·S.
  */
 import type { MatmulEngine } from "../matmul.ts";
+import { transposeInto } from "./strided.ts";
 
 /** What the kernels need from the backend: a packed gemm, an in-place exp, optional WASM row kernels. */
 export interface AttnOps {
@@ -29,8 +30,8 @@ export function engineOps(mm: MatmulEngine, exp: AttnOps["exp"]): AttnOps {
   const grow = (a: Float32Array, n: number) => (a.length >= n ? a : new Float32Array(n));
   return {
     gemm(transA, transB, M, N, K, A, B, C, accumulate) {
-      if (transA) transpose(A, K, M, (ta = grow(ta, M * K)));
-      if (transB) transpose(B, N, K, (tb = grow(tb, K * N)));
+      if (transA) transposeInto(A, K, M, (ta = grow(ta, M * K)), K, 0);
+      if (transB) transposeInto(B, N, K, (tb = grow(tb, K * N)), N, 0);
       const out = accumulate ? (tc = grow(tc, M * N)) : C;
       mm.matmul(transA ? ta.subarray(0, M * K) : A.subarray(0, M * K), transB ? tb.subarray(0, K * N) : B.subarray(0, K * N), out.subarray(0, M * N), M, N, K);
       if (accumulate) for (let i = 0; i < M * N; i++) C[i] += tc[i];
@@ -51,17 +52,6 @@ export interface AttnShape {
   D: number;
   causal: boolean;
   scale: number;
-}
-
-/** dst [cols, rows] = srcᵀ for src [rows, cols] row-major. */
-function transpose(src: Float32Array, rows: number, cols: number, dst: Float32Array): void {
-  for (let r0 = 0; r0 < rows; r0 += 32) {
-    const r1 = Math.min(rows, r0 + 32);
-    for (let c0 = 0; c0 < cols; c0 += 32) {
-      const c1 = Math.min(cols, c0 + 32);
-      for (let r = r0; r < r1; r++) for (let c = c0; c < c1; c++) dst[c * rows + r] = src[r * cols + c];
-    }
-  }
 }
 
 /** Keys visible to row r of a group block (rows are rep heads of T queries each). */

@@ -13,6 +13,7 @@
 import { type DType, type HostArray, type Input, type Quant4bitInputs, fromF32, numel } from "@lowrank/tensor";
 import type { MatmulEngine } from "../matmul.ts";
 import { BlasEngine } from "../blas/engine.ts";
+import { transposeInto } from "./strided.ts";
 
 /** The weight as host arrays (what Quant4bitInputs views resolve to on the CPU). */
 export interface Quant4bitHost {
@@ -159,18 +160,6 @@ function matmul4bitSmall(w: Quant4bitHost, scales: Float32Array, x: Float32Array
       }
     }
     if (transpose) for (let i = 0; i < I; i++) y[m * I + i] = acc[i];
-  }
-}
-
-/** dst[c * ld + off + r] = src[r * cols + c] for src [rows, cols], in 32×32 tiles (strided writes stay in cache). */
-function transposeInto(src: Float32Array, rows: number, cols: number, dst: Float32Array, ld: number, off: number): void {
-  const T = 32;
-  for (let r0 = 0; r0 < rows; r0 += T) {
-    const r1 = Math.min(rows, r0 + T);
-    for (let c0 = 0; c0 < cols; c0 += T) {
-      const c1 = Math.min(cols, c0 + T);
-      for (let r = r0; r < r1; r++) for (let c = c0; c < c1; c++) dst[c * ld + off + r] = src[r * cols + c];
-    }
   }
 }
 

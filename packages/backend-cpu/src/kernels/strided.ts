@@ -168,3 +168,15 @@ function copyTransposed(src: Elems, so: number, ss: number[], dst: Elems, dO: nu
     }
   }
 }
+
+/** dst[c * ld + off + r] = src[r * cols + c] for src [rows, cols], in 32×32 tiles (strided writes stay in cache). */
+export function transposeInto(src: Float32Array, rows: number, cols: number, dst: Float32Array, ld: number, off: number): void {
+  const T = 32;
+  for (let r0 = 0; r0 < rows; r0 += T) {
+    const r1 = Math.min(rows, r0 + T);
+    for (let c0 = 0; c0 < cols; c0 += T) {
+      const c1 = Math.min(cols, c0 + T);
+      for (let r = r0; r < r1; r++) for (let c = c0; c < c1; c++) dst[c * ld + off + r] = src[r * cols + c];
+    }
+  }
+}
