@@ -19,7 +19,8 @@
  *               first adapter needs a gradient: the first layer's input norm is not recorded.
  * Head and loss: final norm input, output and rstd, logits, cross-entropy's lse and labels (and the
  * embedding's ids, full only), and the logits' gradient V while the loss node still holds the
- * logits (the start of backward, the peak without checkpointing).
+ * logits (the start of backward, the peak without checkpointing). Logits larger than one chunk
+ * are never held (linearCrossEntropy): only a chunk's logits and their gradient at a time.
  * With gradient checkpointing (each layer re-run in backward) only every layer's input C stays; the
  * peak is the head's moment or a re-run layer: its activations plus the MLP backward's gradients,
  * next to the gradients made so far (the first and the last re-run bound it).
@@ -28,6 +29,7 @@
  * "Activations" is reported as measured: the forward/backward peak minus weights, LoRA,
  * gradients and optimizer state (so for full fine-tuning it nets out gradients not yet made).
  */
+import { logitsChunkRows } from "@lowrank/tensor";
 
 export interface PlanShape {
   vocab: number;
@@ -148,11 +150,27 @@ export function estimate(i: PlanInput): PlanEstimate {
   // One layer's saved bytes, plus the [T, hs/2] cos and sin rows RoPE copies for q and for k.
   const layer = el * layerActivationElems(s, i) + 4 * 2 * i.seq * hs;
   const vc = full ? 4 * s.vocab * C : 0; // the head's weight gradient (full only)
-  // Head and loss: final norm input, output and rstd, logits, lse and labels (cross-entropy's
-  // saved inputs), the ids (the embedding's, full only) and the logits' gradient.
-  const head = el * (2 * C + 1 + 2 * s.vocab + 2 + (full ? 1 : 0));
-  // The loss node released (logits, lse, labels), the head's backward makes the norm output's gradient and its weight's.
-  const headBackward = head - el * (s.vocab + 2) + el * C + vc;
+  // The loss: linearCrossEntropy (tensor's fused.ts) never holds the logits when they pass one
+  // chunk of rows, unless the head is trained and has no more rows than its width.
+  const rows = logitsChunkRows(tokens, s.vocab);
+  const chunked = rows < tokens && (!full || tokens > C);
+  let head: number, headBackward: number;
+  if (!chunked) {
+    // Head and loss: final norm input, output and rstd, logits, lse and labels (cross-entropy's
+    // saved inputs), the ids (the embedding's, full only) and the logits' gradient.
+    head = el * (2 * C + 1 + 2 * s.vocab + 2 + (full ? 1 : 0));
+    // The loss node released (logits, lse, labels), the head's backward makes the norm output's gradient and its weight's.
+    headBackward = head - el * (s.vocab + 2) + el * C + vc;
+  } else {
+    // Saved: final norm input, output and rstd, lse and labels (and ids). The loss node's backward
+    // re-runs the chunks: a chunk's logits and their gradient, h's gradient growing to N·C and
+    // concatenated at the end (2·N·C); full: the head's gradient summed chunk by chunk (3·V·C at a sum).
+    const cb = 4 * rows * s.vocab;
+    const saved = el * (2 * C + 3 + (full ? 1 : 0));
+    head = saved + Math.max(2 * cb + el * C + vc, cb + el * C + 3 * vc, 2 * el * C + vc);
+    // The loss node released (norm output, lse, labels): the final norm's input and rstd, h's gradient, the head's.
+    headBackward = el * (2 * C + 1 + (full ? 1 : 0)) + vc;
+  }
   const endOfBackward = gradBytes + (full && s.tied ? 2 * vc : 0); // tied: the embedding's gradient summed into the head's
   // Gradients alive when the head is done: the tied embedding/head matrix (or the untied head) and the final norm's weight.
   const headGrads = full ? vc + 4 * C : 0;

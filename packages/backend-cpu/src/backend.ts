@@ -1,13 +1,13 @@
 import {
   type Backend, type BinaryOp, type DType, type FusedKernels, type HostArray, type Input, type MemoryStats,
-  type ReduceOp, type UnaryOp, DTYPES, fromF32, hostArray, numel, uniformAt,
+  type ReduceOp, type UnaryOp, DTYPES, contiguousStrides, fromF32, hostArray, numel, uniformAt,
 } from "@lowrank/tensor";
 import { type Bits, binaryStrided, unaryKernel, whereStrided } from "./kernels/elementwise.ts";
 import { encodeHalf, isHalf } from "./kernels/half.ts";
 import { concatViews, gatherKernel, scatterAddKernel } from "./kernels/indexing.ts";
 import { reduceStrided } from "./kernels/reduce.ts";
 import {
-  crossEntropyBackwardRows, crossEntropyRowsKernel, rmsNormBackwardRows, rmsNormRows, softmaxBackwardRows, softmaxRows,
+  addRmsNormRows, crossEntropyBackwardRows, crossEntropyRowsKernel, rmsNormBackwardRows, rmsNormRows, softmaxBackwardRows, softmaxRows,
 } from "./kernels/fused.ts";
 import { matmul4bitKernel } from "./kernels/matmul4bit.ts";
 import { adamwKernel, dropoutKernel, ropeKernel, swigluBackwardKernel, swigluKernel } from "./kernels/fused-nn.ts";
@@ -52,9 +52,11 @@ export class CpuBackend implements Backend<CpuHandle> {
   readonly dtypes: readonly DType[] = DTYPES;
   private live = 0;
   private peak = 0;
+  /** Highest liveBytes ever (resetPeak does not lower it): the output pool's bound. */
+  private peakEver = 0;
   private buffers = 0;
   /** @internal recycled f32 outputs: every kernel that writes each element of its output takes from it */
-  readonly pool = new OutputPool();
+  readonly pool = new OutputPool(() => this.peakEver);
   readonly engine: MatmulEngine;
   readonly blas: BlasStatus;
   readonly fused: Partial<FusedKernels<CpuHandle>>;
@@ -87,6 +89,7 @@ export class CpuBackend implements Backend<CpuHandle> {
     this.live += a.byteLength;
     this.buffers++;
     if (this.live > this.peak) this.peak = this.live;
+    if (this.live > this.peakEver) this.peakEver = this.live;
     return a;
   }
   alloc(dtype: DType, n: number): HostArray {
@@ -321,6 +324,24 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
       const [xv, wv] = [be.packedF32(x), be.packedF32(w)];
       if (!be.ew?.rmsNorm(xv, wv, rows, n, eps, y, rstd)) rmsNormRows(xv, wv, rows, n, eps, y, rstd);
       return { out: out(x.dtype, y), rstd: be.own(rstd) };
+    },
+    addRmsNorm: (x, r, w, eps) => {
+      const { rows, n } = rowsOf(x);
+      const [xv, rv, wv] = [be.packedF32(x), be.packedF32(r), be.packedF32(w)];
+      const y = be.pool.take(rows * n);
+      const rstd = new Float32Array(rows);
+      if (x.dtype === "f32") {
+        const h = be.pool.take(rows * n);
+        if (!be.ew?.addRmsNorm(xv, rv, wv, rows, n, eps, h, y, rstd)) addRmsNormRows(xv, rv, wv, rows, n, eps, h, y, rstd);
+        return { h: be.own(h), out: be.own(y), rstd: be.own(rstd) };
+      }
+      // f16/bf16: h is rounded to its dtype, then normed as stored (what the add + rmsNorm composite computes).
+      const sum = new Float32Array(rows * n);
+      for (let i = 0; i < sum.length; i++) sum[i] = xv[i] + rv[i];
+      const h = out(x.dtype, sum);
+      const hv = be.packedF32({ handle: h, dtype: x.dtype, view: { shape: x.view.shape, strides: contiguousStrides(x.view.shape), offset: 0 } });
+      rmsNormRows(hv, wv, rows, n, eps, y, rstd);
+      return { h, out: out(x.dtype, y), rstd: be.own(rstd) };
     },
     rmsNormBackward: (x, w, rstd, gy) => {
       const { rows, n } = rowsOf(x);

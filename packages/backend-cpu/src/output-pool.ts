@@ -6,19 +6,25 @@
  */
 import type { HostArray } from "@lowrank/tensor";
 
-/** Smaller arrays are cheap to allocate; larger pools would hide too much memory from memory(). */
-const MIN_BYTES = 64 * 1024, MAX_BYTES = 64 * 2 ** 20, PER_LENGTH = 8;
+/** Smaller arrays are cheap to allocate. */
+const MIN_BYTES = 64 * 1024, FLOOR_BYTES = 64 * 2 ** 20;
 
 export class OutputPool {
   private readonly byLength = new Map<number, Float32Array[]>();
   private held = 0;
 
-  /** Keep `a` if it is a whole f32 buffer (not a view into a larger one) and there is room. */
+  /** `peakLive`: the backend's highest live bytes so far. */
+  constructor(private readonly peakLive: () => number) {}
+
+  /**
+   * Keep `a` if it is a whole f32 buffer (not a view into a larger one) and the pool stays within
+   * max(64 MiB, peakLive): a training step frees its activations in backward and allocates them
+   * again in the next forward, so what the pool holds is what the next step would page-fault in.
+   */
   put(a: HostArray): void {
     if (!(a instanceof Float32Array) || a.byteLength < MIN_BYTES || a.buffer.byteLength !== a.byteLength || !(a.buffer instanceof ArrayBuffer)) return;
-    if (this.held + a.byteLength > MAX_BYTES) return;
+    if (this.held + a.byteLength > Math.max(FLOOR_BYTES, this.peakLive())) return;
     const list = this.byLength.get(a.length) ?? [];
-    if (list.length >= PER_LENGTH) return;
     list.push(a);
     this.byLength.set(a.length, list);
     this.held += a.byteLength;

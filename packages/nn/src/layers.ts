@@ -1,5 +1,5 @@
 /** The basic layers, with torch's parameter names and layouts so checkpoints load without renaming. */
-import { type Tensor, embedding, rmsNorm, scope } from "@lowrank/tensor";
+import { type Tensor, addRmsNorm, embedding, rmsNorm, scope } from "@lowrank/tensor";
 import { Module, type ParamOptions, makeParam } from "./module.ts";
 
 export interface LinearOptions extends ParamOptions {
@@ -72,5 +72,10 @@ export class RMSNorm extends Module {
 
   forward(x: Tensor): Tensor {
     return rmsNorm(x, this.weight, this.eps);
+  }
+
+  /** The pre-norm residual step: [x + residual, norm(x + residual)], one fused kernel where the backend has it. */
+  forwardResidual(x: Tensor, residual: Tensor): [Tensor, Tensor] {
+    return addRmsNorm(x, residual, this.weight, this.eps);
   }
 }

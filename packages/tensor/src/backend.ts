@@ -98,6 +98,13 @@ export interface FusedKernels<H = unknown> {
   /** y = x * rsqrt(mean(x^2) + eps) * w over the last axis; also returns rstd [rows] (f32). */
   rmsNorm(x: Input<H>, w: Input<H>, eps: number): { out: H; rstd: H };
   rmsNormBackward(x: Input<H>, w: Input<H>, rstd: Input<H>, gy: Input<H>): { gx: H; gw: H };
+  /**
+   * The pre-norm block's residual add and the next norm in one pass: h = x + r (x, r contiguous,
+   * one shape), out = rmsNorm(h, w, eps) (as rmsNorm), rstd [rows]. h is in x's dtype; for f16/bf16
+   * the norm may read h before or after its rounding (within half-precision tolerance). Its
+   * backward is rmsNormBackward on h (the add's is the identity).
+   */
+  addRmsNorm(x: Input<H>, r: Input<H>, w: Input<H>, eps: number): { h: H; out: H; rstd: H };
   /** Per-row loss of logits [rows, V] vs i32 targets [rows]; rows with target == ignoreIndex give 0. Returns loss and logsumexp. */
   crossEntropy(logits: Input<H>, targets: Input<H>, ignoreIndex: number): { loss: H; lse: H };
   /** d loss_row / d logits scaled per row by g [rows]. */
@@ -178,6 +185,7 @@ export const FUSED_PAIRS: readonly (readonly [keyof FusedKernels, keyof FusedKer
   ["softmax", "softmaxBackward"],
   ["logSoftmax", "logSoftmaxBackward"],
   ["rmsNorm", "rmsNormBackward"],
+  ["addRmsNorm", "rmsNormBackward"],
   ["crossEntropy", "crossEntropyBackward"],
   ["swiglu", "swigluBackward"],
   ["rope", "ropeBackward"],
@@ -187,13 +195,17 @@ export const FUSED_PAIRS: readonly (readonly [keyof FusedKernels, keyof FusedKer
   ["matmul4bit", null],
 ];
 
-/** Throws naming the backend and the kernel when one half of a fused pair is missing. */
+/**
+ * Throws naming the backend and the kernel when one half of a fused pair is missing: a forward
+ * without its backward, or a backward that no forward of the backend uses.
+ */
 export function checkFusedPairs(b: { name: string; fused?: Partial<FusedKernels<unknown>> }): void {
   const f = b.fused;
   if (!f) return;
   for (const [fwd, bwd] of FUSED_PAIRS) {
-    if (bwd && !!f[fwd] !== !!f[bwd]) {
-      throw new Error(`backend ${b.name}: fused kernel ${f[fwd] ? fwd : bwd} is provided without its pair ${f[fwd] ? bwd : fwd}`);
+    if (bwd && f[fwd] && !f[bwd]) throw new Error(`backend ${b.name}: fused kernel ${fwd} is provided without its pair ${bwd}`);
+    if (bwd && f[bwd] && !FUSED_PAIRS.some(([g, h]) => h === bwd && f[g])) {
+      throw new Error(`backend ${b.name}: fused kernel ${bwd} is provided without its pair ${fwd}`);
     }
   }
 }

@@ -3,9 +3,9 @@ import { noGrad } from "./autograd.ts";
 import * as ops from "./ops.ts";
 import { scope } from "./scope.ts";
 import { type Tensor, tensor } from "./tensor.ts";
-import { crossEntropyRows, logSoftmax, rmsNorm, softmax } from "./fused.ts";
+import { addRmsNorm, crossEntropyRows, linearCrossEntropyRows, logSoftmax, rmsNorm, softmax } from "./fused.ts";
 
-export { softmax, logSoftmax, rmsNorm };
+export { softmax, logSoftmax, rmsNorm, addRmsNorm };
 export { type DropoutParams, type RopeTables, adamwStep, attention, causalMask, dropout, loraBranch, rope, swiglu } from "./fused-nn.ts";
 import type { RopeTables } from "./fused-nn.ts";
 
@@ -69,12 +69,33 @@ export function crossEntropy(
   return scope(() => {
     const ignore = opts.ignoreIndex ?? -100;
     const V = logits.shape[logits.rank - 1];
-    const rows = crossEntropyRows(logits.reshape([-1, V]), targets.reshape([-1]), ignore);
-    const reduction = opts.reduction ?? "mean";
-    if (reduction === "none") return rows.reshape([...targets.shape]);
-    const total = rows.sum();
-    if (reduction === "sum") return total;
-    const count = noGrad(() => targets.eq(ignore).eq(0).cast("f32").sum());
-    return total.div(count.maximum(1).cast(logits.dtype));
+    return reduceRows(crossEntropyRows(logits.reshape([-1, V]), targets.reshape([-1]), ignore), targets, ignore, opts.reduction);
   });
+}
+
+/**
+ * crossEntropy(h·Wᵀ + bias, targets) for hidden states h [..., C] and a head weight [V, C]
+ * (torch.nn.Linear's layout), without holding the [rows, V] logits when they are larger than
+ * one chunk (fused.ts linearCrossEntropyRows): what a real vocabulary (32k-152k) needs.
+ */
+export function linearCrossEntropy(
+  h: Tensor,
+  weight: Tensor,
+  targets: Tensor,
+  opts: { bias?: Tensor | null; ignoreIndex?: number; reduction?: "mean" | "sum" | "none"; chunkRows?: number } = {},
+): Tensor {
+  return scope(() => {
+    const ignore = opts.ignoreIndex ?? -100;
+    const C = h.shape[h.rank - 1];
+    const rows = linearCrossEntropyRows(h.reshape([-1, C]), weight, opts.bias ?? null, targets.reshape([-1]), ignore, opts.chunkRows);
+    return reduceRows(rows, targets, ignore, opts.reduction);
+  });
+}
+
+function reduceRows(rows: Tensor, targets: Tensor, ignore: number, reduction: "mean" | "sum" | "none" = "mean"): Tensor {
+  if (reduction === "none") return rows.reshape([...targets.shape]);
+  const total = rows.sum();
+  if (reduction === "sum") return total;
+  const count = noGrad(() => targets.eq(ignore).eq(0).cast("f32").sum());
+  return total.div(count.maximum(1).cast(rows.dtype));
 }

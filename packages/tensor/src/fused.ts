@@ -6,7 +6,7 @@
  */
 import type { FusedKernels, Input } from "./backend.ts";
 import type { GradCtx } from "./autograd.ts";
-import { noGrad, record } from "./autograd.ts";
+import { isGradEnabled, noGrad, record } from "./autograd.ts";
 import * as ops from "./ops.ts";
 import { scope } from "./scope.ts";
 import { type Tensor, fromHandle } from "./tensor.ts";
@@ -62,6 +62,27 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-5): Tensor {
 }
 
 /**
+ * The pre-norm residual step: h = x + r and rmsNorm(h, weight), returned as [h, normed]. With the
+ * backend's addRmsNorm kernel both come from one pass over the rows; autograd sees the same two
+ * nodes as the composite (an add, then rmsNorm on h), so the gradients are the composite's.
+ */
+export function addRmsNorm(x: Tensor, r: Tensor, weight: Tensor, eps = 1e-5): [Tensor, Tensor] {
+  return scope(() => {
+    const k = x.backend.fused?.addRmsNorm;
+    if (k && x.dtype === r.dtype && x.rank === r.rank && x.shape.every((d, i) => d === r.shape[i])) {
+      const [xc, rc, wc] = [ensureContig(x), ensureContig(r), ensureContig(weight)];
+      const o = k(inp(xc), inp(rc), inp(wc), eps);
+      const rows = x.size / x.shape[x.rank - 1];
+      const h = record(fromHandle(x.backend, o.h, x.shape, x.dtype), "add", [xc, rc]);
+      const rstd = fromHandle(x.backend, o.rstd, [rows], "f32");
+      return [h, record(fromHandle(x.backend, o.out, x.shape, x.dtype), "rmsNorm", [h, wc], eps, [rstd])];
+    }
+    const h = x.add(r);
+    return [h, rmsNorm(h, weight, eps)];
+  });
+}
+
+/**
  * Per-row cross-entropy of logits [N, V] against i32 targets [N]; rows whose target is
  * `ignoreIndex` contribute 0. Returns [N] (reduction happens in functional.crossEntropy).
  */
@@ -84,6 +105,68 @@ export function crossEntropyRows(logits: Tensor, targets: Tensor, ignoreIndex: n
     const picked = ops.gather(logSoftmax(logits, -1), safe, 1).reshape([-1]);
     return picked.neg().mul(valid.cast(logits.dtype));
   });
+}
+
+/**
+ * Logits larger than this are never held whole by linearCrossEntropyRows: rows go through the
+ * head in chunks of this many bytes of logits (8 MiB: 65 rows of a 32k vocabulary, 13 of 152k).
+ */
+export const LOGITS_CHUNK_BYTES = 8 * 2 ** 20;
+
+/** Rows per chunk of linearCrossEntropyRows for vocabulary V: whole when the logits fit one chunk. */
+export const logitsChunkRows = (N: number, V: number, chunkBytes = LOGITS_CHUNK_BYTES) => Math.min(N, Math.max(1, Math.floor(chunkBytes / (4 * V))));
+
+/**
+ * Per-row cross-entropy of the head's logits h·Wᵀ (+ bias) [N, V] against i32 targets [N],
+ * never holding the [N, V] logits or their gradient when they exceed one chunk (Liger's fused
+ * linear cross-entropy): each chunk of rows is multiplied, reduced to its loss and logsumexp
+ * and dropped; backward recomputes it from h and W. One autograd node; it saves h, W, targets
+ * and lse [N]. Logits that fit one chunk (`chunkRows` >= N) take the plain path and are held,
+ * as do those of a trainable head with no more rows than its width (see below).
+ * h [N, C] and weight [V, C] as torch.nn.Linear stores it; f32 with the fused cross-entropy
+ * kernel, otherwise the composite of matmul and crossEntropyRows.
+ */
+export function linearCrossEntropyRows(h: Tensor, weight: Tensor, bias: Tensor | null, targets: Tensor, ignoreIndex: number, chunkRows?: number): Tensor {
+  return scope(() => {
+    const [N, C] = h.shape;
+    const V = weight.shape[0];
+    if (h.rank !== 2 || weight.rank !== 2 || weight.shape[1] !== C || (bias && (bias.rank !== 1 || bias.shape[0] !== V))) {
+      throw new RangeError(`linearCrossEntropy: h ${h.describe()}, weight ${weight.describe()}${bias ? `, bias ${bias.describe()}` : ""} must be [N, C], [V, C] and [V]`);
+    }
+    if (targets.rank !== 1 || targets.shape[0] !== N) throw new RangeError(`linearCrossEntropy: targets ${targets.describe()} must be [${N}]`);
+    const rows = Math.max(1, Math.floor(chunkRows ?? logitsChunkRows(N, V)));
+    const k = h.backend.fused?.crossEntropy;
+    const plain = () => crossEntropyRows(headLogits(h, weight, bias), targets, ignoreIndex);
+    // A trainable head sums its [V, C] gradient over chunks (the sum, the running total and the
+    // new term alive at once: 2·V·C more than one product), which pays only when the logits and
+    // their gradient it avoids (2·N·V) are larger: N > C.
+    const trainableHead = weight.requiresGrad && isGradEnabled();
+    if (!k || rows >= N || (trainableHead && N <= C) || h.dtype !== "f32" || weight.dtype !== "f32" || (bias && bias.dtype !== "f32")) return plain();
+    const tc = ensureContig(targets);
+    const [loss, lse] = noGrad(() => {
+      const losses: Tensor[] = [], lses: Tensor[] = [];
+      for (let r0 = 0; r0 < N; r0 += rows) {
+        const n = Math.min(rows, N - r0);
+        const logits = headLogits(h.narrow(0, r0, n), weight, bias);
+        const r = k(inp(logits), inp(tc.narrow(0, r0, n)), ignoreIndex);
+        logits.dispose(); // now, not at the scope's end: only one chunk of logits is ever alive
+        losses.push(fromHandle(h.backend, r.loss, [n], "f32"));
+        lses.push(fromHandle(h.backend, r.lse, [n], "f32"));
+      }
+      return [ops.concat(losses, 0), ops.concat(lses, 0)];
+    });
+    const inputs = bias ? [h, weight, tc, bias] : [h, weight, tc];
+    return record(loss, "linearCrossEntropy", inputs, { ignoreIndex, rows }, [lse]);
+  });
+}
+
+/** h·Wᵀ (+ bias), contiguous: the fused cross-entropy kernel reads its rows packed. */
+function headLogits(h: Tensor, weight: Tensor, bias: Tensor | null): Tensor {
+  const y = h.matmul(weight.T);
+  if (!bias) return y;
+  const z = y.add(bias);
+  y.dispose(); // chunks run in one scope: drop each intermediate as soon as it is used
+  return z;
 }
 
 export const saved = (c: GradCtx, i: number) => c.saved[i] as Tensor;
@@ -130,4 +213,43 @@ export const fusedGradRules = {
       return [fromHandle(logits.backend, k(inp(logits), inp(targets), inp(lse), inp(ensureContig(g)), ignoreIndex), logits.shape, logits.dtype), null];
     },
   },
+  linearCrossEntropy: {
+    save: { inputs: [0, 1, 2, 3] },
+    // Chunk by chunk: the logits again, their gradient, then h's rows and W's (and the bias') sums.
+    backward: (c: GradCtx, g: Tensor) => {
+      const [h, weight, targets] = [saved(c, 0), saved(c, 1), saved(c, 2)];
+      const bias = c.saved.length > 4 ? saved(c, 3) : null;
+      const lse = saved(c, c.saved.length - 1);
+      const { ignoreIndex, rows } = c.params as { ignoreIndex: number; rows: number };
+      const k = pair(h, "crossEntropyBackward");
+      const gc = ensureContig(g);
+      const N = h.shape[0];
+      const ghs: Tensor[] = [];
+      let gW: Tensor | null = null, gb: Tensor | null = null;
+      for (let r0 = 0; r0 < N; r0 += rows) {
+        const n = Math.min(rows, N - r0);
+        const hc = h.narrow(0, r0, n);
+        const logits = headLogits(hc, weight, bias);
+        const gl = fromHandle(h.backend, k(inp(logits), inp(targets.narrow(0, r0, n)), inp(lse.narrow(0, r0, n)), inp(gc.narrow(0, r0, n)), ignoreIndex), logits.shape, "f32");
+        logits.dispose();
+        if (c.needs[0]) ghs.push(gl.matmul(weight));
+        const glT = gl.T; // a view holds gl's storage: free both now, not at the scope's end
+        if (c.needs[1]) gW = accumulate(gW, glT.matmul(hc));
+        if (bias && c.needs[3]) gb = accumulate(gb, gl.sum(0));
+        glT.dispose();
+        gl.dispose();
+      }
+      const gh = c.needs[0] ? (ghs.length === 1 ? ghs[0] : ops.concat(ghs, 0)) : null;
+      return bias ? [gh, gW, null, gb] : [gh, gW, null];
+    },
+  },
 };
+
+/** acc + t, freeing both (a gradient summed over chunks). */
+function accumulate(acc: Tensor | null, t: Tensor): Tensor {
+  if (!acc) return t;
+  const s = acc.add(t);
+  acc.dispose();
+  t.dispose();
+  return s;
+}

@@ -13,5 +13,5 @@ export {
   unary, binary, where, cast, reduce, mean, sumTo, matmul, gather, scatterAdd, embedding, concat, stack,
 } from "./ops.ts";
 export * from "./functional.ts";
-export { crossEntropyRows } from "./fused.ts";
+export { LOGITS_CHUNK_BYTES, crossEntropyRows, linearCrossEntropyRows, logitsChunkRows } from "./fused.ts";
 export { matmul4bit, dequantize4bitWeight, checkQuant4bitWeight, quant4bitTensors, type Quant4bitWeight } from "./quant.ts";

@@ -1,6 +1,6 @@
 /** Held-out loss and perplexity, and greedy samples, all under noGrad with the model in eval mode. */
 import { type LlamaForCausalLM, type TextTokenizer, generateIds } from "@lowrank/nn";
-import { crossEntropy, noGrad, scope, tensor } from "@lowrank/tensor";
+import { noGrad, scope, tensor } from "@lowrank/tensor";
 import { type Batch, IGNORE_INDEX, batchesOf } from "./data/loader.ts";
 import type { Example } from "./data/tokenize.ts";
 
@@ -10,8 +10,7 @@ export function batchLossSum(model: LlamaForCausalLM, b: Batch) {
     const backend = model.backend;
     const ids = tensor(b.ids, { shape: [b.B, b.T], dtype: "i32", backend });
     const labels = tensor(b.labels, { shape: [b.B, b.T], dtype: "i32", backend });
-    const logits = model.forward(ids); // (B, T, V)
-    return crossEntropy(logits.dtype === "f32" ? logits : logits.cast("f32"), labels, { ignoreIndex: IGNORE_INDEX, reduction: "sum" });
+    return model.lossSum(ids, labels, IGNORE_INDEX);
   });
 }
 

@@ -283,6 +283,25 @@ export class ElementwiseWasm {
     return true;
   }
 
+  /** h = x + res and rmsNorm(h) (FusedKernels.addRmsNorm): the add runs in the heap, h is normed before it leaves. */
+  addRmsNorm(x: Float32Array, res: Float32Array, w: Float32Array, rows: number, n: number, eps: number, h: Float32Array, out: Float32Array, rstd: Float32Array): boolean {
+    if (n > CHUNK / 2 || rows * n < MIN_ELEMENTS) return false;
+    const [a, s, o, wr] = this.region, rs = this.sums;
+    this.f32.set(w.subarray(0, n), wr >> 2);
+    const per = Math.floor(CHUNK / n);
+    for (let r0 = 0; r0 < rows; r0 += per) {
+      const m = Math.min(per, rows - r0);
+      this.f32.set(x.subarray(r0 * n, (r0 + m) * n), a >> 2);
+      this.f32.set(res.subarray(r0 * n, (r0 + m) * n), s >> 2);
+      this.k.binary(BINARY_OPS.add!, a, 0, 1, s, 0, 1, s, 1, m * n); // s = a + s, in place
+      this.k.rmsNorm(s, wr, o, rs, m, n, eps);
+      h.set(this.f32.subarray(s >> 2, (s >> 2) + m * n), r0 * n);
+      out.set(this.f32.subarray(o >> 2, (o >> 2) + m * n), r0 * n);
+      rstd.set(this.f32.subarray(rs >> 2, (rs >> 2) + m), r0);
+    }
+    return true;
+  }
+
   /** RMSNorm's gradients (FusedKernels.rmsNormBackward); gw (n f64, zeros on entry) gets the weight gradient. */
   rmsNormBackward(x: Float32Array, w: Float32Array, rstd: Float32Array, gy: Float32Array, rows: number, n: number, gx: Float32Array, gw: Float64Array): boolean {
     if (n > CHUNK / 2 || rows * n < MIN_ELEMENTS) return false;

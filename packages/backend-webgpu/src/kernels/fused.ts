@@ -1,5 +1,5 @@
 /**
- * Fused last-axis kernels (softmax, logSoftmax, rmsNorm, crossEntropy and their backward
+ * Fused last-axis kernels (softmax, logSoftmax, rmsNorm, addRmsNorm, crossEntropy and their backward
  * kernels): one workgroup per row, row reductions in workgroup memory, f32 math. makeFused adds
  * the kernels of fused-nn.ts and attention.ts. Outputs are written as f32; a half/bf16 result
  * is then rounded by the cast kernel (one rounding, like the CPU). Rows are chunked so every
@@ -146,6 +146,15 @@ const RMSNORM = `
   if (lid == 0u) { set_rstd(r, rs); }
   for (var i = lid; i < n; i += ${WG}u) { set_y(r, i, x(r, i) * rs * w(i)); }`;
 
+/** h = x + res (kept in f32 until finish rounds it, so a half h is normed before its rounding), then RMSNORM on h. */
+const ADD_RMSNORM = `
+  var ss = 0.0;
+  for (var i = lid; i < n; i += ${WG}u) { set_h(r, i, x(r, i) + res(r, i)); let v = get_h(r, i); ss += v * v; }
+  ss = wg_sum(ss, lid);
+  let rs = 1.0 / sqrt(ss / f32(n) + eps);
+  if (lid == 0u) { set_rstd(r, rs); }
+  for (var i = lid; i < n; i += ${WG}u) { set_y(r, i, get_h(r, i) * rs * w(i)); }`;
+
 const RMSNORM_BWD = `
   let rs = rstd(r);
   var dot = 0.0;
@@ -207,6 +216,12 @@ export function makeFused(ctx: KernelContext): Partial<FusedKernels<GpuStorage>>
       const { rows, n } = dims(x);
       const [y, rstd] = rowKernel(ctx, "rmsNorm", rows, n, [{ name: "x", x, kind: "rows" }, { name: "w", x: w, kind: "vec" }], [{ name: "y", kind: "rows" }, { name: "rstd", kind: "perrow" }], RMSNORM, { eps });
       return { out: finish(ctx, y, x.dtype), rstd };
+    },
+    addRmsNorm: (x, res, w, eps) => {
+      const { rows, n } = dims(x);
+      const ins: RowIn[] = [{ name: "x", x, kind: "rows" }, { name: "res", x: res, kind: "rows" }, { name: "w", x: w, kind: "vec" }];
+      const [h, y, rstd] = rowKernel(ctx, "addRmsNorm", rows, n, ins, [{ name: "h", kind: "rows" }, { name: "y", kind: "rows" }, { name: "rstd", kind: "perrow" }], ADD_RMSNORM, { eps });
+      return { h: finish(ctx, h, x.dtype), out: finish(ctx, y, x.dtype), rstd };
     },
     rmsNormBackward: (x, w, rstd, gy) => {
       const { rows, n } = dims(x);

@@ -6,7 +6,7 @@
  * Shapes: B batch, T new positions, S cached + new positions, C hidden, nh query heads,
  * nkv key/value heads, hs head size, V vocab.
  */
-import { type RopeTables, type Tensor, attention, noGrad, rope, ropeTables, scope, swiglu } from "@lowrank/tensor";
+import { type RopeTables, type Tensor, attention, crossEntropy, linearCrossEntropy, noGrad, rope, ropeTables, scope, swiglu } from "@lowrank/tensor";
 import { KVCache } from "../kv-cache.ts";
 import { Embedding, Linear, RMSNorm } from "../layers.ts";
 import { Module, ModuleList, type ParamOptions, type TensorModule } from "../module.ts";
@@ -300,8 +300,8 @@ export class LlamaDecoderLayer extends Module {
 
   forward(x: Tensor, ctx: LayerContext): Tensor {
     return scope(() => {
-      const h = x.add(this.self_attn.forward(this.input_layernorm.forward(x), ctx));
-      return h.add(this.mlp.forward(this.post_attention_layernorm.forward(h)));
+      const [h, normed] = this.post_attention_layernorm.forwardResidual(x, this.self_attn.forward(this.input_layernorm.forward(x), ctx));
+      return h.add(this.mlp.forward(normed));
     });
   }
 }
@@ -385,6 +385,23 @@ export class LlamaForCausalLM extends Module {
       let h = this.model.forward(ids, opts); // (B, T, C)
       if (opts.lastOnly) h = h.narrow(1, h.shape[1] - 1, 1); // (B, 1, C)
       return this.lm_head.forward(h);
+    });
+  }
+
+  /**
+   * Summed next-token loss of ids (B, T) against labels (B, T) (ignoreIndex skipped), what
+   * training differentiates. A plain f32 head goes through linearCrossEntropy, which never holds
+   * the (B·T, V) logits of a real vocabulary; any other head (LoRA-wrapped, half precision) takes
+   * forward() and crossEntropy in f32.
+   */
+  lossSum(ids: Tensor, labels: Tensor, ignoreIndex: number): Tensor {
+    return scope(() => {
+      const head = this.lm_head;
+      if (head instanceof Linear && head.weight.dtype === "f32") {
+        return linearCrossEntropy(this.model.forward(ids), head.weight, labels, { bias: head.bias, ignoreIndex, reduction: "sum" });
+      }
+      const logits = this.forward(ids);
+      return crossEntropy(logits.dtype === "f32" ? logits : logits.cast("f32"), labels, { ignoreIndex, reduction: "sum" });
     });
   }
 

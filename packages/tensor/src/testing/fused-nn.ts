@@ -155,6 +155,60 @@ export function fusedNnSuite(opts: SuiteOptions): void {
     if (backend.fused?.adamw && transient > n * 4) throw new Error(`fused adamw held ${transient} transient bytes, more than one tensor (${n * 4})`);
   });
 
+  test("addRmsNorm: fused h and norm equal x + r and rmsNorm (odd widths, rows past a chunk)", async () => {
+    for (const [rows, n] of [[3, 7], [300, 24], [5, 1030]] as const) {
+      const xs = rnd(rows * n, 104), rs = rnd(rows * n, 105), ws = rnd(n, 106, 0.5, 1.5);
+      const hRef = xs.map((v, i) => Math.fround(v + rs[i]));
+      const yRef: number[] = [];
+      for (let r = 0; r < rows; r++) {
+        let ss = 0;
+        for (let i = 0; i < n; i++) ss += hRef[r * n + i] ** 2;
+        const rstd = 1 / Math.sqrt(ss / n + 1e-6);
+        for (let i = 0; i < n; i++) yRef.push(hRef[r * n + i] * rstd * ws[i]);
+      }
+      for (const M of [T, C]) {
+        const [h, y] = F.addRmsNorm(M(xs, [rows, n]), M(rs, [rows, n]), M(ws, [n]), 1e-6);
+        await expectClose(h, Array.from(hRef), `addRmsNorm h [${rows}, ${n}]${M === C ? " composite" : ""}`, 1e-6 * tol, 1e-6 * tol);
+        await expectClose(y, yRef, `addRmsNorm out [${rows}, ${n}]${M === C ? " composite" : ""}`, 1e-5 * tol, 1e-5 * tol);
+      }
+    }
+  });
+
+  test("linearCrossEntropy: chunked equals h·Wᵀ + crossEntropy (loss, dh, dW, db); its peak never holds the logits", async () => {
+    const [N, Cd, V] = [200, 8, 300];
+    const hs = rnd(N * Cd, 101), ws = rnd(V * Cd, 102), bs = rnd(V, 103);
+    const ts = Array.from({ length: N }, (_, i) => (i % 7 === 3 ? -100 : (i * 41) % V));
+    const run = (be: typeof backend, chunkRows: number | null) => {
+      const M = mk(be);
+      const [h, w, b] = [M(hs, [N, Cd]), M(ws, [V, Cd]), M(bs, [V])];
+      for (const t of [h, w, b]) t.requiresGrad = true;
+      const t = M(ts, [N], "i32");
+      be.resetPeak();
+      const base = be.memory().liveBytes;
+      const loss = chunkRows === null
+        ? F.crossEntropy(h.matmul(w.T).add(b), t, { reduction: "sum" })
+        : F.linearCrossEntropy(h, w, t, { bias: b, chunkRows, reduction: "sum" });
+      loss.backward();
+      const peak = be.memory().peakBytes - base;
+      return { peak, values: Promise.all([loss.read(), h.grad!.read(), w.grad!.read(), b.grad!.read()]) };
+    };
+    const ref = await run(composite, null).values;
+    const names = ["loss", "dh", "dW", "db"];
+    for (const [be, rows] of [[backend, 5], [backend, N], [composite, 8]] as const) {
+      const got = await run(be, rows).values;
+      got.forEach((a, j) => {
+        for (let i = 0; i < a.length; i++) {
+          if (Math.abs(a[i] - ref[j][i]) > 2e-4 * tol * (1 + Math.abs(ref[j][i]))) throw new Error(`linearCrossEntropy rows ${rows} ${names[j]}[${i}]: ${a[i]}, reference ${ref[j][i]}`);
+        }
+      });
+    }
+    if (!backend.fused?.crossEntropy) return;
+    const logits = N * V * 4;
+    const { peak } = run(backend, 5);
+    // Gradients of h, W, b and a few chunks of logits: far below the [N, V] logits (the plain path holds them twice).
+    if (peak >= logits) throw new Error(`chunked linearCrossEntropy peaked at ${peak} bytes; the logits alone are ${logits}`);
+  });
+
   test("fused ops inside noGrad and scope leave no storage behind", () => {
     const before = backend.memory().liveBytes;
     noGrad(() => scope(() => {

@@ -58,7 +58,14 @@ function cases(be: Backend): Case[] {
     { name: "softmax over a middle axis", fn: (x) => F.softmax(x, 0), inputs: [f(rnd(12, 47, -2, 2), [3, 4])] },
     { name: "logSoftmax", fn: (x) => F.logSoftmax(x, -1), inputs: [f(rnd(12, 48, -2, 2), [3, 4])] },
     { name: "rmsNorm", fn: (x, w) => F.rmsNorm(x, w, 1e-5), inputs: [f(rnd(12, 49), [3, 4]), f(rnd(4, 50, 0.5, 1.5), [4])] },
+    { name: "addRmsNorm (both outputs used)", fn: (x, r, w) => { const [h, y] = F.addRmsNorm(x, r, w, 1e-5); return h.mul(y); }, inputs: [f(rnd(12, 88), [3, 4]), f(rnd(12, 89), [3, 4]), f(rnd(4, 90, 0.5, 1.5), [4])] },
     { name: "crossEntropy (mean, ignore index)", fn: (x, t) => F.crossEntropy(x, t), inputs: [f(rnd(15, 51, -2, 2), [3, 5]), i32([4, -100, 0], [3])] },
+    {
+      name: "linearCrossEntropy chunked (bias, ignore index)",
+      fn: (h, w, b, t) => F.linearCrossEntropy(h, w, t, { bias: b, chunkRows: 2 }),
+      inputs: [f(rnd(15, 83), [5, 3]), f(rnd(21, 84), [7, 3]), f(rnd(7, 85), [7]), i32([6, -100, 0, 3, 3], [5])],
+    },
+    { name: "linearCrossEntropy chunked (sum, no bias)", fn: (h, w, t) => F.linearCrossEntropy(h, w, t, { chunkRows: 3, reduction: "sum" }), inputs: [f(rnd(12, 86), [4, 3]), f(rnd(18, 87), [6, 3]), i32([1, 5, 0, 2], [4])] },
     { name: "silu", fn: (x) => F.silu(x), inputs: [f(rnd(6, 52, -3, 3), [6])] },
     { name: "gelu exact (erf)", fn: (x) => F.gelu(x), inputs: [f(spread(6, 53, 0.3), [6])] },
     { name: "gelu tanh", fn: (x) => F.gelu(x, "tanh"), inputs: [f(rnd(6, 54, -3, 3), [6])] },
@@ -89,7 +96,7 @@ export function gradientSuite(opts: SuiteOptions): void {
   for (const [label, be] of variants) {
     for (const c of cases(be)) {
       if (c.needs && !be.dtypes.includes(c.needs)) continue;
-      if (label && !/softmax|rmsNorm|crossEntropy|attention|matmul4bit|dropout|swiglu|rope|loraBranch/.test(c.name)) continue;
+      if (label && !/softmax|rmsNorm|addRmsNorm|crossEntropy|linearCrossEntropy|attention|matmul4bit|dropout|swiglu|rope|loraBranch/.test(c.name)) continue;
       test(`gradcheck ${c.name}${label}`, async () => {
         const r = await gradcheck(be, c.fn, c.inputs, c.opts);
         if (!r.ok) throw new Error(`gradcheck ${c.name}${label} failed: max error ${r.maxAbsErr} at ${r.worst}`);
@@ -109,9 +116,10 @@ export function gradientSuite(opts: SuiteOptions): void {
   });
 
   test("every gradient rule in the table was exercised by a gradcheck", () => {
-    const fusedNames = ["softmax", "logSoftmax", "rmsNorm", "crossEntropy", "dropout", "swiglu", "rope", "attention"];
+    const fusedNames = ["softmax", "logSoftmax", "rmsNorm", "crossEntropy", "linearCrossEntropy", "dropout", "swiglu", "rope", "attention"];
     // A fused op's rule runs only where the backend has that kernel.
-    const has = (op: string) => !fusedNames.includes(op) || !!backend.fused?.[op as keyof typeof backend.fused];
+    const kernelOf: Record<string, string> = { linearCrossEntropy: "crossEntropy" };
+    const has = (op: string) => !fusedNames.includes(op) || !!backend.fused?.[(kernelOf[op] ?? op) as keyof typeof backend.fused];
     const missing = Object.keys(gradRules).filter((op) => !coveredOps.has(op) && has(op));
     if (missing.length) throw new Error(`gradient rules never checked: ${missing.join(", ")}`);
   });
