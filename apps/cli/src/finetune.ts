@@ -43,7 +43,8 @@ Optimisation:
   --scheduler <${SCHEDULERS.join("|")}>  (default cosine)
   --max-grad-norm 1.0        0 disables clipping
   --seed 0
-  --bf16, --fp16             mixed precision (not supported on the available backends yet: an error)
+  --bf16, --fp16             mixed precision (lora/qlora): base and activations in bf16/f16, adapters and
+                             optimizer in f32; fp16 adds dynamic loss scaling (metrics.jsonl loss_scale)
 Evaluation and saving:
   --eval-fraction 0.05  --eval-every N  --eval-batches N (0 = all)
   --save-every N  --save-total-limit 2  --log-every 10
@@ -222,7 +223,7 @@ export function summary(r: FinetuneResult, wallSeconds: number): string {
     const q = (s: string) => JSON.stringify(s);
     lines.push(`greedy sample, prompt ${q(r.samples.prompt)}`, `  before: ${q(r.samples.before)}`, `  after:  ${q(r.samples.after)}`);
   }
-  if (r.skipped) lines.push(`${r.skipped} step(s) skipped (non-finite loss or gradients)`);
+  if (r.skipped) lines.push(`${r.skipped} step(s) skipped (non-finite loss or gradients${r.config.mixedPrecision === "fp16" ? ", or fp16 overflow: the loss scale backed off" : ""})`);
   const files = r.outputFiles.length ? ` (${r.outputFiles.join(", ")})` : "";
   lines.push(`saved to ${r.output}${files}; metrics.jsonl, eval_report.json, training_args.json and ${r.checkpoint ? basename(r.checkpoint) : "checkpoints"} beside`);
   return lines.join("\n");

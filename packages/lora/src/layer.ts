@@ -213,9 +213,14 @@ export class LoraLinear extends Module {
       const lead = x.shape.slice(0, -1);
       let result = base;
       for (const name of this.#active) {
-        const A = this.lora_A.get(name).weight; // (r, in)
-        const B = this.lora_B.get(name).weight; // (out, r)
+        let A = this.lora_A.get(name).weight; // (r, in)
+        let B = this.lora_B.get(name).weight; // (out, r)
         const s = this.scaling.get(name) as number;
+        // Mixed precision (a half-precision base and activations, f32 adapters): the branch runs in
+        // the activations' dtype with the small A and B cast to it, as under torch autocast, so it
+        // saves the input the base layer keeps anyway instead of an f32 copy per adapter.
+        const mixed = (x.dtype === "f16" || x.dtype === "bf16") && A.dtype === "f32";
+        if (mixed) [A, B] = [A.cast(x.dtype), B.cast(x.dtype)];
         const xa = (x.dtype === A.dtype ? x : x.cast(A.dtype)).reshape([-1, this.inFeatures]); // (N, in)
         const p = this.loraDropout.get(name) as number;
         const dropped = p > 0 && this.training;

@@ -28,6 +28,8 @@ export interface TrainerState {
   fingerprint: Record<string, unknown>;
   /** Train losses of every step so far (for the report; resumed runs extend it). */
   losses: number[];
+  /** fp16 runs: the dynamic loss scale, so a resumed run continues it. */
+  loss_scale?: { scale: number; good_steps: number };
 }
 
 export interface SaveParts {

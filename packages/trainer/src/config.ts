@@ -12,6 +12,11 @@ export type OptimizerName = (typeof OPTIMIZERS)[number];
 export const MIXED_PRECISION = ["no", "fp16", "bf16"] as const;
 export type MixedPrecision = (typeof MIXED_PRECISION)[number];
 
+/** The dtype a mixed-precision run stores the frozen base and the activations in ("no": f32). */
+export function computeDtype(mp: MixedPrecision): "f32" | "f16" | "bf16" {
+  return mp === "fp16" ? "f16" : mp === "bf16" ? "bf16" : "f32";
+}
+
 export interface FinetuneConfig {
   /** Hugging Face model directory (config.json, model.safetensors, tokenizer.json). */
   model: string;
@@ -146,6 +151,6 @@ export function resolveConfig(input: Partial<FinetuneConfig> & Pick<FinetuneConf
 
 /** What a resumed run must share with the run that wrote the checkpoint (the rest may change). */
 export function resumeFingerprint(c: FinetuneConfig): Record<string, unknown> {
-  const { method, rank, alpha, dropout, targetModules, quantType, blocksize, doubleQuant, optimizer, seqLen, batchSize, gradAccum, seed, evalFraction, format } = c;
-  return { method, rank, alpha, dropout, targetModules, quantType, blocksize, doubleQuant, optimizer, seqLen, batchSize, gradAccum, seed, evalFraction, format: format ?? null };
+  const { method, rank, alpha, dropout, targetModules, quantType, blocksize, doubleQuant, optimizer, seqLen, batchSize, gradAccum, seed, evalFraction, format, mixedPrecision } = c;
+  return { method, rank, alpha, dropout, targetModules, quantType, blocksize, doubleQuant, optimizer, seqLen, batchSize, gradAccum, seed, evalFraction, format: format ?? null, mixedPrecision };
 }

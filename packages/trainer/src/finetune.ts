@@ -7,13 +7,13 @@
 import { loadHfModel, loadTokenizer } from "@lowrank/nn";
 import type { Backend, Tensor } from "@lowrank/tensor";
 import { listCheckpoints, loadCheckpoint, restoreParams, saveCheckpoint, type SaveOptions, type TrainerState } from "./checkpoint.ts";
-import { ConfigError, type FinetuneConfig, resolveConfig, resumeFingerprint } from "./config.ts";
+import { ConfigError, type FinetuneConfig, computeDtype, resolveConfig, resumeFingerprint } from "./config.ts";
 import { buildDataset, type Dataset } from "./data/dataset.ts";
 import { BatchLoader } from "./data/loader.ts";
 import { DatasetError } from "./data/records.ts";
 import { type EvalResult, evaluate, greedySample } from "./evaluate.ts";
 import { dropoutStreamMap, enableGradientCheckpointing } from "./grad-checkpoint.ts";
-import { trainLoop } from "./loop.ts";
+import { INIT_LOSS_SCALE, type LossScaler, trainLoop } from "./loop.ts";
 import { type PreparedModel, prepareModel } from "./methods.ts";
 import { MetricsLog, type Reporter, silentReporter } from "./metrics.ts";
 import { AdamW, type Optimizer, SGD, namedParams } from "./optim.ts";
@@ -59,8 +59,12 @@ export async function finetune(input: FinetuneInput, io: FinetuneIO): Promise<Fi
   const cfg = resolveConfig(input);
   const { backend } = io;
   const rep = io.reporter ?? silentReporter;
-  if (cfg.mixedPrecision !== "no") {
-    throw new ConfigError(`mixed precision (${cfg.mixedPrecision}) is not supported on the ${backend.name} backend yet; train in fp32 (drop --${cfg.mixedPrecision})`);
+  const dtype = computeDtype(cfg.mixedPrecision);
+  if (dtype !== "f32" && !backend.dtypes.includes(dtype)) {
+    throw new ConfigError(`--${cfg.mixedPrecision}: the ${backend.name} backend cannot compute in ${dtype}; train in fp32 (drop --${cfg.mixedPrecision}) or choose a backend that can`);
+  }
+  if (dtype !== "f32" && cfg.method === "full") {
+    throw new ConfigError(`--${cfg.mixedPrecision} with --method full: a full fine-tune would need f32 master copies of every weight, which this trainer does not keep; use --method lora or qlora, or train in fp32`);
   }
 
   const loraOnly = (["rank", "alpha", "dropout", "targetModules"] as const).filter((k) => input[k] !== undefined);
@@ -68,7 +72,9 @@ export async function finetune(input: FinetuneInput, io: FinetuneIO): Promise<Fi
 
   // ---- model, method, data: every check before training ----
   const tokenizer = await loadTokenizer(cfg.model);
-  const base = await loadHfModel(cfg.model, { backend, dtype: "f32" });
+  // Mixed precision: the frozen base (and so every activation) in the compute dtype, without
+  // widening a bf16/f16 checkpoint to f32; adapters and optimizer state stay f32 (PEFT's autocast_adapter_dtype).
+  const base = await loadHfModel(cfg.model, { backend, dtype });
   const maxPos = base.config.max_position_embeddings;
   if (cfg.seqLen > maxPos) throw new ConfigError(`seq len ${cfg.seqLen} exceeds the model's max_position_embeddings (${maxPos})`);
   let prepared: PreparedModel;
@@ -120,6 +126,7 @@ export async function finetune(input: FinetuneInput, io: FinetuneIO): Promise<Fi
     // ---- resume (after the "before" eval, which always measures the base model) ----
     let startStep = 0;
     const losses: number[] = [];
+    const scaler: LossScaler | undefined = cfg.mixedPrecision === "fp16" ? { scale: INIT_LOSS_SCALE, goodSteps: 0 } : undefined;
     if (resume) {
       restoreParams(prepared.trainable, resume.params, resume.dir);
       optimizer.loadState(resume.optimizer);
@@ -131,6 +138,7 @@ export async function finetune(input: FinetuneInput, io: FinetuneIO): Promise<Fi
         s.seed = v.seed;
         s.counter = v.counter;
       }
+      if (scaler && resume.state.loss_scale) [scaler.scale, scaler.goodSteps] = [resume.state.loss_scale.scale, resume.state.loss_scale.good_steps];
       startStep = resume.state.global_step;
       losses.push(...resume.state.losses);
       rep.info(`resumed from ${resume.dir} at step ${startStep}`);
@@ -146,7 +154,10 @@ export async function finetune(input: FinetuneInput, io: FinetuneIO): Promise<Fi
     let lastCheckpoint: string | null = null;
     const save = async (step: number) => {
       const dropout = Object.fromEntries([...dropoutStreamMap(model)].map(([k, s]) => [k, { seed: s.seed, counter: s.counter }]));
-      const state: TrainerState = { version: 1, global_step: step, total_steps: totalSteps, loader: loader.state(), dropout, fingerprint: resumeFingerprint(cfg), losses: [...losses] };
+      const state: TrainerState = {
+        version: 1, global_step: step, total_steps: totalSteps, loader: loader.state(), dropout, fingerprint: resumeFingerprint(cfg), losses: [...losses],
+        ...(scaler ? { loss_scale: { scale: scaler.scale, good_steps: scaler.goodSteps } } : {}),
+      };
       lastCheckpoint = await saveCheckpoint(cfg.output, {
         step, params: prepared.trainable, paramsFile: prepared.paramsFile, optimizer: await optimizer.state(), state,
       }, { keep: cfg.saveTotalLimit, beforeCommit: io.beforeCommit });
@@ -163,7 +174,7 @@ export async function finetune(input: FinetuneInput, io: FinetuneIO): Promise<Fi
     let peakBytes = 0;
     const loop = await trainLoop({
       model, params, optimizer, loader, schedule, gradAccum: cfg.gradAccum, maxGradNorm: cfg.maxGradNorm, startStep, stopAt,
-      evalEvery: cfg.evalEvery, saveEvery: cfg.saveEvery, evaluate: evalAt, save, metrics, reporter: rep, losses,
+      evalEvery: cfg.evalEvery, saveEvery: cfg.saveEvery, evaluate: evalAt, save, metrics, reporter: rep, losses, scaler,
       afterBackward: io.afterBackward ? (s) => io.afterBackward!(s, prepared.trainable) : undefined,
       onPeak: (b) => (peakBytes = Math.max(peakBytes, b)),
     });

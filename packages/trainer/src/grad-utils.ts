@@ -27,6 +27,12 @@ export function clipGradients(params: readonly Tensor[], maxNorm: number, norm: 
   if (!(maxNorm > 0) || !Number.isFinite(norm)) return false;
   const coef = maxNorm / (norm + 1e-6);
   if (coef >= 1) return false;
+  scaleGradients(params, coef);
+  return true;
+}
+
+/** g *= coef for every gradient present (clipping, and undoing a loss scale, in one pass). */
+export function scaleGradients(params: readonly Tensor[], coef: number): void {
   noGrad(() => {
     for (const p of params) {
       const g = p.grad;
@@ -34,5 +40,4 @@ export function clipGradients(params: readonly Tensor[], maxNorm: number, norm: 
       scope(() => g.assign(g.mul(coef)));
     }
   });
-  return true;
 }

@@ -2,10 +2,10 @@
 // training loop for full, LoRA and QLoRA fine-tuning.
 export { finetune, type FinetuneInput, type FinetuneIO, type FinetuneResult } from "./finetune.ts";
 export {
-  resolveConfig, resumeFingerprint, ConfigError, DEFAULTS, METHODS, OPTIMIZERS, MIXED_PRECISION,
+  resolveConfig, resumeFingerprint, ConfigError, DEFAULTS, METHODS, OPTIMIZERS, MIXED_PRECISION, computeDtype,
   type FinetuneConfig, type Method, type OptimizerName, type MixedPrecision,
 } from "./config.ts";
-export { trainLoop, type LoopOptions, type LoopResult } from "./loop.ts";
+export { trainLoop, INIT_LOSS_SCALE, type LossScaler, type LoopOptions, type LoopResult } from "./loop.ts";
 export { prepareModel, paramSummary, type PreparedModel } from "./methods.ts";
 export { AdamW, SGD, namedParams, type Optimizer, type OptimizerState, type NamedParam, type AdamWOptions, type SgdOptions } from "./optim.ts";
 export { learningRate, lrFactor, warmupSteps, SCHEDULERS, type SchedulerName, type ScheduleOptions } from "./schedule.ts";

@@ -6,14 +6,32 @@
  * The loss of a step is the mean over every target token of all its micro-batches: each
  * micro-batch's summed loss is divided by the step's total target count before backward, so
  * accumulation gives exactly the gradient of one big batch (not a mean of per-batch means).
+ *
+ * fp16 adds dynamic loss scaling (torch.cuda.amp.GradScaler): the loss is multiplied by the scale
+ * before backward so small gradients survive f16; a step whose gradients overflow is skipped and
+ * the scale halved; after GROWTH_INTERVAL good steps in a row it doubles. Unscaling and clipping
+ * are one pass over the gradients.
  */
 import type { LlamaForCausalLM } from "@lowrank/nn";
 import type { Batch, BatchLoader } from "./data/loader.ts";
 import { batchLossSum } from "./evaluate.ts";
-import { clipGradients, globalGradNorm } from "./grad-utils.ts";
+import { globalGradNorm, scaleGradients } from "./grad-utils.ts";
 import type { MetricsLog, Reporter } from "./metrics.ts";
 import type { NamedParam, Optimizer } from "./optim.ts";
 import { type ScheduleOptions, learningRate } from "./schedule.ts";
+
+/** Dynamic loss scale of an fp16 run; the loop updates it in place and checkpoints save it. */
+export interface LossScaler {
+  scale: number;
+  /** Good steps since the last change of scale. */
+  goodSteps: number;
+}
+
+/** torch GradScaler's defaults. */
+export const INIT_LOSS_SCALE = 2 ** 16;
+const GROWTH_INTERVAL = 2000;
+/** Below this the f16 gradients overflow whatever the scale: stop instead of skipping forever. */
+const MIN_LOSS_SCALE = 2 ** -14;
 
 export interface LoopOptions {
   model: LlamaForCausalLM;
@@ -40,6 +58,8 @@ export interface LoopOptions {
   losses: number[];
   /** Receives each step's peak device bytes. */
   onPeak?: (bytes: number) => void;
+  /** fp16: dynamic loss scaling (absent: none). */
+  scaler?: LossScaler;
   /** Test hook: change gradients after backward (e.g. inject a NaN). */
   afterBackward?: (step: number) => void;
 }
@@ -67,11 +87,12 @@ export async function trainLoop(o: LoopOptions): Promise<LoopResult> {
     const micro: Batch[] = [];
     for (let i = 0; i < o.gradAccum; i++) micro.push(o.loader.next());
     const targets = micro.reduce((n, b) => n + b.targets, 0);
+    const scale = o.scaler?.scale ?? 1;
     let lossSum = 0;
     for (const b of micro) {
       if (!b.targets) continue;
       const sum = batchLossSum(o.model, b);
-      const scaled = sum.div(targets);
+      const scaled = scale === 1 ? sum.div(targets) : sum.mul(scale / targets); // fp32 runs keep their exact bytes
       scaled.backward();
       lossSum += await sum.item();
       sum.dispose();
@@ -79,23 +100,41 @@ export async function trainLoop(o: LoopOptions): Promise<LoopResult> {
     }
     o.afterBackward?.(step);
     const loss = lossSum / Math.max(1, targets);
-    const gradNorm = await globalGradNorm(tensors);
+    const gradNorm = (await globalGradNorm(tensors)) / scale;
     let skip: string | undefined;
+    let overflow = false;
     if (!targets) skip = "no target tokens";
     else if (!Number.isFinite(loss)) skip = `non-finite loss (${loss})`;
-    else if (!Number.isFinite(gradNorm)) skip = `non-finite gradient norm (${gradNorm})`;
+    else if (!Number.isFinite(gradNorm)) {
+      overflow = !!o.scaler;
+      skip = overflow ? `gradients overflow f16 at loss scale ${scale}` : `non-finite gradient norm (${gradNorm})`;
+    }
     if (skip) {
       skipped++;
-      consecutive++;
       o.reporter.info(`step ${step + 1}: skipped the update: ${skip}`);
-      if (consecutive >= maxSkips) {
+      if (overflow) {
+        // The scaler's own back-off, not a failing run, until no scale is small enough.
+        const sc = o.scaler as LossScaler;
+        sc.scale /= 2;
+        sc.goodSteps = 0;
+        if (sc.scale < MIN_LOSS_SCALE) {
+          o.optimizer.zeroGrad();
+          throw new Error(`training stopped: fp16 gradients overflow even at loss scale ${sc.scale * 2}; train with --bf16 or in fp32`);
+        }
+      } else if (++consecutive >= maxSkips) {
         o.optimizer.zeroGrad();
         throw new Error(`training stopped: ${consecutive} consecutive steps had ${skip}; lower --lr or check the data`);
       }
     } else {
       consecutive = 0;
-      if (o.maxGradNorm > 0) clipGradients(tensors, o.maxGradNorm, gradNorm);
+      // Unscale and clip in one pass: coefficient min(1, maxNorm / (norm + 1e-6)) / scale.
+      const clip = o.maxGradNorm > 0 ? Math.min(1, o.maxGradNorm / (gradNorm + 1e-6)) : 1;
+      if (clip / scale !== 1) scaleGradients(tensors, clip / scale);
       o.optimizer.step(lr);
+      if (o.scaler && ++o.scaler.goodSteps >= GROWTH_INTERVAL) {
+        o.scaler.scale *= 2;
+        o.scaler.goodSteps = 0;
+      }
     }
     o.optimizer.zeroGrad();
     o.losses.push(loss);
@@ -106,6 +145,7 @@ export async function trainLoop(o: LoopOptions): Promise<LoopResult> {
     o.onPeak?.(peak);
     await o.metrics.write({
       step: done, split: "train", loss, lr, grad_norm: gradNorm, tokens_per_s: tokensPerS, peak_bytes: peak,
+      ...(o.scaler ? { loss_scale: scale } : {}),
       ...(skip ? { skipped: skip } : {}),
     });
     const perStep = (performance.now() - t0) / 1000 / (done - o.startStep);

@@ -7,7 +7,7 @@
 import { type LlamaForCausalLM, quantizeModel, saveHfModel } from "@lowrank/nn";
 import { type Tensor, isFloat } from "@lowrank/tensor";
 import { getPeftModel, saveAdapter } from "@lowrank/lora";
-import type { FinetuneConfig } from "./config.ts";
+import { type FinetuneConfig, computeDtype } from "./config.ts";
 
 export interface PreparedModel {
   model: LlamaForCausalLM;
@@ -34,10 +34,12 @@ export async function prepareModel(model: LlamaForCausalLM, cfg: FinetuneConfig,
  * by the caller (default for qlora); input gradients need no hook (see grad-checkpoint.ts).
  */
 async function quantizeBase(model: LlamaForCausalLM, cfg: FinetuneConfig): Promise<void> {
-  await quantizeModel(model, { quantType: cfg.quantType, blocksize: cfg.blocksize, doubleQuant: cfg.doubleQuant, skipModules: ["lm_head"], computeDtype: "f32" });
-  // prepare_model_for_kbit_training: every float parameter left dense (norms, embeddings, head) in f32, frozen.
+  const dtype = computeDtype(cfg.mixedPrecision);
+  await quantizeModel(model, { quantType: cfg.quantType, blocksize: cfg.blocksize, doubleQuant: cfg.doubleQuant, skipModules: ["lm_head"], computeDtype: dtype });
+  // prepare_model_for_kbit_training: every float parameter left dense (norms, embeddings, head)
+  // frozen, in f32 (or, mixed precision, the compute dtype the model was loaded in).
   for (const [name, t] of model.namedParameters()) {
-    if (isFloat(t.dtype) && t.dtype !== "f32") throw new Error(`qlora: ${name} is ${t.dtype}; the base must be loaded in f32`);
+    if (isFloat(t.dtype) && t.dtype !== dtype) throw new Error(`qlora: ${name} is ${t.dtype}; the base must be loaded in ${dtype}`);
   }
   model.setRequiresGrad(false);
 }

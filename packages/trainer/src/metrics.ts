@@ -11,6 +11,8 @@ export interface TrainRecord {
   grad_norm: number;
   tokens_per_s: number;
   peak_bytes: number;
+  /** fp16 runs: the loss scale this step's backward used. */
+  loss_scale?: number;
   /** Present when the update was skipped (non-finite loss or gradient). */
   skipped?: string;
 }

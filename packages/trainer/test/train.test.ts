@@ -137,7 +137,7 @@ test("mistakes fail before any training: method, targets, rank, dataset, mixed p
     [{ rank: 100 }, /r = 100 is larger than min\(in_features 64, out_features/],
     [{ data: bad }, /bad\.jsonl:2: field "text": missing/],
     [{ data: join(tmp.path, "nope.txt") }, /nope\.txt: no such file/],
-    [{ mixedPrecision: "bf16" }, /mixed precision \(bf16\) is not supported on the cpu backend yet/],
+    [{ mixedPrecision: "bf16", method: "full", targetModules: undefined }, /--bf16 with --method full: a full fine-tune would need f32 master copies/],
     [{ seqLen: 4096 }, /seq len 4096 exceeds the model's max_position_embeddings \(512\)/],
   ];
   for (const [over, re] of cases) {
@@ -149,7 +149,13 @@ test("mistakes fail before any training: method, targets, rank, dataset, mixed p
     assert.ok(!existsSync(join(c.output, "metrics.jsonl")), `no training started for ${JSON.stringify(over)}`);
   }
   await assert.rejects(finetune(cfg({ data: bad }), io()), DatasetError);
-  await assert.rejects(finetune(cfg({ mixedPrecision: "fp16" }), io()), ConfigError);
+  // A backend that cannot store the precision says so and stops; nothing falls back to f32.
+  const noHalf = Object.create(backend, { dtypes: { value: ["f32", "i32", "u8"] } }) as typeof backend;
+  await assert.rejects(finetune(cfg({ mixedPrecision: "fp16" }), io({ backend: noHalf })), (e: Error) => {
+    assert.ok(e instanceof ConfigError);
+    assert.match(e.message, /--fp16: the cpu backend cannot compute in f16; train in fp32/);
+    return true;
+  });
 });
 
 test("outputs: PEFT adapter, training_args.json, metrics.jsonl, eval_report.json with before/after and samples", { skip }, async () => {
