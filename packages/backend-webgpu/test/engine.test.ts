@@ -82,6 +82,12 @@ test("full() is deferred: elementwise ops read it from their parameters; any oth
   const m2 = be.binary("add", { handle: m, dtype: "f32", view: { shape: [n], strides: [1], offset: 0 } }, { handle: be.full(1, 0, "f32"), dtype: "f32", view: { shape: [n], strides: [0], offset: 0 } });
   const mv = (await be.read(m2, "f32", n)) as Float32Array;
   assert.ok(mv.every((e) => Math.abs(e - 0.1) < 1e-6), `m after one AdamW step should be (1 - b1) g = 0.1, got ${mv[0]}`);
+  // Read directly (no elementwise kernel in between): v2 is still a deferred zero under the held AdamW.
+  const [p2, m2z, v2] = [be.upload(new Float32Array(n).fill(1), "f32"), be.full(n, 0, "f32"), be.full(n, 0, "f32")];
+  be.fused.adamw?.(p2, { handle: g, dtype: "f32", view: { shape: [n], strides: [1], offset: 0 } }, m2z, v2, n, { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, bc1: 0.1, sqrtBc2: Math.sqrt(0.001) });
+  const vv = (await be.read(v2, "f32", n)) as Float32Array;
+  for (const h of [p2, m2z, v2]) be.free(h);
+  assert.ok(vv.every((e) => Math.abs(e - 0.001) < 1e-8), `v after one AdamW step should be (1 - b2) g² = 0.001, got ${vv[0]}`);
   for (const h of [p, m, v, g, m2]) be.free(h);
   x.dispose();
   y.dispose();

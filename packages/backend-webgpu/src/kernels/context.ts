@@ -16,6 +16,7 @@ export class GpuStorage {
   /** Natural bits (f32 or i32) of every element while the fill is still deferred; null once materialized. */
   constant: number | null = null;
   private fill: (() => void) | null = null;
+  private drain: (() => void) | null = null;
   constructor(
     private readonly raw: GPUBuffer,
     readonly dtype: DType,
@@ -27,6 +28,9 @@ export class GpuStorage {
 
   /** The buffer, filled first when the storage was a deferred constant. */
   get buffer(): GPUBuffer {
+    // Held work (a merged AdamW) may write this storage: it must be recorded after the fill, and
+    // before whatever asked for the buffer. Draining it materializes this storage first when it binds it.
+    if (this.fill) this.drain?.();
     if (this.fill) {
       const f = this.fill;
       this.fill = null;
@@ -42,8 +46,9 @@ export class GpuStorage {
   }
 
   /** Defer `fill` until the buffer is first used; `bits` is readable meanwhile (null: not inlinable). */
-  defer(fill: () => void, bits: number | null): void {
+  defer(fill: () => void, bits: number | null, drain: () => void): void {
     this.fill = fill;
+    this.drain = drain;
     this.constant = bits;
   }
 }

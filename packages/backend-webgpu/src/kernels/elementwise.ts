@@ -252,7 +252,7 @@ export function fullKernel(ctx: KernelContext, size: number, value: number, dtyp
   out.defer(() => {
     if (bitsOf === 0) ctx.engine.clear(out.buffer, 0, wordsOf(dtype, size) * 4);
     else elementwise(ctx, { name: "full", out: dtype, shape: [size], operands: [], extras: [bitsOf], into: out, expr: () => (nat === "f32" ? "pf(59u)" : "bitcast<i32>(p(59u))") });
-  }, bitsOf);
+  }, bitsOf, () => ctx.engine.drain());
   return out;
 }
 
