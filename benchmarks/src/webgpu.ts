@@ -10,6 +10,9 @@
  *
  * Writes JSON to results/webgpu-<YYYY-MM-DD>.json (or --out). Exits with a SKIP line when there is
  * no adapter. `benchWebGpu()` / `webgpuTable()` are exported for run.ts.
+ *
+ * Also: dispatches, submits and host reads per LoRA training step on stories260K (webgpu-steps.ts),
+ * against the count before issue 14's dispatch work.
  */
 import { mkdirSync, renameSync, writeFileSync } from "node:fs";
 import { cpus } from "node:os";
@@ -20,6 +23,7 @@ import { createCpuBackend } from "@lowrank/backend-cpu";
 import { describeAdapter, type WebGpuContext, WebGpuUnavailableError } from "@lowrank/backend-webgpu";
 import { type WebGpuBackend, createWebGpuBackend } from "@lowrank/backend-webgpu";
 import { fmt, median, randomF32, table } from "./timing.ts";
+import { BEFORE, type StepCounts, stepCounts, stepCountsLine } from "./webgpu-steps.ts";
 
 export interface WebGpuMatmulResult {
   name: string;
@@ -40,6 +44,9 @@ export interface WebGpuReport {
   adapter: string;
   features: string[];
   results: WebGpuMatmulResult[];
+  /** Per LoRA training step on stories260K: now (`step`) and at BEFORE.commit (`stepBefore`). */
+  step: StepCounts;
+  stepBefore: typeof BEFORE;
 }
 
 const SHAPES: [string, number, number, number][] = [
@@ -142,7 +149,9 @@ export async function benchWebGpu(quick: boolean, log: (s: string) => void = con
       results.push(r);
       log(`  ${name}: ${impls.map(([i]) => `${i} ${fmt(r.gflops[i])}`).join(", ")} GFLOP/s; tiled/naive ${fmt(r.tiledOverNaive)}x, webgpu/cpu ${fmt(r.webgpuOverCpu)}x`);
     }
-    return { adapter: describeAdapter(ctx.adapterInfo), features: [...ctx.features], results };
+    const step = await stepCounts(tiled, { batch: 2, seq: 32, steps: quick ? 3 : 5 });
+    log(`  ${stepCountsLine(step)}`);
+    return { adapter: describeAdapter(ctx.adapterInfo), features: [...ctx.features], results, step, stepBefore: BEFORE };
   } finally {
     naive.dispose();
     tiled.dispose();
@@ -205,7 +214,7 @@ async function main(): Promise<void> {
     console.log(`SKIP no WebGPU adapter: ${report}`);
     return;
   }
-  console.log(`adapter: ${report.adapter}\n\n${webgpuTable(report.results)}\n`);
+  console.log(`adapter: ${report.adapter}\n\n${webgpuTable(report.results)}\n\n${stepCountsLine(report.step)}\n`);
   mkdirSync(dirname(out), { recursive: true });
   const tmp = `${out}.${process.pid}.tmp`;
   writeFileSync(tmp, JSON.stringify({ date, command, runtime, machine, quick, ...report }, null, 2) + "\n");

@@ -142,7 +142,7 @@ export class WebGpuBackend implements Backend<GpuStorage>, KernelContext {
     h.freed = true;
     this.live.delete(h);
     this.liveBytes -= h.bytes;
-    if (!this.engine.disposed) this.pool.release(h.buffer);
+    if (!this.engine.disposed) this.pool.release(h.rawBuffer);
   }
 
   memory(): WebGpuMemoryStats {
@@ -168,7 +168,7 @@ export class WebGpuBackend implements Backend<GpuStorage>, KernelContext {
     this.pool.trim();
     for (const h of this.live) {
       h.freed = true;
-      h.buffer.destroy();
+      h.rawBuffer.destroy();
     }
     this.live.clear();
     this.liveBytes = 0;

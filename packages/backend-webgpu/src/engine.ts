@@ -76,11 +76,16 @@ export class Engine {
   readonly flagBuffer: GPUBuffer;
   private flagsDirty = false;
   private pendingScopes: Promise<void>[] = [];
+  /** Work a kernel holds back to merge with later calls (AdamW over many tensors); recorded before any other command. */
+  private held: (() => void) | null = null;
   private error: WebGpuBackendError | null = null;
   private lost: WebGpuDeviceLostError | null = null;
   disposed = false;
-  /** Counters for tests and benchmarks. */
-  readonly counters = { dispatches: 0, submits: 0, pipelines: 0, reads: 0 };
+  /**
+   * Counters for tests and benchmarks: dispatches, copies and clears recorded, queue submits,
+   * host reads, pipelines compiled, and dispatches per kernel name (the benchmark's breakdown).
+   */
+  readonly counters = { dispatches: 0, copies: 0, clears: 0, submits: 0, pipelines: 0, reads: 0, byKernel: new Map<string, number>() };
 
   constructor(
     readonly device: GPUDevice,
@@ -189,6 +194,7 @@ export class Engine {
    */
   dispatch(k: Compiled, params: Uint32Array, binds: Bind[], groups: number): void {
     this.alive(k.spec.name);
+    this.drain();
     if (groups <= 0) return;
     const block = Math.ceil(Math.max(params.byteLength, k.paramBytes) / PARAM_BLOCK) * PARAM_BLOCK;
     if (this.arenaPos + block > ARENA_BYTES || this.batchCount >= MAX_BATCH) this.flush();
@@ -213,6 +219,7 @@ export class Engine {
     this.batchCount++;
     this.batchKernels.add(k.spec.name);
     this.counters.dispatches++;
+    this.counters.byKernel.set(k.spec.name, (this.counters.byKernel.get(k.spec.name) ?? 0) + 1);
     if (this.opts.debug) {
       this.flush();
       this.scope(this.device.popErrorScope(), k.spec.name);
@@ -221,23 +228,44 @@ export class Engine {
 
   copy(src: GPUBuffer, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
     this.alive("copy");
+    this.drain();
     if (bytes <= 0) return;
     this.endPass();
     this.enc().copyBufferToBuffer(src, srcOffset, dst, dstOffset, bytes);
     this.batchCount++;
+    this.counters.copies++;
   }
 
   clear(buf: GPUBuffer, offset: number, bytes: number): void {
     this.alive("clear");
+    this.drain();
     if (bytes <= 0) return;
     this.endPass();
     this.enc().clearBuffer(buf, offset, bytes);
     this.batchCount++;
+    this.counters.clears++;
   }
 
-  /** True when commands are recorded but not submitted (uploads must not writeBuffer then). */
+  /** True when commands are recorded (or held) but not submitted (uploads must not writeBuffer then). */
   get pending(): boolean {
-    return this.encoder !== null;
+    return this.encoder !== null || this.held !== null;
+  }
+
+  /**
+   * Hold `record` back until the next command, flush or read; it then runs first, so held work
+   * keeps its place in command order. A second hold replaces the first (the holder merges).
+   */
+  hold(record: () => void): void {
+    if (this.opts.debug) record();
+    else this.held = record;
+  }
+
+  /** Record held work now. */
+  drain(): void {
+    const h = this.held;
+    if (!h) return;
+    this.held = null;
+    h();
   }
 
   destroyAfterSubmit(buf: GPUBuffer): void {
@@ -247,6 +275,7 @@ export class Engine {
 
   /** Submit the batch: write its parameter blocks, then the commands. */
   flush(): void {
+    this.drain();
     if (!this.encoder) return;
     this.endPass();
     if (this.arenaPos > 0) this.device.queue.writeBuffer(this.arena, 0, this.arenaHost, 0, this.arenaPos);

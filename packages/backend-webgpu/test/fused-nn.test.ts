@@ -266,7 +266,8 @@ t("adamw: three in-place steps against the torch formula; g a view at an offset;
     const g = vals(n + 5, 90 + step).map(Math.fround);
     const gi = up(gpu, g, [n], "f32", { strides: [1], offset: 5 });
     const h: AdamWHyper = { lr, beta1: b1, beta2: b2, eps: 1e-8, weightDecay: 0.1, bc1: 1 - b1 ** step, sqrtBc2: Math.sqrt(1 - b2 ** step) };
-    await dispatches(gpu, 1, "adamw", () => fused().adamw(ph, gi.input, mh, vh, n, h));
+    // adamw is held for merging (adamw.ts); drain records it so the count is this call's.
+    await dispatches(gpu, 1, "adamw", () => (fused().adamw(ph, gi.input, mh, vh, n, h), gpu.engine.drain()));
     adamwRef(p, g.slice(5), m, v, h);
     gpu.free(gi.input.handle);
   }
@@ -283,6 +284,40 @@ t("adamw: three in-place steps against the torch formula; g a view at an offset;
   }
   if (!refused) throw new Error("adamw accepted a strided gradient");
   for (const x of [ph, mh, vh, strided.input.handle]) gpu.free(x);
+});
+
+t("adamw over many tensors: one dispatch per group of slots, each tensor equal to the torch formula; held work keeps its order", async () => {
+  const slots = Math.min(6, Math.floor(gpu.gpuDevice.limits.maxStorageBuffersPerShaderStage / 4));
+  const sizes = [1, 7, 64, 300, 1000, 65, 3, 129, 2048];
+  const dts: ("f32" | "f16")[] = sizes.map((_, i) => (i === 4 ? "f16" : "f32"));
+  const st = sizes.map((n, i) => ({ p: vals(n, 10 + i).map(Math.fround), m: new Array<number>(n).fill(0), v: new Array<number>(n).fill(0) }));
+  const hs = st.map((s) => [s.p, s.m, s.v].map((d) => gpu.upload(Float32Array.from(d), "f32")));
+  const [b1, b2, lr] = [0.9, 0.999, 1e-2];
+  for (let step = 1; step <= 2; step++) {
+    const base: AdamWHyper = { lr, beta1: b1, beta2: b2, eps: 1e-8, weightDecay: 0, bc1: 1 - b1 ** step, sqrtBc2: Math.sqrt(1 - b2 ** step) };
+    const gs = sizes.map((n, i) => up(gpu, vals(n + 3, 50 * step + i), [n], dts[i], { strides: [1], offset: 3 }));
+    const before = gpu.engine.counters.dispatches;
+    gs.forEach((gi, i) => {
+      // Odd tensors decay, even ones do not (per-slot factor).
+      const h = { ...base, weightDecay: i % 2 ? 0.1 : 0 };
+      fused().adamw(hs[i][0], gi.input, hs[i][1], hs[i][2], sizes[i], h);
+      adamwRef(st[i].p, gi.values.slice(3), st[i].m, st[i].v, h);
+    });
+    // The gradients go back to the pool while the update is still held: the next upload must not overtake it.
+    for (const gi of gs) gpu.free(gi.input.handle);
+    const later = gpu.upload(new Float32Array(4096).fill(123), "f32");
+    const n = gpu.engine.counters.dispatches - before;
+    const want = Math.ceil(sizes.length / slots);
+    if (n !== want) throw new Error(`adamw over ${sizes.length} tensors: ${n} dispatches, expected ${want} (${slots} slots)`);
+    gpu.free(later);
+  }
+  for (let i = 0; i < sizes.length; i++) {
+    const tol = dts[i] === "f16" ? 1e-5 : 1e-6;
+    close(`adamw[${i}] m`, await down(gpu, hs[i][1], "f32", sizes[i]), st[i].m, 1e-7, 1e-5);
+    close(`adamw[${i}] v`, await down(gpu, hs[i][2], "f32", sizes[i]), st[i].v, 1e-9, 1e-5);
+    close(`adamw[${i}] p`, await down(gpu, hs[i][0], "f32", sizes[i]), st[i].p, tol, 1e-5);
+  }
+  for (const x of hs.flat()) gpu.free(x);
 });
 
 t("operands wider than one storage binding: rope, adamw and attention split into runs", async () => {

@@ -162,6 +162,11 @@ export interface FusedKernels<H = unknown> {
    * must not hold temporaries the size of the parameter.
    */
   adamw(p: H, g: Input<H>, m: H, v: H, size: number, h: AdamWHyper): void;
+  /**
+   * sum(x²) over every element of every x (float, contiguous), as one f32 storage of 1 element:
+   * the global gradient norm's sum in a few dispatches instead of three per tensor. Optional.
+   */
+  sumSquares?(xs: Input<H>[]): H;
 }
 
 /** Scalars of one AdamW step (see FusedKernels.adamw). */

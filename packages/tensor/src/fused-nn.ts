@@ -227,6 +227,24 @@ export function adamwStep(p: Tensor, g: Tensor, m: Tensor, v: Tensor, h: AdamWHy
   }));
 }
 
+/**
+ * sum(x²) over all elements of all xs as an f32 scalar (no gradient): the backend's multi-tensor
+ * kernel when it has one, else per-tensor square-sum-add. For the global gradient norm.
+ */
+export function sumOfSquares(xs: readonly Tensor[]): Tensor {
+  if (!xs.length) throw new RangeError("sumOfSquares: expected at least one tensor");
+  return noGrad(() => scope(() => {
+    const k = xs[0].backend.fused?.sumSquares;
+    if (k) return fromHandle(xs[0].backend, k(xs.map((x) => inp(dense(x)))), [], "f32");
+    let acc: Tensor | null = null;
+    for (const x of xs) {
+      const s = (x.dtype === "f32" ? x : x.cast("f32")).square().sum();
+      acc = acc ? acc.add(s) : s;
+    }
+    return acc as Tensor;
+  }));
+}
+
 // ---------------------------------------------------------------- gradient rules
 
 

@@ -3,17 +3,54 @@ import type { DType, Input } from "@lowrank/tensor";
 import type { Engine } from "../engine.ts";
 import { EPW } from "../wgsl/common.ts";
 
-/** A backend storage: one pooled GPU buffer (class-sized) holding `size` elements. */
+/**
+ * A backend storage: one pooled GPU buffer (class-sized) holding `size` elements.
+ *
+ * A storage made by full() starts lazy: `constant` holds the value's natural 32-bit pattern and
+ * the fill is recorded only when something touches `buffer` (a kernel binding it, a copy, a read,
+ * an in-place write). Elementwise kernels read an untouched constant from their parameter block
+ * instead, so a scalar like `x.mul(0.5)` costs no fill dispatch (one per LoRA scale, loss divisor).
+ */
 export class GpuStorage {
   freed = false;
+  /** Natural bits (f32 or i32) of every element while the fill is still deferred; null once materialized. */
+  constant: number | null = null;
+  private fill: (() => void) | null = null;
+  private drain: (() => void) | null = null;
   constructor(
-    readonly buffer: GPUBuffer,
+    private readonly raw: GPUBuffer,
     readonly dtype: DType,
     /** Elements. */
     readonly size: number,
     /** Bytes counted as live (size x element bytes). */
     readonly bytes: number,
   ) {}
+
+  /** The buffer, filled first when the storage was a deferred constant. */
+  get buffer(): GPUBuffer {
+    // Held work (a merged AdamW) may write this storage: it must be recorded after the fill, and
+    // before whatever asked for the buffer. Draining it materializes this storage first when it binds it.
+    if (this.fill) this.drain?.();
+    if (this.fill) {
+      const f = this.fill;
+      this.fill = null;
+      this.constant = null;
+      f();
+    }
+    return this.raw;
+  }
+
+  /** The buffer without materializing (release and destroy only). */
+  get rawBuffer(): GPUBuffer {
+    return this.raw;
+  }
+
+  /** Defer `fill` until the buffer is first used; `bits` is readable meanwhile (null: not inlinable). */
+  defer(fill: () => void, bits: number | null, drain: () => void): void {
+    this.fill = fill;
+    this.drain = drain;
+    this.constant = bits;
+  }
 }
 
 export type GpuInput = Input<GpuStorage>;

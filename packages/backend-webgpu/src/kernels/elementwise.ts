@@ -44,7 +44,8 @@ export interface EwSpec {
   region?: { lo: number[]; hi: number[] };
 }
 
-type Mode = "dense" | "scalar" | "strided";
+/** "const": an untouched full() storage, read from the parameter block (no binding). */
+type Mode = "dense" | "scalar" | "strided" | "const";
 
 function modeOf(strides: readonly number[], shape: readonly number[]): Mode {
   if (strides.every((s) => s === 0)) return "scalar";
@@ -55,8 +56,10 @@ function modeOf(strides: readonly number[], shape: readonly number[]): Mode {
 function kernelCode(spec: EwSpec, modes: Mode[]): string {
   const w = new Wgsl().params(64).buffer(1, "out", true);
   const names = spec.operands.map((_, k) => `in${k}`);
+  let binding = 2;
   spec.operands.forEach((op, k) => {
-    w.buffer(k + 2, names[k], false);
+    if (modes[k] === "const") return;
+    w.buffer(binding++, names[k], false);
     if (spec.bits) w.bitsLoader(names[k], op.dtype);
     else w.loader(names[k], op.dtype);
   });
@@ -65,11 +68,15 @@ function kernelCode(spec: EwSpec, modes: Mode[]): string {
   const strided = modes.includes("strided");
   const offs = modes.map((m, k) => {
     const base = `p(${P_IN + 9 * k}u)`;
+    if (m === "const") return "";
     if (m === "scalar") return `let o${k} = ${base};`;
     if (m === "dense") return `let o${k} = ${base} + li;`;
     return `var o${k} = ${base};\n      for (var d = 0u; d < rank; d++) { o${k} += c[d] * p(${P_IN + 9 * k + 1}u + d); }`;
   });
-  const loads = spec.operands.map((_, k) => `${spec.bits ? "bits" : "ld"}_${names[k]}(o${k})`);
+  const loads = spec.operands.map((op, k) => {
+    if (modes[k] === "const") return natOf(op.dtype) === "f32" ? `pf(${P_IN + 9 * k}u)` : `bitcast<i32>(p(${P_IN + 9 * k}u))`;
+    return `${spec.bits ? "bits" : "ld"}_${names[k]}(o${k})`;
+  });
   const field = spec.bits ? loads[0] : w.encode(spec.out, spec.expr(w, loads));
   const coords = `var c: array<u32, ${MAX_RANK}>;
       var r = li;
@@ -104,6 +111,11 @@ export function elementwise(ctx: KernelContext, spec: EwSpec): GpuStorage {
   const n = numel(spec.shape);
   const out = spec.into ?? ctx.alloc(spec.out, n);
   if (n === 0) return out;
+  // Held work (a merged AdamW) may write a deferred constant: record it first, then snapshot the
+  // constants before any binding below materializes a storage.
+  ctx.engine.drain();
+  const consts = spec.operands.map((o) => (spec.bits ? null : inlinable(o.handle)));
+  if (consts.some((c) => c !== null)) spec = { ...spec, operands: spec.operands.map((o, k) => (consts[k] === null ? o : { ...o, strides: o.strides.map(() => 0), offset: 0 })) };
   const outStrides = contiguousStrides(spec.shape);
   // Concat keeps its dims (the region is expressed in them); everything else merges dims first.
   const { shape, strides } = spec.region
@@ -111,9 +123,10 @@ export function elementwise(ctx: KernelContext, spec: EwSpec): GpuStorage {
     : coalesce(spec.shape, [outStrides, ...spec.operands.map((o) => o.strides)]);
   checkRank(spec.name, shape.length);
   const opStrides = strides.slice(1);
-  const modes: Mode[] = opStrides.map((s) => (spec.region && !s.every((x) => x === 0) ? "strided" : modeOf(s, shape)));
+  const modes: Mode[] = opStrides.map((s, k) => (consts[k] !== null ? "const" : spec.region && !s.every((x) => x === 0) ? "strided" : modeOf(s, shape)));
   const code = kernelCode(spec, modes);
-  const k = ctx.engine.compile({ name: `${spec.name}_${spec.out}`, code, bindings: ["write", ...spec.operands.map(() => "read" as const)] });
+  const bound = spec.operands.map((_, k) => k).filter((k) => modes[k] !== "const");
+  const k = ctx.engine.compile({ name: `${spec.name}_${spec.out}`, code, bindings: ["write", ...bound.map(() => "read" as const)] });
 
   const accesses: Access[] = [
     { strides: strides[0], offset: 0, epw: EPW[spec.out] },
@@ -140,11 +153,15 @@ export function elementwise(ctx: KernelContext, spec: EwSpec): GpuStorage {
     });
     spec.operands.forEach((o, i) => {
       const base = P_IN + 9 * i;
+      if (consts[i] !== null) {
+        params[base] = consts[i] as number;
+        return;
+      }
       params[base] = o.offset - box.windows[i + 1].word * EPW[o.dtype];
       opStrides[i].forEach((s, d) => (params[base + 1 + d] = s));
     });
     spec.extras?.forEach((v, i) => (params[P_EXTRA + i] = v));
-    const binds = [bindWords(out, ow.word, ow.words), ...spec.operands.map((o, i) => bindWords(o.handle, box.windows[i + 1].word, box.windows[i + 1].words))];
+    const binds = [bindWords(out, ow.word, ow.words), ...bound.map((i) => bindWords(spec.operands[i].handle, box.windows[i + 1].word, box.windows[i + 1].words))];
     ctx.engine.dispatch(k, params, binds, groupsFor(w1 - w0 + 1, WG));
   }
   return out;
@@ -221,18 +238,22 @@ function natBits(dtype: DType, value: number): number {
   return (Math.trunc(value) || 0) >>> 0;
 }
 
+/** Deferred constants' bits, when reading them from p() gives the stored value exactly (f32, i32). */
+function inlinable(h: GpuStorage): number | null {
+  return h.constant !== null && (h.dtype === "f32" || h.dtype === "i32") ? h.constant : null;
+}
+
+/** A deferred fill (see GpuStorage): recorded when the buffer is first used, never if it is not. */
 export function fullKernel(ctx: KernelContext, size: number, value: number, dtype: DType): GpuStorage {
   const bitsOf = natBits(dtype, value);
-  if (bitsOf === 0) {
-    const out = ctx.alloc(dtype, size);
-    ctx.engine.clear(out.buffer, 0, wordsOf(dtype, size) * 4);
-    return out;
-  }
+  const out = ctx.alloc(dtype, size);
+  if (size === 0) return out;
   const nat = natOf(dtype);
-  return elementwise(ctx, {
-    name: "full", out: dtype, shape: [size], operands: [], extras: [bitsOf],
-    expr: () => (nat === "f32" ? "pf(59u)" : "bitcast<i32>(p(59u))"),
-  });
+  out.defer(() => {
+    if (bitsOf === 0) ctx.engine.clear(out.buffer, 0, wordsOf(dtype, size) * 4);
+    else elementwise(ctx, { name: "full", out: dtype, shape: [size], operands: [], extras: [bitsOf], into: out, expr: () => (nat === "f32" ? "pf(59u)" : "bitcast<i32>(p(59u))") });
+  }, bitsOf, () => ctx.engine.drain());
+  return out;
 }
 
 export function arangeKernel(ctx: KernelContext, size: number, start: number, step: number, dtype: DType): GpuStorage {

@@ -2,12 +2,12 @@
  * Fused kernels of the transformer block besides attention: dropout, SwiGLU, RoPE (forward and
  * backward) and the in-place AdamW step. f32 math; halves are decoded on load and rounded once on
  * store. Dispatches: dropout 1, swiglu 1, swigluBackward 2 (one per gradient), rope 1,
- * ropeBackward 1, adamw 1 — more only when an operand spans several storage bindings.
+ * ropeBackward 1, adamw 1 per group of tensors (adamw.ts) — more only when an operand spans several storage bindings.
  */
-import { type AdamWHyper, type DType, type FusedKernels, hash32, isContiguous, isFloat, numel } from "@lowrank/tensor";
-import { WebGpuLimitError } from "../errors.ts";
+import { type DType, type FusedKernels, hash32, isContiguous, isFloat, numel } from "@lowrank/tensor";
 import { BITS, EPW, Wgsl } from "../wgsl/common.ts";
 import { type GpuInput, type GpuStorage, type KernelContext, groupsFor } from "./context.ts";
+import { makeAdamw } from "./adamw.ts";
 import { elementwise } from "./elementwise.ts";
 import { dispatchRuns, f32Bits } from "./runs.ts";
 import { checkRank, coalesce, contiguousStrides } from "./strided.ts";
@@ -145,43 +145,6 @@ function rope(ctx: KernelContext, x: GpuInput, cos: GpuInput, sin: GpuInput, int
   return out;
 }
 
-// ---------------------------------------------------------------- adamw
-
-/**
- * One AdamW step in place on p, m, v (f32). Parameters: 2 1 - lr wd, 3 b1, 4 1 - b1, 5 b2,
- * 6 1 - b2, 7 lr / bc1, 8 sqrtBc2, 9 eps (f32); bases 16 p, 17 m, 18 v, 19 g.
- */
-function adamwCode(gd: DType): string {
-  const w = new Wgsl().params(64).buffer(1, "pw", true).buffer(2, "mw", true).buffer(3, "vw", true).buffer(4, "g", false).loader("g", gd);
-  return w.build(Wgsl.main(WG, `  if (unit >= p(1u)) { return; }
-  let li = p(0u) + unit;
-  let gi = ld_g(p(19u) + li);
-  let io = p(16u) + li;
-  let mo = p(17u) + li;
-  let vo = p(18u) + li;
-  let m = pf(3u) * bitcast<f32>(mw[mo]) + pf(4u) * gi;
-  let v = pf(5u) * bitcast<f32>(vw[vo]) + pf(6u) * gi * gi;
-  let x = bitcast<f32>(pw[io]) * pf(2u);
-  mw[mo] = bitcast<u32>(m);
-  vw[vo] = bitcast<u32>(v);
-  pw[io] = bitcast<u32>(x - pf(7u) * m / (sqrt(v) / pf(8u) + pf(9u)));`));
-}
-
-function adamw(ctx: KernelContext, p: GpuStorage, g: GpuInput, m: GpuStorage, v: GpuStorage, size: number, h: AdamWHyper): void {
-  for (const [what, s] of [["p", p], ["m", m], ["v", v]] as const) {
-    if (s.dtype !== "f32") throw new TypeError(`adamw: ${what} must be an f32 storage, got ${s.dtype}`);
-    if (s.size < size) throw new RangeError(`adamw: ${what} holds ${s.size} elements, fewer than size ${size}`);
-  }
-  floatOnly("adamw", g);
-  if (numel(g.view.shape) !== size) throw new RangeError(`adamw: g has ${numel(g.view.shape)} elements, expected ${size}`);
-  if (!isContiguous(g.view.shape, g.view.strides)) throw new WebGpuLimitError("adamw", "adamw: the gradient g must be a contiguous view (call .contiguous() first)");
-  const k = ctx.engine.compile({ name: "adamw", code: adamwCode(g.dtype), bindings: ["write", "write", "write", "read"] });
-  const params = new Uint32Array(64);
-  params.set([1 - h.lr * h.weightDecay, h.beta1, 1 - h.beta1, h.beta2, 1 - h.beta2, h.lr / h.bc1, h.sqrtBc2, h.eps].map(f32Bits), 2);
-  const flat = (s: GpuStorage) => ({ h: s, a: { strides: [1], offset: 0, epw: 1 } });
-  dispatchRuns(ctx, k, [size], [1], [flat(p), flat(m), flat(v), { h: g.handle, a: { strides: [1], offset: g.view.offset, epw: EPW[g.dtype] } }], params, (n) => groupsFor(n, WG));
-}
-
 export function makeFusedNn(ctx: KernelContext): Pick<FusedKernels<GpuStorage>, "dropout" | "swiglu" | "swigluBackward" | "rope" | "ropeBackward" | "adamw"> {
   return {
     dropout: (x, p, seed, offset) => dropout(ctx, x, p, seed, offset),
@@ -189,6 +152,6 @@ export function makeFusedNn(ctx: KernelContext): Pick<FusedKernels<GpuStorage>, 
     swigluBackward: (gate, up, gy) => swigluBackward(ctx, gate, up, gy),
     rope: (x, cos, sin, interleaved) => rope(ctx, x, cos, sin, interleaved, 1),
     ropeBackward: (gy, cos, sin, interleaved) => rope(ctx, gy, cos, sin, interleaved, -1),
-    adamw: (p, g, m, v, size, h) => adamw(ctx, p, g, m, v, size, h),
+    adamw: makeAdamw(ctx),
   };
 }

@@ -16,6 +16,7 @@ import { type GpuInput, type GpuStorage, type KernelContext, bindWords } from ".
 import { makeAttention } from "./attention.ts";
 import { contig, finish } from "./elementwise.ts";
 import { makeFusedNn } from "./fused-nn.ts";
+import { sumSquares } from "./sumsq.ts";
 import { type Access, planBoxes } from "./strided.ts";
 
 const WG = 64;
@@ -242,5 +243,6 @@ export function makeFused(ctx: KernelContext): Partial<FusedKernels<GpuStorage>>
     },
     ...makeFusedNn(ctx),
     ...makeAttention(ctx),
+    sumSquares: (xs) => sumSquares(ctx, xs),
   };
 }
