@@ -16,6 +16,7 @@ export interface Result {
   code: number | null;
   stdout: string;
   stderr: string;
+  rawStderr: string;
 }
 
 /** The command line that starts the CLI under `runtime`, or undefined when that runtime is not installed. */
@@ -26,7 +27,11 @@ export function command(runtime: Runtime): [string, string[]] | undefined {
   return runtime === "bun" ? [bin, [MAIN]] : [bin, ["run", "-A", "--unstable-webgpu", MAIN]];
 }
 
-/** Run `lowrank args` from the repository root; LOWRANK_BACKEND is unset unless `env` sets it. Dawn's two harmless warnings are dropped from stderr. */
+/**
+ * Run `lowrank args` from the repository root; LOWRANK_BACKEND is unset unless `env` sets it.
+ * `rawStderr` keeps Dawn's two limit warnings, which the Node edge filters itself and Bun's and
+ * Deno's runtimes still print; `stderr` drops them.
+ */
 export function lowrank(runtime: Runtime, args: string[], env: Record<string, string | undefined> = {}, timeoutMs = 120_000): Promise<Result> {
   const [cmd, pre] = command(runtime)!;
   return new Promise((done, fail) => {
@@ -39,7 +44,7 @@ export function lowrank(runtime: Runtime, args: string[], env: Record<string, st
     child.on("error", fail);
     child.on("close", (code) => {
       clearTimeout(timer);
-      done({ code, stdout, stderr: stderr.replace(/^Warning: maxDynamic\w+ artificially reduced.*\n?/gm, "") });
+      done({ code, stdout, stderr: stderr.replace(/^Warning: maxDynamic\w+ artificially reduced.*\n?/gm, ""), rawStderr: stderr });
     });
   });
 }

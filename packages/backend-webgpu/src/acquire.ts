@@ -12,6 +12,8 @@ export interface AcquireHooks {
   noAdapterHint: string;
   /** Called once from release(), after the device is destroyed: unpin the GPU object. */
   onRelease(): void;
+  /** Wraps requestAdapter (the Node edge filters Dawn's native stderr noise around it). */
+  aroundAdapter?<T>(fn: () => Promise<T>): Promise<T>;
 }
 
 export async function acquireDevice(
@@ -22,7 +24,8 @@ export async function acquireDevice(
     const adapterOpts: GPURequestAdapterOptions = {};
     if (opts.powerPreference) adapterOpts.powerPreference = opts.powerPreference;
     if (opts.forceFallbackAdapter) adapterOpts.forceFallbackAdapter = true;
-    adapter = await gpu.requestAdapter(adapterOpts);
+    const request = () => gpu.requestAdapter(adapterOpts);
+    adapter = await (hooks.aroundAdapter ? hooks.aroundAdapter(request) : request());
   } catch (err) {
     throw new WebGpuUnavailableError("no-adapter", edge, `requestAdapter() failed (${errText(err)}); ${hooks.noAdapterHint}`, { cause: err });
   }

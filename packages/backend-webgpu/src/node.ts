@@ -43,6 +43,7 @@ export async function requestWebGpu(opts: RequestNodeWebGpuOptions = {}): Promis
       ? `Dawn found no usable Vulkan adapter (Debian 12's own Mesa 22.3 is too old for Dawn; it needs 25.x from bookworm-backports); ${VULKAN_HINT}`
       : `Dawn found no usable adapter on ${process.platform}; update the GPU driver or use the CPU backend (--backend cpu)`,
     onRelease: () => pinned.delete(gpu),
+    aroundAdapter: withoutDawnLimitWarnings,
   };
   try {
     return await acquireDevice(gpu, "node", opts, hooks);
@@ -80,4 +81,70 @@ const GLOBAL_CONSTANTS = ["GPUBufferUsage", "GPUMapMode", "GPUShaderStage", "GPU
 function installGlobals(globals: Record<string, unknown>): void {
   const g = globalThis as Record<string, unknown>;
   for (const name of GLOBAL_CONSTANTS) if (g[name] === undefined && globals[name] !== undefined) g[name] = globals[name];
+}
+
+/**
+ * Dawn prints limit-clamping warnings straight to the process's stderr (fd 2) when it enumerates
+ * an adapter that reports huge dynamic-buffer limits (lavapipe: "maxDynamicUniformBuffers-
+ * PerPipelineLayout artificially reduced ..."): noise on every CLI start, even when the CPU is
+ * chosen. Around requestAdapter fd 2 points at a temporary file (libc dup/dup2 through koffi,
+ * where it loads); afterwards every other line is written back to stderr, so nothing else is lost.
+ */
+const DAWN_NOISE = /^Warning: maxDynamic\w+PerPipelineLayout artificially reduced/;
+
+async function withoutDawnLimitWarnings<T>(fn: () => Promise<T>): Promise<T> {
+  const redirect = await stderrRedirect();
+  if (!redirect) return fn();
+  const fs = await import("node:fs");
+  const { join } = await import("node:path");
+  const { tmpdir } = await import("node:os");
+  const path = join(tmpdir(), `lowrank-dawn-${process.pid}-${Date.now()}.log`);
+  const fd = fs.openSync(path, "w+");
+  const saved = redirect.dup(2);
+  try {
+    if (saved < 0 || redirect.dup2(fd, 2) < 0) return await fn();
+    try {
+      return await fn();
+    } finally {
+      redirect.dup2(saved, 2);
+    }
+  } finally {
+    if (saved >= 0) redirect.close(saved);
+    fs.closeSync(fd);
+    const text = fs.readFileSync(path, "utf8");
+    fs.rmSync(path, { force: true });
+    const kept = text.split("\n").filter((l) => l && !DAWN_NOISE.test(l));
+    if (kept.length) process.stderr.write(`${kept.join("\n")}\n`);
+  }
+}
+
+interface FdCalls {
+  dup(fd: number): number;
+  dup2(from: number, to: number): number;
+  close(fd: number): number;
+}
+
+let fdCalls: Promise<FdCalls | null> | undefined;
+
+/** libc's dup, dup2 and close through koffi (an optional dependency); null where either is missing. */
+function stderrRedirect(): Promise<FdCalls | null> {
+  fdCalls ??= (async () => {
+    // Node only (Bun loads this edge too, but its N-API runs koffi less reliably); Linux and macOS.
+    if ((process.platform !== "linux" && process.platform !== "darwin") || "bun" in process.versions) return null;
+    try {
+      // Behind a specifier bundlers cannot see, as backend-cpu's BLAS edge loads it.
+      const { createRequire } = await import("node:module");
+      const name = "koffi";
+      const koffi = createRequire(import.meta.url)(name) as typeof import("koffi");
+      const libc = koffi.load(process.platform === "darwin" ? "libSystem.B.dylib" : "libc.so.6");
+      return {
+        dup: libc.func("int dup(int)") as (fd: number) => number,
+        dup2: libc.func("int dup2(int, int)") as (a: number, b: number) => number,
+        close: libc.func("int close(int)") as (fd: number) => number,
+      };
+    } catch {
+      return null;
+    }
+  })();
+  return fdCalls;
 }
