@@ -1,8 +1,13 @@
 // AssemblyScript source of the WASM SIMD matmul (compiled by scripts/build-wasm.mjs; not seen by tsc).
 // C[m,n] = A[m,k] · B[k,n], f32, row-major with leading dimensions lda/ldb/ldc in elements.
 // Blocking: packB lays B out once as (NC-column x KC-deep) blocks of NR-column slivers (zero padded),
-// shared by every thread; gemmPacked streams a block from L2 per 4-row panel of A, which is read
-// in place (L1-resident). Threads each run gemmPacked on their own rows / column blocks.
+// shared by every thread; gemmPacked packs each 4-row panel of A (k-major, 4 floats per k) into the
+// caller's scratch (L1-resident) and streams a block of B from L2 against it. Threads each run
+// gemmPacked on their own rows / column blocks.
+//
+// Why A is packed: the inner loop then has one A pointer with constant offsets 0/4/8/12 instead of
+// four row pointers, each of which V8 bumps and zero-extends every step. Unrolling k does not help
+// on V8 (TurboFan hoists all of an iteration's loads to its top, and 2 steps' worth spill).
 
 const MR: i32 = 4;
 const NR: i32 = 8;
@@ -12,9 +17,9 @@ export function heapBase(): usize {
   return __heap_base;
 }
 
-/** Bytes of per-thread scratch gemmPacked needs (one edge tile). */
-export function tileBytes(): usize {
-  return MR * NR * 4;
+/** Bytes of per-thread scratch gemmPacked needs for depth kcMax: one edge tile, then a packed A panel. */
+export function scratchBytes(kcMax: i32): usize {
+  return MR * NR * 4 + <usize>MR * <usize>kcMax * 4;
 }
 
 /** Floats packB writes for B[k, n]: every column block padded to a multiple of NR. */
@@ -47,35 +52,55 @@ function packBlock(b: usize, ldb4: usize, kc: i32, nc: i32, dst: usize): void {
   }
 }
 
-// One MR x NR tile: acc = A[4 rows, 0:kc] · packed sliver; C (+)= acc. Rows/cols past mr/nr go to tmp.
-function kernel(a: usize, lda4: usize, pb: usize, kc: i32, c: usize, ldc4: usize, mr: i32, nr: i32, accumulate: bool, tmp: usize): void {
-  // Missing rows re-read row 0 (always valid memory); their results are dropped below.
-  let a0 = a;
-  let a1 = mr > 1 ? a0 + lda4 : a0;
-  let a2 = mr > 2 ? a0 + lda4 * 2 : a0;
-  let a3 = mr > 3 ? a0 + lda4 * 3 : a0;
+// A[0:mr, 0:kc] (row stride lda4 bytes) -> dst as kc groups of MR floats (rows past mr are 0).
+function packA(a: usize, lda4: usize, mr: i32, kc: i32, dst: usize): void {
+  let kk = 0;
+  if (mr == MR) {
+    // 4x4 transposes: rows r0..r3 at k..k+3 -> k-major groups.
+    const a1 = a + lda4, a2 = a1 + lda4, a3 = a2 + lda4;
+    for (; kk + 4 <= kc; kk += 4) {
+      const o = <usize>kk << 2;
+      const r0 = v128.load(a + o), r1 = v128.load(a1 + o), r2 = v128.load(a2 + o), r3 = v128.load(a3 + o);
+      const t0 = v128.shuffle<f32>(r0, r1, 0, 4, 1, 5), t1 = v128.shuffle<f32>(r2, r3, 0, 4, 1, 5);
+      const t2 = v128.shuffle<f32>(r0, r1, 2, 6, 3, 7), t3 = v128.shuffle<f32>(r2, r3, 2, 6, 3, 7);
+      const d = dst + (o << 2);
+      v128.store(d, v128.shuffle<f64>(t0, t1, 0, 2));
+      v128.store(d, v128.shuffle<f64>(t0, t1, 1, 3), 16);
+      v128.store(d, v128.shuffle<f64>(t2, t3, 0, 2), 32);
+      v128.store(d, v128.shuffle<f64>(t2, t3, 1, 3), 48);
+    }
+  }
+  for (; kk < kc; kk++) {
+    const d = dst + (<usize>kk << 4);
+    for (let i = 0; i < MR; i++) store<f32>(d + (<usize>i << 2), i < mr ? load<f32>(a + <usize>i * lda4 + (<usize>kk << 2)) : 0);
+  }
+}
+
+// One MR x NR tile: acc = packed A panel · packed B sliver over kc; C (+)= acc. Rows/cols past mr/nr
+// (zero rows of the panel, zero columns of the sliver) go to tmp and are dropped.
+function kernel(pa: usize, pb: usize, kc: i32, c: usize, ldc4: usize, mr: i32, nr: i32, accumulate: bool, tmp: usize): void {
   let c00 = f32x4.splat(0), c01 = f32x4.splat(0);
   let c10 = f32x4.splat(0), c11 = f32x4.splat(0);
   let c20 = f32x4.splat(0), c21 = f32x4.splat(0);
   let c30 = f32x4.splat(0), c31 = f32x4.splat(0);
-  let p = pb;
-  const end = a0 + (<usize>kc << 2);
-  while (a0 < end) {
+  let p = pb, q = pa;
+  const end = pa + (<usize>kc << 4);
+  while (q < end) {
     const b0 = v128.load(p);
     const b1 = v128.load(p, 16);
-    let x = v128.load32_splat(a0);
+    let x = v128.load32_splat(q);
     c00 = f32x4.add(c00, f32x4.mul(x, b0));
     c01 = f32x4.add(c01, f32x4.mul(x, b1));
-    x = v128.load32_splat(a1);
+    x = v128.load32_splat(q, 4);
     c10 = f32x4.add(c10, f32x4.mul(x, b0));
     c11 = f32x4.add(c11, f32x4.mul(x, b1));
-    x = v128.load32_splat(a2);
+    x = v128.load32_splat(q, 8);
     c20 = f32x4.add(c20, f32x4.mul(x, b0));
     c21 = f32x4.add(c21, f32x4.mul(x, b1));
-    x = v128.load32_splat(a3);
+    x = v128.load32_splat(q, 12);
     c30 = f32x4.add(c30, f32x4.mul(x, b0));
     c31 = f32x4.add(c31, f32x4.mul(x, b1));
-    a0 += 4; a1 += 4; a2 += 4; a3 += 4;
+    q += MR * 4;
     p += NR * 4;
   }
   if (mr == MR && nr == NR) {
@@ -127,11 +152,12 @@ export function packB(b: usize, ldb: i32, k: i32, n: i32, dst: usize, kcMax: i32
 
 /**
  * C[0:m, j0:j1] = A[0:m, 0:k] · B[0:k, j0:j1] with B packed by packB(…, k, n, …, kcMax, ncMax);
- * j0 is a multiple of ncMax. `tmp` (tileBytes) must be private to the caller: threads run this
+ * j0 is a multiple of ncMax. `tmp` (scratchBytes(kcMax)) must be private to the caller: threads run this
  * concurrently on one memory, on disjoint rows or column blocks.
  */
 export function gemmPacked(a: usize, lda: i32, pb: usize, c: usize, ldc: i32, m: i32, n: i32, k: i32, j0: i32, j1: i32, kcMax: i32, ncMax: i32, tmp: usize): void {
   const lda4 = <usize>lda << 2, ldc4 = <usize>ldc << 2;
+  const pa = tmp + MR * NR * 4;
   for (let jc = j0; jc < j1; jc += ncMax) {
     const nc = min(ncMax, n - jc);
     const ncPad = (nc + NR - 1) & ~(NR - 1);
@@ -140,10 +166,10 @@ export function gemmPacked(a: usize, lda: i32, pb: usize, c: usize, ldc: i32, m:
       const blk = blockAt(pb, jc, pc, k, ncPad);
       for (let i = 0; i < m; i += MR) {
         const mr = min(MR, m - i);
-        const ai = a + <usize>i * lda4 + (<usize>pc << 2);
+        packA(a + <usize>i * lda4 + (<usize>pc << 2), lda4, mr, kc, pa);
         const ci = c + <usize>i * ldc4 + (<usize>jc << 2);
         for (let j = 0; j < nc; j += NR) {
-          kernel(ai, lda4, blk + <usize>j * <usize>kc * 4, kc, ci + (<usize>j << 2), ldc4, mr, min(NR, nc - j), pc > 0, tmp);
+          kernel(pa, blk + <usize>j * <usize>kc * 4, kc, ci + (<usize>j << 2), ldc4, mr, min(NR, nc - j), pc > 0, tmp);
         }
       }
     }

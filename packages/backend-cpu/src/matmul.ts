@@ -51,8 +51,6 @@ const MAIN_SPIN_MS = 1;
 /** Depth and width of a packed B block (KC·NC·4 = 256 KiB, fits L2); measured best of 128-512. */
 const KC = 256, NC = 256;
 const PAGE = 65536, MAX_PAGES = 65536;
-/** Bytes between threads' edge-tile scratch (tileBytes = 128, padded apart to separate cache lines). */
-const TMP_STRIDE = 256;
 /** Chunks per thread a parallel job is cut into, so a thread that gets less CPU time takes fewer. */
 const CHUNKS_PER_THREAD = 8;
 /** How long a first large matmul may wait for workers to boot (they normally take 20-60 ms). */
@@ -62,7 +60,7 @@ interface Kernel {
   gemmPacked: GemmPacked;
   packB(b: number, ldb: number, k: number, n: number, dst: number, kc: number, nc: number): void;
   heapBase(): number;
-  tileBytes(): number;
+  scratchBytes(kc: number): number;
 }
 
 function decode(b64: string): Uint8Array {
@@ -111,8 +109,9 @@ class WasmEngine implements WasmMatmulEngine {
   private memory: WebAssembly.Memory | null = null;
   private heap = new Float32Array(0);
   private heapLimit: number;
-  /** Per-thread edge-tile scratch from tmpBase (slot 0 for the caller); operands start at opBase. */
+  /** Per-thread scratch (edge tile + packed A panel) from tmpBase, tmpStride apart (slot 0 for the caller); operands start at opBase. */
   private tmpBase = 0;
+  private tmpStride = 0;
   private opBase = 0;
   private readonly ctl: Int32Array = new Int32Array(SLOT);
   private readonly workers: (WorkerHandle | null)[] = [];
@@ -141,8 +140,8 @@ class WasmEngine implements WasmMatmulEngine {
     const memory = (this.memory = mem.memory);
     const kernel = (this.kernel = new WebAssembly.Instance(new WebAssembly.Module(bytes as BufferSource), { env: { memory } }).exports as unknown as Kernel);
     this.tmpBase = align64(kernel.heapBase());
-    this.opBase = this.tmpBase + (this.nWorkers + 1) * TMP_STRIDE;
-    if (kernel.tileBytes() > TMP_STRIDE) throw new Error("edge tile larger than its scratch slot");
+    this.tmpStride = align64(kernel.scratchBytes(KC));
+    this.opBase = this.tmpBase + (this.nWorkers + 1) * this.tmpStride;
     if (!this.ensure(this.opBase)) throw new Error("WASM heap too small for the scratch area");
     if (this.nWorkers > 0) this.ctl = new Int32Array(new SharedArrayBuffer((this.nWorkers + 1) * SLOT * 4));
     this.bytes = bytes;
@@ -152,7 +151,7 @@ class WasmEngine implements WasmMatmulEngine {
   private spawn(): Promise<void> {
     if (!this.started) {
       this.startDeadline = Date.now() + START_TIMEOUT_MS;
-      for (let i = 1; i <= this.nWorkers; i++) this.ctl[i * SLOT + TMP] = this.tmpBase + i * TMP_STRIDE;
+      for (let i = 1; i <= this.nWorkers; i++) this.ctl[i * SLOT + TMP] = this.tmpBase + i * this.tmpStride;
       const init = { bytes: this.bytes, memory: this.memory!, ctl: this.ctl };
       this.started = this.nWorkers > 0 && !this.disposed
         ? startWorkers(this.nWorkers, (index) => ({ ...init, index }), (i, h) => {
