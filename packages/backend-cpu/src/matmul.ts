@@ -48,7 +48,11 @@ export interface WasmMatmulEngine extends MatmulEngine {
 export const PARALLEL_MIN_FLOPS = 8e6;
 /** How long the caller spins for workers to finish before it sleeps in Atomics.wait. */
 const MAIN_SPIN_MS = 1;
-/** Depth and width of a packed B block (KC·NC·4 = 256 KiB, fits L2); measured best of 128-512. */
+/**
+ * Depth and width of a packed B block (KC·NC·4 = 256 KiB, fits L2). Re-measured with the panel
+ * kernel (1024³, gemmPacked alone, 1 thread, best of 12 on the shared 2-core VM), GFLOP/s by KC x NC:
+ * 128: 25/31/29 (NC 128/256/512), 256: 32/38/38, 384: 34/38/38, 512: 35/36/34.
+ */
 const KC = 256, NC = 256;
 const PAGE = 65536, MAX_PAGES = 65536;
 /** Chunks per thread a parallel job is cut into, so a thread that gets less CPU time takes fewer. */
