@@ -1,21 +1,24 @@
 // AssemblyScript source of the WASM SIMD matmul (compiled by scripts/build-wasm.mjs; not seen by tsc).
 // C[m,n] = A[m,k] · B[k,n], f32, row-major with leading dimensions lda/ldb/ldc in elements.
 // Blocking: packB lays B out once as (NC-column x KC-deep) blocks of NR-column slivers (zero padded),
-// shared by every thread; gemmPacked packs each 4-row panel of A (k-major, 4 floats per k) into the
-// caller's scratch (L1-resident) and streams a block of B from L2 against it. Threads each run
-// gemmPacked on their own rows / column blocks.
+// shared by every thread; gemmPacked takes A in 4-row panels (packed k-major into the caller's
+// scratch when the panel feeds many columns, else read in place) and streams a block of B from L2
+// against each. Threads each run gemmPacked on their own rows / column blocks.
 //
-// Why A is packed: the inner loop then has one A pointer with constant offsets 0/4/8/12 instead of
-// four row pointers, each of which V8 bumps and zero-extends every step. Unrolling k does not help
-// on V8 (TurboFan hoists all of an iteration's loads to its top, and 2 steps' worth spill).
+// The kernel reads the 4 rows of A through one pointer plus loop-invariant row offsets, not four
+// row pointers (V8 bumps and zero-extends each pointer every step): 29 instructions per k step on
+// V8 11 (Node 20) instead of 37, for 16 mul/add. Measured single thread (gemmPacked alone, best of
+// 30, 256³): 37.8 -> 43 GFLOP/s, which is ~80% of a native loop of 128-bit mul+add on this Zen 5;
+// the remaining gap is FP issue, not instruction count (a pre-broadcast A panel with 26
+// instructions per step measured the same, 44 vs 43).
 
 const MR: i32 = 4;
 const NR: i32 = 8;
 /**
  * Pack a panel of A only when it feeds this many columns: packing costs about a quarter of one
- * sliver's arithmetic (V8's shuffles), and in place the kernel runs the same 33 instructions per step.
- * Measured, 256³ single thread best of 30 (node .dump2.mjs-style loop over gemmPacked): in place 39.5,
- * packed 40.9 GFLOP/s; LoRA x·Aᵀ (N = 8) 37 in place vs 33 packed.
+ * sliver's arithmetic at kc = 256 (V8's shuffles) and buys contiguous A (one stream, not four).
+ * Measured, single thread, gemmPacked alone, best of 40: LoRA x·Aᵀ [1024x256]·[256x8] 37 GFLOP/s
+ * in place vs 33 packed; 256³ 39.5 in place vs 40.9 packed.
  */
 const PACK_MIN_COLS: i32 = 32;
 
@@ -98,9 +101,10 @@ function panel(a: usize, r1: usize, r2: usize, r3: usize, ks: usize, blk: usize,
     let c20 = f32x4.splat(0), c21 = f32x4.splat(0);
     let c30 = f32x4.splat(0), c31 = f32x4.splat(0);
     let p = blk, q = a;
-    // 33 instructions per step on V8 11 (Node 20): 16 mul/add, 6 loads, 3 address adds, 2 bumps,
-    // 2 zero-extends, loop test and stack check. Unrolling k does not help: TurboFan hoists all
-    // loads of an iteration to its top and two steps' worth spill the 15 usable xmm registers.
+    // 29 instructions per step (V8 peels the first iteration, which keeps the stack check): 16
+    // mul/add, 6 loads, 3 address adds, 2 bumps, loop test. Unrolling k does not help: TurboFan
+    // hoists all loads of an iteration to its top and two steps' worth spill the 15 usable xmm
+    // registers (so do 5 x 8 tiles).
     while (q < end) {
       const b0 = v128.load(p);
       const b1 = v128.load(p, 16);
