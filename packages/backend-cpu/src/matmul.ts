@@ -339,6 +339,9 @@ class WasmEngine implements WasmMatmulEngine {
       for (let r = 0; r < m; r += rc) {
         copyA(r, Math.min(m, r + rc));
         Atomics.store(ctl, COPIED, r / rc + 1);
+        // A worker that claimed this chunk early sleeps in Atomics.wait (1 ms timeout) after a short
+        // spin; nothing woke it before, so a late copy cost it the whole millisecond.
+        Atomics.notify(ctl, COPIED);
       }
       claimChunks(ctl, tag, kernel.gemmPacked, this.tmpBase, (r0, r1, j0, j1) => {
         copyC(r0, r1, j0, j1);
@@ -348,6 +351,7 @@ class WasmEngine implements WasmMatmulEngine {
       // If the caller failed part-way: release workers waiting for A, take the unclaimed chunks
       // off the table, and still let claimed ones finish before the heap is reused.
       Atomics.store(ctl, COPIED, 0x7fffffff);
+      Atomics.notify(ctl, COPIED);
       for (let cur = Atomics.load(ctl, NEXT); (cur & 0xfff) < total; cur = Atomics.load(ctl, NEXT)) {
         if (Atomics.compareExchange(ctl, NEXT, cur, (tag << 12) | total) === cur) Atomics.add(ctl, FINISHED, total - (cur & 0xfff));
       }
