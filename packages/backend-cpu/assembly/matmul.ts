@@ -109,17 +109,17 @@ function panel(a: usize, r1: usize, r2: usize, r3: usize, ks: usize, blk: usize,
       const b0 = v128.load(p);
       const b1 = v128.load(p, 16);
       let x = v128.load32_splat(q);
-      c00 = f32x4.add(c00, f32x4.mul(x, b0));
-      c01 = f32x4.add(c01, f32x4.mul(x, b1));
+      c00 = madd(x, b0, c00);
+      c01 = madd(x, b1, c01);
       x = v128.load32_splat(q + r1);
-      c10 = f32x4.add(c10, f32x4.mul(x, b0));
-      c11 = f32x4.add(c11, f32x4.mul(x, b1));
+      c10 = madd(x, b0, c10);
+      c11 = madd(x, b1, c11);
       x = v128.load32_splat(q + r2);
-      c20 = f32x4.add(c20, f32x4.mul(x, b0));
-      c21 = f32x4.add(c21, f32x4.mul(x, b1));
+      c20 = madd(x, b0, c20);
+      c21 = madd(x, b1, c21);
       x = v128.load32_splat(q + r3);
-      c30 = f32x4.add(c30, f32x4.mul(x, b0));
-      c31 = f32x4.add(c31, f32x4.mul(x, b1));
+      c30 = madd(x, b0, c30);
+      c31 = madd(x, b1, c31);
       q += ks;
       p += NR * 4;
     }
@@ -155,6 +155,12 @@ function panel(a: usize, r1: usize, r2: usize, r3: usize, ks: usize, blk: usize,
       }
     }
   }
+}
+
+/** a * b + c: fused (one instruction, one rounding) in the relaxed-SIMD build. */
+@inline function madd(a: v128, b: v128, c: v128): v128 {
+  if (ASC_FEATURE_RELAXED_SIMD) return f32x4.relaxed_madd(a, b, c);
+  return f32x4.add(f32x4.mul(a, b), c);
 }
 
 // Block (jc, pc) of the packed B: earlier column blocks hold k x nc floats each.

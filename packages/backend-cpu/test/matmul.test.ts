@@ -55,6 +55,7 @@ const CONFIGS: [string, MatmulEngineOptions][] = [
   ["wasm, threads 0", { threads: 0 }],
   ["wasm, threads 1", { threads: 1, parallelMinFlops: 0 }],
   ["wasm, threads 3 (more workers than cores here)", { threads: 3, parallelMinFlops: 0 }],
+  ["wasm without relaxed SIMD, threads 1", { threads: 1, parallelMinFlops: 0, relaxed: false }],
   ["typescript, threads 0", { threads: 0, wasm: false }],
   ["typescript, threads 1", { threads: 1, wasm: false }],
 ];
@@ -76,6 +77,7 @@ describe("matmul engine", () => {
         assert.equal(engine.describe(), `${threads + 1} threads, wasm-simd`);
         assert.equal(engine.activeThreads, threads + 1, "a worker did not start");
       } else assert.equal(engine.describe(), "1 thread, wasm-simd");
+      if (opts.relaxed === false || opts.wasm === false) assert.equal(engine.relaxed, false);
       for (const [M, N, K] of SHAPES) check(engine, M, N, K);
     });
   }
