@@ -16,8 +16,11 @@ export const TARGETS = {
   matmul: {
     source: "assembly/matmul.ts",
     output: "src/wasm/matmul-wasm.ts",
+    // The relaxed-SIMD builds fuse the kernel's multiply-adds; runtimes without it take the others.
     variants: {
+      MATMUL_WASM_SHARED_RELAXED: [...COMMON, "--enable", "relaxed-simd", "--enable", "threads", "--sharedMemory", "--maximumMemory", "65536"],
       MATMUL_WASM_SHARED: [...COMMON, "--enable", "threads", "--sharedMemory", "--maximumMemory", "65536"],
+      MATMUL_WASM_PLAIN_RELAXED: [...COMMON, "--enable", "relaxed-simd"],
       MATMUL_WASM_PLAIN: COMMON,
     },
   },

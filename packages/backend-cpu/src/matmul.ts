@@ -10,7 +10,7 @@
  * kernels/matmul.ts holds the TypeScript kernels used when WASM SIMD is unavailable.
  */
 import { matmulBlocked } from "./kernels/matmul.ts";
-import { MATMUL_WASM_PLAIN, MATMUL_WASM_SHARED } from "./wasm/matmul-wasm.ts";
+import { MATMUL_WASM_PLAIN, MATMUL_WASM_PLAIN_RELAXED, MATMUL_WASM_SHARED, MATMUL_WASM_SHARED_RELAXED } from "./wasm/matmul-wasm.ts";
 import {
   COPIED, FAIL, FINISHED, type GemmPacked, JOB, MAX_CHUNKS, NEXT, READY, SEQ, SLOT, TMP, type WorkerHandle,
   availableCores, canBlock, canShare, claimChunks, jobTag, startWorkers,
@@ -27,6 +27,12 @@ export interface MatmulEngineOptions {
   threads?: number;
   /** Use the WASM SIMD kernel when the runtime supports it (default true); false = TypeScript kernel. */
   wasm?: boolean;
+  /**
+   * Use the relaxed-SIMD build (fused multiply-add) where the runtime validates it (default true;
+   * Node 20 does not, Chrome >= 114 and Deno 2 do). Measured 256³ single thread, kernel alone:
+   * Deno 2.9 32 -> 40 GFLOP/s, Node 20 with --experimental-wasm-relaxed-simd 42 -> 53.
+   */
+  relaxed?: boolean;
   /** Cap on the WASM heap in bytes (default and maximum: the 4 GiB wasm32 limit); tests lower it to exercise splitting. */
   maxHeapBytes?: number;
   /** Problems with fewer FLOPs (2·M·N·K) run on the calling thread only (default PARALLEL_MIN_FLOPS). */
@@ -39,6 +45,8 @@ export interface WasmMatmulEngine extends MatmulEngine {
   ready(): Promise<void>;
   /** Threads a large matmul uses right now (caller + running workers). */
   readonly activeThreads: number;
+  /** Whether the relaxed-SIMD (fused multiply-add) build runs. */
+  readonly relaxed: boolean;
 }
 
 /**
@@ -48,11 +56,13 @@ export interface WasmMatmulEngine extends MatmulEngine {
 export const PARALLEL_MIN_FLOPS = 8e6;
 /** How long the caller spins for workers to finish before it sleeps in Atomics.wait. */
 const MAIN_SPIN_MS = 1;
-/** Depth and width of a packed B block (KC·NC·4 = 256 KiB, fits L2); measured best of 128-512. */
+/**
+ * Depth and width of a packed B block (KC·NC·4 = 256 KiB, fits L2). Re-measured with the panel
+ * kernel (1024³, gemmPacked alone, 1 thread, best of 12 on the shared 2-core VM), GFLOP/s by KC x NC:
+ * 128: 25/31/29 (NC 128/256/512), 256: 32/38/38, 384: 34/38/38, 512: 35/36/34.
+ */
 const KC = 256, NC = 256;
 const PAGE = 65536, MAX_PAGES = 65536;
-/** Bytes between threads' edge-tile scratch (tileBytes = 128, padded apart to separate cache lines). */
-const TMP_STRIDE = 256;
 /** Chunks per thread a parallel job is cut into, so a thread that gets less CPU time takes fewer. */
 const CHUNKS_PER_THREAD = 8;
 /** How long a first large matmul may wait for workers to boot (they normally take 20-60 ms). */
@@ -62,7 +72,7 @@ interface Kernel {
   gemmPacked: GemmPacked;
   packB(b: number, ldb: number, k: number, n: number, dst: number, kc: number, nc: number): void;
   heapBase(): number;
-  tileBytes(): number;
+  scratchBytes(kc: number): number;
 }
 
 function decode(b64: string): Uint8Array {
@@ -93,6 +103,7 @@ function typescriptEngine(): WasmMatmulEngine {
     dispose: () => {},
     ready: async () => {},
     activeThreads: 1,
+    relaxed: false,
   };
 }
 
@@ -111,8 +122,9 @@ class WasmEngine implements WasmMatmulEngine {
   private memory: WebAssembly.Memory | null = null;
   private heap = new Float32Array(0);
   private heapLimit: number;
-  /** Per-thread edge-tile scratch from tmpBase (slot 0 for the caller); operands start at opBase. */
+  /** Per-thread scratch (edge tile + packed A panel) from tmpBase, tmpStride apart (slot 0 for the caller); operands start at opBase. */
   private tmpBase = 0;
+  private tmpStride = 0;
   private opBase = 0;
   private readonly ctl: Int32Array = new Int32Array(SLOT);
   private readonly workers: (WorkerHandle | null)[] = [];
@@ -123,36 +135,47 @@ class WasmEngine implements WasmMatmulEngine {
   private bytes: Uint8Array = new Uint8Array(0);
   private seq = 0;
   private disposed = false;
+  relaxed = false;
 
   constructor(opts: MatmulEngineOptions) {
     const requested = Math.max(0, Math.floor(opts.threads ?? availableCores() - 1));
     this.minFlops = opts.parallelMinFlops ?? PARALLEL_MIN_FLOPS;
-    // Threads need the shared variant (threads feature, SharedArrayBuffer, a caller that may block);
-    // otherwise the unshared one runs on the calling thread alone.
-    let bytes = decode(MATMUL_WASM_SHARED);
-    let mem = requested > 0 && canShare() && canBlock() && WebAssembly.validate(bytes as BufferSource) ? createMemory(true) : null;
+    // Threads need a shared build (threads feature, SharedArrayBuffer, a caller that may block);
+    // otherwise an unshared one runs on the calling thread alone. Relaxed SIMD first where it validates.
+    const pick = (relaxed: string, plain: string): Uint8Array | null => {
+      for (const b64 of opts.relaxed === false ? [plain] : [relaxed, plain]) {
+        const b = decode(b64);
+        if (WebAssembly.validate(b as BufferSource)) {
+          this.relaxed = b64 === relaxed;
+          return b;
+        }
+      }
+      return null;
+    };
+    let bytes = requested > 0 && canShare() && canBlock() ? pick(MATMUL_WASM_SHARED_RELAXED, MATMUL_WASM_SHARED) : null;
+    let mem = bytes ? createMemory(true) : null;
     this.nWorkers = mem ? requested : 0;
     if (!mem) {
-      bytes = decode(MATMUL_WASM_PLAIN);
-      mem = WebAssembly.validate(bytes as BufferSource) ? createMemory(false) : null;
+      bytes = pick(MATMUL_WASM_PLAIN_RELAXED, MATMUL_WASM_PLAIN);
+      mem = bytes ? createMemory(false) : null;
     }
     this.heapLimit = Math.min(opts.maxHeapBytes ?? Infinity, mem?.maxBytes ?? 0);
     if (!mem) return;
     const memory = (this.memory = mem.memory);
-    const kernel = (this.kernel = new WebAssembly.Instance(new WebAssembly.Module(bytes as BufferSource), { env: { memory } }).exports as unknown as Kernel);
+    const kernel = (this.kernel = new WebAssembly.Instance(new WebAssembly.Module(bytes! as BufferSource), { env: { memory } }).exports as unknown as Kernel);
     this.tmpBase = align64(kernel.heapBase());
-    this.opBase = this.tmpBase + (this.nWorkers + 1) * TMP_STRIDE;
-    if (kernel.tileBytes() > TMP_STRIDE) throw new Error("edge tile larger than its scratch slot");
+    this.tmpStride = align64(kernel.scratchBytes(KC));
+    this.opBase = this.tmpBase + (this.nWorkers + 1) * this.tmpStride;
     if (!this.ensure(this.opBase)) throw new Error("WASM heap too small for the scratch area");
     if (this.nWorkers > 0) this.ctl = new Int32Array(new SharedArrayBuffer((this.nWorkers + 1) * SLOT * 4));
-    this.bytes = bytes;
+    this.bytes = bytes!;
   }
 
   /** Start the workers on first need, so backends that never multiply large matrices spawn no threads. */
   private spawn(): Promise<void> {
     if (!this.started) {
       this.startDeadline = Date.now() + START_TIMEOUT_MS;
-      for (let i = 1; i <= this.nWorkers; i++) this.ctl[i * SLOT + TMP] = this.tmpBase + i * TMP_STRIDE;
+      for (let i = 1; i <= this.nWorkers; i++) this.ctl[i * SLOT + TMP] = this.tmpBase + i * this.tmpStride;
       const init = { bytes: this.bytes, memory: this.memory!, ctl: this.ctl };
       this.started = this.nWorkers > 0 && !this.disposed
         ? startWorkers(this.nWorkers, (index) => ({ ...init, index }), (i, h) => {
@@ -336,6 +359,9 @@ class WasmEngine implements WasmMatmulEngine {
       for (let r = 0; r < m; r += rc) {
         copyA(r, Math.min(m, r + rc));
         Atomics.store(ctl, COPIED, r / rc + 1);
+        // A worker that claimed this chunk early sleeps in Atomics.wait (1 ms timeout) after a short
+        // spin; nothing woke it before, so a late copy cost it the whole millisecond.
+        Atomics.notify(ctl, COPIED);
       }
       claimChunks(ctl, tag, kernel.gemmPacked, this.tmpBase, (r0, r1, j0, j1) => {
         copyC(r0, r1, j0, j1);
@@ -345,6 +371,7 @@ class WasmEngine implements WasmMatmulEngine {
       // If the caller failed part-way: release workers waiting for A, take the unclaimed chunks
       // off the table, and still let claimed ones finish before the heap is reused.
       Atomics.store(ctl, COPIED, 0x7fffffff);
+      Atomics.notify(ctl, COPIED);
       for (let cur = Atomics.load(ctl, NEXT); (cur & 0xfff) < total; cur = Atomics.load(ctl, NEXT)) {
         if (Atomics.compareExchange(ctl, NEXT, cur, (tag << 12) | total) === cur) Atomics.add(ctl, FINISHED, total - (cur & 0xfff));
       }

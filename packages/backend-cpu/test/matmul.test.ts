@@ -55,6 +55,7 @@ const CONFIGS: [string, MatmulEngineOptions][] = [
   ["wasm, threads 0", { threads: 0 }],
   ["wasm, threads 1", { threads: 1, parallelMinFlops: 0 }],
   ["wasm, threads 3 (more workers than cores here)", { threads: 3, parallelMinFlops: 0 }],
+  ["wasm without relaxed SIMD, threads 1", { threads: 1, parallelMinFlops: 0, relaxed: false }],
   ["typescript, threads 0", { threads: 0, wasm: false }],
   ["typescript, threads 1", { threads: 1, wasm: false }],
 ];
@@ -76,9 +77,30 @@ describe("matmul engine", () => {
         assert.equal(engine.describe(), `${threads + 1} threads, wasm-simd`);
         assert.equal(engine.activeThreads, threads + 1, "a worker did not start");
       } else assert.equal(engine.describe(), "1 thread, wasm-simd");
+      if (opts.relaxed === false || opts.wasm === false) assert.equal(engine.relaxed, false);
       for (const [M, N, K] of SHAPES) check(engine, M, N, K);
     });
   }
+
+  // The kernel reads A in place for blocks narrower than 32 columns and packs it otherwise; edge
+  // tiles (rows past a multiple of 4, columns past a multiple of 8) and K past one 256-deep block
+  // take other branches of each.
+  test("odd and skinny shapes match matmulNaive on both A paths", async () => {
+    for (const threads of [0, 1]) {
+      const engine = createMatmulEngine({ threads, parallelMinFlops: 0 });
+      engines.push(engine);
+      await engine.ready();
+      const odd = [1, 3, 7, 8, 9, 17, 255];
+      for (const M of odd) for (const N of odd) for (const K of odd) check(engine, M, N, K);
+      for (let s = 1; s <= 16; s++) {
+        for (const M of [5, 64]) {
+          check(engine, M, s, 300); // skinny N (LoRA x·Aᵀ), in place, two k blocks
+          check(engine, M, 300, s); // skinny K (LoRA h·Bᵀ), packed
+          check(engine, M, 31 + s, 513); // either side of the packing threshold, three k blocks
+        }
+      }
+    }
+  });
 
   test("default options use a worker per extra core", async () => {
     const engine = createMatmulEngine();
