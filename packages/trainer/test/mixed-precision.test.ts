@@ -10,23 +10,10 @@ import { join } from "node:path";
 import { createCpuBackend } from "@lowrank/backend-cpu";
 import { keep, noGrad, tensor } from "@lowrank/tensor";
 import { type FinetuneInput, type FinetuneIO, finetune, loadCheckpoint } from "../src/index.ts";
-import { SHAKESPEARE, STORIES, dataDir, tempDir } from "./helpers.ts";
+import { storiesRuns } from "./helpers.ts";
 
-const data = dataDir();
-const skip = data ? false : "no shared data directory (set LOWRANK_DATA_DIR)";
+const { skip, tmp, cfg } = storiesRuns("mixed");
 const backend = createCpuBackend();
-const tmp = tempDir("mixed");
-const slice = join(tmp.path, "shakespeare-slice.txt");
-if (data) writeFileSync(slice, readFileSync(join(data, SHAKESPEARE), "utf8").slice(0, 6000));
-
-let runs = 0;
-function cfg(over: Partial<FinetuneInput> = {}): FinetuneInput {
-  return {
-    model: join(data ?? "", STORIES), data: slice, output: join(tmp.path, `run-${runs++}`),
-    method: "lora", targetModules: "all-linear", rank: 4, alpha: 8, dropout: 0.1, lr: 3e-3, steps: 8, batchSize: 2, seqLen: 32,
-    warmup: 1, evalFraction: 0.1, evalBatches: 2, sampleTokens: 0, seed: 3, ...over,
-  };
-}
 const io = (over: Partial<FinetuneIO> = {}): FinetuneIO => ({ backend, skipSamples: true, ...over });
 const records = (dir: string) => readFileSync(join(dir, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l));
 

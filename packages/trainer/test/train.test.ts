@@ -13,23 +13,11 @@ import { fileURLToPath } from "node:url";
 import { createCpuBackend } from "@lowrank/backend-cpu";
 import { keep, noGrad, scope, tensor } from "@lowrank/tensor";
 import { ConfigError, DatasetError, type FinetuneInput, type FinetuneIO, finetune, loadCheckpoint } from "../src/index.ts";
-import { SHAKESPEARE, STORIES, dataDir, tempDir } from "./helpers.ts";
+import { STORIES, dataDir, storiesRuns } from "./helpers.ts";
 
+const { skip, tmp, slice, cfg } = storiesRuns("train");
 const data = dataDir();
-const skip = data ? false : "no shared data directory (set LOWRANK_DATA_DIR)";
 const backend = createCpuBackend();
-const tmp = tempDir("train");
-const slice = join(tmp.path, "shakespeare-slice.txt");
-if (data) writeFileSync(slice, readFileSync(join(data, SHAKESPEARE), "utf8").slice(0, 6000));
-
-let runs = 0;
-function cfg(over: Partial<FinetuneInput> = {}): FinetuneInput {
-  return {
-    model: join(data ?? "", STORIES), data: slice, output: join(tmp.path, `run-${runs++}`),
-    method: "lora", targetModules: "all-linear", rank: 4, alpha: 8, dropout: 0.1, lr: 3e-3, steps: 6, batchSize: 2, seqLen: 32,
-    warmup: 1, evalFraction: 0.1, evalBatches: 2, sampleTokens: 0, seed: 3, ...over,
-  };
-}
 const io = (over: Partial<FinetuneIO> = {}): FinetuneIO => ({ backend, skipSamples: true, ...over });
 const bytes = (p: string) => readFileSync(p);
 

@@ -11,7 +11,7 @@
  * chunk?, 16+k input bases, 32+k output bases.
  */
 import { type FusedKernels, numel } from "@lowrank/tensor";
-import { Wgsl, natOf } from "../wgsl/common.ts";
+import { Wgsl, natOf, wgReduce } from "../wgsl/common.ts";
 import { type GpuInput, type GpuStorage, type KernelContext, bindWords } from "./context.ts";
 import { makeAttention } from "./attention.ts";
 import { contig, finish } from "./elementwise.ts";
@@ -32,30 +32,7 @@ interface RowOut {
   kind: Kind;
 }
 
-const REDUCE = /* wgsl */ `
-var<workgroup> red: array<f32, ${WG}>;
-fn wg_sum(v: f32, lid: u32) -> f32 {
-  red[lid] = v;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
-    if (lid < s) { red[lid] = red[lid] + red[lid + s]; }
-    workgroupBarrier();
-  }
-  let t = red[0];
-  workgroupBarrier();
-  return t;
-}
-fn wg_max(v: f32, lid: u32) -> f32 {
-  red[lid] = v;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
-    if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
-    workgroupBarrier();
-  }
-  let t = red[0];
-  workgroupBarrier();
-  return t;
-}`;
+const REDUCE = wgReduce(WG);
 
 /**
  * Run a row kernel: `body` sees the chunk-local row `r`, `lid`, `n`, accessors `<in>(r, i)` /

@@ -8,7 +8,7 @@
  */
 import { isContiguous, isFloat, numel } from "@lowrank/tensor";
 import type { Bind } from "../engine.ts";
-import { EPW, Wgsl } from "../wgsl/common.ts";
+import { EPW, Wgsl, wgReduce } from "../wgsl/common.ts";
 import { type GpuInput, type GpuStorage, type KernelContext, bindWords } from "./context.ts";
 import { contig } from "./elementwise.ts";
 
@@ -18,16 +18,7 @@ const CHUNK = WG * PER;
 /** Slots in the parameter block (16 + 4 * 12 = 64 words). */
 const MAX_SLOTS = 12;
 
-const REDUCE = `var<workgroup> red: array<f32, ${WG}>;
-fn wg_sum(v: f32, lid: u32) -> f32 {
-  red[lid] = v;
-  workgroupBarrier();
-  for (var s = ${WG / 2}u; s > 0u; s = s >> 1u) {
-    if (lid < s) { red[lid] = red[lid] + red[lid + s]; }
-    workgroupBarrier();
-  }
-  return red[0];
-}`;
+const REDUCE = wgReduce(WG);
 
 function groupCode(xs: GpuInput[]): string {
   const w = new Wgsl().params(64).buffer(1, "part", true);

@@ -262,3 +262,31 @@ ${body}
     return [...lib, ...this.decls, main].join("\n");
   }
 }
+
+/** Workgroup sum and max of one f32 per invocation (a `wg`-wide tree in workgroup memory), for row and multi-tensor reductions. */
+export function wgReduce(wg: number): string {
+  return /* wgsl */ `
+var<workgroup> red: array<f32, ${wg}>;
+fn wg_sum(v: f32, lid: u32) -> f32 {
+  red[lid] = v;
+  workgroupBarrier();
+  for (var s = ${wg / 2}u; s > 0u; s = s >> 1u) {
+    if (lid < s) { red[lid] = red[lid] + red[lid + s]; }
+    workgroupBarrier();
+  }
+  let t = red[0];
+  workgroupBarrier();
+  return t;
+}
+fn wg_max(v: f32, lid: u32) -> f32 {
+  red[lid] = v;
+  workgroupBarrier();
+  for (var s = ${wg / 2}u; s > 0u; s = s >> 1u) {
+    if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
+    workgroupBarrier();
+  }
+  let t = red[0];
+  workgroupBarrier();
+  return t;
+}`;
+}
