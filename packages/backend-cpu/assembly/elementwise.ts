@@ -490,3 +490,40 @@ export function attnDs(p: usize, dp: usize, rows: i32, S: i32, delta: usize, sca
     dp += <usize>S << 2;
   }
 }
+
+// ---- bf16 storage (kernels/half.ts): bit-identical to tensor's f32ToBf16Bits / bf16BitsToF32 ----
+
+/** o (f32) = bf16 bits a (u16) shifted into the high half. */
+export function bf16Decode(a: usize, o: usize, n: i32): void {
+  const n8 = n & ~7;
+  for (let i = 0; i < n8; i += 8) {
+    const v = v128.load(a + (<usize>i << 1));
+    const k = <usize>i << 2;
+    v128.store(o + k, i32x4.shl(i32x4.extend_low_i16x8_u(v), 16));
+    v128.store(o + k, i32x4.shl(i32x4.extend_high_i16x8_u(v), 16), 16);
+  }
+  for (let i = n8; i < n; i++) store<u32>(o + (<usize>i << 2), <u32>load<u16>(a + (<usize>i << 1)) << 16);
+}
+
+// @ts-ignore: decorator
+@inline function bf16Round(x: v128): v128 {
+  // Round to nearest even: x + 0x7fff + lsb, top half; a NaN keeps its top half, made quiet.
+  const r = i32x4.shr_u(i32x4.add(i32x4.add(x, i32x4.splat(0x7fff)), v128.and(i32x4.shr_u(x, 16), i32x4.splat(1))), 16);
+  const nan = i32x4.gt_u(v128.and(x, i32x4.splat(0x7fffffff)), i32x4.splat(0x7f800000));
+  return v128.bitselect(v128.or(i32x4.shr_u(x, 16), i32x4.splat(0x40)), r, nan);
+}
+
+/** o (u16) = f32 a rounded to bf16 bits (round to nearest even, NaN quieted). */
+export function bf16Encode(a: usize, o: usize, n: i32): void {
+  const n8 = n & ~7;
+  for (let i = 0; i < n8; i += 8) {
+    const k = <usize>i << 2;
+    // Every lane is at most 0xffff, so the unsigned saturating narrow is exact.
+    v128.store(o + (<usize>i << 1), i16x8.narrow_i32x4_u(bf16Round(v128.load(a + k)), bf16Round(v128.load(a + k, 16))));
+  }
+  for (let i = n8; i < n; i++) {
+    const x = load<u32>(a + (<usize>i << 2));
+    const q = (x & 0x7fffffff) > 0x7f800000 ? (x >>> 16) | 0x40 : (x + 0x7fff + ((x >>> 16) & 1)) >>> 16;
+    store<u16>(o + (<usize>i << 1), <u16>q);
+  }
+}

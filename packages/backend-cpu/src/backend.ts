@@ -3,7 +3,7 @@ import {
   type ReduceOp, type UnaryOp, DTYPES, contiguousStrides, fromF32, hostArray, numel, uniformAt,
 } from "@lowrank/tensor";
 import { type Bits, binaryStrided, unaryKernel, whereStrided } from "./kernels/elementwise.ts";
-import { encodeHalf, isHalf } from "./kernels/half.ts";
+import { encodeHalf, isHalf, useBf16Codec } from "./kernels/half.ts";
 import { concatViews, gatherKernel, scatterAddKernel } from "./kernels/indexing.ts";
 import { reduceStrided } from "./kernels/reduce.ts";
 import {
@@ -76,6 +76,7 @@ export class CpuBackend implements Backend<CpuHandle> {
       this.blas = { active: false, reason };
     }
     this.ew = opts.wasm === false ? null : ElementwiseWasm.create();
+    useBf16Codec(this.ew);
     this.fused = makeFused(this);
   }
 
@@ -84,6 +85,10 @@ export class CpuBackend implements Backend<CpuHandle> {
   }
 
   // ---- memory ----
+  /** @internal a kernel's f32 result stored as `dtype` (f32 as it is; f16/bf16 rounded, the f32 array recycled) */
+  result(dtype: DType, v: Float32Array): CpuHandle {
+    return dtype === "f32" ? this.own(v) : this.store(dtype, v);
+  }
   /** @internal register a freshly allocated array */
   own<T extends HostArray>(a: T): T {
     this.live += a.byteLength;
@@ -125,7 +130,12 @@ export class CpuBackend implements Backend<CpuHandle> {
 
   /** Store f32/f64/int values as `dtype`. */
   private store(dtype: DType, values: Num): CpuHandle {
-    if (isHalf(dtype)) return this.own(encodeHalf(dtype, values instanceof Float32Array ? values : Float32Array.from(values)));
+    if (isHalf(dtype)) {
+      // A half result is computed in f32 scratch (scratch(), the pool); it goes back once rounded.
+      const h = this.own(encodeHalf(dtype, values instanceof Float32Array ? values : Float32Array.from(values)));
+      this.pool.put(values as HostArray);
+      return h;
+    }
     if (values instanceof Float64Array || values.constructor !== hostArray(dtype, 0).constructor) {
       const a = hostArray(dtype, values.length);
       (a as Float32Array).set(values);
@@ -135,8 +145,7 @@ export class CpuBackend implements Backend<CpuHandle> {
   }
   /** Output array for a computation: f32 for floats (rounded into f16/bf16 by store), else the dtype. */
   private scratch(dtype: DType, n: number): Float32Array | Int32Array | Uint8Array {
-    if (dtype === "f32") return this.pool.take(n);
-    return dtype === "f16" || dtype === "bf16" ? new Float32Array(n) : (hostArray(dtype, n) as Float32Array | Int32Array | Uint8Array);
+    return dtype === "f32" || isHalf(dtype) ? this.pool.take(n) : (hostArray(dtype, n) as Float32Array | Int32Array | Uint8Array);
   }
   /** The view's values packed (the storage itself when already dense); f16/bf16 decoded to f32. */
   private packed(x: Input<CpuHandle>): Num {
@@ -176,13 +185,21 @@ export class CpuBackend implements Backend<CpuHandle> {
   binary(op: BinaryOp, a: Input<CpuHandle>, b: Input<CpuHandle>): CpuHandle {
     const outDtype: DType = op === "lt" || op === "eq" ? "u8" : a.dtype;
     const out = this.scratch(outDtype, numel(a.view.shape));
-    const A = numericView(a.dtype, a.handle, a.view);
-    const B = numericView(b.dtype, b.handle, b.view);
+    const A = numericView(a.dtype, a.handle, a.view, this.take);
+    const B = numericView(b.dtype, b.handle, b.view, this.take);
     const wasm = this.ew && A.values instanceof Float32Array && B.values instanceof Float32Array && !(out instanceof Int32Array);
     if (!(wasm && this.ew!.binary(op, A.values as Float32Array, A.view, B.values as Float32Array, B.view, out as Float32Array | Uint8Array))) {
       binaryStrided(op, A.values, A.view, B.values, B.view, out);
     }
+    this.recycle(a, A);
+    this.recycle(b, B);
     return this.store(outDtype, out);
+  }
+  /** Recycled f32 arrays for decoding half-precision operands (numericView's `take`). */
+  private readonly take = (n: number) => this.pool.take(n);
+  /** Return a half operand's decoded f32 copy (never the storage itself) to the pool. */
+  private recycle(x: Input<CpuHandle>, decoded: { values: Num }): void {
+    if (isHalf(x.dtype)) this.pool.put(decoded.values as HostArray);
   }
   /** Moves storage bits (f16/bf16 are not decoded). */
   where(c: Input<CpuHandle>, a: Input<CpuHandle>, b: Input<CpuHandle>): CpuHandle {
@@ -228,22 +245,23 @@ export class CpuBackend implements Backend<CpuHandle> {
     const M = sa[sa.length - 2], K = sa[sa.length - 1], N = sb[sb.length - 1];
     const batch = numel(sa.slice(0, -2));
     const C = this.pool.take(batch * M * N);
+    const f32 = (x: Input<CpuHandle>) => {
+      const { values: v, view } = numericView(x.dtype, x.handle, x.view, this.take);
+      return { values: v instanceof Float32Array ? v : Float32Array.from(v), view };
+    };
+    const [A16, B16] = [f32(a), f32(b)];
     if (this.engine instanceof BlasEngine) {
-      const f32 = (x: Input<CpuHandle>) => {
-        const { values: v, view } = numericView(x.dtype, x.handle, x.view);
-        return { values: v instanceof Float32Array ? v : Float32Array.from(v), view };
-      };
-      gemmViews(this.engine, f32(a), f32(b), C, (x) => gatherValues(x.values, x.view) as Float32Array);
+      gemmViews(this.engine, A16, B16, C, (x) => gatherValues(x.values, x.view) as Float32Array);
     } else {
-      const A = this.packedF32(a);
-      const B = this.packedF32(b);
+      const A = gatherValues(A16.values, A16.view);
+      const B = gatherValues(B16.values, B16.view);
       for (let i = 0; i < batch; i++) {
         this.engine.matmul(A.subarray(i * M * K, (i + 1) * M * K), B.subarray(i * K * N, (i + 1) * K * N), C.subarray(i * M * N, (i + 1) * M * N), M, N, K);
       }
     }
-    const out = this.store(a.dtype, C);
-    if (out !== C) this.pool.put(C); // f16/bf16: C was only the f32 result before rounding
-    return out;
+    this.recycle(a, A16);
+    this.recycle(b, B16);
+    return this.store(a.dtype, C);
   }
   gather(x: Input<CpuHandle>, idx: Input<CpuHandle>, axis: number): CpuHandle {
     const xv = this.packed(x);
@@ -296,8 +314,7 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
     const n = s[s.length - 1];
     return { rows: numel(s) / n, n };
   };
-  const out = (dtype: DType, v: Float32Array): CpuHandle =>
-    dtype === "f32" ? be.own(v) : be.own(fromF32(dtype, v));
+  const out = (dtype: DType, v: Float32Array): CpuHandle => be.result(dtype, v);
   const exp = (x: Float32Array, n: number) => {
     const v = x.subarray(0, n);
     if (!be.ew?.unary("exp", v, v)) unaryKernel("exp", v, v);

@@ -370,6 +370,26 @@ describe("WASM elementwise engine", () => {
 });
 
 describe("half codecs", () => {
+  test("the WASM bf16 codec is bit-identical to the per-element one (every pattern, ties, NaN payloads, odd tails)", (t) => {
+    const ew = ElementwiseWasm.create();
+    if (!ew) return t.skip("no WASM SIMD in this runtime");
+    const all = Uint16Array.from({ length: 65536 + 5 }, (_, i) => i & 0xffff);
+    const dec = new Float32Array(all.length);
+    assert.equal(ew.decodeBf16(all, dec), true);
+    const decBits = new Uint32Array(dec.buffer);
+    for (let i = 0; i < all.length; i++) assert.equal(decBits[i], all[i] << 16 >>> 0, `decode ${all[i]}`);
+    const r = rng(11);
+    const bits = Uint32Array.from({ length: 100003 }, (_, i) => ((i & 0x1ff) << 23) ^ Math.floor(r() * 0x800000));
+    bits.set([0x7f800000, 0xff800000, 0x7fc00001, 0x7f800001, 0xffffffff, 0x00008000, 0x00018000, 0x7f7fffff, 0x3f808000, 0x3f818000]);
+    const enc = new Uint16Array(bits.length);
+    assert.equal(ew.encodeBf16(new Float32Array(bits.buffer), enc), true);
+    for (let i = 0; i < bits.length; i++) {
+      const x = bits[i];
+      const want = (x & 0x7fffffff) > 0x7f800000 ? ((x >>> 16) | 0x40) & 0xffff : ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
+      assert.equal(enc[i], want, `encode bits ${x.toString(16)}`);
+    }
+  });
+
   test("decode every f16/bf16 bit pattern and encode f32 bit patterns as @lowrank/tensor does", () => {
     const all = Uint16Array.from({ length: 65536 }, (_, i) => i);
     const f16 = decodeHalf("f16", all), bf16 = decodeHalf("bf16", all);

@@ -7,6 +7,18 @@ import { f16BitsToF32 } from "@lowrank/tensor";
 
 export type Half = "f16" | "bf16";
 
+/** The WASM SIMD bf16 codec (wasm/elementwise.ts), set by the first CPU backend that has one. */
+interface Bf16Codec {
+  decodeBf16(src: Uint16Array, out: Float32Array): boolean;
+  encodeBf16(src: Float32Array, out: Uint16Array): boolean;
+}
+let codec: Bf16Codec | null = null;
+
+/** Route large bf16 conversions through `c` (stateless, synchronous: any backend's instance serves). */
+export function useBf16Codec(c: Bf16Codec | null): void {
+  codec ??= c;
+}
+
 export const isHalf = (dtype: string): dtype is Half => dtype === "f16" || dtype === "bf16";
 
 let f16Table: Float32Array | null = null;
@@ -19,14 +31,14 @@ function f16Values(): Float32Array {
   return f16Table;
 }
 
-export function decodeHalf(dtype: Half, src: Uint16Array): Float32Array {
+/** `out` (default fresh) receives the decoded values; the backend passes a recycled array. */
+export function decodeHalf(dtype: Half, src: Uint16Array, out: Float32Array = new Float32Array(src.length)): Float32Array {
   const n = src.length;
-  const out = new Float32Array(n);
   if (dtype === "f16") {
     const t = f16Values();
     for (let i = 0; i < n; i++) out[i] = t[src[i]];
-  } else {
-    const bits = new Int32Array(out.buffer);
+  } else if (!codec?.decodeBf16(src, out)) {
+    const bits = new Int32Array(out.buffer, out.byteOffset, n);
     for (let i = 0; i < n; i++) bits[i] = src[i] << 16;
   }
   return out;
@@ -38,6 +50,7 @@ export function encodeHalf(dtype: Half, src: Float32Array): Uint16Array {
   // Signed bits stay small integers in the JIT; the arithmetic is the same modulo 2^32.
   const bits = new Int32Array(src.buffer, src.byteOffset, n);
   if (dtype === "bf16") {
+    if (codec?.encodeBf16(src, out)) return out;
     for (let i = 0; i < n; i++) {
       const x = bits[i];
       out[i] = (x & 0x7fffffff) > 0x7f800000 ? (x >>> 16) | 0x40 : (x + 0x7fff + ((x >>> 16) & 1)) >>> 16;

@@ -10,7 +10,7 @@
  *   The whole dense weight never exists; the engine's threads do the arithmetic.
  * Dequantized values are f32(code * absmax), bit-identical to nf4's dequantize4bit.
  */
-import { type DType, type HostArray, type Input, type Quant4bitInputs, fromF32, numel } from "@lowrank/tensor";
+import { type DType, type HostArray, type Input, type Quant4bitInputs, numel } from "@lowrank/tensor";
 import type { MatmulEngine } from "../matmul.ts";
 import { BlasEngine } from "../blas/engine.ts";
 import { transposeInto } from "./strided.ts";
@@ -231,6 +231,8 @@ export interface Matmul4bitHost {
   readonly engine: MatmulEngine;
   packedF32(x: Input<HostArray>): Float32Array;
   own<T extends HostArray>(a: T): T;
+  /** An f32 result stored in `dtype` (halves rounded). */
+  result(dtype: DType, v: Float32Array): HostArray;
   /** Recycled f32 arrays for outputs the kernel writes in full. */
   readonly pool: { take(n: number): Float32Array };
 }
@@ -260,6 +262,5 @@ export function matmul4bitKernel(be: Matmul4bitHost, x: Input<HostArray>, w: Qua
   const N = transpose ? w.inFeatures : w.outFeatures;
   const y = be.pool.take(M * N); // every element is written (panels cover all columns; the small path all rows)
   matmul4bitHost(be.engine, hostWeight(w), be.packedF32(x), M, transpose, y);
-  const dtype: DType = x.dtype;
-  return dtype === "f32" ? be.own(y) : be.own(fromF32(dtype, y));
+  return be.result(x.dtype, y);
 }

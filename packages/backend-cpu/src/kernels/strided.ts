@@ -85,11 +85,11 @@ export function extent(view: View): [number, number] {
  * The view's storage as numbers: f16/bf16 decoded to f32 over just the range the view touches
  * (a broadcast scalar decodes one element), with the view shifted onto the decoded copy.
  */
-export function numericView(dtype: DType, data: HostArray, view: View): { values: Num; view: View } {
+export function numericView(dtype: DType, data: HostArray, view: View, take?: (n: number) => Float32Array): { values: Num; view: View } {
   if (!isHalf(dtype)) return { values: data as Num, view };
   if (numel(view.shape) === 0) return { values: new Float32Array(0), view };
   const [lo, hi] = extent(view);
-  return { values: decodeHalf(dtype, (data as Uint16Array).subarray(lo, hi)), view: { ...view, offset: view.offset - lo } };
+  return { values: decodeHalf(dtype, (data as Uint16Array).subarray(lo, hi), take?.(hi - lo)), view: { ...view, offset: view.offset - lo } };
 }
 
 /** Numeric values of a whole storage: f16/bf16 decoded to f32, other types as they are. */

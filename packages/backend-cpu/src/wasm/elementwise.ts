@@ -40,6 +40,8 @@ interface Kernel {
   attnSoftmax(s: number, rows: number, S: number, T: number, r0: number, causal: number, scale: number, lse: number): void;
   attnProbs(s: number, rows: number, S: number, T: number, r0: number, causal: number, scale: number, lse: number): void;
   attnDs(p: number, dp: number, rows: number, S: number, delta: number, scale: number): void;
+  bf16Decode(a: number, o: number, n: number): void;
+  bf16Encode(a: number, o: number, n: number): void;
 }
 
 type Store = Float32Array | Int32Array | Uint8Array;
@@ -74,6 +76,7 @@ export class ElementwiseWasm {
   private readonly f32: Float32Array;
   private readonly i32: Int32Array;
   private readonly u8: Uint8Array;
+  private readonly u16: Uint16Array;
   private readonly f64: Float64Array;
   /** Byte addresses of the operand regions (CHUNK x 4 bytes each) and of the f64 row sums. */
   private readonly region: number[];
@@ -112,6 +115,7 @@ export class ElementwiseWasm {
     this.f32 = new Float32Array(memory.buffer);
     this.i32 = new Int32Array(memory.buffer);
     this.u8 = new Uint8Array(memory.buffer);
+    this.u16 = new Uint16Array(memory.buffer);
     this.f64 = new Float64Array(memory.buffer);
   }
 
@@ -231,6 +235,32 @@ export class ElementwiseWasm {
       this.k.dropout(a, o, m, hs, idx | 0, Math.imul((idx / TWO32) >>> 0, 0x9e3779b9), thr, scale);
       out.set(this.f32.subarray(o >> 2, (o >> 2) + m), i);
       i += m;
+    }
+    return true;
+  }
+
+  /** bf16 bits -> f32 (kernels/half.ts decodeHalf); false for small inputs. */
+  decodeBf16(src: Uint16Array, out: Float32Array): boolean {
+    if (src.length < MIN_ELEMENTS) return false;
+    const [a, o] = this.region;
+    for (let i = 0; i < src.length; i += CHUNK) {
+      const m = Math.min(CHUNK, src.length - i);
+      this.u16.set(src.subarray(i, i + m), a >> 1);
+      this.k.bf16Decode(a, o, m);
+      out.set(this.f32.subarray(o >> 2, (o >> 2) + m), i);
+    }
+    return true;
+  }
+
+  /** f32 -> bf16 bits, round to nearest even (kernels/half.ts encodeHalf); false for small inputs. */
+  encodeBf16(src: Float32Array, out: Uint16Array): boolean {
+    if (src.length < MIN_ELEMENTS) return false;
+    const [a, o] = this.region;
+    for (let i = 0; i < src.length; i += CHUNK) {
+      const m = Math.min(CHUNK, src.length - i);
+      this.f32.set(src.subarray(i, i + m), a >> 2);
+      this.k.bf16Encode(a, o, m);
+      out.set(this.u16.subarray(o >> 1, (o >> 1) + m), i);
     }
     return true;
   }
