@@ -4,7 +4,7 @@
  * memory or speed measurement needs.
  */
 import { type LlamaForCausalLM, LlamaForCausalLM as Llama, loadHfModel, parseLlamaConfig, randomInit } from "@lowrank/nn";
-import { type Backend, Rng } from "@lowrank/tensor";
+import { type Backend, type DType, Rng } from "@lowrank/tensor";
 
 export interface Shape {
   name: string;
@@ -47,8 +47,13 @@ export function paramCount(s: Shape): number {
 
 /** A model of this shape with seeded random weights on `backend`. */
 export function randomModel(s: Shape, backend: Backend, seed = 0): LlamaForCausalLM {
-  const rng = new Rng(seed);
-  return new Llama(parseLlamaConfig(hfConfig(s), `${s.name} (benchmark shape)`), { backend, dtype: "f32", init: randomInit(rng) });
+  return randomModelFromConfig(hfConfig(s), `${s.name} (benchmark shape)`, backend, { seed });
+}
+
+/** Seeded random weights for an HF config.json (a real model's shape), in `dtype` (default f32). */
+export function randomModelFromConfig(config: Record<string, unknown>, name: string, backend: Backend, o: { seed?: number; dtype?: DType } = {}): LlamaForCausalLM {
+  const rng = new Rng(o.seed ?? 0);
+  return new Llama(parseLlamaConfig(config, name), { backend, dtype: o.dtype ?? "f32", init: randomInit(rng) });
 }
 
 /** stories260K from the data directory, else a random model of the same shape. */
