@@ -84,7 +84,7 @@ fi
 note setup-seconds "$(( ($(date +%s%3N) - T0) / 1000 ))"
 
 # ---- the benchmark ----
-budget=${LOWRANK_GPU_BUDGET_S:-$([ $quick = 1 ] && echo 90 || echo 450)}
+budget=${LOWRANK_GPU_BUDGET_S:-$([ $quick = 1 ] && echo 150 || echo 450)}
 mkdir -p "$(dirname "$out")"
 args=(bench gpu --out "$out"); [ $quick = 1 ] && args+=(--quick)
 cd "$REPO"
