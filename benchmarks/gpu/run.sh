@@ -88,11 +88,12 @@ budget=${LOWRANK_GPU_BUDGET_S:-$([ $quick = 1 ] && echo 150 || echo 450)}
 mkdir -p "$(dirname "$out")"
 args=(bench gpu --out "$out"); [ $quick = 1 ] && args+=(--quick)
 cd "$REPO"
-# A hard stop 20 s past the budget: the JSON already holds every finished case.
+# A hard stop 20 s past the budget, counted from run.sh's start: the JSON already holds every finished case.
+limit=$(( budget + 20 - ($(date +%s%3N) - T0) / 1000 ))
 LOWRANK_GPU_T0=$T0 LOWRANK_GPU_SETUP=$SETUP LOWRANK_GPU_CLI=$CLI LOWRANK_GPU_CONFIGS=$REPO/benchmarks/gpu/configs LOWRANK_GPU_BUDGET_S=$budget \
-  timeout -k 5 $((budget + 20)) "$NODE" "$CLI" "${args[@]}"
+  timeout -k 5 $limit "$NODE" "$CLI" "${args[@]}"
 rc=$?
-[ $rc = 124 ] && echo "run.sh: stopped at the ${budget}+20 s limit; $out holds the cases that finished" >&2
+[ $rc = 124 ] && echo "run.sh: stopped at its limit (${budget} s budget + 20 s from the start); $out holds the cases that finished" >&2
 echo "run.sh: exit $rc after $(( ($(date +%s%3N) - T0) / 1000 )) s; results: $out" >&2
 rm -rf "$WORK"
 exit $rc

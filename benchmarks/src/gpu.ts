@@ -16,7 +16,8 @@
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import type { Backend } from "@lowrank/tensor";
+import { type Backend, full, noGrad, tensor } from "@lowrank/tensor";
+import type { Init } from "@lowrank/nn";
 import { conformanceSuite } from "@lowrank/tensor/testing";
 import { createCpuBackend } from "@lowrank/backend-cpu";
 import { type WebGpuBackend, type WebGpuContext, createWebGpuBackend, describeAdapter } from "@lowrank/backend-webgpu";
@@ -227,9 +228,26 @@ async function timeCase(be: Backend, c: Case, quick: boolean): Promise<{ ms: num
 
 const pct = (gflops: number, tflops: number | undefined) => (tflops === undefined ? null : (100 * gflops) / (tflops * 1000));
 
+/**
+ * Seconds a timed kernel case takes at `gflops` (warm-up, calibration and 5 samples: at least 7
+ * calls, each sample ~200 ms), so a shape far too large for this device is skipped, not waited for.
+ */
+function kernelSeconds(flops: number, gflops: number | undefined): number {
+  if (!gflops) return 0;
+  const callS = flops / (gflops * 1e9);
+  return 7 * callS + 1.2;
+}
+
 async function kernels(run: Run, gpu: WebGpuBackend, cpu: Backend, peak: Peak | null, quick: boolean): Promise<Record<string, number>> {
   const plan = KERNELS[quick ? "quick" : "full"];
   const best: Record<string, number> = {};
+  const maxS = quick ? 20 : 25;
+  /** Runs the case unless the rate measured so far says it would take over maxS seconds. */
+  const measure = async (id: string, needS: number, c: Case, be: Backend, rate: number | undefined, fn: (r: { ms: number; gflops: number }) => Pick<GpuCase, "metrics" | "detail">) => {
+    const est = kernelSeconds(c.flops, rate);
+    if (est > maxS) return run.skip(id, "kernels", `would not fit: about ${est.toFixed(0)} s at the ${rate!.toFixed(1)} GFLOP/s measured on a smaller case, over the ${maxS} s a kernel case may take`);
+    await run.case(id, "kernels", needS, async () => fn(await timeCase(be, c, quick)));
+  };
   for (const [M, K, N] of plan.matmul) {
     for (const dtype of ["f32", "f16"] as const) {
       const id = `matmul ${dtype} ${M}x${K}x${N} webgpu`;
@@ -237,14 +255,13 @@ async function kernels(run: Run, gpu: WebGpuBackend, cpu: Backend, peak: Peak | 
         run.skip(id, "kernels", "the adapter has no shader-f16");
         continue;
       }
-      await run.case(id, "kernels", quick ? 2 : 8, async () => {
-        const r = await timeCase(gpu, matmulCase(id, M, K, N, { dtype }), quick);
+      await measure(id, quick ? 2 : 8, matmulCase(id, M, K, N, { dtype }), gpu, best[`webgpu-${dtype}`], (r) => {
         best[`webgpu-${dtype}`] = Math.max(best[`webgpu-${dtype}`] ?? 0, r.gflops);
         return { metrics: { gflops: r.gflops, ms: r.ms, pct_peak: pct(r.gflops, dtype === "f32" ? peak?.fp32 : peak?.fp16), ...(dtype === "f16" ? { pct_tensor_peak: pct(r.gflops, peak?.fp16Tensor) } : {}) } };
       });
     }
   }
-  // The CPU backend on one mid shape: the reference, and the rate the training fit estimates use.
+  // The CPU backend on one shape: the reference, and the rate the training fit estimates use.
   const [cm, ck, cn] = plan.matmul[quick ? 1 : 0];
   await run.case(`matmul f32 ${cm}x${ck}x${cn} cpu`, "kernels", quick ? 2 : 10, async () => {
     const r = await timeCase(cpu, matmulCase("cpu", cm, ck, cn), quick);
@@ -252,23 +269,20 @@ async function kernels(run: Run, gpu: WebGpuBackend, cpu: Backend, peak: Peak | 
     return { metrics: { gflops: r.gflops, ms: r.ms }, detail: { device: cpu.device } };
   });
   const [M, K, N] = plan.nf4;
+  const f32 = best["webgpu-f32"];
   let dense = NaN;
-  await run.case(`matmul dense f32 x·Wᵀ ${M}x${K} · ${N}x${K} webgpu`, "kernels", quick ? 2 : 8, async () => {
-    const r = await timeCase(gpu, matmulCase("dense", M, K, N, { transposeB: true }), quick);
+  await measure(`matmul dense f32 x·Wᵀ ${M}x${K} · ${N}x${K} webgpu`, quick ? 2 : 8, matmulCase("dense", M, K, N, { transposeB: true }), gpu, f32, (r) => {
     dense = r.gflops;
     return { metrics: { gflops: r.gflops, ms: r.ms, pct_peak: pct(r.gflops, peak?.fp32) } };
   });
-  await run.case(`matmul4bit NF4+DQ x·Wᵀ ${M}x${K} · ${N}x${K} webgpu`, "kernels", quick ? 3 : 15, async () => {
-    const r = await timeCase(gpu, nf4Case("nf4", M, K, N), quick);
-    return { metrics: { gflops: r.gflops, ms: r.ms, over_dense: Number.isFinite(dense) ? r.gflops / dense : null, pct_peak: pct(r.gflops, peak?.fp32) } };
-  });
+  // The fused 4-bit kernel and attention backward run well below the dense rate: estimate at a tenth.
+  await measure(`matmul4bit NF4+DQ x·Wᵀ ${M}x${K} · ${N}x${K} webgpu`, quick ? 3 : 15, nf4Case("nf4", M, K, N), gpu, f32 && f32 / 10, (r) => ({
+    metrics: { gflops: r.gflops, ms: r.ms, over_dense: Number.isFinite(dense) ? r.gflops / dense : null, pct_peak: pct(r.gflops, peak?.fp32) },
+  }));
   const [B, H, T, D] = plan.attention;
   for (const backward of [false, true]) {
     const c = attentionCase(B, H, T, D, backward);
-    await run.case(`${c.name} webgpu`, "kernels", quick ? 2 : 10, async () => {
-      const r = await timeCase(gpu, c, quick);
-      return { metrics: { gflops: r.gflops, ms: r.ms, pct_peak: pct(r.gflops, peak?.fp32) } };
-    });
+    await measure(`${c.name} webgpu`, quick ? 2 : 10, c, gpu, f32 && f32 / 10, (r) => ({ metrics: { gflops: r.gflops, ms: r.ms, pct_peak: pct(r.gflops, peak?.fp32) } }));
   }
   return best;
 }
@@ -290,9 +304,9 @@ const MODELS: Record<"quick" | "full", ModelPlan[]> = {
     { name: "TinyLlama-1.1B", config: "TinyLlama-1.1B.json", method: "qlora", batch: 1, seq: 16, budgetS: 8 },
   ],
   full: [
-    { name: "stories260K", config: "stories260K.json", method: "lora", batch: 8, seq: 256, budgetS: 15 },
-    { name: "SmolLM2-135M", config: "SmolLM2-135M.json", method: "qlora", batch: 4, seq: 512, budgetS: 45 },
-    { name: "TinyLlama-1.1B", config: "TinyLlama-1.1B.json", method: "qlora", batch: 2, seq: 512, budgetS: 90 },
+    { name: "stories260K", config: "stories260K.json", method: "lora", batch: 8, seq: 256, budgetS: 10 },
+    { name: "SmolLM2-135M", config: "SmolLM2-135M.json", method: "qlora", batch: 4, seq: 512, budgetS: 40 },
+    { name: "TinyLlama-1.1B", config: "TinyLlama-1.1B.json", method: "qlora", batch: 2, seq: 512, budgetS: 150 },
   ],
 };
 
@@ -332,21 +346,46 @@ export function fp16Unsupported(be: Backend): string | null {
   return null;
 }
 
+/**
+ * Weights uniform with std 0.02 rather than normal (speed does not depend on their distribution,
+ * and Box-Muller in JS took about 75 ns a weight here, 80 s for 1.1B), drawn in f32 and cast on
+ * the backend (tensor() widens an f16 upload through a JS array, about 3x slower).
+ */
+function fastInit(seed: number): Init {
+  let s = seed >>> 0 || 1;
+  const a = 0.02 * Math.sqrt(3);
+  return (shape, role, dtype, backend) => {
+    if (role !== "weight") return full(shape, role === "norm" ? 1 : 0, { dtype, backend });
+    const data = new Float32Array(shape.reduce((x, y) => x * y, 1));
+    for (let i = 0; i < data.length; i++) {
+      s ^= s << 13; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
+      data[i] = (s / 2 ** 31 - 1) * a;
+    }
+    const t = tensor(data, { shape: [...shape], backend });
+    if (dtype === "f32") return t;
+    const h = noGrad(() => t.cast(dtype));
+    t.dispose();
+    return h;
+  };
+}
+
 type Counts = { dispatches: number; copies: number; submits: number; reads: number };
 
 /** One training row: build the random model, time steps until the row's budget, count engine work per step. */
 async function trainRow(be: Backend, p: ModelPlan, cfg: Record<string, unknown>, precision: "f32" | "fp16", budgetS: number, quick: boolean): Promise<Pick<GpuCase, "metrics" | "detail">> {
   const t0 = performance.now();
-  const model = randomModelFromConfig(cfg, `${p.name} (random weights)`, be, { dtype: precision === "fp16" ? "f16" : "f32" });
+  const model = randomModelFromConfig(cfg, `${p.name} (random weights)`, be, { dtype: precision === "fp16" ? "f16" : "f32", init: fastInit(1) });
   const buildS = (performance.now() - t0) / 1000;
   const counters = "engine" in be ? (be as WebGpuBackend).engine.counters : null;
   const snaps: Counts[] = [];
+  let readyS: number | null = null;
   const spec: MethodSpec = { method: p.method, rank: 8, alpha: 16, targets: "all-linear", dropout: 0.05, mixedPrecision: precision === "fp16" ? "fp16" : undefined };
   try {
+    // Quantizing the base (qlora) happens inside timeSteps, before its first step: the deadline is absolute.
     const left = budgetS * 1000 - (performance.now() - t0);
     const t = await timeSteps(model, spec, {
-      batch: p.batch, seq: p.seq, steps: quick ? 2 : 20, warmup: 1, lr: 1e-4, budgetMs: Math.max(0, left * 0.6), maxStepMs: quick ? undefined : Math.max(1000, left),
-      onStep: () => counters && snaps.push({ dispatches: counters.dispatches, copies: counters.copies, submits: counters.submits, reads: counters.reads }),
+      batch: p.batch, seq: p.seq, steps: quick ? 2 : 20, warmup: 1, lr: 1e-4, stopAt: t0 + budgetS * 800, maxStepMs: quick ? undefined : Math.max(1000, left),
+      onStep: () => (readyS ??= (performance.now() - t0) / 1000) && counters && snaps.push({ dispatches: counters.dispatches, copies: counters.copies, submits: counters.submits, reads: counters.reads }),
     });
     const per = (k: keyof Counts) => {
       const d = snaps.slice(1).map((s, i) => s[k] - snaps[i][k]).sort((a, b) => a - b);
@@ -356,7 +395,7 @@ async function trainRow(be: Backend, p: ModelPlan, cfg: Record<string, unknown>,
     return {
       metrics: {
         tokens_per_s: t.tokensPerS, step_ms: t.stepMs.length ? t.stepMs.slice().sort((a, b) => a - b)[t.stepMs.length >> 1] : null, timed_steps: t.stepMs.length,
-        peak_bytes: t.peakBytes, build_s: buildS, first_loss: t.losses[0] ?? null, last_loss: t.losses[t.losses.length - 1] ?? null, skipped_steps: t.skippedSteps,
+        peak_bytes: t.peakBytes, build_s: buildS, ready_s: readyS, first_loss: t.losses[0] ?? null, last_loss: t.losses[t.losses.length - 1] ?? null, skipped_steps: t.skippedSteps,
         ...(counters ? { dispatches_per_step: per("dispatches"), copies_per_step: per("copies"), submits_per_step: per("submits"), reads_per_step: per("reads") } : {}),
       },
       detail: { params: configParams(cfg), trainable: t.trainable, checkpointing: t.checkpointing, batch: p.batch, seq: p.seq, method: `${p.method} r8 all-linear dropout 0.05`, device: be.device, ...(quick && p.name !== "stories260K" ? { scaled: "quick: 1 layer, vocab 512, head size 8 (same heads and kv heads)" } : {}) },
@@ -399,7 +438,7 @@ export async function runGpu(o: { quick: boolean; out: string; command: string; 
       gpu = createWebGpuBackend(ctx);
       result.adapter = { name, features: [...ctx.features], f16: gpu.hasF16, peak: peakFor(name) };
       log(`gpu: adapter ${name}; peak ${result.adapter.peak ? result.adapter.peak.device : "unknown (no entry in PEAKS)"}`);
-      const confBudget = o.quick ? 6 : 45;
+      const confBudget = o.quick ? 6 : 30;
       await run.case("conformance suite (webgpu)", "conformance", o.quick ? 3 : 20, () => conformance(Math.min(confBudget, Math.max(1, run.left() - (o.quick ? 30 : 300)))));
     }
     const rates = gpu ? await kernels(run, gpu, cpu, result.adapter?.peak ?? null, o.quick) : {};
@@ -410,6 +449,7 @@ export async function runGpu(o: { quick: boolean; out: string; command: string; 
       if (p.name === "stories260K") rows.push({ p, be: cpu, target: "cpu", precision: "f32" });
     }
     for (const p of MODELS[o.quick ? "quick" : "full"].slice(1)) rows.push({ p, be: cpu, target: "cpu", precision: "f32" });
+    const ready = new Map<string, { perParam: number; from: string }>();
     for (const { p, be, target, precision } of rows) {
       const id = `train ${p.name} ${p.method} ${target} ${precision} batch ${p.batch}x${p.seq}`;
       if (!be) {
@@ -422,14 +462,23 @@ export async function runGpu(o: { quick: boolean; out: string; command: string; 
         continue;
       }
       const cfg = loadModelConfig(p, o.quick, configs);
+      const params = configParams(cfg);
       const rate = rates[target === "cpu" ? "cpu" : `webgpu-${precision === "fp16" ? "f16" : "f32"}`];
-      // Two steps (warm-up and one timed) at the measured matmul rate must fit the row's budget.
-      const est = rate ? 2 * estimateStepS(configParams(cfg), p.batch * p.seq, p.method, rate) : 0;
-      if (est > p.budgetS) {
-        run.skip(id, "training", `would not fit: two steps need about ${est.toFixed(0)} s at the ${rate.toFixed(0)} GFLOP/s this run measured for ${target} matmul, over the row's ${p.budgetS} s budget`);
+      // Two steps (warm-up and one timed) at the measured matmul rate, plus building and quantizing
+      // at the seconds per parameter the previous row of this backend and precision took, must fit.
+      const stepS = rate ? estimateStepS(params, p.batch * p.seq, p.method, rate) : 0;
+      const prev = ready.get(`${target} ${precision}`);
+      const buildS = prev ? prev.perParam * params : 0;
+      if (2 * stepS + buildS > p.budgetS) {
+        const why = [`two steps need about ${(2 * stepS).toFixed(0)} s at the ${rate.toPrecision(3)} GFLOP/s this run measured for ${target} matmul`];
+        if (prev) why.push(`building and preparing the model about ${buildS.toFixed(0)} s (${prev.from} took ${(prev.perParam * 1e8).toFixed(1)} s per 100M parameters)`);
+        run.skip(id, "training", `would not fit: ${why.join(", ")}, over the row's ${p.budgetS} s budget`);
         continue;
       }
-      await run.case(id, "training", p.budgetS, () => trainRow(be, p, cfg, precision, Math.min(p.budgetS, run.left()), o.quick));
+      const c = await run.case(id, "training", p.budgetS, () => trainRow(be, p, cfg, precision, Math.min(p.budgetS, run.left()), o.quick));
+      const r = c.metrics?.ready_s;
+      // Only a large model's set-up time scales with its parameters (a small one's is pipeline compiles).
+      if (typeof r === "number" && params >= 5e7) ready.set(`${target} ${precision}`, { perParam: Math.max(0, r - 2 * stepS) / params, from: p.name });
     }
   } finally {
     gpu?.dispose();

@@ -3,7 +3,7 @@
  * Llama shapes with seeded random weights (N(0, 0.02), as HF's initializer_range), which is all a
  * memory or speed measurement needs.
  */
-import { type LlamaForCausalLM, LlamaForCausalLM as Llama, loadHfModel, parseLlamaConfig, randomInit } from "@lowrank/nn";
+import { type Init, type LlamaForCausalLM, LlamaForCausalLM as Llama, loadHfModel, parseLlamaConfig, randomInit } from "@lowrank/nn";
 import { type Backend, type DType, Rng } from "@lowrank/tensor";
 
 export interface Shape {
@@ -50,10 +50,9 @@ export function randomModel(s: Shape, backend: Backend, seed = 0): LlamaForCausa
   return randomModelFromConfig(hfConfig(s), `${s.name} (benchmark shape)`, backend, { seed });
 }
 
-/** Seeded random weights for an HF config.json (a real model's shape), in `dtype` (default f32). */
-export function randomModelFromConfig(config: Record<string, unknown>, name: string, backend: Backend, o: { seed?: number; dtype?: DType } = {}): LlamaForCausalLM {
-  const rng = new Rng(o.seed ?? 0);
-  return new Llama(parseLlamaConfig(config, name), { backend, dtype: o.dtype ?? "f32", init: randomInit(rng) });
+/** Seeded random weights for an HF config.json (a real model's shape), in `dtype` (default f32); `init` overrides the N(0, 0.02) draws. */
+export function randomModelFromConfig(config: Record<string, unknown>, name: string, backend: Backend, o: { seed?: number; dtype?: DType; init?: Init } = {}): LlamaForCausalLM {
+  return new Llama(parseLlamaConfig(config, name), { backend, dtype: o.dtype ?? "f32", init: o.init ?? randomInit(new Rng(o.seed ?? 0)) });
 }
 
 /** stories260K from the data directory, else a random model of the same shape. */

@@ -41,7 +41,7 @@ export class TooSlowError extends Error {
   override readonly name = "TooSlowError";
 }
 
-/** Thrown from the metrics hook to end the loop early once `budgetMs` is spent (caught by timeSteps). */
+/** Thrown from the metrics hook to end the loop early at `stopAt` (caught by timeSteps). */
 class BudgetSpent extends Error {}
 
 /** `n` examples of `seq + 1` random token ids (every position a target), seeded. */
@@ -87,8 +87,8 @@ export async function timeSteps(
   model: LlamaForCausalLM, spec: MethodSpec,
   o: {
     batch: number; seq: number; steps: number; warmup: number; lr: number; seed?: number; onStep?: (i: number) => void; maxStepMs?: number;
-    /** Stop after this many ms once at least one timed step is done (fewer than `steps` then). */
-    budgetMs?: number;
+    /** Stop once performance.now() passes this and at least one timed step is done (fewer than `steps` then). */
+    stopAt?: number;
   },
 ): Promise<StepTiming> {
   const seed = o.seed ?? 0;
@@ -97,12 +97,11 @@ export async function timeSteps(
   const optimizer = new AdamW(params, { betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0 });
   const loader = new BatchLoader(syntheticExamples(4 * o.batch, o.seq, model.config.vocab_size, seed), o.batch, seed, 0, false);
   const tokens = o.batch * o.seq;
-  const started = performance.now();
   const metrics = new MemoryMetrics((r, i) => {
     const ms = (1000 * tokens) / (r as { tokens_per_s: number }).tokens_per_s;
     if (o.maxStepMs !== undefined && ms > o.maxStepMs) throw new TooSlowError(`step ${i + 1} took ${(ms / 1000).toFixed(1)} s (limit ${(o.maxStepMs / 1000).toFixed(0)} s)`);
     o.onStep?.(i);
-    if (o.budgetMs !== undefined && i >= o.warmup && performance.now() - started > o.budgetMs) throw new BudgetSpent();
+    if (o.stopAt !== undefined && i >= o.warmup && performance.now() > o.stopAt) throw new BudgetSpent();
   });
   const total = o.warmup + o.steps;
   let peakBytes = 0;
