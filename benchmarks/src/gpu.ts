@@ -143,7 +143,7 @@ function readSetup(file: string | undefined): Record<string, string> | null {
 
 async function requestGpu(): Promise<WebGpuContext | string> {
   try {
-    const edge = await import("@lowrank/backend-webgpu/node");
+    const edge = "Deno" in globalThis ? await import("@lowrank/backend-webgpu/deno") : await import("@lowrank/backend-webgpu/node");
     return await edge.requestWebGpu();
   } catch (e) {
     return e instanceof Error ? e.message : String(e);
