@@ -9,6 +9,7 @@ import { parseArgs } from "node:util";
 import { resolveDataDir } from "@lowrank/nn";
 import { createCpuBackend } from "@lowrank/backend-cpu";
 import { BENCH_DIR, CONFIGS_DIR, RESULTS_DIR, log, today, writeJson } from "./common.ts";
+import { checkGpuSchema, runGpu } from "./gpu.ts";
 import { runKernels } from "./kernels.ts";
 import { type MemoryConfig, runMemory } from "./memory.ts";
 import { loadPeerConfig, runPeer } from "./peer.ts";
@@ -17,7 +18,7 @@ import { checkRanksSchema, loadRanksConfig, runRanks } from "./ranks.ts";
 import { writeReport } from "./report.ts";
 
 type Env = Record<string, string | undefined>;
-export const SUITES = ["ranks", "memory", "peer", "kernels", "cpu", "all", "report"] as const;
+export const SUITES = ["ranks", "memory", "peer", "kernels", "cpu", "gpu", "all", "report"] as const;
 
 export const BENCH_USAGE = `lowrank bench <${SUITES.join("|")}> [--quick] [--out <file.json>] [--config <file.json>] [--no-webgpu] [--data-dir <dir>]`;
 export const PLAN_USAGE = "lowrank plan --params <n> --method <qlora|lora|full> [--rank 8] [--layers N --hidden N] [--seq-len 512] [--batch-size 1] [--target-modules all-linear|q_proj,v_proj] [--dropout 0.05] [--checkpointing on|off]";
@@ -31,6 +32,10 @@ Suites (results in benchmarks/results/, then REPORT.md and plots/ are regenerate
   peer      Lowrank vs PyTorch (scripts/install-peer.sh) tokens/s on the same step, with a kernel profile
   kernels   matmul, 4-bit matmul and attention GFLOP/s per backend, % of the measured peak
   cpu       the CPU engine/op benchmarks (benchmarks/src/run.ts)
+  gpu       the WebGPU path for a real GPU (benchmarks/gpu/run.sh runs it on a bare machine): backends,
+            conformance, matmul f32/f16 vs the device's peak, NF4 matmul, attention, training tokens/s,
+            peak bytes and dispatches per step for stories260K, SmolLM2-135M and TinyLlama-1.1B shapes;
+            under 8 minutes, writes gpu-<date>.json (--quick: tiny shapes, lavapipe in CI)
   all       ranks, memory, peer, kernels (21 minutes measured on 2 shared cores)
   report    only regenerate REPORT.md and the SVG plots from the newest results`;
 
@@ -85,6 +90,7 @@ export async function benchCommand(argv: string[], env: Env = process.env, comma
     return 0;
   }
   if (suite === "cpu") return await runCpuSuite(quick, v.out);
+  if (suite === "gpu") return await runGpuSuite(quick, v.out ? resolve(v.out) : join(RESULTS_DIR, `gpu${quick ? "-quick" : ""}-${today()}.json`), cmd, env);
   const dataDir = await resolveDataDir({ dataDir: v["data-dir"], env });
   const suites = suite === "all" ? ["ranks", "memory", "peer", "kernels"] : [suite];
   const out = (name: string) => (v.out && suites.length === 1 ? resolve(v.out) : join(RESULTS_DIR, `${name}${quick ? "-quick" : ""}-${today()}.json`));
@@ -128,6 +134,18 @@ function printRanks(runs: Awaited<ReturnType<typeof runRanks>>["runs"], full: Aw
   for (const r of runs) {
     console.log(`${r.task} ${r.method} ${r.targets} r=${r.rank}: ${r.status === "ok" ? `eval ${r.eval_loss?.toFixed(4)} quality ${r.quality?.toFixed(3)} ± ${r.quality_std?.toFixed(3)}, ${Math.round(r.tokens_per_s ?? 0)} tok/s` : `rejected (${r.error})`}`);
   }
+}
+
+/** `lowrank bench gpu`: the result is written after every case; exit 1 when it breaks the schema or a case failed. */
+async function runGpuSuite(quick: boolean, out: string, command: string, env: Env): Promise<number> {
+  const r = await runGpu({ quick, out, command, env });
+  const problems = checkGpuSchema(JSON.parse(JSON.stringify(r)));
+  for (const c of r.cases) console.log(`${c.status.padEnd(7)} ${c.id}: ${c.status === "ok" ? Object.entries(c.metrics ?? {}).map(([k, x]) => `${k} ${typeof x === "number" ? +x.toPrecision(4) : x}`).join(", ") : (c.skipped ?? c.error)}`);
+  log(`gpu: wrote ${out} (${r.wall_seconds.toFixed(0)} s)`);
+  if (problems.length) console.error(`lowrank bench gpu: the result does not match the schema:\n  ${problems.join("\n  ")}`);
+  const failed = r.cases.filter((c) => c.status === "failed");
+  if (failed.length) console.error(`lowrank bench gpu: ${failed.length} case(s) failed: ${failed.map((c) => c.id).join("; ")}`);
+  return problems.length || failed.length ? 1 : 0;
 }
 
 /** The existing CPU engine/op suite (run.ts), in a child process of the same runtime. */

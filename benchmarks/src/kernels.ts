@@ -46,7 +46,7 @@ export interface KernelsResult {
 }
 
 /** Median ms per call: batches of `reps` calls, each batch followed by one sync. */
-async function timeCall(be: Backend, fn: () => void, targetMs: number, samples: number): Promise<number> {
+export async function timeCall(be: Backend, fn: () => void, targetMs: number, samples: number): Promise<number> {
   fn();
   await be.sync();
   const t0 = performance.now();
@@ -79,7 +79,7 @@ function scalarLoop(): number {
   return (8 * n) / ms / 1e6;
 }
 
-interface Case {
+export interface Case {
   kernel: KernelRow["kernel"];
   name: string;
   flops: number;
@@ -90,16 +90,16 @@ interface Case {
   peak?: boolean;
 }
 
-const mat = (be: Backend, r: number, c: number, seed: number) => tensor(randomF32(r * c, seed), { shape: [r, c], backend: be });
+const mat = (be: Backend, r: number, c: number, seed: number, dtype: "f32" | "f16" = "f32") => tensor(randomF32(r * c, seed), { shape: [r, c], backend: be, dtype });
 
 /** transposeA/transposeB: the operand is a transposed view of a row-major matrix, as Linear's x·Wᵀ and the weight gradient xᵀ·g read them. */
-function matmulCase(name: string, M: number, K: number, N: number, opts: { peak?: boolean; transposeA?: boolean; transposeB?: boolean } = {}): Case {
+export function matmulCase(name: string, M: number, K: number, N: number, opts: { peak?: boolean; transposeA?: boolean; transposeB?: boolean; dtype?: "f32" | "f16" } = {}): Case {
   return {
     kernel: "matmul", name, flops: 2 * M * N * K, peak: opts.peak,
     matmul: { M, K, N, transposeA: opts.transposeA, transposeB: opts.transposeB },
     setup(be) {
-      const a = opts.transposeA ? mat(be, K, M, 1) : mat(be, M, K, 1);
-      const b = opts.transposeB ? mat(be, N, K, 2) : mat(be, K, N, 2);
+      const a = opts.transposeA ? mat(be, K, M, 1, opts.dtype) : mat(be, M, K, 1, opts.dtype);
+      const b = opts.transposeB ? mat(be, N, K, 2, opts.dtype) : mat(be, K, N, 2, opts.dtype);
       const A = opts.transposeA ? a.T : a;
       const B = opts.transposeB ? b.T : b;
       return { run: () => noGrad(() => A.matmul(B).dispose()), dispose: () => [a, b].forEach((t) => t.dispose()) };
@@ -107,7 +107,7 @@ function matmulCase(name: string, M: number, K: number, N: number, opts: { peak?
   };
 }
 
-function nf4Case(name: string, M: number, K: number, N: number): Case {
+export function nf4Case(name: string, M: number, K: number, N: number): Case {
   const state = quantize4bit(randomF32(N * K, 3).map((v) => v * 0.02), { shape: [N, K] });
   const a = state.absmax as Exclude<typeof state.absmax, Float32Array>;
   return {
@@ -127,7 +127,7 @@ function nf4Case(name: string, M: number, K: number, N: number): Case {
   };
 }
 
-function attentionCase(B: number, H: number, T: number, D: number, backward: boolean): Case {
+export function attentionCase(B: number, H: number, T: number, D: number, backward: boolean): Case {
   const fwd = 4 * B * H * T * T * D; // QKᵀ and PV (full T x T: the kernel does not skip the masked half)
   return {
     kernel: "attention", name: `causal attention ${backward ? "fwd+bwd" : "fwd"} B${B} heads ${H} T${T} hs${D}`, flops: backward ? 3 * fwd : fwd,

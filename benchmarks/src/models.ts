@@ -3,8 +3,8 @@
  * Llama shapes with seeded random weights (N(0, 0.02), as HF's initializer_range), which is all a
  * memory or speed measurement needs.
  */
-import { type LlamaForCausalLM, LlamaForCausalLM as Llama, loadHfModel, parseLlamaConfig, randomInit } from "@lowrank/nn";
-import { type Backend, Rng } from "@lowrank/tensor";
+import { type Init, type LlamaForCausalLM, LlamaForCausalLM as Llama, loadHfModel, parseLlamaConfig, randomInit } from "@lowrank/nn";
+import { type Backend, type DType, Rng } from "@lowrank/tensor";
 
 export interface Shape {
   name: string;
@@ -47,8 +47,12 @@ export function paramCount(s: Shape): number {
 
 /** A model of this shape with seeded random weights on `backend`. */
 export function randomModel(s: Shape, backend: Backend, seed = 0): LlamaForCausalLM {
-  const rng = new Rng(seed);
-  return new Llama(parseLlamaConfig(hfConfig(s), `${s.name} (benchmark shape)`), { backend, dtype: "f32", init: randomInit(rng) });
+  return randomModelFromConfig(hfConfig(s), `${s.name} (benchmark shape)`, backend, { seed });
+}
+
+/** Seeded random weights for an HF config.json (a real model's shape), in `dtype` (default f32); `init` overrides the N(0, 0.02) draws. */
+export function randomModelFromConfig(config: Record<string, unknown>, name: string, backend: Backend, o: { seed?: number; dtype?: DType; init?: Init } = {}): LlamaForCausalLM {
+  return new Llama(parseLlamaConfig(config, name), { backend, dtype: o.dtype ?? "f32", init: o.init ?? randomInit(new Rng(o.seed ?? 0)) });
 }
 
 /** stories260K from the data directory, else a random model of the same shape. */

@@ -7,6 +7,7 @@
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { RESULTS_DIR, fmtMiB } from "./common.ts";
+import type { GpuCase, GpuResult } from "./gpu.ts";
 import type { KernelsResult } from "./kernels.ts";
 import type { MemoryResult, MemoryRow } from "./memory.ts";
 import type { PeerResult } from "./peer.ts";
@@ -211,6 +212,39 @@ function kernelsSection(k: KernelsResult, file: string): string[] {
   return out;
 }
 
+/** Section 7: the newest results/gpu-<date>.json from a real GPU, or the plain statement that none exists. */
+export function gpuSection(g: GpuResult | null, file: string | null): string[] {
+  const out = ["## 7. GPU: the WebGPU path on GPU hardware", ""];
+  const how = "`benchmarks/gpu/pack.sh` builds the runtime a bare machine needs (`.gpu-bundle/`), then `bash benchmarks/gpu/run.sh` runs `lowrank bench gpu` there in under 8 minutes (benchmarks/gpu/README.md has the exact device call)";
+  if (!g || !file || !g.adapter) {
+    out.push(`**No GPU figure exists yet.** No GPU machine was lent to the task that built this benchmark, so nothing here was measured on GPU hardware; the script is ready: ${how}. Until its JSON (\`results/gpu-<date>.json\`, the device named) is committed, WebGPU figures elsewhere in this report come from lavapipe, a software rasterizer on the CPU, and say nothing about GPU speed.`);
+    if (g && file) out.push("", `\`${rel(file)}\` exists but found no WebGPU adapter: ${g.cases.find((c) => c.skipped?.startsWith("no WebGPU"))?.skipped ?? "see the file"}.`);
+    return out;
+  }
+  const a = g.adapter;
+  const setup = g.setup ?? {};
+  const m = (c: GpuCase, k: string, d = 1) => (typeof c.metrics?.[k] === "number" ? (c.metrics[k] as number).toFixed(d) : "-");
+  const ok = (sec: GpuCase["section"]) => g.cases.filter((c) => c.section === sec && c.status === "ok");
+  out.push(
+    `Command: \`${g.config.command}\` (via benchmarks/gpu/run.sh) → \`${rel(file)}\` (${mins(g.wall_seconds)} wall${g.finished ? "" : ", **stopped at its time limit**"}). Adapter: **${a.name}**${a.f16 ? " (shader-f16)" : ""}; ${setup["nvidia-smi"] ? `nvidia-smi: ${setup["nvidia-smi"]}; ` : ""}runtime: ${setup.runtime ?? g.config.machine.runtime}; Vulkan loader: ${setup["vulkan-loader"] ?? "-"}.`,
+    "",
+    a.peak ? `Peak (published, dense): ${a.peak.device}: FP32 ${a.peak.fp32} TFLOP/s, FP16 without tensor cores ${a.peak.fp16}, FP16 tensor cores ${a.peak.fp16Tensor} (WGSL cannot reach tensor cores). Source: ${a.peak.source}.` : "Peak: no entry for this adapter in PEAKS (benchmarks/src/gpu.ts), so no % of peak.",
+  );
+  const conf = g.cases.find((c) => c.section === "conformance");
+  if (conf) out.push("", `Conformance suite: ${conf.status === "ok" ? `${m(conf, "passed", 0)} of ${m(conf, "total", 0)} passed, ${m(conf, "failed", 0)} failed, ${m(conf, "not_run", 0)} not run` : conf.skipped ?? conf.error}.`);
+  out.push("", table(["kernel case", "GFLOP/s", "% of peak", "ms", "note"], ok("kernels").map((c) => [
+    c.id, m(c, "gflops"), m(c, "pct_peak", 2), m(c, "ms", 3),
+    c.metrics?.over_dense != null ? `${m(c, "over_dense", 2)}x the dense matmul` : c.metrics?.pct_tensor_peak != null ? `${m(c, "pct_tensor_peak", 2)}% of the tensor-core peak` : "",
+  ])));
+  out.push("", table(["training row", "tokens/s", "step ms", "peak MiB", "dispatches / submits / host reads per step", "timed steps", "loss first → last"], ok("training").map((c) => [
+    c.id, m(c, "tokens_per_s", 0), m(c, "step_ms", 0), typeof c.metrics?.peak_bytes === "number" ? fmtMiB(c.metrics.peak_bytes) : "-",
+    c.metrics?.dispatches_per_step != null ? `${m(c, "dispatches_per_step", 0)} / ${m(c, "submits_per_step", 0)} / ${m(c, "reads_per_step", 0)}` : "-", m(c, "timed_steps", 0), `${m(c, "first_loss", 3)} → ${m(c, "last_loss", 3)}`,
+  ])));
+  const rest = g.cases.filter((c) => c.status !== "ok");
+  if (rest.length) out.push("", ...rest.map((c) => `- ${c.status}: ${c.id}: ${c.skipped ?? c.error}`));
+  return out;
+}
+
 function planSection(): string[] {
   const cmd = (p: number, method: "qlora" | "lora" | "full", rank: number) => {
     const { shape, how } = shapeFor(p);
@@ -255,7 +289,9 @@ export function writeReport(dir = RESULTS_DIR): string {
   const k = read<KernelsResult>(files.kernels);
   if (k && files.kernels) out.push("", ...kernelsSection(k, files.kernels));
   out.push("", ...planSection());
+  const gpuFile = latest("gpu", dir);
   if (files.cpu) out.push("", "## 6. CPU engine and op benchmarks", "", `\`lowrank bench cpu\` runs \`benchmarks/src/run.ts\` (matmul engine and per-op throughput); newest: \`${rel(files.cpu)}\`. See benchmarks/README.md.`);
+  out.push("", ...gpuSection(read<GpuResult>(gpuFile), gpuFile));
   const report = join(dir, "REPORT.md");
   writeFileSync(report, `${out.join("\n")}\n`);
   return report;

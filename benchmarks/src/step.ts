@@ -6,7 +6,7 @@
 import type { LlamaForCausalLM } from "@lowrank/nn";
 import { Rng } from "@lowrank/tensor";
 import {
-  AdamW, BatchLoader, type Example, type Method, type MetricRecord, MetricsLog, enableGradientCheckpointing, namedParams,
+  AdamW, BatchLoader, type Example, INIT_LOSS_SCALE, type Method, type MetricRecord, MetricsLog, enableGradientCheckpointing, namedParams,
   prepareModel, resolveConfig, silentReporter, trainLoop,
 } from "@lowrank/trainer";
 
@@ -18,6 +18,8 @@ export interface MethodSpec {
   dropout: number;
   /** Default: the trainer's (on for qlora only). */
   checkpointing?: boolean;
+  /** The trainer's mixedPrecision (default "no"); the model must already be in its compute dtype. */
+  mixedPrecision?: "no" | "fp16" | "bf16";
 }
 
 /** Collects the loop's per-step records in memory instead of appending to metrics.jsonl. */
@@ -39,6 +41,9 @@ export class TooSlowError extends Error {
   override readonly name = "TooSlowError";
 }
 
+/** Thrown from the metrics hook to end the loop early at `stopAt` (caught by timeSteps). */
+class BudgetSpent extends Error {}
+
 /** `n` examples of `seq + 1` random token ids (every position a target), seeded. */
 export function syntheticExamples(n: number, seq: number, vocab: number, seed: number): Example[] {
   const rng = new Rng(seed);
@@ -53,6 +58,7 @@ export async function applyMethod(model: LlamaForCausalLM, spec: MethodSpec, see
   const cfg = resolveConfig({
     model: "(benchmark)", data: "(synthetic)", output: "(none)", method: spec.method, rank: spec.rank, alpha: spec.alpha,
     targetModules: spec.targets, dropout: spec.dropout, seed, gradientCheckpointing: spec.checkpointing,
+    ...(spec.mixedPrecision ? { mixedPrecision: spec.mixedPrecision } : {}),
   });
   const prepared = await prepareModel(model, cfg, "(benchmark)");
   const ckpt = spec.checkpointing ?? spec.method === "qlora";
@@ -69,6 +75,8 @@ export interface StepTiming {
   checkpointing: boolean;
   /** Highest per-step peak (backend.memory().peakBytes after resetPeak at each step start). */
   peakBytes: number;
+  /** fp16: steps the loss scaler skipped (overflow). */
+  skippedSteps: number;
 }
 
 /**
@@ -77,7 +85,11 @@ export interface StepTiming {
  */
 export async function timeSteps(
   model: LlamaForCausalLM, spec: MethodSpec,
-  o: { batch: number; seq: number; steps: number; warmup: number; lr: number; seed?: number; onStep?: (i: number) => void; maxStepMs?: number },
+  o: {
+    batch: number; seq: number; steps: number; warmup: number; lr: number; seed?: number; onStep?: (i: number) => void; maxStepMs?: number;
+    /** Stop once performance.now() passes this and at least one timed step is done (fewer than `steps` then). */
+    stopAt?: number;
+  },
 ): Promise<StepTiming> {
   const seed = o.seed ?? 0;
   const { prepared, checkpointing } = await applyMethod(model, spec, seed);
@@ -89,16 +101,20 @@ export async function timeSteps(
     const ms = (1000 * tokens) / (r as { tokens_per_s: number }).tokens_per_s;
     if (o.maxStepMs !== undefined && ms > o.maxStepMs) throw new TooSlowError(`step ${i + 1} took ${(ms / 1000).toFixed(1)} s (limit ${(o.maxStepMs / 1000).toFixed(0)} s)`);
     o.onStep?.(i);
+    if (o.stopAt !== undefined && i >= o.warmup && performance.now() > o.stopAt) throw new BudgetSpent();
   });
   const total = o.warmup + o.steps;
   let peakBytes = 0;
   const losses: number[] = [];
+  const scaler = spec.mixedPrecision === "fp16" ? { scale: INIT_LOSS_SCALE, goodSteps: 0 } : undefined;
   try {
     await trainLoop({
       model, params, optimizer, loader, schedule: { name: "constant", lr: o.lr, totalSteps: total, warmupSteps: 0 }, gradAccum: 1, maxGradNorm: 1,
       startStep: 0, evalEvery: 0, saveEvery: 0, evaluate: async () => {}, save: async () => {}, metrics, reporter: silentReporter, losses,
-      onPeak: (b) => (peakBytes = Math.max(peakBytes, b)),
+      onPeak: (b) => (peakBytes = Math.max(peakBytes, b)), scaler,
     });
+  } catch (e) {
+    if (!(e instanceof BudgetSpent)) throw e;
   } finally {
     optimizer.dispose();
   }
@@ -108,5 +124,6 @@ export async function timeSteps(
   const med = sorted.length % 2 ? sorted[sorted.length >> 1] : (sorted[sorted.length / 2 - 1] + sorted[sorted.length / 2]) / 2;
   let trainable = 0;
   for (const t of prepared.trainable.values()) trainable += t.size;
-  return { tokensPerS: (1000 * tokens) / med, stepMs, losses, trainable, checkpointing, peakBytes };
+  const skippedSteps = train.filter((r) => (r as { skipped?: boolean }).skipped).length;
+  return { tokensPerS: (1000 * tokens) / med, stepMs, losses, trainable, checkpointing, peakBytes, skippedSteps };
 }
