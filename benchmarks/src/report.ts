@@ -245,6 +245,39 @@ export function gpuSection(g: GpuResult | null, file: string | null): string[] {
   return out;
 }
 
+interface StepCounts {
+  dispatches: number;
+  submits: number;
+  reads: number;
+  copies: number;
+  byKernel?: Record<string, number>;
+  commit?: string;
+}
+interface WebGpuSteps {
+  command?: string;
+  adapter?: string;
+  step?: StepCounts & { shape: string; method: string; batch: number; seq: number };
+  stepBefore?: StepCounts;
+}
+
+/** Dispatches and host syncs of one WebGPU training step (benchmarks/src/webgpu.ts), against the count before issue 14's work. */
+function dispatchSection(w: WebGpuSteps | null, file: string | null): string[] {
+  if (!w?.step || !file) return [];
+  const s = w.step, b = w.stepBefore;
+  const top = Object.entries(s.byKernel ?? {}).sort((x, y) => y[1] - x[1]).slice(0, 6).map(([k, n]) => `${k} ${n}`).join(", ");
+  const row = (label: string, c: StepCounts) => [label, c.dispatches, c.copies, c.submits, c.reads];
+  return [
+    "",
+    "### Dispatches and host syncs per training step (WebGPU, lavapipe)",
+    "",
+    `\`${w.command ?? "node --import tsx src/webgpu.ts"}\` → \`${rel(file)}\`: a ${s.shape} ${s.method} step at batch ${s.batch} × ${s.seq}, counted by the engine (counts do not depend on the adapter's speed).`,
+    "",
+    table(["", "dispatches", "copies", "submits", "host reads"], [...(b ? [row(`before (${b.commit ?? "earlier"})`, b)] : []), row("now", s)]),
+    "",
+    `${b ? `${(b.dispatches / s.dispatches).toFixed(2)}x fewer dispatches (issue 14 asks for 3x). ` : ""}Top kernels now: ${top}.`,
+  ];
+}
+
 function planSection(): string[] {
   const cmd = (p: number, method: "qlora" | "lora" | "full", rank: number) => {
     const { shape, how } = shapeFor(p);
@@ -292,6 +325,8 @@ export function writeReport(dir = RESULTS_DIR): string {
   const gpuFile = latest("gpu", dir);
   if (files.cpu) out.push("", "## 6. CPU engine and op benchmarks", "", `\`lowrank bench cpu\` runs \`benchmarks/src/run.ts\` (matmul engine and per-op throughput); newest: \`${rel(files.cpu)}\`. See benchmarks/README.md.`);
   out.push("", ...gpuSection(read<GpuResult>(gpuFile), gpuFile));
+  const webgpuFile = latest("webgpu", dir);
+  out.push(...dispatchSection(read<WebGpuSteps>(webgpuFile), webgpuFile));
   const report = join(dir, "REPORT.md");
   writeFileSync(report, `${out.join("\n")}\n`);
   return report;
