@@ -19,13 +19,14 @@
  * Parameters (u32): 0 row end, 1 col end, 2 K, 3 I, 4 tiles along N, 5 tiles along M,
  * 6 workgroups, 7 first row, 8 first col, 9 N, 10 x base, 11 y base, 12 nibble base,
  * 13 absmax base, 14 nested absmax base, 15 bs, 16 nbs, 17 nested offset (f32), 18 code base,
- * 19 nested code base.
+ * 19 nested code base, 20 k end, 21 k start, 22 add to y (a later K chunk).
  */
 import type { Quant4bitInputs } from "@lowrank/tensor";
 import { EPW, Wgsl } from "../wgsl/common.ts";
 import { type GpuInput, type GpuStorage, type KernelContext, bindWords } from "./context.ts";
 import { finish, fullKernel } from "./elementwise.ts";
-import { type Access, planBoxes } from "./strided.ts";
+import { type Access, type Box, planBoxes } from "./strided.ts";
+import { WebGpuLimitError } from "../errors.ts";
 
 interface Shader {
   transpose: boolean;
@@ -116,11 +117,12 @@ fn dq4(e: u32) -> vec4<f32> {
   let h = PK[q >> 3u] >> ((q & 4u) * 4u);
   return vec4<f32>(cb[(h >> 4u) & 15u], cb[h & 15u], cb[(h >> 12u) & 15u], cb[(h >> 8u) & 15u]) * sc(e / p(15u));
 }`;
+  // Later K chunks add to what the earlier ones stored (p(22) != 0).
   const store = s.vecOut
-    ? [0, 1, 2, 3].map((i) => `if (row0 + ${i}u < mEnd) { Y[(yo + (row0 + ${i}u) * N + col0) >> 2u] = acc${i}; }`).join("\n  ")
-    : [0, 1, 2, 3].map((i) => `if (row0 + ${i}u < mEnd) { for (var j = 0u; j < 4u; j++) { if (col0 + j < nEnd) { Y[yo + (row0 + ${i}u) * N + col0 + j] = acc${i}[j]; } } }`).join("\n  ");
+    ? [0, 1, 2, 3].map((i) => `if (row0 + ${i}u < mEnd) { let o = (yo + (row0 + ${i}u) * N + col0) >> 2u; Y[o] = acc${i} + select(vec4<f32>(0.0), Y[o], carry); }`).join("\n  ")
+    : [0, 1, 2, 3].map((i) => `if (row0 + ${i}u < mEnd) { for (var j = 0u; j < 4u; j++) { if (col0 + j < nEnd) { let o = yo + (row0 + ${i}u) * N + col0 + j; Y[o] = acc${i}[j] + select(0.0, Y[o], carry); } } }`).join("\n  ");
   // The k tail (K % 4 != 0; forward q4 never has one since K = I).
-  const tail = `for (var k = kv; k < K; k++) {
+  const tail = `for (var k = kv; k < kEnd; k++) {
     let bk = vec4<f32>(${[0, 1, 2, 3].map((j) => `dq1(${e("k", `c${j}`)})`).join(", ")});
     acc0 += X1(xo + r0 * K + k) * bk;
     acc1 += X1(xo + r1 * K + k) * bk;
@@ -159,8 +161,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   var acc1 = vec4<f32>(0.0);
   var acc2 = vec4<f32>(0.0);
   var acc3 = vec4<f32>(0.0);
-  let kv = K & ~3u;
-  for (var k = 0u; k < kv; k += 4u) {
+  let k0 = p(21u);
+  let kEnd = p(20u);
+  let carry = p(22u) != 0u;
+  let kv = k0 + ((kEnd - k0) & ~3u);
+  for (var k = k0; k < kv; k += 4u) {
     ${loadX(s)}
     ${loadW(s)}
     acc0 += a0.x * b0 + a0.y * b1 + a0.z * b2 + a0.w * b3;
@@ -200,27 +205,48 @@ export function matmul4bit(ctx: KernelContext, x: GpuInput, wq: Quant4bitInputs<
     bindings: ["write", "read", "read", "read", "read", ...(nested ? (["read", "read"] as const) : [])],
   });
 
-  // Over the output space [M, N]: y and x as in a matmul; W's buffers through e (see the header).
-  const [sn, spanW] = transpose ? [1, (K - 1) * I] : [I, K - 1];
   const ao = wq.absmax.view.offset;
-  const accesses: Access[] = [
-    { strides: [N, 1], offset: 0, epw: 1 },
-    { strides: [K, 0], offset: xo, epw: EPW[x.dtype], span: K - 1 },
-    { strides: [0, sn], offset: po, epw: 8, span: spanW },
-    { strides: [0, sn], offset: ao * bs, epw: nested ? 4 * bs : bs, span: spanW },
-    { strides: [0, 0], offset: wq.code.view.offset, epw: 1, span: 15 },
-  ];
-  if (nested) {
-    const nbs = nested.blocksize;
-    accesses.push(
-      { strides: [0, sn], offset: nested.absmax.view.offset * bs * nbs, epw: bs * nbs, span: spanW },
-      { strides: [0, 0], offset: nested.code.view.offset, epw: 1, span: 255 },
-    );
-  }
   const handles = [wq.packed, wq.absmax, wq.code, ...(nested ? [nested.absmax, nested.code] : [])].map((i) => i.handle);
-  const boxes = planBoxes("matmul4bit", [M, N], accesses, ctx.maxWords, [4, 4]);
   const y = ctx.alloc("f32", M * N);
-  for (const box of boxes) {
+  // K in one piece when it fits; otherwise halving chunks (multiples of 4, so q4 stays aligned),
+  // each adding into y: a gradient through a weight larger than one binding has no other split.
+  for (let kc = K; ; kc = Math.max(4, Math.ceil(kc / 8) * 4)) {
+    let plans: { k0: number; k1: number; boxes: Box[] }[];
+    try {
+      plans = [];
+      for (let k0 = 0; k0 < K; k0 += kc) plans.push({ k0, k1: Math.min(K, k0 + kc), boxes: planChunk(k0, Math.min(K, k0 + kc)) });
+    } catch (err) {
+      if (!(err instanceof WebGpuLimitError) || kc <= 4) throw err;
+      continue;
+    }
+    plans.forEach((pl, ci) => pl.boxes.forEach((box) => dispatch(pl.k0, pl.k1, ci > 0, box)));
+    return finish(ctx, y, x.dtype);
+  }
+
+  /** Boxes over the output space [M, N] for k in [k0, k1): y and x as in a matmul, W's buffers through e (see the header). */
+  function planChunk(k0: number, k1: number): Box[] {
+    // e(k, n) = k sk + n sn.
+    const [sk, sn] = transpose ? [I, 1] : [1, I];
+    const [eo, spanW] = [k0 * sk, (k1 - k0 - 1) * sk];
+    const accesses: Access[] = [
+      { strides: [N, 1], offset: 0, epw: 1 },
+      { strides: [K, 0], offset: xo + k0, epw: EPW[x.dtype], span: k1 - k0 - 1 },
+      { strides: [0, sn], offset: po + eo, epw: 8, span: spanW },
+      { strides: [0, sn], offset: ao * bs + eo, epw: nested ? 4 * bs : bs, span: spanW },
+      { strides: [0, 0], offset: wq.code.view.offset, epw: 1, span: 15 },
+    ];
+    if (nested) {
+      const nbs = nested.blocksize;
+      accesses.push(
+        { strides: [0, sn], offset: nested.absmax.view.offset * bs * nbs + eo, epw: bs * nbs, span: spanW },
+        { strides: [0, 0], offset: nested.code.view.offset, epw: 1, span: 255 },
+      );
+    }
+    // Columns split on multiples of 4 (q4 and vec4 stores need aligned col0); rows anywhere.
+    return planBoxes("matmul4bit", [M, N], accesses, ctx.maxWords, [1, 4]);
+  }
+
+  function dispatch(k0: number, k1: number, carry: boolean, box: Box): void {
     const win = box.windows;
     const [rows, cols] = [box.hi[0] - box.lo[0], box.hi[1] - box.lo[1]];
     const tilesM = Math.ceil(rows / (wy * 4));
@@ -236,7 +262,7 @@ export function matmul4bit(ctx: KernelContext, x: GpuInput, wq: Quant4bitInputs<
     p[7] = box.lo[0];
     p[8] = box.lo[1];
     p[9] = N;
-    // Bases relative to each binding's first word; u32 wrap-around keeps "negative" bases exact.
+    // Bases relative to each binding's first word (indices use absolute k and e); u32 wrap-around keeps "negative" bases exact.
     p[10] = xo - win[1].word * EPW[x.dtype];
     p[11] = -win[0].word;
     p[12] = po - win[2].word * 8;
@@ -249,10 +275,12 @@ export function matmul4bit(ctx: KernelContext, x: GpuInput, wq: Quant4bitInputs<
       p[17] = f32Bits(nested.offset);
       p[19] = nested.code.view.offset - win[6].word;
     }
+    p[20] = k1;
+    p[21] = k0;
+    p[22] = carry ? 1 : 0;
     // vec4 bindings of x and y: whole 16-byte elements.
     const binds = [bindWords(y, win[0].word, Math.ceil(win[0].words / 4) * 4), bindWords(x.handle, win[1].word, Math.ceil(win[1].words / 4) * 4)];
     handles.forEach((h, j) => binds.push(bindWords(h, win[2 + j].word, win[2 + j].words)));
     ctx.engine.dispatch(k, p, binds, tilesN * tilesM);
   }
-  return finish(ctx, y, x.dtype);
 }
