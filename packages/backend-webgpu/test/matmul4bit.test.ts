@@ -123,7 +123,7 @@ t("matmul4bit: weights wider than one storage binding (4 KiB) split over N and, 
   const small = await acquireBackend({ maxBindingBytes: 4096 });
   if (typeof small === "string") throw new Error(`a second device: ${small}`);
   try {
-    for (const [out, inF, bs, nested] of [[64, 520, 64, true], [120, 83, 32, false], [24, 1100, 4096, true]] as const) {
+    for (const [out, inF, bs, nested] of [[64, 520, 64, true], [120, 83, 32, false], [24, 1100, 4096, true], [16, 1104, 64, false]] as const) {
       const c = realCase(out, inF, bs, nested, "nf4", out + inF);
       const W = dequantizeCase(c);
       for (const transpose of [false, true]) {

@@ -14,11 +14,12 @@
  *
  * Two decoders: "q4" reads the 4 codes of k..k+3 (forward) or n..n+3 (gradient) from one half
  * word with one scale (needs I % 4 == 0, an even packed offset and bs % 4 == 0: every real layer);
- * "any" decodes element by element (odd shapes, blocks and tails anywhere).
+ * "any" decodes element by element (odd shapes, blocks and tails anywhere). The forward with
+ * I % 8 == 0 takes whole words instead, 8 k per step (one word and one scale per column).
  *
  * Parameters (u32): 0 row end, 1 col end, 2 K, 3 I, 4 tiles along N, 5 tiles along M,
  * 6 workgroups, 7 first row, 8 first col, 9 N, 10 x base, 11 y base, 12 nibble base,
- * 13 absmax base, 14 nested absmax base, 15 bs, 16 nbs, 17 nested offset (f32), 18 code base,
+ * 13 absmax base, 14 nested absmax base, 15 bs, 16 nbs (log2 of each when both are powers of two), 17 nested offset (f32), 18 code base,
  * 19 nested code base, 20 k end, 21 k start, 22 add to y (a later K chunk).
  */
 import type { Quant4bitInputs } from "@lowrank/tensor";
@@ -36,12 +37,17 @@ interface Shader {
   /** x rows start on vec4 boundaries (K % 4 == 0, offset % 4 == 0): vec4 loads. */
   xvec: boolean;
   nested: boolean;
+  /** Block sizes are powers of two (bnb's always are): block indices by shifts, not u32 divisions. */
+  pow2: boolean;
+  /** Forward with I % 8 == 0 (and a word-aligned packed offset): whole words, 8 k per step. */
+  q8: boolean;
   /** N % 4 == 0: vec4 stores. */
   vecOut: boolean;
   wx: number;
   wy: number;
 }
 
+const isPow2 = (v: number) => Number.isSafeInteger(v) && v > 0 && (v & (v - 1)) === 0;
 const pow2ceil = (x: number) => 2 ** Math.ceil(Math.log2(Math.max(1, x)));
 
 function xOperand(s: Shader): string {
@@ -57,17 +63,29 @@ fn X1(o: u32) -> f32 { return Xb[o >> 2u][o & 3u]; }`;
 }
 
 /** Scale of block b: the f32 absmax, or f32(f32(ncode[q] * nabsmax[b / nbs]) + offset). */
-function scaleFn(nested: boolean): string {
+function scaleFn(nested: boolean, pow2: boolean): string {
   if (!nested) return `fn sc(b: u32) -> f32 { return bitcast<f32>(AM[p(13u) + b]); }`;
   return `@group(0) @binding(6) var<storage, read> NA: array<f32>;
 @group(0) @binding(7) var<storage, read> NC: array<f32>;
 fn sc(b: u32) -> f32 {
   let a = p(13u) + b;
   let q = extractBits(AM[a >> 2u], (a & 3u) * 8u, 8u);
-  let s = NC[p(19u) + q] * NA[p(14u) + b / p(16u)];
+  let s = NC[p(19u) + q] * NA[p(14u) + ${pow2 ? "(b >> p(16u))" : "b / p(16u)"}];
   return s + pf(17u);
 }`;
 }
+
+/**
+ * Forward, 8 k per step: one packed word and one scale per column j give its codes for k..k+7
+ * (q = pb + cj I + k a multiple of 8, one block since bs % 8 == 0), flipped into rows as in loadW.
+ */
+const Q8_LOOP = `for (; k + 8u <= kEnd; k += 8u) {
+    ${[0, 1, 2, 3].map((i) => `let a${i} = X4(xo + r${i} * K + k); let h${i} = X4(xo + r${i} * K + k + 4u);`).join("\n    ")}
+    ${[0, 1, 2, 3].map((j) => `let e${j} = c${j} * I + k; let w${j} = PK[(p(12u) + e${j}) >> 3u]; let s${j} = sc(e${j} >> p(15u));`).join("\n    ")}
+    let lo = transpose(mat4x4<f32>(${[0, 1, 2, 3].map((j) => `vec4<f32>(cb[(w${j} >> 4u) & 15u], cb[w${j} & 15u], cb[(w${j} >> 12u) & 15u], cb[(w${j} >> 8u) & 15u]) * s${j}`).join(", ")}));
+    let hi = transpose(mat4x4<f32>(${[0, 1, 2, 3].map((j) => `vec4<f32>(cb[(w${j} >> 20u) & 15u], cb[(w${j} >> 16u) & 15u], cb[w${j} >> 28u], cb[(w${j} >> 24u) & 15u]) * s${j}`).join(", ")}));
+    ${[0, 1, 2, 3].map((i) => `acc${i} += a${i}.x * lo[0] + a${i}.y * lo[1] + a${i}.z * lo[2] + a${i}.w * lo[3] + h${i}.x * hi[0] + h${i}.y * hi[1] + h${i}.z * hi[2] + h${i}.w * hi[3];`).join("\n    ")}
+  }`;
 
 /** The 4 A (x) rows a0..a3 over k..k+3. */
 function loadX(s: Shader): string {
@@ -96,12 +114,13 @@ export function matmul4bitWgsl(s: Shader): string {
   const out = s.vecOut ? "vec4<f32>" : "f32";
   // The element of W at op(W)[k, n]: forward W[n, k] (e = n I + k), gradient W[k, n] (e = k I + n).
   const e = (k: string, n: string) => (s.transpose ? `${k} * I + ${n}` : `${n} * I + ${k}`);
+  const blk = s.pow2 ? "e >> p(15u)" : "e / p(15u)";
   const decls = `@group(0) @binding(1) var<storage, read_write> Y: array<${out}>;
 ${xOperand(s)}
 @group(0) @binding(3) var<storage, read> PK: array<u32>;
 @group(0) @binding(4) var<storage, read> AM: array<u32>;
 @group(0) @binding(5) var<storage, read> CB: array<f32>;
-${scaleFn(s.nested)}
+${scaleFn(s.nested, s.pow2)}
 // The 16-entry code table, copied once per invocation (private: no bounds check per lookup).
 var<private> cb: array<f32, 16>;
 // One code: nibble q = pb + e; byte (q >> 1) & 3 of word q >> 3, the even element in its high nibble.
@@ -110,19 +129,19 @@ fn code1(e: u32) -> f32 {
   let t = q & 7u;
   return cb[(PK[q >> 3u] >> ((t >> 1u) * 8u + select(4u, 0u, (t & 1u) == 1u))) & 15u];
 }
-fn dq1(e: u32) -> f32 { return code1(e) * sc(e / p(15u)); }
+fn dq1(e: u32) -> f32 { return code1(e) * sc(${blk}); }
 // Elements e..e+3 (pb + e a multiple of 4, one block): one half word, one scale, f32(code * scale) each.
 fn dq4(e: u32) -> vec4<f32> {
   let q = p(12u) + e;
   let h = PK[q >> 3u] >> ((q & 4u) * 4u);
-  return vec4<f32>(cb[(h >> 4u) & 15u], cb[h & 15u], cb[(h >> 12u) & 15u], cb[(h >> 8u) & 15u]) * sc(e / p(15u));
+  return vec4<f32>(cb[(h >> 4u) & 15u], cb[h & 15u], cb[(h >> 12u) & 15u], cb[(h >> 8u) & 15u]) * sc(${blk});
 }`;
   // Later K chunks add to what the earlier ones stored (p(22) != 0).
   const store = s.vecOut
     ? [0, 1, 2, 3].map((i) => `if (row0 + ${i}u < mEnd) { let o = (yo + (row0 + ${i}u) * N + col0) >> 2u; Y[o] = acc${i} + select(vec4<f32>(0.0), Y[o], carry); }`).join("\n  ")
     : [0, 1, 2, 3].map((i) => `if (row0 + ${i}u < mEnd) { for (var j = 0u; j < 4u; j++) { if (col0 + j < nEnd) { let o = yo + (row0 + ${i}u) * N + col0 + j; Y[o] = acc${i}[j] + select(0.0, Y[o], carry); } } }`).join("\n  ");
   // The k tail (K % 4 != 0; forward q4 never has one since K = I).
-  const tail = `for (var k = kv; k < kEnd; k++) {
+  const tail = `for (; k < kEnd; k++) {
     let bk = vec4<f32>(${[0, 1, 2, 3].map((j) => `dq1(${e("k", `c${j}`)})`).join(", ")});
     acc0 += X1(xo + r0 * K + k) * bk;
     acc1 += X1(xo + r1 * K + k) * bk;
@@ -164,8 +183,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let k0 = p(21u);
   let kEnd = p(20u);
   let carry = p(22u) != 0u;
-  let kv = k0 + ((kEnd - k0) & ~3u);
-  for (var k = k0; k < kv; k += 4u) {
+  var k = k0;
+  ${s.q8 ? Q8_LOOP : ""}
+  for (; k + 4u <= kEnd; k += 4u) {
     ${loadX(s)}
     ${loadW(s)}
     acc0 += a0.x * b0 + a0.y * b1 + a0.z * b2 + a0.w * b3;
@@ -195,11 +215,12 @@ export function matmul4bit(ctx: KernelContext, x: GpuInput, wq: Quant4bitInputs<
   const q4 = I % 4 === 0 && po % 4 === 0 && bs % 4 === 0;
   const wx = Math.min(16, pow2ceil(Math.ceil(N / 4)));
   const wy = Math.min(256 / wx, pow2ceil(Math.ceil(M / 32)));
+  const pow2 = isPow2(bs) && (!nested || isPow2(nested.blocksize));
   const shader: Shader = {
     transpose, decode: q4 ? "q4" : "any", xdtype: x.dtype, xvec: K % 4 === 0 && xo % 4 === 0,
-    nested: !!nested, vecOut: N % 4 === 0, wx, wy,
+    nested: !!nested, q8: !transpose && q4 && I % 8 === 0 && po % 8 === 0 && bs % 8 === 0 && K % 4 === 0 && xo % 4 === 0 && pow2, pow2, vecOut: N % 4 === 0, wx, wy,
   };
-  const name = `matmul4bit_${transpose ? "t" : "n"}_${shader.decode}${shader.nested ? "_dq" : ""}_${x.dtype}${shader.xvec ? "_v" : ""}${shader.vecOut ? "_vo" : ""}`;
+  const name = `matmul4bit_${transpose ? "t" : "n"}_${shader.q8 ? "q8" : shader.decode}${shader.nested ? "_dq" : ""}${shader.pow2 ? "" : "_div"}_${x.dtype}${shader.xvec ? "_v" : ""}${shader.vecOut ? "_vo" : ""}`;
   const k = ctx.engine.compile({
     name: `${name}_${wx}x${wy}`, code: matmul4bitWgsl(shader),
     bindings: ["write", "read", "read", "read", "read", ...(nested ? (["read", "read"] as const) : [])],
@@ -208,15 +229,17 @@ export function matmul4bit(ctx: KernelContext, x: GpuInput, wq: Quant4bitInputs<
   const ao = wq.absmax.view.offset;
   const handles = [wq.packed, wq.absmax, wq.code, ...(nested ? [nested.absmax, nested.code] : [])].map((i) => i.handle);
   const y = ctx.alloc("f32", M * N);
-  // K in one piece when it fits; otherwise halving chunks (multiples of 4, so q4 stays aligned),
-  // each adding into y: a gradient through a weight larger than one binding has no other split.
-  for (let kc = K; ; kc = Math.max(4, Math.ceil(kc / 8) * 4)) {
+  // K in one piece when it fits; otherwise halving chunks, each adding into y (a gradient through
+  // a weight larger than one binding has no other split). Chunks start on multiples of g, which
+  // keeps vec4 x loads and the forward's half words (q4) or words (q8) aligned.
+  const g = shader.q8 ? 8 : shader.xvec || (!transpose && q4) ? 4 : 1;
+  for (let kc = K; ; kc = Math.max(g, Math.ceil(kc / 2 / g) * g)) {
     let plans: { k0: number; k1: number; boxes: Box[] }[];
     try {
       plans = [];
       for (let k0 = 0; k0 < K; k0 += kc) plans.push({ k0, k1: Math.min(K, k0 + kc), boxes: planChunk(k0, Math.min(K, k0 + kc)) });
     } catch (err) {
-      if (!(err instanceof WebGpuLimitError) || kc <= 4) throw err;
+      if (!(err instanceof WebGpuLimitError) || kc <= g) throw err;
       continue;
     }
     plans.forEach((pl, ci) => pl.boxes.forEach((box) => dispatch(pl.k0, pl.k1, ci > 0, box)));
@@ -267,11 +290,12 @@ export function matmul4bit(ctx: KernelContext, x: GpuInput, wq: Quant4bitInputs<
     p[11] = -win[0].word;
     p[12] = po - win[2].word * 8;
     p[13] = nested ? ao - win[3].word * 4 : ao - win[3].word;
-    p[15] = bs;
+    // Shift counts when every block size is a power of two, else divisors.
+    p[15] = shader.pow2 ? Math.log2(bs) : bs;
     p[18] = wq.code.view.offset - win[4].word;
     if (nested) {
       p[14] = nested.absmax.view.offset - win[5].word;
-      p[16] = nested.blocksize;
+      p[16] = shader.pow2 ? Math.log2(nested.blocksize) : nested.blocksize;
       p[17] = f32Bits(nested.offset);
       p[19] = nested.code.view.offset - win[6].word;
     }
