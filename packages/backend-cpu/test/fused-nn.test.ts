@@ -77,10 +77,12 @@ test("attention: the WASM row kernels and the TypeScript passes give the same va
     return out;
   };
   const ref = await run({ wasm: false, blas: "off" });
+  // Where the runtime has relaxed SIMD (Deno, Bun), the WASM matmul fuses its multiply-adds: a
+  // gradient summed over 37 queries then differs from the TypeScript one by up to about 2.5e-5.
   for (const opts of [{}, { blas: "off" as const }]) {
     const got = await run(opts);
     got.forEach((a, j) => {
-      for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i] - ref[j][i]) <= 2e-5 * (1 + Math.abs(ref[j][i])), `${JSON.stringify(opts)} output ${j}[${i}]: ${a[i]} vs ${ref[j][i]}`);
+      for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i] - ref[j][i]) <= 5e-5 * (1 + Math.abs(ref[j][i])), `${JSON.stringify(opts)} output ${j}[${i}]: ${a[i]} vs ${ref[j][i]}`);
     });
   }
 });
