@@ -24,6 +24,7 @@
  */
 import type { Quant4bitInputs } from "@lowrank/tensor";
 import { EPW, Wgsl } from "../wgsl/common.ts";
+import { REG4X4_FMA, REG4X4_SETUP } from "../wgsl/matmul.ts";
 import { type GpuInput, type GpuStorage, type KernelContext, bindWords } from "./context.ts";
 import { finish, fullKernel } from "./elementwise.ts";
 import { type Access, type Box, planBoxes } from "./strided.ts";
@@ -168,18 +169,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   if (row0 >= mEnd || col0 >= nEnd) { return; }
   for (var i = 0u; i < 16u; i++) { cb[i] = CB[p(18u) + i]; }
   // Rows/cols past the end decode and load whatever the (bounds-checked) bindings hold and are never stored.
-  let r0 = row0;
-  let r1 = row0 + 1u;
-  let r2 = row0 + 2u;
-  let r3 = row0 + 3u;
-  let c0 = col0;
-  let c1 = col0 + 1u;
-  let c2 = col0 + 2u;
-  let c3 = col0 + 3u;
-  var acc0 = vec4<f32>(0.0);
-  var acc1 = vec4<f32>(0.0);
-  var acc2 = vec4<f32>(0.0);
-  var acc3 = vec4<f32>(0.0);
+  ${REG4X4_SETUP}
   let k0 = p(21u);
   let kEnd = p(20u);
   let carry = p(22u) != 0u;
@@ -188,10 +178,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   for (; k + 4u <= kEnd; k += 4u) {
     ${loadX(s)}
     ${loadW(s)}
-    acc0 += a0.x * b0 + a0.y * b1 + a0.z * b2 + a0.w * b3;
-    acc1 += a1.x * b0 + a1.y * b1 + a1.z * b2 + a1.w * b3;
-    acc2 += a2.x * b0 + a2.y * b1 + a2.z * b2 + a2.w * b3;
-    acc3 += a3.x * b0 + a3.y * b1 + a3.z * b2 + a3.w * b3;
+    ${REG4X4_FMA}
   }
   ${tail}
   ${store}

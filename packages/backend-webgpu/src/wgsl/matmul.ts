@@ -16,6 +16,27 @@
 import type { DType } from "@lowrank/tensor";
 import { Wgsl } from "./common.ts";
 
+/**
+ * The reg4x4 tile's common parts (also used by kernels/matmul4bit.ts): the 4 rows and 4 columns an
+ * invocation owns and its accumulators, then one k-step of 4 (a0..a3 rows of A, b0..b3 rows of B).
+ */
+export const REG4X4_SETUP = `let r0 = row0;
+  let r1 = row0 + 1u;
+  let r2 = row0 + 2u;
+  let r3 = row0 + 3u;
+  let c0 = col0;
+  let c1 = col0 + 1u;
+  let c2 = col0 + 2u;
+  let c3 = col0 + 3u;
+  var acc0 = vec4<f32>(0.0);
+  var acc1 = vec4<f32>(0.0);
+  var acc2 = vec4<f32>(0.0);
+  var acc3 = vec4<f32>(0.0);`;
+export const REG4X4_FMA = `acc0 += a0.x * b0 + a0.y * b1 + a0.z * b2 + a0.w * b3;
+    acc1 += a1.x * b0 + a1.y * b1 + a1.z * b2 + a1.w * b3;
+    acc2 += a2.x * b0 + a2.y * b1 + a2.z * b2 + a2.w * b3;
+    acc3 += a3.x * b0 + a3.y * b1 + a3.z * b2 + a3.w * b3;`;
+
 export type Layout = "row" | "col" | "any";
 
 export interface MatmulShader {
@@ -139,26 +160,12 @@ ${PROLOGUE}
   let col0 = p(8u) + (tn * ${s.wx}u + lid.x) * 4u;
   if (row0 >= mEnd || col0 >= nEnd) { return; }
   // Rows/cols past the end load whatever the (bounds-checked) binding holds and are never stored.
-  let r0 = row0;
-  let r1 = row0 + 1u;
-  let r2 = row0 + 2u;
-  let r3 = row0 + 3u;
-  let c0 = col0;
-  let c1 = col0 + 1u;
-  let c2 = col0 + 2u;
-  let c3 = col0 + 3u;
-  var acc0 = vec4<f32>(0.0);
-  var acc1 = vec4<f32>(0.0);
-  var acc2 = vec4<f32>(0.0);
-  var acc3 = vec4<f32>(0.0);
+  ${REG4X4_SETUP}
   let kv = K & ~3u;
   for (var k = 0u; k < kv; k += 4u) {
     ${loadA(s.a)}
     ${loadB(s.b)}
-    acc0 += a0.x * b0 + a0.y * b1 + a0.z * b2 + a0.w * b3;
-    acc1 += a1.x * b0 + a1.y * b1 + a1.z * b2 + a1.w * b3;
-    acc2 += a2.x * b0 + a2.y * b1 + a2.z * b2 + a2.w * b3;
-    acc3 += a3.x * b0 + a3.y * b1 + a3.z * b2 + a3.w * b3;
+    ${REG4X4_FMA}
   }
   for (var k = kv; k < K; k++) {
     let bk = vec4<f32>(B1(bo + k * sbk + c0 * sbn), B1(bo + k * sbk + c1 * sbn), B1(bo + k * sbk + c2 * sbn), B1(bo + k * sbk + c3 * sbn));
