@@ -3,16 +3,25 @@ import { type Tensor, noGrad, scope, sumOfSquares } from "@lowrank/tensor";
 
 /** sqrt(sum of squares) over every gradient present (torch.nn.utils.clip_grad_norm_'s total norm). */
 export async function globalGradNorm(params: readonly Tensor[]): Promise<number> {
-  const grads = params.map((p) => p.grad).filter((g): g is Tensor => g !== null);
-  if (!grads.length) return 0;
-  // One multi-tensor kernel where the backend has it (WebGPU: a few dispatches for every LoRA
-  // gradient instead of three each); else the same square/sum/add per tensor, in order.
-  const total = noGrad(() => scope(() => sumOfSquares(grads).sqrt()));
+  const total = gradNormTensor(params);
+  if (!total) return 0;
   try {
     return await total.item();
   } finally {
     total.dispose();
   }
+}
+
+/**
+ * The global gradient norm as a device scalar (null without gradients), so a caller can read it
+ * together with other values in one host sync. One multi-tensor kernel where the backend has it
+ * (WebGPU: a few dispatches for every LoRA gradient instead of three each); else the same
+ * square/sum/add per tensor, in order.
+ */
+export function gradNormTensor(params: readonly Tensor[]): Tensor | null {
+  const grads = params.map((p) => p.grad).filter((g): g is Tensor => g !== null);
+  if (!grads.length) return null;
+  return noGrad(() => scope(() => sumOfSquares(grads).sqrt()));
 }
 
 /** Scale gradients so their global norm is at most maxNorm (coefficient maxNorm / (norm + 1e-6), as torch). */

@@ -9,7 +9,7 @@ export { trainLoop, INIT_LOSS_SCALE, type LossScaler, type LoopOptions, type Loo
 export { prepareModel, paramSummary, type PreparedModel } from "./methods.ts";
 export { AdamW, SGD, namedParams, type Optimizer, type OptimizerState, type NamedParam, type AdamWOptions, type SgdOptions } from "./optim.ts";
 export { learningRate, lrFactor, warmupSteps, SCHEDULERS, type SchedulerName, type ScheduleOptions } from "./schedule.ts";
-export { globalGradNorm, clipGradients } from "./grad-utils.ts";
+export { globalGradNorm, gradNormTensor, clipGradients } from "./grad-utils.ts";
 export { enableGradientCheckpointing, CheckpointedLayer, dropoutStreamMap, type DropoutStream } from "./grad-checkpoint.ts";
 export {
   saveCheckpoint, loadCheckpoint, resolveCheckpoint, listCheckpoints, restoreParams,

@@ -13,9 +13,10 @@
  * are one pass over the gradients.
  */
 import type { LlamaForCausalLM } from "@lowrank/nn";
+import { type Tensor, concat, noGrad, scope } from "@lowrank/tensor";
 import type { Batch, BatchLoader } from "./data/loader.ts";
 import { batchLossSum } from "./evaluate.ts";
-import { globalGradNorm, scaleGradients } from "./grad-utils.ts";
+import { gradNormTensor, scaleGradients } from "./grad-utils.ts";
 import type { MetricsLog, Reporter } from "./metrics.ts";
 import type { NamedParam, Optimizer } from "./optim.ts";
 import { type ScheduleOptions, learningRate } from "./schedule.ts";
@@ -88,19 +89,20 @@ export async function trainLoop(o: LoopOptions): Promise<LoopResult> {
     for (let i = 0; i < o.gradAccum; i++) micro.push(o.loader.next());
     const targets = micro.reduce((n, b) => n + b.targets, 0);
     const scale = o.scaler?.scale ?? 1;
-    let lossSum = 0;
+    // Losses stay on the device: the step's one host sync reads them with the gradient norm.
+    const sums: Tensor[] = [];
     for (const b of micro) {
       if (!b.targets) continue;
       const sum = batchLossSum(o.model, b);
       const scaled = scale === 1 ? sum.div(targets) : sum.mul(scale / targets); // fp32 runs keep their exact bytes
       scaled.backward();
-      lossSum += await sum.item();
-      sum.dispose();
       scaled.dispose();
+      sums.push(sum);
     }
     o.afterBackward?.(step);
+    const [lossSum, rawNorm] = await readStep(sums, gradNormTensor(tensors));
     const loss = lossSum / Math.max(1, targets);
-    const gradNorm = (await globalGradNorm(tensors)) / scale;
+    const gradNorm = rawNorm / scale;
     let skip: string | undefined;
     let overflow = false;
     if (!targets) skip = "no target tokens";
@@ -155,4 +157,23 @@ export async function trainLoop(o: LoopOptions): Promise<LoopResult> {
   }
   o.reporter.end();
   return { steps: stopAt - o.startStep, skipped, seconds: (performance.now() - t0) / 1000 };
+}
+
+/**
+ * One read for a step: the micro-batches' summed losses (added in f64 on the host, in order, as
+ * each used to be read) and the gradient norm, as one small device tensor. Frees its inputs.
+ */
+async function readStep(sums: Tensor[], norm: Tensor | null): Promise<[number, number]> {
+  const parts = norm ? [...sums, norm] : sums;
+  if (!parts.length) return [0, 0];
+  const all = noGrad(() => scope(() => concat(parts.map((t) => (t.dtype === "f32" ? t : t.cast("f32")).reshape([1])), 0)));
+  try {
+    const v = await all.read();
+    let lossSum = 0;
+    for (let i = 0; i < sums.length; i++) lossSum += v[i];
+    return [lossSum, norm ? v[sums.length] : 0];
+  } finally {
+    all.dispose();
+    for (const t of parts) t.dispose();
+  }
 }
