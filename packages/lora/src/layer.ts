@@ -218,8 +218,9 @@ export class LoraLinear extends Module {
         const s = this.scaling.get(name) as number;
         // Mixed precision (a half-precision base and activations, f32 adapters): the branch runs in
         // the activations' dtype with the small A and B cast to it, as under torch autocast, so it
-        // saves the input the base layer keeps anyway instead of an f32 copy per adapter.
-        const mixed = (x.dtype === "f16" || x.dtype === "bf16") && A.dtype === "f32";
+        // saves the input the base layer keeps anyway instead of an f32 copy per adapter. DoRA's
+        // weight-norm path stays in the adapters' f32 (x is cast to it, as before).
+        const mixed = (x.dtype === "f16" || x.dtype === "bf16") && A.dtype === "f32" && !this.useDora.get(name);
         if (mixed) [A, B] = [A.cast(x.dtype), B.cast(x.dtype)];
         const xa = (x.dtype === A.dtype ? x : x.cast(A.dtype)).reshape([-1, this.inFeatures]); // (N, in)
         const p = this.loraDropout.get(name) as number;

@@ -4,7 +4,9 @@ import assert from "node:assert/strict";
 import { type Tensor, crossEntropy, noGrad, scope, tensor } from "@lowrank/tensor";
 import { Linear, Module } from "@lowrank/nn";
 import { LoraLinear, PeftModel, type QuantizedLinearLike, getPeftModel, withAdaptersDisabled } from "../src/index.ts";
-import { IDS, logits, maxAbsDiff, randomizeAdapter, snapshot, tinyModel } from "./helpers.ts";
+import { LlamaForCausalLM, randomInit } from "@lowrank/nn";
+import { Rng } from "@lowrank/tensor";
+import { IDS, logits, maxAbsDiff, randomizeAdapter, snapshot, tinyConfig, tinyModel } from "./helpers.ts";
 
 const quiet = { warn: () => {} };
 const ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
@@ -312,3 +314,24 @@ test("mergeAndUnload with a modules_to_save copy of a tied lm_head keeps the emb
   assert.ok(maxAbsDiff(logits(model), adapted) < 1e-5);
   model.dispose();
 });
+
+for (const dtype of ["bf16", "f16"] as const) {
+  test(`${dtype} base (mixed precision): LoRA and DoRA train f32 adapters, and their output stays close to the f32 model's`, () => {
+    for (const use_dora of [false, true]) {
+      const run = (d: "f32" | typeof dtype) => {
+        const model = new LlamaForCausalLM(tinyConfig(), { dtype: d, init: randomInit(new Rng(3), 0.3) });
+        const peft = getPeftModel(model, { target_modules: ["q_proj", "v_proj", "down_proj"], r: 2, lora_dropout: 0.1, use_dora }, "default", quiet);
+        randomizeAdapter(peft);
+        const out = logits(model);
+        lossOf({ forward: (ids) => model.forward(ids).cast("f32") }).backward();
+        const grads = peft.namedTrainableParameters().map(([n, p]) => [n, p.dtype, p.grad?.dtype] as const);
+        model.dispose();
+        return { out, grads };
+      };
+      const ref = run("f32"), half = run(dtype);
+      for (const [n, pd, gd] of half.grads) assert.deepEqual([pd, gd], ["f32", "f32"], `${n}: adapter and gradient in f32 (use_dora ${use_dora})`);
+      const scale = Math.max(...Array.from(ref.out, Math.abs));
+      assert.ok(maxAbsDiff(half.out, ref.out) < 0.05 * scale, `use_dora ${use_dora}: logits off by ${maxAbsDiff(half.out, ref.out)} (scale ${scale})`);
+    }
+  });
+}
