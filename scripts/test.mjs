@@ -147,6 +147,12 @@ function commandFor(runtime, files, flags = []) {
   return [join(BIN, "deno"), ["test", "-A", "--no-check", ...flags, ...files]];
 }
 
+/** A process killed by a signal (SIGABRT) whose summary says every test passed. */
+function abortedAfterPassing(r) {
+  const s = parsers.deno(r.out);
+  return r.code !== 0 && !r.timedOut && (r.signal === "SIGABRT" || r.code === 134) && s.found && s.failed === 0;
+}
+
 const results = [];
 const fmtTime = (ms) => `${(ms / 1000).toFixed(1)}s`;
 
@@ -172,7 +178,15 @@ async function suite(runtime, pkg) {
     const r = { code: null, out: `${cmd} not found: run npm install at the repository root (bun and deno are devDependencies)`, ms: 0 };
     return report(label, r, { passed: 0, failed: 1, skipped: 0 }, false, "runtime missing");
   }
-  const r = await exec(cmd, args, pkg.dir);
+  let r = await exec(cmd, args, pkg.dir);
+  if (runtime === "deno" && abortedAfterPassing(r)) {
+    // Deno's WebGPU sometimes aborts in its native teardown ("double free or corruption",
+    // "corrupted size vs. prev_size") after every test has passed: seen in about one run in five of
+    // the WebGPU conformance suite since 2026-12-03's WebGPU changes, never in 6 runs before them;
+    // not yet explained. Said out loud and run once more, so a real failure still fails.
+    console.log(`note  ${`${runtime.padEnd(5)} ${pkg.name}`.padEnd(36)} aborted at exit after all tests passed (${r.out.trimEnd().split("\n").pop()}); running it again`);
+    r = await exec(cmd, args, pkg.dir);
+  }
   const s = parsers[runtime](r.out);
   const counts = { passed: s.passed ?? 0, failed: s.failed, skipped: s.skipped };
   // A crash, load error or timeout can exit non-zero without any failed test in the summary.
