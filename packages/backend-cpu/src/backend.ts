@@ -1,6 +1,6 @@
 import {
   type Backend, type BinaryOp, type DType, type FusedKernels, type HostArray, type Input, type MemoryStats,
-  type ReduceOp, type UnaryOp, DTYPES, contiguousStrides, fromF32, hostArray, numel, uniformAt,
+  type ReduceOp, type UnaryOp, DTYPES, hostArray, numel, uniformAt,
 } from "@lowrank/tensor";
 import { type Bits, binaryStrided, unaryKernel, whereStrided } from "./kernels/elementwise.ts";
 import { encodeHalf, isHalf, useBf16Codec } from "./kernels/half.ts";
@@ -85,10 +85,6 @@ export class CpuBackend implements Backend<CpuHandle> {
   }
 
   // ---- memory ----
-  /** @internal a kernel's f32 result stored as `dtype` (f32 as it is; f16/bf16 rounded, the f32 array recycled) */
-  result(dtype: DType, v: Float32Array): CpuHandle {
-    return dtype === "f32" ? this.own(v) : this.store(dtype, v);
-  }
   /** @internal register a freshly allocated array */
   own<T extends HostArray>(a: T): T {
     this.live += a.byteLength;
@@ -128,8 +124,8 @@ export class CpuBackend implements Backend<CpuHandle> {
     this.pool.clear();
   }
 
-  /** Store f32/f64/int values as `dtype`. */
-  private store(dtype: DType, values: Num): CpuHandle {
+  /** @internal Store f32/f64/int values as `dtype` (a kernel's f32 result as it is; f16/bf16 rounded, the f32 array recycled). */
+  store(dtype: DType, values: Num): CpuHandle {
     if (isHalf(dtype)) {
       // A half result is computed in f32 scratch (scratch(), the pool); it goes back once rounded.
       const h = this.own(encodeHalf(dtype, values instanceof Float32Array ? values : Float32Array.from(values)));
@@ -314,7 +310,7 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
     const n = s[s.length - 1];
     return { rows: numel(s) / n, n };
   };
-  const out = (dtype: DType, v: Float32Array): CpuHandle => be.result(dtype, v);
+  const out = (dtype: DType, v: Float32Array): CpuHandle => be.store(dtype, v);
   const exp = (x: Float32Array, n: number) => {
     const v = x.subarray(0, n);
     if (!be.ew?.unary("exp", v, v)) unaryKernel("exp", v, v);
@@ -356,7 +352,7 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
       const sum = new Float32Array(rows * n);
       for (let i = 0; i < sum.length; i++) sum[i] = xv[i] + rv[i];
       const h = out(x.dtype, sum);
-      const hv = be.packedF32({ handle: h, dtype: x.dtype, view: { shape: x.view.shape, strides: contiguousStrides(x.view.shape), offset: 0 } });
+      const hv = numeric(x.dtype, h) as Float32Array;
       rmsNormRows(hv, wv, rows, n, eps, y, rstd);
       return { h, out: out(x.dtype, y), rstd: be.own(rstd) };
     },

@@ -9,6 +9,7 @@ import type { GradCtx } from "./autograd.ts";
 import { isGradEnabled, noGrad, record } from "./autograd.ts";
 import * as ops from "./ops.ts";
 import { scope } from "./scope.ts";
+import { sameShape } from "./shape.ts";
 import { type Tensor, fromHandle } from "./tensor.ts";
 
 const lastAxis = (x: Tensor, axis: number) => axis === -1 || axis === x.rank - 1;
@@ -69,7 +70,7 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-5): Tensor {
 export function addRmsNorm(x: Tensor, r: Tensor, weight: Tensor, eps = 1e-5): [Tensor, Tensor] {
   return scope(() => {
     const k = x.backend.fused?.addRmsNorm;
-    if (k && x.dtype === r.dtype && x.rank === r.rank && x.shape.every((d, i) => d === r.shape[i])) {
+    if (k && x.dtype === r.dtype && sameShape(x.shape, r.shape)) {
       const [xc, rc, wc] = [ensureContig(x), ensureContig(r), ensureContig(weight)];
       const o = k(inp(xc), inp(rc), inp(wc), eps);
       const rows = x.size / x.shape[x.rank - 1];

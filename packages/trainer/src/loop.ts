@@ -13,7 +13,7 @@
  * are one pass over the gradients.
  */
 import type { LlamaForCausalLM } from "@lowrank/nn";
-import { type Tensor, concat, noGrad, scope } from "@lowrank/tensor";
+import { type Tensor, noGrad, stack } from "@lowrank/tensor";
 import type { Batch, BatchLoader } from "./data/loader.ts";
 import { batchLossSum } from "./evaluate.ts";
 import { gradNormTensor, scaleGradients } from "./grad-utils.ts";
@@ -166,7 +166,7 @@ export async function trainLoop(o: LoopOptions): Promise<LoopResult> {
 async function readStep(sums: Tensor[], norm: Tensor | null): Promise<[number, number]> {
   const parts = norm ? [...sums, norm] : sums;
   if (!parts.length) return [0, 0];
-  const all = noGrad(() => scope(() => concat(parts.map((t) => (t.dtype === "f32" ? t : t.cast("f32")).reshape([1])), 0)));
+  const all = noGrad(() => stack(parts)); // f32 scalars: the losses are f32 (lossSum), and so is the norm
   try {
     const v = await all.read();
     let lossSum = 0;

@@ -232,7 +232,7 @@ export interface Matmul4bitHost {
   packedF32(x: Input<HostArray>): Float32Array;
   own<T extends HostArray>(a: T): T;
   /** An f32 result stored in `dtype` (halves rounded). */
-  result(dtype: DType, v: Float32Array): HostArray;
+  store(dtype: DType, v: Float32Array): HostArray;
   /** Recycled f32 arrays for outputs the kernel writes in full. */
   readonly pool: { take(n: number): Float32Array };
 }
@@ -262,5 +262,5 @@ export function matmul4bitKernel(be: Matmul4bitHost, x: Input<HostArray>, w: Qua
   const N = transpose ? w.inFeatures : w.outFeatures;
   const y = be.pool.take(M * N); // every element is written (panels cover all columns; the small path all rows)
   matmul4bitHost(be.engine, hostWeight(w), be.packedF32(x), M, transpose, y);
-  return be.result(x.dtype, y);
+  return be.store(x.dtype, y);
 }
