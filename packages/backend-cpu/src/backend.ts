@@ -345,7 +345,7 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
       const rstd = new Float32Array(rows);
       if (x.dtype === "f32") {
         const h = be.pool.take(rows * n);
-        if (!be.ew?.addRmsNorm(xv, rv, wv, rows, n, eps, h, y, rstd)) addRmsNormRows(xv, rv, wv, rows, n, eps, h, y, rstd);
+        if (!be.ew?.rmsNorm(xv, wv, rows, n, eps, y, rstd, { res: rv, h })) addRmsNormRows(xv, rv, wv, rows, n, eps, h, y, rstd);
         return { h: be.own(h), out: be.own(y), rstd: be.own(rstd) };
       }
       // f16/bf16: h is rounded to its dtype, then normed as stored (what the add + rmsNorm composite computes).

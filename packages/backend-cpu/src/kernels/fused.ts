@@ -41,20 +41,10 @@ export function rmsNormRows(x: Float32Array, w: Float32Array, rows: number, n: n
   }
 }
 
-/** h = x + res, then rmsNormRows on h: the residual add and the norm in one pass over each row. */
+/** h = x + res (stored in f32), then rmsNormRows on h as stored. */
 export function addRmsNormRows(x: Float32Array, res: Float32Array, w: Float32Array, rows: number, n: number, eps: number, h: Float32Array, out: Float32Array, rstd: Float32Array): void {
-  for (let r = 0; r < rows; r++) {
-    const b = r * n;
-    let ss = 0;
-    for (let i = 0; i < n; i++) {
-      h[b + i] = x[b + i] + res[b + i];
-      const v = h[b + i]; // the stored f32 sum, as rmsNormRows would read it
-      ss += v * v;
-    }
-    const rs = 1 / Math.sqrt(ss / n + eps);
-    rstd[r] = rs;
-    for (let i = 0; i < n; i++) out[b + i] = h[b + i] * rs * w[i];
-  }
+  for (let i = 0; i < rows * n; i++) h[i] = x[i] + res[i];
+  rmsNormRows(h, w, rows, n, eps, out, rstd);
 }
 
 export function rmsNormBackwardRows(x: Float32Array, w: Float32Array, rstd: Float32Array, gy: Float32Array, rows: number, n: number, gx: Float32Array, gw: Float64Array): void {

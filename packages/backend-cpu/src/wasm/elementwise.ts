@@ -297,24 +297,12 @@ export class ElementwiseWasm {
     return true;
   }
 
-  /** RMSNorm over packed rows of n (FusedKernels.rmsNorm); false for rows wider than half a chunk or small inputs. */
-  rmsNorm(x: Float32Array, w: Float32Array, rows: number, n: number, eps: number, out: Float32Array, rstd: Float32Array): boolean {
-    if (n > CHUNK / 2 || rows * n < MIN_ELEMENTS) return false;
-    const [a, , o, wr] = this.region, rs = this.sums;
-    this.f32.set(w.subarray(0, n), wr >> 2);
-    const per = Math.floor(CHUNK / n);
-    for (let r0 = 0; r0 < rows; r0 += per) {
-      const m = Math.min(per, rows - r0);
-      this.f32.set(x.subarray(r0 * n, (r0 + m) * n), a >> 2);
-      this.k.rmsNorm(a, wr, o, rs, m, n, eps);
-      out.set(this.f32.subarray(o >> 2, (o >> 2) + m * n), r0 * n);
-      rstd.set(this.f32.subarray(rs >> 2, (rs >> 2) + m), r0);
-    }
-    return true;
-  }
-
-  /** h = x + res and rmsNorm(h) (FusedKernels.addRmsNorm): the add runs in the heap, h is normed before it leaves. */
-  addRmsNorm(x: Float32Array, res: Float32Array, w: Float32Array, rows: number, n: number, eps: number, h: Float32Array, out: Float32Array, rstd: Float32Array): boolean {
+  /**
+   * RMSNorm of packed rows (FusedKernels.rmsNorm). With `add`, of h = x + add.res, the add run in
+   * the heap and h written to add.h before it is normed (FusedKernels.addRmsNorm). False for rows
+   * wider than half a chunk or small inputs.
+   */
+  rmsNorm(x: Float32Array, w: Float32Array, rows: number, n: number, eps: number, out: Float32Array, rstd: Float32Array, add?: { res: Float32Array; h: Float32Array }): boolean {
     if (n > CHUNK / 2 || rows * n < MIN_ELEMENTS) return false;
     const [a, s, o, wr] = this.region, rs = this.sums;
     this.f32.set(w.subarray(0, n), wr >> 2);
@@ -322,10 +310,12 @@ export class ElementwiseWasm {
     for (let r0 = 0; r0 < rows; r0 += per) {
       const m = Math.min(per, rows - r0);
       this.f32.set(x.subarray(r0 * n, (r0 + m) * n), a >> 2);
-      this.f32.set(res.subarray(r0 * n, (r0 + m) * n), s >> 2);
-      this.k.binary(BINARY_OPS.add!, a, 0, 1, s, 0, 1, s, 1, m * n); // s = a + s, in place
-      this.k.rmsNorm(s, wr, o, rs, m, n, eps);
-      h.set(this.f32.subarray(s >> 2, (s >> 2) + m * n), r0 * n);
+      if (add) {
+        this.f32.set(add.res.subarray(r0 * n, (r0 + m) * n), s >> 2);
+        this.k.binary(BINARY_OPS.add!, a, 0, 1, s, 0, 1, s, 1, m * n); // s = a + s, in place
+        add.h.set(this.f32.subarray(s >> 2, (s >> 2) + m * n), r0 * n);
+      }
+      this.k.rmsNorm(add ? s : a, wr, o, rs, m, n, eps);
       out.set(this.f32.subarray(o >> 2, (o >> 2) + m * n), r0 * n);
       rstd.set(this.f32.subarray(rs >> 2, (rs >> 2) + m), r0);
     }
