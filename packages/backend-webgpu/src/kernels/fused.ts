@@ -117,22 +117,19 @@ const SOFTMAX_BWD = (log: boolean) => `
   s = wg_sum(s, lid);
   for (var i = lid; i < n; i += ${WG}u) { set_g(r, i, ${log ? "gy(r, i) - exp(y(r, i)) * s" : "y(r, i) * (gy(r, i) - s)"}); }`;
 
-const RMSNORM = `
+/**
+ * RMSNorm of row r read through `v(i)`; `store` (addRmsNorm) first writes h = x + res, kept in f32
+ * until finish rounds it, so a half h is normed before its rounding.
+ */
+const rmsNormBody = (v: string, store = "") => `
   var ss = 0.0;
-  for (var i = lid; i < n; i += ${WG}u) { let v = x(r, i); ss += v * v; }
+  for (var i = lid; i < n; i += ${WG}u) { ${store}let v = ${v}; ss += v * v; }
   ss = wg_sum(ss, lid);
   let rs = 1.0 / sqrt(ss / f32(n) + eps);
   if (lid == 0u) { set_rstd(r, rs); }
-  for (var i = lid; i < n; i += ${WG}u) { set_y(r, i, x(r, i) * rs * w(i)); }`;
-
-/** h = x + res (kept in f32 until finish rounds it, so a half h is normed before its rounding), then RMSNORM on h. */
-const ADD_RMSNORM = `
-  var ss = 0.0;
-  for (var i = lid; i < n; i += ${WG}u) { set_h(r, i, x(r, i) + res(r, i)); let v = get_h(r, i); ss += v * v; }
-  ss = wg_sum(ss, lid);
-  let rs = 1.0 / sqrt(ss / f32(n) + eps);
-  if (lid == 0u) { set_rstd(r, rs); }
-  for (var i = lid; i < n; i += ${WG}u) { set_y(r, i, get_h(r, i) * rs * w(i)); }`;
+  for (var i = lid; i < n; i += ${WG}u) { set_y(r, i, ${v} * rs * w(i)); }`;
+const RMSNORM = rmsNormBody("x(r, i)");
+const ADD_RMSNORM = rmsNormBody("get_h(r, i)", "set_h(r, i, x(r, i) + res(r, i)); ");
 
 const RMSNORM_BWD = `
   let rs = rstd(r);
