@@ -12,6 +12,7 @@ import {
 import { matmul4bitKernel } from "./kernels/matmul4bit.ts";
 import { adamwKernel, dropoutKernel, ropeKernel, swigluBackwardKernel, swigluKernel } from "./kernels/fused-nn.ts";
 import { type AttnOps, type AttnShape, attentionBackward, attentionForward, engineOps } from "./kernels/attention.ts";
+import { type LoraOps, loraBackward, loraForward } from "./kernels/lora.ts";
 import { type Num, contiguous, copyView, gatherValues, numeric, numericView } from "./kernels/strided.ts";
 import { type MatmulEngine, createMatmulEngine } from "./matmul.ts";
 import { ElementwiseWasm } from "./wasm/elementwise.ts";
@@ -325,6 +326,14 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
   const attn: AttnOps = blas
     ? { gemm: (tA, tB, M, N, K, A, B, C, acc) => blas.gemm(tA, tB, M, N, K, A, tA ? M : K, B, tB ? K : N, C, N, acc ? 1 : 0), exp, rows: be.ew }
     : { ...engineOps(be.engine, exp), rows: be.ew };
+  const lora: LoraOps = {
+    gemm: attn.gemm,
+    take: (n) => be.pool.take(n),
+    give: (a) => be.pool.put(a),
+    dropout: (x, y, d) => { if (!be.ew?.dropout(x, y, d.p, d.seed, d.offset)) dropoutKernel(x, d.p, d.seed, d.offset, y); },
+  };
+  const loraDims = (x: Input<CpuHandle>, w: Input<CpuHandle>, a: Input<CpuHandle>) =>
+    ({ N: x.view.shape[0], inF: x.view.shape[1], outF: w.view.shape[0], r: a.view.shape[0] });
   return {
     softmax: (x) => { const { rows, n } = rowsOf(x); const y = be.pool.take(rows * n); softmaxRows(be.packedF32(x), rows, n, y, false); return out(x.dtype, y); },
     logSoftmax: (x) => { const { rows, n } = rowsOf(x); const y = be.pool.take(rows * n); softmaxRows(be.packedF32(x), rows, n, y, true); return out(x.dtype, y); },
@@ -411,6 +420,14 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
       const a = attnShape(q, k, causal, scale);
       const r = attentionBackward(attn, be.packedF32(q), be.packedF32(k), be.packedF32(v), be.packedF32(o), be.packedF32(lse), be.packedF32(gy), a);
       return { gq: out(q.dtype, r.gq), gk: out(k.dtype, r.gk), gv: out(v.dtype, r.gv) };
+    },
+    loraLinear: (x, w, bias, a, b, scaling, drop) => {
+      const r = loraForward(lora, loraDims(x, w, a), be.packedF32(x), be.packedF32(w), bias && be.packedF32(bias), be.packedF32(a), be.packedF32(b), scaling, drop);
+      return { y: be.own(r.y), h: be.own(r.h) };
+    },
+    loraLinearBackward: (x, w, a, b, h, gy, scaling, drop) => {
+      const r = loraBackward(lora, loraDims(x, w, a), be.packedF32(x), be.packedF32(w), be.packedF32(a), be.packedF32(b), be.packedF32(h), be.packedF32(gy), scaling, drop);
+      return { gx: be.own(r.gx), gA: be.own(r.gA), gB: be.own(r.gB) };
     },
     adamw: (p, g, m, v, size, h) => adamwKernel(p as Float32Array, be.packedF32(g), m as Float32Array, v as Float32Array, size, h),
   };

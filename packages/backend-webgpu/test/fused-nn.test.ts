@@ -353,6 +353,33 @@ t("operands wider than one storage binding: rope, adamw and attention split into
   }
 });
 
+t("loraLinear: two dispatches forward and two backward; operands wider than one binding take separate kernels, same numbers", async () => {
+  const small = createWebGpuBackend(gpu.gpuDevice, { maxBindingBytes: 4096, ownsDevice: false });
+  try {
+    const [N, inF, outF, r] = [24, 32, 40, 4]; // W [40, 32]: 1280 words, past small's 1024
+    const drop = { p: 0.3, seed: 5, offset: 17 };
+    const run = async (be: WebGpuBackend) => {
+      const f = be.fused as FusedKernels<GpuStorage>;
+      const [x, w, b, a, bb, gy] = [[N, inF], [outF, inF], [outF], [r, inF], [outF, r], [N, outF]].map((shape, i) => up(be, vals(shape.reduce((m, k) => m * k), 120 + i), shape));
+      const d0 = be.engine.counters.dispatches;
+      const fw = f.loraLinear(x.input, w.input, b.input, a.input, bb.input, 1.5, drop);
+      const d1 = be.engine.counters.dispatches;
+      const h = { handle: fw.h, dtype: "f32" as const, view: { shape: [N, r], strides: [r, 1], offset: 0 } };
+      const bw = f.loraLinearBackward(x.input, w.input, a.input, bb.input, h, gy.input, 1.5, drop);
+      const d2 = be.engine.counters.dispatches;
+      const out = [[fw.y, N * outF], [fw.h, N * r], [bw.gx, N * inF], [bw.gA, r * inF], [bw.gB, outF * r]] as const;
+      return { vals: await Promise.all(out.map(([hd, n]) => down(be, hd, "f32", n))), fwd: d1 - d0, bwd: d2 - d1 };
+    };
+    const [fusedRun, split] = [await run(gpu), await run(small)];
+    if (fusedRun.fwd !== 2 || fusedRun.bwd !== 2) throw new Error(`fused loraLinear took ${fusedRun.fwd} + ${fusedRun.bwd} dispatches, expected 2 + 2`);
+    if (split.fwd <= 2) throw new Error("an operand past the binding limit did not take the separate kernels");
+    ["y", "h", "gx", "gA", "gB"].forEach((name, i) => close(`loraLinear ${name}: fused vs separate kernels`, split.vals[i], fusedRun.vals[i], 1e-5, 1e-4));
+  } finally {
+    await small.sync();
+    small.dispose();
+  }
+});
+
 t("dispose", async () => {
   await gpu.sync();
   gpu.dispose();

@@ -121,6 +121,23 @@ export interface FusedKernels<H = unknown> {
   matmul4bit?(x: Input<H>, w: Quant4bitInputs<H>, transpose: boolean): H;
 
   /**
+   * A LoRA-wrapped dense linear layer (PEFT lora.Linear over torch.nn.Linear) in two passes:
+   *   h = scaling · dropout(x) Aᵀ     [N, r]   (kept for backward)
+   *   y = x Wᵀ (+ bias) + h Bᵀ         [N, out]
+   * x [N, in], w [out, in], bias [out], a [r, in], b [out, r]: f32, contiguous. `drop` is the
+   * `dropout` kernel's mask over x's elements (seed, offset + i); null: no dropout. The base
+   * add, the scaling and the mask live inside the matmuls' loads and stores.
+   */
+  loraLinear(x: Input<H>, w: Input<H>, bias: Input<H> | null, a: Input<H>, b: Input<H>, scaling: number, drop: DropoutParams | null): { y: H; h: H };
+  /**
+   * Gradients of loraLinear for gy [N, out], the base (w, bias) frozen:
+   *   gh = scaling · gy B;  gB = gyᵀ h;  gA = ghᵀ dropout(x);  gx = gy W + dropout(gh A)
+   * (dropout's backward is its own mask again, regenerated from (seed, offset)).
+   */
+  loraLinearBackward(
+    x: Input<H>, w: Input<H>, a: Input<H>, b: Input<H>, h: Input<H>, gy: Input<H>, scaling: number, drop: DropoutParams | null,
+  ): { gx: H; gA: H; gB: H };
+  /**
    * Inverted dropout whose mask is a pure function of (seed, offset + i): element i is kept iff
    * uniformAt(seed, offset + i) >= p (random.ts), and kept values are scaled by 1 / (1 - p).
    * x is contiguous; out has x's dtype. Its own backward: the gradient is dropout(g) with the
@@ -169,6 +186,13 @@ export interface FusedKernels<H = unknown> {
   sumSquares?(xs: Input<H>[]): H;
 }
 
+/** Inverted dropout of probability p whose mask is the stream (seed, offset + i) (FusedKernels.dropout). */
+export interface DropoutParams {
+  p: number;
+  seed: number;
+  offset: number;
+}
+
 /** Scalars of one AdamW step (see FusedKernels.adamw). */
 export interface AdamWHyper {
   lr: number;
@@ -195,6 +219,7 @@ export const FUSED_PAIRS: readonly (readonly [keyof FusedKernels, keyof FusedKer
   ["swiglu", "swigluBackward"],
   ["rope", "ropeBackward"],
   ["attention", "attentionBackward"],
+  ["loraLinear", "loraLinearBackward"],
   ["dropout", null],
   ["adamw", null],
   ["matmul4bit", null],

@@ -5,7 +5,7 @@
  * without it the same math is built from primitives, the reference the conformance suite checks
  * every kernel against (forward values and gradcheck on both paths).
  */
-import type { AdamWHyper } from "./backend.ts";
+import type { AdamWHyper, DropoutParams } from "./backend.ts";
 import type { GradCtx } from "./autograd.ts";
 import { isGradEnabled, noGrad, record } from "./autograd.ts";
 import * as ops from "./ops.ts";
@@ -16,11 +16,7 @@ import { ensureContig as dense, inp, pair, saved, softmax } from "./fused.ts";
 
 // ---------------------------------------------------------------- dropout
 
-export interface DropoutParams {
-  p: number;
-  seed: number;
-  offset: number;
-}
+export type { DropoutParams };
 
 /**
  * Inverted dropout with a reproducible mask: element i keeps iff uniformAt(seed, offset + i) >= p.
@@ -199,6 +195,46 @@ const loraBranchRule = {
   },
 };
 
+/**
+ * A LoRA layer over a dense linear base: x Wᵀ (+ bias) + scaling · B(A(dropout(x))) for x [N, in],
+ * W [out, in]. With the backend's loraLinear pair it is one node (Unsloth's fused LoRA matmuls):
+ * two passes forward and four backward, base and branch summed in one accumulator, the dropout
+ * mask and the scaling applied in the matmuls' loads and stores, so base output, branch output,
+ * dropped input and the two input gradients never exist as separate tensors. It saves x and
+ * h = scaling · dropout(x) Aᵀ [N, r], like loraBranch. The base must be frozen (no gradient for W
+ * or bias) and everything f32; otherwise, or without the pair, it is the base matmul plus loraBranch.
+ */
+export function loraLinear(x: Tensor, weight: Tensor, bias: Tensor | null, A: Tensor, B: Tensor, scaling: number, drop: DropoutParams | null): Tensor {
+  return scope(() => {
+    if (drop && drop.p === 0) drop = null;
+    const k = x.backend.fused?.loraLinear;
+    const f32 = [x, weight, A, B, ...(bias ? [bias] : [])].every((t) => t.dtype === "f32");
+    if (!k || !f32 || x.rank !== 2 || weight.requiresGrad || bias?.requiresGrad) {
+      let y = x.matmul(weight.T);
+      if (bias) y = y.add(bias);
+      return y.add(loraBranch(x, A, B, scaling, drop));
+    }
+    const [N, out, r] = [x.shape[0], weight.shape[0], A.shape[0]];
+    const [xc, wc, ac, bc] = [dense(x), dense(weight), dense(A), dense(B)];
+    const bb = bias ? dense(bias) : null;
+    const o = k(inp(xc), inp(wc), bb ? inp(bb) : null, inp(ac), inp(bc), scaling, drop);
+    const y = fromHandle(x.backend, o.y, [N, out], "f32");
+    const h = fromHandle(x.backend, o.h, [N, r], "f32");
+    return isGradEnabled() ? record(y, "loraLinear", [xc, wc, ac, bc], { scaling, drop }, [h]) : y;
+  });
+}
+
+const loraLinearRule = {
+  save: { inputs: [0, 1, 2, 3] },
+  backward: (c: GradCtx, g: Tensor) => {
+    const [x, W, A, B, h] = [saved(c, 0), saved(c, 1), saved(c, 2), saved(c, 3), saved(c, 4)];
+    const { scaling, drop } = c.params as { scaling: number; drop: DropoutParams | null };
+    const o = pair(x, "loraLinearBackward")(inp(x), inp(W), inp(A), inp(B), inp(h), inp(dense(g)), scaling, drop);
+    const be = x.backend;
+    return [fromHandle(be, o.gx, x.shape, "f32"), null, fromHandle(be, o.gA, A.shape, "f32"), fromHandle(be, o.gB, B.shape, "f32")];
+  },
+};
+
 // ---------------------------------------------------------------- AdamW
 
 /**
@@ -276,4 +312,5 @@ export const fusedNnGradRules = {
     },
   },
   loraBranch: loraBranchRule,
+  loraLinear: loraLinearRule,
 };

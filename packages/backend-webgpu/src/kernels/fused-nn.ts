@@ -28,7 +28,7 @@ function floatOnly(kernel: string, ...xs: GpuInput[]): void {
  * threshold f32 holds exactly (p itself would round). Offsets up to 2^53 (the 64-bit counter of
  * the `random` kernel).
  */
-function dropout(ctx: KernelContext, x: GpuInput, p: number, seed: number, offset: number): GpuStorage {
+export function dropout(ctx: KernelContext, x: GpuInput, p: number, seed: number, offset: number): GpuStorage {
   floatOnly("dropout", x);
   if (!Number.isSafeInteger(offset) || offset < 0) throw new RangeError(`dropout: offset must be an integer in [0, 2^53), got ${offset}`);
   const threshold = Math.min(Math.max(Math.ceil(p * 16777216), 0), 16777216) / 16777216;

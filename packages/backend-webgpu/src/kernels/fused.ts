@@ -1,7 +1,7 @@
 /**
  * Fused last-axis kernels (softmax, logSoftmax, rmsNorm, addRmsNorm, crossEntropy and their backward
  * kernels): one workgroup per row, row reductions in workgroup memory, f32 math. makeFused adds
- * the kernels of fused-nn.ts, attention.ts and matmul4bit.ts. Outputs are written as f32; a half/bf16 result
+ * the kernels of fused-nn.ts, attention.ts, lora.ts and matmul4bit.ts. Outputs are written as f32; a half/bf16 result
  * is then rounded by the cast kernel (one rounding, like the CPU). Rows are chunked so every
  * operand window fits one storage binding (a 32k-vocab logits matrix is larger than lavapipe's
  * 128 MiB binding limit).
@@ -17,6 +17,7 @@ import { makeAttention } from "./attention.ts";
 import { contig, finish } from "./elementwise.ts";
 import { makeFusedNn } from "./fused-nn.ts";
 import { matmul4bit } from "./matmul4bit.ts";
+import { makeLora } from "./lora.ts";
 import { sumSquares } from "./sumsq.ts";
 import { type Access, planBoxes } from "./strided.ts";
 
@@ -218,6 +219,7 @@ export function makeFused(ctx: KernelContext): Partial<FusedKernels<GpuStorage>>
     },
     ...makeFusedNn(ctx),
     ...makeAttention(ctx),
+    ...makeLora(ctx),
     sumSquares: (xs) => sumSquares(ctx, xs),
     matmul4bit: (x, w, transpose) => matmul4bit(ctx, x, w, transpose),
   };

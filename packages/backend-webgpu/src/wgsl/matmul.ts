@@ -53,7 +53,7 @@ export interface MatmulShader {
 }
 
 /** Element type of an operand binding and its vec4 / scalar loaders. */
-function operand(name: string, binding: number, s: MatmulShader): string {
+export function operand(name: string, binding: number, s: MatmulShader): string {
   const decl = (t: string) => `@group(0) @binding(${binding}) var<storage, read> ${name}b: array<${t}>;`;
   if (s.dtype === "f16" && s.nativeF16) {
     return `${decl("vec4<f16>")}
@@ -79,24 +79,38 @@ fn ${name}4(o: u32) -> vec4<f32> { return ${name}b[o >> 2u]; }
 fn ${name}1(o: u32) -> f32 { return ${name}b[o >> 2u][o & 3u]; }`;
 }
 
+/** Names of an operand in the generated code: its loaders (`A4`, `A1`), base offset and strides. */
+export interface OperandNames {
+  buf: string;
+  o: string;
+  /** Stride along A's rows (m) or B's rows (k). */
+  s1: string;
+  /** Stride along A's columns (k) or B's columns (n). */
+  s2: string;
+}
+const A_NAMES: OperandNames = { buf: "A", o: "ao", s1: "sam", s2: "sak" };
+const B_NAMES: OperandNames = { buf: "B", o: "bo", s1: "sbk", s2: "sbn" };
+
 /** The four A rows a0..a3 (vec4 over k..k+3) for the current k. */
-function loadA(l: Layout): string {
-  if (l === "row") return [0, 1, 2, 3].map((i) => `let a${i} = A4(ao + r${i} * sam + k);`).join("\n    ");
+export function loadA(l: Layout, n: OperandNames = A_NAMES): string {
+  const { buf, o, s1: sam, s2: sak } = n;
+  if (l === "row") return [0, 1, 2, 3].map((i) => `let a${i} = ${buf}4(${o} + r${i} * ${sam} + k);`).join("\n    ");
   if (l === "col") {
-    return `let at = transpose(mat4x4<f32>(A4(ao + k * sak + row0), A4(ao + (k + 1u) * sak + row0), A4(ao + (k + 2u) * sak + row0), A4(ao + (k + 3u) * sak + row0)));
+    return `let at = transpose(mat4x4<f32>(${buf}4(${o} + k * ${sak} + row0), ${buf}4(${o} + (k + 1u) * ${sak} + row0), ${buf}4(${o} + (k + 2u) * ${sak} + row0), ${buf}4(${o} + (k + 3u) * ${sak} + row0)));
     let a0 = at[0]; let a1 = at[1]; let a2 = at[2]; let a3 = at[3];`;
   }
-  return [0, 1, 2, 3].map((i) => `let a${i} = vec4<f32>(A1(ao + r${i} * sam + k * sak), A1(ao + r${i} * sam + (k + 1u) * sak), A1(ao + r${i} * sam + (k + 2u) * sak), A1(ao + r${i} * sam + (k + 3u) * sak));`).join("\n    ");
+  return [0, 1, 2, 3].map((i) => `let a${i} = vec4<f32>(${buf}1(${o} + r${i} * ${sam} + k * ${sak}), ${buf}1(${o} + r${i} * ${sam} + (k + 1u) * ${sak}), ${buf}1(${o} + r${i} * ${sam} + (k + 2u) * ${sak}), ${buf}1(${o} + r${i} * ${sam} + (k + 3u) * ${sak}));`).join("\n    ");
 }
 
 /** The four B rows b0..b3 (vec4 over n..n+3) for k..k+3. */
-function loadB(l: Layout): string {
-  if (l === "row") return [0, 1, 2, 3].map((j) => `let b${j} = B4(bo + (k + ${j}u) * sbk + col0);`).join("\n    ");
+export function loadB(l: Layout, n: OperandNames = B_NAMES): string {
+  const { buf, o, s1: sbk, s2: sbn } = n;
+  if (l === "row") return [0, 1, 2, 3].map((j) => `let b${j} = ${buf}4(${o} + (k + ${j}u) * ${sbk} + col0);`).join("\n    ");
   if (l === "col") {
-    return `let bt = transpose(mat4x4<f32>(B4(bo + c0 * sbn + k), B4(bo + c1 * sbn + k), B4(bo + c2 * sbn + k), B4(bo + c3 * sbn + k)));
+    return `let bt = transpose(mat4x4<f32>(${buf}4(${o} + c0 * ${sbn} + k), ${buf}4(${o} + c1 * ${sbn} + k), ${buf}4(${o} + c2 * ${sbn} + k), ${buf}4(${o} + c3 * ${sbn} + k)));
     let b0 = bt[0]; let b1 = bt[1]; let b2 = bt[2]; let b3 = bt[3];`;
   }
-  return [0, 1, 2, 3].map((j) => `let b${j} = vec4<f32>(B1(bo + (k + ${j}u) * sbk + c0 * sbn), B1(bo + (k + ${j}u) * sbk + c1 * sbn), B1(bo + (k + ${j}u) * sbk + c2 * sbn), B1(bo + (k + ${j}u) * sbk + c3 * sbn));`).join("\n    ");
+  return [0, 1, 2, 3].map((j) => `let b${j} = vec4<f32>(${buf}1(${o} + (k + ${j}u) * ${sbk} + c0 * ${sbn}), ${buf}1(${o} + (k + ${j}u) * ${sbk} + c1 * ${sbn}), ${buf}1(${o} + (k + ${j}u) * ${sbk} + c2 * ${sbn}), ${buf}1(${o} + (k + ${j}u) * ${sbk} + c3 * ${sbn}));`).join("\n    ");
 }
 
 const PROLOGUE = `  let g = wid.y * nwg.x + wid.x;

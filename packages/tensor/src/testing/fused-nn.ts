@@ -98,6 +98,33 @@ export function fusedNnSuite(opts: SuiteOptions): void {
     });
   });
 
+  test("loraLinear: the fused layer equals x Wᵀ + b + the composite branch, values and gradients", async () => {
+    // Aligned shapes (vector loads), odd ones (scalar loads, partial tiles), dropout at an offset, bias.
+    for (const [N, inF, r, outF, p, bias] of [[8, 16, 4, 12, 0.25, true], [7, 10, 3, 9, 0.5, false], [33, 20, 8, 36, 0, true]] as const) {
+      const xs = rnd(N * inF, 100), Ws = rnd(outF * inF, 101), bs = rnd(outF, 102), As = rnd(r * inF, 103), Bs = rnd(outF * r, 104), gs = rnd(N * outF, 105);
+      const drop = p > 0 ? { p, seed: 77, offset: 1001 } : null;
+      const grads = async (be: typeof backend, fusedLayer: boolean) => {
+        const M = mk(be);
+        const [x, W, b, A, B] = [M(xs, [N, inF]), M(Ws, [outF, inF]), M(bs, [outF]), M(As, [r, inF]), M(Bs, [outF, r])];
+        for (const t of [x, A, B]) t.requiresGrad = true;
+        const y = fusedLayer
+          ? F.loraLinear(x, W, bias ? b : null, A, B, 1.5, drop)
+          : (bias ? x.matmul(W.T).add(b) : x.matmul(W.T)).add(F.loraBranch(x, A, B, 1.5, drop));
+        const out = await y.read();
+        y.backward(M(gs, [N, outF]));
+        return [out, await x.grad!.read(), await A.grad!.read(), await B.grad!.read()];
+      };
+      const [f, c] = [await grads(backend, true), await grads(composite, false)];
+      ["y", "dx", "dA", "dB"].forEach((name, j) => {
+        for (let i = 0; i < f[j].length; i++) {
+          if (Math.abs(f[j][i] - c[j][i]) > 1e-4 * tol * (1 + Math.abs(c[j][i]))) {
+            throw new Error(`loraLinear N${N} in${inF} r${r} out${outF} p=${p}: ${name}[${i}] fused ${f[j][i]}, composite ${c[j][i]}`);
+          }
+        }
+      });
+    }
+  });
+
   test("memory: a LoRA branch with dropout keeps no more than one without (the mask is regenerated)", () => {
     const [N, inF, r, outF] = [64, 96, 4, 80];
     const live = (p: number) => {

@@ -4,13 +4,15 @@ import * as F from "../functional.ts";
 import { gradRules } from "../grad.ts";
 import * as ops from "../ops.ts";
 import { checkpoint } from "../checkpoint.ts";
-import type { Tensor } from "../tensor.ts";
+import { type Tensor, tensor } from "../tensor.ts";
 import { type GradcheckOptions, coveredOps, gradcheck } from "./gradcheck.ts";
 import { type SuiteOptions, rnd, spread, withoutFused } from "./util.ts";
 import { quantGradCases } from "./quant.ts";
 
 type In = { data: Float32Array | Int32Array | Uint8Array; shape: number[]; dtype?: "f32" | "i32" | "u8" };
 const f = (data: Float32Array, shape: number[]): In => ({ data, shape });
+/** A constant f32 tensor on x's backend (a frozen base weight: no gradient, so not a gradcheck input). */
+const frozen = (x: Tensor, data: Float32Array, shape: number[]): Tensor => tensor(data, { shape, backend: x.backend });
 const i32 = (data: number[], shape: number[]): In => ({ data: Int32Array.from(data), shape, dtype: "i32" });
 const u8 = (data: number[], shape: number[]): In => ({ data: Uint8Array.from(data), shape, dtype: "u8" });
 
@@ -79,6 +81,16 @@ function cases(be: Backend): Case[] {
     { name: "rope interleaved on a head-permuted view", fn: (x) => F.rope(x.reshape([1, 3, 2, 4]).permute(0, 2, 1, 3), tables, 0, "interleaved"), inputs: [f(rnd(24, 73), [3, 8])] },
     { name: "attention (non-causal, S > T)", fn: (q, k, v) => F.attention(q, k, v, { causal: false }), inputs: [f(rnd(16, 74), [1, 2, 2, 4]), f(rnd(24, 75), [1, 2, 3, 4]), f(rnd(24, 76), [1, 2, 3, 4])] },
     { name: "loraBranch (dropout)", fn: (x, a, b) => F.loraBranch(x, a, b, 1.5, { p: 0.3, seed: 9, offset: 2 }), inputs: [f(rnd(12, 77), [3, 4]), f(rnd(8, 78), [2, 4]), f(rnd(10, 79), [5, 2])] },
+    {
+      name: "loraLinear (dropout, bias, frozen base)",
+      fn: (x, a, b) => F.loraLinear(x, frozen(x, rnd(20, 90), [5, 4]), frozen(x, rnd(5, 91), [5]), a, b, 1.5, { p: 0.3, seed: 9, offset: 2 }),
+      inputs: [f(rnd(12, 92), [3, 4]), f(rnd(8, 93), [2, 4]), f(rnd(10, 94), [5, 2])],
+    },
+    {
+      name: "loraLinear (no dropout, odd shapes)",
+      fn: (x, a, b) => F.loraLinear(x, frozen(x, rnd(21, 95), [7, 3]), null, a, b, 0.5, null),
+      inputs: [f(rnd(15, 96), [5, 3]), f(rnd(9, 97), [3, 3]), f(rnd(21, 98), [7, 3])],
+    },
     { name: "loraBranch (no dropout)", fn: (x, a, b) => F.loraBranch(x, a, b, 0.5, null), inputs: [f(rnd(12, 80), [3, 4]), f(rnd(8, 81), [2, 4]), f(rnd(10, 82), [5, 2])] },
     {
       name: "checkpoint (recomputed block with an inner parameter-free graph)",
@@ -96,7 +108,7 @@ export function gradientSuite(opts: SuiteOptions): void {
   for (const [label, be] of variants) {
     for (const c of cases(be)) {
       if (c.needs && !be.dtypes.includes(c.needs)) continue;
-      if (label && !/softmax|rmsNorm|addRmsNorm|crossEntropy|linearCrossEntropy|attention|matmul4bit|dropout|swiglu|rope|loraBranch/.test(c.name)) continue;
+      if (label && !/softmax|rmsNorm|addRmsNorm|crossEntropy|linearCrossEntropy|attention|matmul4bit|dropout|swiglu|rope|loraBranch|loraLinear/.test(c.name)) continue;
       test(`gradcheck ${c.name}${label}`, async () => {
         const r = await gradcheck(be, c.fn, c.inputs, c.opts);
         if (!r.ok) throw new Error(`gradcheck ${c.name}${label} failed: max error ${r.maxAbsErr} at ${r.worst}`);
@@ -116,7 +128,7 @@ export function gradientSuite(opts: SuiteOptions): void {
   });
 
   test("every gradient rule in the table was exercised by a gradcheck", () => {
-    const fusedNames = ["softmax", "logSoftmax", "rmsNorm", "crossEntropy", "linearCrossEntropy", "dropout", "swiglu", "rope", "attention"];
+    const fusedNames = ["softmax", "logSoftmax", "rmsNorm", "crossEntropy", "linearCrossEntropy", "dropout", "swiglu", "rope", "attention", "loraLinear"];
     // A fused op's rule runs only where the backend has that kernel.
     const kernelOf: Record<string, string> = { linearCrossEntropy: "crossEntropy" };
     const has = (op: string) => !fusedNames.includes(op) || !!backend.fused?.[(kernelOf[op] ?? op) as keyof typeof backend.fused];
