@@ -10,8 +10,10 @@ import { readFile, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Rng, type Tensor, noGrad, scope, softmax, tensor, where } from "@lowrank/tensor";
-import { LlamaForCausalLM, generateIds, llamaConfigToHf, parseLlamaConfig, randomInit, ropeInvFreq, slidingWindowAttention } from "../src/index.ts";
-import { maxAbsDiff, tinyConfig, tinyModel } from "./helpers.ts";
+import {
+  LlamaForCausalLM, generateIds, llamaConfigToHf, loadHfModel, parseLlamaConfig, randomInit, ropeInvFreq, saveHfModel, slidingWindowAttention,
+} from "../src/index.ts";
+import { maxAbsDiff, tinyConfig, tinyModel, withTempDir } from "./helpers.ts";
 
 const CONFIGS = join(fileURLToPath(new URL(".", import.meta.url)), "fixtures", "configs");
 
@@ -143,4 +145,38 @@ test("dynamic NTK RoPE: the plain schedule up to max_position_embeddings, a rais
   assert.throws(() => noGrad(() => plain.forward(ids)), /positions up to 20 exceed max_position_embeddings \(16\)/);
   m.dispose();
   plain.dispose();
+});
+
+test("Qwen3 and sliding-window Qwen2/Mistral models save and load back to the same logits", async () => {
+  const ids = tensor([[3, 9, 1, 22, 7, 5, 14, 2, 30, 11]], { dtype: "i32" });
+  const variants: Record<string, unknown>[] = [
+    { model_type: "qwen3", head_dim: 6, tie_word_embeddings: true },
+    { model_type: "qwen2", use_sliding_window: true, sliding_window: 3, max_window_layers: 1 },
+    { model_type: "mistral", sliding_window: 4 },
+  ];
+  for (const over of variants) {
+    const m = tinyModel(over, 3, 0.4);
+    const want = noGrad(() => m.forward(ids)).readSync();
+    await withTempDir(async (dir) => {
+      await saveHfModel(m, dir);
+      const back = await loadHfModel(dir);
+      assert.deepEqual(back.config, m.config, `${over.model_type}: config`);
+      assert.ok(maxAbsDiff(noGrad(() => back.forward(ids)).readSync(), want) === 0, `${over.model_type}: logits`);
+      back.dispose();
+    });
+    m.dispose();
+  }
+});
+
+test("training through windowed layers and q/k norms: the loss reaches every parameter", () => {
+  const m = tinyModel({ model_type: "qwen3", use_sliding_window: true, sliding_window: 3, max_window_layers: 1 }, 4, 0.4);
+  const ids = tensor([[3, 9, 1, 22, 7, 5, 14, 2, 30, 11]], { dtype: "i32" });
+  const labels = tensor([[9, 1, 22, 7, 5, 14, 2, 30, 11, 4]], { dtype: "i32" });
+  for (const p of m.parameters()) p.setRequiresGrad();
+  m.lossSum(ids, labels, -100).backward();
+  for (const [name, p] of m.namedParameters()) {
+    const g = p.grad?.readSync();
+    assert.ok(g && g.some((x) => x !== 0) && g.every(Number.isFinite), `${name}: no finite nonzero gradient`);
+  }
+  m.dispose();
 });
