@@ -8,7 +8,10 @@
 import { type Tensor, attention, concat, fromHandle, noGrad, scope, softmax, where } from "@lowrank/tensor";
 
 export interface WindowOptions {
-  /** Queries per block of the composite path; scores are (block) x (block + window - 1). Default max(window, 64). */
+  /**
+   * Queries per block past the first `window` positions; a block's scores are block x (block + window - 1),
+   * and backward keeps them all, so smaller blocks hold less (T x (block + window) in all) at more dispatches. Default 128.
+   */
   block?: number;
 }
 
@@ -17,9 +20,11 @@ export interface WindowOptions {
  * friendly, as in `attention`). Three cases, cheapest first:
  * - S <= window: no query has more keys than the window, plain fused causal attention;
  * - T == 1 (a generation step): the last `window` keys, fused;
- * - otherwise: blocks of queries, each over only the keys its window reaches. A block whose
- *   reach fits in the window is fused causal; a longer one is masked, so the score matrix is
- *   never T x S (training on sequences much longer than the window stays linear in T).
+ * - otherwise: the queries before position `window` in one fused causal call (their windows
+ *   hold every earlier key), then blocks of queries, each over only the keys its window reaches,
+ *   as a masked softmax, so the score matrix is never T x S (training on sequences much longer
+ *   than the window stays linear in T). A fused kernel with a window argument would do the
+ *   blocks without the scores.
  */
 export function slidingWindowAttention(q: Tensor, k: Tensor, v: Tensor, window: number, opts: WindowOptions = {}): Tensor {
   return scope(() => {
@@ -27,11 +32,12 @@ export function slidingWindowAttention(q: Tensor, k: Tensor, v: Tensor, window: 
     const S = k.shape[2];
     if (S <= window) return attention(q, k, v);
     if (T === 1) return attention(q, k.narrow(2, S - window, window), v.narrow(2, S - window, window));
-    const block = opts.block ?? Math.max(window, 64);
+    const block = opts.block ?? 128;
     const outs: Tensor[] = [];
-    for (let t0 = 0; t0 < T; t0 += block) {
-      const n = Math.min(block, T - t0);
+    for (let t0 = 0, n = 0; t0 < T; t0 += n) {
       const first = S - T + t0; // position of the block's first query
+      // Queries before position `window` see every earlier key: one fused causal call covers them all.
+      n = Math.min(T - t0, first < window ? window - first : block);
       const kStart = Math.max(0, first - window + 1);
       const kLen = first + n - kStart;
       const qb = q.narrow(2, t0, n);
