@@ -6,7 +6,8 @@ export { Linear, type LinearOptions, Embedding, RMSNorm } from "./layers.ts";
 export { KVCache } from "./kv-cache.ts";
 export {
   LlamaForCausalLM, LlamaModel, LlamaDecoderLayer, LlamaAttention, LlamaMLP, type LlamaConfig, type LlamaOptions,
-  type LlamaForwardOptions, type LayerContext, type RopeScaling, parseLlamaConfig, llamaConfigToHf, ropeInvFreq,
+  type LlamaForwardOptions, type LayerContext, type RopeScaling, type LayerType, type ModelType, parseLlamaConfig, llamaConfigToHf, ropeInvFreq,
+  slidingWindowAttention,
 } from "./models/llama.ts";
 export {
   loadHfModel, loadHfModelFromFiles, saveHfModel, type LoadOptions, type SaveOptions, type HfModelFiles, type LoadedHfModel, type FileBytes,
