@@ -2,7 +2,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
-import { LoraConfigError, configFromJson, configToJson, loraConfig, loraScaling } from "../src/index.ts";
+import { SUPPORTED_TYPES } from "@lowrank/nn";
+import { DEFAULT_TARGET_MODULES, LoraConfigError, configFromJson, configToJson, loraConfig, loraScaling } from "../src/index.ts";
 import { noData, peftConfigPath } from "./helpers.ts";
 
 test("defaults are PEFT's (config.py)", () => {
@@ -89,4 +90,10 @@ test("configToJson: PEFT's keys, sorted as json.dumps(sort_keys=True), inference
   assert.match(j.peft_version as string, /^\d+\.\d+\.\d+\+lowrank$/);
   // Round trip.
   assert.deepEqual(configFromJson(JSON.parse(JSON.stringify(j))), { ...c, inference_mode: true });
+});
+
+test("every model type nn builds has PEFT's default target modules (a LoRA without target_modules works on each)", () => {
+  const missing = SUPPORTED_TYPES.filter((t) => !DEFAULT_TARGET_MODULES[t]);
+  assert.deepEqual(missing, []);
+  for (const t of SUPPORTED_TYPES) assert.deepEqual(DEFAULT_TARGET_MODULES[t], ["q_proj", "v_proj"]);
 });

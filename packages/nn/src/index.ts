@@ -6,7 +6,7 @@ export { Linear, type LinearOptions, Embedding, RMSNorm } from "./layers.ts";
 export { KVCache } from "./kv-cache.ts";
 export {
   LlamaForCausalLM, LlamaModel, LlamaDecoderLayer, LlamaAttention, LlamaMLP, type LlamaConfig, type LlamaOptions,
-  type LlamaForwardOptions, type LayerContext, type RopeScaling, type LayerType, type ModelType, parseLlamaConfig, llamaConfigToHf, ropeInvFreq,
+  type LlamaForwardOptions, type LayerContext, type RopeScaling, type LayerType, type ModelType, SUPPORTED_TYPES, parseLlamaConfig, llamaConfigToHf, ropeInvFreq,
   slidingWindowAttention,
 } from "./models/llama.ts";
 export {
