@@ -274,7 +274,9 @@ function dispatchSection(w: WebGpuSteps | null, file: string | null): string[] {
     "",
     table(["", "dispatches", "copies", "submits", "host reads"], [...(b ? [row(`before (${b.commit ?? "earlier"})`, b)] : []), row("now", s)]),
     "",
-    `${b ? `${(b.dispatches / s.dispatches).toFixed(2)}x fewer dispatches (issue 14 asks for 3x). ` : ""}Top kernels now: ${top}.`,
+    `${b ? `${(b.dispatches / s.dispatches).toFixed(2)}x fewer dispatches (issue 14 asks for at least 3x: ${b.dispatches / s.dispatches >= 3 ? "met" : "not met"}). ` : ""}Top kernels now: ${top}. ` +
+      "The fused LoRA layer (lora_*: two dispatches forward and two backward per adapted linear) replaced the base matmul, dropout, scaling, " +
+      "branch matmuls and gradient sums of the composite.",
   ];
 }
 
