@@ -62,14 +62,16 @@ export class ChatTemplate {
   }
 
   /**
-   * End of the end-of-turn marker that starts at `from` in `text`: just past the first special token
-   * at or after `from` (`<|eot_id|>`, `<|im_end|>`), or null when no special token follows.
+   * End of the end-of-turn marker at `from` in `text`: just past the first special token after `from`
+   * (`<|eot_id|>`, `<|im_end|>`) when only whitespace comes before it, else null (the turn ends in
+   * plain text, and a special token further on belongs to the next message).
    */
   markerEnd(text: string, from: number): number | null {
     if (!this.#special) return null;
     this.#special.lastIndex = from;
     const m = this.#special.exec(text);
-    return m ? m.index + m[0].length : null;
+    if (!m || text.slice(from, m.index).trim() !== "") return null;
+    return m.index + m[0].length;
   }
 
   /**

@@ -1,9 +1,11 @@
 /**
- * Prompt templates. Alpaca uses the Stanford Alpaca prompt; chat uses a ChatML-style layout.
- * Loss goes on the response (Alpaca `output`; chat assistant turns and their end marker) only.
- * Tokenizer chat templates (Jinja in tokenizer_config.json) are not executed: no maintained
- * Jinja engine is a dependency here, so every model gets this one documented layout.
+ * Prompt templates. Alpaca uses the Stanford Alpaca prompt. Chat uses the model's own chat template
+ * (the Jinja `chat_template` of tokenizer_config.json, rendered by @lowrank/nn's ChatTemplate) when
+ * its tokenizer has one, else a ChatML layout (the caller says so in one warning line).
+ * Loss goes on the response only: Alpaca's `output`; each assistant turn's text and its end-of-turn
+ * marker in chat. With a template, the assistant spans are found from renderings (templateSegments).
  */
+import { type ChatTemplate, commonPrefixLength, SENTINEL } from "@lowrank/nn";
 import type { Segment } from "./tokenize.ts";
 
 export const ALPACA_PROMPT =
@@ -52,4 +54,43 @@ export function chatSegments(messages: readonly ChatMessage[]): Segment[] {
 /** The prompt that asks the model for the next assistant turn. */
 export function chatPrompt(messages: readonly ChatMessage[]): string {
   return chatSegments(messages).map((s) => s.text).join("") + "<|im_start|>assistant\n";
+}
+
+/**
+ * A conversation rendered with the model's chat template, cut into context and trained segments.
+ * For each assistant message i, on the text F of the whole conversation:
+ *  - start: the length of render(messages[0..i-1], add_generation_prompt) — the prompt that asks for
+ *    turn i, header included — which must be a prefix of F (else the template is not incremental and
+ *    the turn cannot be located: an error naming the template's file);
+ *  - content end: where F first differs from the rendering with SENTINEL appended to message i's
+ *    content (robust to templates that trim or rewrite the content, such as Qwen3's think block);
+ *  - end: just past the first special token after the content (the end-of-turn marker, `<|eot_id|>`,
+ *    `<|im_end|>`), or the content end when the template closes turns with plain text.
+ * Everything from start to end is trained; what the template adds between turns (the next header, a
+ * trailing generation header, newlines) is context. For Qwen3 the span of the reply after the last
+ * user turn starts with the empty `<think>\n\n</think>\n\n` the template inserts: the model emits it
+ * after the generation prompt, so it is trained too.
+ */
+export function templateSegments(template: ChatTemplate, messages: readonly ChatMessage[]): Segment[] {
+  const full = template.render(messages);
+  const out: Segment[] = [];
+  let pos = 0;
+  for (let i = 0; i < messages.length; i++) {
+    if (messages[i].role !== "assistant") continue;
+    const prompt = template.render(messages.slice(0, i), { addGenerationPrompt: true });
+    if (!full.startsWith(prompt)) {
+      throw new Error(`${template.file}: chat_template: the generation prompt for messages[${i}] is not a prefix of the whole conversation's rendering, so the assistant turn cannot be located for loss masking`);
+    }
+    const marked = template.render(messages.map((m, j) => (j === i ? { ...m, content: m.content + SENTINEL } : m)));
+    const contentEnd = commonPrefixLength(full, marked);
+    if (contentEnd < prompt.length || contentEnd < pos) {
+      throw new Error(`${template.file}: chat_template: cannot find where the content of messages[${i}] ends in the rendering (it differs before the turn starts)`);
+    }
+    const end = template.markerEnd(full, contentEnd) ?? contentEnd;
+    if (prompt.length > pos) out.push({ text: full.slice(pos, prompt.length), train: false });
+    out.push({ text: full.slice(Math.max(pos, prompt.length), end), train: true });
+    pos = end;
+  }
+  if (pos < full.length) out.push({ text: full.slice(pos), train: false });
+  return out;
 }
