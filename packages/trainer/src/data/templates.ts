@@ -5,7 +5,7 @@
  * Loss goes on the response only: Alpaca's `output`; each assistant turn's text and its end-of-turn
  * marker in chat. With a template, the assistant spans are found from renderings (templateSegments).
  */
-import { type ChatTemplate, commonPrefixLength, SENTINEL } from "@lowrank/nn";
+import { type ChatTemplate, type TextTokenizer, commonPrefixLength, SENTINEL } from "@lowrank/nn";
 import type { Segment } from "./tokenize.ts";
 
 export const ALPACA_PROMPT =
@@ -51,9 +51,41 @@ export function chatSegments(messages: readonly ChatMessage[]): Segment[] {
   return out;
 }
 
-/** The prompt that asks the model for the next assistant turn. */
+/** The ChatML prompt that asks the model for the next assistant turn. */
 export function chatPrompt(messages: readonly ChatMessage[]): string {
   return chatSegments(messages).map((s) => s.text).join("") + "<|im_start|>assistant\n";
+}
+
+/** What generation needs to ask a model for its next chat reply. */
+export interface ChatGenerationPrompt {
+  /** The prompt's token ids. */
+  ids: number[];
+  /** The prompt's text (special tokens included). */
+  text: string;
+  /** "template": the model's chat_template; "chatml": the fallback for a tokenizer without one. */
+  layout: "template" | "chatml";
+  /** Token ids that end the reply, besides the model's EOS (the end-of-turn token, `<|eot_id|>`). */
+  stopTokens: number[];
+  /** Strings that end the reply when the end-of-turn marker is not a single token. */
+  stop: string[];
+}
+
+/**
+ * The prompt for the next assistant reply, laid out as in training: the tokenizer's chat template
+ * with add_generation_prompt (encoded without added specials: the template writes BOS itself), else
+ * ChatML (`layout` says which, so the caller can say so). Generation should stop at the template's
+ * end-of-turn marker, which may not be the EOS of config.json (Llama 3 ends turns with `<|eot_id|>`).
+ */
+export function chatGenerationPrompt(tok: TextTokenizer, messages: readonly ChatMessage[], vars?: Record<string, unknown>): ChatGenerationPrompt {
+  const template = tok.chatTemplate ?? null;
+  const layout = template ? "template" : "chatml";
+  const text = template ? template.render(messages, { addGenerationPrompt: true, vars }) : chatPrompt(messages);
+  const ids = tok.encode(text, { addSpecialTokens: !template });
+  const marker = template ? template.endOfTurn : "<|im_end|>";
+  if (marker === null) return { ids, text, layout, stopTokens: [], stop: [] };
+  const markerIds = tok.encode(marker, { addSpecialTokens: false });
+  // A special token is skipped when the reply is decoded, so it can only be matched as an id.
+  return markerIds.length === 1 ? { ids, text, layout, stopTokens: markerIds, stop: [marker] } : { ids, text, layout, stopTokens: [], stop: [marker] };
 }
 
 /**
@@ -71,7 +103,7 @@ export function chatPrompt(messages: readonly ChatMessage[]): string {
  * user turn starts with the empty `<think>\n\n</think>\n\n` the template inserts: the model emits it
  * after the generation prompt, so it is trained too.
  */
-export function templateSegments(template: ChatTemplate, messages: readonly ChatMessage[]): Segment[] {
+export function templateSegments(template: ChatTemplate, messages: readonly { role: string; content: string }[]): Segment[] {
   const full = template.render(messages);
   const out: Segment[] = [];
   let pos = 0;
