@@ -34,7 +34,7 @@ Commands:
   backends      show the backends this runtime offers and which one auto picks
   merge         fold a PEFT LoRA adapter into its base model and save a plain HF model directory:
                 ${MERGE_USAGE}
-  generate      stream a model's continuation of a prompt (optionally with a PEFT adapter):
+  generate      stream a model's continuation of a prompt, or with --chat its reply in its chat template (optionally with a PEFT adapter):
                 ${GENERATE_USAGE}
   finetune      fine-tune a model with QLoRA, LoRA or full training (lowrank finetune --help)
   quantize      write a bitsandbytes 4-bit (NF4 + double quant) copy of a HF model directory:

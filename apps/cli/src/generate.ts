@@ -1,19 +1,23 @@
 /**
  * `lowrank generate`: load a model (and optionally a PEFT adapter), stream the prompt and its
- * continuation to stdout as plain text. Diagnostics (backend, tokens/s) go to stderr.
+ * continuation to stdout as plain text. With --chat the prompt is a user message (after an optional
+ * --system one), laid out by the model's chat template with the generation prompt (ChatML when the
+ * tokenizer has none, said on stderr), and only the reply is printed, up to its end-of-turn marker.
+ * Diagnostics (backend, layout, tokens/s) go to stderr.
  */
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { loadAdapter } from "@lowrank/lora";
 import { loadHfModel, loadTokenizer, streamText } from "@lowrank/nn";
 import { setDefaultBackend } from "@lowrank/tensor";
+import { type ChatMessage, chatGenerationPrompt } from "@lowrank/trainer";
 import { type BackendChoice, resolveChoice, selectBackend } from "./backends.ts";
 import { locateInDataDir, resolveDataDir, resolveModelDir } from "./data-dir.ts";
 
 type Env = Record<string, string | undefined>;
 
 export const GENERATE_USAGE =
-  "lowrank generate --model <dir> --prompt <text> [--adapter <dir>] [--max-new-tokens 128] [--temperature 0] [--top-k 0] [--top-p 1] [--repetition-penalty 1] [--seed 0]";
+  "lowrank generate --model <dir> --prompt <text> [--chat [--system <text>]] [--adapter <dir>] [--max-new-tokens 128] [--temperature 0] [--top-k 0] [--top-p 1] [--repetition-penalty 1] [--seed 0]";
 
 function number(v: Record<string, unknown>, flag: string, def: number, ok: (n: number) => boolean, what: string): number {
   const raw = v[flag];
@@ -34,17 +38,22 @@ export async function generateCommand(argv: string[], env: Env, usage: (message:
         model: { type: "string" }, prompt: { type: "string" }, adapter: { type: "string" }, "adapter-name": { type: "string" },
         "max-new-tokens": { type: "string" }, temperature: { type: "string" }, "top-k": { type: "string" }, "top-p": { type: "string" },
         "repetition-penalty": { type: "string" }, seed: { type: "string" }, backend: { type: "string" }, "data-dir": { type: "string" },
-        help: { type: "boolean", short: "h" },
+        chat: { type: "boolean" }, system: { type: "string" }, help: { type: "boolean", short: "h" },
       },
     }).values;
   } catch (err) {
     return usage(`${err instanceof Error ? err.message : String(err)} (${GENERATE_USAGE})`);
   }
   if (v.help) {
-    console.log(`Usage: ${GENERATE_USAGE}\n\nTemperature 0 is greedy decoding. Relative paths are also looked up in the data directory.`);
+    console.log(
+      `Usage: ${GENERATE_USAGE}\n\nTemperature 0 is greedy decoding. Relative paths are also looked up in the data directory.\n` +
+        "--chat: the prompt is a user message (after --system, if given), rendered with the model's chat_template\n" +
+        "(ChatML when it has none); only the reply is printed, up to the end of the assistant turn.",
+    );
     return 0;
   }
   if (!v.model || v.prompt === undefined) return usage(`generate needs --model and --prompt (${GENERATE_USAGE})`);
+  if (v.system !== undefined && !v.chat) return usage(`--system needs --chat (${GENERATE_USAGE})`);
   let opts;
   try {
     opts = {
@@ -80,12 +89,27 @@ export async function generateCommand(argv: string[], env: Env, usage: (message:
     console.error(`lowrank generate: ${sel.name} backend (${sel.backend.device}; ${sel.reason})`);
     const t0 = performance.now();
     let pieces = 0;
-    process.stdout.write(v.prompt as string);
-    for await (const text of streamText(model, tokenizer, v.prompt as string, opts)) {
-      process.stdout.write(text);
-      pieces++;
+    if (v.chat) {
+      const messages: ChatMessage[] = [...(v.system !== undefined ? [{ role: "system" as const, content: v.system as string }] : []), { role: "user", content: v.prompt as string }];
+      const p = chatGenerationPrompt(tokenizer, messages);
+      const t = tokenizer.chatTemplate;
+      console.error(`lowrank generate: chat prompt ${t ? `from the model's chat_template (${t.file})` : "in ChatML: the tokenizer has no chat_template"}`);
+      const stopTokens = [...model.config.eos_token_id, ...(tokenizer.eosTokenId === null ? [] : [tokenizer.eosTokenId]), ...p.stopTokens];
+      const out = new StopFilter(p.stop);
+      for await (const text of streamText(model, tokenizer, p.ids, { ...opts, stopTokens })) {
+        process.stdout.write(out.push(text));
+        pieces++;
+        if (out.stopped) break;
+      }
+      process.stdout.write(`${out.flush()}\n`);
+    } else {
+      process.stdout.write(v.prompt as string);
+      for await (const text of streamText(model, tokenizer, v.prompt as string, opts)) {
+        process.stdout.write(text);
+        pieces++;
+      }
+      process.stdout.write("\n");
     }
-    process.stdout.write("\n");
     const s = (performance.now() - t0) / 1000;
     console.error(`lowrank generate: ${pieces} text pieces in ${s.toFixed(2)} s (${(pieces / s).toFixed(1)}/s)`);
     return 0;
@@ -94,5 +118,52 @@ export async function generateCommand(argv: string[], env: Env, usage: (message:
     return 1;
   } finally {
     sel.backend.dispose();
+  }
+}
+
+/**
+ * Streamed text cut at the first stop string (a multi-token end-of-turn marker such as ChatML's
+ * `<|im_end|>` under a tokenizer without that token): a tail that could start a stop string is
+ * held back until the next piece decides it.
+ */
+export class StopFilter {
+  #text = "";
+  #emitted = 0;
+  stopped = false;
+  constructor(readonly stops: readonly string[]) {}
+
+  push(piece: string): string {
+    if (this.stopped) return "";
+    this.#text += piece;
+    let cut = -1;
+    for (const s of this.stops) {
+      const i = this.#text.indexOf(s, Math.max(0, this.#emitted - s.length));
+      if (i >= 0 && (cut < 0 || i < cut)) cut = i;
+    }
+    if (cut >= 0) {
+      this.stopped = true;
+      return this.#take(cut);
+    }
+    let hold = 0;
+    for (const s of this.stops) {
+      for (let k = Math.min(s.length - 1, this.#text.length); k > hold; k--) {
+        if (this.#text.endsWith(s.slice(0, k))) {
+          hold = k;
+          break;
+        }
+      }
+    }
+    return this.#take(this.#text.length - hold);
+  }
+
+  /** What is still held back (the stream ended without a stop string). */
+  flush(): string {
+    return this.stopped ? "" : this.#take(this.#text.length);
+  }
+
+  #take(upTo: number): string {
+    const out = this.#text.slice(this.#emitted, Math.max(this.#emitted, upTo));
+    this.#emitted = Math.max(this.#emitted, upTo);
+    return out;
   }
 }

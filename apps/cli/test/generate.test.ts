@@ -91,3 +91,56 @@ test("--model org/name downloads from $HF_ENDPOINT into $LOWRANK_CACHE_DIR, then
     rmSync(cache, { recursive: true, force: true });
   }
 });
+
+test("--chat renders the model's chat_template with the generation prompt and prints only the reply; ChatML without a template, said on stderr", { skip, timeout: 120_000 }, async () => {
+  const { cpSync, mkdtempSync, rmSync, writeFileSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const { loadHfModel, loadTokenizer, generateIds } = await import("@lowrank/nn");
+  const { createCpuBackend } = await import("@lowrank/backend-cpu");
+  const dir = mkdtempSync(join(tmpdir(), "lowrank-chat-"));
+  try {
+    cpSync(join(dataDir as string, "models", "stories260K-hf"), dir, { recursive: true });
+    // A story prompt as the template's generation prompt, so greedy decoding has a known reference.
+    writeFileSync(join(dir, "chat_template.jinja"), "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %} Once upon a time{% endif %}");
+    const r = await lowrank(["generate", "--model", dir, "--chat", "--system", "Lily", "--prompt", " and Tom.", "--max-new-tokens", "12", "--temperature", "0"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /chat prompt from the model's chat_template \(.*chat_template\.jinja\)/);
+    // The reference: the same rendered prompt encoded without added specials (the template wrote BOS), greedy.
+    const backend = createCpuBackend();
+    try {
+      const tok = await loadTokenizer(dir);
+      const model = await loadHfModel(dir, { backend });
+      const ids = tok.encode("<s>Lily and Tom. Once upon a time", { addSpecialTokens: false });
+      assert.equal(ids.filter((id) => id === tok.bosTokenId).length, 1);
+      const out = await generateIds(model, ids, { maxNewTokens: 12, temperature: 0 });
+      assert.equal(r.stdout, `${tok.decode(out)}\n`);
+      model.dispose();
+    } finally {
+      backend.dispose();
+    }
+    const plain = await lowrank(["generate", "--model", "models/stories260K-hf", "--chat", "--prompt", "Hi", "--max-new-tokens", "4"]);
+    assert.equal(plain.code, 0, plain.stderr);
+    assert.match(plain.stderr, /chat prompt in ChatML: the tokenizer has no chat_template/);
+    const usage = await lowrank(["generate", "--model", "x", "--prompt", "p", "--system", "s"]);
+    assert.equal(usage.code, 2);
+    assert.match(usage.stderr, /--system needs --chat/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("StopFilter cuts the stream at a stop string split across pieces and holds back only a possible start of one", async () => {
+  const { StopFilter } = await import("../src/generate.ts");
+  const f = new StopFilter(["<|im_end|>"]);
+  assert.equal(f.push("Hello <"), "Hello ");
+  assert.equal(f.push("|im"), "");
+  assert.equal(f.push("_x"), "<|im_x");
+  assert.equal(f.push(" ok<|im_"), " ok");
+  assert.equal(f.push("end|>\nmore"), "");
+  assert.equal(f.stopped, true);
+  assert.equal(f.push("after"), "");
+  assert.equal(f.flush(), "");
+  const open = new StopFilter(["</s>"]);
+  assert.equal(open.push("a</"), "a");
+  assert.equal(open.flush(), "</");
+});

@@ -113,7 +113,7 @@ export function openApiDocument(ctx?: ServerContext): Record<string, unknown> {
           { body: json(obj({ ...sampling, prompt: { oneOf: [str(), { type: "array", items: str(), maxItems: 1 }] } }, ["model", "prompt"])), tags: ["inference"] }),
       },
       "/v1/chat/completions": {
-        post: op("chat completion (OpenAI-compatible; ChatML prompt layout as used in training)", "read",
+        post: op("chat completion (OpenAI-compatible; the prompt is laid out by the model's chat_template, ChatML when it has none, as in training)", "read",
           { description: "a chat completion, or an SSE stream of chat.completion.chunk objects", content: { ...json(obj({ id: str(), object: { const: "chat.completion" }, model: str(), choices: { type: "array", items: obj({ index: int(), message: obj({ role: str(), content: str() }), finish_reason: str() }) }, usage, ...served })), "text/event-stream": sse("").content["text/event-stream"] } },
           { body: json(obj({ ...sampling, messages: { type: "array", items: obj({ role: str(undefined, { enum: ["system", "developer", "user", "assistant"] }), content: { oneOf: [str(), { type: "array" }] } }, ["role", "content"]) } }, ["model", "messages"])), tags: ["inference"] }),
       },

@@ -91,7 +91,7 @@ export async function finetune(input: FinetuneInput, io: FinetuneIO): Promise<Fi
     const text = await readFile(cfg.data, "utf8").catch((e: NodeJS.ErrnoException) => {
       throw new DatasetError(cfg.data, null, null, e.code === "ENOENT" ? "no such file" : e.message);
     });
-    const data = buildDataset(cfg.data, text, tokenizer, { format: cfg.format, seqLen: cfg.seqLen, evalFraction: cfg.evalFraction, seed: cfg.seed });
+    const data = buildDataset(cfg.data, text, tokenizer, { format: cfg.format, seqLen: cfg.seqLen, evalFraction: cfg.evalFraction, seed: cfg.seed, warn: (m) => rep.info(`warning: ${m}`) });
     const padId = tokenizer.eosTokenId ?? 0;
     const loader = new BatchLoader(data.train, cfg.batchSize, cfg.seed, padId);
     const totalSteps = cfg.steps ?? Math.max(1, Math.ceil(((cfg.epochs as number) * loader.batchesPerEpoch) / cfg.gradAccum));

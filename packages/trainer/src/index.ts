@@ -22,6 +22,6 @@ export { buildDataset, detectFormat, permutation, DATA_FORMATS, DOC_SEPARATOR, t
 export { BatchLoader, collate, batchesOf, IGNORE_INDEX, type Batch, type LoaderState } from "./data/loader.ts";
 export { encodeLong, encodeDocument, encodeSegments, type Example, type Segment, type EncodeSpec } from "./data/tokenize.ts";
 export {
-  alpacaPrompt, alpacaSegments, chatSegments, chatPrompt, ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT, CHAT_ROLES,
+  alpacaPrompt, alpacaSegments, chatSegments, chatPrompt, templateSegments, chatGenerationPrompt, type ChatGenerationPrompt, ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT, CHAT_ROLES,
   type ChatMessage, type ChatRole,
 } from "./data/templates.ts";

@@ -55,7 +55,7 @@ test("alpaca: the prompt is masked (labels -100), the response and EOS are targe
   assert.doesNotMatch(alpacaPrompt("x"), /### Input/);
 });
 
-test("chat: only assistant turns (content and end marker) and EOS are targets", () => {
+test("chat without a template (ChatML, said once): only assistant turns (content and end marker) and EOS are targets", () => {
   const messages = [
     { role: "system", content: "Be brief." },
     { role: "user", content: "Hi" },
@@ -63,8 +63,12 @@ test("chat: only assistant turns (content and end marker) and EOS are targets", 
     { role: "user", content: "Bye" },
     { role: "assistant", content: "Ciao" },
   ];
-  const d = buildDataset("c.jsonl", JSON.stringify({ messages }), tok, { seqLen: 1024, evalFraction: 0 });
+  const warnings: string[] = [];
+  const d = buildDataset("c.jsonl", JSON.stringify({ messages }), tok, { seqLen: 1024, evalFraction: 0, warn: (l) => warnings.push(l) });
   assert.equal(d.format, "chat");
+  assert.equal(d.chatLayout, "chatml");
+  assert.equal(warnings.length, 1, "the ChatML fallback is said in one line");
+  assert.match(warnings[0], /no chat_template .*ChatML/);
   const e = d.train[0];
   const trained = Array.from(e.ids).filter((_, i) => e.target[i]).map((i) => (i === 2 ? "</s>" : String.fromCharCode(i - 3))).join("");
   assert.equal(trained, "Hello<|im_end|>\nCiao<|im_end|>\n</s>");

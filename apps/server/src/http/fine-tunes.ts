@@ -73,7 +73,7 @@ export function fineTuneRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     try {
       let stats;
       try {
-        stats = buildDataset(staged, text, host.tokenizer, { format: opts.format, seqLen: Math.min(128, maxSeq), evalFraction: 0 });
+        stats = buildDataset(staged, text, host.tokenizer, { format: opts.format, seqLen: Math.min(128, maxSeq), evalFraction: 0, warn: () => {} }); // the job itself reports a ChatML fallback
       } catch (e) {
         if (e instanceof DatasetError) throw invalid(`the dataset does not parse: ${e.message}`, "data");
         throw e;

@@ -172,10 +172,10 @@ export function openaiRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const messages = messagesOf(o);
     const s = sampling(o, ctx.limits.maxTokens, 128);
     const route = resolveRoute(model, ctx.host.id, ctx.registry, { user: s.user });
-    const ids = ctx.host.encode(ctx.host.chatPrompt(messages), "messages");
+    // Laid out as in training (the model's chat_template, else ChatML); the reply stops at its end-of-turn marker.
+    const prompt = ctx.host.chatPrompt(messages, "messages");
     ctx.host.assertCapacity();
-    // The trainer's ChatML layout ends each turn with <|im_end|>: that is where the reply stops.
-    const req = genRequest(ctx, route, ids, s, [...s.stop, "<|im_end|>"]);
+    const req = { ...genRequest(ctx, route, prompt.ids, s, [...s.stop, ...prompt.stop]), stopTokens: prompt.stopTokens };
     const id = `chatcmpl-${randomUUID().replaceAll("-", "")}`;
     const base = { id, created: created(), model: route.model, system_fingerprint: fingerprint, adapter: route.adapter?.ref ?? null, alias: route.alias };
     if (!s.stream) {

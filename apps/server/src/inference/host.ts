@@ -10,7 +10,7 @@ import { Effect, Semaphore } from "effect";
 import type { Backend } from "@lowrank/tensor";
 import { type LlamaForCausalLM, type TextTokenizer, generate, loadHfModel, loadTokenizer } from "@lowrank/nn";
 import { PeftModel, loadAdapter } from "@lowrank/lora";
-import { chatPrompt, type ChatMessage } from "@lowrank/trainer";
+import { type ChatGenerationPrompt, type ChatMessage, chatGenerationPrompt } from "@lowrank/trainer";
 import { conflict, invalid, unavailable } from "../errors.ts";
 import type { AdapterVersion } from "../registry/registry.ts";
 import { ByteLru } from "./lru.ts";
@@ -48,6 +48,8 @@ export interface GenRequest {
   repetitionPenalty: number;
   seed: number;
   stop: string[];
+  /** Token ids that also end the reply (a chat template's end-of-turn token), besides EOS. */
+  stopTokens?: number[];
   signal?: AbortSignal;
 }
 
@@ -185,16 +187,41 @@ export class ModelHost {
     (this.#peft as PeftModel<LlamaForCausalLM>).setAdapter(a.internal);
   }
 
-  chatPrompt(messages: ChatMessage[]): string {
-    return chatPrompt(messages);
+  /**
+   * The chat prompt as the model was trained on it: its tokenizer's chat_template (generation prompt
+   * added), else ChatML (`layout` says which; the server logs it once at start). 400 when it leaves
+   * no room to generate.
+   */
+  chatPrompt(messages: ChatMessage[], field: string): ChatGenerationPrompt {
+    let p: ChatGenerationPrompt;
+    try {
+      p = chatGenerationPrompt(this.tokenizer, messages);
+    } catch (e) {
+      // A template's raise_exception (say, "roles must alternate user/assistant") is the client's to fix;
+      // the cause alone, so the server's paths stay out of the reply.
+      const cause = (e as Error).cause;
+      throw invalid(`the model's chat template refused the messages: ${cause instanceof Error ? cause.message : (e as Error).message}`, field);
+    }
+    this.#checkLength(p.ids, field);
+    return p;
+  }
+
+  /** How the chat prompt is laid out, for the start-up log. */
+  get chatLayout(): string {
+    const t = this.tokenizer.chatTemplate;
+    return t ? `the model's chat_template (${t.file})` : "ChatML (the tokenizer has no chat_template)";
   }
 
   /** Tokenize a prompt (BOS included); 400 when it leaves no room to generate. */
   encode(prompt: string, field: string): number[] {
     const ids = this.tokenizer.encode(prompt);
+    this.#checkLength(ids, field);
+    return ids;
+  }
+
+  #checkLength(ids: readonly number[], field: string): void {
     const maxPos = this.model.config.max_position_embeddings;
     if (ids.length >= maxPos) throw invalid(`the prompt is ${ids.length} tokens; this model's context is ${maxPos} tokens`, field);
-    return ids;
   }
 
   /** 503 now rather than after the response has started (streams). */
@@ -215,7 +242,7 @@ export class ModelHost {
       const key = req.adapter?.version.ref ?? "";
       this.served.set(key, (this.served.get(key) ?? 0) + 1);
       const tok = this.tokenizer;
-      const stopIds = [...this.model.config.eos_token_id, ...(tok.eosTokenId === null ? [] : [tok.eosTokenId])];
+      const stopIds = [...this.model.config.eos_token_id, ...(tok.eosTokenId === null ? [] : [tok.eosTokenId]), ...(req.stopTokens ?? [])];
       const maxNew = Math.min(req.maxTokens, maxPos - ids.length);
       const out: number[] = [];
       let text = "";

@@ -69,7 +69,7 @@ export function isModelFile(name: string): boolean {
 }
 const KEEP = new Set([
   "config.json", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
-  "adapter_config.json", "special_tokens_map.json",
+  "adapter_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
 ]);
 
 /** "org/name" or "name" with Hub-legal characters. */

@@ -12,8 +12,8 @@
 import { Rng } from "@lowrank/tensor";
 import type { TextTokenizer } from "@lowrank/nn";
 import { DatasetError, type JsonRecord, asObject, describe, parseJsonRecords, stringField } from "./records.ts";
-import { type ChatMessage, type ChatRole, CHAT_ROLES, alpacaSegments, chatSegments } from "./templates.ts";
-import { type Example, encodeDocument, encodeSegments } from "./tokenize.ts";
+import { type ChatMessage, type ChatRole, CHAT_ROLES, alpacaSegments, chatSegments, templateSegments } from "./templates.ts";
+import { type Example, type Segment, encodeDocument, encodeSegments } from "./tokenize.ts";
 
 export const DATA_FORMATS = ["text", "jsonl", "alpaca", "chat"] as const;
 export type DataFormat = (typeof DATA_FORMATS)[number];
@@ -32,12 +32,16 @@ export interface DatasetOptions {
   seed?: number;
   /** Document separator for plain text (default "<|endoftext|>"). */
   docSeparator?: string;
+  /** Gets the one-line notice that chat data falls back to ChatML (default: console.warn with "warning: "). */
+  warn?: (line: string) => void;
 }
 
 export interface Dataset {
   format: DataFormat;
   train: Example[];
   eval: Example[];
+  /** Chat data only: laid out by the tokenizer's chat template, or by the ChatML fallback. */
+  chatLayout?: "template" | "chatml";
   /** What went in, for the report. */
   stats: { records: number; examples: number; tokens: number; targetTokens: number; truncated: number; noTargets: number };
   /** A prompt for before/after samples: the context of the first eval example. */
@@ -74,6 +78,7 @@ export function buildDataset(file: string, text: string, tok: TextTokenizer, opt
   let records = 0;
   let truncated = 0;
   let noTargets = 0;
+  let chatLayout: Dataset["chatLayout"];
   const addWindows = (ex: Example) => {
     // Windows start every seqLen tokens and overlap by one, so each token is a target once.
     for (let s = 0; s + 1 < ex.ids.length; s += opts.seqLen) {
@@ -107,9 +112,24 @@ export function buildDataset(file: string, text: string, tok: TextTokenizer, opt
     records = recs.length;
     // Validate every record before tokenizing any, so a bad record fails fast.
     const parsed = recs.map((r) => parseRecord(format, r, file));
-    for (const p of parsed) {
+    const template = tok.chatTemplate ?? null;
+    if (format === "chat") {
+      chatLayout = template ? "template" : "chatml";
+      if (!template) (opts.warn ?? ((l) => console.warn(`warning: ${l}`)))("the tokenizer has no chat_template (tokenizer_config.json); chat records use the ChatML layout <|im_start|>{role}\\n{content}<|im_end|>");
+    }
+    for (const [k, p] of parsed.entries()) {
       if (format === "jsonl") addWindows(encodeDocument(tok, p as string));
-      else addTruncated(encodeSegments(tok, p as ReturnType<typeof alpacaSegments>));
+      else if (format === "alpaca") addTruncated(encodeSegments(tok, p as Segment[]));
+      else if (template) {
+        // The template writes BOS and the end-of-turn markers itself (as transformers' apply_chat_template does).
+        let segs: Segment[];
+        try {
+          segs = templateSegments(template, p as ChatMessage[]);
+        } catch (e) {
+          throw new DatasetError(file, recs[k].line, "messages", (e as Error).message);
+        }
+        addTruncated(encodeSegments(tok, segs, { bos: false, eos: false }));
+      } else addTruncated(encodeSegments(tok, chatSegments(p as ChatMessage[])));
     }
   }
   if (!units.length) throw new DatasetError(file, null, null, `no usable examples (${noTargets} had no response tokens within seq_len ${opts.seqLen})`);
@@ -129,6 +149,7 @@ export function buildDataset(file: string, text: string, tok: TextTokenizer, opt
   }
   return {
     format,
+    ...(chatLayout ? { chatLayout } : {}),
     train: trainSet,
     eval: evalSet,
     stats: { records, examples: units.length, tokens, targetTokens, truncated, noTargets },
@@ -143,7 +164,7 @@ function samplePromptOf(ex: Example, format: DataFormat): number[] {
   return Array.from(ex.ids.subarray(0, first > 0 ? first : 1));
 }
 
-function parseRecord(format: DataFormat, rec: JsonRecord, file: string): string | ReturnType<typeof alpacaSegments> {
+function parseRecord(format: DataFormat, rec: JsonRecord, file: string): string | Segment[] | ChatMessage[] {
   if (format === "jsonl") return stringField(rec, "text", file, { nonEmpty: true });
   if (format === "alpaca") {
     const instruction = stringField(rec, "instruction", file, { nonEmpty: true });
@@ -164,7 +185,7 @@ function parseRecord(format: DataFormat, rec: JsonRecord, file: string): string 
     return { role: role as ChatRole, content };
   });
   if (!out.some((m) => m.role === "assistant")) throw new DatasetError(file, rec.line, "messages", "has no assistant turn to train on");
-  return chatSegments(out);
+  return out;
 }
 
 /** A seeded Fisher-Yates permutation of 0..n-1. */
