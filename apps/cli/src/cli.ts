@@ -135,8 +135,9 @@ export async function run(argv: string[], env: Env = process.env): Promise<numbe
       case "merge":
         if (rest.length) return usage(`merge takes no positional arguments (got ${rest.join(" ")}); use ${MERGE_USAGE}`);
         return await mergeCommand(
-          { model: values.model, adapter: values.adapter, out: values.out, adapterName: values["adapter-name"], dtype: values.dtype, ignoreBaseModel: values["ignore-base-model"], dequantize: values.dequantize, backend: values.backend },
+          { model: values.model, adapter: values.adapter, out: values.out, adapterName: values["adapter-name"], dtype: values.dtype, ignoreBaseModel: values["ignore-base-model"], dequantize: values.dequantize, backend: values.backend, dataDir: values["data-dir"] },
           usage,
+          env,
         );
       default:
         return usage(`unknown command "${command}"`);

@@ -35,18 +35,43 @@ export function defaultCacheDir(env: Record<string, string | undefined>): string
   return env.LOWRANK_CACHE_DIR ? resolve(env.LOWRANK_CACHE_DIR) : join(homedir(), ".cache", "lowrank", "hub");
 }
 
+/** The prefix that makes a model name a Hugging Face Hub repo: hf:org/name[@revision]. */
+export const HUB_PREFIX = "hf:";
+
+/** A model or adapter name that is no directory here: a local error, never a download. */
+export class ModelNotFoundError extends Error {
+  override readonly name = "ModelNotFoundError";
+}
+
 /**
- * A --model value: an existing path (here or in the data dir) as is; else, when it looks like
- * `org/name` (or `org/name@revision`), the Hugging Face Hub snapshot (downloaded into the cache unless already there;
- * $HF_ENDPOINT, $HF_TOKEN and $LOWRANK_CACHE_DIR apply), with progress on stderr.
+ * Where a model (or adapter) name points, the same for every command: the path as given (relative
+ * to the working directory), else that relative path inside the data dir, else
+ * <data dir>/models/<name> (so `--model stories260K-hf` works); the first holding `marker`, else
+ * the first that exists. A name that is none of these is a ModelNotFoundError naming where it looked.
+ */
+export function locateDir(value: string, dataDir: string, cwd: string, marker = "config.json", what = "--model"): string {
+  const dirs = isAbsolute(value) ? [value] : [...new Set([resolve(cwd, value), join(dataDir, value), join(dataDir, "models", value)])];
+  // A directory without the marker is still the one meant: its loader then names the missing file.
+  const hit = dirs.find((d) => existsSync(join(d, marker))) ?? dirs.find((d) => existsSync(d));
+  if (hit) return hit;
+  const [repoId] = value.split("@");
+  const hub = !isAbsolute(value) && !value.startsWith(".") && isHfRepoId(repoId) ? `; to download it from the Hugging Face Hub, pass ${HUB_PREFIX}${value}` : "";
+  throw new ModelNotFoundError(`${what} ${value}: no ${marker} in ${dirs.join(" or ")}${hub}`);
+}
+
+/**
+ * A model name as every command reads it: hf:org/name[@revision] is the Hugging Face Hub snapshot
+ * (downloaded into the cache unless already there; $HF_ENDPOINT, $HF_TOKEN and $LOWRANK_CACHE_DIR
+ * apply), with progress on stderr; anything else is a local directory (locateDir), so a mistyped
+ * path is a local error and never a network request.
  */
 export async function resolveModelDir(
   value: string, dataDir: string, cwd: string, env: Record<string, string | undefined>,
   log: (s: string) => void = (s) => void process.stderr.write(s),
 ): Promise<string> {
-  const local = locateInDataDir(value, dataDir, cwd);
-  const [repoId, revision] = value.split("@") as [string, string | undefined];
-  if (existsSync(local) || isAbsolute(value) || value.startsWith(".") || !repoId.includes("/") || !isHfRepoId(repoId)) return local;
+  if (!value.startsWith(HUB_PREFIX)) return locateDir(value, dataDir, cwd);
+  const [repoId, revision] = value.slice(HUB_PREFIX.length).split("@") as [string, string | undefined];
+  if (!isHfRepoId(repoId)) throw new ModelNotFoundError(`--model ${value}: expected ${HUB_PREFIX}org/name[@revision], a Hugging Face Hub repo id`);
   const cacheDir = defaultCacheDir(env);
   let last = "";
   let lastT = 0;

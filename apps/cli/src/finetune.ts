@@ -20,9 +20,10 @@ export const FINETUNE_HELP = `Usage: lowrank finetune --model <dir> --data <file
 Fine-tune a Llama-family model (Hugging Face directory) with QLoRA, LoRA or full fine-tuning.
 
 Model and data:
-  --model <dir>              model directory (config.json, model.safetensors, tokenizer.json), or a
-                             Hugging Face repo id org/name[@revision], downloaded into $LOWRANK_CACHE_DIR
-                             (default ~/.cache/lowrank/hub; $HF_ENDPOINT, $HF_TOKEN apply)
+  --model <dir>              model directory (config.json, model.safetensors, tokenizer.json): a path,
+                             or a name in the data dir or its models/; hf:org/name[@revision] downloads
+                             that Hugging Face Hub repo into $LOWRANK_CACHE_DIR (default
+                             ~/.cache/lowrank/hub; $HF_ENDPOINT, $HF_TOKEN apply)
   --data <file>              .txt, .jsonl or .json dataset
   --format <${DATA_FORMATS.join("|")}>  dataset format (default: from the file: "text", "instruction"/"output" or "messages" keys)
   --data-dir <dir>           where relative --model/--data paths are also looked up
@@ -182,7 +183,7 @@ export async function finetuneCommand(argv: string[], env: Env): Promise<number>
     return fail(2, `${(e as Error).message}; see lowrank finetune --help`);
   }
   try {
-    // A --model that is no local path but looks like org/name comes from the Hugging Face Hub.
+    // A local directory (a missing one is an error here), or hf:org/name from the Hugging Face Hub.
     input.model = await resolveModelDir(v.model as string, resolveDataDir(v["data-dir"], env).path, process.cwd(), env);
   } catch (e) {
     return fail(1, `${(e as Error).message}`);

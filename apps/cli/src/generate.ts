@@ -12,7 +12,7 @@ import { loadHfModel, loadTokenizer, streamText } from "@lowrank/nn";
 import { setDefaultBackend } from "@lowrank/tensor";
 import { type ChatMessage, chatGenerationPrompt } from "@lowrank/trainer";
 import { type BackendChoice, resolveChoice, selectBackend } from "./backends.ts";
-import { locateInDataDir, resolveDataDir, resolveModelDir } from "./data-dir.ts";
+import { locateDir, resolveDataDir, resolveModelDir } from "./data-dir.ts";
 
 type Env = Record<string, string | undefined>;
 
@@ -83,7 +83,7 @@ export async function generateCommand(argv: string[], env: Env, usage: (message:
     const model = await loadHfModel(modelDir, { backend: sel.backend });
     const tokenizer = await loadTokenizer(modelDir);
     if (v.adapter) {
-      await loadAdapter(model, locateInDataDir(v.adapter as string, dataDir, cwd), (v["adapter-name"] as string | undefined) ?? "default");
+      await loadAdapter(model, locateDir(v.adapter as string, dataDir, cwd, "adapter_config.json", "--adapter"), (v["adapter-name"] as string | undefined) ?? "default");
     }
     model.eval();
     console.error(`lowrank generate: ${sel.name} backend (${sel.backend.device}; ${sel.reason})`);

@@ -4,13 +4,12 @@
  * summary to stdout. A relative input directory that does not exist here is also looked up in
  * the data directory (--data-dir, else LOWRANK_DATA_DIR, else ../shared/data beside the repo).
  */
-import { existsSync } from "node:fs";
-import { isAbsolute, join, resolve } from "node:path";
+import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { createCpuBackend } from "@lowrank/backend-cpu";
 import { VALID_BLOCKSIZES } from "@lowrank/nf4";
 import { type ConvertReport, dequantizeHfCheckpoint, quantizeHfCheckpoint } from "@lowrank/nn";
-import { resolveDataDir } from "./data-dir.ts";
+import { resolveDataDir, resolveModelDir } from "./data-dir.ts";
 
 type Env = Record<string, string | undefined>;
 
@@ -39,13 +38,6 @@ the dtype its quant state records, quantization_config is removed, tokenizer fil
 
   --data-dir <dir>           where a relative <in-dir> is also looked up`,
 };
-
-function inputDir(path: string, dataDirFlag: string | undefined, env: Env): string {
-  if (existsSync(path) || isAbsolute(path)) return resolve(path);
-  const data = resolveDataDir(dataDirFlag, env);
-  const there = join(data.path, path);
-  return existsSync(there) ? there : resolve(path);
-}
 
 function summary(verb: string, r: ConvertReport, inDir: string, outDir: string): string {
   const kb = (b: number) => `${(b / 1024).toFixed(1)} KiB`;
@@ -95,7 +87,13 @@ export async function quantizeCommand(command: "quantize" | "dequantize", argv: 
   if (v["double-quant"] && v["no-double-quant"]) return usage("--double-quant and --no-double-quant contradict each other");
   const skipModules = v["skip-modules"]?.flatMap((s) => s.split(",")).map((s) => s.trim()).filter(Boolean) ?? ["lm_head"];
 
-  const inDir = inputDir(positionals[0], v["data-dir"], env);
+  let inDir: string;
+  try {
+    inDir = await resolveModelDir(positionals[0], resolveDataDir(v["data-dir"], env).path, process.cwd(), env);
+  } catch (err) {
+    console.error(`lowrank ${command}: ${err instanceof Error ? err.message : String(err)}`);
+    return 1;
+  }
   const outDir = resolve(positionals[1]);
   const log = (line: string) => console.error(line);
   const backend = createCpuBackend({ threads: 0 });

@@ -9,7 +9,7 @@ import { join, resolve } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { type BackendChoice, selectBackend } from "./backends.ts";
-import { resolveDataDir } from "./data-dir.ts";
+import { resolveDataDir, resolveModelDir } from "./data-dir.ts";
 
 type Env = Record<string, string | undefined>;
 
@@ -82,15 +82,6 @@ export class ServeUsageError extends Error {
   override readonly name = "ServeUsageError";
 }
 
-/** --model as given, else <data dir>/models/<model> (so `--model stories260K-hf` works). */
-export function resolveModelDir(model: string, dataDir: string): string {
-  const direct = resolve(model);
-  if (existsSync(join(direct, "config.json"))) return direct;
-  const inData = join(dataDir, "models", model);
-  if (existsSync(join(inData, "config.json"))) return inData;
-  throw new ServeUsageError(`--model ${model}: no config.json in ${direct}${model.includes("/") ? "" : ` or ${inData}`}`);
-}
-
 export function parsePort(s: string | undefined): number {
   if (s === undefined) return 8080;
   if (!/^\d{1,5}$/.test(s) || Number(s) > 65535) throw new ServeUsageError(`--port ${s}: expected a port number 0-65535 (0 picks a free port)`);
@@ -111,7 +102,13 @@ export async function serveCommand(flags: ServeFlags, env: Env, stop: Promise<st
   const port = parsePort(flags.port);
   const host = flags.host ?? "127.0.0.1";
   const home = resolve(flags.home ?? (env.LOWRANK_HOME || join(homedir(), ".lowrank")));
-  const modelDir = resolveModelDir(flags.model, resolveDataDir(flags.dataDir, env).path);
+  let modelDir: string;
+  try {
+    modelDir = await resolveModelDir(flags.model, resolveDataDir(flags.dataDir, env).path, process.cwd(), env);
+  } catch (e) {
+    console.error(`lowrank: serve: ${(e as Error).message}`);
+    return 1;
+  }
   const sel = await selectBackend(flags.backend as BackendChoice | undefined, env);
   const { startServer } = await import("@lowrank/server");
   let server;

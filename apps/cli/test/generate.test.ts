@@ -51,18 +51,20 @@ test("bad flags are usage errors; a missing model names the file", async () => {
   assert.match(bad.stderr, /--top-p 2: expected a number in \(0, 1\]/);
   const missing = await lowrank(["generate", "--model", "/nonexistent/model", "--prompt", "p"]);
   assert.equal(missing.code, 1);
-  assert.match(missing.stderr, /\/nonexistent\/model\/config\.json/);
+  assert.match(missing.stderr, /--model \/nonexistent\/model: no config\.json in \/nonexistent\/model/);
 });
 
-test("--model org/name downloads from $HF_ENDPOINT into $LOWRANK_CACHE_DIR, then generates", { skip, timeout: 120_000 }, async () => {
+test("--model hf:org/name downloads from $HF_ENDPOINT into $LOWRANK_CACHE_DIR, then generates; a name that is no directory is a local error in every command, with no request", { skip, timeout: 120_000 }, async () => {
   const { createServer } = await import("node:http");
   const { createHash } = await import("node:crypto");
   const { mkdtempSync, readdirSync, rmSync } = await import("node:fs");
   const { tmpdir } = await import("node:os");
   const src = join(dataDir as string, "models", "stories260K-hf");
   const names = readdirSync(src);
+  const requests: string[] = [];
   const server = createServer((req, res) => {
     const path = decodeURIComponent(new URL(req.url ?? "/", "http://x").pathname);
+    requests.push(path);
     if (path === "/api/models/test-org/stories/revision/main") {
       res.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ siblings: names.map((rfilename) => ({ rfilename })) }));
       return;
@@ -78,14 +80,31 @@ test("--model org/name downloads from $HF_ENDPOINT into $LOWRANK_CACHE_DIR, then
     const port = (server.address() as { port: number }).port;
     const env = { HF_ENDPOINT: `http://127.0.0.1:${port}`, LOWRANK_CACHE_DIR: cache };
     const ref = JSON.parse(readFileSync(refPath, "utf8")).greedy_with_prompt as { prompt: string; steps: number; prompt_ids: number[]; generated_text: string };
-    const r = await lowrank(["generate", "--model", "test-org/stories", "--prompt", ref.prompt, "--max-new-tokens", String(ref.steps - ref.prompt_ids.length + 1)], env);
+    const r = await lowrank(["generate", "--model", "hf:test-org/stories", "--prompt", ref.prompt, "--max-new-tokens", String(ref.steps - ref.prompt_ids.length + 1)], env);
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout, `${ref.prompt}${ref.generated_text}\n`);
     assert.match(r.stderr, /downloading test-org\/stories \[\d\/\d\] model\.safetensors/);
     assert.ok(existsSync(join(cache, "models--test-org--stories", "snapshots", "main", "model.safetensors")));
-    const missing = await lowrank(["generate", "--model", "test-org/absent", "--prompt", "p"], env);
+    const missing = await lowrank(["generate", "--model", "hf:test-org/absent", "--prompt", "p"], env);
     assert.equal(missing.code, 1);
     assert.ok(missing.stderr.includes(`http://127.0.0.1:${port}/api/models/test-org/absent/revision/main`), missing.stderr);
+    // Without hf: a name is a local directory in every command: a missing one fails here, naming where it looked.
+    const seen = requests.length;
+    const out = join(cache, "out");
+    for (const args of [
+      ["generate", "--model", "test-org/nowhere", "--prompt", "p"],
+      ["finetune", "--model", "test-org/nowhere", "--data", "datasets/tinyshakespeare/input.txt", "--output", out],
+      ["serve", "--model", "test-org/nowhere", "--port", "0", "--home", out],
+      ["merge", "--model", "test-org/nowhere", "--adapter", "peft/smollm2-135m-recallclear", "--out", out],
+      ["quantize", "test-org/nowhere", out],
+      ["dequantize", "test-org/nowhere", out],
+    ]) {
+      const r = await lowrank(args, env);
+      assert.equal(r.code, 1, `${args[0]}: ${r.stderr}`);
+      assert.match(r.stderr, /test-org\/nowhere: no config\.json in .*test-org\/nowhere.* or .*models\/test-org\/nowhere; to download it from the Hugging Face Hub, pass hf:test-org\/nowhere/, args[0]);
+      assert.doesNotMatch(r.stderr, /\n\s+at /, `${args[0]} printed a stack trace`);
+    }
+    assert.equal(requests.length, seen, `a missing local model made requests: ${requests.slice(seen).join(", ")}`);
   } finally {
     server.close();
     rmSync(cache, { recursive: true, force: true });

@@ -8,7 +8,8 @@ import { dirname, join, resolve } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { run } from "../src/cli.ts";
-import { parsePort, resolveModelDir } from "../src/serve.ts";
+import { parsePort } from "../src/serve.ts";
+import { resolveModelDir } from "../src/data-dir.ts";
 
 const CLI_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const BIN = join(CLI_DIR, "bin", "lowrank.mjs");
@@ -27,12 +28,12 @@ async function quiet<T>(fn: () => Promise<T>): Promise<{ value: T; err: string }
   }
 }
 
-test("serve: usage errors exit 2 and say what is wrong", async () => {
+test("serve: usage errors exit 2 and say what is wrong; a missing model exits 1", async () => {
   let r = await quiet(() => run(["serve"], {}));
   assert.equal(r.value, 2);
   assert.match(r.err, /serve needs --model/);
   r = await quiet(() => run(["serve", "--model", "/nonexistent/model"], {}));
-  assert.equal(r.value, 2);
+  assert.equal(r.value, 1); // not a usage error: the same local failure as every command's
   assert.match(r.err, /no config\.json/);
   r = await quiet(() => run(["serve", "--model", "x", "--bogus"], {}));
   assert.equal(r.value, 2);
@@ -42,8 +43,8 @@ test("serve: usage errors exit 2 and say what is wrong", async () => {
   assert.equal(parsePort("0"), 0);
 });
 
-test("serve: --model also accepts a name under the data directory", { skip: HAVE_MODEL ? false : "stories260K-hf not found" }, () => {
-  assert.equal(resolveModelDir("stories260K-hf", DATA), MODEL);
+test("serve: --model also accepts a name under the data directory", { skip: HAVE_MODEL ? false : "stories260K-hf not found" }, async () => {
+  assert.equal(await resolveModelDir("stories260K-hf", DATA, process.cwd(), {}), MODEL);
 });
 
 function serve(home: string, env: Record<string, string | undefined>): { child: ChildProcess; output: () => string; url: Promise<string> } {
