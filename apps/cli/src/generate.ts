@@ -8,7 +8,7 @@
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { loadAdapter } from "@lowrank/lora";
-import { loadHfModel, loadTokenizer, streamText } from "@lowrank/nn";
+import { defaultSampling, loadGenerationConfig, loadHfModel, loadTokenizer, streamText } from "@lowrank/nn";
 import { setDefaultBackend } from "@lowrank/tensor";
 import { type ChatMessage, chatGenerationPrompt } from "@lowrank/trainer";
 import { type BackendChoice, resolveChoice, selectBackend } from "./backends.ts";
@@ -80,8 +80,18 @@ export async function generateCommand(argv: string[], env: Env, usage: (message:
   const sel = await selectBackend(v.backend as BackendChoice | undefined, env);
   setDefaultBackend(sel.backend);
   try {
-    const model = await loadHfModel(modelDir, { backend: sel.backend });
+    const model = await loadHfModel(modelDir, { backend: sel.backend, log: (l) => console.error(`lowrank generate: ${l}`) });
     const tokenizer = await loadTokenizer(modelDir);
+    // The model's generation_config.json: more stop tokens, and the sampling used where no flag sets it.
+    const gen = await loadGenerationConfig(modelDir);
+    const sampling = defaultSampling(gen);
+    const unset = (["temperature", "top-k", "top-p", "repetition-penalty"] as const).filter((f) => v[f] === undefined);
+    if (gen && unset.length) {
+      const keys = { temperature: "temperature", "top-k": "topK", "top-p": "topP", "repetition-penalty": "repetitionPenalty" } as const;
+      for (const f of unset) opts[keys[f]] = sampling[keys[f]];
+      console.error(`lowrank generate: ${unset.map((f) => `--${f} ${sampling[keys[f]]}`).join(", ")} from generation_config.json (flags override)`);
+    }
+    const eos = [...model.config.eos_token_id, ...(gen?.eos_token_id ?? []), ...(tokenizer.eosTokenId === null ? [] : [tokenizer.eosTokenId])];
     if (v.adapter) {
       await loadAdapter(model, locateDir(v.adapter as string, dataDir, cwd, "adapter_config.json", "--adapter"), (v["adapter-name"] as string | undefined) ?? "default");
     }
@@ -94,7 +104,7 @@ export async function generateCommand(argv: string[], env: Env, usage: (message:
       const p = chatGenerationPrompt(tokenizer, messages);
       const t = tokenizer.chatTemplate;
       console.error(`lowrank generate: chat prompt ${t ? `from the model's chat_template (${t.file})` : "in ChatML: the tokenizer has no chat_template"}`);
-      const stopTokens = [...model.config.eos_token_id, ...(tokenizer.eosTokenId === null ? [] : [tokenizer.eosTokenId]), ...p.stopTokens];
+      const stopTokens = [...eos, ...p.stopTokens];
       const out = new StopFilter(p.stop);
       for await (const text of streamText(model, tokenizer, p.ids, { ...opts, stopTokens })) {
         process.stdout.write(out.push(text));
@@ -104,7 +114,7 @@ export async function generateCommand(argv: string[], env: Env, usage: (message:
       process.stdout.write(`${out.flush()}\n`);
     } else {
       process.stdout.write(v.prompt as string);
-      for await (const text of streamText(model, tokenizer, v.prompt as string, opts)) {
+      for await (const text of streamText(model, tokenizer, v.prompt as string, { ...opts, stopTokens: eos })) {
         process.stdout.write(text);
         pieces++;
       }

@@ -163,3 +163,23 @@ test("StopFilter cuts the stream at a stop string split across pieces and holds 
   assert.equal(open.push("a</"), "a");
   assert.equal(open.flush(), "</");
 });
+
+test("generation_config.json: its eos_token_id stops generation and its sampling fills the flags not given", { skip, timeout: 120_000 }, async () => {
+  const { cpSync, mkdtempSync, rmSync, writeFileSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const ref = JSON.parse(readFileSync(refPath, "utf8")).greedy_with_prompt as { prompt: string; generated_ids: number[]; generated_text: string };
+  const dir = mkdtempSync(join(tmpdir(), "lowrank-cli-genconfig-"));
+  try {
+    cpSync(join(dataDir as string, "models", "stories260K-hf"), dir, { recursive: true });
+    // Stop at the second greedy token: only the first is printed.
+    writeFileSync(join(dir, "generation_config.json"), JSON.stringify({ eos_token_id: [2, ref.generated_ids[1]], do_sample: true, temperature: 0.7, top_k: 20 }));
+    const r = await lowrank(["generate", "--model", dir, "--prompt", ref.prompt, "--temperature", "0", "--max-new-tokens", "20"]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, `${ref.prompt},\n`);
+    assert.ok(ref.generated_text.startsWith(","));
+    assert.match(r.stderr, /--top-k 20, --top-p 1, --repetition-penalty 1 from generation_config\.json \(flags override\)/);
+    assert.doesNotMatch(r.stderr, /--temperature 0\.7/);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -88,7 +88,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     const backend = o.backend ?? (yield* step("backend", () => createCpuBackend(), (b) => b.dispose()));
     const hash = yield* step("weights hash", () => weightsHash(o.modelDir, db));
     const modelId = basename(o.modelDir.replace(/[\\/]+$/, ""));
-    const host = yield* step("model", () => ModelHost.load({ modelDir: o.modelDir, backend, id: modelId, hash, cacheBytes: o.cacheBytes, maxQueue: o.maxQueue }), (h) => h.close());
+    const host = yield* step("model", () => ModelHost.load({ modelDir: o.modelDir, backend, id: modelId, hash, cacheBytes: o.cacheBytes, maxQueue: o.maxQueue, log }), (h) => h.close());
     log(`chat prompts (/v1/chat/completions): ${host.chatLayout}`);
     registry.onRemoved = (v) => void host.exclusive(async () => host.unload(v.id)).catch(() => {});
     const jobs = new JobStore(db);

@@ -14,6 +14,7 @@ export {
   type JsonFile,
 } from "./loaders/hf.ts";
 export { tensorFromBytes, type SourceFloat } from "./loaders/files.ts";
+export { type GenerationDefaults, defaultSampling, loadGenerationConfig, parseGenerationConfig } from "./loaders/generation-config.ts";
 export { QuantizedLinear, quantDtypeOf, type ComputeDtype, type QuantizedLinearOptions } from "./quantized.ts";
 export {
   quantizeModel, quantizedMemoryReport, quantizationConfigOf, setQuantizationConfig, matchesModule, type QuantizeModelOptions,

@@ -70,3 +70,23 @@ test("a bf16 safetensors checkpoint loads as bf16 (half the bytes) and generates
     b.dispose();
   });
 });
+
+test("a bf16 checkpoint loaded as f32 is widened with one line saying so; loaded as bf16 nothing is said", async () => {
+  await withTempDir(async (dir) => {
+    const cfg = tinyConfig({ vocab_size: 64, hidden_size: 32, intermediate_size: 48 });
+    const m16 = new LlamaForCausalLM(cfg, { dtype: "bf16", init: randomInit(new Rng(3), 0.3) });
+    const n = [...m16.namedParameters()].reduce((s, [, p]) => s + p.size, 0);
+    await saveHfModel(m16, dir);
+    m16.dispose();
+    const lines: string[] = [];
+    const wide = await loadHfModel(dir, { backend, dtype: "f32", log: (l) => lines.push(l) });
+    wide.dispose();
+    assert.equal(lines.length, 1, lines.join("\n"));
+    const mib = (b: number) => (b / 2 ** 20).toFixed(1);
+    assert.ok(lines[0].includes(`${n} BF16 weights widened to f32 at load (${mib(2 * n)} -> ${mib(4 * n)} MiB)`), lines[0]);
+    assert.ok(lines[0].startsWith(join(dir, "model.safetensors")), lines[0]);
+    const kept = await loadHfModel(dir, { backend, dtype: "bf16", log: (l) => lines.push(l) });
+    kept.dispose();
+    assert.equal(lines.length, 1);
+  });
+});

@@ -74,7 +74,7 @@ export async function finetune(input: FinetuneInput, io: FinetuneIO): Promise<Fi
   const tokenizer = await loadTokenizer(cfg.model);
   // Mixed precision: the frozen base (and so every activation) in the compute dtype, without
   // widening a bf16/f16 checkpoint to f32; adapters and optimizer state stay f32 (PEFT's autocast_adapter_dtype).
-  const base = await loadHfModel(cfg.model, { backend, dtype });
+  const base = await loadHfModel(cfg.model, { backend, dtype, log: (m) => rep.info(`${m} (--bf16 or --fp16 trains on the half-precision weights)`) });
   const maxPos = base.config.max_position_embeddings;
   if (cfg.seqLen > maxPos) throw new ConfigError(`seq len ${cfg.seqLen} exceeds the model's max_position_embeddings (${maxPos})`);
   let prepared: PreparedModel;

@@ -8,7 +8,7 @@
  */
 import { Effect, Semaphore } from "effect";
 import type { Backend } from "@lowrank/tensor";
-import { type LlamaForCausalLM, type TextTokenizer, generate, loadHfModel, loadTokenizer } from "@lowrank/nn";
+import { type LlamaForCausalLM, type TextTokenizer, generate, loadGenerationConfig, loadHfModel, loadTokenizer } from "@lowrank/nn";
 import { PeftModel, loadAdapter } from "@lowrank/lora";
 import { type ChatGenerationPrompt, type ChatMessage, chatGenerationPrompt } from "@lowrank/trainer";
 import { conflict, invalid, unavailable } from "../errors.ts";
@@ -26,6 +26,8 @@ export interface HostOptions {
   cacheBytes?: number;
   /** Requests allowed to wait for the model before new ones get 503 (default 256). */
   maxQueue?: number;
+  /** Load-time notes (half-precision weights widened to f32). */
+  log?: (line: string) => void;
 }
 
 export interface LoadedAdapter {
@@ -76,23 +78,28 @@ export class ModelHost {
   /** Requests served, per adapter ref ("" = base); for /v1/cache and tests. */
   readonly served = new Map<string, number>();
 
-  private constructor(o: HostOptions, model: LlamaForCausalLM, tokenizer: TextTokenizer) {
+  /** Stop tokens besides config.json's: the tokenizer's EOS and generation_config.json's (Llama 3's <|eot_id|>). */
+  readonly #eos: number[];
+
+  private constructor(o: HostOptions, model: LlamaForCausalLM, tokenizer: TextTokenizer, genEos: readonly number[]) {
     this.id = o.id;
     this.dir = o.modelDir;
     this.hash = o.hash;
     this.backend = o.backend;
     this.model = model;
     this.tokenizer = tokenizer;
+    this.#eos = [...new Set([...model.config.eos_token_id, ...genEos, ...(tokenizer.eosTokenId === null ? [] : [tokenizer.eosTokenId])])];
     this.#maxQueue = o.maxQueue ?? 256;
     this.#cache = new ByteLru(o.cacheBytes ?? 256 * 2 ** 20, (_, a) => this.#peft?.deleteAdapter(a.internal));
   }
 
   static async load(o: HostOptions): Promise<ModelHost> {
     const tokenizer = await loadTokenizer(o.modelDir);
-    const model = await loadHfModel(o.modelDir, { backend: o.backend, dtype: "f32" });
+    const gen = await loadGenerationConfig(o.modelDir);
+    const model = await loadHfModel(o.modelDir, { backend: o.backend, dtype: "f32", log: o.log });
     model.eval();
     model.setRequiresGrad(false);
-    return new ModelHost(o, model, tokenizer);
+    return new ModelHost(o, model, tokenizer, gen?.eos_token_id ?? []);
   }
 
   get queued(): number {
@@ -242,7 +249,7 @@ export class ModelHost {
       const key = req.adapter?.version.ref ?? "";
       this.served.set(key, (this.served.get(key) ?? 0) + 1);
       const tok = this.tokenizer;
-      const stopIds = [...this.model.config.eos_token_id, ...(tok.eosTokenId === null ? [] : [tok.eosTokenId]), ...(req.stopTokens ?? [])];
+      const stopIds = [...this.#eos, ...(req.stopTokens ?? [])];
       const maxNew = Math.min(req.maxTokens, maxPos - ids.length);
       const out: number[] = [];
       let text = "";

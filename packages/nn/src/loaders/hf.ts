@@ -18,6 +18,8 @@ export interface LoadOptions {
   backend?: Backend;
   /** Parameter dtype; F16/BF16/F32 weights are converted to it (default "f32"). */
   dtype?: DType;
+  /** Told once when half-precision weights are widened to f32 (what, and the bytes it costs). */
+  log?: (line: string) => void;
 }
 
 /** Buffers old checkpoints saved that the model recomputes (transformers ignores them too). */
@@ -106,13 +108,20 @@ async function loadHfCore(
     const source = ckpt.index ?? [...shardPaths.values()][0];
     model.checkStateDict(given, { source });
 
+    const widened = new Map<string, number>(); // source dtype -> elements
     for (const name of given.keys()) {
       const target = model.tensorAt(name);
       if (!target || consumed.has(name)) continue;
+      const info = ckpt.tensors[name];
+      if (dtype === "f32" && (info.dtype === "BF16" || info.dtype === "F16")) widened.set(info.dtype, (widened.get(info.dtype) ?? 0) + info.shape.reduce((a, b) => a * b, 1));
       const data = await ckpt.read(name).catch((e: unknown) => {
         throw explain(e);
       });
       scope(() => target.assign(tensorFromBytes(data.data, data.dtype as SourceFloat, data.shape, dtype, backend)));
+    }
+    for (const [src, n] of widened) {
+      const mib = (b: number) => (b / 2 ** 20).toFixed(1);
+      opts.log?.(`${source}: ${n} ${src} weights widened to f32 at load (${mib(2 * n)} -> ${mib(4 * n)} MiB); load them as ${src.toLowerCase()} to keep their precision`);
     }
   } catch (e) {
     model.dispose();
