@@ -6,7 +6,7 @@
 import { spawn } from "node:child_process";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { resolveDataDir } from "@lowrank/nn";
+import { resolveDataDir } from "@lowrank/nn/node";
 import { createCpuBackend } from "@lowrank/backend-cpu";
 import { BENCH_DIR, CONFIGS_DIR, RESULTS_DIR, log, today, writeJson } from "./common.ts";
 import { checkGpuSchema, runGpu } from "./gpu.ts";

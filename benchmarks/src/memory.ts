@@ -16,9 +16,9 @@
  * The step's peak is the larger of the two phases.
  */
 import { createCpuBackend } from "@lowrank/backend-cpu";
-import type { LlamaForCausalLM } from "@lowrank/nn";
+import type { LlamaForCausalLM } from "@lowrank/nn/node";
 import { type Backend, Rng } from "@lowrank/tensor";
-import { AdamW, batchLossSum, clipGradients, collate, globalGradNorm, namedParams } from "@lowrank/trainer";
+import { AdamW, batchLossSum, clipGradients, collate, globalGradNorm, namedParams } from "@lowrank/trainer/node";
 import { type Machine, log, machine } from "./common.ts";
 import { SHAPES, type Shape, loadShape } from "./models.ts";
 import { type PlanEstimate, type PlanMethod, estimate } from "./plan.ts";

@@ -3,7 +3,7 @@
  * Llama shapes with seeded random weights (N(0, 0.02), as HF's initializer_range), which is all a
  * memory or speed measurement needs.
  */
-import { type Init, type LlamaForCausalLM, LlamaForCausalLM as Llama, loadHfModel, parseLlamaConfig, randomInit } from "@lowrank/nn";
+import { type Init, type LlamaForCausalLM, LlamaForCausalLM as Llama, loadHfModel, parseLlamaConfig, randomInit } from "@lowrank/nn/node";
 import { type Backend, type DType, Rng } from "@lowrank/tensor";
 
 export interface Shape {

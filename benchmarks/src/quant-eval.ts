@@ -17,7 +17,7 @@ import { type QuantType } from "@lowrank/nf4";
 import {
   type LlamaForCausalLM, type QuantizeModelOptions, type TextTokenizer, generateIds, loadHfModel, loadTokenizer, quantizeModel,
   quantizedMemoryReport, resolveDataDir,
-} from "@lowrank/nn";
+} from "@lowrank/nn/node";
 import { crossEntropy, noGrad, scope, setDefaultBackend, tensor } from "@lowrank/tensor";
 
 export interface EvalRow {

@@ -17,12 +17,12 @@ import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Backend } from "@lowrank/tensor";
-import { LoraConfigError } from "@lowrank/lora";
-import { loadHfModel, loadTokenizer, quantizeModel } from "@lowrank/nn";
+import { LoraConfigError } from "@lowrank/lora/node";
+import { loadHfModel, loadTokenizer, quantizeModel } from "@lowrank/nn/node";
 import {
   AdamW, type Batch, BatchLoader, type DataFormat, type Dataset, buildDataset, enableGradientCheckpointing, evaluate, namedParams,
   prepareModel, resolveConfig, silentReporter, trainLoop, warmupSteps,
-} from "@lowrank/trainer";
+} from "@lowrank/trainer/node";
 import { type Machine, log, machine, mean, std } from "./common.ts";
 import { MemoryMetrics } from "./step.ts";
 

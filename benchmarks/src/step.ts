@@ -3,12 +3,12 @@
  * AdamW, trainLoop), on synthetic token batches: what `lowrank finetune` runs per step, without
  * the data pipeline, evaluation or file output around it. Used by the peer and memory suites.
  */
-import type { LlamaForCausalLM } from "@lowrank/nn";
+import type { LlamaForCausalLM } from "@lowrank/nn/node";
 import { Rng } from "@lowrank/tensor";
 import {
   AdamW, BatchLoader, type Example, INIT_LOSS_SCALE, type Method, type MetricRecord, MetricsLog, enableGradientCheckpointing, namedParams,
   prepareModel, resolveConfig, silentReporter, trainLoop,
-} from "@lowrank/trainer";
+} from "@lowrank/trainer/node";
 
 export interface MethodSpec {
   method: Method;

@@ -4,7 +4,7 @@ import { isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { homedir } from "node:os";
 import process from "node:process";
-import { downloadHfModel, isHfRepoId } from "@lowrank/nn";
+import { downloadHfModel, isHfRepoId } from "@lowrank/nn/node";
 
 export interface DataDir {
   path: string;

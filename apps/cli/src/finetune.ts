@@ -6,10 +6,10 @@
 import { basename, join, resolve } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
-import { LoraConfigError } from "@lowrank/lora";
+import { LoraConfigError } from "@lowrank/lora/node";
 import {
   ConfigError, DATA_FORMATS, DatasetError, type FinetuneInput, type FinetuneResult, METHODS, SCHEDULERS, consoleReporter, finetune,
-} from "@lowrank/trainer";
+} from "@lowrank/trainer/node";
 import { BACKEND_CHOICES, type BackendChoice, resolveChoice, selectBackend } from "./backends.ts";
 import { locateInDataDir, resolveDataDir, resolveModelDir } from "./data-dir.ts";
 

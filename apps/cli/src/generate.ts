@@ -7,10 +7,10 @@
  */
 import process from "node:process";
 import { parseArgs } from "node:util";
-import { loadAdapter } from "@lowrank/lora";
-import { defaultSampling, loadGenerationConfig, loadHfModel, loadTokenizer, streamText } from "@lowrank/nn";
+import { loadAdapter } from "@lowrank/lora/node";
+import { defaultSampling, loadGenerationConfig, loadHfModel, loadTokenizer, streamText } from "@lowrank/nn/node";
 import { setDefaultBackend } from "@lowrank/tensor";
-import { type ChatMessage, chatGenerationPrompt } from "@lowrank/trainer";
+import { type ChatMessage, chatGenerationPrompt } from "@lowrank/trainer/node";
 import { type BackendChoice, resolveChoice, selectBackend } from "./backends.ts";
 import { locateDir, resolveDataDir, resolveModelDir } from "./data-dir.ts";
 

@@ -1,7 +1,7 @@
 /** `lowrank merge`: arguments in, one call to @lowrank/lora's mergeAndSave, a summary out. */
 import type { DType } from "@lowrank/tensor";
 import { createCpuBackend } from "@lowrank/backend-cpu";
-import { mergeAndSave } from "@lowrank/lora";
+import { mergeAndSave } from "@lowrank/lora/node";
 import { locateDir, resolveDataDir, resolveModelDir } from "./data-dir.ts";
 
 export interface MergeArgs {

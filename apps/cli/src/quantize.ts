@@ -8,7 +8,7 @@ import { resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { createCpuBackend } from "@lowrank/backend-cpu";
 import { VALID_BLOCKSIZES } from "@lowrank/nf4";
-import { type ConvertReport, dequantizeHfCheckpoint, quantizeHfCheckpoint } from "@lowrank/nn";
+import { type ConvertReport, dequantizeHfCheckpoint, quantizeHfCheckpoint } from "@lowrank/nn/node";
 import { resolveDataDir, resolveModelDir } from "./data-dir.ts";
 
 type Env = Record<string, string | undefined>;

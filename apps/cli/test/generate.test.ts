@@ -9,7 +9,7 @@ import { dirname, join, resolve } from "node:path";
 import process from "node:process";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
-import { resolveDataDir } from "@lowrank/nn";
+import { resolveDataDir } from "@lowrank/nn/node";
 
 const CLI_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const BIN = join(CLI_DIR, "bin", "lowrank.mjs");
@@ -114,7 +114,7 @@ test("--model hf:org/name downloads from $HF_ENDPOINT into $LOWRANK_CACHE_DIR, t
 test("--chat renders the model's chat_template with the generation prompt and prints only the reply; ChatML without a template, said on stderr", { skip, timeout: 120_000 }, async () => {
   const { cpSync, mkdtempSync, rmSync, writeFileSync } = await import("node:fs");
   const { tmpdir } = await import("node:os");
-  const { loadHfModel, loadTokenizer, generateIds } = await import("@lowrank/nn");
+  const { loadHfModel, loadTokenizer, generateIds } = await import("@lowrank/nn/node");
   const { createCpuBackend } = await import("@lowrank/backend-cpu");
   const dir = mkdtempSync(join(tmpdir(), "lowrank-chat-"));
   try {

@@ -13,8 +13,8 @@ import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { Rng, noGrad, scope, setDefaultBackend, tensor } from "@lowrank/tensor";
 import { createCpuBackend } from "@lowrank/backend-cpu";
-import { type LlamaForCausalLM, loadHfModel, resolveDataDir } from "@lowrank/nn";
-import { getPeftModel, saveAdapter } from "@lowrank/lora";
+import { type LlamaForCausalLM, loadHfModel, resolveDataDir } from "@lowrank/nn/node";
+import { getPeftModel, saveAdapter } from "@lowrank/lora/node";
 import { command, lowrank } from "./spawn-cli.ts";
 
 

@@ -15,7 +15,7 @@ import { fileURLToPath } from "node:url";
 import { noGrad, scope, setDefaultBackend, tensor } from "@lowrank/tensor";
 import { createCpuBackend } from "@lowrank/backend-cpu";
 import { bnbQuantizationConfig } from "@lowrank/nf4";
-import { type LlamaForCausalLM, QuantizedLinear, loadHfModel, quantizeModel, resolveDataDir, saveHfModel } from "@lowrank/nn";
+import { type LlamaForCausalLM, QuantizedLinear, loadHfModel, quantizeModel, resolveDataDir, saveHfModel } from "@lowrank/nn/node";
 import { type Result, command, lowrank } from "./spawn-cli.ts";
 
 

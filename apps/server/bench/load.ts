@@ -19,8 +19,8 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { createCpuBackend } from "@lowrank/backend-cpu";
-import { getPeftModel, saveAdapter } from "@lowrank/lora";
-import { loadHfModel } from "@lowrank/nn";
+import { getPeftModel, saveAdapter } from "@lowrank/lora/node";
+import { loadHfModel } from "@lowrank/nn/node";
 
 const { values } = parseArgs({
   options: {

@@ -3,8 +3,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { copyFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { loadTokenizer } from "@lowrank/nn";
-import { chatPrompt } from "@lowrank/trainer";
+import { loadTokenizer } from "@lowrank/nn/node";
+import { chatPrompt } from "@lowrank/trainer/node";
 import { NEED_MODEL, STORIES, call, startTestServer, tempDir } from "./helpers.ts";
 
 // A small template in the style of real ones: BOS, a header per turn, EOS closing each turn, and a

@@ -5,8 +5,8 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createCpuBackend } from "@lowrank/backend-cpu";
-import { getPeftModel, saveAdapter } from "@lowrank/lora";
-import { loadHfModel } from "@lowrank/nn";
+import { getPeftModel, saveAdapter } from "@lowrank/lora/node";
+import { loadHfModel } from "@lowrank/nn/node";
 import { type RunningServer, type ServerOptions, startServer } from "../src/index.ts";
 
 export const ADMIN = "test-admin-key-0123456789abcdef";

@@ -8,8 +8,8 @@ import assert from "node:assert/strict";
 import { rm } from "node:fs/promises";
 import { join } from "node:path";
 import { createCpuBackend } from "@lowrank/backend-cpu";
-import { loadAdapter } from "@lowrank/lora";
-import { generateIds, loadHfModel, loadTokenizer } from "@lowrank/nn";
+import { loadAdapter } from "@lowrank/lora/node";
+import { generateIds, loadHfModel, loadTokenizer } from "@lowrank/nn/node";
 import { ADMIN, NEED_MODEL, STORIES, type TestServer, call, completion, makeAdapter, parseSse, startTestServer, tempDir, upload } from "./helpers.ts";
 
 const PROMPTS = ["Once upon a time", "The little dog", "Lily and Tom went to the"];

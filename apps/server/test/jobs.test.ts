@@ -10,7 +10,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { readFile, readdir, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { openSafetensors } from "@lowrank/safetensors";
+import { openSafetensors } from "@lowrank/safetensors/node";
 import { ADMIN, NEED_MODEL, STORIES, TINYSTORIES, type TestServer, call, completion, parseSse, startTestServer, tempDir } from "./helpers.ts";
 
 const JOB = { dataset: "stories", steps: 24, checkpoint_every: 4, batch_size: 4, seq_len: 64, seed: 3, rank: 4, alpha: 8, dropout: 0.1 };

@@ -5,6 +5,7 @@
  */
 import { type Backend, type DType, getDefaultBackend } from "@lowrank/tensor";
 import { loadHfModel, saveHfModel } from "@lowrank/nn";
+import { joinPath, storage } from "@lowrank/safetensors";
 import type { MergeInfo } from "./layer.ts";
 import { loadAdapter } from "./peft-io.ts";
 
@@ -44,11 +45,11 @@ const TORCH_DTYPE: Record<string, DType> = { float32: "f32", float16: "f16", bfl
 const TORCH_NAME: Partial<Record<DType, string>> = { f32: "float32", f16: "float16", bf16: "bfloat16" };
 
 export async function mergeAndSave(modelDir: string, adapterDir: string, outDir: string, opts: MergeAndSaveOptions = {}): Promise<MergeAndSaveResult> {
-  const fs = await import("node:fs/promises");
-  const { join, resolve } = await import("node:path");
+  const fs = storage();
+  const [join, resolve] = [joinPath, fs.resolve];
   if (resolve(outDir) === resolve(modelDir)) throw new Error(`mergeAndSave: the output directory is the model directory (${modelDir}); write the merged model somewhere else`);
   const configPath = join(modelDir, "config.json");
-  const original = JSON.parse(await fs.readFile(configPath, "utf8")) as Record<string, unknown>;
+  const original = JSON.parse(await fs.readText(configPath)) as Record<string, unknown>;
   const srcDtype = TORCH_DTYPE[String(original.torch_dtype ?? original.dtype ?? "float32")] ?? "f32";
   const dtype = opts.dtype ?? srcDtype;
   if (!TORCH_NAME[dtype]) throw new Error(`mergeAndSave: dtype must be f32, f16 or bf16, got ${dtype}`);
@@ -61,7 +62,7 @@ export async function mergeAndSave(modelDir: string, adapterDir: string, outDir:
     const files = await saveHfModel(model, outDir, { maxShardBytes: opts.maxShardBytes });
     // The source config keeps fields nn does not model (transformers_version, pad_token_id, ...);
     // the dtype and quantization_config are what was actually written.
-    const written = JSON.parse(await fs.readFile(join(outDir, "config.json"), "utf8")) as Record<string, unknown>;
+    const written = JSON.parse(await fs.readText(join(outDir, "config.json"))) as Record<string, unknown>;
     const config: Record<string, unknown> = { ...original, torch_dtype: TORCH_NAME[dtype] };
     if ("dtype" in original) config.dtype = TORCH_NAME[dtype];
     if (written.quantization_config) config.quantization_config = written.quantization_config;

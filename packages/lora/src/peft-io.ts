@@ -6,7 +6,7 @@
  */
 import { type Backend, type DType, type Tensor, fromF32, tensor, toF32 } from "@lowrank/tensor";
 import type { Module } from "@lowrank/nn";
-import { type SafetensorsFile, type TensorInput, openSafetensors, serializeSafetensors, toTypedArray } from "@lowrank/safetensors";
+import { type SafetensorsFile, type TensorInput, exists, joinPath, openSafetensors, serializeSafetensors, storage, toTypedArray } from "@lowrank/safetensors";
 import { type LoraConfig, configFromJson, configToJson, show } from "./config.ts";
 import { ModulesToSaveWrapper } from "./modules-to-save.ts";
 import { PeftModel, type PeftOptions, biasParameters } from "./model.ts";
@@ -84,15 +84,15 @@ async function adapterBytes(peft: PeftModel, name: string, baseModel: string | u
  * a crash never leaves a half-written file. Returns the written file paths.
  */
 export async function saveAdapter(peft: PeftModel, dir: string, opts: SaveAdapterOptions = {}): Promise<string[]> {
-  const { join } = await import("node:path");
-  const fs = await import("node:fs/promises");
+  const join = joinPath;
+  const fs = storage();
   const names = opts.adapterName !== undefined ? [opts.adapterName] : [...peft.peftConfig.keys()];
   if (names.length === 0) throw new Error("saveAdapter: the model has no adapters");
   const written: string[] = [];
   for (const name of names) {
     const bytes = await adapterBytes(peft, name, opts.baseModelNameOrPath, "saveAdapter");
     const out = name === "default" ? dir : join(dir, name);
-    await fs.mkdir(out, { recursive: true });
+    await fs.mkdir(out);
     const weights = join(out, ADAPTER_WEIGHTS_NAME);
     await writeAtomic(weights, bytes.weights);
     const cfgPath = join(out, ADAPTER_CONFIG_NAME);
@@ -103,19 +103,19 @@ export async function saveAdapter(peft: PeftModel, dir: string, opts: SaveAdapte
 }
 
 async function writeAtomic(path: string, data: string | Uint8Array): Promise<void> {
-  const fs = await import("node:fs/promises");
+  const fs = storage();
   const tmp = `${path}.tmp-${Date.now()}-${Math.random().toString(36).slice(2)}`;
   try {
-    const fh = await fs.open(tmp, "w");
+    const fh = await fs.openWrite(tmp, "w");
     try {
-      await fh.writeFile(data);
+      await fh.write(typeof data === "string" ? new TextEncoder().encode(data) : data);
       await fh.sync();
     } finally {
       await fh.close();
     }
     await fs.rename(tmp, path);
   } catch (e) {
-    await fs.rm(tmp, { force: true });
+    await fs.rm(tmp);
     throw e;
   }
 }
@@ -131,15 +131,14 @@ export interface LoadAdapterOptions extends PeftOptions {
 
 /** Read and validate an adapter directory's config. */
 export async function readAdapterConfig(dir: string): Promise<{ config: LoraConfig; dir: string }> {
-  const { join } = await import("node:path");
-  const fs = await import("node:fs/promises");
+  const join = joinPath;
   const path = join(dir, ADAPTER_CONFIG_NAME);
   let text: string;
   try {
-    text = await fs.readFile(path, "utf8");
+    text = await storage().readText(path);
   } catch (e) {
     if ((e as { code?: string }).code !== "ENOENT") throw new Error(`${path}: cannot read (${(e as Error).message})`, { cause: e });
-    const bin = await fs.stat(join(dir, "adapter_model.bin")).then(() => true, () => false);
+    const bin = await exists(join(dir, "adapter_model.bin"));
     throw new Error(`${path}: not found; ${dir} is not a PEFT adapter directory${bin ? " (adapter_model.bin without a config?)" : ""}`, { cause: e });
   }
   let json: unknown;
@@ -158,7 +157,7 @@ export async function readAdapterConfig(dir: string): Promise<{ config: LoraConf
  * shapes (r, in/out features), and base_model_name_or_path must match `opts.baseModel`.
  */
 export async function loadAdapter<M extends Module>(target: M | PeftModel<M>, dir: string, adapterName = "default", opts: LoadAdapterOptions = {}): Promise<PeftModel<M>> {
-  const { join } = await import("node:path");
+  const join = joinPath;
   let where = dir;
   const inSub = join(dir, adapterName);
   // saveAdapter puts a non-default adapter in <dir>/<name>; the parent of a save is accepted too.
@@ -318,10 +317,5 @@ function checkBaseModel(config: LoraConfig, peft: PeftModel | null, opts: LoadAd
 export function sameModelName(a: string, b: string): boolean {
   const last = (s: string) => s.replace(/[\\/]+$/, "").split(/[\\/]/).pop()!.toLowerCase();
   return a === b || last(a) === last(b);
-}
-
-async function exists(path: string): Promise<boolean> {
-  const fs = await import("node:fs/promises");
-  return fs.stat(path).then(() => true, () => false);
 }
 

@@ -2,8 +2,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
-import { SUPPORTED_TYPES } from "@lowrank/nn";
-import { DEFAULT_TARGET_MODULES, LoraConfigError, configFromJson, configToJson, loraConfig, loraScaling } from "../src/index.ts";
+import { SUPPORTED_TYPES } from "@lowrank/nn/node";
+import { DEFAULT_TARGET_MODULES, LoraConfigError, configFromJson, configToJson, loraConfig, loraScaling } from "../src/node.ts";
 import { noData, peftConfigPath } from "./helpers.ts";
 
 test("defaults are PEFT's (config.py)", () => {

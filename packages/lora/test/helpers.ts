@@ -5,8 +5,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { type Tensor, Rng, noGrad, scope, setDefaultBackend, tensor } from "@lowrank/tensor";
 import { createCpuBackend } from "@lowrank/backend-cpu";
-import { LlamaForCausalLM, type LlamaConfig, parseLlamaConfig, randomInit, resolveDataDir } from "@lowrank/nn";
-import type { PeftModel } from "../src/index.ts";
+import { LlamaForCausalLM, type LlamaConfig, parseLlamaConfig, randomInit, resolveDataDir } from "@lowrank/nn/node";
+import type { PeftModel } from "../src/node.ts";
 
 export const backend = createCpuBackend({ threads: 0 });
 setDefaultBackend(backend);

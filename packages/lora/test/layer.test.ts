@@ -2,9 +2,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { type Tensor, crossEntropy, noGrad, scope, tensor } from "@lowrank/tensor";
-import { Linear, Module } from "@lowrank/nn";
-import { LoraLinear, PeftModel, type QuantizedLinearLike, getPeftModel, withAdaptersDisabled } from "../src/index.ts";
-import { LlamaForCausalLM, randomInit } from "@lowrank/nn";
+import { Linear, Module } from "@lowrank/nn/node";
+import { LoraLinear, PeftModel, type QuantizedLinearLike, getPeftModel, withAdaptersDisabled } from "../src/node.ts";
+import { LlamaForCausalLM, randomInit } from "@lowrank/nn/node";
 import { Rng } from "@lowrank/tensor";
 import { IDS, logits, maxAbsDiff, randomizeAdapter, snapshot, tinyConfig, tinyModel } from "./helpers.ts";
 

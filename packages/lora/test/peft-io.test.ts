@@ -4,8 +4,8 @@ import assert from "node:assert/strict";
 import { mkdir, readFile, readdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Rng } from "@lowrank/tensor";
-import { type LazyTensorInput, openSafetensors, toTypedArray, writeSafetensors } from "@lowrank/safetensors";
-import { type LoraConfigInput, type PeftModel, adapterToBytes, getPeftModel, loadAdapter, loadAdapterFromBytes, saveAdapter } from "../src/index.ts";
+import { type LazyTensorInput, openSafetensors, toTypedArray, writeSafetensors } from "@lowrank/safetensors/node";
+import { type LoraConfigInput, type PeftModel, adapterToBytes, getPeftModel, loadAdapter, loadAdapterFromBytes, saveAdapter } from "../src/node.ts";
 import { logits, maxAbsDiff, noData, peftConfigPath, randomizeAdapter, snapshot, tinyModel, withTempDir } from "./helpers.ts";
 
 const quiet = { warn: () => {} };

@@ -4,12 +4,12 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import type { Module } from "@lowrank/nn";
-import * as nn from "@lowrank/nn";
+import type { Module } from "@lowrank/nn/node";
+import * as nn from "@lowrank/nn/node";
 import { crossEntropy, scope, tensor } from "@lowrank/tensor";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
-import { getPeftModel, isQuantizedLinear, mergeAndSave, saveAdapter } from "../src/index.ts";
+import { getPeftModel, isQuantizedLinear, mergeAndSave, saveAdapter } from "../src/node.ts";
 import { IDS, logits, maxAbsDiff, noData, randomizeAdapter, storiesHfDir, tinyModel, withTempDir } from "./helpers.ts";
 
 type QuantizeModel = (model: Module, opts?: { blocksize?: number; skipModules?: string[] }) => Promise<{ quantized: string[] }>;

@@ -9,9 +9,9 @@ import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { type Tensor, tensor } from "@lowrank/tensor";
-import { openSafetensors, toTypedArray } from "@lowrank/safetensors";
-import { LlamaForCausalLM, loadHfModel, parseLlamaConfig } from "@lowrank/nn";
-import { getPeftModel, mergeAndSave, saveAdapter } from "../src/index.ts";
+import { openSafetensors, toTypedArray } from "@lowrank/safetensors/node";
+import { LlamaForCausalLM, loadHfModel, parseLlamaConfig } from "@lowrank/nn/node";
+import { getPeftModel, mergeAndSave, saveAdapter } from "../src/node.ts";
 import { logits, maxAbsDiff, noData, randomizeAdapter, storiesHfDir, withTempDir } from "./helpers.ts";
 
 const skip = noData;

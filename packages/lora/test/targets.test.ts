@@ -5,7 +5,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { LoraConfigError, type LoraConfigInput, formatTrainable, getPeftModel, loraConfig, minimalTargetModules, planInjection, pythonFixed } from "../src/index.ts";
+import { LoraConfigError, type LoraConfigInput, formatTrainable, getPeftModel, loraConfig, minimalTargetModules, planInjection, pythonFixed } from "../src/node.ts";
 import { storiesShapedModel } from "./helpers.ts";
 
 const L = [0, 1, 2, 3, 4];

@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Rng } from "@lowrank/tensor";
-import { addWeightedAdapter, getPeftModel, matmulMat, qrThin, svd, svdOfProduct, transposeMat, weightedDelta } from "../src/index.ts";
+import { addWeightedAdapter, getPeftModel, matmulMat, qrThin, svd, svdOfProduct, transposeMat, weightedDelta } from "../src/node.ts";
 import { logits, maxAbsDiff, randomizeAdapter, snapshot, tinyModel } from "./helpers.ts";
 
 const quiet = { warn: () => {} };

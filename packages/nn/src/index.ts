@@ -28,10 +28,6 @@ export { loadLlama2c, llama2cFromBytes, readLlama2cHeader, llama2cConfigJson, pe
 export { type TextTokenizer, type EncodeOptions, type DecodeOptions, HfTokenizer, loadTokenizer, tokenizerFromJson, TextStream } from "./loaders/tokenizer.ts";
 export { Llama2cTokenizer, loadLlama2cTokenizer } from "./loaders/llama2c-tokenizer.ts";
 export { ChatTemplate, chatTemplateFromConfig, commonPrefixLength, SENTINEL, type ChatMessage, type RenderOptions } from "./chat-template.ts";
-export { resolveDataDir, type DataDirOptions } from "./loaders/data-dir.ts";
-export {
-  downloadHfModel, hubSnapshotDir, isHfRepoId, isModelFile, HubError, ChecksumError, type DownloadHfModelOptions, type HubProgress,
-} from "./loaders/hub.ts";
 export {
   generate, generateIds, streamText, sampleNext, argmax, type CausalLM, type GenerateOptions, type SamplingOptions,
 } from "./generate.ts";

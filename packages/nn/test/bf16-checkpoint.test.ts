@@ -12,7 +12,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { Rng, noGrad, scope, tensor } from "@lowrank/tensor";
-import { LlamaForCausalLM, loadHfModel, randomInit, saveHfModel } from "../src/index.ts";
+import { LlamaForCausalLM, loadHfModel, randomInit, saveHfModel } from "../src/node.ts";
 import { backend, tinyConfig, withTempDir } from "./helpers.ts";
 
 /** Logits of the bf16 run stay within BOUND · max|logit| of the f32 run's (measured up to 0.042 on this random model). */

@@ -7,7 +7,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { ChatTemplate, chatTemplateFromConfig, loadTokenizer } from "../src/index.ts";
+import { ChatTemplate, chatTemplateFromConfig, loadTokenizer } from "../src/node.ts";
 import { lenmlDir } from "./fixtures/bpe-text.ts";
 import { withTempDir } from "./helpers.ts";
 

@@ -12,7 +12,7 @@ import { fileURLToPath } from "node:url";
 import { Rng, type Tensor, noGrad, scope, softmax, tensor, where } from "@lowrank/tensor";
 import {
   LlamaForCausalLM, generateIds, llamaConfigToHf, loadHfModel, parseLlamaConfig, randomInit, ropeInvFreq, saveHfModel, slidingWindowAttention,
-} from "../src/index.ts";
+} from "../src/node.ts";
 import { maxAbsDiff, tinyConfig, tinyModel, withTempDir } from "./helpers.ts";
 
 const CONFIGS = join(fileURLToPath(new URL(".", import.meta.url)), "fixtures", "configs");

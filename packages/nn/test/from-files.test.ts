@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { noGrad, scope, tensor } from "@lowrank/tensor";
-import { type LlamaForCausalLM, loadHfModel, loadHfModelFromFiles, loadTokenizer } from "../src/index.ts";
+import { type LlamaForCausalLM, loadHfModel, loadHfModelFromFiles, loadTokenizer } from "../src/node.ts";
 import { noData, storiesHfDir } from "./helpers.ts";
 
 const skip = noData;

@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Rng } from "@lowrank/tensor";
-import { Llama2cTokenizer, argmax, generate, generateIds, sampleNext, streamText } from "../src/index.ts";
+import { Llama2cTokenizer, argmax, generate, generateIds, sampleNext, streamText } from "../src/node.ts";
 import { backend, tinyModel, tokBytes } from "./helpers.ts";
 
 const logits = () => Float32Array.from([1, 3, 2, 3, -1, 0.5]);

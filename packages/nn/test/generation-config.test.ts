@@ -3,7 +3,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { defaultSampling, loadGenerationConfig, parseGenerationConfig } from "../src/index.ts";
+import { defaultSampling, loadGenerationConfig, parseGenerationConfig } from "../src/node.ts";
 import { withTempDir } from "./helpers.ts";
 
 test("Llama 3 instruct's file: a list of stop tokens and sampling on", () => {

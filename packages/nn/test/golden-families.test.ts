@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { type Backend, noGrad, scope, tensor } from "@lowrank/tensor";
 import { createWebGpuBackend } from "@lowrank/backend-webgpu";
-import { type LlamaForCausalLM, generateIds, loadHfModel } from "../src/index.ts";
+import { type LlamaForCausalLM, generateIds, loadHfModel } from "../src/node.ts";
 import { backend as cpu, maxAbsDiff } from "./helpers.ts";
 
 const FIXTURES = join(fileURLToPath(new URL(".", import.meta.url)), "fixtures", "golden");

@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Rng, setDefaultBackend } from "@lowrank/tensor";
 import { createCpuBackend } from "@lowrank/backend-cpu";
-import { LlamaForCausalLM, type LlamaConfig, parseLlamaConfig, randomInit, resolveDataDir } from "../src/index.ts";
+import { LlamaForCausalLM, type LlamaConfig, parseLlamaConfig, randomInit, resolveDataDir } from "../src/node.ts";
 
 export const backend = createCpuBackend({ threads: 0 });
 setDefaultBackend(backend);

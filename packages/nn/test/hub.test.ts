@@ -12,7 +12,7 @@ import { existsSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { noGrad, scope, tensor } from "@lowrank/tensor";
-import { ChecksumError, HubError, type LlamaForCausalLM, downloadHfModel, hubSnapshotDir, loadHfModel } from "../src/index.ts";
+import { ChecksumError, HubError, type LlamaForCausalLM, downloadHfModel, hubSnapshotDir, loadHfModel } from "../src/node.ts";
 import { noData, storiesHfDir } from "./helpers.ts";
 
 const REPO = "lowrank-test/stories260K";

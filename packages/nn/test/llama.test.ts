@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Rng, crossEntropy, noGrad, scope, tensor } from "@lowrank/tensor";
-import { LlamaForCausalLM, type Linear, generateIds, parseLlamaConfig, randomInit, ropeInvFreq } from "../src/index.ts";
+import { LlamaForCausalLM, type Linear, generateIds, parseLlamaConfig, randomInit, ropeInvFreq } from "../src/node.ts";
 import { maxAbsDiff, tinyConfig, tinyModel } from "./helpers.ts";
 
 const base = { model_type: "llama", vocab_size: 10, hidden_size: 8, intermediate_size: 12, num_hidden_layers: 1, num_attention_heads: 2 };

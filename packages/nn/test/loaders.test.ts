@@ -7,11 +7,11 @@ import assert from "node:assert/strict";
 import { readFile, rm, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { noGrad, scope, tensor } from "@lowrank/tensor";
-import { type LazyTensorInput, openSafetensors, writeSafetensors } from "@lowrank/safetensors";
+import { type LazyTensorInput, openSafetensors, writeSafetensors } from "@lowrank/safetensors/node";
 import {
   type LlamaForCausalLM, Llama2cTokenizer, llama2cFromBytes, loadHfModel, loadLlama2c, loadLlama2cTokenizer, loadTokenizer,
   resolveDataDir, saveHfModel,
-} from "../src/index.ts";
+} from "../src/node.ts";
 import { maxAbsDiff, noData, storiesDir, tinyModel, tokBytes, withTempDir } from "./helpers.ts";
 
 const ids = [1, 3, 8, 20, 5, 11];

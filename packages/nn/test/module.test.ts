@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { type Tensor, noGrad, scope, tensor, zeros } from "@lowrank/tensor";
-import { Embedding, Linear, LlamaForCausalLM, Module, ModuleList, RMSNorm, type TensorModule } from "../src/index.ts";
+import { Embedding, Linear, LlamaForCausalLM, Module, ModuleList, RMSNorm, type TensorModule } from "../src/node.ts";
 import { backend, maxAbsDiff, tinyConfig, tinyModel } from "./helpers.ts";
 
 class Block extends Module {

@@ -9,12 +9,12 @@ import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { crossEntropy, noGrad, scope, tensor } from "@lowrank/tensor";
-import { openSafetensors } from "@lowrank/safetensors";
+import { openSafetensors } from "@lowrank/safetensors/node";
 import { quantize4bit, toBnbTensors } from "@lowrank/nf4";
 import {
   type LlamaForCausalLM, type QuantizeModelOptions, type TextTokenizer, QuantizedLinear, generateIds, loadHfModel, loadTokenizer,
   quantizeModel, quantizedMemoryReport, saveHfModel,
-} from "../src/index.ts";
+} from "../src/node.ts";
 import { dataDir, noData, storiesHfDir, withTempDir } from "./helpers.ts";
 
 const skip = noData;

@@ -9,11 +9,11 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { type Backend, Rng, type Tensor, matmul4bit, noGrad, scope, tensor } from "@lowrank/tensor";
 import { gradcheck, withoutFused } from "@lowrank/tensor/testing";
-import { type LazyTensorInput, openSafetensors, writeSafetensors } from "@lowrank/safetensors";
+import { type LazyTensorInput, openSafetensors, writeSafetensors } from "@lowrank/safetensors/node";
 import { bitsPerParam, bnbQuantizationConfig, dequantize4bit, quantize4bit, toBnbTensors } from "@lowrank/nf4";
 import {
   Linear, type LlamaForCausalLM, Module, QuantizedLinear, loadHfModel, quantizeModel, quantizedMemoryReport, randomInit, saveHfModel,
-} from "../src/index.ts";
+} from "../src/node.ts";
 import { backend, maxAbsDiff, tinyModel, withTempDir } from "./helpers.ts";
 
 function weights(out: number, inF: number, seed: number): Float32Array {

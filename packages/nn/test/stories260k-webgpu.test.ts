@@ -9,7 +9,7 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { type Backend, crossEntropy, noGrad, scope, tensor } from "@lowrank/tensor";
 import { createWebGpuBackend } from "@lowrank/backend-webgpu";
-import { type LlamaForCausalLM, generateIds, loadHfModel, loadLlama2c } from "../src/index.ts";
+import { type LlamaForCausalLM, generateIds, loadHfModel, loadLlama2c } from "../src/node.ts";
 import { maxAbsDiff, noData, storiesDir, storiesHfDir } from "./helpers.ts";
 
 interface Reference {

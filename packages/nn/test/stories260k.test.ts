@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { crossEntropy, noGrad, scope, tensor } from "@lowrank/tensor";
 import {
   type LlamaForCausalLM, type TextTokenizer, generate, generateIds, loadHfModel, loadLlama2c, loadLlama2cTokenizer, loadTokenizer, streamText,
-} from "../src/index.ts";
+} from "../src/node.ts";
 import { maxAbsDiff, noData, storiesDir, storiesHfDir } from "./helpers.ts";
 
 interface Reference {

@@ -8,7 +8,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { type HfTokenizer, TextStream, loadTokenizer } from "../src/index.ts";
+import { type HfTokenizer, TextStream, loadTokenizer } from "../src/node.ts";
 import { BPE_SAMPLES, lenmlDir } from "./fixtures/bpe-text.ts";
 
 type Recorded = Record<string, { version: string; samples: Record<string, { withSpecial: number[]; withoutSpecial: number[] }> }>;

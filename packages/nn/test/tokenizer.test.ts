@@ -3,7 +3,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { Rng } from "@lowrank/tensor";
-import { Llama2cTokenizer, TextStream, loadLlama2cTokenizer } from "../src/index.ts";
+import { Llama2cTokenizer, TextStream, loadLlama2cTokenizer } from "../src/node.ts";
 import { noData, storiesDir, tokBytes } from "./helpers.ts";
 
 /** run.c `encode`, transcribed: rescan all pairs each round, strict `>` keeps the leftmost best. */

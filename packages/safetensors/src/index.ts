@@ -27,3 +27,7 @@ export {
   openShardedSafetensors,
   writeShardedSafetensors,
 } from "./sharded.ts";
+export {
+  type FileStorage, type FileStat, type ReadHandle, type WriteHandle, setStorage, storage, exists, memoryStorage,
+  joinPath, normalizePath, dirname, basename, isAbsolutePath,
+} from "./storage.ts";

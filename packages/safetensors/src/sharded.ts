@@ -2,6 +2,7 @@ import { SafetensorsError, asIoError } from "./errors.ts";
 import { type TensorInfo, compareCodePoints } from "./header.ts";
 import { type OpenOptions, SafetensorsFile, type TensorData, type TensorReader, openSafetensors } from "./reader.ts";
 import { type LazyTensorInput, type TensorMap, type WriteOptions, planSafetensors, writeAtomic, writeSafetensors } from "./writer.ts";
+import { dirname, exists, isAbsolutePath, joinPath, basename, storage } from "./storage.ts";
 
 /** Where a tensor of a sharded checkpoint lives: its shard file name plus its place in that file. */
 export interface ShardedTensorInfo extends TensorInfo {
@@ -70,31 +71,17 @@ function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
-async function exists(path: string): Promise<boolean> {
-  const fs = await import("node:fs/promises");
-  try {
-    await fs.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /**
  * Opens a checkpoint directory: `<prefix>.safetensors.index.json` with its
  * shards when present, else a single `<prefix>.safetensors`. `path` may also
  * name an index file or a .safetensors file directly. Path-based (Node, Bun, Deno).
  */
 export async function openShardedSafetensors(path: string, options: ShardedOpenOptions = {}): Promise<ShardedSafetensors> {
-  const fs = await import("node:fs/promises");
-  const { join, basename, dirname } = await import("node:path");
+  const join = joinPath;
   const prefix = options.prefix ?? "model";
-  let isDir = false;
-  try {
-    isDir = (await fs.stat(path)).isDirectory();
-  } catch (err) {
-    throw new SafetensorsError("not_found", path, undefined, "no such file or directory", { cause: err });
-  }
+  const st = await storage().stat(path);
+  if (!st) throw new SafetensorsError("not_found", path, undefined, "no such file or directory");
+  const isDir = st.isDirectory;
   let indexPath: string | undefined;
   let singlePath: string | undefined;
   if (!isDir) {
@@ -166,11 +153,10 @@ export async function openShardedSafetensors(path: string, options: ShardedOpenO
 }
 
 async function readIndex(idx: string): Promise<{ metadata: Record<string, unknown>; weightMap: Record<string, string> }> {
-  const fs = await import("node:fs/promises");
-  const { isAbsolute } = await import("node:path");
+  const isAbsolute = isAbsolutePath;
   let json: unknown;
   try {
-    const bytes = await fs.readFile(idx);
+    const bytes = await storage().readFile(idx);
     json = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
   } catch (err) {
     if (err instanceof SyntaxError || err instanceof TypeError) {
@@ -225,8 +211,8 @@ export async function writeShardedSafetensors(
   tensors: TensorMap<LazyTensorInput>,
   options: ShardedWriteOptions = {},
 ): Promise<string[]> {
-  const fs = await import("node:fs/promises");
-  const { join } = await import("node:path");
+  const fs = storage();
+  const join = joinPath;
   const prefix = options.prefix ?? "model";
   const maxShardBytes = options.maxShardBytes ?? 5e9;
   if (!(maxShardBytes > 0)) throw new RangeError("writeShardedSafetensors: maxShardBytes must be positive");
@@ -250,7 +236,7 @@ export async function writeShardedSafetensors(
   }
   if (current.length > 0 || groups.length === 0) groups.push(current);
 
-  await fs.mkdir(dir, { recursive: true }).catch((err: unknown) => {
+  await fs.mkdir(dir).catch((err: unknown) => {
     throw asIoError(err, dir, undefined, "cannot create directory");
   });
   const written: string[] = [];
@@ -282,8 +268,8 @@ export async function writeShardedSafetensors(
 
 /** Removes earlier checkpoint files of this prefix that the new layout does not use. */
 async function removeStale(dir: string, prefix: string, keep: Set<string>): Promise<void> {
-  const fs = await import("node:fs/promises");
-  const { join } = await import("node:path");
+  const fs = storage();
+  const join = joinPath;
   const escaped = prefix.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
   const pattern = new RegExp(`^${escaped}-\\d{5}-of-\\d{5}\\.safetensors$`);
   let entries: string[];
@@ -294,6 +280,6 @@ async function removeStale(dir: string, prefix: string, keep: Set<string>): Prom
   }
   for (const e of entries) {
     const stale = pattern.test(e) || e === singleName(prefix) || e === indexName(prefix);
-    if (stale && !keep.has(e)) await fs.rm(join(dir, e), { force: true }).catch(() => {});
+    if (stale && !keep.has(e)) await fs.rm(join(dir, e)).catch(() => {});
   }
 }

@@ -1,4 +1,5 @@
 import { SafetensorsError, asIoError } from "./errors.ts";
+import { type ReadHandle, storage } from "./storage.ts";
 
 /** Random-access bytes: a file on disk, a Blob, or memory. */
 export interface ByteSource {
@@ -58,22 +59,15 @@ export function blobSource(blob: Blob, label: string): ByteSource {
   };
 }
 
-/** Opens a file with node:fs/promises (Node, Bun, Deno). Imported lazily so browsers never load it. */
+/** Opens a file through the registered storage (see storage.ts: the `./node` edge registers Node's). */
 export async function fileSource(path: string | URL, label: string): Promise<ByteSource> {
-  const fs = await import("node:fs/promises");
-  let handle: import("node:fs/promises").FileHandle;
+  let handle: ReadHandle;
   try {
-    handle = await fs.open(path, "r");
+    handle = await storage().openRead(typeof path === "string" ? path : decodeURIComponent(path.pathname));
   } catch (err) {
     throw asIoError(err, label, undefined, "cannot open");
   }
-  let size: number;
-  try {
-    size = (await handle.stat()).size;
-  } catch (err) {
-    await handle.close().catch(() => {});
-    throw asIoError(err, label, undefined, "cannot stat");
-  }
+  const size = handle.size;
   let closed = false;
   return {
     label,
@@ -84,7 +78,7 @@ export async function fileSource(path: string | URL, label: string): Promise<Byt
       try {
         // Positioned reads may return fewer bytes than asked; loop until filled or EOF.
         while (done < length) {
-          const { bytesRead } = await handle.read(out, done, length - done, offset + done);
+          const bytesRead = await handle.read(out.subarray(done), length - done, offset + done);
           if (bytesRead === 0) break;
           done += bytesRead;
         }

@@ -1,6 +1,7 @@
 import { type Dtype, dtypeRank, dtypeSize, isDtype, numelOf, toLittleEndianBytes } from "./dtype.ts";
 import { SafetensorsError, asIoError, describe } from "./errors.ts";
 import { compareCodePoints, encodeHeader } from "./header.ts";
+import { type WriteHandle, basename, dirname, joinPath, storage } from "./storage.ts";
 
 /** One tensor to write. `data` holds little-endian bytes (Uint8Array) or host-order typed-array values. */
 export interface TensorInput {
@@ -186,29 +187,22 @@ const BATCH_BYTES = 1 << 22;
 
 /** Temp file + fsync + rename. Exported for the sharded writer (index files). */
 export async function writeAtomic(path: string, options: WriteOptions, produce: (write: WriteFn) => Promise<void>): Promise<void> {
-  const fs = await import("node:fs/promises");
-  const { dirname, basename, join } = await import("node:path");
+  const fs = storage();
   const dir = dirname(path);
   const rand = Array.from(crypto.getRandomValues(new Uint8Array(6)), (b) => b.toString(16).padStart(2, "0")).join("");
-  const tmp = join(dir, `.${basename(path)}.${rand}.tmp`);
-  let handle: import("node:fs/promises").FileHandle | undefined;
+  const tmp = joinPath(dir, `.${basename(path)}.${rand}.tmp`);
+  let handle: WriteHandle | undefined;
   try {
-    handle = await fs.open(tmp, "wx");
+    handle = await fs.openWrite(tmp, "wx");
   } catch (err) {
     throw asIoError(err, path, undefined, "cannot create temporary file");
   }
   const fh = handle;
   let batch = new Uint8Array(BATCH_BYTES);
   let used = 0;
-  let pos = 0;
   const writeRaw = async (bytes: Uint8Array): Promise<void> => {
-    let done = 0;
     try {
-      while (done < bytes.byteLength) {
-        const { bytesWritten } = await fh.write(bytes, done, bytes.byteLength - done, pos);
-        done += bytesWritten;
-        pos += bytesWritten;
-      }
+      await fh.write(bytes);
     } catch (err) {
       throw asIoError(err, path, undefined, "write failed");
     }
@@ -240,27 +234,13 @@ export async function writeAtomic(path: string, options: WriteOptions, produce: 
     await fs.rename(tmp, path);
   } catch (err) {
     if (handle !== undefined) await handle.close().catch(() => {});
-    await fs.rm(tmp, { force: true }).catch(() => {});
+    await fs.rm(tmp).catch(() => {});
     // Write errors are already wrapped; errors from the caller's own data sources pass through untouched.
     if (stage === "write") throw err;
     throw asIoError(err, path, undefined, `${stage} failed`);
   } finally {
     batch = new Uint8Array(0);
   }
-  if (options.fsync !== false) await syncDir(dir);
-}
-
-/** Makes the rename durable. Not supported everywhere (Windows, some runtimes), so best-effort. */
-async function syncDir(dir: string): Promise<void> {
-  try {
-    const fs = await import("node:fs/promises");
-    const d = await fs.open(dir, "r");
-    try {
-      await d.sync();
-    } finally {
-      await d.close();
-    }
-  } catch {
-    // Durability of the directory entry is a bonus; the file itself is already synced.
-  }
+  // Makes the rename durable; best effort (the file itself is already synced).
+  if (options.fsync !== false) await fs.syncDir(dir);
 }

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { readFile, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
-import { openSafetensors, writeSafetensors } from "../src/index.ts";
+import { openSafetensors, writeSafetensors } from "../src/node.ts";
 import { rejectsWith, withTmpDir } from "./helpers.ts";
 
 const old = { keep: { dtype: "U8" as const, shape: [3], data: new Uint8Array([1, 2, 3]) } };

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
-import { SafetensorsError, openSafetensors, serializeSafetensors } from "../src/index.ts";
+import { SafetensorsError, openSafetensors, serializeSafetensors } from "../src/node.ts";
 import { rawFile, rejectsWith, withTmpDir } from "./helpers.ts";
 
 const F = "model.safetensors";

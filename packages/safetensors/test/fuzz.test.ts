@@ -13,7 +13,7 @@ import {
   openSafetensors,
   serializeSafetensors,
   toTypedArray,
-} from "../src/index.ts";
+} from "../src/node.ts";
 import { STORIES_HF, prng, randomBytes, rawFile } from "./helpers.ts";
 
 const PARSE_CODES = new Set<SafetensorsErrorCode>([

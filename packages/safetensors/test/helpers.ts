@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
-import { SafetensorsError, type SafetensorsErrorCode } from "../src/index.ts";
+import { SafetensorsError, type SafetensorsErrorCode } from "../src/node.ts";
 
 /** LOWRANK_DATA_DIR, else ../shared/data next to the repository root. */
 export function dataDir(): string {

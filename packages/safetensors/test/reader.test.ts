@@ -3,7 +3,7 @@ import { Buffer } from "node:buffer";
 import { readFile } from "node:fs/promises";
 import { test } from "node:test";
 import { pathToFileURL } from "node:url";
-import { type ByteSource, SafetensorsFile, openFromSource, openSafetensors, toTypedArray } from "../src/index.ts";
+import { type ByteSource, SafetensorsFile, openFromSource, openSafetensors, toTypedArray } from "../src/node.ts";
 import { STORIES_BIN, STORIES_HF, rejectsWith, skipWithoutFile, storiesShapes } from "./helpers.ts";
 
 const skip = skipWithoutFile(STORIES_HF);

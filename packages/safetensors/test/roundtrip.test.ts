@@ -12,7 +12,7 @@ import {
   serializeSafetensors,
   toTypedArray,
   writeSafetensors,
-} from "../src/index.ts";
+} from "../src/node.ts";
 import { prng, randomBytes, rejectsWith, withTmpDir } from "./helpers.ts";
 
 /** One tensor per (dtype, shape) combination, including 0-d and empty tensors. */

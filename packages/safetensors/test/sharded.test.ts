@@ -10,7 +10,7 @@ import {
   openShardedSafetensors,
   writeSafetensors,
   writeShardedSafetensors,
-} from "../src/index.ts";
+} from "../src/node.ts";
 import { STORIES_HF, prng, randomBytes, rejectsWith, withTmpDir } from "./helpers.ts";
 
 /** The stories260K tensors when the shared data is present, else synthetic ones of the same sizes. */

@@ -11,7 +11,7 @@
  *     (+ whatever `writeExtra` adds: the PEFT adapter, config.json, tokenizer files)
  */
 import { type Tensor, noGrad, scope, tensor } from "@lowrank/tensor";
-import { openSafetensors, writeSafetensors } from "@lowrank/safetensors";
+import { exists, joinPath as join, openSafetensors, storage, writeSafetensors } from "@lowrank/safetensors";
 import type { LoaderState } from "./data/loader.ts";
 import type { OptimizerState } from "./optim.ts";
 
@@ -53,15 +53,14 @@ const CKPT = /^checkpoint-(\d+)$/;
 
 /** Write checkpoint-<step> under `outputDir` atomically; returns its path. */
 export async function saveCheckpoint(outputDir: string, parts: SaveParts, opts: SaveOptions = {}): Promise<string> {
-  const { mkdir, rename, rm, writeFile } = await import("node:fs/promises");
-  const { join } = await import("node:path");
-  const { default: process } = await import("node:process");
-  await mkdir(outputDir, { recursive: true });
+  const { mkdir, rename, rm, writeFile } = storage();
+  await mkdir(outputDir);
   await removeStale(outputDir);
   const final = join(outputDir, `checkpoint-${parts.step}`);
-  const tmp = join(outputDir, `.tmp-checkpoint-${parts.step}-${process.pid}`);
-  await rm(tmp, { recursive: true, force: true });
-  await mkdir(tmp, { recursive: true });
+  const tag = Math.random().toString(36).slice(2, 10);
+  const tmp = join(outputDir, `.tmp-checkpoint-${parts.step}-${tag}`);
+  await rm(tmp);
+  await mkdir(tmp);
   try {
     await writeSafetensors(join(tmp, parts.paramsFile), await f32Entries(parts.params), { format: "pt" });
     const opt = new Map([...parts.optimizer.tensors].map(([k, v]) => [k, { dtype: "F32" as const, shape: v.shape, data: v.data }]));
@@ -69,12 +68,12 @@ export async function saveCheckpoint(outputDir: string, parts: SaveParts, opts: 
     await writeFile(join(tmp, "trainer_state.json"), `${JSON.stringify(parts.state, null, 1)}\n`);
     await parts.writeExtra?.(tmp);
     await opts.beforeCommit?.(tmp);
-    const old = join(outputDir, `.old-checkpoint-${parts.step}-${process.pid}`);
+    const old = join(outputDir, `.old-checkpoint-${parts.step}-${tag}`);
     const replaced = await rename(final, old).then(() => true, () => false);
     await rename(tmp, final);
-    if (replaced) await rm(old, { recursive: true, force: true });
+    if (replaced) await rm(old);
   } catch (e) {
-    await rm(tmp, { recursive: true, force: true }).catch(() => {});
+    await rm(tmp).catch(() => {});
     throw e;
   }
   if (opts.keep) await prune(outputDir, opts.keep, parts.step);
@@ -90,33 +89,29 @@ async function f32Entries(params: ReadonlyMap<string, Tensor>) {
   return out;
 }
 
-/** Leftovers of saves that were killed (other pids too: a dead run's temp dir is never committed). */
+/** Leftovers of saves that were killed (a dead run's temp dir is never committed). */
 async function removeStale(outputDir: string): Promise<void> {
-  const { readdir, rm } = await import("node:fs/promises");
-  const { join } = await import("node:path");
+  const { readdir, rm } = storage();
   for (const name of await readdir(outputDir).catch(() => [] as string[])) {
-    if (name.startsWith(".tmp-checkpoint-") || name.startsWith(".old-checkpoint-")) await rm(join(outputDir, name), { recursive: true, force: true });
+    if (name.startsWith(".tmp-checkpoint-") || name.startsWith(".old-checkpoint-")) await rm(join(outputDir, name));
   }
 }
 
 async function prune(outputDir: string, keep: number, newest: number): Promise<void> {
-  const { rm } = await import("node:fs/promises");
-  const { join } = await import("node:path");
+  const { rm } = storage();
   const steps = (await listCheckpoints(outputDir)).filter((s) => s !== newest);
   const excess = steps.length + 1 - keep;
-  for (const s of steps.slice(0, Math.max(0, excess))) await rm(join(outputDir, `checkpoint-${s}`), { recursive: true, force: true });
+  for (const s of steps.slice(0, Math.max(0, excess))) await rm(join(outputDir, `checkpoint-${s}`));
 }
 
 /** Steps of the complete checkpoints in a directory, ascending. */
 export async function listCheckpoints(outputDir: string): Promise<number[]> {
-  const { readdir } = await import("node:fs/promises");
-  const names = await readdir(outputDir).catch(() => [] as string[]);
+  const names = await storage().readdir(outputDir).catch(() => [] as string[]);
   return names.map((n) => CKPT.exec(n)).filter((m): m is RegExpExecArray => m !== null).map((m) => Number(m[1])).sort((a, b) => a - b);
 }
 
 /** `path` itself when it is a checkpoint, else its latest checkpoint-* (an output dir). */
 export async function resolveCheckpoint(path: string): Promise<string> {
-  const { join } = await import("node:path");
   if (await exists(join(path, "trainer_state.json"))) return path;
   const steps = await listCheckpoints(path);
   if (!steps.length) throw new Error(`${path}: not a checkpoint (no trainer_state.json) and no checkpoint-* inside`);
@@ -131,10 +126,8 @@ export interface LoadedCheckpoint {
 }
 
 export async function loadCheckpoint(path: string): Promise<LoadedCheckpoint> {
-  const { readFile } = await import("node:fs/promises");
-  const { join } = await import("node:path");
   const dir = await resolveCheckpoint(path);
-  const state = JSON.parse(await readFile(join(dir, "trainer_state.json"), "utf8")) as TrainerState;
+  const state = JSON.parse(await storage().readText(join(dir, "trainer_state.json"))) as TrainerState;
   if (state.version !== 1) throw new Error(`${dir}/trainer_state.json: unknown version ${state.version}`);
   const paramsFile = (await exists(join(dir, "trainable.safetensors"))) ? "trainable.safetensors" : "model.safetensors";
   const params = await readF32(join(dir, paramsFile));
@@ -182,9 +175,4 @@ export function restoreParams(params: ReadonlyMap<string, Tensor>, saved: Readon
       });
     }
   });
-}
-
-async function exists(p: string): Promise<boolean> {
-  const { stat } = await import("node:fs/promises");
-  return stat(p).then(() => true, () => false);
 }

@@ -6,6 +6,7 @@
  */
 import { loadHfModel, loadTokenizer } from "@lowrank/nn";
 import type { Backend, Tensor } from "@lowrank/tensor";
+import { joinPath as join, storage } from "@lowrank/safetensors";
 import { listCheckpoints, loadCheckpoint, restoreParams, saveCheckpoint, type SaveOptions, type TrainerState } from "./checkpoint.ts";
 import { ConfigError, type FinetuneConfig, computeDtype, resolveConfig, resumeFingerprint } from "./config.ts";
 import { buildDataset, type Dataset } from "./data/dataset.ts";
@@ -54,8 +55,7 @@ export interface FinetuneResult {
 }
 
 export async function finetune(input: FinetuneInput, io: FinetuneIO): Promise<FinetuneResult> {
-  const { mkdir, readFile, writeFile } = await import("node:fs/promises");
-  const { join } = await import("node:path");
+  const { mkdir, readText, writeFile } = storage();
   const cfg = resolveConfig(input);
   const { backend } = io;
   const rep = io.reporter ?? silentReporter;
@@ -88,7 +88,7 @@ export async function finetune(input: FinetuneInput, io: FinetuneIO): Promise<Fi
   try {
     const ckpt = cfg.gradientCheckpointing ?? cfg.method === "qlora";
     if (ckpt) enableGradientCheckpointing(model);
-    const text = await readFile(cfg.data, "utf8").catch((e: NodeJS.ErrnoException) => {
+    const text = await readText(cfg.data).catch((e: { code?: string; message: string }) => {
       throw new DatasetError(cfg.data, null, null, e.code === "ENOENT" ? "no such file" : e.message);
     });
     const data = buildDataset(cfg.data, text, tokenizer, { format: cfg.format, seqLen: cfg.seqLen, evalFraction: cfg.evalFraction, seed: cfg.seed, warn: (m) => rep.info(`warning: ${m}`) });
@@ -145,7 +145,7 @@ export async function finetune(input: FinetuneInput, io: FinetuneIO): Promise<Fi
     }
 
     // ---- output dir, metrics ----
-    await mkdir(cfg.output, { recursive: true });
+    await mkdir(cfg.output);
     await writeFile(join(cfg.output, "training_args.json"), `${JSON.stringify({ ...cfg, total_steps: totalSteps, warmup_steps: schedule.warmupSteps, backend: backend.name }, null, 2)}\n`);
     const metrics = new MetricsLog(join(cfg.output, "metrics.jsonl"));
     await metrics.reset(cfg.resume ? startStep : null);

@@ -7,6 +7,7 @@
 import { type LlamaForCausalLM, quantizeModel, saveHfModel } from "@lowrank/nn";
 import { type Tensor, isFloat } from "@lowrank/tensor";
 import { getPeftModel, saveAdapter } from "@lowrank/lora";
+import { joinPath, storage } from "@lowrank/safetensors";
 import { type FinetuneConfig, computeDtype } from "./config.ts";
 
 export interface PreparedModel {
@@ -61,8 +62,7 @@ function prepareLora(model: LlamaForCausalLM, cfg: FinetuneConfig, modelDir: str
     summary: peft.printTrainableParameters(() => {}),
     paramsFile: "trainable.safetensors",
     async writeOutput(dir) {
-      const { mkdir } = await import("node:fs/promises");
-      await mkdir(dir, { recursive: true });
+      await storage().mkdir(dir);
       const files = await saveAdapter(peft, dir);
       return [...files.map((f) => f.slice(f.lastIndexOf("/") + 1)), ...(await copyTokenizer(modelDir, dir))];
     },
@@ -78,8 +78,7 @@ function prepareFull(model: LlamaForCausalLM, modelDir: string): PreparedModel {
     summary: paramSummary(model, trainable),
     paramsFile: "model.safetensors",
     async writeOutput(dir) {
-      const { mkdir } = await import("node:fs/promises");
-      await mkdir(dir, { recursive: true });
+      await storage().mkdir(dir);
       const files = await saveHfModel(model, dir);
       return [...files, ...(await copyTokenizer(modelDir, dir))];
     },
@@ -97,11 +96,10 @@ export function paramSummary(model: LlamaForCausalLM, trainable: ReadonlyMap<str
 
 /** Copy tokenizer.json and tokenizer_config.json next to the result, so the directory is self-contained. */
 export async function copyTokenizer(modelDir: string, dir: string): Promise<string[]> {
-  const { copyFile } = await import("node:fs/promises");
-  const { join } = await import("node:path");
+  const { copyFile } = storage();
   const out: string[] = [];
   for (const f of ["tokenizer.json", "tokenizer_config.json"]) {
-    const ok = await copyFile(join(modelDir, f), join(dir, f)).then(() => true, () => false);
+    const ok = await copyFile(joinPath(modelDir, f), joinPath(dir, f)).then(() => true, () => false);
     if (ok) out.push(f);
   }
   return out;

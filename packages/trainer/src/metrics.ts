@@ -2,6 +2,7 @@
  * metrics.jsonl (one JSON object per line, appended as training goes) and the progress display:
  * a bar redrawn in place on a TTY, plain lines otherwise (logs, CI).
  */
+import { storage } from "@lowrank/safetensors";
 
 export interface TrainRecord {
   step: number;
@@ -31,18 +32,17 @@ export class MetricsLog {
 
   /** Start fresh, or (on resume) keep only the records up to `step` so a resumed log has no duplicates. */
   async reset(keepUpTo: number | null): Promise<void> {
-    const { readFile, writeFile } = await import("node:fs/promises");
+    const { readText, writeFile } = storage();
     let kept = "";
     if (keepUpTo !== null) {
-      const old = await readFile(this.path, "utf8").catch(() => "");
+      const old = await readText(this.path).catch(() => "");
       kept = old.split("\n").filter((l) => l.trim() && (JSON.parse(l) as MetricRecord).step <= keepUpTo).map((l) => `${l}\n`).join("");
     }
     await writeFile(this.path, kept);
   }
 
   async write(r: MetricRecord): Promise<void> {
-    const { appendFile } = await import("node:fs/promises");
-    await appendFile(this.path, `${JSON.stringify(r)}\n`);
+    await storage().appendFile(this.path, `${JSON.stringify(r)}\n`);
   }
 }
 

@@ -6,8 +6,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
-import { ChatTemplate, type HfTokenizer, loadTokenizer } from "@lowrank/nn";
-import { DatasetError, buildDataset, templateSegments } from "../src/index.ts";
+import { ChatTemplate, type HfTokenizer, loadTokenizer } from "@lowrank/nn/node";
+import { DatasetError, buildDataset, templateSegments } from "../src/node.ts";
 
 // The packages' models/ folder is not in their exports map: find it from the resolved entry point.
 const modelsOf = (pkg: string) => join(dirname(dirname(createRequire(import.meta.url).resolve(pkg))), "models");

@@ -3,10 +3,10 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { createCpuBackend } from "@lowrank/backend-cpu";
-import { loadHfModel } from "@lowrank/nn";
-import { getPeftModel } from "@lowrank/lora";
+import { loadHfModel } from "@lowrank/nn/node";
+import { getPeftModel } from "@lowrank/lora/node";
 import { Rng } from "@lowrank/tensor";
-import { CheckpointedLayer, batchLossSum, enableGradientCheckpointing } from "../src/index.ts";
+import { CheckpointedLayer, batchLossSum, enableGradientCheckpointing } from "../src/node.ts";
 import { STORIES, dataDir } from "./helpers.ts";
 
 const data = dataDir();

@@ -3,10 +3,10 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { loadTokenizer } from "@lowrank/nn";
+import { loadTokenizer } from "@lowrank/nn/node";
 import {
   BatchLoader, DatasetError, IGNORE_INDEX, alpacaPrompt, buildDataset, chatPrompt, collate, detectFormat, encodeLong, encodeSegments, parseJsonRecords,
-} from "../src/index.ts";
+} from "../src/node.ts";
 import { CharTokenizer, SHAKESPEARE, STORIES, dataDir } from "./helpers.ts";
 
 const tok = new CharTokenizer();

@@ -4,8 +4,8 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import process from "node:process";
-import type { TextTokenizer } from "@lowrank/nn";
-import type { FinetuneInput } from "../src/index.ts";
+import type { TextTokenizer } from "@lowrank/nn/node";
+import type { FinetuneInput } from "../src/node.ts";
 
 /** One id per character (3 + code unit), BOS 1, EOS 2: boundaries are exact, so masks are easy to check. */
 export class CharTokenizer implements TextTokenizer {

@@ -9,7 +9,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createCpuBackend } from "@lowrank/backend-cpu";
 import { keep, noGrad, tensor } from "@lowrank/tensor";
-import { type FinetuneInput, type FinetuneIO, finetune, loadCheckpoint } from "../src/index.ts";
+import { type FinetuneInput, type FinetuneIO, finetune, loadCheckpoint } from "../src/node.ts";
 import { storiesRuns } from "./helpers.ts";
 
 const { skip, tmp, cfg } = storiesRuns("mixed");

@@ -3,7 +3,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { type Tensor, keep, setDefaultBackend, tensor } from "@lowrank/tensor";
 import { createCpuBackend } from "@lowrank/backend-cpu";
-import { AdamW, SGD, clipGradients, globalGradNorm, learningRate, lrFactor, namedParams, warmupSteps } from "../src/index.ts";
+import { AdamW, SGD, clipGradients, globalGradNorm, learningRate, lrFactor, namedParams, warmupSteps } from "../src/node.ts";
 
 const backend = createCpuBackend({ threads: 0 });
 setDefaultBackend(backend);

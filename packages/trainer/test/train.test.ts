@@ -12,7 +12,7 @@ import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { createCpuBackend } from "@lowrank/backend-cpu";
 import { keep, noGrad, scope, tensor } from "@lowrank/tensor";
-import { ConfigError, DatasetError, type FinetuneInput, type FinetuneIO, finetune, loadCheckpoint } from "../src/index.ts";
+import { ConfigError, DatasetError, type FinetuneInput, type FinetuneIO, finetune, loadCheckpoint } from "../src/node.ts";
 import { STORIES, dataDir, storiesRuns } from "./helpers.ts";
 
 const { skip, tmp, slice, cfg } = storiesRuns("train");

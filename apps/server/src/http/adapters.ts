@@ -5,8 +5,8 @@
 import { rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Context, Hono } from "hono";
-import { configFromJson, mergeAndSave } from "@lowrank/lora";
-import { openSafetensors } from "@lowrank/safetensors";
+import { configFromJson, mergeAndSave } from "@lowrank/lora/node";
+import { openSafetensors } from "@lowrank/safetensors/node";
 import { conflict, errorMessage, invalid, notFound, unsupportedMedia } from "../errors.ts";
 import { checkName, checkVersion } from "../registry/names.ts";
 import { type AdapterVersion, type AliasTarget, CONFIG_FILE, WEIGHTS_FILE } from "../registry/registry.ts";

@@ -5,7 +5,7 @@
 import { readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Context, Hono } from "hono";
-import { ConfigError, DATA_FORMATS, DatasetError, buildDataset, resolveConfig } from "@lowrank/trainer";
+import { ConfigError, DATA_FORMATS, DatasetError, buildDataset, resolveConfig } from "@lowrank/trainer/node";
 import { SCOPES, type Scope } from "../auth.ts";
 import { conflict, errorMessage, invalid, notFound } from "../errors.ts";
 import { finetuneInput } from "../jobs/spec.ts";

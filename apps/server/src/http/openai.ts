@@ -6,7 +6,7 @@
  */
 import { randomInt, randomUUID } from "node:crypto";
 import type { Hono } from "hono";
-import type { ChatMessage } from "@lowrank/trainer";
+import type { ChatMessage } from "@lowrank/trainer/node";
 import { type ApiError, errorMessage, internal, invalid, isApiError } from "../errors.ts";
 import type { GenRequest, GenResult } from "../inference/host.ts";
 import { type Route, resolveRoute } from "../inference/router.ts";

@@ -8,9 +8,9 @@
  */
 import { Effect, Semaphore } from "effect";
 import type { Backend } from "@lowrank/tensor";
-import { type LlamaForCausalLM, type TextTokenizer, generate, loadGenerationConfig, loadHfModel, loadTokenizer } from "@lowrank/nn";
-import { PeftModel, loadAdapter } from "@lowrank/lora";
-import { type ChatGenerationPrompt, type ChatMessage, chatGenerationPrompt } from "@lowrank/trainer";
+import { type LlamaForCausalLM, type TextTokenizer, generate, loadGenerationConfig, loadHfModel, loadTokenizer } from "@lowrank/nn/node";
+import { PeftModel, loadAdapter } from "@lowrank/lora/node";
+import { type ChatGenerationPrompt, type ChatMessage, chatGenerationPrompt } from "@lowrank/trainer/node";
 import { conflict, invalid, unavailable } from "../errors.ts";
 import type { AdapterVersion } from "../registry/registry.ts";
 import { ByteLru } from "./lru.ts";

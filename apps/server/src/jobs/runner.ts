@@ -252,7 +252,7 @@ export class JobRunner {
 }
 
 async function latestCheckpoint(output: string): Promise<number | null> {
-  const { listCheckpoints } = await import("@lowrank/trainer");
+  const { listCheckpoints } = await import("@lowrank/trainer/node");
   const steps = await listCheckpoints(output);
   return steps.length ? steps[steps.length - 1] : null;
 }

@@ -1,5 +1,5 @@
 /** What the server hands a training worker, and its mapping onto the trainer's configuration. */
-import type { FinetuneInput } from "@lowrank/trainer";
+import type { FinetuneInput } from "@lowrank/trainer/node";
 import type { JobParams } from "./store.ts";
 
 export interface WorkerSpec {

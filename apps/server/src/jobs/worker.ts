@@ -10,7 +10,7 @@
 import { readFile } from "node:fs/promises";
 import process from "node:process";
 import { createCpuBackend } from "@lowrank/backend-cpu";
-import { ConfigError, DatasetError, finetune, listCheckpoints } from "@lowrank/trainer";
+import { ConfigError, DatasetError, finetune, listCheckpoints } from "@lowrank/trainer/node";
 import { EXIT_CONFIG, EXIT_DONE, EXIT_FAILED, EXIT_STOPPED, type WorkerEvent, type WorkerSpec, finetuneInput } from "./spec.ts";
 
 function send(e: WorkerEvent): void {

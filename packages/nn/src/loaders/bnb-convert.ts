@@ -14,6 +14,7 @@ import { LlamaForCausalLM, parseLlamaConfig } from "../models/llama.ts";
 import { matchesModule } from "../quantize-model.ts";
 import { parseBnbConfig, withoutQuantizationConfig } from "./bnb.ts";
 import { joinPath, readJson } from "./files.ts";
+import { storage } from "@lowrank/safetensors";
 
 export interface ConvertOptions {
   /** Progress lines (one per tensor and file). Default: silent. */
@@ -51,26 +52,25 @@ const FLOAT_BYTES: Record<string, number> = { F32: 4, F16: 2, BF16: 2 };
 const LABEL_OF: Record<string, QuantDtype> = { F32: "float32", F16: "float16", BF16: "bfloat16" };
 
 async function checkDirs(inDir: string, outDir: string): Promise<void> {
-  const { resolve } = await import("node:path");
+  const { resolve } = storage();
   if (resolve(inDir) === resolve(outDir)) throw new Error(`${outDir}: the output directory must differ from the input directory`);
 }
 
 /** Copy the tokenizer and other small files (everything but weights and config.json). */
 async function copyAuxFiles(inDir: string, outDir: string, log: (s: string) => void): Promise<string[]> {
-  const fs = await import("node:fs/promises");
+  const fs = storage();
   const copied: string[] = [];
-  for (const entry of await fs.readdir(inDir, { withFileTypes: true })) {
-    if (!entry.isFile() || entry.name === "config.json" || WEIGHT_FILE.test(entry.name)) continue;
-    await fs.copyFile(await joinPath(inDir, entry.name), await joinPath(outDir, entry.name));
-    log(`copy: ${entry.name}`);
-    copied.push(entry.name);
+  for (const name of await fs.readdir(inDir)) {
+    if (name === "config.json" || WEIGHT_FILE.test(name) || !(await fs.stat(await joinPath(inDir, name)))?.isFile) continue;
+    await fs.copyFile(await joinPath(inDir, name), await joinPath(outDir, name));
+    log(`copy: ${name}`);
+    copied.push(name);
   }
   return copied;
 }
 
 async function writeConfig(outDir: string, config: unknown): Promise<void> {
-  const fs = await import("node:fs/promises");
-  await fs.writeFile(await joinPath(outDir, "config.json"), JSON.stringify(config, null, 2) + "\n");
+  await storage().writeFile(await joinPath(outDir, "config.json"), JSON.stringify(config, null, 2) + "\n");
 }
 
 /**
@@ -130,8 +130,7 @@ export async function quantizeHfCheckpoint(inDir: string, outDir: string, opts: 
       report.bytesOut += quantizedBytes(state);
       log(`quantize: ${name} [${lin.out}, ${lin.in}] ${info.dtype} -> ${quantType}${doubleQuant ? " + double quant" : ""}, ${bitsPerParam(n, { blocksize, doubleQuant }).toFixed(3)} bits/param (${report.layers.length}/${linears.size})`);
     }
-    const fs = await import("node:fs/promises");
-    await fs.mkdir(outDir, { recursive: true });
+    await storage().mkdir(outDir);
     report.files.push(...(await writeShardedSafetensors(outDir, tensors, { maxShardBytes: opts.maxShardBytes, metadata: { format: "pt" } })));
     const torchDtype = raw.torch_dtype ?? raw.dtype;
     const computeDtype = torchDtype === "float16" || torchDtype === "bfloat16" ? torchDtype : "float32";
@@ -210,8 +209,7 @@ export async function dequantizeHfCheckpoint(inDir: string, outDir: string, opts
         tensors.set(name, { dtype: info.dtype, shape: info.shape, data: async () => (await ckpt.read(name)).data });
       }
     }
-    const fs = await import("node:fs/promises");
-    await fs.mkdir(outDir, { recursive: true });
+    await storage().mkdir(outDir);
     report.files.push(...(await writeShardedSafetensors(outDir, tensors, { maxShardBytes: opts.maxShardBytes, metadata: { format: "pt" } })));
     await writeConfig(outDir, withoutQuantizationConfig(raw));
     report.files.push("config.json", ...(await copyAuxFiles(inDir, outDir, log)));

@@ -1,29 +1,20 @@
 /**
- * File access for the loaders. node:fs and node:path are imported lazily (Node, Bun and Deno all
- * provide them) so a browser bundle can import the package and use the in-memory paths.
+ * File access for the loaders, through @lowrank/safetensors' storage (the `./node` edge registers
+ * the file system; a browser uses the in-memory paths such as loadHfModelFromFiles).
  */
 import { type DType, type Backend, type Tensor, fromF32, tensor, toF32, viewBytes } from "@lowrank/tensor";
+import { exists, joinPath as join, storage } from "@lowrank/safetensors";
 
 export async function joinPath(...parts: string[]): Promise<string> {
-  const { join } = await import("node:path");
   return join(...parts);
 }
 
-export async function pathExists(path: string): Promise<boolean> {
-  const fs = await import("node:fs/promises");
-  try {
-    await fs.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
+export const pathExists = exists;
 
 /** The whole file; a missing or unreadable file is an error naming it and `what` it should be. */
 export async function readBytes(path: string, what: string): Promise<Uint8Array> {
-  const fs = await import("node:fs/promises");
   try {
-    return new Uint8Array(await fs.readFile(path));
+    return await storage().readFile(path);
   } catch (e) {
     const code = (e as { code?: string }).code;
     if (code === "ENOENT") throw new Error(`${path}: not found (${what})`, { cause: e });

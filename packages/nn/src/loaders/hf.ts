@@ -6,6 +6,7 @@ import { type Backend, type DType, fromF32, getDefaultBackend, scope } from "@lo
 import {
   type LazyTensorInput, SafetensorsError, type SafetensorsFile, ShardedSafetensors, type ShardedTensorInfo, openSafetensors, openShardedSafetensors,
   writeShardedSafetensors,
+  storage,
 } from "@lowrank/safetensors";
 import { LlamaForCausalLM, llamaConfigToHf, parseLlamaConfig } from "../models/llama.ts";
 import type { TensorSpec } from "../module.ts";
@@ -221,7 +222,7 @@ export interface SaveOptions {
  * plus config.json's quantization_config).
  */
 export async function saveHfModel(model: LlamaForCausalLM, dir: string, opts: SaveOptions = {}): Promise<string[]> {
-  const fs = await import("node:fs/promises");
+  const fs = storage();
   const tensors = new Map<string, LazyTensorInput>();
   for (const [name, t] of model.stateDict()) {
     const st = ({ f32: "F32", f16: "F16", bf16: "BF16", u8: "U8" } as const)[t.dtype as "f32" | "f16" | "bf16" | "u8"];
@@ -233,7 +234,7 @@ export async function saveHfModel(model: LlamaForCausalLM, dir: string, opts: Sa
     };
     tensors.set(name, { dtype: st, shape: t.shape, data });
   }
-  await fs.mkdir(dir, { recursive: true });
+  await fs.mkdir(dir);
   const configPath = await joinPath(dir, "config.json");
   const quantization = quantizationConfigOf(model); // QuantizedLinear layers: a bnb-4bit directory
   const hfConfig = { ...llamaConfigToHf(model.config), torch_dtype: { f32: "float32", f16: "float16", bf16: "bfloat16" }[model.dtype as "f32"] };

@@ -2,7 +2,9 @@
  * Where the shared models and datasets live. The environment is read only by the caller (an app
  * or a test passes `env: process.env`), never inside the library.
  */
-import { pathExists } from "./files.ts";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { pathExists } from "../loaders/files.ts";
 
 export interface DataDirOptions {
   /** An explicit directory; wins over everything else. */
@@ -27,16 +29,14 @@ export async function resolveDataDir(opts: DataDirOptions = {}): Promise<string 
     }
     return named;
   }
-  const { join, resolve } = await import("node:path");
   const root = opts.repoRoot ?? (await defaultRepoRoot());
   if (!root) return null;
   const beside = resolve(join(root, "..", "shared", "data"));
   return (await pathExists(beside)) ? beside : null;
 }
 
-/** packages/nn/src/loaders/ -> the repository root, when this file is on disk. */
+/** packages/nn/src/node/ -> the repository root, when this file is on disk. */
 async function defaultRepoRoot(): Promise<string | null> {
   if (!import.meta.url.startsWith("file:")) return null;
-  const { fileURLToPath } = await import("node:url");
   return fileURLToPath(new URL(/* @vite-ignore */ "../../../../", import.meta.url));
 }

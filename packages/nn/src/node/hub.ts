@@ -12,8 +12,12 @@
  * holding 64 hex digits), and only then renamed into place. Files already in the snapshot are not
  * downloaded again (a moving revision like "main" is therefore not re-checked for new commits:
  * delete the snapshot to refresh it). The environment is never read here: the caller passes
- * `cacheDir`, `endpoint` and `token`. node:fs is imported lazily, so browsers are unaffected.
+ * `cacheDir`, `endpoint` and `token`. Node-only (the `./node` edge).
  */
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
+import * as fs from "node:fs/promises";
+import { dirname, join } from "node:path";
 
 export interface HubProgress {
   /** File name inside the repository. */
@@ -79,7 +83,6 @@ export function isHfRepoId(s: string): boolean {
 
 /** The snapshot directory a download of `repoId` at `revision` lands in. */
 export async function hubSnapshotDir(cacheDir: string, repoId: string, revision = "main"): Promise<string> {
-  const { join } = await import("node:path");
   return join(cacheDir, `models--${repoId.replace(/\//g, "--")}`, "snapshots", revision.replace(/\//g, "--"));
 }
 
@@ -100,8 +103,6 @@ export async function downloadHfModel(repoId: string, opts: DownloadHfModelOptio
   const headers: Record<string, string> = {};
   if (opts.token) headers.Authorization = `Bearer ${opts.token}`;
 
-  const fs = await import("node:fs/promises");
-  const { dirname, join } = await import("node:path");
   const snapshot = await hubSnapshotDir(opts.cacheDir, repoId, revision);
 
   // The file list.
@@ -145,7 +146,7 @@ export async function downloadHfModel(repoId: string, opts: DownloadHfModelOptio
   return snapshot;
 }
 
-type Fs = typeof import("node:fs/promises");
+type Fs = typeof fs;
 
 async function isFile(fs: Fs, p: string): Promise<boolean> {
   try {
@@ -193,7 +194,6 @@ async function downloadFile(
   doFetch: typeof globalThis.fetch, url: string, baseHeaders: Record<string, string>, file: string, dest: string, sib: Sibling | undefined,
   progress: (loaded: number, total: number | null) => void, repoId: string, revision: string,
 ): Promise<void> {
-  const fs = await import("node:fs/promises");
   const partial = `${dest}.incomplete`;
   let have = 0;
   try {
@@ -275,8 +275,6 @@ async function downloadFile(
 }
 
 async function sha256File(path: string): Promise<string> {
-  const { createHash } = await import("node:crypto");
-  const { createReadStream } = await import("node:fs");
   const hash = createHash("sha256");
   for await (const chunk of createReadStream(path)) hash.update(chunk as Uint8Array);
   return hash.digest("hex");
