@@ -8,7 +8,7 @@ import process from "node:process";
 import { parseArgs } from "node:util";
 import { LoraConfigError } from "@lowrank/lora/node";
 import {
-  ConfigError, DATA_FORMATS, DatasetError, type FinetuneInput, type FinetuneResult, METHODS, SCHEDULERS, consoleReporter, finetune,
+  ConfigError, DATA_FORMATS, DatasetError, type FinetuneInput, type FinetuneResult, METHODS, SCHEDULERS, consoleReporter, run,
 } from "@lowrank/trainer/node";
 import { BACKEND_CHOICES, type BackendChoice, resolveChoice, selectBackend } from "./backends.ts";
 import { locateInDataDir, resolveDataDir, resolveModelDir } from "./data-dir.ts";
@@ -194,7 +194,7 @@ export async function finetuneCommand(argv: string[], env: Env): Promise<number>
   reporter.info(`backend: ${sel.name} (${sel.reason}): ${sel.backend.device}`);
   const t0 = performance.now();
   try {
-    const r = await finetune(input, { backend: sel.backend, reporter });
+    const r = await run(input, { backend: sel.backend, reporter });
     const wall = (performance.now() - t0) / 1000;
     if (v.json) console.log(JSON.stringify({ ...r, wallSeconds: wall }, null, 2));
     else console.log(summary(r, wall));

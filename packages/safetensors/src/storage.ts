@@ -119,9 +119,14 @@ function fsError(code: string, op: string, path: string): Error {
   return Object.assign(new Error(`${code}: ${messages[code] ?? code}, ${op} '${path}'`), { code, path });
 }
 
-/** A whole file system in memory (tests, the browser). Paths are POSIX; relative ones are taken from "/". */
-export function memoryStorage(): FileStorage & { files: Map<string, Uint8Array> } {
+/**
+ * A whole file system in memory (tests, the browser). Paths are POSIX; relative ones are taken
+ * from "/". `mount(path, blob)` adds a read-only file backed by a Blob (a picked or fetched model
+ * file) without copying it: reads slice the Blob.
+ */
+export function memoryStorage(): FileStorage & { files: Map<string, Uint8Array>; mount(path: string, blob: Blob): Promise<void> } {
   const files = new Map<string, Uint8Array>();
+  const blobs = new Map<string, Blob>();
   const dirs = new Set<string>(["/"]);
   const abs = (p: string) => normalizePath(p.startsWith("/") ? p : `/${p}`);
   const needParent = (p: string, op: string) => {
@@ -133,6 +138,7 @@ export function memoryStorage(): FileStorage & { files: Map<string, Uint8Array> 
     needParent(p, op);
     if (dirs.has(p)) throw fsError("EISDIR", op, path);
     files.set(p, bytes);
+    blobs.delete(p);
   };
   const get = (path: string, op: string): Uint8Array => {
     const b = files.get(abs(path));
@@ -146,10 +152,43 @@ export function memoryStorage(): FileStorage & { files: Map<string, Uint8Array> 
     out.set(b, a.byteLength);
     return out;
   };
+  const mkdir = async (path: string) => {
+    let p = abs(path);
+    const chain: string[] = [];
+    while (!dirs.has(p)) {
+      if (files.has(p)) throw fsError("EEXIST", "mkdir", path);
+      chain.push(p);
+      p = dirname(p);
+    }
+    for (const d of chain) dirs.add(d);
+  };
+  const readFile = async (path: string) => {
+    const blob = blobs.get(abs(path));
+    return blob ? new Uint8Array(await blob.arrayBuffer()) : get(path, "open").slice();
+  };
+  // Methods never use `this`: callers destructure them (const { mkdir } = storage()).
   return {
     name: "memory",
     files,
+    async mount(path, blob) {
+      const p = abs(path);
+      await mkdir(dirname(p));
+      files.set(p, new Uint8Array(0));
+      blobs.set(p, blob);
+    },
     async openRead(path) {
+      const blob = blobs.get(abs(path));
+      if (blob) {
+        return {
+          size: blob.size,
+          async read(into, length, position) {
+            const got = new Uint8Array(await blob.slice(position, position + length).arrayBuffer());
+            into.set(got);
+            return got.byteLength;
+          },
+          async close() {},
+        };
+      }
       const b = get(path, "open");
       return {
         size: b.byteLength,
@@ -173,11 +212,10 @@ export function memoryStorage(): FileStorage & { files: Map<string, Uint8Array> 
         async close() {},
       };
     },
-    async readFile(path) {
-      return get(path, "open").slice();
-    },
+    readFile,
     async readText(path) {
-      return new TextDecoder().decode(get(path, "open"));
+      const blob = blobs.get(abs(path));
+      return blob ? blob.text() : new TextDecoder().decode(get(path, "open"));
     },
     async writeFile(path, data) {
       put(path, typeof data === "string" ? enc.encode(data) : data.slice(), "open");
@@ -189,7 +227,7 @@ export function memoryStorage(): FileStorage & { files: Map<string, Uint8Array> 
     async stat(path) {
       const p = abs(path);
       const f = files.get(p);
-      if (f) return { size: f.byteLength, isFile: true, isDirectory: false };
+      if (f) return { size: blobs.get(p)?.size ?? f.byteLength, isFile: true, isDirectory: false };
       return dirs.has(p) ? { size: 0, isFile: false, isDirectory: true } : null;
     },
     async readdir(path) {
@@ -199,19 +237,10 @@ export function memoryStorage(): FileStorage & { files: Map<string, Uint8Array> 
       for (const k of [...files.keys(), ...dirs]) if (k !== p && dirname(k) === p) names.add(basename(k));
       return [...names].sort();
     },
-    async mkdir(path) {
-      let p = abs(path);
-      const chain: string[] = [];
-      while (!dirs.has(p)) {
-        if (files.has(p)) throw fsError("EEXIST", "mkdir", path);
-        chain.push(p);
-        p = dirname(p);
-      }
-      for (const d of chain) dirs.add(d);
-    },
+    mkdir,
     async rm(path) {
       const p = abs(path);
-      for (const k of [...files.keys()]) if (under(p)(k)) files.delete(k);
+      for (const k of [...files.keys()]) if (under(p)(k)) [files.delete(k), blobs.delete(k)];
       for (const d of [...dirs]) if (d !== "/" && under(p)(d)) dirs.delete(d);
     },
     async rename(from, to) {
@@ -220,6 +249,7 @@ export function memoryStorage(): FileStorage & { files: Map<string, Uint8Array> 
       if (files.has(a)) {
         files.set(b, files.get(a)!);
         files.delete(a);
+        if (blobs.has(a)) [blobs.set(b, blobs.get(a)!), blobs.delete(a)];
         return;
       }
       if (!dirs.has(a)) throw fsError("ENOENT", "rename", from);
@@ -234,7 +264,7 @@ export function memoryStorage(): FileStorage & { files: Map<string, Uint8Array> 
       }
     },
     async copyFile(from, to) {
-      put(to, get(from, "copyfile").slice(), "copyfile");
+      put(to, await readFile(from), "copyfile");
     },
     async syncDir() {},
     resolve: abs,

@@ -1,6 +1,9 @@
-// @lowrank/trainer: data pipeline, optimizers, schedules, checkpoint/resume, metrics and the
-// training loop for full, LoRA and QLoRA fine-tuning.
-export { finetune, type FinetuneInput, type FinetuneIO, type FinetuneResult } from "./finetune.ts";
+// @lowrank/trainer: data pipeline, optimizers, schedules, checkpoint/resume, metrics, the training
+// loop and run() (one whole fine-tuning run) for full, LoRA and QLoRA. Runtime-free: paths go through
+// @lowrank/safetensors' storage; `@lowrank/trainer/node` registers the Node file system.
+export {
+  run, type RunSpec, type RunOptions, type RunResult, type RunStart, finetune, type FinetuneInput, type FinetuneIO, type FinetuneResult,
+} from "./run.ts";
 export {
   resolveConfig, resumeFingerprint, ConfigError, DEFAULTS, METHODS, OPTIMIZERS, MIXED_PRECISION, computeDtype,
   type FinetuneConfig, type Method, type OptimizerName, type MixedPrecision,

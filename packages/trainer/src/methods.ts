@@ -6,12 +6,14 @@
  */
 import { type LlamaForCausalLM, quantizeModel, saveHfModel } from "@lowrank/nn";
 import { type Tensor, isFloat } from "@lowrank/tensor";
-import { getPeftModel, saveAdapter } from "@lowrank/lora";
+import { type PeftModel, getPeftModel, saveAdapter } from "@lowrank/lora";
 import { joinPath, storage } from "@lowrank/safetensors";
 import { type FinetuneConfig, computeDtype } from "./config.ts";
 
 export interface PreparedModel {
   model: LlamaForCausalLM;
+  /** The PEFT wrapper (null for a full fine-tune). */
+  peft: PeftModel<LlamaForCausalLM> | null;
   /** Trained parameters by their in-memory name. */
   trainable: Map<string, Tensor>;
   /** "trainable params: N || all params: M || trainable%: P" */
@@ -57,6 +59,7 @@ function prepareLora(model: LlamaForCausalLM, cfg: FinetuneConfig, modelDir: str
   const trainable = new Map(peft.namedTrainableParameters());
   return {
     model,
+    peft,
     trainable,
     // PEFT's count: a 4-bit base counts its logical weights, not its packed bytes.
     summary: peft.printTrainableParameters(() => {}),
@@ -74,6 +77,7 @@ function prepareFull(model: LlamaForCausalLM, modelDir: string): PreparedModel {
   const trainable = new Map(model.namedParameters().filter(([, t]) => isFloat(t.dtype)));
   return {
     model,
+    peft: null,
     trainable,
     summary: paramSummary(model, trainable),
     paramsFile: "model.safetensors",

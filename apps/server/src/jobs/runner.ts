@@ -148,7 +148,8 @@ export class JobRunner {
     await mkdir(dir, { recursive: true });
     const dataset = this.registry.getDataset(job.dataset_id);
     if (!dataset) throw new Error(`job ${job.id}: dataset ${job.dataset_id} is gone`);
-    const spec: WorkerSpec = { jobId: job.id, model: this.host.dir, data: this.registry.datasetPath(dataset), output: this.outputDir(job.id), params: job.hyperparameters };
+    const backend = this.host.backend.name === "webgpu" ? "webgpu" : "cpu";
+    const spec: WorkerSpec = { jobId: job.id, backend, model: this.host.dir, data: this.registry.datasetPath(dataset), output: this.outputDir(job.id), params: job.hyperparameters };
     await writeFile(join(dir, "spec.json"), `${JSON.stringify(spec, null, 2)}\n`);
     return spec;
   }

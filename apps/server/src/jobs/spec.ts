@@ -1,9 +1,11 @@
 /** What the server hands a training worker, and its mapping onto the trainer's configuration. */
-import type { FinetuneInput } from "@lowrank/trainer/node";
+import type { RunSpec } from "@lowrank/trainer/node";
 import type { JobParams } from "./store.ts";
 
 export interface WorkerSpec {
   jobId: string;
+  /** The backend the server was started with; the worker trains on the same kind (default "cpu"). */
+  backend?: "cpu" | "webgpu";
   model: string;
   data: string;
   output: string;
@@ -25,7 +27,7 @@ export const EXIT_STOPPED = 75;
 export const EXIT_FAILED = 1;
 export const EXIT_CONFIG = 2;
 
-export function finetuneInput(spec: Pick<WorkerSpec, "model" | "data" | "output" | "params">, resume?: string): FinetuneInput {
+export function finetuneInput(spec: Pick<WorkerSpec, "model" | "data" | "output" | "params">, resume?: string): RunSpec {
   const p = spec.params;
   return {
     model: spec.model,

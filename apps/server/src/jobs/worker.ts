@@ -10,7 +10,8 @@
 import { readFile } from "node:fs/promises";
 import process from "node:process";
 import { createCpuBackend } from "@lowrank/backend-cpu";
-import { ConfigError, DatasetError, finetune, listCheckpoints } from "@lowrank/trainer/node";
+import type { Backend } from "@lowrank/tensor";
+import { ConfigError, DatasetError, listCheckpoints, run } from "@lowrank/trainer/node";
 import { EXIT_CONFIG, EXIT_DONE, EXIT_FAILED, EXIT_STOPPED, type WorkerEvent, type WorkerSpec, finetuneInput } from "./spec.ts";
 
 function send(e: WorkerEvent): void {
@@ -44,9 +45,15 @@ async function main(): Promise<number> {
   const steps = await listCheckpoints(spec.output);
   const resume = steps.length ? spec.output : undefined;
   if (steps.length) send({ type: "resumed", step: steps[steps.length - 1] });
-  const backend = createCpuBackend();
+  let backend: Backend;
   try {
-    const r = await finetune(finetuneInput(spec, resume), {
+    backend = await createBackend(spec.backend ?? "cpu");
+  } catch (e) {
+    send({ type: "error", kind: "runtime", message: `the ${spec.backend} backend the server runs on is not available to the training worker: ${(e as Error).message}` });
+    return EXIT_FAILED;
+  }
+  try {
+    const r = await run(finetuneInput(spec, resume), {
       backend,
       skipSamples: true,
       reporter: {
@@ -72,6 +79,14 @@ async function main(): Promise<number> {
   } finally {
     backend.dispose();
   }
+}
+
+/** The same kind of backend as the server's (a device is not shared across processes). */
+async function createBackend(kind: "cpu" | "webgpu"): Promise<Backend> {
+  if (kind === "cpu") return createCpuBackend();
+  const { createWebGpuBackend } = await import("@lowrank/backend-webgpu");
+  const edge = (globalThis as { Deno?: unknown }).Deno ? await import("@lowrank/backend-webgpu/deno") : await import("@lowrank/backend-webgpu/node");
+  return createWebGpuBackend(await edge.requestWebGpu());
 }
 
 const code = await main();

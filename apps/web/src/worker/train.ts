@@ -1,17 +1,16 @@
 /**
- * One training run in the worker, assembled from @lowrank/trainer's node-free pieces (dataset,
- * BatchLoader, AdamW, schedule, trainLoop, evaluate) the way its finetune() does, minus files:
- * progress goes to the page after every step, and a cancel flag stops the loop between steps.
+ * One training run in the worker: @lowrank/trainer's run(), the same function `lowrank finetune`
+ * and the server's jobs call, on an in-memory storage. The model files are mounted (Blobs, not
+ * copied), the text is written beside them, and the run's output (metrics.jsonl, the adapter) stays
+ * in memory. Progress goes to the page after every step; a cancel ends the run between steps.
  */
-import { type HfTokenizer, type LlamaForCausalLM, quantizeModel } from "@lowrank/nn";
-import { type PeftModel, getPeftModel } from "@lowrank/lora";
-import { type Backend, type Tensor, isFloat } from "@lowrank/tensor";
-import {
-  AdamW, BatchLoader, DatasetError, type MetricRecord, type MetricsLog, type ScheduleOptions, buildDataset, enableGradientCheckpointing,
-  evaluate, namedParams, paramSummary, trainLoop, warmupSteps,
-} from "@lowrank/trainer";
+import type { HfTokenizer, LlamaForCausalLM } from "@lowrank/nn";
+import type { PeftModel } from "@lowrank/lora";
+import { type FileStorage, memoryStorage, setStorage } from "@lowrank/safetensors";
+import type { Backend } from "@lowrank/tensor";
+import { DatasetError, type RunSpec, run } from "@lowrank/trainer";
 import type { FromWorker, TrainSettings } from "../protocol.ts";
-import { type ModelFiles, buildModel } from "./model-loader.ts";
+import type { ModelFiles } from "./model-loader.ts";
 
 /** The result of a run: the model it trained (adapters still attached) and how. */
 export interface Trained {
@@ -22,112 +21,95 @@ export interface Trained {
   losses: number[];
 }
 
-export class Cancelled extends Error {
-  override readonly name = "Cancelled";
-}
-
 export interface RunContext {
   backend: Backend;
   files: ModelFiles;
-  tokenizer: HfTokenizer;
+  /** Kept for the page's generation; run() loads its own from the mounted files. */
+  tokenizer?: HfTokenizer;
   post: (m: FromWorker) => void;
   isCancelled: () => boolean;
+}
+
+export const MODEL_DIR = "/model";
+export const OUTPUT_DIR = "/run";
+
+/** The page's settings as run()'s spec (the fields the page does not show keep the trainer's defaults). */
+export function runSpec(s: TrainSettings, evalFraction = 0.1): RunSpec {
+  return {
+    model: MODEL_DIR, data: `/data/${s.textName.replace(/[\\/]/g, "_") || "text"}`, output: OUTPUT_DIR,
+    method: s.method, rank: s.rank, alpha: s.alpha, dropout: s.dropout, targetModules: s.targets, seed: s.seed,
+    steps: s.steps, lr: s.lr, batchSize: s.batchSize, seqLen: s.seqLen, warmup: s.warmup,
+    evalFraction, evalBatches: 8, sampleTokens: 0,
+  };
+}
+
+/** A fresh in-memory storage holding the model files and the text, registered for the libraries. */
+export async function stage(files: ModelFiles, spec: RunSpec, text: string): Promise<FileStorage> {
+  const mem = memoryStorage();
+  const f = files.files;
+  const named: [string, unknown][] = [
+    ["config.json", f.config], ["tokenizer.json", f.tokenizer], ["tokenizer_config.json", f.tokenizerConfig], ["model.safetensors.index.json", f.index],
+    ...[...f.weights],
+  ];
+  for (const [name, v] of named) {
+    if (v === undefined) continue;
+    const blob = v instanceof Blob ? v : new Blob([typeof v === "string" || v instanceof ArrayBuffer || v instanceof Uint8Array ? v as BlobPart : JSON.stringify(v)]);
+    await mem.mount(`${MODEL_DIR}/${name}`, blob);
+  }
+  await mem.mkdir("/data");
+  await mem.writeFile(spec.data, text);
+  setStorage(mem);
+  return mem;
 }
 
 /** Yield to the worker's event loop so a "cancel" message can arrive (CPU reads resolve synchronously). */
 const macrotask = () => new Promise<void>((r) => setTimeout(r, 0));
 
-async function prepare(ctx: RunContext, s: TrainSettings, warn: (m: string) => void): Promise<{ model: LlamaForCausalLM; peft: PeftModel<LlamaForCausalLM> | null; trainable: Map<string, Tensor>; summary: string }> {
-  const model = await buildModel(ctx.files, ctx.backend);
+export async function runTraining(ctx: RunContext, s: TrainSettings): Promise<{ trained: Trained; cancelled: boolean; seconds: number; storage: FileStorage }> {
   try {
-    if (s.method === "full") {
-      model.setRequiresGrad(true);
-      const trainable = new Map(model.namedParameters().filter(([, t]) => isFloat(t.dtype)));
-      return { model, peft: null, trainable, summary: paramSummary(model, trainable) };
-    }
-    if (s.method === "qlora") {
-      // As trainer's methods.ts: NF4 + double quant, lm_head dense, the rest frozen.
-      ctx.post({ type: "status", text: "quantizing the base to NF4..." });
-      await quantizeModel(model, { quantType: "nf4", blocksize: 64, doubleQuant: true, skipModules: ["lm_head"], computeDtype: "f32" });
-      model.setRequiresGrad(false);
-    }
-    const peft = getPeftModel(model, {
-      r: s.rank, lora_alpha: s.alpha, lora_dropout: s.dropout, target_modules: s.targets, task_type: "CAUSAL_LM", base_model_name_or_path: ctx.files.name,
-    }, "default", { seed: s.seed, warn });
-    return { model, peft, trainable: new Map(peft.namedTrainableParameters()), summary: peft.printTrainableParameters(() => {}) };
+    return await attempt(ctx, s, 0.1, []);
   } catch (e) {
-    model.dispose();
-    throw e;
+    // Too little text to hold out an eval split: train on all of it.
+    if (!(e instanceof DatasetError) || !/eval split/.test(e.message)) throw e;
+    return attempt(ctx, s, 0, ["too little text for a held-out split: no eval loss"]);
   }
 }
 
-export async function runTraining(ctx: RunContext, s: TrainSettings): Promise<{ trained: Trained; cancelled: boolean; seconds: number }> {
-  const warnings: string[] = [];
-  const data = (() => {
-    const opts = { seqLen: s.seqLen, evalFraction: 0.1, seed: s.seed };
-    try {
-      return buildDataset(s.textName, s.text, ctx.tokenizer, opts);
-    } catch (e) {
-      // Too little text to hold out an eval split: train on all of it.
-      if (!(e instanceof DatasetError) || !/eval split/.test(e.message)) throw e;
-      warnings.push("too little text for a held-out split: no eval loss");
-      return buildDataset(s.textName, s.text, ctx.tokenizer, { ...opts, evalFraction: 0 });
-    }
-  })();
-  const { model, peft, trainable, summary } = await prepare(ctx, s, (m) => warnings.push(m));
-  const trained: Trained = { model, peft, settings: s, losses: [] };
-  try {
-    if (s.method === "qlora") enableGradientCheckpointing(model); // QLoRA's default, as in the CLI
-    if (s.seqLen > model.config.max_position_embeddings) throw new Error(`seq len ${s.seqLen} exceeds the model's max_position_embeddings (${model.config.max_position_embeddings})`);
-    const padId = ctx.tokenizer.eosTokenId ?? 0;
-    const loader = new BatchLoader(data.train, s.batchSize, s.seed, padId);
-    const schedule: ScheduleOptions = { name: "cosine", lr: s.lr, totalSteps: s.steps, warmupSteps: warmupSteps(s.warmup, s.steps) };
-    const optimizer = new AdamW(namedParams(trainable), { weightDecay: 0 });
-    ctx.post({ type: "train-start", summary, totalSteps: s.steps, train: data.train.length, eval: data.eval.length, tokens: data.stats.tokens, warnings });
-
-    const evalOpts = { batchSize: s.batchSize, padId, maxBatches: 8 };
-    const evalAt = async (when: "before" | "after") => {
-      if (!data.eval.length) return;
-      const r = await evaluate(model, data.eval, evalOpts);
-      ctx.post({ type: "eval", when, loss: r.loss, perplexity: r.perplexity });
-    };
-    await evalAt("before");
-
-    const t0 = performance.now();
-    // trainLoop's metrics sink: the page gets every step; a cancel lands between steps.
-    const metrics: MetricsLog = {
-      path: "",
-      reset: async () => {},
-      write: async (r: MetricRecord) => {
-        if (r.split !== "train") return;
-        const elapsedS = (performance.now() - t0) / 1000;
-        ctx.post({
-          type: "step", step: r.step, total: s.steps, loss: r.loss, lr: r.lr, gradNorm: r.grad_norm, tokensPerS: r.tokens_per_s,
-          etaS: (elapsedS / r.step) * (s.steps - r.step), elapsedS, memory: { liveBytes: ctx.backend.memory().liveBytes, peakBytes: r.peak_bytes },
-        });
-        await macrotask();
-        if (ctx.isCancelled()) throw new Cancelled("cancelled");
-      },
-    };
-    let cancelled = false;
-    try {
-      await trainLoop({
-        model, params: optimizer.params, optimizer, loader, schedule, gradAccum: 1, maxGradNorm: 1, startStep: 0, evalEvery: 0, saveEvery: 0,
-        evaluate: async () => {}, save: async () => {}, metrics, losses: trained.losses,
-        reporter: { info: (m) => ctx.post({ type: "status", text: m }), progress: () => {}, end: () => {} },
+async function attempt(ctx: RunContext, s: TrainSettings, evalFraction: number, warnings: string[]) {
+  const spec = runSpec(s, evalFraction);
+  const storage = await stage(ctx.files, spec, s.text);
+  const t0 = performance.now();
+  let trainStart = 0;
+  const r = await run(spec, {
+    backend: ctx.backend,
+    checkpoints: false,
+    keepModel: true,
+    skipSamples: true,
+    reporter: {
+      info: (m) => (m.startsWith("warning: ") ? warnings.push(m.slice(9)) : ctx.post({ type: "status", text: m })),
+      progress: () => {},
+      end: () => {},
+    },
+    onStart: (i) => {
+      if (s.method === "qlora") ctx.post({ type: "status", text: "quantized the base to NF4" });
+      ctx.post({ type: "train-start", summary: i.summary, totalSteps: i.totalSteps, train: i.train, eval: i.eval, tokens: i.tokens, warnings });
+    },
+    onMetric: async (m) => {
+      if (m.split === "eval") {
+        ctx.post({ type: "eval", when: m.step === 0 ? "before" : "after", loss: m.eval_loss, perplexity: m.perplexity });
+        return;
+      }
+      if (m.step === 1) trainStart = performance.now();
+      const elapsedS = (performance.now() - (trainStart || t0)) / 1000;
+      ctx.post({
+        type: "step", step: m.step, total: s.steps, loss: m.loss, lr: m.lr, gradNorm: m.grad_norm, tokensPerS: m.tokens_per_s,
+        etaS: (elapsedS / m.step) * (s.steps - m.step), elapsedS, memory: { liveBytes: ctx.backend.memory().liveBytes, peakBytes: m.peak_bytes },
       });
-    } catch (e) {
-      if (!(e instanceof Cancelled)) throw e;
-      cancelled = true;
-    } finally {
-      optimizer.dispose();
-    }
-    const seconds = (performance.now() - t0) / 1000;
-    await evalAt("after");
-    model.eval();
-    return { trained, cancelled, seconds };
-  } catch (e) {
-    model.dispose();
-    throw e;
-  }
+      await macrotask();
+    },
+    shouldStop: ctx.isCancelled,
+  });
+  const prepared = r.model!;
+  const trained: Trained = { model: prepared.model, peft: prepared.peft, settings: s, losses: r.losses };
+  return { trained, cancelled: r.stopped, seconds: r.trainSeconds, storage };
 }

@@ -1,0 +1,99 @@
+/**
+ * One training run for every edge: `lowrank finetune` (in process, --backend cpu), a server job's
+ * worker (worker.ts in a child process, as the job runner spawns it, on the server's backend) and
+ * the web page's worker (apps/web's runTraining, run here under Node on the CPU backend with an
+ * in-memory storage: no browser is involved) train the same spec with the same seed. They call the
+ * same @lowrank/trainer run(), so metrics.jsonl must agree value for value, and the adapter
+ * weights byte for byte.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import process from "node:process";
+import { fileURLToPath } from "node:url";
+import { createCpuBackend } from "@lowrank/backend-cpu";
+import { storage } from "@lowrank/safetensors/node";
+import { finetuneCommand } from "../../cli/src/finetune.ts";
+import { OUTPUT_DIR, runTraining } from "../../web/src/worker/train.ts";
+import type { WorkerSpec } from "../src/jobs/spec.ts";
+import type { JobParams } from "../src/jobs/store.ts";
+import { NEED_MODEL, STORIES, dataDir, tempDir } from "./helpers.ts";
+
+const SPEC = { method: "lora", rank: 4, alpha: 8, dropout: 0.1, targets: "all-linear", seed: 3, steps: 6, lr: 3e-3, batchSize: 2, seqLen: 32, warmup: 1, evalFraction: 0.1 } as const;
+
+/** The values a run decides (not its timings or memory). */
+function decided(jsonl: string): Record<string, unknown>[] {
+  return jsonl.trim().split("\n").map((l) => {
+    const { tokens_per_s: _t, peak_bytes: _p, ...rest } = JSON.parse(l) as Record<string, unknown>;
+    return rest;
+  });
+}
+
+test("lowrank finetune, a server job and the web worker give identical metrics.jsonl and adapter weights for one spec", { skip: NEED_MODEL, timeout: 600_000 }, async () => {
+  const dir = await tempDir("one-run");
+  const text = (await readFile(join(dataDir()!, "datasets", "tinyshakespeare", "input.txt"), "utf8")).slice(0, 6000);
+  const data = join(dir, "slice.txt");
+  await writeFile(data, text);
+
+  // 1. the CLI
+  const cliOut = join(dir, "cli");
+  const argv = [
+    "--model", STORIES, "--data", data, "--output", cliOut, "--method", SPEC.method, "--rank", String(SPEC.rank), "--alpha", String(SPEC.alpha),
+    "--dropout", String(SPEC.dropout), "--target-modules", SPEC.targets, "--seed", String(SPEC.seed), "--steps", String(SPEC.steps), "--lr", String(SPEC.lr),
+    "--batch-size", String(SPEC.batchSize), "--seq-len", String(SPEC.seqLen), "--warmup", String(SPEC.warmup), "--eval-fraction", String(SPEC.evalFraction),
+    "--eval-batches", "8", "--sample-tokens", "0", "--backend", "cpu",
+  ];
+  const log = console.log;
+  console.log = () => {};
+  try {
+    assert.equal(await finetuneCommand(argv, { ...process.env, LOWRANK_BACKEND: undefined }), 0);
+  } finally {
+    console.log = log;
+  }
+
+  // 2. a server job's worker, spawned as the job runner does
+  const jobOut = join(dir, "job");
+  const params: JobParams = {
+    adapter_name: "one-run", method: SPEC.method, rank: SPEC.rank, alpha: SPEC.alpha, dropout: SPEC.dropout, target_modules: SPEC.targets, seed: SPEC.seed,
+    steps: SPEC.steps, epochs: null, learning_rate: SPEC.lr, batch_size: SPEC.batchSize, seq_len: SPEC.seqLen, warmup: SPEC.warmup, checkpoint_every: 0,
+    eval_fraction: SPEC.evalFraction, data_format: null, description: null,
+  };
+  const spec: WorkerSpec = { jobId: "one-run", backend: "cpu", model: STORIES, data, output: jobOut, params };
+  await writeFile(join(dir, "spec.json"), JSON.stringify(spec));
+  const worker = fileURLToPath(new URL("../src/jobs/worker.ts", import.meta.url));
+  // stdin stays open: the worker takes its closing as "the server died" and stops.
+  const child = spawn(process.execPath, ["--import", "tsx", worker, join(dir, "spec.json")], { stdio: ["pipe", "pipe", "inherit"] });
+  let events = "";
+  child.stdout.on("data", (d: Buffer) => (events += d.toString()));
+  const code = await new Promise<number | null>((r) => child.on("exit", r));
+  assert.equal(code, 0, `the job worker failed: ${events}`);
+
+  // 3. the web page's worker (run here in Node)
+  const { readFile: readBytes } = storage(); // the Node storage, before the web run swaps in its memory storage
+  const files = new Map<string, Blob>();
+  for (const f of ["config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors"]) files.set(f, new Blob([await readBytes(join(STORIES, f)) as BlobPart]));
+  const backend = createCpuBackend();
+  const posted: string[] = [];
+  const web = await runTraining({
+    backend, post: (m) => posted.push(m.type), isCancelled: () => false,
+    files: { name: "stories260K-hf", files: { config: files.get("config.json")!, tokenizer: files.get("tokenizer.json")!, tokenizerConfig: files.get("tokenizer_config.json"), weights: new Map([["model.safetensors", files.get("model.safetensors")!]]) } },
+  }, { text, textName: "slice.txt", method: SPEC.method, rank: SPEC.rank, alpha: SPEC.alpha, dropout: SPEC.dropout, targets: SPEC.targets, steps: SPEC.steps, lr: SPEC.lr, batchSize: SPEC.batchSize, seqLen: SPEC.seqLen, warmup: SPEC.warmup, seed: SPEC.seed });
+  const webMetrics = await web.storage.readText(`${OUTPUT_DIR}/metrics.jsonl`);
+  const webWeights = await web.storage.readFile(`${OUTPUT_DIR}/adapter_model.safetensors`);
+  web.trained.model.dispose();
+  backend.dispose();
+  const { nodeStorage } = await import("@lowrank/safetensors/node");
+  (await import("@lowrank/safetensors")).setStorage(nodeStorage);
+
+  const cli = decided(await readFile(join(cliOut, "metrics.jsonl"), "utf8"));
+  assert.equal(cli.filter((r) => r.split === "train").length, SPEC.steps);
+  assert.equal(cli.filter((r) => r.split === "eval").length, 2, "eval before and after");
+  assert.deepEqual(decided(await readFile(join(jobOut, "metrics.jsonl"), "utf8")), cli, "server job vs lowrank finetune");
+  assert.deepEqual(decided(webMetrics), cli, "web worker vs lowrank finetune");
+  assert.deepEqual(posted.filter((t) => t === "step").length, SPEC.steps);
+  const cliWeights = new Uint8Array(await readFile(join(cliOut, "adapter_model.safetensors")));
+  assert.deepEqual(new Uint8Array(await readFile(join(jobOut, "adapter_model.safetensors"))), cliWeights);
+  assert.deepEqual(webWeights, cliWeights);
+});
