@@ -185,6 +185,37 @@ export function configFromJson(json: unknown, file = "adapter_config.json"): Lor
   return loraConfig(input as LoraConfigInput, file);
 }
 
+/** Keys of a PEFT LoraConfig that describe the file or the run, not the adapter's math: accepted and ignored by loraOptions. */
+const DESCRIPTIVE = new Set(["peft_type", "peft_version", "auto_mapping", "task_type", "base_model_name_or_path", "revision", "inference_mode", "megatron_core", "qalora_group_size", "eva_config", "corda_config", "runtime_config"]);
+/** Checked only by loraOptions: a non-default value changes training in a way Lowrank does not implement. */
+const STRICT_DEFAULTS: Record<string, (v: unknown) => boolean> = { ...MUST_BE_DEFAULT, ensure_weight_tying: (v) => v === false || v == null };
+
+/**
+ * PEFT LoraConfig fields (an adapter_config.json, or the fields of a training request) as the
+ * options of a new adapter. Stricter than configFromJson: a key that is no LoraConfig field is an
+ * error naming it, as is a field Lowrank does not implement set to a non-default value. Every
+ * value is checked as loraConfig checks it. The descriptive keys (task_type, peft_version,
+ * base_model_name_or_path, ...) are dropped; the rest is returned under PEFT's names.
+ */
+export function loraOptions(json: unknown, source = "LoraConfig"): LoraConfigInput {
+  if (typeof json !== "object" || json === null || Array.isArray(json)) throw new LoraConfigError(`${source}: expected a JSON object of PEFT LoraConfig fields`);
+  const j = json as Record<string, unknown>;
+  const known = new Set<string>([...FIELDS, ...Object.keys(STRICT_DEFAULTS), ...DESCRIPTIVE]);
+  const unknown = Object.keys(j).filter((k) => !known.has(k));
+  if (unknown.length) {
+    throw new LoraConfigError(`${source}: unknown field${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => JSON.stringify(k)).join(", ")} (not PEFT LoraConfig fields; Lowrank reads: ${FIELDS.filter((f) => !DESCRIPTIVE.has(f)).join(", ")})`);
+  }
+  if (j.peft_type !== undefined && j.peft_type !== "LORA") throw new LoraConfigError(`${source}: peft_type = ${show(j.peft_type)} is not supported (only "LORA")`);
+  const rejected = Object.entries(STRICT_DEFAULTS).filter(([k, ok]) => k in j && !ok(j[k])).map(([k]) => `${k} = ${show(j[k])}`);
+  if (rejected.length) throw new LoraConfigError(`${source}: unsupported PEFT options (Lowrank implements plain LoRA and DoRA on Linear layers): ${rejected.join(", ")}`);
+  const input: Record<string, unknown> = {};
+  for (const f of FIELDS) if (j[f] !== undefined && !DESCRIPTIVE.has(f)) input[f] = j[f];
+  if (input.rank_pattern === null) input.rank_pattern = {};
+  if (input.alpha_pattern === null) input.alpha_pattern = {};
+  loraConfig(input as LoraConfigInput, source); // every value checked, errors named by field
+  return input as LoraConfigInput;
+}
+
 /**
  * The adapter_config.json object: the keys PEFT's LoraConfig needs (what 0.18 writes, minus the
  * options we do not implement, which keep their defaults when PEFT reads the file), sorted as

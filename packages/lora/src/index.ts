@@ -1,5 +1,5 @@
 export {
-  type LoraConfig, type LoraConfigInput, type LoraBias, LoraConfigError, loraConfig, loraScaling, configFromJson, configToJson,
+  type LoraConfig, type LoraConfigInput, type LoraBias, LoraConfigError, loraConfig, loraOptions, loraScaling, configFromJson, configToJson,
   DEFAULT_TARGET_MODULES, INCLUDE_LINEAR_LAYERS_SHORTHAND, PEFT_FORMAT_VERSION,
 } from "./config.ts";
 export {

@@ -2,6 +2,7 @@
  * The fine-tuning configuration: TRL/PEFT names where they exist, validated in one place so
  * every mistake is reported before any model or data is loaded.
  */
+import { type LoraConfigInput, loraOptions } from "@lowrank/lora";
 import { DATA_FORMATS, type DataFormat } from "./data/dataset.ts";
 import { SCHEDULERS, type SchedulerName } from "./schedule.ts";
 
@@ -29,6 +30,14 @@ export interface FinetuneConfig {
   alpha: number;
   dropout: number;
   targetModules: string[] | "all-linear";
+  /**
+   * The rest of PEFT's LoraConfig, under PEFT's names (use_dora, use_rslora, modules_to_save,
+   * bias, exclude_modules, layers_to_transform, layers_pattern, rank_pattern, alpha_pattern,
+   * init_lora_weights, ...): what `--lora-config <file>` and the flags for the common ones give.
+   * r, lora_alpha, lora_dropout and target_modules here fill rank, alpha, dropout and
+   * targetModules when those are not set (and must agree with them when they are).
+   */
+  lora: LoraConfigInput;
   // QLoRA base (bitsandbytes defaults for QLoRA: nf4, blocksize 64, double quant)
   quantType: "nf4" | "fp4";
   blocksize: number;
@@ -78,6 +87,7 @@ export const DEFAULTS: Omit<FinetuneConfig, "model" | "data" | "output"> = {
   alpha: 16,
   dropout: 0.05,
   targetModules: ["q_proj", "v_proj"],
+  lora: {},
   quantType: "nf4",
   blocksize: 64,
   doubleQuant: true,
@@ -110,8 +120,18 @@ export class ConfigError extends Error {
 
 /** Fill defaults and check every field; all problems are reported in one error. */
 export function resolveConfig(input: Partial<FinetuneConfig> & Pick<FinetuneConfig, "model" | "data" | "output">): FinetuneConfig {
-  const c = { ...DEFAULTS, ...Object.fromEntries(Object.entries(input).filter(([, v]) => v !== undefined)) } as FinetuneConfig;
+  const given = Object.fromEntries(Object.entries(input).filter(([, v]) => v !== undefined)) as Partial<FinetuneConfig>;
   const errors: string[] = [];
+  const lora = { ...(loraOptions(given.lora ?? {}, "lora config") as Record<string, unknown>) };
+  // PEFT's names for the four LoRA settings the trainer has its own fields for.
+  for (const [peft, own] of [["r", "rank"], ["lora_alpha", "alpha"], ["lora_dropout", "dropout"], ["target_modules", "targetModules"]] as const) {
+    if (!(peft in lora)) continue;
+    const v = peft === "target_modules" && typeof lora[peft] === "string" && (lora[peft] as string).toLowerCase() === "all-linear" ? "all-linear" : lora[peft];
+    if (given[own] === undefined) (given as Record<string, unknown>)[own] = v;
+    else if (JSON.stringify(given[own]) !== JSON.stringify(v)) errors.push(`lora config ${peft} = ${JSON.stringify(v)} contradicts ${own} ${JSON.stringify(given[own])}; give one of them`);
+    delete lora[peft];
+  }
+  const c = { ...DEFAULTS, ...given, lora } as FinetuneConfig;
   const need = (ok: boolean, msg: string) => ok || errors.push(msg);
   const posInt = (v: unknown) => Number.isInteger(v) && (v as number) > 0;
   const nonNegInt = (v: unknown) => Number.isInteger(v) && (v as number) >= 0;
@@ -151,6 +171,6 @@ export function resolveConfig(input: Partial<FinetuneConfig> & Pick<FinetuneConf
 
 /** What a resumed run must share with the run that wrote the checkpoint (the rest may change). */
 export function resumeFingerprint(c: FinetuneConfig): Record<string, unknown> {
-  const { method, rank, alpha, dropout, targetModules, quantType, blocksize, doubleQuant, optimizer, seqLen, batchSize, gradAccum, seed, evalFraction, format, mixedPrecision } = c;
-  return { method, rank, alpha, dropout, targetModules, quantType, blocksize, doubleQuant, optimizer, seqLen, batchSize, gradAccum, seed, evalFraction, format: format ?? null, mixedPrecision };
+  const { method, rank, alpha, dropout, targetModules, lora, quantType, blocksize, doubleQuant, optimizer, seqLen, batchSize, gradAccum, seed, evalFraction, format, mixedPrecision } = c;
+  return { method, rank, alpha, dropout, targetModules, lora, quantType, blocksize, doubleQuant, optimizer, seqLen, batchSize, gradAccum, seed, evalFraction, format: format ?? null, mixedPrecision };
 }

@@ -49,6 +49,7 @@ async function quantizeBase(model: LlamaForCausalLM, cfg: FinetuneConfig): Promi
 
 function prepareLora(model: LlamaForCausalLM, cfg: FinetuneConfig, modelDir: string, warn: (m: string) => void): PreparedModel {
   const peft = getPeftModel(model, {
+    ...cfg.lora,
     r: cfg.rank,
     lora_alpha: cfg.alpha,
     lora_dropout: cfg.dropout,

@@ -103,7 +103,8 @@ export async function run(input: RunSpec, io: RunOptions): Promise<RunResult> {
   const { backend } = io;
   const rep = io.reporter ?? silentReporter;
   const dtype = checkPrecision(cfg, backend);
-  const loraOnly = (["rank", "alpha", "dropout", "targetModules"] as const).filter((k) => input[k] !== undefined);
+  const loraOnly: string[] = (["rank", "alpha", "dropout", "targetModules"] as const).filter((k) => input[k] !== undefined);
+  if (Object.keys(cfg.lora).length) loraOnly.push(`lora config (${Object.keys(cfg.lora).join(", ")})`);
   if (cfg.method === "full" && loraOnly.length) rep.info(`warning: ${loraOnly.join(", ")} apply to lora and qlora; --method full trains every weight and ignores them`);
 
   // ---- model, method, data: every check before training ----
@@ -272,8 +273,9 @@ function checkPrecision(cfg: FinetuneConfig, backend: Backend): "f32" | "f16" | 
 
 function checkResume(resume: LoadedCheckpoint, cfg: FinetuneConfig, totalSteps: number): void {
   const want = resumeFingerprint(cfg);
-  const diff = Object.keys(want).filter((k) => JSON.stringify(want[k]) !== JSON.stringify(resume.state.fingerprint[k]));
-  if (diff.length) throw new ConfigError(`--resume ${resume.dir}: the checkpoint was trained with different settings (${diff.map((k) => `${k}: ${JSON.stringify(resume.state.fingerprint[k])} there, ${JSON.stringify(want[k])} now`).join("; ")})`);
+  const had: Record<string, unknown> = { lora: {}, ...resume.state.fingerprint }; // checkpoints from before the lora field trained plain LoRA
+  const diff = Object.keys(want).filter((k) => JSON.stringify(want[k]) !== JSON.stringify(had[k]));
+  if (diff.length) throw new ConfigError(`--resume ${resume.dir}: the checkpoint was trained with different settings (${diff.map((k) => `${k}: ${JSON.stringify(had[k])} there, ${JSON.stringify(want[k])} now`).join("; ")})`);
   if (resume.state.total_steps !== totalSteps) throw new ConfigError(`--resume ${resume.dir}: the checkpoint's run has ${resume.state.total_steps} steps, this one ${totalSteps}; the schedule would differ`);
 }
 

@@ -30,13 +30,17 @@ export interface RunContext {
   isCancelled: () => boolean;
 }
 
-export const MODEL_DIR = "/model";
 export const OUTPUT_DIR = "/run";
 
+/** Where the model's files are mounted: its name, relative, so the adapter's base_model_name_or_path is that name. */
+export function modelPath(name: string): string {
+  return name.replace(/[\\/]/g, "_").replace(/^\.+/, "") || "model";
+}
+
 /** The page's settings as run()'s spec (the fields the page does not show keep the trainer's defaults). */
-export function runSpec(s: TrainSettings, evalFraction = 0.1): RunSpec {
+export function runSpec(s: TrainSettings, modelName: string, evalFraction = 0.1): RunSpec {
   return {
-    model: MODEL_DIR, data: `/data/${s.textName.replace(/[\\/]/g, "_") || "text"}`, output: OUTPUT_DIR,
+    model: modelPath(modelName), data: `/data/${s.textName.replace(/[\\/]/g, "_") || "text"}`, output: OUTPUT_DIR,
     method: s.method, rank: s.rank, alpha: s.alpha, dropout: s.dropout, targetModules: s.targets, seed: s.seed,
     steps: s.steps, lr: s.lr, batchSize: s.batchSize, seqLen: s.seqLen, warmup: s.warmup,
     evalFraction, evalBatches: 8, sampleTokens: 0,
@@ -51,10 +55,11 @@ export async function stage(files: ModelFiles, spec: RunSpec, text: string): Pro
     ["config.json", f.config], ["tokenizer.json", f.tokenizer], ["tokenizer_config.json", f.tokenizerConfig], ["model.safetensors.index.json", f.index],
     ...[...f.weights],
   ];
+  await mem.mkdir(spec.model);
   for (const [name, v] of named) {
     if (v === undefined) continue;
     const blob = v instanceof Blob ? v : new Blob([typeof v === "string" || v instanceof ArrayBuffer || v instanceof Uint8Array ? v as BlobPart : JSON.stringify(v)]);
-    await mem.mount(`${MODEL_DIR}/${name}`, blob);
+    await mem.mount(`${spec.model}/${name}`, blob);
   }
   await mem.mkdir("/data");
   await mem.writeFile(spec.data, text);
@@ -76,7 +81,7 @@ export async function runTraining(ctx: RunContext, s: TrainSettings): Promise<{ 
 }
 
 async function attempt(ctx: RunContext, s: TrainSettings, evalFraction: number, warnings: string[]) {
-  const spec = runSpec(s, evalFraction);
+  const spec = runSpec(s, ctx.files.name, evalFraction);
   const storage = await stage(ctx.files, spec, s.text);
   const t0 = performance.now();
   let trainStart = 0;
