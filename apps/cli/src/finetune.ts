@@ -3,10 +3,11 @@
  * Relative --model/--data paths that do not exist here are looked up in the data directory
  * (--data-dir, else LOWRANK_DATA_DIR, else ../shared/data beside the repository).
  */
+import { readFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import process from "node:process";
 import { parseArgs } from "node:util";
-import { LoraConfigError } from "@lowrank/lora/node";
+import { LoraConfigError, loraOptions } from "@lowrank/lora/node";
 import {
   ConfigError, DATA_FORMATS, DatasetError, type FinetuneInput, type FinetuneResult, METHODS, SCHEDULERS, consoleReporter, run,
 } from "@lowrank/trainer/node";
@@ -34,6 +35,13 @@ Method:
   --method <${METHODS.join("|")}>   (default qlora)
   --rank 8  --alpha 16  --dropout 0.05
   --target-modules q_proj,v_proj | all-linear      (default q_proj,v_proj)
+  --lora-config <file.json>  PEFT LoraConfig fields (an adapter_config.json works); flags override
+                             its fields, and an unknown field is an error naming it
+  --use-dora  --use-rslora   DoRA (magnitude vector), rank-stabilized scaling alpha/sqrt(r)
+  --modules-to-save lm_head,embed_tokens   modules trained in full and saved with the adapter
+  --lora-bias none|all|lora_only           PEFT's bias: which existing biases train
+  --exclude-modules a,b      --layers-to-transform 0,1,2
+  --rank-pattern '{"q_proj":16}'  --alpha-pattern '{"down_proj":8}'   (JSON objects)
   --quant-type nf4|fp4  --blocksize 64  --no-double-quant          (qlora base)
   --gradient-checkpointing / --no-gradient-checkpointing          (default: on for qlora)
 Optimisation:
@@ -56,7 +64,7 @@ Evaluation and saving:
 
 export class FinetuneUsageError extends Error {}
 
-const OPTIONS = {
+export const FINETUNE_OPTIONS = {
   help: { type: "boolean", short: "h" },
   model: { type: "string" },
   data: { type: "string" },
@@ -69,6 +77,15 @@ const OPTIONS = {
   alpha: { type: "string" },
   dropout: { type: "string" },
   "target-modules": { type: "string" },
+  "lora-config": { type: "string" },
+  "use-dora": { type: "boolean" },
+  "use-rslora": { type: "boolean" },
+  "modules-to-save": { type: "string" },
+  "lora-bias": { type: "string" },
+  "exclude-modules": { type: "string" },
+  "layers-to-transform": { type: "string" },
+  "rank-pattern": { type: "string" },
+  "alpha-pattern": { type: "string" },
   "quant-type": { type: "string" },
   blocksize: { type: "string" },
   "no-double-quant": { type: "boolean" },
@@ -101,7 +118,64 @@ const OPTIONS = {
   json: { type: "boolean" },
 } as const;
 
-type Values = ReturnType<typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>>["values"];
+type Values = ReturnType<typeof parseArgs<{ options: typeof FINETUNE_OPTIONS; allowPositionals: true }>>["values"];
+
+const list = (s: string) => s.split(",").map((x) => x.trim()).filter(Boolean);
+
+function jsonFlag(flag: string, raw: string): unknown {
+  try {
+    return JSON.parse(raw);
+  } catch (e) {
+    throw new FinetuneUsageError(`--${flag} ${raw}: not valid JSON (${(e as Error).message})`);
+  }
+}
+
+/**
+ * PEFT LoraConfig fields from --lora-config <file> and the flags for the common ones (flags win).
+ * Values are checked by the trainer (unknown fields and bad values name the field and the file).
+ */
+export function loraFields(v: Values, cwd = process.cwd()): Record<string, unknown> | undefined {
+  let fields: Record<string, unknown> = {};
+  if (v["lora-config"] !== undefined) {
+    const path = resolve(cwd, v["lora-config"]);
+    let text: string;
+    try {
+      text = readFileSync(path, "utf8");
+    } catch (e) {
+      throw new FinetuneUsageError(`--lora-config ${path}: ${(e as { code?: string }).code === "ENOENT" ? "no such file" : (e as Error).message}`);
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch (e) {
+      throw new FinetuneUsageError(`--lora-config ${path}: not valid JSON (${(e as Error).message})`);
+    }
+    if (typeof json !== "object" || json === null || Array.isArray(json)) throw new FinetuneUsageError(`--lora-config ${path}: expected a JSON object of PEFT LoraConfig fields`);
+    fields = { ...(json as Record<string, unknown>) };
+  }
+  if (v["use-dora"]) fields.use_dora = true;
+  if (v["use-rslora"]) fields.use_rslora = true;
+  if (v["modules-to-save"] !== undefined) fields.modules_to_save = list(v["modules-to-save"]);
+  if (v["lora-bias"] !== undefined) fields.bias = v["lora-bias"];
+  if (v["exclude-modules"] !== undefined) fields.exclude_modules = list(v["exclude-modules"]);
+  if (v["layers-to-transform"] !== undefined) {
+    fields.layers_to_transform = list(v["layers-to-transform"]).map((x) => {
+      const n = Number(x);
+      if (!Number.isInteger(n) || n < 0) throw new FinetuneUsageError(`--layers-to-transform ${v["layers-to-transform"]}: "${x}" is not a layer index (0, 1, ...)`);
+      return n;
+    });
+  }
+  if (v["rank-pattern"] !== undefined) fields.rank_pattern = jsonFlag("rank-pattern", v["rank-pattern"]);
+  if (v["alpha-pattern"] !== undefined) fields.alpha_pattern = jsonFlag("alpha-pattern", v["alpha-pattern"]);
+  if (!Object.keys(fields).length) return undefined;
+  // Checked here too, so a mistake names the file: unknown fields, bad values, unsupported options.
+  try {
+    loraOptions(fields, v["lora-config"] !== undefined ? `--lora-config ${resolve(cwd, v["lora-config"])}` : "the LoRA flags");
+  } catch (e) {
+    throw new FinetuneUsageError((e as Error).message);
+  }
+  return fields;
+}
 
 /** Flags -> trainer input. Throws FinetuneUsageError for malformed values. */
 export function finetuneInput(v: Values, env: Env, cwd = process.cwd()): FinetuneInput {
@@ -131,7 +205,8 @@ export function finetuneInput(v: Values, env: Env, cwd = process.cwd()): Finetun
     rank: num("rank"),
     alpha: num("alpha"),
     dropout: num("dropout"),
-    targetModules: tm === undefined ? undefined : tm === "all-linear" ? "all-linear" : tm.split(",").map((s) => s.trim()).filter(Boolean),
+    targetModules: tm === undefined ? undefined : tm === "all-linear" ? "all-linear" : list(tm),
+    lora: loraFields(v, cwd) as FinetuneInput["lora"],
     quantType: v["quant-type"] as FinetuneInput["quantType"],
     blocksize: num("blocksize"),
     doubleQuant: v["no-double-quant"] ? false : undefined,
@@ -165,7 +240,7 @@ export function finetuneInput(v: Values, env: Env, cwd = process.cwd()): Finetun
 export async function finetuneCommand(argv: string[], env: Env): Promise<number> {
   let v: Values;
   try {
-    const parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true });
+    const parsed = parseArgs({ args: argv, options: FINETUNE_OPTIONS, allowPositionals: true });
     if (parsed.positionals.length) throw new FinetuneUsageError(`unexpected argument "${parsed.positionals[0]}"`);
     v = parsed.values;
   } catch (e) {

@@ -93,6 +93,14 @@ export function openApiDocument(ctx?: ServerContext): Record<string, unknown> {
           batch_size: int(undefined, { default: 8 }), seq_len: int(undefined, { default: 128 }), warmup: num(undefined, { default: 0.1 }),
           checkpoint_every: int("steps between checkpoints (resume points)", { default: 10 }), eval_fraction: num(undefined, { default: 0.05 }),
           description: str(), model: str("optional; must be the served base"),
+          // PEFT LoraConfig fields under PEFT's names (as `lowrank finetune --lora-config` reads them).
+          use_dora: { type: "boolean", default: false }, use_rslora: { type: "boolean", default: false },
+          modules_to_save: { type: "array", items: str(), description: "modules trained in full and saved with the adapter (e.g. lm_head)" },
+          bias: str("which existing biases train", { enum: ["none", "all", "lora_only"], default: "none" }),
+          exclude_modules: { oneOf: [{ type: "array", items: str() }, { type: "string" }] },
+          layers_to_transform: { oneOf: [{ type: "array", items: int() }, int()] }, layers_pattern: { oneOf: [{ type: "array", items: str() }, { type: "string" }] },
+          rank_pattern: { type: "object", additionalProperties: int() }, alpha_pattern: { type: "object", additionalProperties: num() },
+          init_lora_weights: { oneOf: [{ type: "boolean" }, { const: "gaussian" }], default: true },
         }, ["adapter_name"], { additionalProperties: false }),
         FineTuneJob: obj({
           id: str(), object: { const: "fine_tuning.job" }, status: str(undefined, { enum: ["queued", "running", "succeeded", "failed", "cancelled"] }),

@@ -17,11 +17,34 @@ import { createCpuBackend } from "@lowrank/backend-cpu";
 import { storage } from "@lowrank/safetensors/node";
 import { finetuneCommand } from "../../cli/src/finetune.ts";
 import { OUTPUT_DIR, runTraining } from "../../web/src/worker/train.ts";
+import { parseJobParams } from "../src/http/fine-tunes.ts";
 import type { WorkerSpec } from "../src/jobs/spec.ts";
 import type { JobParams } from "../src/jobs/store.ts";
 import { NEED_MODEL, STORIES, dataDir, tempDir } from "./helpers.ts";
 
 const SPEC = { method: "lora", rank: 4, alpha: 8, dropout: 0.1, targets: "all-linear", seed: 3, steps: 6, lr: 3e-3, batchSize: 2, seqLen: 32, warmup: 1, evalFraction: 0.1 } as const;
+
+/** Run a job's worker as the job runner does (stdin stays open: its closing means "the server died"). */
+async function runWorker(dir: string, spec: WorkerSpec): Promise<void> {
+  await writeFile(join(dir, "spec.json"), JSON.stringify(spec));
+  const worker = fileURLToPath(new URL("../src/jobs/worker.ts", import.meta.url));
+  const child = spawn(process.execPath, ["--import", "tsx", worker, join(dir, "spec.json")], { stdio: ["pipe", "pipe", "inherit"] });
+  let events = "";
+  child.stdout.on("data", (d: Buffer) => (events += d.toString()));
+  const code = await new Promise<number | null>((r) => child.on("exit", r));
+  assert.equal(code, 0, `the job worker failed: ${events}`);
+}
+
+/** `lowrank finetune` in this process, stdout silenced. */
+async function runCli(argv: string[]): Promise<void> {
+  const log = console.log;
+  console.log = () => {};
+  try {
+    assert.equal(await finetuneCommand([...argv, "--backend", "cpu"], { ...process.env, LOWRANK_BACKEND: undefined }), 0);
+  } finally {
+    console.log = log;
+  }
+}
 
 /** The values a run decides (not its timings or memory). */
 function decided(jsonl: string): Record<string, unknown>[] {
@@ -43,15 +66,9 @@ test("lowrank finetune, a server job and the web worker give identical metrics.j
     "--model", STORIES, "--data", data, "--output", cliOut, "--method", SPEC.method, "--rank", String(SPEC.rank), "--alpha", String(SPEC.alpha),
     "--dropout", String(SPEC.dropout), "--target-modules", SPEC.targets, "--seed", String(SPEC.seed), "--steps", String(SPEC.steps), "--lr", String(SPEC.lr),
     "--batch-size", String(SPEC.batchSize), "--seq-len", String(SPEC.seqLen), "--warmup", String(SPEC.warmup), "--eval-fraction", String(SPEC.evalFraction),
-    "--eval-batches", "8", "--sample-tokens", "0", "--backend", "cpu",
+    "--eval-batches", "8", "--sample-tokens", "0",
   ];
-  const log = console.log;
-  console.log = () => {};
-  try {
-    assert.equal(await finetuneCommand(argv, { ...process.env, LOWRANK_BACKEND: undefined }), 0);
-  } finally {
-    console.log = log;
-  }
+  await runCli(argv);
 
   // 2. a server job's worker, spawned as the job runner does
   const jobOut = join(dir, "job");
@@ -60,15 +77,7 @@ test("lowrank finetune, a server job and the web worker give identical metrics.j
     steps: SPEC.steps, epochs: null, learning_rate: SPEC.lr, batch_size: SPEC.batchSize, seq_len: SPEC.seqLen, warmup: SPEC.warmup, checkpoint_every: 0,
     eval_fraction: SPEC.evalFraction, data_format: null, description: null,
   };
-  const spec: WorkerSpec = { jobId: "one-run", backend: "cpu", model: STORIES, data, output: jobOut, params };
-  await writeFile(join(dir, "spec.json"), JSON.stringify(spec));
-  const worker = fileURLToPath(new URL("../src/jobs/worker.ts", import.meta.url));
-  // stdin stays open: the worker takes its closing as "the server died" and stops.
-  const child = spawn(process.execPath, ["--import", "tsx", worker, join(dir, "spec.json")], { stdio: ["pipe", "pipe", "inherit"] });
-  let events = "";
-  child.stdout.on("data", (d: Buffer) => (events += d.toString()));
-  const code = await new Promise<number | null>((r) => child.on("exit", r));
-  assert.equal(code, 0, `the job worker failed: ${events}`);
+  await runWorker(dir, { jobId: "one-run", backend: "cpu", model: STORIES, data, output: jobOut, params });
 
   // 3. the web page's worker (run here in Node)
   const { readFile: readBytes } = storage(); // the Node storage, before the web run swaps in its memory storage
@@ -96,4 +105,54 @@ test("lowrank finetune, a server job and the web worker give identical metrics.j
   const cliWeights = new Uint8Array(await readFile(join(cliOut, "adapter_model.safetensors")));
   assert.deepEqual(new Uint8Array(await readFile(join(jobOut, "adapter_model.safetensors"))), cliWeights);
   assert.deepEqual(webWeights, cliWeights);
+});
+
+const PROJ = { q_proj: "self_attn", k_proj: "self_attn", v_proj: "self_attn", o_proj: "self_attn", gate_proj: "mlp", up_proj: "mlp", down_proj: "mlp" };
+
+test("lowrank finetune --use-dora --use-rslora --modules-to-save lm_head saves PEFT's config and keys; a server job with the same fields writes the same bytes", { skip: NEED_MODEL, timeout: 600_000 }, async () => {
+  const dir = await tempDir("dora");
+  const data = join(dir, "slice.txt");
+  await writeFile(data, (await readFile(join(dataDir()!, "datasets", "tinyshakespeare", "input.txt"), "utf8")).slice(0, 4000));
+  const cliOut = join(dir, "cli");
+  await runCli([
+    "--model", STORIES, "--data", data, "--output", cliOut, "--method", "lora", "--target-modules", "all-linear", "--rank", "4", "--alpha", "8",
+    "--use-dora", "--use-rslora", "--modules-to-save", "lm_head", "--steps", "2", "--batch-size", "2", "--seq-len", "32", "--eval-fraction", "0.1",
+    "--sample-tokens", "0", "--seed", "4",
+  ]);
+  const config = JSON.parse(await readFile(join(cliOut, "adapter_config.json"), "utf8")) as Record<string, unknown>;
+  // What PEFT's LoraConfig(r=4, lora_alpha=8, use_dora=True, use_rslora=True, modules_to_save=["lm_head"], target_modules="all-linear").save_pretrained writes for these keys.
+  assert.equal(config.peft_type, "LORA");
+  assert.equal(config.task_type, "CAUSAL_LM");
+  assert.deepEqual([config.r, config.lora_alpha, config.use_dora, config.use_rslora, config.bias], [4, 8, true, true, "none"]);
+  assert.deepEqual(config.modules_to_save, ["lm_head"]);
+  assert.deepEqual(new Set(config.target_modules as string[]), new Set(Object.keys(PROJ)), "all-linear expanded to the Linear names, lm_head excluded");
+  assert.deepEqual(Object.keys(config), [...Object.keys(config)].sort(), "sorted keys, as json.dumps(sort_keys=True)");
+
+  const { openSafetensors } = await import("@lowrank/safetensors/node");
+  const f = await openSafetensors(join(cliOut, "adapter_model.safetensors"));
+  const keys = new Set(f.names);
+  const shapes = Object.fromEntries(f.names.map((n) => [n, f.tensors[n].shape]));
+  await f.close();
+  const want = new Set<string>(["base_model.model.lm_head.weight"]);
+  for (let i = 0; i < 5; i++) {
+    for (const [proj, block] of Object.entries(PROJ)) {
+      for (const k of ["lora_A.weight", "lora_B.weight", "lora_magnitude_vector"]) want.add(`base_model.model.model.layers.${i}.${block}.${proj}.${k}`);
+    }
+  }
+  assert.deepEqual(keys, want, "PEFT's keys: adapter name removed, DoRA magnitude without .weight, modules_to_save under the module's plain name");
+  assert.deepEqual(shapes["base_model.model.model.layers.0.mlp.down_proj.lora_magnitude_vector"], [64]);
+  assert.deepEqual(shapes["base_model.model.lm_head.weight"], [512, 64]);
+
+  // The same fields through the server: the request is parsed as the HTTP route parses it.
+  const params = parseJobParams({
+    adapter_name: "dora", method: "lora", target_modules: "all-linear", rank: 4, alpha: 8, use_dora: true, use_rslora: true, modules_to_save: ["lm_head"],
+    steps: 2, batch_size: 2, seq_len: 32, eval_fraction: 0.1, seed: 4, dropout: 0.05, learning_rate: 2e-4, warmup: 0.1, checkpoint_every: 10,
+  }, 512);
+  const jobOut = join(dir, "job");
+  await runWorker(dir, { jobId: "dora", backend: "cpu", model: STORIES, data, output: jobOut, params });
+  for (const file of ["adapter_model.safetensors", "adapter_config.json"]) {
+    assert.deepEqual(new Uint8Array(await readFile(join(jobOut, file))), new Uint8Array(await readFile(join(cliOut, file))), `${file}: server job vs lowrank finetune`);
+  }
+  assert.throws(() => parseJobParams({ adapter_name: "x", use_dora: "yes" }, 512), /use_dora = "yes" must be true or false/);
+  assert.throws(() => parseJobParams({ adapter_name: "x", lora_alpah: 8 }, 512), /lora_alpah/);
 });

@@ -203,7 +203,7 @@ export function loraOptions(json: unknown, source = "LoraConfig"): LoraConfigInp
   const known = new Set<string>([...FIELDS, ...Object.keys(STRICT_DEFAULTS), ...DESCRIPTIVE]);
   const unknown = Object.keys(j).filter((k) => !known.has(k));
   if (unknown.length) {
-    throw new LoraConfigError(`${source}: unknown field${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => JSON.stringify(k)).join(", ")} (not PEFT LoraConfig fields; Lowrank reads: ${FIELDS.filter((f) => !DESCRIPTIVE.has(f)).join(", ")})`);
+    throw new LoraConfigError(`${source}: unknown field${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => JSON.stringify(k)).join(", ")} (${unknown.length > 1 ? "not PEFT LoraConfig fields" : "not a PEFT LoraConfig field"}; Lowrank reads: ${FIELDS.filter((f) => !DESCRIPTIVE.has(f)).join(", ")})`);
   }
   if (j.peft_type !== undefined && j.peft_type !== "LORA") throw new LoraConfigError(`${source}: peft_type = ${show(j.peft_type)} is not supported (only "LORA")`);
   const rejected = Object.entries(STRICT_DEFAULTS).filter(([k, ok]) => k in j && !ok(j[k])).map(([k]) => `${k} = ${show(j[k])}`);

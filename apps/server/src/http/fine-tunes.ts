@@ -5,6 +5,7 @@
 import { readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Context, Hono } from "hono";
+import { LoraConfigError, loraOptions } from "@lowrank/lora/node";
 import { ConfigError, DATA_FORMATS, DatasetError, buildDataset, resolveConfig } from "@lowrank/trainer/node";
 import { SCOPES, type Scope } from "../auth.ts";
 import { conflict, errorMessage, invalid, notFound } from "../errors.ts";
@@ -16,10 +17,25 @@ import type { AppEnv, ServerContext } from "./context.ts";
 import { limitBody, readJson, requireScope } from "./middleware.ts";
 import { type Obj, asObject, int, num, oneOf, rejectUnknown, str } from "./validate.ts";
 
+/** PEFT LoraConfig fields a job takes under PEFT's own names (what `lowrank finetune --lora-config` reads). */
+export const LORA_FIELDS = ["use_dora", "use_rslora", "modules_to_save", "bias", "exclude_modules", "layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern", "init_lora_weights"];
+
 const FT_FIELDS = [
   "adapter_name", "model", "dataset", "data", "data_format", "method", "rank", "alpha", "dropout", "target_modules", "seed",
-  "steps", "epochs", "learning_rate", "batch_size", "seq_len", "warmup", "checkpoint_every", "eval_fraction", "description",
+  "steps", "epochs", "learning_rate", "batch_size", "seq_len", "warmup", "checkpoint_every", "eval_fraction", "description", ...LORA_FIELDS,
 ];
+
+/** The LoraConfig fields of a request, checked as the trainer checks them (errors name the field). */
+function loraFields(o: Obj): Record<string, unknown> {
+  const fields = Object.fromEntries(LORA_FIELDS.filter((k) => o[k] !== undefined).map((k) => [k, o[k]]));
+  try {
+    loraOptions(fields, "the request's LoRA fields");
+  } catch (e) {
+    if (!(e instanceof LoraConfigError)) throw e;
+    throw invalid(e.message, LORA_FIELDS.find((k) => e.message.includes(`${k} =`)) ?? null);
+  }
+  return fields;
+}
 
 type DataFormat = (typeof DATA_FORMATS)[number];
 
@@ -47,6 +63,7 @@ export function parseJobParams(o: Obj, maxSeqLen: number): JobParams {
     alpha: num(o, "alpha", { def: 16, min: 1e-6, max: 1e6 }),
     dropout: num(o, "dropout", { def: 0.05, min: 0, max: 0.99 }),
     target_modules: targetModules(o),
+    lora: loraFields(o),
     seed: int(o, "seed", { def: 0, min: 0, max: 2 ** 32 - 1 }),
     steps: steps ?? null,
     epochs: steps === undefined ? (epochs ?? 1) : null,

@@ -38,6 +38,7 @@ export function finetuneInput(spec: Pick<WorkerSpec, "model" | "data" | "output"
     alpha: p.alpha,
     dropout: p.dropout,
     targetModules: p.target_modules,
+    ...(p.lora && Object.keys(p.lora).length ? { lora: p.lora } : {}),
     seed: p.seed,
     ...(p.steps !== null ? { steps: p.steps } : {}),
     ...(p.epochs !== null ? { epochs: p.epochs } : {}),

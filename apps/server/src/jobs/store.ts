@@ -25,6 +25,8 @@ export interface JobParams {
   alpha: number;
   dropout: number;
   target_modules: string[] | "all-linear";
+  /** The other PEFT LoraConfig fields of the request (use_dora, use_rslora, modules_to_save, ...); absent in older jobs. */
+  lora?: Record<string, unknown>;
   seed: number;
   steps: number | null;
   epochs: number | null;
