@@ -1,9 +1,29 @@
 import type { DType } from "./dtype.ts";
-import { gradRules } from "./grad.ts";
+import type { GradRule } from "./grad.ts";
 import { keep, scope } from "./scope.ts";
 import { sameShape, shapeStr } from "./shape.ts";
 import type { Tensor } from "./tensor.ts";
 import { full } from "./tensor.ts";
+
+/**
+ * The gradient table: op name -> rule. The walk owns it but imports no rule; each module that
+ * records ops registers its rules when it loads (grad.ts the primitives; fused.ts, fused-nn.ts,
+ * quant.ts, checkpoint.ts theirs), so the table is complete whatever order the modules load in.
+ * A `var` without initializer: a rule module may register while this module is still being
+ * evaluated (an import cycle), and a var is never in the temporal dead zone nor reset later.
+ */
+// biome-ignore lint/style/noVar: see above
+var rules: Record<string, GradRule> | undefined;
+
+export function gradRuleTable(): Record<string, GradRule> {
+  rules ??= {};
+  return rules;
+}
+
+/** Add rules to the table (a module's own ops; registering a name twice replaces the rule). */
+export function registerGradRules(r: Readonly<Record<string, GradRule>>): void {
+  Object.assign(gradRuleTable(), r);
+}
 
 /** What a gradient rule sees: the saved tensors it asked for, the input metadata and the op's params. */
 export interface GradCtx {
@@ -55,7 +75,7 @@ export function enableGrad<T>(fn: () => T): T {
 /** Attach a node to `out` when any input requires grad. Saved tensors get their own storage reference. */
 export function record(out: Tensor, op: string, inputs: Tensor[], params: unknown = undefined, extraSaved?: Tensor[]): Tensor {
   if (!gradEnabled || !inputs.some((t) => t.requiresGrad)) return out;
-  const rule = gradRules[op];
+  const rule = gradRuleTable()[op];
   if (!rule) throw new Error(`no gradient rule for op '${op}'`);
   const saveIn = rule.save?.inputs ?? [];
   const saved = inputs.map((t, i) => (saveIn.includes(i) ? t.alias(t, false) : null));
@@ -134,7 +154,7 @@ export function backward(root: Tensor, seed: Tensor | undefined, opts: { retainG
       const g = grads.get(t);
       if (!g) continue;
       grads.delete(t);
-      const rule = gradRules[node.op];
+      const rule = gradRuleTable()[node.op];
       const gs = scope(() => rule.backward(node.ctx, g));
       const fresh = new Set<Tensor>();
       node.inputs.forEach((inp, i) => {

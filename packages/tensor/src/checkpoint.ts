@@ -4,7 +4,7 @@
  * The block must be deterministic given its inputs (dropout here uses explicit seeds, so it is).
  */
 import type { GradCtx } from "./autograd.ts";
-import { enableGrad, isGradEnabled, noGrad } from "./autograd.ts";
+import { enableGrad, isGradEnabled, noGrad, registerGradRules } from "./autograd.ts";
 import type { Tensor } from "./tensor.ts";
 
 export function checkpoint(fn: (...xs: Tensor[]) => Tensor, ...inputs: Tensor[]): Tensor {
@@ -37,3 +37,4 @@ export const checkpointGradRule = {
     },
   },
 };
+registerGradRules(checkpointGradRule);

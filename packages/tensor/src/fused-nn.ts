@@ -7,7 +7,7 @@
  */
 import type { AdamWHyper, DropoutParams } from "./backend.ts";
 import type { GradCtx } from "./autograd.ts";
-import { isGradEnabled, noGrad, record } from "./autograd.ts";
+import { isGradEnabled, noGrad, record, registerGradRules } from "./autograd.ts";
 import * as ops from "./ops.ts";
 import { scope } from "./scope.ts";
 import { sameShape } from "./shape.ts";
@@ -314,3 +314,4 @@ export const fusedNnGradRules = {
   loraBranch: loraBranchRule,
   loraLinear: loraLinearRule,
 };
+registerGradRules(fusedNnGradRules);

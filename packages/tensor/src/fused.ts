@@ -6,7 +6,7 @@
  */
 import type { FusedKernels, Input } from "./backend.ts";
 import type { GradCtx } from "./autograd.ts";
-import { isGradEnabled, noGrad, record } from "./autograd.ts";
+import { isGradEnabled, noGrad, record, registerGradRules } from "./autograd.ts";
 import * as ops from "./ops.ts";
 import { scope } from "./scope.ts";
 import { sameShape } from "./shape.ts";
@@ -245,6 +245,7 @@ export const fusedGradRules = {
     },
   },
 };
+registerGradRules(fusedGradRules);
 
 /** acc + t, freeing both (a gradient summed over chunks). */
 function accumulate(acc: Tensor | null, t: Tensor): Tensor {

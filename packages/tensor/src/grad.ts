@@ -2,15 +2,12 @@
  * Every gradient rule, in one table. A rule maps the output gradient `g` to one gradient per
  * input (null where none). Rules run under noGrad inside a scope, so temporaries are freed.
  * `save` names what the forward must keep alive for backward: nothing else is retained.
- * Fused kernels (softmax, rmsNorm, crossEntropy; dropout, swiglu, rope, attention, loraBranch) and matmul4bit (quant.ts) register here too, next to the primitives.
+ * These are the primitives' rules; the fused kernels (fused.ts, fused-nn.ts), matmul4bit (quant.ts)
+ * and checkpoint (checkpoint.ts) register their own in the same table (autograd.ts) when they load.
  */
-import type { GradCtx } from "./autograd.ts";
+import { type GradCtx, gradRuleTable, registerGradRules } from "./autograd.ts";
 import * as ops from "./ops.ts";
 import type { Tensor } from "./tensor.ts";
-import { fusedGradRules } from "./fused.ts";
-import { fusedNnGradRules } from "./fused-nn.ts";
-import { quantGradRules } from "./quant.ts";
-import { checkpointGradRule } from "./checkpoint.ts";
 
 export interface GradRule {
   save?: { inputs?: number[]; out?: boolean };
@@ -22,7 +19,10 @@ const x1 = (c: GradCtx) => c.saved[1] as Tensor;
 const out = (c: GradCtx) => c.out as Tensor;
 const mask = (cond: Tensor, like: Tensor) => ops.cast(cond, like.dtype);
 
-export const gradRules: Record<string, GradRule> = {
+/** The whole table (every registered rule), for tests and tools. */
+export const gradRules: Record<string, GradRule> = gradRuleTable();
+
+const primitiveGradRules: Record<string, GradRule> = {
   // ---- views ----
   reshape: { backward: (c, g) => [ops.reshape(g, [...c.inShapes[0]])] },
   permute: {
@@ -161,8 +161,5 @@ export const gradRules: Record<string, GradRule> = {
       });
     },
   },
-  ...fusedGradRules,
-  ...fusedNnGradRules,
-  ...quantGradRules,
-  ...checkpointGradRule,
 };
+registerGradRules(primitiveGradRules);

@@ -8,6 +8,7 @@ export { noGrad, enableGrad, isGradEnabled, type GradCtx } from "./autograd.ts";
 export { checkpoint } from "./checkpoint.ts";
 export { scope, keep } from "./scope.ts";
 export { gradRules, type GradRule } from "./grad.ts";
+export { gradRuleTable, registerGradRules } from "./autograd.ts";
 export {
   reshape, permute, transpose, expand, slice, narrow, squeeze, unsqueeze, flatten, contiguous,
   unary, binary, where, cast, reduce, mean, sumTo, matmul, gather, scatterAdd, embedding, concat, stack,

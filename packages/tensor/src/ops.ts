@@ -6,6 +6,7 @@ import type { BinaryOp, ReduceOp, UnaryOp, View } from "./backend.ts";
 import type { DType } from "./dtype.ts";
 import { isFloat } from "./dtype.ts";
 import { record } from "./autograd.ts";
+import "./grad.ts"; // registers the primitives' gradient rules, which this module records
 import { broadcastShapes, contiguousStrides, isContiguous, normAxis, numel, sameShape, shapeStr } from "./shape.ts";
 import { scope } from "./scope.ts";
 import { Tensor, fromHandle, full } from "./tensor.ts";

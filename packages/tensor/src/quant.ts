@@ -11,7 +11,7 @@
  */
 import type { Input, Quant4bitInputs } from "./backend.ts";
 import type { GradCtx } from "./autograd.ts";
-import { noGrad, record } from "./autograd.ts";
+import { noGrad, record, registerGradRules } from "./autograd.ts";
 import { type DType, isFloat } from "./dtype.ts";
 import * as ops from "./ops.ts";
 import { scope } from "./scope.ts";
@@ -196,3 +196,4 @@ export const quantGradRules = {
     backward: (c: GradCtx, g: Tensor) => [matmul4bit(g, savedWeight(c), !(c.params as Matmul4bitParams).transpose)],
   },
 };
+registerGradRules(quantGradRules);
