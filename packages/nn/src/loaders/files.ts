@@ -3,13 +3,12 @@
  * the file system; a browser uses the in-memory paths such as loadHfModelFromFiles).
  */
 import { type DType, type Backend, type Tensor, fromF32, tensor, toF32, viewBytes } from "@lowrank/tensor";
-import { exists, joinPath as join, storage } from "@lowrank/safetensors";
+import { joinPath as join, storage } from "@lowrank/safetensors";
 
 export async function joinPath(...parts: string[]): Promise<string> {
   return join(...parts);
 }
 
-export const pathExists = exists;
 
 /** The whole file; a missing or unreadable file is an error naming it and `what` it should be. */
 export async function readBytes(path: string, what: string): Promise<Uint8Array> {

@@ -3,7 +3,8 @@
  * reads it (GenerationConfig): the stop tokens (Llama 3 instruct stops at <|eot_id|>, which its
  * config.json may not list) and the default sampling a caller uses when it sets none itself.
  */
-import { joinPath, pathExists, readJson } from "./files.ts";
+import { exists } from "@lowrank/safetensors";
+import { joinPath, readJson } from "./files.ts";
 
 export interface GenerationDefaults {
   /** Stop tokens (eos_token_id, a number or a list); empty when the file names none. */
@@ -47,7 +48,7 @@ export function parseGenerationConfig(json: unknown, file = "generation_config.j
 /** A model directory's generation_config.json, or null when it has none. */
 export async function loadGenerationConfig(dir: string): Promise<GenerationDefaults | null> {
   const path = await joinPath(dir, "generation_config.json");
-  if (!(await pathExists(path))) return null;
+  if (!(await exists(path))) return null;
   return parseGenerationConfig(await readJson(path, "the model's generation_config.json"), path);
 }
 

@@ -4,7 +4,8 @@
  */
 import { Tokenizer } from "@huggingface/tokenizers";
 import { type ChatTemplate, chatTemplateFromConfig } from "../chat-template.ts";
-import { joinPath, pathExists, readBytes, readJson } from "./files.ts";
+import { exists } from "@lowrank/safetensors";
+import { joinPath, readBytes, readJson } from "./files.ts";
 
 export interface EncodeOptions {
   /** Add the tokenizer's special tokens, BOS for Llama (default true). */
@@ -70,16 +71,16 @@ export async function loadTokenizer(dir: string): Promise<HfTokenizer> {
   const jsonPath = await joinPath(dir, "tokenizer.json");
   const configPath = await joinPath(dir, "tokenizer_config.json");
   const json = await readJson(jsonPath, "the Hugging Face tokenizer.json");
-  const raw = (await pathExists(configPath)) ? await readJson(configPath, "tokenizer_config.json") : {};
+  const raw = (await exists(configPath)) ? await readJson(configPath, "tokenizer_config.json") : {};
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) throw new Error(`${configPath}: expected a JSON object`);
   let config = raw as Record<string, unknown>;
   let templateFile = configPath;
   const jinjaPath = await joinPath(dir, "chat_template.jinja");
   const templateJsonPath = await joinPath(dir, "chat_template.json");
-  if (await pathExists(jinjaPath)) {
+  if (await exists(jinjaPath)) {
     config = { ...config, chat_template: new TextDecoder().decode(await readBytes(jinjaPath, "the Jinja chat template")) };
     templateFile = jinjaPath;
-  } else if (await pathExists(templateJsonPath)) {
+  } else if (await exists(templateJsonPath)) {
     const t = (await readJson(templateJsonPath, "chat_template.json")) as { chat_template?: unknown } | null;
     if (typeof t?.chat_template !== "string") throw new Error(`${templateJsonPath}: expected an object with a string field "chat_template"`);
     config = { ...config, chat_template: t.chat_template };

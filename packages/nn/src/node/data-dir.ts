@@ -4,7 +4,7 @@
  */
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { pathExists } from "../loaders/files.ts";
+import { exists } from "@lowrank/safetensors";
 
 export interface DataDirOptions {
   /** An explicit directory; wins over everything else. */
@@ -23,7 +23,7 @@ export interface DataDirOptions {
 export async function resolveDataDir(opts: DataDirOptions = {}): Promise<string | null> {
   const named = opts.dataDir ?? opts.env?.LOWRANK_DATA_DIR;
   if (named) {
-    if (!(await pathExists(named))) {
+    if (!(await exists(named))) {
       const via = opts.dataDir ? "dataDir option" : "LOWRANK_DATA_DIR";
       throw new Error(`${named}: data directory (from ${via}) does not exist`);
     }
@@ -32,7 +32,7 @@ export async function resolveDataDir(opts: DataDirOptions = {}): Promise<string 
   const root = opts.repoRoot ?? (await defaultRepoRoot());
   if (!root) return null;
   const beside = resolve(join(root, "..", "shared", "data"));
-  return (await pathExists(beside)) ? beside : null;
+  return (await exists(beside)) ? beside : null;
 }
 
 /** packages/nn/src/node/ -> the repository root, when this file is on disk. */
