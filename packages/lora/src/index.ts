@@ -5,7 +5,7 @@ export {
 export {
   type BaseLayer, type QuantizedLinearLike, type RequantizableLinear, isQuantizedLinear, isRequantizable, isLinearLike,
 } from "./base-layer.ts";
-export { LoraLinear, AdapterDict, MagnitudeVector, type AdapterOptions, type MergeOptions, type MergeInfo, allFinite, initialWeights } from "./layer.ts";
+export { LoraLinear, AdapterDict, MagnitudeVector, dropoutStreamMap, type AdapterOptions, type MergeOptions, type MergeInfo, allFinite, initialWeights } from "./layer.ts";
 export { ModulesToSaveWrapper, cloneModule } from "./modules-to-save.ts";
 export {
   type TargetPlan, type InjectionPlan, type PlanOptions, planInjection, isTargeted, patternKey, rankFor, alphaFor,

@@ -8,7 +8,7 @@
  *
  * DoRA adapters add a learned magnitude per output row (see dora forward below).
  */
-import { type DType, type DropoutParams, type Tensor, Rng, dropout, hash32, keep, loraBranch, loraLinear, noGrad, scope, tensor } from "@lowrank/tensor";
+import { type CounterStream, type DType, type DropoutParams, type Tensor, Rng, drawCounter, dropout, hash32, keep, loraBranch, loraLinear, noGrad, scope, tensor } from "@lowrank/tensor";
 import { Linear, Module } from "@lowrank/nn";
 import { type BaseLayer, baseBackend, baseBias, denseWeightF32, isRequantizable } from "./base-layer.ts";
 
@@ -89,7 +89,7 @@ export class LoraLinear extends Module {
   /** Adapters folded into the base weight, in merge order (unmerge pops). */
   readonly mergedAdapters: string[] = [];
   /** Dropout stream per adapter: the seed and the next counter, so a resumed run continues the same masks. */
-  readonly dropoutState = new Map<string, { seed: number; counter: number }>();
+  readonly dropoutState = new Map<string, CounterStream>();
   /** True inside `withAdaptersDisabled`: the base alone runs. */
   disabled = false;
   /** Dotted path in the model, for messages. */
@@ -248,10 +248,9 @@ export class LoraLinear extends Module {
   #nextDropout(name: string, size: number): DropoutParams | null {
     const p = this.loraDropout.get(name) as number;
     if (!(p > 0 && this.training)) return null;
-    const st = this.dropoutState.get(name) as { seed: number; counter: number };
-    const drop = { p, seed: st.seed, offset: st.counter };
-    st.counter += size;
-    return drop;
+    const st = this.dropoutState.get(name) as CounterStream;
+    // Through tensor's drawCounter, so checkpoint() replays these draws when it recomputes.
+    return { p, seed: st.seed, offset: drawCounter(st, size) };
   }
 
   /**
@@ -451,4 +450,17 @@ export async function allFinite(x: Tensor): Promise<boolean> {
   } finally {
     s.dispose();
   }
+}
+
+/**
+ * Every LoRA dropout stream in a module tree, by "<module path>:<adapter>": the random state a
+ * training checkpoint saves and a resumed run restores.
+ */
+export function dropoutStreamMap(root: Module): Map<string, CounterStream> {
+  const out = new Map<string, CounterStream>();
+  for (const [path, m] of root.namedModules()) {
+    if (!(m instanceof LoraLinear)) continue;
+    for (const [name, st] of m.dropoutState) out.set(`${path}:${name}`, st);
+  }
+  return out;
 }

@@ -2,7 +2,7 @@ export type { AdamWHyper, Backend, BinaryOp, FusedKernels, FusedName, Input, Mem
 export { FUSED_PAIRS, checkFusedPairs } from "./backend.ts";
 export * from "./dtype.ts";
 export * from "./shape.ts";
-export { hash32, uniformAt, Rng } from "./random.ts";
+export { hash32, uniformAt, Rng, drawCounter, type CounterStream } from "./random.ts";
 export { Tensor, tensor, full, zeros, ones, arange, rand, setDefaultBackend, getDefaultBackend, fromHandle, type CreateOptions } from "./tensor.ts";
 export { noGrad, enableGrad, isGradEnabled, type GradCtx } from "./autograd.ts";
 export { checkpoint } from "./checkpoint.ts";

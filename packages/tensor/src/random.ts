@@ -48,3 +48,45 @@ export class Rng {
     return { seed: this.seed, counter: this.counter };
   }
 }
+
+/**
+ * A counter-based stream a module draws from (LoRA dropout: one per layer and adapter). Draw
+ * through `drawCounter`, so `checkpoint()` can replay a block's draws when it recomputes it, as
+ * torch's checkpoint(preserve_rng_state=True) does for its global generator.
+ */
+export interface CounterStream {
+  seed: number;
+  counter: number;
+}
+
+/** The checkpointed forwards now running: each maps a stream to its counter before the block's first draw. */
+const drawLogs: Map<CounterStream, number>[] = [];
+
+/** Take `n` values from `stream`: returns the index of the first and advances the counter by `n`. */
+export function drawCounter(stream: CounterStream, n: number): number {
+  const start = stream.counter;
+  for (const log of drawLogs) if (!log.has(stream)) log.set(stream, start);
+  stream.counter = start + n;
+  return start;
+}
+
+/** Run `fn`, recording in `log` where every stream it draws from stood before its first draw. */
+export function recordDraws<T>(log: Map<CounterStream, number>, fn: () => T): T {
+  drawLogs.push(log);
+  try {
+    return fn();
+  } finally {
+    drawLogs.splice(drawLogs.lastIndexOf(log), 1);
+  }
+}
+
+/** Run `fn` with every stream of `log` rewound to its recorded start, then put them back where they were. */
+export function replayDraws<T>(log: ReadonlyMap<CounterStream, number>, fn: () => T): T {
+  const now = [...log.keys()].map((s) => s.counter);
+  for (const [s, start] of log) s.counter = start;
+  try {
+    return fn();
+  } finally {
+    [...log.keys()].forEach((s, i) => (s.counter = now[i]));
+  }
+}

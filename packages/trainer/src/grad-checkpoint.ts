@@ -10,11 +10,12 @@
  * tensor's checkpoint() attaches its node even when no input requires grad.
  *
  * Dropout inside the layer (LoRA's) draws from counter-based streams whose counters advance on
- * every forward. The recompute must see the masks of the original forward, so the wrapper
- * rewinds every `dropoutState` counter found in the layer for the recompute and restores it after.
+ * every forward; checkpoint() itself records those draws and replays them in the recompute (as
+ * torch's preserve_rng_state), so the wrapper does nothing about randomness.
  */
 import { type LayerContext, type LlamaForCausalLM, Module } from "@lowrank/nn";
-import { type Tensor, checkpoint } from "@lowrank/tensor";
+import { dropoutStreamMap } from "@lowrank/lora";
+import { type CounterStream, type Tensor, checkpoint } from "@lowrank/tensor";
 
 type Layer = Module & { forward(x: Tensor, ctx: LayerContext): Tensor };
 
@@ -27,22 +28,7 @@ export class CheckpointedLayer extends Module {
   }
 
   forward(x: Tensor, ctx: LayerContext): Tensor {
-    const streams = dropoutStreams(this.inner);
-    const before = streams.map((s) => s.counter);
-    let first = true;
-    return checkpoint((h) => {
-      if (first) {
-        first = false;
-        return this.inner.forward(h, ctx);
-      }
-      const now = streams.map((s) => s.counter);
-      streams.forEach((s, i) => (s.counter = before[i]));
-      try {
-        return this.inner.forward(h, ctx);
-      } finally {
-        streams.forEach((s, i) => (s.counter = now[i]));
-      }
-    }, x);
+    return checkpoint((h) => this.inner.forward(h, ctx), x);
   }
 }
 
@@ -60,23 +46,8 @@ export function enableGradientCheckpointing(model: LlamaForCausalLM): () => void
   return () => originals.forEach((l, i) => model.setSubmodule(`model.layers.${i}`, l));
 }
 
-/** A counter-based stream a module advances as it draws (LoRA dropout's `dropoutState` values). */
-export interface DropoutStream {
-  seed: number;
-  counter: number;
-}
+/** A LoRA dropout stream (tensor's CounterStream); kept under this name for the trainer's API. */
+export type DropoutStream = CounterStream;
 
-/** Every dropout stream in a module tree, by "<module path>:<adapter>". */
-export function dropoutStreamMap(root: Module): Map<string, DropoutStream> {
-  const out = new Map<string, DropoutStream>();
-  for (const [path, m] of root.namedModules()) {
-    const states = (m as { dropoutState?: unknown }).dropoutState;
-    if (!(states instanceof Map)) continue;
-    for (const [name, st] of states as Map<string, DropoutStream>) out.set(`${path}:${name}`, st);
-  }
-  return out;
-}
-
-function dropoutStreams(root: Module): DropoutStream[] {
-  return [...dropoutStreamMap(root).values()];
-}
+/** Every LoRA dropout stream in a model, by "<module path>:<adapter>" (lora's dropoutStreamMap). */
+export { dropoutStreamMap };

@@ -5,8 +5,8 @@ import { join } from "node:path";
 import { createCpuBackend } from "@lowrank/backend-cpu";
 import { loadHfModel } from "@lowrank/nn/node";
 import { getPeftModel } from "@lowrank/lora/node";
-import { Rng } from "@lowrank/tensor";
-import { CheckpointedLayer, batchLossSum, enableGradientCheckpointing } from "../src/node.ts";
+import { Rng, type Tensor, checkpoint, tensor } from "@lowrank/tensor";
+import { CheckpointedLayer, batchLossSum, dropoutStreamMap, enableGradientCheckpointing } from "../src/node.ts";
 import { STORIES, dataDir } from "./helpers.ts";
 
 const data = dataDir();
@@ -55,5 +55,35 @@ test("checkpointing each decoder layer keeps names and gradients, and lowers pea
     t.diagnostic(`${method}, stories260K, B=${B} T=${T}: peak ${mib(plain.peak)} MiB without, ${mib(ck.peak)} MiB with checkpointing (${((100 * ck.peak) / plain.peak).toFixed(0)}%)`);
     assert.ok(ck.peak < plain.peak * 0.75, `checkpointed peak ${ck.peak} vs ${plain.peak}`);
   }
+  backend.dispose();
+});
+
+test("tensor's checkpoint() replays LoRA dropout draws itself: same gradients and stream positions as without it", { skip: data ? false : "no shared data directory" }, async () => {
+  const backend = createCpuBackend({ threads: 0 });
+  const model = await loadHfModel(join(data as string, STORIES), { backend });
+  const peft = getPeftModel(model, { r: 4, lora_alpha: 8, lora_dropout: 0.3, target_modules: ["q_proj"] }, "default", { seed: 2 });
+  const [, layer] = peft.loraLayers()[0];
+  const stream = dropoutStreamMap(model).get("model.layers.0.self_attn.q_proj:default")!;
+  const rng = new Rng(5);
+  const xv = Float32Array.from({ length: 6 * layer.inFeatures }, () => rng.normal());
+  const run = (wrap: (f: (h: Tensor) => Tensor, x: Tensor) => Tensor) => {
+    stream.counter = 1000;
+    const x = tensor(xv, { shape: [6, layer.inFeatures], backend, requiresGrad: true });
+    const y = wrap((h) => layer.forward(h), x);
+    // Two draws in one step (as a checkpointed block followed by more dropout), then backward.
+    const loss = y.mul(y).sum();
+    loss.backward();
+    const out = { gx: Array.from(x.grad!.readSync()), gA: Array.from(layer.lora_A.get("default").weight.grad!.readSync()), counter: stream.counter };
+    for (const p of model.parameters()) p.grad?.dispose(), (p.grad = null);
+    for (const t of [x, y, loss]) t.dispose();
+    return out;
+  };
+  const plain = run((f, x) => f(x));
+  const ck = run((f, x) => checkpoint(f, x));
+  assert.equal(ck.counter, plain.counter, "the recompute leaves the stream where the forward left it");
+  assert.ok(plain.counter > 1000);
+  assert.deepEqual(ck.gx, plain.gx, "input gradient: the recompute saw the forward's dropout mask");
+  assert.deepEqual(ck.gA, plain.gA);
+  model.dispose();
   backend.dispose();
 });
