@@ -1,18 +1,9 @@
 /** Held-out loss and perplexity, and greedy samples, all under noGrad with the model in eval mode. */
 import { type LlamaForCausalLM, type TextTokenizer, generateIds } from "@lowrank/nn";
-import { noGrad, scope, tensor } from "@lowrank/tensor";
-import { type Batch, IGNORE_INDEX, batchesOf } from "./data/loader.ts";
+import { noGrad } from "@lowrank/tensor";
+import { batchesOf } from "./data/loader.ts";
 import type { Example } from "./data/tokenize.ts";
-
-/** Summed token loss of one batch (labels IGNORE_INDEX skipped); builds a graph unless under noGrad. */
-export function batchLossSum(model: LlamaForCausalLM, b: Batch) {
-  return scope(() => {
-    const backend = model.backend;
-    const ids = tensor(b.ids, { shape: [b.B, b.T], dtype: "i32", backend });
-    const labels = tensor(b.labels, { shape: [b.B, b.T], dtype: "i32", backend });
-    return model.lossSum(ids, labels, IGNORE_INDEX);
-  });
-}
+import { batchLossSum } from "./loss.ts";
 
 export interface EvalResult {
   loss: number;

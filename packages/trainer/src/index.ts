@@ -18,7 +18,8 @@ export {
   saveCheckpoint, loadCheckpoint, resolveCheckpoint, listCheckpoints, restoreParams,
   type TrainerState, type SaveParts, type SaveOptions, type LoadedCheckpoint,
 } from "./checkpoint.ts";
-export { evaluate, greedySample, batchLossSum, type EvalResult } from "./evaluate.ts";
+export { evaluate, greedySample, type EvalResult } from "./evaluate.ts";
+export { batchLossSum } from "./loss.ts";
 export { MetricsLog, consoleReporter, silentReporter, clock, type Reporter, type MetricRecord, type TrainRecord, type EvalRecord } from "./metrics.ts";
 export { DatasetError, parseJsonRecords, type JsonRecord } from "./data/records.ts";
 export { buildDataset, detectFormat, permutation, DATA_FORMATS, DOC_SEPARATOR, type DataFormat, type Dataset, type DatasetOptions } from "./data/dataset.ts";

@@ -15,7 +15,7 @@
 import type { LlamaForCausalLM } from "@lowrank/nn";
 import { type Tensor, noGrad, stack } from "@lowrank/tensor";
 import type { Batch, BatchLoader } from "./data/loader.ts";
-import { batchLossSum } from "./evaluate.ts";
+import { batchLossSum } from "./loss.ts";
 import { gradNormTensor, scaleGradients } from "./grad-utils.ts";
 import type { MetricsLog, Reporter } from "./metrics.ts";
 import type { NamedParam, Optimizer } from "./optim.ts";
