@@ -156,3 +156,21 @@ test("lowrank finetune --use-dora --use-rslora --modules-to-save lm_head saves P
   assert.throws(() => parseJobParams({ adapter_name: "x", use_dora: "yes" }, 512), /use_dora = "yes" must be true or false/);
   assert.throws(() => parseJobParams({ adapter_name: "x", lora_alpah: 8 }, 512), /lora_alpah/);
 });
+
+test("a server job trains on the kind of backend the server runs on (webgpu here, when an adapter exists)", { skip: NEED_MODEL, timeout: 300_000 }, async (t) => {
+  try {
+    const { requestWebGpu } = await import("@lowrank/backend-webgpu/node");
+    (await requestWebGpu()).release();
+  } catch (e) {
+    t.skip(`no WebGPU adapter: ${(e as Error).message.split("\n")[0]}`);
+    return;
+  }
+  const dir = await tempDir("webgpu-job");
+  const data = join(dir, "slice.txt");
+  await writeFile(data, (await readFile(join(dataDir()!, "datasets", "tinyshakespeare", "input.txt"), "utf8")).slice(0, 3000));
+  const params = parseJobParams({ adapter_name: "w", rank: 4, alpha: 8, dropout: 0, steps: 2, batch_size: 2, seq_len: 32, eval_fraction: 0.1, warmup: 0 }, 512);
+  await runWorker(dir, { jobId: "w", backend: "webgpu", model: STORIES, data, output: join(dir, "out"), params });
+  const args = JSON.parse(await readFile(join(dir, "out", "training_args.json"), "utf8")) as { backend: string };
+  assert.equal(args.backend, "webgpu");
+  assert.equal(decided(await readFile(join(dir, "out", "metrics.jsonl"), "utf8")).filter((r) => r.split === "train").length, 2);
+});
