@@ -11,7 +11,7 @@
  * progress, `onMetric` for every metrics.jsonl record, `shouldStop` to end the run between steps,
  * `checkpoints: false` to keep no training state (the page), `keepModel` to get the trained model back.
  */
-import { type LlamaForCausalLM, loadHfModel, loadTokenizer } from "@lowrank/nn";
+import { type HfTokenizer, loadHfModel, loadTokenizer } from "@lowrank/nn";
 import type { Backend, Tensor } from "@lowrank/tensor";
 import { joinPath as join, storage } from "@lowrank/safetensors";
 import { type LoadedCheckpoint, listCheckpoints, loadCheckpoint, restoreParams, saveCheckpoint, type SaveOptions, type TrainerState } from "./checkpoint.ts";
@@ -98,7 +98,7 @@ class StopRequested extends Error {
 }
 
 export async function run(input: RunSpec, io: RunOptions): Promise<RunResult> {
-  const { mkdir, readText, writeFile } = storage();
+  const { mkdir, writeFile } = storage();
   const cfg = resolveConfig(input);
   const { backend } = io;
   const rep = io.reporter ?? silentReporter;
@@ -108,49 +108,15 @@ export async function run(input: RunSpec, io: RunOptions): Promise<RunResult> {
   if (cfg.method === "full" && loraOnly.length) rep.info(`warning: ${loraOnly.join(", ")} apply to lora and qlora; --method full trains every weight and ignores them`);
 
   // ---- model, method, data: every check before training ----
-  const tokenizer = await loadTokenizer(cfg.model);
-  // Mixed precision: the frozen base (and so every activation) in the compute dtype, without
-  // widening a bf16/f16 checkpoint to f32; adapters and optimizer state stay f32 (PEFT's autocast_adapter_dtype).
-  const base = await loadHfModel(cfg.model, { backend, dtype, log: (m) => rep.info(`${m} (--bf16 or --fp16 trains on the half-precision weights)`) });
-  const maxPos = base.config.max_position_embeddings;
-  if (cfg.seqLen > maxPos) {
-    base.dispose();
-    throw new ConfigError(`seq len ${cfg.seqLen} exceeds the model's max_position_embeddings (${maxPos})`);
-  }
-  let prepared: PreparedModel;
-  try {
-    prepared = await prepareModel(base, cfg, cfg.model, (m) => rep.info(`warning: ${m}`));
-  } catch (e) {
-    base.dispose();
-    throw e;
-  }
+  const { tokenizer, prepared } = await loadModel(cfg, backend, dtype, rep);
   const model = prepared.model;
   let kept = false;
   try {
-    const ckpt = cfg.gradientCheckpointing ?? cfg.method === "qlora";
-    if (ckpt) enableGradientCheckpointing(model);
-    const text = await readText(cfg.data).catch((e: { code?: string; message: string }) => {
-      throw new DatasetError(cfg.data, null, null, e.code === "ENOENT" ? "no such file" : e.message);
-    });
-    const data = buildDataset(cfg.data, text, tokenizer, { format: cfg.format, seqLen: cfg.seqLen, evalFraction: cfg.evalFraction, seed: cfg.seed, warn: (m) => rep.info(`warning: ${m}`) });
-    const padId = tokenizer.eosTokenId ?? 0;
-    const loader = new BatchLoader(data.train, cfg.batchSize, cfg.seed, padId);
-    const totalSteps = cfg.steps ?? Math.max(1, Math.ceil(((cfg.epochs as number) * loader.batchesPerEpoch) / cfg.gradAccum));
-    const schedule: ScheduleOptions = { name: cfg.scheduler, lr: cfg.lr, totalSteps, warmupSteps: warmupSteps(cfg.warmup, totalSteps) };
-    const params = namedParams(prepared.trainable);
-    const optimizer: Optimizer = cfg.optimizer === "sgd"
-      ? new SGD(params, { momentum: cfg.momentum, weightDecay: cfg.weightDecay })
-      : new AdamW(params, { betas: cfg.betas, eps: cfg.eps, weightDecay: cfg.weightDecay });
-    const st = data.stats;
-    rep.info(`data: ${cfg.data} (${data.format}): ${st.records} record(s), ${st.tokens.toLocaleString("en-US")} tokens -> ${data.train.length} train / ${data.eval.length} eval examples of <= ${cfg.seqLen} tokens` +
-      (st.truncated ? `; ${st.truncated} truncated` : "") + (st.noTargets ? `; ${st.noTargets} dropped (no response tokens)` : ""));
-    rep.info(`model: ${cfg.model} (${cfg.method}${ckpt ? ", gradient checkpointing" : ""}): ${prepared.summary}`);
-    rep.info(`training: ${totalSteps} steps of ${cfg.batchSize} x ${cfg.gradAccum} sequences, ${cfg.optimizer} lr ${cfg.lr} (${cfg.scheduler}, ${schedule.warmupSteps} warmup), backend ${backend.name}`);
-
-    io.onStart?.({ summary: prepared.summary, totalSteps, train: data.train.length, eval: data.eval.length, tokens: st.tokens });
+    const { data, padId, loader, totalSteps, schedule, params, optimizer } = await setUp(cfg, prepared, tokenizer, backend.name, rep);
     // A resumed run must match the checkpoint's settings; checked before any work.
     const resume = cfg.resume ? await loadCheckpoint(cfg.resume) : null;
     if (resume) checkResume(resume, cfg, totalSteps);
+    io.onStart?.({ summary: prepared.summary, totalSteps, train: data.train.length, eval: data.eval.length, tokens: data.stats.tokens });
 
     // ---- before ----
     const evalOpts = { batchSize: cfg.batchSize, padId, maxBatches: cfg.evalBatches };
@@ -165,19 +131,7 @@ export async function run(input: RunSpec, io: RunOptions): Promise<RunResult> {
     const losses: number[] = [];
     const scaler: LossScaler | undefined = cfg.mixedPrecision === "fp16" ? { scale: INIT_LOSS_SCALE, goodSteps: 0 } : undefined;
     if (resume) {
-      restoreParams(prepared.trainable, resume.params, resume.dir);
-      optimizer.loadState(resume.optimizer);
-      loader.load(resume.state.loader);
-      const streams = dropoutStreamMap(model);
-      for (const [k, v] of Object.entries(resume.state.dropout)) {
-        const s = streams.get(k);
-        if (!s) throw new Error(`--resume ${resume.dir}: dropout stream ${k} does not exist in this model`);
-        s.seed = v.seed;
-        s.counter = v.counter;
-      }
-      if (scaler && resume.state.loss_scale) [scaler.scale, scaler.goodSteps] = [resume.state.loss_scale.scale, resume.state.loss_scale.good_steps];
-      startStep = resume.state.global_step;
-      losses.push(...resume.state.losses);
+      startStep = restore(resume, prepared, optimizer, loader, scaler, losses);
       rep.info(`resumed from ${resume.dir} at step ${startStep}`);
     }
 
@@ -254,6 +208,63 @@ export async function run(input: RunSpec, io: RunOptions): Promise<RunResult> {
   } finally {
     if (!kept) model.dispose();
   }
+}
+
+/** The tokenizer and the model prepared for the method; nothing is left allocated on failure. */
+async function loadModel(cfg: FinetuneConfig, backend: Backend, dtype: "f32" | "f16" | "bf16", rep: Reporter): Promise<{ tokenizer: HfTokenizer; prepared: PreparedModel }> {
+  const tokenizer = await loadTokenizer(cfg.model);
+  // Mixed precision: the frozen base (and so every activation) in the compute dtype, without
+  // widening a bf16/f16 checkpoint to f32; adapters and optimizer state stay f32 (PEFT's autocast_adapter_dtype).
+  const base = await loadHfModel(cfg.model, { backend, dtype, log: (m) => rep.info(`${m} (--bf16 or --fp16 trains on the half-precision weights)`) });
+  try {
+    const maxPos = base.config.max_position_embeddings;
+    if (cfg.seqLen > maxPos) throw new ConfigError(`seq len ${cfg.seqLen} exceeds the model's max_position_embeddings (${maxPos})`);
+    return { tokenizer, prepared: await prepareModel(base, cfg, cfg.model, (m) => rep.info(`warning: ${m}`)) };
+  } catch (e) {
+    base.dispose();
+    throw e;
+  }
+}
+
+/** Gradient checkpointing, the dataset, the batches, the schedule and the optimizer; reports what will be trained. */
+async function setUp(cfg: FinetuneConfig, prepared: PreparedModel, tokenizer: HfTokenizer, backendName: string, rep: Reporter) {
+  const ckpt = cfg.gradientCheckpointing ?? cfg.method === "qlora";
+  if (ckpt) enableGradientCheckpointing(prepared.model);
+  const text = await storage().readText(cfg.data).catch((e: { code?: string; message: string }) => {
+    throw new DatasetError(cfg.data, null, null, e.code === "ENOENT" ? "no such file" : e.message);
+  });
+  const data = buildDataset(cfg.data, text, tokenizer, { format: cfg.format, seqLen: cfg.seqLen, evalFraction: cfg.evalFraction, seed: cfg.seed, warn: (m) => rep.info(`warning: ${m}`) });
+  const padId = tokenizer.eosTokenId ?? 0;
+  const loader = new BatchLoader(data.train, cfg.batchSize, cfg.seed, padId);
+  const totalSteps = cfg.steps ?? Math.max(1, Math.ceil(((cfg.epochs as number) * loader.batchesPerEpoch) / cfg.gradAccum));
+  const schedule: ScheduleOptions = { name: cfg.scheduler, lr: cfg.lr, totalSteps, warmupSteps: warmupSteps(cfg.warmup, totalSteps) };
+  const params = namedParams(prepared.trainable);
+  const optimizer: Optimizer = cfg.optimizer === "sgd"
+    ? new SGD(params, { momentum: cfg.momentum, weightDecay: cfg.weightDecay })
+    : new AdamW(params, { betas: cfg.betas, eps: cfg.eps, weightDecay: cfg.weightDecay });
+  const st = data.stats;
+  rep.info(`data: ${cfg.data} (${data.format}): ${st.records} record(s), ${st.tokens.toLocaleString("en-US")} tokens -> ${data.train.length} train / ${data.eval.length} eval examples of <= ${cfg.seqLen} tokens` +
+    (st.truncated ? `; ${st.truncated} truncated` : "") + (st.noTargets ? `; ${st.noTargets} dropped (no response tokens)` : ""));
+  rep.info(`model: ${cfg.model} (${cfg.method}${ckpt ? ", gradient checkpointing" : ""}): ${prepared.summary}`);
+  rep.info(`training: ${totalSteps} steps of ${cfg.batchSize} x ${cfg.gradAccum} sequences, ${cfg.optimizer} lr ${cfg.lr} (${cfg.scheduler}, ${schedule.warmupSteps} warmup), backend ${backendName}`);
+  return { data, padId, loader, totalSteps, schedule, params, optimizer };
+}
+
+/** Put a checkpoint's weights, optimizer, data position, dropout streams and loss scale back; returns its step. */
+function restore(resume: LoadedCheckpoint, prepared: PreparedModel, optimizer: Optimizer, loader: BatchLoader, scaler: LossScaler | undefined, losses: number[]): number {
+  restoreParams(prepared.trainable, resume.params, resume.dir);
+  optimizer.loadState(resume.optimizer);
+  loader.load(resume.state.loader);
+  const streams = dropoutStreamMap(prepared.model);
+  for (const [k, v] of Object.entries(resume.state.dropout)) {
+    const s = streams.get(k);
+    if (!s) throw new Error(`--resume ${resume.dir}: dropout stream ${k} does not exist in this model`);
+    s.seed = v.seed;
+    s.counter = v.counter;
+  }
+  if (scaler && resume.state.loss_scale) [scaler.scale, scaler.goodSteps] = [resume.state.loss_scale.scale, resume.state.loss_scale.good_steps];
+  losses.push(...resume.state.losses);
+  return resume.state.global_step;
 }
 
 /** @deprecated the old name of run(). */
