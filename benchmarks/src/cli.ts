@@ -40,7 +40,7 @@ Suites (results in benchmarks/results/, then REPORT.md and plots/ are regenerate
   models    the real configs of SmolLM2-135M, Qwen2.5-0.5B and Llama-3.2-1B (data dir configs/) as random
             bf16 sharded checkpoints in a temporary directory: load, 3 LoRA and 3 QLoRA steps on the CPU
             (1 x 64 tokens), peak memory vs lowrank plan, PEFT adapter keys and target_modules, greedy
-            generation; about 10 minutes and 6 GiB on 2 cores (--quick: the same configs shrunk, seconds)
+            generation; 6.6 minutes and 5.5 GiB resident measured on 2 shared cores (--quick: seconds)
   all       ranks, memory, peer, kernels (21 minutes measured on 2 shared cores)
   report    only regenerate REPORT.md and the SVG plots from the newest results`;
 
