@@ -217,7 +217,10 @@ export const PRESETS: (PlanShape & { name: string })[] = [
   { name: "stories42M", vocab: 32000, dim: 512, layers: 8, heads: 8, kvHeads: 8, hidden: 1376, tied: true },
   { name: "stories110M", vocab: 32000, dim: 768, layers: 12, heads: 12, kvHeads: 12, hidden: 2048, tied: true },
   { name: "SmolLM2-135M", vocab: 49152, dim: 576, layers: 30, heads: 9, kvHeads: 3, hidden: 1536, tied: true },
+  // Qwen2.5-0.5B's q/k/v biases (27K parameters) are not counted.
+  { name: "Qwen2.5-0.5B", vocab: 151936, dim: 896, layers: 24, heads: 14, kvHeads: 2, hidden: 4864, tied: true },
   { name: "TinyLlama-1.1B", vocab: 32000, dim: 2048, layers: 22, heads: 32, kvHeads: 4, hidden: 5632, tied: false },
+  { name: "Llama-3.2-1B", vocab: 128256, dim: 2048, layers: 16, heads: 32, kvHeads: 8, hidden: 8192, tied: true },
   { name: "Llama-2-7B", vocab: 32000, dim: 4096, layers: 32, heads: 32, kvHeads: 32, hidden: 11008, tied: false },
   { name: "Llama-3-8B", vocab: 128256, dim: 4096, layers: 32, heads: 32, kvHeads: 8, hidden: 14336, tied: false },
   { name: "Llama-2-13B", vocab: 32000, dim: 5120, layers: 40, heads: 40, kvHeads: 40, hidden: 13824, tied: false },
