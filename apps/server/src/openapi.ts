@@ -145,7 +145,7 @@ export function openApiDocument(ctx?: ServerContext): Record<string, unknown> {
       },
       "/v1/adapters/{name}/versions/{version}/load": { post: op("hot-load into the inference cache", "admin", { type: "object" }, { params: aref, tags: ["inference"] }) },
       "/v1/adapters/{name}/versions/{version}/unload": { post: op("unload from the inference cache", "admin", { type: "object" }, { params: aref, tags: ["inference"] }) },
-      "/v1/cache": { get: op("loaded adapters and their bytes (LRU)", "admin", obj({ capacity_bytes: int(), used_bytes: int(), loaded: { type: "array" } }), { tags: ["inference"] }) },
+      "/v1/cache": { get: op("loaded adapters and their bytes (LRU), and how much continuous batching happened", "admin", obj({ capacity_bytes: int(), used_bytes: int(), batching: obj({ decode_steps: int(), sequence_steps: int(), max_batch: int() }), loaded: { type: "array" } }), { tags: ["inference"] }) },
       "/v1/aliases": { get: op("aliases (A/B routing)", "read", list(ref("Alias")), { tags: ["registry"] }) },
       "/v1/aliases/{alias}": {
         get: op("one alias", "read", ref("Alias"), { params: ["alias"], tags: ["registry"] }),

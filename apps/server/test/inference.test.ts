@@ -95,6 +95,9 @@ describe("inference", { skip: NEED_MODEL }, () => {
       assert.equal(r.header, r.adapter ?? "none");
     }
     assert.ok(floating.b1 + floating.b2 === 6, JSON.stringify(floating));
+    // They shared decode steps (continuous batching), adapters mixed within a step.
+    const batching = (await call(s.url, "GET", "/v1/cache")).json.batching;
+    assert.ok(batching.max_batch > 1 && batching.sequence_steps > batching.decode_steps, JSON.stringify(batching));
     const after = await call(s.url, "POST", "/v1/completions", { body: completion("beta", PROMPTS[0], { max_tokens: 20 }) });
     assert.equal(after.json.adapter, "beta@2", "the upload made beta@2 current");
     assert.equal(after.json.choices[0].text, refs.b2.get(PROMPTS[0]));

@@ -8,7 +8,9 @@
  *
  * DoRA adapters add a learned magnitude per output row (see dora forward below).
  */
-import { type DType, type DropoutParams, type Tensor, Rng, dropout, hash32, keep, loraBranch, loraLinear, noGrad, scope, tensor } from "@lowrank/tensor";
+import {
+  type DType, type DropoutParams, type Tensor, Rng, dropout, embedding, hash32, keep, loraBranch, loraLinear, noGrad, scatterAdd, scope, tensor,
+} from "@lowrank/tensor";
 import { Linear, Module } from "@lowrank/nn";
 import { type BaseLayer, baseBackend, baseBias, denseWeightF32, isRequantizable } from "./base-layer.ts";
 
@@ -74,6 +76,12 @@ export class MagnitudeVector extends Module {
   }
 }
 
+/** The rows of a batch that use one adapter: i32 row indices, or null for every row. */
+export interface RowGroup {
+  adapter: string;
+  rows: Tensor | null;
+}
+
 export class LoraLinear extends Module {
   base_layer: BaseLayer;
   lora_A = new AdapterDict<Linear>();
@@ -98,6 +106,8 @@ export class LoraLinear extends Module {
   tiedWith: string | null = null;
   #active: string[] = [];
   readonly #weightNorms = new Map<string, Tensor>();
+  /** Set by PeftModel.setRowAdapters: each row of the input takes its own adapter (batched serving). */
+  rowGroups: readonly RowGroup[] | null = null;
 
   constructor(base: BaseLayer, path = "") {
     super();
@@ -207,6 +217,7 @@ export class LoraLinear extends Module {
       return this.base_layer.forward(x);
     }
     // Merged adapters already live in the base weight (PEFT ignores the unmerged ones then too).
+    if (this.rowGroups && !this.merged) return this.#forwardRows(x, this.rowGroups);
     if (this.merged || this.#active.length === 0) return this.base_layer.forward(x);
     return scope(() => {
       const lead = x.shape.slice(0, -1);
@@ -241,6 +252,30 @@ export class LoraLinear extends Module {
         result = result.add(delta.dtype === result.dtype ? delta : delta.cast(result.dtype));
       }
       return result;
+    });
+  }
+
+  /**
+   * Rows with different adapters in one batch (S-LoRA/Punica serving): the base over every row,
+   * then per adapter the LoRA branch over its rows only (gathered, then added back in place).
+   * Inference only: no dropout.
+   */
+  #forwardRows(x: Tensor, groups: readonly RowGroup[]): Tensor {
+    return scope(() => {
+      const lead = x.shape.slice(0, -1);
+      const x2 = x.reshape([-1, this.inFeatures]); // (N, in)
+      const N = x2.shape[0];
+      let y = this.base_layer.forward(x).reshape([N, this.outFeatures]);
+      for (const g of groups) {
+        if (!this.lora_A.has(g.adapter)) continue;
+        const A = this.lora_A.get(g.adapter).weight, B = this.lora_B.get(g.adapter).weight;
+        const s = this.scaling.get(g.adapter) as number;
+        const xs = g.rows ? embedding(x2, g.rows) : x2; // (n, in)
+        const d = loraBranch(xs.dtype === A.dtype ? xs : xs.cast(A.dtype), A, B, s, null); // (n, out)
+        const delta = g.rows ? scatterAdd([N, this.outFeatures], g.rows.reshape([-1, 1]).expand([g.rows.size, this.outFeatures]), d, 0) : d;
+        y = y.add(delta.dtype === y.dtype ? delta : delta.cast(y.dtype));
+      }
+      return y.reshape([...lead, this.outFeatures]);
     });
   }
 

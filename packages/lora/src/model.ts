@@ -3,11 +3,11 @@
  * target Linears in LoraLinear via `setSubmodule`, wrap modules_to_save, freeze everything else,
  * and manage several named adapters on one base.
  */
-import { type DType, type Tensor, hash32, isFloat } from "@lowrank/tensor";
+import { type DType, type Tensor, hash32, isFloat, keep, tensor } from "@lowrank/tensor";
 import type { Module } from "@lowrank/nn";
 import { type LoraConfig, type LoraConfigInput, LoraConfigError, loraConfig } from "./config.ts";
-import { type BaseLayer, isQuantizedLinear } from "./base-layer.ts";
-import { type AdapterOptions, type MergeInfo, type MergeOptions, LoraLinear } from "./layer.ts";
+import { type BaseLayer, baseBackend, isQuantizedLinear } from "./base-layer.ts";
+import { type AdapterOptions, type MergeInfo, type MergeOptions, LoraLinear, type RowGroup } from "./layer.ts";
 import { ModulesToSaveWrapper } from "./modules-to-save.ts";
 import { type InjectionPlan, planInjection } from "./targets.ts";
 import { type Combination, type WeightedAdapterOptions, addWeightedAdapter } from "./weighted.ts";
@@ -37,6 +37,7 @@ export class PeftModel<M extends Module = Module> {
   /** Config per adapter name, as it will be saved. */
   readonly peftConfig = new Map<string, LoraConfig>();
   #active: string[] = [];
+  #rowGroups: RowGroup[] = [];
   readonly #seed: number;
   readonly #warn: (m: string) => void;
 
@@ -151,6 +152,36 @@ export class PeftModel<M extends Module = Module> {
       const bias = (this.peftConfig.get(a) as LoraConfig).bias;
       for (const [, t] of biasParameters(this, bias)) if (isFloat(t.dtype)) t.setRequiresGrad(true);
     }
+  }
+
+  /**
+   * Serve a batch whose rows use different adapters: rows[i] names the adapter of input row i (the
+   * flattened leading dims; null = the base alone). Each LoRA layer then runs the base over every
+   * row and each adapter's branch over its rows. Plain LoRA adapters only (rowBatchable); null
+   * ends it (setAdapter's adapters apply again). Inference only.
+   */
+  setRowAdapters(rows: readonly (string | null)[] | null): void {
+    for (const g of this.#rowGroups) g.rows?.dispose();
+    this.#rowGroups = [];
+    const layers = this.loraLayers();
+    if (rows && layers.length) {
+      const backend = baseBackend(layers[0][1].base_layer);
+      for (const n of new Set(rows)) {
+        if (n === null) continue;
+        if (!this.rowBatchable(n)) throw new Error(`adapter '${n}' cannot share a batch with others (DoRA, modules_to_save or trained biases); serve it alone with setAdapter`);
+        const idx = rows.flatMap((r, i) => (r === n ? [i] : []));
+        const all = idx.length === rows.length;
+        this.#rowGroups.push({ adapter: n, rows: all ? null : keep(tensor(Int32Array.from(idx), { shape: [idx.length], dtype: "i32", backend })) });
+      }
+    }
+    for (const [, l] of layers) l.rowGroups = rows ? this.#rowGroups : null;
+  }
+
+  /** Whether an adapter can share a batch with others row by row: plain LoRA, nothing outside its A and B. */
+  rowBatchable(name: string): boolean {
+    const c = this.peftConfig.get(name);
+    if (!c) throw new Error(`no adapter '${name}' (adapters: ${[...this.peftConfig.keys()].join(", ") || "none"})`);
+    return !c.use_dora && !(c.modules_to_save?.length) && c.bias === "none";
   }
 
   /** Remove an adapter everywhere and free its weights. */

@@ -280,6 +280,8 @@ export function cacheView(ctx: ServerContext) {
     capacity_bytes: ctx.host.cacheCapacity,
     used_bytes: loaded.reduce((s, a) => s + a.bytes, 0),
     queued_requests: ctx.host.queued,
+    // Continuous batching: decode steps so far, the sequences they carried, the largest batch.
+    batching: { decode_steps: ctx.host.batchStats.steps, sequence_steps: ctx.host.batchStats.rows, max_batch: ctx.host.batchStats.maxRows },
     loaded: loaded.map((a) => ({ adapter: a.ref, bytes: a.bytes, loaded_at: a.loadedAt })),
   };
 }

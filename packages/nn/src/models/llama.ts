@@ -8,7 +8,9 @@
  * Shapes: B batch, T new positions, S cached + new positions, C hidden, nh query heads,
  * nkv key/value heads, hs head size, V vocab.
  */
-import { type RopeTables, type Tensor, attention, crossEntropy, linearCrossEntropy, noGrad, rope, ropeTables, scope, swiglu } from "@lowrank/tensor";
+import {
+  type RopeTables, type Tensor, attention, concat, crossEntropy, embedding, linearCrossEntropy, noGrad, rope, ropeTables, scope, swiglu, tensor,
+} from "@lowrank/tensor";
 import { KVCache } from "../kv-cache.ts";
 import { Embedding, Linear, RMSNorm } from "../layers.ts";
 import { Module, ModuleList, type ParamOptions, type TensorModule } from "../module.ts";
@@ -29,6 +31,12 @@ export interface LayerContext {
   positionOffset: number;
   cache?: KVCache;
   layer: number;
+  /**
+   * A decode step over several sequences (continuous batching): the input is (1, N, C), row i the
+   * next token of sequence i, which attends over its own `caches[i]`; `rope` then holds one table
+   * row per sequence (its position) and positionOffset is 0.
+   */
+  caches?: readonly KVCache[];
 }
 
 export class LlamaAttention extends Module {
@@ -72,11 +80,25 @@ export class LlamaAttention extends Module {
       const q = rope(split(this.q_proj.forward(x), this.nh, this.q_norm), ctx.rope, ctx.positionOffset); // (B, nh, T, hs)
       let k = rope(split(this.k_proj.forward(x), this.nkv, this.k_norm), ctx.rope, ctx.positionOffset); // (B, nkv, T, hs)
       let v = split(this.v_proj.forward(x), this.nkv, null); // (B, nkv, T, hs)
+      if (ctx.caches) return this.o_proj.forward(this.#attendEach(q, k, v, ctx.caches, ctx.layer).reshape([B, T, this.nh * this.hs]));
       if (ctx.cache) [k, v] = ctx.cache.update(ctx.layer, k, v); // (B, nkv, S, hs)
       // (B, nh, T, hs); queries are the last T of S positions
       const y = this.window === null ? attention(q, k, v) : slidingWindowAttention(q, k, v, this.window);
       return this.o_proj.forward(y.permute([0, 2, 1, 3]).reshape([B, T, this.nh * this.hs]));
     });
+  }
+
+  /**
+   * The attention of a batched decode step: q, k, v (1, n, N, hs), "time" position i being sequence
+   * i's new token; each appends to and attends over its own cache. Returns (1, N, nh, hs).
+   */
+  #attendEach(q: Tensor, k: Tensor, v: Tensor, caches: readonly KVCache[], layer: number): Tensor {
+    const ys = caches.map((cache, i) => {
+      const [K, V] = cache.update(layer, k.narrow(2, i, 1), v.narrow(2, i, 1)); // (1, nkv, S_i, hs)
+      const qi = q.narrow(2, i, 1);
+      return this.window === null ? attention(qi, K, V) : slidingWindowAttention(qi, K, V, this.window); // (1, nh, 1, hs)
+    });
+    return concat(ys, 2).permute([0, 2, 1, 3]); // (1, N, nh, hs)
   }
 }
 
@@ -179,6 +201,28 @@ export class LlamaModel extends Module {
       return this.norm.forward(h);
     });
   }
+
+  /**
+   * One decode step of several sequences at once (continuous batching): ids[i] is the next token
+   * of the sequence cached in caches[i], at position caches[i].length. The projections and the
+   * MLP see the N tokens as one (1, N, C) batch; each attends over its own cache. Returns the
+   * hidden states (1, N, C) after the final norm; every cache advances by one.
+   */
+  forwardDecode(ids: readonly number[], caches: readonly KVCache[]): Tensor {
+    return scope(() => {
+      if (ids.length === 0 || ids.length !== caches.length) throw new RangeError(`forwardDecode: ${ids.length} ids for ${caches.length} caches`);
+      const backend = this.embed_tokens.weight.backend;
+      const positions = caches.map((c) => c.length);
+      const tables = this.ropeTables(Math.max(...positions) + 1);
+      const at = tensor(Int32Array.from(positions), { shape: [positions.length], dtype: "i32", backend });
+      const rope = { cos: embedding(tables.cos, at), sin: embedding(tables.sin, at) }; // (N, hs/2): row i at sequence i's position
+      let h = this.embed_tokens.forward(tensor(Int32Array.from(ids), { shape: [1, ids.length], dtype: "i32", backend })); // (1, N, C)
+      let i = 0;
+      for (const layer of this.layers) h = layer.forward(h, { rope, positionOffset: 0, caches, layer: i++ });
+      for (const c of caches) c.advance(1);
+      return this.norm.forward(h);
+    });
+  }
 }
 
 export interface LlamaForwardOptions {
@@ -231,6 +275,11 @@ export class LlamaForCausalLM extends Module {
       const logits = this.forward(ids);
       return crossEntropy(logits.dtype === "f32" ? logits : logits.cast("f32"), labels, { ignoreIndex, reduction: "sum" });
     });
+  }
+
+  /** Logits (1, N, V) of one decode step over N sequences, each with its own cache (LlamaModel.forwardDecode). */
+  decodeStep(ids: readonly number[], caches: readonly KVCache[]): Tensor {
+    return scope(() => this.lm_head.forward(this.model.forwardDecode(ids, caches)));
   }
 
   /** A fresh cache sized for this model. */
