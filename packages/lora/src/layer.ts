@@ -9,7 +9,7 @@
  * DoRA adapters add a learned magnitude per output row (see dora forward below).
  */
 import {
-  type DType, type DropoutParams, type Tensor, Rng, dropout, embedding, hash32, keep, loraBranch, loraLinear, noGrad, scatterAdd, scope, tensor,
+  type DType, type DropoutParams, type Tensor, Rng, arange, concat, dropout, embedding, hash32, keep, loraBranch, loraLinear, noGrad, scatterAdd, scope, tensor, zeros,
 } from "@lowrank/tensor";
 import { Linear, Module } from "@lowrank/nn";
 import { type BaseLayer, baseBackend, baseBias, denseWeightF32, isRequantizable } from "./base-layer.ts";
@@ -76,10 +76,15 @@ export class MagnitudeVector extends Module {
   }
 }
 
-/** The rows of a batch that use one adapter: i32 row indices, or null for every row. */
+/**
+ * The rows of a batch that use one adapter: i32 row indices, or (rows null) the contiguous range
+ * start..start+count, which needs no gather (a batcher that orders its rows by adapter gets these).
+ */
 export interface RowGroup {
   adapter: string;
   rows: Tensor | null;
+  start: number;
+  count: number;
 }
 
 export class LoraLinear extends Module {
@@ -265,17 +270,34 @@ export class LoraLinear extends Module {
       const lead = x.shape.slice(0, -1);
       const x2 = x.reshape([-1, this.inFeatures]); // (N, in)
       const N = x2.shape[0];
-      let y = this.base_layer.forward(x).reshape([N, this.outFeatures]);
-      for (const g of groups) {
-        if (!this.lora_A.has(g.adapter)) continue;
+      const out = this.outFeatures;
+      const y = this.base_layer.forward(x).reshape([N, out]);
+      const mine = groups.filter((g) => this.lora_A.has(g.adapter));
+      const branch = (g: RowGroup, xs: Tensor) => {
         const A = this.lora_A.get(g.adapter).weight, B = this.lora_B.get(g.adapter).weight;
-        const s = this.scaling.get(g.adapter) as number;
-        const xs = g.rows ? embedding(x2, g.rows) : x2; // (n, in)
-        const d = loraBranch(xs.dtype === A.dtype ? xs : xs.cast(A.dtype), A, B, s, null); // (n, out)
-        const delta = g.rows ? scatterAdd([N, this.outFeatures], g.rows.reshape([-1, 1]).expand([g.rows.size, this.outFeatures]), d, 0) : d;
-        y = y.add(delta.dtype === y.dtype ? delta : delta.cast(y.dtype));
+        const d = loraBranch(xs.dtype === A.dtype ? xs : xs.cast(A.dtype), A, B, this.scaling.get(g.adapter) as number, null); // (n, out)
+        return d.dtype === y.dtype ? d : d.cast(y.dtype);
+      };
+      let delta: Tensor | null = null;
+      if (mine.every((g) => g.rows === null)) {
+        // Contiguous groups: each branch on a row range (a view), the deltas laid end to end (zeros between).
+        const parts: Tensor[] = [];
+        let at = 0;
+        for (const g of [...mine].sort((a, b) => a.start - b.start)) {
+          if (g.start > at) parts.push(zeros([g.start - at, out], { dtype: y.dtype, backend: y.backend }));
+          parts.push(branch(g, g.count === N ? x2 : x2.narrow(0, g.start, g.count)));
+          at = g.start + g.count;
+        }
+        if (at < N && parts.length) parts.push(zeros([N - at, out], { dtype: y.dtype, backend: y.backend }));
+        if (parts.length) delta = parts.length === 1 ? parts[0] : concat(parts, 0);
+      } else {
+        for (const g of mine) {
+          const rows = g.rows ?? arange(g.count, { start: g.start, dtype: "i32", backend: y.backend });
+          const d = scatterAdd([N, out], rows.reshape([-1, 1]).expand([rows.size, out]), branch(g, embedding(x2, rows)), 0);
+          delta = delta ? delta.add(d) : d;
+        }
       }
-      return y.reshape([...lead, this.outFeatures]);
+      return (delta ? y.add(delta) : y).reshape([...lead, out]);
     });
   }
 

@@ -157,8 +157,9 @@ export class PeftModel<M extends Module = Module> {
   /**
    * Serve a batch whose rows use different adapters: rows[i] names the adapter of input row i (the
    * flattened leading dims; null = the base alone). Each LoRA layer then runs the base over every
-   * row and each adapter's branch over its rows. Plain LoRA adapters only (rowBatchable); null
-   * ends it (setAdapter's adapters apply again). Inference only.
+   * row and each adapter's branch over its rows: a row range when the adapter's rows are adjacent
+   * (order a batch by adapter to get that), else gathered and scattered back. Plain LoRA adapters
+   * only (rowBatchable); null ends it (setAdapter's adapters apply again). Inference only.
    */
   setRowAdapters(rows: readonly (string | null)[] | null): void {
     for (const g of this.#rowGroups) g.rows?.dispose();
@@ -170,8 +171,9 @@ export class PeftModel<M extends Module = Module> {
         if (n === null) continue;
         if (!this.rowBatchable(n)) throw new Error(`adapter '${n}' cannot share a batch with others (DoRA, modules_to_save or trained biases); serve it alone with setAdapter`);
         const idx = rows.flatMap((r, i) => (r === n ? [i] : []));
-        const all = idx.length === rows.length;
-        this.#rowGroups.push({ adapter: n, rows: all ? null : keep(tensor(Int32Array.from(idx), { shape: [idx.length], dtype: "i32", backend })) });
+        const contiguous = idx[idx.length - 1] - idx[0] === idx.length - 1;
+        const at = contiguous ? null : keep(tensor(Int32Array.from(idx), { shape: [idx.length], dtype: "i32", backend }));
+        this.#rowGroups.push({ adapter: n, rows: at, start: idx[0], count: idx.length });
       }
     }
     for (const [, l] of layers) l.rowGroups = rows ? this.#rowGroups : null;

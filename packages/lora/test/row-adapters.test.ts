@@ -10,7 +10,10 @@ import { logits, maxAbsDiff, randomizeAdapter, tinyModel } from "./helpers.ts";
 
 const quiet = { warn: () => {} };
 
-test("setRowAdapters: each row takes its own adapter (or none), equal to running it alone", () => {
+for (const [label, adapters] of [
+  ["scattered rows (gathered)", ["a", "b", null, "a", "c"]],
+  ["rows ordered by adapter (ranges, the base between)", ["a", "a", "b", null, "c"]],
+] as const) test(`setRowAdapters: each row takes its own adapter (or none), equal to running it alone: ${label}`, () => {
   const model = tinyModel();
   const peft = getPeftModel(model, { target_modules: ["q_proj", "v_proj", "down_proj"], r: 4, lora_alpha: 8 }, "a", quiet);
   peft.addAdapter("b", { target_modules: "all-linear", r: 2, lora_alpha: 8 });
@@ -19,9 +22,10 @@ test("setRowAdapters: each row takes its own adapter (or none), equal to running
   model.eval();
   // Batch of 5 sequences, 3 positions each: rows are (sequence, position) flattened.
   const seqs = [[1, 5, 9], [2, 7, 3], [4, 4, 8], [6, 1, 2], [3, 9, 9]];
-  const adapters = ["a", "b", null, "a", "c"] as const;
   const rows = seqs.flatMap((s, i) => s.map(() => adapters[i]));
   peft.setRowAdapters(rows);
+  const contiguous = label.startsWith("rows ordered");
+  for (const [, l] of peft.loraLayers()) assert.equal(l.rowGroups?.every((g) => g.rows === null), contiguous);
   const batched = logits(model, seqs);
   peft.setRowAdapters(null);
   const V = batched.length / (seqs.length * 3);

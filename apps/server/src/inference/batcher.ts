@@ -1,20 +1,21 @@
 /**
- * Continuous batching over one base model (S-LoRA's serving loop): requests join between decode
- * steps, each step advances every active sequence by one token in one forward (one base matmul
- * per layer over the batch, each row's LoRA branch from its own adapter: PeftModel.setRowAdapters),
- * and a finished sequence leaves at once. A new request's prompt is prefilled alone, then it joins.
- * Each sequence has its own KV cache; the batch is bounded by a count and by the bytes its caches
- * can reach. Sampling, stop tokens and length are those of nn's generate(), per sequence.
+ * Continuous batching over one base model (S-LoRA's serving loop): requests join between steps,
+ * and each step is one forward over every active sequence (LlamaForCausalLM.stepSegments): a new
+ * sequence brings its whole prompt, the others one token each; one base matmul per layer covers
+ * them all, and each token's LoRA branch comes from its own sequence's adapter (rows ordered by
+ * adapter: PeftModel.setRowAdapters). A finished sequence leaves at once. Each sequence has its
+ * own KV cache; the batch is bounded by a count, by the bytes its caches can reach, and by the
+ * tokens one step takes in. Sampling, stop tokens and length are those of nn's generate().
  */
 import { type KVCache, type LlamaForCausalLM, sampleNext } from "@lowrank/nn";
-import { Rng, type Tensor, noGrad, scope, tensor } from "@lowrank/tensor";
+import { Rng, type Tensor, noGrad } from "@lowrank/tensor";
 
 /** What the batcher needs from the host: the model, adapter switching, and the model's lock. */
 export interface BatchModel {
   readonly model: LlamaForCausalLM;
   /** Make `adapter` (internal name) the one a prefill runs with; null = the base. */
   useAdapter(adapter: string | null): void;
-  /** Per-row adapters for a decode step (null ends them). */
+  /** Per-row adapters for a step (null ends them); they stay set until changed (unchanged: cheap). */
   useRowAdapters(rows: (string | null)[] | null): void;
   /** Whether the adapter can share a decode step with others (plain LoRA). */
   rowBatchable(adapter: string): boolean;
@@ -45,6 +46,8 @@ export interface BatcherOptions {
   maxBatch?: number;
   /** Bytes the active sequences' KV caches may reach at their longest (default 256 MiB). */
   kvBudgetBytes?: number;
+  /** Tokens one step takes in, prompts of joining sequences included (default 2048; one prompt may exceed it alone). */
+  maxStepTokens?: number;
 }
 
 interface Active {
@@ -53,7 +56,8 @@ interface Active {
   ids: number[];
   generated: number;
   rng: Rng;
-  next: number;
+  /** What the next step feeds in: the prompt, then each new token. */
+  pending: number[];
   kvBytes: number;
   done: (r: { completion: number; stopped: boolean }) => void;
   fail: (e: unknown) => void;
@@ -70,6 +74,7 @@ export class Batcher {
   readonly #m: BatchModel;
   readonly #maxBatch: number;
   readonly #kvBudget: number;
+  readonly #stepTokens: number;
   readonly #waiting: Waiting[] = [];
   readonly #active: Active[] = [];
   #running = false;
@@ -80,6 +85,7 @@ export class Batcher {
     this.#m = m;
     this.#maxBatch = o.maxBatch ?? 32;
     this.#kvBudget = o.kvBudgetBytes ?? 256 * 2 ** 20;
+    this.#stepTokens = o.maxStepTokens ?? 2048;
   }
 
   /** Sequences waiting to join plus those decoding. */
@@ -114,11 +120,12 @@ export class Batcher {
   }
 
   async #tick(): Promise<void> {
-    await this.#admit();
+    this.#admit();
     const live = [...this.#active].filter((a) => !a.spec.signal?.aborted || this.#finish(a, false));
     if (!live.length) return;
-    // One step for every sequence whose adapter can share it; a DoRA (or similar) adapter steps alone.
-    const shared = live.filter((a) => a.spec.adapter === null || this.#m.rowBatchable(a.spec.adapter));
+    // One forward for every sequence whose adapter can share it (ordered by adapter, so each adapter's
+    // tokens are one range); a DoRA (or similar) adapter steps alone.
+    const shared = live.filter((a) => a.spec.adapter === null || this.#m.rowBatchable(a.spec.adapter)).sort((a, b) => order(a.spec.adapter, b.spec.adapter));
     const groups = [shared, ...live.filter((a) => !shared.includes(a)).map((a) => [a])].filter((g) => g.length);
     for (const g of groups) {
       let rows: Float32Array;
@@ -133,54 +140,41 @@ export class Batcher {
     }
   }
 
-  /** Prefill waiting requests while the batch and the KV budget have room. */
-  async #admit(): Promise<void> {
+  /** Let waiting requests join while the batch, the KV budget and this step's tokens have room. */
+  #admit(): void {
     let bytes = this.#active.reduce((s, a) => s + a.kvBytes, 0);
-    while (this.#waiting.length && this.#active.length < this.#maxBatch && (this.#active.length === 0 || bytes + this.#waiting[0].kvBytes <= this.#kvBudget)) {
-      const w = this.#waiting.shift() as Waiting;
-      bytes += w.kvBytes;
-      const cache = this.#m.model.createCache();
-      const a: Active = { spec: w.spec, cache, ids: [...w.spec.promptIds], generated: 0, rng: new Rng(w.spec.seed), next: -1, kvBytes: w.kvBytes, done: w.resolve, fail: w.reject };
-      try {
-        if (w.spec.signal?.aborted || w.spec.maxNewTokens <= 0) {
-          cache.dispose();
-          w.spec.onEnd?.();
-          w.resolve({ completion: 0, stopped: false });
-          continue;
-        }
-        this.#m.useRowAdapters(null);
-        this.#m.useAdapter(w.spec.adapter);
-        const last = noGrad(() => scope(() => this.#m.model.forward(tensor(Int32Array.from(a.ids), { shape: [1, a.ids.length], dtype: "i32", backend: this.#m.model.backend }), { cache, lastOnly: true })));
-        const logits = await readRow(last);
-        this.#active.push(a);
-        this.#advance(a, logits);
-      } catch (e) {
-        if (this.#active.includes(a)) this.#fail(a, e);
-        else {
-          cache.dispose();
-          w.spec.onEnd?.();
-          w.reject(e);
-        }
+    let tokens = this.#active.reduce((s, a) => s + a.pending.length, 0);
+    while (this.#waiting.length && this.#active.length < this.#maxBatch) {
+      const w = this.#waiting[0];
+      const fits = bytes + w.kvBytes <= this.#kvBudget && tokens + w.spec.promptIds.length <= this.#stepTokens;
+      if (!fits && this.#active.length) break;
+      this.#waiting.shift();
+      if (w.spec.signal?.aborted || w.spec.maxNewTokens <= 0) {
+        w.spec.onEnd?.();
+        w.resolve({ completion: 0, stopped: false });
+        continue;
       }
+      bytes += w.kvBytes;
+      tokens += w.spec.promptIds.length;
+      this.#active.push({
+        spec: w.spec, cache: this.#m.model.createCache(), ids: [...w.spec.promptIds], generated: 0, rng: new Rng(w.spec.seed),
+        pending: [...w.spec.promptIds], kvBytes: w.kvBytes, done: w.resolve, fail: w.reject,
+      });
     }
   }
 
-  /** One decode step of `g`: each sequence's pending token in, its next-token logits out (rows in order). */
+  /** One forward of `g`: each sequence's pending tokens in, its next-token logits out (rows in order). */
   async #step(g: Active[]): Promise<Float32Array> {
     const first = g[0].spec.adapter;
     if (g.every((a) => a.spec.adapter === first)) {
       this.#m.useRowAdapters(null);
       this.#m.useAdapter(first);
-    } else this.#m.useRowAdapters(g.map((a) => a.spec.adapter));
-    try {
-      const t = noGrad(() => this.#m.model.decodeStep(g.map((a) => a.next), g.map((a) => a.cache)));
-      this.stats.steps++;
-      this.stats.rows += g.length;
-      this.stats.maxRows = Math.max(this.stats.maxRows, g.length);
-      return await readRow(t);
-    } finally {
-      this.#m.useRowAdapters(null);
-    }
+    } else this.#m.useRowAdapters(g.flatMap((a) => a.pending.map(() => a.spec.adapter)));
+    const t = noGrad(() => this.#m.model.stepSegments(g.map((a) => a.pending), g.map((a) => a.cache)));
+    this.stats.steps++;
+    this.stats.rows += g.length;
+    this.stats.maxRows = Math.max(this.stats.maxRows, g.length);
+    return await readRow(t);
   }
 
   /** Sample the next token from `logits` (generate()'s rules: stop tokens end it unseen, then length). */
@@ -199,7 +193,7 @@ export class Batcher {
     }
     if (!keep) return void this.#finish(a, true);
     if (a.generated >= s.maxNewTokens || a.ids.length > maxPos || s.signal?.aborted) return void this.#finish(a, false);
-    a.next = next;
+    a.pending = [next];
   }
 
   #finish(a: Active, stopped: boolean): false {
@@ -224,6 +218,11 @@ export class Batcher {
   async idle(): Promise<void> {
     while (this.#running) await new Promise<void>((r) => setImmediate(r));
   }
+}
+
+/** Adapters by name, the base (null) last. */
+function order(a: string | null, b: string | null): number {
+  return a === b ? 0 : a === null ? 1 : b === null ? -1 : a < b ? -1 : 1;
 }
 
 async function readRow(t: Tensor): Promise<Float32Array> {

@@ -84,6 +84,9 @@ export class ModelHost {
   /** Sequences in the batch per adapter (internal name): an evicted adapter stays until they finish. */
   readonly #inUse = new Map<string, number>();
   readonly #retired = new Set<string>();
+  /** The adapter and the row adapters the last step ran with (undefined: unknown, after a load or delete). */
+  #current: string | null | undefined = undefined;
+  #rows: string | null | undefined = undefined;
   /** Requests served, per adapter ref ("" = base); for /v1/cache and tests. */
   readonly served = new Map<string, number>();
 
@@ -102,10 +105,17 @@ export class ModelHost {
     this.#cache = new ByteLru(o.cacheBytes ?? 256 * 2 ** 20, (_, a) => this.#evict(a.internal));
     this.#batcher = new Batcher({
       model,
-      useAdapter: (a) => this.#peft?.setAdapter(a ?? []),
+      // Switching is a walk over the model: skipped when nothing changed since the last step.
+      useAdapter: (a) => {
+        if (this.#peft && this.#current !== a) this.#peft.setAdapter(a ?? []);
+        this.#current = a;
+      },
       useRowAdapters: (rows) => {
+        const key = rows ? rows.join("\u0000") : null;
+        if (this.#peft && key === this.#rows) return;
         if (this.#peft) this.#peft.setRowAdapters(rows);
         else if (rows?.some((r) => r !== null)) throw new Error("row adapters without any adapter loaded");
+        this.#rows = key;
       },
       rowBatchable: (a) => (this.#peft as PeftModel<LlamaForCausalLM>).rowBatchable(a),
       locked: (fn) => Effect.runPromise(this.#sem.withPermits(1)(Effect.tryPromise({ try: fn, catch: (e) => e }))),
@@ -173,6 +183,7 @@ export class ModelHost {
     const internal = `v${v.id}`;
     // Evicted while sequences still used it: it is still loaded; take it back into the cache.
     if (this.#retired.delete(internal)) return this.#cached(v, internal);
+    this.#current = this.#rows = undefined;
     try {
       this.#peft = await loadAdapter<LlamaForCausalLM>(this.#peft ?? this.model, dir, internal, { ignoreBaseModel: true, warn: () => {} });
     } catch (e) {
@@ -199,6 +210,7 @@ export class ModelHost {
   /** Validate adapter files against this base without keeping them: load under a scratch name, then delete. */
   async check(dir: string): Promise<void> {
     const scratch = `check${Date.now()}`;
+    this.#current = this.#rows = undefined;
     try {
       this.#peft = await loadAdapter<LlamaForCausalLM>(this.#peft ?? this.model, dir, scratch, { ignoreBaseModel: true, warn: () => {} });
     } catch (e) {
@@ -315,13 +327,18 @@ export class ModelHost {
     const n = (this.#inUse.get(internal) ?? 1) - 1;
     if (n > 0) return void this.#inUse.set(internal, n);
     this.#inUse.delete(internal);
-    if (this.#retired.delete(internal)) this.#peft?.deleteAdapter(internal);
+    if (this.#retired.delete(internal)) this.#drop(internal);
   }
 
   /** The LRU let go of an adapter: delete it now, or when its last sequence leaves the batch. */
   #evict(internal: string): void {
     if (this.#inUse.has(internal)) this.#retired.add(internal);
-    else this.#peft?.deleteAdapter(internal);
+    else this.#drop(internal);
+  }
+
+  #drop(internal: string): void {
+    this.#current = this.#rows = undefined;
+    this.#peft?.deleteAdapter(internal);
   }
 }
 
