@@ -5,11 +5,14 @@
  * inference finish, checkpoints running jobs (they resume on the next start), then releases the
  * rest through the same scope.
  */
-import { basename } from "node:path";
+import { tmpdir } from "node:os";
+import { basename, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { Data, Effect, Exit, Scope } from "effect";
 import { createCpuBackend } from "@lowrank/backend-cpu";
 import type { Backend } from "@lowrank/tensor";
 import { KeyStore, adminToken } from "./auth.ts";
+import { redactPaths } from "./errors.ts";
 import { type Home, ensureHome } from "./home.ts";
 import { createApp } from "./http/app.ts";
 import type { Limits, ServerContext } from "./http/context.ts";
@@ -64,6 +67,9 @@ export interface RunningServer {
 
 export class StartupError extends Data.TaggedError("StartupError")<{ message: string; step: string }> {}
 
+/** The repository (or installed package) root: paths under it never reach a client either. */
+const REPO_ROOT = fileURLToPath(new URL("../../..", import.meta.url));
+
 const DEFAULT_LIMITS: Limits = { maxBodyBytes: 1 << 20, maxUploadBytes: 1 << 30, maxTokens: 2048 };
 
 export async function startServer(o: ServerOptions): Promise<RunningServer> {
@@ -95,7 +101,8 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     const runner = yield* step("job runner", () => new JobRunner(jobs, registry, host, {
       jobsDir: home.jobs, maxConcurrent: o.maxConcurrentJobs, stopGraceMs: o.stopGraceMs, command: o.workerCommand, log,
     }), (r) => r.shutdown());
-    const ctx: ServerContext = { home, host, registry, keys, jobs, runner, limits, startedAt: Date.now(), log };
+    const roots = [home.root, o.modelDir, resolve(o.modelDir), tmpdir(), process.cwd(), REPO_ROOT];
+    const ctx: ServerContext = { home, host, registry, keys, jobs, runner, limits, startedAt: Date.now(), log, redact: (m) => redactPaths(m, roots) };
     const app = createApp(ctx);
     const listener = yield* step("listen", () => listen(app.fetch, hostname, o.port ?? 8080, limits.maxUploadBytes), (l) => l.close(0));
     const recoveredJobs = runner.recover();

@@ -39,13 +39,7 @@ function formText(form: Record<string, unknown>, key: string, max: number): stri
 function formJsonObject(form: Record<string, unknown>, key: string): Record<string, unknown> | undefined {
   const t = formText(form, key, 64 * 1024);
   if (t === undefined) return undefined;
-  let v: unknown;
-  try {
-    v = JSON.parse(t);
-  } catch (e) {
-    throw invalid(`${key} is not valid JSON: ${(e as Error).message}`, key);
-  }
-  return asObject(v, key);
+  return asObject(parseJson(t, key), key);
 }
 
 function formFile(form: Record<string, unknown>, key: string): File {

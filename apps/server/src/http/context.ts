@@ -25,6 +25,8 @@ export interface ServerContext {
   limits: Limits;
   startedAt: number;
   log: (line: string) => void;
+  /** Error messages pass through this before they reach a client: server paths become their last component. */
+  redact: (message: string) => string;
 }
 
 export type AppEnv = { Variables: { key: ApiKey } };

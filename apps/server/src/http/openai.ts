@@ -7,7 +7,7 @@
 import { randomInt, randomUUID } from "node:crypto";
 import type { Hono } from "hono";
 import type { ChatMessage } from "@lowrank/trainer";
-import { type ApiError, errorMessage, internal, invalid, isApiError } from "../errors.ts";
+import { type ApiError, errorMessage, internal, invalid, isApiError, withMessage } from "../errors.ts";
 import type { GenRequest, GenResult } from "../inference/host.ts";
 import { type Route, resolveRoute } from "../inference/router.ts";
 import type { AppEnv, ServerContext } from "./context.ts";
@@ -39,7 +39,8 @@ function sampling(o: Obj, maxTokensCap: number, defaultMax: number): Sampling {
   const streamOptions = o.stream_options === undefined || o.stream_options === null ? {} : asObject(o.stream_options, "stream_options");
   return {
     maxTokens: int(o, maxKey, { def: defaultMax, min: 1, max: maxTokensCap }),
-    temperature: num(o, "temperature", { def: 1, min: 0, max: 2 }),
+    // Below the floor, dividing the logits by the temperature overflows: such requests are greedy.
+    temperature: greedyBelowFloor(num(o, "temperature", { def: 1, min: 0, max: 2 })),
     topP: num(o, "top_p", { def: 1, min: 0, max: 1 }),
     topK: int(o, "top_k", { def: 0, min: 0 }),
     repetitionPenalty: num(o, "repetition_penalty", { def: 1, min: 0.01, max: 10 }),
@@ -49,6 +50,13 @@ function sampling(o: Obj, maxTokensCap: number, defaultMax: number): Sampling {
     includeUsage: bool(streamOptions, "include_usage", false, "stream_options"),
     user: str(o, "user", { max: 256 }),
   };
+}
+
+/** Temperatures below this are treated as 0 (greedy), as documented in the README. */
+export const TEMPERATURE_FLOOR = 1e-3;
+
+export function greedyBelowFloor(t: number): number {
+  return t < TEMPERATURE_FLOOR ? 0 : t;
 }
 
 function promptOf(o: Obj): string {
@@ -108,7 +116,7 @@ function genRequest(ctx: ServerContext, route: Route, ids: number[], s: Sampling
 const usage = (r: GenResult) => ({ prompt_tokens: r.promptTokens, completion_tokens: r.completionTokens, total_tokens: r.promptTokens + r.completionTokens });
 
 /** The SSE body: `data: <json>\n\n` per chunk, then `data: [DONE]\n\n`. Cancelling aborts generation. */
-function sse(run: (send: (chunk: unknown) => void, signal: AbortSignal) => Promise<void>, log: (l: string) => void): ReadableStream<Uint8Array> {
+function sse(run: (send: (chunk: unknown) => void, signal: AbortSignal) => Promise<void>, ctx: ServerContext): ReadableStream<Uint8Array> {
   const enc = new TextEncoder();
   const abort = new AbortController();
   return new ReadableStream<Uint8Array>({
@@ -118,8 +126,8 @@ function sse(run: (send: (chunk: unknown) => void, signal: AbortSignal) => Promi
       };
       void run(send, abort.signal).catch((e: unknown) => {
         if (abort.signal.aborted) return;
-        const err: ApiError = isApiError(e) ? e : internal("generation failed; see the server log");
-        if (!isApiError(e)) log(`error: streaming generation: ${errorMessage(e)}`);
+        const err: ApiError = isApiError(e) ? withMessage(e, ctx.redact(e.message)) : internal("generation failed; see the server log");
+        if (!isApiError(e)) ctx.log(`error: streaming generation: ${errorMessage(e)}`);
         send(err.body());
       }).finally(() => {
         if (abort.signal.aborted) return;
@@ -162,7 +170,7 @@ export function openaiRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
       const r = await ctx.host.generate({ ...req, signal }, (text) => send({ ...base, choices: [{ text, index: 0, logprobs: null, finish_reason: null }] }));
       send({ ...base, choices: [{ text: "", index: 0, logprobs: null, finish_reason: r.finishReason }] });
       if (s.includeUsage) send({ ...base, choices: [], usage: usage(r) });
-    }, ctx.log);
+    }, ctx);
     return new Response(body, { headers: { ...SSE_HEADERS, ...adapterHeaders(route) } });
   });
 
@@ -192,7 +200,7 @@ export function openaiRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
       const r = await ctx.host.generate({ ...req, signal }, (text) => send(chunk({ content: text }, null)));
       send(chunk({}, r.finishReason));
       if (s.includeUsage) send({ ...base, object: "chat.completion.chunk", choices: [], usage: usage(r) });
-    }, ctx.log);
+    }, ctx);
     return new Response(body, { headers: { ...SSE_HEADERS, ...adapterHeaders(route) } });
   });
 }
