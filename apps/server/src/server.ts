@@ -17,6 +17,7 @@ import { type Home, ensureHome } from "./home.ts";
 import { createApp } from "./http/app.ts";
 import type { Limits, ServerContext } from "./http/context.ts";
 import { ModelHost } from "./inference/host.ts";
+import { defaultJobBudget } from "./jobs/admission.ts";
 import { JobRunner } from "./jobs/runner.ts";
 import { JobStore } from "./jobs/store.ts";
 import { listen } from "./listen.ts";
@@ -43,6 +44,10 @@ export interface ServerOptions {
   cacheBytes?: number;
   maxQueue?: number;
   maxConcurrentJobs?: number;
+  /** Fine-tuning jobs allowed to wait; beyond that POST /v1/fine-tunes is a 429 with Retry-After (default 16). */
+  maxQueuedJobs?: number;
+  /** Planned peak memory one job may use (`lowrank plan`'s estimate; default half the machine's memory / maxConcurrentJobs). */
+  jobMemoryBytes?: number;
   /** How long a running job may take to reach a checkpoint at shutdown (default 30 s). */
   stopGraceMs?: number;
   /** How long open connections get at shutdown (default 10 s). */
@@ -102,7 +107,8 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       jobsDir: home.jobs, maxConcurrent: o.maxConcurrentJobs, stopGraceMs: o.stopGraceMs, command: o.workerCommand, log,
     }), (r) => r.shutdown());
     const roots = [home.root, o.modelDir, resolve(o.modelDir), tmpdir(), process.cwd(), REPO_ROOT];
-    const ctx: ServerContext = { home, host, registry, keys, jobs, runner, limits, startedAt: Date.now(), log, redact: (m) => redactPaths(m, roots) };
+    const admission = { budgetBytes: o.jobMemoryBytes ?? defaultJobBudget(o.maxConcurrentJobs ?? 1), maxQueued: o.maxQueuedJobs ?? 16 };
+    const ctx: ServerContext = { home, host, registry, keys, jobs, runner, limits, admission, startedAt: Date.now(), log, redact: (m) => redactPaths(m, roots) };
     const app = createApp(ctx);
     const listener = yield* step("listen", () => listen(app.fetch, hostname, o.port ?? 8080, limits.maxUploadBytes), (l) => l.close(0));
     const recoveredJobs = runner.recover();

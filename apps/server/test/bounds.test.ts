@@ -43,7 +43,8 @@ describe("bounds", { skip: NEED_MODEL }, () => {
   before(async () => {
     work = await tempDir("bounds");
     adapter = await makeAdapter(join(work, "good"), 3, { scale: 0.5 });
-    s = await startTestServer({ maxQueuedJobs: 2, jobMemoryBytes: 256 << 20 });
+    // No training slot (maxConcurrentJobs 0): jobs stay queued, so the queue bound is testable without training.
+    s = await startTestServer({ maxQueuedJobs: 2, jobMemoryBytes: 256 << 20, maxConcurrentJobs: 0 });
     assert.equal((await upload(s.url, "good", adapter)).status, 201);
   });
 
@@ -89,6 +90,44 @@ describe("bounds", { skip: NEED_MODEL }, () => {
     assertError(await call(s.url, "POST", "/v1/fine-tunes", { raw: body, headers: { "content-type": "application/json" } }), 400, "hyperparameters", /nested more than 32 levels/);
     assertError(await call(s.url, "POST", "/v1/completions", { raw: `{"model": "good", "prompt": "x", "stop": ${deep}}`, headers: { "content-type": "application/json" } }), 400, "stop");
     assertError(await upload(s.url, "bad", adapter, { extra: { hyperparameters: `{"a": ${deep}}` } }), 400, "hyperparameters.a", /nested/);
+    await alive();
+  });
+
+  const STORY = "Once upon a time there was a little cat. The cat liked to play in the sun with a red ball.\n";
+
+  test("a fine-tune job whose planned memory exceeds the budget is refused with the planned figure", async () => {
+    const r = await call(s.url, "POST", "/v1/fine-tunes", { body: { adapter_name: "huge", data: STORY, batch_size: 1024, seq_len: 512 } });
+    assertError(r, 400, "batch_size", /plans to use [\d.]+ MiB .*budget is 256\.0 MiB; batch_size \d+ fits at seq_len 512/);
+    assert.equal((await call(s.url, "GET", "/v1/fine-tunes")).json.data.length, 0, "no job was created");
+    await alive();
+  });
+
+  test("the job queue is bounded: 429 with Retry-After; datasets can be deleted once no job waits on them", async () => {
+    const ds = await call(s.url, "POST", "/v1/datasets?name=tiny", { raw: STORY.repeat(20), headers: { "content-type": "text/plain" } });
+    assert.equal(ds.status, 201, ds.text);
+    const ids: string[] = [];
+    for (let i = 0; i < 2; i++) {
+      const r = await call(s.url, "POST", "/v1/fine-tunes", { body: { adapter_name: `q${i}`, dataset: "tiny", steps: 1, batch_size: 1, seq_len: 16 } });
+      assert.equal(r.status, 201, r.text);
+      ids.push(r.json.id);
+    }
+    const full = await call(s.url, "POST", "/v1/fine-tunes", { body: { adapter_name: "q2", dataset: "tiny", steps: 1, batch_size: 1, seq_len: 16 } });
+    assertError(full, 429, null, /2 fine-tuning jobs are already queued \(limit 2\)/);
+    assert.equal(full.headers.get("retry-after"), "60");
+    assertError(await call(s.url, "DELETE", "/v1/datasets/tiny"), 409, "id", /used by fine-tuning job/);
+    for (const id of ids) assert.equal((await call(s.url, "POST", `/v1/fine-tunes/${id}/cancel`)).status, 200);
+    const del = await call(s.url, "DELETE", "/v1/datasets/tiny");
+    assert.equal(del.status, 200, del.text);
+    assert.equal(del.json.id, ds.json.id);
+    assertError(await call(s.url, "GET", `/v1/datasets/${ds.json.id}`), 404, "id");
+    assert.ok(!(await call(s.url, "GET", "/v1/datasets")).json.data.some((d: { id: string }) => d.id === ds.json.id));
+    assertError(await call(s.url, "DELETE", "/v1/datasets/tiny"), 404, "id");
+    // The cancelled jobs still name it; the same content uploaded again comes back under the same id.
+    assert.equal((await call(s.url, "GET", `/v1/fine-tunes/${ids[0]}`)).json.dataset_id, ds.json.id);
+    const again = await call(s.url, "POST", "/v1/datasets", { raw: STORY.repeat(20), headers: { "content-type": "text/plain" } });
+    assert.equal(again.status, 201, again.text);
+    assert.equal(again.json.id, ds.json.id);
+    assert.equal((await call(s.url, "DELETE", `/v1/datasets/${again.json.id}`)).status, 200);
     await alive();
   });
 });

@@ -2,6 +2,7 @@
 import type { ApiKey, KeyStore } from "../auth.ts";
 import type { Home } from "../home.ts";
 import type { ModelHost } from "../inference/host.ts";
+import type { AdmissionOptions } from "../jobs/admission.ts";
 import type { JobRunner } from "../jobs/runner.ts";
 import type { JobStore } from "../jobs/store.ts";
 import type { Registry } from "../registry/registry.ts";
@@ -23,6 +24,8 @@ export interface ServerContext {
   jobs: JobStore;
   runner: JobRunner;
   limits: Limits;
+  /** Fine-tuning admission: the planned-memory budget per job and the queue bound. */
+  admission: AdmissionOptions;
   startedAt: number;
   log: (line: string) => void;
   /** Error messages pass through this before they reach a client: server paths become their last component. */

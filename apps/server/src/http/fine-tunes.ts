@@ -8,6 +8,7 @@ import type { Context, Hono } from "hono";
 import { ConfigError, DATA_FORMATS, DatasetError, buildDataset, resolveConfig } from "@lowrank/trainer";
 import { SCOPES, type Scope } from "../auth.ts";
 import { conflict, errorMessage, invalid, notFound } from "../errors.ts";
+import { checkJobMemory, checkJobQueue } from "../jobs/admission.ts";
 import { finetuneInput } from "../jobs/spec.ts";
 import { type Job, JOB_STATES, type JobParams, type JobStatus, TERMINAL } from "../jobs/store.ts";
 import { checkName } from "../registry/names.ts";
@@ -120,11 +121,18 @@ export function fineTuneRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     return c.json({ object: "dataset", ...d });
   });
 
+  app.delete("/v1/datasets/:id", requireScope("admin"), async (c) => {
+    const d = await registry.deleteDataset(c.req.param("id"));
+    return c.json({ object: "dataset.deleted", id: d.id, deleted: true });
+  });
+
   app.post("/v1/fine-tunes", requireScope("train"), limitBody(ctx.limits.maxBodyBytes), async (c) => {
     const o = asObject(await readJson(c));
     const model = str(o, "model", { max: 256 });
     if (model !== undefined && model !== host.id) throw notFound(`model ${JSON.stringify(model)} not found: this server fine-tunes ${host.id}`, "model");
     const params = parseJobParams(o, maxSeq);
+    checkJobQueue(jobs, ctx.admission.maxQueued);
+    checkJobMemory(params, host.model.config, ctx.admission.budgetBytes);
     if (registry.getAlias(params.adapter_name)) throw conflict(`${params.adapter_name} is an alias; pick another adapter_name`, "adapter_name");
     const datasetRef = str(o, "dataset", { max: 64 });
     const inline = str(o, "data");
