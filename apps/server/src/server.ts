@@ -21,6 +21,7 @@ import { defaultJobBudget } from "./jobs/admission.ts";
 import { JobRunner } from "./jobs/runner.ts";
 import { JobStore } from "./jobs/store.ts";
 import { listen } from "./listen.ts";
+import { TokenizerPool } from "./tokenize/pool.ts";
 import { weightsHash } from "./registry/files.ts";
 import { Registry } from "./registry/registry.ts";
 import { openDb } from "./storage/db.ts";
@@ -75,7 +76,7 @@ export class StartupError extends Data.TaggedError("StartupError")<{ message: st
 /** The repository (or installed package) root: paths under it never reach a client either. */
 const REPO_ROOT = fileURLToPath(new URL("../../..", import.meta.url));
 
-const DEFAULT_LIMITS: Limits = { maxBodyBytes: 1 << 20, maxUploadBytes: 1 << 30, maxTokens: 2048 };
+const DEFAULT_LIMITS: Limits = { maxBodyBytes: 1 << 20, maxUploadBytes: 1 << 30, maxDatasetBytes: 64 << 20, maxTokens: 2048 };
 
 export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const log = o.log ?? ((l: string) => console.error(l));
@@ -108,7 +109,8 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     }), (r) => r.shutdown());
     const roots = [home.root, o.modelDir, resolve(o.modelDir), tmpdir(), process.cwd(), REPO_ROOT];
     const admission = { budgetBytes: o.jobMemoryBytes ?? defaultJobBudget(o.maxConcurrentJobs ?? 1), maxQueued: o.maxQueuedJobs ?? 16 };
-    const ctx: ServerContext = { home, host, registry, keys, jobs, runner, limits, admission, startedAt: Date.now(), log, redact: (m) => redactPaths(m, roots) };
+    const tokens = yield* step("tokenizer thread", () => new TokenizerPool(o.modelDir), (t) => t.close());
+    const ctx: ServerContext = { home, host, registry, keys, jobs, runner, limits, admission, tokens, startedAt: Date.now(), log, redact: (m) => redactPaths(m, roots) };
     const app = createApp(ctx);
     const listener = yield* step("listen", () => listen(app.fetch, hostname, o.port ?? 8080, limits.maxUploadBytes), (l) => l.close(0));
     const recoveredJobs = runner.recover();

@@ -130,4 +130,53 @@ describe("bounds", { skip: NEED_MODEL }, () => {
     assert.equal((await call(s.url, "DELETE", `/v1/datasets/${again.json.id}`)).status, 200);
     await alive();
   });
+
+  test("binary, NUL-only and non-UTF-8 datasets are refused naming the field", async () => {
+    const post = (bytes: Uint8Array) => call(s.url, "POST", "/v1/datasets", { raw: bytes, headers: { "content-type": "application/octet-stream" } });
+    assertError(await post(new Uint8Array(4096)), 400, "file", /NUL/);
+    assertError(await post(Uint8Array.from({ length: 4096 }, (_, i) => (i * 7919 + 13) % 256)), 400, "file", /not UTF-8 text|NUL|control/);
+    assertError(await post(new TextEncoder().encode("\x01\x02\x03\x04\x05\x06".repeat(100))), 400, "file", /control characters/);
+    const form = new FormData();
+    form.set("file", new Blob([new Uint8Array([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0xff, 0xfe])]), "image.png");
+    assertError(await call(s.url, "POST", "/v1/datasets", { raw: form }), 400, "file", /not UTF-8/);
+    assertError(await call(s.url, "POST", "/v1/fine-tunes", { body: { adapter_name: "nul", data: "\0".repeat(100) } }), 400, "data", /NUL/);
+    await alive();
+  });
+
+  /** p50/p99 of GET /healthz latencies sampled every 25 ms while `work` runs. */
+  async function healthzDuring<T>(work: Promise<T>): Promise<{ result: T; p50: number; p99: number; n: number }> {
+    const lat: number[] = [];
+    let done = false;
+    const result = work.finally(() => (done = true));
+    while (!done) {
+      const t0 = performance.now();
+      assert.equal((await fetch(`${s.url}/healthz`)).status, 200);
+      lat.push(performance.now() - t0);
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    lat.sort((a, b) => a - b);
+    const q = (p: number) => lat[Math.min(lat.length - 1, Math.floor(p * lat.length))];
+    return { result: await result, p50: q(0.5), p99: q(0.99), n: lat.length };
+  }
+
+  test("/healthz p99 < 100 ms during a 10 MB dataset upload (parsed in the tokenizer thread) and a 500k-token prompt", async () => {
+    const line = "Once upon a time there was a little girl named Lily. She liked to play outside with her friends.\n";
+    const text = line.repeat(Math.ceil(10e6 / line.length));
+    const up = await healthzDuring(call(s.url, "POST", "/v1/datasets", { raw: text, headers: { "content-type": "text/plain" } }));
+    assert.equal(up.result.status, 201, up.result.text);
+    console.log(`# healthz during a ${(text.length / 1e6).toFixed(1)} MB dataset upload: p50 ${up.p50.toFixed(1)} ms, p99 ${up.p99.toFixed(1)} ms (${up.n} probes)`);
+    assert.ok(up.n >= 5, "the upload took long enough to probe");
+    assert.ok(up.p99 < 100, `p99 ${up.p99.toFixed(1)} ms`);
+    assert.equal((await call(s.url, "DELETE", `/v1/datasets/${up.result.json.id}`)).status, 200);
+    // 500k tokens: refused by its length in characters before any tokenizing.
+    const prompt = "a ".repeat(500_000);
+    const t0 = performance.now();
+    const big = await healthzDuring(call(s.url, "POST", "/v1/completions", { body: completion("good", prompt) }));
+    const ms = performance.now() - t0;
+    assertError(big.result, 400, "prompt", /1000000 characters: more than this model's context of 512 tokens can hold .*not tokenized/);
+    console.log(`# 500k-token prompt refused in ${ms.toFixed(0)} ms; healthz p99 ${big.p99.toFixed(1)} ms`);
+    assert.ok(big.p99 < 100);
+    assertError(await call(s.url, "POST", "/v1/chat/completions", { body: { model: "good", messages: [{ role: "user", content: prompt }] } }), 400, "messages", /not tokenized/);
+    await alive();
+  });
 });

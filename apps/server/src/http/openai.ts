@@ -10,6 +10,7 @@ import type { ChatMessage } from "@lowrank/trainer";
 import { type ApiError, errorMessage, internal, invalid, isApiError, withMessage } from "../errors.ts";
 import type { GenRequest, GenResult } from "../inference/host.ts";
 import { type Route, resolveRoute } from "../inference/router.ts";
+import { INLINE_PROMPT_CHARS, promptCharCap } from "../tokenize/cap.ts";
 import type { AppEnv, ServerContext } from "./context.ts";
 import { limitBody, readJson, requireScope } from "./middleware.ts";
 import { type Obj, asObject, bool, int, num, str, stringList, typeName } from "./validate.ts";
@@ -147,6 +148,9 @@ export function openaiRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   const created = () => Math.floor(Date.now() / 1000);
   const fingerprint = `lowrank-${ctx.host.hash.slice(7, 15)}`;
 
+  const maxPos = ctx.host.model.config.max_position_embeddings;
+  const charCap = promptCharCap(ctx.host.tokenizer, maxPos);
+
   app.get("/v1/models", requireScope("read"), (c) => c.json({ object: "list", data: listModels(ctx) }));
 
   app.post("/v1/completions", requireScope("read"), limitBody(ctx.limits.maxBodyBytes), async (c) => {
@@ -157,7 +161,7 @@ export function openaiRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     if (o.suffix !== undefined && o.suffix !== null) throw invalid("suffix is not supported", "suffix");
     const s = sampling(o, ctx.limits.maxTokens, 16);
     const route = resolveRoute(model, ctx.host.id, ctx.registry, { user: s.user });
-    const ids = ctx.host.encode(prompt, "prompt");
+    const ids = await encodePrompt(ctx, prompt, charCap, "prompt");
     ctx.host.assertCapacity();
     const req = genRequest(ctx, route, ids, s, s.stop);
     const id = `cmpl-${randomUUID().replaceAll("-", "")}`;
@@ -178,6 +182,8 @@ export function openaiRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const o = asObject(await readJson(c));
     const model = modelOf(o);
     const messages = messagesOf(o);
+    const chars = messages.reduce((n, m) => n + m.content.length, 0);
+    if (chars > charCap) throw tooLongPrompt(ctx, chars, charCap, "messages");
     const s = sampling(o, ctx.limits.maxTokens, 128);
     const route = resolveRoute(model, ctx.host.id, ctx.registry, { user: s.user });
     // Laid out as in training (the model's chat_template, else ChatML); the reply stops at its end-of-turn marker.
@@ -203,6 +209,24 @@ export function openaiRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     }, ctx);
     return new Response(body, { headers: { ...SSE_HEADERS, ...adapterHeaders(route) } });
   });
+}
+
+function tooLongPrompt(ctx: ServerContext, chars: number, cap: number, field: string) {
+  const maxPos = ctx.host.model.config.max_position_embeddings;
+  return invalid(`the prompt is ${chars} characters: more than this model's context of ${maxPos} tokens can hold (at most ${cap} characters); it was not tokenized`, field);
+}
+
+/**
+ * Tokenize a completion prompt: refused by its length in characters first (no tokenizing), then
+ * tokenized inline when short, else in the tokenizer thread; 400 when it leaves no room to generate.
+ */
+async function encodePrompt(ctx: ServerContext, prompt: string, cap: number, field: string): Promise<number[]> {
+  if (prompt.length > cap) throw tooLongPrompt(ctx, prompt.length, cap, field);
+  if (prompt.length <= INLINE_PROMPT_CHARS) return ctx.host.encode(prompt, field);
+  const ids = await ctx.tokens.encode(prompt);
+  const maxPos = ctx.host.model.config.max_position_embeddings;
+  if (ids.length >= maxPos) throw invalid(`the prompt is ${ids.length} tokens; this model's context is ${maxPos} tokens`, field);
+  return ids;
 }
 
 /** The base, every adapter version (plus the floating name at its current version) and every alias. */
