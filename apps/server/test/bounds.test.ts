@@ -132,7 +132,7 @@ describe("bounds", { skip: NEED_MODEL }, () => {
   });
 
   test("binary, NUL-only and non-UTF-8 datasets are refused naming the field", async () => {
-    const post = (bytes: Uint8Array) => call(s.url, "POST", "/v1/datasets", { raw: bytes, headers: { "content-type": "application/octet-stream" } });
+    const post = (bytes: Uint8Array) => call(s.url, "POST", "/v1/datasets", { raw: new Blob([new Uint8Array(bytes)]), headers: { "content-type": "application/octet-stream" } });
     assertError(await post(new Uint8Array(4096)), 400, "file", /NUL/);
     assertError(await post(Uint8Array.from({ length: 4096 }, (_, i) => (i * 7919 + 13) % 256)), 400, "file", /not UTF-8 text|NUL|control/);
     assertError(await post(new TextEncoder().encode("\x01\x02\x03\x04\x05\x06".repeat(100))), 400, "file", /control characters/);
