@@ -131,14 +131,14 @@ describe("bounds", { skip: NEED_MODEL }, () => {
     await alive();
   });
 
-  test("binary, NUL-only and non-UTF-8 datasets are refused naming the field", async () => {
+  test("binary, NUL-only and non-UTF-8 datasets are refused naming the field (data)", async () => {
     const post = (bytes: Uint8Array) => call(s.url, "POST", "/v1/datasets", { raw: new Blob([new Uint8Array(bytes)]), headers: { "content-type": "application/octet-stream" } });
-    assertError(await post(new Uint8Array(4096)), 400, "file", /NUL/);
-    assertError(await post(Uint8Array.from({ length: 4096 }, (_, i) => (i * 7919 + 13) % 256)), 400, "file", /not UTF-8 text|NUL|control/);
-    assertError(await post(new TextEncoder().encode("\x01\x02\x03\x04\x05\x06".repeat(100))), 400, "file", /control characters/);
+    assertError(await post(new Uint8Array(4096)), 400, "data", /NUL/);
+    assertError(await post(Uint8Array.from({ length: 4096 }, (_, i) => (i * 7919 + 13) % 256)), 400, "data", /not UTF-8 text|NUL|control/);
+    assertError(await post(new TextEncoder().encode("\x01\x02\x03\x04\x05\x06".repeat(100))), 400, "data", /control characters/);
     const form = new FormData();
     form.set("file", new Blob([new Uint8Array([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0xff, 0xfe])]), "image.png");
-    assertError(await call(s.url, "POST", "/v1/datasets", { raw: form }), 400, "file", /not UTF-8/);
+    assertError(await call(s.url, "POST", "/v1/datasets", { raw: form }), 400, "data", /not UTF-8/);
     assertError(await call(s.url, "POST", "/v1/fine-tunes", { body: { adapter_name: "nul", data: "\0".repeat(100) } }), 400, "data", /NUL/);
     await alive();
   });

@@ -99,7 +99,7 @@ export function fineTuneRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
       if (name !== undefined) checkName(name, "name");
       if (format !== undefined && !(DATA_FORMATS as readonly string[]).includes(format)) throw invalid(`format must be one of ${DATA_FORMATS.join(", ")}`, "format");
       if ((await stat(path)).size === 0) throw invalid("the dataset is empty", "file");
-      const d = await storeDataset(path, { name, filename, format: format as DataFormat | undefined, field: "file" });
+      const d = await storeDataset(path, { name, filename, format: format as DataFormat | undefined, field: "data" });
       return c.json({ object: "dataset", ...d }, 201);
     } finally {
       await rm(dir, { recursive: true, force: true });
