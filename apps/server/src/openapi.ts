@@ -159,7 +159,10 @@ export function openApiDocument(ctx?: ServerContext): Record<string, unknown> {
           body: { "multipart/form-data": { schema: obj({ file: str(undefined, { format: "binary" }), name: str(), format: str() }, ["file"]) }, "text/plain": { schema: str() }, "application/jsonl": { schema: str() } },
         }),
       },
-      "/v1/datasets/{id}": { get: op("one dataset", "read", ref("Dataset"), { params: ["id"], tags: ["training"] }) },
+      "/v1/datasets/{id}": {
+        get: op("one dataset", "read", ref("Dataset"), { params: ["id"], tags: ["training"] }),
+        delete: op("delete a dataset and its file (409 while a queued or running job uses it)", "admin", obj({ id: str(), deleted: bool() }), { params: ["id"], tags: ["training"] }),
+      },
       "/v1/fine-tunes": {
         get: op("jobs, newest first", "read", list(ref("FineTuneJob")), { tags: ["training"], query: [{ name: "status", in: "query", schema: str() }, { name: "limit", in: "query", schema: int() }] }),
         post: op("start a fine-tuning job; on success its adapter is registered", "train", ref("FineTuneJob"), { status: 201, body: json(ref("FineTuneRequest")), tags: ["training"] }),
