@@ -177,9 +177,11 @@ export function estimate(i: PlanInput): PlanEstimate {
   // Gradients alive when the head is done: the tied embedding/head matrix (or the untied head) and the final norm's weight.
   const headGrads = full ? vc + 4 * C : 0;
   // The MLP's backward peak above its saved activations. Full: the SwiGLU backward (its output
-  // freed) makes the gradients of that output, gate and up: 2H. An adapted down_proj: that
-  // output is still saved while its gradient is summed from the base and the adapter: 3H.
-  const mlpBack = (full || !isTarget(i.targets, "down_proj") ? 2 : 3) * s.hidden;
+  // freed) makes the gradients of that output, gate and up: 2H. LoRA on a dense base is one fused
+  // node (tensor's loraLinear) whose input gradient is one sum: 2H as well. QLoRA's down_proj
+  // (base and branch separate): that output is still saved while its gradient is summed from the
+  // base and the adapter: 3H.
+  const mlpBack = (i.method !== "qlora" || !isTarget(i.targets, "down_proj") ? 2 : 3) * s.hidden;
   const fbPeak = (ckpt: boolean) => {
     if (!ckpt) {
       // Start of backward: everything saved plus the logits' gradient. With LoRA nothing before the
