@@ -44,6 +44,10 @@ export interface ServerOptions {
   /** Adapter cache capacity in bytes (default 256 MiB). */
   cacheBytes?: number;
   maxQueue?: number;
+  /** Requests decoded together by continuous batching (default 32). */
+  maxBatch?: number;
+  /** Bytes the batch's KV caches may reach (default 256 MiB); a request that alone needs more is refused. */
+  kvBudgetBytes?: number;
   maxConcurrentJobs?: number;
   /** Fine-tuning jobs allowed to wait; beyond that POST /v1/fine-tunes is a 429 with Retry-After (default 16). */
   maxQueuedJobs?: number;
@@ -100,7 +104,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     const backend = o.backend ?? (yield* step("backend", () => createCpuBackend(), (b) => b.dispose()));
     const hash = yield* step("weights hash", () => weightsHash(o.modelDir, db));
     const modelId = basename(o.modelDir.replace(/[\\/]+$/, ""));
-    const host = yield* step("model", () => ModelHost.load({ modelDir: o.modelDir, backend, id: modelId, hash, cacheBytes: o.cacheBytes, maxQueue: o.maxQueue, log }), (h) => h.close());
+    const host = yield* step("model", () => ModelHost.load({ modelDir: o.modelDir, backend, id: modelId, hash, cacheBytes: o.cacheBytes, maxQueue: o.maxQueue, maxBatch: o.maxBatch, kvBudgetBytes: o.kvBudgetBytes, log }), (h) => h.close());
     log(`chat prompts (/v1/chat/completions): ${host.chatLayout}`);
     registry.onRemoved = (v) => void host.exclusive(async () => host.unload(v.id)).catch(() => {});
     const jobs = new JobStore(db);

@@ -229,3 +229,26 @@ describe("inference", { skip: NEED_MODEL }, () => {
     }
   });
 });
+
+describe("continuous batching bounds", { skip: NEED_MODEL }, () => {
+  test("maxBatch and the KV budget bound a step; a request whose KV cache alone passes the budget is a 400 on max_tokens", async () => {
+    // stories260K: 5 layers x 2 x 4 kv heads x head size 8 x 4 bytes = 1280 bytes per position.
+    const s = await startTestServer({ maxBatch: 2, kvBudgetBytes: 100_000 });
+    try {
+      const big = await call(s.url, "POST", "/v1/completions", { body: completion("stories260K-hf", PROMPTS[0], { max_tokens: 200 }) });
+      assert.equal(big.status, 400, big.text);
+      assert.equal(big.json.error.field, "max_tokens");
+      assert.match(big.json.error.message, /KV cache, more than the server's budget of 100000; lower max_tokens/);
+      const ref = await reference(null, 12);
+      const outs = await Promise.all(Array.from({ length: 6 }, (_, i) => call(s.url, "POST", "/v1/completions", { body: completion("stories260K-hf", PROMPTS[i % PROMPTS.length], { max_tokens: 12 }) })));
+      outs.forEach((r, i) => {
+        assert.equal(r.status, 200, r.text);
+        assert.equal(r.json.choices[0].text, ref.get(PROMPTS[i % PROMPTS.length]));
+      });
+      const b = (await call(s.url, "GET", "/v1/cache")).json.batching;
+      assert.ok(b.max_batch === 2, JSON.stringify(b));
+    } finally {
+      await s.close();
+    }
+  });
+});

@@ -41,6 +41,11 @@ export interface SequenceSpec {
   onEnd?(): void;
 }
 
+/** A request whose KV cache alone would pass the batch's budget: the client's to shrink. */
+export class KvBudgetError extends RangeError {
+  override readonly name = "KvBudgetError";
+}
+
 export interface BatcherOptions {
   /** Sequences decoded together (default 32). */
   maxBatch?: number;
@@ -99,7 +104,7 @@ export class Batcher {
     const perPosition = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * 4;
     const kvBytes = perPosition * (spec.promptIds.length + spec.maxNewTokens);
     if (kvBytes > this.#kvBudget) {
-      return Promise.reject(new RangeError(`the prompt and max_tokens need ${kvBytes} bytes of KV cache, over the budget of ${this.#kvBudget}`));
+      return Promise.reject(new KvBudgetError(`the prompt and max_tokens need ${kvBytes} bytes of KV cache, more than the server's budget of ${this.#kvBudget}; lower max_tokens`));
     }
     const p = new Promise<{ completion: number; stopped: boolean }>((resolve, reject) => this.#waiting.push({ spec, kvBytes, resolve, reject }));
     if (!this.#running) void this.#loop();

@@ -13,7 +13,7 @@ import { PeftModel, loadAdapter } from "@lowrank/lora";
 import { type ChatGenerationPrompt, type ChatMessage, chatGenerationPrompt } from "@lowrank/trainer";
 import { conflict, invalid, unavailable } from "../errors.ts";
 import type { AdapterVersion } from "../registry/registry.ts";
-import { Batcher } from "./batcher.ts";
+import { Batcher, KvBudgetError } from "./batcher.ts";
 import { ByteLru } from "./lru.ts";
 
 export interface HostOptions {
@@ -308,6 +308,10 @@ export class ModelHost {
         return true;
       },
       onEnd: () => internal && this.#release(internal),
+    }).catch((e) => {
+      if (!(e instanceof KvBudgetError)) throw e;
+      if (internal) this.#release(internal); // refused before joining: onEnd will not run
+      throw invalid(e.message, "max_tokens");
     });
     if (!r.stopped) {
       text = tok.decode(out);
