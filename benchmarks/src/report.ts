@@ -324,6 +324,18 @@ export function modelsSection(r: ModelsResult, file: string): string[] {
   return out;
 }
 
+interface UploadMemoryResult {
+  command: string;
+  adapter_bytes: number;
+  rank: number;
+  status: number;
+  seconds: number;
+  rss_before_kib: number;
+  rss_peak_kib: number;
+  rss_after_kib: number;
+  pass: boolean;
+}
+
 interface BatchingResult {
   command: string;
   max_tokens: number;
@@ -402,6 +414,14 @@ export function writeReport(dir = RESULTS_DIR): string {
   if (models && modelsFile) out.push("", ...modelsSection(models, modelsFile));
   const batchingFile = latest("batching", dir);
   out.push("", ...batchingSection(read<BatchingResult>(batchingFile), batchingFile));
+  const uploadFile = latest("upload-memory", dir);
+  const upload = read<UploadMemoryResult>(uploadFile);
+  if (upload && uploadFile) {
+    const gib = (kib: number) => (kib / 2 ** 20).toFixed(3);
+    out.push("", "### A large adapter upload", "",
+      `\`${upload.command}\` → \`${rel(uploadFile)}\`: a ${(upload.adapter_bytes / 2 ** 30).toFixed(3)} GiB adapter (rank ${upload.rank}, on a one-layer base of Llama-7B's width) uploaded to \`lowrank serve\` in ${upload.seconds.toFixed(1)} s (HTTP ${upload.status}). ` +
+        `The server's resident set: ${gib(upload.rss_before_kib)} GiB before, ${gib(upload.rss_peak_kib)} GiB at most, ${gib(upload.rss_after_kib)} GiB after (issue 18: a rise under 1.5 GiB, given back afterwards: **${upload.pass ? "met" : "not met"}**). The upload streams to disk and is checked there in 4 MiB reads.`);
+  }
   const report = join(dir, "REPORT.md");
   writeFileSync(report, `${out.join("\n")}\n`);
   return report;
