@@ -13,6 +13,7 @@ import { matmul4bitKernel } from "./kernels/matmul4bit.ts";
 import { adamwKernel, dropoutKernel, ropeKernel, swigluBackwardKernel, swigluKernel } from "./kernels/fused-nn.ts";
 import { type AttnOps, type AttnShape, attentionBackward, attentionForward, engineOps } from "./kernels/attention.ts";
 import { type LoraOps, loraBackward, loraForward } from "./kernels/lora.ts";
+import { attentionDecodeKernel } from "./kernels/attention-decode.ts";
 import { type Num, contiguous, copyView, gatherValues, numeric, numericView } from "./kernels/strided.ts";
 import { type MatmulEngine, createMatmulEngine } from "./matmul.ts";
 import { ElementwiseWasm } from "./wasm/elementwise.ts";
@@ -436,6 +437,11 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
       const a = attnShape(q, k, causal, scale);
       const r = attentionBackward(attn, be.packedF32(q), be.packedF32(k), be.packedF32(v), be.packedF32(o), be.packedF32(lse), be.packedF32(gy), a);
       return { gq: out(q.dtype, r.gq), gk: out(k.dtype, r.gk), gv: out(v.dtype, r.gv) };
+    },
+    attentionDecode: (q, kNew, vNew, ks, vs, scale) => {
+      const [Hq, N, D] = q.view.shape;
+      const r = attentionDecodeKernel({ N, Hq, Hkv: kNew.view.shape[0], D, scale }, be.packedF32(q), be.packedF32(kNew), be.packedF32(vNew), ks.map((k) => be.packedF32(k)), vs.map((v) => be.packedF32(v)), (n) => be.pool.take(n));
+      return { out: be.own(r.out), ks: r.ks.map((k) => be.own(k)), vs: r.vs.map((v) => be.own(v)) };
     },
     loraLinear: (x, w, bias, a, b, scaling, drop) => {
       const r = loraForward(lora, loraDims(x, w, a), be.packedF32(x), be.packedF32(w), bias && be.packedF32(bias), be.packedF32(a), be.packedF32(b), scaling, drop);

@@ -9,7 +9,7 @@
  * DoRA adapters add a learned magnitude per output row (see dora forward below).
  */
 import {
-  type DType, type DropoutParams, type Tensor, Rng, arange, concat, dropout, embedding, hash32, keep, loraBranch, loraLinear, noGrad, scatterAdd, scope, tensor, zeros,
+  type DType, type DropoutParams, type Tensor, Rng, concat, dropout, hash32, keep, loraBranch, loraLinear, noGrad, scope, tensor,
 } from "@lowrank/tensor";
 import { Linear, Module } from "@lowrank/nn";
 import { type BaseLayer, baseBackend, baseBias, denseWeightF32, isRequantizable } from "./base-layer.ts";
@@ -76,17 +76,6 @@ export class MagnitudeVector extends Module {
   }
 }
 
-/**
- * The rows of a batch that use one adapter: i32 row indices, or (rows null) the contiguous range
- * start..start+count, which needs no gather (a batcher that orders its rows by adapter gets these).
- */
-export interface RowGroup {
-  adapter: string;
-  rows: Tensor | null;
-  start: number;
-  count: number;
-}
-
 export class LoraLinear extends Module {
   base_layer: BaseLayer;
   lora_A = new AdapterDict<Linear>();
@@ -111,8 +100,10 @@ export class LoraLinear extends Module {
   tiedWith: string | null = null;
   #active: string[] = [];
   readonly #weightNorms = new Map<string, Tensor>();
-  /** Set by PeftModel.setRowAdapters: each row of the input takes its own adapter (batched serving). */
-  rowGroups: readonly RowGroup[] | null = null;
+  /** Set by PeftModel.setRowAdapters: the adapter of each input row (null: the base alone), for batched serving. */
+  rowAdapters: readonly (string | null)[] | null = null;
+  /** This layer's adapters of `rows` stacked (A [Σr, in], B [out, Σr]) and the per-row scaling mask [N, Σr]. */
+  #rowStack: { rows: readonly (string | null)[]; A: Tensor; B: Tensor; mask: Tensor } | null = null;
 
   constructor(base: BaseLayer, path = "") {
     super();
@@ -222,7 +213,7 @@ export class LoraLinear extends Module {
       return this.base_layer.forward(x);
     }
     // Merged adapters already live in the base weight (PEFT ignores the unmerged ones then too).
-    if (this.rowGroups && !this.merged) return this.#forwardRows(x, this.rowGroups);
+    if (this.rowAdapters && !this.merged) return this.#forwardRows(x, this.rowAdapters);
     if (this.merged || this.#active.length === 0) return this.base_layer.forward(x);
     return scope(() => {
       const lead = x.shape.slice(0, -1);
@@ -261,44 +252,55 @@ export class LoraLinear extends Module {
   }
 
   /**
-   * Rows with different adapters in one batch (S-LoRA/Punica serving): the base over every row,
-   * then per adapter the LoRA branch over its rows only (gathered, then added back in place).
-   * Inference only: no dropout.
+   * Rows with different adapters in one batch (S-LoRA/Punica serving): the base over every row, then
+   * every adapter's branch at once through their stacked factors: h = x·[A₁; A₂; …]ᵀ, each row
+   * masked to its own adapter's block and scaled by its scaling (other blocks 0), then h·[B₁ B₂ …]ᵀ.
+   * Four ops whatever the number of adapters; the row's own terms are those of its adapter alone
+   * (the zeros add nothing). The stack is rebuilt when the row assignment changes. Inference only.
    */
-  #forwardRows(x: Tensor, groups: readonly RowGroup[]): Tensor {
+  #forwardRows(x: Tensor, rows: readonly (string | null)[]): Tensor {
     return scope(() => {
       const lead = x.shape.slice(0, -1);
       const x2 = x.reshape([-1, this.inFeatures]); // (N, in)
       const N = x2.shape[0];
-      const out = this.outFeatures;
-      const y = this.base_layer.forward(x).reshape([N, out]);
-      const mine = groups.filter((g) => this.lora_A.has(g.adapter));
-      const branch = (g: RowGroup, xs: Tensor) => {
-        const A = this.lora_A.get(g.adapter).weight, B = this.lora_B.get(g.adapter).weight;
-        const d = loraBranch(xs.dtype === A.dtype ? xs : xs.cast(A.dtype), A, B, this.scaling.get(g.adapter) as number, null); // (n, out)
-        return d.dtype === y.dtype ? d : d.cast(y.dtype);
-      };
-      let delta: Tensor | null = null;
-      if (mine.every((g) => g.rows === null)) {
-        // Contiguous groups: each branch on a row range (a view), the deltas laid end to end (zeros between).
-        const parts: Tensor[] = [];
-        let at = 0;
-        for (const g of [...mine].sort((a, b) => a.start - b.start)) {
-          if (g.start > at) parts.push(zeros([g.start - at, out], { dtype: y.dtype, backend: y.backend }));
-          parts.push(branch(g, g.count === N ? x2 : x2.narrow(0, g.start, g.count)));
-          at = g.start + g.count;
-        }
-        if (at < N && parts.length) parts.push(zeros([N - at, out], { dtype: y.dtype, backend: y.backend }));
-        if (parts.length) delta = parts.length === 1 ? parts[0] : concat(parts, 0);
-      } else {
-        for (const g of mine) {
-          const rows = g.rows ?? arange(g.count, { start: g.start, dtype: "i32", backend: y.backend });
-          const d = scatterAdd([N, out], rows.reshape([-1, 1]).expand([rows.size, out]), branch(g, embedding(x2, rows)), 0);
-          delta = delta ? delta.add(d) : d;
-        }
-      }
-      return (delta ? y.add(delta) : y).reshape([...lead, out]);
+      if (rows.length !== N) throw new RangeError(`${this.path}: ${rows.length} row adapters for ${N} rows`);
+      const y = this.base_layer.forward(x).reshape([N, this.outFeatures]);
+      const stack = this.#stackFor(rows);
+      if (!stack) return y.reshape([...lead, this.outFeatures]);
+      const xs = x2.dtype === stack.A.dtype ? x2 : x2.cast(stack.A.dtype);
+      const d = xs.matmul(stack.A.T).mul(stack.mask).matmul(stack.B.T); // (N, out)
+      return y.add(d.dtype === y.dtype ? d : d.cast(y.dtype)).reshape([...lead, this.outFeatures]);
     });
+  }
+
+  #stackFor(rows: readonly (string | null)[]): { A: Tensor; B: Tensor; mask: Tensor } | null {
+    if (this.#rowStack?.rows === rows) return this.#rowStack;
+    this.releaseRowStack();
+    const mine = [...new Set(rows)].filter((n): n is string => n !== null && this.lora_A.has(n));
+    if (!mine.length) return null;
+    const ranks = mine.map((n) => this.r.get(n) as number);
+    const width = ranks.reduce((a, b) => a + b, 0);
+    const start = new Map(mine.map((n, i) => [n, ranks.slice(0, i).reduce((a, b) => a + b, 0)]));
+    const mask = new Float32Array(rows.length * width);
+    rows.forEach((n, i) => {
+      const s = n === null ? undefined : start.get(n);
+      if (s !== undefined) mask.fill(this.scaling.get(n as string) as number, i * width + s, i * width + s + (this.r.get(n as string) as number));
+    });
+    const A0 = this.lora_A.get(mine[0]).weight;
+    this.#rowStack = noGrad(() => ({
+      rows,
+      A: keep(mine.length === 1 ? A0.contiguous() : concat(mine.map((n) => this.lora_A.get(n).weight), 0)),
+      B: keep(mine.length === 1 ? this.lora_B.get(mine[0]).weight.contiguous() : concat(mine.map((n) => this.lora_B.get(n).weight), 1)),
+      mask: keep(tensor(mask, { shape: [rows.length, width], backend: A0.backend, dtype: A0.dtype })),
+    }));
+    return this.#rowStack;
+  }
+
+  /** Free the stacked factors of the last row assignment. */
+  releaseRowStack(): void {
+    const s = this.#rowStack;
+    if (s) for (const t of [s.A, s.B, s.mask]) t.dispose();
+    this.#rowStack = null;
   }
 
   /** This step's dropout of adapter `name` over `size` input elements (advancing its stream), or null. */

@@ -3,11 +3,11 @@
  * target Linears in LoraLinear via `setSubmodule`, wrap modules_to_save, freeze everything else,
  * and manage several named adapters on one base.
  */
-import { type DType, type Tensor, hash32, isFloat, keep, tensor } from "@lowrank/tensor";
+import { type DType, type Tensor, hash32, isFloat } from "@lowrank/tensor";
 import type { Module } from "@lowrank/nn";
 import { type LoraConfig, type LoraConfigInput, LoraConfigError, loraConfig } from "./config.ts";
-import { type BaseLayer, baseBackend, isQuantizedLinear } from "./base-layer.ts";
-import { type AdapterOptions, type MergeInfo, type MergeOptions, LoraLinear, type RowGroup } from "./layer.ts";
+import { type BaseLayer, isQuantizedLinear } from "./base-layer.ts";
+import { type AdapterOptions, type MergeInfo, type MergeOptions, LoraLinear } from "./layer.ts";
 import { ModulesToSaveWrapper } from "./modules-to-save.ts";
 import { type InjectionPlan, planInjection } from "./targets.ts";
 import { type Combination, type WeightedAdapterOptions, addWeightedAdapter } from "./weighted.ts";
@@ -37,7 +37,6 @@ export class PeftModel<M extends Module = Module> {
   /** Config per adapter name, as it will be saved. */
   readonly peftConfig = new Map<string, LoraConfig>();
   #active: string[] = [];
-  #rowGroups: RowGroup[] = [];
   readonly #seed: number;
   readonly #warn: (m: string) => void;
 
@@ -157,26 +156,19 @@ export class PeftModel<M extends Module = Module> {
   /**
    * Serve a batch whose rows use different adapters: rows[i] names the adapter of input row i (the
    * flattened leading dims; null = the base alone). Each LoRA layer then runs the base over every
-   * row and each adapter's branch over its rows: a row range when the adapter's rows are adjacent
-   * (order a batch by adapter to get that), else gathered and scattered back. Plain LoRA adapters
-   * only (rowBatchable); null ends it (setAdapter's adapters apply again). Inference only.
+   * row and all the adapters' branches at once, each row masked to its own (LoraLinear's stacked
+   * factors). Plain LoRA adapters only (rowBatchable); null ends it (setAdapter's adapters apply
+   * again). Inference only.
    */
   setRowAdapters(rows: readonly (string | null)[] | null): void {
-    for (const g of this.#rowGroups) g.rows?.dispose();
-    this.#rowGroups = [];
-    const layers = this.loraLayers();
-    if (rows && layers.length) {
-      const backend = baseBackend(layers[0][1].base_layer);
-      for (const n of new Set(rows)) {
-        if (n === null) continue;
-        if (!this.rowBatchable(n)) throw new Error(`adapter '${n}' cannot share a batch with others (DoRA, modules_to_save or trained biases); serve it alone with setAdapter`);
-        const idx = rows.flatMap((r, i) => (r === n ? [i] : []));
-        const contiguous = idx[idx.length - 1] - idx[0] === idx.length - 1;
-        const at = contiguous ? null : keep(tensor(Int32Array.from(idx), { shape: [idx.length], dtype: "i32", backend }));
-        this.#rowGroups.push({ adapter: n, rows: at, start: idx[0], count: idx.length });
-      }
+    for (const n of new Set(rows ?? [])) {
+      if (n !== null && !this.rowBatchable(n)) throw new Error(`adapter '${n}' cannot share a batch with others (DoRA, modules_to_save or trained biases); serve it alone with setAdapter`);
     }
-    for (const [, l] of layers) l.rowGroups = rows ? this.#rowGroups : null;
+    const list = rows ? [...rows] : null; // a new array: layers rebuild their stacks for it
+    for (const [, l] of this.loraLayers()) {
+      l.rowAdapters = list;
+      if (!list) l.releaseRowStack();
+    }
   }
 
   /** Whether an adapter can share a batch with others row by row: plain LoRA, nothing outside its A and B. */

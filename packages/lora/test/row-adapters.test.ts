@@ -24,8 +24,6 @@ for (const [label, adapters] of [
   const seqs = [[1, 5, 9], [2, 7, 3], [4, 4, 8], [6, 1, 2], [3, 9, 9]];
   const rows = seqs.flatMap((s, i) => s.map(() => adapters[i]));
   peft.setRowAdapters(rows);
-  const contiguous = label.startsWith("rows ordered");
-  for (const [, l] of peft.loraLayers()) assert.equal(l.rowGroups?.every((g) => g.rows === null), contiguous);
   const batched = logits(model, seqs);
   peft.setRowAdapters(null);
   const V = batched.length / (seqs.length * 3);

@@ -2,8 +2,8 @@
  * Continuous batching over one base model (S-LoRA's serving loop): requests join between steps,
  * and each step is one forward over every active sequence (LlamaForCausalLM.stepSegments): a new
  * sequence brings its whole prompt, the others one token each; one base matmul per layer covers
- * them all, and each token's LoRA branch comes from its own sequence's adapter (rows ordered by
- * adapter: PeftModel.setRowAdapters). A finished sequence leaves at once. Each sequence has its
+ * them all, and each token's LoRA branch comes from its own sequence's adapter
+ * (PeftModel.setRowAdapters: all adapters' factors stacked, each row masked to its own). A finished sequence leaves at once. Each sequence has its
  * own KV cache; the batch is bounded by a count, by the bytes its caches can reach, and by the
  * tokens one step takes in. Sampling, stop tokens and length are those of nn's generate().
  */
@@ -128,9 +128,8 @@ export class Batcher {
     this.#admit();
     const live = [...this.#active].filter((a) => !a.spec.signal?.aborted || this.#finish(a, false));
     if (!live.length) return;
-    // One forward for every sequence whose adapter can share it (ordered by adapter, so each adapter's
-    // tokens are one range); a DoRA (or similar) adapter steps alone.
-    const shared = live.filter((a) => a.spec.adapter === null || this.#m.rowBatchable(a.spec.adapter)).sort((a, b) => order(a.spec.adapter, b.spec.adapter));
+    // One forward for every sequence whose adapter can share it; a DoRA (or similar) adapter steps alone.
+    const shared = live.filter((a) => a.spec.adapter === null || this.#m.rowBatchable(a.spec.adapter));
     const groups = [shared, ...live.filter((a) => !shared.includes(a)).map((a) => [a])].filter((g) => g.length);
     for (const g of groups) {
       let rows: Float32Array;
@@ -223,11 +222,6 @@ export class Batcher {
   async idle(): Promise<void> {
     while (this.#running) await new Promise<void>((r) => setImmediate(r));
   }
-}
-
-/** Adapters by name, the base (null) last. */
-function order(a: string | null, b: string | null): number {
-  return a === b ? 0 : a === null ? 1 : b === null ? -1 : a < b ? -1 : 1;
 }
 
 async function readRow(t: Tensor): Promise<Float32Array> {

@@ -9,7 +9,7 @@
  * nkv key/value heads, hs head size, V vocab.
  */
 import {
-  type RopeTables, type Tensor, attention, concat, crossEntropy, embedding, linearCrossEntropy, noGrad, rope, ropeTables, scope, swiglu, tensor,
+  type RopeTables, type Tensor, attention, attentionDecode, concat, crossEntropy, embedding, linearCrossEntropy, noGrad, rope, ropeTables, scope, swiglu, tensor,
 } from "@lowrank/tensor";
 import { KVCache } from "../kv-cache.ts";
 import { Embedding, Linear, RMSNorm } from "../layers.ts";
@@ -94,6 +94,12 @@ export class LlamaAttention extends Module {
    * Returns (1, L, nh, hs).
    */
   #attendEach(q: Tensor, k: Tensor, v: Tensor, seg: NonNullable<LayerContext["segments"]>, layer: number): Tensor {
+    // Every sequence adds one token to a non-empty cache (a pure decode step): one call for them all.
+    if (this.window === null && seg.lengths.every((n) => n === 1) && seg.caches.every((c) => c.keys[layer])) {
+      const r = attentionDecode(q, k, v, seg.caches.map((c) => c.keys[layer] as Tensor), seg.caches.map((c) => c.values[layer] as Tensor));
+      seg.caches.forEach((c, i) => c.replace(layer, r.ks[i], r.vs[i]));
+      return r.out.permute([0, 2, 1, 3]); // (1, N, nh, hs)
+    }
     let at = 0;
     const ys = seg.caches.map((cache, i) => {
       const [t0, T] = [at, seg.lengths[i]];
