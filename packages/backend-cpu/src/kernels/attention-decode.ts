@@ -1,9 +1,11 @@
 /**
  * FusedKernels.attentionDecode on the CPU: one decode step of N sequences over their own KV
  * caches, in one call instead of three ops per sequence (two cache concats and an attention).
- * Each sequence's cache is copied once into a new array one position longer (its new key and
- * value appended), and its single query attends over it: scores in f32, softmax with the row max,
- * then the weighted sum of values. Grouped-query: query head h reads kv head floor(h / (Hq / Hkv)).
+ * Each sequence's cache is copied once, one position longer (its new key and value appended),
+ * into one array shared by the step's new caches (each a view of it: one allocation per call,
+ * not two per sequence), and its single query attends over it: scores in f32, softmax with the
+ * row max, then the weighted sum of values. Grouped-query: query head h reads kv head
+ * floor(h / (Hq / Hkv)).
  */
 
 export interface DecodeShape {
@@ -25,18 +27,22 @@ export function attentionDecodeKernel(
   const group = Hq / Hkv;
   const out = alloc(Hq * N * D);
   const outKs: Float32Array[] = [], outVs: Float32Array[] = [];
+  const total = ks.reduce((n, k) => n + k.length + Hkv * D, 0);
+  const kAll = new Float32Array(total), vAll = new Float32Array(total);
+  let at = 0;
   let scores = new Float32Array(0);
   for (let i = 0; i < N; i++) {
     const S = ks[i].length / (Hkv * D) + 1; // keys after the append
-    const grow = (old: Float32Array, fresh: Float32Array) => {
-      const c = alloc(Hkv * S * D);
+    const grow = (old: Float32Array, fresh: Float32Array, all: Float32Array) => {
+      const c = all.subarray(at, at + Hkv * S * D);
       for (let h = 0; h < Hkv; h++) {
         c.set(old.subarray(h * (S - 1) * D, (h + 1) * (S - 1) * D), h * S * D);
         c.set(fresh.subarray((h * N + i) * D, (h * N + i + 1) * D), h * S * D + (S - 1) * D);
       }
       return c;
     };
-    const K = grow(ks[i], kNew), V = grow(vs[i], vNew);
+    const K = grow(ks[i], kNew, kAll), V = grow(vs[i], vNew, vAll);
+    at += Hkv * S * D;
     outKs.push(K);
     outVs.push(V);
     if (scores.length < S) scores = new Float32Array(S);
