@@ -1,6 +1,6 @@
 /**
  * Direct entry for the suites without the lowrank CLI:
- *   node --import tsx benchmarks/src/bench.ts <ranks|memory|peer|kernels|cpu|all|report> [--quick]
+ *   node --import tsx benchmarks/src/bench.ts <ranks|memory|peer|kernels|cpu|models|all|report> [--quick]
  *   node --import tsx benchmarks/src/bench.ts plan --params 70e9 --method qlora --rank 16
  */
 import { benchCommand, planCommand } from "./cli.ts";

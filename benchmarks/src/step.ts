@@ -53,14 +53,17 @@ export function syntheticExamples(n: number, seq: number, vocab: number, seed: n
   }));
 }
 
-/** Apply the method to `model` in place (as finetune() does); returns the trainable parameters. */
-export async function applyMethod(model: LlamaForCausalLM, spec: MethodSpec, seed = 0) {
+/**
+ * Apply the method to `model` in place (as finetune() does); returns the trainable parameters.
+ * `modelDir` is recorded as the adapter's base_model_name_or_path (default "(benchmark)").
+ */
+export async function applyMethod(model: LlamaForCausalLM, spec: MethodSpec, seed = 0, modelDir = "(benchmark)") {
   const cfg = resolveConfig({
-    model: "(benchmark)", data: "(synthetic)", output: "(none)", method: spec.method, rank: spec.rank, alpha: spec.alpha,
+    model: modelDir, data: "(synthetic)", output: "(none)", method: spec.method, rank: spec.rank, alpha: spec.alpha,
     targetModules: spec.targets, dropout: spec.dropout, seed, gradientCheckpointing: spec.checkpointing,
     ...(spec.mixedPrecision ? { mixedPrecision: spec.mixedPrecision } : {}),
   });
-  const prepared = await prepareModel(model, cfg, "(benchmark)");
+  const prepared = await prepareModel(model, cfg, modelDir);
   const ckpt = spec.checkpointing ?? spec.method === "qlora";
   if (ckpt) enableGradientCheckpointing(model);
   return { prepared, checkpointing: ckpt };
@@ -70,6 +73,8 @@ export interface StepTiming {
   /** Tokens per second of the median timed step. */
   tokensPerS: number;
   stepMs: number[];
+  /** The untimed warm-up steps' milliseconds (the first creates the optimizer state). */
+  warmupMs: number[];
   losses: number[];
   trainable: number;
   checkpointing: boolean;
@@ -89,10 +94,12 @@ export async function timeSteps(
     batch: number; seq: number; steps: number; warmup: number; lr: number; seed?: number; onStep?: (i: number) => void; maxStepMs?: number;
     /** Stop once performance.now() passes this and at least one timed step is done (fewer than `steps` then). */
     stopAt?: number;
+    /** applyMethod's result when the caller applied the method itself (to time it, or to save the adapter after). */
+    applied?: Awaited<ReturnType<typeof applyMethod>>;
   },
 ): Promise<StepTiming> {
   const seed = o.seed ?? 0;
-  const { prepared, checkpointing } = await applyMethod(model, spec, seed);
+  const { prepared, checkpointing } = o.applied ?? (await applyMethod(model, spec, seed));
   const params = namedParams(prepared.trainable);
   const optimizer = new AdamW(params, { betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0 });
   const loader = new BatchLoader(syntheticExamples(4 * o.batch, o.seq, model.config.vocab_size, seed), o.batch, seed, 0, false);
@@ -119,11 +126,12 @@ export async function timeSteps(
     optimizer.dispose();
   }
   const train = metrics.records.filter((r) => r.split === "train");
-  const stepMs = train.slice(o.warmup).map((r) => (1000 * tokens) / (r as { tokens_per_s: number }).tokens_per_s);
+  const msOf = (r: MetricRecord) => (1000 * tokens) / (r as { tokens_per_s: number }).tokens_per_s;
+  const stepMs = train.slice(o.warmup).map(msOf);
   const sorted = [...stepMs].sort((a, b) => a - b);
   const med = sorted.length % 2 ? sorted[sorted.length >> 1] : (sorted[sorted.length / 2 - 1] + sorted[sorted.length / 2]) / 2;
   let trainable = 0;
   for (const t of prepared.trainable.values()) trainable += t.size;
   const skippedSteps = train.filter((r) => (r as { skipped?: boolean }).skipped).length;
-  return { tokensPerS: (1000 * tokens) / med, stepMs, losses, trainable, checkpointing, peakBytes, skippedSteps };
+  return { tokensPerS: (1000 * tokens) / med, stepMs, warmupMs: train.slice(0, o.warmup).map(msOf), losses, trainable, checkpointing, peakBytes, skippedSteps };
 }

@@ -42,7 +42,7 @@ Commands:
   dequantize    write a dense copy of a bitsandbytes 4-bit model directory: ${DEQUANTIZE_USAGE}
   serve         HTTP API: adapter registry, fine-tuning jobs, OpenAI-compatible inference:
                 ${SERVE_USAGE}
-  bench         benchmark suites (ranks, memory, peer, kernels, cpu, gpu, all) and benchmarks/results/REPORT.md:
+  bench         benchmark suites (ranks, memory, peer, kernels, cpu, gpu, models, all) and benchmarks/results/REPORT.md:
                 lowrank bench <suite> [--quick] (lowrank bench --help)
   plan          memory a fine-tuning configuration needs, by category:
                 lowrank plan --params 70e9 --method qlora --rank 16 [--layers --hidden --seq-len --batch-size]

@@ -2,6 +2,11 @@
  * Bounded load test on loopback: completions through one adapter vs eight in rotation.
  *
  *   node --import tsx apps/server/bench/load.ts [--requests 200] [--concurrency 4] [--max-tokens 16] [--rounds 4] [--json out.json]
+ *   node --import tsx apps/server/bench/load.ts --batching [--max-tokens 32] [--rounds 3] [--json out.json]
+ *
+ * --batching: 16 greedy requests over 4 adapters sent all at once (continuous batching) vs the same
+ * requests one at a time, and the same with 1 adapter; every concurrent answer must equal its
+ * one-at-a-time answer, and the acceptance is 4x the throughput (issue 18).
  *
  * Starts `lowrank serve` (stories260K, a temporary home) as a separate process so the client does
  * not share its event loop, uploads 8 adapters, warms each once, then alternates rounds of the two
@@ -30,6 +35,7 @@ const { values } = parseArgs({
     rounds: { type: "string", default: "4" },
     "deadline-s": { type: "string", default: "600" },
     json: { type: "string" },
+    batching: { type: "boolean" },
   },
 });
 const REQUESTS = Math.min(2000, Number(values.requests));
@@ -146,6 +152,66 @@ function summary(samples: Sample[], seconds: number) {
   };
 }
 
+/** One greedy completion: its text, tokens and latency. */
+async function complete(url: string, model: string, prompt: string): Promise<{ text: string; tokens: number; ms: number }> {
+  const t = performance.now();
+  const r = await api(url, "/v1/completions", {
+    method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ model, prompt, max_tokens: MAX_TOKENS, temperature: 0 }),
+  });
+  const j = (await r.json()) as { choices?: { text: string }[]; usage?: { completion_tokens: number }; error?: unknown };
+  if (r.status !== 200) throw new Error(`completion ${model}: ${r.status} ${JSON.stringify(j)}`);
+  return { text: j.choices?.[0]?.text ?? "", tokens: j.usage?.completion_tokens ?? 0, ms: performance.now() - t };
+}
+
+/** 16 requests over `models`: one at a time, then all at once; throughput, latency, and the answers compared. */
+async function batchingRound(url: string, models: string[]) {
+  const reqs = Array.from({ length: 16 }, (_, i) => ({ model: models[i % models.length], prompt: PROMPTS[i % PROMPTS.length] }));
+  const t0 = performance.now();
+  const serial = [];
+  for (const q of reqs) serial.push(await complete(url, q.model, q.prompt));
+  const serialS = (performance.now() - t0) / 1000;
+  const t1 = performance.now();
+  const together = await Promise.all(reqs.map((q) => complete(url, q.model, q.prompt)));
+  const togetherS = (performance.now() - t1) / 1000;
+  const tokens = serial.reduce((n, r) => n + r.tokens, 0);
+  const mismatches = reqs.flatMap((q, i) => (serial[i].text === together[i].text ? [] : [`${q.model} ${JSON.stringify(q.prompt)}: ${JSON.stringify(serial[i].text)} vs ${JSON.stringify(together[i].text)}`]));
+  return { tokens, serialS, togetherS, latencies: together.map((r) => r.ms), mismatches };
+}
+
+async function batching(url: string, names: string[]): Promise<number> {
+  const modes: [string, string[]][] = [["4 adapters", names.slice(0, 4)], ["1 adapter", names.slice(0, 1)]];
+  for (const [, models] of modes) await batchingRound(url, models); // warm: the batched path compiled and optimized once
+  const acc = new Map(modes.map(([label]) => [label, { tokens: 0, serialS: 0, togetherS: 0, lat: [] as number[], mismatches: [] as string[] }]));
+  for (let r = 0; r < ROUNDS; r++) {
+    // Alternate which mode goes first, so neither always runs on a warmer or quieter machine.
+    for (const [label, models] of r % 2 === 0 ? modes : [...modes].reverse()) {
+      const x = await batchingRound(url, models);
+      const a = acc.get(label)!;
+      a.tokens += x.tokens;
+      a.serialS += x.serialS;
+      a.togetherS += x.togetherS;
+      a.lat.push(...x.latencies);
+      a.mismatches.push(...x.mismatches);
+    }
+  }
+  const results: Record<string, { tokens: number; serial_s: number; concurrent_s: number; speedup: number; p50_ms: number; p99_ms: number; mismatches: string[] }> = {};
+  for (const [label, a] of acc) {
+    const lat = a.lat.sort((x, y) => x - y);
+    results[label] = { tokens: a.tokens, serial_s: a.serialS, concurrent_s: a.togetherS, speedup: a.serialS / a.togetherS, p50_ms: pct(lat, 50), p99_ms: pct(lat, 99), mismatches: a.mismatches };
+    console.log(`${label.padEnd(12)} 16 requests x ${ROUNDS} rounds, ${a.tokens} tokens: one at a time ${(a.tokens / a.serialS).toFixed(1)} tok/s, all at once ${(a.tokens / a.togetherS).toFixed(1)} tok/s ` +
+      `(${(a.serialS / a.togetherS).toFixed(2)}x), concurrent latency p50 ${pct(lat, 50).toFixed(0)} ms p99 ${pct(lat, 99).toFixed(0)} ms, ${a.mismatches.length} answers differ`);
+    for (const m of a.mismatches.slice(0, 5)) console.log(`  differs: ${m}`);
+  }
+  const cache = (await (await api(url, "/v1/cache")).json()) as { batching: unknown };
+  const r4 = results["4 adapters"];
+  const pass = r4.speedup >= 4 && Object.values(results).every((x) => x.mismatches.length === 0);
+  console.log(`server batching counters: ${JSON.stringify(cache.batching)}`);
+  console.log(`ACCEPTANCE ${pass ? "PASS" : "FAIL"}: 16 concurrent greedy requests over 4 adapters ${r4.speedup.toFixed(2)}x the one-at-a-time throughput (needs 4x), every answer identical: ${Object.values(results).every((x) => x.mismatches.length === 0)}`);
+  if (values.json) await writeFile(values.json, `${JSON.stringify({ date: new Date().toISOString(), command: `node --import tsx apps/server/bench/load.ts --batching --max-tokens ${MAX_TOKENS} --rounds ${ROUNDS}`, max_tokens: MAX_TOKENS, rounds: ROUNDS, results, batching: cache.batching, pass }, null, 2)}\n`);
+  return pass ? 0 : 1;
+}
+
 async function main(): Promise<number> {
   if (!existsSync(join(MODEL, "model.safetensors"))) {
     console.log(`skipped: ${MODEL} not found (set LOWRANK_DATA_DIR)`);
@@ -160,6 +226,7 @@ async function main(): Promise<number> {
     const names = dirs.map((_, i) => `bench-${i}`);
     for (let i = 0; i < ADAPTERS; i++) await upload(s.url, names[i], dirs[i]);
     await run(s.url, names, ADAPTERS * 2, 0); // warm: every adapter loaded into the cache once
+    if (values.batching) return await batching(s.url, names);
 
     const per = Math.ceil(REQUESTS / ROUNDS);
     const one: Sample[] = [];

@@ -21,6 +21,8 @@ export class ApiError extends Data.TaggedError("ApiError")<{
   readonly type: ErrorType;
   readonly message: string;
   readonly field: string | null;
+  /** Seconds, sent as Retry-After (429 and 503). */
+  readonly retryAfter?: number;
 }> {
   /** The JSON error body. */
   body(): { error: { message: string; field: string | null; type: ErrorType } } {
@@ -35,9 +37,33 @@ export const notFound = (message: string, field: string | null = null) => new Ap
 export const conflict = (message: string, field: string | null = null) => new ApiError({ status: 409, type: "conflict_error", message, field });
 export const tooLarge = (message: string, field: string | null = null) => new ApiError({ status: 413, type: "payload_too_large", message, field });
 export const unsupportedMedia = (message: string) => new ApiError({ status: 415, type: "invalid_request_error", message, field: null });
-export const rateLimited = (message: string) => new ApiError({ status: 429, type: "rate_limit_error", message, field: null });
+export const rateLimited = (message: string, retryAfter?: number, field: string | null = null) => new ApiError({ status: 429, type: "rate_limit_error", message, field, retryAfter });
 export const unavailable = (message: string) => new ApiError({ status: 503, type: "unavailable_error", message, field: null });
 export const internal = (message: string) => new ApiError({ status: 500, type: "server_error", message, field: null });
+
+/** The same error with another message (paths redacted). */
+export function withMessage(e: ApiError, message: string): ApiError {
+  return message === e.message ? e : new ApiError({ status: e.status, type: e.type, message, field: e.field, retryAfter: e.retryAfter });
+}
+
+/**
+ * Replace every file-system path under one of `roots` (the server's home, the model directory,
+ * the temp directory, the working directory) with its last component, so an error body never
+ * names where the server keeps its files. Paths are matched up to whitespace, a quote, a colon, a
+ * comma, a semicolon or a closing bracket.
+ */
+export function redactPaths(message: string, roots: readonly string[]): string {
+  let out = message;
+  const sorted = [...new Set(roots.filter((r) => r && r.length > 1).map((r) => r.replace(/[\\/]+$/, "")))].sort((a, b) => b.length - a.length);
+  for (const root of sorted) {
+    const esc = root.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    out = out.replace(new RegExp(`${esc}(?:[\\\\/][^\\s'"\\\\\\]),;:]*)?`, "g"), (m) => {
+      const tail = m.slice(root.length).split(/[\\/]/).filter(Boolean).pop();
+      return tail ? `<${tail}>` : "<server path>";
+    });
+  }
+  return out;
+}
 
 export function isApiError(e: unknown): e is ApiError {
   return e instanceof ApiError;

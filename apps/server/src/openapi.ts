@@ -153,7 +153,7 @@ export function openApiDocument(ctx?: ServerContext): Record<string, unknown> {
       },
       "/v1/adapters/{name}/versions/{version}/load": { post: op("hot-load into the inference cache", "admin", { type: "object" }, { params: aref, tags: ["inference"] }) },
       "/v1/adapters/{name}/versions/{version}/unload": { post: op("unload from the inference cache", "admin", { type: "object" }, { params: aref, tags: ["inference"] }) },
-      "/v1/cache": { get: op("loaded adapters and their bytes (LRU)", "admin", obj({ capacity_bytes: int(), used_bytes: int(), loaded: { type: "array" } }), { tags: ["inference"] }) },
+      "/v1/cache": { get: op("loaded adapters and their bytes (LRU), and how much continuous batching happened", "admin", obj({ capacity_bytes: int(), used_bytes: int(), batching: obj({ decode_steps: int(), sequence_steps: int(), max_batch: int() }), loaded: { type: "array" } }), { tags: ["inference"] }) },
       "/v1/aliases": { get: op("aliases (A/B routing)", "read", list(ref("Alias")), { tags: ["registry"] }) },
       "/v1/aliases/{alias}": {
         get: op("one alias", "read", ref("Alias"), { params: ["alias"], tags: ["registry"] }),
@@ -167,7 +167,10 @@ export function openApiDocument(ctx?: ServerContext): Record<string, unknown> {
           body: { "multipart/form-data": { schema: obj({ file: str(undefined, { format: "binary" }), name: str(), format: str() }, ["file"]) }, "text/plain": { schema: str() }, "application/jsonl": { schema: str() } },
         }),
       },
-      "/v1/datasets/{id}": { get: op("one dataset", "read", ref("Dataset"), { params: ["id"], tags: ["training"] }) },
+      "/v1/datasets/{id}": {
+        get: op("one dataset", "read", ref("Dataset"), { params: ["id"], tags: ["training"] }),
+        delete: op("delete a dataset and its file (409 while a queued or running job uses it)", "admin", obj({ id: str(), deleted: bool() }), { params: ["id"], tags: ["training"] }),
+      },
       "/v1/fine-tunes": {
         get: op("jobs, newest first", "read", list(ref("FineTuneJob")), { tags: ["training"], query: [{ name: "status", in: "query", schema: str() }, { name: "limit", in: "query", schema: int() }] }),
         post: op("start a fine-tuning job; on success its adapter is registered", "train", ref("FineTuneJob"), { status: 201, body: json(ref("FineTuneRequest")), tags: ["training"] }),

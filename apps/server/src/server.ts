@@ -5,18 +5,23 @@
  * inference finish, checkpoints running jobs (they resume on the next start), then releases the
  * rest through the same scope.
  */
-import { basename } from "node:path";
+import { tmpdir } from "node:os";
+import { basename, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { Data, Effect, Exit, Scope } from "effect";
 import { createCpuBackend } from "@lowrank/backend-cpu";
 import type { Backend } from "@lowrank/tensor";
 import { KeyStore, adminToken } from "./auth.ts";
+import { redactPaths } from "./errors.ts";
 import { type Home, ensureHome } from "./home.ts";
 import { createApp } from "./http/app.ts";
 import type { Limits, ServerContext } from "./http/context.ts";
 import { ModelHost } from "./inference/host.ts";
+import { defaultJobBudget } from "./jobs/admission.ts";
 import { JobRunner } from "./jobs/runner.ts";
 import { JobStore } from "./jobs/store.ts";
 import { listen } from "./listen.ts";
+import { TokenizerPool } from "./tokenize/pool.ts";
 import { weightsHash } from "./registry/files.ts";
 import { Registry } from "./registry/registry.ts";
 import { openDb } from "./storage/db.ts";
@@ -39,7 +44,15 @@ export interface ServerOptions {
   /** Adapter cache capacity in bytes (default 256 MiB). */
   cacheBytes?: number;
   maxQueue?: number;
+  /** Requests decoded together by continuous batching (default 32). */
+  maxBatch?: number;
+  /** Bytes the batch's KV caches may reach (default 256 MiB); a request that alone needs more is refused. */
+  kvBudgetBytes?: number;
   maxConcurrentJobs?: number;
+  /** Fine-tuning jobs allowed to wait; beyond that POST /v1/fine-tunes is a 429 with Retry-After (default 16). */
+  maxQueuedJobs?: number;
+  /** Planned peak memory one job may use (`lowrank plan`'s estimate; default half the machine's memory / maxConcurrentJobs). */
+  jobMemoryBytes?: number;
   /** How long a running job may take to reach a checkpoint at shutdown (default 30 s). */
   stopGraceMs?: number;
   /** How long open connections get at shutdown (default 10 s). */
@@ -64,7 +77,10 @@ export interface RunningServer {
 
 export class StartupError extends Data.TaggedError("StartupError")<{ message: string; step: string }> {}
 
-const DEFAULT_LIMITS: Limits = { maxBodyBytes: 1 << 20, maxUploadBytes: 1 << 30, maxTokens: 2048 };
+/** The repository (or installed package) root: paths under it never reach a client either. */
+const REPO_ROOT = fileURLToPath(new URL("../../..", import.meta.url));
+
+const DEFAULT_LIMITS: Limits = { maxBodyBytes: 1 << 20, maxUploadBytes: 1 << 30, maxDatasetBytes: 64 << 20, maxTokens: 2048 };
 
 export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const log = o.log ?? ((l: string) => console.error(l));
@@ -88,14 +104,17 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     const backend = o.backend ?? (yield* step("backend", () => createCpuBackend(), (b) => b.dispose()));
     const hash = yield* step("weights hash", () => weightsHash(o.modelDir, db));
     const modelId = basename(o.modelDir.replace(/[\\/]+$/, ""));
-    const host = yield* step("model", () => ModelHost.load({ modelDir: o.modelDir, backend, id: modelId, hash, cacheBytes: o.cacheBytes, maxQueue: o.maxQueue, log }), (h) => h.close());
+    const host = yield* step("model", () => ModelHost.load({ modelDir: o.modelDir, backend, id: modelId, hash, cacheBytes: o.cacheBytes, maxQueue: o.maxQueue, maxBatch: o.maxBatch, kvBudgetBytes: o.kvBudgetBytes, log }), (h) => h.close());
     log(`chat prompts (/v1/chat/completions): ${host.chatLayout}`);
     registry.onRemoved = (v) => void host.exclusive(async () => host.unload(v.id)).catch(() => {});
     const jobs = new JobStore(db);
     const runner = yield* step("job runner", () => new JobRunner(jobs, registry, host, {
       jobsDir: home.jobs, maxConcurrent: o.maxConcurrentJobs, stopGraceMs: o.stopGraceMs, command: o.workerCommand, log,
     }), (r) => r.shutdown());
-    const ctx: ServerContext = { home, host, registry, keys, jobs, runner, limits, startedAt: Date.now(), log };
+    const roots = [home.root, o.modelDir, resolve(o.modelDir), tmpdir(), process.cwd(), REPO_ROOT];
+    const admission = { budgetBytes: o.jobMemoryBytes ?? defaultJobBudget(o.maxConcurrentJobs ?? 1), maxQueued: o.maxQueuedJobs ?? 16 };
+    const tokens = yield* step("tokenizer thread", () => new TokenizerPool(o.modelDir), (t) => t.close());
+    const ctx: ServerContext = { home, host, registry, keys, jobs, runner, limits, admission, tokens, startedAt: Date.now(), log, redact: (m) => redactPaths(m, roots) };
     const app = createApp(ctx);
     const listener = yield* step("listen", () => listen(app.fetch, hostname, o.port ?? 8080, limits.maxUploadBytes), (l) => l.close(0));
     const recoveredJobs = runner.recover();

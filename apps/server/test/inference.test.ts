@@ -95,6 +95,9 @@ describe("inference", { skip: NEED_MODEL }, () => {
       assert.equal(r.header, r.adapter ?? "none");
     }
     assert.ok(floating.b1 + floating.b2 === 6, JSON.stringify(floating));
+    // They shared decode steps (continuous batching), adapters mixed within a step.
+    const batching = (await call(s.url, "GET", "/v1/cache")).json.batching;
+    assert.ok(batching.max_batch > 1 && batching.sequence_steps > batching.decode_steps, JSON.stringify(batching));
     const after = await call(s.url, "POST", "/v1/completions", { body: completion("beta", PROMPTS[0], { max_tokens: 20 }) });
     assert.equal(after.json.adapter, "beta@2", "the upload made beta@2 current");
     assert.equal(after.json.choices[0].text, refs.b2.get(PROMPTS[0]));
@@ -223,6 +226,29 @@ describe("inference", { skip: NEED_MODEL }, () => {
       assert.equal(again.json.choices[0].text, refs.a1.get(PROMPTS[2]));
     } finally {
       await small.close();
+    }
+  });
+});
+
+describe("continuous batching bounds", { skip: NEED_MODEL }, () => {
+  test("maxBatch and the KV budget bound a step; a request whose KV cache alone passes the budget is a 400 on max_tokens", async () => {
+    // stories260K: 5 layers x 2 x 4 kv heads x head size 8 x 4 bytes = 1280 bytes per position.
+    const s = await startTestServer({ maxBatch: 2, kvBudgetBytes: 100_000 });
+    try {
+      const big = await call(s.url, "POST", "/v1/completions", { body: completion("stories260K-hf", PROMPTS[0], { max_tokens: 200 }) });
+      assert.equal(big.status, 400, big.text);
+      assert.equal(big.json.error.field, "max_tokens");
+      assert.match(big.json.error.message, /KV cache, more than the server's budget of 100000; lower max_tokens/);
+      const ref = await reference(null, 12);
+      const outs = await Promise.all(Array.from({ length: 6 }, (_, i) => call(s.url, "POST", "/v1/completions", { body: completion("stories260K-hf", PROMPTS[i % PROMPTS.length], { max_tokens: 12 }) })));
+      outs.forEach((r, i) => {
+        assert.equal(r.status, 200, r.text);
+        assert.equal(r.json.choices[0].text, ref.get(PROMPTS[i % PROMPTS.length]));
+      });
+      const b = (await call(s.url, "GET", "/v1/cache")).json.batching;
+      assert.ok(b.max_batch === 2, JSON.stringify(b));
+    } finally {
+      await s.close();
     }
   });
 });

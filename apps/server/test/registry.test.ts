@@ -69,8 +69,8 @@ describe("registry (storage)", () => {
   test("a real SQLite file under home, driver picked for this runtime", () => {
     assert.equal(db.driver, "better-sqlite3");
     assert.ok(existsSync(homePaths(root).db));
-    assert.equal(db.get<{ user_version: number }>("PRAGMA user_version")?.user_version, 1);
-    assert.equal(migrate(db), 1, "migrating twice is a no-op");
+    assert.equal(db.get<{ user_version: number }>("PRAGMA user_version")?.user_version, 2);
+    assert.equal(migrate(db), 2, "migrating twice is a no-op");
   });
 
   test("versions count up, the newest is current, files move into adapters/<name>/v<n>", async () => {

@@ -62,6 +62,43 @@ function packBlock(b: usize, ldb4: usize, kc: i32, nc: i32, dst: usize): void {
   }
 }
 
+// The same slivers from Bᵀ: B[k, n] = bt[n, k] (row stride ldbt4 bytes), so a weight W [n, k] packs
+// for x·Wᵀ in place of a transposed copy made first. Full slivers go 4 k at a time: 8 row loads,
+// two 4x4 transposes in registers, 8 stores. Columns past nc are 0.
+function packBlockT(bt: usize, ldbt4: usize, kc: i32, nc: i32, dst: usize): void {
+  const kv = kc & ~3;
+  for (let j = 0; j < nc; j += NR) {
+    const cols = min(NR, nc - j);
+    const src = bt + <usize>j * ldbt4;
+    const d0 = dst + <usize>j * <usize>kc * 4;
+    let kk = 0;
+    if (cols === NR) {
+      for (; kk < kv; kk += 4) {
+        const at = src + (<usize>kk << 2);
+        const d = d0 + <usize>kk * NR * 4;
+        transpose4(at, ldbt4, d);
+        transpose4(at + 4 * ldbt4, ldbt4, d + 16);
+      }
+    }
+    for (; kk < kc; kk++) {
+      const at = src + (<usize>kk << 2);
+      const d = d0 + <usize>kk * NR * 4;
+      for (let c = 0; c < NR; c++) store<f32>(d + (<usize>c << 2), c < cols ? load<f32>(at + <usize>c * ldbt4) : 0);
+    }
+  }
+}
+
+// Rows r..r+3 (stride ld4 bytes) of 4 floats each at `at` -> their columns, one per NR-float row of dst.
+@inline function transpose4(at: usize, ld4: usize, dst: usize): void {
+  const r0 = v128.load(at), r1 = v128.load(at + ld4), r2 = v128.load(at + 2 * ld4), r3 = v128.load(at + 3 * ld4);
+  const t0 = v128.shuffle<f32>(r0, r1, 0, 4, 1, 5), t1 = v128.shuffle<f32>(r0, r1, 2, 6, 3, 7);
+  const t2 = v128.shuffle<f32>(r2, r3, 0, 4, 1, 5), t3 = v128.shuffle<f32>(r2, r3, 2, 6, 3, 7);
+  v128.store(dst, v128.shuffle<f32>(t0, t2, 0, 1, 4, 5));
+  v128.store(dst + NR * 4, v128.shuffle<f32>(t0, t2, 2, 3, 6, 7));
+  v128.store(dst + 2 * NR * 4, v128.shuffle<f32>(t1, t3, 0, 1, 4, 5));
+  v128.store(dst + 3 * NR * 4, v128.shuffle<f32>(t1, t3, 2, 3, 6, 7));
+}
+
 // A[0:mr, 0:kc] (row stride lda4 bytes) -> dst as kc groups of MR floats (rows past mr are 0).
 function packA(a: usize, lda4: usize, mr: i32, kc: i32, dst: usize): void {
   let kk = 0;
@@ -176,6 +213,18 @@ export function packB(b: usize, ldb: i32, k: i32, n: i32, dst: usize, kcMax: i32
     const ncPad = (nc + NR - 1) & ~(NR - 1);
     for (let pc = 0; pc < k; pc += kcMax) {
       packBlock(b + <usize>pc * ldb4 + (<usize>jc << 2), ldb4, min(kcMax, k - pc), nc, blockAt(dst, jc, pc, k, ncPad));
+    }
+  }
+}
+
+/** packB of B[k, n] given as its transpose bt[n, k] (row stride ldbt): the same packed layout. */
+export function packBT(bt: usize, ldbt: i32, k: i32, n: i32, dst: usize, kcMax: i32, ncMax: i32): void {
+  const ldbt4 = <usize>ldbt << 2;
+  for (let jc = 0; jc < n; jc += ncMax) {
+    const nc = min(ncMax, n - jc);
+    const ncPad = (nc + NR - 1) & ~(NR - 1);
+    for (let pc = 0; pc < k; pc += kcMax) {
+      packBlockT(bt + <usize>jc * ldbt4 + (<usize>pc << 2), ldbt4, min(kcMax, k - pc), nc, blockAt(dst, jc, pc, k, ncPad));
     }
   }
 }

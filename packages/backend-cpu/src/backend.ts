@@ -1,6 +1,6 @@
 import {
   type Backend, type BinaryOp, type DType, type FusedKernels, type HostArray, type Input, type MemoryStats,
-  type ReduceOp, type UnaryOp, DTYPES, hostArray, numel, uniformAt,
+  type ReduceOp, type UnaryOp, type View, DTYPES, hostArray, numel, uniformAt,
 } from "@lowrank/tensor";
 import { type Bits, binaryStrided, unaryKernel, whereStrided } from "./kernels/elementwise.ts";
 import { encodeHalf, isHalf, useBf16Codec } from "./kernels/half.ts";
@@ -13,6 +13,7 @@ import { matmul4bitKernel } from "./kernels/matmul4bit.ts";
 import { adamwKernel, dropoutKernel, ropeKernel, swigluBackwardKernel, swigluKernel } from "./kernels/fused-nn.ts";
 import { type AttnOps, type AttnShape, attentionBackward, attentionForward, engineOps } from "./kernels/attention.ts";
 import { type LoraOps, loraBackward, loraForward } from "./kernels/lora.ts";
+import { attentionDecodeKernel } from "./kernels/attention-decode.ts";
 import { type Num, contiguous, copyView, gatherValues, numeric, numericView } from "./kernels/strided.ts";
 import { type MatmulEngine, createMatmulEngine } from "./matmul.ts";
 import { ElementwiseWasm } from "./wasm/elementwise.ts";
@@ -251,9 +252,12 @@ export class CpuBackend implements Backend<CpuHandle> {
       gemmViews(this.engine, A16, B16, C, (x) => gatherValues(x.values, x.view) as Float32Array);
     } else {
       const A = gatherValues(A16.values, A16.view);
-      const B = gatherValues(B16.values, B16.view);
+      // x·Wᵀ: W [N, K] row-major goes to the engine as it is, not transposed first (for one row of x,
+      // as in decoding, the transpose cost 30x the product).
+      const t = packedTranspose(B16.view);
+      const B = t ? B16.values.subarray(B16.view.offset, B16.view.offset + batch * K * N) : gatherValues(B16.values, B16.view);
       for (let i = 0; i < batch; i++) {
-        this.engine.matmul(A.subarray(i * M * K, (i + 1) * M * K), B.subarray(i * K * N, (i + 1) * K * N), C.subarray(i * M * N, (i + 1) * M * N), M, N, K);
+        this.engine.matmul(A.subarray(i * M * K, (i + 1) * M * K), B.subarray(i * K * N, (i + 1) * K * N), C.subarray(i * M * N, (i + 1) * M * N), M, N, K, t);
       }
     }
     this.recycle(a, A16);
@@ -292,6 +296,19 @@ export class CpuBackend implements Backend<CpuHandle> {
     scatterAddKernel(acc, shape, iv, sv, src.view.shape, axis);
     return this.store(dtype, acc);
   }
+}
+
+/** Whether a [..., K, N] view is the transpose of packed [..., N, K] matrices stored back to back. */
+function packedTranspose(v: View): boolean {
+  const r = v.shape.length;
+  const [K, N] = [v.shape[r - 2], v.shape[r - 1]];
+  if (v.strides[r - 2] !== 1 || v.strides[r - 1] !== K || K === 1 || N === 1) return false;
+  let size = K * N;
+  for (let d = r - 3; d >= 0; d--) {
+    if (v.shape[d] !== 1 && v.strides[d] !== size) return false;
+    size *= v.shape[d];
+  }
+  return true;
 }
 
 /** Integer view of a storage (f32 as its bits). */
@@ -420,6 +437,11 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
       const a = attnShape(q, k, causal, scale);
       const r = attentionBackward(attn, be.packedF32(q), be.packedF32(k), be.packedF32(v), be.packedF32(o), be.packedF32(lse), be.packedF32(gy), a);
       return { gq: out(q.dtype, r.gq), gk: out(k.dtype, r.gk), gv: out(v.dtype, r.gv) };
+    },
+    attentionDecode: (q, kNew, vNew, ks, vs, scale) => {
+      const [Hq, N, D] = q.view.shape;
+      const r = attentionDecodeKernel({ N, Hq, Hkv: kNew.view.shape[0], D, scale }, be.packedF32(q), be.packedF32(kNew), be.packedF32(vNew), ks.map((k) => be.packedF32(k)), vs.map((v) => be.packedF32(v)), (n) => be.pool.take(n));
+      return { out: be.own(r.out), ks: r.ks.map((k) => be.own(k)), vs: r.vs.map((v) => be.own(v)) };
     },
     loraLinear: (x, w, bias, a, b, scaling, drop) => {
       const r = loraForward(lora, loraDims(x, w, a), be.packedF32(x), be.packedF32(w), bias && be.packedF32(bias), be.packedF32(a), be.packedF32(b), scaling, drop);

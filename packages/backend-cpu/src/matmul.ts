@@ -10,6 +10,7 @@
  * kernels/matmul.ts holds the TypeScript kernels used when WASM SIMD is unavailable.
  */
 import { matmulBlocked } from "./kernels/matmul.ts";
+import { transposeInto } from "./kernels/strided.ts";
 import { MATMUL_WASM_PLAIN, MATMUL_WASM_PLAIN_RELAXED, MATMUL_WASM_SHARED, MATMUL_WASM_SHARED_RELAXED } from "./wasm/matmul-wasm.ts";
 import {
   COPIED, FAIL, FINISHED, type GemmPacked, JOB, MAX_CHUNKS, NEXT, READY, SEQ, SLOT, TMP, type WorkerHandle,
@@ -17,7 +18,11 @@ import {
 } from "./wasm/threads.ts";
 
 export interface MatmulEngine {
-  matmul(A: Float32Array, B: Float32Array, C: Float32Array, M: number, N: number, K: number): void;
+  /**
+   * C[M,N] = A[M,K]·B[K,N], packed row-major; with transB, B holds Bᵀ as [N, K] (a weight W for
+   * x·Wᵀ), read in that layout rather than transposed first.
+   */
+  matmul(A: Float32Array, B: Float32Array, C: Float32Array, M: number, N: number, K: number, transB?: boolean): void;
   describe(): string;
   dispose(): void;
 }
@@ -71,6 +76,7 @@ const START_TIMEOUT_MS = 5000;
 interface Kernel {
   gemmPacked: GemmPacked;
   packB(b: number, ldb: number, k: number, n: number, dst: number, kc: number, nc: number): void;
+  packBT(bt: number, ldbt: number, k: number, n: number, dst: number, kc: number, nc: number): void;
   heapBase(): number;
   scratchBytes(kc: number): number;
 }
@@ -96,9 +102,16 @@ function createMemory(shared: boolean): { memory: WebAssembly.Memory; maxBytes: 
   return null;
 }
 
+/** B [K, N] from its transpose bt [N, K] (the TypeScript kernel reads B row-major). */
+function transposed(bt: Float32Array, N: number, K: number): Float32Array {
+  const b = new Float32Array(K * N);
+  transposeInto(bt, N, K, b, N, 0);
+  return b;
+}
+
 function typescriptEngine(): WasmMatmulEngine {
   return {
-    matmul: (A, B, C, M, N, K) => matmulBlocked(A, B, C, M, N, K),
+    matmul: (A, B, C, M, N, K, transB) => matmulBlocked(A, transB ? transposed(B, N, K) : B, C, M, N, K),
     describe: () => "1 thread, typescript",
     dispose: () => {},
     ready: async () => {},
@@ -239,7 +252,7 @@ class WasmEngine implements WasmMatmulEngine {
     return true;
   }
 
-  matmul(A: Float32Array, B: Float32Array, C: Float32Array, M: number, N: number, K: number): void {
+  matmul(A: Float32Array, B: Float32Array, C: Float32Array, M: number, N: number, K: number, transB = false): void {
     if (M === 0 || N === 0) return;
     if (K === 0) {
       C.fill(0, 0, M * N);
@@ -248,8 +261,8 @@ class WasmEngine implements WasmMatmulEngine {
     for (;;) {
       const plan = this.plan(M, N, K);
       // Only an absurdly deep K (one row of A plus 8 columns of B overflow the heap) does not fit.
-      if (!plan) return matmulBlocked(A, B, C, M, N, K);
-      if (this.ensure(plan.end)) return this.run(A, B, C, M, N, K, plan);
+      if (!plan) return matmulBlocked(A, transB ? transposed(B, N, K) : B, C, M, N, K);
+      if (this.ensure(plan.end)) return this.run(A, B, C, M, N, K, plan, transB);
       // The grow failed below the limit: heapLimit now equals what we have; plan again within it.
     }
   }
@@ -278,14 +291,20 @@ class WasmEngine implements WasmMatmulEngine {
     return { mb, nb, pb, a, x, end: x + Math.max(K * nb, mb * nb) * 4 };
   }
 
-  private run(A: Float32Array, B: Float32Array, C: Float32Array, M: number, N: number, K: number, p: { mb: number; nb: number; pb: number; a: number; x: number }): void {
+  private run(A: Float32Array, B: Float32Array, C: Float32Array, M: number, N: number, K: number, p: { mb: number; nb: number; pb: number; a: number; x: number }, transB: boolean): void {
     const heap = this.heap;
     const a4 = p.a / 4, x4 = p.x / 4;
     for (let c0 = 0; c0 < N; c0 += p.nb) {
       const nb = Math.min(p.nb, N - c0);
-      if (nb === N) heap.set(B.subarray(0, K * N), x4);
-      else for (let k = 0; k < K; k++) heap.set(B.subarray(k * N + c0, k * N + c0 + nb), x4 + k * nb);
-      this.kernel!.packB(p.x, nb, K, nb, p.pb, KC, NC);
+      if (transB) {
+        // Bᵀ's rows c0..c0+nb are this block's columns, already contiguous.
+        heap.set(B.subarray(c0 * K, (c0 + nb) * K), x4);
+        this.kernel!.packBT(p.x, K, K, nb, p.pb, KC, NC);
+      } else {
+        if (nb === N) heap.set(B.subarray(0, K * N), x4);
+        else for (let k = 0; k < K; k++) heap.set(B.subarray(k * N + c0, k * N + c0 + nb), x4 + k * nb);
+        this.kernel!.packB(p.x, nb, K, nb, p.pb, KC, NC);
+      }
       for (let r0 = 0; r0 < M; r0 += p.mb) {
         const mb = Math.min(p.mb, M - r0);
         // Row ranges are relative to this block of rows r0..r0+mb; C's block has row stride nb.

@@ -130,7 +130,11 @@ describe("matmul on the BLAS path", { skip: noBlas }, () => {
     ["skinny h·Bᵀ with strided B", () => [t(random(300 * 8, 22), [300, 8]), t(random(N * 12, 24), [N, 12]).narrow(1, 2, 8).T]],
     ["skinny transposed x", () => [t(random(K * 300, 25), [K, 300]).T, t(random(K * 8, 26), [K, 8])]],
     ["skinny strided x and C", () => [t(random(300 * (K + 6), 27), [300, K + 6]).narrow(1, 6, K), t(random(K * 16, 28), [K, 16])]],
+    // One row goes through cblas_sgemv (decoding a token), W as stored or B as given, strided rows too.
     ["row vector", () => [t(random(K, 12), [1, K]), t(random(K * N, 2), [K, N])]],
+    ["row vector · Wᵀ", () => [t(random(K, 12), [1, K]), t(random(N * K, 4), [N, K]).T]],
+    ["row vector · strided Wᵀ", () => [t(random(K, 12), [1, K]), t(random(N * (K + 3), 14), [N, K + 3]).narrow(1, 3, K).T]],
+    ["row vector · row-strided B", () => [t(random(K, 12), [1, K]), t(random(K * (N + 5), 15), [K, N + 5]).narrow(1, 0, N)]],
     ["column result", () => [t(random(M * K, 1), [M, K]), t(random(K, 13), [K, 1])]],
   ];
   for (const [name, make] of cases) {

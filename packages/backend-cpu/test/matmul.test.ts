@@ -44,6 +44,13 @@ function check(engine: WasmMatmulEngine, M: number, N: number, K: number): void 
   engine.matmul(p.A, p.B, got, M, N, K);
   const e = relErr(got, p.want);
   assert.ok(e <= 1e-4, `${M}x${K}·${K}x${N} on ${engine.describe()}: relative error ${e}`);
+  // The same product with B given as Bᵀ [N, K] (x·Wᵀ with W as stored), packed from that layout.
+  const Bt = new Float32Array(K * N);
+  for (let k = 0; k < K; k++) for (let n = 0; n < N; n++) Bt[n * K + k] = p.B[k * N + n];
+  got.fill(NaN);
+  engine.matmul(p.A, Bt, got, M, N, K, true);
+  const et = relErr(got, p.want);
+  assert.ok(et <= 1e-4, `${M}x${K}·(${N}x${K})ᵀ on ${engine.describe()}: relative error ${et}`);
 }
 
 const SHAPES: [number, number, number][] = [

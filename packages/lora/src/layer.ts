@@ -8,7 +8,9 @@
  *
  * DoRA adapters add a learned magnitude per output row (see dora forward below).
  */
-import { type CounterStream, type DType, type DropoutParams, type Tensor, Rng, drawCounter, dropout, hash32, keep, loraBranch, loraLinear, noGrad, scope, tensor } from "@lowrank/tensor";
+import {
+  type CounterStream, type DType, type DropoutParams, type Tensor, Rng, concat, drawCounter, dropout, hash32, keep, loraBranch, loraLinear, noGrad, scope, tensor,
+} from "@lowrank/tensor";
 import { Linear, Module } from "@lowrank/nn";
 import { type BaseLayer, baseBackend, baseBias, denseWeightF32, isRequantizable } from "./base-layer.ts";
 
@@ -98,6 +100,10 @@ export class LoraLinear extends Module {
   tiedWith: string | null = null;
   #active: string[] = [];
   readonly #weightNorms = new Map<string, Tensor>();
+  /** Set by PeftModel.setRowAdapters: the adapter of each input row (null: the base alone), for batched serving. */
+  rowAdapters: readonly (string | null)[] | null = null;
+  /** This layer's adapters of `rows` stacked (A [Σr, in], B [out, Σr]) and the per-row scaling mask [N, Σr]. */
+  #rowStack: { rows: readonly (string | null)[]; A: Tensor; B: Tensor; mask: Tensor } | null = null;
 
   constructor(base: BaseLayer, path = "") {
     super();
@@ -207,6 +213,7 @@ export class LoraLinear extends Module {
       return this.base_layer.forward(x);
     }
     // Merged adapters already live in the base weight (PEFT ignores the unmerged ones then too).
+    if (this.rowAdapters && !this.merged) return this.#forwardRows(x, this.rowAdapters);
     if (this.merged || this.#active.length === 0) return this.base_layer.forward(x);
     return scope(() => {
       const lead = x.shape.slice(0, -1);
@@ -242,6 +249,58 @@ export class LoraLinear extends Module {
       }
       return result;
     });
+  }
+
+  /**
+   * Rows with different adapters in one batch (S-LoRA/Punica serving): the base over every row, then
+   * every adapter's branch at once through their stacked factors: h = x·[A₁; A₂; …]ᵀ, each row
+   * masked to its own adapter's block and scaled by its scaling (other blocks 0), then h·[B₁ B₂ …]ᵀ.
+   * Four ops whatever the number of adapters; the row's own terms are those of its adapter alone
+   * (the zeros add nothing). The stack is rebuilt when the row assignment changes. Inference only.
+   */
+  #forwardRows(x: Tensor, rows: readonly (string | null)[]): Tensor {
+    return scope(() => {
+      const lead = x.shape.slice(0, -1);
+      const x2 = x.reshape([-1, this.inFeatures]); // (N, in)
+      const N = x2.shape[0];
+      if (rows.length !== N) throw new RangeError(`${this.path}: ${rows.length} row adapters for ${N} rows`);
+      const y = this.base_layer.forward(x).reshape([N, this.outFeatures]);
+      const stack = this.#stackFor(rows);
+      if (!stack) return y.reshape([...lead, this.outFeatures]);
+      const xs = x2.dtype === stack.A.dtype ? x2 : x2.cast(stack.A.dtype);
+      const d = xs.matmul(stack.A.T).mul(stack.mask).matmul(stack.B.T); // (N, out)
+      return y.add(d.dtype === y.dtype ? d : d.cast(y.dtype)).reshape([...lead, this.outFeatures]);
+    });
+  }
+
+  #stackFor(rows: readonly (string | null)[]): { A: Tensor; B: Tensor; mask: Tensor } | null {
+    if (this.#rowStack?.rows === rows) return this.#rowStack;
+    this.releaseRowStack();
+    const mine = [...new Set(rows)].filter((n): n is string => n !== null && this.lora_A.has(n));
+    if (!mine.length) return null;
+    const ranks = mine.map((n) => this.r.get(n) as number);
+    const width = ranks.reduce((a, b) => a + b, 0);
+    const start = new Map(mine.map((n, i) => [n, ranks.slice(0, i).reduce((a, b) => a + b, 0)]));
+    const mask = new Float32Array(rows.length * width);
+    rows.forEach((n, i) => {
+      const s = n === null ? undefined : start.get(n);
+      if (s !== undefined) mask.fill(this.scaling.get(n as string) as number, i * width + s, i * width + s + (this.r.get(n as string) as number));
+    });
+    const A0 = this.lora_A.get(mine[0]).weight;
+    this.#rowStack = noGrad(() => ({
+      rows,
+      A: keep(mine.length === 1 ? A0.contiguous() : concat(mine.map((n) => this.lora_A.get(n).weight), 0)),
+      B: keep(mine.length === 1 ? this.lora_B.get(mine[0]).weight.contiguous() : concat(mine.map((n) => this.lora_B.get(n).weight), 1)),
+      mask: keep(tensor(mask, { shape: [rows.length, width], backend: A0.backend, dtype: A0.dtype })),
+    }));
+    return this.#rowStack;
+  }
+
+  /** Free the stacked factors of the last row assignment. */
+  releaseRowStack(): void {
+    const s = this.#rowStack;
+    if (s) for (const t of [s.A, s.B, s.mask]) t.dispose();
+    this.#rowStack = null;
   }
 
   /** This step's dropout of adapter `name` over `size` input elements (advancing its stream), or null. */

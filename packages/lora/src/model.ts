@@ -153,6 +153,31 @@ export class PeftModel<M extends Module = Module> {
     }
   }
 
+  /**
+   * Serve a batch whose rows use different adapters: rows[i] names the adapter of input row i (the
+   * flattened leading dims; null = the base alone). Each LoRA layer then runs the base over every
+   * row and all the adapters' branches at once, each row masked to its own (LoraLinear's stacked
+   * factors). Plain LoRA adapters only (rowBatchable); null ends it (setAdapter's adapters apply
+   * again). Inference only.
+   */
+  setRowAdapters(rows: readonly (string | null)[] | null): void {
+    for (const n of new Set(rows ?? [])) {
+      if (n !== null && !this.rowBatchable(n)) throw new Error(`adapter '${n}' cannot share a batch with others (DoRA, modules_to_save or trained biases); serve it alone with setAdapter`);
+    }
+    const list = rows ? [...rows] : null; // a new array: layers rebuild their stacks for it
+    for (const [, l] of this.loraLayers()) {
+      l.rowAdapters = list;
+      if (!list) l.releaseRowStack();
+    }
+  }
+
+  /** Whether an adapter can share a batch with others row by row: plain LoRA, nothing outside its A and B. */
+  rowBatchable(name: string): boolean {
+    const c = this.peftConfig.get(name);
+    if (!c) throw new Error(`no adapter '${name}' (adapters: ${[...this.peftConfig.keys()].join(", ") || "none"})`);
+    return !c.use_dora && !(c.modules_to_save?.length) && c.bias === "none";
+  }
+
   /** Remove an adapter everywhere and free its weights. */
   deleteAdapter(name: string): void {
     if (!this.peftConfig.has(name)) throw new Error(`no adapter '${name}' (adapters: ${[...this.peftConfig.keys()].join(", ") || "none"})`);

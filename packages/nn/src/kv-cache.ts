@@ -28,6 +28,14 @@ export class KVCache {
     return [this.keys[layer] as Tensor, this.values[layer] as Tensor];
   }
 
+  /** Put `layer`'s whole cached k, v (grown elsewhere, e.g. attentionDecode) in place of the old ones. */
+  replace(layer: number, k: Tensor, v: Tensor): void {
+    this.keys[layer]?.dispose();
+    this.values[layer]?.dispose();
+    this.keys[layer] = keep(k);
+    this.values[layer] = keep(v);
+  }
+
   /** Called by the model once every layer has seen `n` new positions. */
   advance(n: number): void {
     this.length += n;

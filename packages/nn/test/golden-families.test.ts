@@ -12,9 +12,8 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { type Backend, noGrad, scope, tensor } from "@lowrank/tensor";
-import { createWebGpuBackend } from "@lowrank/backend-webgpu";
 import { type LlamaForCausalLM, generateIds, loadHfModel } from "../src/node.ts";
-import { backend as cpu, maxAbsDiff } from "./helpers.ts";
+import { acquireWebGpu, backend as cpu, maxAbsDiff } from "./helpers.ts";
 
 const FIXTURES = join(fileURLToPath(new URL(".", import.meta.url)), "fixtures", "golden");
 
@@ -72,16 +71,8 @@ for (const [family, what] of Object.entries(FAMILIES)) {
   });
 }
 
-async function acquire(): Promise<Backend | string> {
-  try {
-    const edge = "Deno" in globalThis ? await import("@lowrank/backend-webgpu/deno") : await import("@lowrank/backend-webgpu/node");
-    return createWebGpuBackend(await edge.requestWebGpu());
-  } catch (err) {
-    return `no WebGPU backend here: ${err instanceof Error ? err.message : String(err)}`;
-  }
-}
 
-const gpu = await acquire();
+const gpu = await acquireWebGpu();
 const skip = typeof gpu === "string" ? gpu : false;
 
 for (const [family, what] of Object.entries(FAMILIES)) {

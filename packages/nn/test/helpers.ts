@@ -3,7 +3,7 @@ import process from "node:process";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Rng, setDefaultBackend } from "@lowrank/tensor";
+import { type Backend, Rng, setDefaultBackend } from "@lowrank/tensor";
 import { createCpuBackend } from "@lowrank/backend-cpu";
 import { LlamaForCausalLM, type LlamaConfig, parseLlamaConfig, randomInit, resolveDataDir } from "../src/node.ts";
 
@@ -73,4 +73,15 @@ export function tokBytes(pieces: string[], score: (i: number) => number): Uint8A
     chunks.push(...b);
   });
   return Uint8Array.from(chunks);
+}
+
+/** A WebGPU backend through the runtime's edge, or the reason there is none (tests skip with it). */
+export async function acquireWebGpu(): Promise<Backend | string> {
+  try {
+    const edge = "Deno" in globalThis ? await import("@lowrank/backend-webgpu/deno") : await import("@lowrank/backend-webgpu/node");
+    const { createWebGpuBackend } = await import("@lowrank/backend-webgpu");
+    return createWebGpuBackend(await edge.requestWebGpu());
+  } catch (err) {
+    return `no WebGPU backend here: ${err instanceof Error ? err.message : String(err)}`;
+  }
 }

@@ -8,9 +8,8 @@ import assert from "node:assert/strict";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { type Backend, crossEntropy, noGrad, scope, tensor } from "@lowrank/tensor";
-import { createWebGpuBackend } from "@lowrank/backend-webgpu";
 import { type LlamaForCausalLM, generateIds, loadHfModel, loadLlama2c } from "../src/node.ts";
-import { maxAbsDiff, noData, storiesDir, storiesHfDir } from "./helpers.ts";
+import { acquireWebGpu, maxAbsDiff, noData, storiesDir, storiesHfDir } from "./helpers.ts";
 
 interface Reference {
   greedy_with_prompt: { prompt_ids: number[]; steps: number; generated_ids: number[] };
@@ -19,16 +18,8 @@ interface Reference {
   teacher_forced_loss: { ids: number[]; per_position_cross_entropy: number[] };
 }
 
-async function acquire(): Promise<Backend | string> {
-  try {
-    const edge = "Deno" in globalThis ? await import("@lowrank/backend-webgpu/deno") : await import("@lowrank/backend-webgpu/node");
-    return createWebGpuBackend(await edge.requestWebGpu());
-  } catch (err) {
-    return `no WebGPU backend here: ${err instanceof Error ? err.message : String(err)}`;
-  }
-}
 
-const gpu = noData ? noData : await acquire();
+const gpu = noData ? noData : await acquireWebGpu();
 const skip = typeof gpu === "string" ? gpu : false;
 const ref: Reference | null = !skip && storiesDir ? JSON.parse(await readFile(join(storiesDir, "reference_vectors.json"), "utf8")) : null;
 let model: Promise<LlamaForCausalLM> | null = null;

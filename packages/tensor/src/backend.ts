@@ -184,6 +184,16 @@ export interface FusedKernels<H = unknown> {
    * the global gradient norm's sum in a few dispatches instead of three per tensor. Optional.
    */
   sumSquares?(xs: Input<H>[]): H;
+  /**
+   * One decode step of N sequences, each attending over its own KV cache (continuous batching;
+   * inference only, no gradient). q [Hq, N, D], kNew and vNew [Hkv, N, D]: sequence i's new query,
+   * key and value in row i; ks[i], vs[i] [Hkv, S_i, D] its cached keys and values (f32, contiguous).
+   * Appends the new key and value (caches [Hkv, S_i + 1, D], new storages) and returns them with
+   * out [Hq, N, D]: query i over its S_i + 1 keys, grouped-query (head h reads kv head
+   * floor(h / (Hq / Hkv))), softmax(scale · q·kᵀ)·v. Optional: without it each sequence is
+   * appended and attends on its own.
+   */
+  attentionDecode?(q: Input<H>, kNew: Input<H>, vNew: Input<H>, ks: Input<H>[], vs: Input<H>[], scale: number): { out: H; ks: H[]; vs: H[] };
 }
 
 /** Inverted dropout of probability p whose mask is the stream (seed, offset + i) (FusedKernels.dropout). */

@@ -281,6 +281,36 @@ export function sumOfSquares(xs: readonly Tensor[]): Tensor {
   }));
 }
 
+/**
+ * A decode step of N sequences over their own caches (FusedKernels.attentionDecode): q [1, Hq, N, D],
+ * k and v [1, Hkv, N, D] (sequence i in position i), ks[i], vs[i] [1, Hkv, S_i, D]. Returns
+ * out [1, Hq, N, D] and the caches with the new key and value appended. Without the kernel (or
+ * outside f32) each sequence's cache grows by concat and its query goes through `attention`.
+ * Inference only.
+ */
+export function attentionDecode(q: Tensor, k: Tensor, v: Tensor, ks: readonly Tensor[], vs: readonly Tensor[], scale?: number): { out: Tensor; ks: Tensor[]; vs: Tensor[] } {
+  return noGrad(() => scope(() => {
+    const [, Hq, N, D] = q.shape;
+    const Hkv = k.shape[1];
+    const sc = scale ?? 1 / Math.sqrt(D);
+    const kern = q.backend.fused?.attentionDecode;
+    if (kern && [q, k, v, ...ks, ...vs].every((t) => t.dtype === "f32")) {
+      const c = (t: Tensor) => inp(dense(t).reshape(t.shape.slice(1))); // [H, rows, D]: the batch dim is 1
+      const r = kern(c(q), c(k), c(v), ks.map(c), vs.map(c), sc);
+      const cache = (h: unknown, i: number) => fromHandle(q.backend, h, [1, Hkv, ks[i].shape[2] + 1, D], "f32");
+      return { out: fromHandle(q.backend, r.out, [1, Hq, N, D], "f32"), ks: r.ks.map(cache), vs: r.vs.map(cache) };
+    }
+    const outKs: Tensor[] = [], outVs: Tensor[] = [], ys: Tensor[] = [];
+    for (let i = 0; i < N; i++) {
+      const [K, V] = [ops.concat([ks[i], k.narrow(2, i, 1)], 2), ops.concat([vs[i], v.narrow(2, i, 1)], 2)];
+      outKs.push(K);
+      outVs.push(V);
+      ys.push(attention(q.narrow(2, i, 1), K, V, { causal: false, scale: sc }));
+    }
+    return { out: ops.concat(ys, 2), ks: outKs, vs: outVs };
+  }));
+}
+
 // ---------------------------------------------------------------- gradient rules
 
 

@@ -29,3 +29,6 @@ export {
   alpacaPrompt, alpacaSegments, chatSegments, chatPrompt, templateSegments, chatGenerationPrompt, type ChatGenerationPrompt, ALPACA_PROMPT, ALPACA_PROMPT_WITH_INPUT, CHAT_ROLES,
   type ChatMessage, type ChatRole,
 } from "./data/templates.ts";
+export {
+  type PlanShape, type PlanMethod, type PlanInput, type PlanEstimate, LINEAR_TARGETS, layerLinears, paramsOf, nf4Bytes, layerActivationElems, estimate, planShapeOf,
+} from "./plan.ts";

@@ -2,20 +2,19 @@
  * Registry routes: upload (multipart PEFT files), list, versions, delete, rollback, aliases,
  * download as a tar of PEFT files, export a merged model, and hot load/unload into the cache.
  */
-import { rm, writeFile } from "node:fs/promises";
+import { readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import type { Context, Hono } from "hono";
-import { configFromJson, mergeAndSave } from "@lowrank/lora/node";
-import { openSafetensors } from "@lowrank/safetensors/node";
+import { mergeAndSave } from "@lowrank/lora/node";
 import { conflict, errorMessage, invalid, notFound, unsupportedMedia } from "../errors.ts";
+import { checkConfigText, checkWeightsFile, headerCheckCovers } from "../registry/adapter-check.ts";
 import { checkName, checkVersion } from "../registry/names.ts";
 import { type AdapterVersion, type AliasTarget, CONFIG_FILE, WEIGHTS_FILE } from "../registry/registry.ts";
 import { bytesEntry, dirEntries, fileEntry, tarSize, tarStream } from "../tar.ts";
 import type { AppEnv, ServerContext } from "./context.ts";
 import { limitBody, readJson, requireScope } from "./middleware.ts";
+import { readMultipart } from "./multipart.ts";
 import { asObject, bool, int, num, parseJson, rejectUnknown, str } from "./validate.ts";
-
-const FLOAT_DTYPES = new Set(["F32", "F16", "BF16", "F64"]);
 
 /** The `:version` path parameter: a number or "current". */
 function versionParam(c: Context<AppEnv>): number | null {
@@ -28,70 +27,20 @@ function nameParam(c: Context<AppEnv>, key = "name"): string {
 }
 
 /** Text field of a multipart form ("" and absent are the same). */
-function formText(form: Record<string, unknown>, key: string, max: number): string | undefined {
+function formText(form: Record<string, string>, key: string, max: number): string | undefined {
   const v = form[key];
   if (v === undefined || v === "") return undefined;
-  if (typeof v !== "string") throw invalid(`${key} must be a text field, not a file`, key);
   if (v.length > max) throw invalid(`${key} is longer than ${max} characters`, key);
   return v;
 }
 
-function formJsonObject(form: Record<string, unknown>, key: string): Record<string, unknown> | undefined {
+function formJsonObject(form: Record<string, string>, key: string): Record<string, unknown> | undefined {
   const t = formText(form, key, 64 * 1024);
   if (t === undefined) return undefined;
-  let v: unknown;
-  try {
-    v = JSON.parse(t);
-  } catch (e) {
-    throw invalid(`${key} is not valid JSON: ${(e as Error).message}`, key);
-  }
-  return asObject(v, key);
+  return asObject(parseJson(t, key), key);
 }
 
-function formFile(form: Record<string, unknown>, key: string): File {
-  const v = form[key];
-  if (!(v instanceof File)) throw invalid(`${key} is required as a file field (curl -F '${key}=@path/to/${key}')`, key);
-  return v;
-}
-
-/**
- * Check the weights before anything is written: a valid safetensors header (lengths, offsets,
- * dtypes, coverage; see @lowrank/safetensors), float tensors only, PEFT key names.
- */
-async function checkWeights(bytes: Uint8Array): Promise<number> {
-  let file;
-  try {
-    file = await openSafetensors(bytes, { label: WEIGHTS_FILE });
-  } catch (e) {
-    throw invalid(`${WEIGHTS_FILE} is not a valid safetensors file: ${errorMessage(e)}`, WEIGHTS_FILE);
-  }
-  try {
-    if (!file.names.length) throw invalid(`${WEIGHTS_FILE} holds no tensors`, WEIGHTS_FILE);
-    for (const n of file.names) {
-      const t = file.tensors[n];
-      if (!FLOAT_DTYPES.has(t.dtype)) throw invalid(`${WEIGHTS_FILE}: tensor ${n} is ${t.dtype}; adapter weights are float tensors`, WEIGHTS_FILE);
-      if (!n.startsWith("base_model.model.")) throw invalid(`${WEIGHTS_FILE}: tensor ${n} is not a PEFT key (they start with "base_model.model.")`, WEIGHTS_FILE);
-    }
-    return file.names.length;
-  } finally {
-    await file.close();
-  }
-}
-
-function checkConfig(text: string): Record<string, unknown> {
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw invalid(`${CONFIG_FILE} is not valid JSON: ${(e as Error).message}`, CONFIG_FILE);
-  }
-  try {
-    configFromJson(json, CONFIG_FILE);
-  } catch (e) {
-    throw invalid(errorMessage(e), CONFIG_FILE);
-  }
-  return json as Record<string, unknown>;
-}
+const UPLOAD_FIELDS = ["name", CONFIG_FILE, WEIGHTS_FILE, "description", "dataset_hash", "hyperparameters", "eval_metrics", "activate"];
 
 export function adapterRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   const { registry, host } = ctx;
@@ -102,34 +51,30 @@ export function adapterRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     if (!type.startsWith("multipart/form-data")) {
       throw unsupportedMedia(`upload an adapter as multipart/form-data with fields name, ${CONFIG_FILE} (file) and ${WEIGHTS_FILE} (file)`);
     }
-    let form: Record<string, unknown>;
-    try {
-      form = (await c.req.parseBody()) as Record<string, unknown>;
-    } catch (e) {
-      throw invalid(`malformed multipart body: ${errorMessage(e)}`);
-    }
-    const allowed = ["name", CONFIG_FILE, WEIGHTS_FILE, "description", "dataset_hash", "hyperparameters", "eval_metrics", "activate"];
-    for (const k of Object.keys(form)) if (!allowed.includes(k)) throw invalid(`unknown form field ${k} (known: ${allowed.join(", ")})`, k);
-    const name = checkName(formText(form, "name", 64), "name");
-    if (registry.getAlias(name)) throw conflict(`${name} is an alias; adapters and aliases share one namespace`, "name");
-    const datasetHash = formText(form, "dataset_hash", 100);
-    if (datasetHash !== undefined && !/^(sha256:)?[0-9a-f]{64}$/.test(datasetHash)) throw invalid("dataset_hash must be a sha256 hex digest (optionally prefixed sha256:)", "dataset_hash");
-    const activate = formText(form, "activate", 5);
-    if (activate !== undefined && activate !== "true" && activate !== "false") throw invalid("activate must be true or false", "activate");
-    const hyperparameters = formJsonObject(form, "hyperparameters");
-    const evalMetrics = formJsonObject(form, "eval_metrics");
-    const description = formText(form, "description", 2000);
-    const configText = await formFile(form, CONFIG_FILE).text();
-    const weights = new Uint8Array(await formFile(form, WEIGHTS_FILE).arrayBuffer());
-    const config = checkConfig(configText);
-    await checkWeights(weights);
-
+    // The body streams into a staging directory (memory: one network chunk), then every check runs on the files.
     const staged = registry.stagingDir("upload");
     try {
-      await writeFile(join(staged, CONFIG_FILE), configText);
-      await writeFile(join(staged, WEIGHTS_FILE), weights);
-      // Shapes against the served base: a trial load, under the model's queue.
-      await host.exclusive(() => host.check(staged));
+      const { fields, files } = await readMultipart(c.req.raw.body, type, {
+        dir: staged, allowed: UPLOAD_FIELDS, fileFields: [CONFIG_FILE, WEIGHTS_FILE], maxBytes: ctx.limits.maxUploadBytes,
+      });
+      const name = checkName(formText(fields, "name", 64) ?? null, "name");
+      if (registry.getAlias(name)) throw conflict(`${name} is an alias; adapters and aliases share one namespace`, "name");
+      const datasetHash = formText(fields, "dataset_hash", 100);
+      if (datasetHash !== undefined && !/^(sha256:)?[0-9a-f]{64}$/.test(datasetHash)) throw invalid("dataset_hash must be a sha256 hex digest (optionally prefixed sha256:)", "dataset_hash");
+      const activate = formText(fields, "activate", 5);
+      if (activate !== undefined && activate !== "true" && activate !== "false") throw invalid("activate must be true or false", "activate");
+      const hyperparameters = formJsonObject(fields, "hyperparameters");
+      const evalMetrics = formJsonObject(fields, "eval_metrics");
+      const description = formText(fields, "description", 2000);
+      for (const f of [CONFIG_FILE, WEIGHTS_FILE]) {
+        if (!files[f]) throw invalid(`${f} is required as a file field (curl -F '${f}=@path/to/${f}')`, f);
+      }
+      if (files[CONFIG_FILE].size > 1 << 20) throw invalid(`${CONFIG_FILE} is ${files[CONFIG_FILE].size} bytes; the limit is 1 MiB`, CONFIG_FILE);
+      const { json: config, config: lora } = checkConfigText(await readFile(files[CONFIG_FILE].path, "utf8"));
+      // Header, keys, shapes against the served base (lora's injection plan) and finite values, read in chunks.
+      await checkWeightsFile(files[WEIGHTS_FILE].path, lora, host.model);
+      // bias or modules_to_save: the header check does not cover them; a trial load does (under the model's queue).
+      if (!headerCheckCovers(lora)) await host.exclusive(() => host.check(staged));
       const v = await registry.addVersion({
         name, stagedDir: staged, base_model: host.id, base_model_hash: host.hash,
         dataset_hash: datasetHash ? (datasetHash.startsWith("sha256:") ? datasetHash : `sha256:${datasetHash}`) : null,
@@ -280,6 +225,8 @@ export function cacheView(ctx: ServerContext) {
     capacity_bytes: ctx.host.cacheCapacity,
     used_bytes: loaded.reduce((s, a) => s + a.bytes, 0),
     queued_requests: ctx.host.queued,
+    // Continuous batching: decode steps so far, the sequences they carried, the largest batch.
+    batching: { decode_steps: ctx.host.batchStats.steps, sequence_steps: ctx.host.batchStats.rows, max_batch: ctx.host.batchStats.maxRows },
     loaded: loaded.map((a) => ({ adapter: a.ref, bytes: a.bytes, loaded_at: a.loadedAt })),
   };
 }

@@ -2,8 +2,10 @@
 import type { ApiKey, KeyStore } from "../auth.ts";
 import type { Home } from "../home.ts";
 import type { ModelHost } from "../inference/host.ts";
+import type { AdmissionOptions } from "../jobs/admission.ts";
 import type { JobRunner } from "../jobs/runner.ts";
 import type { JobStore } from "../jobs/store.ts";
+import type { TokenizerPool } from "../tokenize/pool.ts";
 import type { Registry } from "../registry/registry.ts";
 
 export interface Limits {
@@ -11,6 +13,8 @@ export interface Limits {
   maxBodyBytes: number;
   /** Adapter and dataset uploads (default 1 GiB). */
   maxUploadBytes: number;
+  /** Dataset uploads and inline data (default 64 MiB): the cap before anything is parsed or tokenized. */
+  maxDatasetBytes: number;
   /** Largest max_tokens a request may ask for (default 2048). */
   maxTokens: number;
 }
@@ -23,8 +27,14 @@ export interface ServerContext {
   jobs: JobStore;
   runner: JobRunner;
   limits: Limits;
+  /** The tokenizer thread: datasets are parsed and tokenized there, off the event loop. */
+  tokens: TokenizerPool;
+  /** Fine-tuning admission: the planned-memory budget per job and the queue bound. */
+  admission: AdmissionOptions;
   startedAt: number;
   log: (line: string) => void;
+  /** Error messages pass through this before they reach a client: server paths become their last component. */
+  redact: (message: string) => string;
 }
 
 export type AppEnv = { Variables: { key: ApiKey } };

@@ -2,19 +2,22 @@
  * Datasets and fine-tuning jobs: upload a dataset (checked by the trainer's own parser before it
  * is stored), start a job, follow it over SSE, cancel it, read its metrics. API keys live here too.
  */
-import { readFile, rm, writeFile } from "node:fs/promises";
+import { createWriteStream } from "node:fs";
+import { readFile, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Context, Hono } from "hono";
 import { LoraConfigError, loraOptions } from "@lowrank/lora/node";
-import { ConfigError, DATA_FORMATS, DatasetError, buildDataset, resolveConfig } from "@lowrank/trainer/node";
+import { ConfigError, DATA_FORMATS, resolveConfig } from "@lowrank/trainer/node";
 import { SCOPES, type Scope } from "../auth.ts";
-import { conflict, errorMessage, invalid, notFound } from "../errors.ts";
+import { conflict, invalid, notFound, tooLarge } from "../errors.ts";
+import { checkJobMemory, checkJobQueue } from "../jobs/admission.ts";
 import { finetuneInput } from "../jobs/spec.ts";
 import { type Job, JOB_STATES, type JobParams, type JobStatus, TERMINAL } from "../jobs/store.ts";
 import { checkName } from "../registry/names.ts";
 import type { Dataset } from "../registry/registry.ts";
 import type { AppEnv, ServerContext } from "./context.ts";
 import { limitBody, readJson, requireScope } from "./middleware.ts";
+import { readMultipart } from "./multipart.ts";
 import { type Obj, asObject, int, num, oneOf, rejectUnknown, str } from "./validate.ts";
 
 /** PEFT LoraConfig fields a job takes under PEFT's own names (what `lowrank finetune --lora-config` reads). */
@@ -82,51 +85,42 @@ export function fineTuneRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   const { registry, host, jobs, runner } = ctx;
   const maxSeq = host.model.config.max_position_embeddings;
 
-  /** Parse with the trainer's own reader (format detection, records, tokenization) before storing. */
-  async function storeDataset(text: string, opts: { name?: string; filename?: string; format?: DataFormat }): Promise<Dataset> {
-    // Only the extension of a client's file name is kept (the trainer detects formats by it); never the path.
+  /**
+   * Check a staged dataset file in the tokenizer thread (UTF-8 text, no NULs, the trainer's own
+   * parser and tokenizer), then store it content-addressed. Only the extension of a client's file
+   * name is kept (the trainer detects formats by it); never the path.
+   */
+  async function storeDataset(path: string, opts: { name?: string; filename?: string; format?: DataFormat; field: string }): Promise<Dataset> {
     const ext = /\.(txt|jsonl|json)$/i.exec(opts.filename ?? "")?.[0].toLowerCase() ?? (opts.format && opts.format !== "text" ? ".jsonl" : ".txt");
-    const staged = join(registry.stagingDir("dataset"), `data${ext}`);
-    try {
-      let stats;
-      try {
-        stats = buildDataset(staged, text, host.tokenizer, { format: opts.format, seqLen: Math.min(128, maxSeq), evalFraction: 0, warn: () => {} }); // the job itself reports a ChatML fallback
-      } catch (e) {
-        if (e instanceof DatasetError) throw invalid(`the dataset does not parse: ${e.message}`, "data");
-        throw e;
-      }
-      if (!stats.train.length) throw invalid("the dataset has no training examples", "data");
-      await writeFile(staged, text);
-      return await registry.addDataset(staged, { name: opts.name ?? null, filename: staged, format: stats.format });
-    } finally {
-      await rm(join(staged, ".."), { recursive: true, force: true });
-    }
+    const label = `data${ext}`;
+    const stats = await ctx.tokens.dataset(path, label, opts.format, Math.min(128, maxSeq), opts.field);
+    return registry.addDataset(path, { name: opts.name ?? null, filename: label, format: stats.format });
   }
 
-  app.post("/v1/datasets", requireScope("train"), limitBody(ctx.limits.maxUploadBytes), async (c) => {
+  app.post("/v1/datasets", requireScope("train"), limitBody(ctx.limits.maxDatasetBytes), async (c) => {
     const type = c.req.header("content-type") ?? "";
-    let text: string;
     let name = c.req.query("name");
     let filename = c.req.query("filename");
     let format = c.req.query("format");
-    if (type.startsWith("multipart/form-data")) {
-      const form = (await c.req.parseBody().catch((e: unknown) => {
-        throw invalid(`malformed multipart body: ${errorMessage(e)}`);
-      })) as Record<string, unknown>;
-      const file = form.file;
-      if (!(file instanceof File)) throw invalid("file is required as a file field (curl -F file=@data.jsonl)", "file");
-      text = await file.text();
-      filename = file.name || filename;
-      if (typeof form.name === "string" && form.name) name = form.name;
-      if (typeof form.format === "string" && form.format) format = form.format;
-    } else {
-      text = await c.req.text();
+    const dir = registry.stagingDir("dataset");
+    try {
+      let path: string;
+      if (type.startsWith("multipart/form-data")) {
+        const { fields, files } = await readMultipart(c.req.raw.body, type, { dir, allowed: ["file", "name", "format"], fileFields: ["file"], maxBytes: ctx.limits.maxDatasetBytes, maxFieldBytes: 256 });
+        if (!files.file) throw invalid("file is required as a file field (curl -F file=@data.jsonl)", "file");
+        path = files.file.path;
+        filename = files.file.filename || filename;
+        if (fields.name) name = fields.name;
+        if (fields.format) format = fields.format;
+      } else path = await streamToFile(c.req.raw.body, join(dir, "body"), ctx.limits.maxDatasetBytes);
+      if (name !== undefined) checkName(name, "name");
+      if (format !== undefined && !(DATA_FORMATS as readonly string[]).includes(format)) throw invalid(`format must be one of ${DATA_FORMATS.join(", ")}`, "format");
+      if ((await stat(path)).size === 0) throw invalid("the dataset is empty", "file");
+      const d = await storeDataset(path, { name, filename, format: format as DataFormat | undefined, field: "data" });
+      return c.json({ object: "dataset", ...d }, 201);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
     }
-    if (name !== undefined) checkName(name, "name");
-    if (format !== undefined && !(DATA_FORMATS as readonly string[]).includes(format)) throw invalid(`format must be one of ${DATA_FORMATS.join(", ")}`, "format");
-    if (!text.trim()) throw invalid("the dataset is empty", "file");
-    const d = await storeDataset(text, { name, filename, format: format as DataFormat | undefined });
-    return c.json({ object: "dataset", ...d }, 201);
   });
 
   app.get("/v1/datasets", requireScope("read"), (c) => c.json({ object: "list", data: registry.listDatasets().map((d) => ({ object: "dataset", ...d })) }));
@@ -137,11 +131,18 @@ export function fineTuneRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     return c.json({ object: "dataset", ...d });
   });
 
+  app.delete("/v1/datasets/:id", requireScope("admin"), async (c) => {
+    const d = await registry.deleteDataset(c.req.param("id"));
+    return c.json({ object: "dataset.deleted", id: d.id, deleted: true });
+  });
+
   app.post("/v1/fine-tunes", requireScope("train"), limitBody(ctx.limits.maxBodyBytes), async (c) => {
     const o = asObject(await readJson(c));
     const model = str(o, "model", { max: 256 });
     if (model !== undefined && model !== host.id) throw notFound(`model ${JSON.stringify(model)} not found: this server fine-tunes ${host.id}`, "model");
     const params = parseJobParams(o, maxSeq);
+    checkJobQueue(jobs, ctx.admission.maxQueued);
+    checkJobMemory(params, host.model.config, ctx.admission.budgetBytes);
     if (registry.getAlias(params.adapter_name)) throw conflict(`${params.adapter_name} is an alias; pick another adapter_name`, "adapter_name");
     const datasetRef = str(o, "dataset", { max: 64 });
     const inline = str(o, "data");
@@ -156,7 +157,15 @@ export function fineTuneRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     if (datasetRef !== undefined) {
       dataset = registry.getDataset(datasetRef);
       if (!dataset) throw notFound(`dataset ${datasetRef} not found; upload it with POST /v1/datasets`, "dataset");
-    } else dataset = await storeDataset(inline as string, { format: params.data_format ?? undefined });
+    } else {
+      const dir = registry.stagingDir("dataset");
+      try {
+        await writeFile(join(dir, "inline"), inline as string);
+        dataset = await storeDataset(join(dir, "inline"), { format: params.data_format ?? undefined, field: "data" });
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
+    }
     const job = jobs.create(params, dataset.id, c.get("key").id);
     runner.events.publish(job.id, { type: "status", status: job.status });
     runner.enqueue(job.id);
@@ -272,4 +281,23 @@ async function readMetrics(path: string): Promise<Record<string, unknown>[]> {
       return [];
     }
   });
+}
+
+/** Write a request body to `path` as it arrives (memory: one chunk); 413 past `max` bytes. */
+async function streamToFile(body: ReadableStream<Uint8Array> | null, path: string, max: number): Promise<string> {
+  const out = createWriteStream(path);
+  out.on("error", () => {});
+  let total = 0;
+  try {
+    if (body) {
+      for await (const chunk of body as unknown as AsyncIterable<Uint8Array>) {
+        total += chunk.length;
+        if (total > max) throw tooLarge(`the dataset is larger than ${max} bytes`, "file");
+        if (!out.write(chunk)) await new Promise<void>((r) => out.once("drain", r));
+      }
+    }
+  } finally {
+    await new Promise<void>((r) => out.end(() => r()));
+  }
+  return path;
 }

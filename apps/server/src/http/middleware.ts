@@ -2,20 +2,21 @@
 import type { Context, MiddlewareHandler } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { type Scope, allows } from "../auth.ts";
-import { type ApiError, errorMessage, forbidden, internal, isApiError, rateLimited, tooLarge, unauthorized } from "../errors.ts";
+import { type ApiError, errorMessage, withMessage, forbidden, internal, isApiError, rateLimited, tooLarge, unauthorized } from "../errors.ts";
 import type { AppEnv, ServerContext } from "./context.ts";
 import { parseJson } from "./validate.ts";
 
 export function errorResponse(c: Context, e: ApiError): Response {
   const headers: Record<string, string> = {};
   if (e.status === 401) headers["www-authenticate"] = 'Bearer realm="lowrank"';
+  if (e.retryAfter !== undefined) headers["retry-after"] = String(Math.max(1, Math.ceil(e.retryAfter)));
   return c.json(e.body(), e.status, headers);
 }
 
 /** Hono's onError: ApiErrors keep their status; anything else is a 500 that does not leak internals. */
 export function onError(ctx: ServerContext) {
   return (err: Error, c: Context): Response => {
-    if (isApiError(err)) return errorResponse(c, err);
+    if (isApiError(err)) return errorResponse(c, withMessage(err, ctx.redact(err.message)));
     ctx.log(`error: ${c.req.method} ${c.req.path}: ${err.stack ?? errorMessage(err)}`);
     return errorResponse(c, internal("internal server error; see the server log"));
   };

@@ -7,9 +7,10 @@
 import { randomInt, randomUUID } from "node:crypto";
 import type { Hono } from "hono";
 import type { ChatMessage } from "@lowrank/trainer/node";
-import { type ApiError, errorMessage, internal, invalid, isApiError } from "../errors.ts";
+import { type ApiError, errorMessage, internal, invalid, isApiError, withMessage } from "../errors.ts";
 import type { GenRequest, GenResult } from "../inference/host.ts";
 import { type Route, resolveRoute } from "../inference/router.ts";
+import { INLINE_PROMPT_CHARS, promptCharCap } from "../tokenize/cap.ts";
 import type { AppEnv, ServerContext } from "./context.ts";
 import { limitBody, readJson, requireScope } from "./middleware.ts";
 import { type Obj, asObject, bool, int, num, str, stringList, typeName } from "./validate.ts";
@@ -39,7 +40,8 @@ function sampling(o: Obj, maxTokensCap: number, defaultMax: number): Sampling {
   const streamOptions = o.stream_options === undefined || o.stream_options === null ? {} : asObject(o.stream_options, "stream_options");
   return {
     maxTokens: int(o, maxKey, { def: defaultMax, min: 1, max: maxTokensCap }),
-    temperature: num(o, "temperature", { def: 1, min: 0, max: 2 }),
+    // Below the floor, dividing the logits by the temperature overflows: such requests are greedy.
+    temperature: greedyBelowFloor(num(o, "temperature", { def: 1, min: 0, max: 2 })),
     topP: num(o, "top_p", { def: 1, min: 0, max: 1 }),
     topK: int(o, "top_k", { def: 0, min: 0 }),
     repetitionPenalty: num(o, "repetition_penalty", { def: 1, min: 0.01, max: 10 }),
@@ -49,6 +51,13 @@ function sampling(o: Obj, maxTokensCap: number, defaultMax: number): Sampling {
     includeUsage: bool(streamOptions, "include_usage", false, "stream_options"),
     user: str(o, "user", { max: 256 }),
   };
+}
+
+/** Temperatures below this are treated as 0 (greedy), as documented in the README. */
+export const TEMPERATURE_FLOOR = 1e-3;
+
+export function greedyBelowFloor(t: number): number {
+  return t < TEMPERATURE_FLOOR ? 0 : t;
 }
 
 function promptOf(o: Obj): string {
@@ -108,7 +117,7 @@ function genRequest(ctx: ServerContext, route: Route, ids: number[], s: Sampling
 const usage = (r: GenResult) => ({ prompt_tokens: r.promptTokens, completion_tokens: r.completionTokens, total_tokens: r.promptTokens + r.completionTokens });
 
 /** The SSE body: `data: <json>\n\n` per chunk, then `data: [DONE]\n\n`. Cancelling aborts generation. */
-function sse(run: (send: (chunk: unknown) => void, signal: AbortSignal) => Promise<void>, log: (l: string) => void): ReadableStream<Uint8Array> {
+function sse(run: (send: (chunk: unknown) => void, signal: AbortSignal) => Promise<void>, ctx: ServerContext): ReadableStream<Uint8Array> {
   const enc = new TextEncoder();
   const abort = new AbortController();
   return new ReadableStream<Uint8Array>({
@@ -118,8 +127,8 @@ function sse(run: (send: (chunk: unknown) => void, signal: AbortSignal) => Promi
       };
       void run(send, abort.signal).catch((e: unknown) => {
         if (abort.signal.aborted) return;
-        const err: ApiError = isApiError(e) ? e : internal("generation failed; see the server log");
-        if (!isApiError(e)) log(`error: streaming generation: ${errorMessage(e)}`);
+        const err: ApiError = isApiError(e) ? withMessage(e, ctx.redact(e.message)) : internal("generation failed; see the server log");
+        if (!isApiError(e)) ctx.log(`error: streaming generation: ${errorMessage(e)}`);
         send(err.body());
       }).finally(() => {
         if (abort.signal.aborted) return;
@@ -139,6 +148,9 @@ export function openaiRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   const created = () => Math.floor(Date.now() / 1000);
   const fingerprint = `lowrank-${ctx.host.hash.slice(7, 15)}`;
 
+  const maxPos = ctx.host.model.config.max_position_embeddings;
+  const charCap = promptCharCap(ctx.host.tokenizer, maxPos);
+
   app.get("/v1/models", requireScope("read"), (c) => c.json({ object: "list", data: listModels(ctx) }));
 
   app.post("/v1/completions", requireScope("read"), limitBody(ctx.limits.maxBodyBytes), async (c) => {
@@ -149,7 +161,7 @@ export function openaiRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     if (o.suffix !== undefined && o.suffix !== null) throw invalid("suffix is not supported", "suffix");
     const s = sampling(o, ctx.limits.maxTokens, 16);
     const route = resolveRoute(model, ctx.host.id, ctx.registry, { user: s.user });
-    const ids = ctx.host.encode(prompt, "prompt");
+    const ids = await encodePrompt(ctx, prompt, charCap, "prompt");
     ctx.host.assertCapacity();
     const req = genRequest(ctx, route, ids, s, s.stop);
     const id = `cmpl-${randomUUID().replaceAll("-", "")}`;
@@ -162,7 +174,7 @@ export function openaiRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
       const r = await ctx.host.generate({ ...req, signal }, (text) => send({ ...base, choices: [{ text, index: 0, logprobs: null, finish_reason: null }] }));
       send({ ...base, choices: [{ text: "", index: 0, logprobs: null, finish_reason: r.finishReason }] });
       if (s.includeUsage) send({ ...base, choices: [], usage: usage(r) });
-    }, ctx.log);
+    }, ctx);
     return new Response(body, { headers: { ...SSE_HEADERS, ...adapterHeaders(route) } });
   });
 
@@ -170,6 +182,8 @@ export function openaiRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const o = asObject(await readJson(c));
     const model = modelOf(o);
     const messages = messagesOf(o);
+    const chars = messages.reduce((n, m) => n + m.content.length, 0);
+    if (chars > charCap) throw tooLongPrompt(ctx, chars, charCap, "messages");
     const s = sampling(o, ctx.limits.maxTokens, 128);
     const route = resolveRoute(model, ctx.host.id, ctx.registry, { user: s.user });
     // Laid out as in training (the model's chat_template, else ChatML); the reply stops at its end-of-turn marker.
@@ -192,9 +206,27 @@ export function openaiRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
       const r = await ctx.host.generate({ ...req, signal }, (text) => send(chunk({ content: text }, null)));
       send(chunk({}, r.finishReason));
       if (s.includeUsage) send({ ...base, object: "chat.completion.chunk", choices: [], usage: usage(r) });
-    }, ctx.log);
+    }, ctx);
     return new Response(body, { headers: { ...SSE_HEADERS, ...adapterHeaders(route) } });
   });
+}
+
+function tooLongPrompt(ctx: ServerContext, chars: number, cap: number, field: string) {
+  const maxPos = ctx.host.model.config.max_position_embeddings;
+  return invalid(`the prompt is ${chars} characters: more than this model's context of ${maxPos} tokens can hold (at most ${cap} characters); it was not tokenized`, field);
+}
+
+/**
+ * Tokenize a completion prompt: refused by its length in characters first (no tokenizing), then
+ * tokenized inline when short, else in the tokenizer thread; 400 when it leaves no room to generate.
+ */
+async function encodePrompt(ctx: ServerContext, prompt: string, cap: number, field: string): Promise<number[]> {
+  if (prompt.length > cap) throw tooLongPrompt(ctx, prompt.length, cap, field);
+  if (prompt.length <= INLINE_PROMPT_CHARS) return ctx.host.encode(prompt, field);
+  const ids = await ctx.tokens.encode(prompt);
+  const maxPos = ctx.host.model.config.max_position_embeddings;
+  if (ids.length >= maxPos) throw invalid(`the prompt is ${ids.length} tokens; this model's context is ${maxPos} tokens`, field);
+  return ids;
 }
 
 /** The base, every adapter version (plus the floating name at its current version) and every alias. */

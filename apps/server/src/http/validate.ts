@@ -6,12 +6,51 @@ import { invalid } from "../errors.ts";
 
 export type Obj = Record<string, unknown>;
 
-export function parseJson(text: string): unknown {
-  if (!text.trim()) throw invalid("the request body is empty; send a JSON object");
+/** Deepest nesting of objects and arrays a JSON input may have (a 5,000-deep value is a 400, not a 500). */
+export const MAX_JSON_DEPTH = 32;
+
+export function parseJson(text: string, field: string | null = null): unknown {
+  if (!text.trim()) throw invalid(field ? `${field} is empty; send a JSON value` : "the request body is empty; send a JSON object", field);
+  checkJsonDepth(text, field);
   try {
     return JSON.parse(text);
   } catch (e) {
-    throw invalid(`malformed JSON: ${(e as Error).message}`);
+    throw invalid(`${field ? `${field} is ` : ""}malformed JSON: ${(e as Error).message}`, field);
+  }
+}
+
+/**
+ * Refuse JSON text nested deeper than MAX_JSON_DEPTH before parsing it (one pass, no recursion),
+ * naming the outermost field that holds the deep value.
+ */
+export function checkJsonDepth(text: string, field: string | null = null, max = MAX_JSON_DEPTH): void {
+  let depth = 0;
+  let inString = false;
+  let key = "";
+  let lastString = "";
+  let stringStart = 0;
+  let topKey: string | null = null;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text.charCodeAt(i);
+    if (inString) {
+      if (ch === 92) i++; // backslash: skip the escaped character
+      else if (ch === 34) {
+        inString = false;
+        if (depth === 1) lastString = text.slice(stringStart, i);
+      }
+      continue;
+    }
+    if (ch === 34) {
+      inString = true;
+      stringStart = i + 1;
+    } else if (ch === 58 && depth === 1) key = lastString; // ':' after a top-level key
+    else if (ch === 123 || ch === 91) {
+      if (depth === 1) topKey = key;
+      if (++depth > max) {
+        const where = topKey && depth > 2 ? (field ? `${field}.${topKey}` : topKey) : field;
+        throw invalid(`${where ?? "the request body"} is nested more than ${max} levels deep; the limit is ${max}`, where);
+      }
+    } else if (ch === 125 || ch === 93) depth--;
   }
 }
 

@@ -8,11 +8,12 @@
  */
 import { Effect, Semaphore } from "effect";
 import type { Backend } from "@lowrank/tensor";
-import { type LlamaForCausalLM, type TextTokenizer, generate, loadGenerationConfig, loadHfModel, loadTokenizer } from "@lowrank/nn/node";
+import { type LlamaForCausalLM, type TextTokenizer, loadGenerationConfig, loadHfModel, loadTokenizer } from "@lowrank/nn/node";
 import { PeftModel, loadAdapter } from "@lowrank/lora/node";
 import { type ChatGenerationPrompt, type ChatMessage, chatGenerationPrompt } from "@lowrank/trainer/node";
 import { conflict, invalid, unavailable } from "../errors.ts";
 import type { AdapterVersion } from "../registry/registry.ts";
+import { Batcher, KvBudgetError } from "./batcher.ts";
 import { ByteLru } from "./lru.ts";
 
 export interface HostOptions {
@@ -28,6 +29,10 @@ export interface HostOptions {
   maxQueue?: number;
   /** Load-time notes (half-precision weights widened to f32). */
   log?: (line: string) => void;
+  /** Requests decoded together (default 32). */
+  maxBatch?: number;
+  /** Bytes the batch's KV caches may reach (default 256 MiB). */
+  kvBudgetBytes?: number;
 }
 
 export interface LoadedAdapter {
@@ -75,6 +80,13 @@ export class ModelHost {
   #peft: PeftModel<LlamaForCausalLM> | null = null;
   #pending = 0;
   #closed = false;
+  readonly #batcher: Batcher;
+  /** Sequences in the batch per adapter (internal name): an evicted adapter stays until they finish. */
+  readonly #inUse = new Map<string, number>();
+  readonly #retired = new Set<string>();
+  /** The adapter and the row adapters the last step ran with (undefined: unknown, after a load or delete). */
+  #current: string | null | undefined = undefined;
+  #rows: string | null | undefined = undefined;
   /** Requests served, per adapter ref ("" = base); for /v1/cache and tests. */
   readonly served = new Map<string, number>();
 
@@ -90,7 +102,24 @@ export class ModelHost {
     this.tokenizer = tokenizer;
     this.#eos = [...new Set([...model.config.eos_token_id, ...genEos, ...(tokenizer.eosTokenId === null ? [] : [tokenizer.eosTokenId])])];
     this.#maxQueue = o.maxQueue ?? 256;
-    this.#cache = new ByteLru(o.cacheBytes ?? 256 * 2 ** 20, (_, a) => this.#peft?.deleteAdapter(a.internal));
+    this.#cache = new ByteLru(o.cacheBytes ?? 256 * 2 ** 20, (_, a) => this.#evict(a.internal));
+    this.#batcher = new Batcher({
+      model,
+      // Switching is a walk over the model: skipped when nothing changed since the last step.
+      useAdapter: (a) => {
+        if (this.#peft && this.#current !== a) this.#peft.setAdapter(a ?? []);
+        this.#current = a;
+      },
+      useRowAdapters: (rows) => {
+        const key = rows ? rows.join("\u0000") : null;
+        if (this.#peft && key === this.#rows) return;
+        if (this.#peft) this.#peft.setRowAdapters(rows);
+        else if (rows?.some((r) => r !== null)) throw new Error("row adapters without any adapter loaded");
+        this.#rows = key;
+      },
+      rowBatchable: (a) => (this.#peft as PeftModel<LlamaForCausalLM>).rowBatchable(a),
+      locked: (fn) => Effect.runPromise(this.#sem.withPermits(1)(Effect.tryPromise({ try: fn, catch: (e) => e }))),
+    }, { maxBatch: o.maxBatch, kvBudgetBytes: o.kvBudgetBytes });
   }
 
   static async load(o: HostOptions): Promise<ModelHost> {
@@ -129,9 +158,9 @@ export class ModelHost {
   /** Let every queued request finish, refuse new ones, free the model (idempotent). */
   async close(): Promise<void> {
     if (this.#closed) return;
-    await this.exclusive(async () => {
-      this.#closed = true;
-    }).catch(() => {});
+    this.#closed = true;
+    await this.#batcher.idle();
+    await Effect.runPromise(this.#sem.withPermits(1)(Effect.void));
     this.#cache.clear();
     this.model.dispose();
   }
@@ -152,6 +181,9 @@ export class ModelHost {
       throw conflict(`${v.ref} was trained on base ${v.base_model} (${v.base_model_hash.slice(0, 19)}...), not on the served ${this.id} (${this.hash.slice(0, 19)}...)`, "model");
     }
     const internal = `v${v.id}`;
+    // Evicted while sequences still used it: it is still loaded; take it back into the cache.
+    if (this.#retired.delete(internal)) return this.#cached(v, internal);
+    this.#current = this.#rows = undefined;
     try {
       this.#peft = await loadAdapter<LlamaForCausalLM>(this.#peft ?? this.model, dir, internal, { ignoreBaseModel: true, warn: () => {} });
     } catch (e) {
@@ -159,8 +191,12 @@ export class ModelHost {
     } finally {
       this.model.eval();
     }
+    return this.#cached(v, internal);
+  }
+
+  #cached(v: AdapterVersion, internal: string): LoadedAdapter {
     let bytes = 0;
-    for (const [, layer] of this.#peft.loraLayers()) for (const t of layer.adapterParameters(internal)) bytes += t.size * 4;
+    for (const [, layer] of (this.#peft as PeftModel<LlamaForCausalLM>).loraLayers()) for (const t of layer.adapterParameters(internal)) bytes += t.size * 4;
     const entry: LoadedAdapter = { id: v.id, ref: v.ref, internal, bytes, loadedAt: new Date().toISOString() };
     this.#cache.set(v.id, entry, bytes);
     return entry;
@@ -174,6 +210,7 @@ export class ModelHost {
   /** Validate adapter files against this base without keeping them: load under a scratch name, then delete. */
   async check(dir: string): Promise<void> {
     const scratch = `check${Date.now()}`;
+    this.#current = this.#rows = undefined;
     try {
       this.#peft = await loadAdapter<LlamaForCausalLM>(this.#peft ?? this.model, dir, scratch, { ignoreBaseModel: true, warn: () => {} });
     } catch (e) {
@@ -182,16 +219,6 @@ export class ModelHost {
       this.model.eval();
     }
     this.#peft.deleteAdapter(scratch);
-  }
-
-  /** Set the request's adapter (or none). Call inside exclusive(). */
-  async activate(adapter: GenRequest["adapter"]): Promise<void> {
-    if (!adapter) {
-      this.#peft?.setAdapter([]);
-      return;
-    }
-    const a = await this.ensureLoaded(adapter.version, adapter.dir);
-    (this.#peft as PeftModel<LlamaForCausalLM>).setAdapter(a.internal);
   }
 
   /**
@@ -238,63 +265,86 @@ export class ModelHost {
   }
 
   /**
-   * Generate for one request inside the queue. `onText` gets each piece of text as soon as it is
-   * safe to emit (a piece that could be the start of a stop string is held back).
+   * Generate for one request: it joins the continuous batch (batcher.ts) and shares each decode step
+   * with the other requests in flight, whatever their adapters. `onText` gets each piece of text as
+   * soon as it is safe to emit (a piece that could be the start of a stop string is held back).
    */
-  generate(req: GenRequest, onText?: (text: string) => void): Promise<GenResult> {
+  async generate(req: GenRequest, onText?: (text: string) => void): Promise<GenResult> {
+    if (this.#closed) throw unavailable("the server is shutting down");
+    if (this.#batcher.size + this.#pending >= this.#maxQueue) throw unavailable(`the model queue is full (${this.#maxQueue} requests waiting); retry later`);
     const ids = req.promptIds;
-    const maxPos = this.model.config.max_position_embeddings;
-    return this.exclusive(async () => {
-      await this.activate(req.adapter);
-      const key = req.adapter?.version.ref ?? "";
-      this.served.set(key, (this.served.get(key) ?? 0) + 1);
-      const tok = this.tokenizer;
-      const stopIds = [...this.#eos, ...(req.stopTokens ?? [])];
-      const maxNew = Math.min(req.maxTokens, maxPos - ids.length);
-      const out: number[] = [];
-      let text = "";
-      let emitted = 0;
-      let finish: GenResult["finishReason"] = "length";
-      const emit = (upTo: number) => {
-        if (upTo > emitted) {
-          onText?.(text.slice(emitted, upTo));
-          emitted = upTo;
-        }
-      };
-      let stopped = false;
-      for await (const id of generate(this.model, ids, {
-        maxNewTokens: maxNew, temperature: req.temperature, topP: req.topP, topK: req.topK,
-        repetitionPenalty: req.repetitionPenalty, seed: req.seed, stopTokens: stopIds, signal: req.signal,
-      })) {
+    const maxNew = Math.min(req.maxTokens, this.model.config.max_position_embeddings - ids.length);
+    // Load (or find) the adapter under the model's lock, and pin it until the sequence leaves the batch.
+    const internal = req.adapter ? (await this.exclusive(() => this.ensureLoaded(req.adapter!.version, req.adapter!.dir), req.signal)).internal : null;
+    if (internal) this.#inUse.set(internal, (this.#inUse.get(internal) ?? 0) + 1);
+    const key = req.adapter?.version.ref ?? "";
+    this.served.set(key, (this.served.get(key) ?? 0) + 1);
+    const tok = this.tokenizer;
+    const out: number[] = [];
+    let text = "";
+    let emitted = 0;
+    const emit = (upTo: number) => {
+      if (upTo > emitted) {
+        onText?.(text.slice(emitted, upTo));
+        emitted = upTo;
+      }
+    };
+    const r = await this.#batcher.run({
+      adapter: internal, promptIds: ids, maxNewTokens: maxNew, temperature: req.temperature, topP: req.topP, topK: req.topK,
+      repetitionPenalty: req.repetitionPenalty, seed: req.seed, stopTokens: new Set([...this.#eos, ...(req.stopTokens ?? [])]), signal: req.signal,
+      onToken: (id) => {
         out.push(id);
-        // The CPU backend's reads resolve as microtasks: without this the whole generation would run
-        // before any other I/O (no streaming flushes, no new connections accepted).
-        await yieldToEventLoop();
         // Decode the whole completion each time: byte-fallback pieces become whole characters.
         const full = tok.decode(out);
-        if (full.endsWith("\uFFFD")) continue;
+        if (full.endsWith("\uFFFD")) return true;
         text = full;
         const hit = findStop(text, req.stop, Math.max(0, emitted - maxLen(req.stop)));
         if (hit >= 0) {
           text = text.slice(0, hit);
           emit(hit);
-          finish = "stop";
-          stopped = true;
-          break;
+          return false;
         }
         emit(text.length - heldBack(text, req.stop));
-      }
-      if (!stopped) {
-        text = tok.decode(out);
-        if (out.length < maxNew) finish = "stop"; // EOS
-        emit(text.length);
-      }
-      return { text, finishReason: finish, promptTokens: ids.length, completionTokens: out.length };
-    }, req.signal);
+        return true;
+      },
+      onEnd: () => internal && this.#release(internal),
+    }).catch((e) => {
+      if (!(e instanceof KvBudgetError)) throw e;
+      if (internal) this.#release(internal); // refused before joining: onEnd will not run
+      throw invalid(e.message, "max_tokens");
+    });
+    if (!r.stopped) {
+      text = tok.decode(out);
+      emit(text.length);
+    }
+    const finish: GenResult["finishReason"] = r.stopped || out.length < maxNew ? "stop" : "length";
+    return { text, finishReason: finish, promptTokens: ids.length, completionTokens: out.length };
+  }
+
+  /** Decode steps and the rows they carried (how much batching happened). */
+  get batchStats(): { steps: number; rows: number; maxRows: number } {
+    return { ...this.#batcher.stats };
+  }
+
+  /** A sequence with this adapter left the batch: drop the adapter if it was evicted meanwhile. */
+  #release(internal: string): void {
+    const n = (this.#inUse.get(internal) ?? 1) - 1;
+    if (n > 0) return void this.#inUse.set(internal, n);
+    this.#inUse.delete(internal);
+    if (this.#retired.delete(internal)) this.#drop(internal);
+  }
+
+  /** The LRU let go of an adapter: delete it now, or when its last sequence leaves the batch. */
+  #evict(internal: string): void {
+    if (this.#inUse.has(internal)) this.#retired.add(internal);
+    else this.#drop(internal);
+  }
+
+  #drop(internal: string): void {
+    this.#current = this.#rows = undefined;
+    this.#peft?.deleteAdapter(internal);
   }
 }
-
-const yieldToEventLoop = () => new Promise<void>((r) => setImmediate(r));
 
 function maxLen(stops: string[]): number {
   return stops.reduce((m, s) => Math.max(m, s.length), 0);

@@ -110,6 +110,8 @@ interface AdapterRow {
   updated_at: string;
 }
 
+const DATASET_COLUMNS = "id, name, filename, sha256, size_bytes, format, created_at";
+
 const VERSION_SELECT = "SELECT v.*, a.current_version FROM adapter_versions v JOIN adapters a ON a.name = v.name";
 
 export class Registry {
@@ -331,8 +333,14 @@ export class Registry {
       const have = this.getDataset(id);
       if (have) return have;
       if (opts.name && this.db.get("SELECT 1 FROM datasets WHERE name = ?", opts.name)) throw conflict(`dataset name ${opts.name} is taken`, "name");
-      this.db.run("INSERT INTO datasets (id, name, filename, sha256, size_bytes, format, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        id, opts.name ?? null, `${id}${ext}`, sha, size, opts.format ?? null, now());
+      // The same content deleted earlier (a tombstone kept for old jobs) comes back under the same id.
+      if (this.db.get("SELECT 1 FROM datasets WHERE id = ? AND deleted_at IS NOT NULL", id)) {
+        this.db.run("UPDATE datasets SET name = ?, filename = ?, size_bytes = ?, format = ?, created_at = ?, deleted_at = NULL WHERE id = ?",
+          opts.name ?? null, `${id}${ext}`, size, opts.format ?? null, now(), id);
+      } else {
+        this.db.run("INSERT INTO datasets (id, name, filename, sha256, size_bytes, format, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+          id, opts.name ?? null, `${id}${ext}`, sha, size, opts.format ?? null, now());
+      }
       renameSync(staged, join(this.home.datasets, `${id}${ext}`));
       return null;
     });
@@ -341,11 +349,37 @@ export class Registry {
   }
 
   getDataset(idOrName: string): Dataset | undefined {
-    return this.db.get<Dataset>("SELECT * FROM datasets WHERE id = ? OR name = ?", idOrName, idOrName);
+    return this.db.get<Dataset>(`SELECT ${DATASET_COLUMNS} FROM datasets WHERE (id = ? OR name = ?) AND deleted_at IS NULL`, idOrName, idOrName);
   }
 
   listDatasets(): Dataset[] {
-    return this.db.all<Dataset>("SELECT * FROM datasets ORDER BY created_at");
+    return this.db.all<Dataset>(`SELECT ${DATASET_COLUMNS} FROM datasets WHERE deleted_at IS NULL ORDER BY created_at`);
+  }
+
+  /**
+   * Delete a dataset and its file. 409 while a queued or running job uses it. A dataset that
+   * finished jobs name stays as a tombstone row (no file, no name), so those jobs keep their
+   * dataset_id; one no job names is removed outright.
+   */
+  async deleteDataset(idOrName: string): Promise<Dataset> {
+    let trash: string | null = null;
+    const d = this.db.transaction(() => {
+      const d = this.getDataset(idOrName);
+      if (!d) throw notFound(`dataset ${idOrName} not found`, "id");
+      const busy = this.db.get<{ id: string }>("SELECT id FROM jobs WHERE dataset_id = ? AND status IN ('queued', 'running') LIMIT 1", d.id);
+      if (busy) throw conflict(`dataset ${d.id} is used by fine-tuning job ${busy.id} (not finished); cancel it or wait for it first`, "id");
+      if (this.db.get("SELECT 1 FROM jobs WHERE dataset_id = ? LIMIT 1", d.id)) {
+        this.db.run("UPDATE datasets SET deleted_at = ?, name = NULL WHERE id = ?", now(), d.id);
+      } else this.db.run("DELETE FROM datasets WHERE id = ?", d.id);
+      const file = this.datasetPath(d);
+      if (existsSync(file)) {
+        trash = join(this.home.tmp, `deleted-${randomUUID()}`);
+        renameSync(file, trash);
+      }
+      return d;
+    });
+    if (trash) await rm(trash, { force: true });
+    return d;
   }
 
   // ------------------------------------------------------------------ startup

@@ -43,6 +43,8 @@ const MIGRATIONS: string[] = [
      id TEXT PRIMARY KEY, name TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE, scope TEXT NOT NULL,
      max_concurrency INTEGER NOT NULL, created_at TEXT NOT NULL, revoked_at TEXT
    );`,
+  // 2: datasets can be deleted; a row still named by old jobs stays as a tombstone (its file is removed)
+  `ALTER TABLE datasets ADD COLUMN deleted_at TEXT;`,
 ];
 
 export function migrate(db: Db): number {

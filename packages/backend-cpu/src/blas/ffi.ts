@@ -1,6 +1,6 @@
 /**
  * What a runtime's FFI edge (node.ts: koffi, bun.ts: bun:ffi, deno.ts: Deno.dlopen) must bind:
- * cblas_sgemm plus the optional thread and version calls of OpenBLAS, MKL and BLIS, declared once
+ * cblas_sgemm (and cblas_sgemv) plus the optional thread and version calls of OpenBLAS, MKL and BLIS, declared once
  * here in abstract types that each edge maps to its own notation.
  */
 
@@ -15,6 +15,8 @@ export interface SymbolSpec {
 export const SYMBOLS = {
   // void cblas_sgemm(order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
   cblas_sgemm: { args: ["i32", "i32", "i32", "i32", "i32", "i32", "f32", "buffer", "i32", "buffer", "i32", "f32", "buffer", "i32"], result: "void" },
+  // void cblas_sgemv(order, trans, M, N, alpha, A, lda, x, incx, beta, y, incy)
+  cblas_sgemv: { args: ["i32", "i32", "i32", "i32", "f32", "buffer", "i32", "buffer", "i32", "f32", "buffer", "i32"], result: "void" },
   openblas_set_num_threads: { args: ["i32"], result: "void" },
   openblas_get_num_threads: { args: [], result: "i32" },
   openblas_get_config: { args: [], result: "cstring" },

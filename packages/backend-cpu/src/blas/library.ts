@@ -24,6 +24,8 @@ export interface BlasLibrary {
   useThreads(n: number): number;
   /** Row-major C[M,N] = op(A)·op(B) + beta·C (beta 0 by default); A, B, C start at their first element. */
   sgemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Float32Array, lda: number, B: Float32Array, ldb: number, C: Float32Array, ldc: number, beta?: number): void;
+  /** Row-major y[M or N] = op(A)·x + beta·y for A [M, N] (lda); null when the library lacks cblas_sgemv. */
+  sgemv: ((trans: boolean, M: number, N: number, A: Float32Array, lda: number, x: Float32Array, y: Float32Array, beta?: number) => void) | null;
 }
 
 type Fn<A extends unknown[], R> = (...args: A) => R;
@@ -40,6 +42,7 @@ function mklVersion(get: Fn<[Uint8Array, number], void>): string {
 export function describeLibrary(bound: Bound, path: string, via: string): BlasLibrary | null {
   const sgemm = bound.cblas_sgemm as Fn<[number, number, number, number, number, number, number, Float32Array, number, Float32Array, number, number, Float32Array, number], void> | undefined;
   if (!sgemm) return null;
+  const sgemv = bound.cblas_sgemv as Fn<[number, number, number, number, number, Float32Array, number, Float32Array, number, number, Float32Array, number], void> | undefined;
   const str = (f: unknown) => (f ? String((f as Fn<[], string>)()) : "");
   const int = (f: unknown) => (f ? Number((f as Fn<[], number>)()) : 0);
   let kind: BlasKind = "blas", version = "", core: string | null = null;
@@ -81,5 +84,6 @@ export function describeLibrary(bound: Bound, path: string, via: string): BlasLi
     sgemm(transA, transB, M, N, K, A, lda, B, ldb, C, ldc, beta = 0) {
       sgemm(ROW_MAJOR, transA ? TRANS : NO_TRANS, transB ? TRANS : NO_TRANS, M, N, K, 1, A, lda, B, ldb, beta, C, ldc);
     },
+    sgemv: sgemv ? (trans, M, N, A, lda, x, y, beta = 0) => sgemv(ROW_MAJOR, trans ? TRANS : NO_TRANS, M, N, 1, A, lda, x, 1, beta, y, 1) : null,
   };
 }

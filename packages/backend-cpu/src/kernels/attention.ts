@@ -26,14 +26,13 @@ export interface AttnOps {
 
 /** AttnOps over a packed-only engine: transposes into scratch, accumulates through a temporary. */
 export function engineOps(mm: MatmulEngine, exp: AttnOps["exp"]): AttnOps {
-  let ta: Float32Array = new Float32Array(0), tb: Float32Array = new Float32Array(0), tc: Float32Array = new Float32Array(0);
+  let ta: Float32Array = new Float32Array(0), tc: Float32Array = new Float32Array(0);
   const grow = (a: Float32Array, n: number) => (a.length >= n ? a : new Float32Array(n));
   return {
     gemm(transA, transB, M, N, K, A, B, C, accumulate) {
       if (transA) transposeInto(A, K, M, (ta = grow(ta, M * K)), K, 0);
-      if (transB) transposeInto(B, N, K, (tb = grow(tb, K * N)), N, 0);
       const out = accumulate ? (tc = grow(tc, M * N)) : C;
-      mm.matmul(transA ? ta.subarray(0, M * K) : A.subarray(0, M * K), transB ? tb.subarray(0, K * N) : B.subarray(0, K * N), out.subarray(0, M * N), M, N, K);
+      mm.matmul(transA ? ta.subarray(0, M * K) : A.subarray(0, M * K), B.subarray(0, K * N), out.subarray(0, M * N), M, N, K, transB);
       if (accumulate) for (let i = 0; i < M * N; i++) C[i] += tc[i];
     },
     exp,

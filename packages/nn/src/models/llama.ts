@@ -8,7 +8,9 @@
  * Shapes: B batch, T new positions, S cached + new positions, C hidden, nh query heads,
  * nkv key/value heads, hs head size, V vocab.
  */
-import { type RopeTables, type Tensor, attention, crossEntropy, linearCrossEntropy, noGrad, rope, ropeTables, scope, swiglu } from "@lowrank/tensor";
+import {
+  type RopeTables, type Tensor, attention, attentionDecode, concat, crossEntropy, embedding, linearCrossEntropy, noGrad, rope, ropeTables, scope, swiglu, tensor,
+} from "@lowrank/tensor";
 import { KVCache } from "../kv-cache.ts";
 import { Embedding, Linear, RMSNorm } from "../layers.ts";
 import { Module, ModuleList, type ParamOptions, type TensorModule } from "../module.ts";
@@ -29,6 +31,12 @@ export interface LayerContext {
   positionOffset: number;
   cache?: KVCache;
   layer: number;
+  /**
+   * A step over several sequences (continuous batching): the input is (1, L, C), the new tokens of
+   * every sequence laid end to end; segment i is `lengths[i]` tokens that attend causally over their
+   * own `caches[i]`. `rope` then holds one table row per token (its position) and positionOffset is 0.
+   */
+  segments?: { caches: readonly KVCache[]; lengths: readonly number[] };
 }
 
 export class LlamaAttention extends Module {
@@ -72,11 +80,35 @@ export class LlamaAttention extends Module {
       const q = rope(split(this.q_proj.forward(x), this.nh, this.q_norm), ctx.rope, ctx.positionOffset); // (B, nh, T, hs)
       let k = rope(split(this.k_proj.forward(x), this.nkv, this.k_norm), ctx.rope, ctx.positionOffset); // (B, nkv, T, hs)
       let v = split(this.v_proj.forward(x), this.nkv, null); // (B, nkv, T, hs)
+      if (ctx.segments) return this.o_proj.forward(this.#attendEach(q, k, v, ctx.segments, ctx.layer).reshape([B, T, this.nh * this.hs]));
       if (ctx.cache) [k, v] = ctx.cache.update(ctx.layer, k, v); // (B, nkv, S, hs)
       // (B, nh, T, hs); queries are the last T of S positions
       const y = this.window === null ? attention(q, k, v) : slidingWindowAttention(q, k, v, this.window);
       return this.o_proj.forward(y.permute([0, 2, 1, 3]).reshape([B, T, this.nh * this.hs]));
     });
+  }
+
+  /**
+   * The attention of a step over several sequences: q, k, v (1, n, L, hs), the "time" axis holding
+   * each segment's new tokens in turn; each segment appends to and attends over its own cache.
+   * Returns (1, L, nh, hs).
+   */
+  #attendEach(q: Tensor, k: Tensor, v: Tensor, seg: NonNullable<LayerContext["segments"]>, layer: number): Tensor {
+    // Every sequence adds one token to a non-empty cache (a pure decode step): one call for them all.
+    if (this.window === null && seg.lengths.every((n) => n === 1) && seg.caches.every((c) => c.keys[layer])) {
+      const r = attentionDecode(q, k, v, seg.caches.map((c) => c.keys[layer] as Tensor), seg.caches.map((c) => c.values[layer] as Tensor));
+      seg.caches.forEach((c, i) => c.replace(layer, r.ks[i], r.vs[i]));
+      return r.out.permute([0, 2, 1, 3]); // (1, N, nh, hs)
+    }
+    let at = 0;
+    const ys = seg.caches.map((cache, i) => {
+      const [t0, T] = [at, seg.lengths[i]];
+      at += T;
+      const [K, V] = cache.update(layer, k.narrow(2, t0, T), v.narrow(2, t0, T)); // (1, nkv, S_i, hs)
+      const qi = q.narrow(2, t0, T);
+      return this.window === null ? attention(qi, K, V) : slidingWindowAttention(qi, K, V, this.window); // (1, nh, T_i, hs)
+    });
+    return (ys.length === 1 ? ys[0] : concat(ys, 2)).permute([0, 2, 1, 3]); // (1, L, nh, hs)
   }
 }
 
@@ -179,6 +211,38 @@ export class LlamaModel extends Module {
       return this.norm.forward(h);
     });
   }
+
+  /**
+   * One step of several sequences at once (continuous batching): segment i is `ids[i]`, the new
+   * tokens of the sequence cached in caches[i] (its prompt when the cache is empty, else its next
+   * token), at positions caches[i].length onwards. Projections and MLP see all tokens as one
+   * (1, L, C) batch; each segment attends causally over its own cache. Returns the hidden state of
+   * each segment's last token (1, N, C) after the final norm; every cache advances by its segment.
+   */
+  forwardSegments(ids: readonly (readonly number[])[], caches: readonly KVCache[]): Tensor {
+    return scope(() => {
+      if (ids.length === 0 || ids.length !== caches.length) throw new RangeError(`forwardSegments: ${ids.length} segments for ${caches.length} caches`);
+      if (ids.some((s) => s.length === 0)) throw new RangeError("forwardSegments: a segment has no ids");
+      const backend = this.embed_tokens.weight.backend;
+      const lengths = ids.map((s) => s.length);
+      const positions = caches.flatMap((c, i) => Array.from({ length: lengths[i] }, (_, t) => c.length + t));
+      const tables = this.ropeTables(Math.max(...positions) + 1);
+      const at = tensor(Int32Array.from(positions), { shape: [positions.length], dtype: "i32", backend });
+      const rope = { cos: embedding(tables.cos, at), sin: embedding(tables.sin, at) }; // (L, hs/2): row t at token t's position
+      let h = this.embed_tokens.forward(tensor(Int32Array.from(ids.flat()), { shape: [1, positions.length], dtype: "i32", backend })); // (1, L, C)
+      let i = 0;
+      const segments = { caches, lengths };
+      for (const layer of this.layers) h = layer.forward(h, { rope, positionOffset: 0, segments, layer: i++ });
+      caches.forEach((c, k) => c.advance(lengths[k]));
+      if (positions.length > ids.length) {
+        // Only the last token of each segment goes on (to the head): its row in (1, L, C).
+        let end = -1;
+        const last = tensor(Int32Array.from(lengths.map((n) => (end += n))), { shape: [ids.length], dtype: "i32", backend });
+        h = embedding(h.reshape([positions.length, h.shape[2]]), last).reshape([1, ids.length, h.shape[2]]);
+      }
+      return this.norm.forward(h);
+    });
+  }
 }
 
 export interface LlamaForwardOptions {
@@ -231,6 +295,11 @@ export class LlamaForCausalLM extends Module {
       const logits = this.forward(ids);
       return crossEntropy(logits.dtype === "f32" ? logits : logits.cast("f32"), labels, { ignoreIndex, reduction: "sum" });
     });
+  }
+
+  /** Next-token logits (1, N, V) of N sequences stepped together, each with its own cache (LlamaModel.forwardSegments). */
+  stepSegments(ids: readonly (readonly number[])[], caches: readonly KVCache[]): Tensor {
+    return scope(() => this.lm_head.forward(this.model.forwardSegments(ids, caches)));
   }
 
   /** A fresh cache sized for this model. */

@@ -125,6 +125,32 @@ export function fusedNnSuite(opts: SuiteOptions): void {
     }
   });
 
+  test("attentionDecode: N sequences with caches of different lengths in one call equal each appended and attended alone (GQA)", async () => {
+    const [Hq, Hkv, D] = [4, 2, 8];
+    const lens = [3, 1, 7, 5];
+    const N = lens.length;
+    const qs = rnd(Hq * N * D, 110), kn = rnd(Hkv * N * D, 111), vn = rnd(Hkv * N * D, 112);
+    const caches = lens.map((S, i) => [rnd(Hkv * S * D, 120 + i), rnd(Hkv * S * D, 130 + i)]);
+    const run = async (be: typeof backend) => {
+      const M = mk(be);
+      const r = F.attentionDecode(M(qs, [1, Hq, N, D]), M(kn, [1, Hkv, N, D]), M(vn, [1, Hkv, N, D]),
+        caches.map(([k], i) => M(k, [1, Hkv, lens[i], D])), caches.map(([, v], i) => M(v, [1, Hkv, lens[i], D])));
+      lens.forEach((S, i) => {
+        if (r.ks[i].shape.join() !== [1, Hkv, S + 1, D].join()) throw new Error(`attentionDecode: cache ${i} is [${r.ks[i].shape}], expected [1, ${Hkv}, ${S + 1}, ${D}]`);
+      });
+      return [await r.out.read(), ...(await Promise.all(r.ks.map((t) => t.read()))), ...(await Promise.all(r.vs.map((t) => t.read())))];
+    };
+    const [f, c] = [await run(backend), await run(composite)];
+    f.forEach((a, j) => {
+      for (let i = 0; i < a.length; i++) {
+        if (Math.abs(a[i] - c[j][i]) > 1e-5 * tol * (1 + Math.abs(c[j][i]))) throw new Error(`attentionDecode output ${j} [${i}]: fused ${a[i]}, composite ${c[j][i]}`);
+      }
+    });
+    // The appended position holds the new key: sequence 2's last cached row of kv head 1.
+    const k2 = f[1 + 2], S2 = lens[2] + 1;
+    for (let d = 0; d < D; d++) if (k2[(1 * S2 + S2 - 1) * D + d] !== Math.fround(kn[(1 * N + 2) * D + d])) throw new Error(`attentionDecode: new key of sequence 2 not appended at ${d}`);
+  });
+
   test("memory: a LoRA branch with dropout keeps no more than one without (the mask is regenerated)", () => {
     const [N, inF, r, outF] = [64, 96, 4, 80];
     const live = (p: number) => {

@@ -1,0 +1,55 @@
+/**
+ * Rows with different adapters in one batch (batched multi-adapter serving): every row's logits
+ * equal the same row run alone with its adapter set, and adapters that cannot share a batch
+ * (DoRA) are refused by name.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { getPeftModel } from "../src/node.ts";
+import { logits, maxAbsDiff, randomizeAdapter, tinyModel } from "./helpers.ts";
+
+const quiet = { warn: () => {} };
+
+for (const [label, adapters] of [
+  ["scattered rows (gathered)", ["a", "b", null, "a", "c"]],
+  ["rows ordered by adapter (ranges, the base between)", ["a", "a", "b", null, "c"]],
+] as const) test(`setRowAdapters: each row takes its own adapter (or none), equal to running it alone: ${label}`, () => {
+  const model = tinyModel();
+  const peft = getPeftModel(model, { target_modules: ["q_proj", "v_proj", "down_proj"], r: 4, lora_alpha: 8 }, "a", quiet);
+  peft.addAdapter("b", { target_modules: "all-linear", r: 2, lora_alpha: 8 });
+  peft.addAdapter("c", { target_modules: ["o_proj"], r: 8, lora_alpha: 4, use_rslora: true });
+  for (const [n, seed] of [["a", 1], ["b", 2], ["c", 3]] as const) randomizeAdapter(peft, n, seed);
+  model.eval();
+  // Batch of 5 sequences, 3 positions each: rows are (sequence, position) flattened.
+  const seqs = [[1, 5, 9], [2, 7, 3], [4, 4, 8], [6, 1, 2], [3, 9, 9]];
+  const rows = seqs.flatMap((s, i) => s.map(() => adapters[i]));
+  peft.setRowAdapters(rows);
+  const batched = logits(model, seqs);
+  peft.setRowAdapters(null);
+  const V = batched.length / (seqs.length * 3);
+  seqs.forEach((s, i) => {
+    peft.setAdapter(adapters[i] === null ? [] : (adapters[i] as string));
+    const alone = logits(model, [s]);
+    const got = batched.subarray(i * 3 * V, (i + 1) * 3 * V);
+    assert.ok(maxAbsDiff(got, alone) < 1e-5, `sequence ${i} (adapter ${adapters[i]}): max diff ${maxAbsDiff(got, alone)}`);
+  });
+  // The adapters really differ: a row run with another adapter gives other logits.
+  peft.setAdapter("b");
+  assert.ok(maxAbsDiff(logits(model, [seqs[0]]), batched.subarray(0, 3 * V)) > 1e-3);
+  // Every row on one adapter takes the no-gather path and still matches.
+  peft.setRowAdapters(rows.map(() => "b"));
+  const allB = logits(model, seqs);
+  peft.setRowAdapters(null);
+  peft.setAdapter("b");
+  assert.ok(maxAbsDiff(allB, logits(model, seqs)) < 1e-5);
+});
+
+test("setRowAdapters refuses an adapter that cannot share a batch, naming it", () => {
+  const model = tinyModel();
+  const peft = getPeftModel(model, { target_modules: ["q_proj"], r: 4 }, "plain", quiet);
+  peft.addAdapter("dora", { target_modules: ["q_proj"], r: 4, use_dora: true });
+  assert.equal(peft.rowBatchable("plain"), true);
+  assert.equal(peft.rowBatchable("dora"), false);
+  assert.throws(() => peft.setRowAdapters(["plain", "dora"]), /adapter 'dora' cannot share a batch with others/);
+  assert.throws(() => peft.setRowAdapters(["nope"]), /no adapter 'nope'/);
+});
