@@ -194,6 +194,14 @@ export interface FusedKernels<H = unknown> {
    * appended and attends on its own.
    */
   attentionDecode?(q: Input<H>, kNew: Input<H>, vNew: Input<H>, ks: Input<H>[], vs: Input<H>[], scale: number): { out: H; ks: H[]; vs: H[] };
+  /**
+   * A dense linear layer plus several LoRA adapters, each row of x its own (batched multi-adapter
+   * serving; inference only): y = x Wᵀ (+ bias) + ((x Aᵀ) ⊙ mask) Bᵀ with the adapters' factors
+   * stacked, A [R, in], B [out, R], and mask [N, R] holding each row's scaling on its adapter's block
+   * and 0 elsewhere. x [N, in], W [out, in], bias [out]; f32, contiguous. Optional: without it the
+   * same ops run one by one.
+   */
+  loraRows?(x: Input<H>, w: Input<H>, bias: Input<H> | null, a: Input<H>, b: Input<H>, mask: Input<H>): H;
 }
 
 /** Inverted dropout of probability p whose mask is the stream (seed, offset + i) (FusedKernels.dropout). */

@@ -224,6 +224,25 @@ export function loraLinear(x: Tensor, weight: Tensor, bias: Tensor | null, A: Te
   });
 }
 
+/**
+ * x Wᵀ (+ bias) + ((x Aᵀ) ⊙ mask) Bᵀ: a dense base and several LoRA adapters at once, each row its
+ * own (A, B the adapters' stacked factors, mask each row's scaling on its adapter's block). One
+ * kernel where the backend has loraRows (FusedKernels), else the same four ops. Inference only.
+ */
+export function loraRows(x: Tensor, weight: Tensor, bias: Tensor | null, A: Tensor, B: Tensor, mask: Tensor): Tensor {
+  return noGrad(() => scope(() => {
+    const k = x.backend.fused?.loraRows;
+    if (k && x.rank === 2 && [x, weight, A, B, mask, ...(bias ? [bias] : [])].every((t) => t.dtype === "f32")) {
+      return fromHandle(x.backend, k(inp(dense(x)), inp(dense(weight)), bias ? inp(dense(bias)) : null, inp(dense(A)), inp(dense(B)), inp(dense(mask))), [x.shape[0], weight.shape[0]], "f32");
+    }
+    let y = x.matmul(weight.T);
+    if (bias) y = y.add(bias);
+    const xs = x.dtype === A.dtype ? x : x.cast(A.dtype);
+    const d = xs.matmul(A.T).mul(mask).matmul(B.T);
+    return y.add(d.dtype === y.dtype ? d : d.cast(y.dtype));
+  }));
+}
+
 const loraLinearRule = {
   save: { inputs: [0, 1, 2, 3] },
   backward: (c: GradCtx, g: Tensor) => {
@@ -295,7 +314,13 @@ export function attentionDecode(q: Tensor, k: Tensor, v: Tensor, ks: readonly Te
     const sc = scale ?? 1 / Math.sqrt(D);
     const kern = q.backend.fused?.attentionDecode;
     if (kern && [q, k, v, ...ks, ...vs].every((t) => t.dtype === "f32")) {
-      const c = (t: Tensor) => inp(dense(t).reshape(t.shape.slice(1))); // [H, rows, D]: the batch dim is 1
+      // [H, rows, D] views of contiguous [1, H, rows, D] inputs, made as plain Inputs: a decode step passes
+      // two caches per sequence, and a Tensor per view would cost more than the kernel's copy of them.
+      const c = (t: Tensor) => {
+        const x = dense(t).input;
+        const [, H, S, d] = t.shape;
+        return { ...x, view: { shape: [H, S, d], strides: [S * d, d, 1], offset: x.view.offset } };
+      };
       const r = kern(c(q), c(k), c(v), ks.map(c), vs.map(c), sc);
       const cache = (h: unknown, i: number) => fromHandle(q.backend, h, [1, Hkv, ks[i].shape[2] + 1, D], "f32");
       return { out: fromHandle(q.backend, r.out, [1, Hq, N, D], "f32"), ks: r.ks.map(cache), vs: r.vs.map(cache) };

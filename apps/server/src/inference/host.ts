@@ -274,9 +274,16 @@ export class ModelHost {
     if (this.#batcher.size + this.#pending >= this.#maxQueue) throw unavailable(`the model queue is full (${this.#maxQueue} requests waiting); retry later`);
     const ids = req.promptIds;
     const maxNew = Math.min(req.maxTokens, this.model.config.max_position_embeddings - ids.length);
-    // Load (or find) the adapter under the model's lock, and pin it until the sequence leaves the batch.
-    const internal = req.adapter ? (await this.exclusive(() => this.ensureLoaded(req.adapter!.version, req.adapter!.dir), req.signal)).internal : null;
-    if (internal) this.#inUse.set(internal, (this.#inUse.get(internal) ?? 0) + 1);
+    // The adapter: a cached one at once (no wait for the batch's lock, so the request joins the next
+    // step), else loaded under the lock; pinned until the sequence leaves the batch (in the same
+    // synchronous turn as the lookup, so no eviction can come between).
+    const pin = (a: LoadedAdapter) => {
+      this.#inUse.set(a.internal, (this.#inUse.get(a.internal) ?? 0) + 1);
+      return a.internal;
+    };
+    const v = req.adapter?.version;
+    const hit = v ? this.#cache.get(v.id) : undefined;
+    const internal = !req.adapter ? null : hit ? pin(hit) : await this.exclusive(async () => pin(await this.ensureLoaded(v!, req.adapter!.dir)), req.signal);
     const key = req.adapter?.version.ref ?? "";
     this.served.set(key, (this.served.get(key) ?? 0) + 1);
     const tok = this.tokenizer;

@@ -43,6 +43,22 @@ export function loraForward(
   return { y, h };
 }
 
+/** y = x Wᵀ (+ bias) + ((x Aᵀ) ⊙ mask) Bᵀ (FusedKernels.loraRows): loraForward with a per-element scaling. */
+export function loraRowsForward(
+  ops: LoraOps, d: LoraDims, x: Float32Array, W: Float32Array, bias: Float32Array | null, A: Float32Array, B: Float32Array, mask: Float32Array,
+): Float32Array {
+  const { N, inF, outF, r } = d;
+  const h = ops.take(N * r);
+  ops.gemm(false, true, N, r, inF, x, A, h, false);
+  for (let i = 0; i < N * r; i++) h[i] *= mask[i];
+  const y = ops.take(N * outF);
+  ops.gemm(false, true, N, outF, inF, x, W, y, false);
+  if (bias) for (let i = 0; i < N; i++) for (let j = 0; j < outF; j++) y[i * outF + j] += bias[j];
+  ops.gemm(false, true, N, outF, r, h, B, y, true);
+  ops.give(h);
+  return y;
+}
+
 export function loraBackward(
   ops: LoraOps, d: LoraDims, x: Float32Array, W: Float32Array, A: Float32Array, B: Float32Array, h: Float32Array, gy: Float32Array,
   scaling: number, drop: DropoutParams | null,

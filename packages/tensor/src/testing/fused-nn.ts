@@ -125,6 +125,25 @@ export function fusedNnSuite(opts: SuiteOptions): void {
     }
   });
 
+  test("loraRows: base plus stacked adapters masked per row equals the composite (bias, a base-only row)", async () => {
+    const [N, inF, outF, R] = [6, 12, 10, 7];
+    const xs = rnd(N * inF, 140), Ws = rnd(outF * inF, 141), bs = rnd(outF, 142), As = rnd(R * inF, 143), Bs = rnd(outF * R, 144);
+    // Two adapters (ranks 4 and 3): rows 0, 3 on the first (scaling 2), rows 1, 4, 5 on the second (0.5), row 2 on none.
+    const mask = new Float32Array(N * R);
+    [[0, 0, 4, 2], [3, 0, 4, 2], [1, 4, 3, 0.5], [4, 4, 3, 0.5], [5, 4, 3, 0.5]].forEach(([row, at, n, s]) => mask.fill(s, row * R + at, row * R + at + n));
+    const run = async (be: typeof backend) => {
+      const M = mk(be);
+      return F.loraRows(M(xs, [N, inF]), M(Ws, [outF, inF]), M(bs, [outF]), M(As, [R, inF]), M(Bs, [outF, R]), M(mask, [N, R])).read();
+    };
+    const [f, c] = [await run(backend), await run(composite)];
+    for (let i = 0; i < c.length; i++) {
+      if (Math.abs(f[i] - c[i]) > 1e-5 * tol * (1 + Math.abs(c[i]))) throw new Error(`loraRows [${i}]: fused ${f[i]}, composite ${c[i]}`);
+    }
+    // Row 2 (no adapter) is the base alone.
+    const base = await mk(composite)(xs, [N, inF]).matmul(mk(composite)(Ws, [outF, inF]).T).add(mk(composite)(bs, [outF])).read();
+    for (let j = 0; j < outF; j++) if (Math.abs(f[2 * outF + j] - base[2 * outF + j]) > 1e-5 * tol) throw new Error(`loraRows: the base-only row differs at ${j}`);
+  });
+
   test("attentionDecode: N sequences with caches of different lengths in one call equal each appended and attended alone (GQA)", async () => {
     const [Hq, Hkv, D] = [4, 2, 8];
     const lens = [3, 1, 7, 5];
