@@ -15,7 +15,7 @@
  * under 20% throughput vs 1. Only 127.0.0.1 is contacted; every request has a timeout and the
  * whole run a deadline.
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
@@ -23,6 +23,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { startServe } from "./serve.ts";
 import { createCpuBackend } from "@lowrank/backend-cpu";
 import { getPeftModel, saveAdapter } from "@lowrank/lora/node";
 import { loadHfModel } from "@lowrank/nn/node";
@@ -47,7 +48,6 @@ const ADAPTERS = 8;
 
 const DATA = process.env.LOWRANK_DATA_DIR ?? fileURLToPath(new URL("../../../../shared/data", import.meta.url));
 const MODEL = join(DATA, "models", "stories260K-hf");
-const CLI = fileURLToPath(new URL("../../cli/bin/lowrank.mjs", import.meta.url));
 const KEY = `bench-${randomBytes(16).toString("hex")}`;
 const PROMPTS = ["Once upon a time", "The little dog", "Lily wanted to", "One day, a big", "Tom and Sue went"];
 
@@ -77,23 +77,6 @@ async function makeAdapters(dir: string): Promise<string[]> {
   return out;
 }
 
-async function startServer(home: string): Promise<{ child: ChildProcess; url: string }> {
-  const child = spawn(process.execPath, [CLI, "serve", "--model", MODEL, "--port", "0", "--host", "127.0.0.1", "--home", home, "--backend", "cpu"], {
-    env: { ...process.env, LOWRANK_API_KEY: KEY }, stdio: ["ignore", "pipe", "pipe"],
-  });
-  let out = "";
-  child.stdout?.on("data", (d) => (out += d));
-  child.stderr?.on("data", (d) => (out += d));
-  const end = Date.now() + 60_000;
-  while (Date.now() < end) {
-    const m = /on (http:\/\/127\.0\.0\.1:\d+)/.exec(out);
-    if (m && out.includes("try: curl")) return { child, url: m[1] };
-    if (child.exitCode !== null) throw new Error(`lowrank serve exited: ${out}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  child.kill("SIGKILL");
-  throw new Error(`lowrank serve did not start: ${out}`);
-}
 
 async function api(url: string, path: string, init: RequestInit = {}): Promise<Response> {
   assertLoopback(url);
@@ -221,7 +204,7 @@ async function main(): Promise<number> {
   let server: ChildProcess | null = null;
   try {
     const dirs = await makeAdapters(join(work, "adapters"));
-    const s = await startServer(join(work, "home"));
+    const s = await startServe(MODEL, join(work, "home"), KEY);
     server = s.child;
     const names = dirs.map((_, i) => `bench-${i}`);
     for (let i = 0; i < ADAPTERS; i++) await upload(s.url, names[i], dirs[i]);

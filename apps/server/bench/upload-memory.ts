@@ -11,7 +11,7 @@
  * loopback, and samples its VmRSS from /proc every 20 ms before, during and after the upload
  * (VmHWM too). Linux only (reads /proc); everything written is removed at the end.
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, openAsBlob, readFileSync } from "node:fs";
 import { copyFile, mkdir, mkdtemp, open, rm, writeFile } from "node:fs/promises";
@@ -19,6 +19,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
+import { startServe } from "./serve.ts";
 import { createCpuBackend } from "@lowrank/backend-cpu";
 import { LlamaForCausalLM, parseLlamaConfig, randomInit, saveHfModel } from "@lowrank/nn/node";
 import { Rng } from "@lowrank/tensor";
@@ -32,7 +33,6 @@ const WIDE = {
   model_type: "llama", vocab_size: 512, hidden_size: 4096, intermediate_size: 11008, num_hidden_layers: 1, num_attention_heads: 32,
   num_key_value_heads: 32, max_position_embeddings: 256, rms_norm_eps: 1e-5, tie_word_embeddings: true, bos_token_id: 1, eos_token_id: 2,
 };
-const CLI = fileURLToPath(new URL("../../cli/bin/lowrank.mjs", import.meta.url));
 const KEY = `bench-${randomBytes(16).toString("hex")}`;
 const TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] as const;
 
@@ -93,23 +93,6 @@ async function writeBase(dir: string): Promise<void> {
   for (const f of ["tokenizer.json", "tokenizer_config.json"]) if (existsSync(join(STORIES, f))) await copyFile(join(STORIES, f), join(dir, f));
 }
 
-async function startServer(model: string, home: string): Promise<{ child: ChildProcess; url: string }> {
-  const child = spawn(process.execPath, [CLI, "serve", "--model", model, "--port", "0", "--host", "127.0.0.1", "--home", home, "--backend", "cpu"], {
-    env: { ...process.env, LOWRANK_API_KEY: KEY }, stdio: ["ignore", "pipe", "pipe"],
-  });
-  let out = "";
-  child.stdout?.on("data", (d) => (out += d));
-  child.stderr?.on("data", (d) => (out += d));
-  const end = Date.now() + 60_000;
-  while (Date.now() < end) {
-    const m = /on (http:\/\/127\.0\.0\.1:\d+)/.exec(out);
-    if (m && out.includes("try: curl")) return { child, url: m[1] };
-    if (child.exitCode !== null) throw new Error(`lowrank serve exited: ${out}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  child.kill("SIGKILL");
-  throw new Error(`lowrank serve did not start: ${out}`);
-}
 
 async function main(): Promise<number> {
   if (!existsSync(join(STORIES, "tokenizer.json")) || !existsSync("/proc/self/status")) {
@@ -124,7 +107,7 @@ async function main(): Promise<number> {
     const adapter = join(work, "adapter");
     await mkdir(adapter);
     const { bytes, r } = await writeAdapter(adapter, WIDE as unknown as Record<string, number>);
-    const s = await startServer(base, join(work, "home"));
+    const s = await startServe(base, join(work, "home"), KEY);
     server = s.child;
     const pid = s.child.pid as number;
     await new Promise((res) => setTimeout(res, 1000));

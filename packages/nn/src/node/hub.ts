@@ -156,14 +156,18 @@ async function isFile(fs: Fs, p: string): Promise<boolean> {
   }
 }
 
-async function request(doFetch: typeof globalThis.fetch, url: string, headers: Record<string, string>, what: string, revision: string): Promise<Response> {
-  let res: Response;
+/** fetch, a network failure as a HubError naming the URL (and the cause the runtime gives). */
+async function fetchHub(doFetch: typeof globalThis.fetch, url: string, headers: Record<string, string>): Promise<Response> {
   try {
-    res = await doFetch(url, { headers, redirect: "follow" });
+    return await doFetch(url, { headers, redirect: "follow" });
   } catch (e) {
     const cause = (e as { cause?: { message?: string } }).cause?.message;
     throw new HubError(`${url}: network error: ${(e as Error).message}${cause ? ` (${cause})` : ""}`, url, 0, { cause: e });
   }
+}
+
+async function request(doFetch: typeof globalThis.fetch, url: string, headers: Record<string, string>, what: string, revision: string): Promise<Response> {
+  const res = await fetchHub(doFetch, url, headers);
   if (res.ok) return res;
   await res.body?.cancel().catch(() => {});
   throw statusError(url, res.status, res.statusText, what, revision);
@@ -203,13 +207,7 @@ async function downloadFile(
   }
   const headers = { ...baseHeaders };
   if (have > 0) headers.Range = `bytes=${have}-`;
-  let res: Response;
-  try {
-    res = await doFetch(url, { headers, redirect: "follow" });
-  } catch (e) {
-    const cause = (e as { cause?: { message?: string } }).cause?.message;
-    throw new HubError(`${url}: network error: ${(e as Error).message}${cause ? ` (${cause})` : ""}`, url, 0, { cause: e });
-  }
+  const res = await fetchHub(doFetch, url, headers);
   if (res.status === 416 && have > 0) {
     // The partial file is not a prefix the server can continue (e.g. it changed): start over.
     await res.body?.cancel().catch(() => {});
