@@ -23,7 +23,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { startServe } from "./serve.ts";
+import { startServe, stopServe } from "./serve.ts";
 import { createCpuBackend } from "@lowrank/backend-cpu";
 import { getPeftModel, saveAdapter } from "@lowrank/lora/node";
 import { loadHfModel } from "@lowrank/nn/node";
@@ -243,10 +243,7 @@ async function main(): Promise<number> {
     if (values.json) await writeFile(values.json, `${JSON.stringify({ date: new Date().toISOString(), requests: REQUESTS, concurrency: CONCURRENCY, max_tokens: MAX_TOKENS, one: a, eight: b, throughput_cost: cost, pass }, null, 2)}\n`);
     return pass ? 0 : 1;
   } finally {
-    if (server && server.exitCode === null) {
-      server.kill("SIGTERM");
-      await new Promise((r) => server!.once("exit", r));
-    }
+    await stopServe(server);
     await rm(work, { recursive: true, force: true });
   }
 }

@@ -22,3 +22,10 @@ export async function startServe(model: string, home: string, key: string): Prom
   child.kill("SIGKILL");
   throw new Error(`lowrank serve did not start: ${out}`);
 }
+
+/** SIGTERM and wait for the exit (a no-op once it has exited). */
+export async function stopServe(child: ChildProcess | null): Promise<void> {
+  if (!child || child.exitCode !== null) return;
+  child.kill("SIGTERM");
+  await new Promise((r) => child.once("exit", r));
+}

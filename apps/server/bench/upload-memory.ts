@@ -19,7 +19,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { startServe } from "./serve.ts";
+import { startServe, stopServe } from "./serve.ts";
 import { createCpuBackend } from "@lowrank/backend-cpu";
 import { LlamaForCausalLM, parseLlamaConfig, randomInit, saveHfModel } from "@lowrank/nn/node";
 import { Rng } from "@lowrank/tensor";
@@ -137,10 +137,7 @@ async function main(): Promise<number> {
     }
     return pass ? 0 : 1;
   } finally {
-    if (server && server.exitCode === null) {
-      server.kill("SIGTERM");
-      await new Promise((r) => server!.once("exit", r));
-    }
+    await stopServe(server);
     await rm(work, { recursive: true, force: true });
   }
 }

@@ -12,7 +12,7 @@ import {
 import { matmul4bitKernel } from "./kernels/matmul4bit.ts";
 import { adamwKernel, dropoutKernel, ropeKernel, swigluBackwardKernel, swigluKernel } from "./kernels/fused-nn.ts";
 import { type AttnOps, type AttnShape, attentionBackward, attentionForward, engineOps } from "./kernels/attention.ts";
-import { type LoraOps, loraBackward, loraForward, loraRowsForward } from "./kernels/lora.ts";
+import { type LoraOps, loraBackward, loraForward } from "./kernels/lora.ts";
 import { attentionDecodeKernel } from "./kernels/attention-decode.ts";
 import { type Num, contiguous, copyView, gatherValues, numeric, numericView } from "./kernels/strided.ts";
 import { type MatmulEngine, createMatmulEngine } from "./matmul.ts";
@@ -443,8 +443,11 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
       const r = attentionDecodeKernel({ N, Hq, Hkv: kNew.view.shape[0], D, scale }, be.packedF32(q), be.packedF32(kNew), be.packedF32(vNew), ks.map((k) => be.packedF32(k)), vs.map((v) => be.packedF32(v)), (n) => be.pool.take(n));
       return { out: be.own(r.out), ks: r.ks.map((k) => be.own(k)), vs: r.vs.map((v) => be.own(v)) };
     },
-    loraRows: (x, w, bias, a, b, mask) =>
-      be.own(loraRowsForward(lora, loraDims(x, w, a), be.packedF32(x), be.packedF32(w), bias && be.packedF32(bias), be.packedF32(a), be.packedF32(b), be.packedF32(mask))),
+    loraRows: (x, w, bias, a, b, mask) => {
+      const r = loraForward(lora, loraDims(x, w, a), be.packedF32(x), be.packedF32(w), bias && be.packedF32(bias), be.packedF32(a), be.packedF32(b), be.packedF32(mask), null);
+      lora.give(r.h); // inference only: nothing keeps h
+      return be.own(r.y);
+    },
     loraLinear: (x, w, bias, a, b, scaling, drop) => {
       const r = loraForward(lora, loraDims(x, w, a), be.packedF32(x), be.packedF32(w), bias && be.packedF32(bias), be.packedF32(a), be.packedF32(b), scaling, drop);
       return { y: be.own(r.y), h: be.own(r.h) };

@@ -9,7 +9,7 @@
  * DoRA adapters add a learned magnitude per output row (see dora forward below).
  */
 import {
-  type CounterStream, type DType, type DropoutParams, type Tensor, Rng, concat, drawCounter, dropout, hash32, keep, loraBranch, loraLinear, loraRows, noGrad, scope, tensor,
+  type CounterStream, type DType, type DropoutParams, type Tensor, Rng, addLoraRows, concat, drawCounter, dropout, hash32, keep, loraBranch, loraLinear, loraRows, noGrad, scope, tensor,
 } from "@lowrank/tensor";
 import { Linear, Module } from "@lowrank/nn";
 import { type BaseLayer, baseBackend, baseBias, denseWeightF32, isRequantizable } from "./base-layer.ts";
@@ -268,10 +268,7 @@ export class LoraLinear extends Module {
       const base = this.base_layer;
       if (stack && base instanceof Linear) return loraRows(x2, base.weight, base.bias, stack.A, stack.B, stack.mask).reshape([...lead, this.outFeatures]);
       const y = base.forward(x).reshape([N, this.outFeatures]);
-      if (!stack) return y.reshape([...lead, this.outFeatures]);
-      const xs = x2.dtype === stack.A.dtype ? x2 : x2.cast(stack.A.dtype);
-      const d = xs.matmul(stack.A.T).mul(stack.mask).matmul(stack.B.T); // (N, out)
-      return y.add(d.dtype === y.dtype ? d : d.cast(y.dtype)).reshape([...lead, this.outFeatures]);
+      return (stack ? addLoraRows(y, x2, stack.A, stack.B, stack.mask) : y).reshape([...lead, this.outFeatures]);
     });
   }
 

@@ -5,6 +5,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { quantizeModel } from "@lowrank/nn";
 import { getPeftModel } from "../src/node.ts";
 import { logits, maxAbsDiff, randomizeAdapter, tinyModel } from "./helpers.ts";
 
@@ -52,4 +53,25 @@ test("setRowAdapters refuses an adapter that cannot share a batch, naming it", (
   assert.equal(peft.rowBatchable("dora"), false);
   assert.throws(() => peft.setRowAdapters(["plain", "dora"]), /adapter 'dora' cannot share a batch with others/);
   assert.throws(() => peft.setRowAdapters(["nope"]), /no adapter 'nope'/);
+});
+
+test("setRowAdapters over 4-bit bases: each row equals running it alone with its adapter", async () => {
+  const model = tinyModel({ hidden_size: 32, intermediate_size: 64, num_attention_heads: 4, num_key_value_heads: 2 });
+  await quantizeModel(model, { blocksize: 32 });
+  const peft = getPeftModel(model, { target_modules: ["q_proj", "down_proj"], r: 4, lora_alpha: 8 }, "a", quiet);
+  peft.addAdapter("b", { target_modules: "all-linear", r: 2, lora_alpha: 8 });
+  randomizeAdapter(peft, "a", 1);
+  randomizeAdapter(peft, "b", 2);
+  model.eval();
+  const seqs = [[1, 5, 9], [2, 7, 3], [4, 4, 8]];
+  const adapters = ["b", null, "a"] as const;
+  peft.setRowAdapters(seqs.flatMap((s, i) => s.map(() => adapters[i])));
+  const batched = logits(model, seqs);
+  peft.setRowAdapters(null);
+  const V = batched.length / (seqs.length * 3);
+  seqs.forEach((s, i) => {
+    peft.setAdapter(adapters[i] === null ? [] : (adapters[i] as string));
+    const alone = logits(model, [s]);
+    assert.ok(maxAbsDiff(batched.subarray(i * 3 * V, (i + 1) * 3 * V), alone) < 1e-5, `sequence ${i} (adapter ${adapters[i]})`);
+  });
 });

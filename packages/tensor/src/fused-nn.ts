@@ -235,12 +235,18 @@ export function loraRows(x: Tensor, weight: Tensor, bias: Tensor | null, A: Tens
     if (k && x.rank === 2 && [x, weight, A, B, mask, ...(bias ? [bias] : [])].every((t) => t.dtype === "f32")) {
       return fromHandle(x.backend, k(inp(dense(x)), inp(dense(weight)), bias ? inp(dense(bias)) : null, inp(dense(A)), inp(dense(B)), inp(dense(mask))), [x.shape[0], weight.shape[0]], "f32");
     }
-    let y = x.matmul(weight.T);
-    if (bias) y = y.add(bias);
+    const y = x.matmul(weight.T);
+    return addLoraRows(bias ? y.add(bias) : y, x, A, B, mask);
+  }));
+}
+
+/** y + ((x Aᵀ) ⊙ mask) Bᵀ: loraRows' branches added to a base output y [N, out] computed elsewhere (any base). */
+export function addLoraRows(y: Tensor, x: Tensor, A: Tensor, B: Tensor, mask: Tensor): Tensor {
+  return scope(() => {
     const xs = x.dtype === A.dtype ? x : x.cast(A.dtype);
     const d = xs.matmul(A.T).mul(mask).matmul(B.T);
     return y.add(d.dtype === y.dtype ? d : d.cast(y.dtype));
-  }));
+  });
 }
 
 const loraLinearRule = {

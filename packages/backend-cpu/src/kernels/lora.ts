@@ -25,9 +25,13 @@ export interface LoraDims {
   r: number;
 }
 
+/**
+ * h = scaling · dropout(x) Aᵀ, y = x Wᵀ (+ bias) + h Bᵀ. `scaling` is one number (loraLinear) or a
+ * per-element [N, r] mask (loraRows: each row's scaling on its adapter's block of the stacked A, B).
+ */
 export function loraForward(
   ops: LoraOps, d: LoraDims, x: Float32Array, W: Float32Array, bias: Float32Array | null, A: Float32Array, B: Float32Array,
-  scaling: number, drop: DropoutParams | null,
+  scaling: number | Float32Array, drop: DropoutParams | null,
 ): { y: Float32Array; h: Float32Array } {
   const { N, inF, outF, r } = d;
   const xd = drop ? ops.take(N * inF) : x;
@@ -35,28 +39,13 @@ export function loraForward(
   const h = ops.take(N * r);
   ops.gemm(false, true, N, r, inF, xd, A, h, false);
   if (drop) ops.give(xd);
-  for (let i = 0; i < N * r; i++) h[i] *= scaling;
+  if (typeof scaling === "number") for (let i = 0; i < N * r; i++) h[i] *= scaling;
+  else for (let i = 0; i < N * r; i++) h[i] *= scaling[i];
   const y = ops.take(N * outF);
   ops.gemm(false, true, N, outF, inF, x, W, y, false);
   if (bias) for (let i = 0; i < N; i++) for (let j = 0; j < outF; j++) y[i * outF + j] += bias[j];
   ops.gemm(false, true, N, outF, r, h, B, y, true);
   return { y, h };
-}
-
-/** y = x Wᵀ (+ bias) + ((x Aᵀ) ⊙ mask) Bᵀ (FusedKernels.loraRows): loraForward with a per-element scaling. */
-export function loraRowsForward(
-  ops: LoraOps, d: LoraDims, x: Float32Array, W: Float32Array, bias: Float32Array | null, A: Float32Array, B: Float32Array, mask: Float32Array,
-): Float32Array {
-  const { N, inF, outF, r } = d;
-  const h = ops.take(N * r);
-  ops.gemm(false, true, N, r, inF, x, A, h, false);
-  for (let i = 0; i < N * r; i++) h[i] *= mask[i];
-  const y = ops.take(N * outF);
-  ops.gemm(false, true, N, outF, inF, x, W, y, false);
-  if (bias) for (let i = 0; i < N; i++) for (let j = 0; j < outF; j++) y[i * outF + j] += bias[j];
-  ops.gemm(false, true, N, outF, r, h, B, y, true);
-  ops.give(h);
-  return y;
 }
 
 export function loraBackward(

@@ -34,7 +34,7 @@ export interface LoraJobShader {
   wx: number;
 }
 
-const F32 = { dtype: "f32", nativeF16: false, naive: false, a: "row", b: "row", vecOut: true, wx: 1, wy: 1 } as const;
+const F32 = { dtype: "f32", nativeF16: false, naive: false } as const;
 
 function fma(a: string, b: string): string {
   return [0, 1, 2, 3].map((i) => `acc${i} += ${a}${i}.x * ${b}0 + ${a}${i}.y * ${b}1 + ${a}${i}.z * ${b}2 + ${a}${i}.w * ${b}3;`).join("\n      ");

@@ -53,7 +53,7 @@ export interface MatmulShader {
 }
 
 /** Element type of an operand binding and its vec4 / scalar loaders. */
-export function operand(name: string, binding: number, s: MatmulShader): string {
+export function operand(name: string, binding: number, s: Pick<MatmulShader, "dtype" | "nativeF16" | "naive">): string {
   const decl = (t: string) => `@group(0) @binding(${binding}) var<storage, read> ${name}b: array<${t}>;`;
   if (s.dtype === "f16" && s.nativeF16) {
     return `${decl("vec4<f16>")}
