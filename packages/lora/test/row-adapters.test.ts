@@ -11,9 +11,27 @@ import { logits, maxAbsDiff, randomizeAdapter, tinyModel } from "./helpers.ts";
 
 const quiet = { warn: () => {} };
 
+/**
+ * Runs `seqs` (3 ids each) as one batch, sequence i on adapters[i] (null: the base), and checks each
+ * sequence's logits against the same sequence run alone with setAdapter. Returns the batch's logits.
+ */
+function batchedEqualsAlone(model: Parameters<typeof logits>[0], peft: ReturnType<typeof getPeftModel>, seqs: number[][], adapters: readonly (string | null)[]): Float32Array {
+  peft.setRowAdapters(seqs.flatMap((s, i) => s.map(() => adapters[i])));
+  const batched = logits(model, seqs);
+  peft.setRowAdapters(null);
+  const V = batched.length / (seqs.length * 3);
+  seqs.forEach((s, i) => {
+    peft.setAdapter(adapters[i] ?? []);
+    const alone = logits(model, [s]);
+    const got = batched.subarray(i * 3 * V, (i + 1) * 3 * V);
+    assert.ok(maxAbsDiff(got, alone) < 1e-5, `sequence ${i} (adapter ${adapters[i]}): max diff ${maxAbsDiff(got, alone)}`);
+  });
+  return batched;
+}
+
 for (const [label, adapters] of [
-  ["scattered rows (gathered)", ["a", "b", null, "a", "c"]],
-  ["rows ordered by adapter (ranges, the base between)", ["a", "a", "b", null, "c"]],
+  ["adapters interleaved", ["a", "b", null, "a", "c"]],
+  ["adapters adjacent, a base row between", ["a", "a", "b", null, "c"]],
 ] as const) test(`setRowAdapters: each row takes its own adapter (or none), equal to running it alone: ${label}`, () => {
   const model = tinyModel();
   const peft = getPeftModel(model, { target_modules: ["q_proj", "v_proj", "down_proj"], r: 4, lora_alpha: 8 }, "a", quiet);
@@ -23,22 +41,13 @@ for (const [label, adapters] of [
   model.eval();
   // Batch of 5 sequences, 3 positions each: rows are (sequence, position) flattened.
   const seqs = [[1, 5, 9], [2, 7, 3], [4, 4, 8], [6, 1, 2], [3, 9, 9]];
-  const rows = seqs.flatMap((s, i) => s.map(() => adapters[i]));
-  peft.setRowAdapters(rows);
-  const batched = logits(model, seqs);
-  peft.setRowAdapters(null);
+  const batched = batchedEqualsAlone(model, peft, seqs, adapters);
   const V = batched.length / (seqs.length * 3);
-  seqs.forEach((s, i) => {
-    peft.setAdapter(adapters[i] === null ? [] : (adapters[i] as string));
-    const alone = logits(model, [s]);
-    const got = batched.subarray(i * 3 * V, (i + 1) * 3 * V);
-    assert.ok(maxAbsDiff(got, alone) < 1e-5, `sequence ${i} (adapter ${adapters[i]}): max diff ${maxAbsDiff(got, alone)}`);
-  });
   // The adapters really differ: a row run with another adapter gives other logits.
   peft.setAdapter("b");
   assert.ok(maxAbsDiff(logits(model, [seqs[0]]), batched.subarray(0, 3 * V)) > 1e-3);
-  // Every row on one adapter takes the no-gather path and still matches.
-  peft.setRowAdapters(rows.map(() => "b"));
+  // Every row on one adapter still matches.
+  peft.setRowAdapters(seqs.flatMap((s) => s.map(() => "b")));
   const allB = logits(model, seqs);
   peft.setRowAdapters(null);
   peft.setAdapter("b");
@@ -63,15 +72,5 @@ test("setRowAdapters over 4-bit bases: each row equals running it alone with its
   randomizeAdapter(peft, "a", 1);
   randomizeAdapter(peft, "b", 2);
   model.eval();
-  const seqs = [[1, 5, 9], [2, 7, 3], [4, 4, 8]];
-  const adapters = ["b", null, "a"] as const;
-  peft.setRowAdapters(seqs.flatMap((s, i) => s.map(() => adapters[i])));
-  const batched = logits(model, seqs);
-  peft.setRowAdapters(null);
-  const V = batched.length / (seqs.length * 3);
-  seqs.forEach((s, i) => {
-    peft.setAdapter(adapters[i] === null ? [] : (adapters[i] as string));
-    const alone = logits(model, [s]);
-    assert.ok(maxAbsDiff(batched.subarray(i * 3 * V, (i + 1) * 3 * V), alone) < 1e-5, `sequence ${i} (adapter ${adapters[i]})`);
-  });
+  batchedEqualsAlone(model, peft, [[1, 5, 9], [2, 7, 3], [4, 4, 8]], ["b", null, "a"]);
 });
