@@ -62,7 +62,7 @@ test("backends --json is machine-readable", async () => {
 test("LOWRANK_BLAS=off and a bad LOWRANK_BLAS path show on the cpu line; the bad path fails without a stack", async () => {
   const off = await lowrank("node", ["backends"], { LOWRANK_BLAS: "off" });
   assert.equal(off.code, 0, show(off));
-  assert.match(off.stdout, /^ {2}cpu {5}cpu \(\d+ threads?, wasm-simd; no BLAS: LOWRANK_BLAS=off\)$/m, show(off));
+  assert.match(off.stdout, /^ {2}cpu {5}cpu \(\d+ threads?, wasm-simd( fma)?; no BLAS: LOWRANK_BLAS=off\)$/m, show(off));
   assert.match(off.stdout, /^ {2}blas {4}none, matmul on the WASM kernel: LOWRANK_BLAS=off$/m, show(off));
   const bad = await lowrank("node", ["backends", "--backend", "cpu"], { LOWRANK_BLAS: "/nonexistent/libblas.so.3" });
   assert.equal(bad.code, 1, show(bad));

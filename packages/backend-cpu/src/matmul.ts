@@ -11,6 +11,7 @@
  */
 import { matmulBlocked } from "./kernels/matmul.ts";
 import { transposeInto } from "./kernels/strided.ts";
+import { relaxedDisabled, validateRelaxed } from "./wasm/relaxed.ts";
 import { MATMUL_WASM_PLAIN, MATMUL_WASM_PLAIN_RELAXED, MATMUL_WASM_SHARED, MATMUL_WASM_SHARED_RELAXED } from "./wasm/matmul-wasm.ts";
 import {
   COPIED, FAIL, FINISHED, type GemmPacked, JOB, MAX_CHUNKS, NEXT, READY, SEQ, SLOT, TMP, type WorkerHandle,
@@ -33,8 +34,9 @@ export interface MatmulEngineOptions {
   /** Use the WASM SIMD kernel when the runtime supports it (default true); false = TypeScript kernel. */
   wasm?: boolean;
   /**
-   * Use the relaxed-SIMD build (fused multiply-add) where the runtime validates it (default true;
-   * Node 20 does not, Chrome >= 114 and Deno 2 do). Measured 256³ single thread, kernel alone:
+   * Use the relaxed-SIMD build (fused multiply-add) where the runtime validates it (default true
+   * unless LOWRANK_WASM_RELAXED=0; Chrome >= 114, Deno 2, Bun and Node >= 22 do, Node 20 once
+   * wasm/relaxed.ts turns its V8 flag on). Measured 256³ single thread, kernel alone:
    * Deno 2.9 32 -> 40 GFLOP/s, Node 20 with --experimental-wasm-relaxed-simd 42 -> 53.
    */
   relaxed?: boolean;
@@ -156,9 +158,9 @@ class WasmEngine implements WasmMatmulEngine {
     // Threads need a shared build (threads feature, SharedArrayBuffer, a caller that may block);
     // otherwise an unshared one runs on the calling thread alone. Relaxed SIMD first where it validates.
     const pick = (relaxed: string, plain: string): Uint8Array | null => {
-      for (const b64 of opts.relaxed === false ? [plain] : [relaxed, plain]) {
+      for (const b64 of opts.relaxed === false || relaxedDisabled() ? [plain] : [relaxed, plain]) {
         const b = decode(b64);
-        if (WebAssembly.validate(b as BufferSource)) {
+        if (b64 === relaxed ? validateRelaxed(b) : WebAssembly.validate(b as BufferSource)) {
           this.relaxed = b64 === relaxed;
           return b;
         }
@@ -210,7 +212,7 @@ class WasmEngine implements WasmMatmulEngine {
   describe(): string {
     let n = 1 + this.nWorkers;
     for (let i = 1; i <= this.nWorkers; i++) if (Atomics.load(this.ctl, i * SLOT + READY) === -1) n--;
-    return `${n} thread${n === 1 ? "" : "s"}, wasm-simd`;
+    return `${n} thread${n === 1 ? "" : "s"}, wasm-simd${this.relaxed ? " fma" : ""}`;
   }
 
   async ready(): Promise<void> {

@@ -81,9 +81,9 @@ describe("matmul engine", () => {
       const threads = opts.threads ?? 0;
       if (opts.wasm === false) assert.equal(engine.describe(), "1 thread, typescript");
       else if (threads > 0) {
-        assert.equal(engine.describe(), `${threads + 1} threads, wasm-simd`);
+        assert.equal(engine.describe(), `${threads + 1} threads, wasm-simd${engine.relaxed ? " fma" : ""}`);
         assert.equal(engine.activeThreads, threads + 1, "a worker did not start");
-      } else assert.equal(engine.describe(), "1 thread, wasm-simd");
+      } else assert.equal(engine.describe(), `1 thread, wasm-simd${engine.relaxed ? " fma" : ""}`);
       if (opts.relaxed === false || opts.wasm === false) assert.equal(engine.relaxed, false);
       for (const [M, N, K] of SHAPES) check(engine, M, N, K);
     });
@@ -113,7 +113,7 @@ describe("matmul engine", () => {
     const engine = createMatmulEngine();
     engines.push(engine);
     await engine.ready();
-    assert.match(engine.describe(), /^\d+ threads?, wasm-simd$/);
+    assert.match(engine.describe(), /^\d+ threads?, wasm-simd( fma)?$/);
     check(engine, 200, 180, 300);
   });
 
@@ -177,9 +177,27 @@ describe("process exit", () => {
       const r = spawnSync(process.execPath, [...cmd, `${here}fixtures/exit-child.ts`, mode], { encoding: "utf8", timeout: 30_000, cwd: here });
       assert.equal(r.error, undefined, `child did not exit: ${r.error}`);
       assert.equal(r.status, 0, r.stderr);
-      assert.match(r.stdout, /^ok 128 2 threads, wasm-simd active=2/m);
+      assert.match(r.stdout, /^ok 128 2 threads, wasm-simd( fma)? active=2/m);
     });
   }
+});
+
+describe("relaxed SIMD", () => {
+  const here = fileURLToPath(new URL(".", import.meta.url));
+  const g = globalThis as { Bun?: unknown; Deno?: unknown };
+  const cmd = g.Deno ? ["run", "-A", "--no-check"] : g.Bun ? [] : ["--import", "tsx"];
+  const child = (env: Record<string, string>) => {
+    const r = spawnSync(process.execPath, [...cmd, `${here}fixtures/relaxed-child.ts`], { encoding: "utf8", timeout: 30_000, cwd: here, env: { ...process.env, ...env } });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stderr, "", "nothing on stderr (an unknown V8 flag would print there)");
+    return r.stdout.trim();
+  };
+  // Node 20 validates relaxed SIMD only after wasm/relaxed.ts sets V8's flag; Node >= 22, Bun and
+  // Deno validate it anyway. Either way a fresh process runs the FMA builds, and the opt-out works.
+  test("a fresh process runs the relaxed builds; LOWRANK_WASM_RELAXED=0 keeps the plain ones", () => {
+    assert.match(child({ LOWRANK_WASM_RELAXED: "" }), /^matmul=true elementwise=true c=128 2 threads, wasm-simd fma$/);
+    assert.match(child({ LOWRANK_WASM_RELAXED: "0" }), /^matmul=false elementwise=false c=128 2 threads, wasm-simd$/);
+  });
 });
 
 describe("CpuBackend matmul through the Tensor API", () => {
@@ -206,7 +224,7 @@ describe("CpuBackend matmul through the Tensor API", () => {
       const batch = tensor(new Float32Array([...at, ...at, ...at]), { shape: [3, K, M] }).transpose(1, 2);
       const out = batch.matmul(tensor(new Float32Array([...b, ...b, ...b]), { shape: [3, K, N] })).readSync() as Float32Array;
       for (let i = 0; i < 3; i++) assert.ok(relErr(out.subarray(i * M * N, (i + 1) * M * N), want) <= 1e-4);
-      assert.equal(backend.device, 'cpu (2 threads, wasm-simd; no BLAS: blas: "off")');
+      assert.match(backend.device, /^cpu \(2 threads, wasm-simd( fma)?; no BLAS: blas: "off"\)$/);
     } finally {
       setDefaultBackend(null);
       backend.dispose();

@@ -13,6 +13,7 @@
 import { type BinaryOp, type View, hash32 } from "@lowrank/tensor";
 import { coalesce } from "../kernels/strided.ts";
 import { ELEMENTWISE_WASM, ELEMENTWISE_WASM_RELAXED } from "./elementwise-wasm.ts";
+import { relaxedDisabled, validateRelaxed } from "./relaxed.ts";
 
 /** Op codes of `binary` in assembly/elementwise.ts. */
 const BINARY_OPS: Partial<Record<BinaryOp, number>> = { add: 0, sub: 1, mul: 2, div: 3, max: 4, min: 5, lt: 6, eq: 7 };
@@ -88,11 +89,11 @@ export class ElementwiseWasm {
    */
   static create(opts: { relaxed?: boolean } = {}): ElementwiseWasm | null {
     if (typeof WebAssembly !== "object") return null;
-    const builds = opts.relaxed === false ? [ELEMENTWISE_WASM] : [ELEMENTWISE_WASM_RELAXED, ELEMENTWISE_WASM];
+    const builds = opts.relaxed === false || relaxedDisabled() ? [ELEMENTWISE_WASM] : [ELEMENTWISE_WASM_RELAXED, ELEMENTWISE_WASM];
     for (const b64 of builds) {
       try {
         const bytes = decode(b64);
-        if (WebAssembly.validate(bytes as BufferSource)) return new ElementwiseWasm(bytes, b64 === ELEMENTWISE_WASM_RELAXED);
+        if (b64 === ELEMENTWISE_WASM_RELAXED ? validateRelaxed(bytes) : WebAssembly.validate(bytes as BufferSource)) return new ElementwiseWasm(bytes, b64 === ELEMENTWISE_WASM_RELAXED);
       } catch {
         // try the next build
       }
