@@ -3,9 +3,10 @@
  * packed row-major f32 C[M,N] = A[M,K]·B[K,N].
  *
  * Data layout: tensors stay plain typed arrays; the WASM heap is a packed scratch area. Each call
- * copies A and B into one WebAssembly.Memory (shared when threads are used, grown as needed), packs
- * B once, runs the SIMD kernel (assembly/matmul.ts) on the calling thread plus worker threads that
- * share the memory and claim chunks (rows x column blocks) as they go, and copies C out. Problems
+ * copies A and B into a WebAssembly.Memory (grown as needed), packs B once, runs the SIMD kernel
+ * (assembly/matmul.ts) and copies C out. Large products use a shared memory, where worker threads
+ * run the same kernel and claim chunks (rows x column blocks) as they go; products the caller runs
+ * alone use an unshared one, into which copies are 2-3x faster. Problems
  * larger than the heap are split by rows of A and, if B alone is too big, by columns of B.
  * kernels/matmul.ts holds the TypeScript kernels used when WASM SIMD is unavailable.
  */
@@ -126,28 +127,99 @@ export function createMatmulEngine(opts: MatmulEngineOptions = {}): WasmMatmulEn
   if (opts.wasm === false || typeof WebAssembly !== "object") return typescriptEngine();
   try {
     const engine = new WasmEngine(opts);
-    return engine.kernel ? engine : typescriptEngine();
+    return engine.usable ? engine : typescriptEngine();
   } catch {
     return typescriptEngine();
   }
 }
 
+/**
+ * One WebAssembly memory with the kernel instantiated on it: per-thread scratch (edge tile + packed
+ * A panel) from tmpBase, tmpStride apart (slot 0 for the caller), then the operands from opBase.
+ */
+class KernelHeap {
+  readonly kernel: Kernel;
+  heap = new Float32Array(0);
+  readonly tmpBase: number;
+  readonly tmpStride: number;
+  readonly opBase: number;
+
+  constructor(readonly bytes: Uint8Array, readonly memory: WebAssembly.Memory, private limit: number, slots: number) {
+    this.kernel = new WebAssembly.Instance(new WebAssembly.Module(bytes as BufferSource), { env: { memory } }).exports as unknown as Kernel;
+    this.tmpBase = align64(this.kernel.heapBase());
+    this.tmpStride = align64(this.kernel.scratchBytes(KC));
+    this.opBase = this.tmpBase + slots * this.tmpStride;
+    if (!this.ensure(this.opBase)) throw new Error("WASM heap too small for the scratch area");
+  }
+
+  /** Grow the memory to hold `end` bytes; false when that would pass the heap limit or the grow fails. */
+  ensure(end: number): boolean {
+    const memory = this.memory;
+    if (end > this.limit) return false;
+    const have = memory.buffer.byteLength;
+    if (end > have) {
+      try {
+        memory.grow(Math.ceil((end - have) / PAGE));
+      } catch {
+        this.limit = have;
+        return false;
+      }
+    }
+    if (this.heap.buffer !== memory.buffer || this.heap.length * 4 !== memory.buffer.byteLength) this.heap = new Float32Array(memory.buffer);
+    return true;
+  }
+
+  /**
+   * Block sizes (rows mb of A, columns nb of B) and heap offsets so one block of each fits:
+   * packed B (pb, k x nb rounded up to 8), A rows, and one region that first receives raw B
+   * (packed from there) and then holds C. Null when not even one row of A and 8 columns of B fit.
+   */
+  plan(M: number, N: number, K: number): Plan | null {
+    const avail = this.limit - this.opBase - 256;
+    const bytes = (mb: number, nb: number) => 4 * (K * Math.ceil(nb / 8) * 8 + mb * K + Math.max(K * nb, mb * nb));
+    let nb = N, mb = M;
+    if (bytes(M, N) > avail) {
+      // Keep B whole when it (packed and raw) takes at most half the heap, else split its columns.
+      if (bytes(0, N) > avail / 2) nb = Math.min(N, Math.max(8, Math.floor(avail / 2 / (8 * K) / 8) * 8));
+      mb = Math.floor((avail - bytes(0, nb) + 4 * K * nb) / (4 * (K + nb))); // assumes C is the larger region
+      if (mb < K) mb = Math.floor((avail - bytes(0, nb)) / (4 * K)); // raw B is: A alone gets the rest
+      if (mb >= 8) mb -= mb % 4;
+      mb = Math.min(M, mb);
+      if (mb < 1 || bytes(mb, nb) > avail) return null;
+    }
+    const pb = this.opBase;
+    const a = align64(pb + K * Math.ceil(nb / 8) * 32);
+    const x = align64(a + mb * K * 4);
+    return { mb, nb, pb, a, x, end: x + Math.max(K * nb, mb * nb) * 4 };
+  }
+}
+
+interface Plan {
+  mb: number;
+  nb: number;
+  pb: number;
+  a: number;
+  x: number;
+  end: number;
+}
+
 class WasmEngine implements WasmMatmulEngine {
-  readonly kernel: Kernel | null = null;
-  private memory: WebAssembly.Memory | null = null;
-  private heap = new Float32Array(0);
-  private heapLimit: number;
-  /** Per-thread scratch (edge tile + packed A panel) from tmpBase, tmpStride apart (slot 0 for the caller); operands start at opBase. */
-  private tmpBase = 0;
-  private tmpStride = 0;
-  private opBase = 0;
+  /** The shared memory the workers run on (null without threads). */
+  private readonly shared: KernelHeap | null = null;
+  /**
+   * An unshared memory for products the caller runs alone: V8 copies into and out of a
+   * SharedArrayBuffer with relaxed-atomic word moves, measured 67 µs per MiB against 25 unshared,
+   * which for LoRA's x·Aᵀ [1024×256]·[256×8] is as long as its arithmetic. Made on first use.
+   */
+  private plain: KernelHeap | null | undefined;
+  private readonly maxHeapBytes: number;
   private readonly ctl: Int32Array = new Int32Array(SLOT);
   private readonly workers: (WorkerHandle | null)[] = [];
   private readonly nWorkers: number;
   private started: Promise<void> | null = null;
   private startDeadline = 0;
   private readonly minFlops: number;
-  private bytes: Uint8Array = new Uint8Array(0);
+  private readonly useRelaxed: boolean;
   private seq = 0;
   private disposed = false;
   relaxed = false;
@@ -155,43 +227,63 @@ class WasmEngine implements WasmMatmulEngine {
   constructor(opts: MatmulEngineOptions) {
     const requested = Math.max(0, Math.floor(opts.threads ?? availableCores() - 1));
     this.minFlops = opts.parallelMinFlops ?? PARALLEL_MIN_FLOPS;
+    this.maxHeapBytes = opts.maxHeapBytes ?? Infinity;
+    this.useRelaxed = opts.relaxed !== false && !relaxedDisabled();
     // Threads need a shared build (threads feature, SharedArrayBuffer, a caller that may block);
-    // otherwise an unshared one runs on the calling thread alone. Relaxed SIMD first where it validates.
-    const pick = (relaxed: string, plain: string): Uint8Array | null => {
-      for (const b64 of opts.relaxed === false || relaxedDisabled() ? [plain] : [relaxed, plain]) {
-        const b = decode(b64);
-        if (b64 === relaxed ? validateRelaxed(b) : WebAssembly.validate(b as BufferSource)) {
-          this.relaxed = b64 === relaxed;
-          return b;
+    // otherwise an unshared one runs on the calling thread alone.
+    const bytes = requested > 0 && canShare() && canBlock() ? this.pick(MATMUL_WASM_SHARED_RELAXED, MATMUL_WASM_SHARED) : null;
+    const mem = bytes ? createMemory(true) : null;
+    this.nWorkers = mem ? requested : 0;
+    if (mem) {
+      this.shared = new KernelHeap(bytes!, mem.memory, Math.min(this.maxHeapBytes, mem.maxBytes), this.nWorkers + 1);
+      this.ctl = new Int32Array(new SharedArrayBuffer((this.nWorkers + 1) * SLOT * 4));
+    } else this.plainHeap();
+  }
+
+  /** The first of the two builds that validates (relaxed SIMD first unless turned off). */
+  private pick(relaxed: string, plain: string): Uint8Array | null {
+    for (const b64 of this.useRelaxed ? [relaxed, plain] : [plain]) {
+      const b = decode(b64);
+      if (b64 === relaxed ? validateRelaxed(b) : WebAssembly.validate(b as BufferSource)) {
+        this.relaxed = b64 === relaxed;
+        return b;
+      }
+    }
+    return null;
+  }
+
+  /** The unshared heap, made on first call; null where it cannot be (then the shared one serves). */
+  private plainHeap(): KernelHeap | null {
+    if (this.plain === undefined) {
+      this.plain = null;
+      const relaxed = this.relaxed;
+      const bytes = this.pick(MATMUL_WASM_PLAIN_RELAXED, MATMUL_WASM_PLAIN);
+      // Both heaps run the same arithmetic (one build family), so a product's bytes do not depend on its size.
+      if (bytes && (!this.shared || this.relaxed === relaxed)) {
+        const mem = createMemory(false);
+        try {
+          if (mem) this.plain = new KernelHeap(bytes, mem.memory, Math.min(this.maxHeapBytes, mem.maxBytes), 1);
+        } catch {
+          // the shared heap serves
         }
       }
-      return null;
-    };
-    let bytes = requested > 0 && canShare() && canBlock() ? pick(MATMUL_WASM_SHARED_RELAXED, MATMUL_WASM_SHARED) : null;
-    let mem = bytes ? createMemory(true) : null;
-    this.nWorkers = mem ? requested : 0;
-    if (!mem) {
-      bytes = pick(MATMUL_WASM_PLAIN_RELAXED, MATMUL_WASM_PLAIN);
-      mem = bytes ? createMemory(false) : null;
+      if (this.shared) this.relaxed = relaxed;
     }
-    this.heapLimit = Math.min(opts.maxHeapBytes ?? Infinity, mem?.maxBytes ?? 0);
-    if (!mem) return;
-    const memory = (this.memory = mem.memory);
-    const kernel = (this.kernel = new WebAssembly.Instance(new WebAssembly.Module(bytes! as BufferSource), { env: { memory } }).exports as unknown as Kernel);
-    this.tmpBase = align64(kernel.heapBase());
-    this.tmpStride = align64(kernel.scratchBytes(KC));
-    this.opBase = this.tmpBase + (this.nWorkers + 1) * this.tmpStride;
-    if (!this.ensure(this.opBase)) throw new Error("WASM heap too small for the scratch area");
-    if (this.nWorkers > 0) this.ctl = new Int32Array(new SharedArrayBuffer((this.nWorkers + 1) * SLOT * 4));
-    this.bytes = bytes!;
+    return this.plain;
+  }
+
+  /** Whether a WASM kernel runs (else createMatmulEngine falls back to TypeScript). */
+  get usable(): boolean {
+    return this.shared !== null || this.plain != null;
   }
 
   /** Start the workers on first need, so backends that never multiply large matrices spawn no threads. */
   private spawn(): Promise<void> {
     if (!this.started) {
       this.startDeadline = Date.now() + START_TIMEOUT_MS;
-      for (let i = 1; i <= this.nWorkers; i++) this.ctl[i * SLOT + TMP] = this.tmpBase + i * this.tmpStride;
-      const init = { bytes: this.bytes, memory: this.memory!, ctl: this.ctl };
+      const h = this.shared;
+      if (h) for (let i = 1; i <= this.nWorkers; i++) this.ctl[i * SLOT + TMP] = h.tmpBase + i * h.tmpStride;
+      const init = { bytes: h?.bytes ?? new Uint8Array(0), memory: h?.memory as WebAssembly.Memory, ctl: this.ctl };
       this.started = this.nWorkers > 0 && !this.disposed
         ? startWorkers(this.nWorkers, (index) => ({ ...init, index }), (i, h) => {
             this.workers[i - 1] = h;
@@ -237,75 +329,37 @@ class WasmEngine implements WasmMatmulEngine {
     this.workers.length = 0;
   }
 
-  /** Grow the memory to hold `end` bytes; false when that would pass the heap limit or the grow fails. */
-  private ensure(end: number): boolean {
-    const memory = this.memory!;
-    if (end > this.heapLimit) return false;
-    const have = memory.buffer.byteLength;
-    if (end > have) {
-      try {
-        memory.grow(Math.ceil((end - have) / PAGE));
-      } catch {
-        this.heapLimit = have;
-        return false;
-      }
-    }
-    if (this.heap.buffer !== memory.buffer || this.heap.length * 4 !== memory.buffer.byteLength) this.heap = new Float32Array(memory.buffer);
-    return true;
-  }
-
   matmul(A: Float32Array, B: Float32Array, C: Float32Array, M: number, N: number, K: number, transB = false): void {
     if (M === 0 || N === 0) return;
     if (K === 0) {
       C.fill(0, 0, M * N);
       return;
     }
+    // Products the caller runs alone go to the unshared heap (cheaper copies), the rest to the shared one.
+    const alone = !this.shared || 2 * M * N * K < this.minFlops;
+    const heap = (alone ? this.plainHeap() : null) ?? this.shared!;
     for (;;) {
-      const plan = this.plan(M, N, K);
+      const plan = heap.plan(M, N, K);
       // Only an absurdly deep K (one row of A plus 8 columns of B overflow the heap) does not fit.
       if (!plan) return matmulBlocked(A, transB ? transposed(B, N, K) : B, C, M, N, K);
-      if (this.ensure(plan.end)) return this.run(A, B, C, M, N, K, plan, transB);
-      // The grow failed below the limit: heapLimit now equals what we have; plan again within it.
+      if (heap.ensure(plan.end)) return this.run(heap, A, B, C, M, N, K, plan, transB);
+      // The grow failed below the limit: the heap's limit now equals what it has; plan again within it.
     }
   }
 
-  /**
-   * Block sizes (rows mb of A, columns nb of B) and heap offsets so one block of each fits:
-   * packed B (pb, k x nb rounded up to 8), A rows, and one region that first receives raw B
-   * (packed from there) and then holds C. Null when not even one row of A and 8 columns of B fit.
-   */
-  private plan(M: number, N: number, K: number): { mb: number; nb: number; pb: number; a: number; x: number; end: number } | null {
-    const avail = this.heapLimit - this.opBase - 256;
-    const bytes = (mb: number, nb: number) => 4 * (K * Math.ceil(nb / 8) * 8 + mb * K + Math.max(K * nb, mb * nb));
-    let nb = N, mb = M;
-    if (bytes(M, N) > avail) {
-      // Keep B whole when it (packed and raw) takes at most half the heap, else split its columns.
-      if (bytes(0, N) > avail / 2) nb = Math.min(N, Math.max(8, Math.floor(avail / 2 / (8 * K) / 8) * 8));
-      mb = Math.floor((avail - bytes(0, nb) + 4 * K * nb) / (4 * (K + nb))); // assumes C is the larger region
-      if (mb < K) mb = Math.floor((avail - bytes(0, nb)) / (4 * K)); // raw B is: A alone gets the rest
-      if (mb >= 8) mb -= mb % 4;
-      mb = Math.min(M, mb);
-      if (mb < 1 || bytes(mb, nb) > avail) return null;
-    }
-    const pb = this.opBase;
-    const a = align64(pb + K * Math.ceil(nb / 8) * 32);
-    const x = align64(a + mb * K * 4);
-    return { mb, nb, pb, a, x, end: x + Math.max(K * nb, mb * nb) * 4 };
-  }
-
-  private run(A: Float32Array, B: Float32Array, C: Float32Array, M: number, N: number, K: number, p: { mb: number; nb: number; pb: number; a: number; x: number }, transB: boolean): void {
-    const heap = this.heap;
+  private run(h: KernelHeap, A: Float32Array, B: Float32Array, C: Float32Array, M: number, N: number, K: number, p: Plan, transB: boolean): void {
+    const heap = h.heap;
     const a4 = p.a / 4, x4 = p.x / 4;
     for (let c0 = 0; c0 < N; c0 += p.nb) {
       const nb = Math.min(p.nb, N - c0);
       if (transB) {
         // Bᵀ's rows c0..c0+nb are this block's columns, already contiguous.
         heap.set(B.subarray(c0 * K, (c0 + nb) * K), x4);
-        this.kernel!.packBT(p.x, K, K, nb, p.pb, KC, NC);
+        h.kernel.packBT(p.x, K, K, nb, p.pb, KC, NC);
       } else {
         if (nb === N) heap.set(B.subarray(0, K * N), x4);
         else for (let k = 0; k < K; k++) heap.set(B.subarray(k * N + c0, k * N + c0 + nb), x4 + k * nb);
-        this.kernel!.packB(p.x, nb, K, nb, p.pb, KC, NC);
+        h.kernel.packB(p.x, nb, K, nb, p.pb, KC, NC);
       }
       for (let r0 = 0; r0 < M; r0 += p.mb) {
         const mb = Math.min(p.mb, M - r0);
@@ -315,7 +369,7 @@ class WasmEngine implements WasmMatmulEngine {
           if (j0 === 0 && j1 === N) C.set(heap.subarray(x4 + s * N, x4 + e * N), (r0 + s) * N);
           else for (let i = s; i < e; i++) C.set(heap.subarray(x4 + i * nb + j0, x4 + i * nb + j1), (r0 + i) * N + c0 + j0);
         };
-        this.gemm(p.a, p.pb, p.x, mb, nb, K, copyA, copyC);
+        this.gemm(h, p.a, p.pb, p.x, mb, nb, K, copyA, copyC);
       }
     }
   }
@@ -345,12 +399,12 @@ class WasmEngine implements WasmMatmulEngine {
    * workers start at once, copies out its own chunks of C while the workers finish theirs, and
    * waits only for chunks actually claimed (a worker that never got CPU time costs nothing).
    */
-  private gemm(a: number, pb: number, c: number, m: number, n: number, k: number, copyA: (s: number, e: number) => void, copyC: (s: number, e: number, j0: number, j1: number) => void): void {
-    const kernel = this.kernel!, ctl = this.ctl;
-    const workers = 2 * m * n * k >= this.minFlops && Math.ceil(n / NC) <= MAX_CHUNKS ? this.liveWorkers() : [];
+  private gemm(h: KernelHeap, a: number, pb: number, c: number, m: number, n: number, k: number, copyA: (s: number, e: number) => void, copyC: (s: number, e: number, j0: number, j1: number) => void): void {
+    const kernel = h.kernel, ctl = this.ctl;
+    const workers = h === this.shared && 2 * m * n * k >= this.minFlops && Math.ceil(n / NC) <= MAX_CHUNKS ? this.liveWorkers() : [];
     if (workers.length === 0) {
       copyA(0, m);
-      kernel.gemmPacked(a, k, pb, c, n, m, n, k, 0, n, KC, NC, this.tmpBase);
+      kernel.gemmPacked(a, k, pb, c, n, m, n, k, 0, n, KC, NC, h.tmpBase);
       copyC(0, m, 0, n);
       return;
     }
@@ -384,7 +438,7 @@ class WasmEngine implements WasmMatmulEngine {
         // spin; nothing woke it before, so a late copy cost it the whole millisecond.
         Atomics.notify(ctl, COPIED);
       }
-      claimChunks(ctl, tag, kernel.gemmPacked, this.tmpBase, (r0, r1, j0, j1) => {
+      claimChunks(ctl, tag, kernel.gemmPacked, h.tmpBase, (r0, r1, j0, j1) => {
         copyC(r0, r1, j0, j1);
         mine.add(r0 * blocks + j0 / cw);
       });
