@@ -527,3 +527,100 @@ export function bf16Encode(a: usize, o: usize, n: i32): void {
     store<u16>(o + (<usize>i << 1), <u16>q);
   }
 }
+
+// ---- 4-bit weights (NF4/FP4, bitsandbytes' layout): dequantize, and the one-row product ----
+// Element 2j of a byte run is byte j's high nibble, 2j+1 its low one. A code is looked up as 4
+// byte planes (plane p = byte p of each of the 16 f32 codes) with one swizzle each, then the bytes
+// are interleaved back into f32 lanes: 16 codes for 4 swizzles and 6 unpacks, no scalar loads.
+
+/** Byte planes of the 16 f32 codes at `code`, written to `lut` (64 bytes). */
+function codePlanes(code: usize, lut: usize): void {
+  for (let c = 0; c < 16; c++) for (let p = 0; p < 4; p++) store<u8>(lut + p * 16 + c, load<u8>(code + c * 4 + p));
+}
+
+// @ts-ignore: decorator
+@inline function lookup(t: v128, idx: v128): v128 {
+  // Indices are 0..15, where the relaxed swizzle is one pshufb (the strict one also tests > 15).
+  if (ASC_FEATURE_RELAXED_SIMD) return i8x16.relaxed_swizzle(t, idx);
+  return i8x16.swizzle(t, idx);
+}
+
+/** The 16 code indices of the 8 bytes at p, in element order. */
+// @ts-ignore: decorator
+@inline function nibbles(p: usize): v128 {
+  const b = v128.load64_zero(p);
+  return v128.shuffle<u8>(i8x16.shr_u(b, 4), v128.and(b, i8x16.splat(15)), 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+}
+
+// Lanes 0-7 (lo) or 8-15 (hi) of two byte vectors, interleaved; then 16-bit pairs of two such.
+// @ts-ignore: decorator
+@inline function lo8(a: v128, b: v128): v128 {
+  return v128.shuffle<u8>(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+}
+// @ts-ignore: decorator
+@inline function hi8(a: v128, b: v128): v128 {
+  return v128.shuffle<u8>(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+}
+// @ts-ignore: decorator
+@inline function lo16(a: v128, b: v128): v128 {
+  return v128.shuffle<u16>(a, b, 0, 8, 1, 9, 2, 10, 3, 11);
+}
+// @ts-ignore: decorator
+@inline function hi16(a: v128, b: v128): v128 {
+  return v128.shuffle<u16>(a, b, 4, 12, 5, 13, 6, 14, 7, 15);
+}
+
+/**
+ * o[i] = code[c(i)] * scales[(phase + i) / bs] for i in [0, n): packed at element 0 (a multiple
+ * of 16 into the weight, as are phase, n and bs), so every 16 share a block. f32 products, as
+ * nf4's dequantize4bit.
+ */
+export function dequant4(packed: usize, scales: usize, code: usize, lut: usize, o: usize, n: i32, phase: i32, bs: i32): void {
+  codePlanes(code, lut);
+  const p0 = v128.load(lut), p1 = v128.load(lut, 16), p2 = v128.load(lut, 32), p3 = v128.load(lut, 48);
+  for (let i = 0; i < n; i += 16) {
+    const s = v128.load32_splat(scales + (<usize>((phase + i) / bs) << 2));
+    const idx = nibbles(packed + (<usize>i >> 1));
+    const q0 = lookup(p0, idx), q1 = lookup(p1, idx), q2 = lookup(p2, idx), q3 = lookup(p3, idx);
+    const l01 = lo8(q0, q1), l23 = lo8(q2, q3), h01 = hi8(q0, q1), h23 = hi8(q2, q3);
+    const d = o + (<usize>i << 2);
+    v128.store(d, f32x4.mul(lo16(l01, l23), s));
+    v128.store(d, f32x4.mul(hi16(l01, l23), s), 16);
+    v128.store(d, f32x4.mul(lo16(h01, h23), s), 32);
+    v128.store(d, f32x4.mul(hi16(h01, h23), s), 48);
+  }
+}
+
+/**
+ * y[r] = Σ_k x[k] · code[c(r·K + k)] · scale(block) for `rows` rows of K elements (K a multiple of
+ * bs, bs of 16; packed and scales at row 0). Each block sums in f32 (4 chains, fused where relaxed),
+ * then adds its scaled sum to an f64 total, as the TypeScript loop scales once per block.
+ */
+export function gemv4(x: usize, packed: usize, scales: usize, code: usize, lut: usize, y: usize, rows: i32, K: i32, bs: i32): void {
+  codePlanes(code, lut);
+  const p0 = v128.load(lut), p1 = v128.load(lut, 16), p2 = v128.load(lut, 32), p3 = v128.load(lut, 48);
+  let p = packed, sp = scales;
+  for (let r = 0; r < rows; r++) {
+    let sum: f64 = 0;
+    for (let b = 0; b < K; b += bs) {
+      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+      let xk = x + (<usize>b << 2);
+      const end = xk + (<usize>bs << 2);
+      for (; xk < end; xk += 64) {
+        const idx = nibbles(p);
+        const q0 = lookup(p0, idx), q1 = lookup(p1, idx), q2 = lookup(p2, idx), q3 = lookup(p3, idx);
+        const l01 = lo8(q0, q1), l23 = lo8(q2, q3), h01 = hi8(q0, q1), h23 = hi8(q2, q3);
+        a0 = madd(lo16(l01, l23), v128.load(xk), a0);
+        a1 = madd(hi16(l01, l23), v128.load(xk, 16), a1);
+        a2 = madd(lo16(h01, h23), v128.load(xk, 32), a2);
+        a3 = madd(hi16(h01, h23), v128.load(xk, 48), a3);
+        p += 8;
+      }
+      const t = f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3));
+      const bsum = f32x4.extract_lane(t, 0) + f32x4.extract_lane(t, 1) + f32x4.extract_lane(t, 2) + f32x4.extract_lane(t, 3);
+      sum += <f64>bsum * <f64>load<f32>(sp);
+      sp += 4;
+    }
+    store<f32>(y + (<usize>r << 2), <f32>sum);
+  }
+}

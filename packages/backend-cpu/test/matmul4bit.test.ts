@@ -9,6 +9,10 @@ import { dequantizeCase, matmulCaseRef, quant4bitCase, rnd } from "@lowrank/tens
 import { createCpuBackend, createMatmulEngine } from "../src/index.ts";
 import { BlasEngine } from "../src/blas/engine.ts";
 import { blockScales, matmul4bitHost } from "../src/kernels/matmul4bit.ts";
+import { ElementwiseWasm } from "../src/wasm/elementwise.ts";
+
+// The WASM SIMD 4-bit loops, relaxed (FMA, one-pshufb lookups) and plain builds, beside TypeScript.
+const WASM = [["typescript", null], ["wasm", ElementwiseWasm.create()], ["wasm plain", ElementwiseWasm.create({ relaxed: false })]] as const;
 
 const engine = createMatmulEngine({ threads: 0 });
 // The BLAS path takes its own panels (whole rows of W, sgemm with transposes); checked when a BLAS loads.
@@ -29,6 +33,8 @@ const SHAPES: [number, number, number, boolean][] = [
   [64, 64, 64, true], // exact blocks
   [45, 300, 64, true], // 211 blocks; panels of 8 columns, the last one short
   [300, 60, 128, true], // > 256 blocks: two nested blocks
+  [40, 256, 64, true], // rows on block boundaries: the WASM one-row product and aligned dequant
+  [72, 128, 16, false], // blocksize 16: one 16-code group per block
 ];
 
 for (const [out, inF, bs, dq] of SHAPES) {
@@ -43,10 +49,12 @@ for (const [out, inF, bs, dq] of SHAPES) {
         const ref = matmulCaseRef(x, M, W, out, inF, transpose);
         for (const [label, opts] of [["small-M loop", { smallM: 1000 }], ["panels of 8", { smallM: 0, panelFloats: 8 * K }], ["default", {}]] as const) {
           for (const [name, eng] of ENGINES) {
-            const y = new Float32Array(M * N).fill(NaN);
-            matmul4bitHost(eng, w, x, M, transpose, y, opts);
-            const err = maxRelErr(y, ref);
-            assert.ok(err < 2e-6, `${label} on ${name} transpose=${transpose} M=${M}: max rel err ${err}`);
+            for (const [kind, wasm] of WASM) {
+              const y = new Float32Array(M * N).fill(NaN);
+              matmul4bitHost(eng, w, x, M, transpose, y, { ...opts, wasm });
+              const err = maxRelErr(y, ref);
+              assert.ok(err < 2e-6, `${label} on ${name} (${kind}) transpose=${transpose} M=${M}: max rel err ${err}`);
+            }
           }
         }
       }
@@ -63,15 +71,39 @@ test("blockScales resolves double quantization exactly as bitsandbytes (f32 mul,
   }
 });
 
-test("panels dequantize exactly: x = one-hot rows reproduce W bit for bit", () => {
-  const [out, inF] = [19, 70];
-  const c = quant4bitCase(out, inF, 64, true, 9);
-  const W = dequantizeCase(c);
-  const eye = new Float32Array(inF * inF);
-  for (let i = 0; i < inF; i++) eye[i * inF + i] = 1;
-  const y = new Float32Array(inF * out); // eye · Wᵀ = Wᵀ
-  matmul4bitHost(engine, { ...c, outFeatures: out, inFeatures: inF }, eye, inF, false, y, { smallM: 0, panelFloats: 8 * inF });
-  for (let o = 0; o < out; o++) for (let i = 0; i < inF; i++) assert.equal(y[i * out + o], W[o * inF + i], `W[${o}, ${i}]`);
+for (const [out, inF] of [[19, 70], [40, 200]]) {
+  test(`panels dequantize exactly: x = one-hot rows reproduce W [${out}, ${inF}] bit for bit`, () => {
+    const c = quant4bitCase(out, inF, 64, true, 9);
+    const W = dequantizeCase(c);
+    const eye = new Float32Array(inF * inF);
+    for (let i = 0; i < inF; i++) eye[i * inF + i] = 1;
+    for (const [kind, wasm] of WASM) {
+      const y = new Float32Array(inF * out); // eye · Wᵀ = Wᵀ
+      // Panels of 8 rows (560 / 1600 codes) take the scalar loop at 70 and WASM past its minimum at 200.
+      matmul4bitHost(engine, { ...c, outFeatures: out, inFeatures: inF }, eye, inF, false, y, { smallM: 0, panelFloats: 8 * inF, wasm });
+      for (let o = 0; o < out; o++) for (let i = 0; i < inF; i++) assert.equal(y[i * out + o], W[o * inF + i], `${kind}: W[${o}, ${i}]`);
+    }
+  });
+}
+
+test("the WASM 4-bit loops run: one-row product and dequantize agree with TypeScript", () => {
+  const ew = WASM[1][1];
+  assert.ok(ew, "this runtime has WASM SIMD");
+  const [out, inF, bs] = [96, 512, 64];
+  const c = quant4bitCase(out, inF, bs, true, 11);
+  const w = { ...c, outFeatures: out, inFeatures: inF };
+  const scales = blockScales(w);
+  const x = rnd(inF, 12);
+  const y = new Float32Array(out);
+  assert.equal(ew.gemv4bit(c.packed, scales, c.code, bs, x, out, inF, y), true);
+  const ref = matmulCaseRef(x, 1, dequantizeCase(c), out, inF, false);
+  assert.ok(maxRelErr(y, ref) < 2e-6, `gemv4bit: ${maxRelErr(y, ref)}`);
+  const d = new Float32Array(out * inF);
+  assert.equal(ew.dequant4bit(c.packed, scales, c.code, bs, 0, out * inF, d, 0), true);
+  assert.deepEqual(d, dequantizeCase(c));
+  // Shapes it does not take: rows off block boundaries, unaligned ranges.
+  assert.equal(ew.gemv4bit(c.packed, scales, c.code, bs, x, out, inF - 8, y), false);
+  assert.equal(ew.dequant4bit(c.packed, scales, c.code, bs, 8, out * inF, d, 0), false);
 });
 
 test("a packed view at an odd byte offset (no 32-bit word loads) gives the same products", () => {

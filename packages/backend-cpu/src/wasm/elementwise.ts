@@ -25,6 +25,8 @@ const MIN_ELEMENTS = 1024;
 /** Shorter rows stay in TypeScript: per-row setup would dominate. */
 const MIN_ROW = 16;
 const TWO32 = 4294967296;
+/** Packed weight bytes per gemv4 call: a cache-sized slab of rows. */
+const GEMV_PACKED_BYTES = 64 * 1024;
 
 interface Kernel {
   heapBase(): number;
@@ -43,6 +45,8 @@ interface Kernel {
   attnDs(p: number, dp: number, rows: number, S: number, delta: number, scale: number): void;
   bf16Decode(a: number, o: number, n: number): void;
   bf16Encode(a: number, o: number, n: number): void;
+  dequant4(packed: number, scales: number, code: number, lut: number, o: number, n: number, phase: number, bs: number): void;
+  gemv4(x: number, packed: number, scales: number, code: number, lut: number, y: number, rows: number, K: number, bs: number): void;
 }
 
 type Store = Float32Array | Int32Array | Uint8Array;
@@ -74,14 +78,17 @@ function plan(views: View[], data: Store[]): { rows: number; n: number; ops: Ope
 
 export class ElementwiseWasm {
   private readonly k: Kernel;
-  private readonly f32: Float32Array;
-  private readonly i32: Int32Array;
-  private readonly u8: Uint8Array;
-  private readonly u16: Uint16Array;
-  private readonly f64: Float64Array;
+  private f32: Float32Array;
+  private i32: Int32Array;
+  private u8: Uint8Array;
+  private u16: Uint16Array;
+  private f64: Float64Array;
   /** Byte addresses of the operand regions (CHUNK x 4 bytes each) and of the f64 row sums. */
   private readonly region: number[];
   private readonly sums: number;
+  /** First byte past the fixed regions: 4-bit products put their operands from here, growing the memory. */
+  private readonly extraBase: number;
+  private readonly memory: WebAssembly.Memory;
 
   /**
    * The relaxed-SIMD build (fused multiply-add in exp) where the runtime validates it, else the
@@ -111,13 +118,23 @@ export class ElementwiseWasm {
     const base = Math.ceil(this.k.heapBase() / 64) * 64;
     this.region = [0, 1, 2, 3].map((i) => base + i * CHUNK * 4);
     this.sums = base + 4 * CHUNK * 4;
-    const end = this.sums + CHUNK * 8;
+    const end = (this.extraBase = this.sums + CHUNK * 8);
+    this.memory = memory;
     memory.grow(Math.ceil(end / 65536) - 1);
     this.f32 = new Float32Array(memory.buffer);
     this.i32 = new Int32Array(memory.buffer);
     this.u8 = new Uint8Array(memory.buffer);
     this.u16 = new Uint16Array(memory.buffer);
     this.f64 = new Float64Array(memory.buffer);
+  }
+
+  /** Grow the memory to `end` bytes (views re-made: growing detaches an unshared buffer). */
+  private ensure(end: number): void {
+    const have = this.memory.buffer.byteLength;
+    if (end <= have) return;
+    this.memory.grow(Math.ceil((end - have) / 65536));
+    const buf = this.memory.buffer;
+    [this.f32, this.i32, this.u8, this.u16, this.f64] = [new Float32Array(buf), new Int32Array(buf), new Uint8Array(buf), new Uint16Array(buf), new Float64Array(buf)];
   }
 
   /** out = a op b (f32; lt/eq write u8); false when the views do not fit (caller falls back). */
@@ -421,5 +438,50 @@ export class ElementwiseWasm {
     if (s0 === 1) heap.set(data.subarray(start, start + rr), h);
     else for (let r = 0; r < rr; r++) heap[h + r] = data[start + r * s0];
     return [at, size, 0];
+  }
+
+  /**
+   * dst[dOff + i - start] = code[c(i)] · scales[i / bs] for i in [start, end) of a 4-bit weight in
+   * bitsandbytes' packed bytes; start, end and bs multiples of 16. The same f32 products as the
+   * TypeScript loop (kernels/matmul4bit.ts); false where a call does not fit.
+   */
+  dequant4bit(packed: Uint8Array, scales: Float32Array, code: Float32Array, bs: number, start: number, end: number, dst: Float32Array, dOff: number): boolean {
+    if (bs % 16 || start % 16 || end % 16 || code.length !== 16 || end - start < MIN_ELEMENTS) return false;
+    // Packed bytes, the chunk's scales (at most CHUNK / 16 + 1), the output, then code and its planes.
+    const [pk, sc, o, t] = this.region;
+    this.f32.set(code, t >> 2);
+    for (let i = start; i < end; i += CHUNK) {
+      const m = Math.min(CHUNK, end - i);
+      const b0 = Math.floor(i / bs);
+      this.u8.set(packed.subarray(i >> 1, (i + m) >> 1), pk);
+      this.f32.set(scales.subarray(b0, Math.floor((i + m - 1) / bs) + 1), sc >> 2);
+      this.k.dequant4(pk, sc, t, t + 64, o, m, i - b0 * bs, bs);
+      dst.set(this.f32.subarray(o >> 2, (o >> 2) + m), dOff + i - start);
+    }
+    return true;
+  }
+
+  /**
+   * y[r] = Σ_k x[k] · W[r, k] for a 4-bit weight W [rows, K] in bitsandbytes' packed bytes (rows
+   * start on block boundaries: K a multiple of bs, bs of 16). Sums each block in f32, the blocks
+   * in f64; false where a call does not fit.
+   */
+  gemv4bit(packed: Uint8Array, scales: Float32Array, code: Float32Array, bs: number, x: Float32Array, rows: number, K: number, y: Float32Array): boolean {
+    if (bs % 16 || K % bs || code.length !== 16 || x.length < K || rows * K < MIN_ELEMENTS) return false;
+    const R = Math.max(1, Math.floor(GEMV_PACKED_BYTES / (K >> 1))); // rows per call
+    const xa = this.extraBase, pa = xa + K * 4, sa = pa + Math.ceil((R * K) / 2 / 64) * 64;
+    const ya = sa + ((R * K) / bs) * 4, t = Math.ceil((ya + R * 4) / 64) * 64;
+    this.ensure(t + 128);
+    this.f32.set(x.subarray(0, K), xa >> 2);
+    this.f32.set(code, t >> 2);
+    const per = K / bs;
+    for (let r = 0; r < rows; r += R) {
+      const rr = Math.min(R, rows - r);
+      this.u8.set(packed.subarray((r * K) >> 1, ((r + rr) * K) >> 1), pa);
+      this.f32.set(scales.subarray(r * per, (r + rr) * per), sa >> 2);
+      this.k.gemv4(xa, pa, sa, t, t + 64, ya, rr, K, bs);
+      y.set(this.f32.subarray(ya >> 2, (ya >> 2) + rr), r);
+    }
+    return true;
   }
 }
