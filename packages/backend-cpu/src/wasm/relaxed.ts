@@ -20,7 +20,12 @@ let tried = false;
 
 /** Whether LOWRANK_WASM_RELAXED asks for the plain builds. */
 export function relaxedDisabled(): boolean {
-  const v = (globalThis as { process?: Proc }).process?.env?.LOWRANK_WASM_RELAXED?.trim().toLowerCase();
+  let v: string | undefined;
+  try {
+    v = (globalThis as { process?: Proc }).process?.env?.LOWRANK_WASM_RELAXED?.trim().toLowerCase();
+  } catch {
+    // Deno without --allow-env throws: the default
+  }
   return v === "0" || v === "off" || v === "false";
 }
 
