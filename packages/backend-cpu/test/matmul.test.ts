@@ -6,7 +6,8 @@ import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { tensor, setDefaultBackend } from "@lowrank/tensor";
-import { createCpuBackend, matmulNaive } from "../src/index.ts";
+import { SimdError, createCpuBackend, matmulNaive } from "../src/index.ts";
+import { ElementwiseWasm } from "../src/wasm/elementwise.ts";
 import { type MatmulEngineOptions, type WasmMatmulEngine, createMatmulEngine } from "../src/matmul.ts";
 
 function random(n: number, seed: number): Float32Array {
@@ -229,6 +230,49 @@ describe("CpuBackend matmul through the Tensor API", () => {
       setDefaultBackend(null);
       backend.dispose();
     }
+  });
+});
+
+describe("SIMD build", () => {
+  /** Whether this runtime validates relaxed SIMD (Deno, Bun, Chrome; not Node 20). */
+  const hasRelaxed = ElementwiseWasm.create()?.relaxed === true;
+  const withSimdEnv = <T>(value: string | undefined, fn: () => T): T => {
+    const old = process.env.LOWRANK_SIMD;
+    if (value === undefined) delete process.env.LOWRANK_SIMD;
+    else process.env.LOWRANK_SIMD = value;
+    try {
+      return fn();
+    } finally {
+      if (old === undefined) delete process.env.LOWRANK_SIMD;
+      else process.env.LOWRANK_SIMD = old;
+    }
+  };
+  const simdOf = (opts: Parameters<typeof createCpuBackend>[0]) => {
+    const b = createCpuBackend({ threads: 0, blas: "off", ...opts });
+    const engine = b.engine as WasmMatmulEngine;
+    b.dispose();
+    return [b.simd, engine.relaxed];
+  };
+
+  test(`auto runs relaxed SIMD where the runtime has it (here: ${hasRelaxed}); plain never does; the option wins over LOWRANK_SIMD`, () => {
+    withSimdEnv(undefined, () => {
+      assert.deepEqual(simdOf({}), hasRelaxed ? ["relaxed", true] : ["plain", false]);
+      assert.deepEqual(simdOf({ simd: "plain" }), ["plain", false]);
+    });
+    withSimdEnv("plain", () => {
+      assert.deepEqual(simdOf({}), ["plain", false]);
+      assert.deepEqual(simdOf({ simd: "auto" }), hasRelaxed ? ["relaxed", true] : ["plain", false]);
+    });
+    assert.deepEqual(simdOf({ wasm: false, simd: "plain" }), [null, false]);
+  });
+
+  test("relaxed where the runtime lacks it, or a value that names no build, is a SimdError saying where it came from", () => {
+    withSimdEnv(undefined, () => {
+      if (hasRelaxed) assert.deepEqual(simdOf({ simd: "relaxed" }), ["relaxed", true]);
+      else assert.throws(() => simdOf({ simd: "relaxed" }), (e: Error) => e instanceof SimdError && e.message === 'simd: "relaxed": this runtime does not validate relaxed SIMD');
+      assert.throws(() => simdOf({ simd: "relaxed", wasm: false }), /simd: "relaxed": wasm: false runs no WASM/);
+    });
+    withSimdEnv("fma", () => assert.throws(() => simdOf({}), (e: Error) => e instanceof SimdError && /^LOWRANK_SIMD=fma: unknown SIMD build "fma" \(use auto, relaxed, plain\)$/.test(e.message)));
   });
 });
 
