@@ -22,7 +22,7 @@ type Env = Record<string, string | undefined>;
 export const SUITES = ["ranks", "memory", "peer", "kernels", "cpu", "gpu", "models", "all", "report"] as const;
 
 export const BENCH_USAGE = `lowrank bench <${SUITES.join("|")}> [--quick] [--out <file.json>] [--config <file.json>] [--no-webgpu] [--data-dir <dir>]`;
-export const PLAN_USAGE = "lowrank plan --params <n> --method <qlora|lora|full> [--rank 8] [--layers N --hidden N] [--seq-len 512] [--batch-size 1] [--target-modules all-linear|q_proj,v_proj] [--dropout 0.05] [--checkpointing on|off]";
+export const PLAN_USAGE = "lowrank plan --params <n> --method <qlora|lora|full> [--rank 8] [--layers N --hidden N] [--seq-len 512] [--batch-size 1] [--target-modules all-linear|q_proj,v_proj] [--dropout 0.05] [--recompute-activations on|off]";
 
 const BENCH_HELP = `${BENCH_USAGE}
 
@@ -47,8 +47,8 @@ Suites (results in benchmarks/results/, then REPORT.md and plots/ are regenerate
 const memoryConfig = (quick: boolean): MemoryConfig => ({
   name: quick ? "memory-quick" : "memory", batch: 2, seq: 128, rank: 8, alpha: 16, targets: "all-linear", dropout: 0.05,
   cases: [
-    ...(["full", "lora", "qlora"] as const).flatMap((m) => [{ shape: "stories260K", method: m, checkpointing: false }, { shape: "stories260K", method: m, checkpointing: true }]),
-    { shape: "stories15M", method: "full" }, { shape: "stories15M", method: "lora" }, { shape: "stories15M", method: "lora", checkpointing: true }, { shape: "stories15M", method: "qlora" },
+    ...(["full", "lora", "qlora"] as const).flatMap((m) => [{ shape: "stories260K", method: m, recompute: false }, { shape: "stories260K", method: m, recompute: true }]),
+    { shape: "stories15M", method: "full" }, { shape: "stories15M", method: "lora" }, { shape: "stories15M", method: "lora", recompute: true }, { shape: "stories15M", method: "qlora" },
     ...(quick ? [] : (["stories42M", "stories110M"] as const).flatMap((shape) => (["full", "lora", "qlora"] as const).map((method) => ({ shape, method })))),
   ],
   skipped: [tinyLlamaSkip()],
@@ -215,7 +215,7 @@ export function planCommand(argv: string[]): number {
       options: {
         params: { type: "string" }, method: { type: "string" }, rank: { type: "string" }, layers: { type: "string" }, hidden: { type: "string" },
         "seq-len": { type: "string" }, "batch-size": { type: "string" }, "target-modules": { type: "string" }, dropout: { type: "string" },
-        checkpointing: { type: "string" }, help: { type: "boolean", short: "h" },
+        "recompute-activations": { type: "string" }, help: { type: "boolean", short: "h" },
       },
     }).values;
   } catch (e) {
@@ -247,13 +247,14 @@ export function planCommand(argv: string[]): number {
   const tm = v["target-modules"] ?? "all-linear";
   const targets: "all-linear" | string[] = tm === "all-linear" ? "all-linear" : tm.split(",").map((s) => s.trim());
   if (targets !== "all-linear" && targets.some((t) => !(LINEAR_TARGETS as readonly string[]).includes(t))) errors.push(`--target-modules: use all-linear or names among ${LINEAR_TARGETS.join(",")}`);
-  if (v.checkpointing !== undefined && v.checkpointing !== "on" && v.checkpointing !== "off") errors.push(`--checkpointing must be on or off, got ${v.checkpointing}`);
+  const again = v["recompute-activations"];
+  if (again !== undefined && again !== "on" && again !== "off") errors.push(`--recompute-activations must be on or off, got ${again}`);
   if (errors.length) {
     console.error(`lowrank plan: ${errors.join("; ")}\nusage: ${PLAN_USAGE}`);
     return 2;
   }
   const { shape, how } = shapeFor(params as number, layers, hidden);
-  const input = { shape, method, rank, targets, batch, seq, dropout, checkpointing: v.checkpointing === undefined ? undefined : v.checkpointing === "on" };
+  const input = { shape, method, rank, targets, batch, seq, dropout, recompute: again === undefined ? undefined : again === "on" };
   console.log(planText(input, how));
   return 0;
 }

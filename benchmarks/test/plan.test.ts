@@ -29,14 +29,14 @@ test("NF4 + double quant storage is 4.127 bits per parameter asymptotically", ()
   assert.ok(Math.abs(((nf4Bytes(n) - 64 - 200 - 1024) * 8) / n - 4.127) < 1e-3);
 });
 
-for (const [shape, method, checkpointing] of [
+for (const [shape, method, recompute] of [
   ["stories260K", "full", false], ["stories260K", "full", true], ["stories260K", "lora", false], ["stories260K", "lora", true],
   ["stories260K", "qlora", true], ["stories15M", "lora", true], ["stories15M", "qlora", true], ["stories15M", "full", false],
 ] as const) {
-  test(`plan vs measured: ${shape} ${method}${checkpointing ? " +checkpointing" : ""}`, { timeout: 120_000 }, async () => {
+  test(`plan vs measured: ${shape} ${method}${recompute ? " +recompute" : ""}`, { timeout: 120_000 }, async () => {
     const be = createCpuBackend();
     try {
-      const r = await measureCase({ shape, method, checkpointing }, cfg, dataDir, be);
+      const r = await measureCase({ shape, method, recompute }, cfg, dataDir, be);
       assert.equal(r.leakedBytes, 0, "every byte came back");
       for (const k of ["weights", "lora", "gradients", "optimizer"] as const) {
         const m = r.measured[k], f = r.formula[k];
@@ -52,11 +52,11 @@ for (const [shape, method, checkpointing] of [
   });
 }
 
-test("checkpointing shrinks the estimate; QLoRA's base is about 4.13 bits per quantized weight", () => {
+test("recomputation shrinks the estimate; QLoRA's base is about 4.13 bits per quantized weight", () => {
   const shape = PRESETS.find((p) => p.name === "Llama-2-7B")!;
   const base = { shape, rank: 16, targets: "all-linear" as const, batch: 1, seq: 512, dropout: 0.05 };
   const q = estimate({ ...base, method: "qlora" });
-  assert.ok(q.activationBytes.checkpointing < q.activationBytes.none / 5);
+  assert.ok(q.activationBytes.recompute < q.activationBytes.none / 5);
   const l = estimate({ ...base, method: "lora" });
   assert.ok(q.weightBytes < l.weightBytes / 5);
   assert.equal(q.trainable, l.trainable);

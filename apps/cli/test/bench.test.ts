@@ -18,7 +18,7 @@ for (const runtime of ["node", "bun", "deno"] as const) {
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^model: Llama-2-70B/m);
     assert.match(r.stdout, /trainable params: 207,093,760/);
-    for (const line of ["weights (NF4", "LoRA A/B", "gradients", "AdamW state", "activations, gradient checkpointing", "activations, no checkpointing", "total, with checkpointing"]) {
+    for (const line of ["weights (NF4", "LoRA A/B", "gradients", "AdamW state", "activations, each layer recomputed in backward", "activations, all kept for backward", "total, with recomputation"]) {
       assert.ok(r.stdout.includes(line), `missing "${line}" in\n${r.stdout}`);
     }
   });
