@@ -21,7 +21,7 @@ import { type Backend, Rng } from "@lowrank/tensor";
 import { AdamW, batchLossSum, clipGradients, collate, globalGradNorm, namedParams } from "@lowrank/trainer/node";
 import { type Machine, log, machine } from "./common.ts";
 import { SHAPES, type Shape, loadShape } from "./models.ts";
-import { type PlanEstimate, type PlanMethod, estimate } from "./plan.ts";
+import { type PlanEstimate, type PlanMethod, estimate } from "@lowrank/trainer";
 import { applyMethod, syntheticExamples } from "./step.ts";
 
 export interface MemoryCase {

@@ -26,7 +26,7 @@ import { createCpuBackend } from "@lowrank/backend-cpu";
 import { type LlamaForCausalLM, generateIds, loadHfModel } from "@lowrank/nn/node";
 import { type LazyTensorInput, openSafetensors, writeShardedSafetensors } from "@lowrank/safetensors/node";
 import { type Machine, log, machine, median } from "./common.ts";
-import { type PlanMethod, type PlanShape, estimate } from "./plan.ts";
+import { type PlanMethod, type PlanShape, estimate } from "@lowrank/trainer";
 import { type MethodSpec, applyMethod, timeSteps } from "./step.ts";
 
 export const MODELS_SCHEMA = 1;

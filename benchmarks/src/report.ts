@@ -11,7 +11,7 @@ import type { GpuCase, GpuResult } from "./gpu.ts";
 import type { KernelsResult } from "./kernels.ts";
 import type { MemoryResult, MemoryRow } from "./memory.ts";
 import type { PeerResult } from "./peer.ts";
-import { PRESETS, estimate, planText, shapeFor } from "./plan.ts";
+import { PLAN_PRESETS, estimate, planShapeFor, planText } from "@lowrank/trainer";
 import { type Panel, type Series, color, linePanels, stackedBarPanels } from "./plots.ts";
 import type { RankRun, RanksResult } from "./ranks.ts";
 import type { ModelsResult } from "./real-models.ts";
@@ -283,7 +283,7 @@ function dispatchSection(w: WebGpuSteps | null, file: string | null): string[] {
 
 /** The `lowrank plan` command that gives the same estimate as a models row, when a preset has the row's exact shape. */
 function planCommand(m: ModelsResult["models"][number], method: string, c: ModelsResult["config"]): string | null {
-  const { shape, how } = shapeFor(m.params);
+  const { shape, how } = planShapeFor(m.params);
   const same = (["vocab", "dim", "layers", "heads", "kvHeads", "hidden", "tied"] as const).every((k) => shape[k] === m.shape[k]);
   return same && how.startsWith(m.name) ? `lowrank plan --params ${Number((m.params / 1e9).toPrecision(3))}e9 --method ${method} --rank ${c.rank} --seq-len ${c.seq} --batch-size ${c.batch}` : null;
 }
@@ -362,10 +362,10 @@ export function batchingSection(r: BatchingResult | null, file: string | null): 
 
 function planSection(): string[] {
   const cmd = (p: number, method: "qlora" | "lora" | "full", rank: number) => {
-    const { shape, how } = shapeFor(p);
+    const { shape, how } = planShapeFor(p);
     return [`$ lowrank plan --params ${p === 70e9 ? "70e9" : p} --method ${method} --rank ${rank}`, planText({ shape, method, rank, targets: "all-linear", batch: 1, seq: 512, dropout: 0.05 }, how)].join("\n");
   };
-  const tl = PRESETS.find((x) => x.name === "TinyLlama-1.1B") as (typeof PRESETS)[number];
+  const tl = PLAN_PRESETS.find((x) => x.name === "TinyLlama-1.1B") as (typeof PLAN_PRESETS)[number];
   const full = estimate({ shape: tl, method: "full", rank: 8, targets: "all-linear", batch: 2, seq: 128, dropout: 0.05 });
   return [
     "## 5. The estimator: `lowrank plan`",

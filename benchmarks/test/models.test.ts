@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { serializeSafetensors } from "@lowrank/safetensors/node";
 import { benchCommand } from "../src/cli.ts";
-import { PRESETS, paramsOf, shapeFor } from "../src/plan.ts";
+import { PLAN_PRESETS, paramsOf, planShapeFor } from "@lowrank/trainer";
 import {
   ALL_LINEAR, type ModelsResult, REAL_MODELS, checkAdapter, checkModelsSchema, expectedAdapterKeys, expectedTargetModules, hfTensorList, quickModelConfig, readModelConfig,
 } from "../src/real-models.ts";
@@ -59,10 +59,10 @@ test("the real configs: published parameter counts, plan presets with the same s
     const c = config(m.name);
     const n = count(c);
     assert.ok(Math.abs(n / published[m.name] - 1) < 0.002, `${m.name}: ${n} params`);
-    const preset = PRESETS.find((p) => p.name === m.name);
-    assert.ok(preset, `plan.ts PRESETS should have ${m.name}`);
+    const preset = PLAN_PRESETS.find((p) => p.name === m.name);
+    assert.ok(preset, `@lowrank/trainer's PLAN_PRESETS should have ${m.name}`);
     assert.ok(Math.abs(paramsOf(preset) / n - 1) < 1e-4, `${m.name}: preset ${paramsOf(preset)} vs config ${n}`);
-    assert.match(shapeFor(n).how, new RegExp(`^${m.name.replace(".", "\\.")} `));
+    assert.match(planShapeFor(n).how, new RegExp(`^${m.name.replace(".", "\\.")} `));
     assert.deepEqual(expectedTargetModules(c), [...ALL_LINEAR], `${m.name}: 7 x ${c.num_hidden_layers} linears minimize to the suffixes`);
     const keys = expectedAdapterKeys(c, ALL_LINEAR, 8);
     assert.equal(keys.size, 2 * 7 * (c.num_hidden_layers as number));

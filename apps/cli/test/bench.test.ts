@@ -31,6 +31,17 @@ test("plan with --layers/--hidden solves the MLP width from the count", async ()
   assert.match(r.stdout, /batch 2 x seq 1024/);
 });
 
+test("plan --recompute-activations on|off overrides the method's default and says so", async () => {
+  const r = await lowrank("node", ["plan", "--params", "1.1e9", "--method", "lora", "--recompute-activations", "on"]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^ {2}total, with recomputation \(as asked\) +\S/m);
+  const d = await lowrank("node", ["plan", "--params", "1.1e9", "--method", "lora"]);
+  assert.match(d.stdout, /^ {2}total, without recomputation \(the trainer's default for lora\) +\S/m);
+  const bad = await lowrank("node", ["plan", "--params", "1.1e9", "--recompute-activations", "yes"]);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /--recompute-activations must be on or off, got yes/);
+});
+
 test("plan and bench reject bad arguments with usage errors", async () => {
   const cases: [string[], RegExp][] = [
     [["plan", "--method", "qlora"], /--params is required/],

@@ -32,3 +32,4 @@ export {
 export {
   type PlanShape, type PlanMethod, type PlanInput, type PlanEstimate, LINEAR_TARGETS, layerLinears, paramsOf, nf4Bytes, layerActivationElems, estimate, planShapeOf,
 } from "./plan.ts";
+export { PLAN_PRESETS, planShapeFor, planText } from "./plan-text.ts";

@@ -1,6 +1,6 @@
 /**
- * The memory estimator behind `lowrank plan` (and the server's admission check for fine-tuning
- * jobs; moved here from benchmarks/src/plan.ts so a library can use it): bytes a full / LoRA / QLoRA training step needs
+ * The memory estimator behind `lowrank plan` (apps/cli/src/plan.ts, with the presets and text of
+ * plan-text.ts) and the server's admission check for fine-tuning jobs: bytes a full / LoRA / QLoRA training step needs
  * on Lowrank (f32 compute, AdamW, the trainer's defaults), by category. The formulas follow what
  * this implementation keeps alive, op by op, with the CPU backend's fused kernels (tensor's
  * fused-nn.ts: each gradient rule saves exactly what it names); memory.ts measures the same
