@@ -103,7 +103,8 @@ function onMessage(m: FromWorker): void {
     case "ready": {
       const b = m.backend;
       ui.backend.dataset.kind = b.kind;
-      ui.backend.textContent = b.kind === "webgpu" ? `WebGPU · ${b.adapter}` : `CPU · ${b.device}${b.simd ? ` · ${b.simd} SIMD` : ""}`;
+      ui.backend.dataset.simd = b.simd ?? "";
+      ui.backend.textContent = b.kind === "webgpu" ? `WebGPU · ${b.adapter}` : `CPU · ${b.device}`;
       const notes = [
         b.fallback ? "WebGPU runs on a software fallback adapter here; the CPU backend may be faster (choose it on the right)." : "",
         b.note ? `Using the CPU: ${b.note}.` : "",

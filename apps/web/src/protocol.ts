@@ -4,7 +4,7 @@
  */
 
 export type BackendPref = "auto" | "webgpu" | "cpu";
-/** The CPU backend's WASM SIMD build (@lowrank/backend-cpu's `simd` option); "plain" reproduces Node 20's bits. */
+/** The CPU backend's WASM SIMD build (@lowrank/backend-cpu's `simd` option); "plain" rounds as Node's plain build does. */
 export type SimdPref = "auto" | "relaxed" | "plain";
 export type Method = "lora" | "qlora" | "full";
 
