@@ -1,11 +1,8 @@
 /**
- * Direct entry for the suites without the lowrank CLI:
+ * Direct entry for the suites without the lowrank CLI (`lowrank plan` lives in apps/cli):
  *   node --import tsx benchmarks/src/bench.ts <ranks|memory|peer|kernels|cpu|models|all|report> [--quick]
- *   node --import tsx benchmarks/src/bench.ts plan --params 70e9 --method qlora --rank 16
  */
-import { benchCommand, planCommand } from "./cli.ts";
+import { benchCommand } from "./cli.ts";
 
 const argv = process.argv.slice(2);
-process.exitCode = argv[0] === "plan"
-  ? planCommand(argv.slice(1))
-  : await benchCommand(argv, process.env, `node --import tsx benchmarks/src/bench.ts ${argv.join(" ")}`);
+process.exitCode = await benchCommand(argv, process.env, `node --import tsx benchmarks/src/bench.ts ${argv.join(" ")}`);

@@ -1,6 +1,6 @@
 /**
- * `lowrank bench <suite>` and `lowrank plan`: argument parsing and file output for the suites.
- * apps/cli only forwards to these. Also runnable directly:
+ * `lowrank bench <suite>`: argument parsing and file output for the suites (`lowrank plan` is
+ * apps/cli/src/plan.ts). apps/cli only forwards to this. Also runnable directly:
  *   node --import tsx benchmarks/src/bench.ts <suite> [--quick]
  */
 import { spawn } from "node:child_process";
@@ -13,7 +13,7 @@ import { checkGpuSchema, runGpu } from "./gpu.ts";
 import { runKernels } from "./kernels.ts";
 import { type MemoryConfig, runMemory } from "./memory.ts";
 import { loadPeerConfig, runPeer } from "./peer.ts";
-import { LINEAR_TARGETS, PRESETS, type PlanMethod, type PlanShape, estimate, planText, shapeFor } from "./plan.ts";
+import { PLAN_PRESETS, type PlanMethod, type PlanShape, estimate } from "@lowrank/trainer";
 import { checkRanksSchema, loadRanksConfig, runRanks } from "./ranks.ts";
 import { type ModelsResult, checkModelsSchema, runModels } from "./real-models.ts";
 import { writeReport } from "./report.ts";
@@ -22,7 +22,6 @@ type Env = Record<string, string | undefined>;
 export const SUITES = ["ranks", "memory", "peer", "kernels", "cpu", "gpu", "models", "all", "report"] as const;
 
 export const BENCH_USAGE = `lowrank bench <${SUITES.join("|")}> [--quick] [--out <file.json>] [--config <file.json>] [--no-webgpu] [--data-dir <dir>]`;
-export const PLAN_USAGE = "lowrank plan --params <n> --method <qlora|lora|full> [--rank 8] [--layers N --hidden N] [--seq-len 512] [--batch-size 1] [--target-modules all-linear|q_proj,v_proj] [--dropout 0.05] [--checkpointing on|off]";
 
 const BENCH_HELP = `${BENCH_USAGE}
 
@@ -47,8 +46,8 @@ Suites (results in benchmarks/results/, then REPORT.md and plots/ are regenerate
 const memoryConfig = (quick: boolean): MemoryConfig => ({
   name: quick ? "memory-quick" : "memory", batch: 2, seq: 128, rank: 8, alpha: 16, targets: "all-linear", dropout: 0.05,
   cases: [
-    ...(["full", "lora", "qlora"] as const).flatMap((m) => [{ shape: "stories260K", method: m, checkpointing: false }, { shape: "stories260K", method: m, checkpointing: true }]),
-    { shape: "stories15M", method: "full" }, { shape: "stories15M", method: "lora" }, { shape: "stories15M", method: "lora", checkpointing: true }, { shape: "stories15M", method: "qlora" },
+    ...(["full", "lora", "qlora"] as const).flatMap((m) => [{ shape: "stories260K", method: m, recompute: false }, { shape: "stories260K", method: m, recompute: true }]),
+    { shape: "stories15M", method: "full" }, { shape: "stories15M", method: "lora" }, { shape: "stories15M", method: "lora", recompute: true }, { shape: "stories15M", method: "qlora" },
     ...(quick ? [] : (["stories42M", "stories110M"] as const).flatMap((shape) => (["full", "lora", "qlora"] as const).map((method) => ({ shape, method })))),
   ],
   skipped: [tinyLlamaSkip()],
@@ -56,7 +55,7 @@ const memoryConfig = (quick: boolean): MemoryConfig => ({
 
 /** Why the 1B shape is not measured, with the formula's numbers for it. */
 function tinyLlamaSkip() {
-  const shape = PRESETS.find((p) => p.name === "TinyLlama-1.1B") as PlanShape;
+  const shape = PLAN_PRESETS.find((p) => p.name === "TinyLlama-1.1B") as PlanShape;
   const gib = (m: PlanMethod) => (estimate({ shape, method: m, rank: 8, targets: "all-linear", batch: 2, seq: 128, dropout: 0.05 }).totalBytes / 2 ** 30).toFixed(1);
   return {
     shape: "TinyLlama-1.1B (dim 2048, 22 layers, MLP 5632, 32/4 heads, vocab 32000)",
@@ -206,54 +205,3 @@ function runCpuSuite(quick: boolean, out?: string): Promise<number> {
   });
 }
 
-/** `lowrank plan ...`: print the memory a configuration needs (plan.ts). */
-export function planCommand(argv: string[]): number {
-  let v;
-  try {
-    v = parseArgs({
-      args: argv,
-      options: {
-        params: { type: "string" }, method: { type: "string" }, rank: { type: "string" }, layers: { type: "string" }, hidden: { type: "string" },
-        "seq-len": { type: "string" }, "batch-size": { type: "string" }, "target-modules": { type: "string" }, dropout: { type: "string" },
-        checkpointing: { type: "string" }, help: { type: "boolean", short: "h" },
-      },
-    }).values;
-  } catch (e) {
-    console.error(`lowrank plan: ${(e as Error).message}; usage: ${PLAN_USAGE}`);
-    return 2;
-  }
-  if (v.help) {
-    console.log(PLAN_USAGE);
-    return 0;
-  }
-  const errors: string[] = [];
-  const num = (name: string, raw: string | undefined, dflt: number | undefined, int: boolean): number | undefined => {
-    if (raw === undefined) return dflt;
-    const x = Number(raw);
-    if (!Number.isFinite(x) || x <= 0 || (int && !Number.isInteger(x))) errors.push(`--${name} must be a positive ${int ? "integer" : "number"}, got ${raw}`);
-    return x;
-  };
-  const params = num("params", v.params, undefined, false);
-  if (params === undefined) errors.push("--params is required (e.g. --params 70e9)");
-  const method = (v.method ?? "qlora") as PlanMethod;
-  if (!["full", "lora", "qlora"].includes(method)) errors.push(`--method must be qlora, lora or full, got ${v.method}`);
-  const rank = num("rank", v.rank, 8, true) as number;
-  const layers = num("layers", v.layers, undefined, true);
-  const hidden = num("hidden", v.hidden, undefined, true);
-  const seq = num("seq-len", v["seq-len"], 512, true) as number;
-  const batch = num("batch-size", v["batch-size"], 1, true) as number;
-  const dropout = v.dropout === undefined ? 0.05 : Number(v.dropout);
-  if (!(dropout >= 0 && dropout < 1)) errors.push(`--dropout must be in [0, 1), got ${v.dropout}`);
-  const tm = v["target-modules"] ?? "all-linear";
-  const targets: "all-linear" | string[] = tm === "all-linear" ? "all-linear" : tm.split(",").map((s) => s.trim());
-  if (targets !== "all-linear" && targets.some((t) => !(LINEAR_TARGETS as readonly string[]).includes(t))) errors.push(`--target-modules: use all-linear or names among ${LINEAR_TARGETS.join(",")}`);
-  if (v.checkpointing !== undefined && v.checkpointing !== "on" && v.checkpointing !== "off") errors.push(`--checkpointing must be on or off, got ${v.checkpointing}`);
-  if (errors.length) {
-    console.error(`lowrank plan: ${errors.join("; ")}\nusage: ${PLAN_USAGE}`);
-    return 2;
-  }
-  const { shape, how } = shapeFor(params as number, layers, hidden);
-  const input = { shape, method, rank, targets, batch, seq, dropout, checkpointing: v.checkpointing === undefined ? undefined : v.checkpointing === "on" };
-  console.log(planText(input, how));
-  return 0;
-}

@@ -398,14 +398,14 @@ async function trainRow(be: Backend, p: ModelPlan, cfg: Record<string, unknown>,
         peak_bytes: t.peakBytes, build_s: buildS, ready_s: readyS, first_loss: t.losses[0] ?? null, last_loss: t.losses[t.losses.length - 1] ?? null, skipped_steps: t.skippedSteps,
         ...(counters ? { dispatches_per_step: per("dispatches"), copies_per_step: per("copies"), submits_per_step: per("submits"), reads_per_step: per("reads") } : {}),
       },
-      detail: { params: configParams(cfg), trainable: t.trainable, checkpointing: t.checkpointing, batch: p.batch, seq: p.seq, method: `${p.method} r8 all-linear dropout 0.05`, device: be.device, ...(quick && p.name !== "stories260K" ? { scaled: "quick: 1 layer, vocab 512, head size 8 (same heads and kv heads)" } : {}) },
+      detail: { params: configParams(cfg), trainable: t.trainable, recompute: t.recompute, batch: p.batch, seq: p.seq, method: `${p.method} r8 all-linear dropout 0.05`, device: be.device, ...(quick && p.name !== "stories260K" ? { scaled: "quick: 1 layer, vocab 512, head size 8 (same heads and kv heads)" } : {}) },
     };
   } finally {
     model.dispose();
   }
 }
 
-/** Seconds one step would take at `gflops`: 6 FLOP per parameter and token, x4/3 with checkpointing. */
+/** Seconds one step would take at `gflops`: 6 FLOP per parameter and token, x4/3 with recomputation. */
 export function estimateStepS(params: number, tokens: number, method: "lora" | "qlora", gflops: number): number {
   return (6 * params * tokens * (method === "qlora" ? 4 / 3 : 1)) / (gflops * 1e9);
 }

@@ -21,13 +21,13 @@ import { type Backend, Rng } from "@lowrank/tensor";
 import { AdamW, batchLossSum, clipGradients, collate, globalGradNorm, namedParams } from "@lowrank/trainer/node";
 import { type Machine, log, machine } from "./common.ts";
 import { SHAPES, type Shape, loadShape } from "./models.ts";
-import { type PlanEstimate, type PlanMethod, estimate } from "./plan.ts";
+import { type PlanEstimate, type PlanMethod, estimate } from "@lowrank/trainer";
 import { applyMethod, syntheticExamples } from "./step.ts";
 
 export interface MemoryCase {
   shape: string;
   method: PlanMethod;
-  checkpointing?: boolean;
+  recompute?: boolean;
 }
 
 export interface MemoryConfig {
@@ -57,7 +57,7 @@ export interface MemoryRow {
   shape: string;
   weights: "real" | "random";
   method: PlanMethod;
-  checkpointing: boolean;
+  recompute: boolean;
   params: number;
   trainable: number;
   measured: Categories;
@@ -90,8 +90,8 @@ export async function measureCase(c: MemoryCase, cfg: MemoryConfig, dataDir: str
   if (!shape) throw new Error(`memory: unknown shape ${c.shape} (known: ${Object.keys(SHAPES).join(", ")})`);
   const own = backend.memory().liveBytes;
   const { model, weights: kind } = await loadShape(shape, backend, dataDir, 0);
-  const spec = { method: c.method, rank: cfg.rank, alpha: cfg.alpha, targets: cfg.targets, dropout: cfg.dropout, checkpointing: c.checkpointing };
-  const { prepared, checkpointing } = await applyMethod(model, spec, 0);
+  const spec = { method: c.method, rank: cfg.rank, alpha: cfg.alpha, targets: cfg.targets, dropout: cfg.dropout, recompute: c.recompute };
+  const { prepared, recompute } = await applyMethod(model, spec, 0);
   const afterPrepare = backend.memory().liveBytes - own;
   let trainable = 0;
   for (const t of prepared.trainable.values()) trainable += t.size;
@@ -135,12 +135,12 @@ export async function measureCase(c: MemoryCase, cfg: MemoryConfig, dataDir: str
   model.dispose();
   const leakedBytes = backend.memory().liveBytes - own;
   const measured = { weights: afterPrepare - lora + rope, lora, gradients: grads, optimizer: optimizerBytes, activations: peakFB - beforeStep2 - grads, update: peakUpdate - beforeStep2 - grads, peak };
-  const e: PlanEstimate = estimate({ shape: planShape(shape), method: c.method, rank: cfg.rank, targets: cfg.targets, batch: cfg.batch, seq: cfg.seq, dropout: cfg.dropout, checkpointing });
-  const act = checkpointing ? e.activationBytes.checkpointing : e.activationBytes.none;
+  const e: PlanEstimate = estimate({ shape: planShape(shape), method: c.method, rank: cfg.rank, targets: cfg.targets, batch: cfg.batch, seq: cfg.seq, dropout: cfg.dropout, recompute });
+  const act = recompute ? e.activationBytes.recompute : e.activationBytes.none;
   const formula = { weights: e.weightBytes, lora: e.loraBytes, gradients: e.gradBytes, optimizer: e.optimizerBytes, activations: act, update: e.updateBytes, peak: e.totalBytes };
-  if (checkpointing !== e.checkpointing) formula.peak = e.totalOtherBytes;
+  if (recompute !== e.recompute) formula.peak = e.totalOtherBytes;
   return {
-    shape: shape.name, weights: kind, method: c.method, checkpointing, params: e.params, trainable, measured, formula,
+    shape: shape.name, weights: kind, method: c.method, recompute, params: e.params, trainable, measured, formula,
     peakRatio: peak / formula.peak, stepSeconds, leakedBytes,
   };
 }
@@ -153,7 +153,7 @@ export async function runMemory(cfg: MemoryConfig, o: { dataDir: string | null; 
     for (const c of cfg.cases) {
       const r = await measureCase(c, cfg, o.dataDir, backend);
       rows.push(r);
-      log(`memory: ${r.shape} ${r.method}${r.checkpointing ? " +ckpt" : ""}: peak ${(r.measured.peak / 2 ** 20).toFixed(1)} MiB measured, ${(r.formula.peak / 2 ** 20).toFixed(1)} MiB formula (x${r.peakRatio.toFixed(3)}), step ${r.stepSeconds.toFixed(1)} s`);
+      log(`memory: ${r.shape} ${r.method}${r.recompute ? " +recompute" : ""}: peak ${(r.measured.peak / 2 ** 20).toFixed(1)} MiB measured, ${(r.formula.peak / 2 ** 20).toFixed(1)} MiB formula (x${r.peakRatio.toFixed(3)}), step ${r.stepSeconds.toFixed(1)} s`);
     }
   } finally {
     backend.dispose();

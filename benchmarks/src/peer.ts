@@ -60,7 +60,7 @@ export interface TorchRun {
   blas_libraries: string[];
   torch_threads: number;
   openblas_num_threads: string | null;
-  checkpointing: boolean;
+  recompute: boolean;
 }
 
 export interface PeerRow {
@@ -78,7 +78,7 @@ export interface PeerRow {
   lowrank_first_losses: number[];
   torch_first_losses: number[];
   trainable_params: { lowrank: number | null; torch: number | null };
-  checkpointing: boolean | null;
+  recompute: boolean | null;
   skipped?: string;
   /** `finetune()` on the same shape and config (product.ts): the CLI's own tokens/s from metrics.jsonl. */
   product?: ProductRun | { skipped: string };
@@ -174,7 +174,7 @@ export async function runPeer(cfg: PeerConfig, o: { command: string; quick: bool
         const row: PeerRow = {
           shape: c.shape, method, backend: bname, device: typeof be === "string" ? "" : be.device, tokens_per_step: c.batch * c.seq,
           lowrank_tokens_per_s: null, torch_tokens_per_s: null, ratio: null, lowrank_step_ms: [], torch_step_ms: [], lowrank_first_losses: [],
-          torch_first_losses: [], trainable_params: { lowrank: null, torch: null }, checkpointing: null,
+          torch_first_losses: [], trainable_params: { lowrank: null, torch: null }, recompute: null,
         };
         rows.push(row);
         if (typeof be === "string") {
@@ -188,7 +188,7 @@ export async function runPeer(cfg: PeerConfig, o: { command: string; quick: bool
             batch: c.batch, seq: c.seq, steps: slow ? Math.min(steps, c.slowSteps ?? steps) : steps, warmup: slow ? 1 : cc.warmup, lr: cfg.lr,
             maxStepMs: 1000 * cfg.maxStepSeconds,
           });
-          Object.assign(row, { lowrank_tokens_per_s: t.tokensPerS, lowrank_step_ms: t.stepMs, lowrank_first_losses: t.losses.slice(0, 3), checkpointing: t.checkpointing });
+          Object.assign(row, { lowrank_tokens_per_s: t.tokensPerS, lowrank_step_ms: t.stepMs, lowrank_first_losses: t.losses.slice(0, 3), recompute: t.recompute });
           row.trainable_params.lowrank = t.trainable;
           log(`peer: ${key} lowrank ${bname}: ${Math.round(t.tokensPerS)} tok/s (steps ${t.stepMs.map((x) => Math.round(x)).join(", ")} ms)`);
         } catch (e) {

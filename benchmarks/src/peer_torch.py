@@ -11,7 +11,7 @@ What it mirrors (packages/nn, packages/lora, packages/trainer):
   tied or untied head; weights N(0, 0.02) (random: the ratio is about speed).
 - LoRA (PEFT semantics): y = base(x) + B(A(dropout(x))) * alpha/r, A kaiming-uniform, B = 0.
 - QLoRA: the base Linear weights stored as NF4 codes (blocksize 64) and dequantized in every
-  forward (bitsandbytes' CPU path does the same), LoRA on top, gradient checkpointing per layer
+  forward (bitsandbytes' CPU path does the same), LoRA on top, activations recomputed per layer (torch's checkpoint)
   (Lowrank's qlora default). Double quantization of the absmax is not modelled (it touches 1/64
   of the elements).
 - AdamW (betas 0.9/0.999, eps 1e-8, no decay), global-norm clipping at 1.0, loss = mean token
@@ -137,14 +137,14 @@ class Llama(nn.Module):
         self.register_buffer("cos", torch.cat([ang.cos(), ang.cos()], -1))
         self.register_buffer("sin", torch.cat([ang.sin(), ang.sin()], -1))
         self.register_buffer("mask", torch.triu(torch.ones(a.seq, a.seq, dtype=torch.bool), 1))
-        self.ckpt = False
+        self.recompute = False
 
     def forward(self, ids):
         T = ids.shape[1]
         x = self.embed(ids)
         cos, sin, mask = self.cos[:T], self.sin[:T], self.mask[:T, :T]
         for layer in self.layers:
-            if self.ckpt:
+            if self.recompute:
                 x = checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, mask)
@@ -167,7 +167,7 @@ def prepare(model, a):
             if name in targets:
                 base = LoraLinear(base, lin.in_features, lin.out_features, a.rank, a.alpha, a.dropout)
             setattr(layer, name, base)
-    model.ckpt = a.method == "qlora" if a.checkpointing is None else a.checkpointing == "on"
+    model.recompute = a.method == "qlora" if a.recompute is None else a.recompute == "on"
     return [p for p in model.parameters() if p.requires_grad]
 
 
@@ -181,7 +181,7 @@ def main():
     ap.add_argument("--method", choices=["lora", "qlora", "full"], default="lora")
     ap.add_argument("--targets", default="all-linear")
     ap.add_argument("--tied", action="store_true")
-    ap.add_argument("--checkpointing", choices=["on", "off"], default=None)
+    ap.add_argument("--recompute", choices=["on", "off"], default=None)
     a = ap.parse_args()
     a.kv_heads = a.kv_heads or a.heads
     torch.set_num_threads(a.threads)
@@ -225,7 +225,7 @@ def main():
         "blas_libraries": libs,
         "method": a.method, "params": params_all, "trainable_params": n_train, "tokens_per_step": a.batch * a.seq,
         "step_s_median": step_s, "step_s_all": times, "tokens_per_s": a.batch * a.seq / step_s, "losses": losses,
-        "checkpointing": model.ckpt,
+        "recompute": model.recompute,
     }))
 
 

@@ -42,7 +42,7 @@ export async function productRun(
     await finetune({
       model: modelDir, data, output, method: spec.method, rank: spec.rank, alpha: spec.alpha, dropout: spec.dropout,
       targetModules: spec.targets, lr: o.lr, steps: total, batchSize: o.batch, seqLen: o.seq, warmup: 0, scheduler: "constant",
-      evalFraction: 0.01, evalBatches: 1, gradientCheckpointing: spec.checkpointing,
+      evalFraction: 0.01, evalBatches: 1, recomputeActivations: spec.recompute,
     }, { backend: be, skipSamples: true });
     const records = (await readFile(join(output, "metrics.jsonl"), "utf8")).trim().split("\n").map((l) => JSON.parse(l) as { split: string; tokens_per_s: number });
     const train = records.filter((r) => r.split === "train").slice(o.warmup);

@@ -4,7 +4,7 @@
  * target set, a fixed token budget and several seeds, plus full fine-tuning as the reference.
  *
  * Each run is finetune()'s pipeline without its file output: prepareModel (method, ranks),
- * gradient checkpointing (qlora default), AdamW, trainLoop, evaluate, then the adapter written
+ * activation recomputation (qlora default), AdamW, trainLoop, evaluate, then the adapter written
  * with the method's own writeOutput to measure its size. The dataset is tokenized once per task
  * and split with a fixed data seed, so every run is evaluated on the same held-out examples; the
  * run seed drives LoRA init, dropout and batch order. Runs go seed-major (every configuration at
@@ -20,7 +20,7 @@ import type { Backend } from "@lowrank/tensor";
 import { LoraConfigError } from "@lowrank/lora/node";
 import { loadHfModel, loadTokenizer, quantizeModel } from "@lowrank/nn/node";
 import {
-  AdamW, type Batch, BatchLoader, type DataFormat, type Dataset, buildDataset, enableGradientCheckpointing, evaluate, namedParams,
+  AdamW, type Batch, BatchLoader, type DataFormat, type Dataset, buildDataset, recomputeLayers, evaluate, namedParams,
   prepareModel, resolveConfig, silentReporter, trainLoop, warmupSteps,
 } from "@lowrank/trainer/node";
 import { type Machine, log, machine, mean, std } from "./common.ts";
@@ -173,7 +173,7 @@ async function trainRun(ctx: Ctx, s: RunSpec, padId: number): Promise<RunOutput>
   const model = await loadHfModel(ctx.modelDir, { backend, dtype: "f32" });
   try {
     const prepared = await prepareModel(model, fc, ctx.modelDir);
-    if (fc.gradientCheckpointing ?? s.method === "qlora") enableGradientCheckpointing(model);
+    if (fc.recomputeActivations ?? s.method === "qlora") recomputeLayers(model);
     const params = namedParams(prepared.trainable);
     const optimizer = new AdamW(params, { betas: fc.betas, eps: fc.eps, weightDecay: fc.weightDecay });
     const loader = new CountingLoader(s.data.train, t.batch_size, s.seed, padId);

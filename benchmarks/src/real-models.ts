@@ -26,7 +26,7 @@ import { createCpuBackend } from "@lowrank/backend-cpu";
 import { type LlamaForCausalLM, generateIds, loadHfModel } from "@lowrank/nn/node";
 import { type LazyTensorInput, openSafetensors, writeShardedSafetensors } from "@lowrank/safetensors/node";
 import { type Machine, log, machine, median } from "./common.ts";
-import { type PlanMethod, type PlanShape, estimate } from "./plan.ts";
+import { type PlanMethod, type PlanShape, estimate } from "@lowrank/trainer";
 import { type MethodSpec, applyMethod, timeSteps } from "./step.ts";
 
 export const MODELS_SCHEMA = 1;
@@ -100,7 +100,7 @@ export interface ModelRun {
   step_s?: number;
   losses?: number[];
   trainable?: number;
-  checkpointing?: boolean;
+  recompute?: boolean;
   peak_bytes?: number;
   plan_bytes?: number;
   /** peak_bytes / plan_bytes (the target is within 10%: 0.9 to 1.1). */
@@ -351,7 +351,7 @@ async function runMethod(method: PlanMethod, dir: string, c: Json, cfg: ModelsCo
     const prepare_s = (performance.now() - t) / 1000;
     const steps = await timeSteps(model, spec, { batch: cfg.batch, seq: cfg.seq, steps: cfg.steps - 1, warmup: 1, lr: cfg.lr, seed: cfg.seed, applied });
     const d = dims(c);
-    const e = estimate({ shape: planShapeOf(d), method, rank: cfg.rank, targets: cfg.targets, batch: cfg.batch, seq: cfg.seq, dropout: cfg.dropout, checkpointing: steps.checkpointing });
+    const e = estimate({ shape: planShapeOf(d), method, rank: cfg.rank, targets: cfg.targets, batch: cfg.batch, seq: cfg.seq, dropout: cfg.dropout, recompute: steps.recompute });
     const adapterDir = join(dir, `adapter-${method}`);
     await applied.prepared.writeOutput(adapterDir);
     const adapter = await checkAdapter(adapterDir, c, cfg.rank, peftRef);
@@ -367,7 +367,7 @@ async function runMethod(method: PlanMethod, dir: string, c: Json, cfg: ModelsCo
     const step_seconds = [...steps.warmupMs, ...steps.stepMs].map((ms) => ms / 1000);
     return {
       method, status: adapter.ok ? "ok" : "failed", ...(adapter.ok ? {} : { error: `adapter does not match PEFT's: ${[...adapter.key_problems, ...adapter.target_problems].slice(0, 3).join("; ")}` }),
-      load_s, prepare_s, step_seconds, step_s: median(steps.stepMs) / 1000, losses: steps.losses, trainable: steps.trainable, checkpointing: steps.checkpointing,
+      load_s, prepare_s, step_seconds, step_s: median(steps.stepMs) / 1000, losses: steps.losses, trainable: steps.trainable, recompute: steps.recompute,
       peak_bytes: steps.peakBytes, plan_bytes: e.totalBytes, peak_vs_plan: steps.peakBytes / e.totalBytes, adapter,
       generate: { prompt, ids, seconds: genS, tokens_per_s: ids.length / genS },
       rss_bytes: process.memoryUsage().rss, max_rss_bytes: process.resourceUsage().maxRSS * 1024,

@@ -11,7 +11,7 @@ import type { GpuCase, GpuResult } from "./gpu.ts";
 import type { KernelsResult } from "./kernels.ts";
 import type { MemoryResult, MemoryRow } from "./memory.ts";
 import type { PeerResult } from "./peer.ts";
-import { PRESETS, estimate, planText, shapeFor } from "./plan.ts";
+import { PLAN_PRESETS, estimate, planShapeFor, planText } from "@lowrank/trainer";
 import { type Panel, type Series, color, linePanels, stackedBarPanels } from "./plots.ts";
 import type { RankRun, RanksResult } from "./ranks.ts";
 import type { ModelsResult } from "./real-models.ts";
@@ -39,7 +39,7 @@ function ranksSection(r: RanksResult, file: string, plots: Map<string, string>):
     "",
     `Command: \`${c.command}\` → \`${rel(file)}\` (${mins(r.wall_seconds)} wall; ${c.machine.cpu}, ${c.machine.cores} cores, load average ${c.machine.loadavg1.toFixed(2)} at the start; backend ${c.backend}). Config: \`benchmarks/configs/${c.name}.json\`.`,
     "",
-    `Seeds ${c.seeds.join(", ")} (mean ± sample std over seeds); lora_alpha = ${c.alpha_over_rank} × r; dropout ${c.dropout}; AdamW, ${c.scheduler} schedule, warmup ${c.warmup}, clipping ${c.max_grad_norm}; QLoRA = NF4 + double quant base with gradient checkpointing (the trainer's defaults). Every run of a task is evaluated on the same held-out split (data seed ${c.data_seed}); the run seed sets LoRA init, dropout and batch order. **quality = (base loss − method loss) / (base loss − full fine-tune loss)**, base = the dense stories260K, full = the mean of the full fine-tuning seeds. tokens/s counts every position processed (batch × padded length) over the training loop's time; peak = the largest per-step \`backend.memory().peakBytes\` (everything live: weights, optimizer state, activations). adapter bytes = the written \`adapter_model.safetensors\`.`,
+    `Seeds ${c.seeds.join(", ")} (mean ± sample std over seeds); lora_alpha = ${c.alpha_over_rank} × r; dropout ${c.dropout}; AdamW, ${c.scheduler} schedule, warmup ${c.warmup}, clipping ${c.max_grad_norm}; QLoRA = NF4 + double quant base with activations recomputed in backward (the trainer's defaults). Every run of a task is evaluated on the same held-out split (data seed ${c.data_seed}); the run seed sets LoRA init, dropout and batch order. **quality = (base loss − method loss) / (base loss − full fine-tune loss)**, base = the dense stories260K, full = the mean of the full fine-tuning seeds. tokens/s counts every position processed (batch × padded length) over the training loop's time; peak = the largest per-step \`backend.memory().peakBytes\` (everything live: weights, optimizer state, activations). adapter bytes = the written \`adapter_model.safetensors\`.`,
   ];
   for (const task of c.tasks) {
     const base = r.base[task.name];
@@ -100,11 +100,11 @@ const CATS = ["weights", "lora", "gradients", "optimizer", "activations", "updat
 
 function memorySection(m: MemoryResult, file: string, plot: string): string[] {
   const c = m.config;
-  const label = (r: MemoryRow) => `${r.method}${r.checkpointing ? " +ckpt" : ""}`;
+  const label = (r: MemoryRow) => `${r.method}${r.recompute ? " +recompute" : ""}`;
   const out = [
     "## 2. Memory: full vs LoRA vs QLoRA, measured and by formula",
     "",
-    `Command: \`${c.command}\` → \`${rel(file)}\` (${mins(m.wall_seconds)} wall). One training step (batch ${c.batch} × ${c.seq} tokens, LoRA r=${c.rank} alpha ${c.alpha} on ${typeof c.targets === "string" ? c.targets : c.targets.join(",")}, dropout ${c.dropout}, AdamW) on the CPU backend, whose allocator counts every storage. Weights of stories260K are the real ones; the other shapes are llama2.c's (stories15M/42M/110M: dim 288/512/768, 6/8/12 layers, MLP 768/1376/2048, vocab 32000, tied head) with random weights. "+ckpt" = gradient checkpointing per layer (QLoRA's default).`,
+    `Command: \`${c.command}\` → \`${rel(file)}\` (${mins(m.wall_seconds)} wall). One training step (batch ${c.batch} × ${c.seq} tokens, LoRA r=${c.rank} alpha ${c.alpha} on ${typeof c.targets === "string" ? c.targets : c.targets.join(",")}, dropout ${c.dropout}, AdamW) on the CPU backend, whose allocator counts every storage. Weights of stories260K are the real ones; the other shapes are llama2.c's (stories15M/42M/110M: dim 288/512/768, 6/8/12 layers, MLP 768/1376/2048, vocab 32000, tied head) with random weights. "+recompute" = each layer's activations recomputed in backward (QLoRA's default).`,
     "",
     "Categories (MiB, measured / formula): weights = the model as held (NF4 + DQ for QLoRA) incl. RoPE tables; LoRA = A and B; gradients = growth over forward + backward; optimizer = AdamW state; activations = forward/backward peak minus the rest; update = the optimizer step's transient above the rest (AdamW's temporaries for its largest tensor, or the grad-norm's squares). Peak = the larger phase. Formula: `benchmarks/src/plan.ts` (the same code as `lowrank plan`).",
     "",
@@ -125,7 +125,7 @@ function memoryPlot(m: MemoryResult, dir: string): string {
   const groups = shapes.map((s) => ({
     title: s,
     bars: m.rows.filter((r) => r.shape === s).map((r) => ({
-      label: `${r.method}${r.checkpointing ? "+ckpt" : ""}`,
+      label: `${r.method}${r.recompute ? "+recompute" : ""}`,
       // The peak is the larger phase: show the activations or the update transient, whichever set it.
       parts: CATS.filter((k) => (k === "update" ? r.measured.update > r.measured.activations : k === "activations" ? r.measured.activations >= r.measured.update : true))
         .map((k) => ({ name: k, value: r.measured[k] / 2 ** 20 })),
@@ -142,7 +142,7 @@ function peerSection(p: PeerResult, file: string): string[] {
   const out = [
     "## 3. PyTorch peer baseline",
     "",
-    `Command: \`${c.command}\` → \`${rel(file)}\` (${mins(p.wall_seconds)} wall). PyTorch: \`OPENBLAS_NUM_THREADS=${c.torch.env.OPENBLAS_NUM_THREADS} ${c.torch.python} benchmarks/src/peer_torch.py\` (torch.set_num_threads(${c.torch.threads})), installed by \`scripts/install-peer.sh\`${c.torch_available ? "" : ` — **unavailable here: ${c.torch_reason}**`}. Same model shape, LoRA r=${c.rank} alpha ${c.alpha} on ${typeof c.targets === "string" ? c.targets : c.targets.join(",")} (dropout ${c.dropout}), batch, sequence length, AdamW lr ${c.lr}, clipping 1.0, random weights and synthetic tokens; QLoRA in torch = NF4 codes dequantized per forward + gradient checkpointing, like Lowrank's default. Order: torch, Lowrank on each backend, torch again; torch tokens/s = the median of both runs' steps. **ratio = Lowrank tokens/s ÷ PyTorch tokens/s** (goal ≥ 1.0).`,
+    `Command: \`${c.command}\` → \`${rel(file)}\` (${mins(p.wall_seconds)} wall). PyTorch: \`OPENBLAS_NUM_THREADS=${c.torch.env.OPENBLAS_NUM_THREADS} ${c.torch.python} benchmarks/src/peer_torch.py\` (torch.set_num_threads(${c.torch.threads})), installed by \`scripts/install-peer.sh\`${c.torch_available ? "" : ` — **unavailable here: ${c.torch_reason}**`}. Same model shape, LoRA r=${c.rank} alpha ${c.alpha} on ${typeof c.targets === "string" ? c.targets : c.targets.join(",")} (dropout ${c.dropout}), batch, sequence length, AdamW lr ${c.lr}, clipping 1.0, random weights and synthetic tokens; QLoRA in torch = NF4 codes dequantized per forward + activations recomputed (torch's checkpoint), like Lowrank's default. Order: torch, Lowrank on each backend, torch again; torch tokens/s = the median of both runs' steps. **ratio = Lowrank tokens/s ÷ PyTorch tokens/s** (goal ≥ 1.0).`,
     "",
   ];
   const tv = Object.values(p.torch_runs)[0]?.[0];
@@ -283,7 +283,7 @@ function dispatchSection(w: WebGpuSteps | null, file: string | null): string[] {
 
 /** The `lowrank plan` command that gives the same estimate as a models row, when a preset has the row's exact shape. */
 function planCommand(m: ModelsResult["models"][number], method: string, c: ModelsResult["config"]): string | null {
-  const { shape, how } = shapeFor(m.params);
+  const { shape, how } = planShapeFor(m.params);
   const same = (["vocab", "dim", "layers", "heads", "kvHeads", "hidden", "tied"] as const).every((k) => shape[k] === m.shape[k]);
   return same && how.startsWith(m.name) ? `lowrank plan --params ${Number((m.params / 1e9).toPrecision(3))}e9 --method ${method} --rank ${c.rank} --seq-len ${c.seq} --batch-size ${c.batch}` : null;
 }
@@ -298,7 +298,7 @@ export function modelsSection(r: ModelsResult, file: string): string[] {
   const out = [
     "## 8. Real model shapes: SmolLM2-135M, Qwen2.5-0.5B, Llama-3.2-1B (`lowrank bench models`)",
     "",
-    `Command: \`${c.command}\` → \`${rel(file)}\` (${mins(r.wall_seconds)} wall; ${c.machine.cpu}, ${c.machine.cores} cores, load average ${c.machine.loadavg1.toFixed(2)} at the start; CPU backend). Each model's real \`config.json\` (data dir \`configs/\`${c.quick ? "; **shrunk by --quick** to 2 layers, vocab 512, head size 8" : ""}) is written with random weights as the Hub publishes checkpoints: **bf16, ${r.models[0]?.checkpoint.shards ?? "-"} shards and \`model.safetensors.index.json\`**, in a temporary directory removed afterwards. Then per method, on a fresh backend: \`loadHfModel\` (bf16 widened to f32, the trainer's compute dtype), the trainer's \`prepareModel\` (QLoRA: NF4 + double quant, gradient checkpointing), ${c.steps} AdamW steps of ${c.batch} × ${c.seq} synthetic tokens (r=${c.rank}, alpha ${c.alpha}, ${c.targets}, dropout ${c.dropout}), the PEFT adapter saved and checked, and ${c.generateTokens} greedy tokens generated with the KV cache.`,
+    `Command: \`${c.command}\` → \`${rel(file)}\` (${mins(r.wall_seconds)} wall; ${c.machine.cpu}, ${c.machine.cores} cores, load average ${c.machine.loadavg1.toFixed(2)} at the start; CPU backend). Each model's real \`config.json\` (data dir \`configs/\`${c.quick ? "; **shrunk by --quick** to 2 layers, vocab 512, head size 8" : ""}) is written with random weights as the Hub publishes checkpoints: **bf16, ${r.models[0]?.checkpoint.shards ?? "-"} shards and \`model.safetensors.index.json\`**, in a temporary directory removed afterwards. Then per method, on a fresh backend: \`loadHfModel\` (bf16 widened to f32, the trainer's compute dtype), the trainer's \`prepareModel\` (QLoRA: NF4 + double quant, activations recomputed), ${c.steps} AdamW steps of ${c.batch} × ${c.seq} synthetic tokens (r=${c.rank}, alpha ${c.alpha}, ${c.targets}, dropout ${c.dropout}), the PEFT adapter saved and checked, and ${c.generateTokens} greedy tokens generated with the KV cache.`,
     "",
     "load s = the checkpoint read and converted (the shards were just written, so they come from the page cache); prepare s = applying the method (QLoRA: quantizing every linear but the head); step s = the median of the steps after the first (the first creates AdamW's state; all are in the JSON); peak = the largest per-step `backend.memory().peakBytes` (everything live on the backend: weights, adapters, gradients, optimizer state, activations); plan = `estimate()` of benchmarks/src/plan.ts, the formula `lowrank plan` prints, for the same shape, method, batch and sequence. adapter = `adapter_model.safetensors`' keys, shapes and dtypes equal to the keys PEFT writes for the config (`base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight` …, built from the config, not from the model) and `adapter_config.json`'s `target_modules` equal to PEFT's expansion of all-linear" +
       (c.peft_reference ? ` and to the real PEFT 0.18.1 file \`${c.peft_reference}\` (SmolLM2, all-linear), with no config key that file lacks.` : "."),
@@ -362,10 +362,10 @@ export function batchingSection(r: BatchingResult | null, file: string | null): 
 
 function planSection(): string[] {
   const cmd = (p: number, method: "qlora" | "lora" | "full", rank: number) => {
-    const { shape, how } = shapeFor(p);
+    const { shape, how } = planShapeFor(p);
     return [`$ lowrank plan --params ${p === 70e9 ? "70e9" : p} --method ${method} --rank ${rank}`, planText({ shape, method, rank, targets: "all-linear", batch: 1, seq: 512, dropout: 0.05 }, how)].join("\n");
   };
-  const tl = PRESETS.find((x) => x.name === "TinyLlama-1.1B") as (typeof PRESETS)[number];
+  const tl = PLAN_PRESETS.find((x) => x.name === "TinyLlama-1.1B") as (typeof PLAN_PRESETS)[number];
   const full = estimate({ shape: tl, method: "full", rank: 8, targets: "all-linear", batch: 2, seq: 128, dropout: 0.05 });
   return [
     "## 5. The estimator: `lowrank plan`",

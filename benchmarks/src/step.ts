@@ -1,12 +1,12 @@
 /**
- * Timed training steps through the trainer's own pieces (prepareModel, gradient checkpointing,
+ * Timed training steps through the trainer's own pieces (prepareModel, activation recomputation,
  * AdamW, trainLoop), on synthetic token batches: what `lowrank finetune` runs per step, without
  * the data pipeline, evaluation or file output around it. Used by the peer and memory suites.
  */
 import type { LlamaForCausalLM } from "@lowrank/nn/node";
 import { Rng } from "@lowrank/tensor";
 import {
-  AdamW, BatchLoader, type Example, INIT_LOSS_SCALE, type Method, type MetricRecord, MetricsLog, enableGradientCheckpointing, namedParams,
+  AdamW, BatchLoader, type Example, INIT_LOSS_SCALE, type Method, type MetricRecord, MetricsLog, recomputeLayers, namedParams,
   prepareModel, resolveConfig, silentReporter, trainLoop,
 } from "@lowrank/trainer/node";
 
@@ -17,7 +17,7 @@ export interface MethodSpec {
   targets: "all-linear" | string[];
   dropout: number;
   /** Default: the trainer's (on for qlora only). */
-  checkpointing?: boolean;
+  recompute?: boolean;
   /** The trainer's mixedPrecision (default "no"); the model must already be in its compute dtype. */
   mixedPrecision?: "no" | "fp16" | "bf16";
 }
@@ -60,13 +60,13 @@ export function syntheticExamples(n: number, seq: number, vocab: number, seed: n
 export async function applyMethod(model: LlamaForCausalLM, spec: MethodSpec, seed = 0, modelDir = "(benchmark)") {
   const cfg = resolveConfig({
     model: modelDir, data: "(synthetic)", output: "(none)", method: spec.method, rank: spec.rank, alpha: spec.alpha,
-    targetModules: spec.targets, dropout: spec.dropout, seed, gradientCheckpointing: spec.checkpointing,
+    targetModules: spec.targets, dropout: spec.dropout, seed, recomputeActivations: spec.recompute,
     ...(spec.mixedPrecision ? { mixedPrecision: spec.mixedPrecision } : {}),
   });
   const prepared = await prepareModel(model, cfg, modelDir);
-  const ckpt = spec.checkpointing ?? spec.method === "qlora";
-  if (ckpt) enableGradientCheckpointing(model);
-  return { prepared, checkpointing: ckpt };
+  const again = spec.recompute ?? spec.method === "qlora";
+  if (again) recomputeLayers(model);
+  return { prepared, recompute: again };
 }
 
 export interface StepTiming {
@@ -77,7 +77,7 @@ export interface StepTiming {
   warmupMs: number[];
   losses: number[];
   trainable: number;
-  checkpointing: boolean;
+  recompute: boolean;
   /** Highest per-step peak (backend.memory().peakBytes after resetPeak at each step start). */
   peakBytes: number;
   /** fp16: steps the loss scaler skipped (overflow). */
@@ -99,7 +99,7 @@ export async function timeSteps(
   },
 ): Promise<StepTiming> {
   const seed = o.seed ?? 0;
-  const { prepared, checkpointing } = o.applied ?? (await applyMethod(model, spec, seed));
+  const { prepared, recompute } = o.applied ?? (await applyMethod(model, spec, seed));
   const params = namedParams(prepared.trainable);
   const optimizer = new AdamW(params, { betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0 });
   const loader = new BatchLoader(syntheticExamples(4 * o.batch, o.seq, model.config.vocab_size, seed), o.batch, seed, 0, false);
@@ -133,5 +133,5 @@ export async function timeSteps(
   let trainable = 0;
   for (const t of prepared.trainable.values()) trainable += t.size;
   const skippedSteps = train.filter((r) => (r as { skipped?: boolean }).skipped).length;
-  return { tokensPerS: (1000 * tokens) / med, stepMs, warmupMs: train.slice(0, o.warmup).map(msOf), losses, trainable, checkpointing, peakBytes, skippedSteps };
+  return { tokensPerS: (1000 * tokens) / med, stepMs, warmupMs: train.slice(0, o.warmup).map(msOf), losses, trainable, recompute, peakBytes, skippedSteps };
 }

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { serializeSafetensors } from "@lowrank/safetensors/node";
 import { benchCommand } from "../src/cli.ts";
-import { PRESETS, paramsOf, shapeFor } from "../src/plan.ts";
+import { PLAN_PRESETS, paramsOf, planShapeFor } from "@lowrank/trainer";
 import {
   ALL_LINEAR, type ModelsResult, REAL_MODELS, checkAdapter, checkModelsSchema, expectedAdapterKeys, expectedTargetModules, hfTensorList, quickModelConfig, readModelConfig,
 } from "../src/real-models.ts";
@@ -39,7 +39,7 @@ test("bench models --quick: every model loads from bf16 shards, trains LoRA and 
         const id = `${m.name} ${x.method}`;
         assert.equal(x.status, "ok", `${id}: ${x.error}`);
         assert.ok(Math.abs((x.peak_vs_plan as number) - 1) <= 0.1, `${id}: peak ${x.peak_bytes} vs plan ${x.plan_bytes}`);
-        assert.equal(x.checkpointing, x.method === "qlora");
+        assert.equal(x.recompute, x.method === "qlora");
         // 2 layers x 7 linears = 14 < 20: PEFT keeps the full module names.
         assert.deepEqual([...(x.adapter?.target_modules ?? [])].sort(), expectedTargetModules(quickModelConfig(config(m.name))).sort());
         assert.equal(x.adapter?.keys, 2 * 2 * ALL_LINEAR.length);
@@ -59,10 +59,10 @@ test("the real configs: published parameter counts, plan presets with the same s
     const c = config(m.name);
     const n = count(c);
     assert.ok(Math.abs(n / published[m.name] - 1) < 0.002, `${m.name}: ${n} params`);
-    const preset = PRESETS.find((p) => p.name === m.name);
-    assert.ok(preset, `plan.ts PRESETS should have ${m.name}`);
+    const preset = PLAN_PRESETS.find((p) => p.name === m.name);
+    assert.ok(preset, `@lowrank/trainer's PLAN_PRESETS should have ${m.name}`);
     assert.ok(Math.abs(paramsOf(preset) / n - 1) < 1e-4, `${m.name}: preset ${paramsOf(preset)} vs config ${n}`);
-    assert.match(shapeFor(n).how, new RegExp(`^${m.name.replace(".", "\\.")} `));
+    assert.match(planShapeFor(n).how, new RegExp(`^${m.name.replace(".", "\\.")} `));
     assert.deepEqual(expectedTargetModules(c), [...ALL_LINEAR], `${m.name}: 7 x ${c.num_hidden_layers} linears minimize to the suffixes`);
     const keys = expectedAdapterKeys(c, ALL_LINEAR, 8);
     assert.equal(keys.size, 2 * 7 * (c.num_hidden_layers as number));
@@ -101,7 +101,7 @@ test("REPORT.md gets the models table from the newest models file, quick runs ig
   try {
     const run = (method: "lora" | "qlora", peak: number) => ({
       method, status: "ok", load_s: 12.5, prepare_s: method === "qlora" ? 30 : 0.2, step_seconds: [20, 15, 16], step_s: 15.5, losses: [12, 12, 12], trainable: 5_636_096,
-      checkpointing: method === "qlora", peak_bytes: peak, plan_bytes: 2 ** 30, peak_vs_plan: peak / 2 ** 30,
+      recompute: method === "qlora", peak_bytes: peak, plan_bytes: 2 ** 30, peak_vs_plan: peak / 2 ** 30,
       adapter: { files: [], bytes: 1, keys: 224, expected_keys: 224, key_problems: [], target_modules: [...ALL_LINEAR], target_problems: [], unknown_config_keys: [], ok: true },
       generate: { prompt: [1], ids: [5, 6], seconds: 1, tokens_per_s: 2 },
     });

@@ -64,15 +64,17 @@ const OWN_FLAGS: Record<string, { globalHelp: boolean; run: (command: string, re
   serve: { globalHelp: false, run: (_c, rest, env) => serveCli(rest, env, usage) },
   quantize: { globalHelp: true, run: (c, rest, env) => quantizeCommand(c as "quantize", rest, env, usage) },
   dequantize: { globalHelp: true, run: (c, rest, env) => quantizeCommand(c as "dequantize", rest, env, usage) },
-  // bench and plan live in benchmarks/src/cli.ts, loaded only when asked for; they take no --backend.
-  bench: { globalHelp: false, run: benchOrPlan },
-  plan: { globalHelp: false, run: benchOrPlan },
+  // bench lives in benchmarks/src/cli.ts, loaded only when asked for; neither takes --backend.
+  bench: { globalHelp: false, run: bench },
+  plan: { globalHelp: false, run: async (_c, rest) => (await import("./plan.ts")).planCommand(withoutBackend(rest)) },
 };
 
-async function benchOrPlan(command: string, args: string[], env: Env): Promise<number> {
-  const rest = args.filter((a, i, all) => !(a === "--backend" || all[i - 1] === "--backend"));
-  const bench = await import("../../../benchmarks/src/cli.ts");
-  return command === "plan" ? bench.planCommand(rest) : await bench.benchCommand(rest, env, `lowrank bench ${rest.join(" ")}`);
+const withoutBackend = (args: string[]) => args.filter((a, i, all) => !(a === "--backend" || all[i - 1] === "--backend"));
+
+async function bench(_command: string, args: string[], env: Env): Promise<number> {
+  const rest = withoutBackend(args);
+  const suites = await import("../../../benchmarks/src/cli.ts");
+  return suites.benchCommand(rest, env, `lowrank bench ${rest.join(" ")}`);
 }
 
 export async function run(argv: string[], env: Env = process.env): Promise<number> {

@@ -43,7 +43,9 @@ Method:
   --exclude-modules a,b      --layers-to-transform 0,1,2
   --rank-pattern '{"q_proj":16}'  --alpha-pattern '{"down_proj":8}'   (JSON objects)
   --quant-type nf4|fp4  --blocksize 64  --no-double-quant          (qlora base)
-  --gradient-checkpointing / --no-gradient-checkpointing          (default: on for qlora)
+  --recompute-activations / --no-recompute-activations   recompute each layer's activations in backward
+                             instead of keeping them (default: on for qlora); transformers' names
+                             --gradient-checkpointing / --no-gradient-checkpointing are accepted too
 Optimisation:
   --lr 2e-4  --optimizer adamw|sgd  --momentum 0  --weight-decay 0
   --epochs N | --steps N     (default 1 epoch)
@@ -89,6 +91,9 @@ export const FINETUNE_OPTIONS = {
   "quant-type": { type: "string" },
   blocksize: { type: "string" },
   "no-double-quant": { type: "boolean" },
+  "recompute-activations": { type: "boolean" },
+  "no-recompute-activations": { type: "boolean" },
+  // transformers' TrainingArguments name for the same switch
   "gradient-checkpointing": { type: "boolean" },
   "no-gradient-checkpointing": { type: "boolean" },
   lr: { type: "string" },
@@ -188,7 +193,9 @@ export function finetuneInput(v: Values, env: Env, cwd = process.cwd()): Finetun
   };
   if (!v.model) throw new FinetuneUsageError("--model <dir> is required");
   if (!v.data) throw new FinetuneUsageError("--data <file> is required");
-  if (v["gradient-checkpointing"] && v["no-gradient-checkpointing"]) throw new FinetuneUsageError("--gradient-checkpointing and --no-gradient-checkpointing contradict each other");
+  const recomputeOn = v["recompute-activations"] || v["gradient-checkpointing"];
+  const recomputeOff = v["no-recompute-activations"] || v["no-gradient-checkpointing"];
+  if (recomputeOn && recomputeOff) throw new FinetuneUsageError("--recompute-activations and --no-recompute-activations (or --gradient-checkpointing and --no-gradient-checkpointing) contradict each other");
   if (v.bf16 && v.fp16) throw new FinetuneUsageError("--bf16 and --fp16 contradict each other");
   const dataDir = resolveDataDir(v["data-dir"], env).path;
   const locate = (p: string) => locateInDataDir(p, dataDir, cwd);
@@ -210,7 +217,7 @@ export function finetuneInput(v: Values, env: Env, cwd = process.cwd()): Finetun
     quantType: v["quant-type"] as FinetuneInput["quantType"],
     blocksize: num("blocksize"),
     doubleQuant: v["no-double-quant"] ? false : undefined,
-    gradientCheckpointing: v["gradient-checkpointing"] ? true : v["no-gradient-checkpointing"] ? false : undefined,
+    recomputeActivations: recomputeOn ? true : recomputeOff ? false : undefined,
     lr: num("lr"),
     optimizer: v.optimizer as FinetuneInput["optimizer"],
     momentum: num("momentum"),

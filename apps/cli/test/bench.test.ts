@@ -18,7 +18,7 @@ for (const runtime of ["node", "bun", "deno"] as const) {
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^model: Llama-2-70B/m);
     assert.match(r.stdout, /trainable params: 207,093,760/);
-    for (const line of ["weights (NF4", "LoRA A/B", "gradients", "AdamW state", "activations, gradient checkpointing", "activations, no checkpointing", "total, with checkpointing"]) {
+    for (const line of ["weights (NF4", "LoRA A/B", "gradients", "AdamW state", "activations, each layer recomputed in backward", "activations, all kept for backward", "total, with recomputation"]) {
       assert.ok(r.stdout.includes(line), `missing "${line}" in\n${r.stdout}`);
     }
   });
@@ -29,6 +29,17 @@ test("plan with --layers/--hidden solves the MLP width from the count", async ()
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /derived: 32 layers, hidden 4096, MLP \d+ solved from the count/);
   assert.match(r.stdout, /batch 2 x seq 1024/);
+});
+
+test("plan --recompute-activations on|off overrides the method's default and says so", async () => {
+  const r = await lowrank("node", ["plan", "--params", "1.1e9", "--method", "lora", "--recompute-activations", "on"]);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^ {2}total, with recomputation \(as asked\) +\S/m);
+  const d = await lowrank("node", ["plan", "--params", "1.1e9", "--method", "lora"]);
+  assert.match(d.stdout, /^ {2}total, without recomputation \(the trainer's default for lora\) +\S/m);
+  const bad = await lowrank("node", ["plan", "--params", "1.1e9", "--recompute-activations", "yes"]);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /--recompute-activations must be on or off, got yes/);
 });
 
 test("plan and bench reject bad arguments with usage errors", async () => {

@@ -6,6 +6,8 @@ import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { FINETUNE_OPTIONS, finetuneInput } from "../src/finetune.ts";
 
 const CLI_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const ROOT = resolve(CLI_DIR, "../..");
@@ -52,6 +54,19 @@ test("usage errors exit 2 before any work", async () => {
     assert.equal(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
     assert.match(r.stderr, re);
   }
+});
+
+test("--recompute-activations, or transformers' --gradient-checkpointing as its alias, switches recomputation; contradictions are usage errors", () => {
+  const recompute = (...flags: string[]) => {
+    const { values } = parseArgs({ args: ["--model", "m", "--data", "d", ...flags], options: FINETUNE_OPTIONS, allowPositionals: true });
+    return finetuneInput(values, {}, tmp).recomputeActivations;
+  };
+  assert.equal(recompute(), undefined, "unset: the trainer's default (on for qlora)");
+  assert.equal(recompute("--recompute-activations"), true);
+  assert.equal(recompute("--gradient-checkpointing"), true);
+  assert.equal(recompute("--no-recompute-activations"), false);
+  assert.equal(recompute("--no-gradient-checkpointing"), false);
+  assert.throws(() => recompute("--gradient-checkpointing", "--no-recompute-activations"), /contradict each other/);
 });
 
 test("bad method, target module and dataset are reported before training", { skip: hasData ? false : "no shared data" }, async () => {

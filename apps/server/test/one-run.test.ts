@@ -1,15 +1,20 @@
 /**
  * One training run for every edge: `lowrank finetune` (in process, --backend cpu), a server job's
  * worker (worker.ts in a child process, as the job runner spawns it, on the server's backend) and
- * the web page's worker (apps/web's runTraining, run here under Node on the CPU backend with an
- * in-memory storage: no browser is involved) train the same spec with the same seed. They call the
- * same @lowrank/trainer run(), so metrics.jsonl must agree value for value, and the adapter
- * weights byte for byte.
+ * the web page train the same spec with the same seed. They call the same @lowrank/trainer run(),
+ * so metrics.jsonl must agree value for value, and the adapter weights byte for byte.
+ *
+ * The page is tested twice: its worker code (apps/web's runTraining) under Node, and the built page
+ * in headless Chromium. Chromium's CPU backend has no BLAS, Node may use OpenBLAS; both run the
+ * relaxed-SIMD (fused multiply-add) WASM builds by default, but relaxed_madd may fuse or not as the
+ * engine likes, and Node 20's V8 and Chromium 156's do not round alike (with relaxed SIMD on both
+ * sides the losses differ). So the Chromium test pins one path on every side: no BLAS and plain
+ * SIMD, LOWRANK_BLAS=off LOWRANK_SIMD=plain for Node and ?simd=plain for the page.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { readFile, writeFile } from "node:fs/promises";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
@@ -20,30 +25,60 @@ import { OUTPUT_DIR, runTraining } from "../../web/src/worker/train.ts";
 import { parseJobParams } from "../src/http/fine-tunes.ts";
 import type { WorkerSpec } from "../src/jobs/spec.ts";
 import type { JobParams } from "../src/jobs/store.ts";
+import { download, finished, openPage, pageSkip, startPage } from "../../web/test/page.ts";
 import { NEED_MODEL, STORIES, dataDir, tempDir } from "./helpers.ts";
 
 const SPEC = { method: "lora", rank: 4, alpha: 8, dropout: 0.1, targets: "all-linear", seed: 3, steps: 6, lr: 3e-3, batchSize: 2, seqLen: 32, warmup: 1, evalFraction: 0.1 } as const;
 
 /** Run a job's worker as the job runner does (stdin stays open: its closing means "the server died"). */
-async function runWorker(dir: string, spec: WorkerSpec): Promise<void> {
+async function runWorker(dir: string, spec: WorkerSpec, env: Record<string, string> = {}): Promise<void> {
   await writeFile(join(dir, "spec.json"), JSON.stringify(spec));
   const worker = fileURLToPath(new URL("../src/jobs/worker.ts", import.meta.url));
-  const child = spawn(process.execPath, ["--import", "tsx", worker, join(dir, "spec.json")], { stdio: ["pipe", "pipe", "inherit"] });
+  const child = spawn(process.execPath, ["--import", "tsx", worker, join(dir, "spec.json")], { stdio: ["pipe", "pipe", "inherit"], env: { ...process.env, ...env } });
   let events = "";
   child.stdout.on("data", (d: Buffer) => (events += d.toString()));
   const code = await new Promise<number | null>((r) => child.on("exit", r));
   assert.equal(code, 0, `the job worker failed: ${events}`);
 }
 
-/** `lowrank finetune` in this process, stdout silenced. */
-async function runCli(argv: string[]): Promise<void> {
+/** `lowrank finetune` in this process, stdout silenced; `env` is set for the call (the CPU backend reads LOWRANK_BLAS and LOWRANK_SIMD). */
+async function runCli(argv: string[], env: Record<string, string> = {}): Promise<void> {
   const log = console.log;
+  const old = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
   console.log = () => {};
+  Object.assign(process.env, env);
   try {
     assert.equal(await finetuneCommand([...argv, "--backend", "cpu"], { ...process.env, LOWRANK_BACKEND: undefined }), 0);
   } finally {
     console.log = log;
+    for (const [k, v] of Object.entries(old)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
   }
+}
+
+/** The CLI's flags for SPEC. */
+const specArgv = (model: string, data: string, output: string) => [
+  "--model", model, "--data", data, "--output", output, "--method", SPEC.method, "--rank", String(SPEC.rank), "--alpha", String(SPEC.alpha),
+  "--dropout", String(SPEC.dropout), "--target-modules", SPEC.targets, "--seed", String(SPEC.seed), "--steps", String(SPEC.steps), "--lr", String(SPEC.lr),
+  "--batch-size", String(SPEC.batchSize), "--seq-len", String(SPEC.seqLen), "--warmup", String(SPEC.warmup), "--eval-fraction", String(SPEC.evalFraction),
+  "--eval-batches", "8", "--sample-tokens", "0",
+];
+
+/** The server's job parameters for SPEC. */
+const specParams = (name: string): JobParams => ({
+  adapter_name: name, method: SPEC.method, rank: SPEC.rank, alpha: SPEC.alpha, dropout: SPEC.dropout, target_modules: SPEC.targets, seed: SPEC.seed,
+  steps: SPEC.steps, epochs: null, learning_rate: SPEC.lr, batch_size: SPEC.batchSize, seq_len: SPEC.seqLen, warmup: SPEC.warmup, checkpoint_every: 0,
+  eval_fraction: SPEC.evalFraction, data_format: null, description: null,
+});
+
+/** SPEC's training text: the first 6000 characters of Tiny Shakespeare, also written to `dir`/slice.txt. */
+async function specText(dir: string): Promise<{ text: string; data: string }> {
+  const text = (await readFile(join(dataDir()!, "datasets", "tinyshakespeare", "input.txt"), "utf8")).slice(0, 6000);
+  const data = join(dir, "slice.txt");
+  await writeFile(data, text);
+  return { text, data };
 }
 
 /** The values a run decides (not its timings or memory). */
@@ -56,28 +91,15 @@ function decided(jsonl: string): Record<string, unknown>[] {
 
 test("lowrank finetune, a server job and the web worker give identical metrics.jsonl and adapter weights for one spec", { skip: NEED_MODEL, timeout: 600_000 }, async () => {
   const dir = await tempDir("one-run");
-  const text = (await readFile(join(dataDir()!, "datasets", "tinyshakespeare", "input.txt"), "utf8")).slice(0, 6000);
-  const data = join(dir, "slice.txt");
-  await writeFile(data, text);
+  const { text, data } = await specText(dir);
 
   // 1. the CLI
   const cliOut = join(dir, "cli");
-  const argv = [
-    "--model", STORIES, "--data", data, "--output", cliOut, "--method", SPEC.method, "--rank", String(SPEC.rank), "--alpha", String(SPEC.alpha),
-    "--dropout", String(SPEC.dropout), "--target-modules", SPEC.targets, "--seed", String(SPEC.seed), "--steps", String(SPEC.steps), "--lr", String(SPEC.lr),
-    "--batch-size", String(SPEC.batchSize), "--seq-len", String(SPEC.seqLen), "--warmup", String(SPEC.warmup), "--eval-fraction", String(SPEC.evalFraction),
-    "--eval-batches", "8", "--sample-tokens", "0",
-  ];
-  await runCli(argv);
+  await runCli(specArgv(STORIES, data, cliOut));
 
   // 2. a server job's worker, spawned as the job runner does
   const jobOut = join(dir, "job");
-  const params: JobParams = {
-    adapter_name: "one-run", method: SPEC.method, rank: SPEC.rank, alpha: SPEC.alpha, dropout: SPEC.dropout, target_modules: SPEC.targets, seed: SPEC.seed,
-    steps: SPEC.steps, epochs: null, learning_rate: SPEC.lr, batch_size: SPEC.batchSize, seq_len: SPEC.seqLen, warmup: SPEC.warmup, checkpoint_every: 0,
-    eval_fraction: SPEC.evalFraction, data_format: null, description: null,
-  };
-  await runWorker(dir, { jobId: "one-run", backend: "cpu", model: STORIES, data, output: jobOut, params });
+  await runWorker(dir, { jobId: "one-run", backend: "cpu", model: STORIES, data, output: jobOut, params: specParams("one-run") });
 
   // 3. the web page's worker (run here in Node)
   const { readFile: readBytes } = storage(); // the Node storage, before the web run swaps in its memory storage
@@ -105,6 +127,53 @@ test("lowrank finetune, a server job and the web worker give identical metrics.j
   const cliWeights = new Uint8Array(await readFile(join(cliOut, "adapter_model.safetensors")));
   assert.deepEqual(new Uint8Array(await readFile(join(jobOut, "adapter_model.safetensors"))), cliWeights);
   assert.deepEqual(webWeights, cliWeights);
+});
+
+// The page's bundled model is the same stories260K-hf folder (apps/web/src/build/data-assets.ts).
+test("the built web page in headless Chromium (CPU backend, plain SIMD) gives the metrics.jsonl and adapter bytes of lowrank finetune and a server job (no BLAS, plain SIMD)", { skip: NEED_MODEL || pageSkip(), timeout: 300_000 }, async (t) => {
+  const t0 = Date.now();
+  const say = (line: string) => t.diagnostic(`[${((Date.now() - t0) / 1000).toFixed(1)} s] ${line}`);
+  const dir = await tempDir("one-run-page");
+  const { text, data } = await specText(dir);
+  // The page's path on Node: no BLAS (a browser has no FFI), and plain SIMD, which rounds alike in every engine.
+  const samePath = { LOWRANK_BLAS: "off", LOWRANK_SIMD: "plain" };
+  const cliOut = join(dir, "cli");
+  await runCli(specArgv(STORIES, data, cliOut), samePath);
+  const jobOut = join(dir, "job");
+  await runWorker(dir, { jobId: "one-run-page", backend: "cpu", model: STORIES, data, output: jobOut, params: specParams("one-run-page") }, samePath);
+  say("lowrank finetune and the server job trained");
+
+  const host = await startPage();
+  const pageOut = join(dir, "page");
+  try {
+    say(`built the page into ${host.outDir}`);
+    const { page, problems, backend } = await openPage(host, "backend=cpu&simd=plain", say);
+    assert.equal(await page.getAttribute("#backend", "data-simd"), "plain", backend);
+    // The form, filled in as a person would: every target module stays checked (all-linear).
+    await page.fill("#text", text);
+    await page.selectOption("#method", SPEC.method);
+    const fields = { rank: SPEC.rank, alpha: SPEC.alpha, dropout: SPEC.dropout, steps: SPEC.steps, lr: SPEC.lr, batch: SPEC.batchSize, "seq-len": SPEC.seqLen, warmup: SPEC.warmup, seed: SPEC.seed };
+    for (const [id, v] of Object.entries(fields)) await page.fill(`#${id}`, String(v));
+    await page.click("#train");
+    assert.equal(await finished(page, 120_000), "done");
+    say(`the page trained ${SPEC.steps} steps`);
+    await page.click("#export");
+    await page.waitForSelector("#dl-metrics-jsonl");
+    await mkdir(pageOut);
+    for (const f of ["metrics.jsonl", "adapter_model.safetensors"]) await download(page, f, join(pageOut, f));
+    assert.deepEqual(problems, []);
+  } finally {
+    await host.close();
+  }
+
+  const cli = decided(await readFile(join(cliOut, "metrics.jsonl"), "utf8"));
+  assert.equal(cli.filter((r) => r.split === "train").length, SPEC.steps);
+  assert.deepEqual(decided(await readFile(join(jobOut, "metrics.jsonl"), "utf8")), cli, "server job vs lowrank finetune");
+  assert.deepEqual(decided(await readFile(join(pageOut, "metrics.jsonl"), "utf8")), cli, "the page in Chromium vs lowrank finetune");
+  const cliWeights = new Uint8Array(await readFile(join(cliOut, "adapter_model.safetensors")));
+  assert.deepEqual(new Uint8Array(await readFile(join(jobOut, "adapter_model.safetensors"))), cliWeights);
+  assert.deepEqual(new Uint8Array(await readFile(join(pageOut, "adapter_model.safetensors"))), cliWeights, "the page's adapter vs lowrank finetune's");
+  say(`identical: ${cli.length} metrics records (losses ${cli.filter((r) => r.split === "train").map((r) => r.loss).join(", ")}) and ${cliWeights.length} adapter bytes`);
 });
 
 const PROJ = { q_proj: "self_attn", k_proj: "self_attn", v_proj: "self_attn", o_proj: "self_attn", gate_proj: "mlp", up_proj: "mlp", down_proj: "mlp" };

@@ -3,7 +3,7 @@
  * model computation happens in worker.ts, so the page stays responsive during a run.
  */
 import type { DataManifest } from "./build/data-assets.ts";
-import type { BackendPref, Column, FromWorker, Method, ModelSource, ToWorker, TrainSettings } from "./protocol.ts";
+import type { BackendPref, Column, FromWorker, Method, ModelSource, SimdPref, ToWorker, TrainSettings } from "./protocol.ts";
 import { renderChart } from "./ui/chart.ts";
 import { bytes, clock, count } from "./ui/format.ts";
 
@@ -44,6 +44,8 @@ const page = {
   textName: "pasted text",
   genId: 0,
   urls: [] as string[],
+  /** ?simd=plain|relaxed|auto: the CPU backend's WASM SIMD build (tests pin "plain" to match Node). */
+  simd: "auto" as SimdPref,
 };
 
 function send(m: ToWorker): void {
@@ -93,7 +95,7 @@ function startWorker(pref: BackendPref): void {
   w.onmessage = (e: MessageEvent<FromWorker>) => onMessage(e.data);
   w.onerror = (e) => showError(`the worker failed to start: ${e.message || "see the browser console"}`);
   page.worker = w;
-  send({ type: "init", backend: pref });
+  send({ type: "init", backend: pref, simd: page.simd });
 }
 
 function onMessage(m: FromWorker): void {
@@ -101,6 +103,7 @@ function onMessage(m: FromWorker): void {
     case "ready": {
       const b = m.backend;
       ui.backend.dataset.kind = b.kind;
+      ui.backend.dataset.simd = b.simd ?? "";
       ui.backend.textContent = b.kind === "webgpu" ? `WebGPU · ${b.adapter}` : `CPU · ${b.device}`;
       const notes = [
         b.fallback ? "WebGPU runs on a software fallback adapter here; the CPU backend may be faster (choose it on the right)." : "",
@@ -410,8 +413,11 @@ function wire(): void {
 wire();
 refresh();
 draw();
-// ?backend=cpu|webgpu|auto preselects the backend (links, tests).
-const asked = new URLSearchParams(location.search).get("backend");
+// ?backend=cpu|webgpu|auto preselects the backend (links, tests); ?simd=plain|relaxed|auto the CPU's SIMD build.
+const query = new URLSearchParams(location.search);
+const asked = query.get("backend");
 if (asked === "cpu" || asked === "webgpu" || asked === "auto") ui.backendPref.value = asked;
+const simd = query.get("simd");
+if (simd === "plain" || simd === "relaxed" || simd === "auto") page.simd = simd;
 await readManifest();
 startWorker(ui.backendPref.value as BackendPref);

@@ -4,6 +4,8 @@
  */
 
 export type BackendPref = "auto" | "webgpu" | "cpu";
+/** The CPU backend's WASM SIMD build (@lowrank/backend-cpu's `simd` option); "plain" rounds as Node's plain build does. */
+export type SimdPref = "auto" | "relaxed" | "plain";
 export type Method = "lora" | "qlora" | "full";
 
 export interface BackendInfo {
@@ -18,6 +20,8 @@ export interface BackendInfo {
   note: string | null;
   /** crossOriginIsolated: the CPU matmul may use worker threads. */
   isolated: boolean;
+  /** The WASM SIMD build the CPU backend runs ("relaxed": fused multiply-add); null on WebGPU. */
+  simd: "relaxed" | "plain" | null;
 }
 
 /** Where a model comes from: the copy bundled into the page at build time, or files picked by the user. */
@@ -68,7 +72,7 @@ export interface DownloadFile {
 export type Column = "base" | "tuned" | "loaded";
 
 export type ToWorker =
-  | { type: "init"; backend: BackendPref }
+  | { type: "init"; backend: BackendPref; simd: SimdPref }
   | { type: "load-model"; source: ModelSource }
   | { type: "train"; settings: TrainSettings }
   | { type: "cancel" }

@@ -7,7 +7,7 @@ import { type HfTokenizer, Linear, type LlamaForCausalLM } from "@lowrank/nn";
 import type { PeftModel } from "@lowrank/lora";
 import type { Backend } from "@lowrank/tensor";
 import { greedySample } from "@lowrank/trainer";
-import type { BackendPref, Column, FromWorker, MemoryInfo, ModelSource, ToWorker, TrainSettings } from "./protocol.ts";
+import type { BackendPref, Column, FromWorker, MemoryInfo, ModelSource, SimdPref, ToWorker, TrainSettings } from "./protocol.ts";
 import { adapterFiles, applyAdapterFiles, modelFiles } from "./worker/adapter-io.ts";
 import { pickBackend } from "./worker/backend.ts";
 import { type ModelFiles, buildModel, buildModelAndTokenizer, loadModelFiles } from "./worker/model-loader.ts";
@@ -47,8 +47,8 @@ function drop(key: "base" | "trained" | "loaded"): void {
   state[key] = null;
 }
 
-async function init(pref: BackendPref): Promise<void> {
-  const { backend, info } = await pickBackend(pref);
+async function init(pref: BackendPref, simd: SimdPref): Promise<void> {
+  const { backend, info } = await pickBackend(pref, simd);
   state.backend = backend;
   post({ type: "ready", backend: info });
 }
@@ -107,6 +107,7 @@ async function generate(id: number, prompt: string, maxNewTokens: number): Promi
 async function exportTrained(): Promise<void> {
   const t = need(state.trained, "train first: there is nothing to export");
   const files = t.peft ? await adapterFiles(t.peft, state.files!.name) : await modelFiles(t.model);
+  files.push({ name: "metrics.jsonl", mime: "application/x-ndjson", bytes: new TextEncoder().encode(t.metrics) });
   post({ type: "exported", kind: t.peft ? "adapter" : "model", files }, files.map((f) => f.bytes.buffer as ArrayBuffer));
 }
 
@@ -141,7 +142,7 @@ scope.onmessage = (e: MessageEvent<ToWorker>) => {
       state.cancel = true;
       return;
     case "init":
-      return enqueue("starting the backend", () => init(m.backend));
+      return enqueue("starting the backend", () => init(m.backend, m.simd));
     case "load-model":
       return enqueue("loading the model", () => loadModel(m.source));
     case "train":

@@ -6,31 +6,18 @@
  * CPU backend (same losses) and a cancelled run. Screenshot in test/artifacts/.
  */
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { type Server, createServer } from "node:http";
-import { tmpdir } from "node:os";
-import { extname, join, normalize, sep } from "node:path";
+import { mkdirSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { fileURLToPath } from "node:url";
-import type { Browser, Page } from "playwright-core";
+import type { Page } from "playwright-core";
 import { openSafetensors } from "@lowrank/safetensors";
-import { planDataAssets, resolveWebDataDir } from "../src/build/data-assets.ts";
+import { type PageHost, download, finished, openPage, pageData, pageSkip, startPage } from "./page.ts";
 
 const webRoot = fileURLToPath(new URL("..", import.meta.url));
 const artifacts = join(webRoot, "test", "artifacts");
-const chromiumPath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
-const ARGS = [
-  "--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-  "--disable-quic", "--disable-dev-shm-usage", "--enable-unsafe-webgpu",
-];
-
-const data = resolveWebDataDir({ argv: process.argv, env: process.env, repoRoot: join(webRoot, "..", "..") });
-const bundled = planDataAssets(data).manifest;
-const skip = !existsSync(chromiumPath)
-  ? `no Chromium at ${chromiumPath} (install it with scripts/install-system.sh, or set CHROMIUM_PATH)`
-  : !bundled.models.length
-    ? `no model to bundle: ${bundled.note}`
-    : false;
+const data = pageData;
+const skip = pageSkip();
 
 const started = Date.now();
 /** What ran and what it measured, as test diagnostics (the spec reporter prints them). */
@@ -38,71 +25,21 @@ let diagnostic: (line: string) => void = () => {};
 const say = (line: string) => diagnostic(`[${((Date.now() - started) / 1000).toFixed(1)} s] ${line}`);
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
-const MIME: Record<string, string> = {
-  ".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css", ".json": "application/json",
-  ".txt": "text/plain; charset=utf-8", ".safetensors": "application/octet-stream", ".wasm": "application/wasm",
-};
-
-/** dist/ over http with the cross-origin isolation headers (COOP/COEP), like the dev and preview servers. */
-function serve(dir: string): Promise<{ server: Server; url: string }> {
-  const server = createServer((req, res) => {
-    const path = decodeURIComponent(new URL(req.url ?? "/", "http://x").pathname);
-    const file = normalize(join(dir, path.endsWith("/") ? `${path}index.html` : path));
-    if (!file.startsWith(dir + sep) || !existsSync(file)) {
-      res.writeHead(404).end("not found");
-      return;
-    }
-    res.writeHead(200, {
-      "Content-Type": MIME[extname(file)] ?? "application/octet-stream",
-      "Cross-Origin-Opener-Policy": "same-origin",
-      "Cross-Origin-Embedder-Policy": "require-corp",
-      "Cache-Control": "no-store",
-    });
-    res.end(readFileSync(file));
-  });
-  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => {
-    resolve({ server, url: `http://127.0.0.1:${(server.address() as { port: number }).port}/` });
-  }));
-}
-
-const env: { outDir: string; server: Server | null; url: string; browser: Browser | null } = { outDir: "", server: null, url: "", browser: null };
+let host: PageHost | null = null;
 
 before(async () => {
   if (skip) return;
-  env.outDir = mkdtempSync(join(tmpdir(), "lowrank-web-dist-"));
   mkdirSync(artifacts, { recursive: true });
-  const { build } = await import("vite");
-  await build({ configFile: join(webRoot, "vite.config.ts"), logLevel: "error", build: { outDir: env.outDir, emptyOutDir: true } });
-  say(`built the page with vite into ${env.outDir}`);
-  Object.assign(env, await serve(env.outDir));
-  const { chromium } = await import("playwright-core");
-  env.browser = await chromium.launch({ executablePath: chromiumPath, headless: true, args: ARGS });
+  host = await startPage();
+  say(`built the page with vite into ${host.outDir}`);
 });
 
 after(async () => {
-  await env.browser?.close();
-  env.server?.close();
-  if (env.outDir) rmSync(env.outDir, { recursive: true, force: true });
+  await host?.close();
 });
 
 /** A fresh page with the given backend preference; fails the test on page errors. */
-async function open(backend: string): Promise<{ page: Page; problems: string[]; backend: string }> {
-  const context = await env.browser!.newContext({ acceptDownloads: true, viewport: { width: 1280, height: 900 } });
-  const page = await context.newPage();
-  const problems: string[] = [];
-  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
-  page.on("console", (m) => {
-    if (m.type() === "error") problems.push(`console: ${m.text()}`);
-  });
-  await page.goto(`${env.url}?backend=${backend}`);
-  await page.waitForSelector('#backend[data-kind="webgpu"], #backend[data-kind="cpu"]', { timeout: 30_000 });
-  const kind = (await page.textContent("#backend"))!.trim();
-  const note = (await page.isVisible("#backend-note")) ? (await page.textContent("#backend-note"))!.trim() : "";
-  say(`backend (${backend}): ${kind}${note ? ` | ${note}` : ""}`);
-  await page.waitForFunction(() => document.querySelector("#model-info")?.textContent?.includes("parameters"), null, { timeout: 30_000 });
-  assert.equal(await page.evaluate(() => crossOriginIsolated), true, "the page should be cross-origin isolated");
-  return { page, problems, backend: kind };
-}
+const open = (backend: string) => openPage(host!, `backend=${backend}`, say);
 
 const TEXT = () => readFileSync(join(data.dir!, "datasets/tinyshakespeare/input.txt"), "utf8").slice(0, 6000);
 
@@ -115,14 +52,6 @@ async function startTraining(page: Page, steps: number): Promise<void> {
   await page.fill("#max-tokens", "24");
   await page.click("#train");
   await page.waitForSelector('#train-state[data-state="training"]');
-}
-
-async function finished(page: Page, timeout: number): Promise<string> {
-  await page.waitForSelector('#train-state:is([data-state="done"], [data-state="failed"], [data-state="cancelled"])', { timeout });
-  const error = (await page.isVisible("#error")) ? await page.textContent("#error") : null;
-  const state = (await page.getAttribute("#train-state", "data-state"))!;
-  assert.notEqual(state, "failed", `training failed: ${error}`);
-  return state;
 }
 
 const losses = async (page: Page) => JSON.parse((await page.getAttribute("#chart", "data-losses"))!) as number[];
@@ -162,11 +91,9 @@ test("the page fine-tunes stories260K, shows the loss falling and exports a PEFT
   await page.click("#export");
   await page.waitForSelector("#dl-adapter-config-json");
   const saved: Record<string, string> = {};
-  for (const [id, name] of [["dl-adapter-config-json", "adapter_config.json"], ["dl-adapter-model-safetensors", "adapter_model.safetensors"]]) {
-    const [download] = await Promise.all([page.waitForEvent("download"), page.click(`#${id}`)]);
-    assert.equal(download.suggestedFilename(), name);
+  for (const name of ["adapter_config.json", "adapter_model.safetensors"]) {
     saved[name] = join(artifacts, name);
-    await download.saveAs(saved[name]);
+    await download(page, name, saved[name]);
   }
   const config = JSON.parse(readFileSync(saved["adapter_config.json"], "utf8"));
   assert.equal(config.peft_type, "LORA");

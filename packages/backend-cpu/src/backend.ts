@@ -17,6 +17,7 @@ import { attentionDecodeKernel } from "./kernels/attention-decode.ts";
 import { type Num, contiguous, copyView, gatherValues, numeric, numericView } from "./kernels/strided.ts";
 import { type MatmulEngine, createMatmulEngine } from "./matmul.ts";
 import { ElementwiseWasm } from "./wasm/elementwise.ts";
+import { type SimdChoice, SimdError, selectSimd } from "./wasm/simd.ts";
 import { BlasEngine } from "./blas/engine.ts";
 import { selectBlas } from "./blas/index.ts";
 import { gemmViews } from "./kernels/gemm-views.ts";
@@ -36,6 +37,12 @@ export interface CpuBackendOptions {
    * the path of a library with cblas_sgemm (an error if it does not load). Wins over LOWRANK_BLAS.
    */
   blas?: "auto" | "off" | (string & {});
+  /**
+   * The WASM SIMD build: "auto" (relaxed SIMD, i.e. fused multiply-add, where the runtime validates
+   * it, else plain), "relaxed" (a SimdError where it does not) or "plain". Wins over LOWRANK_SIMD.
+   * Pin one to get the same bits from two runtimes (wasm/simd.ts).
+   */
+  simd?: SimdChoice;
 }
 
 /** Whether matmul runs on a system BLAS, which one, and why (or why not). */
@@ -61,6 +68,8 @@ export class CpuBackend implements Backend<CpuHandle> {
   readonly pool = new OutputPool(() => this.peakEver);
   readonly engine: MatmulEngine;
   readonly blas: BlasStatus;
+  /** The WASM SIMD build the kernels run ("relaxed": fused multiply-add), null when none does. */
+  readonly simd: "relaxed" | "plain" | null;
   readonly fused: Partial<FusedKernels<CpuHandle>>;
   /** null: TypeScript elementwise kernels only (wasm: false, or no WASM SIMD here). */
   /** @internal also used by the fused kernels (makeFused) */
@@ -68,16 +77,24 @@ export class CpuBackend implements Backend<CpuHandle> {
 
   constructor(opts: CpuBackendOptions = {}) {
     const { lib, reason } = selectBlas(opts.blas);
+    const simd = selectSimd(opts.simd);
+    const relaxed = simd.choice !== "plain";
     if (lib) {
       // `threads` counts workers besides the caller; a BLAS counts the caller too.
       const engine = new BlasEngine(lib, opts.threads === undefined ? availableCores() : Math.max(0, Math.floor(opts.threads)) + 1);
       this.engine = engine;
       this.blas = { active: true, reason, library: lib.label, core: lib.core, path: lib.path, via: lib.via, threads: engine.threads };
     } else {
-      this.engine = createMatmulEngine(opts);
+      this.engine = createMatmulEngine({ ...opts, relaxed });
       this.blas = { active: false, reason };
     }
-    this.ew = opts.wasm === false ? null : ElementwiseWasm.create();
+    this.ew = opts.wasm === false ? null : ElementwiseWasm.create({ relaxed });
+    const matmulRelaxed = (this.engine as { relaxed?: boolean }).relaxed;
+    this.simd = this.ew ? (this.ew.relaxed ? "relaxed" : "plain") : null;
+    if (simd.choice === "relaxed" && (this.simd !== "relaxed" || matmulRelaxed === false)) {
+      this.engine.dispose();
+      throw new SimdError(`${simd.where}: ${opts.wasm === false ? "wasm: false runs no WASM" : "this runtime does not validate relaxed SIMD"}`);
+    }
     useBf16Codec(this.ew);
     this.fused = makeFused(this);
   }

@@ -12,7 +12,8 @@
  */
 import { matmulBlocked } from "./kernels/matmul.ts";
 import { transposeInto } from "./kernels/strided.ts";
-import { relaxedDisabled, validateRelaxed } from "./wasm/relaxed.ts";
+import { validateRelaxed } from "./wasm/relaxed.ts";
+import { tryRelaxed } from "./wasm/simd.ts";
 import { MATMUL_WASM_PLAIN, MATMUL_WASM_PLAIN_RELAXED, MATMUL_WASM_SHARED, MATMUL_WASM_SHARED_RELAXED } from "./wasm/matmul-wasm.ts";
 import {
   COPIED, FAIL, FINISHED, type GemmPacked, JOB, MAX_CHUNKS, NEXT, READY, SEQ, SLOT, TMP, type WorkerHandle,
@@ -35,8 +36,8 @@ export interface MatmulEngineOptions {
   /** Use the WASM SIMD kernel when the runtime supports it (default true); false = TypeScript kernel. */
   wasm?: boolean;
   /**
-   * Use the relaxed-SIMD build (fused multiply-add) where the runtime validates it (default true
-   * unless LOWRANK_WASM_RELAXED=0; Chrome >= 114, Deno 2, Bun and Node >= 22 do, Node 20 once
+   * Use the relaxed-SIMD build (fused multiply-add) where the runtime validates it (default: true
+   * unless LOWRANK_SIMD=plain; Chrome >= 114, Deno 2, Bun and Node >= 22 do, Node 20 once
    * wasm/relaxed.ts turns its V8 flag on). Measured 256³ single thread, kernel alone:
    * Deno 2.9 32 -> 40 GFLOP/s, Node 20 with --experimental-wasm-relaxed-simd 42 -> 53.
    */
@@ -125,8 +126,9 @@ function typescriptEngine(): WasmMatmulEngine {
 
 export function createMatmulEngine(opts: MatmulEngineOptions = {}): WasmMatmulEngine {
   if (opts.wasm === false || typeof WebAssembly !== "object") return typescriptEngine();
+  const relaxed = tryRelaxed(opts.relaxed); // a bad LOWRANK_SIMD is an error, not a silent fallback
   try {
-    const engine = new WasmEngine(opts);
+    const engine = new WasmEngine({ ...opts, relaxed });
     return engine.usable ? engine : typescriptEngine();
   } catch {
     return typescriptEngine();
@@ -228,7 +230,7 @@ class WasmEngine implements WasmMatmulEngine {
     const requested = Math.max(0, Math.floor(opts.threads ?? availableCores() - 1));
     this.minFlops = opts.parallelMinFlops ?? PARALLEL_MIN_FLOPS;
     this.maxHeapBytes = opts.maxHeapBytes ?? Infinity;
-    this.useRelaxed = opts.relaxed !== false && !relaxedDisabled();
+    this.useRelaxed = opts.relaxed !== false;
     // Threads need a shared build (threads feature, SharedArrayBuffer, a caller that may block);
     // otherwise an unshared one runs on the calling thread alone.
     const bytes = requested > 0 && canShare() && canBlock() ? this.pick(MATMUL_WASM_SHARED_RELAXED, MATMUL_WASM_SHARED) : null;

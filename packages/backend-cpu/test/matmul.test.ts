@@ -6,7 +6,8 @@ import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { tensor, setDefaultBackend } from "@lowrank/tensor";
-import { createCpuBackend, matmulNaive } from "../src/index.ts";
+import { SimdError, createCpuBackend, matmulNaive } from "../src/index.ts";
+import { ElementwiseWasm } from "../src/wasm/elementwise.ts";
 import { type MatmulEngineOptions, type WasmMatmulEngine, createMatmulEngine } from "../src/matmul.ts";
 
 function random(n: number, seed: number): Float32Array {
@@ -194,9 +195,9 @@ describe("relaxed SIMD", () => {
   };
   // Node 20 validates relaxed SIMD only after wasm/relaxed.ts sets V8's flag; Node >= 22, Bun and
   // Deno validate it anyway. Either way a fresh process runs the FMA builds, and the opt-out works.
-  test("a fresh process runs the relaxed builds; LOWRANK_WASM_RELAXED=0 keeps the plain ones", () => {
-    assert.match(child({ LOWRANK_WASM_RELAXED: "" }), /^matmul=true elementwise=true c=128 2 threads, wasm-simd fma$/);
-    assert.match(child({ LOWRANK_WASM_RELAXED: "0" }), /^matmul=false elementwise=false c=128 2 threads, wasm-simd$/);
+  test("a fresh process runs the relaxed builds; LOWRANK_SIMD=plain keeps the plain ones", () => {
+    assert.match(child({ LOWRANK_SIMD: "" }), /^matmul=true elementwise=true c=128 2 threads, wasm-simd fma$/);
+    assert.match(child({ LOWRANK_SIMD: "plain" }), /^matmul=false elementwise=false c=128 2 threads, wasm-simd$/);
   });
 });
 
@@ -229,6 +230,49 @@ describe("CpuBackend matmul through the Tensor API", () => {
       setDefaultBackend(null);
       backend.dispose();
     }
+  });
+});
+
+describe("SIMD build", () => {
+  /** Whether this runtime validates relaxed SIMD (Deno, Bun, Chrome, Node 22+; Node 20 once relaxed.ts sets V8's flag). */
+  const hasRelaxed = ElementwiseWasm.create()?.relaxed === true;
+  const withSimdEnv = <T>(value: string | undefined, fn: () => T): T => {
+    const old = process.env.LOWRANK_SIMD;
+    if (value === undefined) delete process.env.LOWRANK_SIMD;
+    else process.env.LOWRANK_SIMD = value;
+    try {
+      return fn();
+    } finally {
+      if (old === undefined) delete process.env.LOWRANK_SIMD;
+      else process.env.LOWRANK_SIMD = old;
+    }
+  };
+  const simdOf = (opts: Parameters<typeof createCpuBackend>[0]) => {
+    const b = createCpuBackend({ threads: 0, blas: "off", ...opts });
+    const engine = b.engine as WasmMatmulEngine;
+    b.dispose();
+    return [b.simd, engine.relaxed];
+  };
+
+  test(`auto runs relaxed SIMD where the runtime has it (here: ${hasRelaxed}); plain never does; the option wins over LOWRANK_SIMD`, () => {
+    withSimdEnv(undefined, () => {
+      assert.deepEqual(simdOf({}), hasRelaxed ? ["relaxed", true] : ["plain", false]);
+      assert.deepEqual(simdOf({ simd: "plain" }), ["plain", false]);
+    });
+    withSimdEnv("plain", () => {
+      assert.deepEqual(simdOf({}), ["plain", false]);
+      assert.deepEqual(simdOf({ simd: "auto" }), hasRelaxed ? ["relaxed", true] : ["plain", false]);
+    });
+    assert.deepEqual(simdOf({ wasm: false, simd: "plain" }), [null, false]);
+  });
+
+  test("relaxed where the runtime lacks it, or a value that names no build, is a SimdError saying where it came from", () => {
+    withSimdEnv(undefined, () => {
+      if (hasRelaxed) assert.deepEqual(simdOf({ simd: "relaxed" }), ["relaxed", true]);
+      else assert.throws(() => simdOf({ simd: "relaxed" }), (e: Error) => e instanceof SimdError && e.message === 'simd: "relaxed": this runtime does not validate relaxed SIMD');
+      assert.throws(() => simdOf({ simd: "relaxed", wasm: false }), /simd: "relaxed": wasm: false runs no WASM/);
+    });
+    withSimdEnv("fma", () => assert.throws(() => simdOf({}), (e: Error) => e instanceof SimdError && /^LOWRANK_SIMD=fma: unknown SIMD build "fma" \(use auto, relaxed, plain\)$/.test(e.message)));
   });
 });
 

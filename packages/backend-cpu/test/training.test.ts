@@ -127,17 +127,17 @@ test("a 1,000-step training loop does not grow memory", async () => {
   assert.equal(end.liveBytes, at10.liveBytes, `live bytes grew from ${at10.liveBytes} to ${end.liveBytes}`);
 });
 
-test("checkpoint: same gradients for parameters inside the block, fewer live bytes before backward", async () => {
-  const { checkpoint } = await import("@lowrank/tensor");
+test("recompute: same gradients for parameters inside the block, fewer live bytes before backward", async () => {
+  const { recompute } = await import("@lowrank/tensor");
   const rng = new Rng(4);
   const x = tensor(Float32Array.from({ length: 64 * 32 }, () => rng.next()), { shape: [64, 32] }); // frozen input
   const W1 = param([32, 128], rng, 0.2), W2 = param([128, 32], rng, 0.2);
   const block = (h: Tensor) => silu(h.matmul(W1)).matmul(W2).tanh().add(h);
-  const run = (ckpt: boolean) => {
+  const run = (again: boolean) => {
     const base = backend.memory().liveBytes;
     const loss = scope(() => {
       let h = x;
-      for (let i = 0; i < 4; i++) h = ckpt ? checkpoint(block, h) : block(h);
+      for (let i = 0; i < 4; i++) h = again ? recompute(block, h) : block(h);
       return h.square().mean();
     });
     const held = backend.memory().liveBytes - base;
@@ -149,10 +149,10 @@ test("checkpoint: same gradients for parameters inside the block, fewer live byt
     return { held, grads };
   };
   const plain = run(false);
-  const ck = run(true);
+  const re = run(true);
   for (let k = 0; k < 2; k++) {
-    const a = plain.grads[k], b = ck.grads[k];
+    const a = plain.grads[k], b = re.grads[k];
     for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i] - b[i]) <= 1e-6 + 1e-5 * Math.abs(a[i]), `grad ${k}[${i}] ${a[i]} vs ${b[i]}`);
   }
-  assert.ok(ck.held * 3 < plain.held, `checkpointed graph holds ${ck.held} bytes vs ${plain.held}`);
+  assert.ok(re.held * 3 < plain.held, `the recomputed graph holds ${re.held} bytes vs ${plain.held}`);
 });

@@ -5,7 +5,7 @@
 import {
   REQUESTED_LIMITS, type RequestWebGpuOptions, type WebGpuAdapterInfo, type WebGpuContext, type WebGpuEdge,
   type WebGpuLimits, WebGpuUnavailableError,
-} from "./index.ts";
+} from "./types.ts";
 
 export interface AcquireHooks {
   /** Appended to the "no adapter" message: what to install or enable on this edge. */

@@ -9,7 +9,7 @@ import {
 } from "@lowrank/tensor";
 import { Engine } from "./engine.ts";
 import { WebGpuOutOfMemoryError } from "./errors.ts";
-import { describeAdapter, type WebGpuContext } from "./index.ts";
+import { describeAdapter, type WebGpuContext } from "./types.ts";
 import { arangeKernel, binaryExpr, elementwise, fullKernel, randomKernel, type Operand, unaryExpr } from "./kernels/elementwise.ts";
 import { type GpuInput, GpuStorage, type KernelContext, wordsOf } from "./kernels/context.ts";
 import { concatKernel, gatherKernel, scatterAddKernel } from "./kernels/indexing.ts";

@@ -1,6 +1,6 @@
 /** WebGPU edge for browsers (and web workers): navigator.gpu. */
 import { acquireDevice } from "./acquire.ts";
-import { type RequestWebGpuOptions, type WebGpuContext, WebGpuUnavailableError } from "./index.ts";
+import { type RequestWebGpuOptions, type WebGpuContext, WebGpuUnavailableError } from "./types.ts";
 
 export * from "./index.ts";
 

@@ -4,7 +4,7 @@
  * holds the GPU object for symmetry with the other edges.
  */
 import { acquireDevice } from "./acquire.ts";
-import { type RequestWebGpuOptions, VULKAN_HINT, type WebGpuContext, WebGpuUnavailableError } from "./index.ts";
+import { type RequestWebGpuOptions, VULKAN_HINT, type WebGpuContext, WebGpuUnavailableError } from "./types.ts";
 
 export * from "./index.ts";
 

@@ -1,103 +1,11 @@
 /**
- * Shared types of the WebGPU runtime edges. Pick the edge for your runtime:
+ * The WebGPU backend without a runtime edge. Pick the edge for your runtime:
  *   `@lowrank/backend-webgpu/node`    Dawn (`webgpu` npm) under Node and Bun
  *   `@lowrank/backend-webgpu/deno`    Deno's built-in navigator.gpu (wgpu)
  *   `@lowrank/backend-webgpu/browser` the browser's navigator.gpu
- * This module imports no edge, so it is safe to load anywhere.
+ * This module imports no edge, so it is safe to load anywhere. The shared types live in types.ts.
  */
-
-export type WebGpuEdge = "node" | "deno" | "browser";
-
-export interface WebGpuAdapterInfo {
-  readonly vendor: string;
-  readonly architecture: string;
-  readonly description: string;
-}
-
-/** The limits we raise to the adapter's maximum (kernels size their bindings and workgroups from these). */
-export const REQUESTED_LIMITS = [
-  "maxStorageBufferBindingSize",
-  "maxBufferSize",
-  "maxStorageBuffersPerShaderStage",
-  "maxComputeWorkgroupStorageSize",
-  "maxComputeInvocationsPerWorkgroup",
-  "maxComputeWorkgroupSizeX",
-  "maxComputeWorkgroupSizeY",
-  "maxComputeWorkgroupSizeZ",
-  "maxComputeWorkgroupsPerDimension",
-] as const;
-
-export type WebGpuLimits = { readonly [K in (typeof REQUESTED_LIMITS)[number]]: number };
-
-/** A device plus everything that must outlive it. Call `release()` when done. */
-export interface WebGpuContext {
-  readonly edge: WebGpuEdge;
-  /** The GPU object (`navigator.gpu` or Dawn's `create()` result); kept here so it outlives the device. */
-  readonly gpu: GPU;
-  readonly adapter: GPUAdapter;
-  readonly device: GPUDevice;
-  readonly adapterInfo: WebGpuAdapterInfo;
-  /** The device's limits (snapshot taken at creation). */
-  readonly limits: WebGpuLimits;
-  /** Features enabled on the device, sorted. */
-  readonly features: readonly string[];
-  readonly released: boolean;
-  /** Destroy the device and drop every reference so the process can exit. Idempotent. */
-  release(): void;
-}
-
-export interface RequestWebGpuOptions {
-  powerPreference?: GPUPowerPreference;
-  forceFallbackAdapter?: boolean;
-  /** Enable `shader-f16` when the adapter has it (default true). */
-  f16?: boolean;
-  /** Device label, shown in validation errors. */
-  label?: string;
-}
-
-export type WebGpuUnavailableReason =
-  /** The edge's implementation failed to load (dawn.node: missing libvulkan, GLIBCXX too old, ...). */
-  | "module-load-failed"
-  /** The runtime exposes no navigator.gpu. */
-  | "no-webgpu-api"
-  /** Deno without --unstable-webgpu. */
-  | "deno-needs-unstable-webgpu"
-  /** The browser hides WebGPU outside secure contexts (https or localhost). */
-  | "insecure-context"
-  /** The edge does not belong to this runtime (e.g. the Deno edge under Node). */
-  | "wrong-runtime"
-  /** requestAdapter() returned null or threw: usually no Vulkan/Metal/D3D driver. */
-  | "no-adapter"
-  /** The adapter refused the device request. */
-  | "device-request-failed";
-
-/** WebGPU is not usable here; `message` names the cause and the fix, `reason` is machine-readable. */
-export class WebGpuUnavailableError extends Error {
-  override readonly name = "WebGpuUnavailableError";
-  readonly reason: WebGpuUnavailableReason;
-  readonly edge: WebGpuEdge;
-
-  constructor(reason: WebGpuUnavailableReason, edge: WebGpuEdge, message: string, options?: { cause?: unknown }) {
-    super(`WebGPU unavailable (${edge}, ${reason}): ${message}`, options);
-    this.reason = reason;
-    this.edge = edge;
-  }
-}
-
-/** The fix we suggest whenever the Vulkan driver is the likely culprit on Linux. */
-export const VULKAN_HINT =
-  "install the Vulkan loader and Mesa's lavapipe driver (Debian 12: `sudo bash scripts/install-system.sh`), " +
-  "or use the CPU backend (--backend cpu)";
-
-/** "llvmpipe: Mesa 25.0.7 (vendor mesa, software)" style one-liner. */
-export function describeAdapter(info: WebGpuAdapterInfo): string {
-  const extra = [info.vendor && `vendor ${info.vendor}`, info.architecture].filter(Boolean).join(", ");
-  const name = info.description || info.vendor || "unnamed adapter";
-  return extra ? `${name} (${extra})` : name;
-}
-
-// The backend (kernels). index.ts and backend.ts import each other; both only use the other's
-// exports at call time, so the cycle is safe under Node, Bun and Deno.
+export * from "./types.ts";
 export { WebGpuBackend, createWebGpuBackend, GpuStorage, type GpuInput, type WebGpuBackendOptions, type WebGpuMemoryStats } from "./backend.ts";
 export {
   WebGpuBackendError, WebGpuDeviceLostError, WebGpuDisposedError, WebGpuKernelError, WebGpuLimitError, WebGpuOutOfMemoryError, WebGpuValidationError,

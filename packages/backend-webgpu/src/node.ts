@@ -8,7 +8,7 @@
  * module-level `pinned` set below, until release() has destroyed the device.
  */
 import { type AcquireHooks, acquireDevice, errText } from "./acquire.ts";
-import { type RequestWebGpuOptions, VULKAN_HINT, type WebGpuContext, WebGpuUnavailableError } from "./index.ts";
+import { type RequestWebGpuOptions, VULKAN_HINT, type WebGpuContext, WebGpuUnavailableError } from "./types.ts";
 
 export * from "./index.ts";
 

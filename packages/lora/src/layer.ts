@@ -307,7 +307,7 @@ export class LoraLinear extends Module {
     const p = this.loraDropout.get(name) as number;
     if (!(p > 0 && this.training)) return null;
     const st = this.dropoutState.get(name) as CounterStream;
-    // Through tensor's drawCounter, so checkpoint() replays these draws when it recomputes.
+    // Through tensor's drawCounter, so recompute() replays these draws in its second forward.
     return { p, seed: st.seed, offset: drawCounter(st, size) };
   }
 

@@ -8,7 +8,7 @@ import { full } from "./tensor.ts";
 /**
  * The gradient table: op name -> rule. The walk owns it but imports no rule; each module that
  * records ops registers its rules when it loads (grad.ts the primitives; fused.ts, fused-nn.ts,
- * quant.ts, checkpoint.ts theirs), so the table is complete whatever order the modules load in.
+ * quant.ts, recompute.ts theirs), so the table is complete whatever order the modules load in.
  * A `var` without initializer: a rule module may register while this module is still being
  * evaluated (an import cycle), and a var is never in the temporal dead zone nor reset later.
  */
@@ -61,7 +61,7 @@ export function noGrad<T>(fn: () => T): T {
   }
 }
 
-/** Run `fn` with autograd recording on (inside a noGrad region, e.g. a checkpoint's recompute). */
+/** Run `fn` with autograd recording on (inside a noGrad region, e.g. recompute()'s second forward). */
 export function enableGrad<T>(fn: () => T): T {
   const prev = gradEnabled;
   gradEnabled = true;

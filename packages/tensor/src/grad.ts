@@ -3,7 +3,7 @@
  * input (null where none). Rules run under noGrad inside a scope, so temporaries are freed.
  * `save` names what the forward must keep alive for backward: nothing else is retained.
  * These are the primitives' rules; the fused kernels (fused.ts, fused-nn.ts), matmul4bit (quant.ts)
- * and checkpoint (checkpoint.ts) register their own in the same table (autograd.ts) when they load.
+ * and recompute (recompute.ts) register their own in the same table (autograd.ts) when they load.
  */
 import { type GradCtx, gradRuleTable, registerGradRules } from "./autograd.ts";
 import * as ops from "./ops.ts";

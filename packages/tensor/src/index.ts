@@ -5,7 +5,7 @@ export * from "./shape.ts";
 export { hash32, uniformAt, Rng, drawCounter, type CounterStream } from "./random.ts";
 export { Tensor, tensor, full, zeros, ones, arange, rand, setDefaultBackend, getDefaultBackend, fromHandle, type CreateOptions } from "./tensor.ts";
 export { noGrad, enableGrad, isGradEnabled, type GradCtx } from "./autograd.ts";
-export { checkpoint } from "./checkpoint.ts";
+export { recompute } from "./recompute.ts";
 export { scope, keep } from "./scope.ts";
 export { gradRules, type GradRule } from "./grad.ts";
 export { gradRuleTable, registerGradRules } from "./autograd.ts";

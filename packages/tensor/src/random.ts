@@ -51,7 +51,7 @@ export class Rng {
 
 /**
  * A counter-based stream a module draws from (LoRA dropout: one per layer and adapter). Draw
- * through `drawCounter`, so `checkpoint()` can replay a block's draws when it recomputes it, as
+ * through `drawCounter`, so `recompute()` can replay a block's draws when it recomputes it, as
  * torch's checkpoint(preserve_rng_state=True) does for its global generator.
  */
 export interface CounterStream {
@@ -59,7 +59,7 @@ export interface CounterStream {
   counter: number;
 }
 
-/** The checkpointed forwards now running: each maps a stream to its counter before the block's first draw. */
+/** The recomputable forwards now running: each maps a stream to its counter before the block's first draw. */
 const drawLogs: Map<CounterStream, number>[] = [];
 
 /** Take `n` values from `stream`: returns the index of the first and advances the counter by `n`. */

@@ -30,12 +30,12 @@ function tableAfter(order: string[]): string[] {
 
 test("the gradient table is the same whichever tensor module loads first", { skip }, () => {
   const reference = tableAfter([]);
-  assert.ok(reference.includes("matmul") && reference.includes("softmax") && reference.includes("matmul4bit") && reference.includes("checkpoint") && reference.includes("dropout"));
+  assert.ok(reference.includes("matmul") && reference.includes("softmax") && reference.includes("matmul4bit") && reference.includes("recompute") && reference.includes("dropout"));
   for (const first of MODULES) assert.deepEqual(tableAfter([first]), reference, `${first}.ts loaded first`);
   assert.deepEqual(tableAfter([...MODULES].reverse()), reference, "all modules in reverse order");
 });
 
-for (const order of [["fused"], ["checkpoint", "quant"], ["fused-nn", "grad"], [...MODULES].reverse()]) {
+for (const order of [["fused"], ["recompute", "quant"], ["fused-nn", "grad"], [...MODULES].reverse()]) {
   test(`the gradient suite and its coverage check pass after loading ${order.join(", ")} first`, { skip }, () => {
     const fixture = fileURLToPath(new URL("./fixtures/coverage-in-order.ts", import.meta.url));
     const out = node(["--test", "--test-reporter=spec", fixture], { LOWRANK_LOAD_ORDER: order.join(",") });

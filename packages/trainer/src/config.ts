@@ -59,8 +59,11 @@ export interface FinetuneConfig {
   warmup: number;
   scheduler: SchedulerName;
   maxGradNorm: number;
-  /** Default: on for qlora (as prepare_model_for_kbit_training), off otherwise. */
-  gradientCheckpointing?: boolean;
+  /**
+   * Recompute each decoder layer's activations in backward instead of keeping them (transformers'
+   * gradient_checkpointing). Default: on for qlora (as prepare_model_for_kbit_training), off otherwise.
+   */
+  recomputeActivations?: boolean;
   mixedPrecision: MixedPrecision;
   seed: number;
   // evaluation, logging, saving

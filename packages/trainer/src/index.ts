@@ -13,7 +13,7 @@ export { prepareModel, paramSummary, type PreparedModel } from "./methods.ts";
 export { AdamW, SGD, namedParams, type Optimizer, type OptimizerState, type NamedParam, type AdamWOptions, type SgdOptions } from "./optim.ts";
 export { learningRate, lrFactor, warmupSteps, SCHEDULERS, type SchedulerName, type ScheduleOptions } from "./schedule.ts";
 export { globalGradNorm, gradNormTensor, clipGradients } from "./grad-utils.ts";
-export { enableGradientCheckpointing, CheckpointedLayer, dropoutStreamMap, type DropoutStream } from "./grad-checkpoint.ts";
+export { recomputeLayers, RecomputedLayer, dropoutStreamMap, type DropoutStream } from "./recompute-layers.ts";
 export {
   saveCheckpoint, loadCheckpoint, resolveCheckpoint, listCheckpoints, restoreParams,
   type TrainerState, type SaveParts, type SaveOptions, type LoadedCheckpoint,
@@ -32,3 +32,4 @@ export {
 export {
   type PlanShape, type PlanMethod, type PlanInput, type PlanEstimate, LINEAR_TARGETS, layerLinears, paramsOf, nf4Bytes, layerActivationElems, estimate, planShapeOf,
 } from "./plan.ts";
+export { PLAN_PRESETS, planShapeFor, planText } from "./plan-text.ts";

@@ -33,8 +33,8 @@ export async function prepareModel(model: LlamaForCausalLM, cfg: FinetuneConfig,
 /**
  * QLoRA's base, as prepare_model_for_kbit_training leaves it: linear weights in 4 bits (NF4 +
  * double quant by default; the head stays dense, as transformers keeps lm_head out of
- * quantization), every other parameter f32 and frozen. Gradient checkpointing is switched on
- * by the caller (default for qlora); input gradients need no hook (see grad-checkpoint.ts).
+ * quantization), every other parameter f32 and frozen. Activation recomputation is switched on
+ * by the caller (default for qlora); input gradients need no hook (see recompute-layers.ts).
  */
 async function quantizeBase(model: LlamaForCausalLM, cfg: FinetuneConfig): Promise<void> {
   const dtype = computeDtype(cfg.mixedPrecision);

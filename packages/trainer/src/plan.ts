@@ -1,6 +1,6 @@
 /**
- * The memory estimator behind `lowrank plan` (and the server's admission check for fine-tuning
- * jobs; moved here from benchmarks/src/plan.ts so a library can use it): bytes a full / LoRA / QLoRA training step needs
+ * The memory estimator behind `lowrank plan` (apps/cli/src/plan.ts, with the presets and text of
+ * plan-text.ts) and the server's admission check for fine-tuning jobs: bytes a full / LoRA / QLoRA training step needs
  * on Lowrank (f32 compute, AdamW, the trainer's defaults), by category. The formulas follow what
  * this implementation keeps alive, op by op, with the CPU backend's fused kernels (tensor's
  * fused-nn.ts: each gradient rule saves exactly what it names); memory.ts measures the same
@@ -20,9 +20,9 @@
  *               first adapter needs a gradient: the first layer's input norm is not recorded.
  * Head and loss: final norm input, output and rstd, logits, cross-entropy's lse and labels (and the
  * embedding's ids, full only), and the logits' gradient V while the loss node still holds the
- * logits (the start of backward, the peak without checkpointing). Logits larger than one chunk
+ * logits (the start of backward, the peak without recomputation). Logits larger than one chunk
  * are never held (linearCrossEntropy): only a chunk's logits and their gradient at a time.
- * With gradient checkpointing (each layer re-run in backward) only every layer's input C stays; the
+ * With activation recomputation (each layer re-run in backward) only every layer's input C stays; the
  * peak is the head's moment or a re-run layer: its activations plus the MLP backward's gradients,
  * next to the gradients made so far (the first and the last re-run bound it).
  * The optimizer step: the grad norm squares every gradient before summing (a gradient-sized
@@ -56,8 +56,8 @@ export interface PlanInput {
   seq: number;
   /** LoRA dropout (the trainer's default 0.05); fused, it adds no memory. */
   dropout: number;
-  /** Default: on for qlora only (the trainer's default). */
-  checkpointing?: boolean;
+  /** Recompute each layer's activations in backward. Default: on for qlora only (the trainer's default). */
+  recompute?: boolean;
   /** NF4 blocksize (64) and double quantization (true): QLoRA's base. */
   blocksize?: number;
   doubleQuant?: boolean;
@@ -73,13 +73,14 @@ export interface PlanEstimate {
   gradBytes: number;
   /** AdamW exp_avg + exp_avg_sq, f32. */
   optimizerBytes: number;
-  activationBytes: { checkpointing: number; none: number };
+  /** With each layer recomputed in backward, and with every activation kept. */
+  activationBytes: { recompute: number; none: number };
   /** Transient of the optimizer step (above weights, LoRA, gradients and state). */
   updateBytes: number;
-  checkpointing: boolean;
-  /** Peak of one step with the chosen checkpointing. */
+  recompute: boolean;
+  /** Peak of one step with the chosen `recompute`. */
   totalBytes: number;
-  /** Same step with checkpointing toggled, for comparison. */
+  /** Same step with `recompute` toggled, for comparison. */
   totalOtherBytes: number;
 }
 
@@ -144,7 +145,7 @@ export function estimate(i: PlanInput): PlanEstimate {
   const gradBytes = 4 * trainable;
   const optimizerBytes = 8 * trainable;
   const full = i.method === "full";
-  const checkpointing = i.checkpointing ?? i.method === "qlora";
+  const recompute = i.recompute ?? i.method === "qlora";
   const fixed = weightBytes + 4 * lora + optimizerBytes;
   const el = 4 * tokens; // bytes per per-token element
   const C = s.dim;
@@ -182,8 +183,8 @@ export function estimate(i: PlanInput): PlanEstimate {
   // (base and branch separate): that output is still saved while its gradient is summed from the
   // base and the adapter: 3H.
   const mlpBack = (i.method !== "qlora" || !isTarget(i.targets, "down_proj") ? 2 : 3) * s.hidden;
-  const fbPeak = (ckpt: boolean) => {
-    if (!ckpt) {
+  const fbPeak = (again: boolean) => {
+    if (!again) {
       // Start of backward: everything saved plus the logits' gradient. With LoRA nothing before the
       // first adapter needs a gradient, so the first layer's input norm is not recorded (x, rstd).
       const all = s.layers * layer - (full ? 0 : el * (C + 1)) + head;
@@ -191,7 +192,7 @@ export function estimate(i: PlanInput): PlanEstimate {
       const lastMlp = all - head + el * (C + mlpBack) + headGrads + 4 * lt.down;
       return Math.max(all, all - head + headBackward, lastMlp, endOfBackward);
     }
-    // Checkpointed: each layer's input; the head as above; then layer l (L-1 down to 0) re-run: the
+    // Recomputed: each layer's input; the head as above; then layer l (L-1 down to 0) re-run: the
     // inputs of layers 0..l, its saved activations, its output and incoming gradient (2C), and the
     // MLP's backward peak; next to the gradients of the head, the layers above and this layer's
     // down_proj. Linear in l, so the largest is the first or the last re-run.
@@ -205,12 +206,12 @@ export function estimate(i: PlanInput): PlanEstimate {
   const gradTensors = full ? s.layers * lt.tensors + (s.tied ? 2 : 3) : s.layers * lt.tensors;
   const updateBytes = gradBytes + 8 * gradTensors;
   // Reported like the measurement: the forward/backward peak minus the gradients.
-  const act = (ckpt: boolean) => fbPeak(ckpt) - gradBytes;
-  const total = (ckpt: boolean) => fixed + Math.max(fbPeak(ckpt), gradBytes + updateBytes);
+  const act = (again: boolean) => fbPeak(again) - gradBytes;
+  const total = (again: boolean) => fixed + Math.max(fbPeak(again), gradBytes + updateBytes);
   return {
     params, trainable, weightBytes, loraBytes: 4 * lora, gradBytes, optimizerBytes,
-    activationBytes: { checkpointing: act(true), none: act(false) }, updateBytes, checkpointing,
-    totalBytes: total(checkpointing), totalOtherBytes: total(!checkpointing),
+    activationBytes: { recompute: act(true), none: act(false) }, updateBytes, recompute,
+    totalBytes: total(recompute), totalOtherBytes: total(!recompute),
   };
 }
 

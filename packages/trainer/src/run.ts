@@ -20,7 +20,7 @@ import { buildDataset, type Dataset } from "./data/dataset.ts";
 import { BatchLoader } from "./data/loader.ts";
 import { DatasetError } from "./data/records.ts";
 import { type EvalResult, evaluate, greedySample } from "./evaluate.ts";
-import { dropoutStreamMap, enableGradientCheckpointing } from "./grad-checkpoint.ts";
+import { dropoutStreamMap, recomputeLayers } from "./recompute-layers.ts";
 import { INIT_LOSS_SCALE, type LossScaler, trainLoop } from "./loop.ts";
 import { type PreparedModel, prepareModel } from "./methods.ts";
 import { type MetricRecord, MetricsLog, type Reporter, silentReporter } from "./metrics.ts";
@@ -226,10 +226,10 @@ async function loadModel(cfg: FinetuneConfig, backend: Backend, dtype: "f32" | "
   }
 }
 
-/** Gradient checkpointing, the dataset, the batches, the schedule and the optimizer; reports what will be trained. */
+/** Activation recomputation, the dataset, the batches, the schedule and the optimizer; reports what will be trained. */
 async function setUp(cfg: FinetuneConfig, prepared: PreparedModel, tokenizer: HfTokenizer, backendName: string, rep: Reporter) {
-  const ckpt = cfg.gradientCheckpointing ?? cfg.method === "qlora";
-  if (ckpt) enableGradientCheckpointing(prepared.model);
+  const again = cfg.recomputeActivations ?? cfg.method === "qlora";
+  if (again) recomputeLayers(prepared.model);
   const text = await storage().readText(cfg.data).catch((e: { code?: string; message: string }) => {
     throw new DatasetError(cfg.data, null, null, e.code === "ENOENT" ? "no such file" : e.message);
   });
@@ -245,7 +245,7 @@ async function setUp(cfg: FinetuneConfig, prepared: PreparedModel, tokenizer: Hf
   const st = data.stats;
   rep.info(`data: ${cfg.data} (${data.format}): ${st.records} record(s), ${st.tokens.toLocaleString("en-US")} tokens -> ${data.train.length} train / ${data.eval.length} eval examples of <= ${cfg.seqLen} tokens` +
     (st.truncated ? `; ${st.truncated} truncated` : "") + (st.noTargets ? `; ${st.noTargets} dropped (no response tokens)` : ""));
-  rep.info(`model: ${cfg.model} (${cfg.method}${ckpt ? ", gradient checkpointing" : ""}): ${prepared.summary}`);
+  rep.info(`model: ${cfg.model} (${cfg.method}${again ? ", activations recomputed in backward" : ""}): ${prepared.summary}`);
   rep.info(`training: ${totalSteps} steps of ${cfg.batchSize} x ${cfg.gradAccum} sequences, ${cfg.optimizer} lr ${cfg.lr} (${cfg.scheduler}, ${schedule.warmupSteps} warmup), backend ${backendName}`);
   return { data, padId, loader, totalSteps, schedule, params, optimizer };
 }

@@ -1,7 +1,7 @@
 /**
  * End to end on stories260K and a slice of Tiny Shakespeare (skipped without the shared data):
  * determinism, bit-identical resume, atomic checkpoints, NaN skipping, errors before training,
- * gradient checkpointing, and the output files.
+ * activation recomputation, and the output files.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -37,8 +37,8 @@ test("same seed, same backend: identical loss curve and weights, bit for bit (fu
   }
 });
 
-test("resume is bit-identical: 6 steps straight == 3, stop, resume, 3 (lora, dropout, gradient checkpointing)", { skip }, async () => {
-  const over = { gradientCheckpointing: true, saveEvery: 3, gradAccum: 2 };
+test("resume is bit-identical: 6 steps straight == 3, stop, resume, 3 (lora, dropout, activations recomputed)", { skip }, async () => {
+  const over = { recomputeActivations: true, saveEvery: 3, gradAccum: 2 };
   const straight = await finetune(cfg(over), io());
   const first = cfg(over);
   const half = await finetune(first, io({ stopAt: 3 }));

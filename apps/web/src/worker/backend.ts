@@ -5,7 +5,7 @@
 import { type WasmMatmulEngine, createCpuBackend } from "@lowrank/backend-cpu";
 import { type WebGpuContext, createWebGpuBackend, describeAdapter, requestWebGpu } from "@lowrank/backend-webgpu/browser";
 import { type Backend, crossEntropy, scope, tensor } from "@lowrank/tensor";
-import type { BackendInfo, BackendPref } from "../protocol.ts";
+import type { BackendInfo, BackendPref, SimdPref } from "../protocol.ts";
 
 /** One forward + backward of a tiny matmul and cross-entropy; returns the loss and the weight gradient. */
 async function probe(backend: Backend): Promise<number[]> {
@@ -57,20 +57,20 @@ async function tryWebGpu(): Promise<{ backend: Backend | null; adapter: string |
   return { backend, adapter, fallback, note: "" };
 }
 
-export async function pickBackend(pref: BackendPref): Promise<{ backend: Backend; info: BackendInfo }> {
+export async function pickBackend(pref: BackendPref, simd: SimdPref = "auto"): Promise<{ backend: Backend; info: BackendInfo }> {
   const isolated = (globalThis as { crossOriginIsolated?: boolean }).crossOriginIsolated === true;
   let adapter: string | null = null;
   let note: string | null = null;
   if (pref !== "cpu") {
     const gpu = await tryWebGpu();
-    if (gpu.backend) return { backend: gpu.backend, info: { kind: "webgpu", device: gpu.backend.device, adapter: gpu.adapter, fallback: gpu.fallback, note: null, isolated } };
+    if (gpu.backend) return { backend: gpu.backend, info: { kind: "webgpu", device: gpu.backend.device, adapter: gpu.adapter, fallback: gpu.fallback, note: null, isolated, simd: null } };
     adapter = gpu.adapter;
     note = gpu.note;
     if (pref === "webgpu") note = `WebGPU was asked for but is not usable: ${note}`;
   }
-  const backend = createCpuBackend();
+  const backend = createCpuBackend({ simd });
   // Worker threads boot asynchronously in a browser; wait so the description counts them.
   await (backend.engine as Partial<WasmMatmulEngine>).ready?.();
   if (!isolated) note = [note, "the page is not cross-origin isolated, so the CPU matmul runs on one thread"].filter(Boolean).join("; ");
-  return { backend, info: { kind: "cpu", device: backend.device, adapter, fallback: false, note, isolated } };
+  return { backend, info: { kind: "cpu", device: backend.device, adapter, fallback: false, note, isolated, simd: backend.simd } };
 }

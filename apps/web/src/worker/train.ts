@@ -2,7 +2,7 @@
  * One training run in the worker: @lowrank/trainer's run(), the same function `lowrank finetune`
  * and the server's jobs call, on an in-memory storage. The model files are mounted (Blobs, not
  * copied), the text is written beside them, and the run's output (metrics.jsonl, the adapter) stays
- * in memory. Progress goes to the page after every step; a cancel ends the run between steps.
+ * in memory (metrics.jsonl is kept for the export). Progress goes to the page after every step; a cancel ends the run between steps.
  */
 import type { HfTokenizer, LlamaForCausalLM } from "@lowrank/nn";
 import type { PeftModel } from "@lowrank/lora";
@@ -19,6 +19,8 @@ export interface Trained {
   peft: PeftModel<LlamaForCausalLM> | null;
   settings: TrainSettings;
   losses: number[];
+  /** The run's metrics.jsonl, the same records `lowrank finetune` writes; offered with the export. */
+  metrics: string;
 }
 
 export interface RunContext {
@@ -115,6 +117,7 @@ async function attempt(ctx: RunContext, s: TrainSettings, evalFraction: number, 
     shouldStop: ctx.isCancelled,
   });
   const prepared = r.model!;
-  const trained: Trained = { model: prepared.model, peft: prepared.peft, settings: s, losses: r.losses };
+  const metrics = await storage.readText(`${OUTPUT_DIR}/metrics.jsonl`);
+  const trained: Trained = { model: prepared.model, peft: prepared.peft, settings: s, losses: r.losses, metrics };
   return { trained, cancelled: r.stopped, seconds: r.trainSeconds, storage };
 }

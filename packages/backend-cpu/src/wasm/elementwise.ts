@@ -13,7 +13,8 @@
 import { type BinaryOp, type View, hash32 } from "@lowrank/tensor";
 import { coalesce } from "../kernels/strided.ts";
 import { ELEMENTWISE_WASM, ELEMENTWISE_WASM_RELAXED } from "./elementwise-wasm.ts";
-import { relaxedDisabled, validateRelaxed } from "./relaxed.ts";
+import { validateRelaxed } from "./relaxed.ts";
+import { tryRelaxed } from "./simd.ts";
 
 /** Op codes of `binary` in assembly/elementwise.ts. */
 const BINARY_OPS: Partial<Record<BinaryOp, number>> = { add: 0, sub: 1, mul: 2, div: 3, max: 4, min: 5, lt: 6, eq: 7 };
@@ -92,11 +93,12 @@ export class ElementwiseWasm {
 
   /**
    * The relaxed-SIMD build (fused multiply-add in exp) where the runtime validates it, else the
-   * plain SIMD one; null when this runtime has no WASM SIMD. `relaxed: false` skips the first.
+   * plain SIMD one; null when this runtime has no WASM SIMD. `relaxed: false` (default: unless
+   * LOWRANK_SIMD=plain) skips the first.
    */
   static create(opts: { relaxed?: boolean } = {}): ElementwiseWasm | null {
     if (typeof WebAssembly !== "object") return null;
-    const builds = opts.relaxed === false || relaxedDisabled() ? [ELEMENTWISE_WASM] : [ELEMENTWISE_WASM_RELAXED, ELEMENTWISE_WASM];
+    const builds = tryRelaxed(opts.relaxed) ? [ELEMENTWISE_WASM_RELAXED, ELEMENTWISE_WASM] : [ELEMENTWISE_WASM];
     for (const b64 of builds) {
       try {
         const bytes = decode(b64);

@@ -6,28 +6,15 @@
  * Measured on the 2-core Zen 5 VM (createMatmulEngine alone, median of 15): 1024³ with 2 threads
  * 64 -> 77 GFLOP/s, 512³ 52 -> 84.
  *
- * LOWRANK_WASM_RELAXED=0 (or the engines' `relaxed: false`) keeps the plain SIMD builds, e.g. to match
- * the bytes of a runtime without relaxed SIMD.
+ * Which build runs is chosen in simd.ts (`simd: "plain"` or LOWRANK_SIMD=plain keeps the plain ones).
  */
 
 type Proc = {
-  env?: Record<string, string | undefined>;
   versions?: Record<string, string | undefined>;
   getBuiltinModule?: (id: string) => unknown;
 };
 
 let tried = false;
-
-/** Whether LOWRANK_WASM_RELAXED asks for the plain builds. */
-export function relaxedDisabled(): boolean {
-  let v: string | undefined;
-  try {
-    v = (globalThis as { process?: Proc }).process?.env?.LOWRANK_WASM_RELAXED?.trim().toLowerCase();
-  } catch {
-    // Deno without --allow-env throws: the default
-  }
-  return v === "0" || v === "off" || v === "false";
-}
 
 /**
  * Validate `bytes` (a relaxed-SIMD build); on Node with V8 11 where it fails, turn the V8 flag on

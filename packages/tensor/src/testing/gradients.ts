@@ -3,7 +3,7 @@ import type { Backend, UnaryOp } from "../backend.ts";
 import * as F from "../functional.ts";
 import { gradRules } from "../grad.ts";
 import * as ops from "../ops.ts";
-import { checkpoint } from "../checkpoint.ts";
+import { recompute } from "../recompute.ts";
 import { type Tensor, tensor } from "../tensor.ts";
 import { type GradcheckOptions, coveredOps, gradcheck } from "./gradcheck.ts";
 import { type SuiteOptions, rnd, spread, withoutFused } from "./util.ts";
@@ -93,8 +93,8 @@ function cases(be: Backend): Case[] {
     },
     { name: "loraBranch (no dropout)", fn: (x, a, b) => F.loraBranch(x, a, b, 0.5, null), inputs: [f(rnd(12, 80), [3, 4]), f(rnd(8, 81), [2, 4]), f(rnd(10, 82), [5, 2])] },
     {
-      name: "checkpoint (recomputed block with an inner parameter-free graph)",
-      fn: (x, w) => checkpoint((a: Tensor, b: Tensor) => F.silu(a.matmul(b)).mul(a.sum(-1, true)), x, w),
+      name: "recompute (a block recomputed in backward, with an inner parameter-free graph)",
+      fn: (x, w) => recompute((a: Tensor, b: Tensor) => F.silu(a.matmul(b)).mul(a.sum(-1, true)), x, w),
       inputs: [f(rnd(6, 66), [2, 3]), f(rnd(6, 67), [3, 2])],
     },
     { name: "stack", fn: (a, b) => ops.stack([a, b], 1), inputs: [f(rnd(3, 64), [3]), f(rnd(3, 65), [3])] },

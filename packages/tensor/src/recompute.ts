@@ -1,6 +1,7 @@
 /**
- * Gradient checkpointing: run a block without keeping its activations, and recompute them during
- * backward. Memory for a block drops from all of its intermediates to its inputs.
+ * Activation recomputation (torch calls it gradient checkpointing): run a block without keeping its
+ * activations, and recompute them during backward. Memory for a block drops from all of its
+ * intermediates to its inputs.
  * The block must be deterministic given its inputs and its random draws: the draws it makes from
  * counter-based streams (drawCounter: LoRA dropout) are recorded, and the recompute replays them
  * from the same positions, as torch's checkpoint(preserve_rng_state=True) does.
@@ -10,13 +11,13 @@ import { enableGrad, isGradEnabled, noGrad, registerGradRules } from "./autograd
 import { type CounterStream, recordDraws, replayDraws } from "./random.ts";
 import type { Tensor } from "./tensor.ts";
 
-interface CheckpointParams {
+interface RecomputeParams {
   fn: (...xs: Tensor[]) => Tensor;
   /** Where each stream the forward drew from stood before its first draw. */
   draws: Map<CounterStream, number>;
 }
 
-export function checkpoint(fn: (...xs: Tensor[]) => Tensor, ...inputs: Tensor[]): Tensor {
+export function recompute(fn: (...xs: Tensor[]) => Tensor, ...inputs: Tensor[]): Tensor {
   if (!isGradEnabled()) return fn(...inputs);
   const draws = new Map<CounterStream, number>();
   const out = recordDraws(draws, () => noGrad(() => fn(...inputs)));
@@ -25,17 +26,17 @@ export function checkpoint(fn: (...xs: Tensor[]) => Tensor, ...inputs: Tensor[])
   const saved = inputs.map((t) => t.alias(t, false));
   out.requiresGrad = true;
   out._node = {
-    op: "checkpoint",
+    op: "recompute",
     inputs,
-    ctx: { saved, out: null, inShapes: inputs.map((t) => t.shape), inDtypes: inputs.map((t) => t.dtype), needs: inputs.map((t) => t.requiresGrad), params: { fn, draws } satisfies CheckpointParams },
+    ctx: { saved, out: null, inShapes: inputs.map((t) => t.shape), inDtypes: inputs.map((t) => t.dtype), needs: inputs.map((t) => t.requiresGrad), params: { fn, draws } satisfies RecomputeParams },
   };
   return out;
 }
 
-export const checkpointGradRule = {
-  checkpoint: {
+export const recomputeGradRule = {
+  recompute: {
     backward: (c: GradCtx, g: Tensor) => {
-      const { fn, draws } = c.params as CheckpointParams;
+      const { fn, draws } = c.params as RecomputeParams;
       const xs = c.saved.map((s, i) => {
         const x = (s as Tensor).detach();
         if (c.needs[i]) x.setRequiresGrad();
@@ -47,4 +48,4 @@ export const checkpointGradRule = {
     },
   },
 };
-registerGradRules(checkpointGradRule);
+registerGradRules(recomputeGradRule);

@@ -1,16 +1,12 @@
 /**
- * `lowrank plan`'s presets and text. The estimator itself lives in @lowrank/trainer (src/plan.ts),
- * where the server's admission check for fine-tuning jobs uses the same formula; it is re-exported
- * here so the benchmarks keep importing it from ./plan.ts.
+ * What `lowrank plan` prints around the estimate (plan.ts): the known shapes a parameter count
+ * picks from, the shape for a count, and the text. Here rather than in the CLI so the benchmarks'
+ * report prints the same text.
  */
-import { type PlanInput, type PlanShape, estimate, paramsOf } from "@lowrank/trainer/node";
-
-export {
-  type PlanShape, type PlanMethod, type PlanInput, type PlanEstimate, LINEAR_TARGETS, layerLinears, paramsOf, nf4Bytes, layerActivationElems, estimate, planShapeOf,
-} from "@lowrank/trainer/node";
+import { type PlanInput, type PlanShape, estimate, paramsOf } from "./plan.ts";
 
 /** Known shapes, so `--params 70e9` alone picks a real architecture. */
-export const PRESETS: (PlanShape & { name: string })[] = [
+export const PLAN_PRESETS: (PlanShape & { name: string })[] = [
   { name: "stories260K", vocab: 512, dim: 64, layers: 5, heads: 8, kvHeads: 4, hidden: 172, tied: true },
   { name: "stories15M", vocab: 32000, dim: 288, layers: 6, heads: 6, kvHeads: 6, hidden: 768, tied: true },
   { name: "stories42M", vocab: 32000, dim: 512, layers: 8, heads: 8, kvHeads: 8, hidden: 1376, tied: true },
@@ -30,13 +26,13 @@ export const PRESETS: (PlanShape & { name: string })[] = [
  * The shape for a parameter count: the nearest preset (by log ratio), unless layers/hidden are
  * given: then the MLP width is solved from the count (Llama layout, 128-wide heads, MHA, vocab 32000).
  */
-export function shapeFor(params: number, layers?: number, hidden?: number): { shape: PlanShape; how: string } {
+export function planShapeFor(params: number, layers?: number, hidden?: number): { shape: PlanShape; how: string } {
   if (layers === undefined && hidden === undefined) {
-    const p = PRESETS.reduce((best, x) => (Math.abs(Math.log(paramsOf(x) / params)) < Math.abs(Math.log(paramsOf(best) / params)) ? x : best));
+    const p = PLAN_PRESETS.reduce((best, x) => (Math.abs(Math.log(paramsOf(x) / params)) < Math.abs(Math.log(paramsOf(best) / params)) ? x : best));
     const { name, ...shape } = p;
     return { shape, how: `${name} (${humanCount(paramsOf(p))} params), the nearest known shape to ${humanCount(params)}` };
   }
-  const near = shapeFor(params).shape;
+  const near = planShapeFor(params).shape;
   const dim = hidden ?? near.dim;
   const L = layers ?? near.layers;
   const heads = Math.max(1, Math.round(dim / 128));
@@ -46,7 +42,7 @@ export function shapeFor(params: number, layers?: number, hidden?: number): { sh
   return { shape: { vocab, dim, layers: L, heads, kvHeads: heads, hidden: ffn, tied: false }, how: `derived: ${L} layers, hidden ${dim}, MLP ${ffn} solved from the count (MHA, ${heads} heads, vocab ${vocab}, untied)` };
 }
 
-export function humanCount(n: number): string {
+function humanCount(n: number): string {
   for (const [d, u] of [[1e12, "T"], [1e9, "B"], [1e6, "M"], [1e3, "K"]] as const) if (n >= d) return `${Number((n / d).toPrecision(3))}${u}`;
   return `${n}`;
 }
@@ -68,11 +64,11 @@ export function planText(i: PlanInput, how: string): string {
     "  LoRA A/B (f32)".padEnd(80) + fmtBytes(e.loraBytes),
     "  gradients (f32, trainable only)".padEnd(80) + fmtBytes(e.gradBytes),
     "  AdamW state (exp_avg + exp_avg_sq, f32)".padEnd(80) + fmtBytes(e.optimizerBytes),
-    "  activations, gradient checkpointing".padEnd(80) + fmtBytes(e.activationBytes.checkpointing),
-    "  activations, no checkpointing".padEnd(80) + fmtBytes(e.activationBytes.none),
+    "  activations, each layer recomputed in backward".padEnd(80) + fmtBytes(e.activationBytes.recompute),
+    "  activations, all kept for backward".padEnd(80) + fmtBytes(e.activationBytes.none),
     "",
-    `  total, ${e.checkpointing ? "with" : "without"} checkpointing (the trainer's default for ${i.method})`.padEnd(80) + fmtBytes(e.totalBytes),
-    `  total, ${e.checkpointing ? "without" : "with"} checkpointing`.padEnd(80) + fmtBytes(e.totalOtherBytes),
+    `  total, ${e.recompute ? "with" : "without"} recomputation (${i.recompute === undefined ? `the trainer's default for ${i.method}` : "as asked"})`.padEnd(80) + fmtBytes(e.totalBytes),
+    `  total, ${e.recompute ? "without" : "with"} recomputation`.padEnd(80) + fmtBytes(e.totalOtherBytes),
     "",
     "Lowrank trains in f32. The formula is checked against measured steps up to 110M params",
     "(benchmarks/results/REPORT.md section 2: peaks within 4% there; benchmarks/test/plan.test.ts allows 10%).",

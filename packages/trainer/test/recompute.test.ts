@@ -1,32 +1,32 @@
-/** Gradient checkpointing per decoder layer: same gradients, lower peak memory (numbers printed). */
+/** Activation recomputation per decoder layer: same gradients, lower peak memory (numbers printed). */
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { createCpuBackend } from "@lowrank/backend-cpu";
 import { loadHfModel } from "@lowrank/nn/node";
 import { getPeftModel } from "@lowrank/lora/node";
-import { Rng, type Tensor, checkpoint, tensor } from "@lowrank/tensor";
-import { CheckpointedLayer, batchLossSum, dropoutStreamMap, enableGradientCheckpointing } from "../src/node.ts";
+import { Rng, type Tensor, recompute, tensor } from "@lowrank/tensor";
+import { RecomputedLayer, batchLossSum, dropoutStreamMap, recomputeLayers } from "../src/node.ts";
 import { STORIES, dataDir } from "./helpers.ts";
 
 const data = dataDir();
 
-test("checkpointing each decoder layer keeps names and gradients, and lowers peak bytes", { skip: data ? false : "no shared data directory" }, async (t) => {
+test("recomputing each decoder layer keeps names and gradients, and lowers peak bytes", { skip: data ? false : "no shared data directory" }, async (t) => {
   const backend = createCpuBackend();
   const rng = new Rng(11);
   const [B, T] = [4, 128];
   const ids = Int32Array.from({ length: B * T }, () => 3 + rng.int(500));
   const labels = Int32Array.from({ length: B * T }, () => 3 + rng.int(500));
   const batch = { B, T, ids, labels, targets: B * T };
-  const measure = async (ckpt: boolean, method: "full" | "lora") => {
+  const measure = async (again: boolean, method: "full" | "lora") => {
     const model = await loadHfModel(join(data as string, STORIES), { backend });
     if (method === "lora") getPeftModel(model, { r: 8, lora_alpha: 16, target_modules: "all-linear" }, "default", { seed: 1 });
     else model.setRequiresGrad(true);
     const names = model.namedParameters().map(([n]) => n);
     let undo = () => {};
-    if (ckpt) {
-      undo = enableGradientCheckpointing(model);
-      assert.ok(model.getSubmodule("model.layers.0") instanceof CheckpointedLayer);
+    if (again) {
+      undo = recomputeLayers(model);
+      assert.ok(model.getSubmodule("model.layers.0") instanceof RecomputedLayer);
       assert.deepEqual(model.namedParameters().map(([n]) => n), names, "parameter names unchanged");
     }
     const base = backend.memory().liveBytes;
@@ -43,22 +43,22 @@ test("checkpointing each decoder layer keeps names and gradients, and lowers pea
   };
   for (const method of ["full", "lora"] as const) {
     const plain = await measure(false, method);
-    const ck = await measure(true, method);
-    assert.equal(ck.value, plain.value);
-    assert.equal(ck.grads.length, plain.grads.length);
+    const re = await measure(true, method);
+    assert.equal(re.value, plain.value);
+    assert.equal(re.grads.length, plain.grads.length);
     for (let k = 0; k < plain.grads.length; k++) {
       const [n, a] = plain.grads[k];
-      const b = ck.grads[k][1];
+      const b = re.grads[k][1];
       for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i] - b[i]) <= 1e-6 + 1e-4 * Math.abs(a[i]), `${n}[${i}] ${a[i]} vs ${b[i]}`);
     }
     const mib = (x: number) => (x / 2 ** 20).toFixed(1);
-    t.diagnostic(`${method}, stories260K, B=${B} T=${T}: peak ${mib(plain.peak)} MiB without, ${mib(ck.peak)} MiB with checkpointing (${((100 * ck.peak) / plain.peak).toFixed(0)}%)`);
-    assert.ok(ck.peak < plain.peak * 0.75, `checkpointed peak ${ck.peak} vs ${plain.peak}`);
+    t.diagnostic(`${method}, stories260K, B=${B} T=${T}: peak ${mib(plain.peak)} MiB without, ${mib(re.peak)} MiB with recomputation (${((100 * re.peak) / plain.peak).toFixed(0)}%)`);
+    assert.ok(re.peak < plain.peak * 0.75, `recomputed peak ${re.peak} vs ${plain.peak}`);
   }
   backend.dispose();
 });
 
-test("tensor's checkpoint() replays LoRA dropout draws itself: same gradients and stream positions as without it", { skip: data ? false : "no shared data directory" }, async () => {
+test("tensor's recompute() replays LoRA dropout draws itself: same gradients and stream positions as without it", { skip: data ? false : "no shared data directory" }, async () => {
   const backend = createCpuBackend({ threads: 0 });
   const model = await loadHfModel(join(data as string, STORIES), { backend });
   const peft = getPeftModel(model, { r: 4, lora_alpha: 8, lora_dropout: 0.3, target_modules: ["q_proj"] }, "default", { seed: 2 });
@@ -70,7 +70,7 @@ test("tensor's checkpoint() replays LoRA dropout draws itself: same gradients an
     stream.counter = 1000;
     const x = tensor(xv, { shape: [6, layer.inFeatures], backend, requiresGrad: true });
     const y = wrap((h) => layer.forward(h), x);
-    // Two draws in one step (as a checkpointed block followed by more dropout), then backward.
+    // Two draws in one step (as a recomputed block followed by more dropout), then backward.
     const loss = y.mul(y).sum();
     loss.backward();
     const out = { gx: Array.from(x.grad!.readSync()), gA: Array.from(layer.lora_A.get("default").weight.grad!.readSync()), counter: stream.counter };
@@ -79,11 +79,11 @@ test("tensor's checkpoint() replays LoRA dropout draws itself: same gradients an
     return out;
   };
   const plain = run((f, x) => f(x));
-  const ck = run((f, x) => checkpoint(f, x));
-  assert.equal(ck.counter, plain.counter, "the recompute leaves the stream where the forward left it");
+  const re = run((f, x) => recompute(f, x));
+  assert.equal(re.counter, plain.counter, "the second forward leaves the stream where the forward left it");
   assert.ok(plain.counter > 1000);
-  assert.deepEqual(ck.gx, plain.gx, "input gradient: the recompute saw the forward's dropout mask");
-  assert.deepEqual(ck.gA, plain.gA);
+  assert.deepEqual(re.gx, plain.gx, "input gradient: the second forward saw the forward's dropout mask");
+  assert.deepEqual(re.gA, plain.gA);
   model.dispose();
   backend.dispose();
 });
