@@ -1,13 +1,15 @@
 #!/usr/bin/env node
 // The repository's test run (`npm test`):
-//   1. typecheck (tsc -p tsconfig.json), the size budget (scripts/size-budget.mjs) and the runtime
-//      edges (scripts/check-edges.mjs: no node: import in packages/*/src outside the edge files);
+//   1. typecheck (tsc -p tsconfig.json), the size budget (scripts/size-budget.mjs), the runtime
+//      edges (scripts/check-edges.mjs: no node: import in packages/*/src outside the edge files) and
+//      the workspace source map (scripts/workspace-map.mjs --check: tsconfig.paths.json and
+//      deno.json's imports match the packages' exports);
 //   2. every packages/* and apps/* directory with test/*.test.ts, under Node (node --import tsx --test);
 //   3. the core suites (CORE below) again under Bun (bun test) and Deno (deno test), so the core
 //      provably runs on all three runtimes.
 // Suites run one after another (2-core CI machines). Each prints one line; a failing suite also
 // prints its full output. The last line is always exactly "N passed, N failed" (test counts parsed
-// from each runner's summary; the three checks count as one test each). Exit code 1 if anything failed.
+// from each runner's summary; the four checks count as one test each). Exit code 1 if anything failed.
 //
 // Options (for fast local runs):
 //   --only <pkg>[,<pkg>]     only these packages (directory name or package name); skips the checks
@@ -205,6 +207,7 @@ if (!only.length) {
   await check("typecheck", join(BIN, "tsc"), ["-p", "tsconfig.json"]);
   await check("size-budget", process.execPath, [join(ROOT, "scripts", "size-budget.mjs")]);
   await check("check-edges", process.execPath, [join(ROOT, "scripts", "check-edges.mjs")]);
+  await check("workspace-map", process.execPath, [join(ROOT, "scripts", "workspace-map.mjs"), "--check"]);
 }
 if (runtimes.includes("node")) for (const pkg of pkgs) await suite("node", pkg);
 for (const runtime of runtimes.filter((r) => r !== "node")) {
