@@ -4,7 +4,8 @@
 //      edges (scripts/check-edges.mjs: no node: import in packages/*/src outside the edge files) and
 //      the workspace source map (scripts/workspace-map.mjs --check: tsconfig.paths.json and
 //      deno.json's imports match the packages' exports);
-//   2. every packages/* and apps/* directory with test/*.test.ts, under Node (node --import tsx --test);
+//   2. every packages/* and apps/* directory with test/*.test.ts, then the repository's own test/
+//      (packed tarballs, turbo, lockfiles), under Node (node --import tsx --test);
 //   3. the core suites (CORE below) again under Bun (bun test) and Deno (deno test), so the core
 //      provably runs on all three runtimes.
 // Suites run one after another (2-core CI machines). Each prints one line; a failing suite also
@@ -66,6 +67,7 @@ function testPackages() {
     return existsSync(base) ? readdirSync(base).sort().map((name) => join(base, name)) : [];
   });
   dirs.push(join(ROOT, "benchmarks")); // a workspace of its own at the root
+  dirs.push(ROOT); // test/: the packed packages and the lockfiles, as a consumer and a fresh clone see them
   {
     for (const dir of dirs) {
       const name = relative(ROOT, dir);
@@ -74,7 +76,7 @@ function testPackages() {
       const files = readdirSync(testDir).filter((f) => f.endsWith(".test.ts")).sort().map((f) => `test/${f}`);
       if (!files.length) continue;
       const pkg = JSON.parse(readFileSync(join(dir, "package.json"), "utf8"));
-      found.push({ dir, rel: relative(ROOT, dir), name: pkg.name ?? name, files });
+      found.push({ dir, rel: relative(ROOT, dir) || ".", name: dir === ROOT ? "repository" : (pkg.name ?? name), files });
     }
   }
   return found;
