@@ -39,7 +39,7 @@ const EXAMPLES: Record<string, { deno?: string[]; browser?: true; check: (out: s
       assert.ok(flat(o).includes("[[4,5],[10,11]]"), "matmul result");
     },
   },
-  "@lowrank/backend-webgpu": { browser: true, check: (o) => assert.ok(flat(o).endsWith("[[4,5],[10,11]]"), o) },
+  "@lowrank/backend-webgpu": { browser: true, check: (o) => assert.ok(flat(o).endsWith("[[4,5],[10,11]]"), `page body: ${JSON.stringify(o)}`) },
   "@lowrank/nf4": { check: (o) => assert.match(flat(o), /bitsperweight4\.129.*maxerror0\.00301/) },
   "@lowrank/safetensors": {
     deno: ["--allow-read=.", "--allow-write=."],

@@ -60,10 +60,11 @@ export async function runPage(outDir: string, timeoutMs = 60_000): Promise<strin
     page.on("console", (m) => log.push(`${m.type()}: ${m.text()}`));
     page.on("pageerror", (e) => log.push(`pageerror: ${e.message}`));
     await page.goto(url);
-    await page.waitForFunction(() => document.body.textContent !== "" || document.title.startsWith("error"), null, { timeout: timeoutMs });
+    // Vite's index.html may leave whitespace in <body>: wait for text.
+    await page.waitForFunction(() => (document.body.textContent ?? "").trim() !== "" || document.title.startsWith("error"), null, { timeout: timeoutMs });
     const title = await page.title();
     if (title.startsWith("error")) throw new Error(`${url}: ${title}\n${log.join("\n")}`);
-    return (await page.textContent("body")) ?? "";
+    return ((await page.textContent("body")) ?? "").trim();
   } catch (err) {
     if (err instanceof Error && !err.message.includes(url)) err.message += `\npage console:\n${log.join("\n")}`;
     throw err;
