@@ -99,21 +99,18 @@ export function scratchLockfile(packs: Packed[], rootDir: string): object {
     for (const d of Object.keys({ ...e.dependencies, ...e.optionalDependencies })) visit(d, key);
   };
   for (const p of packs) {
-    const manifest = packedManifest(p);
+    const pkg = publishable().find((q) => q.name === p.name);
+    if (!pkg) throw new Error(`${p.file}: ${p.name} is not a publishable package`);
+    // The tarball's package.json is the workspace's (npm pack copies it as is).
+    const manifest = JSON.parse(readFileSync(join(pkg.dir, "package.json"), "utf8")) as LockEntry;
     packages[`node_modules/${p.name}`] = {
       version: manifest.version, resolved: rootDeps[p.name],
       ...pick(manifest, ["license", "dependencies", "optionalDependencies", "peerDependencies"]),
     };
-    for (const d of Object.keys({ ...manifest.dependencies, ...manifest.optionalDependencies })) visit(d, "");
+    const from = relative(ROOT, pkg.dir).split(sep).join("/"); // packages/<dir>: its own node_modules first
+    for (const d of Object.keys({ ...manifest.dependencies, ...manifest.optionalDependencies })) visit(d, from);
   }
   return { name: "lowrank-consumer", lockfileVersion: 3, requires: true, packages };
-}
-
-function packedManifest(p: Packed): LockEntry {
-  // The tarball's package.json is the workspace's (npm pack copies it as is).
-  const pkg = publishable().find((q) => q.name === p.name);
-  if (!pkg) throw new Error(`${p.file}: ${p.name} is not a publishable package`);
-  return JSON.parse(readFileSync(join(pkg.dir, "package.json"), "utf8"));
 }
 
 const pick = (o: LockEntry, keys: string[]) => Object.fromEntries(keys.filter((k) => o[k] !== undefined).map((k) => [k, o[k]]));
