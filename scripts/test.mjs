@@ -1,14 +1,17 @@
 #!/usr/bin/env node
 // The repository's test run (`npm test`):
 //   1. typecheck (tsc -p tsconfig.json), the size budget (scripts/size-budget.mjs), the runtime
-//      edges (scripts/check-edges.mjs: no node: import in packages/*/src outside the edge files) and,
-//      once CHECK_FORMAT is on, the formatting (prettier --check, .prettierrc.json / .prettierignore);
-//   2. every packages/* and apps/* directory with test/*.test.ts, under Node (node --import tsx --test);
+//      edges (scripts/check-edges.mjs: no node: import in packages/*/src outside the edge files),
+//      the workspace source map (scripts/workspace-map.mjs --check: tsconfig.paths.json and
+//      deno.json's imports match the packages' exports) and, once CHECK_FORMAT is on, the
+//      formatting (prettier --check, .prettierrc.json / .prettierignore);
+//   2. every packages/* and apps/* directory with test/*.test.ts, then the repository's own test/
+//      (packed tarballs, turbo, lockfiles), under Node (node --import tsx --test);
 //   3. the core suites (CORE below) again under Bun (bun test) and Deno (deno test), so the core
 //      provably runs on all three runtimes.
 // Suites run one after another (2-core CI machines). Each prints one line; a failing suite also
 // prints its full output. The last line is always exactly "N passed, N failed" (test counts parsed
-// from each runner's summary; the three checks count as one test each). Exit code 1 if anything failed.
+// from each runner's summary; the four checks count as one test each). Exit code 1 if anything failed.
 //
 // Options (for fast local runs):
 //   --only <pkg>[,<pkg>]     only these packages (directory name or package name); skips the checks
@@ -70,6 +73,7 @@ function testPackages() {
     return existsSync(base) ? readdirSync(base).sort().map((name) => join(base, name)) : [];
   });
   dirs.push(join(ROOT, "benchmarks")); // a workspace of its own at the root
+  dirs.push(ROOT); // test/: the packed packages and the lockfiles, as a consumer and a fresh clone see them
   {
     for (const dir of dirs) {
       const name = relative(ROOT, dir);
@@ -78,7 +82,7 @@ function testPackages() {
       const files = readdirSync(testDir).filter((f) => f.endsWith(".test.ts")).sort().map((f) => `test/${f}`);
       if (!files.length) continue;
       const pkg = JSON.parse(readFileSync(join(dir, "package.json"), "utf8"));
-      found.push({ dir, rel: relative(ROOT, dir), name: pkg.name ?? name, files });
+      found.push({ dir, rel: relative(ROOT, dir) || ".", name: dir === ROOT ? "repository" : (pkg.name ?? name), files });
     }
   }
   return found;
@@ -213,6 +217,7 @@ if (!only.length) {
   await check("check-edges", process.execPath, [join(ROOT, "scripts", "check-edges.mjs")]);
   if (CHECK_FORMAT) await check("format", join(BIN, "prettier"), ["--check", "."]);
   else console.log(`skip  ${"format".padEnd(36)} not enforced yet (CHECK_FORMAT in scripts/test.mjs; npm run format:check)`);
+  await check("workspace-map", process.execPath, [join(ROOT, "scripts", "workspace-map.mjs"), "--check"]);
 }
 if (runtimes.includes("node")) for (const pkg of pkgs) await suite("node", pkg);
 for (const runtime of runtimes.filter((r) => r !== "node")) {

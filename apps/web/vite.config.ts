@@ -21,6 +21,9 @@ const quiet: Pick<Rolldown.InputOptions, "onLog"> = {
 export default defineConfig({
   root,
   base: "./",
+  // @lowrank imports resolve to their TypeScript sources through the repository's tsconfig paths
+  // (tsconfig.paths.json); the packages' default export is a dist/ that only a build makes.
+  resolve: { tsconfigPaths: true },
   plugins: [dataAssets(resolveWebDataDir({ argv: process.argv, env: process.env, repoRoot: fileURLToPath(new URL("../..", import.meta.url)) }))],
   worker: { format: "es", rolldownOptions: quiet },
   server: { headers: isolation, host: "127.0.0.1" },
