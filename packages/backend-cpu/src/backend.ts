@@ -13,7 +13,7 @@ import { matmul4bitKernel } from "./kernels/matmul4bit.ts";
 import { adamwKernel, dropoutKernel, ropeKernel, swigluBackwardKernel, swigluKernel } from "./kernels/fused-nn.ts";
 import { type AttnOps, type AttnShape, attentionBackward, attentionForward, engineOps } from "./kernels/attention.ts";
 import { type LoraOps, loraBackward, loraForward } from "./kernels/lora.ts";
-import { attentionDecodeKernel } from "./kernels/attention-decode.ts";
+import { type CacheView, attentionDecodeKernel } from "./kernels/attention-decode.ts";
 import { type Num, contiguous, copyView, gatherValues, numeric, numericView } from "./kernels/strided.ts";
 import { type MatmulEngine, createMatmulEngine } from "./matmul.ts";
 import { ElementwiseWasm } from "./wasm/elementwise.ts";
@@ -108,6 +108,9 @@ export class CpuBackend implements Backend<CpuHandle> {
   }
   readSync(h: CpuHandle, _dtype: DType, size: number): HostArray {
     return h.slice(0, size) as HostArray;
+  }
+  copyInto(dst: Input<CpuHandle>, src: Input<CpuHandle>): void {
+    copyView(src.handle as Num, src.view, dst.handle as Num, dst.view);
   }
   free(h: CpuHandle): void {
     this.live -= h.byteLength;
@@ -438,10 +441,12 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
       const r = attentionBackward(attn, be.packedF32(q), be.packedF32(k), be.packedF32(v), be.packedF32(o), be.packedF32(lse), be.packedF32(gy), a);
       return { gq: out(q.dtype, r.gq), gk: out(k.dtype, r.gk), gv: out(v.dtype, r.gv) };
     },
-    attentionDecode: (q, kNew, vNew, ks, vs, scale) => {
+    attentionDecode: (q, kNew, vNew, ks, vs, lengths, scale) => {
       const [Hq, N, D] = q.view.shape;
-      const r = attentionDecodeKernel({ N, Hq, Hkv: kNew.view.shape[0], D, scale }, be.packedF32(q), be.packedF32(kNew), be.packedF32(vNew), ks.map((k) => be.packedF32(k)), vs.map((v) => be.packedF32(v)), (n) => be.pool.take(n));
-      return { out: be.own(r.out), ks: r.ks.map((k) => be.own(k)), vs: r.vs.map((v) => be.own(v)) };
+      const cache = (c: Input<CpuHandle>): CacheView => ({ data: c.handle as Float32Array, offset: c.view.offset, sh: c.view.strides[0], sj: c.view.strides[1] });
+      const y = be.pool.take(Hq * N * D);
+      attentionDecodeKernel({ N, Hq, Hkv: kNew.view.shape[0], D, scale }, be.packedF32(q), be.packedF32(kNew), be.packedF32(vNew), ks.map(cache), vs.map(cache), lengths, y);
+      return be.own(y);
     },
     loraRows: (x, w, bias, a, b, mask) => {
       const r = loraForward(lora, loraDims(x, w, a), be.packedF32(x), be.packedF32(w), bias && be.packedF32(bias), be.packedF32(a), be.packedF32(b), be.packedF32(mask), null);

@@ -306,39 +306,43 @@ export function sumOfSquares(xs: readonly Tensor[]): Tensor {
   }));
 }
 
+/** A sequence's KV cache for attentionDecode: storages [1, Hkv, C, D] of which the first `length` positions are filled. */
+export interface DecodeCache {
+  k: Tensor;
+  v: Tensor;
+  length: number;
+}
+
 /**
- * A decode step of N sequences over their own caches (FusedKernels.attentionDecode): q [1, Hq, N, D],
- * k and v [1, Hkv, N, D] (sequence i in position i), ks[i], vs[i] [1, Hkv, S_i, D]. Returns
- * out [1, Hq, N, D] and the caches with the new key and value appended. Without the kernel (or
- * outside f32) each sequence's cache grows by concat and its query goes through `attention`.
- * Inference only.
+ * A decode step of N sequences, each over its own cache (FusedKernels.attentionDecode): q [1, Hq, N, D],
+ * k and v [1, Hkv, N, D] (sequence i in position i). Writes sequence i's new key and value into its
+ * cache at position caches[i].length, in place (the cache must have room: length < C), and returns
+ * out [1, Hq, N, D], each query over its length + 1 cached keys. Without the kernel (or outside f32)
+ * each sequence appends with copyInto and its query goes through `attention`. Inference only.
  */
-export function attentionDecode(q: Tensor, k: Tensor, v: Tensor, ks: readonly Tensor[], vs: readonly Tensor[], scale?: number): { out: Tensor; ks: Tensor[]; vs: Tensor[] } {
+export function attentionDecode(q: Tensor, k: Tensor, v: Tensor, caches: readonly DecodeCache[], scale?: number): Tensor {
   return noGrad(() => scope(() => {
     const [, Hq, N, D] = q.shape;
-    const Hkv = k.shape[1];
+    if (caches.length !== N) throw new RangeError(`attentionDecode: ${N} queries for ${caches.length} caches`);
+    for (const c of caches) {
+      if (c.length >= c.k.shape[2] || c.v.shape[2] !== c.k.shape[2]) throw new RangeError(`attentionDecode: a cache of ${c.k.shape[2]} positions has no room after ${c.length}`);
+    }
     const sc = scale ?? 1 / Math.sqrt(D);
     const kern = q.backend.fused?.attentionDecode;
-    if (kern && [q, k, v, ...ks, ...vs].every((t) => t.dtype === "f32")) {
-      // [H, rows, D] views of contiguous [1, H, rows, D] inputs, made as plain Inputs: a decode step passes
-      // two caches per sequence, and a Tensor per view would cost more than the kernel's copy of them.
-      const c = (t: Tensor) => {
-        const x = dense(t).input;
-        const [, H, S, d] = t.shape;
-        return { ...x, view: { shape: [H, S, d], strides: [S * d, d, 1], offset: x.view.offset } };
-      };
-      const r = kern(c(q), c(k), c(v), ks.map(c), vs.map(c), sc);
-      const cache = (h: unknown, i: number) => fromHandle(q.backend, h, [1, Hkv, ks[i].shape[2] + 1, D], "f32");
-      return { out: fromHandle(q.backend, r.out, [1, Hq, N, D], "f32"), ks: r.ks.map(cache), vs: r.vs.map(cache) };
+    const rowMajor = (t: Tensor) => t.dtype === "f32" && t.strides[3] === 1;
+    if (kern && [q, k, v].every((t) => t.dtype === "f32") && caches.every((c) => rowMajor(c.k) && rowMajor(c.v))) {
+      // [H, C, D] views of the [1, H, C, D] storages, made as plain Inputs: a Tensor per view would
+      // cost more than the kernel's work on a short cache.
+      const c = (t: Tensor) => ({ handle: t.storage.handle, dtype: t.dtype, view: { shape: t.shape.slice(1), strides: t.strides.slice(1), offset: t.offset } });
+      const lengths = caches.map((x) => x.length);
+      return fromHandle(q.backend, kern(c(dense(q)), c(dense(k)), c(dense(v)), caches.map((x) => c(x.k)), caches.map((x) => c(x.v)), lengths, sc), [1, Hq, N, D], "f32");
     }
-    const outKs: Tensor[] = [], outVs: Tensor[] = [], ys: Tensor[] = [];
-    for (let i = 0; i < N; i++) {
-      const [K, V] = [ops.concat([ks[i], k.narrow(2, i, 1)], 2), ops.concat([vs[i], v.narrow(2, i, 1)], 2)];
-      outKs.push(K);
-      outVs.push(V);
-      ys.push(attention(q.narrow(2, i, 1), K, V, { causal: false, scale: sc }));
-    }
-    return { out: ops.concat(ys, 2), ks: outKs, vs: outVs };
+    const ys = caches.map((c, i) => {
+      ops.copyInto(c.k.narrow(2, c.length, 1), k.narrow(2, i, 1));
+      ops.copyInto(c.v.narrow(2, c.length, 1), v.narrow(2, i, 1));
+      return attention(q.narrow(2, i, 1), c.k.narrow(2, 0, c.length + 1), c.v.narrow(2, 0, c.length + 1), { causal: false, scale: sc });
+    });
+    return ys.length === 1 ? ys[0] : ops.concat(ys, 2);
   }));
 }
 

@@ -49,7 +49,7 @@ export class KvBudgetError extends RangeError {
 export interface BatcherOptions {
   /** Sequences decoded together (default 32). */
   maxBatch?: number;
-  /** Bytes the active sequences' KV caches may reach at their longest (default 256 MiB). */
+  /** Bytes the active sequences' KV caches may hold, each sized for its prompt plus max new tokens (default 256 MiB). */
   kvBudgetBytes?: number;
   /** Tokens one step takes in, prompts of joining sequences included (default 2048; one prompt may exceed it alone). */
   maxStepTokens?: number;
@@ -161,7 +161,8 @@ export class Batcher {
       bytes += w.kvBytes;
       tokens += w.spec.promptIds.length;
       this.#active.push({
-        spec: w.spec, cache: this.#m.model.createCache(), ids: [...w.spec.promptIds], generated: 0, rng: new Rng(w.spec.seed),
+        // Room for every position it can reach, taken at its first step: exactly the kvBytes admitted.
+        spec: w.spec, cache: this.#m.model.createCache({ capacity: w.spec.promptIds.length + w.spec.maxNewTokens }), ids: [...w.spec.promptIds], generated: 0, rng: new Rng(w.spec.seed),
         pending: [...w.spec.promptIds], kvBytes: w.kvBytes, done: w.resolve, fail: w.reject,
       });
     }
