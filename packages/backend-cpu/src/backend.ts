@@ -17,6 +17,7 @@ import { type CacheView, attentionDecodeKernel } from "./kernels/attention-decod
 import { type Num, contiguous, copyView, gatherValues, numeric, numericView } from "./kernels/strided.ts";
 import { type MatmulEngine, createMatmulEngine } from "./matmul.ts";
 import { ElementwiseWasm } from "./wasm/elementwise.ts";
+import { DecodeWasm } from "./wasm/attention-decode.ts";
 import { BlasEngine } from "./blas/engine.ts";
 import { selectBlas } from "./blas/index.ts";
 import { gemmViews } from "./kernels/gemm-views.ts";
@@ -29,7 +30,7 @@ export type CpuHandle = HostArray;
 export interface CpuBackendOptions {
   /** Worker threads for matmul (default: available cores - 1; 0 = main thread only). */
   threads?: number;
-  /** Use the WASM SIMD kernels (matmul; f32 elementwise, where, exp/sigmoid, row sums) when the runtime supports them (default true). */
+  /** Use the WASM SIMD kernels (matmul; f32 elementwise, where, exp/sigmoid, row sums; decode attention) when the runtime supports them (default true). */
   wasm?: boolean;
   /**
    * Matmul through the system BLAS: "auto" (the first known library found, else WASM), "off", or
@@ -65,6 +66,8 @@ export class CpuBackend implements Backend<CpuHandle> {
   /** null: TypeScript elementwise kernels only (wasm: false, or no WASM SIMD here). */
   /** @internal also used by the fused kernels (makeFused) */
   readonly ew: ElementwiseWasm | null;
+  /** @internal attentionDecode's WASM SIMD kernel; null as `ew` */
+  readonly decodeWasm: DecodeWasm | null;
 
   constructor(opts: CpuBackendOptions = {}) {
     const { lib, reason } = selectBlas(opts.blas);
@@ -78,6 +81,7 @@ export class CpuBackend implements Backend<CpuHandle> {
       this.blas = { active: false, reason };
     }
     this.ew = opts.wasm === false ? null : ElementwiseWasm.create();
+    this.decodeWasm = opts.wasm === false ? null : DecodeWasm.create();
     useBf16Codec(this.ew);
     this.fused = makeFused(this);
   }
@@ -445,7 +449,8 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
       const [Hq, N, D] = q.view.shape;
       const cache = (c: Input<CpuHandle>): CacheView => ({ data: c.handle as Float32Array, offset: c.view.offset, sh: c.view.strides[0], sj: c.view.strides[1] });
       const y = be.pool.take(Hq * N * D);
-      attentionDecodeKernel({ N, Hq, Hkv: kNew.view.shape[0], D, scale }, be.packedF32(q), be.packedF32(kNew), be.packedF32(vNew), ks.map(cache), vs.map(cache), lengths, y);
+      const args = [{ N, Hq, Hkv: kNew.view.shape[0], D, scale }, be.packedF32(q), be.packedF32(kNew), be.packedF32(vNew), ks.map(cache), vs.map(cache), lengths, y] as const;
+      if (!be.decodeWasm?.run(...args)) attentionDecodeKernel(...args);
       return be.own(y);
     },
     loraRows: (x, w, bias, a, b, mask) => {

@@ -12,6 +12,7 @@
 import { matmulBlocked } from "./kernels/matmul.ts";
 import { transposeInto } from "./kernels/strided.ts";
 import { MATMUL_WASM_PLAIN, MATMUL_WASM_PLAIN_RELAXED, MATMUL_WASM_SHARED, MATMUL_WASM_SHARED_RELAXED } from "./wasm/matmul-wasm.ts";
+import { base64Bytes } from "./wasm/base64.ts";
 import {
   COPIED, FAIL, FINISHED, type GemmPacked, JOB, MAX_CHUNKS, NEXT, READY, SEQ, SLOT, TMP, type WorkerHandle,
   availableCores, canBlock, canShare, claimChunks, jobTag, startWorkers,
@@ -79,13 +80,6 @@ interface Kernel {
   packBT(bt: number, ldbt: number, k: number, n: number, dst: number, kc: number, nc: number): void;
   heapBase(): number;
   scratchBytes(kc: number): number;
-}
-
-function decode(b64: string): Uint8Array {
-  const s = atob(b64);
-  const out = new Uint8Array(s.length);
-  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
-  return out;
 }
 
 const align64 = (n: number) => Math.ceil(n / 64) * 64;
@@ -157,7 +151,7 @@ class WasmEngine implements WasmMatmulEngine {
     // otherwise an unshared one runs on the calling thread alone. Relaxed SIMD first where it validates.
     const pick = (relaxed: string, plain: string): Uint8Array | null => {
       for (const b64 of opts.relaxed === false ? [plain] : [relaxed, plain]) {
-        const b = decode(b64);
+        const b = base64Bytes(b64);
         if (WebAssembly.validate(b as BufferSource)) {
           this.relaxed = b64 === relaxed;
           return b;

@@ -1,10 +1,12 @@
-// The WASM SIMD fused kernels (dropout, SwiGLU) against their TypeScript references, sizes and
-// counter offsets chosen to hit the 4-lane tails, the chunk edges and a 2^32 counter boundary.
+// The WASM SIMD fused kernels (dropout, SwiGLU, decode attention) against their TypeScript references,
+// sizes and counter offsets chosen to hit the 4-lane tails, the chunk edges and a 2^32 counter boundary.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { uniformAt } from "@lowrank/tensor";
 import { ElementwiseWasm } from "../src/wasm/elementwise.ts";
 import { dropoutKernel, swigluBackwardKernel, swigluKernel } from "../src/kernels/fused-nn.ts";
+import { attentionDecodeKernel } from "../src/kernels/attention-decode.ts";
+import { DecodeWasm } from "../src/wasm/attention-decode.ts";
 
 const ew = ElementwiseWasm.create();
 const rnd = (n: number, s: number) => Float32Array.from({ length: n }, (_, i) => 8 * uniformAt(s, i) - 4);
@@ -84,5 +86,29 @@ test("attention: the WASM row kernels and the TypeScript passes give the same va
     got.forEach((a, j) => {
       for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i] - ref[j][i]) <= 5e-5 * (1 + Math.abs(ref[j][i])), `${JSON.stringify(opts)} output ${j}[${i}]: ${a[i]} vs ${ref[j][i]}`);
     });
+  }
+});
+
+test("WASM decode attention equals the TypeScript kernel: GQA, head sizes on and off the 4-vector blocks, caches laid out [Hkv, C, D] and [C, Hkv, D]", { skip: DecodeWasm.create() ? false : "no WASM SIMD here" }, () => {
+  const dw = DecodeWasm.create()!;
+  for (const [Hq, Hkv, D, layout] of [[8, 4, 8, "head-major"], [4, 1, 64, "head-major"], [6, 2, 20, "position-major"], [2, 2, 12, "head-major"]] as const) {
+    const lengths = [3, 0, 17, 9];
+    const N = lengths.length, C = 20;
+    const q = rnd(Hq * N * D, 5), kNew = rnd(Hkv * N * D, 6), vNew = rnd(Hkv * N * D, 7);
+    // Per sequence: a storage of C positions, strides by layout.
+    const caches = () => lengths.map((_, i) => [rnd(Hkv * C * D, 10 + i), rnd(Hkv * C * D, 20 + i)].map((data) =>
+      layout === "head-major" ? { data, offset: 0, sh: C * D, sj: D } : { data, offset: 0, sh: D, sj: Hkv * D }));
+    const [a, b] = [caches(), caches()];
+    const [ya, yb] = [new Float32Array(Hq * N * D), new Float32Array(Hq * N * D)];
+    const shape = { N, Hq, Hkv, D, scale: 1 / Math.sqrt(D) };
+    const ran = dw.run(shape, q, kNew, vNew, a.map((c) => c[0]), a.map((c) => c[1]), lengths, ya);
+    attentionDecodeKernel(shape, q, kNew, vNew, b.map((c) => c[0]), b.map((c) => c[1]), lengths, yb);
+    if (D % 4 !== 0) {
+      assert.equal(ran, false, `D ${D}: the WASM kernel declines`);
+      continue;
+    }
+    assert.ok(ran, `D ${D}`);
+    for (let i = 0; i < ya.length; i++) assert.ok(Math.abs(ya[i] - yb[i]) <= 2e-6 * Math.max(1, Math.abs(yb[i])), `Hq ${Hq} Hkv ${Hkv} D ${D} ${layout}: out[${i}] ${ya[i]} vs ${yb[i]}`);
+    a.forEach((c, i) => c.forEach((x, j) => assert.deepEqual(x.data, b[i][j].data, `${layout} D ${D}: sequence ${i} ${j ? "values" : "keys"} appended alike`)));
   }
 });
