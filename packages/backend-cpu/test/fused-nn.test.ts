@@ -2,6 +2,7 @@
 // sizes and counter offsets chosen to hit the 4-lane tails, the chunk edges and a 2^32 counter boundary.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { uniformAt } from "@lowrank/tensor";
 import { ElementwiseWasm } from "../src/wasm/elementwise.ts";
 import { dropoutKernel, swigluBackwardKernel, swigluKernel } from "../src/kernels/fused-nn.ts";
@@ -111,4 +112,12 @@ test("WASM decode attention equals the TypeScript kernel: GQA, head sizes on and
     for (let i = 0; i < ya.length; i++) assert.ok(Math.abs(ya[i] - yb[i]) <= 2e-6 * Math.max(1, Math.abs(yb[i])), `Hq ${Hq} Hkv ${Hkv} D ${D} ${layout}: out[${i}] ${ya[i]} vs ${yb[i]}`);
     a.forEach((c, i) => c.forEach((x, j) => assert.deepEqual(x.data, b[i][j].data, `${layout} D ${D}: sequence ${i} ${j ? "values" : "keys"} appended alike`)));
   }
+});
+
+const asc = await import("assemblyscript/asc").catch(() => null);
+test("rebuilding assembly/attention-decode.ts gives the committed bytes", { skip: asc ? false : "assemblyscript (asc) is not installed: cannot rebuild" }, async () => {
+  const { buildWasm, TARGETS } = await import("../scripts/build-wasm.mjs");
+  const { text } = await buildWasm("attentionDecode");
+  const committed = readFileSync(new URL(`../${TARGETS.attentionDecode.output}`, import.meta.url), "utf8");
+  assert.equal(text, committed, `${TARGETS.attentionDecode.output} is stale: run npm run build:wasm -w @lowrank/backend-cpu`);
 });
