@@ -13,7 +13,7 @@ import { matmul4bitKernel } from "./kernels/matmul4bit.ts";
 import { adamwKernel, dropoutKernel, ropeKernel, swigluBackwardKernel, swigluKernel } from "./kernels/fused-nn.ts";
 import { type AttnOps, type AttnShape, attentionBackward, attentionForward, engineOps } from "./kernels/attention.ts";
 import { type LoraOps, loraBackward, loraForward } from "./kernels/lora.ts";
-import { type CacheView, attentionDecodeKernel } from "./kernels/attention-decode.ts";
+import { type Rows, attentionDecodeKernel } from "./kernels/attention-decode.ts";
 import { type Num, contiguous, copyView, gatherValues, numeric, numericView } from "./kernels/strided.ts";
 import { type MatmulEngine, createMatmulEngine } from "./matmul.ts";
 import { ElementwiseWasm } from "./wasm/elementwise.ts";
@@ -447,9 +447,9 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
     },
     attentionDecode: (q, kNew, vNew, ks, vs, lengths, scale) => {
       const [Hq, N, D] = q.view.shape;
-      const cache = (c: Input<CpuHandle>): CacheView => ({ data: c.handle as Float32Array, offset: c.view.offset, sh: c.view.strides[0], sj: c.view.strides[1] });
-      const y = be.pool.take(Hq * N * D);
-      const args = [{ N, Hq, Hkv: kNew.view.shape[0], D, scale }, be.packedF32(q), be.packedF32(kNew), be.packedF32(vNew), ks.map(cache), vs.map(cache), lengths, y] as const;
+      const rows = (c: Input<CpuHandle>): Rows => ({ data: c.handle as Float32Array, offset: c.view.offset, s0: c.view.strides[0], s1: c.view.strides[1] });
+      const y = be.pool.take(N * Hq * D);
+      const args = [{ N, Hq, Hkv: kNew.view.shape[0], D, scale }, rows(q), rows(kNew), rows(vNew), ks.map(rows), vs.map(rows), lengths, y] as const;
       if (!be.decodeWasm?.run(...args)) attentionDecodeKernel(...args);
       return be.own(y);
     },

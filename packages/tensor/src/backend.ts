@@ -194,11 +194,12 @@ export interface FusedKernels<H = unknown> {
   /**
    * One decode step of N sequences, each over its own KV cache held in place (continuous batching;
    * inference only, no gradient). q [Hq, N, D], kNew and vNew [Hkv, N, D]: sequence i's new query,
-   * key and value in row i (contiguous). ks[i], vs[i]: f32 views [Hkv, C_i, D] (last stride 1) onto
-   * sequence i's cache storages, whose first lengths[i] < C_i positions are filled. Writes the new
-   * key and value at position lengths[i] IN PLACE, then returns out [Hq, N, D]: query i over its
-   * lengths[i] + 1 keys, grouped-query (head h reads kv head floor(h / (Hq / Hkv))),
-   * softmax(scale · q·kᵀ)·v. Optional: without it each sequence appends with copyInto and attends alone.
+   * key and value in row i. ks[i], vs[i]: views [Hkv, C_i, D] onto sequence i's cache storages,
+   * whose first lengths[i] < C_i positions are filled. All f32, any strides but a last one of 1.
+   * Writes the new key and value at position lengths[i] IN PLACE, then returns out [N, Hq, D]
+   * (sequence-major, as the output projection reads it): query i over its lengths[i] + 1 keys,
+   * grouped-query (head h reads kv head floor(h / (Hq / Hkv))), softmax(scale · q·kᵀ)·v. Optional:
+   * without it each sequence appends with copyInto and attends alone.
    */
   attentionDecode?(q: Input<H>, kNew: Input<H>, vNew: Input<H>, ks: Input<H>[], vs: Input<H>[], lengths: readonly number[], scale: number): H;
   /**

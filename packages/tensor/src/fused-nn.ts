@@ -317,8 +317,10 @@ export interface DecodeCache {
  * A decode step of N sequences, each over its own cache (FusedKernels.attentionDecode): q [1, Hq, N, D],
  * k and v [1, Hkv, N, D] (sequence i in position i). Writes sequence i's new key and value into its
  * cache at position caches[i].length, in place (the cache must have room: length < C), and returns
- * out [1, Hq, N, D], each query over its length + 1 cached keys. Without the kernel (or outside f32)
- * each sequence appends with copyInto and its query goes through `attention`. Inference only.
+ * out [1, Hq, N, D], each query over its length + 1 cached keys; fused, out is a view of a
+ * [1, N, Hq, D] storage, so the permute back to tokens that the output projection wants costs no copy.
+ * Without the kernel (or outside f32) each sequence appends with copyInto and its query goes through
+ * `attention`. Inference only.
  */
 export function attentionDecode(q: Tensor, k: Tensor, v: Tensor, caches: readonly DecodeCache[], scale?: number): Tensor {
   return noGrad(() => scope(() => {
@@ -329,13 +331,14 @@ export function attentionDecode(q: Tensor, k: Tensor, v: Tensor, caches: readonl
     }
     const sc = scale ?? 1 / Math.sqrt(D);
     const kern = q.backend.fused?.attentionDecode;
-    const rowMajor = (t: Tensor) => t.dtype === "f32" && t.strides[3] === 1;
-    if (kern && [q, k, v].every((t) => t.dtype === "f32") && caches.every((c) => rowMajor(c.k) && rowMajor(c.v))) {
-      // [H, C, D] views of the [1, H, C, D] storages, made as plain Inputs: a Tensor per view would
+    const rows = (t: Tensor) => t.dtype === "f32" && t.strides[3] === 1;
+    if (kern && rows(q) && rows(k) && rows(v) && caches.every((c) => rows(c.k) && rows(c.v))) {
+      // [H, rows, D] views of the [1, H, rows, D] tensors, made as plain Inputs: a Tensor per view would
       // cost more than the kernel's work on a short cache.
       const c = (t: Tensor) => ({ handle: t.storage.handle, dtype: t.dtype, view: { shape: t.shape.slice(1), strides: t.strides.slice(1), offset: t.offset } });
       const lengths = caches.map((x) => x.length);
-      return fromHandle(q.backend, kern(c(dense(q)), c(dense(k)), c(dense(v)), caches.map((x) => c(x.k)), caches.map((x) => c(x.v)), lengths, sc), [1, Hq, N, D], "f32");
+      const out = kern(c(q), c(k), c(v), caches.map((x) => c(x.k)), caches.map((x) => c(x.v)), lengths, sc);
+      return fromHandle(q.backend, out, [1, N, Hq, D], "f32").permute([0, 2, 1, 3]);
     }
     const ys = caches.map((c, i) => {
       ops.copyInto(c.k.narrow(2, c.length, 1), k.narrow(2, i, 1));

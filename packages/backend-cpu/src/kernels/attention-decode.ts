@@ -4,7 +4,7 @@
  * place with spare capacity, so the step writes one new key and value row per sequence and reads
  * the filled prefix where it lies: nothing is copied or allocated but the output. Each query: scores
  * in f32, softmax with the row max, then the weighted sum of values. Grouped-query: query head h
- * reads kv head floor(h / (Hq / Hkv)).
+ * reads kv head floor(h / (Hq / Hkv)). wasm/attention-decode.ts runs the same on WASM SIMD.
  */
 
 export interface DecodeShape {
@@ -15,47 +15,59 @@ export interface DecodeShape {
   scale: number;
 }
 
-/** One cache storage: element [h, j, d] at offset + h * sh + j * sj + d. */
-export interface CacheView {
+/** A 3-D f32 view whose rows are contiguous: element [a, b, d] at offset + a * s0 + b * s1 + d. */
+export interface Rows {
   data: Float32Array;
   offset: number;
-  sh: number;
-  sj: number;
+  s0: number;
+  s1: number;
 }
 
 /** Scores of one query row, reused across calls (grown to the longest cache seen). */
 let scores = new Float32Array(256);
 
+/** Write sequence i's new key and value ([h, i] of kNew, vNew) at row lengths[i] of its caches. */
+export function appendRows(a: DecodeShape, kNew: Rows, vNew: Rows, ks: Rows[], vs: Rows[], lengths: readonly number[]): void {
+  const { N, Hkv, D } = a;
+  const put = (src: Rows, dst: Rows, i: number, h: number) => {
+    const s = src.offset + h * src.s0 + i * src.s1, d = dst.offset + h * dst.s0 + lengths[i] * dst.s1;
+    // A short row is cheaper copied by hand than through a subarray.
+    if (D <= 32) for (let x = 0; x < D; x++) dst.data[d + x] = src.data[s + x];
+    else dst.data.set(src.data.subarray(s, s + D), d);
+  };
+  for (let i = 0; i < N; i++) {
+    for (let h = 0; h < Hkv; h++) {
+      put(kNew, ks[i], i, h);
+      put(vNew, vs[i], i, h);
+    }
+  }
+}
+
 /**
- * q [Hq, N, D], kNew, vNew [Hkv, N, D] (contiguous); ks[i], vs[i] sequence i's caches with
- * lengths[i] filled positions. Writes row lengths[i] of each cache, then out [Hq, N, D].
+ * q [Hq, N, D], kNew, vNew [Hkv, N, D]; ks[i], vs[i] [Hkv, C_i, D] sequence i's caches with lengths[i]
+ * filled positions. Writes row lengths[i] of each cache, then out [N, Hq, D] (contiguous).
  */
-export function attentionDecodeKernel(
-  a: DecodeShape, q: Float32Array, kNew: Float32Array, vNew: Float32Array, ks: CacheView[], vs: CacheView[], lengths: readonly number[], out: Float32Array,
-): void {
+export function attentionDecodeKernel(a: DecodeShape, q: Rows, kNew: Rows, vNew: Rows, ks: Rows[], vs: Rows[], lengths: readonly number[], out: Float32Array): void {
   const { N, Hq, Hkv, D, scale } = a;
   const group = Hq / Hkv;
+  appendRows(a, kNew, vNew, ks, vs, lengths);
+  const qd = q.data;
   for (let i = 0; i < N; i++) {
-    const L = lengths[i];
-    const S = L + 1; // keys after the append
+    const S = lengths[i] + 1; // keys after the append
     const K = ks[i], V = vs[i];
-    for (let h = 0; h < Hkv; h++) {
-      const src = (h * N + i) * D;
-      K.data.set(kNew.subarray(src, src + D), K.offset + h * K.sh + L * K.sj);
-      V.data.set(vNew.subarray(src, src + D), V.offset + h * V.sh + L * V.sj);
-    }
     if (scores.length < S) scores = new Float32Array(Math.max(S, scores.length * 2));
     const sc = scores;
     for (let hq = 0; hq < Hq; hq++) {
       const kh = Math.floor(hq / group);
-      const kd = K.data, k0 = K.offset + kh * K.sh, ksj = K.sj;
-      const vd = V.data, v0 = V.offset + kh * V.sh, vsj = V.sj;
-      const qo = (hq * N + i) * D;
+      const kd = K.data, k0 = K.offset + kh * K.s0, ksj = K.s1;
+      const vd = V.data, v0 = V.offset + kh * V.s0, vsj = V.s1;
+      const qo = q.offset + hq * q.s0 + i * q.s1;
+      const oo = (i * Hq + hq) * D;
       let max = -Infinity;
       for (let j = 0; j < S; j++) {
         let s = 0;
         const ko = k0 + j * ksj;
-        for (let d = 0; d < D; d++) s += q[qo + d] * kd[ko + d];
+        for (let d = 0; d < D; d++) s += qd[qo + d] * kd[ko + d];
         s *= scale;
         sc[j] = s;
         if (s > max) max = s;
@@ -63,11 +75,11 @@ export function attentionDecodeKernel(
       let sum = 0;
       for (let j = 0; j < S; j++) sum += sc[j] = Math.exp(sc[j] - max);
       const inv = 1 / sum;
-      out.fill(0, qo, qo + D);
+      out.fill(0, oo, oo + D);
       for (let j = 0; j < S; j++) {
         const p = sc[j] * inv;
         const vo = v0 + j * vsj;
-        for (let d = 0; d < D; d++) out[qo + d] += p * vd[vo + d];
+        for (let d = 0; d < D; d++) out[oo + d] += p * vd[vo + d];
       }
     }
   }

@@ -1,12 +1,13 @@
 /**
  * The WASM SIMD decode attention (assembly/attention-decode.ts) behind CpuBackend's
- * attentionDecode. The caches stay plain typed arrays: a call copies the step's queries in once,
- * then for each sequence its filled key and value rows (one copy per kv head, into a region that
- * stays in cache) and runs the kernel, and copies the outputs out once. Grouped-query heads read
- * their shared kv head's staged rows, so each row is copied once for all of them. Heads whose size
- * is not a multiple of 4 return false and the caller runs the TypeScript kernel.
+ * attentionDecode. The caches stay plain typed arrays: a call appends the new rows to them (as the
+ * TypeScript kernel), copies the step's queries in once, then for each sequence its filled key and
+ * value rows (one copy per kv head, into a region that stays in cache) and runs the kernel, and
+ * copies the outputs out once. Grouped-query heads read their shared kv head's staged rows, so each
+ * row is copied once for all of them. Heads whose size is not a multiple of 4 return false and the
+ * caller runs the TypeScript kernel.
  */
-import type { CacheView, DecodeShape } from "../kernels/attention-decode.ts";
+import { type DecodeShape, type Rows, appendRows } from "../kernels/attention-decode.ts";
 import { ATTENTION_DECODE_WASM, ATTENTION_DECODE_WASM_RELAXED } from "./attention-decode-wasm.ts";
 import { base64Bytes } from "./base64.ts";
 
@@ -45,37 +46,35 @@ export class DecodeWasm {
     this.#f32 = new Float32Array(this.#memory.buffer);
   }
 
-  /** attentionDecodeKernel's contract (the new rows appended to the caches, then out), or false when D % 4 != 0. */
-  run(a: DecodeShape, q: Float32Array, kNew: Float32Array, vNew: Float32Array, ks: CacheView[], vs: CacheView[], lengths: readonly number[], out: Float32Array): boolean {
+  /** attentionDecodeKernel's contract (the new rows appended to the caches, then out [N, Hq, D]), or false when D % 4 != 0 (nothing done). */
+  run(a: DecodeShape, q: Rows, kNew: Rows, vNew: Rows, ks: Rows[], vs: Rows[], lengths: readonly number[], out: Float32Array): boolean {
     const { N, Hq, Hkv, D, scale } = a;
-    if (D % 4 !== 0) return false;
+    if (D % 4 !== 0 || q.s0 < 0 || q.s1 < 0) return false;
+    appendRows(a, kNew, vNew, ks, vs, lengths);
     const S = Math.max(...lengths) + 1;
-    // Heap: queries [Hq, N, D], outputs [Hq, N, D], scores [S], then one sequence's K and V [Hkv, S, D].
-    const qo = this.#base, oo = align64(qo + q.length * 4), so = align64(oo + out.length * 4), ko = align64(so + S * 4), vo = align64(ko + Hkv * S * D * 4);
+    // Heap: q's elements from its first to its last, outputs [N, Hq, D], scores [S], then one sequence's K and V [Hkv, S, D].
+    const qn = (Hq - 1) * q.s0 + (N - 1) * q.s1 + D;
+    const qo = this.#base, oo = align64(qo + qn * 4), so = align64(oo + out.length * 4), ko = align64(so + S * 4), vo = align64(ko + Hkv * S * D * 4);
     this.#reserve(vo + Hkv * S * D * 4);
     const f = this.#f32;
-    f.set(q, qo >> 2);
+    f.set(q.data.subarray(q.offset, q.offset + qn), qo >> 2);
     for (let i = 0; i < N; i++) {
-      const L = lengths[i], Si = L + 1;
-      const K = ks[i], V = vs[i];
+      const Si = lengths[i] + 1;
       for (let h = 0; h < Hkv; h++) {
-        const src = (h * N + i) * D;
-        K.data.set(kNew.subarray(src, src + D), K.offset + h * K.sh + L * K.sj);
-        V.data.set(vNew.subarray(src, src + D), V.offset + h * V.sh + L * V.sj);
-        this.#stage(K, h, Si, D, (ko >> 2) + h * Si * D);
-        this.#stage(V, h, Si, D, (vo >> 2) + h * Si * D);
+        this.#stage(ks[i], h, Si, D, (ko >> 2) + h * Si * D);
+        this.#stage(vs[i], h, Si, D, (vo >> 2) + h * Si * D);
       }
-      this.#k.decode(qo + i * D * 4, N * D * 4, oo + i * D * 4, N * D * 4, ko, vo, Si, Hq, Hkv, D, scale, so);
+      this.#k.decode(qo + i * q.s1 * 4, q.s0 * 4, oo + i * Hq * D * 4, D * 4, ko, vo, Si, Hq, Hkv, D, scale, so);
     }
     out.set(f.subarray(oo >> 2, (oo >> 2) + out.length));
     return true;
   }
 
   /** Rows 0..S-1 of kv head h of a cache into the heap at element `at`, packed. */
-  #stage(c: CacheView, h: number, S: number, D: number, at: number): void {
-    const start = c.offset + h * c.sh;
-    if (c.sj === D) return void this.#f32.set(c.data.subarray(start, start + S * D), at);
-    for (let j = 0; j < S; j++) this.#f32.set(c.data.subarray(start + j * c.sj, start + j * c.sj + D), at + j * D);
+  #stage(c: Rows, h: number, S: number, D: number, at: number): void {
+    const start = c.offset + h * c.s0;
+    if (c.s1 === D) return void this.#f32.set(c.data.subarray(start, start + S * D), at);
+    for (let j = 0; j < S; j++) this.#f32.set(c.data.subarray(start + j * c.s1, start + j * c.s1 + D), at + j * D);
   }
 
   /** Grow the memory to at least `bytes` (the views onto it are remade: growing detaches them). */

@@ -163,7 +163,7 @@ export function fusedNnSuite(opts: SuiteOptions): void {
     }
   });
 
-  test("attentionDecode: N sequences appended in place to caches with spare room equal each appended and attended alone (GQA), nothing past the new row read or written", async () => {
+  test("attentionDecode: N sequences appended in place to caches with spare room equal each appended and attended alone (GQA, v a head permute), nothing past the new row read or written", async () => {
     if (!backend.copyInto) return; // its caches grow by concatenation: the model attends per sequence
     const [Hq, Hkv, D] = [4, 2, 8];
     const lens = [3, 1, 7, 5];
@@ -181,7 +181,9 @@ export function fusedNnSuite(opts: SuiteOptions): void {
     const run = async (be: typeof backend) => {
       const M = mk(be);
       const ks = caches.map(([k], i) => M(k, [1, Hkv, lens[i] + 2, D])), vs = caches.map(([, v], i) => M(v, [1, Hkv, lens[i] + 2, D]));
-      const out = F.attentionDecode(M(qs, [1, Hq, N, D]), M(kn, [1, Hkv, N, D]), M(vn, [1, Hkv, N, D]), lens.map((length, i) => ({ k: ks[i], v: vs[i], length })));
+      // v arrives as the head permute of a projection's output [1, N, Hkv, D], as in the model.
+      const v = M(vn, [1, N, Hkv, D]).permute(0, 2, 1, 3);
+      const out = F.attentionDecode(M(qs, [1, Hq, N, D]), M(kn, [1, Hkv, N, D]), v, lens.map((length, i) => ({ k: ks[i], v: vs[i], length })));
       return [await out.read(), ...(await Promise.all(ks.map((t) => t.read()))), ...(await Promise.all(vs.map((t) => t.read())))];
     };
     const [f, c] = [await run(backend), await run(composite)];
@@ -196,21 +198,23 @@ export function fusedNnSuite(opts: SuiteOptions): void {
       const S = lens[i] + 1, C = lens[i] + 2;
       for (let h = 0; h < Hq; h++) {
         const kv = Math.floor(h / (Hq / Hkv));
-        const row = (a: Float32Array, fresh: Float32Array, j: number, d: number) => (j < S - 1 ? a[(kv * C + j) * D + d] : fresh[(kv * N + i) * D + d]);
-        const s = Array.from({ length: S }, (_, j) => scale * Array.from({ length: D }, (_, d) => qs[(h * N + i) * D + d] * row(caches[i][0], kn, j, d)).reduce((x, y) => x + y, 0));
+        const row = (a: Float32Array, fresh: number[], j: number, d: number) => (j < S - 1 ? a[(kv * C + j) * D + d] : fresh[d]);
+        const [kRow, vRow] = [Array.from({ length: D }, (_, d) => kn[(kv * N + i) * D + d]), Array.from({ length: D }, (_, d) => vn[(i * Hkv + kv) * D + d])];
+        const s = Array.from({ length: S }, (_, j) => scale * Array.from({ length: D }, (_, d) => qs[(h * N + i) * D + d] * row(caches[i][0], kRow, j, d)).reduce((x, y) => x + y, 0));
         const m = Math.max(...s), e = s.map((x) => Math.exp(x - m)), z = e.reduce((x, y) => x + y, 0);
         for (let d = 0; d < D; d++) {
-          const want = e.reduce((acc, p, j) => acc + (p / z) * row(caches[i][1], vn, j, d), 0);
+          const want = e.reduce((acc, p, j) => acc + (p / z) * row(caches[i][1], vRow, j, d), 0);
           const got = f[0][(h * N + i) * D + d];
           if (Math.abs(got - want) > 1e-5 * tol * (1 + Math.abs(want))) throw new Error(`attentionDecode sequence ${i} head ${h} [${d}]: ${got}, reference ${want}`);
         }
       }
       // The new key and value sit at row lens[i]; the rows before are unchanged and the spare one is untouched.
-      for (const [t, old, fresh] of [[f[1 + i], caches[i][0], kn], [f[1 + N + i], caches[i][1], vn]] as const) {
+      const freshAt = [(kv: number, d: number) => kn[(kv * N + i) * D + d], (kv: number, d: number) => vn[(i * Hkv + kv) * D + d]];
+      for (const [t, old, fresh] of [[f[1 + i], caches[i][0], freshAt[0]], [f[1 + N + i], caches[i][1], freshAt[1]]] as const) {
         for (let kv = 0; kv < Hkv; kv++) {
           for (let j = 0; j < C; j++) {
             for (let d = 0; d < D; d++) {
-              const want = j === lens[i] ? Math.fround(fresh[(kv * N + i) * D + d]) : old[(kv * C + j) * D + d];
+              const want = j === lens[i] ? Math.fround(fresh(kv, d)) : old[(kv * C + j) * D + d];
               if (t[(kv * C + j) * D + d] !== want) throw new Error(`attentionDecode: cache of sequence ${i} kv head ${kv} row ${j} [${d}] is ${t[(kv * C + j) * D + d]}, expected ${want}`);
             }
           }
