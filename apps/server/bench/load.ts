@@ -151,7 +151,7 @@ async function complete(url: string, model: string, prompt: string): Promise<{ t
 async function batchingRound(url: string, models: string[]) {
   const reqs = Array.from({ length: 16 }, (_, i) => ({ model: models[i % models.length], prompt: PROMPTS[i % PROMPTS.length] }));
   const t0 = performance.now();
-  const serial = [];
+  const serial: Awaited<ReturnType<typeof complete>>[] = [];
   for (const q of reqs) serial.push(await complete(url, q.model, q.prompt));
   const serialS = (performance.now() - t0) / 1000;
   const t1 = performance.now();

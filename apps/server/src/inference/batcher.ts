@@ -186,7 +186,9 @@ export class Batcher {
   #advance(a: Active, logits: Float32Array): void {
     const s = a.spec;
     const maxPos = this.#m.model.config.max_position_embeddings;
-    const next = sampleNext(Float32Array.from(logits), a.ids, s, a.rng);
+    // sampleNext rewrites the row it gets unless it is greedy without a penalty: only then no copy.
+    const plain = !(s.temperature > 0) && s.repetitionPenalty === 1;
+    const next = sampleNext(plain ? logits : Float32Array.from(logits), a.ids, s, a.rng);
     if (s.stopTokens.has(next)) return void this.#finish(a, false);
     a.ids.push(next);
     a.generated++;
@@ -227,7 +229,8 @@ export class Batcher {
 
 async function readRow(t: Tensor): Promise<Float32Array> {
   try {
-    return Float32Array.from(await t.read());
+    const v = await t.read(); // a fresh array: the batcher's to keep
+    return v instanceof Float32Array ? v : Float32Array.from(v);
   } finally {
     t.dispose();
   }
