@@ -10,15 +10,16 @@ export function heapBase(): usize {
 }
 
 /**
- * Query head h (its row at q + h * qs bytes) over K, V [Hkv, S, D] (packed f32; head h reads kv head
- * floor(h / (Hq / Hkv))): out row (at o + h * os) = softmax(scale · q·kᵀ)·v. sc: S f32 of scratch.
- * Scores in f32 with the row max, exponentials and their f64 sum as the flash kernel's softmax.
+ * Query head h (its row at q + h * qs bytes) over K, V [Hkv, S, D] (f32 rows of D packed, kv head i
+ * at k + i * hs and v + i * hs; head h reads kv head floor(h / (Hq / Hkv))): out row (at o + h * os)
+ * = softmax(scale · q·kᵀ)·v. sc: S f32 of scratch. Scores in f32 with the row max, exponentials and
+ * their f64 sum as the flash kernel's softmax.
  */
-export function decode(q: usize, qs: usize, o: usize, os: usize, k: usize, v: usize, S: i32, Hq: i32, Hkv: i32, D: i32, scale: f32, sc: usize): void {
+export function decode(q: usize, qs: usize, o: usize, os: usize, k: usize, v: usize, hs: usize, S: i32, Hq: i32, Hkv: i32, D: i32, scale: f32, sc: usize): void {
   const group = Hq / Hkv;
-  const row = <usize>D << 2, block = <usize>S * row;
+  const row = <usize>D << 2;
   for (let h = 0; h < Hq; h++) {
-    const kb = k + <usize>(h / group) * block, vb = v + <usize>(h / group) * block;
+    const kb = k + <usize>(h / group) * hs, vb = v + <usize>(h / group) * hs;
     const qp = q + <usize>h * qs, op = o + <usize>h * os;
     let m: f32 = -Infinity;
     for (let j = 0; j < S; j++) {

@@ -13,10 +13,15 @@ import { base64Bytes } from "./base64.ts";
 
 interface Kernel {
   heapBase(): number;
-  decode(q: number, qs: number, o: number, os: number, k: number, v: number, S: number, Hq: number, Hkv: number, D: number, scale: number, sc: number): void;
+  decode(q: number, qs: number, o: number, os: number, k: number, v: number, hs: number, S: number, Hq: number, Hkv: number, D: number, scale: number, sc: number): void;
 }
 
 const PAGE = 65536;
+
+/** Elements of one copy of a cache's first S rows of every head, gaps between heads included; 0 when head by head is cheaper. */
+function block(c: Rows, Hkv: number, S: number, D: number): number {
+  return c.s1 === D && c.s0 >= S * D && c.s0 - S * D <= 256 ? (Hkv - 1) * c.s0 + S * D : 0;
+}
 const align64 = (n: number) => Math.ceil(n / 64) * 64;
 
 export class DecodeWasm {
@@ -51,30 +56,40 @@ export class DecodeWasm {
     const { N, Hq, Hkv, D, scale } = a;
     if (D % 4 !== 0 || q.s0 < 0 || q.s1 < 0) return false;
     appendRows(a, kNew, vNew, ks, vs, lengths);
-    const S = Math.max(...lengths) + 1;
-    // Heap: q's elements from its first to its last, outputs [N, Hq, D], scores [S], then one sequence's K and V [Hkv, S, D].
+    // Heap: q's elements from its first to its last, outputs [N, Hq, D], scores [S], then one sequence's K and V.
     const qn = (Hq - 1) * q.s0 + (N - 1) * q.s1 + D;
-    const qo = this.#base, oo = align64(qo + qn * 4), so = align64(oo + out.length * 4), ko = align64(so + S * 4), vo = align64(ko + Hkv * S * D * 4);
-    this.#reserve(vo + Hkv * S * D * 4);
-    const f = this.#f32;
-    f.set(q.data.subarray(q.offset, q.offset + qn), qo >> 2);
+    const S = Math.max(...lengths) + 1;
+    const room = Math.max(Hkv * S * D, ...[...ks, ...vs].map((c, i) => block(c, Hkv, lengths[i % N] + 1, D)));
+    const qo = this.#base, oo = align64(qo + qn * 4), so = align64(oo + out.length * 4), ko = align64(so + S * 4), vo = align64(ko + room * 4);
+    this.#reserve(vo + room * 4);
+    this.#f32.set(q.data.subarray(q.offset, q.offset + qn), qo >> 2);
     for (let i = 0; i < N; i++) {
       const Si = lengths[i] + 1;
-      for (let h = 0; h < Hkv; h++) {
-        this.#stage(ks[i], h, Si, D, (ko >> 2) + h * Si * D);
-        this.#stage(vs[i], h, Si, D, (vo >> 2) + h * Si * D);
-      }
-      this.#k.decode(qo + i * q.s1 * 4, q.s0 * 4, oo + i * Hq * D * 4, D * 4, ko, vo, Si, Hq, Hkv, D, scale, so);
+      const hs = this.#stage(ks[i], Hkv, Si, D, ko >> 2);
+      this.#stage(vs[i], Hkv, Si, D, vo >> 2);
+      this.#k.decode(qo + i * q.s1 * 4, q.s0 * 4, oo + i * Hq * D * 4, D * 4, ko, vo, hs * 4, Si, Hq, Hkv, D, scale, so);
     }
-    out.set(f.subarray(oo >> 2, (oo >> 2) + out.length));
+    out.set(this.#f32.subarray(oo >> 2, (oo >> 2) + out.length));
     return true;
   }
 
-  /** Rows 0..S-1 of kv head h of a cache into the heap at element `at`, packed. */
-  #stage(c: Rows, h: number, S: number, D: number, at: number): void {
-    const start = c.offset + h * c.s0;
-    if (c.s1 === D) return void this.#f32.set(c.data.subarray(start, start + S * D), at);
-    for (let j = 0; j < S; j++) this.#f32.set(c.data.subarray(start + j * c.s1, start + j * c.s1 + D), at + j * D);
+  /**
+   * Rows 0..S-1 of every kv head of a cache into the heap from element `at`; returns the elements
+   * from one head's rows to the next's there. Heads whose unfilled rows between them are few go as
+   * one copy, gaps included (a copy costs about what 256 floats do); others head by head, packed.
+   */
+  #stage(c: Rows, Hkv: number, S: number, D: number, at: number): number {
+    const n = block(c, Hkv, S, D);
+    if (n) {
+      this.#f32.set(c.data.subarray(c.offset, c.offset + n), at);
+      return c.s0;
+    }
+    for (let h = 0; h < Hkv; h++) {
+      const start = c.offset + h * c.s0;
+      if (c.s1 === D) this.#f32.set(c.data.subarray(start, start + S * D), at + h * S * D);
+      else for (let j = 0; j < S; j++) this.#f32.set(c.data.subarray(start + j * c.s1, start + j * c.s1 + D), at + (h * S + j) * D);
+    }
+    return S * D;
   }
 
   /** Grow the memory to at least `bytes` (the views onto it are remade: growing detaches them). */
