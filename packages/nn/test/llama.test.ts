@@ -73,7 +73,7 @@ test("llama3 rope scaling reproduces transformers' _compute_llama3_parameters (L
   assert.deepEqual(Array.from(linear), [0.5, Math.fround(0.05)]);
 });
 
-for (const capacity of [undefined, 1, 5]) test(`KV cache: prefill + one token at a time gives the same logits as a full forward (capacity ${capacity ?? "default"})`, () => {
+for (const capacity of [undefined, 1, 5, 11]) test(`KV cache: prefill + one token at a time gives the same logits as a full forward (capacity ${capacity ?? "default"})`, () => {
   const m = tinyModel();
   const ids = [1, 7, 3, 12, 9, 30, 4, 4, 18, 2, 25];
   const full = noGrad(() => m.forward(tensor([ids], { dtype: "i32" }))); // (1, 11, V)
@@ -91,6 +91,8 @@ for (const capacity of [undefined, 1, 5]) test(`KV cache: prefill + one token at
   assert.deepEqual(cache.layer(0)![0].shape, [1, 2, ids.length, 4]);
   // Held in place, it grew by doubling from the capacity asked for (1 -> 4 at the prefill -> 8 -> 16).
   if (capacity === 1) assert.equal(cache.capacity, 16);
+  // Asked for exactly what it holds (as the server sizes a request's cache): never grown, nothing spare.
+  if (capacity === 11) assert.equal(cache.capacity, ids.length);
   assert.ok(maxAbsDiff(got, want) < 1e-5, `max diff ${maxAbsDiff(got, want)}`);
   // lastOnly computes just the final row
   const last = noGrad(() => m.forward(tensor([ids], { dtype: "i32" }), { lastOnly: true }));
