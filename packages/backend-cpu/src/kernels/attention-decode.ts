@@ -29,18 +29,21 @@ let scores = new Float32Array(256);
 /** Write sequence i's new key and value ([h, i] of kNew, vNew) at row lengths[i] of its caches. */
 export function appendRows(a: DecodeShape, kNew: Rows, vNew: Rows, ks: Rows[], vs: Rows[], lengths: readonly number[]): void {
   const { N, Hkv, D } = a;
-  const put = (src: Rows, dst: Rows, i: number, h: number) => {
-    const s = src.offset + h * src.s0 + i * src.s1, d = dst.offset + h * dst.s0 + lengths[i] * dst.s1;
-    // A short row is cheaper copied by hand than through a subarray.
-    if (D <= 32) for (let x = 0; x < D; x++) dst.data[d + x] = src.data[s + x];
-    else dst.data.set(src.data.subarray(s, s + D), d);
-  };
   for (let i = 0; i < N; i++) {
     for (let h = 0; h < Hkv; h++) {
-      put(kNew, ks[i], i, h);
-      put(vNew, vs[i], i, h);
+      copyRow(kNew, h, i, ks[i], h, lengths[i], D);
+      copyRow(vNew, h, i, vs[i], h, lengths[i], D);
     }
   }
+}
+
+/** Row [a, b] of src to row [c, e] of dst, D elements. */
+function copyRow(src: Rows, a: number, b: number, dst: Rows, c: number, e: number, D: number): void {
+  const s = src.offset + a * src.s0 + b * src.s1, d = dst.offset + c * dst.s0 + e * dst.s1;
+  const from = src.data, to = dst.data;
+  // A short row is cheaper copied by hand than through a subarray.
+  if (D <= 32) for (let x = 0; x < D; x++) to[d + x] = from[s + x];
+  else to.set(from.subarray(s, s + D), d);
 }
 
 /**
