@@ -447,9 +447,8 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
     },
     attentionDecode: (q, kNew, vNew, ks, vs, lengths, scale) => {
       const [Hq, N, D] = q.view.shape;
-      const rows = (c: Input<CpuHandle>): Rows => ({ data: c.handle as Float32Array, offset: c.view.offset, s0: c.view.strides[0], s1: c.view.strides[1] });
       const y = be.pool.take(N * Hq * D);
-      const args = [{ N, Hq, Hkv: kNew.view.shape[0], D, scale }, rows(q), rows(kNew), rows(vNew), ks.map(rows), vs.map(rows), lengths, y] as const;
+      const args = [{ N, Hq, Hkv: kNew.view.shape[0], D, scale }, rowsOf3(q), rowsOf3(kNew), rowsOf3(vNew), ks.map(rowsOf3), vs.map(rowsOf3), lengths, y] as const;
       if (!be.decodeWasm?.run(...args)) attentionDecodeKernel(...args);
       return be.own(y);
     },
@@ -468,6 +467,11 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
     },
     adamw: (p, g, m, v, size, h) => adamwKernel(p as Float32Array, be.packedF32(g), m as Float32Array, v as Float32Array, size, h),
   };
+}
+
+/** A 3-D f32 input whose last stride is 1 as the decode kernels read it. */
+function rowsOf3(c: Input<CpuHandle>): Rows {
+  return { data: c.handle as Float32Array, offset: c.view.offset, s0: c.view.strides[0], s1: c.view.strides[1] };
 }
 
 function attnShape(q: Input<CpuHandle>, k: Input<CpuHandle>, causal: boolean, scale: number): AttnShape {

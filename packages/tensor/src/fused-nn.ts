@@ -5,7 +5,7 @@
  * without it the same math is built from primitives, the reference the conformance suite checks
  * every kernel against (forward values and gradcheck on both paths).
  */
-import type { AdamWHyper, DropoutParams } from "./backend.ts";
+import type { AdamWHyper, DropoutParams, Input } from "./backend.ts";
 import type { GradCtx } from "./autograd.ts";
 import { isGradEnabled, noGrad, record, registerGradRules } from "./autograd.ts";
 import * as ops from "./ops.ts";
@@ -326,18 +326,22 @@ export function attentionDecode(q: Tensor, k: Tensor, v: Tensor, caches: readonl
   return noGrad(() => scope(() => {
     const [, Hq, N, D] = q.shape;
     if (caches.length !== N) throw new RangeError(`attentionDecode: ${N} queries for ${caches.length} caches`);
-    for (const c of caches) {
-      if (c.length >= c.k.shape[2] || c.v.shape[2] !== c.k.shape[2]) throw new RangeError(`attentionDecode: a cache of ${c.k.shape[2]} positions has no room after ${c.length}`);
-    }
     const sc = scale ?? 1 / Math.sqrt(D);
     const kern = q.backend.fused?.attentionDecode;
-    const rows = (t: Tensor) => t.dtype === "f32" && t.strides[3] === 1;
-    if (kern && rows(q) && rows(k) && rows(v) && caches.every((c) => rows(c.k) && rows(c.v))) {
-      // [H, rows, D] views of the [1, H, rows, D] tensors, made as plain Inputs: a Tensor per view would
-      // cost more than the kernel's work on a short cache.
-      const c = (t: Tensor) => ({ handle: t.storage.handle, dtype: t.dtype, view: { shape: t.shape.slice(1), strides: t.strides.slice(1), offset: t.offset } });
-      const lengths = caches.map((x) => x.length);
-      const out = kern(c(q), c(k), c(v), caches.map((x) => c(x.k)), caches.map((x) => c(x.v)), lengths, sc);
+    // One pass over the caches: a decode step calls this once per layer with every sequence.
+    let fused = kern !== undefined && rowsF32(q) && rowsF32(k) && rowsF32(v);
+    const ks: Input[] = [], vs: Input[] = [], lengths: number[] = [];
+    for (const c of caches) {
+      if (c.length >= c.k.shape[2] || c.v.shape[2] !== c.k.shape[2]) throw new RangeError(`attentionDecode: a cache of ${c.k.shape[2]} positions has no room after ${c.length}`);
+      fused &&= rowsF32(c.k) && rowsF32(c.v);
+      if (fused) {
+        ks.push(heads(c.k));
+        vs.push(heads(c.v));
+        lengths.push(c.length);
+      }
+    }
+    if (kern && fused) {
+      const out = kern(heads(q), heads(k), heads(v), ks, vs, lengths, sc);
       return fromHandle(q.backend, out, [1, N, Hq, D], "f32").permute([0, 2, 1, 3]);
     }
     const ys = caches.map((c, i) => {
@@ -347,6 +351,19 @@ export function attentionDecode(q: Tensor, k: Tensor, v: Tensor, caches: readonl
     });
     return ys.length === 1 ? ys[0] : ops.concat(ys, 2);
   }));
+}
+
+/** f32 with rows of the last axis contiguous: what FusedKernels.attentionDecode reads. */
+function rowsF32(t: Tensor): boolean {
+  return t.dtype === "f32" && t.strides[3] === 1;
+}
+
+/**
+ * The [H, rows, D] view of a [1, H, rows, D] tensor as a plain Input: a decode step passes two caches
+ * per sequence, and a Tensor per view would cost more than the kernel's work on a short cache.
+ */
+function heads(t: Tensor): Input {
+  return { handle: t.storage.handle, dtype: t.dtype, view: { shape: [t.shape[1], t.shape[2], t.shape[3]], strides: [t.strides[1], t.strides[2], t.strides[3]], offset: t.offset } };
 }
 
 // ---------------------------------------------------------------- gradient rules

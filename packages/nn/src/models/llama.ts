@@ -96,7 +96,8 @@ export class LlamaAttention extends Module {
    * sliding windows append and attend one by one. Returns (1, L, nh, hs).
    */
   #attendEach(q: Tensor, k: Tensor, v: Tensor, seg: NonNullable<LayerContext["segments"]>, layer: number): Tensor {
-    const starts = seg.lengths.map((_, i) => seg.lengths.slice(0, i).reduce((a, b) => a + b, 0));
+    const starts: number[] = [];
+    for (let i = 0, at = 0; i < seg.lengths.length; at += seg.lengths[i++]) starts.push(at);
     const slots = seg.caches.map((c, i) => (this.window === null && seg.lengths[i] === 1 ? c.slot(layer) : null));
     const dec = slots.flatMap((s, i) => (s ? [i] : []));
     const all = dec.length === seg.caches.length;
