@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { test } from "node:test";
 import { linePanels, stackedBarPanels, ticks } from "../src/plots.ts";
-import { latest, writeReport } from "../src/report.ts";
+import { batchingSection, latest, writeReport } from "../src/report.ts";
 
 test("ticks are round and enclose the range", () => {
   assert.deepEqual(ticks(0, 1), [0, 0.2, 0.4, 0.6, 0.8, 1]);
@@ -45,4 +45,19 @@ test("the report is built from the newest full result of each suite, quick runs 
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test("section 9 shows each round's spread, the server CPU time ratio and the load; an older result without them still renders", () => {
+  const mode = { tokens: 512, serial_s: 2, concurrent_s: 0.4, speedup: 5, p50_ms: 90, p99_ms: 120, mismatches: [] };
+  const base = { command: "node --import tsx apps/server/bench/load.ts --batching --max-tokens 32 --rounds 1", max_tokens: 32, rounds: 1, batching: { decode_steps: 40, sequence_steps: 600, max_batch: 16 }, pass: true };
+  const now = batchingSection({
+    ...base, load_average: [1.5, 2.25],
+    results: { "4 adapters": { ...mode, round_speedups: [4.5, 5.5], server_cpu: { serial_s: 1.8, concurrent_s: 0.4, speedup: 4.5 } } },
+  }, "/x/results/batching-2099-01-01.json").join("\n");
+  assert.match(now, /\| 4 adapters \| 512 \| 256\.0 \| 1280\.0 \| \*\*5\.00x\*\* \| 4\.50-5\.50x \| 4\.50x \| 90 \| 120 \| 0 \|/);
+  assert.match(now, /load average 1\.50 at the start, 2\.25 at the end/);
+  assert.match(now, /\*\*met\*\*/);
+  const old = batchingSection({ ...base, results: { "4 adapters": mode } }, "/x/results/batching-2001-01-01.json").join("\n");
+  assert.match(old, /\| \*\*5\.00x\*\* \| - \| - \|/);
+  for (const md of [now, old]) assert.doesNotMatch(md, /NaN|undefined/);
 });

@@ -6,7 +6,9 @@
  *
  * --batching: 16 greedy requests over 4 adapters sent all at once (continuous batching) vs the same
  * requests one at a time, and the same with 1 adapter; every concurrent answer must equal its
- * one-at-a-time answer, and the acceptance is 4x the throughput (issue 18).
+ * one-at-a-time answer, and the acceptance is 4x the throughput (issue 18). Besides wall time it
+ * records each round's ratio, the load average, and the server's CPU time per mode (Linux): on a
+ * shared machine the wall-time ratio moves with other work, the CPU-time ratio much less.
  *
  * Starts `lowrank serve` (stories260K, a temporary home) as a separate process so the client does
  * not share its event loop, uploads 8 adapters, warms each once, then alternates rounds of the two
@@ -19,7 +21,7 @@ import type { ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -147,51 +149,94 @@ async function complete(url: string, model: string, prompt: string): Promise<{ t
   return { text: j.choices?.[0]?.text ?? "", tokens: j.usage?.completion_tokens ?? 0, ms: performance.now() - t };
 }
 
-/** 16 requests over `models`: one at a time, then all at once; throughput, latency, and the answers compared. */
-async function batchingRound(url: string, models: string[]) {
+/**
+ * CPU seconds the server process has used so far (Linux /proc; null elsewhere). On a machine shared
+ * with other work, wall time swings with the load; the CPU time a phase costs the server barely does.
+ */
+async function serverCpuS(pid: number | undefined): Promise<number | null> {
+  try {
+    const f = (await readFile(`/proc/${pid}/stat`, "utf8")).split(") ")[1].split(" ");
+    return (Number(f[11]) + Number(f[12])) / 100; // utime, stime in clock ticks (USER_HZ, 100 on Linux)
+  } catch {
+    return null;
+  }
+}
+
+/** 16 requests over `models`: one at a time, then all at once; throughput, latency, server CPU time, and the answers compared. */
+async function batchingRound(url: string, models: string[], pid?: number) {
   const reqs = Array.from({ length: 16 }, (_, i) => ({ model: models[i % models.length], prompt: PROMPTS[i % PROMPTS.length] }));
+  const c0 = await serverCpuS(pid);
   const t0 = performance.now();
   const serial: Awaited<ReturnType<typeof complete>>[] = [];
   for (const q of reqs) serial.push(await complete(url, q.model, q.prompt));
   const serialS = (performance.now() - t0) / 1000;
+  const c1 = await serverCpuS(pid);
   const t1 = performance.now();
   const together = await Promise.all(reqs.map((q) => complete(url, q.model, q.prompt)));
   const togetherS = (performance.now() - t1) / 1000;
+  const c2 = await serverCpuS(pid);
+  const cpu = c0 === null || c1 === null || c2 === null ? null : { serial: c1 - c0, together: c2 - c1 };
   const tokens = serial.reduce((n, r) => n + r.tokens, 0);
   const mismatches = reqs.flatMap((q, i) => (serial[i].text === together[i].text ? [] : [`${q.model} ${JSON.stringify(q.prompt)}: ${JSON.stringify(serial[i].text)} vs ${JSON.stringify(together[i].text)}`]));
-  return { tokens, serialS, togetherS, latencies: together.map((r) => r.ms), mismatches };
+  return { tokens, serialS, togetherS, cpu, latencies: together.map((r) => r.ms), mismatches };
 }
 
-async function batching(url: string, names: string[]): Promise<number> {
+/** One mode of the batching run; server_cpu is null where /proc is not there. */
+interface BatchingModeResult {
+  tokens: number;
+  serial_s: number;
+  concurrent_s: number;
+  speedup: number;
+  round_speedups: number[];
+  server_cpu: { serial_s: number; concurrent_s: number; speedup: number } | null;
+  p50_ms: number;
+  p99_ms: number;
+  mismatches: string[];
+}
+
+async function batching(url: string, names: string[], pid: number | undefined): Promise<number> {
   const modes: [string, string[]][] = [["4 adapters", names.slice(0, 4)], ["1 adapter", names.slice(0, 1)]];
-  for (const [, models] of modes) await batchingRound(url, models); // warm: the batched path compiled and optimized once
-  const acc = new Map(modes.map(([label]) => [label, { tokens: 0, serialS: 0, togetherS: 0, lat: [] as number[], mismatches: [] as string[] }]));
+  for (const [, models] of modes) await batchingRound(url, models, pid); // warm: the batched path compiled and optimized once
+  const load = [loadavg()[0]];
+  const acc = new Map(modes.map(([label]) => [label, { tokens: 0, serialS: 0, togetherS: 0, cpuS: 0, cpuT: 0, rounds: [] as number[], lat: [] as number[], mismatches: [] as string[] }]));
   for (let r = 0; r < ROUNDS; r++) {
     // Alternate which mode goes first, so neither always runs on a warmer or quieter machine.
     for (const [label, models] of r % 2 === 0 ? modes : [...modes].reverse()) {
-      const x = await batchingRound(url, models);
+      const x = await batchingRound(url, models, pid);
       const a = acc.get(label)!;
       a.tokens += x.tokens;
       a.serialS += x.serialS;
       a.togetherS += x.togetherS;
+      a.cpuS += x.cpu?.serial ?? NaN;
+      a.cpuT += x.cpu?.together ?? NaN;
+      a.rounds.push(x.serialS / x.togetherS);
       a.lat.push(...x.latencies);
       a.mismatches.push(...x.mismatches);
     }
   }
-  const results: Record<string, { tokens: number; serial_s: number; concurrent_s: number; speedup: number; p50_ms: number; p99_ms: number; mismatches: string[] }> = {};
+  load.push(loadavg()[0]);
+  const results: Record<string, BatchingModeResult> = {};
   for (const [label, a] of acc) {
     const lat = a.lat.sort((x, y) => x - y);
-    results[label] = { tokens: a.tokens, serial_s: a.serialS, concurrent_s: a.togetherS, speedup: a.serialS / a.togetherS, p50_ms: pct(lat, 50), p99_ms: pct(lat, 99), mismatches: a.mismatches };
+    const cpu = Number.isNaN(a.cpuS) ? null : { serial_s: a.cpuS, concurrent_s: a.cpuT, speedup: a.cpuS / a.cpuT };
+    results[label] = {
+      tokens: a.tokens, serial_s: a.serialS, concurrent_s: a.togetherS, speedup: a.serialS / a.togetherS, round_speedups: a.rounds, server_cpu: cpu,
+      p50_ms: pct(lat, 50), p99_ms: pct(lat, 99), mismatches: a.mismatches,
+    };
+    const spread = `rounds ${Math.min(...a.rounds).toFixed(2)}-${Math.max(...a.rounds).toFixed(2)}x`;
+    const cpuLine = cpu ? `; server CPU time ${cpu.serial_s.toFixed(2)} s vs ${cpu.concurrent_s.toFixed(2)} s (${cpu.speedup.toFixed(2)}x)` : "";
     console.log(`${label.padEnd(12)} 16 requests x ${ROUNDS} rounds, ${a.tokens} tokens: one at a time ${(a.tokens / a.serialS).toFixed(1)} tok/s, all at once ${(a.tokens / a.togetherS).toFixed(1)} tok/s ` +
-      `(${(a.serialS / a.togetherS).toFixed(2)}x), concurrent latency p50 ${pct(lat, 50).toFixed(0)} ms p99 ${pct(lat, 99).toFixed(0)} ms, ${a.mismatches.length} answers differ`);
+      `(${(a.serialS / a.togetherS).toFixed(2)}x, ${spread}${cpuLine}), concurrent latency p50 ${pct(lat, 50).toFixed(0)} ms p99 ${pct(lat, 99).toFixed(0)} ms, ${a.mismatches.length} answers differ`);
     for (const m of a.mismatches.slice(0, 5)) console.log(`  differs: ${m}`);
   }
+  console.log(`load average (1 min) ${load.map((x) => x.toFixed(2)).join(" at the start, ")} at the end`);
   const cache = (await (await api(url, "/v1/cache")).json()) as { batching: unknown };
   const r4 = results["4 adapters"];
   const pass = r4.speedup >= 4 && Object.values(results).every((x) => x.mismatches.length === 0);
   console.log(`server batching counters: ${JSON.stringify(cache.batching)}`);
   console.log(`ACCEPTANCE ${pass ? "PASS" : "FAIL"}: 16 concurrent greedy requests over 4 adapters ${r4.speedup.toFixed(2)}x the one-at-a-time throughput (needs 4x), every answer identical: ${Object.values(results).every((x) => x.mismatches.length === 0)}`);
-  if (values.json) await writeFile(values.json, `${JSON.stringify({ date: new Date().toISOString(), command: `node --import tsx apps/server/bench/load.ts --batching --max-tokens ${MAX_TOKENS} --rounds ${ROUNDS}`, max_tokens: MAX_TOKENS, rounds: ROUNDS, results, batching: cache.batching, pass }, null, 2)}\n`);
+  const command = `node --import tsx apps/server/bench/load.ts --batching --max-tokens ${MAX_TOKENS} --rounds ${ROUNDS}`;
+  if (values.json) await writeFile(values.json, `${JSON.stringify({ date: new Date().toISOString(), command, max_tokens: MAX_TOKENS, rounds: ROUNDS, load_average: load, results, batching: cache.batching, pass }, null, 2)}\n`);
   return pass ? 0 : 1;
 }
 
@@ -209,7 +254,7 @@ async function main(): Promise<number> {
     const names = dirs.map((_, i) => `bench-${i}`);
     for (let i = 0; i < ADAPTERS; i++) await upload(s.url, names[i], dirs[i]);
     await run(s.url, names, ADAPTERS * 2, 0); // warm: every adapter loaded into the cache once
-    if (values.batching) return await batching(s.url, names);
+    if (values.batching) return await batching(s.url, names, server.pid);
 
     const per = Math.ceil(REQUESTS / ROUNDS);
     const one: Sample[] = [];

@@ -4,9 +4,13 @@ import { fileURLToPath } from "node:url";
 
 const CLI = fileURLToPath(new URL("../../cli/bin/lowrank.mjs", import.meta.url));
 
-/** Starts `lowrank serve --model <model> --home <home>` on the CPU backend with admin key `key`; a minute to come up. */
+/**
+ * Starts `lowrank serve --model <model> --home <home>` on the CPU backend with admin key `key`; a minute to come up.
+ * LOWRANK_BENCH_NODE_ARGS adds Node flags to the server alone (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`:
+ * NODE_OPTIONS refuses --cpu-prof, and would profile the client too).
+ */
 export async function startServe(model: string, home: string, key: string): Promise<{ child: ChildProcess; url: string }> {
-  const child = spawn(process.execPath, [CLI, "serve", "--model", model, "--port", "0", "--host", "127.0.0.1", "--home", home, "--backend", "cpu"], {
+  const child = spawn(process.execPath, [...(process.env.LOWRANK_BENCH_NODE_ARGS?.split(" ").filter(Boolean) ?? []), CLI, "serve", "--model", model, "--port", "0", "--host", "127.0.0.1", "--home", home, "--backend", "cpu"], {
     env: { ...process.env, LOWRANK_API_KEY: key }, stdio: ["ignore", "pipe", "pipe"],
   });
   let out = "";

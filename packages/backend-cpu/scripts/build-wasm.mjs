@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // Compiles the AssemblyScript sources in assembly/ into src/wasm/*-wasm.ts (base64 module bytes):
-// matmul.ts -> matmul-wasm.ts, elementwise.ts -> elementwise-wasm.ts.
+// matmul.ts -> matmul-wasm.ts, elementwise.ts -> elementwise-wasm.ts, attention-decode.ts ->
+// attention-decode-wasm.ts (exp.ts is imported by the last two).
 // `node scripts/build-wasm.mjs` writes the files; `--check` exits 1 when a committed file is stale.
 import { Buffer } from "node:buffer";
 import { readFile, rename, writeFile } from "node:fs/promises";
@@ -29,6 +30,11 @@ export const TARGETS = {
     output: "src/wasm/elementwise-wasm.ts",
     // The relaxed-SIMD build fuses the exp polynomial's multiply-adds; runtimes without it take the plain one.
     variants: { ELEMENTWISE_WASM_RELAXED: [...COMMON, "--enable", "relaxed-simd"], ELEMENTWISE_WASM: COMMON },
+  },
+  attentionDecode: {
+    source: "assembly/attention-decode.ts",
+    output: "src/wasm/attention-decode-wasm.ts",
+    variants: { ATTENTION_DECODE_WASM_RELAXED: [...COMMON, "--enable", "relaxed-simd"], ATTENTION_DECODE_WASM: COMMON },
   },
 };
 /** The matmul target's file and variants (what the matmul tests check). */

@@ -13,11 +13,12 @@ import { matmul4bitKernel } from "./kernels/matmul4bit.ts";
 import { adamwKernel, dropoutKernel, ropeKernel, swigluBackwardKernel, swigluKernel } from "./kernels/fused-nn.ts";
 import { type AttnOps, type AttnShape, attentionBackward, attentionForward, engineOps } from "./kernels/attention.ts";
 import { type LoraOps, loraBackward, loraForward } from "./kernels/lora.ts";
-import { attentionDecodeKernel } from "./kernels/attention-decode.ts";
+import { type Rows, attentionDecodeKernel } from "./kernels/attention-decode.ts";
 import { type Num, contiguous, copyView, gatherValues, numeric, numericView } from "./kernels/strided.ts";
 import { type MatmulEngine, createMatmulEngine } from "./matmul.ts";
 import { ElementwiseWasm } from "./wasm/elementwise.ts";
 import { type SimdChoice, SimdError, selectSimd } from "./wasm/simd.ts";
+import { DecodeWasm } from "./wasm/attention-decode.ts";
 import { BlasEngine } from "./blas/engine.ts";
 import { selectBlas } from "./blas/index.ts";
 import { gemmViews } from "./kernels/gemm-views.ts";
@@ -30,7 +31,7 @@ export type CpuHandle = HostArray;
 export interface CpuBackendOptions {
   /** Worker threads for matmul (default: available cores - 1; 0 = main thread only). */
   threads?: number;
-  /** Use the WASM SIMD kernels (matmul; f32 elementwise, where, exp/sigmoid, row sums) when the runtime supports them (default true). */
+  /** Use the WASM SIMD kernels (matmul; f32 elementwise, where, exp/sigmoid, row sums; decode attention) when the runtime supports them (default true). */
   wasm?: boolean;
   /**
    * Matmul through the system BLAS: "auto" (the first known library found, else WASM), "off", or
@@ -74,6 +75,8 @@ export class CpuBackend implements Backend<CpuHandle> {
   /** null: TypeScript elementwise kernels only (wasm: false, or no WASM SIMD here). */
   /** @internal also used by the fused kernels (makeFused) */
   readonly ew: ElementwiseWasm | null;
+  /** @internal attentionDecode's WASM SIMD kernel; null as `ew` */
+  readonly decodeWasm: DecodeWasm | null;
 
   constructor(opts: CpuBackendOptions = {}) {
     const { lib, reason } = selectBlas(opts.blas);
@@ -95,6 +98,7 @@ export class CpuBackend implements Backend<CpuHandle> {
       this.engine.dispose();
       throw new SimdError(`${simd.where}: ${opts.wasm === false ? "wasm: false runs no WASM" : "this runtime does not validate relaxed SIMD"}`);
     }
+    this.decodeWasm = opts.wasm === false ? null : DecodeWasm.create({ relaxed });
     useBf16Codec(this.ew);
     this.fused = makeFused(this);
   }
@@ -125,6 +129,9 @@ export class CpuBackend implements Backend<CpuHandle> {
   }
   readSync(h: CpuHandle, _dtype: DType, size: number): HostArray {
     return h.slice(0, size) as HostArray;
+  }
+  copyInto(dst: Input<CpuHandle>, src: Input<CpuHandle>): void {
+    copyView(src.handle as Num, src.view, dst.handle as Num, dst.view);
   }
   free(h: CpuHandle): void {
     this.live -= h.byteLength;
@@ -455,10 +462,12 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
       const r = attentionBackward(attn, be.packedF32(q), be.packedF32(k), be.packedF32(v), be.packedF32(o), be.packedF32(lse), be.packedF32(gy), a);
       return { gq: out(q.dtype, r.gq), gk: out(k.dtype, r.gk), gv: out(v.dtype, r.gv) };
     },
-    attentionDecode: (q, kNew, vNew, ks, vs, scale) => {
+    attentionDecode: (q, kNew, vNew, ks, vs, lengths, scale) => {
       const [Hq, N, D] = q.view.shape;
-      const r = attentionDecodeKernel({ N, Hq, Hkv: kNew.view.shape[0], D, scale }, be.packedF32(q), be.packedF32(kNew), be.packedF32(vNew), ks.map((k) => be.packedF32(k)), vs.map((v) => be.packedF32(v)), (n) => be.pool.take(n));
-      return { out: be.own(r.out), ks: r.ks.map((k) => be.own(k)), vs: r.vs.map((v) => be.own(v)) };
+      const y = be.pool.take(N * Hq * D);
+      const args = [{ N, Hq, Hkv: kNew.view.shape[0], D, scale }, rowsOf3(q), rowsOf3(kNew), rowsOf3(vNew), ks.map(rowsOf3), vs.map(rowsOf3), lengths, y] as const;
+      if (!be.decodeWasm?.run(...args)) attentionDecodeKernel(...args);
+      return be.own(y);
     },
     loraRows: (x, w, bias, a, b, mask) => {
       const r = loraForward(lora, loraDims(x, w, a), be.packedF32(x), be.packedF32(w), bias && be.packedF32(bias), be.packedF32(a), be.packedF32(b), be.packedF32(mask), null);
@@ -475,6 +484,11 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
     },
     adamw: (p, g, m, v, size, h) => adamwKernel(p as Float32Array, be.packedF32(g), m as Float32Array, v as Float32Array, size, h),
   };
+}
+
+/** A 3-D f32 input whose last stride is 1 as the decode kernels read it. */
+function rowsOf3(c: Input<CpuHandle>): Rows {
+  return { data: c.handle as Float32Array, offset: c.view.offset, s0: c.view.strides[0], s1: c.view.strides[1] };
 }
 
 function attnShape(q: Input<CpuHandle>, k: Input<CpuHandle>, causal: boolean, scale: number): AttnShape {

@@ -15,6 +15,7 @@ import { transposeInto } from "./kernels/strided.ts";
 import { validateRelaxed } from "./wasm/relaxed.ts";
 import { tryRelaxed } from "./wasm/simd.ts";
 import { MATMUL_WASM_PLAIN, MATMUL_WASM_PLAIN_RELAXED, MATMUL_WASM_SHARED, MATMUL_WASM_SHARED_RELAXED } from "./wasm/matmul-wasm.ts";
+import { base64Bytes } from "./wasm/base64.ts";
 import {
   COPIED, FAIL, FINISHED, type GemmPacked, JOB, MAX_CHUNKS, NEXT, READY, SEQ, SLOT, TMP, type WorkerHandle,
   availableCores, canBlock, canShare, claimChunks, jobTag, startWorkers,
@@ -83,13 +84,6 @@ interface Kernel {
   packBT(bt: number, ldbt: number, k: number, n: number, dst: number, kc: number, nc: number): void;
   heapBase(): number;
   scratchBytes(kc: number): number;
-}
-
-function decode(b64: string): Uint8Array {
-  const s = atob(b64);
-  const out = new Uint8Array(s.length);
-  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
-  return out;
 }
 
 const align64 = (n: number) => Math.ceil(n / 64) * 64;
@@ -245,7 +239,7 @@ class WasmEngine implements WasmMatmulEngine {
   /** The first of the two builds that validates (relaxed SIMD first unless turned off). */
   private pick(relaxed: string, plain: string): Uint8Array | null {
     for (const b64 of this.useRelaxed ? [relaxed, plain] : [plain]) {
-      const b = decode(b64);
+      const b = base64Bytes(b64);
       if (b64 === relaxed ? validateRelaxed(b) : WebAssembly.validate(b as BufferSource)) {
         this.relaxed = b64 === relaxed;
         return b;

@@ -1,13 +1,16 @@
 /**
- * Freed f32 storages kept for the next matmul output of the same length. A fresh large typed
- * array page-faults on first write, every 4 KiB: measured here 0.25 ms for a 1 MiB output, three
- * times the sgemm of LoRA's h·Bᵀ [1024×8]·[8×256] itself; a recycled one is already mapped.
- * Only outputs whose kernel writes every element take from it (matmul, elementwise, copy, fused).
+ * Freed f32 storages kept for the next output of the same length. A fresh large typed array
+ * page-faults on first write, every 4 KiB: measured here 0.25 ms for a 1 MiB output, three times
+ * the sgemm of LoRA's h·Bᵀ [1024×8]·[8×256] itself; a recycled one is already mapped. Small ones
+ * cost too: V8 zeroes an off-heap backing store and counts it towards the next GC, about 2 µs for
+ * 4 KiB and 9 µs for 32 KiB here, which made allocation a tenth of a 16-sequence decode step of a
+ * small model (its outputs are N rows of a few hundred floats). Only outputs whose kernel writes
+ * every element take from it (matmul, elementwise, copy, fused).
  */
 import type { HostArray } from "@lowrank/tensor";
 
-/** Smaller arrays are cheap to allocate. */
-const MIN_BYTES = 64 * 1024, FLOOR_BYTES = 64 * 2 ** 20;
+/** Below this a fresh array costs about what a lookup here does. */
+const MIN_BYTES = 1024, FLOOR_BYTES = 64 * 2 ** 20;
 
 export class OutputPool {
   private readonly byLength = new Map<number, Float32Array[]>();

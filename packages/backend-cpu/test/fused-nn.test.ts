@@ -1,10 +1,13 @@
-// The WASM SIMD fused kernels (dropout, SwiGLU) against their TypeScript references, sizes and
-// counter offsets chosen to hit the 4-lane tails, the chunk edges and a 2^32 counter boundary.
+// The WASM SIMD fused kernels (dropout, SwiGLU, decode attention) against their TypeScript references,
+// sizes and counter offsets chosen to hit the 4-lane tails, the chunk edges and a 2^32 counter boundary.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { uniformAt } from "@lowrank/tensor";
 import { ElementwiseWasm } from "../src/wasm/elementwise.ts";
 import { dropoutKernel, swigluBackwardKernel, swigluKernel } from "../src/kernels/fused-nn.ts";
+import { attentionDecodeKernel } from "../src/kernels/attention-decode.ts";
+import { DecodeWasm } from "../src/wasm/attention-decode.ts";
 
 const ew = ElementwiseWasm.create();
 const rnd = (n: number, s: number) => Float32Array.from({ length: n }, (_, i) => 8 * uniformAt(s, i) - 4);
@@ -85,4 +88,42 @@ test("attention: the WASM row kernels and the TypeScript passes give the same va
       for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i] - ref[j][i]) <= 5e-5 * (1 + Math.abs(ref[j][i])), `${JSON.stringify(opts)} output ${j}[${i}]: ${a[i]} vs ${ref[j][i]}`);
     });
   }
+});
+
+test("WASM decode attention equals the TypeScript kernel: GQA, head sizes of 1 to 4 vectors past the 4-vector blocks (one not of whole vectors: declined), caches laid out [Hkv, C, D] and [C, Hkv, D], new rows as a head permute", { skip: DecodeWasm.create() ? false : "no WASM SIMD here" }, () => {
+  const dw = DecodeWasm.create()!;
+  for (const [Hq, Hkv, D, layout] of [[8, 4, 8, "head-major"], [4, 1, 64, "head-major"], [6, 2, 20, "position-major"], [2, 2, 12, "head-major"], [4, 2, 6, "head-major"]] as const) {
+    const lengths = [3, 0, 17, 9];
+    const N = lengths.length, C = 20;
+    // q, kNew, vNew: [H, N, D] views; q and kNew contiguous, vNew a permute of [N, H, D] (as a projection's heads).
+    const dense = (H: number, seed: number) => ({ data: rnd(H * N * D, seed), offset: 0, s0: N * D, s1: D });
+    const [q, kNew] = [dense(Hq, 5), dense(Hkv, 6)];
+    const vNew = { data: rnd(N * Hkv * D, 7), offset: 0, s0: D, s1: Hkv * D };
+    // Per sequence: a storage of C positions, strides by layout.
+    const caches = () => lengths.map((_, i) => [rnd(Hkv * C * D, 10 + i), rnd(Hkv * C * D, 20 + i)].map((data) =>
+      layout === "head-major" ? { data, offset: 0, s0: C * D, s1: D } : { data, offset: 0, s0: D, s1: Hkv * D }));
+    const [a, b] = [caches(), caches()];
+    const [ya, yb] = [new Float32Array(N * Hq * D), new Float32Array(N * Hq * D)];
+    const shape = { N, Hq, Hkv, D, scale: 1 / Math.sqrt(D) };
+    const ran = dw.run(shape, q, kNew, vNew, a.map((c) => c[0]), a.map((c) => c[1]), lengths, ya);
+    attentionDecodeKernel(shape, q, kNew, vNew, b.map((c) => c[0]), b.map((c) => c[1]), lengths, yb);
+    if (D % 4 !== 0) {
+      assert.equal(ran, false, `D ${D}: the WASM kernel declines`);
+      continue;
+    }
+    assert.ok(ran, `D ${D}`);
+    for (let i = 0; i < ya.length; i++) assert.ok(Math.abs(ya[i] - yb[i]) <= 2e-6 * Math.max(1, Math.abs(yb[i])), `Hq ${Hq} Hkv ${Hkv} D ${D} ${layout}: out[${i}] ${ya[i]} vs ${yb[i]}`);
+    a.forEach((c, i) => c.forEach((x, j) => assert.deepEqual(x.data, b[i][j].data, `${layout} D ${D}: sequence ${i} ${j ? "values" : "keys"} appended alike`)));
+    // Sequence 2's new value sits at its row 17: element [h, 2, d] of the permuted vNew.
+    const v2 = a[2][1];
+    for (let h = 0; h < Hkv; h++) for (let d = 0; d < D; d++) assert.equal(v2.data[h * v2.s0 + 17 * v2.s1 + d], vNew.data[2 * vNew.s1 + h * D + d]);
+  }
+});
+
+const asc = await import("assemblyscript/asc").catch(() => null);
+test("rebuilding assembly/attention-decode.ts gives the committed bytes", { skip: asc ? false : "assemblyscript (asc) is not installed: cannot rebuild" }, async () => {
+  const { buildWasm, TARGETS } = await import("../scripts/build-wasm.mjs");
+  const { text } = await buildWasm("attentionDecode");
+  const committed = readFileSync(new URL(`../${TARGETS.attentionDecode.output}`, import.meta.url), "utf8");
+  assert.equal(text, committed, `${TARGETS.attentionDecode.output} is stale: run npm run build:wasm -w @lowrank/backend-cpu`);
 });

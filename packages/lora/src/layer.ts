@@ -67,6 +67,15 @@ export class AdapterDict<M extends Module = Module> extends Module {
   }
 }
 
+/** Adapters stacked for row-batched serving: A [Σr, in], B [out, Σr], each adapter's block start; `key` names the set. */
+interface RowFactors {
+  key: string;
+  A: Tensor;
+  B: Tensor;
+  start: Map<string, number>;
+  width: number;
+}
+
 /** DoRA's per-output-row magnitude, a module so its parameter is named `lora_magnitude_vector.<name>.weight` as in PEFT. */
 export class MagnitudeVector extends Module {
   readonly weight: Tensor;
@@ -102,8 +111,10 @@ export class LoraLinear extends Module {
   readonly #weightNorms = new Map<string, Tensor>();
   /** Set by PeftModel.setRowAdapters: the adapter of each input row (null: the base alone), for batched serving. */
   rowAdapters: readonly (string | null)[] | null = null;
-  /** This layer's adapters of `rows` stacked (A [Σr, in], B [out, Σr]) and the per-row scaling mask [N, Σr]. */
-  #rowStack: { rows: readonly (string | null)[]; A: Tensor; B: Tensor; mask: Tensor } | null = null;
+  /** This layer's adapters of the row assignment stacked in name order (A [Σr, in], B [out, Σr]), and where each block starts. */
+  #factors: RowFactors | null = null;
+  /** The per-row scaling mask [N, Σr] of the last row assignment. */
+  #rowMask: { rows: readonly (string | null)[]; mask: Tensor } | null = null;
 
   constructor(base: BaseLayer, path = "") {
     super();
@@ -132,6 +143,7 @@ export class LoraLinear extends Module {
   /** Create adapter `name` (PEFT update_layer). Its weights are f32 on the base's backend. */
   addAdapter(name: string, o: AdapterOptions): void {
     if (this.r.has(name)) throw new Error(`${this.path}: adapter '${name}' already exists`);
+    this.releaseRowStack();
     const maxR = Math.min(this.inFeatures, this.outFeatures);
     if (!(Number.isSafeInteger(o.r) && o.r > 0 && o.r <= maxR)) {
       throw new RangeError(`${this.path}: r = ${o.r} must be an integer in [1, ${maxR}] (min(in_features ${this.inFeatures}, out_features ${this.outFeatures}))`);
@@ -186,6 +198,7 @@ export class LoraLinear extends Module {
   deleteAdapter(name: string): void {
     if (!this.r.has(name)) return;
     if (this.mergedAdapters.includes(name)) throw new Error(`${this.path}: adapter '${name}' is merged into the base weight; unmerge before deleting it`);
+    this.releaseRowStack();
     for (const t of this.adapterParameters(name)) t.dispose();
     // Module has no way to unregister a child, so the dicts are rebuilt without it.
     const rebuild = <M extends Module>(d: AdapterDict<M>, field: string): AdapterDict<M> =>
@@ -256,7 +269,8 @@ export class LoraLinear extends Module {
    * every adapter's branch at once through their stacked factors: h = x·[A₁; A₂; …]ᵀ, each row
    * masked to its own adapter's block and scaled by its scaling (other blocks 0), then h·[B₁ B₂ …]ᵀ.
    * Four ops whatever the number of adapters; the row's own terms are those of its adapter alone
-   * (the zeros add nothing). The stack is rebuilt when the row assignment changes. Inference only.
+   * (the zeros add nothing). The factors are stacked again when the set of adapters changes (or one is
+   * added or deleted), the mask when the row assignment does. Inference only.
    */
   #forwardRows(x: Tensor, rows: readonly (string | null)[]): Tensor {
     return scope(() => {
@@ -273,33 +287,40 @@ export class LoraLinear extends Module {
   }
 
   #stackFor(rows: readonly (string | null)[]): { A: Tensor; B: Tensor; mask: Tensor } | null {
-    if (this.#rowStack?.rows === rows) return this.#rowStack;
-    this.releaseRowStack();
-    const mine = [...new Set(rows)].filter((n): n is string => n !== null && this.lora_A.has(n));
+    const f0 = this.#factors;
+    if (f0 && this.#rowMask?.rows === rows) return { A: f0.A, B: f0.B, mask: this.#rowMask.mask };
+    this.#rowMask?.mask.dispose();
+    this.#rowMask = null;
+    // Sorted, so sequences joining and leaving the batch keep the stack while its adapters stay the same.
+    const mine = [...new Set(rows)].filter((n): n is string => n !== null && this.lora_A.has(n)).sort();
     if (!mine.length) return null;
-    const ranks = mine.map((n) => this.r.get(n) as number);
-    const width = ranks.reduce((a, b) => a + b, 0);
-    const start = new Map(mine.map((n, i) => [n, ranks.slice(0, i).reduce((a, b) => a + b, 0)]));
-    const mask = new Float32Array(rows.length * width);
+    const key = mine.join("\u0000");
+    if (f0?.key !== key) {
+      this.releaseRowStack();
+      const ranks = mine.map((n) => this.r.get(n) as number);
+      const start = new Map(mine.map((n, i) => [n, ranks.slice(0, i).reduce((a, b) => a + b, 0)]));
+      this.#factors = noGrad(() => ({
+        key, start, width: ranks.reduce((a, b) => a + b, 0),
+        A: keep(mine.length === 1 ? this.lora_A.get(mine[0]).weight.contiguous() : concat(mine.map((n) => this.lora_A.get(n).weight), 0)),
+        B: keep(mine.length === 1 ? this.lora_B.get(mine[0]).weight.contiguous() : concat(mine.map((n) => this.lora_B.get(n).weight), 1)),
+      }));
+    }
+    const f = this.#factors as RowFactors;
+    const mask = new Float32Array(rows.length * f.width);
     rows.forEach((n, i) => {
-      const s = n === null ? undefined : start.get(n);
-      if (s !== undefined) mask.fill(this.scaling.get(n as string) as number, i * width + s, i * width + s + (this.r.get(n as string) as number));
+      const s = n === null ? undefined : f.start.get(n);
+      if (s !== undefined) mask.fill(this.scaling.get(n as string) as number, i * f.width + s, i * f.width + s + (this.r.get(n as string) as number));
     });
-    const A0 = this.lora_A.get(mine[0]).weight;
-    this.#rowStack = noGrad(() => ({
-      rows,
-      A: keep(mine.length === 1 ? A0.contiguous() : concat(mine.map((n) => this.lora_A.get(n).weight), 0)),
-      B: keep(mine.length === 1 ? this.lora_B.get(mine[0]).weight.contiguous() : concat(mine.map((n) => this.lora_B.get(n).weight), 1)),
-      mask: keep(tensor(mask, { shape: [rows.length, width], backend: A0.backend, dtype: A0.dtype })),
-    }));
-    return this.#rowStack;
+    const t = noGrad(() => keep(tensor(mask, { shape: [rows.length, f.width], backend: f.A.backend, dtype: f.A.dtype })));
+    this.#rowMask = { rows, mask: t };
+    return { A: f.A, B: f.B, mask: t };
   }
 
-  /** Free the stacked factors of the last row assignment. */
+  /** Free the stacked factors and the mask (row adapters ended, or an adapter added or deleted). */
   releaseRowStack(): void {
-    const s = this.#rowStack;
-    if (s) for (const t of [s.A, s.B, s.mask]) t.dispose();
-    this.#rowStack = null;
+    for (const t of [this.#factors?.A, this.#factors?.B, this.#rowMask?.mask]) t?.dispose();
+    this.#factors = null;
+    this.#rowMask = null;
   }
 
   /** This step's dropout of adapter `name` over `size` input elements (advancing its stream), or null. */

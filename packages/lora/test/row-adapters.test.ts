@@ -74,3 +74,38 @@ test("setRowAdapters over 4-bit bases: each row equals running it alone with its
   model.eval();
   batchedEqualsAlone(model, peft, [[1, 5, 9], [2, 7, 3], [4, 4, 8]], ["b", null, "a"]);
 });
+
+test("setRowAdapters: sequences joining and leaving keep each row on its adapter, and an adapter deleted and added again under its name is stacked anew", () => {
+  const model = tinyModel();
+  const peft = getPeftModel(model, { target_modules: ["q_proj", "v_proj"], r: 4, lora_alpha: 8 }, "a", quiet);
+  peft.addAdapter("b", { target_modules: ["q_proj", "v_proj"], r: 2, lora_alpha: 4 });
+  randomizeAdapter(peft, "a", 1);
+  randomizeAdapter(peft, "b", 2);
+  model.eval();
+  const alone = (seq: number[], adapter: string) => {
+    peft.setRowAdapters(null);
+    peft.setAdapter(adapter);
+    return logits(model, [seq]);
+  };
+  // Row assignments in turn without ending row adapters between them (as the server's steps do).
+  const batched = (seqs: number[][], adapters: string[]) => {
+    peft.setRowAdapters(seqs.flatMap((s, i) => s.map(() => adapters[i])));
+    return logits(model, seqs);
+  };
+  const seqs = [[1, 5, 9], [2, 7, 3], [4, 4, 8]];
+  const check = (got: Float32Array, adapters: string[], what: string) => {
+    const V = got.length / (adapters.length * 3);
+    const want = adapters.map((a, i) => alone(seqs[i], a));
+    want.forEach((w, i) => assert.ok(maxAbsDiff(got.subarray(i * 3 * V, (i + 1) * 3 * V), w) < 1e-5, `${what}: sequence ${i} on ${adapters[i]}`));
+  };
+  const first = batched(seqs, ["b", "a", "b"]);
+  const second = batched(seqs.slice(0, 2), ["a", "b"]); // one left, the others swapped: the same two adapters
+  check(first, ["b", "a", "b"], "three sequences");
+  check(second, ["a", "b"], "after one left");
+  batched(seqs, ["b", "a", "b"]);
+  peft.deleteAdapter("b");
+  peft.addAdapter("b", { target_modules: ["q_proj", "v_proj"], r: 2, lora_alpha: 4 });
+  randomizeAdapter(peft, "b", 3);
+  check(batched(seqs, ["b", "a", "b"]), ["b", "a", "b"], "b replaced");
+  peft.setRowAdapters(null);
+});

@@ -5,7 +5,7 @@
  * host, in Hugging Face's order: repetition penalty, temperature, top-k, top-p.
  */
 import { type Backend, Rng, type Tensor, noGrad, scope, tensor } from "@lowrank/tensor";
-import type { KVCache } from "./kv-cache.ts";
+import type { KVCache, KVCacheOptions } from "./kv-cache.ts";
 import { TextStream, type TextTokenizer } from "./loaders/tokenizer.ts";
 
 /** What generation needs from a model (LlamaForCausalLM, or anything wrapping it). */
@@ -13,7 +13,7 @@ export interface CausalLM {
   readonly config: { readonly max_position_embeddings: number; readonly eos_token_id: readonly number[] };
   readonly backend: Backend;
   forward(ids: Tensor, opts: { cache?: KVCache; positionOffset?: number; lastOnly?: boolean }): Tensor;
-  createCache(): KVCache;
+  createCache(opts?: KVCacheOptions): KVCache;
 }
 
 export interface SamplingOptions {
@@ -48,7 +48,7 @@ export async function* generate(model: CausalLM, promptIds: readonly number[], o
   const stop = new Set(opts.stopTokens ?? model.config.eos_token_id);
   const rng = opts.rng ?? new Rng(opts.seed ?? 0);
   const useCache = opts.useCache ?? true;
-  const cache = useCache ? model.createCache() : undefined;
+  const cache = useCache ? model.createCache({ capacity: promptIds.length + maxNew }) : undefined;
   const ids = [...promptIds];
   let pending = ids.slice(); // ids the cache has not seen yet
   try {

@@ -3,7 +3,7 @@ export {
   type ParamOptions, type ParamRole, type Init, placeholderInit, randomInit,
 } from "./module.ts";
 export { Linear, type LinearOptions, Embedding, RMSNorm } from "./layers.ts";
-export { KVCache } from "./kv-cache.ts";
+export { KVCache, type KVCacheOptions } from "./kv-cache.ts";
 export {
   LlamaForCausalLM, LlamaModel, LlamaDecoderLayer, LlamaAttention, LlamaMLP, type LlamaConfig, type LlamaOptions,
   type LlamaForwardOptions, type LayerContext, type RopeScaling, type LayerType, type ModelType, SUPPORTED_TYPES, parseLlamaConfig, llamaConfigToHf, ropeInvFreq,

@@ -1,7 +1,7 @@
 /**
  * Several sequences stepped in one forward (continuous batching): prompts of different lengths
- * prefilled together, then decode steps in which a new sequence joins with its whole prompt while
- * the others add one token. Each sequence has its own KV cache, and every row's logits equal that
+ * prefilled together, then decode steps in which a new sequence joins with its whole prompt between
+ * others that add one token. Each sequence has its own KV cache, and every row's logits equal that
  * sequence run alone. Covers GQA, a sliding window shorter than the sequences, and Qwen3's q/k norms.
  */
 import { test } from "node:test";
@@ -17,10 +17,11 @@ async function alone(model: LlamaForCausalLM, cache: KVCache, ids: number[]): Pr
   return v;
 }
 
-for (const [name, over] of [
-  ["llama (GQA)", {}],
-  ["mistral, window 4", { model_type: "mistral", sliding_window: 4 }],
-  ["qwen3 (q/k norm)", { model_type: "qwen3", head_dim: 8 }],
+for (const [name, over, capacity] of [
+  ["llama (GQA)", {}, undefined],
+  ["llama (GQA), caches grown while decoding", {}, 2],
+  ["mistral, window 4", { model_type: "mistral", sliding_window: 4 }, undefined],
+  ["qwen3 (q/k norm)", { model_type: "qwen3", head_dim: 8 }, undefined],
 ] as const) {
   test(`stepSegments: prompts and single tokens of several sequences in one forward equal each sequence alone: ${name}`, async () => {
     const model = tinyModel(over as Record<string, unknown>, 5);
@@ -28,14 +29,15 @@ for (const [name, over] of [
     const V = model.config.vocab_size;
     const prompts = [[1, 5, 9], [1, 7], [1, 3, 4, 8, 11, 12], [1, 20, 21, 22, 23]];
     const late = [1, 30, 31, 32, 33, 34, 35]; // joins at step 2
-    const batched = [...prompts, late].map(() => model.createCache());
+    const batched = [...prompts, late].map(() => model.createCache({ capacity }));
     const single = [...prompts, late].map(() => model.createCache());
     let segs: number[][] = prompts.map((p) => [...p]);
     let active = prompts.map((_, i) => i);
     for (let step = 0; step < 5; step++) {
       if (step === 2) {
-        segs.push([...late]);
-        active = [...active, prompts.length];
+        // Joins second in the batch: the sequences decoding around it are not consecutive rows.
+        segs.splice(1, 0, [...late]);
+        active = [active[0], prompts.length, ...active.slice(1)];
       }
       const t = noGrad(() => model.stepSegments(segs, active.map((i) => batched[i])));
       assert.deepEqual(t.shape, [1, active.length, V]);

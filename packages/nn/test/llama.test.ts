@@ -73,13 +73,13 @@ test("llama3 rope scaling reproduces transformers' _compute_llama3_parameters (L
   assert.deepEqual(Array.from(linear), [0.5, Math.fround(0.05)]);
 });
 
-test("KV cache: prefill + one token at a time gives the same logits as a full forward", () => {
+for (const capacity of [undefined, 1, 5, 11]) test(`KV cache: prefill + one token at a time gives the same logits as a full forward (capacity ${capacity ?? "default"})`, () => {
   const m = tinyModel();
   const ids = [1, 7, 3, 12, 9, 30, 4, 4, 18, 2, 25];
   const full = noGrad(() => m.forward(tensor([ids], { dtype: "i32" }))); // (1, 11, V)
   const V = m.config.vocab_size;
   const want = full.readSync();
-  const cache = m.createCache();
+  const cache = m.createCache({ capacity });
   const got: number[] = [];
   noGrad(() => {
     const step = (chunk: number[]) => scope(() => Array.from(m.forward(tensor([chunk], { dtype: "i32" }), { cache }).readSync()));
@@ -88,7 +88,11 @@ test("KV cache: prefill + one token at a time gives the same logits as a full fo
     got.push(...step(ids.slice(6))); // a multi-token chunk after cached positions (T < S)
   });
   assert.equal(cache.length, ids.length);
-  assert.deepEqual(cache.keys[0]!.shape, [1, 2, ids.length, 4]);
+  assert.deepEqual(cache.layer(0)![0].shape, [1, 2, ids.length, 4]);
+  // Held in place, it grew by doubling from the capacity asked for (1 -> 4 at the prefill -> 8 -> 16).
+  if (capacity === 1) assert.equal(cache.capacity, 16);
+  // Asked for exactly what it holds (as the server sizes a request's cache): never grown, nothing spare.
+  if (capacity === 11) assert.equal(cache.capacity, ids.length);
   assert.ok(maxAbsDiff(got, want) < 1e-5, `max diff ${maxAbsDiff(got, want)}`);
   // lastOnly computes just the final row
   const last = noGrad(() => m.forward(tensor([ids], { dtype: "i32" }), { lastOnly: true }));

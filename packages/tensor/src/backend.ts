@@ -49,6 +49,13 @@ export interface Backend<H = unknown> {
   /** Synchronous read, only where the device allows it (CPU). */
   readSync?(handle: H, dtype: DType, size: number): HostArray;
   free(handle: H): void;
+  /**
+   * Copy src's elements into the existing storage dst.handle at dst's view (src and dst of one shape
+   * and dtype, not overlapping), in place: every tensor over that storage sees the change. The one
+   * primitive that writes into a storage it did not create; a KV cache appends with it instead of
+   * concatenating. Optional: without it callers allocate and concatenate.
+   */
+  copyInto?(dst: Input<H>, src: Input<H>): void;
   memory(): MemoryStats;
   resetPeak(): void;
   /** Wait for queued work (no-op on synchronous devices). */
@@ -185,15 +192,16 @@ export interface FusedKernels<H = unknown> {
    */
   sumSquares?(xs: Input<H>[]): H;
   /**
-   * One decode step of N sequences, each attending over its own KV cache (continuous batching;
+   * One decode step of N sequences, each over its own KV cache held in place (continuous batching;
    * inference only, no gradient). q [Hq, N, D], kNew and vNew [Hkv, N, D]: sequence i's new query,
-   * key and value in row i; ks[i], vs[i] [Hkv, S_i, D] its cached keys and values (f32, contiguous).
-   * Appends the new key and value (caches [Hkv, S_i + 1, D], new storages) and returns them with
-   * out [Hq, N, D]: query i over its S_i + 1 keys, grouped-query (head h reads kv head
-   * floor(h / (Hq / Hkv))), softmax(scale · q·kᵀ)·v. Optional: without it each sequence is
-   * appended and attends on its own.
+   * key and value in row i. ks[i], vs[i]: views [Hkv, C_i, D] onto sequence i's cache storages,
+   * whose first lengths[i] < C_i positions are filled. All f32, any strides but a last one of 1.
+   * Writes the new key and value at position lengths[i] IN PLACE, then returns out [N, Hq, D]
+   * (sequence-major, as the output projection reads it): query i over its lengths[i] + 1 keys,
+   * grouped-query (head h reads kv head floor(h / (Hq / Hkv))), softmax(scale · q·kᵀ)·v. Optional:
+   * without it each sequence appends with copyInto and attends alone.
    */
-  attentionDecode?(q: Input<H>, kNew: Input<H>, vNew: Input<H>, ks: Input<H>[], vs: Input<H>[], scale: number): { out: H; ks: H[]; vs: H[] };
+  attentionDecode?(q: Input<H>, kNew: Input<H>, vNew: Input<H>, ks: Input<H>[], vs: Input<H>[], lengths: readonly number[], scale: number): H;
   /**
    * A dense linear layer plus several LoRA adapters, each row of x its own (batched multi-adapter
    * serving; inference only): y = x Wᵀ (+ bias) + ((x Aᵀ) ⊙ mask) Bᵀ with the adapters' factors

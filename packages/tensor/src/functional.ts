@@ -6,7 +6,7 @@ import { type Tensor, tensor } from "./tensor.ts";
 import { addRmsNorm, crossEntropyRows, linearCrossEntropyRows, logSoftmax, rmsNorm, softmax } from "./fused.ts";
 
 export { softmax, logSoftmax, rmsNorm, addRmsNorm };
-export { type DropoutParams, type RopeTables, adamwStep, attention, attentionDecode, causalMask, dropout, addLoraRows, loraBranch, loraLinear, loraRows, rope, sumOfSquares, swiglu } from "./fused-nn.ts";
+export { type DecodeCache, type DropoutParams, type RopeTables, adamwStep, attention, attentionDecode, causalMask, dropout, addLoraRows, loraBranch, loraLinear, loraRows, rope, sumOfSquares, swiglu } from "./fused-nn.ts";
 import type { RopeTables } from "./fused-nn.ts";
 
 export const silu = (x: Tensor): Tensor => scope(() => x.mul(x.sigmoid()));

@@ -5,7 +5,7 @@
  * without it the same math is built from primitives, the reference the conformance suite checks
  * every kernel against (forward values and gradcheck on both paths).
  */
-import type { AdamWHyper, DropoutParams } from "./backend.ts";
+import type { AdamWHyper, DropoutParams, Input } from "./backend.ts";
 import type { GradCtx } from "./autograd.ts";
 import { isGradEnabled, noGrad, record, registerGradRules } from "./autograd.ts";
 import * as ops from "./ops.ts";
@@ -306,40 +306,64 @@ export function sumOfSquares(xs: readonly Tensor[]): Tensor {
   }));
 }
 
+/** A sequence's KV cache for attentionDecode: storages [1, Hkv, C, D] of which the first `length` positions are filled. */
+export interface DecodeCache {
+  k: Tensor;
+  v: Tensor;
+  length: number;
+}
+
 /**
- * A decode step of N sequences over their own caches (FusedKernels.attentionDecode): q [1, Hq, N, D],
- * k and v [1, Hkv, N, D] (sequence i in position i), ks[i], vs[i] [1, Hkv, S_i, D]. Returns
- * out [1, Hq, N, D] and the caches with the new key and value appended. Without the kernel (or
- * outside f32) each sequence's cache grows by concat and its query goes through `attention`.
- * Inference only.
+ * A decode step of N sequences, each over its own cache (FusedKernels.attentionDecode): q [1, Hq, N, D],
+ * k and v [1, Hkv, N, D] (sequence i in position i). Writes sequence i's new key and value into its
+ * cache at position caches[i].length, in place (the cache must have room: length < C), and returns
+ * out [1, Hq, N, D], each query over its length + 1 cached keys; fused, out is a view of a
+ * [1, N, Hq, D] storage, so the permute back to tokens that the output projection wants costs no copy.
+ * Without the kernel (or outside f32) each sequence appends with copyInto and its query goes through
+ * `attention`. Inference only.
  */
-export function attentionDecode(q: Tensor, k: Tensor, v: Tensor, ks: readonly Tensor[], vs: readonly Tensor[], scale?: number): { out: Tensor; ks: Tensor[]; vs: Tensor[] } {
+export function attentionDecode(q: Tensor, k: Tensor, v: Tensor, caches: readonly DecodeCache[], scale?: number): Tensor {
   return noGrad(() => scope(() => {
     const [, Hq, N, D] = q.shape;
-    const Hkv = k.shape[1];
+    if (caches.length !== N) throw new RangeError(`attentionDecode: ${N} queries for ${caches.length} caches`);
     const sc = scale ?? 1 / Math.sqrt(D);
     const kern = q.backend.fused?.attentionDecode;
-    if (kern && [q, k, v, ...ks, ...vs].every((t) => t.dtype === "f32")) {
-      // [H, rows, D] views of contiguous [1, H, rows, D] inputs, made as plain Inputs: a decode step passes
-      // two caches per sequence, and a Tensor per view would cost more than the kernel's copy of them.
-      const c = (t: Tensor) => {
-        const x = dense(t).input;
-        const [, H, S, d] = t.shape;
-        return { ...x, view: { shape: [H, S, d], strides: [S * d, d, 1], offset: x.view.offset } };
-      };
-      const r = kern(c(q), c(k), c(v), ks.map(c), vs.map(c), sc);
-      const cache = (h: unknown, i: number) => fromHandle(q.backend, h, [1, Hkv, ks[i].shape[2] + 1, D], "f32");
-      return { out: fromHandle(q.backend, r.out, [1, Hq, N, D], "f32"), ks: r.ks.map(cache), vs: r.vs.map(cache) };
+    // One pass over the caches: a decode step calls this once per layer with every sequence.
+    let fused = kern !== undefined && rowsF32(q) && rowsF32(k) && rowsF32(v);
+    const ks: Input[] = [], vs: Input[] = [], lengths: number[] = [];
+    for (const c of caches) {
+      if (c.length >= c.k.shape[2] || c.v.shape[2] !== c.k.shape[2]) throw new RangeError(`attentionDecode: a cache of ${c.k.shape[2]} positions has no room after ${c.length}`);
+      fused &&= rowsF32(c.k) && rowsF32(c.v);
+      if (fused) {
+        ks.push(heads(c.k));
+        vs.push(heads(c.v));
+        lengths.push(c.length);
+      }
     }
-    const outKs: Tensor[] = [], outVs: Tensor[] = [], ys: Tensor[] = [];
-    for (let i = 0; i < N; i++) {
-      const [K, V] = [ops.concat([ks[i], k.narrow(2, i, 1)], 2), ops.concat([vs[i], v.narrow(2, i, 1)], 2)];
-      outKs.push(K);
-      outVs.push(V);
-      ys.push(attention(q.narrow(2, i, 1), K, V, { causal: false, scale: sc }));
+    if (kern && fused) {
+      const out = kern(heads(q), heads(k), heads(v), ks, vs, lengths, sc);
+      return fromHandle(q.backend, out, [1, N, Hq, D], "f32").permute([0, 2, 1, 3]);
     }
-    return { out: ops.concat(ys, 2), ks: outKs, vs: outVs };
+    const ys = caches.map((c, i) => {
+      ops.copyInto(c.k.narrow(2, c.length, 1), k.narrow(2, i, 1));
+      ops.copyInto(c.v.narrow(2, c.length, 1), v.narrow(2, i, 1));
+      return attention(q.narrow(2, i, 1), c.k.narrow(2, 0, c.length + 1), c.v.narrow(2, 0, c.length + 1), { causal: false, scale: sc });
+    });
+    return ys.length === 1 ? ys[0] : ops.concat(ys, 2);
   }));
+}
+
+/** f32 with rows of the last axis contiguous: what FusedKernels.attentionDecode reads. */
+function rowsF32(t: Tensor): boolean {
+  return t.dtype === "f32" && t.strides[3] === 1;
+}
+
+/**
+ * The [H, rows, D] view of a [1, H, rows, D] tensor as a plain Input: a decode step passes two caches
+ * per sequence, and a Tensor per view would cost more than the kernel's work on a short cache.
+ */
+function heads(t: Tensor): Input {
+  return { handle: t.storage.handle, dtype: t.dtype, view: { shape: [t.shape[1], t.shape[2], t.shape[3]], strides: [t.strides[1], t.strides[2], t.strides[3]], offset: t.offset } };
 }
 
 // ---------------------------------------------------------------- gradient rules

@@ -134,6 +134,27 @@ export function contiguous(x: Tensor): Tensor {
   return record(fromHandle(x.backend, x.backend.copy(x.input), x.shape, x.dtype), "copy", [x]);
 }
 
+/**
+ * Write src's values into dst's elements in place (Backend.copyInto): dst is usually a view
+ * (narrow) of a larger storage, and every tensor over that storage sees the change. Not recorded by
+ * autograd, so dst must not need a gradient. Throws where the backend cannot write in place
+ * (`canCopyInto`).
+ */
+export function copyInto(dst: Tensor, src: Tensor): void {
+  checkSameBackend("copyInto", [dst, src]);
+  checkSameDtype("copyInto", dst, src);
+  if (!sameShape(dst.shape, src.shape)) throw new RangeError(`copyInto: ${src.describe()} does not fit ${dst.describe()}`);
+  if (dst.requiresGrad || dst._node) throw new Error(`copyInto: ${dst.describe()} takes part in autograd; write only into buffers`);
+  const k = dst.backend.copyInto;
+  if (!k) throw new Error(`copyInto: backend ${dst.backend.name} cannot write into a storage in place`);
+  k.call(dst.backend, dst.input, src.input);
+}
+
+/** Whether `copyInto` works on this tensor's backend. */
+export function canCopyInto(t: Tensor): boolean {
+  return t.backend.copyInto !== undefined;
+}
+
 // ---------------------------------------------------------------- elementwise
 
 export function unary(op: UnaryOp, x: Tensor): Tensor {

@@ -49,7 +49,7 @@ export class KvBudgetError extends RangeError {
 export interface BatcherOptions {
   /** Sequences decoded together (default 32). */
   maxBatch?: number;
-  /** Bytes the active sequences' KV caches may reach at their longest (default 256 MiB). */
+  /** Bytes the active sequences' KV caches may hold, each sized for its prompt plus max new tokens (default 256 MiB). */
   kvBudgetBytes?: number;
   /** Tokens one step takes in, prompts of joining sequences included (default 2048; one prompt may exceed it alone). */
   maxStepTokens?: number;
@@ -161,7 +161,8 @@ export class Batcher {
       bytes += w.kvBytes;
       tokens += w.spec.promptIds.length;
       this.#active.push({
-        spec: w.spec, cache: this.#m.model.createCache(), ids: [...w.spec.promptIds], generated: 0, rng: new Rng(w.spec.seed),
+        // Room for every position it can reach, taken at its first step: exactly the kvBytes admitted.
+        spec: w.spec, cache: this.#m.model.createCache({ capacity: w.spec.promptIds.length + w.spec.maxNewTokens }), ids: [...w.spec.promptIds], generated: 0, rng: new Rng(w.spec.seed),
         pending: [...w.spec.promptIds], kvBytes: w.kvBytes, done: w.resolve, fail: w.reject,
       });
     }
@@ -185,7 +186,9 @@ export class Batcher {
   #advance(a: Active, logits: Float32Array): void {
     const s = a.spec;
     const maxPos = this.#m.model.config.max_position_embeddings;
-    const next = sampleNext(Float32Array.from(logits), a.ids, s, a.rng);
+    // sampleNext rewrites the row it gets unless it is greedy without a penalty: only then no copy.
+    const plain = !(s.temperature > 0) && s.repetitionPenalty === 1;
+    const next = sampleNext(plain ? logits : Float32Array.from(logits), a.ids, s, a.rng);
     if (s.stopTokens.has(next)) return void this.#finish(a, false);
     a.ids.push(next);
     a.generated++;
@@ -226,7 +229,8 @@ export class Batcher {
 
 async function readRow(t: Tensor): Promise<Float32Array> {
   try {
-    return Float32Array.from(await t.read());
+    const v = await t.read(); // a fresh array: the batcher's to keep
+    return v instanceof Float32Array ? v : Float32Array.from(v);
   } finally {
     t.dispose();
   }

@@ -8,7 +8,7 @@
  */
 import { Effect, Semaphore } from "effect";
 import type { Backend } from "@lowrank/tensor";
-import { type LlamaForCausalLM, type TextTokenizer, loadGenerationConfig, loadHfModel, loadTokenizer } from "@lowrank/nn/node";
+import { type LlamaForCausalLM, TextStream, type TextTokenizer, loadGenerationConfig, loadHfModel, loadTokenizer } from "@lowrank/nn/node";
 import { PeftModel, loadAdapter } from "@lowrank/lora/node";
 import { type ChatGenerationPrompt, type ChatMessage, chatGenerationPrompt } from "@lowrank/trainer/node";
 import { conflict, invalid, unavailable } from "../errors.ts";
@@ -286,8 +286,11 @@ export class ModelHost {
     const internal = !req.adapter ? null : hit ? pin(hit) : await this.exclusive(async () => pin(await this.ensureLoaded(v!, req.adapter!.dir)), req.signal);
     const key = req.adapter?.version.ref ?? "";
     this.served.set(key, (this.served.get(key) ?? 0) + 1);
-    const tok = this.tokenizer;
-    const out: number[] = [];
+    // Text grows by each new token's piece (TextStream decodes a window of the last few ids, so a
+    // byte-fallback piece waits for the rest of its character); stop strings are searched in the tail.
+    const stream = new TextStream(this.tokenizer);
+    const stopLen = maxLen(req.stop);
+    let completion = 0;
     let text = "";
     let emitted = 0;
     const emit = (upTo: number) => {
@@ -296,23 +299,25 @@ export class ModelHost {
         emitted = upTo;
       }
     };
+    const grow = (piece: string): boolean => {
+      if (!piece) return true;
+      const from = Math.max(0, text.length - stopLen + 1);
+      text += piece;
+      const hit = findStop(text, req.stop, from);
+      if (hit >= 0) {
+        text = text.slice(0, hit);
+        emit(hit);
+        return false;
+      }
+      emit(text.length - heldBack(text, req.stop));
+      return true;
+    };
     const r = await this.#batcher.run({
       adapter: internal, promptIds: ids, maxNewTokens: maxNew, temperature: req.temperature, topP: req.topP, topK: req.topK,
       repetitionPenalty: req.repetitionPenalty, seed: req.seed, stopTokens: new Set([...this.#eos, ...(req.stopTokens ?? [])]), signal: req.signal,
       onToken: (id) => {
-        out.push(id);
-        // Decode the whole completion each time: byte-fallback pieces become whole characters.
-        const full = tok.decode(out);
-        if (full.endsWith("\uFFFD")) return true;
-        text = full;
-        const hit = findStop(text, req.stop, Math.max(0, emitted - maxLen(req.stop)));
-        if (hit >= 0) {
-          text = text.slice(0, hit);
-          emit(hit);
-          return false;
-        }
-        emit(text.length - heldBack(text, req.stop));
-        return true;
+        completion++;
+        return grow(stream.push(id));
       },
       onEnd: () => internal && this.#release(internal),
     }).catch((e) => {
@@ -320,12 +325,11 @@ export class ModelHost {
       if (internal) this.#release(internal); // refused before joining: onEnd will not run
       throw invalid(e.message, "max_tokens");
     });
-    if (!r.stopped) {
-      text = tok.decode(out);
-      emit(text.length);
-    }
-    const finish: GenResult["finishReason"] = r.stopped || out.length < maxNew ? "stop" : "length";
-    return { text, finishReason: finish, promptTokens: ids.length, completionTokens: out.length };
+    // The rest: a character left partial at the end decodes to U+FFFD, as a whole-completion decode gives it.
+    const stopped = r.stopped || !grow(stream.flush());
+    if (!stopped) emit(text.length);
+    const finish: GenResult["finishReason"] = stopped || completion < maxNew ? "stop" : "length";
+    return { text, finishReason: finish, promptTokens: ids.length, completionTokens: completion };
   }
 
   /** Decode steps and the rows they carried (how much batching happened). */

@@ -15,6 +15,7 @@ import { coalesce } from "../kernels/strided.ts";
 import { ELEMENTWISE_WASM, ELEMENTWISE_WASM_RELAXED } from "./elementwise-wasm.ts";
 import { validateRelaxed } from "./relaxed.ts";
 import { tryRelaxed } from "./simd.ts";
+import { base64Bytes } from "./base64.ts";
 
 /** Op codes of `binary` in assembly/elementwise.ts. */
 const BINARY_OPS: Partial<Record<BinaryOp, number>> = { add: 0, sub: 1, mul: 2, div: 3, max: 4, min: 5, lt: 6, eq: 7 };
@@ -60,13 +61,6 @@ interface Operand {
   s1: number;
 }
 
-function decode(b64: string): Uint8Array {
-  const s = atob(b64);
-  const out = new Uint8Array(s.length);
-  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
-  return out;
-}
-
 /** The loop of views of one shape as [rows, n] operands, or null when some inner stride is not 0 or 1. */
 function plan(views: View[], data: Store[]): { rows: number; n: number; ops: Operand[] } | null {
   const { shape, strides } = coalesce(views[0].shape, views.map((v) => v.strides));
@@ -101,7 +95,7 @@ export class ElementwiseWasm {
     const builds = tryRelaxed(opts.relaxed) ? [ELEMENTWISE_WASM_RELAXED, ELEMENTWISE_WASM] : [ELEMENTWISE_WASM];
     for (const b64 of builds) {
       try {
-        const bytes = decode(b64);
+        const bytes = base64Bytes(b64);
         if (b64 === ELEMENTWISE_WASM_RELAXED ? validateRelaxed(bytes) : WebAssembly.validate(bytes as BufferSource)) return new ElementwiseWasm(bytes, b64 === ELEMENTWISE_WASM_RELAXED);
       } catch {
         // try the next build

@@ -9,9 +9,9 @@
  * nkv key/value heads, hs head size, V vocab.
  */
 import {
-  type RopeTables, type Tensor, attention, attentionDecode, concat, crossEntropy, embedding, linearCrossEntropy, noGrad, rope, ropeTables, scope, swiglu, tensor,
+  type DecodeCache, type RopeTables, type Tensor, attention, attentionDecode, concat, crossEntropy, embedding, linearCrossEntropy, noGrad, rope, ropeTables, scope, swiglu, tensor,
 } from "@lowrank/tensor";
-import { KVCache } from "../kv-cache.ts";
+import { KVCache, type KVCacheOptions } from "../kv-cache.ts";
 import { Embedding, Linear, RMSNorm } from "../layers.ts";
 import { Module, ModuleList, type ParamOptions, type TensorModule } from "../module.ts";
 import { slidingWindowAttention } from "./attention.ts";
@@ -91,25 +91,37 @@ export class LlamaAttention extends Module {
   /**
    * The attention of a step over several sequences: q, k, v (1, n, L, hs), the "time" axis holding
    * each segment's new tokens in turn; each segment appends to and attends over its own cache.
-   * Returns (1, L, nh, hs).
+   * Every sequence that adds one token to a cache held in place goes through one attentionDecode
+   * call, whatever else the step carries, so its numbers never depend on its neighbours; prompts and
+   * sliding windows append and attend one by one. Returns (1, L, nh, hs).
    */
   #attendEach(q: Tensor, k: Tensor, v: Tensor, seg: NonNullable<LayerContext["segments"]>, layer: number): Tensor {
-    // Every sequence adds one token to a non-empty cache (a pure decode step): one call for them all.
-    if (this.window === null && seg.lengths.every((n) => n === 1) && seg.caches.every((c) => c.keys[layer])) {
-      const r = attentionDecode(q, k, v, seg.caches.map((c) => c.keys[layer] as Tensor), seg.caches.map((c) => c.values[layer] as Tensor));
-      seg.caches.forEach((c, i) => c.replace(layer, r.ks[i], r.vs[i]));
-      return r.out.permute([0, 2, 1, 3]); // (1, N, nh, hs)
+    const starts: number[] = [];
+    for (let i = 0, at = 0; i < seg.lengths.length; at += seg.lengths[i++]) starts.push(at);
+    const slots = seg.caches.map((c, i) => (this.window === null && seg.lengths[i] === 1 ? c.slot(layer) : null));
+    const dec = slots.flatMap((s, i) => (s ? [i] : []));
+    const all = dec.length === seg.caches.length;
+    let decoded: Tensor | null = null; // (1, nh, decoding sequences, hs)
+    if (dec.length) {
+      const pick = (t: Tensor) => (all ? t : rowsAt(t, dec.map((i) => starts[i])));
+      decoded = attentionDecode(pick(q), pick(k), pick(v), dec.map((i) => slots[i] as DecodeCache));
+      if (all) return decoded.permute([0, 2, 1, 3]); // (1, N, nh, hs)
     }
-    let at = 0;
     const ys = seg.caches.map((cache, i) => {
-      const [t0, T] = [at, seg.lengths[i]];
-      at += T;
+      if (slots[i]) return (decoded as Tensor).narrow(2, dec.indexOf(i), 1);
+      const [t0, T] = [starts[i], seg.lengths[i]];
       const [K, V] = cache.update(layer, k.narrow(2, t0, T), v.narrow(2, t0, T)); // (1, nkv, S_i, hs)
       const qi = q.narrow(2, t0, T);
       return this.window === null ? attention(qi, K, V) : slidingWindowAttention(qi, K, V, this.window); // (1, nh, T_i, hs)
     });
     return (ys.length === 1 ? ys[0] : concat(ys, 2)).permute([0, 2, 1, 3]); // (1, L, nh, hs)
   }
+}
+
+/** Positions `at` of axis 2 of t (1, n, L, hs), in order: one view when they are consecutive. */
+function rowsAt(t: Tensor, at: readonly number[]): Tensor {
+  if (at.every((p, i) => p === at[0] + i)) return t.narrow(2, at[0], at.length);
+  return concat(at.map((p) => t.narrow(2, p, 1)), 2);
 }
 
 /** SwiGLU: down(silu(gate(x)) * up(x)). */
@@ -302,9 +314,9 @@ export class LlamaForCausalLM extends Module {
     return scope(() => this.lm_head.forward(this.model.forwardSegments(ids, caches)));
   }
 
-  /** A fresh cache sized for this model. */
-  createCache(): KVCache {
-    return new KVCache(this.config.num_hidden_layers);
+  /** A fresh cache for this model's layers; `capacity`: the positions it will hold (prompt + new tokens), if known. */
+  createCache(opts: KVCacheOptions = {}): KVCache {
+    return new KVCache(this.config.num_hidden_layers, { capacity: Math.min(opts.capacity ?? 32, this.config.max_position_embeddings) });
   }
 
   get dtype(): Tensor["dtype"] {

@@ -7,6 +7,7 @@
 import { checkFusedPairs } from "../backend.ts";
 import * as F from "../functional.ts";
 import { noGrad } from "../autograd.ts";
+import { copyInto } from "../ops.ts";
 import { uniformAt } from "../random.ts";
 import { keep, scope } from "../scope.ts";
 import { type Tensor, tensor, zeros } from "../tensor.ts";
@@ -144,20 +145,46 @@ export function fusedNnSuite(opts: SuiteOptions): void {
     for (let j = 0; j < outF; j++) if (Math.abs(f[2 * outF + j] - base[2 * outF + j]) > 1e-5 * tol) throw new Error(`loraRows: the base-only row differs at ${j}`);
   });
 
-  test("attentionDecode: N sequences with caches of different lengths in one call equal each appended and attended alone (GQA)", async () => {
+  test("copyInto: a strided source written into a view of a storage, in place, seen by every alias", async () => {
+    if (!backend.copyInto) return; // this backend grows caches by concatenation instead
+    const M = mk(backend);
+    const dst = M(new Float32Array(2 * 5 * 3).fill(-1), [2, 5, 3]);
+    const alias = dst.reshape([10, 3]);
+    const src = M(rnd(3 * 2 * 2, 150), [3, 2, 2]).permute(1, 2, 0); // [2, 2, 3], not contiguous
+    copyInto(dst.narrow(1, 3, 2), src);
+    const [got, s] = [await alias.read(), await src.read()];
+    for (let h = 0; h < 2; h++) {
+      for (let j = 0; j < 5; j++) {
+        for (let d = 0; d < 3; d++) {
+          const want = j >= 3 ? s[(h * 2 + j - 3) * 3 + d] : -1;
+          if (got[(h * 5 + j) * 3 + d] !== want) throw new Error(`copyInto [${h}, ${j}, ${d}]: ${got[(h * 5 + j) * 3 + d]}, expected ${want}`);
+        }
+      }
+    }
+  });
+
+  test("attentionDecode: N sequences appended in place to caches with spare room equal each appended and attended alone (GQA, v a head permute), nothing past the new row read or written", async () => {
+    if (!backend.copyInto) return; // its caches grow by concatenation: the model attends per sequence
     const [Hq, Hkv, D] = [4, 2, 8];
     const lens = [3, 1, 7, 5];
     const N = lens.length;
     const qs = rnd(Hq * N * D, 110), kn = rnd(Hkv * N * D, 111), vn = rnd(Hkv * N * D, 112);
-    const caches = lens.map((S, i) => [rnd(Hkv * S * D, 120 + i), rnd(Hkv * S * D, 130 + i)]);
+    // Capacity length + 2: the row after the new one holds a value that would show in any output that read it.
+    const SENTINEL = 1e4;
+    const fill = (S: number, seed: number) => {
+      const a = new Float32Array(Hkv * (S + 2) * D).fill(SENTINEL);
+      const r = rnd(Hkv * S * D, seed);
+      for (let h = 0; h < Hkv; h++) a.set(r.subarray(h * S * D, (h + 1) * S * D), h * (S + 2) * D);
+      return a;
+    };
+    const caches = lens.map((S, i) => [fill(S, 120 + i), fill(S, 130 + i)]);
     const run = async (be: typeof backend) => {
       const M = mk(be);
-      const r = F.attentionDecode(M(qs, [1, Hq, N, D]), M(kn, [1, Hkv, N, D]), M(vn, [1, Hkv, N, D]),
-        caches.map(([k], i) => M(k, [1, Hkv, lens[i], D])), caches.map(([, v], i) => M(v, [1, Hkv, lens[i], D])));
-      lens.forEach((S, i) => {
-        if (r.ks[i].shape.join() !== [1, Hkv, S + 1, D].join()) throw new Error(`attentionDecode: cache ${i} is [${r.ks[i].shape}], expected [1, ${Hkv}, ${S + 1}, ${D}]`);
-      });
-      return [await r.out.read(), ...(await Promise.all(r.ks.map((t) => t.read()))), ...(await Promise.all(r.vs.map((t) => t.read())))];
+      const ks = caches.map(([k], i) => M(k, [1, Hkv, lens[i] + 2, D])), vs = caches.map(([, v], i) => M(v, [1, Hkv, lens[i] + 2, D]));
+      // v arrives as the head permute of a projection's output [1, N, Hkv, D], as in the model.
+      const v = M(vn, [1, N, Hkv, D]).permute(0, 2, 1, 3);
+      const out = F.attentionDecode(M(qs, [1, Hq, N, D]), M(kn, [1, Hkv, N, D]), v, lens.map((length, i) => ({ k: ks[i], v: vs[i], length })));
+      return [await out.read(), ...(await Promise.all(ks.map((t) => t.read()))), ...(await Promise.all(vs.map((t) => t.read())))];
     };
     const [f, c] = [await run(backend), await run(composite)];
     f.forEach((a, j) => {
@@ -165,9 +192,35 @@ export function fusedNnSuite(opts: SuiteOptions): void {
         if (Math.abs(a[i] - c[j][i]) > 1e-5 * tol * (1 + Math.abs(c[j][i]))) throw new Error(`attentionDecode output ${j} [${i}]: fused ${a[i]}, composite ${c[j][i]}`);
       }
     });
-    // The appended position holds the new key: sequence 2's last cached row of kv head 1.
-    const k2 = f[1 + 2], S2 = lens[2] + 1;
-    for (let d = 0; d < D; d++) if (k2[(1 * S2 + S2 - 1) * D + d] !== Math.fround(kn[(1 * N + 2) * D + d])) throw new Error(`attentionDecode: new key of sequence 2 not appended at ${d}`);
+    // Plain-JS reference of the output: softmax(q·kᵀ/√D)·v over the old rows plus the new one.
+    const scale = 1 / Math.sqrt(D);
+    for (let i = 0; i < N; i++) {
+      const S = lens[i] + 1, C = lens[i] + 2;
+      for (let h = 0; h < Hq; h++) {
+        const kv = Math.floor(h / (Hq / Hkv));
+        const row = (a: Float32Array, fresh: number[], j: number, d: number) => (j < S - 1 ? a[(kv * C + j) * D + d] : fresh[d]);
+        const [kRow, vRow] = [Array.from({ length: D }, (_, d) => kn[(kv * N + i) * D + d]), Array.from({ length: D }, (_, d) => vn[(i * Hkv + kv) * D + d])];
+        const s = Array.from({ length: S }, (_, j) => scale * Array.from({ length: D }, (_, d) => qs[(h * N + i) * D + d] * row(caches[i][0], kRow, j, d)).reduce((x, y) => x + y, 0));
+        const m = Math.max(...s), e = s.map((x) => Math.exp(x - m)), z = e.reduce((x, y) => x + y, 0);
+        for (let d = 0; d < D; d++) {
+          const want = e.reduce((acc, p, j) => acc + (p / z) * row(caches[i][1], vRow, j, d), 0);
+          const got = f[0][(h * N + i) * D + d];
+          if (Math.abs(got - want) > 1e-5 * tol * (1 + Math.abs(want))) throw new Error(`attentionDecode sequence ${i} head ${h} [${d}]: ${got}, reference ${want}`);
+        }
+      }
+      // The new key and value sit at row lens[i]; the rows before are unchanged and the spare one is untouched.
+      const freshAt = [(kv: number, d: number) => kn[(kv * N + i) * D + d], (kv: number, d: number) => vn[(i * Hkv + kv) * D + d]];
+      for (const [t, old, fresh] of [[f[1 + i], caches[i][0], freshAt[0]], [f[1 + N + i], caches[i][1], freshAt[1]]] as const) {
+        for (let kv = 0; kv < Hkv; kv++) {
+          for (let j = 0; j < C; j++) {
+            for (let d = 0; d < D; d++) {
+              const want = j === lens[i] ? Math.fround(fresh(kv, d)) : old[(kv * C + j) * D + d];
+              if (t[(kv * C + j) * D + d] !== want) throw new Error(`attentionDecode: cache of sequence ${i} kv head ${kv} row ${j} [${d}] is ${t[(kv * C + j) * D + d]}, expected ${want}`);
+            }
+          }
+        }
+      }
+    }
   });
 
   test("memory: a LoRA branch with dropout keeps no more than one without (the mask is regenerated)", () => {
