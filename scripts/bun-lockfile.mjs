@@ -21,8 +21,10 @@ const pkg = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8"));
 const dirs = pkg.workspaces.flatMap((w) => {
   if (!w.endsWith("/*")) return [w];
   const parent = w.slice(0, -2);
-  return spawnSync("git", ["ls-files", "--", `${parent}/*/package.json`], { cwd: ROOT, encoding: "utf8" }).stdout
-    .split("\n").filter((f) => f.split("/").length === 3).map((f) => dirname(f));
+  return spawnSync("git", ["ls-files", "--", `${parent}/*/package.json`], { cwd: ROOT, encoding: "utf8" })
+    .stdout.split("\n")
+    .filter((f) => f.split("/").length === 3)
+    .map((f) => dirname(f));
 });
 const tmp = mkdtempSync(join(tmpdir(), "lowrank-bun-lockfile-"));
 try {

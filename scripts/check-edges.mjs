@@ -27,9 +27,11 @@ for (const pkg of readdirSync(join(ROOT, "packages"))) {
   for (const file of walk(src)) {
     const rel = relative(ROOT, file).split("\\").join("/");
     if (EDGE.test(rel)) continue;
-    readFileSync(file, "utf8").split("\n").forEach((line, i) => {
-      if (IMPORT.test(line) && !/^\s*(\*|\/\/)/.test(line)) offenders.push(`${rel}:${i + 1}: ${line.trim()}`);
-    });
+    readFileSync(file, "utf8")
+      .split("\n")
+      .forEach((line, i) => {
+        if (IMPORT.test(line) && !/^\s*(\*|\/\/)/.test(line)) offenders.push(`${rel}:${i + 1}: ${line.trim()}`);
+      });
   }
 }
 if (offenders.length) {

@@ -17,7 +17,10 @@ const SKIP_DIRS = new Set(["node_modules", ".git", ".turbo", "dist"]);
 function gitFiles() {
   try {
     const out = execFileSync("git", ["ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", "*.ts", "*.wgsl"], {
-      cwd: ROOT, encoding: "utf8", stdio: ["ignore", "pipe", "ignore"], maxBuffer: 64 << 20,
+      cwd: ROOT,
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"],
+      maxBuffer: 64 << 20,
     });
     return [...new Set(out.split("\0").filter(Boolean))];
   } catch {

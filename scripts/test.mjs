@@ -30,7 +30,12 @@ const CORE = ["packages/tensor", "packages/backend-cpu"];
 // WebGPU under the other runtimes: the conformance suite and the fused kernels on Deno's own WebGPU
 // (naga validates WGSL differently from Dawn), a smoke run on Bun (Dawn).
 const EXTRA = [
-  { runtime: "deno", rel: "packages/backend-webgpu", files: ["test/conformance.test.ts", "test/training.test.ts", "test/smoke.test.ts", "test/fused-nn.test.ts"], flags: ["--unstable-webgpu"] },
+  {
+    runtime: "deno",
+    rel: "packages/backend-webgpu",
+    files: ["test/conformance.test.ts", "test/training.test.ts", "test/smoke.test.ts", "test/fused-nn.test.ts"],
+    flags: ["--unstable-webgpu"],
+  },
   { runtime: "bun", rel: "packages/backend-webgpu", files: ["test/smoke.test.ts"], flags: [] },
 ];
 const RUNTIMES = ["node", "bun", "deno"];
@@ -55,7 +60,10 @@ if (opts.help) {
   console.log("usage: node scripts/test.mjs [--only <pkg>[,<pkg>]] [--runtimes node,bun,deno] [--timeout <seconds>]");
   process.exit(0);
 }
-const only = (opts.only ?? []).flatMap((s) => s.split(",")).map((s) => s.trim()).filter(Boolean);
+const only = (opts.only ?? [])
+  .flatMap((s) => s.split(","))
+  .map((s) => s.trim())
+  .filter(Boolean);
 const runtimes = opts.runtimes ? opts.runtimes.split(",").map((s) => s.trim()) : RUNTIMES;
 for (const r of runtimes) if (!RUNTIMES.includes(r)) fatal(`--runtimes: unknown runtime "${r}" (use ${RUNTIMES.join(",")})`);
 const timeoutMs = Number(opts.timeout ?? 1200) * 1000;
@@ -70,7 +78,11 @@ function testPackages() {
   const found = [];
   const dirs = ["packages", "apps"].flatMap((group) => {
     const base = join(ROOT, group);
-    return existsSync(base) ? readdirSync(base).sort().map((name) => join(base, name)) : [];
+    return existsSync(base)
+      ? readdirSync(base)
+          .sort()
+          .map((name) => join(base, name))
+      : [];
   });
   dirs.push(join(ROOT, "benchmarks")); // a workspace of its own at the root
   dirs.push(ROOT); // test/: the packed packages and the lockfiles, as a consumer and a fresh clone see them
@@ -79,10 +91,13 @@ function testPackages() {
       const name = relative(ROOT, dir);
       const testDir = join(dir, "test");
       if (!existsSync(join(dir, "package.json")) || !existsSync(testDir)) continue;
-      const files = readdirSync(testDir).filter((f) => f.endsWith(".test.ts")).sort().map((f) => `test/${f}`);
+      const files = readdirSync(testDir)
+        .filter((f) => f.endsWith(".test.ts"))
+        .sort()
+        .map((f) => `test/${f}`);
       if (!files.length) continue;
       const pkg = JSON.parse(readFileSync(join(dir, "package.json"), "utf8"));
-      found.push({ dir, rel: relative(ROOT, dir) || ".", name: dir === ROOT ? "repository" : (pkg.name ?? name), files });
+      found.push({ dir, rel: relative(ROOT, dir) || ".", name: dir === ROOT ? "repository" : pkg.name ?? name, files });
     }
   }
   return found;
@@ -115,7 +130,11 @@ function exec(cmd, args, cwd) {
     });
     child.on("close", (code, signal) => {
       clearTimeout(timer);
-      const clean = out.replace(ANSI, "").split("\n").filter((l) => !DAWN_NOISE.test(l)).join("\n");
+      const clean = out
+        .replace(ANSI, "")
+        .split("\n")
+        .filter((l) => !DAWN_NOISE.test(l))
+        .join("\n");
       done({ code, signal, out: clean, ms: performance.now() - t0, timedOut });
     });
   });
@@ -195,7 +214,9 @@ async function suite(runtime, pkg) {
     // "corrupted size vs. prev_size") after every test has passed: seen in about one run in five of
     // the WebGPU conformance suite since 2026-12-03's WebGPU changes, never in 6 runs before them;
     // not yet explained. Said out loud and run once more, so a real failure still fails.
-    console.log(`note  ${`${runtime.padEnd(5)} ${pkg.name}`.padEnd(36)} aborted at exit after all tests passed (${r.out.trimEnd().split("\n").pop()}); running it again`);
+    console.log(
+      `note  ${`${runtime.padEnd(5)} ${pkg.name}`.padEnd(36)} aborted at exit after all tests passed (${r.out.trimEnd().split("\n").pop()}); running it again`,
+    );
     r = await exec(cmd, args, pkg.dir);
   }
   const s = parsers[runtime](r.out);
@@ -232,6 +253,10 @@ const passed = results.reduce((a, r) => a + r.passed, 0);
 const failed = results.reduce((a, r) => a + r.failed, 0);
 const skipped = results.reduce((a, r) => a + r.skipped, 0);
 const bad = results.filter((r) => !r.ok).map((r) => r.label.replace(/\s+/g, " "));
-console.log(`\n${results.length} suites in ${fmtTime(performance.now() - t0)}${skipped ? `, ${skipped} tests skipped` : ""}${bad.length ? `; failed: ${bad.join("; ")}` : ""}`);
+console.log(
+  `\n${results.length} suites in ${fmtTime(performance.now() - t0)}${skipped ? `, ${skipped} tests skipped` : ""}${
+    bad.length ? `; failed: ${bad.join("; ")}` : ""
+  }`,
+);
 console.log(`${passed} passed, ${failed} failed`);
 process.exitCode = failed || bad.length ? 1 : 0;

@@ -46,7 +46,11 @@ const outputs = [
 const stale = outputs.filter(([file, text]) => !existsSync(file) || readFileSync(file, "utf8") !== text);
 if (check) {
   if (stale.length) {
-    console.error(`workspace-map: ${stale.map(([f]) => f.slice(ROOT.length + 1)).join(", ")} out of date with packages/*/package.json exports: run node scripts/workspace-map.mjs`);
+    console.error(
+      `workspace-map: ${stale
+        .map(([f]) => f.slice(ROOT.length + 1))
+        .join(", ")} out of date with packages/*/package.json exports: run node scripts/workspace-map.mjs`,
+    );
     process.exit(1);
   }
   console.log(`workspace-map: ${Object.keys(map).length} source entries, tsconfig.paths.json and deno.json up to date`);

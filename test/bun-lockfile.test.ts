@@ -18,8 +18,16 @@ const noBun = existsSync(bun) ? false : `${bun} not found (bun is a devDependenc
 test("bun.lockb is the top-level lockfile, binary, beside bunfig.toml's saveTextLockfile = false", () => {
   assert.ok(existsSync(join(ROOT, "bun.lockb")), "bun.lockb missing at the top level: run node scripts/bun-lockfile.mjs");
   assert.ok(!existsSync(join(ROOT, "bun.lock")), "bun.lock (Bun's text lockfile) exists: delete it; this repository keeps bun.lockb");
-  assert.match(readFileSync(join(ROOT, "bunfig.toml"), "utf8"), /^\[install\][^[]*^saveTextLockfile\s*=\s*false\s*$/m, "bunfig.toml: [install] saveTextLockfile = false");
-  assert.equal(readFileSync(join(ROOT, "bun.lockb")).subarray(0, 38).toString("latin1"), "#!/usr/bin/env bun\nbun-lockfile-format", "bun.lockb is not Bun's binary lockfile");
+  assert.match(
+    readFileSync(join(ROOT, "bunfig.toml"), "utf8"),
+    /^\[install\][^[]*^saveTextLockfile\s*=\s*false\s*$/m,
+    "bunfig.toml: [install] saveTextLockfile = false",
+  );
+  assert.equal(
+    readFileSync(join(ROOT, "bun.lockb")).subarray(0, 38).toString("latin1"),
+    "#!/usr/bin/env bun\nbun-lockfile-format",
+    "bun.lockb is not Bun's binary lockfile",
+  );
 });
 
 /** name@version of every registry package a lockfile pins. */
@@ -57,22 +65,34 @@ test("bun.lockb pins the versions package-lock.json pins", { skip: noBun }, () =
   assert.ok(npm.size > 100, `only ${npm.size} packages in package-lock.json`);
 });
 
-test("bun install --frozen-lockfile succeeds on a fresh clone", { skip: noBun || (existsSync(join(ROOT, ".git")) ? false : `${ROOT} is not a git checkout`) }, (t) => {
-  const dir = mkdtempSync(join(tmpdir(), "lowrank-bun-clone-"));
-  try {
-    const clone = spawnSync("git", ["clone", "--quiet", ROOT, dir], { encoding: "utf8" });
-    assert.equal(clone.status, 0, `git clone ${ROOT}: ${clone.stderr}`);
-    const t0 = performance.now();
-    // --ignore-scripts: the check is the lockfile; postinstalls would only repeat work npm ci did.
-    const r = spawnSync(bun, ["install", "--frozen-lockfile", "--ignore-scripts"], { cwd: dir, encoding: "utf8", env: cleanEnv() });
-    const out = `${r.stdout}\n${r.stderr}`;
-    if (r.status !== 0 && /ConnectionRefused|FailedToOpenSocket|ENOTFOUND|getaddrinfo|ECONNRESET|NetworkUnreachable|timed? ?out/i.test(out) && !/lockfile had changes|frozen/i.test(out)) {
-      t.skip(`the registry is unreachable and Bun's cache lacks packages: ${out.trim().split("\n").slice(-2).join(" / ")}`);
-      return;
+test(
+  "bun install --frozen-lockfile succeeds on a fresh clone",
+  { skip: noBun || (existsSync(join(ROOT, ".git")) ? false : `${ROOT} is not a git checkout`) },
+  (t) => {
+    const dir = mkdtempSync(join(tmpdir(), "lowrank-bun-clone-"));
+    try {
+      const clone = spawnSync("git", ["clone", "--quiet", ROOT, dir], { encoding: "utf8" });
+      assert.equal(clone.status, 0, `git clone ${ROOT}: ${clone.stderr}`);
+      const t0 = performance.now();
+      // --ignore-scripts: the check is the lockfile; postinstalls would only repeat work npm ci did.
+      const r = spawnSync(bun, ["install", "--frozen-lockfile", "--ignore-scripts"], { cwd: dir, encoding: "utf8", env: cleanEnv() });
+      const out = `${r.stdout}\n${r.stderr}`;
+      if (
+        r.status !== 0 &&
+        /ConnectionRefused|FailedToOpenSocket|ENOTFOUND|getaddrinfo|ECONNRESET|NetworkUnreachable|timed? ?out/i.test(out) &&
+        !/lockfile had changes|frozen/i.test(out)
+      ) {
+        t.skip(`the registry is unreachable and Bun's cache lacks packages: ${out.trim().split("\n").slice(-2).join(" / ")}`);
+        return;
+      }
+      assert.equal(
+        r.status,
+        0,
+        `bun install --frozen-lockfile in a fresh clone failed (run node scripts/bun-lockfile.mjs if package-lock.json changed):\n${out}`,
+      );
+      t.diagnostic(`bun install --frozen-lockfile: ${((performance.now() - t0) / 1000).toFixed(1)} s, ${out.match(/(\d+) packages installed/)?.[0] ?? "?"}`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
-    assert.equal(r.status, 0, `bun install --frozen-lockfile in a fresh clone failed (run node scripts/bun-lockfile.mjs if package-lock.json changed):\n${out}`);
-    t.diagnostic(`bun install --frozen-lockfile: ${((performance.now() - t0) / 1000).toFixed(1)} s, ${out.match(/(\d+) packages installed/)?.[0] ?? "?"}`);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  },
+);

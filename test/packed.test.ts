@@ -133,7 +133,10 @@ for (const runtime of Object.keys(RUNTIMES) as Runtime[]) {
     assert.ok(state.consumer, "not installed");
     const specs = state.pkgs.flatMap((p) => p.specifiers);
     const file = join(state.consumer, `imports-${runtime}.mjs`);
-    writeFileSync(file, `for (const s of ${JSON.stringify(specs)}) {\n  const m = await import(s);\n  console.log(s, Object.keys(m).length, import.meta.resolve(s));\n}\n`);
+    writeFileSync(
+      file,
+      `for (const s of ${JSON.stringify(specs)}) {\n  const m = await import(s);\n  console.log(s, Object.keys(m).length, import.meta.resolve(s));\n}\n`,
+    );
     const r = run(RUNTIMES[runtime].cmd, RUNTIMES[runtime].args(file, []), state.consumer);
     assert.equal(r.status, 0, `${runtime} ${file}:\n${r.out}`);
     for (const s of specs) {
@@ -147,7 +150,8 @@ for (const runtime of Object.keys(RUNTIMES) as Runtime[]) {
 
   test(`${runtime}: each package's README example runs as packed`, { skip: missing(runtime) }, async (t) => {
     assert.ok(state.consumer, "not installed");
-    for (const p of state.pkgs.filter((q) => !EXAMPLES[q.name]?.browser)) { // browser examples: the Vite + Chromium test
+    for (const p of state.pkgs.filter((q) => !EXAMPLES[q.name]?.browser)) {
+      // browser examples: the Vite + Chromium test
       const spec = EXAMPLES[p.name];
       await t.test(p.name, () => {
         assert.ok(spec, `no expectation listed for ${p.name}'s README example in test/packed.test.ts`);
@@ -170,7 +174,10 @@ test("TypeScript consumers get the shipped .d.ts (NodeNext, and Bundler with ski
   const imports = specs.map((s, i) => `import * as m${i} from "${s}";`).join("\n");
   const ti = specs.indexOf("@lowrank/tensor");
   // One use of a type, so an export that resolved to `any` would not pass unnoticed.
-  writeFileSync(join(state.consumer, "check.ts"), `${imports}\nconst t: m${ti}.Tensor = m${ti}.tensor([1]);\nexport { t, ${specs.map((_, i) => `m${i}`).join(", ")} };\n`);
+  writeFileSync(
+    join(state.consumer, "check.ts"),
+    `${imports}\nconst t: m${ti}.Tensor = m${ti}.tensor([1]);\nexport { t, ${specs.map((_, i) => `m${i}`).join(", ")} };\n`,
+  );
   const tsc = join(ROOT, "node_modules", "typescript", "bin", "tsc");
   const base = { target: "ES2022", strict: true, noEmit: true, types: [] };
   const configs = {
@@ -185,25 +192,29 @@ test("TypeScript consumers get the shipped .d.ts (NodeNext, and Bundler with ski
   }
 });
 
-test("Vite bundles backend-webgpu's README example from the tarballs and it runs one matmul in headless Chromium", { skip: existsSync(chromiumPath) ? false : `no Chromium at ${chromiumPath} (scripts/install-system.sh installs it, or set CHROMIUM_PATH)` }, async (t) => {
-  assert.ok(state.consumer, "not installed");
-  const name = "@lowrank/backend-webgpu";
-  const readme = join(state.consumer, "node_modules", name, "README.md");
-  const { code } = readmeExample(readFileSync(readme, "utf8"), readme);
-  const page = join(state.consumer, "page");
-  mkdirSync(page);
-  const t0 = performance.now();
-  await buildPage(page, join(state.consumer, "page-dist"), code);
-  const built = ((performance.now() - t0) / 1000).toFixed(1);
-  let body: string;
-  try {
-    body = await runPage(join(state.consumer, "page-dist"));
-  } catch (err) {
-    // No adapter is the machine's lack (the page ran and asked); anything else is a failure.
-    const msg = err instanceof Error ? err.message : String(err);
-    if (/WebGpuUnavailableError|no adapter|offered no adapter/.test(msg)) return void t.skip(`Chromium has no WebGPU adapter here: ${msg.split("\n")[0]}`);
-    throw err;
-  }
-  EXAMPLES[name].check(body, page);
-  t.diagnostic(`vite build ${built} s; page: ${body}`);
-});
+test(
+  "Vite bundles backend-webgpu's README example from the tarballs and it runs one matmul in headless Chromium",
+  { skip: existsSync(chromiumPath) ? false : `no Chromium at ${chromiumPath} (scripts/install-system.sh installs it, or set CHROMIUM_PATH)` },
+  async (t) => {
+    assert.ok(state.consumer, "not installed");
+    const name = "@lowrank/backend-webgpu";
+    const readme = join(state.consumer, "node_modules", name, "README.md");
+    const { code } = readmeExample(readFileSync(readme, "utf8"), readme);
+    const page = join(state.consumer, "page");
+    mkdirSync(page);
+    const t0 = performance.now();
+    await buildPage(page, join(state.consumer, "page-dist"), code);
+    const built = ((performance.now() - t0) / 1000).toFixed(1);
+    let body: string;
+    try {
+      body = await runPage(join(state.consumer, "page-dist"));
+    } catch (err) {
+      // No adapter is the machine's lack (the page ran and asked); anything else is a failure.
+      const msg = err instanceof Error ? err.message : String(err);
+      if (/WebGpuUnavailableError|no adapter|offered no adapter/.test(msg)) return void t.skip(`Chromium has no WebGPU adapter here: ${msg.split("\n")[0]}`);
+      throw err;
+    }
+    EXAMPLES[name].check(body, page);
+    t.diagnostic(`vite build ${built} s; page: ${body}`);
+  },
+);

@@ -35,7 +35,10 @@ test("changeset version, then npm publish --dry-run of every package, offline in
     assert.equal(new Set(versions).size, 1, `the fixed group drifted apart: ${pkgs.map((p, i) => `${p.name}@${versions[i]}`).join(", ")}`);
     if (pending.length) {
       assert.notEqual(versions[0], before, `${pending.length} pending changesets but the version stayed ${before}`);
-      assert.ok(Number(versions[0].split(".")[0]) === Number(before.split(".")[0]), `${before} -> ${versions[0]}: a major bump (a peer dependency range that the new version leaves?)`);
+      assert.ok(
+        Number(versions[0].split(".")[0]) === Number(before.split(".")[0]),
+        `${before} -> ${versions[0]}: a major bump (a peer dependency range that the new version leaves?)`,
+      );
     }
     const out = run("npm", ["publish", "--dry-run", ...pkgs.flatMap((p) => ["-w", join("packages", p.dir.split("/").pop()!)])]);
     for (const p of pkgs) assert.match(out, new RegExp(`\\+ ${p.name}@${versions[0].replaceAll(".", "\\.")}`), `npm publish --dry-run did not reach ${p.name}`);

@@ -44,10 +44,22 @@ Suites (results in benchmarks/results/, then REPORT.md and plots/ are regenerate
   report    only regenerate REPORT.md and the SVG plots from the newest results`;
 
 const memoryConfig = (quick: boolean): MemoryConfig => ({
-  name: quick ? "memory-quick" : "memory", batch: 2, seq: 128, rank: 8, alpha: 16, targets: "all-linear", dropout: 0.05,
+  name: quick ? "memory-quick" : "memory",
+  batch: 2,
+  seq: 128,
+  rank: 8,
+  alpha: 16,
+  targets: "all-linear",
+  dropout: 0.05,
   cases: [
-    ...(["full", "lora", "qlora"] as const).flatMap((m) => [{ shape: "stories260K", method: m, recompute: false }, { shape: "stories260K", method: m, recompute: true }]),
-    { shape: "stories15M", method: "full" }, { shape: "stories15M", method: "lora" }, { shape: "stories15M", method: "lora", recompute: true }, { shape: "stories15M", method: "qlora" },
+    ...(["full", "lora", "qlora"] as const).flatMap((m) => [
+      { shape: "stories260K", method: m, recompute: false },
+      { shape: "stories260K", method: m, recompute: true },
+    ]),
+    { shape: "stories15M", method: "full" },
+    { shape: "stories15M", method: "lora" },
+    { shape: "stories15M", method: "lora", recompute: true },
+    { shape: "stories15M", method: "qlora" },
     ...(quick ? [] : (["stories42M", "stories110M"] as const).flatMap((shape) => (["full", "lora", "qlora"] as const).map((method) => ({ shape, method })))),
   ],
   skipped: [tinyLlamaSkip()],
@@ -56,10 +68,12 @@ const memoryConfig = (quick: boolean): MemoryConfig => ({
 /** Why the 1B shape is not measured, with the formula's numbers for it. */
 function tinyLlamaSkip() {
   const shape = PLAN_PRESETS.find((p) => p.name === "TinyLlama-1.1B") as PlanShape;
-  const gib = (m: PlanMethod) => (estimate({ shape, method: m, rank: 8, targets: "all-linear", batch: 2, seq: 128, dropout: 0.05 }).totalBytes / 2 ** 30).toFixed(1);
+  const gib = (m: PlanMethod) =>
+    (estimate({ shape, method: m, rank: 8, targets: "all-linear", batch: 2, seq: 128, dropout: 0.05 }).totalBytes / 2 ** 30).toFixed(1);
   return {
     shape: "TinyLlama-1.1B (dim 2048, 22 layers, MLP 5632, 32/4 heads, vocab 32000)",
-    reason: `not run: by the formula one step at batch 2 x 128 needs ${gib("full")} GiB (full), ${gib("lora")} GiB (lora), ${gib("qlora")} GiB (qlora) ` +
+    reason:
+      `not run: by the formula one step at batch 2 x 128 needs ${gib("full")} GiB (full), ${gib("lora")} GiB (lora), ${gib("qlora")} GiB (qlora) ` +
       "on a 23 GiB machine shared with other jobs, and building it (1.1B random normals drawn in JS, 0.97B weights NF4-quantized) plus two steps " +
       "at the 20-30 GFLOP/s measured here (about 1.1 TFLOP per full step) would take well over 10 minutes of the suite's 20-30; `lowrank plan --params 1.1e9` prints its estimate.",
   };
@@ -70,8 +84,16 @@ export async function benchCommand(argv: string[], env: Env = process.env, comma
   let parsed;
   try {
     parsed = parseArgs({
-      args: argv, allowPositionals: true,
-      options: { quick: { type: "boolean" }, out: { type: "string" }, config: { type: "string" }, "no-webgpu": { type: "boolean" }, "data-dir": { type: "string" }, help: { type: "boolean", short: "h" } },
+      args: argv,
+      allowPositionals: true,
+      options: {
+        quick: { type: "boolean" },
+        out: { type: "string" },
+        config: { type: "string" },
+        "no-webgpu": { type: "boolean" },
+        "data-dir": { type: "string" },
+        help: { type: "boolean", short: "h" },
+      },
     });
   } catch (e) {
     console.error(`lowrank bench: ${(e as Error).message}; usage: ${BENCH_USAGE}`);
@@ -107,7 +129,13 @@ export async function benchCommand(argv: string[], env: Env = process.env, comma
       console.error("lowrank bench models: no data directory (its configs/ holds the models' config.json files): pass --data-dir or set LOWRANK_DATA_DIR");
       return 1;
     }
-    return await runModelsSuite(quick, v.out ? resolve(v.out) : join(RESULTS_DIR, `models${quick ? "-quick" : ""}-${today()}.json`), dataDir, cmd, !quick && !v.out);
+    return await runModelsSuite(
+      quick,
+      v.out ? resolve(v.out) : join(RESULTS_DIR, `models${quick ? "-quick" : ""}-${today()}.json`),
+      dataDir,
+      cmd,
+      !quick && !v.out,
+    );
   }
   const suites = suite === "all" ? ["ranks", "memory", "peer", "kernels"] : [suite];
   const out = (name: string) => (v.out && suites.length === 1 ? resolve(v.out) : join(RESULTS_DIR, `${name}${quick ? "-quick" : ""}-${today()}.json`));
@@ -149,7 +177,13 @@ export async function benchCommand(argv: string[], env: Env = process.env, comma
 function printRanks(runs: Awaited<ReturnType<typeof runRanks>>["runs"], full: Awaited<ReturnType<typeof runRanks>>["full_ft"]): void {
   for (const [task, f] of Object.entries(full)) console.log(`${task} full: eval loss ${f.eval_loss.toFixed(4)}, ${Math.round(f.tokens_per_s)} tok/s`);
   for (const r of runs) {
-    console.log(`${r.task} ${r.method} ${r.targets} r=${r.rank}: ${r.status === "ok" ? `eval ${r.eval_loss?.toFixed(4)} quality ${r.quality?.toFixed(3)} ± ${r.quality_std?.toFixed(3)}, ${Math.round(r.tokens_per_s ?? 0)} tok/s` : `rejected (${r.error})`}`);
+    console.log(
+      `${r.task} ${r.method} ${r.targets} r=${r.rank}: ${
+        r.status === "ok"
+          ? `eval ${r.eval_loss?.toFixed(4)} quality ${r.quality?.toFixed(3)} ± ${r.quality_std?.toFixed(3)}, ${Math.round(r.tokens_per_s ?? 0)} tok/s`
+          : `rejected (${r.error})`
+      }`,
+    );
   }
 }
 
@@ -157,7 +191,16 @@ function printRanks(runs: Awaited<ReturnType<typeof runRanks>>["runs"], full: Aw
 async function runGpuSuite(quick: boolean, out: string, command: string, env: Env): Promise<number> {
   const r = await runGpu({ quick, out, command, env });
   const problems = checkGpuSchema(JSON.parse(JSON.stringify(r)));
-  for (const c of r.cases) console.log(`${c.status.padEnd(7)} ${c.id}: ${c.status === "ok" ? Object.entries(c.metrics ?? {}).map(([k, x]) => `${k} ${typeof x === "number" ? +x.toPrecision(4) : x}`).join(", ") : (c.skipped ?? c.error)}`);
+  for (const c of r.cases)
+    console.log(
+      `${c.status.padEnd(7)} ${c.id}: ${
+        c.status === "ok"
+          ? Object.entries(c.metrics ?? {})
+              .map(([k, x]) => `${k} ${typeof x === "number" ? +x.toPrecision(4) : x}`)
+              .join(", ")
+          : c.skipped ?? c.error
+      }`,
+    );
   log(`gpu: wrote ${out} (${r.wall_seconds.toFixed(0)} s)`);
   if (problems.length) console.error(`lowrank bench gpu: the result does not match the schema:\n  ${problems.join("\n  ")}`);
   const failed = r.cases.filter((c) => c.status === "failed");
@@ -179,7 +222,15 @@ async function runModelsSuite(quick: boolean, out: string, dataDir: string, comm
   console.log("model          method  load s  step s  peak MiB  plan MiB  peak/plan  adapter");
   for (const m of r.models) {
     for (const x of m.runs) {
-      console.log(`${m.name.padEnd(14)} ${x.method.padEnd(6)}  ${x.status === "failed" && x.load_s === undefined ? `failed: ${x.error}` : `${x.load_s?.toFixed(1).padStart(6)}  ${x.step_s?.toFixed(2).padStart(6)}  ${mib(x.peak_bytes).padStart(8)}  ${mib(x.plan_bytes).padStart(8)}  ${x.peak_vs_plan?.toFixed(3).padStart(9)}  ${x.adapter?.ok ? "PEFT keys ok" : (x.error ?? "-")}`}`);
+      console.log(
+        `${m.name.padEnd(14)} ${x.method.padEnd(6)}  ${
+          x.status === "failed" && x.load_s === undefined
+            ? `failed: ${x.error}`
+            : `${x.load_s?.toFixed(1).padStart(6)}  ${x.step_s?.toFixed(2).padStart(6)}  ${mib(x.peak_bytes).padStart(8)}  ${mib(x.plan_bytes).padStart(
+                8,
+              )}  ${x.peak_vs_plan?.toFixed(3).padStart(9)}  ${x.adapter?.ok ? "PEFT keys ok" : x.error ?? "-"}`
+        }`,
+      );
     }
   }
   log(`models: wrote ${out} (${r.wall_seconds.toFixed(0)} s)`);
@@ -204,4 +255,3 @@ function runCpuSuite(quick: boolean, out?: string): Promise<number> {
     child.on("close", (code) => done(code ?? 1));
   });
 }
-

@@ -26,7 +26,10 @@ interface Case {
 const contiguous = (shape: number[]): View => {
   const strides = new Array<number>(shape.length);
   let s = 1;
-  for (let d = shape.length - 1; d >= 0; d--) { strides[d] = s; s *= shape[d]; }
+  for (let d = shape.length - 1; d >= 0; d--) {
+    strides[d] = s;
+    s *= shape[d];
+  }
   return { shape, strides, offset: 0 };
 };
 const size = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
@@ -59,25 +62,48 @@ function cases(be: Be): Case[] {
     }
     return { ...x, view };
   };
-  const A = [1024, 256], B = [1024, 688], S = [8, 4, 128, 128];
-  const nB = size(B), nS = size(S);
+  const A = [1024, 256],
+    B = [1024, 688],
+    S = [8, 4, 128, 128];
+  const nB = size(B),
+    nS = size(S);
   const f = (n: number) => n * 4;
   return [
     { name: "add [1024,256]", bytes: f(3 * size(A)), run: (be) => be.binary("add", inp("a", "f32", A), inp("a2", "f32", A)) },
     { name: "mul [1024,688]", bytes: f(3 * nB), run: (be) => be.binary("mul", inp("b", "f32", B), inp("b2", "f32", B)) },
     { name: "mul scalar [1024,688]", bytes: f(2 * nB), run: (be) => be.binary("mul", inp("b", "f32", B), inp("one", "f32", [1], broadcast([], B))) },
-    { name: "add row [1024,688]+[688]", bytes: f(2 * nB + 688), run: (be) => be.binary("add", inp("b", "f32", B), inp("row", "f32", [688], broadcast([688], B))) },
-    { name: "mul col [1024,688]*[1024,1]", bytes: f(2 * nB + 1024), run: (be) => be.binary("mul", inp("b", "f32", B), inp("col", "f32", [1024, 1], broadcast([1024, 1], B))) },
-    { name: "add mask [8,4,128,128]+[128,128]", bytes: f(2 * nS + 128 * 128), run: (be) => be.binary("add", inp("s", "f32", S), inp("mask", "f32", [128, 128], broadcast([128, 128], S))) },
+    {
+      name: "add row [1024,688]+[688]",
+      bytes: f(2 * nB + 688),
+      run: (be) => be.binary("add", inp("b", "f32", B), inp("row", "f32", [688], broadcast([688], B))),
+    },
+    {
+      name: "mul col [1024,688]*[1024,1]",
+      bytes: f(2 * nB + 1024),
+      run: (be) => be.binary("mul", inp("b", "f32", B), inp("col", "f32", [1024, 1], broadcast([1024, 1], B))),
+    },
+    {
+      name: "add mask [8,4,128,128]+[128,128]",
+      bytes: f(2 * nS + 128 * 128),
+      run: (be) => be.binary("add", inp("s", "f32", S), inp("mask", "f32", [128, 128], broadcast([128, 128], S))),
+    },
     { name: "mul bf16 [1024,688]", bytes: 3 * nB * 2, run: (be) => be.binary("mul", inp("h", "bf16", B), inp("h2", "bf16", B)) },
     { name: "lt scalar [1024,688] -> u8", bytes: f(nB) + nB, run: (be) => be.binary("lt", inp("b", "f32", B), inp("one", "f32", [1], broadcast([], B))) },
     { name: "eq [1024,688] -> u8", bytes: f(2 * nB) + nB, run: (be) => be.binary("eq", inp("b", "f32", B), inp("b2", "f32", B)) },
     { name: "where u8 [1024,688]", bytes: nB + f(3 * nB), run: (be) => be.where(inp("m", "u8", B), inp("b", "f32", B), inp("b2", "f32", B)) },
-    { name: "where u8, scalar b [8,4,128,128]", bytes: nS + f(2 * nS), run: (be) => be.where(inp("ms", "u8", S), inp("s", "f32", S), inp("one", "f32", [1], broadcast([], S))) },
+    {
+      name: "where u8, scalar b [8,4,128,128]",
+      bytes: nS + f(2 * nS),
+      run: (be) => be.where(inp("ms", "u8", S), inp("s", "f32", S), inp("one", "f32", [1], broadcast([], S))),
+    },
     { name: "exp [1024,688]", bytes: f(2 * nB), run: (be) => be.unary("exp", inp("b", "f32", B)) },
     { name: "sigmoid [1024,688]", bytes: f(2 * nB), run: (be) => be.unary("sigmoid", inp("b", "f32", B)) },
     { name: "cast f32->bf16 [1024,688]", bytes: f(nB) + 2 * nB, run: (be) => be.cast(inp("b", "f32", B), "bf16") },
-    { name: "copy permute [8,128,4,64]->[8,4,128,64]", bytes: f(2 * 8 * 128 * 4 * 64), run: (be) => be.copy(inp("p", "f32", [8, 128, 4, 64], permuted([8, 128, 4, 64], [0, 2, 1, 3]))) },
+    {
+      name: "copy permute [8,128,4,64]->[8,4,128,64]",
+      bytes: f(2 * 8 * 128 * 4 * 64),
+      run: (be) => be.copy(inp("p", "f32", [8, 128, 4, 64], permuted([8, 128, 4, 64], [0, 2, 1, 3]))),
+    },
     { name: "copy transpose [1024,688]->[688,1024]", bytes: f(2 * nB), run: (be) => be.copy(inp("b", "f32", B, permuted(B, [1, 0]))) },
     { name: "sum last axis [1024,688]", bytes: f(nB + 1024), run: (be) => be.reduce("sum", inp("b", "f32", B), 1) },
     { name: "sum axis 0 [1024,688] (permuted)", bytes: f(nB + 688), run: (be) => be.reduce("sum", inp("b", "f32", B, permuted(B, [1, 0])), 1) },
@@ -90,7 +116,7 @@ function cases(be: Be): Case[] {
 function best(fn: () => void, samples: number, sampleMs: number): number {
   let t0 = performance.now();
   let calls = 0;
-  while (performance.now() - t0 < sampleMs || calls < 3) (fn(), calls++);
+  while (performance.now() - t0 < sampleMs || calls < 3) fn(), calls++;
   const reps = Math.max(1, Math.round((calls * sampleMs) / (performance.now() - t0)));
   let min = Infinity;
   for (let s = 0; s < samples; s++) {

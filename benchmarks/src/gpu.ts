@@ -36,19 +36,36 @@ const QUICK_BUDGET_S = 150;
 /** Published dense peaks (TFLOP/s) by adapter name; fp16 "vector" is without tensor cores, which WGSL cannot reach. */
 export const PEAKS: { match: RegExp; device: string; fp32: number; fp16: number; fp16Tensor: number; source: string }[] = [
   {
-    match: /H200/i, device: "NVIDIA H200 SXM", fp32: 67, fp16: 133.8, fp16Tensor: 989.5,
-    source: "NVIDIA H200 datasheet (FP32 67 TFLOPS; FP16 Tensor Core 1,979 TFLOPS with sparsity = 989.5 dense); FP16 non-tensor from the H100 SXM5 whitepaper (same GH100 SXM5 compute)",
+    match: /H200/i,
+    device: "NVIDIA H200 SXM",
+    fp32: 67,
+    fp16: 133.8,
+    fp16Tensor: 989.5,
+    source:
+      "NVIDIA H200 datasheet (FP32 67 TFLOPS; FP16 Tensor Core 1,979 TFLOPS with sparsity = 989.5 dense); FP16 non-tensor from the H100 SXM5 whitepaper (same GH100 SXM5 compute)",
   },
   {
-    match: /H100.*PCIe/i, device: "NVIDIA H100 PCIe", fp32: 51.2, fp16: 102.4, fp16Tensor: 756,
+    match: /H100.*PCIe/i,
+    device: "NVIDIA H100 PCIe",
+    fp32: 51.2,
+    fp16: 102.4,
+    fp16Tensor: 756,
     source: "NVIDIA H100 Tensor Core GPU Architecture whitepaper, H100 PCIe column (FP32 51.2, FP16 non-tensor 102.4, FP16 tensor dense 756 TFLOPS)",
   },
   {
-    match: /H100/i, device: "NVIDIA H100 SXM5", fp32: 66.9, fp16: 133.8, fp16Tensor: 989.4,
+    match: /H100/i,
+    device: "NVIDIA H100 SXM5",
+    fp32: 66.9,
+    fp16: 133.8,
+    fp16Tensor: 989.4,
     source: "NVIDIA H100 Tensor Core GPU Architecture whitepaper, H100 SXM5 column (FP32 66.9, FP16 non-tensor 133.8, FP16 tensor dense 989.4 TFLOPS)",
   },
   {
-    match: /A100/i, device: "NVIDIA A100 SXM4", fp32: 19.5, fp16: 78, fp16Tensor: 312,
+    match: /A100/i,
+    device: "NVIDIA A100 SXM4",
+    fp32: 19.5,
+    fp16: 78,
+    fp16Tensor: 312,
     source: "NVIDIA A100 Tensor Core GPU Architecture whitepaper (FP32 19.5, FP16 non-tensor 78, FP16 tensor dense 312 TFLOPS)",
   },
 ];
@@ -135,7 +152,12 @@ class Skip extends Error {}
 function readSetup(file: string | undefined): Record<string, string> | null {
   if (!file) return null;
   try {
-    return Object.fromEntries(readFileSync(file, "utf8").split("\n").filter((l) => l.includes("\t")).map((l) => [l.slice(0, l.indexOf("\t")), l.slice(l.indexOf("\t") + 1)]));
+    return Object.fromEntries(
+      readFileSync(file, "utf8")
+        .split("\n")
+        .filter((l) => l.includes("\t"))
+        .map((l) => [l.slice(0, l.indexOf("\t")), l.slice(l.indexOf("\t") + 1)]),
+    );
   } catch (e) {
     return { error: `cannot read ${file}: ${(e as Error).message}` };
   }
@@ -200,7 +222,10 @@ async function conformance(budgetS: number): Promise<Pick<GpuCase, "metrics" | "
   const notRun = tests.length - ran;
   return {
     metrics: { total: tests.length, passed, failed: failures.length, not_run: notRun },
-    detail: { failures, ...(notRun ? { not_run_reason: `the case's ${budgetS} s budget was spent after ${ran} tests (the rest run in npm test's conformance suite)` } : {}) },
+    detail: {
+      failures,
+      ...(notRun ? { not_run_reason: `the case's ${budgetS} s budget was spent after ${ran} tests (the rest run in npm test's conformance suite)` } : {}),
+    },
   };
 }
 
@@ -211,9 +236,24 @@ interface KernelPlan {
 }
 
 const KERNELS: Record<"quick" | "full", KernelPlan> = {
-  quick: { matmul: [[128, 128, 128], [256, 256, 256]], nf4: [64, 256, 256], attention: [1, 2, 32, 16] },
+  quick: {
+    matmul: [
+      [128, 128, 128],
+      [256, 256, 256],
+    ],
+    nf4: [64, 256, 256],
+    attention: [1, 2, 32, 16],
+  },
   // TinyLlama's MLP up for 2048 tokens; attention at its heads (32 x 64) and 512 tokens.
-  full: { matmul: [[1024, 1024, 1024], [2048, 2048, 2048], [4096, 4096, 4096]], nf4: [2048, 2048, 5632], attention: [4, 32, 512, 64] },
+  full: {
+    matmul: [
+      [1024, 1024, 1024],
+      [2048, 2048, 2048],
+      [4096, 4096, 4096],
+    ],
+    nf4: [2048, 2048, 5632],
+    attention: [4, 32, 512, 64],
+  },
 };
 
 async function timeCase(be: Backend, c: Case, quick: boolean): Promise<{ ms: number; gflops: number }> {
@@ -243,9 +283,21 @@ async function kernels(run: Run, gpu: WebGpuBackend, cpu: Backend, peak: Peak | 
   const best: Record<string, number> = {};
   const maxS = quick ? 20 : 25;
   /** Runs the case unless the rate measured so far says it would take over maxS seconds. */
-  const measure = async (id: string, needS: number, c: Case, be: Backend, rate: number | undefined, fn: (r: { ms: number; gflops: number }) => Pick<GpuCase, "metrics" | "detail">) => {
+  const measure = async (
+    id: string,
+    needS: number,
+    c: Case,
+    be: Backend,
+    rate: number | undefined,
+    fn: (r: { ms: number; gflops: number }) => Pick<GpuCase, "metrics" | "detail">,
+  ) => {
     const est = kernelSeconds(c.flops, rate);
-    if (est > maxS) return run.skip(id, "kernels", `would not fit: about ${est.toFixed(0)} s at the ${rate!.toFixed(1)} GFLOP/s measured on a smaller case, over the ${maxS} s a kernel case may take`);
+    if (est > maxS)
+      return run.skip(
+        id,
+        "kernels",
+        `would not fit: about ${est.toFixed(0)} s at the ${rate!.toFixed(1)} GFLOP/s measured on a smaller case, over the ${maxS} s a kernel case may take`,
+      );
     await run.case(id, "kernels", needS, async () => fn(await timeCase(be, c, quick)));
   };
   for (const [M, K, N] of plan.matmul) {
@@ -257,7 +309,14 @@ async function kernels(run: Run, gpu: WebGpuBackend, cpu: Backend, peak: Peak | 
       }
       await measure(id, quick ? 2 : 8, matmulCase(id, M, K, N, { dtype }), gpu, best[`webgpu-${dtype}`], (r) => {
         best[`webgpu-${dtype}`] = Math.max(best[`webgpu-${dtype}`] ?? 0, r.gflops);
-        return { metrics: { gflops: r.gflops, ms: r.ms, pct_peak: pct(r.gflops, dtype === "f32" ? peak?.fp32 : peak?.fp16), ...(dtype === "f16" ? { pct_tensor_peak: pct(r.gflops, peak?.fp16Tensor) } : {}) } };
+        return {
+          metrics: {
+            gflops: r.gflops,
+            ms: r.ms,
+            pct_peak: pct(r.gflops, dtype === "f32" ? peak?.fp32 : peak?.fp16),
+            ...(dtype === "f16" ? { pct_tensor_peak: pct(r.gflops, peak?.fp16Tensor) } : {}),
+          },
+        };
       });
     }
   }
@@ -282,7 +341,9 @@ async function kernels(run: Run, gpu: WebGpuBackend, cpu: Backend, peak: Peak | 
   const [B, H, T, D] = plan.attention;
   for (const backward of [false, true]) {
     const c = attentionCase(B, H, T, D, backward);
-    await measure(`${c.name} webgpu`, quick ? 2 : 10, c, gpu, f32 && f32 / 10, (r) => ({ metrics: { gflops: r.gflops, ms: r.ms, pct_peak: pct(r.gflops, peak?.fp32) } }));
+    await measure(`${c.name} webgpu`, quick ? 2 : 10, c, gpu, f32 && f32 / 10, (r) => ({
+      metrics: { gflops: r.gflops, ms: r.ms, pct_peak: pct(r.gflops, peak?.fp32) },
+    }));
   }
   return best;
 }
@@ -317,7 +378,16 @@ const MODELS: Record<"quick" | "full", ModelPlan[]> = {
 export function quickConfig(cfg: Record<string, unknown>): Record<string, unknown> {
   const heads = cfg.num_attention_heads as number;
   const hd = 8;
-  return { ...cfg, num_hidden_layers: 1, vocab_size: 512, hidden_size: heads * hd, head_dim: hd, intermediate_size: heads * hd * 3, max_position_embeddings: 64, tie_word_embeddings: cfg.tie_word_embeddings ?? false };
+  return {
+    ...cfg,
+    num_hidden_layers: 1,
+    vocab_size: 512,
+    hidden_size: heads * hd,
+    head_dim: hd,
+    intermediate_size: heads * hd * 3,
+    max_position_embeddings: 64,
+    tie_word_embeddings: cfg.tie_word_embeddings ?? false,
+  };
 }
 
 export function loadModelConfig(p: ModelPlan, quick: boolean, dir: string): Record<string, unknown> {
@@ -327,7 +397,10 @@ export function loadModelConfig(p: ModelPlan, quick: boolean, dir: string): Reco
 
 /** Parameters of a Llama config (tied head once). */
 export function configParams(c: Record<string, unknown>): number {
-  const d = c.hidden_size as number, L = c.num_hidden_layers as number, V = c.vocab_size as number, I = c.intermediate_size as number;
+  const d = c.hidden_size as number,
+    L = c.num_hidden_layers as number,
+    V = c.vocab_size as number,
+    I = c.intermediate_size as number;
   const hd = (c.head_dim as number | undefined) ?? d / (c.num_attention_heads as number);
   const kv = (c.num_key_value_heads as number) * hd;
   return V * d * (c.tie_word_embeddings ? 1 : 2) + L * (2 * d * (c.num_attention_heads as number) * hd + 2 * d * kv + 3 * d * I + 2 * d) + d;
@@ -336,7 +409,9 @@ export function configParams(c: Record<string, unknown>): number {
 /** Why fp16 training cannot run on `be`, or null when it can (the trainer and the backend both accept it). */
 export function fp16Unsupported(be: Backend): string | null {
   try {
-    const cfg = resolveConfig({ model: "(probe)", data: "(probe)", output: "(probe)", method: "lora", mixedPrecision: "fp16" } as Parameters<typeof resolveConfig>[0]);
+    const cfg = resolveConfig({ model: "(probe)", data: "(probe)", output: "(probe)", method: "lora", mixedPrecision: "fp16" } as Parameters<
+      typeof resolveConfig
+    >[0]);
     if ((cfg as { mixedPrecision?: string }).mixedPrecision !== "fp16") return "this trainer has no mixedPrecision option";
   } catch (e) {
     return `the trainer refuses mixedPrecision "fp16": ${(e as Error).message}`;
@@ -358,7 +433,10 @@ function fastInit(seed: number): Init {
     if (role !== "weight") return full(shape, role === "norm" ? 1 : 0, { dtype, backend });
     const data = new Float32Array(shape.reduce((x, y) => x * y, 1));
     for (let i = 0; i < data.length; i++) {
-      s ^= s << 13; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
+      s ^= s << 13;
+      s ^= s >>> 17;
+      s ^= s << 5;
+      s >>>= 0;
       data[i] = (s / 2 ** 31 - 1) * a;
     }
     const t = tensor(data, { shape: [...shape], backend });
@@ -372,33 +450,77 @@ function fastInit(seed: number): Init {
 type Counts = { dispatches: number; copies: number; submits: number; reads: number };
 
 /** One training row: build the random model, time steps until the row's budget, count engine work per step. */
-async function trainRow(be: Backend, p: ModelPlan, cfg: Record<string, unknown>, precision: "f32" | "fp16", budgetS: number, quick: boolean): Promise<Pick<GpuCase, "metrics" | "detail">> {
+async function trainRow(
+  be: Backend,
+  p: ModelPlan,
+  cfg: Record<string, unknown>,
+  precision: "f32" | "fp16",
+  budgetS: number,
+  quick: boolean,
+): Promise<Pick<GpuCase, "metrics" | "detail">> {
   const t0 = performance.now();
   const model = randomModelFromConfig(cfg, `${p.name} (random weights)`, be, { dtype: precision === "fp16" ? "f16" : "f32", init: fastInit(1) });
   const buildS = (performance.now() - t0) / 1000;
   const counters = "engine" in be ? (be as WebGpuBackend).engine.counters : null;
   const snaps: Counts[] = [];
   let readyS: number | null = null;
-  const spec: MethodSpec = { method: p.method, rank: 8, alpha: 16, targets: "all-linear", dropout: 0.05, mixedPrecision: precision === "fp16" ? "fp16" : undefined };
+  const spec: MethodSpec = {
+    method: p.method,
+    rank: 8,
+    alpha: 16,
+    targets: "all-linear",
+    dropout: 0.05,
+    mixedPrecision: precision === "fp16" ? "fp16" : undefined,
+  };
   try {
     // Quantizing the base (qlora) happens inside timeSteps, before its first step: the deadline is absolute.
     const left = budgetS * 1000 - (performance.now() - t0);
     const t = await timeSteps(model, spec, {
-      batch: p.batch, seq: p.seq, steps: quick ? 2 : 20, warmup: 1, lr: 1e-4, stopAt: t0 + budgetS * 800, maxStepMs: quick ? undefined : Math.max(1000, left),
-      onStep: () => (readyS ??= (performance.now() - t0) / 1000) && counters && snaps.push({ dispatches: counters.dispatches, copies: counters.copies, submits: counters.submits, reads: counters.reads }),
+      batch: p.batch,
+      seq: p.seq,
+      steps: quick ? 2 : 20,
+      warmup: 1,
+      lr: 1e-4,
+      stopAt: t0 + budgetS * 800,
+      maxStepMs: quick ? undefined : Math.max(1000, left),
+      onStep: () =>
+        (readyS ??= (performance.now() - t0) / 1000) &&
+        counters &&
+        snaps.push({ dispatches: counters.dispatches, copies: counters.copies, submits: counters.submits, reads: counters.reads }),
     });
     const per = (k: keyof Counts) => {
-      const d = snaps.slice(1).map((s, i) => s[k] - snaps[i][k]).sort((a, b) => a - b);
+      const d = snaps
+        .slice(1)
+        .map((s, i) => s[k] - snaps[i][k])
+        .sort((a, b) => a - b);
       return d.length ? d[d.length >> 1] : null;
     };
     if (!t.losses.every(Number.isFinite) && !t.skippedSteps) throw new Error(`non-finite loss: ${t.losses.join(", ")}`);
     return {
       metrics: {
-        tokens_per_s: t.tokensPerS, step_ms: t.stepMs.length ? t.stepMs.slice().sort((a, b) => a - b)[t.stepMs.length >> 1] : null, timed_steps: t.stepMs.length,
-        peak_bytes: t.peakBytes, build_s: buildS, ready_s: readyS, first_loss: t.losses[0] ?? null, last_loss: t.losses[t.losses.length - 1] ?? null, skipped_steps: t.skippedSteps,
-        ...(counters ? { dispatches_per_step: per("dispatches"), copies_per_step: per("copies"), submits_per_step: per("submits"), reads_per_step: per("reads") } : {}),
+        tokens_per_s: t.tokensPerS,
+        step_ms: t.stepMs.length ? t.stepMs.slice().sort((a, b) => a - b)[t.stepMs.length >> 1] : null,
+        timed_steps: t.stepMs.length,
+        peak_bytes: t.peakBytes,
+        build_s: buildS,
+        ready_s: readyS,
+        first_loss: t.losses[0] ?? null,
+        last_loss: t.losses[t.losses.length - 1] ?? null,
+        skipped_steps: t.skippedSteps,
+        ...(counters
+          ? { dispatches_per_step: per("dispatches"), copies_per_step: per("copies"), submits_per_step: per("submits"), reads_per_step: per("reads") }
+          : {}),
       },
-      detail: { params: configParams(cfg), trainable: t.trainable, recompute: t.recompute, batch: p.batch, seq: p.seq, method: `${p.method} r8 all-linear dropout 0.05`, device: be.device, ...(quick && p.name !== "stories260K" ? { scaled: "quick: 1 layer, vocab 512, head size 8 (same heads and kv heads)" } : {}) },
+      detail: {
+        params: configParams(cfg),
+        trainable: t.trainable,
+        recompute: t.recompute,
+        batch: p.batch,
+        seq: p.seq,
+        method: `${p.method} r8 all-linear dropout 0.05`,
+        device: be.device,
+        ...(quick && p.name !== "stories260K" ? { scaled: "quick: 1 layer, vocab 512, head size 8 (same heads and kv heads)" } : {}),
+      },
     };
   } finally {
     model.dispose();
@@ -417,8 +539,14 @@ export async function runGpu(o: { quick: boolean; out: string; command: string; 
   // run.sh passes its start time, so its own set-up counts against the same deadline.
   const start = Number(env.LOWRANK_GPU_T0 ?? Date.now());
   const result: GpuResult = {
-    suite: "gpu", schema: GPU_SCHEMA, config: { command: o.command, date: new Date().toISOString(), quick: o.quick, machine: machine(), budget_s: budget },
-    setup: readSetup(env.LOWRANK_GPU_SETUP), adapter: null, cases: [], wall_seconds: 0, finished: false,
+    suite: "gpu",
+    schema: GPU_SCHEMA,
+    config: { command: o.command, date: new Date().toISOString(), quick: o.quick, machine: machine(), budget_s: budget },
+    setup: readSetup(env.LOWRANK_GPU_SETUP),
+    adapter: null,
+    cases: [],
+    wall_seconds: 0,
+    finished: false,
   };
   const run = new Run(result, o.out, start + budget * 1000, t0);
   run.save();
@@ -439,7 +567,9 @@ export async function runGpu(o: { quick: boolean; out: string; command: string; 
       result.adapter = { name, features: [...ctx.features], f16: gpu.hasF16, peak: peakFor(name) };
       log(`gpu: adapter ${name}; peak ${result.adapter.peak ? result.adapter.peak.device : "unknown (no entry in PEAKS)"}`);
       const confBudget = o.quick ? 6 : 30;
-      await run.case("conformance suite (webgpu)", "conformance", o.quick ? 3 : 20, () => conformance(Math.min(confBudget, Math.max(1, run.left() - (o.quick ? 30 : 300)))));
+      await run.case("conformance suite (webgpu)", "conformance", o.quick ? 3 : 20, () =>
+        conformance(Math.min(confBudget, Math.max(1, run.left() - (o.quick ? 30 : 300)))),
+      );
     }
     const rates = gpu ? await kernels(run, gpu, cpu, result.adapter?.peak ?? null, o.quick) : {};
     // GPU rows first (the figures that do not exist yet), the CPU comparison after.
@@ -471,7 +601,10 @@ export async function runGpu(o: { quick: boolean; out: string; command: string; 
       const buildS = prev ? prev.perParam * params : 0;
       if (2 * stepS + buildS > p.budgetS) {
         const why = [`two steps need about ${(2 * stepS).toFixed(0)} s at the ${rate.toPrecision(3)} GFLOP/s this run measured for ${target} matmul`];
-        if (prev) why.push(`building and preparing the model about ${buildS.toFixed(0)} s (${prev.from} took ${(prev.perParam * 1e8).toFixed(1)} s per 100M parameters)`);
+        if (prev)
+          why.push(
+            `building and preparing the model about ${buildS.toFixed(0)} s (${prev.from} took ${(prev.perParam * 1e8).toFixed(1)} s per 100M parameters)`,
+          );
         run.skip(id, "training", `would not fit: ${why.join(", ")}, over the row's ${p.budgetS} s budget`);
         continue;
       }
@@ -501,11 +634,15 @@ export function checkGpuSchema(r: unknown): string[] {
   if (!Array.isArray(o.cases) || !o.cases.length) return [...p, "cases: expected a non-empty array"];
   for (const c of o.cases) {
     const at = `case ${JSON.stringify(c.id)}`;
-    if (!["backends", "conformance", "kernels", "training"].includes(c.section)) p.push(`${at}: section ${JSON.stringify(c.section)} is not one of backends, conformance, kernels, training`);
+    if (!["backends", "conformance", "kernels", "training"].includes(c.section))
+      p.push(`${at}: section ${JSON.stringify(c.section)} is not one of backends, conformance, kernels, training`);
     if (c.status === "ok") {
       const vals = Object.values(c.metrics ?? {});
-      if (!vals.some((v) => typeof v === "number" && Number.isFinite(v))) p.push(`${at}: status ok but no finite number in metrics (${JSON.stringify(c.metrics)})`);
-      for (const [k, v] of Object.entries(c.metrics ?? {})) if (v !== null && (typeof v !== "number" || !Number.isFinite(v))) p.push(`${at}: metrics.${k} is ${JSON.stringify(v)}, expected a finite number or null`);
+      if (!vals.some((v) => typeof v === "number" && Number.isFinite(v)))
+        p.push(`${at}: status ok but no finite number in metrics (${JSON.stringify(c.metrics)})`);
+      for (const [k, v] of Object.entries(c.metrics ?? {}))
+        if (v !== null && (typeof v !== "number" || !Number.isFinite(v)))
+          p.push(`${at}: metrics.${k} is ${JSON.stringify(v)}, expected a finite number or null`);
     } else if (c.status === "skipped") {
       if (typeof c.skipped !== "string" || !c.skipped) p.push(`${at}: status skipped but no reason in "skipped"`);
     } else if (c.status === "failed") {

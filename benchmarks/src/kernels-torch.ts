@@ -27,10 +27,23 @@ export interface TorchMatmulCase {
 }
 
 /** The measurements, or why there are none. */
-export async function torchKernels(cfg: PeerConfig["torch"], cases: TorchMatmulCase[], o: { targetMs: number; samples: number }): Promise<TorchKernels | string> {
+export async function torchKernels(
+  cfg: PeerConfig["torch"],
+  cases: TorchMatmulCase[],
+  o: { targetMs: number; samples: number },
+): Promise<TorchKernels | string> {
   const avail = await torchAvailable(cfg.python);
   if (!avail.ok) return avail.reason ?? "torch unavailable";
-  const args = [join(BENCH_DIR, "src", "kernels_torch.py"), "--threads", `${cfg.threads}`, "--target-ms", `${o.targetMs}`, "--samples", `${o.samples}`, JSON.stringify(cases)];
+  const args = [
+    join(BENCH_DIR, "src", "kernels_torch.py"),
+    "--threads",
+    `${cfg.threads}`,
+    "--target-ms",
+    `${o.targetMs}`,
+    "--samples",
+    `${o.samples}`,
+    JSON.stringify(cases),
+  ];
   const r = await runPython(cfg.python, args, cfg.env);
   if (r.code !== 0) return `kernels_torch.py failed (exit ${r.code}): ${r.err.trim().slice(-500)}`;
   const j = JSON.parse(r.out) as { torch_version: string; threads: number; results: Record<string, { ms: number; gflops: number }> };

@@ -66,7 +66,10 @@ export async function timeCall(be: Backend, fn: () => void, targetMs: number, sa
 
 function scalarLoop(): number {
   const n = 2e7;
-  let a = 0.5, b = 0.25, c = 0.125, d = 0.0625;
+  let a = 0.5,
+    b = 0.25,
+    c = 0.125,
+    d = 0.0625;
   const t0 = performance.now();
   for (let i = 0; i < n; i++) {
     a = a * 0.999999 + 1e-7;
@@ -90,12 +93,22 @@ export interface Case {
   peak?: boolean;
 }
 
-const mat = (be: Backend, r: number, c: number, seed: number, dtype: "f32" | "f16" = "f32") => tensor(randomF32(r * c, seed), { shape: [r, c], backend: be, dtype });
+const mat = (be: Backend, r: number, c: number, seed: number, dtype: "f32" | "f16" = "f32") =>
+  tensor(randomF32(r * c, seed), { shape: [r, c], backend: be, dtype });
 
 /** transposeA/transposeB: the operand is a transposed view of a row-major matrix, as Linear's x·Wᵀ and the weight gradient xᵀ·g read them. */
-export function matmulCase(name: string, M: number, K: number, N: number, opts: { peak?: boolean; transposeA?: boolean; transposeB?: boolean; dtype?: "f32" | "f16" } = {}): Case {
+export function matmulCase(
+  name: string,
+  M: number,
+  K: number,
+  N: number,
+  opts: { peak?: boolean; transposeA?: boolean; transposeB?: boolean; dtype?: "f32" | "f16" } = {},
+): Case {
   return {
-    kernel: "matmul", name, flops: 2 * M * N * K, peak: opts.peak,
+    kernel: "matmul",
+    name,
+    flops: 2 * M * N * K,
+    peak: opts.peak,
     matmul: { M, K, N, transposeA: opts.transposeA, transposeB: opts.transposeB },
     setup(be) {
       const a = opts.transposeA ? mat(be, K, M, 1, opts.dtype) : mat(be, M, K, 1, opts.dtype);
@@ -108,17 +121,26 @@ export function matmulCase(name: string, M: number, K: number, N: number, opts: 
 }
 
 export function nf4Case(name: string, M: number, K: number, N: number): Case {
-  const state = quantize4bit(randomF32(N * K, 3).map((v) => v * 0.02), { shape: [N, K] });
+  const state = quantize4bit(
+    randomF32(N * K, 3).map((v) => v * 0.02),
+    { shape: [N, K] },
+  );
   const a = state.absmax as Exclude<typeof state.absmax, Float32Array>;
   return {
-    kernel: "matmul4bit", name, flops: 2 * M * N * K,
+    kernel: "matmul4bit",
+    name,
+    flops: 2 * M * N * K,
     setup(be) {
       const u8 = (d: Uint8Array) => tensor(d, { dtype: "u8", backend: be });
       const f32 = (d: Float32Array) => tensor(d, { backend: be });
       const w: Quant4bitWeight = {
-        packed: u8(state.packed), absmax: u8(a.qabsmax), code: f32(state.quantMap),
+        packed: u8(state.packed),
+        absmax: u8(a.qabsmax),
+        code: f32(state.quantMap),
         nested: { absmax: f32(a.nestedAbsmax), code: f32(a.nestedCode), offset: a.nestedOffset, blocksize: 256 },
-        blocksize: 64, outFeatures: N, inFeatures: K,
+        blocksize: 64,
+        outFeatures: N,
+        inFeatures: K,
       };
       const x = mat(be, M, K, 4);
       const all: Tensor[] = [x, w.packed, w.absmax, w.code, w.nested!.absmax, w.nested!.code];
@@ -130,7 +152,9 @@ export function nf4Case(name: string, M: number, K: number, N: number): Case {
 export function attentionCase(B: number, H: number, T: number, D: number, backward: boolean): Case {
   const fwd = 4 * B * H * T * T * D; // QKᵀ and PV (full T x T: the kernel does not skip the masked half)
   return {
-    kernel: "attention", name: `causal attention ${backward ? "fwd+bwd" : "fwd"} B${B} heads ${H} T${T} hs${D}`, flops: backward ? 3 * fwd : fwd,
+    kernel: "attention",
+    name: `causal attention ${backward ? "fwd+bwd" : "fwd"} B${B} heads ${H} T${T} hs${D}`,
+    flops: backward ? 3 * fwd : fwd,
     setup(be) {
       const mk = (seed: number) => tensor(randomF32(B * H * T * D, seed), { shape: [B, H, T, D], backend: be, requiresGrad: backward });
       const [q, k, v] = [mk(5), mk(6), mk(7)];
@@ -229,7 +253,10 @@ export async function runKernels(o: { quick: boolean; command: string; webgpu: b
   const { results: torchResults = {}, ...torchRun } = typeof torch === "string" ? {} : torch;
   const peak: KernelsResult["peak"] = {};
   for (const { name } of targets) {
-    const best = cases.map((c, i) => ({ c, r: rows[i].results[name] })).filter((x) => x.c.peak).sort((a, b) => b.r.gflops - a.r.gflops)[0];
+    const best = cases
+      .map((c, i) => ({ c, r: rows[i].results[name] }))
+      .filter((x) => x.c.peak)
+      .sort((a, b) => b.r.gflops - a.r.gflops)[0];
     peak[name] = { gflops: best.r.gflops, from: best.c.name };
     for (const row of rows) {
       const r = row.results[name];
@@ -244,8 +271,12 @@ export async function runKernels(o: { quick: boolean; command: string; webgpu: b
   }
   return {
     config: { command: o.command, date: new Date().toISOString(), machine: machine(), quick: o.quick },
-    backends: targets.map(({ name, be }) => ({ name, device: be.device })), peak, scalarLoopGflops: scalar,
+    backends: targets.map(({ name, be }) => ({ name, device: be.device })),
+    peak,
+    scalarLoopGflops: scalar,
     torch: typeof torch === "string" ? null : (torchRun as Omit<TorchKernels, "results">),
-    rows, skipped, wall_seconds: (performance.now() - t0) / 1000,
+    rows,
+    skipped,
+    wall_seconds: (performance.now() - t0) / 1000,
   };
 }

@@ -50,23 +50,27 @@ export async function benchMatmul(quick: boolean, log: (s: string) => void = con
   const results: MatmulResult[] = [];
   try {
     for (const [name, M, N, K] of SHAPES) {
-      const A = randomF32(M * K, 1), B = randomF32(K * N, 2);
+      const A = randomF32(M * K, 1),
+        B = randomF32(K * N, 2);
       const flops = 2 * M * N * K;
       const r: MatmulResult = { name, M, N, K, gflops: {}, ms: {}, samples: {}, engineOverNaive: NaN, relErr: NaN };
       const outs: Record<string, Float32Array> = {};
       for (const [impl, fn] of impls) {
         const C = (outs[impl] = new Float32Array(M * N));
         const slow = impl === "naive" && flops > 1e9;
-        const t = time(() => fn(A, B, C, M, N, K), slow
-          ? { warmup: 0, samples: quick ? 1 : 3, maxReps: 1 }
-          : { warmup: 2, samples: quick ? 3 : 7, sampleMs: quick ? 40 : 150 });
+        const t = time(
+          () => fn(A, B, C, M, N, K),
+          slow ? { warmup: 0, samples: quick ? 1 : 3, maxReps: 1 } : { warmup: 2, samples: quick ? 3 : 7, sampleMs: quick ? 40 : 150 },
+        );
         r.ms[impl] = t.ms;
         r.gflops[impl] = flops / t.ms / 1e6;
         r.samples[impl] = `${t.samples}x${t.reps}`;
       }
       r.engineOverNaive = r.gflops.engine / r.gflops.naive;
-      const ref = outs.typescriptBlocked, got = outs.engine;
-      let d = 0, m = 0;
+      const ref = outs.typescriptBlocked,
+        got = outs.engine;
+      let d = 0,
+        m = 0;
       for (let i = 0; i < ref.length; i++) {
         d = Math.max(d, Math.abs(got[i] - ref[i]));
         m = Math.max(m, Math.abs(ref[i]));

@@ -66,7 +66,8 @@ export interface Matmul4bitResult {
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { quick: { type: "boolean" }, out: { type: "string" } } });
   const quick = values.quick ?? false;
-  const O = quick ? 1024 : 4096, I = quick ? 1024 : 4096;
+  const O = quick ? 1024 : 4096,
+    I = quick ? 1024 : 4096;
   const backend = createCpuBackend();
   const log = (s: string) => console.log(s);
   const wHost = randomF32(O * I, 3).map((v) => v * 0.02);
@@ -78,9 +79,13 @@ async function main(): Promise<void> {
     const u8 = (d: Uint8Array) => tensor(d, { dtype: "u8", backend: be });
     const f32 = (d: Float32Array) => tensor(d, { backend: be });
     return {
-      packed: u8(state.packed), absmax: u8(a.qabsmax), code: f32(state.quantMap),
+      packed: u8(state.packed),
+      absmax: u8(a.qabsmax),
+      code: f32(state.quantMap),
       nested: { absmax: f32(a.nestedAbsmax), code: f32(a.nestedCode), offset: a.nestedOffset, blocksize: 256 },
-      blocksize: 64, outFeatures: O, inFeatures: I,
+      blocksize: 64,
+      outFeatures: O,
+      inFeatures: I,
     };
   };
   const w = weightOn(backend);
@@ -104,18 +109,24 @@ async function main(): Promise<void> {
     const fused = () => matmul4bit(x, w, transpose);
     const dense = () => x.matmul(transpose ? W : WT);
     const [tfMs, tdMs] = timePair(run(fused), run(dense));
-    const tf = { ms: tfMs }, td = { ms: tdMs };
+    const tf = { ms: tfMs },
+      td = { ms: tdMs };
     let tp: number | undefined;
     if (!quick && M === 1 && !transpose) {
       // The primitive path a backend without the kernel takes (dequantize everything, then matmul).
       const xp = tensor(randomF32(M * K, 7), { shape: [M, K], backend: plain });
       const wp = weightOn(plain);
-      tp = time(run(() => matmul4bit(xp, wp, transpose)), { samples: 3, maxReps: 1, sampleMs: 1 }).ms;
+      tp = time(
+        run(() => matmul4bit(xp, wp, transpose)),
+        { samples: 3, maxReps: 1, sampleMs: 1 },
+      ).ms;
       for (const t of [xp, wp.packed, wp.absmax, wp.code, wp.nested!.absmax, wp.nested!.code]) t.dispose();
     }
-    const yf = noGrad(fused), yd = noGrad(dense);
+    const yf = noGrad(fused),
+      yd = noGrad(dense);
     const [vf, vd] = [yf.readSync(), yd.readSync()];
-    let maxd = 0, err = 0;
+    let maxd = 0,
+      err = 0;
     for (let i = 0; i < vd.length; i++) {
       maxd = Math.max(maxd, Math.abs(vd[i]));
       err = Math.max(err, Math.abs(vf[i] - vd[i]));
@@ -126,7 +137,11 @@ async function main(): Promise<void> {
     const io = 4 * (M * K + M * N);
     const flops = 2 * M * N * K;
     const r: Matmul4bitResult = {
-      name, M, K, N, transpose,
+      name,
+      M,
+      K,
+      N,
+      transpose,
       ms: { fused4bit: tf.ms, denseF32: td.ms, ...(tp !== undefined ? { primitive4bit: tp } : {}) },
       gflops: { fused4bit: flops / tf.ms / 1e6, denseF32: flops / td.ms / 1e6 },
       bytes: { fused4bit: weight4 + io, denseF32: weight32 + io },
@@ -137,14 +152,26 @@ async function main(): Promise<void> {
     };
     results.push(r);
   }
-  log(table(
-    ["case", "4-bit ms", "f32 ms", "f32/4-bit", "4-bit GFLOP/s", "f32 GFLOP/s", "4-bit MB", "f32 MB", "4-bit GB/s", "f32 GB/s", "rel err"],
-    results.map((r) => [
-      r.name, r.ms.fused4bit, r.ms.denseF32, r.speedup, r.gflops.fused4bit, r.gflops.denseF32, r.bytes.fused4bit / 1e6, r.bytes.denseF32 / 1e6,
-      r.gbps.fused4bit, r.gbps.denseF32, r.relErr.toExponential(1),
-    ]),
-  ));
-  for (const r of results) if (r.ms.primitive4bit !== undefined) log(`${r.name}: without the fused kernel (primitive dequantize + matmul) ${fmt(r.ms.primitive4bit)} ms`);
+  log(
+    table(
+      ["case", "4-bit ms", "f32 ms", "f32/4-bit", "4-bit GFLOP/s", "f32 GFLOP/s", "4-bit MB", "f32 MB", "4-bit GB/s", "f32 GB/s", "rel err"],
+      results.map((r) => [
+        r.name,
+        r.ms.fused4bit,
+        r.ms.denseF32,
+        r.speedup,
+        r.gflops.fused4bit,
+        r.gflops.denseF32,
+        r.bytes.fused4bit / 1e6,
+        r.bytes.denseF32 / 1e6,
+        r.gbps.fused4bit,
+        r.gbps.denseF32,
+        r.relErr.toExponential(1),
+      ]),
+    ),
+  );
+  for (const r of results)
+    if (r.ms.primitive4bit !== undefined) log(`${r.name}: without the fused kernel (primitive dequantize + matmul) ${fmt(r.ms.primitive4bit)} ms`);
   log(`weight: 4-bit ${weight4} B (${((weight4 * 8) / (O * I)).toFixed(3)} bits/param) vs f32 ${weight32} B`);
   const engine = backend.engine.describe();
   backend.dispose();
@@ -154,11 +181,24 @@ async function main(): Promise<void> {
   const out = values.out ?? join(root, "results", `matmul4bit-${date}.json`);
   await mkdir(dirname(out), { recursive: true });
   const cpu = cpus()[0]?.model ?? "unknown CPU";
-  await writeFile(out, JSON.stringify({
-    date, command: `node --import tsx benchmarks/src/matmul4bit.ts${quick ? " --quick" : ""}`, runtime: `node ${process.versions.node}`,
-    machine: `${cpu}, ${availableParallelism()} logical cores`, loadAverage: loadavg().map((v) => Number(v.toFixed(2))), engine, quick, weight: { shape: [O, I], quantType: "nf4", doubleQuant: true, blocksize: 64 },
-    results,
-  }, null, 2) + "\n");
+  await writeFile(
+    out,
+    JSON.stringify(
+      {
+        date,
+        command: `node --import tsx benchmarks/src/matmul4bit.ts${quick ? " --quick" : ""}`,
+        runtime: `node ${process.versions.node}`,
+        machine: `${cpu}, ${availableParallelism()} logical cores`,
+        loadAverage: loadavg().map((v) => Number(v.toFixed(2))),
+        engine,
+        quick,
+        weight: { shape: [O, I], quantType: "nf4", doubleQuant: true, blocksize: 64 },
+        results,
+      },
+      null,
+      2,
+    ) + "\n",
+  );
   log(`wrote ${out}`);
 }
 

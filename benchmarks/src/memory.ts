@@ -134,14 +134,48 @@ export async function measureCase(c: MemoryCase, cfg: MemoryConfig, dataDir: str
   optimizer.dispose();
   model.dispose();
   const leakedBytes = backend.memory().liveBytes - own;
-  const measured = { weights: afterPrepare - lora + rope, lora, gradients: grads, optimizer: optimizerBytes, activations: peakFB - beforeStep2 - grads, update: peakUpdate - beforeStep2 - grads, peak };
-  const e: PlanEstimate = estimate({ shape: planShape(shape), method: c.method, rank: cfg.rank, targets: cfg.targets, batch: cfg.batch, seq: cfg.seq, dropout: cfg.dropout, recompute });
+  const measured = {
+    weights: afterPrepare - lora + rope,
+    lora,
+    gradients: grads,
+    optimizer: optimizerBytes,
+    activations: peakFB - beforeStep2 - grads,
+    update: peakUpdate - beforeStep2 - grads,
+    peak,
+  };
+  const e: PlanEstimate = estimate({
+    shape: planShape(shape),
+    method: c.method,
+    rank: cfg.rank,
+    targets: cfg.targets,
+    batch: cfg.batch,
+    seq: cfg.seq,
+    dropout: cfg.dropout,
+    recompute,
+  });
   const act = recompute ? e.activationBytes.recompute : e.activationBytes.none;
-  const formula = { weights: e.weightBytes, lora: e.loraBytes, gradients: e.gradBytes, optimizer: e.optimizerBytes, activations: act, update: e.updateBytes, peak: e.totalBytes };
+  const formula = {
+    weights: e.weightBytes,
+    lora: e.loraBytes,
+    gradients: e.gradBytes,
+    optimizer: e.optimizerBytes,
+    activations: act,
+    update: e.updateBytes,
+    peak: e.totalBytes,
+  };
   if (recompute !== e.recompute) formula.peak = e.totalOtherBytes;
   return {
-    shape: shape.name, weights: kind, method: c.method, recompute, params: e.params, trainable, measured, formula,
-    peakRatio: peak / formula.peak, stepSeconds, leakedBytes,
+    shape: shape.name,
+    weights: kind,
+    method: c.method,
+    recompute,
+    params: e.params,
+    trainable,
+    measured,
+    formula,
+    peakRatio: peak / formula.peak,
+    stepSeconds,
+    leakedBytes,
   };
 }
 
@@ -153,10 +187,20 @@ export async function runMemory(cfg: MemoryConfig, o: { dataDir: string | null; 
     for (const c of cfg.cases) {
       const r = await measureCase(c, cfg, o.dataDir, backend);
       rows.push(r);
-      log(`memory: ${r.shape} ${r.method}${r.recompute ? " +recompute" : ""}: peak ${(r.measured.peak / 2 ** 20).toFixed(1)} MiB measured, ${(r.formula.peak / 2 ** 20).toFixed(1)} MiB formula (x${r.peakRatio.toFixed(3)}), step ${r.stepSeconds.toFixed(1)} s`);
+      log(
+        `memory: ${r.shape} ${r.method}${r.recompute ? " +recompute" : ""}: peak ${(r.measured.peak / 2 ** 20).toFixed(1)} MiB measured, ${(
+          r.formula.peak /
+          2 ** 20
+        ).toFixed(1)} MiB formula (x${r.peakRatio.toFixed(3)}), step ${r.stepSeconds.toFixed(1)} s`,
+      );
     }
   } finally {
     backend.dispose();
   }
-  return { config: { ...cfg, command: o.command, date: new Date().toISOString(), machine: machine() }, rows, skipped: cfg.skipped, wall_seconds: (performance.now() - t0) / 1000 };
+  return {
+    config: { ...cfg, command: o.command, date: new Date().toISOString(), machine: machine() },
+    rows,
+    skipped: cfg.skipped,
+    wall_seconds: (performance.now() - t0) / 1000,
+  };
 }

@@ -30,11 +30,21 @@ const f32 = (R: number, C: number, seed: number): Tensor => tensor(randomF32(R *
 
 const CASES: OpCase[] = [
   { op: "add", shape: [2048, 512], bytes: (R, C) => 3 * R * C * 4, setup: (R, C) => pair(f32(R, C, 1), f32(R, C, 2), (a, b) => a.add(b)) },
-  { op: "mul (broadcast [C])", shape: [2048, 512], bytes: (R, C) => (2 * R * C + C) * 4, setup: (R, C) => pair(f32(R, C, 1), tensor(randomF32(C, 3), { shape: [C] }), (a, b) => a.mul(b)) },
+  {
+    op: "mul (broadcast [C])",
+    shape: [2048, 512],
+    bytes: (R, C) => (2 * R * C + C) * 4,
+    setup: (R, C) => pair(f32(R, C, 1), tensor(randomF32(C, 3), { shape: [C] }), (a, b) => a.mul(b)),
+  },
   { op: "exp", shape: [2048, 512], bytes: (R, C) => 2 * R * C * 4, setup: (R, C) => one(f32(R, C, 1), (x) => x.exp()) },
   { op: "sum (last axis)", shape: [2048, 512], bytes: (R, C) => (R * C + R) * 4, setup: (R, C) => one(f32(R, C, 1), (x) => x.sum(-1)) },
   { op: "softmax", shape: [2048, 512], bytes: (R, C) => 2 * R * C * 4, setup: (R, C) => one(f32(R, C, 1), (x) => softmax(x)) },
-  { op: "rmsNorm", shape: [2048, 512], bytes: (R, C) => (2 * R * C + C) * 4, setup: (R, C) => pair(f32(R, C, 1), tensor(randomF32(C, 3), { shape: [C] }), (x, w) => rmsNorm(x, w)) },
+  {
+    op: "rmsNorm",
+    shape: [2048, 512],
+    bytes: (R, C) => (2 * R * C + C) * 4,
+    setup: (R, C) => pair(f32(R, C, 1), tensor(randomF32(C, 3), { shape: [C] }), (x, w) => rmsNorm(x, w)),
+  },
   { op: "crossEntropy fwd+bwd", shape: [2048, 512], bytes: (R, C) => (3 * R * C + R) * 4, setup: crossEntropyCase },
   { op: "crossEntropy fwd+bwd", shape: [256, 32000], bytes: (R, C) => (3 * R * C + R) * 4, setup: crossEntropyCase },
 ];
@@ -51,10 +61,11 @@ function crossEntropyCase(R: number, C: number) {
   for (let i = 0; i < R; i++) t[i] = (i * 7919) % C;
   const targets = tensor(t, { shape: [R], dtype: "i32" });
   return {
-    run: () => scope(() => {
-      crossEntropy(logits, targets).backward();
-      logits.zeroGrad();
-    }),
+    run: () =>
+      scope(() => {
+        crossEntropy(logits, targets).backward();
+        logits.zeroGrad();
+      }),
     dispose: () => (logits.dispose(), targets.dispose()),
   };
 }
@@ -85,5 +96,8 @@ export function benchOps(quick: boolean, log: (s: string) => void = console.log)
 }
 
 export function opsTable(results: OpResult[]): string {
-  return table(["op (Tensor API, CPU backend, f32)", "shape", "ms (median)", "GB/s"], results.map((r) => [r.op, `[${r.shape.join(", ")}]`, r.ms, r.gbps]));
+  return table(
+    ["op (Tensor API, CPU backend, f32)", "shape", "ms (median)", "GB/s"],
+    results.map((r) => [r.op, `[${r.shape.join(", ")}]`, r.ms, r.gbps]),
+  );
 }

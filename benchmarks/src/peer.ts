@@ -130,10 +130,41 @@ export async function torchAvailable(python: string): Promise<{ ok: boolean; rea
 
 function torchArgs(s: Shape, c: PeerCase, cfg: PeerConfig, method: string): string[] {
   const a = [
-    join(BENCH_DIR, "src", "peer_torch.py"), "--method", method, "--dim", `${s.dim}`, "--layers", `${s.layers}`, "--heads", `${s.heads}`,
-    "--kv-heads", `${s.kvHeads}`, "--hidden", `${s.hidden}`, "--vocab", `${s.vocab}`, "--batch", `${c.batch}`, "--seq", `${c.seq}`,
-    "--rank", `${cfg.rank}`, "--alpha", `${cfg.alpha}`, "--dropout", `${cfg.dropout}`, "--lr", `${cfg.lr}`, "--steps", `${c.steps}`,
-    "--warmup", `${c.warmup}`, "--threads", `${cfg.torch.threads}`, "--targets", cfg.targets === "all-linear" ? "all-linear" : cfg.targets.join(","),
+    join(BENCH_DIR, "src", "peer_torch.py"),
+    "--method",
+    method,
+    "--dim",
+    `${s.dim}`,
+    "--layers",
+    `${s.layers}`,
+    "--heads",
+    `${s.heads}`,
+    "--kv-heads",
+    `${s.kvHeads}`,
+    "--hidden",
+    `${s.hidden}`,
+    "--vocab",
+    `${s.vocab}`,
+    "--batch",
+    `${c.batch}`,
+    "--seq",
+    `${c.seq}`,
+    "--rank",
+    `${cfg.rank}`,
+    "--alpha",
+    `${cfg.alpha}`,
+    "--dropout",
+    `${cfg.dropout}`,
+    "--lr",
+    `${cfg.lr}`,
+    "--steps",
+    `${c.steps}`,
+    "--warmup",
+    `${c.warmup}`,
+    "--threads",
+    `${cfg.torch.threads}`,
+    "--targets",
+    cfg.targets === "all-linear" ? "all-linear" : cfg.targets.join(","),
   ];
   if (s.tied) a.push("--tied");
   return a;
@@ -172,9 +203,20 @@ export async function runPeer(cfg: PeerConfig, o: { command: string; quick: bool
       for (const bname of c.backends.filter((b) => b === "cpu" || o.webgpu !== false)) {
         const be = await backendFor(bname);
         const row: PeerRow = {
-          shape: c.shape, method, backend: bname, device: typeof be === "string" ? "" : be.device, tokens_per_step: c.batch * c.seq,
-          lowrank_tokens_per_s: null, torch_tokens_per_s: null, ratio: null, lowrank_step_ms: [], torch_step_ms: [], lowrank_first_losses: [],
-          torch_first_losses: [], trainable_params: { lowrank: null, torch: null }, recompute: null,
+          shape: c.shape,
+          method,
+          backend: bname,
+          device: typeof be === "string" ? "" : be.device,
+          tokens_per_step: c.batch * c.seq,
+          lowrank_tokens_per_s: null,
+          torch_tokens_per_s: null,
+          ratio: null,
+          lowrank_step_ms: [],
+          torch_step_ms: [],
+          lowrank_first_losses: [],
+          torch_first_losses: [],
+          trainable_params: { lowrank: null, torch: null },
+          recompute: null,
         };
         rows.push(row);
         if (typeof be === "string") {
@@ -185,10 +227,19 @@ export async function runPeer(cfg: PeerConfig, o: { command: string; quick: bool
         const model = randomModel(shape, be, 0);
         try {
           const t = await timeSteps(model, spec, {
-            batch: c.batch, seq: c.seq, steps: slow ? Math.min(steps, c.slowSteps ?? steps) : steps, warmup: slow ? 1 : cc.warmup, lr: cfg.lr,
+            batch: c.batch,
+            seq: c.seq,
+            steps: slow ? Math.min(steps, c.slowSteps ?? steps) : steps,
+            warmup: slow ? 1 : cc.warmup,
+            lr: cfg.lr,
             maxStepMs: 1000 * cfg.maxStepSeconds,
           });
-          Object.assign(row, { lowrank_tokens_per_s: t.tokensPerS, lowrank_step_ms: t.stepMs, lowrank_first_losses: t.losses.slice(0, 3), recompute: t.recompute });
+          Object.assign(row, {
+            lowrank_tokens_per_s: t.tokensPerS,
+            lowrank_step_ms: t.stepMs,
+            lowrank_first_losses: t.losses.slice(0, 3),
+            recompute: t.recompute,
+          });
           row.trainable_params.lowrank = t.trainable;
           log(`peer: ${key} lowrank ${bname}: ${Math.round(t.tokensPerS)} tok/s (steps ${t.stepMs.map((x) => Math.round(x)).join(", ")} ms)`);
         } catch (e) {
@@ -228,9 +279,22 @@ export async function runPeer(cfg: PeerConfig, o: { command: string; quick: bool
   }
   const head = results.find((r) => r.backend === "cpu" && r.method === "lora") ?? results[0];
   return {
-    config: { ...cfg, command: o.command, date: new Date().toISOString(), machine: machine(), torch_available: avail.ok, ...(avail.reason ? { torch_reason: avail.reason } : {}) },
-    backend: head.backend, lowrank_tokens_per_s: head.lowrank_tokens_per_s, torch_tokens_per_s: head.torch_tokens_per_s, ratio: head.ratio,
-    results, torch_runs: torchRuns, profiles, wall_seconds: (performance.now() - t0) / 1000,
+    config: {
+      ...cfg,
+      command: o.command,
+      date: new Date().toISOString(),
+      machine: machine(),
+      torch_available: avail.ok,
+      ...(avail.reason ? { torch_reason: avail.reason } : {}),
+    },
+    backend: head.backend,
+    lowrank_tokens_per_s: head.lowrank_tokens_per_s,
+    torch_tokens_per_s: head.torch_tokens_per_s,
+    ratio: head.ratio,
+    results,
+    torch_runs: torchRuns,
+    profiles,
+    wall_seconds: (performance.now() - t0) / 1000,
   };
 }
 
@@ -242,7 +306,11 @@ async function profileCpu(shape: Shape, c: PeerCase, spec: MethodSpec, cfg: Peer
   let t0 = 0;
   try {
     await timeSteps(model, spec, {
-      batch: c.batch, seq: c.seq, steps, warmup: 1, lr: cfg.lr,
+      batch: c.batch,
+      seq: c.seq,
+      steps,
+      warmup: 1,
+      lr: cfg.lr,
       onStep: (i) => {
         if (i === 0) {
           prof.reset();
@@ -257,7 +325,10 @@ async function profileCpu(shape: Shape, c: PeerCase, spec: MethodSpec, cfg: Peer
   const stepMs = (performance.now() - t0) / steps;
   const kernelMs = prof.totalMs() / steps;
   const ops = prof.stats().map((s) => ({
-    ...s, ms_per_step: s.ms / steps, pct: (100 * s.ms) / steps / stepMs, ...(s.flops ? { gflops: s.flops / s.ms / 1e6 } : {}),
+    ...s,
+    ms_per_step: s.ms / steps,
+    pct: (100 * s.ms) / steps / stepMs,
+    ...(s.flops ? { gflops: s.flops / s.ms / 1e6 } : {}),
   }));
   log(`peer: profile ${shape.name}/${spec.method}: ${stepMs.toFixed(0)} ms/step, kernels ${kernelMs.toFixed(0)} ms, host ${(stepMs - kernelMs).toFixed(0)} ms`);
   return { shape: shape.name, method: spec.method as "lora" | "qlora", step_ms: stepMs, kernel_ms: kernelMs, host_ms: stepMs - kernelMs, ops };

@@ -75,12 +75,19 @@ function legend(series: { label: string; color: string; dashed?: boolean }[], x:
 }
 
 const svgOpen = (w: number, h: number, title: string) =>
-  `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" viewBox="0 0 ${w} ${h}" font-family="sans-serif" font-size="10"><title>${esc(title)}</title><rect width="${w}" height="${h}" fill="white"/>`;
+  `<svg xmlns="http://www.w3.org/2000/svg" width="${w}" height="${h}" viewBox="0 0 ${w} ${h}" font-family="sans-serif" font-size="10"><title>${esc(
+    title,
+  )}</title><rect width="${w}" height="${h}" fill="white"/>`;
 
 /** Panels of line charts side by side, sharing the y range; one legend per panel. */
 export function linePanels(panels: Panel[], o: { title: string; xLabel: string; yLabel: string; logX?: boolean }): string {
-  const pw = 300, ph = 220, left = 55, top = 40, gap = 150;
-  const W = left + panels.length * (pw + gap), H = top + ph + 60;
+  const pw = 300,
+    ph = 220,
+    left = 55,
+    top = 40,
+    gap = 150;
+  const W = left + panels.length * (pw + gap),
+    H = top + ph + 60;
   const all = panels.flatMap((p) => p.series.flatMap((s) => s.points));
   const ys = all.flatMap((p) => [p.y - (p.err ?? 0), p.y + (p.err ?? 0)]);
   const [ylo, yhi] = [Math.min(...ys), Math.max(...ys)];
@@ -94,7 +101,10 @@ export function linePanels(panels: Panel[], o: { title: string; xLabel: string; 
   panels.forEach((p, i) => {
     const x0 = left + i * (pw + gap);
     const a: Axes = {
-      x0, y0: top, w: pw, h: ph,
+      x0,
+      y0: top,
+      w: pw,
+      h: ph,
       sx: (v) => x0 + ((lx(v) - xlo) / xspan) * pw,
       sy: (v) => top + ph - ((v - yt[0]) / (yt[yt.length - 1] - yt[0] || 1)) * ph,
     };
@@ -124,14 +134,30 @@ export interface StackedBar {
 }
 
 /** Groups of stacked bars, one panel per group, each with its own y scale. */
-export function stackedBarPanels(groups: { title: string; bars: StackedBar[] }[], o: { title: string; yLabel: string; parts: string[]; markerLabel: string }): string {
-  const bw = 34, gapBar = 14, ph = 220, left = 60, top = 40, gapPanel = 70;
+export function stackedBarPanels(
+  groups: { title: string; bars: StackedBar[] }[],
+  o: { title: string; yLabel: string; parts: string[]; markerLabel: string },
+): string {
+  const bw = 34,
+    gapBar = 14,
+    ph = 220,
+    left = 60,
+    top = 40,
+    gapPanel = 70;
   const widths = groups.map((g) => g.bars.length * (bw + gapBar) + gapBar);
-  const W = left + widths.reduce((a, b) => a + b + gapPanel, 0) + 140, H = top + ph + 90;
+  const W = left + widths.reduce((a, b) => a + b + gapPanel, 0) + 140,
+    H = top + ph + 90;
   const out = [svgOpen(W, H, o.title), `<text x="${W / 2}" y="16" text-anchor="middle" font-size="13" font-weight="bold">${esc(o.title)}</text>`];
   let x0 = left;
   groups.forEach((g, gi) => {
-    const max = Math.max(...g.bars.map((b) => Math.max(b.parts.reduce((s, p) => s + p.value, 0), b.marker ?? 0)));
+    const max = Math.max(
+      ...g.bars.map((b) =>
+        Math.max(
+          b.parts.reduce((s, p) => s + p.value, 0),
+          b.marker ?? 0,
+        ),
+      ),
+    );
     const yt = ticks(0, max * 1.05);
     const top1 = yt[yt.length - 1] || 1;
     const a: Axes = { x0, y0: top, w: widths[gi], h: ph, sx: (v) => v, sy: (v) => top + ph - (v / top1) * ph };
@@ -141,18 +167,33 @@ export function stackedBarPanels(groups: { title: string; bars: StackedBar[] }[]
       let acc = 0;
       for (const p of b.parts) {
         const k = o.parts.indexOf(p.name);
-        const y1 = a.sy(acc), y2 = a.sy(acc + p.value);
-        out.push(`<rect x="${bx}" y="${n(y2)}" width="${bw}" height="${n(Math.max(0, y1 - y2))}" fill="${color(k)}"><title>${esc(`${b.label}: ${p.name} ${p.value.toFixed(2)}`)}</title></rect>`);
+        const y1 = a.sy(acc),
+          y2 = a.sy(acc + p.value);
+        out.push(
+          `<rect x="${bx}" y="${n(y2)}" width="${bw}" height="${n(Math.max(0, y1 - y2))}" fill="${color(k)}"><title>${esc(
+            `${b.label}: ${p.name} ${p.value.toFixed(2)}`,
+          )}</title></rect>`,
+        );
         acc += p.value;
       }
-      if (b.marker !== undefined) out.push(`<line x1="${bx - 3}" x2="${bx + bw + 3}" y1="${n(a.sy(b.marker))}" y2="${n(a.sy(b.marker))}" stroke="black" stroke-width="2"/>`);
+      if (b.marker !== undefined)
+        out.push(`<line x1="${bx - 3}" x2="${bx + bw + 3}" y1="${n(a.sy(b.marker))}" y2="${n(a.sy(b.marker))}" stroke="black" stroke-width="2"/>`);
       out.push(`<text transform="translate(${bx + bw / 2},${top + ph + 10}) rotate(40)" text-anchor="start">${esc(b.label)}</text>`);
     });
     x0 += widths[gi] + gapPanel;
   });
   const lg = o.parts.map((p, k) => ({ label: p, color: color(k) }));
-  out.push(...lg.flatMap((s, i) => [`<rect x="${x0 - 40}" y="${top + i * 14 - 5}" width="12" height="10" fill="${s.color}"/>`, `<text x="${x0 - 24}" y="${top + i * 14 + 4}">${esc(s.label)}</text>`]));
-  out.push(`<line x1="${x0 - 42}" x2="${x0 - 26}" y1="${top + lg.length * 14}" y2="${top + lg.length * 14}" stroke="black" stroke-width="2"/><text x="${x0 - 24}" y="${top + lg.length * 14 + 4}">${esc(o.markerLabel)}</text>`);
+  out.push(
+    ...lg.flatMap((s, i) => [
+      `<rect x="${x0 - 40}" y="${top + i * 14 - 5}" width="12" height="10" fill="${s.color}"/>`,
+      `<text x="${x0 - 24}" y="${top + i * 14 + 4}">${esc(s.label)}</text>`,
+    ]),
+  );
+  out.push(
+    `<line x1="${x0 - 42}" x2="${x0 - 26}" y1="${top + lg.length * 14}" y2="${top + lg.length * 14}" stroke="black" stroke-width="2"/><text x="${x0 - 24}" y="${
+      top + lg.length * 14 + 4
+    }">${esc(o.markerLabel)}</text>`,
+  );
   out.push("</svg>");
   return out.join("\n") + "\n";
 }

@@ -23,7 +23,10 @@ export interface ProductRun {
 }
 
 export async function productRun(
-  be: Backend, shape: Shape, spec: MethodSpec, o: { batch: number; seq: number; steps: number; warmup: number; lr: number; dataDir: string },
+  be: Backend,
+  shape: Shape,
+  spec: MethodSpec,
+  o: { batch: number; seq: number; steps: number; warmup: number; lr: number; dataDir: string },
 ): Promise<ProductRun> {
   if (shape.vocab !== 512) throw new Error(`product run: shape ${shape.name} has vocab ${shape.vocab}; it borrows stories260K's 512-token tokenizer`);
   const dir = await mkdtemp(join(tmpdir(), "lowrank-product-"));
@@ -39,16 +42,39 @@ export async function productRun(
     const data = join(o.dataDir, "datasets/tinyshakespeare/input.txt");
     const output = join(dir, "run");
     const total = o.warmup + o.steps;
-    await finetune({
-      model: modelDir, data, output, method: spec.method, rank: spec.rank, alpha: spec.alpha, dropout: spec.dropout,
-      targetModules: spec.targets, lr: o.lr, steps: total, batchSize: o.batch, seqLen: o.seq, warmup: 0, scheduler: "constant",
-      evalFraction: 0.01, evalBatches: 1, recomputeActivations: spec.recompute,
-    }, { backend: be, skipSamples: true });
-    const records = (await readFile(join(output, "metrics.jsonl"), "utf8")).trim().split("\n").map((l) => JSON.parse(l) as { split: string; tokens_per_s: number });
+    await finetune(
+      {
+        model: modelDir,
+        data,
+        output,
+        method: spec.method,
+        rank: spec.rank,
+        alpha: spec.alpha,
+        dropout: spec.dropout,
+        targetModules: spec.targets,
+        lr: o.lr,
+        steps: total,
+        batchSize: o.batch,
+        seqLen: o.seq,
+        warmup: 0,
+        scheduler: "constant",
+        evalFraction: 0.01,
+        evalBatches: 1,
+        recomputeActivations: spec.recompute,
+      },
+      { backend: be, skipSamples: true },
+    );
+    const records = (await readFile(join(output, "metrics.jsonl"), "utf8"))
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { split: string; tokens_per_s: number });
     const train = records.filter((r) => r.split === "train").slice(o.warmup);
     const tps = median(train.map((r) => r.tokens_per_s));
-    const command = `lowrank finetune --method ${spec.method} --model <d256 random> --data datasets/tinyshakespeare/input.txt --rank ${spec.rank} --alpha ${spec.alpha} ` +
-      `--dropout ${spec.dropout} --target-modules ${spec.targets === "all-linear" ? "all-linear" : spec.targets.join(",")} --steps ${total} --batch-size ${o.batch} --seq-len ${o.seq} --lr ${o.lr} --scheduler constant --warmup 0`;
+    const command =
+      `lowrank finetune --method ${spec.method} --model <d256 random> --data datasets/tinyshakespeare/input.txt --rank ${spec.rank} --alpha ${spec.alpha} ` +
+      `--dropout ${spec.dropout} --target-modules ${spec.targets === "all-linear" ? "all-linear" : spec.targets.join(",")} --steps ${total} --batch-size ${
+        o.batch
+      } --seq-len ${o.seq} --lr ${o.lr} --scheduler constant --warmup 0`;
     return { command, tokens_per_s: tps, tokens_per_s_all: train.map((r) => r.tokens_per_s) };
   } finally {
     await rm(dir, { recursive: true, force: true });

@@ -37,7 +37,7 @@ function matmulFlops(a: Input, b: Input): number {
   const M = s[s.length - 2];
   const K = s[s.length - 1];
   const N = b.view.shape[b.view.shape.length - 1];
-  return (2 * elems(a) / (M * K)) * M * N * K;
+  return ((2 * elems(a)) / (M * K)) * M * N * K;
 }
 
 export function profileBackend(inner: Backend): Profiler {

@@ -15,8 +15,15 @@ import { parseArgs } from "node:util";
 import { createCpuBackend } from "@lowrank/backend-cpu";
 import { type QuantType } from "@lowrank/nf4";
 import {
-  type LlamaForCausalLM, type QuantizeModelOptions, type TextTokenizer, generateIds, loadHfModel, loadTokenizer, quantizeModel,
-  quantizedMemoryReport, resolveDataDir,
+  type LlamaForCausalLM,
+  type QuantizeModelOptions,
+  type TextTokenizer,
+  generateIds,
+  loadHfModel,
+  loadTokenizer,
+  quantizeModel,
+  quantizedMemoryReport,
+  resolveDataDir,
 } from "@lowrank/nn/node";
 import { crossEntropy, noGrad, scope, setDefaultBackend, tensor } from "@lowrank/tensor";
 
@@ -42,13 +49,18 @@ export function evalLoss(model: LlamaForCausalLM, tok: TextTokenizer, text: stri
   let sum = 0;
   let tokens = 0;
   const ctx = model.config.max_position_embeddings;
-  for (const story of text.split("<|endoftext|>").map((s) => s.trim()).filter(Boolean)) {
+  for (const story of text
+    .split("<|endoftext|>")
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     const ids = tok.encode(story).slice(0, ctx + 1);
     if (ids.length < 2) continue;
-    sum += noGrad(() => scope(() => {
-      const logits = model.forward(tensor([ids.slice(0, -1)], { dtype: "i32", backend: model.backend }));
-      return crossEntropy(logits, tensor([ids.slice(1)], { dtype: "i32", backend: model.backend }), { reduction: "sum" }).readSync()[0];
-    }));
+    sum += noGrad(() =>
+      scope(() => {
+        const logits = model.forward(tensor([ids.slice(0, -1)], { dtype: "i32", backend: model.backend }));
+        return crossEntropy(logits, tensor([ids.slice(1)], { dtype: "i32", backend: model.backend }), { reduction: "sum" }).readSync()[0];
+      }),
+    );
     tokens += ids.length - 1;
   }
   return { loss: sum / tokens, tokens };
@@ -87,9 +99,9 @@ async function main(): Promise<void> {
     const mem = quantizedMemoryReport(m);
     rows.push({
       variant,
-      quantType: opts ? (opts.quantType ?? "nf4") : null,
-      doubleQuant: opts ? (opts.doubleQuant ?? true) : null,
-      blocksize: opts ? (opts.blocksize ?? 64) : null,
+      quantType: opts ? opts.quantType ?? "nf4" : null,
+      doubleQuant: opts ? opts.doubleQuant ?? true : null,
+      blocksize: opts ? opts.blocksize ?? 64 : null,
       loss: r.loss,
       delta: r.loss - base,
       perplexity: Math.exp(r.loss),
@@ -99,7 +111,11 @@ async function main(): Promise<void> {
     });
     m.dispose();
     const row = rows[rows.length - 1];
-    console.log(`${variant.padEnd(24)} loss ${row.loss.toFixed(4)} nats/token (${row.delta >= 0 ? "+" : ""}${row.delta.toFixed(4)}), ppl ${row.perplexity.toFixed(3)}, ${row.bitsPerParam?.toFixed(3) ?? "32"} bits/param, ${row.modelBytes} B`);
+    console.log(
+      `${variant.padEnd(24)} loss ${row.loss.toFixed(4)} nats/token (${row.delta >= 0 ? "+" : ""}${row.delta.toFixed(4)}), ppl ${row.perplexity.toFixed(3)}, ${
+        row.bitsPerParam?.toFixed(3) ?? "32"
+      } bits/param, ${row.modelBytes} B`,
+    );
     console.log(`  ${JSON.stringify(row.greedy)}`);
   }
   backend.dispose();

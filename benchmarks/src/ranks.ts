@@ -20,8 +20,20 @@ import type { Backend } from "@lowrank/tensor";
 import { LoraConfigError } from "@lowrank/lora/node";
 import { loadHfModel, loadTokenizer, quantizeModel } from "@lowrank/nn/node";
 import {
-  AdamW, type Batch, BatchLoader, type DataFormat, type Dataset, buildDataset, recomputeLayers, evaluate, namedParams,
-  prepareModel, resolveConfig, silentReporter, trainLoop, warmupSteps,
+  AdamW,
+  type Batch,
+  BatchLoader,
+  type DataFormat,
+  type Dataset,
+  buildDataset,
+  recomputeLayers,
+  evaluate,
+  namedParams,
+  prepareModel,
+  resolveConfig,
+  silentReporter,
+  trainLoop,
+  warmupSteps,
 } from "@lowrank/trainer/node";
 import { type Machine, log, machine, mean, std } from "./common.ts";
 import { MemoryMetrics } from "./step.ts";
@@ -166,9 +178,21 @@ async function trainRun(ctx: Ctx, s: RunSpec, padId: number): Promise<RunOutput>
   const t = s.task;
   const lr = t.lr[s.method];
   const fc = resolveConfig({
-    model: ctx.modelDir, data: t.data, output: ctx.tmp, method: s.method, ...(s.method === "full" ? {} : { rank: s.rank, alpha: cfg.alpha_over_rank * s.rank }),
-    dropout: cfg.dropout, targetModules: s.targets, seed: s.seed, lr, steps: t.steps, batchSize: t.batch_size, seqLen: t.seq_len,
-    warmup: cfg.warmup, scheduler: cfg.scheduler, maxGradNorm: cfg.max_grad_norm,
+    model: ctx.modelDir,
+    data: t.data,
+    output: ctx.tmp,
+    method: s.method,
+    ...(s.method === "full" ? {} : { rank: s.rank, alpha: cfg.alpha_over_rank * s.rank }),
+    dropout: cfg.dropout,
+    targetModules: s.targets,
+    seed: s.seed,
+    lr,
+    steps: t.steps,
+    batchSize: t.batch_size,
+    seqLen: t.seq_len,
+    warmup: cfg.warmup,
+    scheduler: cfg.scheduler,
+    maxGradNorm: cfg.max_grad_norm,
   });
   const model = await loadHfModel(ctx.modelDir, { backend, dtype: "f32" });
   try {
@@ -181,9 +205,22 @@ async function trainRun(ctx: Ctx, s: RunSpec, padId: number): Promise<RunOutput>
     const losses: number[] = [];
     let peak = 0;
     const loop = await trainLoop({
-      model, params, optimizer, loader, schedule: { name: fc.scheduler, lr, totalSteps: t.steps, warmupSteps: warmupSteps(fc.warmup, t.steps) },
-      gradAccum: 1, maxGradNorm: fc.maxGradNorm, startStep: 0, evalEvery: 0, saveEvery: 0, evaluate: async () => {}, save: async () => {},
-      metrics, reporter: silentReporter, losses, onPeak: (b) => (peak = Math.max(peak, b)),
+      model,
+      params,
+      optimizer,
+      loader,
+      schedule: { name: fc.scheduler, lr, totalSteps: t.steps, warmupSteps: warmupSteps(fc.warmup, t.steps) },
+      gradAccum: 1,
+      maxGradNorm: fc.maxGradNorm,
+      startStep: 0,
+      evalEvery: 0,
+      saveEvery: 0,
+      evaluate: async () => {},
+      save: async () => {},
+      metrics,
+      reporter: silentReporter,
+      losses,
+      onPeak: (b) => (peak = Math.max(peak, b)),
     });
     optimizer.dispose();
     const ev = await evaluate(model, s.data.eval, { batchSize: t.batch_size, padId, maxBatches: t.eval_batches });
@@ -194,8 +231,15 @@ async function trainRun(ctx: Ctx, s: RunSpec, padId: number): Promise<RunOutput>
     let trainable = 0;
     for (const p of prepared.trainable.values()) trainable += p.size;
     return {
-      seed: s.seed, eval_loss: ev.loss, quality: null, tokens_per_s: loader.positions / loop.seconds, train_seconds: loop.seconds,
-      peak_bytes: peak, train_losses: losses, trainable, fileBytes,
+      seed: s.seed,
+      eval_loss: ev.loss,
+      quality: null,
+      tokens_per_s: loader.positions / loop.seconds,
+      train_seconds: loop.seconds,
+      peak_bytes: peak,
+      train_losses: losses,
+      trainable,
+      fileBytes,
     };
   } finally {
     model.dispose();
@@ -210,7 +254,13 @@ async function baseLosses(ctx: Ctx, task: TaskConfig, data: Dataset, padId: numb
     const dense = await evaluate(model, data.eval, opts);
     await quantizeModel(model, { skipModules: ["lm_head"], computeDtype: "f32" });
     const quant = await evaluate(model, data.eval, opts);
-    return { eval_loss: dense.loss, quantized_eval_loss: quant.loss, eval_tokens: dense.tokens, train_examples: data.train.length, eval_examples: data.eval.length };
+    return {
+      eval_loss: dense.loss,
+      quantized_eval_loss: quant.loss,
+      eval_tokens: dense.tokens,
+      train_examples: data.train.length,
+      eval_examples: data.eval.length,
+    };
   } finally {
     model.dispose();
   }
@@ -227,17 +277,29 @@ export async function runRanks(cfg: RanksConfig, o: { backend: Backend; dataDir:
   const padId = tokenizer.eosTokenId ?? 0;
   const result: RanksResult = {
     config: { ...cfg, command: o.command, date: new Date().toISOString(), machine: machine(), backend: o.backend.device, data_dir: o.dataDir },
-    base: {}, full_ft: {}, runs: [], wall_seconds: 0,
+    base: {},
+    full_ft: {},
+    runs: [],
+    wall_seconds: 0,
   };
   try {
     // Every (task, configuration) in a fixed order; seeds outermost.
     const datasets = new Map<string, Dataset>();
     for (const task of cfg.tasks) {
       const file = join(o.dataDir, task.data);
-      const data = buildDataset(file, readFileSync(file, "utf8"), tokenizer, { format: task.format, seqLen: task.seq_len, evalFraction: task.eval_fraction, seed: cfg.data_seed });
+      const data = buildDataset(file, readFileSync(file, "utf8"), tokenizer, {
+        format: task.format,
+        seqLen: task.seq_len,
+        evalFraction: task.eval_fraction,
+        seed: cfg.data_seed,
+      });
       datasets.set(task.name, data);
       result.base[task.name] = await baseLosses(ctx, task, data, padId);
-      log(`ranks: ${task.name}: ${data.train.length} train / ${data.eval.length} eval examples; base eval loss ${result.base[task.name].eval_loss.toFixed(4)} (NF4 base ${result.base[task.name].quantized_eval_loss.toFixed(4)})`);
+      log(
+        `ranks: ${task.name}: ${data.train.length} train / ${data.eval.length} eval examples; base eval loss ${result.base[task.name].eval_loss.toFixed(
+          4,
+        )} (NF4 base ${result.base[task.name].quantized_eval_loss.toFixed(4)})`,
+      );
     }
     type Slot = { task: TaskConfig; method: LoraMethod | "full"; rank: number; targets: Targets; seeds: RunOutput[]; error?: string };
     const slots: Slot[] = [];
@@ -255,7 +317,11 @@ export async function runRanks(cfg: RanksConfig, o: { backend: Backend; dataDir:
         if (slot.error) continue;
         const label = `${slot.task.name} ${slot.method}${slot.method === "full" ? "" : ` r=${slot.rank} ${targetsLabel(slot.targets)}`} seed ${seed}`;
         try {
-          const r = await trainRun(ctx, { task: slot.task, data: datasets.get(slot.task.name) as Dataset, method: slot.method, rank: slot.rank, targets: slot.targets, seed }, padId);
+          const r = await trainRun(
+            ctx,
+            { task: slot.task, data: datasets.get(slot.task.name) as Dataset, method: slot.method, rank: slot.rank, targets: slot.targets, seed },
+            padId,
+          );
           slot.seeds.push(r);
           log(`[${done}/${total}] ${label}: eval loss ${r.eval_loss.toFixed(4)}, ${Math.round(r.tokens_per_s)} tok/s, ${r.train_seconds.toFixed(1)} s`);
         } catch (e) {
@@ -273,28 +339,55 @@ export async function runRanks(cfg: RanksConfig, o: { backend: Backend; dataDir:
       const quality = (loss: number) => (base - loss) / (base - fullLoss);
       for (const r of full.seeds) r.quality = quality(r.eval_loss);
       result.full_ft[task.name] = {
-        trainable_params: full.seeds[0].trainable, model_bytes: full.seeds[0].fileBytes, peak_bytes: Math.max(...full.seeds.map((r) => r.peak_bytes)),
-        tokens_per_s: mean(full.seeds.map((r) => r.tokens_per_s)), tokens_per_s_std: std(full.seeds.map((r) => r.tokens_per_s)),
-        eval_loss: fullLoss, eval_loss_std: std(full.seeds.map((r) => r.eval_loss)), lr: task.lr.full, loss_curve: meanCurve(full.seeds), seeds: full.seeds.map(strip),
+        trainable_params: full.seeds[0].trainable,
+        model_bytes: full.seeds[0].fileBytes,
+        peak_bytes: Math.max(...full.seeds.map((r) => r.peak_bytes)),
+        tokens_per_s: mean(full.seeds.map((r) => r.tokens_per_s)),
+        tokens_per_s_std: std(full.seeds.map((r) => r.tokens_per_s)),
+        eval_loss: fullLoss,
+        eval_loss_std: std(full.seeds.map((r) => r.eval_loss)),
+        lr: task.lr.full,
+        loss_curve: meanCurve(full.seeds),
+        seeds: full.seeds.map(strip),
       };
       for (const s of slots.filter((x) => x.task === task && x.method !== "full")) {
         const method = s.method as LoraMethod;
         const common = { task: task.name, method, rank: s.rank, alpha: cfg.alpha_over_rank * s.rank, targets: targetsLabel(s.targets) };
         if (s.error) {
           result.runs.push({
-            ...common, status: "rejected", error: s.error, trainable_params: null, adapter_bytes: null, peak_bytes: null, tokens_per_s: null,
-            tokens_per_s_std: null, eval_loss: null, eval_loss_std: null, quality: null, quality_std: null, loss_curve: null, seeds: [],
+            ...common,
+            status: "rejected",
+            error: s.error,
+            trainable_params: null,
+            adapter_bytes: null,
+            peak_bytes: null,
+            tokens_per_s: null,
+            tokens_per_s_std: null,
+            eval_loss: null,
+            eval_loss_std: null,
+            quality: null,
+            quality_std: null,
+            loss_curve: null,
+            seeds: [],
           });
           continue;
         }
         for (const r of s.seeds) r.quality = quality(r.eval_loss);
         const q = s.seeds.map((r) => r.quality as number);
         result.runs.push({
-          ...common, status: "ok", trainable_params: s.seeds[0].trainable, adapter_bytes: s.seeds[0].fileBytes,
+          ...common,
+          status: "ok",
+          trainable_params: s.seeds[0].trainable,
+          adapter_bytes: s.seeds[0].fileBytes,
           peak_bytes: Math.max(...s.seeds.map((r) => r.peak_bytes)),
-          tokens_per_s: mean(s.seeds.map((r) => r.tokens_per_s)), tokens_per_s_std: std(s.seeds.map((r) => r.tokens_per_s)),
-          eval_loss: mean(s.seeds.map((r) => r.eval_loss)), eval_loss_std: std(s.seeds.map((r) => r.eval_loss)),
-          quality: mean(q), quality_std: std(q), loss_curve: meanCurve(s.seeds), seeds: s.seeds.map(strip),
+          tokens_per_s: mean(s.seeds.map((r) => r.tokens_per_s)),
+          tokens_per_s_std: std(s.seeds.map((r) => r.tokens_per_s)),
+          eval_loss: mean(s.seeds.map((r) => r.eval_loss)),
+          eval_loss_std: std(s.seeds.map((r) => r.eval_loss)),
+          quality: mean(q),
+          quality_std: std(q),
+          loss_curve: meanCurve(s.seeds),
+          seeds: s.seeds.map(strip),
         });
       }
     }
@@ -307,13 +400,22 @@ export async function runRanks(cfg: RanksConfig, o: { backend: Backend; dataDir:
 
 /** The trainer's multi-line error (one line per layer) as one line: the first layer and a count. */
 function summarize(msg: string): string {
-  const lines = msg.split("\n").map((l) => l.trim()).filter(Boolean);
+  const lines = msg
+    .split("\n")
+    .map((l) => l.trim())
+    .filter(Boolean);
   if (lines.length <= 2) return lines.join(" ");
   return `${lines[0]} ${lines[1]} (and ${lines.length - 2} more layer(s) alike)`;
 }
 
 const strip = (r: RunOutput): SeedRun => ({
-  seed: r.seed, eval_loss: r.eval_loss, quality: r.quality, tokens_per_s: r.tokens_per_s, train_seconds: r.train_seconds, peak_bytes: r.peak_bytes, train_losses: r.train_losses,
+  seed: r.seed,
+  eval_loss: r.eval_loss,
+  quality: r.quality,
+  tokens_per_s: r.tokens_per_s,
+  train_seconds: r.train_seconds,
+  peak_bytes: r.peak_bytes,
+  train_losses: r.train_losses,
 });
 
 /** Structural check of a ranks result (the CI test and `bench ranks` after writing); returns problems. */
@@ -327,7 +429,9 @@ export function checkRanksSchema(r: unknown): string[] {
   if (obj(r.full_ft)) {
     for (const [task, f] of Object.entries(r.full_ft)) {
       if (!obj(f)) errs.push(`full_ft.${task} is not an object`);
-      else for (const k of ["trainable_params", "model_bytes", "peak_bytes", "tokens_per_s", "eval_loss"]) if (!num(f[k])) errs.push(`full_ft.${task}.${k} is not a number`);
+      else
+        for (const k of ["trainable_params", "model_bytes", "peak_bytes", "tokens_per_s", "eval_loss"])
+          if (!num(f[k])) errs.push(`full_ft.${task}.${k} is not a number`);
     }
   } else errs.push("full_ft is not an object");
   if (!Array.isArray(r.runs) || r.runs.length === 0) return [...errs, "runs is empty or not an array"];
@@ -338,7 +442,8 @@ export function checkRanksSchema(r: unknown): string[] {
     }
     if (run.method !== "lora" && run.method !== "qlora") errs.push(`runs[${i}].method = ${JSON.stringify(run.method)}`);
     if (run.status === "ok") {
-      for (const k of ["trainable_params", "adapter_bytes", "peak_bytes", "tokens_per_s", "eval_loss", "quality"]) if (!num(run[k])) errs.push(`runs[${i}].${k} is not a number`);
+      for (const k of ["trainable_params", "adapter_bytes", "peak_bytes", "tokens_per_s", "eval_loss", "quality"])
+        if (!num(run[k])) errs.push(`runs[${i}].${k} is not a number`);
       if (!Array.isArray(run.seeds) || run.seeds.length === 0) errs.push(`runs[${i}].seeds is empty`);
     } else if (run.status !== "rejected" || typeof run.error !== "string") errs.push(`runs[${i}] is neither ok nor rejected with an error`);
   });

@@ -70,8 +70,18 @@ export interface ModelsConfig {
 }
 
 export const modelsConfig = (quick: boolean): ModelsConfig => ({
-  quick, batch: 1, seq: quick ? 16 : 64, rank: 8, alpha: 16, targets: "all-linear", dropout: 0.05, lr: 1e-4, steps: 3,
-  generateTokens: quick ? 4 : 8, shards: 3, seed: 0,
+  quick,
+  batch: 1,
+  seq: quick ? 16 : 64,
+  rank: 8,
+  alpha: 16,
+  targets: "all-linear",
+  dropout: 0.05,
+  lr: 1e-4,
+  steps: 3,
+  generateTokens: quick ? 4 : 8,
+  shards: 3,
+  seed: 0,
 });
 
 export interface AdapterCheck {
@@ -143,7 +153,10 @@ export function quickModelConfig(cfg: Json): Json {
 
 /** Reads and checks the fields this suite needs; errors name the file, the field and what was expected. */
 export function readModelConfig(file: string): Json {
-  if (!existsSync(file)) throw new Error(`${file}: not found (expected a model's config.json; the data directory's configs/ holds SmolLM2-135M.json, Qwen2.5-0.5B.json, Llama-3.2-1B.json)`);
+  if (!existsSync(file))
+    throw new Error(
+      `${file}: not found (expected a model's config.json; the data directory's configs/ holds SmolLM2-135M.json, Qwen2.5-0.5B.json, Llama-3.2-1B.json)`,
+    );
   let cfg: unknown;
   try {
     cfg = JSON.parse(readFileSync(file, "utf8"));
@@ -179,18 +192,32 @@ function dims(c: Json): Dims {
   const nh = c.num_attention_heads as number;
   const attnBias = type !== "mistral" && c.attention_bias === true;
   return {
-    type, V: c.vocab_size as number, C: c.hidden_size as number, I: c.intermediate_size as number, L: c.num_hidden_layers as number, nh,
-    kv: (c.num_key_value_heads as number | undefined) ?? nh, hd: (c.head_dim as number | undefined) ?? (c.hidden_size as number) / nh,
-    tied: c.tie_word_embeddings === true, qkvBias: type === "qwen2" || attnBias, oBias: type !== "qwen2" && attnBias,
-    mlpBias: type === "llama" && c.mlp_bias === true, qkNorm: type === "qwen3",
+    type,
+    V: c.vocab_size as number,
+    C: c.hidden_size as number,
+    I: c.intermediate_size as number,
+    L: c.num_hidden_layers as number,
+    nh,
+    kv: (c.num_key_value_heads as number | undefined) ?? nh,
+    hd: (c.head_dim as number | undefined) ?? (c.hidden_size as number) / nh,
+    tied: c.tie_word_embeddings === true,
+    qkvBias: type === "qwen2" || attnBias,
+    oBias: type !== "qwen2" && attnBias,
+    mlpBias: type === "llama" && c.mlp_bias === true,
+    qkNorm: type === "qwen3",
   };
 }
 
 /** [in, out] of each linear of a decoder layer. */
 function linearDims(d: Dims): Record<(typeof ALL_LINEAR)[number], [number, number]> {
   return {
-    q_proj: [d.C, d.nh * d.hd], k_proj: [d.C, d.kv * d.hd], v_proj: [d.C, d.kv * d.hd], o_proj: [d.nh * d.hd, d.C],
-    gate_proj: [d.C, d.I], up_proj: [d.C, d.I], down_proj: [d.I, d.C],
+    q_proj: [d.C, d.nh * d.hd],
+    k_proj: [d.C, d.kv * d.hd],
+    v_proj: [d.C, d.kv * d.hd],
+    o_proj: [d.nh * d.hd, d.C],
+    gate_proj: [d.C, d.I],
+    up_proj: [d.C, d.I],
+    down_proj: [d.I, d.C],
   };
 }
 
@@ -232,7 +259,10 @@ function randomBf16(n: number, kind: "weight" | "norm" | "bias", seed: number): 
   const a = 0.02 * Math.sqrt(3);
   let s = seed >>> 0 || 1;
   for (let i = 0; i < n; i++) {
-    s ^= s << 13; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
     f[0] = (s / 2 ** 31 - 1) * a;
     out[i] = (u[0] + 0x7fff + ((u[0] >>> 16) & 1)) >>> 16; // round to nearest even
   }
@@ -248,7 +278,16 @@ export async function writeRandomCheckpoint(cfg: Json, dir: string, shards: numb
   const bytes = list.reduce((a, [, shape]) => a + 2 * shape.reduce((x, y) => x * y, 1), 0);
   const tensors = new Map<string, LazyTensorInput>();
   list.forEach(([name, shape, kind], i) => {
-    tensors.set(name, { dtype: "BF16", shape, data: () => randomBf16(shape.reduce((x, y) => x * y, 1), kind, seed * 7919 + i + 1) });
+    tensors.set(name, {
+      dtype: "BF16",
+      shape,
+      data: () =>
+        randomBf16(
+          shape.reduce((x, y) => x * y, 1),
+          kind,
+          seed * 7919 + i + 1,
+        ),
+    });
   });
   await mkdir(dir, { recursive: true });
   await writeFile(join(dir, "config.json"), `${JSON.stringify({ ...cfg, torch_dtype: "bfloat16" }, null, 2)}\n`);
@@ -294,7 +333,17 @@ export async function checkAdapter(dir: string, c: Json, rank: number, peftRefer
   const keyProblems: string[] = [];
   const targetProblems: string[] = [];
   if (!existsSync(weightsFile) || !existsSync(configFile)) {
-    return { files, bytes: 0, keys: 0, expected_keys: 0, key_problems: [`${dir}: expected adapter_model.safetensors and adapter_config.json, found ${files.join(", ") || "nothing"}`], target_modules: [], target_problems: [], unknown_config_keys: null, ok: false };
+    return {
+      files,
+      bytes: 0,
+      keys: 0,
+      expected_keys: 0,
+      key_problems: [`${dir}: expected adapter_model.safetensors and adapter_config.json, found ${files.join(", ") || "nothing"}`],
+      target_modules: [],
+      target_problems: [],
+      unknown_config_keys: null,
+      ok: false,
+    };
   }
   const json = JSON.parse(await readFile(configFile, "utf8")) as Json;
   const tm = json.target_modules;
@@ -302,13 +351,21 @@ export async function checkAdapter(dir: string, c: Json, rank: number, peftRefer
   const want = expectedTargetModules(c);
   const setOf = (xs: readonly string[]) => JSON.stringify([...xs].sort());
   if (!Array.isArray(tm) || setOf(targets) !== setOf(want)) {
-    targetProblems.push(`${configFile}: target_modules = ${JSON.stringify(tm)}, expected the set ${setOf(want)} (PEFT's all-linear: every linear but the output layer${want.length < MIN_TARGET_MODULES_FOR_OPTIMIZATION ? `, full names as fewer than ${MIN_TARGET_MODULES_FOR_OPTIMIZATION}` : ", minimized to suffixes"})`);
+    targetProblems.push(
+      `${configFile}: target_modules = ${JSON.stringify(tm)}, expected the set ${setOf(want)} (PEFT's all-linear: every linear but the output layer${
+        want.length < MIN_TARGET_MODULES_FOR_OPTIMIZATION ? `, full names as fewer than ${MIN_TARGET_MODULES_FOR_OPTIMIZATION}` : ", minimized to suffixes"
+      })`,
+    );
   }
   const refTargets = peftReference?.target_modules;
   if (Array.isArray(refTargets) && want.length === ALL_LINEAR.length && setOf(refTargets as string[]) !== setOf(targets)) {
     targetProblems.push(`${configFile}: target_modules ${setOf(targets)} differ from PEFT's own file (${PEFT_REFERENCE}): ${setOf(refTargets as string[])}`);
   }
-  for (const [k, v] of [["peft_type", "LORA"], ["task_type", "CAUSAL_LM"], ["r", rank]] as const) {
+  for (const [k, v] of [
+    ["peft_type", "LORA"],
+    ["task_type", "CAUSAL_LM"],
+    ["r", rank],
+  ] as const) {
     if (json[k] !== v) targetProblems.push(`${configFile}: ${k} = ${JSON.stringify(json[k])}, expected ${JSON.stringify(v)}`);
   }
   const unknown = peftReference ? Object.keys(json).filter((k) => !(k in peftReference)) : null;
@@ -321,7 +378,8 @@ export async function checkAdapter(dir: string, c: Json, rank: number, peftRefer
     for (const [k, shape] of expected) {
       const t = f.tensors[k];
       if (!t) keyProblems.push(`missing ${k}`);
-      else if (t.shape.join(",") !== shape.join(",") || t.dtype !== "F32") keyProblems.push(`${k}: ${t.dtype} [${t.shape.join(", ")}], expected F32 [${shape.join(", ")}]`);
+      else if (t.shape.join(",") !== shape.join(",") || t.dtype !== "F32")
+        keyProblems.push(`${k}: ${t.dtype} [${t.shape.join(", ")}], expected F32 [${shape.join(", ")}]`);
     }
     for (const k of f.names) if (!expected.has(k)) keyProblems.push(`unexpected ${k}`);
     if (f.metadata.format !== "pt") keyProblems.push(`__metadata__.format = ${JSON.stringify(f.metadata.format)}, expected "pt"`);
@@ -330,7 +388,14 @@ export async function checkAdapter(dir: string, c: Json, rank: number, peftRefer
   }
   const bytes = (await stat(weightsFile)).size;
   return {
-    files, bytes, keys: nKeys, expected_keys: expected.size, key_problems: keyProblems.slice(0, 20), target_modules: targets, target_problems: targetProblems, unknown_config_keys: unknown,
+    files,
+    bytes,
+    keys: nKeys,
+    expected_keys: expected.size,
+    key_problems: keyProblems.slice(0, 20),
+    target_modules: targets,
+    target_problems: targetProblems,
+    unknown_config_keys: unknown,
     ok: keyProblems.length === 0 && targetProblems.length === 0,
   };
 }
@@ -351,7 +416,16 @@ async function runMethod(method: PlanMethod, dir: string, c: Json, cfg: ModelsCo
     const prepare_s = (performance.now() - t) / 1000;
     const steps = await timeSteps(model, spec, { batch: cfg.batch, seq: cfg.seq, steps: cfg.steps - 1, warmup: 1, lr: cfg.lr, seed: cfg.seed, applied });
     const d = dims(c);
-    const e = estimate({ shape: planShapeOf(d), method, rank: cfg.rank, targets: cfg.targets, batch: cfg.batch, seq: cfg.seq, dropout: cfg.dropout, recompute: steps.recompute });
+    const e = estimate({
+      shape: planShapeOf(d),
+      method,
+      rank: cfg.rank,
+      targets: cfg.targets,
+      batch: cfg.batch,
+      seq: cfg.seq,
+      dropout: cfg.dropout,
+      recompute: steps.recompute,
+    });
     const adapterDir = join(dir, `adapter-${method}`);
     await applied.prepared.writeOutput(adapterDir);
     const adapter = await checkAdapter(adapterDir, c, cfg.rank, peftRef);
@@ -366,11 +440,23 @@ async function runMethod(method: PlanMethod, dir: string, c: Json, cfg: ModelsCo
     if (!steps.losses.every(Number.isFinite)) throw new Error(`training: non-finite loss (${steps.losses.join(", ")})`);
     const step_seconds = [...steps.warmupMs, ...steps.stepMs].map((ms) => ms / 1000);
     return {
-      method, status: adapter.ok ? "ok" : "failed", ...(adapter.ok ? {} : { error: `adapter does not match PEFT's: ${[...adapter.key_problems, ...adapter.target_problems].slice(0, 3).join("; ")}` }),
-      load_s, prepare_s, step_seconds, step_s: median(steps.stepMs) / 1000, losses: steps.losses, trainable: steps.trainable, recompute: steps.recompute,
-      peak_bytes: steps.peakBytes, plan_bytes: e.totalBytes, peak_vs_plan: steps.peakBytes / e.totalBytes, adapter,
+      method,
+      status: adapter.ok ? "ok" : "failed",
+      ...(adapter.ok ? {} : { error: `adapter does not match PEFT's: ${[...adapter.key_problems, ...adapter.target_problems].slice(0, 3).join("; ")}` }),
+      load_s,
+      prepare_s,
+      step_seconds,
+      step_s: median(steps.stepMs) / 1000,
+      losses: steps.losses,
+      trainable: steps.trainable,
+      recompute: steps.recompute,
+      peak_bytes: steps.peakBytes,
+      plan_bytes: e.totalBytes,
+      peak_vs_plan: steps.peakBytes / e.totalBytes,
+      adapter,
       generate: { prompt, ids, seconds: genS, tokens_per_s: ids.length / genS },
-      rss_bytes: process.memoryUsage().rss, max_rss_bytes: process.resourceUsage().maxRSS * 1024,
+      rss_bytes: process.memoryUsage().rss,
+      max_rss_bytes: process.resourceUsage().maxRSS * 1024,
     };
   } catch (e) {
     return { method, status: "failed", error: (e as Error).message, max_rss_bytes: process.resourceUsage().maxRSS * 1024 };
@@ -388,9 +474,18 @@ export async function runModels(o: { quick: boolean; dataDir: string; command: s
   const refPath = join(o.dataDir, PEFT_REFERENCE);
   const peftRef = existsSync(refPath) ? (JSON.parse(readFileSync(refPath, "utf8")) as Json) : null;
   const result: ModelsResult = {
-    suite: "models", schema: MODELS_SCHEMA,
-    config: { ...cfg, command: o.command, date: new Date().toISOString(), machine: machine(), data_dir: o.dataDir, peft_reference: peftRef ? PEFT_REFERENCE : null },
-    models: [], wall_seconds: 0,
+    suite: "models",
+    schema: MODELS_SCHEMA,
+    config: {
+      ...cfg,
+      command: o.command,
+      date: new Date().toISOString(),
+      machine: machine(),
+      data_dir: o.dataDir,
+      peft_reference: peftRef ? PEFT_REFERENCE : null,
+    },
+    models: [],
+    wall_seconds: 0,
   };
   const root = await mkdtemp(join(o.workDir ?? tmpdir(), "lowrank-bench-models-"));
   try {
@@ -407,20 +502,44 @@ export async function runModels(o: { quick: boolean; dataDir: string; command: s
       if (d.hd !== d.C / d.nh) notes.push(`head_dim ${d.hd} is not hidden/heads (${d.C / d.nh}); the plan assumes hidden/heads`);
       if (d.qkvBias || d.oBias || d.mlpBias) notes.push("the plan leaves out the linear biases (q/k/v: a few KiB per layer)");
       const entry: ModelEntry = {
-        name: m.name, source: m.source, config_file: `configs/${m.config}`, model_type: d.type, params: paramsOfTensors(c),
+        name: m.name,
+        source: m.source,
+        config_file: `configs/${m.config}`,
+        model_type: d.type,
+        params: paramsOfTensors(c),
         shape: { ...planShapeOf(d), head_dim: d.hd },
-        checkpoint: { dtype: "BF16", files: ck.files, shards: ck.files.filter((f) => f.endsWith(".safetensors")).length, bytes: ck.bytes, write_s, where: "a temporary directory, removed after the run" },
-        plan_notes: notes, runs: [],
+        checkpoint: {
+          dtype: "BF16",
+          files: ck.files,
+          shards: ck.files.filter((f) => f.endsWith(".safetensors")).length,
+          bytes: ck.bytes,
+          write_s,
+          where: "a temporary directory, removed after the run",
+        },
+        plan_notes: notes,
+        runs: [],
       };
       result.models.push(entry);
-      log(`models: ${m.name}${o.quick ? " (quick)" : ""}: ${(entry.params / 1e6).toFixed(1)}M params, wrote ${entry.checkpoint.shards} bf16 shards (${(ck.bytes / 2 ** 20).toFixed(0)} MiB) in ${write_s.toFixed(1)} s`);
+      log(
+        `models: ${m.name}${o.quick ? " (quick)" : ""}: ${(entry.params / 1e6).toFixed(1)}M params, wrote ${entry.checkpoint.shards} bf16 shards (${(
+          ck.bytes /
+          2 ** 20
+        ).toFixed(0)} MiB) in ${write_s.toFixed(1)} s`,
+      );
       for (const method of ["lora", "qlora"] as const) {
         t = performance.now();
         const r = await runMethod(method, dir, c, cfg, peftRef, m.name);
         entry.runs.push(r);
-        log(r.status === "ok" || r.peak_bytes !== undefined
-          ? `models: ${m.name} ${method}: load ${r.load_s?.toFixed(1)} s, prepare ${r.prepare_s?.toFixed(1)} s, step ${r.step_s?.toFixed(2)} s, peak ${((r.peak_bytes ?? 0) / 2 ** 20).toFixed(0)} MiB vs plan ${((r.plan_bytes ?? 0) / 2 ** 20).toFixed(0)} MiB (x${r.peak_vs_plan?.toFixed(3)}), adapter ${r.adapter?.ok ? "matches PEFT" : "DIFFERS"}, generated ${r.generate?.ids.length} ids (${((performance.now() - t) / 1000).toFixed(0)} s)`
-          : `models: ${m.name} ${method}: failed: ${r.error}`);
+        log(
+          r.status === "ok" || r.peak_bytes !== undefined
+            ? `models: ${m.name} ${method}: load ${r.load_s?.toFixed(1)} s, prepare ${r.prepare_s?.toFixed(1)} s, step ${r.step_s?.toFixed(2)} s, peak ${(
+                (r.peak_bytes ?? 0) /
+                2 ** 20
+              ).toFixed(0)} MiB vs plan ${((r.plan_bytes ?? 0) / 2 ** 20).toFixed(0)} MiB (x${r.peak_vs_plan?.toFixed(3)}), adapter ${
+                r.adapter?.ok ? "matches PEFT" : "DIFFERS"
+              }, generated ${r.generate?.ids.length} ids (${((performance.now() - t) / 1000).toFixed(0)} s)`
+            : `models: ${m.name} ${method}: failed: ${r.error}`,
+        );
       }
       await rm(dir, { recursive: true, force: true });
     }
@@ -441,7 +560,8 @@ export function checkModelsSchema(r: unknown): string[] {
   if (!Array.isArray(x?.models) || x.models.length === 0) return [...p, "models: expected a non-empty array"];
   const num = (v: unknown) => typeof v === "number" && Number.isFinite(v);
   for (const m of x.models) {
-    if (!num(m.params) || !(m.checkpoint?.shards >= 2)) p.push(`${m.name}: expected params and a sharded checkpoint (2 or more shards), got ${JSON.stringify(m.checkpoint?.shards)}`);
+    if (!num(m.params) || !(m.checkpoint?.shards >= 2))
+      p.push(`${m.name}: expected params and a sharded checkpoint (2 or more shards), got ${JSON.stringify(m.checkpoint?.shards)}`);
     const methods = (m.runs ?? []).map((r) => r.method).join(",");
     if (methods !== "lora,qlora") p.push(`${m.name}: runs are ${JSON.stringify(methods)}, expected "lora,qlora"`);
     for (const r of m.runs ?? []) {
@@ -451,7 +571,8 @@ export function checkModelsSchema(r: unknown): string[] {
         continue;
       }
       if (r.status !== "ok") p.push(`${id}: status ${JSON.stringify(r.status)} is not ok or failed`);
-      for (const k of ["load_s", "prepare_s", "step_s", "peak_bytes", "plan_bytes", "peak_vs_plan"] as const) if (!num(r[k])) p.push(`${id}: ${k} = ${JSON.stringify(r[k])}, expected a finite number`);
+      for (const k of ["load_s", "prepare_s", "step_s", "peak_bytes", "plan_bytes", "peak_vs_plan"] as const)
+        if (!num(r[k])) p.push(`${id}: ${k} = ${JSON.stringify(r[k])}, expected a finite number`);
       if (r.step_seconds?.length !== x.config?.steps) p.push(`${id}: ${r.step_seconds?.length ?? 0} step times, expected ${x.config?.steps}`);
       if (!r.adapter?.ok) p.push(`${id}: the adapter check did not pass`);
       if (!r.generate?.ids?.length) p.push(`${id}: no generated ids`);

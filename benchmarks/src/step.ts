@@ -6,8 +6,19 @@
 import type { LlamaForCausalLM } from "@lowrank/nn/node";
 import { Rng } from "@lowrank/tensor";
 import {
-  AdamW, BatchLoader, type Example, INIT_LOSS_SCALE, type Method, type MetricRecord, MetricsLog, recomputeLayers, namedParams,
-  prepareModel, resolveConfig, silentReporter, trainLoop,
+  AdamW,
+  BatchLoader,
+  type Example,
+  INIT_LOSS_SCALE,
+  type Method,
+  type MetricRecord,
+  MetricsLog,
+  recomputeLayers,
+  namedParams,
+  prepareModel,
+  resolveConfig,
+  silentReporter,
+  trainLoop,
 } from "@lowrank/trainer/node";
 
 export interface MethodSpec {
@@ -59,8 +70,16 @@ export function syntheticExamples(n: number, seq: number, vocab: number, seed: n
  */
 export async function applyMethod(model: LlamaForCausalLM, spec: MethodSpec, seed = 0, modelDir = "(benchmark)") {
   const cfg = resolveConfig({
-    model: modelDir, data: "(synthetic)", output: "(none)", method: spec.method, rank: spec.rank, alpha: spec.alpha,
-    targetModules: spec.targets, dropout: spec.dropout, seed, recomputeActivations: spec.recompute,
+    model: modelDir,
+    data: "(synthetic)",
+    output: "(none)",
+    method: spec.method,
+    rank: spec.rank,
+    alpha: spec.alpha,
+    targetModules: spec.targets,
+    dropout: spec.dropout,
+    seed,
+    recomputeActivations: spec.recompute,
     ...(spec.mixedPrecision ? { mixedPrecision: spec.mixedPrecision } : {}),
   });
   const prepared = await prepareModel(model, cfg, modelDir);
@@ -89,9 +108,17 @@ export interface StepTiming {
  * 1.0 as the trainer's default); the first `warmup` are not timed.
  */
 export async function timeSteps(
-  model: LlamaForCausalLM, spec: MethodSpec,
+  model: LlamaForCausalLM,
+  spec: MethodSpec,
   o: {
-    batch: number; seq: number; steps: number; warmup: number; lr: number; seed?: number; onStep?: (i: number) => void; maxStepMs?: number;
+    batch: number;
+    seq: number;
+    steps: number;
+    warmup: number;
+    lr: number;
+    seed?: number;
+    onStep?: (i: number) => void;
+    maxStepMs?: number;
     /** Stop once performance.now() passes this and at least one timed step is done (fewer than `steps` then). */
     stopAt?: number;
     /** applyMethod's result when the caller applied the method itself (to time it, or to save the adapter after). */
@@ -106,7 +133,8 @@ export async function timeSteps(
   const tokens = o.batch * o.seq;
   const metrics = new MemoryMetrics((r, i) => {
     const ms = (1000 * tokens) / (r as { tokens_per_s: number }).tokens_per_s;
-    if (o.maxStepMs !== undefined && ms > o.maxStepMs) throw new TooSlowError(`step ${i + 1} took ${(ms / 1000).toFixed(1)} s (limit ${(o.maxStepMs / 1000).toFixed(0)} s)`);
+    if (o.maxStepMs !== undefined && ms > o.maxStepMs)
+      throw new TooSlowError(`step ${i + 1} took ${(ms / 1000).toFixed(1)} s (limit ${(o.maxStepMs / 1000).toFixed(0)} s)`);
     o.onStep?.(i);
     if (o.stopAt !== undefined && i >= o.warmup && performance.now() > o.stopAt) throw new BudgetSpent();
   });
@@ -116,9 +144,23 @@ export async function timeSteps(
   const scaler = spec.mixedPrecision === "fp16" ? { scale: INIT_LOSS_SCALE, goodSteps: 0 } : undefined;
   try {
     await trainLoop({
-      model, params, optimizer, loader, schedule: { name: "constant", lr: o.lr, totalSteps: total, warmupSteps: 0 }, gradAccum: 1, maxGradNorm: 1,
-      startStep: 0, evalEvery: 0, saveEvery: 0, evaluate: async () => {}, save: async () => {}, metrics, reporter: silentReporter, losses,
-      onPeak: (b) => (peakBytes = Math.max(peakBytes, b)), scaler,
+      model,
+      params,
+      optimizer,
+      loader,
+      schedule: { name: "constant", lr: o.lr, totalSteps: total, warmupSteps: 0 },
+      gradAccum: 1,
+      maxGradNorm: 1,
+      startStep: 0,
+      evalEvery: 0,
+      saveEvery: 0,
+      evaluate: async () => {},
+      save: async () => {},
+      metrics,
+      reporter: silentReporter,
+      losses,
+      onPeak: (b) => (peakBytes = Math.max(peakBytes, b)),
+      scaler,
     });
   } catch (e) {
     if (!(e instanceof BudgetSpent)) throw e;

@@ -74,7 +74,18 @@ interface Prepared {
  * Upload operands, warm up (pipeline compile, pool) and size a batch of calls to ~targetMs.
  * A sample is one batch of `reps` matmuls followed by one sync().
  */
-async function prepare(impl: string, be: Backend, dtype: DType, Ah: Float32Array, Bh: Float32Array, M: number, K: number, N: number, targetMs: number, maxReps: number): Promise<Prepared> {
+async function prepare(
+  impl: string,
+  be: Backend,
+  dtype: DType,
+  Ah: Float32Array,
+  Bh: Float32Array,
+  M: number,
+  K: number,
+  N: number,
+  targetMs: number,
+  maxReps: number,
+): Promise<Prepared> {
   const conv = (x: Float32Array) => (dtype === "f32" ? x : Uint16Array.from(x, (v) => f16Bits(v)));
   const a = be.upload(conv(Ah), dtype);
   const b = be.upload(conv(Bh), dtype);
@@ -118,7 +129,11 @@ export async function benchWebGpu(quick: boolean, log: (s: string) => void = con
       const Ah = randomF32(M * K, 1);
       const Bh = randomF32(K * N, 2);
       const r: WebGpuMatmulResult = { name, M, K, N, gflops: {}, ms: {}, samples: {}, tiledOverNaive: NaN, webgpuOverCpu: NaN, relErr: NaN };
-      const impls: [string, Backend, DType][] = [["tiled", tiled, "f32"], ["naive", naive, "f32"], ["cpu", cpu, "f32"]];
+      const impls: [string, Backend, DType][] = [
+        ["tiled", tiled, "f32"],
+        ["naive", naive, "f32"],
+        ["cpu", cpu, "f32"],
+      ];
       if (f16) impls.splice(1, 0, ["tiledF16", tiled, "f16"]);
       // The naive kernel is slow at 2048³: one call per sample, three samples.
       const prepared: Prepared[] = [];
@@ -147,7 +162,11 @@ export async function benchWebGpu(quick: boolean, log: (s: string) => void = con
       r.tiledOverNaive = r.gflops.tiled / r.gflops.naive;
       r.webgpuOverCpu = r.gflops.tiled / r.gflops.cpu;
       results.push(r);
-      log(`  ${name}: ${impls.map(([i]) => `${i} ${fmt(r.gflops[i])}`).join(", ")} GFLOP/s; tiled/naive ${fmt(r.tiledOverNaive)}x, webgpu/cpu ${fmt(r.webgpuOverCpu)}x`);
+      log(
+        `  ${name}: ${impls.map(([i]) => `${i} ${fmt(r.gflops[i])}`).join(", ")} GFLOP/s; tiled/naive ${fmt(r.tiledOverNaive)}x, webgpu/cpu ${fmt(
+          r.webgpuOverCpu,
+        )}x`,
+      );
     }
     const step = await stepCounts(tiled, { batch: 2, seq: 32, steps: quick ? 3 : 5 });
     log(`  ${stepCountsLine(step)}`);

@@ -27,14 +27,27 @@ test("run.sh --quick writes a result where every case has a number or a reason, 
     assert.deepEqual(checkGpuSchema(res), [], "the result should match the schema");
     assert.equal(res.finished, true, "the quick run should finish, not stop at its limit");
     assert.ok(seconds < 180, `the quick run took ${seconds.toFixed(0)} s; expected about 30 s on 2 quiet cores, 180 s at most`);
-    assert.deepEqual(res.cases.filter((c) => c.status === "failed").map((c) => `${c.id}: ${c.error}`), [], "no case should fail");
-    assert.ok(res.setup?.runtime && res.setup["vulkan-loader"], `run.sh should record its runtime and Vulkan loader in setup, got ${JSON.stringify(res.setup)}`);
+    assert.deepEqual(
+      res.cases.filter((c) => c.status === "failed").map((c) => `${c.id}: ${c.error}`),
+      [],
+      "no case should fail",
+    );
+    assert.ok(
+      res.setup?.runtime && res.setup["vulkan-loader"],
+      `run.sh should record its runtime and Vulkan loader in setup, got ${JSON.stringify(res.setup)}`,
+    );
     for (const section of ["backends", "conformance", "kernels", "training"]) {
-      assert.ok(res.cases.some((c) => c.section === section), `expected at least one ${section} case, got ${res.cases.map((c) => c.id).join("; ")}`);
+      assert.ok(
+        res.cases.some((c) => c.section === section),
+        `expected at least one ${section} case, got ${res.cases.map((c) => c.id).join("; ")}`,
+      );
     }
     for (const m of MODELS) {
       for (const row of [`${m} `, "webgpu f32", "webgpu fp16", "cpu f32"]) {
-        assert.ok(res.cases.some((c) => c.section === "training" && c.id.includes(` ${m} `) && c.id.includes(row)), `expected a training row for ${m} ${row}`);
+        assert.ok(
+          res.cases.some((c) => c.section === "training" && c.id.includes(` ${m} `) && c.id.includes(row)),
+          `expected a training row for ${m} ${row}`,
+        );
       }
     }
     if (res.adapter) {
@@ -43,7 +56,10 @@ test("run.sh --quick writes a result where every case has a number or a reason, 
       assert.deepEqual(skipped, [], `with an adapter (${res.adapter.name}) no quick case should skip`);
       const step = res.cases.find((c) => c.id.startsWith("train stories260K lora webgpu f32"));
       for (const k of ["tokens_per_s", "peak_bytes", "dispatches_per_step", "submits_per_step", "reads_per_step"]) {
-        assert.ok(typeof step?.metrics?.[k] === "number" && step.metrics[k]! > 0, `stories260K webgpu row: expected ${k} > 0, got ${JSON.stringify(step?.metrics)}`);
+        assert.ok(
+          typeof step?.metrics?.[k] === "number" && step.metrics[k]! > 0,
+          `stories260K webgpu row: expected ${k} > 0, got ${JSON.stringify(step?.metrics)}`,
+        );
       }
       assert.equal(res.adapter.peak, null, "lavapipe has no published peak: % of peak must be null");
     }
@@ -56,7 +72,8 @@ test("the schema check names what it expected", () => {
   const base = { suite: "gpu", schema: 1, config: { command: "x", quick: true }, wall_seconds: 1 };
   assert.deepEqual(checkGpuSchema({ ...base, cases: [{ id: "a", section: "kernels", status: "ok", metrics: { gflops: 1, pct_peak: null }, seconds: 0 }] }), []);
   const bad = checkGpuSchema({
-    ...base, cases: [
+    ...base,
+    cases: [
       { id: "no number", section: "kernels", status: "ok", metrics: { pct_peak: null }, seconds: 0 },
       { id: "nan", section: "training", status: "ok", metrics: { tokens_per_s: 1, x: "NaN" }, seconds: 0 },
       { id: "no reason", section: "training", status: "skipped", seconds: 0 },
@@ -76,7 +93,8 @@ test("peaks come from the table by adapter name; an unknown device has none", ()
   assert.equal(peakFor("NVIDIA H100 PCIe")?.device, "NVIDIA H100 PCIe");
   assert.equal(peakFor("NVIDIA H100 80GB HBM3 (vendor nvidia, hopper)")?.device, "NVIDIA H100 SXM5");
   assert.equal(peakFor("llvmpipe (LLVM 15.0.6, 256 bits)"), null);
-  for (const p of ["NVIDIA H200", "NVIDIA A100-SXM4-80GB"]) assert.match(peakFor(p)?.source ?? "", /whitepaper|datasheet/, `${p}: the peak should name its source`);
+  for (const p of ["NVIDIA H200", "NVIDIA A100-SXM4-80GB"])
+    assert.match(peakFor(p)?.source ?? "", /whitepaper|datasheet/, `${p}: the peak should name its source`);
 });
 
 test("model configs: the real shapes' parameter counts; --quick keeps heads and kv heads", () => {
@@ -94,16 +112,47 @@ test("REPORT.md's GPU section: a plain statement without a result, the device's 
   assert.match(none, /No GPU figure exists yet/);
   assert.match(none, /benchmarks\/gpu\/run\.sh/);
   const g: GpuResult = {
-    suite: "gpu", schema: 1, config: { command: "lowrank bench gpu --out /o/gpu.json", date: "2027-01-01T00:00:00Z", quick: false, budget_s: 450, machine: { cpu: "x", cores: 16, memoryGiB: 128, runtime: "node 20", loadavg1: 0 } },
+    suite: "gpu",
+    schema: 1,
+    config: {
+      command: "lowrank bench gpu --out /o/gpu.json",
+      date: "2027-01-01T00:00:00Z",
+      quick: false,
+      budget_s: 450,
+      machine: { cpu: "x", cores: 16, memoryGiB: 128, runtime: "node 20", loadavg1: 0 },
+    },
     setup: { runtime: "bundle", "vulkan-loader": "unpacked into /", "nvidia-smi": "NVIDIA H200, 580.1, 143771 MiB" },
     adapter: { name: "NVIDIA H200 (vendor nvidia, hopper)", features: ["shader-f16"], f16: true, peak: peakFor("NVIDIA H200") },
     cases: [
       { id: "conformance suite (webgpu)", section: "conformance", status: "ok", metrics: { total: 112, passed: 112, failed: 0, not_run: 0 }, seconds: 9 },
       { id: "matmul f32 4096x4096x4096 webgpu", section: "kernels", status: "ok", metrics: { gflops: 20100, ms: 6.8, pct_peak: 30 }, seconds: 2 },
-      { id: "train TinyLlama-1.1B qlora webgpu f32 batch 2x512", section: "training", status: "ok", metrics: { tokens_per_s: 5000, step_ms: 204, peak_bytes: 3 * 2 ** 30, dispatches_per_step: 900, submits_per_step: 3, reads_per_step: 2, timed_steps: 10, first_loss: 10.4, last_loss: 10.3 }, seconds: 60 },
-      { id: "train TinyLlama-1.1B qlora cpu f32 batch 2x512", section: "training", status: "skipped", skipped: "would not fit: two steps need about 400 s", seconds: 0 },
+      {
+        id: "train TinyLlama-1.1B qlora webgpu f32 batch 2x512",
+        section: "training",
+        status: "ok",
+        metrics: {
+          tokens_per_s: 5000,
+          step_ms: 204,
+          peak_bytes: 3 * 2 ** 30,
+          dispatches_per_step: 900,
+          submits_per_step: 3,
+          reads_per_step: 2,
+          timed_steps: 10,
+          first_loss: 10.4,
+          last_loss: 10.3,
+        },
+        seconds: 60,
+      },
+      {
+        id: "train TinyLlama-1.1B qlora cpu f32 batch 2x512",
+        section: "training",
+        status: "skipped",
+        skipped: "would not fit: two steps need about 400 s",
+        seconds: 0,
+      },
     ],
-    wall_seconds: 400, finished: true,
+    wall_seconds: 400,
+    finished: true,
   };
   const md = gpuSection(g, "/x/results/gpu-2027-01-01.json").join("\n");
   assert.doesNotMatch(md, /No GPU figure exists yet|NaN|undefined/);

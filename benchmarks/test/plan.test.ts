@@ -30,8 +30,14 @@ test("NF4 + double quant storage is 4.127 bits per parameter asymptotically", ()
 });
 
 for (const [shape, method, recompute] of [
-  ["stories260K", "full", false], ["stories260K", "full", true], ["stories260K", "lora", false], ["stories260K", "lora", true],
-  ["stories260K", "qlora", true], ["stories15M", "lora", true], ["stories15M", "qlora", true], ["stories15M", "full", false],
+  ["stories260K", "full", false],
+  ["stories260K", "full", true],
+  ["stories260K", "lora", false],
+  ["stories260K", "lora", true],
+  ["stories260K", "qlora", true],
+  ["stories15M", "lora", true],
+  ["stories15M", "qlora", true],
+  ["stories15M", "full", false],
 ] as const) {
   test(`plan vs measured: ${shape} ${method}${recompute ? " +recompute" : ""}`, { timeout: 120_000 }, async () => {
     const be = createCpuBackend();
@@ -39,11 +45,13 @@ for (const [shape, method, recompute] of [
       const r = await measureCase({ shape, method, recompute }, cfg, dataDir, be);
       assert.equal(r.leakedBytes, 0, "every byte came back");
       for (const k of ["weights", "lora", "gradients", "optimizer"] as const) {
-        const m = r.measured[k], f = r.formula[k];
+        const m = r.measured[k],
+          f = r.formula[k];
         assert.ok(Math.abs(m - f) <= Math.max(0.005 * m, 64), `${k}: measured ${m}, formula ${f}`);
       }
       for (const k of ["activations", "peak"] as const) {
-        const m = r.measured[k], f = r.formula[k];
+        const m = r.measured[k],
+          f = r.formula[k];
         assert.ok(Math.abs(m / f - 1) <= 0.1, `${k}: measured ${m}, formula ${f} (ratio ${(m / f).toFixed(3)})`);
       }
     } finally {

@@ -14,12 +14,47 @@ test("ticks are round and enclose the range", () => {
 });
 
 test("SVG output is well formed and deterministic", () => {
-  const svg = () => linePanels([{ title: "t", series: [{ label: "a<b", color: "#000", points: [{ x: 1, y: 2 }, { x: 2, y: 1, err: 0.1 }] }] }], { title: "T & U", xLabel: "x", yLabel: "y" });
+  const svg = () =>
+    linePanels(
+      [
+        {
+          title: "t",
+          series: [
+            {
+              label: "a<b",
+              color: "#000",
+              points: [
+                { x: 1, y: 2 },
+                { x: 2, y: 1, err: 0.1 },
+              ],
+            },
+          ],
+        },
+      ],
+      { title: "T & U", xLabel: "x", yLabel: "y" },
+    );
   assert.equal(svg(), svg());
   assert.match(svg(), /^<svg xmlns="http:\/\/www.w3.org\/2000\/svg"[^>]*>[\s\S]*<\/svg>\n$/);
   assert.match(svg(), /a&lt;b/);
   assert.doesNotMatch(svg(), /NaN|undefined/);
-  const bars = stackedBarPanels([{ title: "m", bars: [{ label: "full", parts: [{ name: "weights", value: 1 }, { name: "grads", value: 2 }], marker: 3 }] }], { title: "x", yLabel: "MiB", parts: ["weights", "grads"], markerLabel: "formula" });
+  const bars = stackedBarPanels(
+    [
+      {
+        title: "m",
+        bars: [
+          {
+            label: "full",
+            parts: [
+              { name: "weights", value: 1 },
+              { name: "grads", value: 2 },
+            ],
+            marker: 3,
+          },
+        ],
+      },
+    ],
+    { title: "x", yLabel: "MiB", parts: ["weights", "grads"], markerLabel: "formula" },
+  );
   assert.doesNotMatch(bars, /NaN|undefined/);
 });
 
@@ -49,11 +84,21 @@ test("the report is built from the newest full result of each suite, quick runs 
 
 test("section 9 shows each round's spread, the server CPU time ratio and the load; an older result without them still renders", () => {
   const mode = { tokens: 512, serial_s: 2, concurrent_s: 0.4, speedup: 5, p50_ms: 90, p99_ms: 120, mismatches: [] };
-  const base = { command: "node --import tsx apps/server/bench/load.ts --batching --max-tokens 32 --rounds 1", max_tokens: 32, rounds: 1, batching: { decode_steps: 40, sequence_steps: 600, max_batch: 16 }, pass: true };
-  const now = batchingSection({
-    ...base, load_average: [1.5, 2.25],
-    results: { "4 adapters": { ...mode, round_speedups: [4.5, 5.5], server_cpu: { serial_s: 1.8, concurrent_s: 0.4, speedup: 4.5 } } },
-  }, "/x/results/batching-2099-01-01.json").join("\n");
+  const base = {
+    command: "node --import tsx apps/server/bench/load.ts --batching --max-tokens 32 --rounds 1",
+    max_tokens: 32,
+    rounds: 1,
+    batching: { decode_steps: 40, sequence_steps: 600, max_batch: 16 },
+    pass: true,
+  };
+  const now = batchingSection(
+    {
+      ...base,
+      load_average: [1.5, 2.25],
+      results: { "4 adapters": { ...mode, round_speedups: [4.5, 5.5], server_cpu: { serial_s: 1.8, concurrent_s: 0.4, speedup: 4.5 } } },
+    },
+    "/x/results/batching-2099-01-01.json",
+  ).join("\n");
   assert.match(now, /\| 4 adapters \| 512 \| 256\.0 \| 1280\.0 \| \*\*5\.00x\*\* \| 4\.50-5\.50x \| 4\.50x \| 90 \| 120 \| 0 \|/);
   assert.match(now, /load average 1\.50 at the start, 2\.25 at the end/);
   assert.match(now, /\*\*met\*\*/);

@@ -37,8 +37,15 @@ export function publishable(): Publishable[] {
     if (!existsSync(file)) continue;
     const pkg = JSON.parse(readFileSync(file, "utf8"));
     if (pkg.private) continue;
-    const subpaths = Object.entries(pkg.exports ?? {}).filter(([k, v]) => v !== null && k !== "./package.json").map(([k]) => k);
-    out.push({ dir: join(ROOT, "packages", d), name: pkg.name, version: pkg.version, specifiers: subpaths.map((s) => (s === "." ? pkg.name : `${pkg.name}/${s.slice(2)}`)) });
+    const subpaths = Object.entries(pkg.exports ?? {})
+      .filter(([k, v]) => v !== null && k !== "./package.json")
+      .map(([k]) => k);
+    out.push({
+      dir: join(ROOT, "packages", d),
+      name: pkg.name,
+      version: pkg.version,
+      specifiers: subpaths.map((s) => (s === "." ? pkg.name : `${pkg.name}/${s.slice(2)}`)),
+    });
   }
   return out;
 }
@@ -104,7 +111,8 @@ export function scratchLockfile(packs: Packed[], rootDir: string): object {
     // The tarball's package.json is the workspace's (npm pack copies it as is).
     const manifest = JSON.parse(readFileSync(join(pkg.dir, "package.json"), "utf8")) as LockEntry;
     packages[`node_modules/${p.name}`] = {
-      version: manifest.version, resolved: rootDeps[p.name],
+      version: manifest.version,
+      resolved: rootDeps[p.name],
       ...pick(manifest, ["license", "dependencies", "optionalDependencies", "peerDependencies"]),
     };
     const from = relative(ROOT, pkg.dir).split(sep).join("/"); // packages/<dir>: its own node_modules first
@@ -124,14 +132,24 @@ const relativeTo = (from: string, to: string) => {
  * something, once more online. Returns how it went, for the test's diagnostics.
  */
 export function install(dir: string, packs: Packed[]): { offline: boolean; ms: number; note: string } {
-  writeFileSync(join(dir, "package.json"), `${JSON.stringify({
-    name: "lowrank-consumer", private: true, type: "module",
-    dependencies: Object.fromEntries(packs.map((p) => [p.name, `file:${relativeTo(dir, p.file)}`])),
-  }, null, 2)}\n`);
+  writeFileSync(
+    join(dir, "package.json"),
+    `${JSON.stringify(
+      {
+        name: "lowrank-consumer",
+        private: true,
+        type: "module",
+        dependencies: Object.fromEntries(packs.map((p) => [p.name, `file:${relativeTo(dir, p.file)}`])),
+      },
+      null,
+      2,
+    )}\n`,
+  );
   writeFileSync(join(dir, "package-lock.json"), `${JSON.stringify(scratchLockfile(packs, dir), null, 2)}\n`);
   const t0 = performance.now();
   // --ignore-scripts: as in the repository (koffi and webgpu ship their binaries prebuilt).
-  const run = (extra: string[]) => spawnSync("npm", ["ci", "--ignore-scripts", "--no-audit", "--no-fund", ...extra], { cwd: dir, encoding: "utf8", env: cleanEnv() });
+  const run = (extra: string[]) =>
+    spawnSync("npm", ["ci", "--ignore-scripts", "--no-audit", "--no-fund", ...extra], { cwd: dir, encoding: "utf8", env: cleanEnv() });
   let r = run(["--offline"]);
   if (r.status === 0) return { offline: true, ms: performance.now() - t0, note: "npm ci --offline from the npm cache" };
   const first = `${r.stdout}${r.stderr}`.trim().split("\n").slice(-3).join(" / ");

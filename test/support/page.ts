@@ -9,8 +9,14 @@ import { extname, join, normalize, sep } from "node:path";
 
 export const chromiumPath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const ARGS = [
-  "--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-  "--disable-quic", "--disable-dev-shm-usage", "--enable-unsafe-webgpu",
+  "--no-sandbox",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--no-first-run",
+  "--disable-quic",
+  "--disable-dev-shm-usage",
+  "--enable-unsafe-webgpu",
 ];
 const MIME: Record<string, string> = { ".html": "text/html; charset=utf-8", ".js": "text/javascript", ".wasm": "application/wasm" };
 
@@ -31,7 +37,10 @@ export async function buildPage(dir: string, outDir: string, main: string): Prom
   writeFileSync(join(dir, "main.js"), main);
   const { build } = await import("vite");
   await build({
-    configFile: false, root: dir, base: "./", logLevel: "error",
+    configFile: false,
+    root: dir,
+    base: "./",
+    logLevel: "error",
     build: { outDir, emptyOutDir: true, target: "es2022" }, // top-level await
   });
 }

@@ -60,13 +60,11 @@ export function isBackendChoice(v: string): v is BackendChoice {
 
 /** Resolve the request: option, else LOWRANK_BACKEND, else auto. Throws a usage BackendError on bad values. */
 export function resolveChoice(
-  choice: string | undefined, env: Record<string, string | undefined> = process.env,
+  choice: string | undefined,
+  env: Record<string, string | undefined> = process.env,
 ): { requested: BackendChoice; source: BackendSelection["source"] } {
-  const [value, source]: [string, BackendSelection["source"]] = choice !== undefined
-    ? [choice, "--backend"]
-    : env.LOWRANK_BACKEND
-      ? [env.LOWRANK_BACKEND, "LOWRANK_BACKEND"]
-      : ["auto", "default"];
+  const [value, source]: [string, BackendSelection["source"]] =
+    choice !== undefined ? [choice, "--backend"] : env.LOWRANK_BACKEND ? [env.LOWRANK_BACKEND, "LOWRANK_BACKEND"] : ["auto", "default"];
   if (!isBackendChoice(value)) {
     const where = source === "--backend" ? `--backend ${value}` : `LOWRANK_BACKEND=${value}`;
     throw new BackendError(`${where} is not a backend: use one of ${BACKEND_CHOICES.join(", ")}`, true);
@@ -116,7 +114,10 @@ export function shortAdapterName(probe: WebGpuProbe): string {
 export function autoChoice(probe: WebGpuProbe): { name: "cpu" | "webgpu"; reason: string } {
   if (!probe.available) return { name: "cpu", reason: `webgpu unavailable${probe.reason ? ` (${probe.reason})` : ""}` };
   if (isSoftwareAdapter(probe.adapter)) {
-    return { name: "cpu", reason: `webgpu adapter ${shortAdapterName(probe)} is a software rasterizer (slower than the cpu backend); --backend webgpu forces it` };
+    return {
+      name: "cpu",
+      reason: `webgpu adapter ${shortAdapterName(probe)} is a software rasterizer (slower than the cpu backend); --backend webgpu forces it`,
+    };
   }
   return { name: "webgpu", reason: `webgpu adapter ${shortAdapterName(probe)} found` };
 }
@@ -126,11 +127,19 @@ export function autoChoice(probe: WebGpuProbe): { name: "cpu" | "webgpu"; reason
  * The caller owns the returned backend and must dispose() it.
  */
 export async function selectBackend(
-  choice?: BackendChoice, env: Record<string, string | undefined> = process.env, probe?: WebGpuProbe,
+  choice?: BackendChoice,
+  env: Record<string, string | undefined> = process.env,
+  probe?: WebGpuProbe,
 ): Promise<BackendSelection> {
   const { requested, source } = resolveChoice(choice, env);
   if (requested === "cpu") {
-    return { name: "cpu", backend: createCpuBackend(), requested, source, reason: `requested by ${source === "--backend" ? "--backend cpu" : "LOWRANK_BACKEND=cpu"}` };
+    return {
+      name: "cpu",
+      backend: createCpuBackend(),
+      requested,
+      source,
+      reason: `requested by ${source === "--backend" ? "--backend cpu" : "LOWRANK_BACKEND=cpu"}`,
+    };
   }
   const webgpu = probe ?? (await probeWebGpu());
   const where = source === "--backend" ? "--backend webgpu" : "LOWRANK_BACKEND=webgpu";

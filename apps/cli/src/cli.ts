@@ -2,9 +2,7 @@
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { createCpuBackend } from "@lowrank/backend-cpu";
-import {
-  asBackendError, autoChoice, BACKEND_CHOICES, type BackendChoice, describeBlas, probeWebGpu, resolveChoice, selectBackend,
-} from "./backends.ts";
+import { asBackendError, autoChoice, BACKEND_CHOICES, type BackendChoice, describeBlas, probeWebGpu, resolveChoice, selectBackend } from "./backends.ts";
 import { resolveDataDir } from "./data-dir.ts";
 import { DEQUANTIZE_USAGE, QUANTIZE_USAGE, quantizeCommand } from "./quantize.ts";
 import { finetuneCommand } from "./finetune.ts";
@@ -137,7 +135,17 @@ export async function run(argv: string[], env: Env = process.env): Promise<numbe
       case "merge":
         if (rest.length) return usage(`merge takes no positional arguments (got ${rest.join(" ")}); use ${MERGE_USAGE}`);
         return await mergeCommand(
-          { model: values.model, adapter: values.adapter, out: values.out, adapterName: values["adapter-name"], dtype: values.dtype, ignoreBaseModel: values["ignore-base-model"], dequantize: values.dequantize, backend: values.backend, dataDir: values["data-dir"] },
+          {
+            model: values.model,
+            adapter: values.adapter,
+            out: values.out,
+            adapterName: values["adapter-name"],
+            dtype: values.dtype,
+            ignoreBaseModel: values["ignore-base-model"],
+            dequantize: values.dequantize,
+            backend: values.backend,
+            dataDir: values["data-dir"],
+          },
           usage,
           env,
         );
@@ -200,7 +208,13 @@ async function backendsCommand(option: string | undefined, dataDirFlag: string |
   const failed = "error" in selected || "error" in cpu;
 
   if (json) {
-    console.log(JSON.stringify({ version: version(), runtime, runtimeVersion: runtimeVersion(runtime), cpu, webgpu, auto, requested, source, selected, dataDir }, null, 2));
+    console.log(
+      JSON.stringify(
+        { version: version(), runtime, runtimeVersion: runtimeVersion(runtime), cpu, webgpu, auto, requested, source, selected, dataDir },
+        null,
+        2,
+      ),
+    );
     return failed ? EXIT_FAIL : EXIT_OK;
   }
   const lines = [

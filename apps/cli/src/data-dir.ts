@@ -19,8 +19,8 @@ export function resolveDataDir(flag: string | undefined, env: Record<string, str
   const [raw, source]: [string, DataDir["source"]] = flag
     ? [flag, "--data-dir"]
     : env.LOWRANK_DATA_DIR
-      ? [env.LOWRANK_DATA_DIR, "LOWRANK_DATA_DIR"]
-      : [DEFAULT_DATA_DIR, "default"];
+    ? [env.LOWRANK_DATA_DIR, "LOWRANK_DATA_DIR"]
+    : [DEFAULT_DATA_DIR, "default"];
   const path = resolve(raw);
   return { path, source, exists: existsSync(path) };
 }
@@ -55,7 +55,8 @@ export function locateDir(value: string, dataDir: string, cwd: string, marker = 
   const hit = dirs.find((d) => existsSync(join(d, marker))) ?? dirs.find((d) => existsSync(d));
   if (hit) return hit;
   const [repoId] = value.split("@");
-  const hub = !isAbsolute(value) && !value.startsWith(".") && isHfRepoId(repoId) ? `; to download it from the Hugging Face Hub, pass ${HUB_PREFIX}${value}` : "";
+  const hub =
+    !isAbsolute(value) && !value.startsWith(".") && isHfRepoId(repoId) ? `; to download it from the Hugging Face Hub, pass ${HUB_PREFIX}${value}` : "";
   throw new ModelNotFoundError(`${what} ${value}: no ${marker} in ${dirs.join(" or ")}${hub}`);
 }
 
@@ -66,7 +67,10 @@ export function locateDir(value: string, dataDir: string, cwd: string, marker = 
  * path is a local error and never a network request.
  */
 export async function resolveModelDir(
-  value: string, dataDir: string, cwd: string, env: Record<string, string | undefined>,
+  value: string,
+  dataDir: string,
+  cwd: string,
+  env: Record<string, string | undefined>,
   log: (s: string) => void = (s) => void process.stderr.write(s),
 ): Promise<string> {
   if (!value.startsWith(HUB_PREFIX)) return locateDir(value, dataDir, cwd);
@@ -77,7 +81,10 @@ export async function resolveModelDir(
   let lastT = 0;
   const tty = process.stderr.isTTY === true;
   const dir = await downloadHfModel(repoId, {
-    cacheDir, revision, endpoint: env.HF_ENDPOINT || undefined, token: env.HF_TOKEN || undefined,
+    cacheDir,
+    revision,
+    endpoint: env.HF_ENDPOINT || undefined,
+    token: env.HF_TOKEN || undefined,
     onProgress: (p) => {
       const done = p.total !== null && p.loaded >= p.total;
       const now = Date.now();

@@ -9,7 +9,15 @@ import process from "node:process";
 import { parseArgs } from "node:util";
 import { LoraConfigError, loraOptions } from "@lowrank/lora/node";
 import {
-  ConfigError, DATA_FORMATS, DatasetError, type FinetuneInput, type FinetuneResult, METHODS, SCHEDULERS, consoleReporter, run,
+  ConfigError,
+  DATA_FORMATS,
+  DatasetError,
+  type FinetuneInput,
+  type FinetuneResult,
+  METHODS,
+  SCHEDULERS,
+  consoleReporter,
+  run,
 } from "@lowrank/trainer/node";
 import { BACKEND_CHOICES, type BackendChoice, resolveChoice, selectBackend } from "./backends.ts";
 import { locateInDataDir, resolveDataDir, resolveModelDir } from "./data-dir.ts";
@@ -125,7 +133,11 @@ export const FINETUNE_OPTIONS = {
 
 type Values = ReturnType<typeof parseArgs<{ options: typeof FINETUNE_OPTIONS; allowPositionals: true }>>["values"];
 
-const list = (s: string) => s.split(",").map((x) => x.trim()).filter(Boolean);
+const list = (s: string) =>
+  s
+    .split(",")
+    .map((x) => x.trim())
+    .filter(Boolean);
 
 function jsonFlag(flag: string, raw: string): unknown {
   try {
@@ -155,7 +167,8 @@ export function loraFields(v: Values, cwd = process.cwd()): Record<string, unkno
     } catch (e) {
       throw new FinetuneUsageError(`--lora-config ${path}: not valid JSON (${(e as Error).message})`);
     }
-    if (typeof json !== "object" || json === null || Array.isArray(json)) throw new FinetuneUsageError(`--lora-config ${path}: expected a JSON object of PEFT LoraConfig fields`);
+    if (typeof json !== "object" || json === null || Array.isArray(json))
+      throw new FinetuneUsageError(`--lora-config ${path}: expected a JSON object of PEFT LoraConfig fields`);
     fields = { ...(json as Record<string, unknown>) };
   }
   if (v["use-dora"]) fields.use_dora = true;
@@ -166,7 +179,8 @@ export function loraFields(v: Values, cwd = process.cwd()): Record<string, unkno
   if (v["layers-to-transform"] !== undefined) {
     fields.layers_to_transform = list(v["layers-to-transform"]).map((x) => {
       const n = Number(x);
-      if (!Number.isInteger(n) || n < 0) throw new FinetuneUsageError(`--layers-to-transform ${v["layers-to-transform"]}: "${x}" is not a layer index (0, 1, ...)`);
+      if (!Number.isInteger(n) || n < 0)
+        throw new FinetuneUsageError(`--layers-to-transform ${v["layers-to-transform"]}: "${x}" is not a layer index (0, 1, ...)`);
       return n;
     });
   }
@@ -195,7 +209,10 @@ export function finetuneInput(v: Values, env: Env, cwd = process.cwd()): Finetun
   if (!v.data) throw new FinetuneUsageError("--data <file> is required");
   const recomputeOn = v["recompute-activations"] || v["gradient-checkpointing"];
   const recomputeOff = v["no-recompute-activations"] || v["no-gradient-checkpointing"];
-  if (recomputeOn && recomputeOff) throw new FinetuneUsageError("--recompute-activations and --no-recompute-activations (or --gradient-checkpointing and --no-gradient-checkpointing) contradict each other");
+  if (recomputeOn && recomputeOff)
+    throw new FinetuneUsageError(
+      "--recompute-activations and --no-recompute-activations (or --gradient-checkpointing and --no-gradient-checkpointing) contradict each other",
+    );
   if (v.bf16 && v.fp16) throw new FinetuneUsageError("--bf16 and --fp16 contradict each other");
   const dataDir = resolveDataDir(v["data-dir"], env).path;
   const locate = (p: string) => locateInDataDir(p, dataDir, cwd);
@@ -300,14 +317,23 @@ function fail(code: number, message: string): number {
 export function summary(r: FinetuneResult, wallSeconds: number): string {
   const lines = [`${r.config.method} fine-tune: ${r.steps} steps in ${r.trainSeconds.toFixed(0)} s of training (${wallSeconds.toFixed(0)} s in all)`];
   if (r.before && r.after) {
-    lines.push(`eval loss ${r.before.loss.toFixed(4)} -> ${r.after.loss.toFixed(4)}, perplexity ${r.before.perplexity.toFixed(2)} -> ${r.after.perplexity.toFixed(2)} (${r.after.tokens.toLocaleString("en-US")} held-out tokens)`);
+    lines.push(
+      `eval loss ${r.before.loss.toFixed(4)} -> ${r.after.loss.toFixed(4)}, perplexity ${r.before.perplexity.toFixed(2)} -> ${r.after.perplexity.toFixed(
+        2,
+      )} (${r.after.tokens.toLocaleString("en-US")} held-out tokens)`,
+    );
   }
   if (r.samples) {
     const q = (s: string) => JSON.stringify(s);
     lines.push(`greedy sample, prompt ${q(r.samples.prompt)}`, `  before: ${q(r.samples.before)}`, `  after:  ${q(r.samples.after)}`);
   }
-  if (r.skipped) lines.push(`${r.skipped} step(s) skipped (non-finite loss or gradients${r.config.mixedPrecision === "fp16" ? ", or fp16 overflow: the loss scale backed off" : ""})`);
+  if (r.skipped)
+    lines.push(
+      `${r.skipped} step(s) skipped (non-finite loss or gradients${r.config.mixedPrecision === "fp16" ? ", or fp16 overflow: the loss scale backed off" : ""})`,
+    );
   const files = r.outputFiles.length ? ` (${r.outputFiles.join(", ")})` : "";
-  lines.push(`saved to ${r.output}${files}; metrics.jsonl, eval_report.json, training_args.json and ${r.checkpoint ? basename(r.checkpoint) : "checkpoints"} beside`);
+  lines.push(
+    `saved to ${r.output}${files}; metrics.jsonl, eval_report.json, training_args.json and ${r.checkpoint ? basename(r.checkpoint) : "checkpoints"} beside`,
+  );
   return lines.join("\n");
 }

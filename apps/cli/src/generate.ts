@@ -35,10 +35,21 @@ export async function generateCommand(argv: string[], env: Env, usage: (message:
       args: argv,
       allowPositionals: false,
       options: {
-        model: { type: "string" }, prompt: { type: "string" }, adapter: { type: "string" }, "adapter-name": { type: "string" },
-        "max-new-tokens": { type: "string" }, temperature: { type: "string" }, "top-k": { type: "string" }, "top-p": { type: "string" },
-        "repetition-penalty": { type: "string" }, seed: { type: "string" }, backend: { type: "string" }, "data-dir": { type: "string" },
-        chat: { type: "boolean" }, system: { type: "string" }, help: { type: "boolean", short: "h" },
+        model: { type: "string" },
+        prompt: { type: "string" },
+        adapter: { type: "string" },
+        "adapter-name": { type: "string" },
+        "max-new-tokens": { type: "string" },
+        temperature: { type: "string" },
+        "top-k": { type: "string" },
+        "top-p": { type: "string" },
+        "repetition-penalty": { type: "string" },
+        seed: { type: "string" },
+        backend: { type: "string" },
+        "data-dir": { type: "string" },
+        chat: { type: "boolean" },
+        system: { type: "string" },
+        help: { type: "boolean", short: "h" },
       },
     }).values;
   } catch (err) {
@@ -93,14 +104,21 @@ export async function generateCommand(argv: string[], env: Env, usage: (message:
     }
     const eos = [...model.config.eos_token_id, ...(gen?.eos_token_id ?? []), ...(tokenizer.eosTokenId === null ? [] : [tokenizer.eosTokenId])];
     if (v.adapter) {
-      await loadAdapter(model, locateDir(v.adapter as string, dataDir, cwd, "adapter_config.json", "--adapter"), (v["adapter-name"] as string | undefined) ?? "default");
+      await loadAdapter(
+        model,
+        locateDir(v.adapter as string, dataDir, cwd, "adapter_config.json", "--adapter"),
+        (v["adapter-name"] as string | undefined) ?? "default",
+      );
     }
     model.eval();
     console.error(`lowrank generate: ${sel.name} backend (${sel.backend.device}; ${sel.reason})`);
     const t0 = performance.now();
     let pieces = 0;
     if (v.chat) {
-      const messages: ChatMessage[] = [...(v.system !== undefined ? [{ role: "system" as const, content: v.system as string }] : []), { role: "user", content: v.prompt as string }];
+      const messages: ChatMessage[] = [
+        ...(v.system !== undefined ? [{ role: "system" as const, content: v.system as string }] : []),
+        { role: "user", content: v.prompt as string },
+      ];
       const p = chatGenerationPrompt(tokenizer, messages);
       const t = tokenizer.chatTemplate;
       console.error(`lowrank generate: chat prompt ${t ? `from the model's chat_template (${t.file})` : "in ChatML: the tokenizer has no chat_template"}`);

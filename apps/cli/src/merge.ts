@@ -16,7 +16,8 @@ export interface MergeArgs {
   dataDir?: string;
 }
 
-export const MERGE_USAGE = "lowrank merge --model <dir> --adapter <dir> --out <dir> [--adapter-name <name>] [--dtype f32|f16|bf16] [--dequantize] [--ignore-base-model]";
+export const MERGE_USAGE =
+  "lowrank merge --model <dir> --adapter <dir> --out <dir> [--adapter-name <name>] [--dtype f32|f16|bf16] [--dequantize] [--ignore-base-model]";
 
 /** Returns the exit code: 0 merged, 1 the merge failed (message on stderr), 2 usage. */
 export async function mergeCommand(a: MergeArgs, usage: (message: string) => number, env: Record<string, string | undefined> = {}): Promise<number> {
@@ -24,7 +25,8 @@ export async function mergeCommand(a: MergeArgs, usage: (message: string) => num
   if (missing.length) return usage(`merge needs ${missing.map((k) => `--${k}`).join(", ")} (${MERGE_USAGE})`);
   if (a.dtype !== undefined && !["f32", "f16", "bf16"].includes(a.dtype)) return usage(`--dtype ${a.dtype}: use f32, f16 or bf16`);
   // Merging is a one-off host job: it always runs on the CPU backend.
-  if (a.backend !== undefined && a.backend !== "cpu" && a.backend !== "auto") return usage(`merge runs on the CPU; --backend ${a.backend} is not supported here`);
+  if (a.backend !== undefined && a.backend !== "cpu" && a.backend !== "auto")
+    return usage(`merge runs on the CPU; --backend ${a.backend} is not supported here`);
   const dataDir = resolveDataDir(a.dataDir, env).path;
   let model: string, adapter: string;
   try {

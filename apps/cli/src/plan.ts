@@ -6,7 +6,8 @@
 import { parseArgs } from "node:util";
 import { LINEAR_TARGETS, type PlanMethod, planShapeFor, planText } from "@lowrank/trainer";
 
-export const PLAN_USAGE = "lowrank plan --params <n> --method <qlora|lora|full> [--rank 8] [--layers N --hidden N] [--seq-len 512] [--batch-size 1] [--target-modules all-linear|q_proj,v_proj] [--dropout 0.05] [--recompute-activations on|off]";
+export const PLAN_USAGE =
+  "lowrank plan --params <n> --method <qlora|lora|full> [--rank 8] [--layers N --hidden N] [--seq-len 512] [--batch-size 1] [--target-modules all-linear|q_proj,v_proj] [--dropout 0.05] [--recompute-activations on|off]";
 
 /** `lowrank plan ...`: print the memory a configuration needs (@lowrank/trainer's estimate). */
 export function planCommand(argv: string[]): number {
@@ -15,9 +16,17 @@ export function planCommand(argv: string[]): number {
     v = parseArgs({
       args: argv,
       options: {
-        params: { type: "string" }, method: { type: "string" }, rank: { type: "string" }, layers: { type: "string" }, hidden: { type: "string" },
-        "seq-len": { type: "string" }, "batch-size": { type: "string" }, "target-modules": { type: "string" }, dropout: { type: "string" },
-        "recompute-activations": { type: "string" }, help: { type: "boolean", short: "h" },
+        params: { type: "string" },
+        method: { type: "string" },
+        rank: { type: "string" },
+        layers: { type: "string" },
+        hidden: { type: "string" },
+        "seq-len": { type: "string" },
+        "batch-size": { type: "string" },
+        "target-modules": { type: "string" },
+        dropout: { type: "string" },
+        "recompute-activations": { type: "string" },
+        help: { type: "boolean", short: "h" },
       },
     }).values;
   } catch (e) {
@@ -48,7 +57,8 @@ export function planCommand(argv: string[]): number {
   if (!(dropout >= 0 && dropout < 1)) errors.push(`--dropout must be in [0, 1), got ${v.dropout}`);
   const tm = v["target-modules"] ?? "all-linear";
   const targets: "all-linear" | string[] = tm === "all-linear" ? "all-linear" : tm.split(",").map((s) => s.trim());
-  if (targets !== "all-linear" && targets.some((t) => !(LINEAR_TARGETS as readonly string[]).includes(t))) errors.push(`--target-modules: use all-linear or names among ${LINEAR_TARGETS.join(",")}`);
+  if (targets !== "all-linear" && targets.some((t) => !(LINEAR_TARGETS as readonly string[]).includes(t)))
+    errors.push(`--target-modules: use all-linear or names among ${LINEAR_TARGETS.join(",")}`);
   const again = v["recompute-activations"];
   if (again !== undefined && again !== "on" && again !== "off") errors.push(`--recompute-activations must be on or off, got ${again}`);
   if (errors.length) {

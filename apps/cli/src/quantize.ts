@@ -42,8 +42,10 @@ the dtype its quant state records, quantization_config is removed, tokenizer fil
 function summary(verb: string, r: ConvertReport, inDir: string, outDir: string): string {
   const kb = (b: number) => `${(b / 1024).toFixed(1)} KiB`;
   const bits = r.params ? ((verb === "quantized" ? r.bytesOut : r.bytesIn) * 8) / r.params : 0;
-  return `${verb} ${r.layers.length} Linear weights (${r.params} parameters, ${kb(r.bytesIn)} -> ${kb(r.bytesOut)}, ${bits.toFixed(3)} bits/param in 4-bit) ` +
-    `of ${inDir}; wrote ${outDir}: ${r.files.join(", ")}`;
+  return (
+    `${verb} ${r.layers.length} Linear weights (${r.params} parameters, ${kb(r.bytesIn)} -> ${kb(r.bytesOut)}, ${bits.toFixed(3)} bits/param in 4-bit) ` +
+    `of ${inDir}; wrote ${outDir}: ${r.files.join(", ")}`
+  );
 }
 
 /** Runs `quantize` or `dequantize` with the arguments after the command word; returns the exit code. */
@@ -75,7 +77,8 @@ export async function quantizeCommand(command: "quantize" | "dequantize", argv: 
   const usageLine = command === "quantize" ? QUANTIZE_USAGE : DEQUANTIZE_USAGE;
   if (positionals.length !== 2) return usage(`${command} needs an input and an output directory (${usageLine})`);
   // Conversion is a host job: bit-exact nf4 code on the CPU, whatever backend is configured.
-  if (v.backend !== undefined && v.backend !== "cpu" && v.backend !== "auto") return usage(`${command} runs on the CPU; --backend ${v.backend} is not supported here`);
+  if (v.backend !== undefined && v.backend !== "cpu" && v.backend !== "auto")
+    return usage(`${command} runs on the CPU; --backend ${v.backend} is not supported here`);
   if (command === "dequantize") {
     const extra = (["quant-type", "blocksize", "double-quant", "no-double-quant", "skip-modules"] as const).filter((k) => v[k] !== undefined);
     if (extra.length) return usage(`dequantize takes no ${extra.map((k) => `--${k}`).join(", ")} (the quant state in the files says everything)`);
@@ -85,7 +88,10 @@ export async function quantizeCommand(command: "quantize" | "dequantize", argv: 
   const blocksize = Number(v.blocksize ?? "64");
   if (!VALID_BLOCKSIZES.includes(blocksize)) return usage(`--blocksize ${v.blocksize}: use one of ${VALID_BLOCKSIZES.join(", ")}`);
   if (v["double-quant"] && v["no-double-quant"]) return usage("--double-quant and --no-double-quant contradict each other");
-  const skipModules = v["skip-modules"]?.flatMap((s) => s.split(",")).map((s) => s.trim()).filter(Boolean) ?? ["lm_head"];
+  const skipModules = v["skip-modules"]
+    ?.flatMap((s) => s.split(","))
+    .map((s) => s.trim())
+    .filter(Boolean) ?? ["lm_head"];
 
   let inDir: string;
   try {

@@ -58,7 +58,10 @@ export async function serveCli(argv: string[], env: Env, usage: (message: string
     return 0;
   }
   try {
-    return await serveCommand({ model: values.model, port: values.port, host: values.host, home: values.home, backend: values.backend, dataDir: values["data-dir"] }, env);
+    return await serveCommand(
+      { model: values.model, port: values.port, host: values.host, home: values.home, backend: values.backend, dataDir: values["data-dir"] },
+      env,
+    );
   } catch (e) {
     if (e instanceof ServeUsageError) return usage(`serve: ${e.message}`);
     if ((e as Error).name === "BackendError" || (e as Error).name === "BlasError") {
@@ -125,7 +128,8 @@ export async function serveCommand(flags: ServeFlags, env: Env, stop: Promise<st
   } else {
     console.log(`admin API key: ${server.admin.source === "env" ? "from LOWRANK_API_KEY" : `in ${server.admin.path}`}`);
   }
-  if (!["127.0.0.1", "localhost", "::1"].includes(host)) console.error(`lowrank serve: warning: listening on ${host} over plain HTTP; API keys cross the network unencrypted`);
+  if (!["127.0.0.1", "localhost", "::1"].includes(host))
+    console.error(`lowrank serve: warning: listening on ${host} over plain HTTP; API keys cross the network unencrypted`);
   if (server.recoveredJobs) console.log(`lowrank serve: resuming ${server.recoveredJobs} fine-tuning job(s) from their checkpoints`);
   console.log(`try: curl -H "Authorization: Bearer $KEY" ${server.url}/v1/models`);
   const sig = await stop;

@@ -6,7 +6,10 @@ import { asBackendError, autoChoice, BackendError, describeBlas, probeWebGpu, re
 import { resolveDataDir } from "../src/data-dir.ts";
 
 const found: WebGpuProbe = {
-  available: true, runtime: "node", implementation: "Dawn (webgpu npm)", f16: true,
+  available: true,
+  runtime: "node",
+  implementation: "Dawn (webgpu npm)",
+  f16: true,
   adapter: { vendor: "mesa", architecture: "software", description: "llvmpipe: Mesa 25.0.7 (LLVM 15.0.6)" },
   description: "llvmpipe: Mesa 25.0.7 (LLVM 15.0.6) (vendor mesa, software)",
 };
@@ -20,11 +23,14 @@ test("option beats LOWRANK_BACKEND beats auto", () => {
 });
 
 test("bad values name the source and the valid choices", () => {
-  assert.throws(() => resolveChoice(undefined, { LOWRANK_BACKEND: "bogus" }), (err: unknown) => {
-    assert.ok(err instanceof BackendError && err.usage);
-    assert.equal(err.message, "LOWRANK_BACKEND=bogus is not a backend: use one of auto, cpu, webgpu");
-    return true;
-  });
+  assert.throws(
+    () => resolveChoice(undefined, { LOWRANK_BACKEND: "bogus" }),
+    (err: unknown) => {
+      assert.ok(err instanceof BackendError && err.usage);
+      assert.equal(err.message, "LOWRANK_BACKEND=bogus is not a backend: use one of auto, cpu, webgpu");
+      return true;
+    },
+  );
   assert.throws(() => resolveChoice("gpu", {}), /--backend gpu is not a backend/);
 });
 
@@ -33,7 +39,11 @@ test("auto skips software adapters, takes hardware ones, and says why", async ()
     name: "cpu",
     reason: "webgpu adapter llvmpipe is a software rasterizer (slower than the cpu backend); --backend webgpu forces it",
   });
-  const hardware: WebGpuProbe = { ...found, adapter: { vendor: "nvidia", architecture: "hopper", description: "NVIDIA H200" }, description: "NVIDIA H200" } as WebGpuProbe;
+  const hardware: WebGpuProbe = {
+    ...found,
+    adapter: { vendor: "nvidia", architecture: "hopper", description: "NVIDIA H200" },
+    description: "NVIDIA H200",
+  } as WebGpuProbe;
   assert.deepEqual(autoChoice(hardware), { name: "webgpu", reason: "webgpu adapter NVIDIA H200 found" });
   assert.equal(autoChoice(missing).reason, "webgpu unavailable (no-adapter)");
   const sel = await selectBackend(undefined, {}, found);
@@ -56,7 +66,13 @@ test("explicit webgpu runs kernels on the adapter, or fails with the cause", asy
     assert.equal(sel.name, "webgpu");
     assert.equal(sel.backend.name, "webgpu");
     const { tensor } = await import("@lowrank/tensor");
-    const y = tensor([[1, 2], [3, 4]], { backend: sel.backend }).matmul(tensor([[1], [1]], { backend: sel.backend }));
+    const y = tensor(
+      [
+        [1, 2],
+        [3, 4],
+      ],
+      { backend: sel.backend },
+    ).matmul(tensor([[1], [1]], { backend: sel.backend }));
     assert.deepEqual(Array.from(await y.read()), [3, 7]);
   } finally {
     sel.backend.dispose();
@@ -72,7 +88,15 @@ test("cpu needs no WebGPU probe", async () => {
 
 test("the BLAS line names library, path, FFI and reason; a BlasError becomes a clean BackendError", () => {
   assert.equal(
-    describeBlas({ active: true, reason: "auto: found libopenblas.so.0", library: "openblas 0.3.21 pthread", core: "Zen", path: "/usr/lib/libopenblasp-r0.3.21.so", via: "koffi 3.3.4", threads: 2 }),
+    describeBlas({
+      active: true,
+      reason: "auto: found libopenblas.so.0",
+      library: "openblas 0.3.21 pthread",
+      core: "Zen",
+      path: "/usr/lib/libopenblasp-r0.3.21.so",
+      via: "koffi 3.3.4",
+      threads: 2,
+    }),
     "openblas 0.3.21 pthread (Zen) at /usr/lib/libopenblasp-r0.3.21.so via koffi 3.3.4: auto: found libopenblas.so.0",
   );
   assert.equal(describeBlas({ active: false, reason: "LOWRANK_BLAS=off" }), "none, matmul on the WASM kernel: LOWRANK_BLAS=off");

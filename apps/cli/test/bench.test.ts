@@ -10,22 +10,42 @@ import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 import { command, lowrank } from "./spawn-cli.ts";
 
-
-
 for (const runtime of ["node", "bun", "deno"] as const) {
   test(`plan prints every category (${runtime})`, { skip: command(runtime) ? false : `${runtime} not installed` }, async () => {
     const r = await lowrank(runtime, ["plan", "--params", "70e9", "--method", "qlora", "--rank", "16"]);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^model: Llama-2-70B/m);
     assert.match(r.stdout, /trainable params: 207,093,760/);
-    for (const line of ["weights (NF4", "LoRA A/B", "gradients", "AdamW state", "activations, each layer recomputed in backward", "activations, all kept for backward", "total, with recomputation"]) {
+    for (const line of [
+      "weights (NF4",
+      "LoRA A/B",
+      "gradients",
+      "AdamW state",
+      "activations, each layer recomputed in backward",
+      "activations, all kept for backward",
+      "total, with recomputation",
+    ]) {
       assert.ok(r.stdout.includes(line), `missing "${line}" in\n${r.stdout}`);
     }
   });
 }
 
 test("plan with --layers/--hidden solves the MLP width from the count", async () => {
-  const r = await lowrank("node", ["plan", "--params", "7e9", "--method", "lora", "--layers", "32", "--hidden", "4096", "--seq-len", "1024", "--batch-size", "2"]);
+  const r = await lowrank("node", [
+    "plan",
+    "--params",
+    "7e9",
+    "--method",
+    "lora",
+    "--layers",
+    "32",
+    "--hidden",
+    "4096",
+    "--seq-len",
+    "1024",
+    "--batch-size",
+    "2",
+  ]);
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /derived: 32 layers, hidden 4096, MLP \d+ solved from the count/);
   assert.match(r.stdout, /batch 2 x seq 1024/);

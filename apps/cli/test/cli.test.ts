@@ -8,7 +8,6 @@ import { CLI_DIR, type Result, command, lowrank } from "./spawn-cli.ts";
 
 const VERSION = (JSON.parse(readFileSync(join(CLI_DIR, "package.json"), "utf8")) as { version: string }).version;
 
-
 const show = (r: Result): string => `exit ${r.code}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`;
 
 test("--help lists the commands that exist", async () => {
@@ -42,7 +41,11 @@ for (const runtime of ["node", "bun", "deno"] as const) {
     assert.match(r.stdout, /^ {2}blas {4}(\S.* at \S+ via .+: .+|none, matmul on the WASM kernel: .+)$/m, show(r));
     assert.match(r.stdout, /^ {2}webgpu {2}(\S.* via .*|unavailable: .+)$/m, show(r));
     // auto names its choice and why (software adapters such as llvmpipe are skipped for the cpu).
-    assert.match(r.stdout, /^auto: (cpu \((webgpu adapter .+ is a software rasterizer.*|webgpu unavailable.*)\)|webgpu \(webgpu adapter .+ found\))$/m, show(r));
+    assert.match(
+      r.stdout,
+      /^auto: (cpu \((webgpu adapter .+ is a software rasterizer.*|webgpu unavailable.*)\)|webgpu \(webgpu adapter .+ found\))$/m,
+      show(r),
+    );
     // Probing the adapter prints only our reason: the Node edge filters Dawn's native limit warnings.
     if (runtime === "node") assert.doesNotMatch(r.rawStderr, /artificially reduced/, show(r));
     t.diagnostic(r.stdout.split("\n").find((l) => l.startsWith("  webgpu")) ?? "");

@@ -37,7 +37,18 @@ function lowrank(args: string[]): Promise<{ code: number | null; stdout: string;
 test("finetune --help lists the TRL/PEFT-style flags", async () => {
   const r = await lowrank(["finetune", "--help"]);
   assert.equal(r.code, 0, r.stderr);
-  for (const flag of ["--model", "--data", "--method <qlora|lora|full>", "--rank 8", "--target-modules", "--grad-accum", "--warmup", "--resume", "--eval-every", "--bf16"]) {
+  for (const flag of [
+    "--model",
+    "--data",
+    "--method <qlora|lora|full>",
+    "--rank 8",
+    "--target-modules",
+    "--grad-accum",
+    "--warmup",
+    "--resume",
+    "--eval-every",
+    "--bf16",
+  ]) {
     assert.ok(r.stdout.includes(flag), `${flag} missing from help`);
   }
 });
@@ -92,8 +103,29 @@ test("a short LoRA run prints eval loss before/after and a sample, and saves the
   writeFileSync(slice, readFileSync(join(DATA, "datasets/tinyshakespeare/input.txt"), "utf8").slice(0, 5000));
   const out = join(tmp, "run");
   const r = await lowrank([
-    "finetune", "--model", "models/stories260K-hf", "--data", slice, "--method", "lora", "--steps", "3", "--batch-size", "2", "--seq-len", "32",
-    "--eval-batches", "2", "--sample-tokens", "6", "--output", out, "--backend", "cpu", "--lr", "1e-3",
+    "finetune",
+    "--model",
+    "models/stories260K-hf",
+    "--data",
+    slice,
+    "--method",
+    "lora",
+    "--steps",
+    "3",
+    "--batch-size",
+    "2",
+    "--seq-len",
+    "32",
+    "--eval-batches",
+    "2",
+    "--sample-tokens",
+    "6",
+    "--output",
+    out,
+    "--backend",
+    "cpu",
+    "--lr",
+    "1e-3",
   ]);
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /^lora fine-tune: 3 steps/m);
@@ -102,5 +134,6 @@ test("a short LoRA run prints eval loss before/after and a sample, and saves the
   assert.match(r.stdout, /^ {2}after: {2}".*"$/m);
   assert.match(r.stderr, /^backend: cpu/m);
   assert.match(r.stderr, /^step 3\/3 loss/m, "plain progress lines when stderr is not a TTY");
-  for (const f of ["adapter_model.safetensors", "adapter_config.json", "metrics.jsonl", "training_args.json", "eval_report.json"]) assert.ok(existsSync(join(out, f)), f);
+  for (const f of ["adapter_model.safetensors", "adapter_config.json", "metrics.jsonl", "training_args.json", "eval_report.json"])
+    assert.ok(existsSync(join(out, f)), f);
 });

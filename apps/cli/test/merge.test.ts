@@ -17,13 +17,11 @@ import { type LlamaForCausalLM, loadHfModel, resolveDataDir } from "@lowrank/nn/
 import { getPeftModel, saveAdapter } from "@lowrank/lora/node";
 import { command, lowrank } from "./spawn-cli.ts";
 
-
 const backend = createCpuBackend({ threads: 0 });
 setDefaultBackend(backend);
 const dataDir = await resolveDataDir({ env: process.env });
 const stories = dataDir ? join(dataDir, "models", "stories260K-hf") : null;
 const skip = stories && existsSync(stories) ? false : "stories260K-hf not found: set LOWRANK_DATA_DIR or put shared/data beside the repo";
-
 
 const PROMPT = [[1, 403, 407, 261, 378, 428, 269, 162, 263, 295, 30]];
 
@@ -40,11 +38,16 @@ function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
 /** An adapter on stories260K with random non-zero A and B (all-linear, r 4, alpha 8), and its logits. */
 async function makeAdapter(dir: string): Promise<Float32Array> {
   const model = await loadHfModel(stories as string);
-  const peft = getPeftModel(model, { target_modules: "all-linear", r: 4, lora_alpha: 8, base_model_name_or_path: "stories260K-hf" }, "default", { warn: () => {} });
+  const peft = getPeftModel(model, { target_modules: "all-linear", r: 4, lora_alpha: 8, base_model_name_or_path: "stories260K-hf" }, "default", {
+    warn: () => {},
+  });
   const rng = new Rng(9);
   for (const [, l] of peft.loraLayers()) {
     for (const t of l.adapterParameters("default")) {
-      const v = tensor(Float32Array.from({ length: t.size }, () => rng.normal() * 0.05), { shape: t.shape });
+      const v = tensor(
+        Float32Array.from({ length: t.size }, () => rng.normal() * 0.05),
+        { shape: t.shape },
+      );
       t.assign(v);
       v.dispose();
     }
@@ -65,7 +68,10 @@ for (const runtime of ["node", "bun", "deno"] as const) {
       const expected = await makeAdapter(adapterDir);
       const r = await lowrank(runtime, ["merge", "--model", stories as string, "--adapter", adapterDir, "--out", outDir]);
       assert.equal(r.code, 0, `exit ${r.code}\n${r.stdout}\n${r.stderr}`);
-      assert.match(r.stdout, /^merged 35 LoRA layers of .* into .*; wrote .* \(f32\): config\.json, model\.safetensors, tokenizer\.json, tokenizer_config\.json$/m);
+      assert.match(
+        r.stdout,
+        /^merged 35 LoRA layers of .* into .*; wrote .* \(f32\): config\.json, model\.safetensors, tokenizer\.json, tokenizer_config\.json$/m,
+      );
       assert.deepEqual((await readdir(outDir)).sort(), ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]);
       const merged = await loadHfModel(outDir);
       const diff = maxAbsDiff(logits(merged), expected);

@@ -18,13 +18,11 @@ import { bnbQuantizationConfig } from "@lowrank/nf4";
 import { type LlamaForCausalLM, QuantizedLinear, loadHfModel, quantizeModel, resolveDataDir, saveHfModel } from "@lowrank/nn/node";
 import { type Result, command, lowrank } from "./spawn-cli.ts";
 
-
 const backend = createCpuBackend({ threads: 0 });
 setDefaultBackend(backend);
 const dataDir = await resolveDataDir({ env: process.env });
 const stories = dataDir ? join(dataDir, "models", "stories260K-hf") : null;
 const skip = stories && existsSync(stories) ? false : "stories260K-hf not found: set LOWRANK_DATA_DIR or put shared/data beside the repo";
-
 
 const show = (r: Result) => `exit ${r.code}\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`;
 const PROMPT = [[1, 403, 407, 261, 378, 428, 269, 162, 263, 295, 30]];
@@ -48,7 +46,11 @@ test("quantize writes the same bnb-4bit directory as quantizeModel + saveHfModel
     const r = await lowrank("node", ["quantize", stories as string, q]);
     assert.equal(r.code, 0, show(r));
     assert.match(r.stdout, /^quantized 35 Linear weights \(226560 parameters, 885\.0 KiB -> 114\.\d KiB, 4\.130 bits\/param in 4-bit\)/m, show(r));
-    assert.match(r.stderr, /^quantize: model\.layers\.0\.mlp\.down_proj\.weight \[64, 172\] F32 -> nf4 \+ double quant, 4\.128 bits\/param \(1\/35\)$/m, show(r));
+    assert.match(
+      r.stderr,
+      /^quantize: model\.layers\.0\.mlp\.down_proj\.weight \[64, 172\] F32 -> nf4 \+ double quant, 4\.128 bits\/param \(1\/35\)$/m,
+      show(r),
+    );
     assert.match(r.stderr, /^copy: tokenizer\.json$/m);
     assert.deepEqual((await readdir(q)).sort(), ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]);
     const config = JSON.parse(await readFile(join(q, "config.json"), "utf8"));
@@ -59,7 +61,11 @@ test("quantize writes the same bnb-4bit directory as quantizeModel + saveHfModel
     await quantizeModel(m);
     const want = logits(m);
     await saveHfModel(m, join(tmp, "nn"));
-    assert.deepEqual(await readFile(join(q, "model.safetensors")), await readFile(join(tmp, "nn", "model.safetensors")), "CLI and quantizeModel + saveHfModel write identical files");
+    assert.deepEqual(
+      await readFile(join(q, "model.safetensors")),
+      await readFile(join(tmp, "nn", "model.safetensors")),
+      "CLI and quantizeModel + saveHfModel write identical files",
+    );
     m.dispose();
 
     const back = await loadHfModel(q);
@@ -85,18 +91,22 @@ test("quantize writes the same bnb-4bit directory as quantizeModel + saveHfModel
 });
 
 for (const runtime of ["bun", "deno"] as const) {
-  test(`quantize under ${runtime} gives the same file as under node`, { skip: skip || (!command(runtime) && `${runtime} is not installed`), timeout: 180_000 }, async () => {
-    await withTemp(async (tmp) => {
-      const [a, b] = [join(tmp, "node"), join(tmp, runtime)];
-      const ra = await lowrank("node", ["quantize", stories as string, a, "--quant-type", "fp4", "--no-double-quant", "--blocksize", "128"]);
-      assert.equal(ra.code, 0, show(ra));
-      const rb = await lowrank(runtime, ["quantize", stories as string, b, "--quant-type", "fp4", "--no-double-quant", "--blocksize", "128"]);
-      assert.equal(rb.code, 0, show(rb));
-      assert.deepEqual(await readFile(join(b, "model.safetensors")), await readFile(join(a, "model.safetensors")));
-      const rd = await lowrank(runtime, ["dequantize", b, join(tmp, "dense")]);
-      assert.equal(rd.code, 0, show(rd));
-    });
-  });
+  test(
+    `quantize under ${runtime} gives the same file as under node`,
+    { skip: skip || (!command(runtime) && `${runtime} is not installed`), timeout: 180_000 },
+    async () => {
+      await withTemp(async (tmp) => {
+        const [a, b] = [join(tmp, "node"), join(tmp, runtime)];
+        const ra = await lowrank("node", ["quantize", stories as string, a, "--quant-type", "fp4", "--no-double-quant", "--blocksize", "128"]);
+        assert.equal(ra.code, 0, show(ra));
+        const rb = await lowrank(runtime, ["quantize", stories as string, b, "--quant-type", "fp4", "--no-double-quant", "--blocksize", "128"]);
+        assert.equal(rb.code, 0, show(rb));
+        assert.deepEqual(await readFile(join(b, "model.safetensors")), await readFile(join(a, "model.safetensors")));
+        const rd = await lowrank(runtime, ["dequantize", b, join(tmp, "dense")]);
+        assert.equal(rd.code, 0, show(rd));
+      });
+    },
+  );
 }
 
 test("usage errors exit 2 and name the flag", { timeout: 120_000 }, async () => {

@@ -49,7 +49,8 @@ test("serve: --model also accepts a name under the data directory", { skip: HAVE
 
 function serve(home: string, env: Record<string, string | undefined>): { child: ChildProcess; output: () => string; url: Promise<string> } {
   const child = spawn(process.execPath, [BIN, "serve", "--model", MODEL, "--port", "0", "--home", home, "--backend", "cpu"], {
-    env: { ...process.env, LOWRANK_API_KEY: undefined, ...env }, stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, LOWRANK_API_KEY: undefined, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
   });
   let out = "";
   child.stdout?.on("data", (d: Buffer) => (out += d));
@@ -57,7 +58,8 @@ function serve(home: string, env: Record<string, string | undefined>): { child: 
   const url = new Promise<string>((done, fail) => {
     const t = setInterval(() => {
       const m = /on (http:\/\/127\.0\.0\.1:\d+)/.exec(out);
-      if (m && out.includes("try: curl")) { // the last startup line: the key lines are in by then
+      if (m && out.includes("try: curl")) {
+        // the last startup line: the key lines are in by then
         clearInterval(t);
         done(m[1]);
       } else if (child.exitCode !== null) {
@@ -74,48 +76,52 @@ async function stop(child: ChildProcess): Promise<number | null> {
   return new Promise((done) => child.once("exit", (code) => done(code)));
 }
 
-test("serve: generates the admin key once (mode 0600), requires it, and stops cleanly on SIGTERM", { skip: HAVE_MODEL ? false : "stories260K-hf not found" }, async () => {
-  const home = await mkdtemp(join(tmpdir(), "lowrank-serve-"));
-  const started: ChildProcess[] = [];
-  const serveTracked = (env: Record<string, string | undefined>) => {
-    const x = serve(home, env);
-    started.push(x.child);
-    return x;
-  };
-  try {
-    let s = serveTracked({});
-    let url = await s.url;
-    const printed = /admin API key \(shown once; stored in (.+), mode 0600\): (lrk-\S+)/.exec(s.output());
-    assert.ok(printed, s.output());
-    const keyFile = join(home, "admin.key");
-    assert.equal(printed[1], keyFile);
-    assert.equal((await readFile(keyFile, "utf8")).trim(), printed[2]);
-    assert.equal((await stat(keyFile)).mode & 0o777, 0o600);
-    const key = printed[2];
-    assert.equal((await fetch(`${url}/v1/models`)).status, 401);
-    const ok = await fetch(`${url}/v1/models`, { headers: { authorization: `Bearer ${key}` } });
-    assert.equal(ok.status, 200);
-    assert.equal((await ok.json()).data[0].id, "stories260K-hf");
-    assert.equal(await stop(s.child), 0);
-    assert.match(s.output(), /stopped/);
+test(
+  "serve: generates the admin key once (mode 0600), requires it, and stops cleanly on SIGTERM",
+  { skip: HAVE_MODEL ? false : "stories260K-hf not found" },
+  async () => {
+    const home = await mkdtemp(join(tmpdir(), "lowrank-serve-"));
+    const started: ChildProcess[] = [];
+    const serveTracked = (env: Record<string, string | undefined>) => {
+      const x = serve(home, env);
+      started.push(x.child);
+      return x;
+    };
+    try {
+      let s = serveTracked({});
+      let url = await s.url;
+      const printed = /admin API key \(shown once; stored in (.+), mode 0600\): (lrk-\S+)/.exec(s.output());
+      assert.ok(printed, s.output());
+      const keyFile = join(home, "admin.key");
+      assert.equal(printed[1], keyFile);
+      assert.equal((await readFile(keyFile, "utf8")).trim(), printed[2]);
+      assert.equal((await stat(keyFile)).mode & 0o777, 0o600);
+      const key = printed[2];
+      assert.equal((await fetch(`${url}/v1/models`)).status, 401);
+      const ok = await fetch(`${url}/v1/models`, { headers: { authorization: `Bearer ${key}` } });
+      assert.equal(ok.status, 200);
+      assert.equal((await ok.json()).data[0].id, "stories260K-hf");
+      assert.equal(await stop(s.child), 0);
+      assert.match(s.output(), /stopped/);
 
-    // The second start reads the key file and does not print the key again.
-    s = serveTracked({});
-    url = await s.url;
-    assert.ok(!s.output().includes(key), "the key is printed only when generated");
-    assert.match(s.output(), /admin API key: in .*admin\.key/);
-    assert.equal((await fetch(`${url}/v1/models`, { headers: { authorization: `Bearer ${key}` } })).status, 200);
-    assert.equal(await stop(s.child), 0);
+      // The second start reads the key file and does not print the key again.
+      s = serveTracked({});
+      url = await s.url;
+      assert.ok(!s.output().includes(key), "the key is printed only when generated");
+      assert.match(s.output(), /admin API key: in .*admin\.key/);
+      assert.equal((await fetch(`${url}/v1/models`, { headers: { authorization: `Bearer ${key}` } })).status, 200);
+      assert.equal(await stop(s.child), 0);
 
-    // LOWRANK_API_KEY wins over the file.
-    s = serveTracked({ LOWRANK_API_KEY: "env-admin-key-0123456789" });
-    url = await s.url;
-    assert.match(s.output(), /from LOWRANK_API_KEY/);
-    assert.equal((await fetch(`${url}/v1/models`, { headers: { authorization: "Bearer env-admin-key-0123456789" } })).status, 200);
-    assert.equal((await fetch(`${url}/v1/models`, { headers: { authorization: `Bearer ${key}` } })).status, 401);
-    assert.equal(await stop(s.child), 0);
-  } finally {
-    for (const c of started) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
-    await rm(home, { recursive: true, force: true });
-  }
-});
+      // LOWRANK_API_KEY wins over the file.
+      s = serveTracked({ LOWRANK_API_KEY: "env-admin-key-0123456789" });
+      url = await s.url;
+      assert.match(s.output(), /from LOWRANK_API_KEY/);
+      assert.equal((await fetch(`${url}/v1/models`, { headers: { authorization: "Bearer env-admin-key-0123456789" } })).status, 200);
+      assert.equal((await fetch(`${url}/v1/models`, { headers: { authorization: `Bearer ${key}` } })).status, 401);
+      assert.equal(await stop(s.child), 0);
+    } finally {
+      for (const c of started) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
+      await rm(home, { recursive: true, force: true });
+    }
+  },
+);

@@ -63,7 +63,9 @@ async function makeAdapters(dir: string): Promise<string[]> {
   const out: string[] = [];
   for (let i = 0; i < ADAPTERS; i++) {
     const model = await loadHfModel(MODEL, { backend });
-    const peft = getPeftModel(model, { r: 8, lora_alpha: 16, target_modules: ["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights: false }, "default", { seed: 1000 + i });
+    const peft = getPeftModel(model, { r: 8, lora_alpha: 16, target_modules: ["q_proj", "k_proj", "v_proj", "o_proj"], init_lora_weights: false }, "default", {
+      seed: 1000 + i,
+    });
     for (const [, layer] of peft.loraLayers()) {
       const B = layer.lora_B.get("default").weight;
       const small = B.mul(0.05); // a real but mild change: the stories stay stories, lengths stay comparable
@@ -78,7 +80,6 @@ async function makeAdapters(dir: string): Promise<string[]> {
   backend.dispose();
   return out;
 }
-
 
 async function api(url: string, path: string, init: RequestInit = {}): Promise<Response> {
   assertLoopback(url);
@@ -112,7 +113,8 @@ async function run(url: string, models: string[], count: number, offset: number)
       const model = models[(offset + i) % models.length];
       const t = performance.now();
       const r = await api(url, "/v1/completions", {
-        method: "POST", headers: { "content-type": "application/json" },
+        method: "POST",
+        headers: { "content-type": "application/json" },
         body: JSON.stringify({ model, prompt: PROMPTS[(offset + i) % PROMPTS.length], max_tokens: MAX_TOKENS, temperature: 0 }),
       });
       const j = (await r.json()) as { usage?: { completion_tokens: number }; adapter?: string; error?: unknown };
@@ -132,8 +134,14 @@ function summary(samples: Sample[], seconds: number) {
   const ms = samples.map((s) => s.ms).sort((a, b) => a - b);
   const tokens = samples.reduce((n, s) => n + s.tokens, 0);
   return {
-    requests: samples.length, seconds, rps: samples.length / seconds, tokens_per_s: tokens / seconds, mean_tokens: tokens / samples.length,
-    p50_ms: pct(ms, 50), p99_ms: pct(ms, 99), adapters_used: new Set(samples.map((s) => s.adapter)).size,
+    requests: samples.length,
+    seconds,
+    rps: samples.length / seconds,
+    tokens_per_s: tokens / seconds,
+    mean_tokens: tokens / samples.length,
+    p50_ms: pct(ms, 50),
+    p99_ms: pct(ms, 99),
+    adapters_used: new Set(samples.map((s) => s.adapter)).size,
   };
 }
 
@@ -141,7 +149,8 @@ function summary(samples: Sample[], seconds: number) {
 async function complete(url: string, model: string, prompt: string): Promise<{ text: string; tokens: number; ms: number }> {
   const t = performance.now();
   const r = await api(url, "/v1/completions", {
-    method: "POST", headers: { "content-type": "application/json" },
+    method: "POST",
+    headers: { "content-type": "application/json" },
     body: JSON.stringify({ model, prompt, max_tokens: MAX_TOKENS, temperature: 0 }),
   });
   const j = (await r.json()) as { choices?: { text: string }[]; usage?: { completion_tokens: number }; error?: unknown };
@@ -177,7 +186,11 @@ async function batchingRound(url: string, models: string[], pid?: number) {
   const c2 = await serverCpuS(pid);
   const cpu = c0 === null || c1 === null || c2 === null ? null : { serial: c1 - c0, together: c2 - c1 };
   const tokens = serial.reduce((n, r) => n + r.tokens, 0);
-  const mismatches = reqs.flatMap((q, i) => (serial[i].text === together[i].text ? [] : [`${q.model} ${JSON.stringify(q.prompt)}: ${JSON.stringify(serial[i].text)} vs ${JSON.stringify(together[i].text)}`]));
+  const mismatches = reqs.flatMap((q, i) =>
+    serial[i].text === together[i].text
+      ? []
+      : [`${q.model} ${JSON.stringify(q.prompt)}: ${JSON.stringify(serial[i].text)} vs ${JSON.stringify(together[i].text)}`],
+  );
   return { tokens, serialS, togetherS, cpu, latencies: together.map((r) => r.ms), mismatches };
 }
 
@@ -195,10 +208,18 @@ interface BatchingModeResult {
 }
 
 async function batching(url: string, names: string[], pid: number | undefined): Promise<number> {
-  const modes: [string, string[]][] = [["4 adapters", names.slice(0, 4)], ["1 adapter", names.slice(0, 1)]];
+  const modes: [string, string[]][] = [
+    ["4 adapters", names.slice(0, 4)],
+    ["1 adapter", names.slice(0, 1)],
+  ];
   for (const [, models] of modes) await batchingRound(url, models, pid); // warm: the batched path compiled and optimized once
   const load = [loadavg()[0]];
-  const acc = new Map(modes.map(([label]) => [label, { tokens: 0, serialS: 0, togetherS: 0, cpuS: 0, cpuT: 0, rounds: [] as number[], lat: [] as number[], mismatches: [] as string[] }]));
+  const acc = new Map(
+    modes.map(([label]) => [
+      label,
+      { tokens: 0, serialS: 0, togetherS: 0, cpuS: 0, cpuT: 0, rounds: [] as number[], lat: [] as number[], mismatches: [] as string[] },
+    ]),
+  );
   for (let r = 0; r < ROUNDS; r++) {
     // Alternate which mode goes first, so neither always runs on a warmer or quieter machine.
     for (const [label, models] of r % 2 === 0 ? modes : [...modes].reverse()) {
@@ -220,13 +241,26 @@ async function batching(url: string, names: string[], pid: number | undefined): 
     const lat = a.lat.sort((x, y) => x - y);
     const cpu = Number.isNaN(a.cpuS) ? null : { serial_s: a.cpuS, concurrent_s: a.cpuT, speedup: a.cpuS / a.cpuT };
     results[label] = {
-      tokens: a.tokens, serial_s: a.serialS, concurrent_s: a.togetherS, speedup: a.serialS / a.togetherS, round_speedups: a.rounds, server_cpu: cpu,
-      p50_ms: pct(lat, 50), p99_ms: pct(lat, 99), mismatches: a.mismatches,
+      tokens: a.tokens,
+      serial_s: a.serialS,
+      concurrent_s: a.togetherS,
+      speedup: a.serialS / a.togetherS,
+      round_speedups: a.rounds,
+      server_cpu: cpu,
+      p50_ms: pct(lat, 50),
+      p99_ms: pct(lat, 99),
+      mismatches: a.mismatches,
     };
     const spread = `rounds ${Math.min(...a.rounds).toFixed(2)}-${Math.max(...a.rounds).toFixed(2)}x`;
     const cpuLine = cpu ? `; server CPU time ${cpu.serial_s.toFixed(2)} s vs ${cpu.concurrent_s.toFixed(2)} s (${cpu.speedup.toFixed(2)}x)` : "";
-    console.log(`${label.padEnd(12)} 16 requests x ${ROUNDS} rounds, ${a.tokens} tokens: one at a time ${(a.tokens / a.serialS).toFixed(1)} tok/s, all at once ${(a.tokens / a.togetherS).toFixed(1)} tok/s ` +
-      `(${(a.serialS / a.togetherS).toFixed(2)}x, ${spread}${cpuLine}), concurrent latency p50 ${pct(lat, 50).toFixed(0)} ms p99 ${pct(lat, 99).toFixed(0)} ms, ${a.mismatches.length} answers differ`);
+    console.log(
+      `${label.padEnd(12)} 16 requests x ${ROUNDS} rounds, ${a.tokens} tokens: one at a time ${(a.tokens / a.serialS).toFixed(1)} tok/s, all at once ${(
+        a.tokens / a.togetherS
+      ).toFixed(1)} tok/s ` +
+        `(${(a.serialS / a.togetherS).toFixed(2)}x, ${spread}${cpuLine}), concurrent latency p50 ${pct(lat, 50).toFixed(0)} ms p99 ${pct(lat, 99).toFixed(
+          0,
+        )} ms, ${a.mismatches.length} answers differ`,
+    );
     for (const m of a.mismatches.slice(0, 5)) console.log(`  differs: ${m}`);
   }
   console.log(`load average (1 min) ${load.map((x) => x.toFixed(2)).join(" at the start, ")} at the end`);
@@ -234,9 +268,21 @@ async function batching(url: string, names: string[], pid: number | undefined): 
   const r4 = results["4 adapters"];
   const pass = r4.speedup >= 4 && Object.values(results).every((x) => x.mismatches.length === 0);
   console.log(`server batching counters: ${JSON.stringify(cache.batching)}`);
-  console.log(`ACCEPTANCE ${pass ? "PASS" : "FAIL"}: 16 concurrent greedy requests over 4 adapters ${r4.speedup.toFixed(2)}x the one-at-a-time throughput (needs 4x), every answer identical: ${Object.values(results).every((x) => x.mismatches.length === 0)}`);
+  console.log(
+    `ACCEPTANCE ${pass ? "PASS" : "FAIL"}: 16 concurrent greedy requests over 4 adapters ${r4.speedup.toFixed(
+      2,
+    )}x the one-at-a-time throughput (needs 4x), every answer identical: ${Object.values(results).every((x) => x.mismatches.length === 0)}`,
+  );
   const command = `node --import tsx apps/server/bench/load.ts --batching --max-tokens ${MAX_TOKENS} --rounds ${ROUNDS}`;
-  if (values.json) await writeFile(values.json, `${JSON.stringify({ date: new Date().toISOString(), command, max_tokens: MAX_TOKENS, rounds: ROUNDS, load_average: load, results, batching: cache.batching, pass }, null, 2)}\n`);
+  if (values.json)
+    await writeFile(
+      values.json,
+      `${JSON.stringify(
+        { date: new Date().toISOString(), command, max_tokens: MAX_TOKENS, rounds: ROUNDS, load_average: load, results, batching: cache.batching, pass },
+        null,
+        2,
+      )}\n`,
+    );
   return pass ? 0 : 1;
 }
 
@@ -279,13 +325,36 @@ async function main(): Promise<number> {
     const b = summary(eight, t8);
     const cost = 1 - b.rps / a.rps;
     const line = (label: string, x: ReturnType<typeof summary>) =>
-      `${label.padEnd(24)} ${String(x.requests).padStart(5)} req  ${x.rps.toFixed(2).padStart(7)} req/s  ${x.tokens_per_s.toFixed(1).padStart(8)} tok/s  p50 ${x.p50_ms.toFixed(1).padStart(7)} ms  p99 ${x.p99_ms.toFixed(1).padStart(7)} ms  (${x.mean_tokens.toFixed(1)} tokens/req, ${x.adapters_used} adapter(s))`;
-    console.log(`lowrank server load test: stories260K, ${REQUESTS} requests per mode in ${ROUNDS} alternating rounds, concurrency ${CONCURRENCY}, max_tokens ${MAX_TOKENS}, loopback ${s.url}`);
+      `${label.padEnd(24)} ${String(x.requests).padStart(5)} req  ${x.rps.toFixed(2).padStart(7)} req/s  ${x.tokens_per_s
+        .toFixed(1)
+        .padStart(8)} tok/s  p50 ${x.p50_ms.toFixed(1).padStart(7)} ms  p99 ${x.p99_ms.toFixed(1).padStart(7)} ms  (${x.mean_tokens.toFixed(1)} tokens/req, ${
+        x.adapters_used
+      } adapter(s))`;
+    console.log(
+      `lowrank server load test: stories260K, ${REQUESTS} requests per mode in ${ROUNDS} alternating rounds, concurrency ${CONCURRENCY}, max_tokens ${MAX_TOKENS}, loopback ${s.url}`,
+    );
     console.log(line("1 adapter", a));
     console.log(line(`${ADAPTERS} adapters in rotation`, b));
     const pass = cost < 0.2;
     console.log(`ACCEPTANCE ${pass ? "PASS" : "FAIL"}: ${ADAPTERS} adapters in rotation cost ${(cost * 100).toFixed(1)}% throughput vs 1 adapter (limit 20%)`);
-    if (values.json) await writeFile(values.json, `${JSON.stringify({ date: new Date().toISOString(), requests: REQUESTS, concurrency: CONCURRENCY, max_tokens: MAX_TOKENS, one: a, eight: b, throughput_cost: cost, pass }, null, 2)}\n`);
+    if (values.json)
+      await writeFile(
+        values.json,
+        `${JSON.stringify(
+          {
+            date: new Date().toISOString(),
+            requests: REQUESTS,
+            concurrency: CONCURRENCY,
+            max_tokens: MAX_TOKENS,
+            one: a,
+            eight: b,
+            throughput_cost: cost,
+            pass,
+          },
+          null,
+          2,
+        )}\n`,
+      );
     return pass ? 0 : 1;
   } finally {
     await stopServe(server);

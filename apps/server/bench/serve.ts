@@ -10,9 +10,28 @@ const CLI = fileURLToPath(new URL("../../cli/bin/lowrank.mjs", import.meta.url))
  * NODE_OPTIONS refuses --cpu-prof, and would profile the client too).
  */
 export async function startServe(model: string, home: string, key: string): Promise<{ child: ChildProcess; url: string }> {
-  const child = spawn(process.execPath, [...(process.env.LOWRANK_BENCH_NODE_ARGS?.split(" ").filter(Boolean) ?? []), CLI, "serve", "--model", model, "--port", "0", "--host", "127.0.0.1", "--home", home, "--backend", "cpu"], {
-    env: { ...process.env, LOWRANK_API_KEY: key }, stdio: ["ignore", "pipe", "pipe"],
-  });
+  const child = spawn(
+    process.execPath,
+    [
+      ...(process.env.LOWRANK_BENCH_NODE_ARGS?.split(" ").filter(Boolean) ?? []),
+      CLI,
+      "serve",
+      "--model",
+      model,
+      "--port",
+      "0",
+      "--host",
+      "127.0.0.1",
+      "--home",
+      home,
+      "--backend",
+      "cpu",
+    ],
+    {
+      env: { ...process.env, LOWRANK_API_KEY: key },
+      stdio: ["ignore", "pipe", "pipe"],
+    },
+  );
   let out = "";
   child.stdout?.on("data", (d) => (out += d));
   child.stderr?.on("data", (d) => (out += d));

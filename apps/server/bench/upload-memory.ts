@@ -30,16 +30,37 @@ const DATA = process.env.LOWRANK_DATA_DIR ?? fileURLToPath(new URL("../../../../
 const STORIES = join(DATA, "models", "stories260K-hf");
 /** The wide base: one Llama-7B-sized layer, stories260K's vocabulary (its tokenizer is copied). */
 const WIDE = {
-  model_type: "llama", vocab_size: 512, hidden_size: 4096, intermediate_size: 11008, num_hidden_layers: 1, num_attention_heads: 32,
-  num_key_value_heads: 32, max_position_embeddings: 256, rms_norm_eps: 1e-5, tie_word_embeddings: true, bos_token_id: 1, eos_token_id: 2,
+  model_type: "llama",
+  vocab_size: 512,
+  hidden_size: 4096,
+  intermediate_size: 11008,
+  num_hidden_layers: 1,
+  num_attention_heads: 32,
+  num_key_value_heads: 32,
+  max_position_embeddings: 256,
+  rms_norm_eps: 1e-5,
+  tie_word_embeddings: true,
+  bos_token_id: 1,
+  eos_token_id: 2,
 };
 const KEY = `bench-${randomBytes(16).toString("hex")}`;
 const TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] as const;
 
 /** PEFT's tensors for an all-linear adapter of rank r on this config: [key, shape]. */
 function tensors(cfg: Record<string, number>, r: number): [string, number[]][] {
-  const C = cfg.hidden_size, H = cfg.intermediate_size, hs = C / cfg.num_attention_heads, kv = cfg.num_key_value_heads * hs;
-  const dims: Record<string, [number, number]> = { q_proj: [C, C], k_proj: [C, kv], v_proj: [C, kv], o_proj: [C, C], gate_proj: [C, H], up_proj: [C, H], down_proj: [H, C] };
+  const C = cfg.hidden_size,
+    H = cfg.intermediate_size,
+    hs = C / cfg.num_attention_heads,
+    kv = cfg.num_key_value_heads * hs;
+  const dims: Record<string, [number, number]> = {
+    q_proj: [C, C],
+    k_proj: [C, kv],
+    v_proj: [C, kv],
+    o_proj: [C, C],
+    gate_proj: [C, H],
+    up_proj: [C, H],
+    down_proj: [H, C],
+  };
   const out: [string, number[]][] = [];
   for (let l = 0; l < cfg.num_hidden_layers; l++) {
     for (const t of TARGETS) {
@@ -76,7 +97,10 @@ async function writeAdapter(dir: string, cfg: Record<string, number>): Promise<{
   } finally {
     await f.close();
   }
-  await writeFile(join(dir, "adapter_config.json"), JSON.stringify({ peft_type: "LORA", task_type: "CAUSAL_LM", r, lora_alpha: r, target_modules: [...TARGETS], lora_dropout: 0, bias: "none" }));
+  await writeFile(
+    join(dir, "adapter_config.json"),
+    JSON.stringify({ peft_type: "LORA", task_type: "CAUSAL_LM", r, lora_alpha: r, target_modules: [...TARGETS], lora_dropout: 0, bias: "none" }),
+  );
   return { bytes: 8 + json.length + at, r };
 }
 
@@ -87,12 +111,15 @@ function rssKiB(pid: number): { rss: number; hwm: number } {
 }
 
 async function writeBase(dir: string): Promise<void> {
-  const model = new LlamaForCausalLM(parseLlamaConfig(WIDE, "wide base"), { dtype: "bf16", init: randomInit(new Rng(0), 0.02), backend: createCpuBackend({ threads: 0 }) });
+  const model = new LlamaForCausalLM(parseLlamaConfig(WIDE, "wide base"), {
+    dtype: "bf16",
+    init: randomInit(new Rng(0), 0.02),
+    backend: createCpuBackend({ threads: 0 }),
+  });
   await saveHfModel(model, dir);
   model.dispose();
   for (const f of ["tokenizer.json", "tokenizer_config.json"]) if (existsSync(join(STORIES, f))) await copyFile(join(STORIES, f), join(dir, f));
 }
-
 
 async function main(): Promise<number> {
   if (!existsSync(join(STORIES, "tokenizer.json")) || !existsSync("/proc/self/status")) {
@@ -119,7 +146,12 @@ async function main(): Promise<number> {
     form.set("adapter_config.json", await openAsBlob(join(adapter, "adapter_config.json")), "adapter_config.json");
     form.set("adapter_model.safetensors", await openAsBlob(join(adapter, "adapter_model.safetensors")), "adapter_model.safetensors");
     const t0 = performance.now();
-    const res = await fetch(`${s.url}/v1/adapters`, { method: "POST", body: form, headers: { authorization: `Bearer ${KEY}` }, signal: AbortSignal.timeout(600_000) });
+    const res = await fetch(`${s.url}/v1/adapters`, {
+      method: "POST",
+      body: form,
+      headers: { authorization: `Bearer ${KEY}` },
+      signal: AbortSignal.timeout(600_000),
+    });
     const text = await res.text();
     const seconds = (performance.now() - t0) / 1000;
     await new Promise((res2) => setTimeout(res2, 3000)); // let the allocator hand buffers back
@@ -127,13 +159,44 @@ async function main(): Promise<number> {
     const after = rssKiB(pid);
     peak = Math.max(peak, after.hwm);
     const gib = (kib: number) => kib / 2 ** 20;
-    const rise = gib(peak - before.rss), kept = gib(after.rss - before.rss);
+    const rise = gib(peak - before.rss),
+      kept = gib(after.rss - before.rss);
     const pass = res.status === 201 && rise < 1.5 && kept < 0.25;
-    console.log(`upload of a ${(bytes / 2 ** 30).toFixed(3)} GiB adapter (r = ${r}, all-linear, on a one-layer base of width 4096): HTTP ${res.status} in ${seconds.toFixed(1)} s${res.status === 201 ? "" : `: ${text.slice(0, 200)}`}`);
-    console.log(`server VmRSS before ${gib(before.rss).toFixed(3)} GiB, peak ${gib(peak).toFixed(3)} GiB (+${rise.toFixed(3)}), after ${gib(after.rss).toFixed(3)} GiB (+${kept.toFixed(3)})`);
-    console.log(`ACCEPTANCE ${pass ? "PASS" : "FAIL"}: resident memory rose by ${rise.toFixed(3)} GiB (limit 1.5) and kept ${kept.toFixed(3)} GiB afterwards (limit 0.25)`);
+    console.log(
+      `upload of a ${(bytes / 2 ** 30).toFixed(3)} GiB adapter (r = ${r}, all-linear, on a one-layer base of width 4096): HTTP ${
+        res.status
+      } in ${seconds.toFixed(1)} s${res.status === 201 ? "" : `: ${text.slice(0, 200)}`}`,
+    );
+    console.log(
+      `server VmRSS before ${gib(before.rss).toFixed(3)} GiB, peak ${gib(peak).toFixed(3)} GiB (+${rise.toFixed(3)}), after ${gib(after.rss).toFixed(
+        3,
+      )} GiB (+${kept.toFixed(3)})`,
+    );
+    console.log(
+      `ACCEPTANCE ${pass ? "PASS" : "FAIL"}: resident memory rose by ${rise.toFixed(3)} GiB (limit 1.5) and kept ${kept.toFixed(
+        3,
+      )} GiB afterwards (limit 0.25)`,
+    );
     if (values.json) {
-      await writeFile(values.json, `${JSON.stringify({ date: new Date().toISOString(), command: `node --import tsx apps/server/bench/upload-memory.ts --mib ${MIB}`, adapter_bytes: bytes, rank: r, status: res.status, seconds, rss_before_kib: before.rss, rss_peak_kib: peak, rss_after_kib: after.rss, pass }, null, 2)}\n`);
+      await writeFile(
+        values.json,
+        `${JSON.stringify(
+          {
+            date: new Date().toISOString(),
+            command: `node --import tsx apps/server/bench/upload-memory.ts --mib ${MIB}`,
+            adapter_bytes: bytes,
+            rank: r,
+            status: res.status,
+            seconds,
+            rss_before_kib: before.rss,
+            rss_peak_kib: peak,
+            rss_after_kib: after.rss,
+            pass,
+          },
+          null,
+          2,
+        )}\n`,
+      );
     }
     return pass ? 0 : 1;
   } finally {

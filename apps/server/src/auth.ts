@@ -42,8 +42,15 @@ export class KeyStore {
   create(input: { name: string; scope: Scope; max_concurrency: number }): { key: ApiKey; token: string } {
     const token = newToken();
     const id = `key-${randomUUID().slice(0, 8)}`;
-    this.db.run("INSERT INTO api_keys (id, name, token_hash, scope, max_concurrency, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-      id, input.name, hashToken(token), input.scope, input.max_concurrency, now());
+    this.db.run(
+      "INSERT INTO api_keys (id, name, token_hash, scope, max_concurrency, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+      id,
+      input.name,
+      hashToken(token),
+      input.scope,
+      input.max_concurrency,
+      now(),
+    );
     return { key: this.get(id) as ApiKey, token };
   }
 
@@ -84,7 +91,10 @@ export async function adminToken(path: string, env: Record<string, string | unde
     if (fromEnv.length < 16) throw new Error("LOWRANK_API_KEY is shorter than 16 characters; use a long random key");
     return { token: fromEnv, source: "env" };
   }
-  const existing = await readFile(path, "utf8").then((s) => s.trim(), () => "");
+  const existing = await readFile(path, "utf8").then(
+    (s) => s.trim(),
+    () => "",
+  );
   if (existing) return { token: existing, source: "file" };
   const token = newToken();
   await writeFile(path, `${token}\n`, { mode: 0o600, flag: "wx" });

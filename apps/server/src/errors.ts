@@ -37,7 +37,8 @@ export const notFound = (message: string, field: string | null = null) => new Ap
 export const conflict = (message: string, field: string | null = null) => new ApiError({ status: 409, type: "conflict_error", message, field });
 export const tooLarge = (message: string, field: string | null = null) => new ApiError({ status: 413, type: "payload_too_large", message, field });
 export const unsupportedMedia = (message: string) => new ApiError({ status: 415, type: "invalid_request_error", message, field: null });
-export const rateLimited = (message: string, retryAfter?: number, field: string | null = null) => new ApiError({ status: 429, type: "rate_limit_error", message, field, retryAfter });
+export const rateLimited = (message: string, retryAfter?: number, field: string | null = null) =>
+  new ApiError({ status: 429, type: "rate_limit_error", message, field, retryAfter });
 export const unavailable = (message: string) => new ApiError({ status: 503, type: "unavailable_error", message, field: null });
 export const internal = (message: string) => new ApiError({ status: 500, type: "server_error", message, field: null });
 

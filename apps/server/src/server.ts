@@ -88,35 +88,93 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const limits: Limits = { ...DEFAULT_LIMITS, ...o.limits };
   const scope = Effect.runSync(Scope.make("sequential"));
   const step = <A>(name: string, acquire: () => Promise<A> | A, release?: (a: A) => Promise<void> | void) => {
-    const get = Effect.tryPromise({ try: async () => acquire(), catch: (e) => new StartupError({ step: name, message: `${name}: ${(e as Error).message ?? String(e)}` }) });
+    const get = Effect.tryPromise({
+      try: async () => acquire(),
+      catch: (e) => new StartupError({ step: name, message: `${name}: ${(e as Error).message ?? String(e)}` }),
+    });
     return release ? Effect.acquireRelease(get, (a) => Effect.promise(async () => release(a))) : get;
   };
 
   const program = Effect.gen(function* () {
     const home = yield* step("home", () => ensureHome(o.home));
-    const db = yield* step("database", () => openDb(home.db), (d) => d.close());
+    const db = yield* step(
+      "database",
+      () => openDb(home.db),
+      (d) => d.close(),
+    );
     yield* step("schema", () => migrate(db));
     const registry = new Registry(db, home);
     const swept = yield* step("sweep", () => registry.sweep());
     if (swept.removed.length) log(`removed ${swept.removed.length} leftover file(s) from an interrupted run`);
     const admin = yield* step("admin key", () => adminToken(home.adminKey, o.env ?? process.env));
     const keys = new KeyStore(db, admin.token);
-    const backend = o.backend ?? (yield* step("backend", () => createCpuBackend(), (b) => b.dispose()));
+    const backend =
+      o.backend ??
+      (yield* step(
+        "backend",
+        () => createCpuBackend(),
+        (b) => b.dispose(),
+      ));
     const hash = yield* step("weights hash", () => weightsHash(o.modelDir, db));
     const modelId = basename(o.modelDir.replace(/[\\/]+$/, ""));
-    const host = yield* step("model", () => ModelHost.load({ modelDir: o.modelDir, backend, id: modelId, hash, cacheBytes: o.cacheBytes, maxQueue: o.maxQueue, maxBatch: o.maxBatch, kvBudgetBytes: o.kvBudgetBytes, log }), (h) => h.close());
+    const host = yield* step(
+      "model",
+      () =>
+        ModelHost.load({
+          modelDir: o.modelDir,
+          backend,
+          id: modelId,
+          hash,
+          cacheBytes: o.cacheBytes,
+          maxQueue: o.maxQueue,
+          maxBatch: o.maxBatch,
+          kvBudgetBytes: o.kvBudgetBytes,
+          log,
+        }),
+      (h) => h.close(),
+    );
     log(`chat prompts (/v1/chat/completions): ${host.chatLayout}`);
     registry.onRemoved = (v) => void host.exclusive(async () => host.unload(v.id)).catch(() => {});
     const jobs = new JobStore(db);
-    const runner = yield* step("job runner", () => new JobRunner(jobs, registry, host, {
-      jobsDir: home.jobs, maxConcurrent: o.maxConcurrentJobs, stopGraceMs: o.stopGraceMs, command: o.workerCommand, log,
-    }), (r) => r.shutdown());
+    const runner = yield* step(
+      "job runner",
+      () =>
+        new JobRunner(jobs, registry, host, {
+          jobsDir: home.jobs,
+          maxConcurrent: o.maxConcurrentJobs,
+          stopGraceMs: o.stopGraceMs,
+          command: o.workerCommand,
+          log,
+        }),
+      (r) => r.shutdown(),
+    );
     const roots = [home.root, o.modelDir, resolve(o.modelDir), tmpdir(), process.cwd(), REPO_ROOT];
     const admission = { budgetBytes: o.jobMemoryBytes ?? defaultJobBudget(o.maxConcurrentJobs ?? 1), maxQueued: o.maxQueuedJobs ?? 16 };
-    const tokens = yield* step("tokenizer thread", () => new TokenizerPool(o.modelDir), (t) => t.close());
-    const ctx: ServerContext = { home, host, registry, keys, jobs, runner, limits, admission, tokens, startedAt: Date.now(), log, redact: (m) => redactPaths(m, roots) };
+    const tokens = yield* step(
+      "tokenizer thread",
+      () => new TokenizerPool(o.modelDir),
+      (t) => t.close(),
+    );
+    const ctx: ServerContext = {
+      home,
+      host,
+      registry,
+      keys,
+      jobs,
+      runner,
+      limits,
+      admission,
+      tokens,
+      startedAt: Date.now(),
+      log,
+      redact: (m) => redactPaths(m, roots),
+    };
     const app = createApp(ctx);
-    const listener = yield* step("listen", () => listen(app.fetch, hostname, o.port ?? 8080, limits.maxUploadBytes), (l) => l.close(0));
+    const listener = yield* step(
+      "listen",
+      () => listen(app.fetch, hostname, o.port ?? 8080, limits.maxUploadBytes),
+      (l) => l.close(0),
+    );
     const recoveredJobs = runner.recover();
     return { home, admin: { ...admin, path: home.adminKey }, ctx, app, listener, runner, host, recoveredJobs, modelId };
   });
@@ -130,15 +188,24 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const r = exit.value;
   const urlHost = hostname.includes(":") ? `[${hostname}]` : hostname;
   let stopping: Promise<void> | null = null;
-  const shutdown = () => (stopping ??= (async () => {
-    r.listener.stop();
-    await Promise.all([r.runner.shutdown(), r.host.close()]);
-    r.runner.events.closeAll();
-    await r.listener.close(o.connectionGraceMs ?? 10_000);
-    await Effect.runPromise(Scope.close(scope, Exit.void));
-  })());
+  const shutdown = () =>
+    (stopping ??= (async () => {
+      r.listener.stop();
+      await Promise.all([r.runner.shutdown(), r.host.close()]);
+      r.runner.events.closeAll();
+      await r.listener.close(o.connectionGraceMs ?? 10_000);
+      await Effect.runPromise(Scope.close(scope, Exit.void));
+    })());
   return {
-    url: `http://${urlHost}:${r.listener.port}`, host: hostname, port: r.listener.port, modelId: r.modelId, home: r.home,
-    admin: r.admin, recoveredJobs: r.recoveredJobs, ctx: r.ctx, fetch: r.app.fetch, shutdown,
+    url: `http://${urlHost}:${r.listener.port}`,
+    host: hostname,
+    port: r.listener.port,
+    modelId: r.modelId,
+    home: r.home,
+    admin: r.admin,
+    recoveredJobs: r.recoveredJobs,
+    ctx: r.ctx,
+    fetch: r.app.fetch,
+    shutdown,
   };
 }

@@ -21,7 +21,14 @@ export interface TarEntry {
 
 export function bytesEntry(name: string, data: Uint8Array | string, mtime = new Date()): TarEntry {
   const bytes = typeof data === "string" ? enc.encode(data) : data;
-  return { name, size: bytes.length, mtime, read: async function* () { yield bytes; } };
+  return {
+    name,
+    size: bytes.length,
+    mtime,
+    read: async function* () {
+      yield bytes;
+    },
+  };
 }
 
 export async function fileEntry(path: string, name: string): Promise<TarEntry> {

@@ -55,7 +55,12 @@ describe("bounds", { skip: NEED_MODEL }, () => {
 
   test("adapters with NaN, Inf or huge weights are refused at upload, naming the tensor", async () => {
     const weights = await readFile(join(adapter, "adapter_model.safetensors"));
-    for (const [value, what] of [[NaN, /NaN/], [Infinity, /\+Inf/], [-Infinity, /-Inf/], [3e30, /3\.000e\+30/]] as const) {
+    for (const [value, what] of [
+      [NaN, /NaN/],
+      [Infinity, /\+Inf/],
+      [-Infinity, /-Inf/],
+      [3e30, /3\.000e\+30/],
+    ] as const) {
       const { bytes, tensor } = poke(weights, value, 5);
       const r = await upload(s.url, "bad", adapter, { weights: bytes });
       assertError(r, 400, "adapter_model.safetensors", what);
@@ -67,9 +72,18 @@ describe("bounds", { skip: NEED_MODEL }, () => {
 
   test("absurd lora_alpha (1e308, NaN-like, alpha_pattern) is refused naming the field", async () => {
     const config = JSON.parse(await readFile(join(adapter, "adapter_config.json"), "utf8"));
-    assertError(await upload(s.url, "bad", adapter, { config: JSON.stringify({ ...config, lora_alpha: 1e308 }) }), 400, "adapter_config.json.lora_alpha", /lora_alpha = 1e\+308/);
+    assertError(
+      await upload(s.url, "bad", adapter, { config: JSON.stringify({ ...config, lora_alpha: 1e308 }) }),
+      400,
+      "adapter_config.json.lora_alpha",
+      /lora_alpha = 1e\+308/,
+    );
     assertError(await upload(s.url, "bad", adapter, { config: JSON.stringify({ ...config, lora_alpha: -1e6 }) }), 400, "adapter_config.json.lora_alpha");
-    assertError(await upload(s.url, "bad", adapter, { config: JSON.stringify({ ...config, alpha_pattern: { q_proj: 1e9 } }) }), 400, "adapter_config.json.alpha_pattern");
+    assertError(
+      await upload(s.url, "bad", adapter, { config: JSON.stringify({ ...config, alpha_pattern: { q_proj: 1e9 } }) }),
+      400,
+      "adapter_config.json.alpha_pattern",
+    );
     assert.equal((await call(s.url, "GET", "/v1/adapters/bad")).status, 404, "nothing was registered");
     await alive();
   });
@@ -87,8 +101,20 @@ describe("bounds", { skip: NEED_MODEL }, () => {
   test("a 5,000-deep JSON field is a 400 naming it, in JSON bodies and in upload form fields", async () => {
     const deep = `${"[".repeat(5000)}${"]".repeat(5000)}`;
     const body = `{"adapter_name": "x", "data": "hi", "hyperparameters": {"a": ${deep}}}`;
-    assertError(await call(s.url, "POST", "/v1/fine-tunes", { raw: body, headers: { "content-type": "application/json" } }), 400, "hyperparameters", /nested more than 32 levels/);
-    assertError(await call(s.url, "POST", "/v1/completions", { raw: `{"model": "good", "prompt": "x", "stop": ${deep}}`, headers: { "content-type": "application/json" } }), 400, "stop");
+    assertError(
+      await call(s.url, "POST", "/v1/fine-tunes", { raw: body, headers: { "content-type": "application/json" } }),
+      400,
+      "hyperparameters",
+      /nested more than 32 levels/,
+    );
+    assertError(
+      await call(s.url, "POST", "/v1/completions", {
+        raw: `{"model": "good", "prompt": "x", "stop": ${deep}}`,
+        headers: { "content-type": "application/json" },
+      }),
+      400,
+      "stop",
+    );
     assertError(await upload(s.url, "bad", adapter, { extra: { hyperparameters: `{"a": ${deep}}` } }), 400, "hyperparameters.a", /nested/);
     await alive();
   });
@@ -132,7 +158,8 @@ describe("bounds", { skip: NEED_MODEL }, () => {
   });
 
   test("binary, NUL-only and non-UTF-8 datasets are refused naming the field (data)", async () => {
-    const post = (bytes: Uint8Array) => call(s.url, "POST", "/v1/datasets", { raw: new Blob([new Uint8Array(bytes)]), headers: { "content-type": "application/octet-stream" } });
+    const post = (bytes: Uint8Array) =>
+      call(s.url, "POST", "/v1/datasets", { raw: new Blob([new Uint8Array(bytes)]), headers: { "content-type": "application/octet-stream" } });
     assertError(await post(new Uint8Array(4096)), 400, "data", /NUL/);
     assertError(await post(Uint8Array.from({ length: 4096 }, (_, i) => (i * 7919 + 13) % 256)), 400, "data", /not UTF-8 text|NUL|control/);
     assertError(await post(new TextEncoder().encode("\x01\x02\x03\x04\x05\x06".repeat(100))), 400, "data", /control characters/);
@@ -164,7 +191,9 @@ describe("bounds", { skip: NEED_MODEL }, () => {
     const text = line.repeat(Math.ceil(10e6 / line.length));
     const up = await healthzDuring(call(s.url, "POST", "/v1/datasets", { raw: text, headers: { "content-type": "text/plain" } }));
     assert.equal(up.result.status, 201, up.result.text);
-    console.log(`# healthz during a ${(text.length / 1e6).toFixed(1)} MB dataset upload: p50 ${up.p50.toFixed(1)} ms, p99 ${up.p99.toFixed(1)} ms (${up.n} probes)`);
+    console.log(
+      `# healthz during a ${(text.length / 1e6).toFixed(1)} MB dataset upload: p50 ${up.p50.toFixed(1)} ms, p99 ${up.p99.toFixed(1)} ms (${up.n} probes)`,
+    );
     assert.ok(up.n >= 5, "the upload took long enough to probe");
     assert.ok(up.p99 < 100, `p99 ${up.p99.toFixed(1)} ms`);
     assert.equal((await call(s.url, "DELETE", `/v1/datasets/${up.result.json.id}`)).status, 200);
@@ -176,7 +205,12 @@ describe("bounds", { skip: NEED_MODEL }, () => {
     assertError(big.result, 400, "prompt", /1000000 characters: more than this model's context of 512 tokens can hold .*not tokenized/);
     console.log(`# 500k-token prompt refused in ${ms.toFixed(0)} ms; healthz p99 ${big.p99.toFixed(1)} ms`);
     assert.ok(big.p99 < 100);
-    assertError(await call(s.url, "POST", "/v1/chat/completions", { body: { model: "good", messages: [{ role: "user", content: prompt }] } }), 400, "messages", /not tokenized/);
+    assertError(
+      await call(s.url, "POST", "/v1/chat/completions", { body: { model: "good", messages: [{ role: "user", content: prompt }] } }),
+      400,
+      "messages",
+      /not tokenized/,
+    );
     await alive();
   });
 });

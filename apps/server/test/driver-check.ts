@@ -31,7 +31,9 @@ try {
   } catch {
     rolledBack = db.get("SELECT 1 FROM aliases WHERE name = 'x'") === undefined;
   }
-  console.log(JSON.stringify({ driver: db.driver, current: rolled.current.ref, deleted: rolled.deleted?.ref, versions: reg.listVersions("bot").length, rolledBack }));
+  console.log(
+    JSON.stringify({ driver: db.driver, current: rolled.current.ref, deleted: rolled.deleted?.ref, versions: reg.listVersions("bot").length, rolledBack }),
+  );
   db.close();
 } finally {
   await rm(root, { recursive: true, force: true });

@@ -36,9 +36,18 @@ export async function makeAdapter(dir: string, seed: number, opts: { r?: number;
   const backend = createCpuBackend();
   const model = await loadHfModel(STORIES, { backend });
   try {
-    const peft = getPeftModel(model, {
-      r: opts.r ?? 4, lora_alpha: 8, target_modules: opts.targets ?? ["q_proj", "v_proj"], init_lora_weights: false, base_model_name_or_path: STORIES,
-    }, "default", { seed });
+    const peft = getPeftModel(
+      model,
+      {
+        r: opts.r ?? 4,
+        lora_alpha: 8,
+        target_modules: opts.targets ?? ["q_proj", "v_proj"],
+        init_lora_weights: false,
+        base_model_name_or_path: STORIES,
+      },
+      "default",
+      { seed },
+    );
     if (opts.scale !== undefined) {
       for (const [, layer] of peft.loraLayers()) {
         const B = layer.lora_B.get("default").weight;
@@ -64,8 +73,15 @@ export async function startTestServer(opts: Partial<ServerOptions> = {}): Promis
   const home = opts.home ?? (await tempDir("home"));
   const logs: string[] = [];
   const s = await startServer({
-    modelDir: STORIES, home, host: "127.0.0.1", port: 0, env: { LOWRANK_API_KEY: ADMIN }, log: (l) => logs.push(l),
-    stopGraceMs: 20_000, connectionGraceMs: 2000, ...opts,
+    modelDir: STORIES,
+    home,
+    host: "127.0.0.1",
+    port: 0,
+    env: { LOWRANK_API_KEY: ADMIN },
+    log: (l) => logs.push(l),
+    stopGraceMs: 20_000,
+    connectionGraceMs: 2000,
+    ...opts,
   });
   return Object.assign(s, {
     logs,
@@ -83,7 +99,12 @@ export interface Res {
   json: any; // eslint-disable-line @typescript-eslint/no-explicit-any -- test assertions read arbitrary fields
 }
 
-export async function call(base: string, method: string, path: string, opts: { key?: string | null; body?: unknown; raw?: BodyInit; headers?: Record<string, string> } = {}): Promise<Res> {
+export async function call(
+  base: string,
+  method: string,
+  path: string,
+  opts: { key?: string | null; body?: unknown; raw?: BodyInit; headers?: Record<string, string> } = {},
+): Promise<Res> {
   const headers: Record<string, string> = { ...opts.headers };
   const key = opts.key === undefined ? ADMIN : opts.key;
   if (key !== null) headers.authorization = `Bearer ${key}`;
@@ -104,26 +125,38 @@ export async function call(base: string, method: string, path: string, opts: { k
 }
 
 /** Upload a PEFT directory as a new version of `name`. */
-export async function upload(base: string, name: string, dir: string, opts: { key?: string; extra?: Record<string, string>; weights?: Uint8Array; config?: string } = {}): Promise<Res> {
+export async function upload(
+  base: string,
+  name: string,
+  dir: string,
+  opts: { key?: string; extra?: Record<string, string>; weights?: Uint8Array; config?: string } = {},
+): Promise<Res> {
   const form = new FormData();
   form.set("name", name);
   form.set("adapter_config.json", new Blob([opts.config ?? (await readFile(join(dir, "adapter_config.json"), "utf8"))]), "adapter_config.json");
-  form.set("adapter_model.safetensors", new Blob([new Uint8Array(opts.weights ?? (await readFile(join(dir, "adapter_model.safetensors"))))]), "adapter_model.safetensors");
+  form.set(
+    "adapter_model.safetensors",
+    new Blob([new Uint8Array(opts.weights ?? (await readFile(join(dir, "adapter_model.safetensors"))))]),
+    "adapter_model.safetensors",
+  );
   for (const [k, v] of Object.entries(opts.extra ?? {})) form.set(k, v);
   return call(base, "POST", "/v1/adapters", { key: opts.key, raw: form });
 }
 
 /** Parse an SSE body into {event, data} records ("message" when unnamed). */
 export function parseSse(text: string): { event: string; data: string }[] {
-  return text.split("\n\n").filter((b) => b.trim() && !b.startsWith(":")).map((block) => {
-    let event = "message";
-    const data: string[] = [];
-    for (const line of block.split("\n")) {
-      if (line.startsWith("event: ")) event = line.slice(7);
-      else if (line.startsWith("data: ")) data.push(line.slice(6));
-    }
-    return { event, data: data.join("\n") };
-  });
+  return text
+    .split("\n\n")
+    .filter((b) => b.trim() && !b.startsWith(":"))
+    .map((block) => {
+      let event = "message";
+      const data: string[] = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event: ")) event = line.slice(7);
+        else if (line.startsWith("data: ")) data.push(line.slice(6));
+      }
+      return { event, data: data.join("\n") };
+    });
 }
 
 export function completion(model: string, prompt: string, extra: Record<string, unknown> = {}) {

@@ -47,7 +47,11 @@ describe("inference", { skip: NEED_MODEL }, () => {
     for (const k of ["a1", "b1", "b2", "c1"]) refs[k] = await reference(dirs[k], 20);
     refs.base = await reference(null, 20);
     s = await startTestServer();
-    for (const [name, dir] of [["alpha", dirs.a1], ["beta", dirs.b1], ["gamma", dirs.c1]] as const) {
+    for (const [name, dir] of [
+      ["alpha", dirs.a1],
+      ["beta", dirs.b1],
+      ["gamma", dirs.c1],
+    ] as const) {
       const r = await upload(s.url, name, dir);
       assert.equal(r.status, 201, r.text);
     }
@@ -72,9 +76,17 @@ describe("inference", { skip: NEED_MODEL }, () => {
     const run = async (r: (typeof requests)[number]) => {
       const res = await call(s.url, "POST", "/v1/completions", { body: completion(r.model, r.prompt, { max_tokens: 20, stream: r.stream }) });
       assert.equal(res.status, 200, res.text);
-      if (!r.stream) return { ...r, text: res.json.choices[0].text as string, adapter: res.json.adapter as string | null, header: res.headers.get("x-lowrank-adapter") };
-      const chunks = parseSse(res.text).filter((e) => e.data !== "[DONE]").map((e) => JSON.parse(e.data));
-      return { ...r, text: chunks.map((c) => c.choices[0]?.text ?? "").join(""), adapter: chunks[0].adapter as string | null, header: res.headers.get("x-lowrank-adapter") };
+      if (!r.stream)
+        return { ...r, text: res.json.choices[0].text as string, adapter: res.json.adapter as string | null, header: res.headers.get("x-lowrank-adapter") };
+      const chunks = parseSse(res.text)
+        .filter((e) => e.data !== "[DONE]")
+        .map((e) => JSON.parse(e.data));
+      return {
+        ...r,
+        text: chunks.map((c) => c.choices[0]?.text ?? "").join(""),
+        adapter: chunks[0].adapter as string | null,
+        header: res.headers.get("x-lowrank-adapter"),
+      };
     };
     // Swaps while the requests are queued: a new current version of beta, alpha unloaded and reloaded.
     const swaps = (async () => {
@@ -106,7 +118,11 @@ describe("inference", { skip: NEED_MODEL }, () => {
   test("SSE: OpenAI chunk format, text equal to the non-streamed result, data: [DONE] last", async () => {
     const body = completion("alpha@1", PROMPTS[1], { max_tokens: 20 });
     const plain = await call(s.url, "POST", "/v1/completions", { body });
-    const res = await fetch(`${s.url}/v1/completions`, { method: "POST", headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" }, body: JSON.stringify({ ...body, stream: true, stream_options: { include_usage: true } }) });
+    const res = await fetch(`${s.url}/v1/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
+      body: JSON.stringify({ ...body, stream: true, stream_options: { include_usage: true } }),
+    });
     assert.equal(res.status, 200);
     assert.match(res.headers.get("content-type") ?? "", /^text\/event-stream/);
     assert.equal(res.headers.get("x-lowrank-adapter"), "alpha@1");
@@ -127,10 +143,18 @@ describe("inference", { skip: NEED_MODEL }, () => {
     assert.equal(usageChunk.usage.completion_tokens, plain.json.usage.completion_tokens);
     const last = chunks[chunks.length - 2];
     assert.equal(last.choices[0].finish_reason, plain.json.choices[0].finish_reason);
-    assert.equal(chunks.slice(0, -1).map((c) => c.choices[0].text).join(""), plain.json.choices[0].text);
+    assert.equal(
+      chunks
+        .slice(0, -1)
+        .map((c) => c.choices[0].text)
+        .join(""),
+      plain.json.choices[0].text,
+    );
     for (const c of chunks.slice(0, -2)) assert.equal(c.choices[0].finish_reason, null);
 
-    const chat = await call(s.url, "POST", "/v1/chat/completions", { body: { model: "gamma", messages: [{ role: "user", content: "Tell me a story" }], max_tokens: 12, temperature: 0, stream: true } });
+    const chat = await call(s.url, "POST", "/v1/chat/completions", {
+      body: { model: "gamma", messages: [{ role: "user", content: "Tell me a story" }], max_tokens: 12, temperature: 0, stream: true },
+    });
     const events = parseSse(chat.text);
     assert.equal(events[events.length - 1].data, "[DONE]");
     const cc = events.slice(0, -1).map((e) => JSON.parse(e.data));
@@ -139,7 +163,9 @@ describe("inference", { skip: NEED_MODEL }, () => {
     assert.ok(["stop", "length"].includes(cc[cc.length - 1].choices[0].finish_reason));
     assert.deepEqual(cc[cc.length - 1].choices[0].delta, {});
     const streamed = cc.map((c) => c.choices[0].delta.content ?? "").join("");
-    const nonStream = await call(s.url, "POST", "/v1/chat/completions", { body: { model: "gamma", messages: [{ role: "user", content: "Tell me a story" }], max_tokens: 12, temperature: 0 } });
+    const nonStream = await call(s.url, "POST", "/v1/chat/completions", {
+      body: { model: "gamma", messages: [{ role: "user", content: "Tell me a story" }], max_tokens: 12, temperature: 0 },
+    });
     assert.equal(streamed, nonStream.json.choices[0].message.content);
   });
 
@@ -148,8 +174,21 @@ describe("inference", { skip: NEED_MODEL }, () => {
       method: "POST",
       headers: { "Content-Type": "application/json", Authorization: `Bearer ${ADMIN}` },
       body: JSON.stringify({
-        model: "stories260K-hf:alpha", messages: [{ role: "system", content: "You tell stories." }, { role: "user", content: [{ type: "text", text: "Once upon a time" }] }],
-        temperature: 0.7, top_p: 0.9, max_tokens: 16, n: 1, presence_penalty: 0, frequency_penalty: 0, seed: 7, user: "u-1", stream: false, logprobs: false,
+        model: "stories260K-hf:alpha",
+        messages: [
+          { role: "system", content: "You tell stories." },
+          { role: "user", content: [{ type: "text", text: "Once upon a time" }] },
+        ],
+        temperature: 0.7,
+        top_p: 0.9,
+        max_tokens: 16,
+        n: 1,
+        presence_penalty: 0,
+        frequency_penalty: 0,
+        seed: 7,
+        user: "u-1",
+        stream: false,
+        logprobs: false,
       }),
     });
     assert.equal(res.status, 200);
@@ -162,24 +201,62 @@ describe("inference", { skip: NEED_MODEL }, () => {
     assert.equal(typeof j.choices[0].message.content, "string");
     assert.equal(j.usage.total_tokens, j.usage.prompt_tokens + j.usage.completion_tokens);
     // Same seed, same output.
-    const again = await (await fetch(`${s.url}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json", authorization: `Bearer ${ADMIN}` }, body: JSON.stringify({ model: "stories260K-hf:alpha", messages: [{ role: "system", content: "You tell stories." }, { role: "user", content: "Once upon a time" }], temperature: 0.7, top_p: 0.9, max_tokens: 16, seed: 7 }) })).json();
+    const again = await (
+      await fetch(`${s.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${ADMIN}` },
+        body: JSON.stringify({
+          model: "stories260K-hf:alpha",
+          messages: [
+            { role: "system", content: "You tell stories." },
+            { role: "user", content: "Once upon a time" },
+          ],
+          temperature: 0.7,
+          top_p: 0.9,
+          max_tokens: 16,
+          seed: 7,
+        }),
+      })
+    ).json();
     assert.equal(again.choices[0].message.content, j.choices[0].message.content);
   });
 
   test("GET /v1/models lists the base, name@version, current names and aliases", async () => {
-    await call(s.url, "PUT", "/v1/aliases/support-bot", { body: { targets: [{ adapter: "beta@1", weight: 1 }, { adapter: "beta@2", weight: 1 }] } });
+    await call(s.url, "PUT", "/v1/aliases/support-bot", {
+      body: {
+        targets: [
+          { adapter: "beta@1", weight: 1 },
+          { adapter: "beta@2", weight: 1 },
+        ],
+      },
+    });
     const r = await call(s.url, "GET", "/v1/models");
     assert.equal(r.status, 200);
     assert.equal(r.json.object, "list");
     const ids = r.json.data.map((m: { id: string }) => m.id);
-    for (const id of ["stories260K-hf", "stories260K-hf:alpha@1", "stories260K-hf:beta@1", "stories260K-hf:beta@2", "stories260K-hf:beta", "stories260K-hf:gamma@1", "stories260K-hf:support-bot"]) {
+    for (const id of [
+      "stories260K-hf",
+      "stories260K-hf:alpha@1",
+      "stories260K-hf:beta@1",
+      "stories260K-hf:beta@2",
+      "stories260K-hf:beta",
+      "stories260K-hf:gamma@1",
+      "stories260K-hf:support-bot",
+    ]) {
       assert.ok(ids.includes(id), `${id} in ${ids.join(", ")}`);
     }
     for (const m of r.json.data) assert.equal(m.object, "model");
   });
 
   test("A/B alias: traffic split by weight, the chosen version in a header and a field, sticky per user", async () => {
-    await call(s.url, "PUT", "/v1/aliases/support-bot", { body: { targets: [{ adapter: "beta@1", weight: 1 }, { adapter: "beta@2", weight: 1 }] } });
+    await call(s.url, "PUT", "/v1/aliases/support-bot", {
+      body: {
+        targets: [
+          { adapter: "beta@1", weight: 1 },
+          { adapter: "beta@2", weight: 1 },
+        ],
+      },
+    });
     const seen = new Map<string, number>();
     for (let i = 0; i < 24; i++) {
       const r = await call(s.url, "POST", "/v1/completions", { body: completion("support-bot", PROMPTS[0], { max_tokens: 20 }) });
@@ -192,10 +269,19 @@ describe("inference", { skip: NEED_MODEL }, () => {
     }
     assert.deepEqual([...seen.keys()].sort(), ["beta@1", "beta@2"], `both arms used: ${JSON.stringify([...seen])}`);
     const sticky = new Set<string>();
-    for (let i = 0; i < 6; i++) sticky.add((await call(s.url, "POST", "/v1/completions", { body: completion("support-bot", "x", { max_tokens: 1, user: "alice" }) })).json.adapter);
+    for (let i = 0; i < 6; i++)
+      sticky.add((await call(s.url, "POST", "/v1/completions", { body: completion("support-bot", "x", { max_tokens: 1, user: "alice" }) })).json.adapter);
     assert.equal(sticky.size, 1, "one user stays on one arm");
-    await call(s.url, "PUT", "/v1/aliases/support-bot", { body: { targets: [{ adapter: "beta@1", weight: 0 }, { adapter: "beta@2", weight: 5 }] } });
-    for (let i = 0; i < 5; i++) assert.equal((await call(s.url, "POST", "/v1/completions", { body: completion("support-bot", "x", { max_tokens: 1 }) })).json.adapter, "beta@2");
+    await call(s.url, "PUT", "/v1/aliases/support-bot", {
+      body: {
+        targets: [
+          { adapter: "beta@1", weight: 0 },
+          { adapter: "beta@2", weight: 5 },
+        ],
+      },
+    });
+    for (let i = 0; i < 5; i++)
+      assert.equal((await call(s.url, "POST", "/v1/completions", { body: completion("support-bot", "x", { max_tokens: 1 }) })).json.adapter, "beta@2");
     assert.equal((await call(s.url, "DELETE", "/v1/adapters/beta/versions/2")).status, 409, "an alias target cannot be deleted");
     assert.equal((await call(s.url, "DELETE", "/v1/aliases/support-bot")).status, 200);
   });
@@ -208,15 +294,23 @@ describe("inference", { skip: NEED_MODEL }, () => {
     assert.equal(r.json.choices[0].text, full.slice(0, cut));
     assert.equal(r.json.choices[0].finish_reason, "stop");
     const st = await call(s.url, "POST", "/v1/completions", { body: completion("stories260K-hf", PROMPTS[0], { max_tokens: 20, stop: "girl", stream: true }) });
-    const chunks = parseSse(st.text).filter((e) => e.data !== "[DONE]").map((e) => JSON.parse(e.data));
+    const chunks = parseSse(st.text)
+      .filter((e) => e.data !== "[DONE]")
+      .map((e) => JSON.parse(e.data));
     assert.equal(chunks.map((c) => c.choices[0].text).join(""), full.slice(0, cut));
   });
 
   test("the adapter cache evicts the least recently used adapter by bytes", async () => {
     const small = await startTestServer({ cacheBytes: 30_000 });
     try {
-      for (const [name, dir] of [["one", dirs.a1], ["two", dirs.c1], ["three", dirs.a1]] as const) assert.equal((await upload(small.url, name, dir)).status, 201);
-      for (const m of ["one", "two", "three"]) assert.equal((await call(small.url, "POST", "/v1/completions", { body: completion(m, "Hi", { max_tokens: 2 }) })).status, 200);
+      for (const [name, dir] of [
+        ["one", dirs.a1],
+        ["two", dirs.c1],
+        ["three", dirs.a1],
+      ] as const)
+        assert.equal((await upload(small.url, name, dir)).status, 201);
+      for (const m of ["one", "two", "three"])
+        assert.equal((await call(small.url, "POST", "/v1/completions", { body: completion(m, "Hi", { max_tokens: 2 }) })).status, 200);
       const cache = await call(small.url, "GET", "/v1/cache");
       const loaded = cache.json.loaded.map((a: { adapter: string }) => a.adapter);
       assert.ok(cache.json.used_bytes <= 30_000, JSON.stringify(cache.json));
@@ -240,7 +334,11 @@ describe("continuous batching bounds", { skip: NEED_MODEL }, () => {
       assert.equal(big.json.error.field, "max_tokens");
       assert.match(big.json.error.message, /KV cache, more than the server's budget of 100000; lower max_tokens/);
       const ref = await reference(null, 12);
-      const outs = await Promise.all(Array.from({ length: 6 }, (_, i) => call(s.url, "POST", "/v1/completions", { body: completion("stories260K-hf", PROMPTS[i % PROMPTS.length], { max_tokens: 12 }) })));
+      const outs = await Promise.all(
+        Array.from({ length: 6 }, (_, i) =>
+          call(s.url, "POST", "/v1/completions", { body: completion("stories260K-hf", PROMPTS[i % PROMPTS.length], { max_tokens: 12 }) }),
+        ),
+      );
       outs.forEach((r, i) => {
         assert.equal(r.status, 200, r.text);
         assert.equal(r.json.choices[0].text, ref.get(PROMPTS[i % PROMPTS.length]));

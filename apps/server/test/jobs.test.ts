@@ -28,10 +28,11 @@ async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>
 }
 
 const job = (url: string, id: string) => call(url, "GET", `/v1/fine-tunes/${id}`).then((r) => r.json);
-const finished = (url: string, id: string) => waitFor(`job ${id} to finish`, async () => {
-  const j = await job(url, id);
-  return ["succeeded", "failed", "cancelled"].includes(j.status) ? j : undefined;
-});
+const finished = (url: string, id: string) =>
+  waitFor(`job ${id} to finish`, async () => {
+    const j = await job(url, id);
+    return ["succeeded", "failed", "cancelled"].includes(j.status) ? j : undefined;
+  });
 
 async function uploadDataset(url: string): Promise<void> {
   const form = new FormData();
@@ -63,14 +64,20 @@ async function workersOf(jobId: string): Promise<number> {
 /** `lowrank serve` as a child process; resolves with its URL once it listens. */
 async function serveProcess(home: string): Promise<{ child: ChildProcess; url: string; out: () => string }> {
   const child = spawn(process.execPath, [CLI, "serve", "--model", STORIES, "--port", "0", "--home", home, "--backend", "cpu"], {
-    env: { ...process.env, LOWRANK_API_KEY: ADMIN }, stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, LOWRANK_API_KEY: ADMIN },
+    stdio: ["ignore", "pipe", "pipe"],
   });
   let out = "";
   child.stdout?.on("data", (d) => (out += d));
   child.stderr?.on("data", (d) => (out += d));
   children.push(child);
   // "try: curl" is the last startup line; the others (key, resumed jobs) are in by then.
-  const url = await waitFor("the server to listen", async () => (out.includes("try: curl") && /on (http:\/\/127\.0\.0\.1:\d+)/.exec(out)?.[1]) || (child.exitCode !== null ? Promise.reject(new Error(out)) : undefined), 30_000);
+  const url = await waitFor(
+    "the server to listen",
+    async () =>
+      (out.includes("try: curl") && /on (http:\/\/127\.0\.0\.1:\d+)/.exec(out)?.[1]) || (child.exitCode !== null ? Promise.reject(new Error(out)) : undefined),
+    30_000,
+  );
   return { child, url, out: () => out };
 }
 
@@ -104,10 +111,16 @@ describe("fine-tuning jobs", { skip: NEED_MODEL }, () => {
     assert.equal(sse[sse.length - 1].event, "done");
     assert.equal(JSON.parse(sse[sse.length - 1].data).status, "succeeded");
     const steps = sse.filter((e) => e.event === "progress").map((e) => JSON.parse(e.data).step);
-    assert.deepEqual(steps, Array.from({ length: 24 }, (_, i) => i + 1));
+    assert.deepEqual(
+      steps,
+      Array.from({ length: 24 }, (_, i) => i + 1),
+    );
     const metrics = sse.filter((e) => e.event === "metrics").map((e) => JSON.parse(e.data));
     assert.equal(metrics.filter((m) => m.split === "train").length, 24);
-    assert.ok(metrics.some((m) => m.split === "eval"), "eval metrics too");
+    assert.ok(
+      metrics.some((m) => m.split === "eval"),
+      "eval metrics too",
+    );
     assert.ok(sse.some((e) => e.event === "status" && JSON.parse(e.data).status === "running"));
 
     assert.equal(j.result.adapter, "storyteller@1");
@@ -134,7 +147,11 @@ describe("fine-tuning jobs", { skip: NEED_MODEL }, () => {
     assert.equal(bad.status, 400, bad.text);
     assert.equal(bad.json.error.field, "data");
     const before = (await call(s.url, "GET", "/v1/fine-tunes")).json.data.length;
-    for (const body of [{ adapter_name: "x", dataset: "nope" }, { adapter_name: "x", dataset: "stories", seq_len: 100000 }, { adapter_name: "x", dataset: "stories", target_modules: ["q/proj"] }]) {
+    for (const body of [
+      { adapter_name: "x", dataset: "nope" },
+      { adapter_name: "x", dataset: "stories", seq_len: 100000 },
+      { adapter_name: "x", dataset: "stories", target_modules: ["q/proj"] },
+    ]) {
       const r = await call(s.url, "POST", "/v1/fine-tunes", { body });
       assert.ok(r.status === 400 || r.status === 404, r.text);
       assert.ok(r.json.error.field, r.text);
@@ -197,7 +214,11 @@ describe("fine-tuning jobs", { skip: NEED_MODEL }, () => {
       assert.equal(j.attempts, 2);
       assert.ok(j.resumed_from_step >= 4, `resumed from ${j.resumed_from_step}`);
       const m = await call(p.url, "GET", `/v1/fine-tunes/${id}/metrics`);
-      assert.deepEqual(m.json.data.filter((x: { split: string }) => x.split === "train").map((x: { step: number }) => x.step), Array.from({ length: 24 }, (_, i) => i + 1), "one train record per step, none duplicated");
+      assert.deepEqual(
+        m.json.data.filter((x: { split: string }) => x.split === "train").map((x: { step: number }) => x.step),
+        Array.from({ length: 24 }, (_, i) => i + 1),
+        "one train record per step, none duplicated",
+      );
       assert.deepEqual(await weights(home, "survivor", 1), reference, "same adapter as the uninterrupted run");
     } finally {
       p.child.kill("SIGTERM");

@@ -21,8 +21,16 @@ test("GET /openapi.json describes every route with its scope", { skip: NEED_MODE
     }
     const app = createApp(s.ctx);
     const real = new Set(app.routes.filter((x) => x.method !== "ALL").map((x) => `${x.method} ${x.path.replace(/:(\w+)/g, "{$1}")}`));
-    assert.deepEqual([...real].filter((x) => !documented.has(x)), [], "routes missing from the document");
-    assert.deepEqual([...documented].filter((x) => !real.has(x)), [], "documented routes that do not exist");
+    assert.deepEqual(
+      [...real].filter((x) => !documented.has(x)),
+      [],
+      "routes missing from the document",
+    );
+    assert.deepEqual(
+      [...documented].filter((x) => !real.has(x)),
+      [],
+      "documented routes that do not exist",
+    );
     assert.ok(doc.components.schemas.Error.properties.error.required.includes("field"));
   } finally {
     await s.close();

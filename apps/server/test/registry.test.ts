@@ -32,7 +32,7 @@ function untar(buf: Uint8Array): Map<string, Uint8Array> {
   const out = new Map<string, Uint8Array>();
   const dec = new TextDecoder();
   const field = (h: Uint8Array, o: number, n: number) => dec.decode(h.subarray(o, o + n)).replace(/\0.*$/s, "");
-  for (let off = 0; off + 512 <= buf.length;) {
+  for (let off = 0; off + 512 <= buf.length; ) {
     const h = buf.subarray(off, off + 512);
     if (h.every((b) => b === 0)) break;
     let sum = 0;
@@ -78,10 +78,19 @@ describe("registry (storage)", () => {
       await reg.addVersion({ name: "bot", stagedDir: await stage(reg, c), base_model: "m", base_model_hash: HASH, source: "test", hyperparameters: { c } });
     }
     const vs = reg.listVersions("bot");
-    assert.deepEqual(vs.map((v) => v.version), [1, 2, 3]);
-    assert.deepEqual(vs.map((v) => v.current), [false, false, true]);
+    assert.deepEqual(
+      vs.map((v) => v.version),
+      [1, 2, 3],
+    );
+    assert.deepEqual(
+      vs.map((v) => v.current),
+      [false, false, true],
+    );
     assert.equal(vs[1].sha256, await sha256File(join(reg.versionDir("bot", 2), "adapter_model.safetensors")));
-    assert.equal(vs[1].size_bytes, vs[1].files.reduce((n, f) => n + f.size, 0));
+    assert.equal(
+      vs[1].size_bytes,
+      vs[1].files.reduce((n, f) => n + f.size, 0),
+    );
     assert.deepEqual(vs[2].hyperparameters, { c: "three" });
     assert.deepEqual(await readdir(join(root, "tmp")), [], "staging emptied");
   });
@@ -131,7 +140,10 @@ describe("registry (storage)", () => {
     assert.deepEqual(await readdir(join(root, "tmp")), []);
   });
 
-  for (const [runtime, driver] of [["bun", "bun:sqlite"], ["deno", "node:sqlite"]] as const) {
+  for (const [runtime, driver] of [
+    ["bun", "bun:sqlite"],
+    ["deno", "node:sqlite"],
+  ] as const) {
     const bin = fileURLToPath(new URL(`../../../node_modules/.bin/${runtime}`, import.meta.url));
     test(`the same registry on ${runtime} uses ${driver}`, { skip: existsSync(bin) ? false : `${runtime} is not installed` }, () => {
       const script = fileURLToPath(new URL("./driver-check.ts", import.meta.url));
@@ -166,11 +178,14 @@ describe("registry over HTTP", { skip: NEED_MODEL }, () => {
     await rm(work, { recursive: true, force: true });
   });
 
-  const text = async (model: string) => (await call(s.url, "POST", "/v1/completions", { body: completion(model, "Once upon a time", { max_tokens: 16 }) })).json;
+  const text = async (model: string) =>
+    (await call(s.url, "POST", "/v1/completions", { body: completion(model, "Once upon a time", { max_tokens: 16 }) })).json;
 
   test("upload three versions; name@version and the current name route to them", async () => {
     for (let i = 0; i < 3; i++) {
-      const r = await upload(s.url, "helper", dirs[i], { extra: { description: `v${i + 1}`, eval_metrics: JSON.stringify({ loss: 1 - i / 10 }), dataset_hash: "a".repeat(64) } });
+      const r = await upload(s.url, "helper", dirs[i], {
+        extra: { description: `v${i + 1}`, eval_metrics: JSON.stringify({ loss: 1 - i / 10 }), dataset_hash: "a".repeat(64) },
+      });
       assert.equal(r.status, 201, r.text);
       assert.equal(r.json.version, i + 1);
       assert.equal(r.json.base_model, "stories260K-hf");
@@ -210,14 +225,19 @@ describe("registry over HTTP", { skip: NEED_MODEL }, () => {
     r = await call(s.url, "DELETE", "/v1/adapters/helper/versions/1");
     assert.equal(r.status, 200);
     assert.equal(r.json.current_version, 2);
-    assert.deepEqual((await call(s.url, "GET", "/v1/adapters/helper")).json.versions.map((v: { version: number }) => v.version), [2]);
+    assert.deepEqual(
+      (await call(s.url, "GET", "/v1/adapters/helper")).json.versions.map((v: { version: number }) => v.version),
+      [2],
+    );
     r = await call(s.url, "POST", "/v1/adapters/helper/rollback");
     assert.equal(r.status, 409, "nothing older to roll back to");
     assert.equal(r.json.error.type, "conflict_error");
   });
 
   test("download: a ustar archive of the PEFT files, byte-identical, readable by tar", async () => {
-    const res = await fetch(`${s.url}/v1/adapters/helper/versions/2/download`, { headers: { authorization: `Bearer ${(await import("./helpers.ts")).ADMIN}` } });
+    const res = await fetch(`${s.url}/v1/adapters/helper/versions/2/download`, {
+      headers: { authorization: `Bearer ${(await import("./helpers.ts")).ADMIN}` },
+    });
     assert.equal(res.status, 200);
     assert.equal(res.headers.get("content-type"), "application/x-tar");
     const buf = new Uint8Array(await res.arrayBuffer());
@@ -238,7 +258,10 @@ describe("registry over HTTP", { skip: NEED_MODEL }, () => {
   });
 
   test("export: the merged model generates what base + adapter generate", async () => {
-    const res = await fetch(`${s.url}/v1/adapters/helper/versions/2/export`, { method: "POST", headers: { authorization: `Bearer ${(await import("./helpers.ts")).ADMIN}` } });
+    const res = await fetch(`${s.url}/v1/adapters/helper/versions/2/export`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${(await import("./helpers.ts")).ADMIN}` },
+    });
     assert.equal(res.status, 200, await res.clone().text());
     const files = untar(new Uint8Array(await res.arrayBuffer()));
     const root = "stories260K-hf-helper-v2-merged";

@@ -72,7 +72,13 @@ describe("safety", { skip: NEED_MODEL }, () => {
 
   test("403 by scope: read < train < admin", async () => {
     assert.equal((await call(s.url, "POST", "/v1/completions", { key: keys.read, body: completion("good", "Hi", { max_tokens: 2 }) })).status, 200);
-    assertError(await call(s.url, "POST", "/v1/fine-tunes", { key: keys.read, body: { adapter_name: "x", data: "hello" } }), 403, "permission_error", null, /needs 'train'/);
+    assertError(
+      await call(s.url, "POST", "/v1/fine-tunes", { key: keys.read, body: { adapter_name: "x", data: "hello" } }),
+      403,
+      "permission_error",
+      null,
+      /needs 'train'/,
+    );
     assertError(await upload(s.url, "other", adapter, { key: keys.read }), 403, "permission_error");
     assert.equal((await upload(s.url, "other", adapter, { key: keys.train })).status, 201);
     assertError(await call(s.url, "DELETE", "/v1/adapters/other", { key: keys.train }), 403, "permission_error", null, /needs 'admin'/);
@@ -90,7 +96,7 @@ describe("safety", { skip: NEED_MODEL }, () => {
 
   test("bad JSON inputs get 400 naming the field, 404 for unknown models, 413 for huge bodies", async () => {
     const raw = (body: string) => call(s.url, "POST", "/v1/completions", { raw: body, headers: { "content-type": "application/json" } });
-    assertError(await raw("{\"model\": "), 400, "invalid_request_error", null, /malformed JSON/);
+    assertError(await raw('{"model": '), 400, "invalid_request_error", null, /malformed JSON/);
     assertError(await raw(""), 400, "invalid_request_error", null, /empty/);
     assertError(await raw("[1, 2]"), 400, "invalid_request_error", null, /JSON object/);
     const post = (body: unknown, path = "/v1/completions") => call(s.url, "POST", path, { body });
@@ -105,8 +111,18 @@ describe("safety", { skip: NEED_MODEL }, () => {
     assertError(await post(completion("good", "x", { stream: "yes" })), 400, "invalid_request_error", "stream");
     assertError(await post(completion("good", "x", { stop: [1] })), 400, "invalid_request_error", "stop[0]");
     assertError(await post(completion("good", "x".repeat(4000))), 400, "invalid_request_error", "prompt", /context/);
-    assertError(await post({ model: "good", messages: [{ role: "wizard", content: "x" }] }, "/v1/chat/completions"), 400, "invalid_request_error", "messages[0].role");
-    assertError(await post({ model: "good", messages: [{ role: "user", content: { a: 1 } }] }, "/v1/chat/completions"), 400, "invalid_request_error", "messages[0].content");
+    assertError(
+      await post({ model: "good", messages: [{ role: "wizard", content: "x" }] }, "/v1/chat/completions"),
+      400,
+      "invalid_request_error",
+      "messages[0].role",
+    );
+    assertError(
+      await post({ model: "good", messages: [{ role: "user", content: { a: 1 } }] }, "/v1/chat/completions"),
+      400,
+      "invalid_request_error",
+      "messages[0].content",
+    );
     assertError(await post({ model: "good", messages: "hi" }, "/v1/chat/completions"), 400, "invalid_request_error", "messages");
     assertError(await post(completion("nope", "x")), 404, "not_found_error", "model", /not found/);
     assertError(await post(completion("good@9", "x")), 404, "not_found_error", "model", /no version 9/);
@@ -118,7 +134,12 @@ describe("safety", { skip: NEED_MODEL }, () => {
     assertError(await post({ adapter_name: "ok", data: "x", method: "full" }, "/v1/fine-tunes"), 400, "invalid_request_error", "method");
     assertError(await post({ adapter_name: "ok", data: "x", dataset: "y" }, "/v1/fine-tunes"), 400, "invalid_request_error");
     assertError(await post({ adapter_name: "Bad/Name", data: "x" }, "/v1/fine-tunes"), 400, "invalid_request_error", "adapter_name");
-    assertError(await call(s.url, "PUT", "/v1/aliases/ab", { body: { targets: [{ adapter: "good", weight: "1" }] } }), 400, "invalid_request_error", "targets[0].weight");
+    assertError(
+      await call(s.url, "PUT", "/v1/aliases/ab", { body: { targets: [{ adapter: "good", weight: "1" }] } }),
+      400,
+      "invalid_request_error",
+      "targets[0].weight",
+    );
     assertError(await call(s.url, "PUT", "/v1/aliases/ab", { body: { targets: [{ adapter: "missing" }] } }), 404, "not_found_error", "targets[0].adapter");
     assertError(await call(s.url, "GET", "/v1/nothing-here"), 404, "not_found_error");
   });
@@ -146,7 +167,13 @@ describe("safety", { skip: NEED_MODEL }, () => {
     // A valid file with another rank than its config says: the trial load against the base refuses it.
     const r8 = await makeAdapter(join(work, "r8"), 9, { r: 8 });
     const config = JSON.parse(await readFile(join(adapter, "adapter_config.json"), "utf8"));
-    assertError(await upload(s.url, "broken", adapter, { weights: await readFile(join(r8, "adapter_model.safetensors")), config: JSON.stringify(config) }), 400, "invalid_request_error", "adapter_model.safetensors", /does not fit/);
+    assertError(
+      await upload(s.url, "broken", adapter, { weights: await readFile(join(r8, "adapter_model.safetensors")), config: JSON.stringify(config) }),
+      400,
+      "invalid_request_error",
+      "adapter_model.safetensors",
+      /does not fit/,
+    );
     assertError(await upload(s.url, "broken", adapter, { config: "{not json" }), 400, "invalid_request_error", "adapter_config.json");
     assertError(await upload(s.url, "broken", adapter, { config: JSON.stringify({ ...config, r: -1 }) }), 400, "invalid_request_error", "adapter_config.json");
     assertError(await upload(s.url, "broken", adapter, { extra: { hyperparameters: "[1" } }), 400, "invalid_request_error", "hyperparameters");
@@ -159,7 +186,11 @@ describe("safety", { skip: NEED_MODEL }, () => {
   });
 
   test("per-key concurrency: a second request over the key's limit gets 429 while a stream is open", async () => {
-    const res = await fetch(`${s.url}/v1/completions`, { method: "POST", headers: { authorization: `Bearer ${keys.read}` }, body: JSON.stringify(completion("good", "Once upon a time", { max_tokens: 300, stream: true })) });
+    const res = await fetch(`${s.url}/v1/completions`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${keys.read}` },
+      body: JSON.stringify(completion("good", "Once upon a time", { max_tokens: 300, stream: true })),
+    });
     assert.equal(res.status, 200);
     const reader = (res.body as ReadableStream<Uint8Array>).getReader();
     await reader.read(); // the stream is open: the request is in flight

@@ -44,8 +44,10 @@ export function violations(config: Record<string, unknown>, tensors: Record<stri
   for (const [f, v] of Object.entries(rules.equals ?? {})) if (config[f] !== v) out.push(`${f} must be ${JSON.stringify(v)}`);
   for (const [f, v] of Object.entries(rules.rejects ?? {})) if (config[f] === v) out.push(`${f} = ${JSON.stringify(v)} is not supported`);
   const ranks = [Number(config.r), ...Object.values((config.rank_pattern as Record<string, number>) ?? {})];
-  if (rules.maxRank !== undefined && Math.max(...ranks) > rules.maxRank) out.push(`r = ${Math.max(...ranks)} is above the default max_lora_rank ${rules.maxRank}`);
-  if (rules.allowedMaxRanks && Math.max(...ranks) > Math.max(...rules.allowedMaxRanks)) out.push(`r = ${Math.max(...ranks)} is above every allowed max_lora_rank`);
+  if (rules.maxRank !== undefined && Math.max(...ranks) > rules.maxRank)
+    out.push(`r = ${Math.max(...ranks)} is above the default max_lora_rank ${rules.maxRank}`);
+  if (rules.allowedMaxRanks && Math.max(...ranks) > Math.max(...rules.allowedMaxRanks))
+    out.push(`r = ${Math.max(...ranks)} is above every allowed max_lora_rank`);
   if (rules.bias && !rules.bias.includes(String(config.bias ?? "none"))) out.push(`bias = ${JSON.stringify(config.bias)} is not supported`);
   const mts = (config.modules_to_save as string[] | null) ?? [];
   if (rules.modulesToSave) for (const m of mts) if (!rules.modulesToSave.includes(m)) out.push(`modules_to_save ${m} is not supported`);
@@ -64,10 +66,22 @@ describe("docs/scale-out.md adapter rules", { skip: NEED_MODEL }, () => {
   let work: string;
   let rules: Rules;
   const CASES = [
-    { name: "server-default", opts: { r: 8, lora_alpha: 16, target_modules: ["q_proj", "v_proj"] }, expect: { peft: true, vllm: true, lorax: true, tgi: true } },
+    {
+      name: "server-default",
+      opts: { r: 8, lora_alpha: 16, target_modules: ["q_proj", "v_proj"] },
+      expect: { peft: true, vllm: true, lorax: true, tgi: true },
+    },
     { name: "all-linear-r16", opts: { r: 16, lora_alpha: 32, target_modules: "all-linear" }, expect: { peft: true, vllm: true, lorax: true, tgi: true } },
-    { name: "rank-32", opts: { r: 32, lora_alpha: 32, target_modules: ["q_proj", "k_proj", "v_proj", "o_proj"] }, expect: { peft: true, vllm: false, lorax: true, tgi: true } },
-    { name: "dora", opts: { r: 8, lora_alpha: 16, target_modules: ["q_proj", "v_proj"], use_dora: true }, expect: { peft: true, vllm: false, lorax: false, tgi: false } },
+    {
+      name: "rank-32",
+      opts: { r: 32, lora_alpha: 32, target_modules: ["q_proj", "k_proj", "v_proj", "o_proj"] },
+      expect: { peft: true, vllm: false, lorax: true, tgi: true },
+    },
+    {
+      name: "dora",
+      opts: { r: 8, lora_alpha: 16, target_modules: ["q_proj", "v_proj"], use_dora: true },
+      expect: { peft: true, vllm: false, lorax: false, tgi: false },
+    },
   ] as const;
   const written = new Map<string, { config: Record<string, unknown>; tensors: Record<string, { dtype: string }> }>();
 
@@ -79,7 +93,9 @@ describe("docs/scale-out.md adapter rules", { skip: NEED_MODEL }, () => {
       for (const c of CASES) {
         const model = await loadHfModel(STORIES, { backend });
         try {
-          const peft = getPeftModel(model, { ...c.opts, base_model_name_or_path: "stories260K-hf" } as Parameters<typeof getPeftModel>[1], "default", { seed: 1 });
+          const peft = getPeftModel(model, { ...c.opts, base_model_name_or_path: "stories260K-hf" } as Parameters<typeof getPeftModel>[1], "default", {
+            seed: 1,
+          });
           const dir = join(work, c.name);
           await saveAdapter(peft, dir);
           const config = JSON.parse(await readFile(join(dir, "adapter_config.json"), "utf8")) as Record<string, unknown>;

@@ -15,17 +15,47 @@ function $<T extends Element = HTMLElement>(id: string): T {
 const input = (id: string) => $<HTMLInputElement>(id);
 
 const ui = {
-  backend: $("backend"), backendPref: $<HTMLSelectElement>("backend-pref"), backendNote: $("backend-note"), error: $("error"),
-  bundledLabel: $("bundled-label"), folderPick: $("folder-pick"), modelDir: input("model-dir"), modelFiles: input("model-files"),
-  loadModel: $<HTMLButtonElement>("load-model"), modelInfo: $("model-info"),
-  text: $<HTMLTextAreaElement>("text"), samples: $("samples"), textFile: input("text-file"), textStats: $("text-stats"),
-  method: $<HTMLSelectElement>("method"), targets: $<HTMLFieldSetElement>("targets"),
-  train: $<HTMLButtonElement>("train"), cancel: $<HTMLButtonElement>("cancel"), status: $("status"),
-  trainState: $("train-state"), progress: $<HTMLProgressElement>("progress"), chart: $<SVGSVGElement>("chart"),
-  step: $("step"), loss: $("loss"), tps: $("tps"), memory: $("memory"), elapsed: $("elapsed"), eta: $("eta"),
-  lossFirst: $("loss-first"), lossLast: $("loss-last"), evalBefore: $("eval-before"), evalAfter: $("eval-after"), summary: $("summary"),
-  prompt: input("prompt"), maxTokens: input("max-tokens"), generate: $<HTMLButtonElement>("generate"), colLoaded: $("col-loaded"),
-  export: $<HTMLButtonElement>("export"), downloads: $("downloads"), adapterFiles: input("adapter-files"), adapterInfo: $("adapter-info"),
+  backend: $("backend"),
+  backendPref: $<HTMLSelectElement>("backend-pref"),
+  backendNote: $("backend-note"),
+  error: $("error"),
+  bundledLabel: $("bundled-label"),
+  folderPick: $("folder-pick"),
+  modelDir: input("model-dir"),
+  modelFiles: input("model-files"),
+  loadModel: $<HTMLButtonElement>("load-model"),
+  modelInfo: $("model-info"),
+  text: $<HTMLTextAreaElement>("text"),
+  samples: $("samples"),
+  textFile: input("text-file"),
+  textStats: $("text-stats"),
+  method: $<HTMLSelectElement>("method"),
+  targets: $<HTMLFieldSetElement>("targets"),
+  train: $<HTMLButtonElement>("train"),
+  cancel: $<HTMLButtonElement>("cancel"),
+  status: $("status"),
+  trainState: $("train-state"),
+  progress: $<HTMLProgressElement>("progress"),
+  chart: $<SVGSVGElement>("chart"),
+  step: $("step"),
+  loss: $("loss"),
+  tps: $("tps"),
+  memory: $("memory"),
+  elapsed: $("elapsed"),
+  eta: $("eta"),
+  lossFirst: $("loss-first"),
+  lossLast: $("loss-last"),
+  evalBefore: $("eval-before"),
+  evalAfter: $("eval-after"),
+  summary: $("summary"),
+  prompt: input("prompt"),
+  maxTokens: input("max-tokens"),
+  generate: $<HTMLButtonElement>("generate"),
+  colLoaded: $("col-loaded"),
+  export: $<HTMLButtonElement>("export"),
+  downloads: $("downloads"),
+  adapterFiles: input("adapter-files"),
+  adapterInfo: $("adapter-info"),
   log: $("log"),
 };
 
@@ -242,7 +272,11 @@ function num(id: string, opts: { int?: boolean; min?: number; max?: number } = {
   const v = Number(el.value);
   const label = el.parentElement?.firstChild?.textContent?.trim() ?? id;
   if (el.value.trim() === "" || !Number.isFinite(v) || (opts.int && !Number.isInteger(v)) || v < (opts.min ?? -Infinity) || v > (opts.max ?? Infinity)) {
-    throw new Error(`${label}: ${JSON.stringify(el.value)} is not ${opts.int ? "an integer" : "a number"}${opts.min !== undefined ? ` >= ${opts.min}` : ""}${opts.max !== undefined ? ` <= ${opts.max}` : ""}`);
+    throw new Error(
+      `${label}: ${JSON.stringify(el.value)} is not ${opts.int ? "an integer" : "a number"}${opts.min !== undefined ? ` >= ${opts.min}` : ""}${
+        opts.max !== undefined ? ` <= ${opts.max}` : ""
+      }`,
+    );
   }
   return v;
 }
@@ -255,11 +289,19 @@ function settings(): TrainSettings {
   const method = ui.method.value as Method;
   if (method !== "full" && !picked.length) throw new Error("check at least one target module");
   return {
-    text, textName: page.textName, method,
-    rank: num("rank", { int: true, min: 1 }), alpha: num("alpha", { min: 0 }), dropout: num("dropout", { min: 0, max: 0.95 }),
+    text,
+    textName: page.textName,
+    method,
+    rank: num("rank", { int: true, min: 1 }),
+    alpha: num("alpha", { min: 0 }),
+    dropout: num("dropout", { min: 0, max: 0.95 }),
     targets: picked.length === boxes.length ? "all-linear" : picked,
-    steps: num("steps", { int: true, min: 1 }), lr: num("lr", { min: 0 }), batchSize: num("batch", { int: true, min: 1 }),
-    seqLen: num("seq-len", { int: true, min: 2 }), warmup: num("warmup", { min: 0 }), seed: num("seed", { int: true }),
+    steps: num("steps", { int: true, min: 1 }),
+    lr: num("lr", { min: 0 }),
+    batchSize: num("batch", { int: true, min: 1 }),
+    seqLen: num("seq-len", { int: true, min: 2 }),
+    warmup: num("warmup", { min: 0 }),
+    seed: num("seed", { int: true }),
   };
 }
 
@@ -314,7 +356,12 @@ function showDownloads(files: { name: string; mime: string; bytes: Uint8Array }[
   for (const f of files) {
     const url = URL.createObjectURL(new Blob([f.bytes as Uint8Array<ArrayBuffer>], { type: f.mime }));
     page.urls.push(url);
-    const a = Object.assign(document.createElement("a"), { href: url, download: f.name, id: `dl-${f.name.replace(/[^a-z0-9]+/gi, "-")}`, className: "download" });
+    const a = Object.assign(document.createElement("a"), {
+      href: url,
+      download: f.name,
+      id: `dl-${f.name.replace(/[^a-z0-9]+/gi, "-")}`,
+      className: "download",
+    });
     a.textContent = `⤓ ${f.name} (${bytes(f.bytes.byteLength)})`;
     ui.downloads.append(a);
   }

@@ -25,9 +25,7 @@ export interface BackendInfo {
 }
 
 /** Where a model comes from: the copy bundled into the page at build time, or files picked by the user. */
-export type ModelSource =
-  | { kind: "url"; name: string; base: string }
-  | { kind: "files"; name: string; files: File[] };
+export type ModelSource = { kind: "url"; name: string; base: string } | { kind: "files"; name: string; files: File[] };
 
 export interface ModelInfo {
   name: string;
@@ -85,7 +83,18 @@ export type FromWorker =
   | { type: "status"; text: string }
   | { type: "model"; info: ModelInfo; memory: MemoryInfo }
   | { type: "train-start"; summary: string; totalSteps: number; train: number; eval: number; tokens: number; warnings: string[] }
-  | { type: "step"; step: number; total: number; loss: number; lr: number; gradNorm: number; tokensPerS: number; etaS: number; elapsedS: number; memory: MemoryInfo }
+  | {
+      type: "step";
+      step: number;
+      total: number;
+      loss: number;
+      lr: number;
+      gradNorm: number;
+      tokensPerS: number;
+      etaS: number;
+      elapsedS: number;
+      memory: MemoryInfo;
+    }
   | { type: "eval"; when: "before" | "after"; loss: number; perplexity: number }
   | { type: "train-end"; steps: number; seconds: number; cancelled: boolean; memory: MemoryInfo }
   | { type: "generation"; id: number; column: Column; label: string; text: string }

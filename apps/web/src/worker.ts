@@ -61,12 +61,25 @@ async function loadModel(source: ModelSource): Promise<void> {
   const { model: base, tokenizer } = await buildModelAndTokenizer(files, backend);
   base.setRequiresGrad(false);
   Object.assign(state, { files, tokenizer, base });
-  const linear = new Set(base.namedModules().filter(([n, m]) => m instanceof Linear && n !== "lm_head").map(([n]) => n.slice(n.lastIndexOf(".") + 1)));
+  const linear = new Set(
+    base
+      .namedModules()
+      .filter(([n, m]) => m instanceof Linear && n !== "lm_head")
+      .map(([n]) => n.slice(n.lastIndexOf(".") + 1)),
+  );
   const c = base.config;
   const params = base.parameters().reduce((n, t) => n + t.size, 0);
   post({
     type: "model",
-    info: { name: files.name, params, layers: c.num_hidden_layers, hidden: c.hidden_size, vocab: c.vocab_size, maxPositions: c.max_position_embeddings, linearNames: [...linear] },
+    info: {
+      name: files.name,
+      params,
+      layers: c.num_hidden_layers,
+      hidden: c.hidden_size,
+      vocab: c.vocab_size,
+      maxPositions: c.max_position_embeddings,
+      linearNames: [...linear],
+    },
     memory: memory(),
   });
 }
@@ -76,10 +89,7 @@ async function train(settings: TrainSettings): Promise<void> {
   const files = need(state.files, "load a model first");
   drop("trained");
   state.cancel = false;
-  const r = await runTraining(
-    { backend, files, tokenizer: state.tokenizer!, post, isCancelled: () => state.cancel },
-    settings,
-  );
+  const r = await runTraining({ backend, files, tokenizer: state.tokenizer!, post, isCancelled: () => state.cancel }, settings);
   state.trained = r.trained;
   post({ type: "train-end", steps: r.trained.losses.length, seconds: r.seconds, cancelled: r.cancelled, memory: memory() });
 }
@@ -108,7 +118,10 @@ async function exportTrained(): Promise<void> {
   const t = need(state.trained, "train first: there is nothing to export");
   const files = t.peft ? await adapterFiles(t.peft, state.files!.name) : await modelFiles(t.model);
   files.push({ name: "metrics.jsonl", mime: "application/x-ndjson", bytes: new TextEncoder().encode(t.metrics) });
-  post({ type: "exported", kind: t.peft ? "adapter" : "model", files }, files.map((f) => f.bytes.buffer as ArrayBuffer));
+  post(
+    { type: "exported", kind: t.peft ? "adapter" : "model", files },
+    files.map((f) => f.bytes.buffer as ArrayBuffer),
+  );
 }
 
 async function loadAdapter(picked: File[]): Promise<void> {

@@ -46,7 +46,16 @@ const TEXT = () => readFileSync(join(data.dir!, "datasets/tinyshakespeare/input.
 /** Fill in the form as a person would and press Train. */
 async function startTraining(page: Page, steps: number): Promise<void> {
   await page.fill("#text", TEXT());
-  for (const [id, v] of [["steps", String(steps)], ["lr", "0.01"], ["batch", "4"], ["seq-len", "32"], ["rank", "8"], ["alpha", "16"], ["warmup", "0"]]) await page.fill(`#${id}`, v);
+  for (const [id, v] of [
+    ["steps", String(steps)],
+    ["lr", "0.01"],
+    ["batch", "4"],
+    ["seq-len", "32"],
+    ["rank", "8"],
+    ["alpha", "16"],
+    ["warmup", "0"],
+  ])
+    await page.fill(`#${id}`, v);
   await page.selectOption("#method", "lora");
   await page.fill("#prompt", "ROMEO:");
   await page.fill("#max-tokens", "24");
@@ -72,8 +81,16 @@ test("the page fine-tunes stories260K, shows the loss falling and exports a PEFT
   const ls = await losses(page);
   firstRun = { backend, losses: ls };
   const [evalBefore, evalAfter] = [Number(await page.textContent("#eval-before")), Number(await page.textContent("#eval-after"))];
-  say(`train loss ${await page.textContent("#loss-first")} -> ${await page.textContent("#loss-last")} (mean of the first 3 steps ${mean(ls.slice(0, 3)).toFixed(4)}, last 3 ${mean(ls.slice(-3)).toFixed(4)}); eval loss ${evalBefore} -> ${evalAfter}`);
-  say(`${ls.length} steps on ${backend}; tokens/s ${await page.textContent("#tps")}; memory ${await page.textContent("#memory")}; a frame during training took ${pingMs} ms`);
+  say(
+    `train loss ${await page.textContent("#loss-first")} -> ${await page.textContent("#loss-last")} (mean of the first 3 steps ${mean(ls.slice(0, 3)).toFixed(
+      4,
+    )}, last 3 ${mean(ls.slice(-3)).toFixed(4)}); eval loss ${evalBefore} -> ${evalAfter}`,
+  );
+  say(
+    `${ls.length} steps on ${backend}; tokens/s ${await page.textContent("#tps")}; memory ${await page.textContent(
+      "#memory",
+    )}; a frame during training took ${pingMs} ms`,
+  );
   assert.equal(ls.length, 16);
   assert.ok(ls.every(Number.isFinite));
   assert.ok(mean(ls.slice(-3)) < mean(ls.slice(0, 3)) - 0.1, `train loss should fall: ${ls.join(", ")}`);

@@ -16,8 +16,14 @@ import { type DataDir, planDataAssets, resolveWebDataDir } from "../src/build/da
 const webRoot = fileURLToPath(new URL("..", import.meta.url));
 export const chromiumPath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
 const ARGS = [
-  "--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-  "--disable-quic", "--disable-dev-shm-usage", "--enable-unsafe-webgpu",
+  "--no-sandbox",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--no-first-run",
+  "--disable-quic",
+  "--disable-dev-shm-usage",
+  "--enable-unsafe-webgpu",
 ];
 
 /** The data directory the page bundles its model from (as `vite build` finds it). */
@@ -31,8 +37,13 @@ export function pageSkip(): string | false {
 }
 
 const MIME: Record<string, string> = {
-  ".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css", ".json": "application/json",
-  ".txt": "text/plain; charset=utf-8", ".safetensors": "application/octet-stream", ".wasm": "application/wasm",
+  ".html": "text/html; charset=utf-8",
+  ".js": "text/javascript",
+  ".css": "text/css",
+  ".json": "application/json",
+  ".txt": "text/plain; charset=utf-8",
+  ".safetensors": "application/octet-stream",
+  ".wasm": "application/wasm",
 };
 
 /** dist/ over http with the cross-origin isolation headers (COOP/COEP), like the dev and preview servers. */
@@ -52,9 +63,11 @@ function serve(dir: string): Promise<{ server: Server; url: string }> {
     });
     res.end(readFileSync(file));
   });
-  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => {
-    resolve({ server, url: `http://127.0.0.1:${(server.address() as { port: number }).port}/` });
-  }));
+  return new Promise((resolve) =>
+    server.listen(0, "127.0.0.1", () => {
+      resolve({ server, url: `http://127.0.0.1:${(server.address() as { port: number }).port}/` });
+    }),
+  );
 }
 
 export interface PageHost {
@@ -74,7 +87,9 @@ export async function startPage(): Promise<PageHost> {
   const { chromium } = await import("playwright-core");
   const browser = await chromium.launch({ executablePath: chromiumPath, headless: true, args: ARGS });
   return {
-    url, browser, outDir,
+    url,
+    browser,
+    outDir,
     async close() {
       await browser.close();
       server.close();

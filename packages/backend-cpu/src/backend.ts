@@ -1,13 +1,31 @@
 import {
-  type Backend, type BinaryOp, type DType, type FusedKernels, type HostArray, type Input, type MemoryStats,
-  type ReduceOp, type UnaryOp, type View, DTYPES, hostArray, numel, uniformAt,
+  type Backend,
+  type BinaryOp,
+  type DType,
+  type FusedKernels,
+  type HostArray,
+  type Input,
+  type MemoryStats,
+  type ReduceOp,
+  type UnaryOp,
+  type View,
+  DTYPES,
+  hostArray,
+  numel,
+  uniformAt,
 } from "@lowrank/tensor";
 import { type Bits, binaryStrided, unaryKernel, whereStrided } from "./kernels/elementwise.ts";
 import { encodeHalf, isHalf, useBf16Codec } from "./kernels/half.ts";
 import { concatViews, gatherKernel, scatterAddKernel } from "./kernels/indexing.ts";
 import { reduceStrided } from "./kernels/reduce.ts";
 import {
-  addRmsNormRows, crossEntropyBackwardRows, crossEntropyRowsKernel, rmsNormBackwardRows, rmsNormRows, softmaxBackwardRows, softmaxRows,
+  addRmsNormRows,
+  crossEntropyBackwardRows,
+  crossEntropyRowsKernel,
+  rmsNormBackwardRows,
+  rmsNormRows,
+  softmaxBackwardRows,
+  softmaxRows,
 } from "./kernels/fused.ts";
 import { matmul4bitKernel } from "./kernels/matmul4bit.ts";
 import { adamwKernel, dropoutKernel, ropeKernel, swigluBackwardKernel, swigluKernel } from "./kernels/fused-nn.ts";
@@ -257,14 +275,23 @@ export class CpuBackend implements Backend<CpuHandle> {
     return this.store(x.dtype, out);
   }
   concat(xs: Input<CpuHandle>[], axis: number): CpuHandle {
-    const out = hostArray(xs[0].dtype, xs.reduce((s, x) => s + numel(x.view.shape), 0));
-    concatViews(xs.map((x) => ({ data: x.handle, view: x.view })), axis, out);
+    const out = hostArray(
+      xs[0].dtype,
+      xs.reduce((s, x) => s + numel(x.view.shape), 0),
+    );
+    concatViews(
+      xs.map((x) => ({ data: x.handle, view: x.view })),
+      axis,
+      out,
+    );
     return this.own(out);
   }
   matmul(a: Input<CpuHandle>, b: Input<CpuHandle>): CpuHandle {
     const sa = a.view.shape;
     const sb = b.view.shape;
-    const M = sa[sa.length - 2], K = sa[sa.length - 1], N = sb[sb.length - 1];
+    const M = sa[sa.length - 2],
+      K = sa[sa.length - 1],
+      N = sb[sb.length - 1];
     const batch = numel(sa.slice(0, -2));
     const C = this.pool.take(batch * M * N);
     const f32 = (x: Input<CpuHandle>) => {
@@ -311,7 +338,8 @@ export class CpuBackend implements Backend<CpuHandle> {
       // embedding's gradient: whole rows added in order (the same f64 sums as the general kernel)
       const dim = shape[1];
       for (let r = 0; r < rows.length; r++) {
-        const o = rows[r] * dim, i0 = r * dim;
+        const o = rows[r] * dim,
+          i0 = r * dim;
         for (let j = 0; j < dim; j++) acc[o + j] += sv[i0 + j];
       }
       return this.store(dtype, acc);
@@ -358,11 +386,13 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
     if (!be.ew?.unary("exp", v, v)) unaryKernel("exp", v, v);
   };
   // RoPE and its backward: the rotation by +angle or -angle (its transpose).
-  const rotate = (sign: 1 | -1) => (x: Input<CpuHandle>, cos: Input<CpuHandle>, sin: Input<CpuHandle>, interleaved: boolean): CpuHandle => {
-    const y = be.pool.take(numel(x.view.shape));
-    ropeKernel(numeric(x.dtype, x.handle) as Float32Array, x.view, be.packedF32(cos), be.packedF32(sin), interleaved, sign, y);
-    return out(x.dtype, y);
-  };
+  const rotate =
+    (sign: 1 | -1) =>
+    (x: Input<CpuHandle>, cos: Input<CpuHandle>, sin: Input<CpuHandle>, interleaved: boolean): CpuHandle => {
+      const y = be.pool.take(numel(x.view.shape));
+      ropeKernel(numeric(x.dtype, x.handle) as Float32Array, x.view, be.packedF32(cos), be.packedF32(sin), interleaved, sign, y);
+      return out(x.dtype, y);
+    };
   const blas = be.engine instanceof BlasEngine ? be.engine : null;
   const attn: AttnOps = blas
     ? { gemm: (tA, tB, M, N, K, A, B, C, acc) => blas.gemm(tA, tB, M, N, K, A, tA ? M : K, B, tB ? K : N, C, N, acc ? 1 : 0), exp, rows: be.ew }
@@ -371,15 +401,41 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
     gemm: attn.gemm,
     take: (n) => be.pool.take(n),
     give: (a) => be.pool.put(a),
-    dropout: (x, y, d) => { if (!be.ew?.dropout(x, y, d.p, d.seed, d.offset)) dropoutKernel(x, d.p, d.seed, d.offset, y); },
+    dropout: (x, y, d) => {
+      if (!be.ew?.dropout(x, y, d.p, d.seed, d.offset)) dropoutKernel(x, d.p, d.seed, d.offset, y);
+    },
   };
-  const loraDims = (x: Input<CpuHandle>, w: Input<CpuHandle>, a: Input<CpuHandle>) =>
-    ({ N: x.view.shape[0], inF: x.view.shape[1], outF: w.view.shape[0], r: a.view.shape[0] });
+  const loraDims = (x: Input<CpuHandle>, w: Input<CpuHandle>, a: Input<CpuHandle>) => ({
+    N: x.view.shape[0],
+    inF: x.view.shape[1],
+    outF: w.view.shape[0],
+    r: a.view.shape[0],
+  });
   return {
-    softmax: (x) => { const { rows, n } = rowsOf(x); const y = be.pool.take(rows * n); softmaxRows(be.packedF32(x), rows, n, y, false); return out(x.dtype, y); },
-    logSoftmax: (x) => { const { rows, n } = rowsOf(x); const y = be.pool.take(rows * n); softmaxRows(be.packedF32(x), rows, n, y, true); return out(x.dtype, y); },
-    softmaxBackward: (y, gy) => { const { rows, n } = rowsOf(y); const g = be.pool.take(rows * n); softmaxBackwardRows(be.packedF32(y), be.packedF32(gy), rows, n, g, false); return out(y.dtype, g); },
-    logSoftmaxBackward: (y, gy) => { const { rows, n } = rowsOf(y); const g = be.pool.take(rows * n); softmaxBackwardRows(be.packedF32(y), be.packedF32(gy), rows, n, g, true); return out(y.dtype, g); },
+    softmax: (x) => {
+      const { rows, n } = rowsOf(x);
+      const y = be.pool.take(rows * n);
+      softmaxRows(be.packedF32(x), rows, n, y, false);
+      return out(x.dtype, y);
+    },
+    logSoftmax: (x) => {
+      const { rows, n } = rowsOf(x);
+      const y = be.pool.take(rows * n);
+      softmaxRows(be.packedF32(x), rows, n, y, true);
+      return out(x.dtype, y);
+    },
+    softmaxBackward: (y, gy) => {
+      const { rows, n } = rowsOf(y);
+      const g = be.pool.take(rows * n);
+      softmaxBackwardRows(be.packedF32(y), be.packedF32(gy), rows, n, g, false);
+      return out(y.dtype, g);
+    },
+    logSoftmaxBackward: (y, gy) => {
+      const { rows, n } = rowsOf(y);
+      const g = be.pool.take(rows * n);
+      softmaxBackwardRows(be.packedF32(y), be.packedF32(gy), rows, n, g, true);
+      return out(y.dtype, g);
+    },
     rmsNorm: (x, w, eps) => {
       const { rows, n } = rowsOf(x);
       const y = be.pool.take(rows * n);
@@ -445,7 +501,8 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
     },
     swigluBackward: (gate, up, gy) => {
       const n = numel(gate.view.shape);
-      const gGate = be.pool.take(n), gUp = be.pool.take(n);
+      const gGate = be.pool.take(n),
+        gUp = be.pool.take(n);
       const [g, u, dy] = [be.packedF32(gate), be.packedF32(up), be.packedF32(gy)];
       if (!be.ew?.swigluBackward(g, u, dy, gGate, gUp)) swigluBackwardKernel(g, u, dy, gGate, gUp);
       return { gGate: out(gate.dtype, gGate), gUp: out(up.dtype, gUp) };
@@ -465,21 +522,61 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
     attentionDecode: (q, kNew, vNew, ks, vs, lengths, scale) => {
       const [Hq, N, D] = q.view.shape;
       const y = be.pool.take(N * Hq * D);
-      const args = [{ N, Hq, Hkv: kNew.view.shape[0], D, scale }, rowsOf3(q), rowsOf3(kNew), rowsOf3(vNew), ks.map(rowsOf3), vs.map(rowsOf3), lengths, y] as const;
+      const args = [
+        { N, Hq, Hkv: kNew.view.shape[0], D, scale },
+        rowsOf3(q),
+        rowsOf3(kNew),
+        rowsOf3(vNew),
+        ks.map(rowsOf3),
+        vs.map(rowsOf3),
+        lengths,
+        y,
+      ] as const;
       if (!be.decodeWasm?.run(...args)) attentionDecodeKernel(...args);
       return be.own(y);
     },
     loraRows: (x, w, bias, a, b, mask) => {
-      const r = loraForward(lora, loraDims(x, w, a), be.packedF32(x), be.packedF32(w), bias && be.packedF32(bias), be.packedF32(a), be.packedF32(b), be.packedF32(mask), null);
+      const r = loraForward(
+        lora,
+        loraDims(x, w, a),
+        be.packedF32(x),
+        be.packedF32(w),
+        bias && be.packedF32(bias),
+        be.packedF32(a),
+        be.packedF32(b),
+        be.packedF32(mask),
+        null,
+      );
       lora.give(r.h); // inference only: nothing keeps h
       return be.own(r.y);
     },
     loraLinear: (x, w, bias, a, b, scaling, drop) => {
-      const r = loraForward(lora, loraDims(x, w, a), be.packedF32(x), be.packedF32(w), bias && be.packedF32(bias), be.packedF32(a), be.packedF32(b), scaling, drop);
+      const r = loraForward(
+        lora,
+        loraDims(x, w, a),
+        be.packedF32(x),
+        be.packedF32(w),
+        bias && be.packedF32(bias),
+        be.packedF32(a),
+        be.packedF32(b),
+        scaling,
+        drop,
+      );
       return { y: be.own(r.y), h: be.own(r.h) };
     },
     loraLinearBackward: (x, w, a, b, h, gy, scaling, drop) => {
-      const r = loraBackward(lora, loraDims(x, w, a), be.packedF32(x), be.packedF32(w), be.packedF32(a), be.packedF32(b), be.packedF32(h), be.packedF32(gy), scaling, drop);
+      const r = loraBackward(
+        lora,
+        loraDims(x, w, a),
+        be.packedF32(x),
+        be.packedF32(w),
+        be.packedF32(a),
+        be.packedF32(b),
+        be.packedF32(h),
+        be.packedF32(gy),
+        scaling,
+        drop,
+      );
       return { gx: be.own(r.gx), gA: be.own(r.gA), gB: be.own(r.gB) };
     },
     adamw: (p, g, m, v, size, h) => adamwKernel(p as Float32Array, be.packedF32(g), m as Float32Array, v as Float32Array, size, h),

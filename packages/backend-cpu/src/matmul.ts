@@ -17,8 +17,24 @@ import { tryRelaxed } from "./wasm/simd.ts";
 import { MATMUL_WASM_PLAIN, MATMUL_WASM_PLAIN_RELAXED, MATMUL_WASM_SHARED, MATMUL_WASM_SHARED_RELAXED } from "./wasm/matmul-wasm.ts";
 import { base64Bytes } from "./wasm/base64.ts";
 import {
-  COPIED, FAIL, FINISHED, type GemmPacked, JOB, MAX_CHUNKS, NEXT, READY, SEQ, SLOT, TMP, type WorkerHandle,
-  availableCores, canBlock, canShare, claimChunks, jobTag, startWorkers,
+  COPIED,
+  FAIL,
+  FINISHED,
+  type GemmPacked,
+  JOB,
+  MAX_CHUNKS,
+  NEXT,
+  READY,
+  SEQ,
+  SLOT,
+  TMP,
+  type WorkerHandle,
+  availableCores,
+  canBlock,
+  canShare,
+  claimChunks,
+  jobTag,
+  startWorkers,
 } from "./wasm/threads.ts";
 
 export interface MatmulEngine {
@@ -71,8 +87,10 @@ const MAIN_SPIN_MS = 1;
  * kernel (1024³, gemmPacked alone, 1 thread, best of 12 on the shared 2-core VM), GFLOP/s by KC x NC:
  * 128: 25/31/29 (NC 128/256/512), 256: 32/38/38, 384: 34/38/38, 512: 35/36/34.
  */
-const KC = 256, NC = 256;
-const PAGE = 65536, MAX_PAGES = 65536;
+const KC = 256,
+  NC = 256;
+const PAGE = 65536,
+  MAX_PAGES = 65536;
 /** Chunks per thread a parallel job is cut into, so a thread that gets less CPU time takes fewer. */
 const CHUNKS_PER_THREAD = 8;
 /** How long a first large matmul may wait for workers to boot (they normally take 20-60 ms). */
@@ -173,7 +191,8 @@ class KernelHeap {
   plan(M: number, N: number, K: number): Plan | null {
     const avail = this.limit - this.opBase - 256;
     const bytes = (mb: number, nb: number) => 4 * (K * Math.ceil(nb / 8) * 8 + mb * K + Math.max(K * nb, mb * nb));
-    let nb = N, mb = M;
+    let nb = N,
+      mb = M;
     if (bytes(M, N) > avail) {
       // Keep B whole when it (packed and raw) takes at most half the heap, else split its columns.
       if (bytes(0, N) > avail / 2) nb = Math.min(N, Math.max(8, Math.floor(avail / 2 / (8 * K) / 8) * 8));
@@ -280,12 +299,17 @@ class WasmEngine implements WasmMatmulEngine {
       const h = this.shared;
       if (h) for (let i = 1; i <= this.nWorkers; i++) this.ctl[i * SLOT + TMP] = h.tmpBase + i * h.tmpStride;
       const init = { bytes: h?.bytes ?? new Uint8Array(0), memory: h?.memory as WebAssembly.Memory, ctl: this.ctl };
-      this.started = this.nWorkers > 0 && !this.disposed
-        ? startWorkers(this.nWorkers, (index) => ({ ...init, index }), (i, h) => {
-            this.workers[i - 1] = h;
-            if (this.disposed) h.terminate(); // started after dispose(): its quit flag is already set
-          })
-        : Promise.resolve();
+      this.started =
+        this.nWorkers > 0 && !this.disposed
+          ? startWorkers(
+              this.nWorkers,
+              (index) => ({ ...init, index }),
+              (i, h) => {
+                this.workers[i - 1] = h;
+                if (this.disposed) h.terminate(); // started after dispose(): its quit flag is already set
+              },
+            )
+          : Promise.resolve();
     }
     return this.started;
   }
@@ -345,7 +369,8 @@ class WasmEngine implements WasmMatmulEngine {
 
   private run(h: KernelHeap, A: Float32Array, B: Float32Array, C: Float32Array, M: number, N: number, K: number, p: Plan, transB: boolean): void {
     const heap = h.heap;
-    const a4 = p.a / 4, x4 = p.x / 4;
+    const a4 = p.a / 4,
+      x4 = p.x / 4;
     for (let c0 = 0; c0 < N; c0 += p.nb) {
       const nb = Math.min(p.nb, N - c0);
       if (transB) {
@@ -395,8 +420,19 @@ class WasmEngine implements WasmMatmulEngine {
    * workers start at once, copies out its own chunks of C while the workers finish theirs, and
    * waits only for chunks actually claimed (a worker that never got CPU time costs nothing).
    */
-  private gemm(h: KernelHeap, a: number, pb: number, c: number, m: number, n: number, k: number, copyA: (s: number, e: number) => void, copyC: (s: number, e: number, j0: number, j1: number) => void): void {
-    const kernel = h.kernel, ctl = this.ctl;
+  private gemm(
+    h: KernelHeap,
+    a: number,
+    pb: number,
+    c: number,
+    m: number,
+    n: number,
+    k: number,
+    copyA: (s: number, e: number) => void,
+    copyC: (s: number, e: number, j0: number, j1: number) => void,
+  ): void {
+    const kernel = h.kernel,
+      ctl = this.ctl;
     const workers = h === this.shared && 2 * m * n * k >= this.minFlops && Math.ceil(n / NC) <= MAX_CHUNKS ? this.liveWorkers() : [];
     if (workers.length === 0) {
       copyA(0, m);

@@ -10,7 +10,8 @@
 import type { HostArray } from "@lowrank/tensor";
 
 /** Below this a fresh array costs about what a lookup here does. */
-const MIN_BYTES = 1024, FLOOR_BYTES = 64 * 2 ** 20;
+const MIN_BYTES = 1024,
+  FLOOR_BYTES = 64 * 2 ** 20;
 
 export class OutputPool {
   private readonly byLength = new Map<number, Float32Array[]>();

@@ -11,7 +11,9 @@ import { BlasEngine } from "../src/blas/engine.ts";
 import { blasLayout, gemmViews } from "../src/kernels/gemm-views.ts";
 import { availableCores } from "../src/wasm/threads.ts";
 
-const OPENBLAS = ["/usr/lib/x86_64-linux-gnu/libopenblas.so.0", "/usr/lib/aarch64-linux-gnu/libopenblas.so.0", "/usr/lib64/libopenblas.so.0"].find((p) => existsSync(p));
+const OPENBLAS = ["/usr/lib/x86_64-linux-gnu/libopenblas.so.0", "/usr/lib/aarch64-linux-gnu/libopenblas.so.0", "/usr/lib64/libopenblas.so.0"].find((p) =>
+  existsSync(p),
+);
 const NOT_A_BLAS = process.platform === "darwin" ? "/usr/lib/libSystem.B.dylib" : "libc.so.6";
 
 const backend = createCpuBackend({ threads: 1 });
@@ -35,10 +37,14 @@ const random = (n: number, seed: number): Float32Array => rnd(n, seed);
 
 /** x·y by the naive loop on contiguous copies (copy() never touches the matmul engine). */
 function reference(x: Tensor, y: Tensor): Float32Array {
-  const xs = x.shape, ys = y.shape;
-  const M = xs[xs.length - 2], K = xs[xs.length - 1], N = ys[ys.length - 1];
+  const xs = x.shape,
+    ys = y.shape;
+  const M = xs[xs.length - 2],
+    K = xs[xs.length - 1],
+    N = ys[ys.length - 1];
   const batch = xs.slice(0, -2).reduce((a, b) => a * b, 1);
-  const a = x.contiguous().readSync() as Float32Array, b = y.contiguous().readSync() as Float32Array;
+  const a = x.contiguous().readSync() as Float32Array,
+    b = y.contiguous().readSync() as Float32Array;
   const c = new Float32Array(batch * M * N);
   for (let i = 0; i < batch; i++) matmulNaive(a.subarray(i * M * K), b.subarray(i * K * N), c.subarray(i * M * N), M, N, K);
   return c;
@@ -52,18 +58,22 @@ function assertClose(got: Float32Array, want: Float32Array, what: string, tol = 
 }
 
 describe("selection", () => {
-  test("auto takes the installed OpenBLAS and reports library, threads, path and reason", { skip: OPENBLAS && !process.env.LOWRANK_BLAS ? false : "no OpenBLAS at the usual paths, or LOWRANK_BLAS set" }, () => {
-    const be = withEnv(undefined, () => createCpuBackend());
-    try {
-      assert.ok(be.blas.active, `auto found no BLAS although ${OPENBLAS} exists: ${be.blas.reason}`);
-      assert.match(be.blas.library, /^openblas \d+\.\d+\.\d+/);
-      assert.equal(be.blas.reason, "auto: found libopenblas.so.0");
-      assert.equal(be.blas.threads, availableCores());
-      assert.match(be.device, /^cpu \(openblas \d+\.\d+\.\d+ \w+, \d+ threads?, \/\S+\.so\S*\)$/);
-    } finally {
-      be.dispose();
-    }
-  });
+  test(
+    "auto takes the installed OpenBLAS and reports library, threads, path and reason",
+    { skip: OPENBLAS && !process.env.LOWRANK_BLAS ? false : "no OpenBLAS at the usual paths, or LOWRANK_BLAS set" },
+    () => {
+      const be = withEnv(undefined, () => createCpuBackend());
+      try {
+        assert.ok(be.blas.active, `auto found no BLAS although ${OPENBLAS} exists: ${be.blas.reason}`);
+        assert.match(be.blas.library, /^openblas \d+\.\d+\.\d+/);
+        assert.equal(be.blas.reason, "auto: found libopenblas.so.0");
+        assert.equal(be.blas.threads, availableCores());
+        assert.match(be.device, /^cpu \(openblas \d+\.\d+\.\d+ \w+, \d+ threads?, \/\S+\.so\S*\)$/);
+      } finally {
+        be.dispose();
+      }
+    },
+  );
 
   test("off, by option or LOWRANK_BLAS, says so in the device; the option wins over the env", () => {
     const off = withEnv("off", () => createCpuBackend({ threads: 0 }));
@@ -75,16 +85,22 @@ describe("selection", () => {
   });
 
   test("a path that does not load, or has no cblas_sgemm, is an error naming it", () => {
-    assert.throws(() => withEnv("/nonexistent/libblas.so.3", () => createCpuBackend()), (err: unknown) => {
-      assert.ok(err instanceof BlasError);
-      assert.match(err.message, /^LOWRANK_BLAS=\/nonexistent\/libblas\.so\.3: cannot load \/nonexistent\/libblas\.so\.3 via /);
-      return true;
-    });
-    assert.throws(() => createCpuBackend({ blas: NOT_A_BLAS }), (err: unknown) => {
-      assert.ok(err instanceof BlasError);
-      assert.match(err.message, /^blas: ".*": \S+ has no cblas_sgemm \(not a BLAS with the CBLAS interface\)$/);
-      return true;
-    });
+    assert.throws(
+      () => withEnv("/nonexistent/libblas.so.3", () => createCpuBackend()),
+      (err: unknown) => {
+        assert.ok(err instanceof BlasError);
+        assert.match(err.message, /^LOWRANK_BLAS=\/nonexistent\/libblas\.so\.3: cannot load \/nonexistent\/libblas\.so\.3 via /);
+        return true;
+      },
+    );
+    assert.throws(
+      () => createCpuBackend({ blas: NOT_A_BLAS }),
+      (err: unknown) => {
+        assert.ok(err instanceof BlasError);
+        assert.match(err.message, /^blas: ".*": \S+ has no cblas_sgemm \(not a BLAS with the CBLAS interface\)$/);
+        return true;
+      },
+    );
   });
 
   test("an explicit path loads that library", { skip: OPENBLAS ? false : "no OpenBLAS at the usual paths" }, () => {
@@ -119,7 +135,15 @@ describe("matmul on the BLAS path", { skip: noBlas }, () => {
     ["A.T", () => [t(random(K * M, 3), [K, M]).T, t(random(K * N, 2), [K, N])]],
     ["B.T (x·Wᵀ)", () => [t(random(M * K, 1), [M, K]), t(random(N * K, 4), [N, K]).T]],
     ["A.T·B.T", () => [t(random(K * M, 3), [K, M]).T, t(random(N * K, 4), [N, K]).T]],
-    ["row-strided slices", () => [t(random(M * (K + 10), 5), [M, K + 10]).narrow(1, 3, K), t(random((K + 5) * (N + 7), 6), [K + 5, N + 7]).narrow(1, 2, N).narrow(0, 5, K)]],
+    [
+      "row-strided slices",
+      () => [
+        t(random(M * (K + 10), 5), [M, K + 10]).narrow(1, 3, K),
+        t(random((K + 5) * (N + 7), 6), [K + 5, N + 7])
+          .narrow(1, 2, N)
+          .narrow(0, 5, K),
+      ],
+    ],
     ["transposed slice", () => [t(random(K * (M + 9), 7), [K, M + 9]).narrow(1, 4, M).T, t(random(K * N, 2), [K, N])]],
     ["batched through a permuted view", () => [t(random(3 * K * M, 8), [3, K, M]).transpose(1, 2), t(random(3 * K * N, 9), [3, K, N])]],
     ["broadcast batch", () => [t(random(2 * 3 * M * K, 10), [2, 3, M, K]), t(random(K * N, 2), [K, N]).expand(2, 3, K, N)]],
@@ -150,16 +174,37 @@ describe("matmul on the BLAS path", { skip: noBlas }, () => {
     assert.ok(engine instanceof BlasEngine);
     let packs = 0;
     const pack = () => (packs++, new Float32Array(M * K));
-    const a = random(K * (M + 9), 7), b = random(N * K, 4);
+    const a = random(K * (M + 9), 7),
+      b = random(N * K, 4);
     const C = new Float32Array(M * N);
-    gemmViews(engine, { values: a, view: { shape: [M, K], strides: [1, M + 9], offset: 4 } }, { values: b, view: { shape: [K, N], strides: [1, K], offset: 0 } }, C, pack);
+    gemmViews(
+      engine,
+      { values: a, view: { shape: [M, K], strides: [1, M + 9], offset: 4 } },
+      { values: b, view: { shape: [K, N], strides: [1, K], offset: 0 } },
+      C,
+      pack,
+    );
     assert.equal(packs, 0);
-    gemmViews(engine, { values: a, view: { shape: [M, K], strides: [0, 1], offset: 0 } }, { values: b, view: { shape: [K, N], strides: [1, K], offset: 0 } }, C, pack);
+    gemmViews(
+      engine,
+      { values: a, view: { shape: [M, K], strides: [0, 1], offset: 0 } },
+      { values: b, view: { shape: [K, N], strides: [1, K], offset: 0 } },
+      C,
+      pack,
+    );
     assert.equal(packs, 1);
   });
 
   test("zero-size products: K = 0 gives zeros, empty outputs are fine", async () => {
-    assert.deepEqual(await t(new Float32Array(0), [2, 0]).matmul(t(new Float32Array(0), [0, 3])).toArray(), [[0, 0, 0], [0, 0, 0]]);
+    assert.deepEqual(
+      await t(new Float32Array(0), [2, 0])
+        .matmul(t(new Float32Array(0), [0, 3]))
+        .toArray(),
+      [
+        [0, 0, 0],
+        [0, 0, 0],
+      ],
+    );
     assert.deepEqual(t(new Float32Array(0), [0, 4]).matmul(t(random(12, 1), [4, 3])).shape, [0, 3]);
     assert.deepEqual(t(new Float32Array(0), [0, 2, 4]).matmul(t(new Float32Array(0), [0, 4, 3])).shape, [0, 2, 3]);
   });
@@ -167,12 +212,16 @@ describe("matmul on the BLAS path", { skip: noBlas }, () => {
   test("recycled outputs are fully overwritten (stale values never leak into a result)", async () => {
     for (const be of [backend, createCpuBackend({ threads: 0, blas: "off" })]) {
       // 256 x 128 f32 = 128 KiB: large enough for the output pool.
-      const x = tensor(random(256 * 64, 18), { shape: [256, 64], backend: be }), y = tensor(random(64 * 128, 19), { shape: [64, 128], backend: be });
+      const x = tensor(random(256 * 64, 18), { shape: [256, 64], backend: be }),
+        y = tensor(random(64 * 128, 19), { shape: [64, 128], backend: be });
       const first = x.matmul(y);
       assertClose(first.readSync() as Float32Array, reference(x, y), `${be.device} first`);
       first.dispose();
       const zeros = tensor(new Float32Array(0), { shape: [256, 0], backend: be }).matmul(tensor(new Float32Array(0), { shape: [0, 128], backend: be }));
-      assert.ok((zeros.readSync() as Float32Array).every((v) => v === 0), `${be.device}: K = 0 after a recycled output`);
+      assert.ok(
+        (zeros.readSync() as Float32Array).every((v) => v === 0),
+        `${be.device}: K = 0 after a recycled output`,
+      );
       zeros.dispose();
       const again = x.transpose(0, 1).transpose(0, 1).matmul(y.mul(2));
       assertClose(again.readSync() as Float32Array, reference(x, y.mul(2)), `${be.device} again`);
@@ -184,9 +233,11 @@ describe("matmul on the BLAS path", { skip: noBlas }, () => {
     test(`${dtype}: decoded to f32, multiplied, rounded on store, as on the WASM path`, () => {
       const wasm = createCpuBackend({ threads: 0, blas: "off" });
       try {
-        const a = random(M * K, 14), b = random(N * K, 15);
+        const a = random(M * K, 14),
+          b = random(N * K, 15);
         const run = (be: CpuBackend) => tensor(a, { shape: [M, K], backend: be, dtype }).matmul(tensor(b, { shape: [N, K], backend: be, dtype }).T);
-        const got = run(backend), want = run(wasm);
+        const got = run(backend),
+          want = run(wasm);
         assert.equal(got.dtype, dtype);
         // Summation order differs between the kernels: allow a rounding step or two of the dtype.
         const step = dtype === "f16" ? 2 ** -10 : 2 ** -7;
@@ -201,11 +252,13 @@ describe("matmul on the BLAS path", { skip: noBlas }, () => {
   }
 
   test("backends with different thread counts share the process-wide BLAS setting correctly", () => {
-    const one = createCpuBackend({ threads: 0 }), all = createCpuBackend();
+    const one = createCpuBackend({ threads: 0 }),
+      all = createCpuBackend();
     try {
       assert.match(one.device, /, 1 thread, /);
       for (const be of [one, all, one]) {
-        const x = tensor(random(300 * 200, 16), { shape: [300, 200], backend: be }), y = tensor(random(200 * 100, 17), { shape: [200, 100], backend: be });
+        const x = tensor(random(300 * 200, 16), { shape: [300, 200], backend: be }),
+          y = tensor(random(200 * 100, 17), { shape: [200, 100], backend: be });
         assertClose(x.matmul(y).readSync() as Float32Array, reference(x, y), be.device);
       }
     } finally {

@@ -6,8 +6,18 @@
 import { after, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  type BinaryOp, type DType, type HostArray, type Input, type UnaryOp, type View,
-  bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, hostArray, numel,
+  type BinaryOp,
+  type DType,
+  type HostArray,
+  type Input,
+  type UnaryOp,
+  type View,
+  bf16BitsToF32,
+  f16BitsToF32,
+  f32ToBf16Bits,
+  f32ToF16Bits,
+  hostArray,
+  numel,
 } from "@lowrank/tensor";
 import { readFileSync } from "node:fs";
 import { type CpuHandle, createCpuBackend } from "../src/index.ts";
@@ -20,7 +30,10 @@ type Rand = () => number;
 function rng(seed: number): Rand {
   let s = seed >>> 0 || 1;
   return () => {
-    s ^= s << 13; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
     return s / 2 ** 32;
   };
 }
@@ -40,7 +53,9 @@ function randomView(r: Rand, shape: number[], bcast = 0.25): { view: View; size:
     s *= base[d];
   }
   let offset = int(r, 0, 3);
-  shape.forEach((n, d) => { if (real[d]) offset += int(r, 0, base[d] - n) * strides[d]; });
+  shape.forEach((n, d) => {
+    if (real[d]) offset += int(r, 0, base[d] - n) * strides[d];
+  });
   return { view: { shape, strides, offset }, size: int(r, 0, 3) + s + int(r, 0, 3) + 4 };
 }
 
@@ -74,7 +89,10 @@ function* indices(shape: readonly number[]): Generator<number[]> {
   for (;;) {
     yield idx.slice();
     let d = shape.length - 1;
-    for (; d >= 0; d--) { if (++idx[d] < shape[d]) break; idx[d] = 0; }
+    for (; d >= 0; d--) {
+      if (++idx[d] < shape[d]) break;
+      idx[d] = 0;
+    }
     if (d < 0) return;
   }
 }
@@ -102,17 +120,33 @@ function store(dtype: DType, v: number[]): HostArray {
   return out;
 }
 const BIN: Record<BinaryOp, (p: number, q: number) => number> = {
-  add: (p, q) => p + q, sub: (p, q) => p - q, mul: (p, q) => p * q,
-  div: (p, q) => p / q, max: (p, q) => (p !== p || q !== q ? NaN : Math.max(p, q)), min: (p, q) => (p !== p || q !== q ? NaN : Math.min(p, q)),
-  pow: Math.pow, lt: (p, q) => (p < q ? 1 : 0), eq: (p, q) => (p === q ? 1 : 0),
+  add: (p, q) => p + q,
+  sub: (p, q) => p - q,
+  mul: (p, q) => p * q,
+  div: (p, q) => p / q,
+  max: (p, q) => (p !== p || q !== q ? NaN : Math.max(p, q)),
+  min: (p, q) => (p !== p || q !== q ? NaN : Math.min(p, q)),
+  pow: Math.pow,
+  lt: (p, q) => (p < q ? 1 : 0),
+  eq: (p, q) => (p === q ? 1 : 0),
 };
 const UN: Record<UnaryOp, (v: number) => number> = {
-  neg: (v) => -v, exp: Math.exp, log: Math.log, sqrt: Math.sqrt, recip: (v) => 1 / v, sin: Math.sin, cos: Math.cos,
-  tanh: Math.tanh, sigmoid: (v) => 1 / (1 + Math.exp(-v)), abs: Math.abs, relu: (v) => (v > 0 ? v : 0),
+  neg: (v) => -v,
+  exp: Math.exp,
+  log: Math.log,
+  sqrt: Math.sqrt,
+  recip: (v) => 1 / v,
+  sin: Math.sin,
+  cos: Math.cos,
+  tanh: Math.tanh,
+  sigmoid: (v) => 1 / (1 + Math.exp(-v)),
+  abs: Math.abs,
+  relu: (v) => (v > 0 ? v : 0),
 };
 function reduceRef(op: "sum" | "max", x: Input<CpuHandle>, nReduce: number): number[] {
   const k = x.view.shape.length - nReduce;
-  const outShape = x.view.shape.slice(0, k), inShape = x.view.shape.slice(k);
+  const outShape = x.view.shape.slice(0, k),
+    inShape = x.view.shape.slice(k);
   const inner = numel(inShape);
   return Array.from({ length: numel(outShape) }, (_, o) => {
     let s = op === "sum" ? 0 : -Infinity;
@@ -131,7 +165,8 @@ function reduceRef(op: "sum" | "max", x: Input<CpuHandle>, nReduce: number): num
 function assertSame(got: HostArray, want: HostArray, dtype: DType, what: string, tol = 0): void {
   assert.equal(got.length, want.length, `${what}: length`);
   for (let i = 0; i < want.length; i++) {
-    const g = decode(dtype, got[i]), w = decode(dtype, want[i]);
+    const g = decode(dtype, got[i]),
+      w = decode(dtype, want[i]);
     if (g !== g && w !== w) continue;
     if (tol > 0 && Number.isFinite(w)) {
       assert.ok(Math.abs(g - w) <= tol * Math.max(1, Math.abs(w)), `${what}: [${i}] = ${g}, expected ${w}`);
@@ -158,7 +193,8 @@ for (const { name, be } of BACKENDS) {
   };
   const read = (h: CpuHandle, dtype: DType, shape: readonly number[]) => be.readSync(h, dtype, numel(shape));
   /** Small random shapes, plus some long enough for the WASM path (from 1024 elements). */
-  const shapeFor = (r: Rand, i: number) => (i % 4 === 3 ? [int(r, 2, 4), int(r, 1100, 1500)] : i % 8 === 5 ? [int(r, 2, 40), int(r, 2, 40), int(r, 1, 9)] : randomShape(r));
+  const shapeFor = (r: Rand, i: number) =>
+    i % 4 === 3 ? [int(r, 2, 4), int(r, 1100, 1500)] : i % 8 === 5 ? [int(r, 2, 40), int(r, 2, 40), int(r, 1, 9)] : randomShape(r);
 
   describe(`elementwise kernels (${name})`, () => {
     test("binary ops on random strided views match the reference", () => {
@@ -167,10 +203,15 @@ for (const { name, be } of BACKENDS) {
         const op = (Object.keys(BIN) as BinaryOp[])[i % 9];
         const dtype = ALL[int(r, 0, 4)];
         const shape = shapeFor(r, i);
-        const a = input(r, dtype, shape), b = input(r, dtype, shape);
+        const a = input(r, dtype, shape),
+          b = input(r, dtype, shape);
         const outDtype = op === "lt" || op === "eq" ? "u8" : dtype;
-        const av = vals(a), bv = vals(b);
-        const want = store(outDtype, av.map((p, k) => BIN[op](p, bv[k])));
+        const av = vals(a),
+          bv = vals(b);
+        const want = store(
+          outDtype,
+          av.map((p, k) => BIN[op](p, bv[k])),
+        );
         assertSame(read(be.binary(op, a, b), outDtype, shape), want, outDtype, `${op} ${dtype} [${shape}] ${JSON.stringify([a.view, b.view])}`);
       }
     });
@@ -179,8 +220,11 @@ for (const { name, be } of BACKENDS) {
       const r = rng(2);
       const B = [9, 301];
       const views: View[] = [
-        { shape: B, strides: [0, 0], offset: 3 }, { shape: B, strides: [0, 1], offset: 1 },
-        { shape: B, strides: [1, 0], offset: 2 }, { shape: B, strides: [301, 1], offset: 0 }, { shape: B, strides: [1, 9], offset: 0 },
+        { shape: B, strides: [0, 0], offset: 3 },
+        { shape: B, strides: [0, 1], offset: 1 },
+        { shape: B, strides: [1, 0], offset: 2 },
+        { shape: B, strides: [301, 1], offset: 0 },
+        { shape: B, strides: [1, 9], offset: 0 },
       ];
       for (const op of Object.keys(BIN) as BinaryOp[]) {
         for (const va of views) {
@@ -189,25 +233,66 @@ for (const { name, be } of BACKENDS) {
             const a = { handle: be.upload(randomData(r, dtype, 9 * 301 + 4), dtype), dtype, view: va };
             const b = { handle: be.upload(randomData(r, dtype, 9 * 301 + 4), dtype), dtype, view: vb };
             const outDtype = op === "lt" || op === "eq" ? "u8" : dtype;
-            const av = vals(a), bv = vals(b);
-            assertSame(read(be.binary(op, a, b), outDtype, B), store(outDtype, av.map((p, k) => BIN[op](p, bv[k]))), outDtype, `${op} ${dtype} ${JSON.stringify([va, vb])}`);
+            const av = vals(a),
+              bv = vals(b);
+            assertSame(
+              read(be.binary(op, a, b), outDtype, B),
+              store(
+                outDtype,
+                av.map((p, k) => BIN[op](p, bv[k])),
+              ),
+              outDtype,
+              `${op} ${dtype} ${JSON.stringify([va, vb])}`,
+            );
           }
         }
       }
       // rows longer than a WASM chunk (4096): a broadcast row must be staged again for every block
       const L = [3, 4100];
-      for (const [sa, sb] of [[[4100, 1], [0, 1]], [[4100, 1], [1, 0]], [[1, 3], [0, 0]]]) {
+      for (const [sa, sb] of [
+        [
+          [4100, 1],
+          [0, 1],
+        ],
+        [
+          [4100, 1],
+          [1, 0],
+        ],
+        [
+          [1, 3],
+          [0, 0],
+        ],
+      ]) {
         const a = { handle: be.upload(randomData(r, "f32", 3 * 4100), "f32"), dtype: "f32" as const, view: { shape: L, strides: sa, offset: 0 } };
         const b = { handle: be.upload(randomData(r, "f32", 3 * 4100), "f32"), dtype: "f32" as const, view: { shape: L, strides: sb, offset: 0 } };
-        const av = vals(a), bv = vals(b);
-        assertSame(read(be.binary("sub", a, b), "f32", L), store("f32", av.map((p, k) => p - bv[k])), "f32", `sub [3, 4100] ${sa} ${sb}`);
+        const av = vals(a),
+          bv = vals(b);
+        assertSame(
+          read(be.binary("sub", a, b), "f32", L),
+          store(
+            "f32",
+            av.map((p, k) => p - bv[k]),
+          ),
+          "f32",
+          `sub [3, 4100] ${sa} ${sb}`,
+        );
       }
       // [B, nh, T, T] scores + a [T, T] mask
       const S = [2, 3, 16, 16];
-      const s = input(r, "f32", S, 0), mask = { ...input(r, "f32", [16, 16], 0) };
+      const s = input(r, "f32", S, 0),
+        mask = { ...input(r, "f32", [16, 16], 0) };
       const m = { ...mask, view: { shape: S, strides: [0, 0, mask.view.strides[0], mask.view.strides[1]], offset: mask.view.offset } };
-      const sv = vals(s), mv = vals(m);
-      assertSame(read(be.binary("add", s, m), "f32", S), store("f32", sv.map((p, k) => p + mv[k])), "f32", "scores + mask");
+      const sv = vals(s),
+        mv = vals(m);
+      assertSame(
+        read(be.binary("add", s, m), "f32", S),
+        store(
+          "f32",
+          sv.map((p, k) => p + mv[k]),
+        ),
+        "f32",
+        "scores + mask",
+      );
     });
 
     test("unary ops on random views match the reference", () => {
@@ -228,8 +313,12 @@ for (const { name, be } of BACKENDS) {
       for (let i = 0; i < 200; i++) {
         const dtype = ALL[i % 5];
         const shape = shapeFor(r, i);
-        const c = input(r, "u8", shape), a = input(r, dtype, shape), b = input(r, dtype, shape);
-        const cv = raw(c), av = raw(a), bv = raw(b);
+        const c = input(r, "u8", shape),
+          a = input(r, dtype, shape),
+          b = input(r, dtype, shape);
+        const cv = raw(c),
+          av = raw(a),
+          bv = raw(b);
         const want = hostArray(dtype, cv.length);
         cv.forEach((t, k) => (want[k] = t ? av[k] : bv[k]));
         assertSame(read(be.where(c, a, b), dtype, shape), want, dtype, `where ${dtype} [${shape}]`);
@@ -239,10 +328,17 @@ for (const { name, be } of BACKENDS) {
     test("cast between every pair of dtypes", () => {
       const r = rng(5);
       for (let i = 0; i < 250; i++) {
-        const from = ALL[i % 5], to = ALL[Math.floor(i / 5) % 5];
+        const from = ALL[i % 5],
+          to = ALL[Math.floor(i / 5) % 5];
         const shape = shapeFor(r, i);
         const x = input(r, from, shape);
-        const want = from === to ? hostArray(to, 0) : store(to, vals(x).map((v) => (to === "i32" || to === "u8" ? Math.trunc(v) || 0 : v)));
+        const want =
+          from === to
+            ? hostArray(to, 0)
+            : store(
+                to,
+                vals(x).map((v) => (to === "i32" || to === "u8" ? Math.trunc(v) || 0 : v)),
+              );
         const got = read(be.cast(x, to), to, shape);
         if (from === to) assert.deepEqual(got, hostArray(to, 0).constructor === got.constructor ? Object.assign(hostArray(to, got.length), raw(x)) : got);
         else assertSame(got, want, to, `cast ${from}->${to} [${shape}]`);
@@ -260,7 +356,10 @@ for (const { name, be } of BACKENDS) {
       const permute = (shape: number[], perm: number[], dtype: DType, offset = 0) => {
         const st = shape.map((_, d) => numel(shape.slice(d + 1)));
         const data = randomData(r, dtype, numel(shape) + offset);
-        check({ handle: be.upload(data, dtype), dtype, view: { shape: perm.map((p) => shape[p]), strides: perm.map((p) => st[p]), offset } }, `permute [${shape}] ${perm}`);
+        check(
+          { handle: be.upload(data, dtype), dtype, view: { shape: perm.map((p) => shape[p]), strides: perm.map((p) => st[p]), offset } },
+          `permute [${shape}] ${perm}`,
+        );
       };
       permute([2, 40, 3, 33], [0, 2, 1, 3], "f32");
       permute([40, 37], [1, 0], "f32", 5);
@@ -282,9 +381,19 @@ for (const { name, be } of BACKENDS) {
         const x = input(r, dtype, shape);
         const outShape = shape.slice(0, shape.length - nReduce);
         const tol = op === "sum" && name === "wasm" && dtype !== "i32" && dtype !== "u8" ? 1e-6 : 0;
-        assertSame(read(be.reduce(op, x, nReduce), dtype, outShape), store(dtype, reduceRef(op, x, nReduce)), dtype, `${op} ${dtype} [${shape}] last ${nReduce}`, tol);
+        assertSame(
+          read(be.reduce(op, x, nReduce), dtype, outShape),
+          store(dtype, reduceRef(op, x, nReduce)),
+          dtype,
+          `${op} ${dtype} [${shape}] last ${nReduce}`,
+          tol,
+        );
       }
-      const z = be.reduce("max", { handle: be.upload(Float32Array.of(-0, 0, 0, -0), "f32"), dtype: "f32", view: { shape: [2, 2], strides: [2, 1], offset: 0 } }, 1);
+      const z = be.reduce(
+        "max",
+        { handle: be.upload(Float32Array.of(-0, 0, 0, -0), "f32"), dtype: "f32", view: { shape: [2, 2], strides: [2, 1], offset: 0 } },
+        1,
+      );
       assert.ok(Object.is(read(z, "f32", [2])[0], -0) && Object.is(read(z, "f32", [2])[1], 0));
       // sum over axis 0 of a [R, C] matrix: the permuted view takes the column path
       const m = input(r, "f32", [300, 70], 0);
@@ -299,15 +408,28 @@ for (const { name, be } of BACKENDS) {
         const shape = randomShape(r, 4).map((n) => n || 1);
         if (!shape.length) continue;
         const axis = int(r, 0, shape.length - 1);
-        const parts = [0, 1, 2].slice(0, int(r, 1, 3)).map(() => input(r, dtype, shape.map((n, d) => (d === axis ? int(r, 0, 4) : n))));
+        const parts = [0, 1, 2].slice(0, int(r, 1, 3)).map(() =>
+          input(
+            r,
+            dtype,
+            shape.map((n, d) => (d === axis ? int(r, 0, 4) : n)),
+          ),
+        );
         const total = parts.reduce((s, p) => s + p.view.shape[axis], 0);
         const outShape = shape.map((n, d) => (d === axis ? total : n));
         const want = hostArray(dtype, numel(outShape));
         let k = 0;
         for (const o of indices(outShape)) {
-          let j = o[axis], p = 0;
+          let j = o[axis],
+            p = 0;
           while (j >= parts[p].view.shape[axis]) j -= parts[p++].view.shape[axis];
-          want[k++] = parts[p].handle[at(parts[p].view, o.map((v, d) => (d === axis ? j : v)))];
+          want[k++] =
+            parts[p].handle[
+              at(
+                parts[p].view,
+                o.map((v, d) => (d === axis ? j : v)),
+              )
+            ];
         }
         assertSame(read(be.concat(parts, axis), dtype, outShape), want, dtype, `concat ${dtype} axis ${axis} of ${parts.map((p) => `[${p.view.shape}]`)}`);
       }
@@ -327,10 +449,14 @@ describe("WASM elementwise engine", () => {
   test("exp and sigmoid of the plain and the relaxed-SIMD (FMA) builds stay within 1 and 2 ulp", () => {
     const x = Float32Array.from({ length: 1 << 16 }, (_, i) => -110 + (200 * i) / (1 << 16));
     x.set([NaN, Infinity, -Infinity, 0, -0, 88.72283, 88.7229, -103.97]);
-    const u = new Uint32Array(1), f = new Float32Array(u.buffer);
+    const u = new Uint32Array(1),
+      f = new Float32Array(u.buffer);
     const bits = (v: number) => ((f[0] = v), u[0]);
     for (const build of [ElementwiseWasm.create({ relaxed: false })!, ew!]) {
-      for (const [op, ulps, ref] of [["exp", 1, Math.exp], ["sigmoid", 2, (v: number) => 1 / (1 + Math.exp(-v))]] as const) {
+      for (const [op, ulps, ref] of [
+        ["exp", 1, Math.exp],
+        ["sigmoid", 2, (v: number) => 1 / (1 + Math.exp(-v))],
+      ] as const) {
         const out = new Float32Array(x.length);
         assert.ok(build.unary(op, x, out));
         x.forEach((v, i) => {
@@ -343,28 +469,57 @@ describe("WASM elementwise engine", () => {
   });
 
   test("takes dense, broadcast-row, column and scalar operands; leaves other strides, small and rank-3 loops to TypeScript", () => {
-    const a = f(4000), b = f(4000), out = new Float32Array(9 * 301);
-    for (const s of [[301, 1], [0, 1], [1, 0], [0, 0]]) {
+    const a = f(4000),
+      b = f(4000),
+      out = new Float32Array(9 * 301);
+    for (const s of [
+      [301, 1],
+      [0, 1],
+      [1, 0],
+      [0, 0],
+    ]) {
       assert.equal(ew!.binary("mul", a, v([301, 1], 5), b, v(s, 7), out), true, `strides ${s}`);
       const want = a.subarray(5, 5 + 2709).map((x, k) => Math.fround(x * b[7 + Math.floor(k / 301) * s[0] + (k % 301) * s[1]]));
       assert.deepEqual(out, want, `mul by strides ${s}`);
     }
     assert.equal(ew!.binary("mul", a, v([1, 9]), b, v([301, 1]), out), false, "transposed operand");
     assert.equal(ew!.binary("pow", a, v([301, 1]), b, v([301, 1]), out), false, "pow");
-    assert.equal(ew!.binary("add", a, { shape: [3, 3], strides: [3, 1], offset: 0 }, b, { shape: [3, 3], strides: [3, 1], offset: 0 }, new Float32Array(9)), false, "small");
+    assert.equal(
+      ew!.binary("add", a, { shape: [3, 3], strides: [3, 1], offset: 0 }, b, { shape: [3, 3], strides: [3, 1], offset: 0 }, new Float32Array(9)),
+      false,
+      "small",
+    );
     const S = [4, 30, 40];
-    assert.equal(ew!.binary("add", a, { shape: S, strides: [0, 40, 1], offset: 0 }, b, { shape: S, strides: [1, 0, 4], offset: 0 }, new Float32Array(4800)), false, "rank 3 after coalescing");
-    const c = Uint8Array.from({ length: 4000 }, () => (r() < 0.5 ? 1 : 0)), o = new Int32Array(9 * 301);
+    assert.equal(
+      ew!.binary("add", a, { shape: S, strides: [0, 40, 1], offset: 0 }, b, { shape: S, strides: [1, 0, 4], offset: 0 }, new Float32Array(4800)),
+      false,
+      "rank 3 after coalescing",
+    );
+    const c = Uint8Array.from({ length: 4000 }, () => (r() < 0.5 ? 1 : 0)),
+      o = new Int32Array(9 * 301);
     const bits = (x: Float32Array) => new Int32Array(x.buffer);
     assert.equal(ew!.where(c, v([1, 0]), bits(a), v([301, 1]), bits(b), v([0, 0], 3), o), true, "where");
-    assert.deepEqual(o, Int32Array.from({ length: 2709 }, (_, k) => (c[Math.floor(k / 301)] ? bits(a)[k] : bits(b)[3])));
-    const cols = new Float32Array(301), colsTs = new Float32Array(301);
+    assert.deepEqual(
+      o,
+      Int32Array.from({ length: 2709 }, (_, k) => (c[Math.floor(k / 301)] ? bits(a)[k] : bits(b)[3])),
+    );
+    const cols = new Float32Array(301),
+      colsTs = new Float32Array(301);
     const inner = Int32Array.from({ length: 9 }, (_, j) => j * 310);
     assert.equal(ew!.sumColumns(a, 2, 301, inner, cols), true, "column sums");
     for (let o = 0; o < 301; o++) colsTs[o] = inner.reduce((t, j) => t + a[2 + j + o], 0);
     assert.deepEqual(cols, colsTs, "column sums add in the same order as TypeScript");
     const sums = new Float32Array(9);
-    assert.equal(ew!.sumRuns(a, Int32Array.from({ length: 9 }, (_, i) => i * 400), 301, sums), true, "sum rows with gaps between them");
+    assert.equal(
+      ew!.sumRuns(
+        a,
+        Int32Array.from({ length: 9 }, (_, i) => i * 400),
+        301,
+        sums,
+      ),
+      true,
+      "sum rows with gaps between them",
+    );
     sums.forEach((s, i) => assert.ok(Math.abs(s - a.subarray(i * 400, i * 400 + 301).reduce((t, x) => t + x, 0)) < 1e-5));
   });
 });
@@ -377,7 +532,7 @@ describe("half codecs", () => {
     const dec = new Float32Array(all.length);
     assert.equal(ew.decodeBf16(all, dec), true);
     const decBits = new Uint32Array(dec.buffer);
-    for (let i = 0; i < all.length; i++) assert.equal(decBits[i], all[i] << 16 >>> 0, `decode ${all[i]}`);
+    for (let i = 0; i < all.length; i++) assert.equal(decBits[i], (all[i] << 16) >>> 0, `decode ${all[i]}`);
     const r = rng(11);
     const bits = Uint32Array.from({ length: 100003 }, (_, i) => ((i & 0x1ff) << 23) ^ Math.floor(r() * 0x800000));
     bits.set([0x7f800000, 0xff800000, 0x7fc00001, 0x7f800001, 0xffffffff, 0x00008000, 0x00018000, 0x7f7fffff, 0x3f808000, 0x3f818000]);
@@ -392,7 +547,8 @@ describe("half codecs", () => {
 
   test("decode every f16/bf16 bit pattern and encode f32 bit patterns as @lowrank/tensor does", () => {
     const all = Uint16Array.from({ length: 65536 }, (_, i) => i);
-    const f16 = decodeHalf("f16", all), bf16 = decodeHalf("bf16", all);
+    const f16 = decodeHalf("f16", all),
+      bf16 = decodeHalf("bf16", all);
     for (let h = 0; h < 65536; h++) {
       assert.ok(Object.is(f16[h], Math.fround(f16BitsToF32(h))), `f16 ${h}`);
       assert.ok(Object.is(bf16[h], bf16BitsToF32(h)) || (bf16[h] !== bf16[h] && bf16BitsToF32(h) !== bf16BitsToF32(h)), `bf16 ${h}`);
@@ -400,9 +556,12 @@ describe("half codecs", () => {
     // every exponent with random mantissas and both signs, plus the edges
     const r = rng(10);
     const bits = Uint32Array.from({ length: 200000 }, (_, i) => ((i & 0x1ff) << 23) ^ Math.floor(r() * 0x800000));
-    bits.set([0, 0x80000000, 0x7f800000, 0xff800000, 0x7fc00000, 0xffc00001, 0x7f800001, 0x387fe000, 0x38800000, 0x33000000, 0x33000001, 0x477fefff, 0x477ff000]);
+    bits.set([
+      0, 0x80000000, 0x7f800000, 0xff800000, 0x7fc00000, 0xffc00001, 0x7f800001, 0x387fe000, 0x38800000, 0x33000000, 0x33000001, 0x477fefff, 0x477ff000,
+    ]);
     const f = new Float32Array(bits.buffer);
-    const e16 = encodeHalf("f16", f), eb16 = encodeHalf("bf16", f);
+    const e16 = encodeHalf("f16", f),
+      eb16 = encodeHalf("bf16", f);
     for (let i = 0; i < f.length; i++) {
       // A NaN's sign and payload may not survive a JS number on every engine (JSC makes it canonical).
       if (f[i] !== f[i]) {
@@ -417,10 +576,14 @@ describe("half codecs", () => {
 
 const asc = await import("assemblyscript/asc").catch(() => null);
 describe("generated WASM", () => {
-  test("rebuilding assembly/elementwise.ts gives the committed bytes", { skip: asc ? false : "assemblyscript (asc) is not installed: cannot rebuild" }, async () => {
-    const { buildWasm, TARGETS } = await import("../scripts/build-wasm.mjs");
-    const { text } = await buildWasm("elementwise");
-    const committed = readFileSync(new URL(`../${TARGETS.elementwise.output}`, import.meta.url), "utf8");
-    assert.equal(text, committed, `${TARGETS.elementwise.output} is stale: run npm run build:wasm -w @lowrank/backend-cpu`);
-  });
+  test(
+    "rebuilding assembly/elementwise.ts gives the committed bytes",
+    { skip: asc ? false : "assemblyscript (asc) is not installed: cannot rebuild" },
+    async () => {
+      const { buildWasm, TARGETS } = await import("../scripts/build-wasm.mjs");
+      const { text } = await buildWasm("elementwise");
+      const committed = readFileSync(new URL(`../${TARGETS.elementwise.output}`, import.meta.url), "utf8");
+      assert.equal(text, committed, `${TARGETS.elementwise.output} is stale: run npm run build:wasm -w @lowrank/backend-cpu`);
+    },
+  );
 });

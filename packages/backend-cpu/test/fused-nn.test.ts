@@ -13,7 +13,11 @@ const ew = ElementwiseWasm.create();
 const rnd = (n: number, s: number) => Float32Array.from({ length: n }, (_, i) => 8 * uniformAt(s, i) - 4);
 
 test("WASM dropout equals the TypeScript kernel bit for bit", { skip: ew ? false : "no WASM SIMD here" }, () => {
-  for (const [n, p, seed, offset] of [[1027, 0.1, 3, 0], [9001, 0.5, 0xdeadbeef, 4294967296 - 4097], [4096 * 3 + 5, 0.9, 1, 2 ** 40 + 7]]) {
+  for (const [n, p, seed, offset] of [
+    [1027, 0.1, 3, 0],
+    [9001, 0.5, 0xdeadbeef, 4294967296 - 4097],
+    [4096 * 3 + 5, 0.9, 1, 2 ** 40 + 7],
+  ]) {
     const x = rnd(n, 1);
     const [a, b] = [new Float32Array(n), new Float32Array(n)];
     assert.ok(ew!.dropout(x, a, p, seed, offset));
@@ -43,8 +47,14 @@ test("WASM SwiGLU forward and backward within 4 ulp of the TypeScript kernels", 
 
 test("WASM RMSNorm forward and backward agree with the TypeScript kernels", { skip: ew ? false : "no WASM SIMD here" }, async () => {
   const { rmsNormRows, rmsNormBackwardRows } = await import("../src/kernels/fused.ts");
-  for (const [rows, n] of [[64, 256], [33, 67], [5, 2048]]) {
-    const x = rnd(rows * n, 5), w = rnd(n, 6), gy = rnd(rows * n, 7);
+  for (const [rows, n] of [
+    [64, 256],
+    [33, 67],
+    [5, 2048],
+  ]) {
+    const x = rnd(rows * n, 5),
+      w = rnd(n, 6),
+      gy = rnd(rows * n, 7);
     const [y1, y2, r1, r2] = [new Float32Array(rows * n), new Float32Array(rows * n), new Float32Array(rows), new Float32Array(rows)];
     assert.ok(ew!.rmsNorm(x, w, rows, n, 1e-5, y1, r1));
     rmsNormRows(x, w, rows, n, 1e-5, y2, r2);
@@ -52,7 +62,8 @@ test("WASM RMSNorm forward and backward agree with the TypeScript kernels", { sk
     assert.ok(ew!.rmsNormBackward(x, w, r2, gy, rows, n, g1, w1));
     rmsNormBackwardRows(x, w, r2, gy, rows, n, g2, w2);
     const close = (a: ArrayLike<number>, b: ArrayLike<number>, what: string) => {
-      for (let i = 0; i < b.length; i++) assert.ok(Math.abs(a[i] - b[i]) <= 1e-5 * (1 + Math.abs(b[i])), `${what}[${i}] ${a[i]} vs ${b[i]} (rows ${rows}, n ${n})`);
+      for (let i = 0; i < b.length; i++)
+        assert.ok(Math.abs(a[i] - b[i]) <= 1e-5 * (1 + Math.abs(b[i])), `${what}[${i}] ${a[i]} vs ${b[i]} (rows ${rows}, n ${n})`);
     };
     close(r1, r2, "rstd");
     close(y1, y2, "y");
@@ -72,7 +83,9 @@ test("attention: the WASM row kernels and the TypeScript passes give the same va
       t.requiresGrad = true;
       return t;
     };
-    const q = mk(B * H * T * D, 11, [B, H, T, D]), k = mk(B * Hkv * S * D, 12, [B, Hkv, S, D]), v = mk(B * Hkv * S * D, 13, [B, Hkv, S, D]);
+    const q = mk(B * H * T * D, 11, [B, H, T, D]),
+      k = mk(B * Hkv * S * D, 12, [B, Hkv, S, D]),
+      v = mk(B * Hkv * S * D, 13, [B, Hkv, S, D]);
     const y = attention(q, k, v);
     y.mul(y).sum().backward();
     const out = [await y.read(), await q.grad!.read(), await k.grad!.read(), await v.grad!.read()];
@@ -85,45 +98,86 @@ test("attention: the WASM row kernels and the TypeScript passes give the same va
   for (const opts of [{}, { blas: "off" as const }]) {
     const got = await run(opts);
     got.forEach((a, j) => {
-      for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i] - ref[j][i]) <= 5e-5 * (1 + Math.abs(ref[j][i])), `${JSON.stringify(opts)} output ${j}[${i}]: ${a[i]} vs ${ref[j][i]}`);
+      for (let i = 0; i < a.length; i++)
+        assert.ok(Math.abs(a[i] - ref[j][i]) <= 5e-5 * (1 + Math.abs(ref[j][i])), `${JSON.stringify(opts)} output ${j}[${i}]: ${a[i]} vs ${ref[j][i]}`);
     });
   }
 });
 
-test("WASM decode attention equals the TypeScript kernel: GQA, head sizes of 1 to 4 vectors past the 4-vector blocks (one not of whole vectors: declined), caches laid out [Hkv, C, D] and [C, Hkv, D], new rows as a head permute", { skip: DecodeWasm.create() ? false : "no WASM SIMD here" }, () => {
-  const dw = DecodeWasm.create()!;
-  for (const [Hq, Hkv, D, layout] of [[8, 4, 8, "head-major"], [4, 1, 64, "head-major"], [6, 2, 20, "position-major"], [2, 2, 12, "head-major"], [4, 2, 6, "head-major"]] as const) {
-    const lengths = [3, 0, 17, 9];
-    const N = lengths.length, C = 20;
-    // q, kNew, vNew: [H, N, D] views; q and kNew contiguous, vNew a permute of [N, H, D] (as a projection's heads).
-    const dense = (H: number, seed: number) => ({ data: rnd(H * N * D, seed), offset: 0, s0: N * D, s1: D });
-    const [q, kNew] = [dense(Hq, 5), dense(Hkv, 6)];
-    const vNew = { data: rnd(N * Hkv * D, 7), offset: 0, s0: D, s1: Hkv * D };
-    // Per sequence: a storage of C positions, strides by layout.
-    const caches = () => lengths.map((_, i) => [rnd(Hkv * C * D, 10 + i), rnd(Hkv * C * D, 20 + i)].map((data) =>
-      layout === "head-major" ? { data, offset: 0, s0: C * D, s1: D } : { data, offset: 0, s0: D, s1: Hkv * D }));
-    const [a, b] = [caches(), caches()];
-    const [ya, yb] = [new Float32Array(N * Hq * D), new Float32Array(N * Hq * D)];
-    const shape = { N, Hq, Hkv, D, scale: 1 / Math.sqrt(D) };
-    const ran = dw.run(shape, q, kNew, vNew, a.map((c) => c[0]), a.map((c) => c[1]), lengths, ya);
-    attentionDecodeKernel(shape, q, kNew, vNew, b.map((c) => c[0]), b.map((c) => c[1]), lengths, yb);
-    if (D % 4 !== 0) {
-      assert.equal(ran, false, `D ${D}: the WASM kernel declines`);
-      continue;
+test(
+  "WASM decode attention equals the TypeScript kernel: GQA, head sizes of 1 to 4 vectors past the 4-vector blocks (one not of whole vectors: declined), caches laid out [Hkv, C, D] and [C, Hkv, D], new rows as a head permute",
+  { skip: DecodeWasm.create() ? false : "no WASM SIMD here" },
+  () => {
+    const dw = DecodeWasm.create()!;
+    for (const [Hq, Hkv, D, layout] of [
+      [8, 4, 8, "head-major"],
+      [4, 1, 64, "head-major"],
+      [6, 2, 20, "position-major"],
+      [2, 2, 12, "head-major"],
+      [4, 2, 6, "head-major"],
+    ] as const) {
+      const lengths = [3, 0, 17, 9];
+      const N = lengths.length,
+        C = 20;
+      // q, kNew, vNew: [H, N, D] views; q and kNew contiguous, vNew a permute of [N, H, D] (as a projection's heads).
+      const dense = (H: number, seed: number) => ({ data: rnd(H * N * D, seed), offset: 0, s0: N * D, s1: D });
+      const [q, kNew] = [dense(Hq, 5), dense(Hkv, 6)];
+      const vNew = { data: rnd(N * Hkv * D, 7), offset: 0, s0: D, s1: Hkv * D };
+      // Per sequence: a storage of C positions, strides by layout.
+      const caches = () =>
+        lengths.map((_, i) =>
+          [rnd(Hkv * C * D, 10 + i), rnd(Hkv * C * D, 20 + i)].map((data) =>
+            layout === "head-major" ? { data, offset: 0, s0: C * D, s1: D } : { data, offset: 0, s0: D, s1: Hkv * D },
+          ),
+        );
+      const [a, b] = [caches(), caches()];
+      const [ya, yb] = [new Float32Array(N * Hq * D), new Float32Array(N * Hq * D)];
+      const shape = { N, Hq, Hkv, D, scale: 1 / Math.sqrt(D) };
+      const ran = dw.run(
+        shape,
+        q,
+        kNew,
+        vNew,
+        a.map((c) => c[0]),
+        a.map((c) => c[1]),
+        lengths,
+        ya,
+      );
+      attentionDecodeKernel(
+        shape,
+        q,
+        kNew,
+        vNew,
+        b.map((c) => c[0]),
+        b.map((c) => c[1]),
+        lengths,
+        yb,
+      );
+      if (D % 4 !== 0) {
+        assert.equal(ran, false, `D ${D}: the WASM kernel declines`);
+        continue;
+      }
+      assert.ok(ran, `D ${D}`);
+      for (let i = 0; i < ya.length; i++)
+        assert.ok(Math.abs(ya[i] - yb[i]) <= 2e-6 * Math.max(1, Math.abs(yb[i])), `Hq ${Hq} Hkv ${Hkv} D ${D} ${layout}: out[${i}] ${ya[i]} vs ${yb[i]}`);
+      a.forEach((c, i) =>
+        c.forEach((x, j) => assert.deepEqual(x.data, b[i][j].data, `${layout} D ${D}: sequence ${i} ${j ? "values" : "keys"} appended alike`)),
+      );
+      // Sequence 2's new value sits at its row 17: element [h, 2, d] of the permuted vNew.
+      const v2 = a[2][1];
+      for (let h = 0; h < Hkv; h++) for (let d = 0; d < D; d++) assert.equal(v2.data[h * v2.s0 + 17 * v2.s1 + d], vNew.data[2 * vNew.s1 + h * D + d]);
     }
-    assert.ok(ran, `D ${D}`);
-    for (let i = 0; i < ya.length; i++) assert.ok(Math.abs(ya[i] - yb[i]) <= 2e-6 * Math.max(1, Math.abs(yb[i])), `Hq ${Hq} Hkv ${Hkv} D ${D} ${layout}: out[${i}] ${ya[i]} vs ${yb[i]}`);
-    a.forEach((c, i) => c.forEach((x, j) => assert.deepEqual(x.data, b[i][j].data, `${layout} D ${D}: sequence ${i} ${j ? "values" : "keys"} appended alike`)));
-    // Sequence 2's new value sits at its row 17: element [h, 2, d] of the permuted vNew.
-    const v2 = a[2][1];
-    for (let h = 0; h < Hkv; h++) for (let d = 0; d < D; d++) assert.equal(v2.data[h * v2.s0 + 17 * v2.s1 + d], vNew.data[2 * vNew.s1 + h * D + d]);
-  }
-});
+  },
+);
 
 const asc = await import("assemblyscript/asc").catch(() => null);
-test("rebuilding assembly/attention-decode.ts gives the committed bytes", { skip: asc ? false : "assemblyscript (asc) is not installed: cannot rebuild" }, async () => {
-  const { buildWasm, TARGETS } = await import("../scripts/build-wasm.mjs");
-  const { text } = await buildWasm("attentionDecode");
-  const committed = readFileSync(new URL(`../${TARGETS.attentionDecode.output}`, import.meta.url), "utf8");
-  assert.equal(text, committed, `${TARGETS.attentionDecode.output} is stale: run npm run build:wasm -w @lowrank/backend-cpu`);
-});
+test(
+  "rebuilding assembly/attention-decode.ts gives the committed bytes",
+  { skip: asc ? false : "assemblyscript (asc) is not installed: cannot rebuild" },
+  async () => {
+    const { buildWasm, TARGETS } = await import("../scripts/build-wasm.mjs");
+    const { text } = await buildWasm("attentionDecode");
+    const committed = readFileSync(new URL(`../${TARGETS.attentionDecode.output}`, import.meta.url), "utf8");
+    assert.equal(text, committed, `${TARGETS.attentionDecode.output} is stale: run npm run build:wasm -w @lowrank/backend-cpu`);
+  },
+);

@@ -14,7 +14,10 @@ function random(n: number, seed: number): Float32Array {
   const out = new Float32Array(n);
   let s = seed >>> 0 || 1;
   for (let i = 0; i < n; i++) {
-    s ^= s << 13; s ^= s >>> 17; s ^= s << 5; s >>>= 0;
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
     out[i] = s / 2 ** 31 - 1;
   }
   return out;
@@ -22,7 +25,8 @@ function random(n: number, seed: number): Float32Array {
 
 /** max |got - want| relative to max |want|. */
 function relErr(got: Float32Array, want: Float32Array): number {
-  let d = 0, m = 0;
+  let d = 0,
+    m = 0;
   for (let i = 0; i < want.length; i++) {
     d = Math.max(d, Math.abs(got[i] - want[i]));
     m = Math.max(m, Math.abs(want[i]));
@@ -55,8 +59,18 @@ function check(engine: WasmMatmulEngine, M: number, N: number, K: number): void 
 }
 
 const SHAPES: [number, number, number][] = [
-  [1, 1, 1], [3, 3, 3], [17, 17, 17], [65, 65, 65], [130, 130, 130], [1, 17, 3], [17, 1, 65], [5, 130, 1],
-  [256, 16, 4096], [256, 4096, 16], [300, 129, 257], [16, 4096, 256],
+  [1, 1, 1],
+  [3, 3, 3],
+  [17, 17, 17],
+  [65, 65, 65],
+  [130, 130, 130],
+  [1, 17, 3],
+  [17, 1, 65],
+  [5, 130, 1],
+  [256, 16, 4096],
+  [256, 4096, 16],
+  [300, 129, 257],
+  [16, 4096, 256],
 ];
 
 const CONFIGS: [string, MatmulEngineOptions][] = [
@@ -188,7 +202,12 @@ describe("relaxed SIMD", () => {
   const g = globalThis as { Bun?: unknown; Deno?: unknown };
   const cmd = g.Deno ? ["run", "-A", "--no-check"] : g.Bun ? [] : ["--import", "tsx"];
   const child = (env: Record<string, string>) => {
-    const r = spawnSync(process.execPath, [...cmd, `${here}fixtures/relaxed-child.ts`], { encoding: "utf8", timeout: 30_000, cwd: here, env: { ...process.env, ...env } });
+    const r = spawnSync(process.execPath, [...cmd, `${here}fixtures/relaxed-child.ts`], {
+      encoding: "utf8",
+      timeout: 30_000,
+      cwd: here,
+      env: { ...process.env, ...env },
+    });
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.stderr, "", "nothing on stderr (an unknown V8 flag would print there)");
     return r.stdout.trim();
@@ -207,16 +226,24 @@ describe("CpuBackend matmul through the Tensor API", () => {
     setDefaultBackend(backend);
     try {
       const [M, K, N] = [33, 70, 45];
-      const a = random(M * K, 1), b = random(K * N, 2);
+      const a = random(M * K, 1),
+        b = random(K * N, 2);
       const at = new Float32Array(K * M);
       for (let i = 0; i < M; i++) for (let k = 0; k < K; k++) at[k * M + i] = a[i * K + k];
       const bt = new Float32Array(N * K);
       for (let k = 0; k < K; k++) for (let j = 0; j < N; j++) bt[j * K + k] = b[k * N + j];
       const want = new Float32Array(M * N);
       matmulNaive(a, b, want, M, N, K);
-      const A = tensor(a, { shape: [M, K] }), B = tensor(b, { shape: [K, N] });
-      const AT = tensor(at, { shape: [K, M] }), BT = tensor(bt, { shape: [N, K] });
-      for (const [x, y] of [[A, B], [AT.T, B], [A, BT.T], [AT.T, BT.T]]) {
+      const A = tensor(a, { shape: [M, K] }),
+        B = tensor(b, { shape: [K, N] });
+      const AT = tensor(at, { shape: [K, M] }),
+        BT = tensor(bt, { shape: [N, K] });
+      for (const [x, y] of [
+        [A, B],
+        [AT.T, B],
+        [A, BT.T],
+        [AT.T, BT.T],
+      ]) {
         const got = x.matmul(y);
         assert.deepEqual(got.shape, [M, N]);
         assert.ok(relErr(got.readSync() as Float32Array, want) <= 1e-4);
@@ -269,10 +296,19 @@ describe("SIMD build", () => {
   test("relaxed where the runtime lacks it, or a value that names no build, is a SimdError saying where it came from", () => {
     withSimdEnv(undefined, () => {
       if (hasRelaxed) assert.deepEqual(simdOf({ simd: "relaxed" }), ["relaxed", true]);
-      else assert.throws(() => simdOf({ simd: "relaxed" }), (e: Error) => e instanceof SimdError && e.message === 'simd: "relaxed": this runtime does not validate relaxed SIMD');
+      else
+        assert.throws(
+          () => simdOf({ simd: "relaxed" }),
+          (e: Error) => e instanceof SimdError && e.message === 'simd: "relaxed": this runtime does not validate relaxed SIMD',
+        );
       assert.throws(() => simdOf({ simd: "relaxed", wasm: false }), /simd: "relaxed": wasm: false runs no WASM/);
     });
-    withSimdEnv("fma", () => assert.throws(() => simdOf({}), (e: Error) => e instanceof SimdError && /^LOWRANK_SIMD=fma: unknown SIMD build "fma" \(use auto, relaxed, plain\)$/.test(e.message)));
+    withSimdEnv("fma", () =>
+      assert.throws(
+        () => simdOf({}),
+        (e: Error) => e instanceof SimdError && /^LOWRANK_SIMD=fma: unknown SIMD build "fma" \(use auto, relaxed, plain\)$/.test(e.message),
+      ),
+    );
   });
 });
 

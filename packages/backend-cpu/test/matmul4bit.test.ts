@@ -12,7 +12,11 @@ import { blockScales, matmul4bitHost } from "../src/kernels/matmul4bit.ts";
 import { ElementwiseWasm } from "../src/wasm/elementwise.ts";
 
 // The WASM SIMD 4-bit loops, relaxed (FMA, one-pshufb lookups) and plain builds, beside TypeScript.
-const WASM = [["typescript", null], ["wasm", ElementwiseWasm.create()], ["wasm plain", ElementwiseWasm.create({ relaxed: false })]] as const;
+const WASM = [
+  ["typescript", null],
+  ["wasm", ElementwiseWasm.create()],
+  ["wasm plain", ElementwiseWasm.create({ relaxed: false })],
+] as const;
 
 const engine = createMatmulEngine({ threads: 0 });
 // The BLAS path takes its own panels (whole rows of W, sgemm with transposes); checked when a BLAS loads.
@@ -47,7 +51,11 @@ for (const [out, inF, bs, dq] of SHAPES) {
       for (const M of [1, 3, 7, 20]) {
         const x = rnd(M * K, M + K);
         const ref = matmulCaseRef(x, M, W, out, inF, transpose);
-        for (const [label, opts] of [["small-M loop", { smallM: 1000 }], ["panels of 8", { smallM: 0, panelFloats: 8 * K }], ["default", {}]] as const) {
+        for (const [label, opts] of [
+          ["small-M loop", { smallM: 1000 }],
+          ["panels of 8", { smallM: 0, panelFloats: 8 * K }],
+          ["default", {}],
+        ] as const) {
           for (const [name, eng] of ENGINES) {
             for (const [kind, wasm] of WASM) {
               const y = new Float32Array(M * N).fill(NaN);
@@ -71,7 +79,10 @@ test("blockScales resolves double quantization exactly as bitsandbytes (f32 mul,
   }
 });
 
-for (const [out, inF] of [[19, 70], [40, 200]]) {
+for (const [out, inF] of [
+  [19, 70],
+  [40, 200],
+]) {
   test(`panels dequantize exactly: x = one-hot rows reproduce W [${out}, ${inF}] bit for bit`, () => {
     const c = quant4bitCase(out, inF, 64, true, 9);
     const W = dequantizeCase(c);

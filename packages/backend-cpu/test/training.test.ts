@@ -5,8 +5,21 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  type Tensor, Rng, attention, crossEntropy, keep, noGrad, rmsNorm, rope, ropeTables, scope, setDefaultBackend, silu, tensor,
-  embedding, zeros,
+  type Tensor,
+  Rng,
+  attention,
+  crossEntropy,
+  keep,
+  noGrad,
+  rmsNorm,
+  rope,
+  ropeTables,
+  scope,
+  setDefaultBackend,
+  silu,
+  tensor,
+  embedding,
+  zeros,
 } from "@lowrank/tensor";
 import { testAdam, testParam } from "@lowrank/tensor/testing";
 import { createCpuBackend } from "../src/index.ts";
@@ -19,13 +32,20 @@ const adam = (params: Tensor[], lr: number) => testAdam(backend, params, lr).ste
 
 test("2-layer MLP fits a synthetic regression to near-zero loss", async () => {
   const rng = new Rng(1);
-  const X = tensor(Float32Array.from({ length: 64 * 4 }, () => rng.next() * 2 - 1), { shape: [64, 4] });
+  const X = tensor(
+    Float32Array.from({ length: 64 * 4 }, () => rng.next() * 2 - 1),
+    { shape: [64, 4] },
+  );
   const Xv = await X.read();
   const yv = Float32Array.from({ length: 64 }, (_, i) => Math.sin(Xv[i * 4]) + Xv[i * 4 + 1] * Xv[i * 4 + 2] - 0.5 * Xv[i * 4 + 3]);
   const Y = tensor(yv, { shape: [64, 1] });
-  const W1 = param([4, 32], rng, 0.5), b1 = param([32], rng, 0.0), W2 = param([32, 1], rng, 0.2), b2 = param([1], rng, 0);
+  const W1 = param([4, 32], rng, 0.5),
+    b1 = param([32], rng, 0.0),
+    W2 = param([32, 1], rng, 0.2),
+    b2 = param([1], rng, 0);
   const step = adam([W1, b1, W2, b2], 0.02);
-  let first = 0, last = 0;
+  let first = 0,
+    last = 0;
   for (let i = 0; i < 400; i++) {
     const loss = scope(() => X.matmul(W1).add(b1).tanh().matmul(W2).add(b2).sub(Y).square().mean());
     loss.backward();
@@ -42,17 +62,30 @@ test("a small transformer block (RMSNorm, RoPE, GQA attention, SwiGLU) fits a se
   const hd = D / H;
   const rng = new Rng(2);
   const p = {
-    emb: param([V, D], rng, 0.5), n1: keep(tensor(new Array(D).fill(1), { shape: [D], requiresGrad: true })),
-    wq: param([D, D], rng, 0.15), wk: param([D, Hkv * hd], rng, 0.15), wv: param([D, Hkv * hd], rng, 0.15), wo: param([D, D], rng, 0.15),
+    emb: param([V, D], rng, 0.5),
+    n1: keep(tensor(new Array(D).fill(1), { shape: [D], requiresGrad: true })),
+    wq: param([D, D], rng, 0.15),
+    wk: param([D, Hkv * hd], rng, 0.15),
+    wv: param([D, Hkv * hd], rng, 0.15),
+    wo: param([D, D], rng, 0.15),
     n2: keep(tensor(new Array(D).fill(1), { shape: [D], requiresGrad: true })),
-    wg: param([D, F], rng, 0.15), wu: param([D, F], rng, 0.15), wd: param([F, D], rng, 0.1), head: param([D, V], rng, 0.15),
+    wg: param([D, F], rng, 0.15),
+    wu: param([D, F], rng, 0.15),
+    wd: param([F, D], rng, 0.1),
+    head: param([D, V], rng, 0.15),
   };
   const tables = ropeTables(hd, T);
   // Sequences counting up by a per-sequence stride: the next token depends on the previous two.
   const B = 4;
   const seqs = Array.from({ length: B }, (_, b) => Array.from({ length: T + 1 }, (_, t) => (b * 3 + t * (b + 1)) % V));
-  const ids = tensor(seqs.flatMap((s) => s.slice(0, T)), { shape: [B, T], dtype: "i32" });
-  const targets = tensor(seqs.flatMap((s) => s.slice(1)), { shape: [B, T], dtype: "i32" });
+  const ids = tensor(
+    seqs.flatMap((s) => s.slice(0, T)),
+    { shape: [B, T], dtype: "i32" },
+  );
+  const targets = tensor(
+    seqs.flatMap((s) => s.slice(1)),
+    { shape: [B, T], dtype: "i32" },
+  );
   const forward = () => {
     const x = embedding(p.emb, ids);
     const h = rmsNorm(x, p.n1);
@@ -67,7 +100,8 @@ test("a small transformer block (RMSNorm, RoPE, GQA attention, SwiGLU) fits a se
     return crossEntropy(x2.add(m).matmul(p.head), targets);
   };
   const step = adam(Object.values(p), 0.01);
-  let first = 0, last = 0;
+  let first = 0,
+    last = 0;
   for (let i = 0; i < 150; i++) {
     const loss = scope(forward);
     loss.backward();
@@ -109,7 +143,10 @@ test("gradients accumulate across backward calls until zeroGrad; noGrad and deta
 
 test("a 1,000-step training loop does not grow memory", async () => {
   const rng = new Rng(3);
-  const X = tensor(Float32Array.from({ length: 32 * 8 }, () => rng.next()), { shape: [32, 8] });
+  const X = tensor(
+    Float32Array.from({ length: 32 * 8 }, () => rng.next()),
+    { shape: [32, 8] },
+  );
   const W = param([8, 8], rng, 0.3);
   const b = param([8], rng, 0);
   const step = adam([W, b], 1e-3);
@@ -130,8 +167,12 @@ test("a 1,000-step training loop does not grow memory", async () => {
 test("recompute: same gradients for parameters inside the block, fewer live bytes before backward", async () => {
   const { recompute } = await import("@lowrank/tensor");
   const rng = new Rng(4);
-  const x = tensor(Float32Array.from({ length: 64 * 32 }, () => rng.next()), { shape: [64, 32] }); // frozen input
-  const W1 = param([32, 128], rng, 0.2), W2 = param([128, 32], rng, 0.2);
+  const x = tensor(
+    Float32Array.from({ length: 64 * 32 }, () => rng.next()),
+    { shape: [64, 32] },
+  ); // frozen input
+  const W1 = param([32, 128], rng, 0.2),
+    W2 = param([128, 32], rng, 0.2);
   const block = (h: Tensor) => silu(h.matmul(W1)).matmul(W2).tanh().add(h);
   const run = (again: boolean) => {
     const base = backend.memory().liveBytes;
@@ -151,7 +192,8 @@ test("recompute: same gradients for parameters inside the block, fewer live byte
   const plain = run(false);
   const re = run(true);
   for (let k = 0; k < 2; k++) {
-    const a = plain.grads[k], b = re.grads[k];
+    const a = plain.grads[k],
+      b = re.grads[k];
     for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i] - b[i]) <= 1e-6 + 1e-5 * Math.abs(a[i]), `grad ${k}[${i}] ${a[i]} vs ${b[i]}`);
   }
   assert.ok(re.held * 3 < plain.held, `the recomputed graph holds ${re.held} bytes vs ${plain.held}`);

@@ -3,8 +3,13 @@
  * decides how it is pinned; this file only talks WebGPU.
  */
 import {
-  REQUESTED_LIMITS, type RequestWebGpuOptions, type WebGpuAdapterInfo, type WebGpuContext, type WebGpuEdge,
-  type WebGpuLimits, WebGpuUnavailableError,
+  REQUESTED_LIMITS,
+  type RequestWebGpuOptions,
+  type WebGpuAdapterInfo,
+  type WebGpuContext,
+  type WebGpuEdge,
+  type WebGpuLimits,
+  WebGpuUnavailableError,
 } from "./types.ts";
 
 export interface AcquireHooks {
@@ -16,9 +21,7 @@ export interface AcquireHooks {
   aroundAdapter?<T>(fn: () => Promise<T>): Promise<T>;
 }
 
-export async function acquireDevice(
-  gpu: GPU, edge: WebGpuEdge, opts: RequestWebGpuOptions, hooks: AcquireHooks,
-): Promise<WebGpuContext> {
+export async function acquireDevice(gpu: GPU, edge: WebGpuEdge, opts: RequestWebGpuOptions, hooks: AcquireHooks): Promise<WebGpuContext> {
   let adapter: GPUAdapter | null;
   try {
     const adapterOpts: GPURequestAdapterOptions = {};
@@ -45,7 +48,8 @@ export async function acquireDevice(
     device = await adapter.requestDevice({ label: opts.label ?? "lowrank", requiredLimits, requiredFeatures });
   } catch (err) {
     throw new WebGpuUnavailableError(
-      "device-request-failed", edge,
+      "device-request-failed",
+      edge,
       `the adapter refused a device with limits ${JSON.stringify(requiredLimits)} and features [${requiredFeatures}] (${errText(err)}); ` +
         "retry with { f16: false } or report the adapter (lowrank backends)",
       { cause: err },
@@ -64,9 +68,7 @@ class Context implements WebGpuContext {
   #device: GPUDevice | null;
   #onRelease: (() => void) | null;
 
-  constructor(
-    readonly edge: WebGpuEdge, gpu: GPU, adapter: GPUAdapter, device: GPUDevice, info: WebGpuAdapterInfo, onRelease: () => void,
-  ) {
+  constructor(readonly edge: WebGpuEdge, gpu: GPU, adapter: GPUAdapter, device: GPUDevice, info: WebGpuAdapterInfo, onRelease: () => void) {
     this.#gpu = gpu;
     this.#adapter = adapter;
     this.#device = device;

@@ -4,8 +4,17 @@
  * a bare GPUDevice, and never touches navigator or dawn.node itself.
  */
 import {
-  type Backend, type BinaryOp, type DType, type FusedKernels, type HostArray, type MemoryStats, type ReduceOp,
-  type UnaryOp, byteSize, isContiguous, numel,
+  type Backend,
+  type BinaryOp,
+  type DType,
+  type FusedKernels,
+  type HostArray,
+  type MemoryStats,
+  type ReduceOp,
+  type UnaryOp,
+  byteSize,
+  isContiguous,
+  numel,
 } from "@lowrank/tensor";
 import { Engine } from "./engine.ts";
 import { WebGpuOutOfMemoryError } from "./errors.ts";
@@ -129,11 +138,15 @@ export class WebGpuBackend implements Backend<GpuStorage>, KernelContext {
     const bytes = size * byteSize(dtype);
     const data = bytes === 0 ? new ArrayBuffer(0) : await this.engine.read(h.buffer, 0, bytes, "read");
     switch (dtype) {
-      case "f32": return new Float32Array(data);
-      case "i32": return new Int32Array(data);
+      case "f32":
+        return new Float32Array(data);
+      case "i32":
+        return new Int32Array(data);
       case "f16":
-      case "bf16": return new Uint16Array(data);
-      case "u8": return new Uint8Array(data);
+      case "bf16":
+        return new Uint16Array(data);
+      case "u8":
+        return new Uint8Array(data);
     }
   }
 
@@ -202,7 +215,10 @@ export class WebGpuBackend implements Backend<GpuStorage>, KernelContext {
   }
   where(c: GpuInput, a: GpuInput, b: GpuInput): GpuStorage {
     return elementwise(this, {
-      name: "where", out: a.dtype, shape: a.view.shape, operands: [operand(c), operand(a), operand(b)],
+      name: "where",
+      out: a.dtype,
+      shape: a.view.shape,
+      operands: [operand(c), operand(a), operand(b)],
       expr: (_w, [cv, av, bv]) => `select(${bv}, ${av}, ${cv} != 0)`,
     });
   }

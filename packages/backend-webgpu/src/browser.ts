@@ -9,10 +9,15 @@ export async function requestWebGpu(opts: RequestWebGpuOptions = {}): Promise<We
   const gpu = g.navigator?.gpu;
   if (!gpu) {
     if (g.isSecureContext === false) {
-      throw new WebGpuUnavailableError("insecure-context", "browser", "WebGPU exists only in secure contexts: serve the page over https or from localhost/127.0.0.1");
+      throw new WebGpuUnavailableError(
+        "insecure-context",
+        "browser",
+        "WebGPU exists only in secure contexts: serve the page over https or from localhost/127.0.0.1",
+      );
     }
     throw new WebGpuUnavailableError(
-      "no-webgpu-api", "browser",
+      "no-webgpu-api",
+      "browser",
       "this runtime has no navigator.gpu: use a browser with WebGPU enabled (e.g. Chrome/Edge 113+); " +
         "under Node or Bun use @lowrank/backend-webgpu/node, under Deno /deno",
     );

@@ -16,7 +16,8 @@ export async function requestWebGpu(opts: RequestWebGpuOptions = {}): Promise<We
   const gpu = (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu;
   if (!gpu) {
     throw new WebGpuUnavailableError(
-      "deno-needs-unstable-webgpu", "deno",
+      "deno-needs-unstable-webgpu",
+      "deno",
       `Deno ${deno.version?.deno ?? ""} exposes no navigator.gpu; run it with the flag: \`deno run --unstable-webgpu ...\``,
     );
   }

@@ -8,10 +8,7 @@
  * the batch is submitted, so the write is ordered after every earlier submit and before this
  * batch; the next batch can reuse the same arena buffer.
  */
-import {
-  WebGpuBackendError, WebGpuDeviceLostError, WebGpuDisposedError, WebGpuKernelError, WebGpuOutOfMemoryError,
-  WebGpuValidationError,
-} from "./errors.ts";
+import { WebGpuBackendError, WebGpuDeviceLostError, WebGpuDisposedError, WebGpuKernelError, WebGpuOutOfMemoryError, WebGpuValidationError } from "./errors.ts";
 import { USAGE } from "./pool.ts";
 
 export type BindingKind = "read" | "write";
@@ -87,10 +84,7 @@ export class Engine {
    */
   readonly counters = { dispatches: 0, copies: 0, clears: 0, submits: 0, pipelines: 0, reads: 0, byKernel: new Map<string, number>() };
 
-  constructor(
-    readonly device: GPUDevice,
-    readonly opts: EngineOptions,
-  ) {
+  constructor(readonly device: GPUDevice, readonly opts: EngineOptions) {
     this.maxWorkgroupsPerDim = device.limits.maxComputeWorkgroupsPerDimension;
     this.arena = device.createBuffer({ size: ARENA_BYTES, usage: USAGE.UNIFORM | USAGE.COPY_DST, label: "lowrank params" });
     this.flagBuffer = device.createBuffer({ size: 16, usage: USAGE.STORAGE | USAGE.COPY_SRC | USAGE.COPY_DST, label: "lowrank flags" });
@@ -202,7 +196,9 @@ export class Engine {
     new Uint32Array(this.arenaHost, at, params.length).set(params);
     this.arenaPos += block;
     const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: { buffer: this.arena, offset: at, size: k.paramBytes } }];
-    binds.forEach((b, i) => entries.push({ binding: i + 1, resource: { buffer: b.buffer, offset: b.offset ?? 0, size: b.size ?? b.buffer.size - (b.offset ?? 0) } }));
+    binds.forEach((b, i) =>
+      entries.push({ binding: i + 1, resource: { buffer: b.buffer, offset: b.offset ?? 0, size: b.size ?? b.buffer.size - (b.offset ?? 0) } }),
+    );
     if (k.spec.flags) {
       entries.push({ binding: binds.length + 1, resource: { buffer: this.flagBuffer } });
       this.flagsDirty = true;
@@ -314,7 +310,11 @@ export class Engine {
     this.counters.reads++;
     const size = Math.ceil(bytes / 4) * 4;
     const withFlags = this.flagsDirty;
-    const staging = this.device.createBuffer({ size: Math.max(16, size + (withFlags ? 16 : 0)), usage: USAGE.MAP_READ | USAGE.COPY_DST, label: "lowrank readback" });
+    const staging = this.device.createBuffer({
+      size: Math.max(16, size + (withFlags ? 16 : 0)),
+      usage: USAGE.MAP_READ | USAGE.COPY_DST,
+      label: "lowrank readback",
+    });
     this.copy(buf, offset, staging, 0, size);
     if (withFlags) {
       this.enc().copyBufferToBuffer(this.flagBuffer, 0, staging, size, 16);
@@ -338,7 +338,10 @@ export class Engine {
     this.throwRecorded();
     if (flags) {
       this.device.queue.writeBuffer(this.flagBuffer, 0, new Uint32Array(4));
-      const bit = Object.keys(FLAG_MESSAGES).map(Number).find((b) => flags & b) ?? 1;
+      const bit =
+        Object.keys(FLAG_MESSAGES)
+          .map(Number)
+          .find((b) => flags & b) ?? 1;
       const [kernel, msg] = FLAG_MESSAGES[bit];
       throw new WebGpuKernelError(kernel, `${kernel}: ${msg} (flagged by a kernel queued before this read; out-of-range lanes produced 0/NaN)`);
     }

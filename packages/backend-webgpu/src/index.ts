@@ -8,5 +8,11 @@
 export * from "./types.ts";
 export { WebGpuBackend, createWebGpuBackend, GpuStorage, type GpuInput, type WebGpuBackendOptions, type WebGpuMemoryStats } from "./backend.ts";
 export {
-  WebGpuBackendError, WebGpuDeviceLostError, WebGpuDisposedError, WebGpuKernelError, WebGpuLimitError, WebGpuOutOfMemoryError, WebGpuValidationError,
+  WebGpuBackendError,
+  WebGpuDeviceLostError,
+  WebGpuDisposedError,
+  WebGpuKernelError,
+  WebGpuLimitError,
+  WebGpuOutOfMemoryError,
+  WebGpuValidationError,
 } from "./errors.ts";

@@ -39,9 +39,10 @@ export async function requestWebGpu(opts: RequestNodeWebGpuOptions = {}): Promis
   // Pin before the first await: nothing else references `gpu` across the awaits below.
   pinned.add(gpu);
   const hooks: AcquireHooks = {
-    noAdapterHint: process.platform === "linux"
-      ? `Dawn found no usable Vulkan adapter (Debian 12's own Mesa 22.3 is too old for Dawn; it needs 25.x from bookworm-backports); ${VULKAN_HINT}`
-      : `Dawn found no usable adapter on ${process.platform}; update the GPU driver or use the CPU backend (--backend cpu)`,
+    noAdapterHint:
+      process.platform === "linux"
+        ? `Dawn found no usable Vulkan adapter (Debian 12's own Mesa 22.3 is too old for Dawn; it needs 25.x from bookworm-backports); ${VULKAN_HINT}`
+        : `Dawn found no usable adapter on ${process.platform}; update the GPU driver or use the CPU backend (--backend cpu)`,
     onRelease: () => pinned.delete(gpu),
     aroundAdapter: withoutDawnLimitWarnings,
   };
@@ -67,8 +68,8 @@ function loadDawn(): Promise<DawnModule> {
       const fix = /GLIBCXX|GLIBC_/.test(msg)
         ? "this dawn.node build needs a newer libstdc++/glibc than the system has; use webgpu@0.6.2 (pinned in package.json) on Debian 12"
         : /Cannot find (module|package)|ERR_MODULE_NOT_FOUND/.test(msg)
-          ? "the `webgpu` package is not installed: run `npm install` at the repository root"
-          : VULKAN_HINT;
+        ? "the `webgpu` package is not installed: run `npm install` at the repository root"
+        : VULKAN_HINT;
       throw new WebGpuUnavailableError("module-load-failed", "node", `cannot load dawn.node from the \`webgpu\` package (${msg}); ${fix}`, { cause: err });
     },
   );

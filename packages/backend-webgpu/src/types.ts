@@ -84,8 +84,7 @@ export class WebGpuUnavailableError extends Error {
 
 /** The fix we suggest whenever the Vulkan driver is the likely culprit on Linux. */
 export const VULKAN_HINT =
-  "install the Vulkan loader and Mesa's lavapipe driver (Debian 12: `sudo bash scripts/install-system.sh`), " +
-  "or use the CPU backend (--backend cpu)";
+  "install the Vulkan loader and Mesa's lavapipe driver (Debian 12: `sudo bash scripts/install-system.sh`), " + "or use the CPU backend (--backend cpu)";
 
 /** "llvmpipe: Mesa 25.0.7 (vendor mesa, software)" style one-liner. */
 export function describeAdapter(info: WebGpuAdapterInfo): string {

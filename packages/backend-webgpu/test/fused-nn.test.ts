@@ -5,8 +5,16 @@
  */
 import { test } from "node:test";
 import {
-  type AdamWHyper, type DType, type FusedKernels, type Input, FUSED_PAIRS, checkFusedPairs, contiguousStrides, fromF32,
-  toF32, uniformAt,
+  type AdamWHyper,
+  type DType,
+  type FusedKernels,
+  type Input,
+  FUSED_PAIRS,
+  checkFusedPairs,
+  contiguousStrides,
+  fromF32,
+  toF32,
+  uniformAt,
 } from "@lowrank/tensor";
 import { type GpuStorage, type WebGpuBackend, createWebGpuBackend } from "../src/backend.ts";
 import { TIMEOUT_MS, acquireBackend } from "./setup.ts";
@@ -74,7 +82,8 @@ t("dropout: the mask is uniformAt(seed, offset + i) >= p bit for bit, also past 
         const y = await down(gpu, out, dtype, n);
         const want = xi.values.map((v, i) => (uniformAt(seed, offset + i) >= p ? v / (1 - p) : 0));
         y.forEach((v, i) => {
-          if ((v !== 0) !== (want[i] !== 0)) throw new Error(`dropout ${dtype} p=${p} offset ${offset}: element ${i} kept=${v !== 0}, uniformAt says ${want[i] !== 0}`);
+          if ((v !== 0) !== (want[i] !== 0))
+            throw new Error(`dropout ${dtype} p=${p} offset ${offset}: element ${i} kept=${v !== 0}, uniformAt says ${want[i] !== 0}`);
         });
         close(`dropout ${dtype} values`, y, want, 0, TOL[dtype][1]);
         gpu.free(out);
@@ -92,30 +101,60 @@ t("swiglu and its backward against double loops (f32, f16, bf16; odd length)", a
     let y!: GpuStorage;
     await dispatches(gpu, 1, "swiglu", () => (y = fused().swiglu(g.input, u.input)));
     const [atol, rtol] = TOL[dtype];
-    close(`swiglu ${dtype}`, await down(gpu, y, dtype, n), g.values.map((a, i) => a * sig(a) * u.values[i]), atol, rtol);
+    close(
+      `swiglu ${dtype}`,
+      await down(gpu, y, dtype, n),
+      g.values.map((a, i) => a * sig(a) * u.values[i]),
+      atol,
+      rtol,
+    );
     let r!: { gGate: GpuStorage; gUp: GpuStorage };
     await dispatches(gpu, 2, "swigluBackward", () => (r = fused().swigluBackward(g.input, u.input, gy.input)));
     const s = g.values.map(sig);
-    close(`swiglu gUp ${dtype}`, await down(gpu, r.gUp, dtype, n), g.values.map((a, i) => gy.values[i] * a * s[i]), atol, rtol);
-    close(`swiglu gGate ${dtype}`, await down(gpu, r.gGate, dtype, n), g.values.map((a, i) => gy.values[i] * u.values[i] * s[i] * (1 + a * (1 - s[i]))), atol, rtol);
+    close(
+      `swiglu gUp ${dtype}`,
+      await down(gpu, r.gUp, dtype, n),
+      g.values.map((a, i) => gy.values[i] * a * s[i]),
+      atol,
+      rtol,
+    );
+    close(
+      `swiglu gGate ${dtype}`,
+      await down(gpu, r.gGate, dtype, n),
+      g.values.map((a, i) => gy.values[i] * u.values[i] * s[i] * (1 + a * (1 - s[i]))),
+      atol,
+      rtol,
+    );
     for (const h of [y, r.gGate, r.gUp, g.input.handle, u.input.handle, gy.input.handle]) gpu.free(h);
   }
 });
 
 /** out[b, h, t, :] of rope on logical x (a function of the index), sign -1 for the backward. */
-function ropeRef(x: (b: number, h: number, t: number, j: number) => number, B: number, H: number, T: number, D: number, cos: number[], sin: number[], interleaved: boolean, sign: number): number[] {
+function ropeRef(
+  x: (b: number, h: number, t: number, j: number) => number,
+  B: number,
+  H: number,
+  T: number,
+  D: number,
+  cos: number[],
+  sin: number[],
+  interleaved: boolean,
+  sign: number,
+): number[] {
   const half = D / 2;
   const out: number[] = [];
-  for (let b = 0; b < B; b++) for (let h = 0; h < H; h++) for (let t = 0; t < T; t++) {
-    for (let j = 0; j < D; j++) {
-      const i = interleaved ? j >> 1 : j % half;
-      const first = interleaved ? j % 2 === 0 : j < half;
-      const [p, q] = interleaved ? [2 * i, 2 * i + 1] : [i, i + half];
-      const c = cos[t * half + i];
-      const s = sign * sin[t * half + i];
-      out.push(first ? x(b, h, t, p) * c - x(b, h, t, q) * s : x(b, h, t, q) * c + x(b, h, t, p) * s);
-    }
-  }
+  for (let b = 0; b < B; b++)
+    for (let h = 0; h < H; h++)
+      for (let t = 0; t < T; t++) {
+        for (let j = 0; j < D; j++) {
+          const i = interleaved ? j >> 1 : j % half;
+          const first = interleaved ? j % 2 === 0 : j < half;
+          const [p, q] = interleaved ? [2 * i, 2 * i + 1] : [i, i + half];
+          const c = cos[t * half + i];
+          const s = sign * sin[t * half + i];
+          out.push(first ? x(b, h, t, p) * c - x(b, h, t, q) * s : x(b, h, t, q) * c + x(b, h, t, p) * s);
+        }
+      }
   return out;
 }
 
@@ -174,31 +213,39 @@ function attentionRef(c: AttnCase, q: number[], k: number[], v: number[], gy: nu
   const gq = new Array<number>(q.length).fill(0);
   const gk = new Array<number>(k.length).fill(0);
   const gv = new Array<number>(v.length).fill(0);
-  for (let b = 0; b < B; b++) for (let h = 0; h < Hq; h++) for (let t = 0; t < T; t++) {
-    const r = (b * Hq + h) * T + t;
-    const kv = (b * Hkv + Math.floor(h / G)) * S;
-    const seen = causal ? S - T + t + 1 : S;
-    const sc = Array.from({ length: seen }, (_, s) => {
-      let d = 0;
-      for (let j = 0; j < D; j++) d += q[r * D + j] * k[(kv + s) * D + j];
-      return d * scale;
-    });
-    const m = Math.max(...sc);
-    const z = sc.reduce((a, x) => a + Math.exp(x - m), 0);
-    lse[r] = m + Math.log(z);
-    const p = sc.map((x) => Math.exp(x - lse[r]));
-    p.forEach((ps, s) => { for (let j = 0; j < D; j++) out[r * D + j] += ps * v[(kv + s) * D + j]; });
-    const dp = p.map((_, s) => { let d = 0; for (let j = 0; j < D; j++) d += gy[r * D + j] * v[(kv + s) * D + j]; return d; });
-    const delta = p.reduce((a, ps, s) => a + ps * dp[s], 0);
-    p.forEach((ps, s) => {
-      const ds = ps * (dp[s] - delta) * scale;
-      for (let j = 0; j < D; j++) {
-        gq[r * D + j] += ds * k[(kv + s) * D + j];
-        gk[(kv + s) * D + j] += ds * q[r * D + j];
-        gv[(kv + s) * D + j] += ps * gy[r * D + j];
+  for (let b = 0; b < B; b++)
+    for (let h = 0; h < Hq; h++)
+      for (let t = 0; t < T; t++) {
+        const r = (b * Hq + h) * T + t;
+        const kv = (b * Hkv + Math.floor(h / G)) * S;
+        const seen = causal ? S - T + t + 1 : S;
+        const sc = Array.from({ length: seen }, (_, s) => {
+          let d = 0;
+          for (let j = 0; j < D; j++) d += q[r * D + j] * k[(kv + s) * D + j];
+          return d * scale;
+        });
+        const m = Math.max(...sc);
+        const z = sc.reduce((a, x) => a + Math.exp(x - m), 0);
+        lse[r] = m + Math.log(z);
+        const p = sc.map((x) => Math.exp(x - lse[r]));
+        p.forEach((ps, s) => {
+          for (let j = 0; j < D; j++) out[r * D + j] += ps * v[(kv + s) * D + j];
+        });
+        const dp = p.map((_, s) => {
+          let d = 0;
+          for (let j = 0; j < D; j++) d += gy[r * D + j] * v[(kv + s) * D + j];
+          return d;
+        });
+        const delta = p.reduce((a, ps, s) => a + ps * dp[s], 0);
+        p.forEach((ps, s) => {
+          const ds = ps * (dp[s] - delta) * scale;
+          for (let j = 0; j < D; j++) {
+            gq[r * D + j] += ds * k[(kv + s) * D + j];
+            gk[(kv + s) * D + j] += ds * q[r * D + j];
+            gv[(kv + s) * D + j] += ps * gy[r * D + j];
+          }
+        });
       }
-    });
-  }
   return { out, lse, gq, gk, gv };
 }
 
@@ -251,7 +298,7 @@ function adamwRef(p: number[], g: number[], m: number[], v: number[], h: AdamWHy
     m[i] = Math.fround(h.beta1 * m[i] + (1 - h.beta1) * g[i]);
     v[i] = Math.fround(h.beta2 * v[i] + (1 - h.beta2) * g[i] * g[i]);
     const decayed = p[i] * (1 - h.lr * h.weightDecay);
-    p[i] = Math.fround(decayed - (h.lr / h.bc1) * m[i] / (Math.sqrt(v[i]) / h.sqrtBc2 + h.eps));
+    p[i] = Math.fround(decayed - ((h.lr / h.bc1) * m[i]) / (Math.sqrt(v[i]) / h.sqrtBc2 + h.eps));
   }
 }
 
@@ -331,7 +378,7 @@ t("operands wider than one storage binding: rope, adamw and attention split into
     const [B, H, T, D] = [2, 3, 40, 16];
     const n = B * H * T * D;
     const x = up(small, vals(n, 110), [B, H, T, D]);
-    const tab = vals(T * D / 2, 111, -3, 3);
+    const tab = vals((T * D) / 2, 111, -3, 3);
     const [c, s] = [up(small, tab.map(Math.cos), [T, D / 2]), up(small, tab.map(Math.sin), [T, D / 2])];
     let y!: GpuStorage;
     const b0 = small.engine.counters.dispatches;
@@ -341,7 +388,9 @@ t("operands wider than one storage binding: rope, adamw and attention split into
     close("rope in runs", await down(small, y, "f32", n), ropeRef(xAt, B, H, T, D, c.values, s.values, false, 1), 1e-5, 1e-4);
     const p = vals(3000, 112).map(Math.fround);
     const g = vals(3000, 113);
-    const [ph, mh, vh] = [p.map(Math.fround), new Array<number>(3000).fill(0), new Array<number>(3000).fill(0)].map((d) => small.upload(Float32Array.from(d), "f32"));
+    const [ph, mh, vh] = [p.map(Math.fround), new Array<number>(3000).fill(0), new Array<number>(3000).fill(0)].map((d) =>
+      small.upload(Float32Array.from(d), "f32"),
+    );
     const h: AdamWHyper = { lr: 0.1, beta1: 0.9, beta2: 0.99, eps: 1e-8, weightDecay: 0.01, bc1: 0.1, sqrtBc2: Math.sqrt(0.01) };
     (small.fused as FusedKernels<GpuStorage>).adamw(ph, up(small, g, [3000]).input, mh, vh, 3000, h);
     const [m, v] = [new Array<number>(3000).fill(0), new Array<number>(3000).fill(0)];
@@ -360,14 +409,29 @@ t("loraLinear: two dispatches forward and two backward; operands wider than one 
     const drop = { p: 0.3, seed: 5, offset: 17 };
     const run = async (be: WebGpuBackend) => {
       const f = be.fused as FusedKernels<GpuStorage>;
-      const [x, w, b, a, bb, gy] = [[N, inF], [outF, inF], [outF], [r, inF], [outF, r], [N, outF]].map((shape, i) => up(be, vals(shape.reduce((m, k) => m * k), 120 + i), shape));
+      const [x, w, b, a, bb, gy] = [[N, inF], [outF, inF], [outF], [r, inF], [outF, r], [N, outF]].map((shape, i) =>
+        up(
+          be,
+          vals(
+            shape.reduce((m, k) => m * k),
+            120 + i,
+          ),
+          shape,
+        ),
+      );
       const d0 = be.engine.counters.dispatches;
       const fw = f.loraLinear(x.input, w.input, b.input, a.input, bb.input, 1.5, drop);
       const d1 = be.engine.counters.dispatches;
       const h = { handle: fw.h, dtype: "f32" as const, view: { shape: [N, r], strides: [r, 1], offset: 0 } };
       const bw = f.loraLinearBackward(x.input, w.input, a.input, bb.input, h, gy.input, 1.5, drop);
       const d2 = be.engine.counters.dispatches;
-      const out = [[fw.y, N * outF], [fw.h, N * r], [bw.gx, N * inF], [bw.gA, r * inF], [bw.gB, outF * r]] as const;
+      const out = [
+        [fw.y, N * outF],
+        [fw.h, N * r],
+        [bw.gx, N * inF],
+        [bw.gA, r * inF],
+        [bw.gB, outF * r],
+      ] as const;
       return { vals: await Promise.all(out.map(([hd, n]) => down(be, hd, "f32", n))), fwd: d1 - d0, bwd: d2 - d1 };
     };
     const [fusedRun, split] = [await run(gpu), await run(small)];

@@ -18,14 +18,16 @@ export function mk(be: Backend, data: ArrayLike<number>, shape: number[], dtype:
  * matching NaN; atol = rtol = 0 demands bit-equal values.
  */
 export async function agree(gpu: Backend, what: string, f: (be: Backend) => Tensor, atol = 0, rtol = 0): Promise<void> {
-  const [a, b] = await Promise.all([gpu, cpu].map(async (be) => {
-    const t = scope(() => f(be));
-    try {
-      return { shape: [...t.shape], dtype: t.dtype, data: await t.read() };
-    } finally {
-      t.dispose();
-    }
-  }));
+  const [a, b] = await Promise.all(
+    [gpu, cpu].map(async (be) => {
+      const t = scope(() => f(be));
+      try {
+        return { shape: [...t.shape], dtype: t.dtype, data: await t.read() };
+      } finally {
+        t.dispose();
+      }
+    }),
+  );
   if (a.dtype !== b.dtype || a.shape.join() !== b.shape.join()) throw new Error(`${what}: ${a.dtype}[${a.shape}] vs cpu ${b.dtype}[${b.shape}]`);
   for (let i = 0; i < b.data.length; i++) {
     const x = a.data[i];

@@ -64,5 +64,7 @@ export function fixtureCommand(runtime: "node" | "bun" | "deno", ...args: string
 }
 
 export function describe(r: ChildResult): string {
-  return `exit ${r.code}${r.signal ? ` (signal ${r.signal})` : ""}${r.timedOut ? " (timed out)" : ""} after ${Math.round(r.ms)} ms\n--- stdout\n${r.stdout}\n--- stderr\n${r.stderr}`;
+  return `exit ${r.code}${r.signal ? ` (signal ${r.signal})` : ""}${r.timedOut ? " (timed out)" : ""} after ${Math.round(r.ms)} ms\n--- stdout\n${
+    r.stdout
+  }\n--- stderr\n${r.stderr}`;
 }

@@ -4,8 +4,25 @@
  */
 import { test } from "node:test";
 import {
-  type Backend, type BinaryOp, type DType, type UnaryOp, binary, concat, crossEntropy, embedding, gather,
-  arange, full, logSoftmax, rand, rmsNorm, scatterAdd, softmax, uniformAt, unary, where,
+  type Backend,
+  type BinaryOp,
+  type DType,
+  type UnaryOp,
+  binary,
+  concat,
+  crossEntropy,
+  embedding,
+  gather,
+  arange,
+  full,
+  logSoftmax,
+  rand,
+  rmsNorm,
+  scatterAdd,
+  softmax,
+  uniformAt,
+  unary,
+  where,
 } from "@lowrank/tensor";
 import { TIMEOUT_MS, acquireBackend } from "./setup.ts";
 import { agree, mk, vals } from "./helpers-cpu.ts";
@@ -15,7 +32,36 @@ const skip = typeof got === "string" ? got : false;
 const gpu = got as Backend;
 const t = (name: string, fn: () => Promise<void>) => test(name, { skip, timeout: TIMEOUT_MS }, fn);
 
-const EDGES = [0, -0, 1, -1, 0.5, 2.5, -2.5, 3.5, 65504, 65520, 1e-8, 6e-8, 1e-5, 3e38, -3e38, 1e10, -1e10, 2 ** 31, -(2 ** 31), 2 ** 32 + 5, 300, 255.9, -256.5, Infinity, -Infinity, NaN, 1 / 3, 1.00048828125];
+const EDGES = [
+  0,
+  -0,
+  1,
+  -1,
+  0.5,
+  2.5,
+  -2.5,
+  3.5,
+  65504,
+  65520,
+  1e-8,
+  6e-8,
+  1e-5,
+  3e38,
+  -3e38,
+  1e10,
+  -1e10,
+  2 ** 31,
+  -(2 ** 31),
+  2 ** 32 + 5,
+  300,
+  255.9,
+  -256.5,
+  Infinity,
+  -Infinity,
+  NaN,
+  1 / 3,
+  1.00048828125,
+];
 
 t("casts between every dtype pair match the CPU bit for bit (edge values)", async () => {
   const dtypes: DType[] = ["f32", "f16", "bf16", "i32", "u8"];
@@ -59,13 +105,21 @@ t("binary ops: broadcasting, integer wrap and division, u8 wrap, NaN rules", asy
   const ib = [2, 2, 1, -1, 0, 0, 100000, 4, -1, -5];
   for (const op of ops) {
     await agree(gpu, `${op} i32`, (be) => binary(op, mk(be, ia, [10], "i32"), mk(be, ib, [10], "i32")));
-    await agree(gpu, `${op} u8`, (be) => binary(op, mk(be, [200, 3, 255, 0, 17, 9, 128, 1, 2, 250], [10], "u8"), mk(be, [100, 5, 1, 0, 0, 3, 2, 255, 7, 6], [10], "u8")));
+    await agree(gpu, `${op} u8`, (be) =>
+      binary(op, mk(be, [200, 3, 255, 0, 17, 9, 128, 1, 2, 250], [10], "u8"), mk(be, [100, 5, 1, 0, 0, 3, 2, 255, 7, 6], [10], "u8")),
+    );
   }
   const special = [NaN, 1, -1, 0, -0, Infinity, -Infinity, 2];
   for (const op of ops) {
     await agree(gpu, `${op} specials`, (be) => binary(op, mk(be, special, [8, 1]), mk(be, special, [1, 8])), 0, 1e-6);
   }
-  await agree(gpu, "pow negative base, integer exponents", (be) => binary("pow", mk(be, [-2, -2, -0.5, -3, 0, -0], [6]), mk(be, [3, -2, 2, 0.5, -1, -3], [6])), 0, 1e-6);
+  await agree(
+    gpu,
+    "pow negative base, integer exponents",
+    (be) => binary("pow", mk(be, [-2, -2, -0.5, -3, 0, -0], [6]), mk(be, [3, -2, 2, 0.5, -1, -3], [6])),
+    0,
+    1e-6,
+  );
 });
 
 t("where and copies of u8/f16/bf16 views with odd offsets", async () => {
@@ -91,30 +145,77 @@ t("creation: full for every dtype, arange, random at a 64-bit counter offset", a
 });
 
 t("matmul: every layout pair, odd sizes, tails, batches with broadcast, halves and integers", async () => {
-  const shapes: [number, number, number][] = [[5, 7, 3], [8, 8, 8], [33, 65, 17], [64, 12, 68], [4, 4, 4], [1, 9, 1], [67, 130, 36]];
+  const shapes: [number, number, number][] = [
+    [5, 7, 3],
+    [8, 8, 8],
+    [33, 65, 17],
+    [64, 12, 68],
+    [4, 4, 4],
+    [1, 9, 1],
+    [67, 130, 36],
+  ];
   for (const [M, K, N] of shapes) {
     const a = vals(M * K, 10 + M);
     const b = vals(K * N, 20 + N);
     for (const ta of [false, true]) {
       for (const tb of [false, true]) {
-        await agree(gpu, `matmul ${M}x${K}x${N} ta=${ta} tb=${tb}`, (be) => {
-          const A = ta ? mk(be, a, [K, M]).T : mk(be, a, [M, K]);
-          const B = tb ? mk(be, b, [N, K]).T : mk(be, b, [K, N]);
-          return A.matmul(B);
-        }, 1e-5, 1e-4);
+        await agree(
+          gpu,
+          `matmul ${M}x${K}x${N} ta=${ta} tb=${tb}`,
+          (be) => {
+            const A = ta ? mk(be, a, [K, M]).T : mk(be, a, [M, K]);
+            const B = tb ? mk(be, b, [N, K]).T : mk(be, b, [K, N]);
+            return A.matmul(B);
+          },
+          1e-5,
+          1e-4,
+        );
       }
     }
-    await agree(gpu, `matmul ${M}x${K}x${N} strided (sliced) operands`, (be) => mk(be, vals(M * (K + 3), 3), [M, K + 3]).narrow(1, 1, K).matmul(mk(be, vals((K + 1) * N, 4), [K + 1, N]).narrow(0, 1, K)), 1e-5, 1e-4);
+    await agree(
+      gpu,
+      `matmul ${M}x${K}x${N} strided (sliced) operands`,
+      (be) =>
+        mk(be, vals(M * (K + 3), 3), [M, K + 3])
+          .narrow(1, 1, K)
+          .matmul(mk(be, vals((K + 1) * N, 4), [K + 1, N]).narrow(0, 1, K)),
+      1e-5,
+      1e-4,
+    );
   }
-  await agree(gpu, "batched with broadcast batch dims", (be) => mk(be, vals(2 * 3 * 8 * 12, 5), [2, 3, 8, 12]).matmul(mk(be, vals(3 * 12 * 8, 6), [1, 3, 12, 8]).expand([2, 3, 12, 8])), 1e-5, 1e-4);
-  await agree(gpu, "batched transposed views (attention scores)", (be) => {
-    const q = mk(be, vals(2 * 5 * 4 * 8, 7), [2, 5, 4, 8]).permute(0, 2, 1, 3);
-    const k = mk(be, vals(2 * 6 * 4 * 8, 8), [2, 6, 4, 8]).permute(0, 2, 3, 1);
-    return q.matmul(k);
-  }, 1e-5, 1e-4);
+  await agree(
+    gpu,
+    "batched with broadcast batch dims",
+    (be) => mk(be, vals(2 * 3 * 8 * 12, 5), [2, 3, 8, 12]).matmul(mk(be, vals(3 * 12 * 8, 6), [1, 3, 12, 8]).expand([2, 3, 12, 8])),
+    1e-5,
+    1e-4,
+  );
+  await agree(
+    gpu,
+    "batched transposed views (attention scores)",
+    (be) => {
+      const q = mk(be, vals(2 * 5 * 4 * 8, 7), [2, 5, 4, 8]).permute(0, 2, 1, 3);
+      const k = mk(be, vals(2 * 6 * 4 * 8, 8), [2, 6, 4, 8]).permute(0, 2, 3, 1);
+      return q.matmul(k);
+    },
+    1e-5,
+    1e-4,
+  );
   for (const dt of ["f16", "bf16"] as DType[]) {
-    await agree(gpu, `matmul ${dt}`, (be) => mk(be, vals(9 * 16, 9), [9, 16], dt).matmul(mk(be, vals(16 * 12, 10), [16, 12], dt)), 1e-3, dt === "f16" ? 2e-3 : 1e-2);
-    await agree(gpu, `matmul ${dt} transposed, odd`, (be) => mk(be, vals(7 * 5, 9), [5, 7], dt).T.matmul(mk(be, vals(5 * 3, 10), [3, 5], dt).T), 1e-3, dt === "f16" ? 2e-3 : 1e-2);
+    await agree(
+      gpu,
+      `matmul ${dt}`,
+      (be) => mk(be, vals(9 * 16, 9), [9, 16], dt).matmul(mk(be, vals(16 * 12, 10), [16, 12], dt)),
+      1e-3,
+      dt === "f16" ? 2e-3 : 1e-2,
+    );
+    await agree(
+      gpu,
+      `matmul ${dt} transposed, odd`,
+      (be) => mk(be, vals(7 * 5, 9), [5, 7], dt).T.matmul(mk(be, vals(5 * 3, 10), [3, 5], dt).T),
+      1e-3,
+      dt === "f16" ? 2e-3 : 1e-2,
+    );
   }
   await agree(gpu, "matmul i32", (be) => mk(be, [1, 2, 3, 4, 5, 6], [2, 3], "i32").matmul(mk(be, [7, -8, 9, 10, -11, 12], [3, 2], "i32")));
 });
@@ -123,7 +224,13 @@ t("reductions: sum/max over permuted views, keepdim, every dtype, long and short
   const d = vals(4 * 70 * 5, 30, -5, 5);
   for (const dt of ["f32", "f16", "bf16", "i32", "u8"] as DType[]) {
     const tol = dt === "f32" ? 1e-5 : dt === "i32" || dt === "u8" ? 0 : 1e-2;
-    const src = (be: Backend) => mk(be, d.map((v) => (dt === "u8" ? Math.abs(v) * 20 : v * (dt === "i32" ? 100 : 1))), [4, 70, 5], dt);
+    const src = (be: Backend) =>
+      mk(
+        be,
+        d.map((v) => (dt === "u8" ? Math.abs(v) * 20 : v * (dt === "i32" ? 100 : 1))),
+        [4, 70, 5],
+        dt,
+      );
     for (const axes of [[2], [1], [0, 2], [0, 1, 2]]) {
       await agree(gpu, `sum ${dt} ${axes}`, (be) => src(be).sum(axes), tol, tol);
       await agree(gpu, `max ${dt} ${axes}`, (be) => src(be).max(axes));
@@ -137,20 +244,63 @@ t("gather, scatterAdd (deterministic, non-shared columns), embedding, concat of 
   const x = vals(6 * 9, 40);
   const idx = Array.from({ length: 6 * 5 }, (_, i) => Math.floor(uniformAt(41, i) * 9));
   await agree(gpu, "gather axis 1", (be) => gather(mk(be, x, [6, 9]), mk(be, idx, [6, 5], "i32"), 1));
-  await agree(gpu, "gather axis 0 of a transposed view", (be) => gather(mk(be, x, [9, 6]).T, mk(be, idx.map((v) => v % 6), [6, 5], "i32").T.contiguous().T, 1));
+  await agree(gpu, "gather axis 0 of a transposed view", (be) =>
+    gather(
+      mk(be, x, [9, 6]).T,
+      mk(
+        be,
+        idx.map((v) => v % 6),
+        [6, 5],
+        "i32",
+      ).T.contiguous().T,
+      1,
+    ),
+  );
   for (const dt of ["f32", "f16", "u8"] as DType[]) {
-    await agree(gpu, `gather ${dt}`, (be) => gather(mk(be, x.map((v) => Math.abs(v) * 100), [6, 9], dt), mk(be, idx, [6, 5], "i32"), 1));
+    await agree(gpu, `gather ${dt}`, (be) =>
+      gather(
+        mk(
+          be,
+          x.map((v) => Math.abs(v) * 100),
+          [6, 9],
+          dt,
+        ),
+        mk(be, idx, [6, 5], "i32"),
+        1,
+      ),
+    );
   }
   const src = vals(6 * 5, 42);
   await agree(gpu, "scatterAdd axis 1, per-row index lists", (be) => scatterAdd([6, 9], mk(be, idx, [6, 5], "i32"), mk(be, src, [6, 5]), 1), 1e-6, 1e-6);
-  await agree(gpu, "scatterAdd axis 0 into a wider output", (be) => scatterAdd([9, 7], mk(be, idx.slice(0, 20), [4, 5], "i32"), mk(be, src.slice(0, 20), [4, 5]), 0), 1e-6, 1e-6);
-  await agree(gpu, "scatterAdd i32", (be) => scatterAdd([6, 9], mk(be, idx, [6, 5], "i32"), mk(be, src.map((v) => Math.round(v * 10)), [6, 5], "i32"), 1));
+  await agree(
+    gpu,
+    "scatterAdd axis 0 into a wider output",
+    (be) => scatterAdd([9, 7], mk(be, idx.slice(0, 20), [4, 5], "i32"), mk(be, src.slice(0, 20), [4, 5]), 0),
+    1e-6,
+    1e-6,
+  );
+  await agree(gpu, "scatterAdd i32", (be) =>
+    scatterAdd(
+      [6, 9],
+      mk(be, idx, [6, 5], "i32"),
+      mk(
+        be,
+        src.map((v) => Math.round(v * 10)),
+        [6, 5],
+        "i32",
+      ),
+      1,
+    ),
+  );
   const ids = Array.from({ length: 40 }, (_, i) => Math.floor(uniformAt(43, i) * 11));
   await agree(gpu, "embedding forward", (be) => embedding(mk(be, vals(11 * 6, 44), [11, 6]), mk(be, ids, [5, 8], "i32")));
   // embedding backward = scatterAdd with a shared index list; run twice: bit-identical (no atomics)
   const grad = async () => {
     const table = mk(gpu, vals(11 * 6, 44), [11, 6]).setRequiresGrad();
-    embedding(table, mk(gpu, ids, [5, 8], "i32")).mul(mk(gpu, vals(40 * 6, 45), [5, 8, 6])).sum().backward();
+    embedding(table, mk(gpu, ids, [5, 8], "i32"))
+      .mul(mk(gpu, vals(40 * 6, 45), [5, 8, 6]))
+      .sum()
+      .backward();
     return table.grad!.read();
   };
   const [g1, g2] = [await grad(), await grad()];
@@ -158,8 +308,23 @@ t("gather, scatterAdd (deterministic, non-shared columns), embedding, concat of 
   for (const dt of ["f32", "f16", "bf16", "u8", "i32"] as DType[]) {
     for (const axis of [0, 1, 2]) {
       await agree(gpu, `concat ${dt} axis ${axis}`, (be) => {
-        const p = (s: number[], seed: number) => mk(be, vals(s.reduce((a, b) => a * b), seed, 0, 90), s, dt);
-        const shapes = [[3, 3, 5], [3, 3, 5], [3, 3, 5]].map((s, i) => s.map((v, d) => (d === axis ? v + i : v)));
+        const p = (s: number[], seed: number) =>
+          mk(
+            be,
+            vals(
+              s.reduce((a, b) => a * b),
+              seed,
+              0,
+              90,
+            ),
+            s,
+            dt,
+          );
+        const shapes = [
+          [3, 3, 5],
+          [3, 3, 5],
+          [3, 3, 5],
+        ].map((s, i) => s.map((v, d) => (d === axis ? v + i : v)));
         return concat([p(shapes[0], 50), p(shapes[1], 51).narrow(axis, 0, shapes[1][axis]), p(shapes[2], 52)], axis);
       });
     }
@@ -197,8 +362,25 @@ t("halves without shader-f16: unpacked u32 pairs give the same results", async (
   const plain = (await acquireBackend({}, { f16: false })) as Backend & { hasF16: boolean; dispose(): void };
   try {
     if (plain.hasF16) throw new Error("f16: false still enabled shader-f16");
-    await agree(plain, "matmul f16 (unpacked)", (be) => mk(be, vals(9 * 16, 9), [9, 16], "f16").matmul(mk(be, vals(16 * 12, 10), [16, 12], "f16").T.contiguous().T), 1e-3, 2e-3);
-    await agree(plain, "f16 add and cast", (be) => mk(be, EDGES, [EDGES.length], "f16").add(mk(be, EDGES.map((v) => v / 3), [EDGES.length], "f16")).cast("f32"));
+    await agree(
+      plain,
+      "matmul f16 (unpacked)",
+      (be) => mk(be, vals(9 * 16, 9), [9, 16], "f16").matmul(mk(be, vals(16 * 12, 10), [16, 12], "f16").T.contiguous().T),
+      1e-3,
+      2e-3,
+    );
+    await agree(plain, "f16 add and cast", (be) =>
+      mk(be, EDGES, [EDGES.length], "f16")
+        .add(
+          mk(
+            be,
+            EDGES.map((v) => v / 3),
+            [EDGES.length],
+            "f16",
+          ),
+        )
+        .cast("f32"),
+    );
   } finally {
     plain.dispose();
   }

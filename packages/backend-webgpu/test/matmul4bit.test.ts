@@ -32,7 +32,8 @@ function dispose(w: Quant4bitWeight): void {
 function close(a: Float32Array | number[], b: Float32Array | number[], what: string, atol: number, rtol: number): void {
   if (a.length !== b.length) throw new Error(`${what}: ${a.length} elements, expected ${b.length}`);
   for (let i = 0; i < b.length; i++) {
-    if (!(Math.abs(a[i] - b[i]) <= atol + rtol * Math.abs(b[i]))) throw new Error(`${what}: element ${i} is ${a[i]}, expected ${b[i]} (atol ${atol}, rtol ${rtol})`);
+    if (!(Math.abs(a[i] - b[i]) <= atol + rtol * Math.abs(b[i])))
+      throw new Error(`${what}: element ${i} is ${a[i]}, expected ${b[i]} (atol ${atol}, rtol ${rtol})`);
   }
 }
 
@@ -80,7 +81,11 @@ for (const table of ["nf4", "fp4"] as const) {
           close(fused, ref, `${what} f32 vs f64 reference`, atol, 1e-5);
           close(fused, await run(withoutFused(gpu), c, x, rows, transpose, "f32"), `${what} f32 vs the primitive path`, atol, 1e-5);
           // f16: the primitive path rounds W to f16 as well, the fused kernel keeps it f32; both round y.
-          const xh = Float32Array.from(await tensor(x, { shape: [x.length], backend: gpu }).cast("f16").read());
+          const xh = Float32Array.from(
+            await tensor(x, { shape: [x.length], backend: gpu })
+              .cast("f16")
+              .read(),
+          );
           const refH = matmulCaseRef(xh, rows, W, out, inF, transpose);
           const fusedH = await run(gpu, c, x, rows, transpose, "f16");
           close(fusedH, refH, `${what} f16 vs f64 reference`, 1e-3, 1e-3);
@@ -111,7 +116,8 @@ t("matmul4bit: one dispatch of the fused kernel per call (plus the cast of an f1
   };
   for (const transpose of [false, true]) {
     const f = await count(gpu, "f32", transpose);
-    if (f.n !== 1 || !f.used[0].startsWith("matmul4bit_")) throw new Error(`f32 transpose=${transpose}: expected 1 matmul4bit dispatch, saw ${f.n} (${f.used})`);
+    if (f.n !== 1 || !f.used[0].startsWith("matmul4bit_"))
+      throw new Error(`f32 transpose=${transpose}: expected 1 matmul4bit dispatch, saw ${f.n} (${f.used})`);
     const h = await count(gpu, "f16", transpose);
     if (h.n !== 2) throw new Error(`f16 transpose=${transpose}: expected 2 dispatches (matmul4bit, cast), saw ${h.n} (${h.used})`);
     const p = await count(withoutFused(gpu), "f32", transpose);
@@ -123,7 +129,12 @@ t("matmul4bit: weights wider than one storage binding (4 KiB) split over N and, 
   const small = await acquireBackend({ maxBindingBytes: 4096 });
   if (typeof small === "string") throw new Error(`a second device: ${small}`);
   try {
-    for (const [out, inF, bs, nested] of [[64, 520, 64, true], [120, 83, 32, false], [24, 1100, 4096, true], [16, 1104, 64, false]] as const) {
+    for (const [out, inF, bs, nested] of [
+      [64, 520, 64, true],
+      [120, 83, 32, false],
+      [24, 1100, 4096, true],
+      [16, 1104, 64, false],
+    ] as const) {
       const c = realCase(out, inF, bs, nested, "nf4", out + inF);
       const W = dequantizeCase(c);
       for (const transpose of [false, true]) {

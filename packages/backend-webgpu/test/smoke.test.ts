@@ -14,8 +14,20 @@ test("smoke: upload, elementwise, matmul, reduce, softmax, crossEntropy backward
   const be = got as Exclude<typeof got, string>;
   try {
     assert.match(be.device, /^webgpu \(/);
-    const a = tensor([[1, 2], [3, 4]], { backend: be, requiresGrad: true });
-    const b = tensor([[0.5, -1], [2, 0]], { backend: be });
+    const a = tensor(
+      [
+        [1, 2],
+        [3, 4],
+      ],
+      { backend: be, requiresGrad: true },
+    );
+    const b = tensor(
+      [
+        [0.5, -1],
+        [2, 0],
+      ],
+      { backend: be },
+    );
     assert.deepEqual(Array.from(await a.matmul(b).read()), [4.5, -1, 9.5, -3]);
     assert.deepEqual(Array.from(await a.T.add(1).read()), [2, 4, 3, 5]);
     assert.equal(await a.sum().item(), 10);
@@ -25,8 +37,18 @@ test("smoke: upload, elementwise, matmul, reduce, softmax, crossEntropy backward
     loss.backward();
     assert.equal(a.grad!.shape.join(), "2,2");
     const r = await rand([3], 5, 0, { backend: be }).read();
-    assert.deepEqual(Array.from(r), [0, 1, 2].map((i) => uniformAt(5, i)));
-    assert.deepEqual(Array.from(await full([3], 1 / 3, { backend: be }).cast("f16").read()), [0.333251953125, 0.333251953125, 0.333251953125]);
+    assert.deepEqual(
+      Array.from(r),
+      [0, 1, 2].map((i) => uniformAt(5, i)),
+    );
+    assert.deepEqual(
+      Array.from(
+        await full([3], 1 / 3, { backend: be })
+          .cast("f16")
+          .read(),
+      ),
+      [0.333251953125, 0.333251953125, 0.333251953125],
+    );
     await be.sync();
   } finally {
     be.dispose();

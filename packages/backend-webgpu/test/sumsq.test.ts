@@ -16,13 +16,14 @@ const gpu = got as WebGpuBackend;
 test("sumOfSquares: many tensors (sizes 1..5000, f16, an offset view) equal the CPU composite, in few dispatches", { skip, timeout: TIMEOUT_MS }, async () => {
   const sizes = [1, 3, 64, 1023, 1024, 1025, 5000, 17, 512, 512, 512, 512, 512, 512, 512, 512, 77, 2];
   const data = sizes.map((n, i) => Float32Array.from({ length: n }, (_, k) => Math.sin(0.37 * k + i) * (1 + (i % 3))));
-  const make = (be: typeof cpu | WebGpuBackend): Tensor[] => data.map((d, i) => {
-    const t = tensor(d, { shape: [d.length], backend: be });
-    if (i === 5) return t.cast("f16");
-    // An offset view: the tail of a longer tensor.
-    if (i === 6) return tensor(new Float32Array([9, 9, ...d]), { shape: [d.length + 2], backend: be }).narrow(0, 2, d.length);
-    return t;
-  });
+  const make = (be: typeof cpu | WebGpuBackend): Tensor[] =>
+    data.map((d, i) => {
+      const t = tensor(d, { shape: [d.length], backend: be });
+      if (i === 5) return t.cast("f16");
+      // An offset view: the tail of a longer tensor.
+      if (i === 6) return tensor(new Float32Array([9, 9, ...d]), { shape: [d.length + 2], backend: be }).narrow(0, 2, d.length);
+      return t;
+    });
   const want = await sumOfSquares(make(cpu)).item();
   const xs = make(gpu);
   await gpu.sync();
@@ -35,5 +36,5 @@ test("sumOfSquares: many tensors (sizes 1..5000, f16, an offset view) equal the 
   const got = await s.item();
   if (!(Math.abs(got - want) <= 1e-5 * want)) throw new Error(`sumOfSquares: ${got}, expected ${want} (CPU composite)`);
   for (const t of [...xs, s]) t.dispose();
-  if (!(await sumOfSquares([tensor([3, 4], { backend: gpu })]).item() === 25)) throw new Error("sumOfSquares([3, 4]) should be 25");
+  if (!((await sumOfSquares([tensor([3, 4], { backend: gpu })]).item()) === 25)) throw new Error("sumOfSquares([3, 4]) should be 25");
 });

@@ -6,8 +6,21 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import {
-  type Backend, type Tensor, Rng, attention, crossEntropy, embedding, keep, noGrad, rmsNorm, rope, ropeTables, scope, silu,
-  tensor, zeros,
+  type Backend,
+  type Tensor,
+  Rng,
+  attention,
+  crossEntropy,
+  embedding,
+  keep,
+  noGrad,
+  rmsNorm,
+  rope,
+  ropeTables,
+  scope,
+  silu,
+  tensor,
+  zeros,
 } from "@lowrank/tensor";
 import { testAdam, testParam } from "@lowrank/tensor/testing";
 import { TIMEOUT_MS, acquireBackend } from "./setup.ts";
@@ -22,7 +35,10 @@ const adam = testAdam;
 
 async function mlp(be: Backend): Promise<number[]> {
   const rng = new Rng(1);
-  const X = tensor(Float32Array.from({ length: 64 * 4 }, () => rng.next() * 2 - 1), { shape: [64, 4], backend: be });
+  const X = tensor(
+    Float32Array.from({ length: 64 * 4 }, () => rng.next() * 2 - 1),
+    { shape: [64, 4], backend: be },
+  );
   const Xv = await X.read();
   const yv = Float32Array.from({ length: 64 }, (_, i) => Math.sin(Xv[i * 4]) + Xv[i * 4 + 1] * Xv[i * 4 + 2] - 0.5 * Xv[i * 4 + 3]);
   const Y = tensor(yv, { shape: [64, 1], backend: be });
@@ -48,14 +64,28 @@ async function transformer(be: Backend): Promise<number[]> {
   const rng = new Rng(2);
   const ones = () => keep(tensor(new Array(D).fill(1), { shape: [D], requiresGrad: true, backend: be }));
   const p = {
-    emb: param(be, [V, D], rng, 0.5), n1: ones(), wq: param(be, [D, D], rng, 0.15), wk: param(be, [D, Hkv * hd], rng, 0.15),
-    wv: param(be, [D, Hkv * hd], rng, 0.15), wo: param(be, [D, D], rng, 0.15), n2: ones(), wg: param(be, [D, F], rng, 0.15),
-    wu: param(be, [D, F], rng, 0.15), wd: param(be, [F, D], rng, 0.1), head: param(be, [D, V], rng, 0.15),
+    emb: param(be, [V, D], rng, 0.5),
+    n1: ones(),
+    wq: param(be, [D, D], rng, 0.15),
+    wk: param(be, [D, Hkv * hd], rng, 0.15),
+    wv: param(be, [D, Hkv * hd], rng, 0.15),
+    wo: param(be, [D, D], rng, 0.15),
+    n2: ones(),
+    wg: param(be, [D, F], rng, 0.15),
+    wu: param(be, [D, F], rng, 0.15),
+    wd: param(be, [F, D], rng, 0.1),
+    head: param(be, [D, V], rng, 0.15),
   };
   const tables = ropeTables(hd, T, 10000, undefined, { backend: be });
   const seqs = Array.from({ length: B }, (_, b) => Array.from({ length: T + 1 }, (_, t) => (b * 3 + t * (b + 1)) % V));
-  const ids = tensor(seqs.flatMap((s) => s.slice(0, T)), { shape: [B, T], dtype: "i32", backend: be });
-  const targets = tensor(seqs.flatMap((s) => s.slice(1)), { shape: [B, T], dtype: "i32", backend: be });
+  const ids = tensor(
+    seqs.flatMap((s) => s.slice(0, T)),
+    { shape: [B, T], dtype: "i32", backend: be },
+  );
+  const targets = tensor(
+    seqs.flatMap((s) => s.slice(1)),
+    { shape: [B, T], dtype: "i32", backend: be },
+  );
   const forward = () => {
     const x = embedding(p.emb, ids);
     const h = rmsNorm(x, p.n1);

@@ -104,7 +104,10 @@ export function loraConfig(input: LoraConfigInput = {}, source = "LoraConfig"): 
   if (init !== true && init !== false && init !== "gaussian") {
     const known = ["eva", "olora", "pissa", "corda", "loftq", "orthogonal", "mica"];
     const isKnown = typeof init === "string" && (known.includes(init) || init.startsWith("pissa_niter_"));
-    bad("init_lora_weights", isKnown ? "is a PEFT init mode Lowrank does not implement (supported: true, false, \"gaussian\")" : 'must be true, false or "gaussian"');
+    bad(
+      "init_lora_weights",
+      isKnown ? 'is a PEFT init mode Lowrank does not implement (supported: true, false, "gaussian")' : 'must be true, false or "gaussian"',
+    );
   }
   checkNames(c.target_modules, "target_modules", errors, true);
   checkNames(c.exclude_modules, "exclude_modules", errors, true);
@@ -176,7 +179,8 @@ export function configFromJson(json: unknown, file = "adapter_config.json"): Lor
   const rejected = Object.entries(MUST_BE_DEFAULT)
     .filter(([k, ok]) => k in j && !ok(j[k]))
     .map(([k]) => `${k} = ${show(j[k])}`);
-  if (rejected.length) throw new LoraConfigError(`${file}: unsupported PEFT options (Lowrank implements plain LoRA and DoRA on Linear layers): ${rejected.join(", ")}`);
+  if (rejected.length)
+    throw new LoraConfigError(`${file}: unsupported PEFT options (Lowrank implements plain LoRA and DoRA on Linear layers): ${rejected.join(", ")}`);
   const input: Record<string, unknown> = {};
   for (const f of FIELDS) if (j[f] !== undefined) input[f] = j[f];
   // PEFT saves sets as lists and may write null for the pattern dicts in old files.
@@ -186,7 +190,20 @@ export function configFromJson(json: unknown, file = "adapter_config.json"): Lor
 }
 
 /** Keys of a PEFT LoraConfig that describe the file or the run, not the adapter's math: accepted and ignored by loraOptions. */
-const DESCRIPTIVE = new Set(["peft_type", "peft_version", "auto_mapping", "task_type", "base_model_name_or_path", "revision", "inference_mode", "megatron_core", "qalora_group_size", "eva_config", "corda_config", "runtime_config"]);
+const DESCRIPTIVE = new Set([
+  "peft_type",
+  "peft_version",
+  "auto_mapping",
+  "task_type",
+  "base_model_name_or_path",
+  "revision",
+  "inference_mode",
+  "megatron_core",
+  "qalora_group_size",
+  "eva_config",
+  "corda_config",
+  "runtime_config",
+]);
 /** Checked only by loraOptions: a non-default value changes training in a way Lowrank does not implement. */
 const STRICT_DEFAULTS: Record<string, (v: unknown) => boolean> = { ...MUST_BE_DEFAULT, ensure_weight_tying: (v) => v === false || v == null };
 
@@ -198,16 +215,25 @@ const STRICT_DEFAULTS: Record<string, (v: unknown) => boolean> = { ...MUST_BE_DE
  * base_model_name_or_path, ...) are dropped; the rest is returned under PEFT's names.
  */
 export function loraOptions(json: unknown, source = "LoraConfig"): LoraConfigInput {
-  if (typeof json !== "object" || json === null || Array.isArray(json)) throw new LoraConfigError(`${source}: expected a JSON object of PEFT LoraConfig fields`);
+  if (typeof json !== "object" || json === null || Array.isArray(json))
+    throw new LoraConfigError(`${source}: expected a JSON object of PEFT LoraConfig fields`);
   const j = json as Record<string, unknown>;
   const known = new Set<string>([...FIELDS, ...Object.keys(STRICT_DEFAULTS), ...DESCRIPTIVE]);
   const unknown = Object.keys(j).filter((k) => !known.has(k));
   if (unknown.length) {
-    throw new LoraConfigError(`${source}: unknown field${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => JSON.stringify(k)).join(", ")} (${unknown.length > 1 ? "not PEFT LoraConfig fields" : "not a PEFT LoraConfig field"}; Lowrank reads: ${FIELDS.filter((f) => !DESCRIPTIVE.has(f)).join(", ")})`);
+    throw new LoraConfigError(
+      `${source}: unknown field${unknown.length > 1 ? "s" : ""} ${unknown.map((k) => JSON.stringify(k)).join(", ")} (${
+        unknown.length > 1 ? "not PEFT LoraConfig fields" : "not a PEFT LoraConfig field"
+      }; Lowrank reads: ${FIELDS.filter((f) => !DESCRIPTIVE.has(f)).join(", ")})`,
+    );
   }
-  if (j.peft_type !== undefined && j.peft_type !== "LORA") throw new LoraConfigError(`${source}: peft_type = ${show(j.peft_type)} is not supported (only "LORA")`);
-  const rejected = Object.entries(STRICT_DEFAULTS).filter(([k, ok]) => k in j && !ok(j[k])).map(([k]) => `${k} = ${show(j[k])}`);
-  if (rejected.length) throw new LoraConfigError(`${source}: unsupported PEFT options (Lowrank implements plain LoRA and DoRA on Linear layers): ${rejected.join(", ")}`);
+  if (j.peft_type !== undefined && j.peft_type !== "LORA")
+    throw new LoraConfigError(`${source}: peft_type = ${show(j.peft_type)} is not supported (only "LORA")`);
+  const rejected = Object.entries(STRICT_DEFAULTS)
+    .filter(([k, ok]) => k in j && !ok(j[k]))
+    .map(([k]) => `${k} = ${show(j[k])}`);
+  if (rejected.length)
+    throw new LoraConfigError(`${source}: unsupported PEFT options (Lowrank implements plain LoRA and DoRA on Linear layers): ${rejected.join(", ")}`);
   const input: Record<string, unknown> = {};
   for (const f of FIELDS) if (j[f] !== undefined && !DESCRIPTIVE.has(f)) input[f] = j[f];
   if (input.rank_pattern === null) input.rank_pattern = {};
@@ -246,7 +272,11 @@ export function configToJson(c: LoraConfig, opts: { inferenceMode?: boolean } = 
   };
   // A newer field only when it is used: older PEFT versions reject keys they do not know.
   if (c.exclude_modules !== null) out.exclude_modules = c.exclude_modules;
-  return Object.fromEntries(Object.keys(out).sort().map((k) => [k, out[k]]));
+  return Object.fromEntries(
+    Object.keys(out)
+      .sort()
+      .map((k) => [k, out[k]]),
+  );
 }
 
 function checkNames(v: unknown, field: string, errors: string[], allowString: boolean): void {

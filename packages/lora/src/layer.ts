@@ -9,7 +9,23 @@
  * DoRA adapters add a learned magnitude per output row (see dora forward below).
  */
 import {
-  type CounterStream, type DType, type DropoutParams, type Tensor, Rng, addLoraRows, concat, drawCounter, dropout, hash32, keep, loraBranch, loraLinear, loraRows, noGrad, scope, tensor,
+  type CounterStream,
+  type DType,
+  type DropoutParams,
+  type Tensor,
+  Rng,
+  addLoraRows,
+  concat,
+  drawCounter,
+  dropout,
+  hash32,
+  keep,
+  loraBranch,
+  loraLinear,
+  loraRows,
+  noGrad,
+  scope,
+  tensor,
 } from "@lowrank/tensor";
 import { Linear, Module } from "@lowrank/nn";
 import { type BaseLayer, baseBackend, baseBias, denseWeightF32, isRequantizable } from "./base-layer.ts";
@@ -146,7 +162,9 @@ export class LoraLinear extends Module {
     this.releaseRowStack();
     const maxR = Math.min(this.inFeatures, this.outFeatures);
     if (!(Number.isSafeInteger(o.r) && o.r > 0 && o.r <= maxR)) {
-      throw new RangeError(`${this.path}: r = ${o.r} must be an integer in [1, ${maxR}] (min(in_features ${this.inFeatures}, out_features ${this.outFeatures}))`);
+      throw new RangeError(
+        `${this.path}: r = ${o.r} must be an integer in [1, ${maxR}] (min(in_features ${this.inFeatures}, out_features ${this.outFeatures}))`,
+      );
     }
     const backend = baseBackend(this.base_layer);
     const { a, b } = initialWeights(o, this.inFeatures, this.outFeatures);
@@ -222,7 +240,8 @@ export class LoraLinear extends Module {
 
   forward(x: Tensor): Tensor {
     if (this.disabled) {
-      if (this.merged) throw new Error(`${this.path}: adapters ${this.mergedAdapters.join(", ")} are merged into the base weight; unmerge() before disabling adapters`);
+      if (this.merged)
+        throw new Error(`${this.path}: adapters ${this.mergedAdapters.join(", ")} are merged into the base weight; unmerge() before disabling adapters`);
       return this.base_layer.forward(x);
     }
     // Merged adapters already live in the base weight (PEFT ignores the unmerged ones then too).
@@ -300,9 +319,25 @@ export class LoraLinear extends Module {
       const ranks = mine.map((n) => this.r.get(n) as number);
       const start = new Map(mine.map((n, i) => [n, ranks.slice(0, i).reduce((a, b) => a + b, 0)]));
       this.#factors = noGrad(() => ({
-        key, start, width: ranks.reduce((a, b) => a + b, 0),
-        A: keep(mine.length === 1 ? this.lora_A.get(mine[0]).weight.contiguous() : concat(mine.map((n) => this.lora_A.get(n).weight), 0)),
-        B: keep(mine.length === 1 ? this.lora_B.get(mine[0]).weight.contiguous() : concat(mine.map((n) => this.lora_B.get(n).weight), 1)),
+        key,
+        start,
+        width: ranks.reduce((a, b) => a + b, 0),
+        A: keep(
+          mine.length === 1
+            ? this.lora_A.get(mine[0]).weight.contiguous()
+            : concat(
+                mine.map((n) => this.lora_A.get(n).weight),
+                0,
+              ),
+        ),
+        B: keep(
+          mine.length === 1
+            ? this.lora_B.get(mine[0]).weight.contiguous()
+            : concat(
+                mine.map((n) => this.lora_B.get(n).weight),
+                1,
+              ),
+        ),
       }));
     }
     const f = this.#factors as RowFactors;
@@ -396,7 +431,8 @@ export class LoraLinear extends Module {
    * is reported. `safe` checks the result for NaN/Inf before anything is written.
    */
   async merge(opts: MergeOptions = {}): Promise<MergeInfo[]> {
-    if (this.tiedWith) throw new Error(`${this.path}: cannot merge: its weight is tied to ${this.tiedWith}, so merging would change both; untie it or target another module`);
+    if (this.tiedWith)
+      throw new Error(`${this.path}: cannot merge: its weight is tied to ${this.tiedWith}, so merging would change both; untie it or target another module`);
     const names = this.#toMerge(opts.adapterNames);
     if (opts.safe) await this.checkMerge(names);
     const out: MergeInfo[] = [];
@@ -417,7 +453,8 @@ export class LoraLinear extends Module {
     for (const name of this.#toMerge(adapterNames)) {
       const merged = this.#mergedWeight(name, false);
       try {
-        if (!(await allFinite(merged))) throw new Error(`${this.path}: merging adapter '${name}' gives NaN or Inf in the weight; the adapter is broken (nothing was changed)`);
+        if (!(await allFinite(merged)))
+          throw new Error(`${this.path}: merging adapter '${name}' gives NaN or Inf in the weight; the adapter is broken (nothing was changed)`);
       } finally {
         merged.dispose();
       }
@@ -430,17 +467,19 @@ export class LoraLinear extends Module {
 
   /** W + ΔW, or for DoRA m/‖W+ΔW‖·(W+ΔW) (caching ‖W+ΔW‖ for unmerge when `cache`). */
   #mergedWeight(name: string, cache: boolean): Tensor {
-    return noGrad(() => scope(() => {
-      const sum = denseWeightF32(this.base_layer).add(this.deltaWeight(name));
-      if (!this.useDora.get(name)) return sum;
-      const norm = rowNorm(sum);
-      const factor = this.lora_magnitude_vector.get(name).weight.div(norm);
-      if (cache) {
-        this.#weightNorms.get(name)?.dispose();
-        this.#weightNorms.set(name, keep(norm));
-      }
-      return sum.mul(factor.reshape([-1, 1]));
-    }));
+    return noGrad(() =>
+      scope(() => {
+        const sum = denseWeightF32(this.base_layer).add(this.deltaWeight(name));
+        if (!this.useDora.get(name)) return sum;
+        const norm = rowNorm(sum);
+        const factor = this.lora_magnitude_vector.get(name).weight.div(norm);
+        if (cache) {
+          this.#weightNorms.get(name)?.dispose();
+          this.#weightNorms.set(name, keep(norm));
+        }
+        return sum.mul(factor.reshape([-1, 1]));
+      }),
+    );
   }
 
   /** Undo merges in reverse order (PEFT unmerge), all of them or the last `count`. For 4-bit bases this requantizes again. */
@@ -448,11 +487,13 @@ export class LoraLinear extends Module {
     const out: MergeInfo[] = [];
     while (this.mergedAdapters.length && out.length < count) {
       const name = this.mergedAdapters[this.mergedAdapters.length - 1];
-      const restored = noGrad(() => scope(() => {
-        const W = denseWeightF32(this.base_layer);
-        const unscaled = this.useDora.get(name) ? W.div(this.#doraFactor(name).reshape([-1, 1])) : W;
-        return unscaled.sub(this.deltaWeight(name));
-      }));
+      const restored = noGrad(() =>
+        scope(() => {
+          const W = denseWeightF32(this.base_layer);
+          const unscaled = this.useDora.get(name) ? W.div(this.#doraFactor(name).reshape([-1, 1])) : W;
+          return unscaled.sub(this.deltaWeight(name));
+        }),
+      );
       try {
         out.push({ module: this.path, adapter: name, ...(await this.#writeWeight(restored)) });
       } finally {

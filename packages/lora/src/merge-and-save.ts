@@ -37,8 +37,16 @@ export interface MergeAndSaveResult {
 
 /** Tokenizer and generation files copied unchanged next to the merged weights. */
 const COPY_FILES = [
-  "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "added_tokens.json",
-  "vocab.json", "merges.txt", "generation_config.json", "chat_template.jinja", "chat_template.json",
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+  "tokenizer.model",
+  "added_tokens.json",
+  "vocab.json",
+  "merges.txt",
+  "generation_config.json",
+  "chat_template.jinja",
+  "chat_template.json",
 ];
 
 const TORCH_DTYPE: Record<string, DType> = { float32: "f32", float16: "f16", bfloat16: "bf16" };
@@ -47,7 +55,8 @@ const TORCH_NAME: Partial<Record<DType, string>> = { f32: "float32", f16: "float
 export async function mergeAndSave(modelDir: string, adapterDir: string, outDir: string, opts: MergeAndSaveOptions = {}): Promise<MergeAndSaveResult> {
   const fs = storage();
   const [join, resolve] = [joinPath, fs.resolve];
-  if (resolve(outDir) === resolve(modelDir)) throw new Error(`mergeAndSave: the output directory is the model directory (${modelDir}); write the merged model somewhere else`);
+  if (resolve(outDir) === resolve(modelDir))
+    throw new Error(`mergeAndSave: the output directory is the model directory (${modelDir}); write the merged model somewhere else`);
   const configPath = join(modelDir, "config.json");
   const original = JSON.parse(await fs.readText(configPath)) as Record<string, unknown>;
   const srcDtype = TORCH_DTYPE[String(original.torch_dtype ?? original.dtype ?? "float32")] ?? "f32";
@@ -57,7 +66,11 @@ export async function mergeAndSave(modelDir: string, adapterDir: string, outDir:
   const backend = opts.backend ?? getDefaultBackend();
   const model = await loadHfModel(modelDir, { backend, dtype });
   try {
-    const peft = await loadAdapter(model, adapterDir, opts.adapterName ?? "default", { baseModel: modelDir, ignoreBaseModel: opts.ignoreBaseModel, warn: () => {} });
+    const peft = await loadAdapter(model, adapterDir, opts.adapterName ?? "default", {
+      baseModel: modelDir,
+      ignoreBaseModel: opts.ignoreBaseModel,
+      warn: () => {},
+    });
     const { merged } = await peft.mergeAndUnload({ safe: opts.safe ?? true, dequantize: opts.dequantize, dtype });
     const files = await saveHfModel(model, outDir, { maxShardBytes: opts.maxShardBytes });
     // The source config keeps fields nn does not model (transformers_version, pad_token_id, ...);
@@ -68,13 +81,17 @@ export async function mergeAndSave(modelDir: string, adapterDir: string, outDir:
     if (written.quantization_config) config.quantization_config = written.quantization_config;
     else delete config.quantization_config;
     // A trained copy of lm_head or embed_tokens (modules_to_save) unties them: both are saved, so say so.
-    if (config.tie_word_embeddings === true && (model.lm_head as { weight?: unknown }).weight !== model.model.embed_tokens.weight) config.tie_word_embeddings = false;
+    if (config.tie_word_embeddings === true && (model.lm_head as { weight?: unknown }).weight !== model.model.embed_tokens.weight)
+      config.tie_word_embeddings = false;
     await fs.writeFile(join(outDir, "config.json"), JSON.stringify(config, null, 2) + "\n");
     for (const f of COPY_FILES) {
-      const ok = await fs.copyFile(join(modelDir, f), join(outDir, f)).then(() => true, (e: { code?: string }) => {
-        if (e.code === "ENOENT") return false;
-        throw e;
-      });
+      const ok = await fs.copyFile(join(modelDir, f), join(outDir, f)).then(
+        () => true,
+        (e: { code?: string }) => {
+          if (e.code === "ENOENT") return false;
+          throw e;
+        },
+      );
       if (ok) files.push(f);
     }
     return { files, merged, dtype };

@@ -73,10 +73,16 @@ export class PeftModel<M extends Module = Module> {
     if (this.peftConfig.has(name)) throw new Error(`adapter '${name}' already exists (adapters: ${[...this.peftConfig.keys()].join(", ")})`);
     const config = loraConfig(input as LoraConfigInput);
     if (this.peftConfig.size > 0 && config.bias !== "none") {
-      throw new LoraConfigError(`bias = ${JSON.stringify(config.bias)}: only one adapter may train biases; set bias "none" for adapter '${name}' (PEFT has the same rule)`);
+      throw new LoraConfigError(
+        `bias = ${JSON.stringify(config.bias)}: only one adapter may train biases; set bias "none" for adapter '${name}' (PEFT has the same rule)`,
+      );
     }
     if (this.peftConfig.size > 0 && [...this.peftConfig.values()].some((c) => c.bias !== "none")) {
-      throw new LoraConfigError(`adapter '${[...this.peftConfig].find(([, c]) => c.bias !== "none")?.[0]}' trains biases; a model with a bias-training adapter cannot take a second adapter`);
+      throw new LoraConfigError(
+        `adapter '${
+          [...this.peftConfig].find(([, c]) => c.bias !== "none")?.[0]
+        }' trains biases; a model with a bias-training adapter cannot take a second adapter`,
+      );
     }
     const plan = planInjection(this.model, config, { strictEntries: opts.strictTargets ?? true });
     for (const w of plan.warnings) (opts.warn ?? this.#warn)(w);
@@ -162,7 +168,8 @@ export class PeftModel<M extends Module = Module> {
    */
   setRowAdapters(rows: readonly (string | null)[] | null): void {
     for (const n of new Set(rows ?? [])) {
-      if (n !== null && !this.rowBatchable(n)) throw new Error(`adapter '${n}' cannot share a batch with others (DoRA, modules_to_save or trained biases); serve it alone with setAdapter`);
+      if (n !== null && !this.rowBatchable(n))
+        throw new Error(`adapter '${n}' cannot share a batch with others (DoRA, modules_to_save or trained biases); serve it alone with setAdapter`);
     }
     const list = rows ? [...rows] : null; // a new array: layers rebuild their stacks for it
     for (const [, l] of this.loraLayers()) {
@@ -175,7 +182,7 @@ export class PeftModel<M extends Module = Module> {
   rowBatchable(name: string): boolean {
     const c = this.peftConfig.get(name);
     if (!c) throw new Error(`no adapter '${name}' (adapters: ${[...this.peftConfig.keys()].join(", ") || "none"})`);
-    return !c.use_dora && !(c.modules_to_save?.length) && c.bias === "none";
+    return !c.use_dora && !c.modules_to_save?.length && c.bias === "none";
   }
 
   /** Remove an adapter everywhere and free its weights. */
@@ -193,7 +200,8 @@ export class PeftModel<M extends Module = Module> {
   withAdaptersDisabled<T>(fn: () => T): T {
     const layers = [...this.loraLayers().map(([, l]) => l), ...this.modulesToSaveWrappers().map(([, w]) => w)];
     const merged = this.loraLayers().filter(([, l]) => l.merged);
-    if (merged.length) throw new Error(`adapters are merged into ${merged.length} layer(s) (e.g. ${merged[0][0]}); unmerge() before running the base model alone`);
+    if (merged.length)
+      throw new Error(`adapters are merged into ${merged.length} layer(s) (e.g. ${merged[0][0]}); unmerge() before running the base model alone`);
     const prev = layers.map((l) => l.disabled);
     const restore = () => layers.forEach((l, i) => (l.disabled = prev[i]));
     for (const l of layers) l.disabled = true;
@@ -261,7 +269,8 @@ export class PeftModel<M extends Module = Module> {
   /** Remove the wrappers without merging (PEFT unload): the original model back. */
   unload(): M {
     const merged = this.loraLayers().filter(([, l]) => l.merged);
-    if (merged.length) throw new Error(`adapters are merged into ${merged[0][0]} and ${merged.length - 1} more layer(s); unmerge() first or use mergeAndUnload()`);
+    if (merged.length)
+      throw new Error(`adapters are merged into ${merged[0][0]} and ${merged.length - 1} more layer(s); unmerge() first or use mergeAndUnload()`);
     this.#unwrap(false);
     return this.model;
   }
@@ -286,7 +295,13 @@ export class PeftModel<M extends Module = Module> {
   }
 
   /** Build `adapterName` from weighted existing adapters (PEFT add_weighted_adapter; see weighted.ts). */
-  addWeightedAdapter(adapters: string[], weights: number[], adapterName: string, combination: Combination = "svd", opts: WeightedAdapterOptions = {}): Promise<void> {
+  addWeightedAdapter(
+    adapters: string[],
+    weights: number[],
+    adapterName: string,
+    combination: Combination = "svd",
+    opts: WeightedAdapterOptions = {},
+  ): Promise<void> {
     return addWeightedAdapter(this, adapters, weights, adapterName, combination, opts);
   }
 
@@ -301,7 +316,8 @@ export class PeftModel<M extends Module = Module> {
       if (t.requiresGrad) trainable += n;
     }
     // nn's QuantizedLinear keeps its packed weight in buffers: count its out·in values (frozen).
-    for (const [, m] of this.model.namedModules()) if (isQuantizedLinear(m) && !m.namedParameters().some(([, t]) => t.dtype === "u8")) all += m.inFeatures * m.outFeatures;
+    for (const [, m] of this.model.namedModules())
+      if (isQuantizedLinear(m) && !m.namedParameters().some(([, t]) => t.dtype === "u8")) all += m.inFeatures * m.outFeatures;
     return { trainable, all };
   }
 

@@ -66,7 +66,12 @@ async function adapterBytes(peft: PeftModel, name: string, baseModel: string | u
   const config = peft.peftConfig.get(name);
   if (!config) throw new Error(`${fn}: no adapter '${name}' (adapters: ${[...peft.peftConfig.keys()].join(", ")})`);
   const merged = peft.loraLayers().filter(([, l]) => l.mergedAdapters.includes(name));
-  if (merged.length) throw new Error(`${fn}: adapter '${name}' is merged into ${merged[0][0]}${merged.length > 1 ? ` and ${merged.length - 1} more` : ""}; unmerge() first (its A and B are still right, but the base weights are not the ones it was trained on)`);
+  if (merged.length)
+    throw new Error(
+      `${fn}: adapter '${name}' is merged into ${merged[0][0]}${
+        merged.length > 1 ? ` and ${merged.length - 1} more` : ""
+      }; unmerge() first (its A and B are still right, but the base weights are not the ones it was trained on)`,
+    );
   const tensors = new Map<string, TensorInput>();
   for (const [key, t] of adapterStateDict(peft, name)) {
     const st = ST_DTYPE[t.dtype];
@@ -156,7 +161,12 @@ export async function readAdapterConfig(dir: string): Promise<{ config: LoraConf
  * the config must fit the model, the file must hold exactly the expected keys with the expected
  * shapes (r, in/out features), and base_model_name_or_path must match `opts.baseModel`.
  */
-export async function loadAdapter<M extends Module>(target: M | PeftModel<M>, dir: string, adapterName = "default", opts: LoadAdapterOptions = {}): Promise<PeftModel<M>> {
+export async function loadAdapter<M extends Module>(
+  target: M | PeftModel<M>,
+  dir: string,
+  adapterName = "default",
+  opts: LoadAdapterOptions = {},
+): Promise<PeftModel<M>> {
   const join = joinPath;
   let where = dir;
   const inSub = join(dir, adapterName);
@@ -186,7 +196,10 @@ export interface LoadAdapterFromBytesOptions extends LoadAdapterOptions {
 
 /** loadAdapter for in-memory files (no file system): the same checks, the same result. */
 export async function loadAdapterFromBytes<M extends Module>(
-  target: M | PeftModel<M>, files: AdapterInput, adapterName = "default", opts: LoadAdapterFromBytesOptions = {},
+  target: M | PeftModel<M>,
+  files: AdapterInput,
+  adapterName = "default",
+  opts: LoadAdapterFromBytesOptions = {},
 ): Promise<PeftModel<M>> {
   const configLabel = opts.configLabel ?? ADAPTER_CONFIG_NAME;
   const weightsLabel = opts.weightsLabel ?? ADAPTER_WEIGHTS_NAME;
@@ -205,7 +218,12 @@ export async function loadAdapterFromBytes<M extends Module>(
 
 /** The shared part of loadAdapter and loadAdapterFromBytes: check everything, then add and fill the adapter. */
 async function applyAdapter<M extends Module>(
-  target: M | PeftModel<M>, config: LoraConfig, open: () => Promise<SafetensorsFile>, weightsLabel: string, where: string, adapterName: string,
+  target: M | PeftModel<M>,
+  config: LoraConfig,
+  open: () => Promise<SafetensorsFile>,
+  weightsLabel: string,
+  where: string,
+  adapterName: string,
   opts: LoadAdapterOptions,
 ): Promise<PeftModel<M>> {
   const peft = target instanceof PeftModel ? target : null;
@@ -283,11 +301,22 @@ function checkAdapterFile(file: SafetensorsFile, expected: Map<string, Spec>, pl
   if (problems.some((p) => p.includes(".lora_A.weight: shape")) && rs.size === 1 && ![...rs].includes(plan.config.r)) {
     hints.push(`the file's rank is ${[...rs][0]} but adapter_config.json says r = ${plan.config.r}`);
   }
-  if (unexpected.length && missing.length) hints.push("the target modules in adapter_config.json do not match the modules in the file, or the adapter was trained on another architecture");
+  if (unexpected.length && missing.length)
+    hints.push("the target modules in adapter_config.json do not match the modules in the file, or the adapter was trained on another architecture");
   else if (problems.length && !hints.length) hints.push("the adapter was trained on a base model with other layer sizes");
   if (unexpected.some((k) => !k.startsWith(PEFT_PREFIX))) hints.push(`PEFT keys start with "${PEFT_PREFIX}"`);
-  const counts = [missing.length && `${missing.length} missing`, unexpected.length && `${unexpected.length} unexpected`, problems.length && `${problems.length} mismatched`].filter(Boolean).join(", ");
-  throw new Error(`${path}: adapter does not match the model (${counts}${hints.length ? `; ${hints.join("; ")}` : ""}):\n  ${lines.slice(0, 40).join("\n  ")}${lines.length > 40 ? `\n  ... and ${lines.length - 40} more` : ""}`);
+  const counts = [
+    missing.length && `${missing.length} missing`,
+    unexpected.length && `${unexpected.length} unexpected`,
+    problems.length && `${problems.length} mismatched`,
+  ]
+    .filter(Boolean)
+    .join(", ");
+  throw new Error(
+    `${path}: adapter does not match the model (${counts}${hints.length ? `; ${hints.join("; ")}` : ""}):\n  ${lines.slice(0, 40).join("\n  ")}${
+      lines.length > 40 ? `\n  ... and ${lines.length - 40} more` : ""
+    }`,
+  );
 }
 
 async function assignFromFile(file: SafetensorsFile, key: string, target: Tensor): Promise<void> {
@@ -309,13 +338,21 @@ function checkBaseModel(config: LoraConfig, peft: PeftModel | null, opts: LoadAd
   const expected = opts.baseModel ? [opts.baseModel] : others.slice(0, 1);
   for (const e of expected) {
     if (!sameModelName(e, config.base_model_name_or_path)) {
-      throw new Error(`${where}: adapter was trained on base_model_name_or_path ${show(config.base_model_name_or_path)}, but the model is ${show(e)}; pass ignoreBaseModel (CLI: --ignore-base-model) if they are the same weights`);
+      throw new Error(
+        `${where}: adapter was trained on base_model_name_or_path ${show(config.base_model_name_or_path)}, but the model is ${show(
+          e,
+        )}; pass ignoreBaseModel (CLI: --ignore-base-model) if they are the same weights`,
+      );
     }
   }
 }
 
 export function sameModelName(a: string, b: string): boolean {
-  const last = (s: string) => s.replace(/[\\/]+$/, "").split(/[\\/]/).pop()!.toLowerCase();
+  const last = (s: string) =>
+    s
+      .replace(/[\\/]+$/, "")
+      .split(/[\\/]/)
+      .pop()!
+      .toLowerCase();
   return a === b || last(a) === last(b);
 }
-

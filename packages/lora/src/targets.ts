@@ -168,7 +168,12 @@ export function planInjection(model: Module, input: LoraConfig, opts: PlanOption
   if (config.target_modules === null) {
     const type = (model as { config?: { model_type?: string } }).config?.model_type;
     const dflt = type ? DEFAULT_TARGET_MODULES[type] : undefined;
-    if (!dflt) throw new LoraConfigError(`target_modules is not set and there is no default for model_type ${show(type ?? null)}; set target_modules (available Linear modules: ${describeLinears(linears)})`);
+    if (!dflt)
+      throw new LoraConfigError(
+        `target_modules is not set and there is no default for model_type ${show(
+          type ?? null,
+        )}; set target_modules (available Linear modules: ${describeLinears(linears)})`,
+      );
     config.target_modules = [...dflt];
   }
   if (typeof config.target_modules === "string" && config.target_modules.toLowerCase() === INCLUDE_LINEAR_LAYERS_SHORTHAND) {
@@ -187,7 +192,10 @@ export function planInjection(model: Module, input: LoraConfig, opts: PlanOption
     if (Array.isArray(tm)) for (const e of tm) if (suffixMatch(name, e)) matchedEntries.add(e);
     if (!isTargeted(config, name)) continue;
     if (!(m instanceof LoraLinear) && !isLinearLike(m)) {
-      const hint = m.constructor.name === "Embedding" ? `; LoRA on embeddings is not implemented: train it in full with modules_to_save: [${show(name.slice(name.lastIndexOf(".") + 1))}]` : "";
+      const hint =
+        m.constructor.name === "Embedding"
+          ? `; LoRA on embeddings is not implemented: train it in full with modules_to_save: [${show(name.slice(name.lastIndexOf(".") + 1))}]`
+          : "";
       errors.push(`${name} (${m.constructor.name}) matches target_modules but is not a Linear layer; LoRA wraps Linear layers only${hint}`);
       continue;
     }

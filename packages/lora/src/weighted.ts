@@ -29,7 +29,10 @@ export interface WeightedAdapterOptions {
 /** Per-module rank of the combination. */
 function newRank(combination: Combination, ranks: number[], svdRank: number | undefined, path: string, names: string[]): number {
   if (combination === "linear") {
-    if (new Set(ranks).size !== 1) throw new Error(`addWeightedAdapter: "linear" needs equal ranks, but at ${path} adapters ${names.join(", ")} have r = ${ranks.join(", ")}; use "cat" or "svd"`);
+    if (new Set(ranks).size !== 1)
+      throw new Error(
+        `addWeightedAdapter: "linear" needs equal ranks, but at ${path} adapters ${names.join(", ")} have r = ${ranks.join(", ")}; use "cat" or "svd"`,
+      );
     return ranks[0];
   }
   if (combination === "cat") return ranks.reduce((a, b) => a + b, 0);
@@ -47,7 +50,8 @@ export async function addWeightedAdapter<M extends Module>(
   if (adapters.length === 0) throw new Error("addWeightedAdapter: no adapters given");
   if (adapters.length !== weights.length) throw new Error(`addWeightedAdapter: ${adapters.length} adapters but ${weights.length} weights`);
   if (!weights.every(Number.isFinite)) throw new Error(`addWeightedAdapter: weights must be finite numbers, got ${JSON.stringify(weights)}`);
-  if (!["linear", "cat", "svd"].includes(combination)) throw new Error(`addWeightedAdapter: combination ${JSON.stringify(combination)} is not one of linear, cat, svd`);
+  if (!["linear", "cat", "svd"].includes(combination))
+    throw new Error(`addWeightedAdapter: combination ${JSON.stringify(combination)} is not one of linear, cat, svd`);
   if (peft.peftConfig.has(adapterName)) throw new Error(`addWeightedAdapter: adapter '${adapterName}' already exists`);
   const configs = adapters.map((a) => {
     const c = peft.peftConfig.get(a);
@@ -55,11 +59,13 @@ export async function addWeightedAdapter<M extends Module>(
     return c;
   });
   const dora = adapters.filter((_, i) => configs[i].use_dora);
-  if (dora.length) throw new Error(`addWeightedAdapter: DoRA adapters (${dora.join(", ")}) cannot be combined: their magnitude vectors have no linear combination`);
+  if (dora.length)
+    throw new Error(`addWeightedAdapter: DoRA adapters (${dora.join(", ")}) cannot be combined: their magnitude vectors have no linear combination`);
   if (configs.filter((c) => c.modules_to_save?.length).length > 1) {
     throw new Error("addWeightedAdapter: several of these adapters have modules_to_save; their full copies cannot be combined");
   }
-  if (opts.svdRank !== undefined && !(Number.isSafeInteger(opts.svdRank) && opts.svdRank > 0)) throw new Error(`addWeightedAdapter: svdRank must be a positive integer, got ${opts.svdRank}`);
+  if (opts.svdRank !== undefined && !(Number.isSafeInteger(opts.svdRank) && opts.svdRank > 0))
+    throw new Error(`addWeightedAdapter: svdRank must be a positive integer, got ${opts.svdRank}`);
   // A single adapter is always combined linearly (exact), as in PEFT.
   const how: Combination = adapters.length === 1 ? "linear" : combination;
 
@@ -69,7 +75,13 @@ export async function addWeightedAdapter<M extends Module>(
     const present = adapters.map((a, i) => (layer.r.has(a) ? i : -1)).filter((i) => i >= 0);
     if (!present.length) continue;
     const ranks = present.map((i) => layer.r.get(adapters[i]) as number);
-    const rank = newRank(how, ranks, opts.svdRank, path, present.map((i) => adapters[i]));
+    const rank = newRank(
+      how,
+      ranks,
+      opts.svdRank,
+      path,
+      present.map((i) => adapters[i]),
+    );
     const maxR = Math.min(layer.inFeatures, layer.outFeatures);
     if (rank > maxR) throw new Error(`addWeightedAdapter: the combined rank ${rank} at ${path} exceeds min(in, out) = ${maxR}`);
     plans.push({ path, layer, present, rank });
@@ -89,7 +101,12 @@ export async function addWeightedAdapter<M extends Module>(
     lora_alpha: rank0,
     use_rslora: false,
     lora_dropout: configs[0].lora_dropout,
-    target_modules: configs.some((c) => c.exclude_modules || c.layers_to_transform !== null) ? plans.map((p) => p.path) : unionTargets(configs, plans.map((p) => p.path)),
+    target_modules: configs.some((c) => c.exclude_modules || c.layers_to_transform !== null)
+      ? plans.map((p) => p.path)
+      : unionTargets(
+          configs,
+          plans.map((p) => p.path),
+        ),
     exclude_modules: null,
     layers_to_transform: null,
     layers_pattern: null,
@@ -157,7 +174,15 @@ export async function addWeightedAdapter<M extends Module>(
 }
 
 /** Best rank-k factors of Bcat·Acat: B = U[:, :k]·diag(S[:k]) [out, k], A = Vᵀ[:k] [k, in] (zero-padded if the product's rank is lower). */
-function truncatedFactors(Bcat: Float64Array, Acat: Float64Array, m: number, R: number, n: number, k: number, clamp?: number): { a: Float64Array; b: Float64Array } {
+function truncatedFactors(
+  Bcat: Float64Array,
+  Acat: Float64Array,
+  m: number,
+  R: number,
+  n: number,
+  k: number,
+  clamp?: number,
+): { a: Float64Array; b: Float64Array } {
   const d = svdOfProduct(Bcat, Acat, m, R, n);
   const kk = Math.min(k, d.k);
   const b = new Float64Array(m * k);

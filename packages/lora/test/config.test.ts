@@ -46,12 +46,18 @@ const invalid: [string, Record<string, unknown>, RegExp][] = [
 ];
 for (const [name, input, message] of invalid) {
   test(`invalid config: ${name}`, () => {
-    assert.throws(() => loraConfig(input as never), (e: unknown) => e instanceof LoraConfigError && message.test((e as Error).message));
+    assert.throws(
+      () => loraConfig(input as never),
+      (e: unknown) => e instanceof LoraConfigError && message.test((e as Error).message),
+    );
   });
 }
 
 test("every problem is reported at once", () => {
-  assert.throws(() => loraConfig({ r: 0, bias: "x" as never, lora_dropout: 2 }), (e: Error) => /r = 0/.test(e.message) && /bias = "x"/.test(e.message) && /lora_dropout = 2/.test(e.message));
+  assert.throws(
+    () => loraConfig({ r: 0, bias: "x" as never, lora_dropout: 2 }),
+    (e: Error) => /r = 0/.test(e.message) && /bias = "x"/.test(e.message) && /lora_dropout = 2/.test(e.message),
+  );
 });
 
 test("the real adapter_config.json written by PEFT 0.18.1 parses; unknown keys are ignored", { skip: noData }, async () => {
@@ -70,10 +76,21 @@ test("the real adapter_config.json written by PEFT 0.18.1 parses; unknown keys a
 test("configFromJson: peft_type is required, other PEFT types and math-changing options are refused by name", () => {
   assert.throws(() => configFromJson({ r: 8 }), /"peft_type" is missing/);
   assert.throws(() => configFromJson({ peft_type: "IA3" }), /peft_type = "IA3" is not supported/);
-  assert.throws(() => configFromJson({ peft_type: "LORA", lora_bias: true, use_qalora: true }), /unsupported PEFT options .*lora_bias = true, use_qalora = true/);
+  assert.throws(
+    () => configFromJson({ peft_type: "LORA", lora_bias: true, use_qalora: true }),
+    /unsupported PEFT options .*lora_bias = true, use_qalora = true/,
+  );
   assert.throws(() => configFromJson({ peft_type: "LORA", layer_replication: [[0, 2]] }), /layer_replication = \[\[0,2\]\]/);
   // Defaults of the same options are fine, and so are keys this version has never heard of.
-  const c = configFromJson({ peft_type: "LORA", lora_bias: false, use_qalora: false, loftq_config: {}, megatron_core: "megatron.core", some_future_key: { a: 1 }, r: 4 });
+  const c = configFromJson({
+    peft_type: "LORA",
+    lora_bias: false,
+    use_qalora: false,
+    loftq_config: {},
+    megatron_core: "megatron.core",
+    some_future_key: { a: 1 },
+    r: 4,
+  });
   assert.equal(c.r, 4);
 });
 
@@ -82,7 +99,28 @@ test("configToJson: PEFT's keys, sorted as json.dumps(sort_keys=True), inference
   const j = configToJson(c);
   const keys = Object.keys(j);
   assert.deepEqual(keys, [...keys].sort());
-  for (const k of ["peft_type", "task_type", "base_model_name_or_path", "r", "lora_alpha", "target_modules", "lora_dropout", "bias", "use_rslora", "use_dora", "fan_in_fan_out", "init_lora_weights", "modules_to_save", "rank_pattern", "alpha_pattern", "layers_to_transform", "layers_pattern", "revision", "inference_mode", "peft_version"]) {
+  for (const k of [
+    "peft_type",
+    "task_type",
+    "base_model_name_or_path",
+    "r",
+    "lora_alpha",
+    "target_modules",
+    "lora_dropout",
+    "bias",
+    "use_rslora",
+    "use_dora",
+    "fan_in_fan_out",
+    "init_lora_weights",
+    "modules_to_save",
+    "rank_pattern",
+    "alpha_pattern",
+    "layers_to_transform",
+    "layers_pattern",
+    "revision",
+    "inference_mode",
+    "peft_version",
+  ]) {
     assert.ok(k in j, `missing ${k}`);
   }
   assert.equal(j.peft_type, "LORA");

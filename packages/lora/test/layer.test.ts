@@ -76,7 +76,10 @@ test("gradients reach lora_A and lora_B (and modules_to_save) only", () => {
     assert.equal(t.requiresGrad, trains, `requiresGrad of ${n}`);
     if (trains) {
       assert.ok(t.grad, `${n} has a gradient`);
-      assert.ok((t.grad.readSync() as Float32Array).some((v) => v !== 0), `${n} gradient is non-zero`);
+      assert.ok(
+        (t.grad.readSync() as Float32Array).some((v) => v !== 0),
+        `${n} gradient is non-zero`,
+      );
     } else assert.equal(t.grad, null, `${n} must get no gradient`);
   }
   model.dispose();
@@ -86,10 +89,21 @@ for (const bias of ["none", "all", "lora_only"] as const) {
   test(`bias = "${bias}": which biases train`, () => {
     const model = tinyModel({ model_type: "qwen2" }); // q/k/v have biases
     const peft = getPeftModel(model, { target_modules: ["q_proj", "o_proj"], r: 2, bias }, "default", quiet);
-    const trainingBiases = peft.namedTrainableParameters().map(([n]) => n).filter((n) => n.endsWith("bias")).sort();
+    const trainingBiases = peft
+      .namedTrainableParameters()
+      .map(([n]) => n)
+      .filter((n) => n.endsWith("bias"))
+      .sort();
     const expected = {
       none: [],
-      all: ["model.layers.0.self_attn.k_proj.bias", "model.layers.0.self_attn.q_proj.base_layer.bias", "model.layers.0.self_attn.v_proj.bias", "model.layers.1.self_attn.k_proj.bias", "model.layers.1.self_attn.q_proj.base_layer.bias", "model.layers.1.self_attn.v_proj.bias"],
+      all: [
+        "model.layers.0.self_attn.k_proj.bias",
+        "model.layers.0.self_attn.q_proj.base_layer.bias",
+        "model.layers.0.self_attn.v_proj.bias",
+        "model.layers.1.self_attn.k_proj.bias",
+        "model.layers.1.self_attn.q_proj.base_layer.bias",
+        "model.layers.1.self_attn.v_proj.bias",
+      ],
       lora_only: ["model.layers.0.self_attn.q_proj.base_layer.bias", "model.layers.1.self_attn.q_proj.base_layer.bias"],
     }[bias];
     assert.deepEqual(trainingBiases, expected);
@@ -98,7 +112,13 @@ for (const bias of ["none", "all", "lora_only"] as const) {
 }
 
 test("use_rslora: scaling = alpha/sqrt(r), and the forward adds scaling·B·A·x", () => {
-  const lin = new Linear(6, 5, { init: (shape) => tensor(Float32Array.from({ length: shape[0] * shape[1] }, (_, i) => Math.sin(i)), { shape }) });
+  const lin = new Linear(6, 5, {
+    init: (shape) =>
+      tensor(
+        Float32Array.from({ length: shape[0] * shape[1] }, (_, i) => Math.sin(i)),
+        { shape },
+      ),
+  });
   const layer = new LoraLinear(lin, "lin");
   layer.addAdapter("rs", { r: 4, alpha: 8, dropout: 0, useRslora: true, useDora: false, init: false, seed: 3 });
   layer.addAdapter("plain", { r: 4, alpha: 8, dropout: 0, useRslora: false, useDora: false, init: false, seed: 3 });
@@ -167,7 +187,12 @@ test("several adapters: setAdapter switches, a list adds them up, deleteAdapter 
     return noGrad(() => q.forward(x)).readSync() as Float32Array;
   };
   const [y0, ya, yb, yab] = [ys([]), ys(["a"]), ys(["b"]), ys(["a", "b"])];
-  assert.ok(maxAbsDiff(yab, y0.map((v, i) => v + (ya[i] - v) + (yb[i] - v))) < 1e-5);
+  assert.ok(
+    maxAbsDiff(
+      yab,
+      y0.map((v, i) => v + (ya[i] - v) + (yb[i] - v)),
+    ) < 1e-5,
+  );
   q.setActiveAdapters(["a", "b"]);
   assert.ok(maxAbsDiff(outA, base) > 1e-3 && maxAbsDiff(outB, base) > 1e-3 && maxAbsDiff(outAB, outA) > 1e-3);
   peft.deleteAdapter("b");
@@ -186,12 +211,22 @@ test("withAdaptersDisabled runs the base model (sync and async), then restores",
   randomizeAdapter(peft);
   const adapted = logits(model);
   assert.ok(maxAbsDiff(adapted, base) > 1e-3);
-  assert.equal(maxAbsDiff(withAdaptersDisabled(peft, () => logits(model)), base), 0);
+  assert.equal(
+    maxAbsDiff(
+      withAdaptersDisabled(peft, () => logits(model)),
+      base,
+    ),
+    0,
+  );
   assert.equal(maxAbsDiff(await peft.withAdaptersDisabled(async () => logits(model)), base), 0);
   assert.equal(maxAbsDiff(logits(model), adapted), 0);
-  assert.throws(() => withAdaptersDisabled(peft, () => {
-    throw new Error("boom");
-  }), /boom/);
+  assert.throws(
+    () =>
+      withAdaptersDisabled(peft, () => {
+        throw new Error("boom");
+      }),
+    /boom/,
+  );
   assert.equal(maxAbsDiff(logits(model), adapted), 0, "restored after a throw");
   await peft.merge();
   assert.throws(() => withAdaptersDisabled(peft, () => 0), /unmerge\(\) before running the base model alone/);
@@ -205,7 +240,10 @@ test("merge({ safe: true }) rejects non-finite results, names the module, and ch
   const before = logits(model);
   const bad = peft.loraLayers().find(([p]) => p === "model.layers.1.self_attn.v_proj")![1];
   const B = bad.lora_B.get("default").weight;
-  const poisoned = tensor(Float32Array.from(snapshot(B), (v, i) => (i === 3 ? Number.POSITIVE_INFINITY : v)), { shape: B.shape });
+  const poisoned = tensor(
+    Float32Array.from(snapshot(B), (v, i) => (i === 3 ? Number.POSITIVE_INFINITY : v)),
+    { shape: B.shape },
+  );
   B.assign(poisoned);
   poisoned.dispose();
   const weights = peft.loraLayers().map(([, l]) => snapshot((l.base_layer as Linear).weight));
@@ -271,7 +309,10 @@ class GridLinear extends Module implements QuantizedLinearLike {
     this.codes = this.registerBuffer("codes", GridLinear.round(w));
   }
   static round(w: Tensor): Tensor {
-    return tensor(Float32Array.from(w.readSync() as Float32Array, (v) => Math.round(v * 8) / 8), { shape: w.shape });
+    return tensor(
+      Float32Array.from(w.readSync() as Float32Array, (v) => Math.round(v * 8) / 8),
+      { shape: w.shape },
+    );
   }
   dequantize(): Tensor {
     return this.codes.add(0);
@@ -285,12 +326,18 @@ class GridLinear extends Module implements QuantizedLinearLike {
 }
 
 test("a quantized base (the QuantizedLinear contract): forward, merge = dequantize + add + requantize with the error reported", async () => {
-  const w = tensor(Float32Array.from({ length: 12 * 10 }, (_, i) => Math.cos(i)), { shape: [12, 10] });
+  const w = tensor(
+    Float32Array.from({ length: 12 * 10 }, (_, i) => Math.cos(i)),
+    { shape: [12, 10] },
+  );
   const q = new GridLinear(w);
   const layer = new LoraLinear(q, "q");
   layer.addAdapter("default", { r: 3, alpha: 6, dropout: 0, useRslora: false, useDora: false, init: false, seed: 5 });
   layer.setAdapter("default");
-  const x = tensor(Float32Array.from({ length: 2 * 10 }, (_, i) => Math.sin(i)), { shape: [2, 10] });
+  const x = tensor(
+    Float32Array.from({ length: 2 * 10 }, (_, i) => Math.sin(i)),
+    { shape: [2, 10] },
+  );
   const y = snapshot(noGrad(() => layer.forward(x)));
   const [info] = await layer.merge();
   assert.equal(info.module, "q");
@@ -328,7 +375,8 @@ for (const dtype of ["bf16", "f16"] as const) {
         model.dispose();
         return { out, grads };
       };
-      const ref = run("f32"), half = run(dtype);
+      const ref = run("f32"),
+        half = run(dtype);
       for (const [n, pd, gd] of half.grads) assert.deepEqual([pd, gd], ["f32", "f32"], `${n}: adapter and gradient in f32 (use_dora ${use_dora})`);
       const scale = Math.max(...Array.from(ref.out, Math.abs));
       assert.ok(maxAbsDiff(half.out, ref.out) < 0.05 * scale, `use_dora ${use_dora}: logits off by ${maxAbsDiff(half.out, ref.out)} (scale ${scale})`);

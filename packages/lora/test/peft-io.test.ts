@@ -56,7 +56,10 @@ test("saved keys and shapes are PEFT's: base_model.model.<path>.lora_A.weight [r
 
 const ROUND_TRIPS: [string, LoraConfigInput][] = [
   ["all-linear", { target_modules: "all-linear", r: 3, lora_alpha: 5 }],
-  ["rank/alpha patterns + rsLoRA", { target_modules: ["q_proj", "up_proj"], r: 4, lora_alpha: 8, use_rslora: true, rank_pattern: { up_proj: 2 }, alpha_pattern: { "layers\\.1\\..*": 3 } }],
+  [
+    "rank/alpha patterns + rsLoRA",
+    { target_modules: ["q_proj", "up_proj"], r: 4, lora_alpha: 8, use_rslora: true, rank_pattern: { up_proj: 2 }, alpha_pattern: { "layers\\.1\\..*": 3 } },
+  ],
   ["modules_to_save (lm_head saved under its plain name)", { target_modules: ["v_proj"], r: 2, modules_to_save: ["lm_head"] }],
   ["DoRA", { target_modules: ["q_proj", "o_proj"], r: 2, use_dora: true }],
 ];
@@ -140,12 +143,40 @@ async function editConfig(dir: string, edit: (c: Record<string, unknown>) => voi
 }
 
 const REFUSALS: [string, (dir: string) => Promise<void>, RegExp][] = [
-  ["a missing key", (d) => editWeights(d, (t) => t.delete("base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight")), /adapter does not match the model \(1 missing\):\n {2}missing: base_model\.model\.model\.layers\.1\.self_attn\.v_proj\.lora_B\.weight/],
-  ["an unexpected key", (d) => editWeights(d, (t) => t.set("base_model.model.model.layers.0.mlp.up_proj.lora_A.weight", { dtype: "F32", shape: [2, 16], data: new Float32Array(32) })), /1 unexpected\):\n {2}unexpected: base_model\.model\.model\.layers\.0\.mlp\.up_proj\.lora_A\.weight/],
-  ["r in the config differs from the file", (d) => editConfig(d, (c) => (c.r = 4)), /shape \[2, 16\] in the file, expected \[4, 16\] \(r = 4, in_features = 16\).*|the file's rank is 2 but adapter_config\.json says r = 4/s],
-  ["target modules differ from the file", (d) => editConfig(d, (c) => (c.target_modules = ["q_proj", "o_proj"])), /missing: base_model\.model\.model\.layers\.0\.self_attn\.o_proj\.lora_A\.weight[\s\S]*unexpected: base_model\.model\.model\.layers\.0\.self_attn\.v_proj\.lora_A\.weight/],
-  ["target modules that match nothing in this model", (d) => editConfig(d, (c) => (c.target_modules = ["c_attn"])), /target_modules \["c_attn"\] matched no module; available Linear modules: q_proj/],
-  ["a non-float tensor", (d) => editWeights(d, (t) => t.set("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", { dtype: "I32", shape: [2, 16], data: new Int32Array(32) })), /lora_A\.weight: dtype I32, expected a float tensor/],
+  [
+    "a missing key",
+    (d) => editWeights(d, (t) => t.delete("base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight")),
+    /adapter does not match the model \(1 missing\):\n {2}missing: base_model\.model\.model\.layers\.1\.self_attn\.v_proj\.lora_B\.weight/,
+  ],
+  [
+    "an unexpected key",
+    (d) =>
+      editWeights(d, (t) => t.set("base_model.model.model.layers.0.mlp.up_proj.lora_A.weight", { dtype: "F32", shape: [2, 16], data: new Float32Array(32) })),
+    /1 unexpected\):\n {2}unexpected: base_model\.model\.model\.layers\.0\.mlp\.up_proj\.lora_A\.weight/,
+  ],
+  [
+    "r in the config differs from the file",
+    (d) => editConfig(d, (c) => (c.r = 4)),
+    /shape \[2, 16\] in the file, expected \[4, 16\] \(r = 4, in_features = 16\).*|the file's rank is 2 but adapter_config\.json says r = 4/s,
+  ],
+  [
+    "target modules differ from the file",
+    (d) => editConfig(d, (c) => (c.target_modules = ["q_proj", "o_proj"])),
+    /missing: base_model\.model\.model\.layers\.0\.self_attn\.o_proj\.lora_A\.weight[\s\S]*unexpected: base_model\.model\.model\.layers\.0\.self_attn\.v_proj\.lora_A\.weight/,
+  ],
+  [
+    "target modules that match nothing in this model",
+    (d) => editConfig(d, (c) => (c.target_modules = ["c_attn"])),
+    /target_modules \["c_attn"\] matched no module; available Linear modules: q_proj/,
+  ],
+  [
+    "a non-float tensor",
+    (d) =>
+      editWeights(d, (t) =>
+        t.set("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", { dtype: "I32", shape: [2, 16], data: new Int32Array(32) }),
+      ),
+    /lora_A\.weight: dtype I32, expected a float tensor/,
+  ],
   ["an unsupported PEFT option", (d) => editConfig(d, (c) => (c.lora_bias = true)), /unsupported PEFT options .*lora_bias = true/],
   ["another base model", async () => {}, /trained on base_model_name_or_path "tiny-llama", but the model is "\/models\/other-model"/],
 ];
@@ -160,7 +191,10 @@ for (const [name, corrupt, message] of REFUSALS) {
       const names = model.namedModules().map(([n]) => n);
       const opts = name === "another base model" ? { baseModel: "/models/other-model" } : {};
       await assert.rejects(loadAdapter(model, dir, "default", opts), message);
-      assert.deepEqual(model.namedModules().map(([n]) => n), names);
+      assert.deepEqual(
+        model.namedModules().map(([n]) => n),
+        names,
+      );
       assert.equal(maxAbsDiff(logits(model), before), 0);
       model.dispose();
     });
@@ -230,7 +264,9 @@ test("adapterToBytes / loadAdapterFromBytes: the same bytes and the same load as
     }
     // The same checks: a file from another rank is refused with loadAdapter's message, naming the label.
     const other = await adapterToBytes(getPeftModel(tinyModel(), { target_modules: "all-linear", r: 2 }, "default", quiet), "default");
-    await assert.rejects(loadAdapterFromBytes(tinyModel(), { config: bytes.config, weights: other.weights }, "default", { weightsLabel: "picked.safetensors" }),
-      /^Error: picked\.safetensors: adapter does not match the model .*the file's rank is 2 but adapter_config\.json says r = 3/s);
+    await assert.rejects(
+      loadAdapterFromBytes(tinyModel(), { config: bytes.config, weights: other.weights }, "default", { weightsLabel: "picked.safetensors" }),
+      /^Error: picked\.safetensors: adapter does not match the model .*the file's rank is 2 but adapter_config\.json says r = 3/s,
+    );
   });
 });

@@ -74,47 +74,57 @@ test("QLoRA mergeAndUnload({ dequantize: true }): dense dequant(W) + ΔW layers,
   model.dispose();
 });
 
-test("QLoRA on stories260K: a bnb-4bit directory + adapter -> mergeAndSave, requantized (4-bit) or dequantized (dense)", { skip: skip || noData, timeout: 120_000 }, async (t) => {
-  await withTempDir(async (dir) => {
-    const prompt = [[1, 403, 407, 261, 378, 428, 269, 162]];
-    const dense = await nn.loadHfModel(storiesHfDir as string);
-    const denseLogits = logits(dense, prompt);
-    await (quantizeModel as QuantizeModel)(dense);
-    const quantDiff = maxAbsDiff(logits(dense, prompt), denseLogits); // what 4-bit rounding alone does
-    const q4 = join(dir, "stories-4bit");
-    await nn.saveHfModel(dense, q4);
-    dense.dispose();
-    const base = await nn.loadHfModel(q4);
-    base.eval();
-    const peft = getPeftModel(base, { target_modules: "all-linear", r: 4, lora_alpha: 8, base_model_name_or_path: "stories-4bit" }, "default", { warn: () => {} });
-    assert.ok(peft.hasQuantizedBase);
-    randomizeAdapter(peft, "default", 8, 0.05);
-    const adapted = logits(base, prompt);
-    const adapterDir = join(dir, "adapter");
-    await saveAdapter(peft, adapterDir);
-    base.dispose();
+test(
+  "QLoRA on stories260K: a bnb-4bit directory + adapter -> mergeAndSave, requantized (4-bit) or dequantized (dense)",
+  { skip: skip || noData, timeout: 120_000 },
+  async (t) => {
+    await withTempDir(async (dir) => {
+      const prompt = [[1, 403, 407, 261, 378, 428, 269, 162]];
+      const dense = await nn.loadHfModel(storiesHfDir as string);
+      const denseLogits = logits(dense, prompt);
+      await (quantizeModel as QuantizeModel)(dense);
+      const quantDiff = maxAbsDiff(logits(dense, prompt), denseLogits); // what 4-bit rounding alone does
+      const q4 = join(dir, "stories-4bit");
+      await nn.saveHfModel(dense, q4);
+      dense.dispose();
+      const base = await nn.loadHfModel(q4);
+      base.eval();
+      const peft = getPeftModel(base, { target_modules: "all-linear", r: 4, lora_alpha: 8, base_model_name_or_path: "stories-4bit" }, "default", {
+        warn: () => {},
+      });
+      assert.ok(peft.hasQuantizedBase);
+      randomizeAdapter(peft, "default", 8, 0.05);
+      const adapted = logits(base, prompt);
+      const adapterDir = join(dir, "adapter");
+      await saveAdapter(peft, adapterDir);
+      base.dispose();
 
-    const out = join(dir, "dense");
-    const res = await mergeAndSave(q4, adapterDir, out, { dequantize: true });
-    assert.ok(res.merged.every((m) => m.requantError === undefined));
-    assert.equal(JSON.parse(await readFile(join(out, "config.json"), "utf8")).quantization_config, undefined);
-    const merged = await nn.loadHfModel(out);
-    const diff = maxAbsDiff(logits(merged, prompt), adapted);
-    merged.dispose();
-    t.diagnostic(`dequantized merge vs QLoRA model: max |logit diff| ${diff.toExponential(3)}`);
-    assert.ok(diff < 1e-4, `dequantized merge differs by ${diff}`);
+      const out = join(dir, "dense");
+      const res = await mergeAndSave(q4, adapterDir, out, { dequantize: true });
+      assert.ok(res.merged.every((m) => m.requantError === undefined));
+      assert.equal(JSON.parse(await readFile(join(out, "config.json"), "utf8")).quantization_config, undefined);
+      const merged = await nn.loadHfModel(out);
+      const diff = maxAbsDiff(logits(merged, prompt), adapted);
+      merged.dispose();
+      t.diagnostic(`dequantized merge vs QLoRA model: max |logit diff| ${diff.toExponential(3)}`);
+      assert.ok(diff < 1e-4, `dequantized merge differs by ${diff}`);
 
-    const out4 = join(dir, "requantized");
-    const res4 = await mergeAndSave(q4, adapterDir, out4);
-    const worst = Math.max(...res4.merged.map((m) => m.requantError as number));
-    assert.ok(worst > 0);
-    assert.equal(JSON.parse(await readFile(join(out4, "config.json"), "utf8")).quantization_config.bnb_4bit_quant_type, "nf4");
-    const merged4 = await nn.loadHfModel(out4);
-    assert.ok(merged4.namedModules().some(([, m]) => isQuantizedLinear(m)));
-    const diff4 = maxAbsDiff(logits(merged4, prompt), adapted);
-    merged4.dispose();
-    t.diagnostic(`requantized 4-bit merge vs QLoRA model: max |logit diff| ${diff4.toExponential(3)} (max weight requantization error ${worst.toExponential(3)}; 4-bit vs f32 base: ${quantDiff.toExponential(3)})`);
-    // Requantizing rounds every weight again: the error is of the size 4-bit rounding itself causes (PEFT warns the same).
-    assert.ok(diff4 > 1e-5 && diff4 < 3 * quantDiff, `requantized merge moved logits by ${diff4} (4-bit rounding alone: ${quantDiff})`);
-  });
-});
+      const out4 = join(dir, "requantized");
+      const res4 = await mergeAndSave(q4, adapterDir, out4);
+      const worst = Math.max(...res4.merged.map((m) => m.requantError as number));
+      assert.ok(worst > 0);
+      assert.equal(JSON.parse(await readFile(join(out4, "config.json"), "utf8")).quantization_config.bnb_4bit_quant_type, "nf4");
+      const merged4 = await nn.loadHfModel(out4);
+      assert.ok(merged4.namedModules().some(([, m]) => isQuantizedLinear(m)));
+      const diff4 = maxAbsDiff(logits(merged4, prompt), adapted);
+      merged4.dispose();
+      t.diagnostic(
+        `requantized 4-bit merge vs QLoRA model: max |logit diff| ${diff4.toExponential(3)} (max weight requantization error ${worst.toExponential(
+          3,
+        )}; 4-bit vs f32 base: ${quantDiff.toExponential(3)})`,
+      );
+      // Requantizing rounds every weight again: the error is of the size 4-bit rounding itself causes (PEFT warns the same).
+      assert.ok(diff4 > 1e-5 && diff4 < 3 * quantDiff, `requantized merge moved logits by ${diff4} (4-bit rounding alone: ${quantDiff})`);
+    });
+  },
+);

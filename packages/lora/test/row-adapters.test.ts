@@ -15,7 +15,12 @@ const quiet = { warn: () => {} };
  * Runs `seqs` (3 ids each) as one batch, sequence i on adapters[i] (null: the base), and checks each
  * sequence's logits against the same sequence run alone with setAdapter. Returns the batch's logits.
  */
-function batchedEqualsAlone(model: Parameters<typeof logits>[0], peft: ReturnType<typeof getPeftModel>, seqs: number[][], adapters: readonly (string | null)[]): Float32Array {
+function batchedEqualsAlone(
+  model: Parameters<typeof logits>[0],
+  peft: ReturnType<typeof getPeftModel>,
+  seqs: number[][],
+  adapters: readonly (string | null)[],
+): Float32Array {
   peft.setRowAdapters(seqs.flatMap((s, i) => s.map(() => adapters[i])));
   const batched = logits(model, seqs);
   peft.setRowAdapters(null);
@@ -32,27 +37,39 @@ function batchedEqualsAlone(model: Parameters<typeof logits>[0], peft: ReturnTyp
 for (const [label, adapters] of [
   ["adapters interleaved", ["a", "b", null, "a", "c"]],
   ["adapters adjacent, a base row between", ["a", "a", "b", null, "c"]],
-] as const) test(`setRowAdapters: each row takes its own adapter (or none), equal to running it alone: ${label}`, () => {
-  const model = tinyModel();
-  const peft = getPeftModel(model, { target_modules: ["q_proj", "v_proj", "down_proj"], r: 4, lora_alpha: 8 }, "a", quiet);
-  peft.addAdapter("b", { target_modules: "all-linear", r: 2, lora_alpha: 8 });
-  peft.addAdapter("c", { target_modules: ["o_proj"], r: 8, lora_alpha: 4, use_rslora: true });
-  for (const [n, seed] of [["a", 1], ["b", 2], ["c", 3]] as const) randomizeAdapter(peft, n, seed);
-  model.eval();
-  // Batch of 5 sequences, 3 positions each: rows are (sequence, position) flattened.
-  const seqs = [[1, 5, 9], [2, 7, 3], [4, 4, 8], [6, 1, 2], [3, 9, 9]];
-  const batched = batchedEqualsAlone(model, peft, seqs, adapters);
-  const V = batched.length / (seqs.length * 3);
-  // The adapters really differ: a row run with another adapter gives other logits.
-  peft.setAdapter("b");
-  assert.ok(maxAbsDiff(logits(model, [seqs[0]]), batched.subarray(0, 3 * V)) > 1e-3);
-  // Every row on one adapter still matches.
-  peft.setRowAdapters(seqs.flatMap((s) => s.map(() => "b")));
-  const allB = logits(model, seqs);
-  peft.setRowAdapters(null);
-  peft.setAdapter("b");
-  assert.ok(maxAbsDiff(allB, logits(model, seqs)) < 1e-5);
-});
+] as const)
+  test(`setRowAdapters: each row takes its own adapter (or none), equal to running it alone: ${label}`, () => {
+    const model = tinyModel();
+    const peft = getPeftModel(model, { target_modules: ["q_proj", "v_proj", "down_proj"], r: 4, lora_alpha: 8 }, "a", quiet);
+    peft.addAdapter("b", { target_modules: "all-linear", r: 2, lora_alpha: 8 });
+    peft.addAdapter("c", { target_modules: ["o_proj"], r: 8, lora_alpha: 4, use_rslora: true });
+    for (const [n, seed] of [
+      ["a", 1],
+      ["b", 2],
+      ["c", 3],
+    ] as const)
+      randomizeAdapter(peft, n, seed);
+    model.eval();
+    // Batch of 5 sequences, 3 positions each: rows are (sequence, position) flattened.
+    const seqs = [
+      [1, 5, 9],
+      [2, 7, 3],
+      [4, 4, 8],
+      [6, 1, 2],
+      [3, 9, 9],
+    ];
+    const batched = batchedEqualsAlone(model, peft, seqs, adapters);
+    const V = batched.length / (seqs.length * 3);
+    // The adapters really differ: a row run with another adapter gives other logits.
+    peft.setAdapter("b");
+    assert.ok(maxAbsDiff(logits(model, [seqs[0]]), batched.subarray(0, 3 * V)) > 1e-3);
+    // Every row on one adapter still matches.
+    peft.setRowAdapters(seqs.flatMap((s) => s.map(() => "b")));
+    const allB = logits(model, seqs);
+    peft.setRowAdapters(null);
+    peft.setAdapter("b");
+    assert.ok(maxAbsDiff(allB, logits(model, seqs)) < 1e-5);
+  });
 
 test("setRowAdapters refuses an adapter that cannot share a batch, naming it", () => {
   const model = tinyModel();
@@ -72,7 +89,16 @@ test("setRowAdapters over 4-bit bases: each row equals running it alone with its
   randomizeAdapter(peft, "a", 1);
   randomizeAdapter(peft, "b", 2);
   model.eval();
-  batchedEqualsAlone(model, peft, [[1, 5, 9], [2, 7, 3], [4, 4, 8]], ["b", null, "a"]);
+  batchedEqualsAlone(
+    model,
+    peft,
+    [
+      [1, 5, 9],
+      [2, 7, 3],
+      [4, 4, 8],
+    ],
+    ["b", null, "a"],
+  );
 });
 
 test("setRowAdapters: sequences joining and leaving keep each row on its adapter, and an adapter deleted and added again under its name is stacked anew", () => {
@@ -92,7 +118,11 @@ test("setRowAdapters: sequences joining and leaving keep each row on its adapter
     peft.setRowAdapters(seqs.flatMap((s, i) => s.map(() => adapters[i])));
     return logits(model, seqs);
   };
-  const seqs = [[1, 5, 9], [2, 7, 3], [4, 4, 8]];
+  const seqs = [
+    [1, 5, 9],
+    [2, 7, 3],
+    [4, 4, 8],
+  ];
   const check = (got: Float32Array, adapters: string[], what: string) => {
     const V = got.length / (adapters.length * 3);
     const want = adapters.map((a, i) => alone(seqs[i], a));

@@ -23,7 +23,12 @@ test("stories260K: PEFT key names/shapes, and an independent f64 application rep
   await withTempDir(async (dir) => {
     const model = await loadHfModel(storiesHfDir as string);
     model.eval();
-    const peft = getPeftModel(model, { target_modules: "all-linear", r: R, lora_alpha: ALPHA, task_type: "CAUSAL_LM", base_model_name_or_path: "stories260K-hf" }, "default", { warn: () => {} });
+    const peft = getPeftModel(
+      model,
+      { target_modules: "all-linear", r: R, lora_alpha: ALPHA, task_type: "CAUSAL_LM", base_model_name_or_path: "stories260K-hf" },
+      "default",
+      { warn: () => {} },
+    );
     randomizeAdapter(peft, "default", 42, 0.05); // A and B random and non-zero: a "trained" adapter
     const loraLogits = logits(model, PROMPT);
     const baseLogits = peft.withAdaptersDisabled(() => logits(model, PROMPT));
@@ -40,8 +45,13 @@ test("stories260K: PEFT key names/shapes, and an independent f64 application rep
     const adapter = await openSafetensors(join(dir, "adapter_model.safetensors"));
     const expectedKeys: string[] = [];
     const dims: Record<string, [number, number]> = {
-      "self_attn.q_proj": [64, 64], "self_attn.k_proj": [64, 32], "self_attn.v_proj": [64, 32], "self_attn.o_proj": [64, 64],
-      "mlp.gate_proj": [64, 172], "mlp.up_proj": [64, 172], "mlp.down_proj": [172, 64],
+      "self_attn.q_proj": [64, 64],
+      "self_attn.k_proj": [64, 32],
+      "self_attn.v_proj": [64, 32],
+      "self_attn.o_proj": [64, 64],
+      "mlp.gate_proj": [64, 172],
+      "mlp.up_proj": [64, 172],
+      "mlp.down_proj": [172, 64],
     };
     for (let i = 0; i < 5; i++) {
       for (const [p, [inF, outF]] of Object.entries(dims)) {
@@ -83,7 +93,12 @@ test("stories260K: PEFT key names/shapes, and an independent f64 application rep
     rebuilt.loadStateDict(state);
     const independent = logits(rebuilt, PROMPT);
     const diff = maxAbsDiff(independent, loraLogits);
-    t.diagnostic(`max |logit diff| independent f64 application vs Lowrank LoRA: ${diff.toExponential(3)} (adapter moved logits by up to ${maxAbsDiff(loraLogits, baseLogits).toFixed(3)})`);
+    t.diagnostic(
+      `max |logit diff| independent f64 application vs Lowrank LoRA: ${diff.toExponential(3)} (adapter moved logits by up to ${maxAbsDiff(
+        loraLogits,
+        baseLogits,
+      ).toFixed(3)})`,
+    );
     assert.ok(diff < 1e-4, `independent application differs by ${diff}`);
     rebuilt.dispose();
 
@@ -103,28 +118,37 @@ test("stories260K: PEFT key names/shapes, and an independent f64 application rep
   });
 });
 
-test("stories260K with modules_to_save: ['lm_head'] (tied to the embeddings): merged directory unties them and reproduces the logits", { skip, timeout: 120_000 }, async (t) => {
-  await withTempDir(async (dir) => {
-    const model = await loadHfModel(storiesHfDir as string);
-    model.eval();
-    const peft = getPeftModel(model, { target_modules: ["q_proj", "v_proj"], r: 2, lora_alpha: 4, modules_to_save: ["lm_head"], base_model_name_or_path: "stories260K-hf" }, "default", { warn: () => {} });
-    randomizeAdapter(peft, "default", 3, 0.05);
-    const head = model.getSubmodule("lm_head.modules_to_save.default") as unknown as { weight: Tensor };
-    const bumped = head.weight.add(0.01);
-    head.weight.assign(bumped); // a "trained" head, now different from the embeddings
-    bumped.dispose();
-    const expected = logits(model, PROMPT);
-    await saveAdapter(peft, join(dir, "adapter"));
-    const f = await openSafetensors(join(dir, "adapter", "adapter_model.safetensors"));
-    assert.deepEqual(f.tensors["base_model.model.lm_head.weight"]?.shape, [512, 64]);
-    await f.close();
-    await mergeAndSave(storiesHfDir as string, join(dir, "adapter"), join(dir, "merged"));
-    assert.equal(JSON.parse(await readFile(join(dir, "merged", "config.json"), "utf8")).tie_word_embeddings, false);
-    const plain = await loadHfModel(join(dir, "merged"));
-    const diff = maxAbsDiff(logits(plain, PROMPT), expected);
-    t.diagnostic(`max |logit diff| merged (untied head) vs adapter model: ${diff.toExponential(3)}`);
-    assert.ok(diff < 1e-4);
-    plain.dispose();
-    model.dispose();
-  });
-});
+test(
+  "stories260K with modules_to_save: ['lm_head'] (tied to the embeddings): merged directory unties them and reproduces the logits",
+  { skip, timeout: 120_000 },
+  async (t) => {
+    await withTempDir(async (dir) => {
+      const model = await loadHfModel(storiesHfDir as string);
+      model.eval();
+      const peft = getPeftModel(
+        model,
+        { target_modules: ["q_proj", "v_proj"], r: 2, lora_alpha: 4, modules_to_save: ["lm_head"], base_model_name_or_path: "stories260K-hf" },
+        "default",
+        { warn: () => {} },
+      );
+      randomizeAdapter(peft, "default", 3, 0.05);
+      const head = model.getSubmodule("lm_head.modules_to_save.default") as unknown as { weight: Tensor };
+      const bumped = head.weight.add(0.01);
+      head.weight.assign(bumped); // a "trained" head, now different from the embeddings
+      bumped.dispose();
+      const expected = logits(model, PROMPT);
+      await saveAdapter(peft, join(dir, "adapter"));
+      const f = await openSafetensors(join(dir, "adapter", "adapter_model.safetensors"));
+      assert.deepEqual(f.tensors["base_model.model.lm_head.weight"]?.shape, [512, 64]);
+      await f.close();
+      await mergeAndSave(storiesHfDir as string, join(dir, "adapter"), join(dir, "merged"));
+      assert.equal(JSON.parse(await readFile(join(dir, "merged", "config.json"), "utf8")).tie_word_embeddings, false);
+      const plain = await loadHfModel(join(dir, "merged"));
+      const diff = maxAbsDiff(logits(plain, PROMPT), expected);
+      t.diagnostic(`max |logit diff| merged (untied head) vs adapter model: ${diff.toExponential(3)}`);
+      assert.ok(diff < 1e-4);
+      plain.dispose();
+      model.dispose();
+    });
+  },
+);

@@ -5,7 +5,16 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { LoraConfigError, type LoraConfigInput, formatTrainable, getPeftModel, loraConfig, minimalTargetModules, planInjection, pythonFixed } from "../src/node.ts";
+import {
+  LoraConfigError,
+  type LoraConfigInput,
+  formatTrainable,
+  getPeftModel,
+  loraConfig,
+  minimalTargetModules,
+  planInjection,
+  pythonFixed,
+} from "../src/node.ts";
 import { storiesShapedModel } from "./helpers.ts";
 
 const L = [0, 1, 2, 3, 4];
@@ -31,12 +40,37 @@ const CASES: Case[] = [
   { name: "list of suffixes", config: { target_modules: ["q_proj", "v_proj"] }, targets: [...attn("q_proj"), ...attn("v_proj")] },
   { name: "dotted suffix", config: { target_modules: ["self_attn.o_proj"] }, targets: attn("o_proj") },
   { name: "full module name", config: { target_modules: ["model.layers.3.mlp.down_proj"] }, targets: ["model.layers.3.mlp.down_proj"] },
-  { name: "regex string (full match)", config: { target_modules: String.raw`.*\.layers\.[02]\.mlp\.(gate|up)_proj` }, targets: ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.2.mlp.gate_proj", "model.layers.2.mlp.up_proj"] },
-  { name: "all-linear skips lm_head and is stored as minimal suffixes", config: { target_modules: "all-linear" }, targets: ALL_LINEAR, stored: ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"] },
-  { name: "all-linear minus exclude_modules list", config: { target_modules: "all-linear", exclude_modules: ["down_proj", "self_attn.k_proj"] }, targets: ALL_LINEAR.filter((n) => !n.endsWith("down_proj") && !n.endsWith("k_proj")) },
-  { name: "exclude_modules regex", config: { target_modules: ["q_proj", "k_proj"], exclude_modules: String.raw`.*layers\.4\..*` }, targets: [...attn("q_proj"), ...attn("k_proj")].filter((n) => !n.includes("layers.4")) },
-  { name: "layers_to_transform list", config: { target_modules: ["q_proj"], layers_to_transform: [0, 3] }, targets: ["model.layers.0.self_attn.q_proj", "model.layers.3.self_attn.q_proj"] },
-  { name: "layers_to_transform int with layers_pattern", config: { target_modules: ["up_proj"], layers_to_transform: 1, layers_pattern: "layers" }, targets: ["model.layers.1.mlp.up_proj"] },
+  {
+    name: "regex string (full match)",
+    config: { target_modules: String.raw`.*\.layers\.[02]\.mlp\.(gate|up)_proj` },
+    targets: ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj", "model.layers.2.mlp.gate_proj", "model.layers.2.mlp.up_proj"],
+  },
+  {
+    name: "all-linear skips lm_head and is stored as minimal suffixes",
+    config: { target_modules: "all-linear" },
+    targets: ALL_LINEAR,
+    stored: ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"],
+  },
+  {
+    name: "all-linear minus exclude_modules list",
+    config: { target_modules: "all-linear", exclude_modules: ["down_proj", "self_attn.k_proj"] },
+    targets: ALL_LINEAR.filter((n) => !n.endsWith("down_proj") && !n.endsWith("k_proj")),
+  },
+  {
+    name: "exclude_modules regex",
+    config: { target_modules: ["q_proj", "k_proj"], exclude_modules: String.raw`.*layers\.4\..*` },
+    targets: [...attn("q_proj"), ...attn("k_proj")].filter((n) => !n.includes("layers.4")),
+  },
+  {
+    name: "layers_to_transform list",
+    config: { target_modules: ["q_proj"], layers_to_transform: [0, 3] },
+    targets: ["model.layers.0.self_attn.q_proj", "model.layers.3.self_attn.q_proj"],
+  },
+  {
+    name: "layers_to_transform int with layers_pattern",
+    config: { target_modules: ["up_proj"], layers_to_transform: 1, layers_pattern: "layers" },
+    targets: ["model.layers.1.mlp.up_proj"],
+  },
   { name: "lm_head when asked for by name", config: { target_modules: ["lm_head"] }, targets: ["lm_head"] },
   { name: "default targets for llama when target_modules is null", config: {}, targets: [...attn("q_proj"), ...attn("v_proj")] },
   {
@@ -71,13 +105,29 @@ for (const c of CASES) {
 }
 
 const ERRORS: [string, LoraConfigInput, RegExp][] = [
-  ["a list entry that matches nothing", { target_modules: ["q_proj", "qproj"] }, /target_modules \["qproj"\] matched no module; available Linear modules: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head \(36 in all, e\.g\. model\.layers\.0\.self_attn\.q_proj\)/],
-  ["a regex that matches nothing (full match, not search)", { target_modules: "q_proj" }, /target_modules "q_proj" \(a full-match regex\) matched no module; available Linear modules: q_proj/],
+  [
+    "a list entry that matches nothing",
+    { target_modules: ["q_proj", "qproj"] },
+    /target_modules \["qproj"\] matched no module; available Linear modules: q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head \(36 in all, e\.g\. model\.layers\.0\.self_attn\.q_proj\)/,
+  ],
+  [
+    "a regex that matches nothing (full match, not search)",
+    { target_modules: "q_proj" },
+    /target_modules "q_proj" \(a full-match regex\) matched no module; available Linear modules: q_proj/,
+  ],
   ["everything excluded", { target_modules: ["q_proj"], exclude_modules: ["q_proj"] }, /matched no module after exclude_modules\/layers_to_transform/],
   ["a non-Linear module", { target_modules: ["self_attn"] }, /model\.layers\.0\.self_attn \(LlamaAttention\) matches target_modules but is not a Linear layer/],
   ["the embeddings", { target_modules: ["embed_tokens"] }, /model\.embed_tokens \(Embedding\) matches target_modules .*modules_to_save: \["embed_tokens"\]/],
-  ["r larger than a layer", { target_modules: ["k_proj"], r: 40 }, /model\.layers\.0\.self_attn\.k_proj: r = 40 is larger than min\(in_features 64, out_features 32\) = 32/],
-  ["rank_pattern too large for one layer", { target_modules: ["q_proj"], rank_pattern: { "layers.2.self_attn.q_proj": 65 } }, /model\.layers\.2\.self_attn\.q_proj: r = 65 is larger than min\(in_features 64, out_features 64\) = 64/],
+  [
+    "r larger than a layer",
+    { target_modules: ["k_proj"], r: 40 },
+    /model\.layers\.0\.self_attn\.k_proj: r = 40 is larger than min\(in_features 64, out_features 32\) = 32/,
+  ],
+  [
+    "rank_pattern too large for one layer",
+    { target_modules: ["q_proj"], rank_pattern: { "layers.2.self_attn.q_proj": 65 } },
+    /model\.layers\.2\.self_attn\.q_proj: r = 65 is larger than min\(in_features 64, out_features 64\) = 64/,
+  ],
   ["modules_to_save entry not found", { target_modules: ["q_proj"], modules_to_save: ["score"] }, /modules_to_save entry "score" matched no module/],
   ["empty target list", { target_modules: [] }, /target_modules is an empty list/],
 ];
@@ -85,8 +135,15 @@ for (const [name, config, message] of ERRORS) {
   test(`target errors: ${name}`, () => {
     const model = storiesShapedModel();
     const before = model.namedModules().map(([n]) => n);
-    assert.throws(() => getPeftModel(model, config, "default", { warn: () => {} }), (e: unknown) => e instanceof LoraConfigError && message.test((e as Error).message));
-    assert.deepEqual(model.namedModules().map(([n]) => n), before, "a refused config leaves the model untouched");
+    assert.throws(
+      () => getPeftModel(model, config, "default", { warn: () => {} }),
+      (e: unknown) => e instanceof LoraConfigError && message.test((e as Error).message),
+    );
+    assert.deepEqual(
+      model.namedModules().map(([n]) => n),
+      before,
+      "a refused config leaves the model untouched",
+    );
   });
 }
 
@@ -95,7 +152,7 @@ test("trainable-parameter count is sum over targets of r*(in+out) (stories260K, 
   const base = model.parameters().reduce((n, t) => n + t.size, 0);
   assert.equal(base, 260_032); // embed (tied with lm_head, counted once) + 5 layers + final norm
   const peft = getPeftModel(model, { target_modules: "all-linear", r: 8 }, "default", { warn: () => {} });
-  const perLayer = (64 + 64) + (64 + 32) + (64 + 32) + (64 + 64) + 3 * (64 + 172);
+  const perLayer = 64 + 64 + (64 + 32) + (64 + 32) + (64 + 64) + 3 * (64 + 172);
   assert.equal(perLayer, 1156);
   const expected = 8 * 5 * perLayer;
   const fromFormula = peft.loraLayers().reduce((n, [, l]) => n + (l.r.get("default") as number) * (l.inFeatures + l.outFeatures), 0);

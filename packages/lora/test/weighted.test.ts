@@ -25,7 +25,11 @@ function maxOffIdentity(q: Float64Array, rows: number, cols: number): number {
 }
 
 test("svd: U S Vᵀ reproduces the matrix, U and V orthonormal, s descending (tall and wide)", () => {
-  for (const [m, n] of [[9, 5], [4, 7], [6, 6]]) {
+  for (const [m, n] of [
+    [9, 5],
+    [4, 7],
+    [6, 6],
+  ]) {
     const a = randMat(m, n, m * 10 + n);
     const d = svd(a, m, n);
     assert.equal(d.k, Math.min(m, n));
@@ -136,7 +140,10 @@ test("linear combination follows PEFT: A = Σ sign·√|w s|·A, B = Σ √|w s|
   assert.ok(maxAbsDiff(snapshot(l.lora_A.get("lin").weight), A) < 1e-6);
   await assert.rejects(addWeightedAdapter(peft, ["a", "b"], [1, 1], "lin", "linear"), /adapter 'lin' already exists/);
   const { peft: p2, model: m2 } = await twoAdapters(3);
-  await assert.rejects(addWeightedAdapter(p2, ["a", "b"], [1, 1], "x", "linear"), /"linear" needs equal ranks, but at model\.layers\.0\.self_attn\.q_proj adapters a, b have r = 2, 3/);
+  await assert.rejects(
+    addWeightedAdapter(p2, ["a", "b"], [1, 1], "x", "linear"),
+    /"linear" needs equal ranks, but at model\.layers\.0\.self_attn\.q_proj adapters a, b have r = 2, 3/,
+  );
   await assert.rejects(addWeightedAdapter(p2, ["a", "zzz"], [1, 1], "x"), /no adapter 'zzz'/);
   await assert.rejects(addWeightedAdapter(p2, ["a"], [1, 2], "x"), /1 adapters but 2 weights/);
   model.dispose();

@@ -198,7 +198,7 @@ export function fromBnbTensors(prefix: string, tensors: BnbTensors): QuantState 
   const quantMap = bytesToF32(expectTensor(tensors, `${w}.quant_map`, "F32", [16]).data);
   const nested = `${w}.nested_absmax` in tensors;
   const nestedFields = ["nested_blocksize", "nested_dtype", "nested_offset"].filter((k) => k in qs);
-  if (nested !== (nestedFields.length > 0) || (nested && nestedFields.length !== 3)) {
+  if (nested !== nestedFields.length > 0 || (nested && nestedFields.length !== 3)) {
     throw new BnbFormatError(
       `"${qsKey}": nested_blocksize, nested_dtype and nested_offset must be present exactly when "${w}.nested_absmax" is ` +
         `(tensor ${nested ? "present" : "absent"}, fields: ${nestedFields.join(", ") || "none"})`,
@@ -208,7 +208,9 @@ export function fromBnbTensors(prefix: string, tensors: BnbTensors): QuantState 
   let absmax: QuantState["absmax"];
   if (nested) {
     if (qs.nested_blocksize !== NESTED_BLOCKSIZE) {
-      throw new BnbFormatError(`"${qsKey}": nested_blocksize must be ${NESTED_BLOCKSIZE} (the only size bnb implements), got ${JSON.stringify(qs.nested_blocksize)}`);
+      throw new BnbFormatError(
+        `"${qsKey}": nested_blocksize must be ${NESTED_BLOCKSIZE} (the only size bnb implements), got ${JSON.stringify(qs.nested_blocksize)}`,
+      );
     }
     if (qs.nested_dtype !== "float32") throw new BnbFormatError(`"${qsKey}": nested_dtype must be "float32", got ${JSON.stringify(qs.nested_dtype)}`);
     const offset = qs.nested_offset;

@@ -10,22 +10,8 @@ export type QuantType = "nf4" | "fp4";
  * so the published table is the one to use. Index = 4-bit code, sorted ascending.
  */
 export const NF4_VALUES: readonly number[] = Object.freeze([
-  -1.0,
-  -0.6961928009986877,
-  -0.5250730514526367,
-  -0.39491748809814453,
-  -0.28444138169288635,
-  -0.18477343022823334,
-  -0.09105003625154495,
-  0.0,
-  0.07958029955625534,
-  0.16093020141124725,
-  0.24611230194568634,
-  0.33791524171829224,
-  0.44070982933044434,
-  0.5626170039176941,
-  0.7229568362236023,
-  1.0,
+  -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+  0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
 ]);
 
 /**
@@ -33,9 +19,7 @@ export const NF4_VALUES: readonly number[] = Object.freeze([
  * bnb writes the negative zero as the Python int `-0`, which is +0, so code 0b1000 is
  * +0.0 in the serialized quant_map as well.
  */
-export const FP4_RAW: readonly number[] = Object.freeze([
-  0, 0.0625, 8, 12, 4, 6, 2, 3, 0, -0.0625, -8, -12, -4, -6, -2, -3,
-]);
+export const FP4_RAW: readonly number[] = Object.freeze([0, 0.0625, 8, 12, 4, 6, 2, 3, 0, -0.0625, -8, -12, -4, -6, -2, -3]);
 
 /** FP4 values normalized by the table's absolute max (12), rounded to float32. */
 export const FP4_VALUES: readonly number[] = Object.freeze(FP4_RAW.map((v) => Math.fround(v / 12)));
@@ -45,9 +29,7 @@ export const FP4_VALUES: readonly number[] = Object.freeze(FP4_RAW.map((v) => Ma
  * float32 values of the double literals in the CUDA decision tree `dQuantizeNF4`
  * (csrc/kernels.cu), so `x > t` on float32 inputs decides exactly as the kernel does.
  */
-export const NF4_THRESHOLDS: readonly number[] = Object.freeze(
-  NF4_VALUES.slice(1).map((v, i) => Math.fround((NF4_VALUES[i] + v) / 2)),
-);
+export const NF4_THRESHOLDS: readonly number[] = Object.freeze(NF4_VALUES.slice(1).map((v, i) => Math.fround((NF4_VALUES[i] + v) / 2)));
 
 /**
  * FP4 magnitude thresholds, the float32 literals of CUDA `dQuantizeFP4`. They are not
@@ -112,9 +94,7 @@ export function createDynamicMap(signed = true, maxExponentBits = 7, totalBits =
   };
   let i = 0;
   for (; i < maxExponentBits; i++) {
-    const items = signed
-      ? 2 ** (i + nonSignBits - maxExponentBits) + 1
-      : 2 ** (i + nonSignBits - maxExponentBits + 1) + 1;
+    const items = signed ? 2 ** (i + nonSignBits - maxExponentBits) + 1 : 2 ** (i + nonSignBits - maxExponentBits + 1) + 1;
     pushScaled(items, -(maxExponentBits - 1) + i);
   }
   // bnb reuses the loop variable's last value here.

@@ -2,15 +2,7 @@
 // dQuantizeNF4 / dQuantizeFP4), plus double quantization of the absmax statistics.
 // All arithmetic is float32, emulated with Math.fround / Float32Array stores.
 
-import {
-  codebook,
-  dynamicMap,
-  FP4_BUCKET_BITS,
-  FP4_MAGNITUDE_THRESHOLDS,
-  midpoints,
-  NF4_THRESHOLDS,
-  type QuantType,
-} from "./codebooks.ts";
+import { codebook, dynamicMap, FP4_BUCKET_BITS, FP4_MAGNITUDE_THRESHOLDS, midpoints, NF4_THRESHOLDS, type QuantType } from "./codebooks.ts";
 
 export type { QuantType } from "./codebooks.ts";
 

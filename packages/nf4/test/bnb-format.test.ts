@@ -53,18 +53,34 @@ test("pythonFloatRepr matches CPython repr (values checked against python3)", ()
 });
 
 test("pythonJsonDumps uses Python's separators, float repr and ASCII escapes", () => {
-  assert.equal(pythonJsonDumps({ a: [1, 2], b: { float: 6 }, c: null, d: true, e: "x\"é\n" }), '{"a": [1, 2], "b": 6.0, "c": null, "d": true, "e": "x\\"\\u00e9\\n"}');
+  assert.equal(
+    pythonJsonDumps({ a: [1, 2], b: { float: 6 }, c: null, d: true, e: 'x"é\n' }),
+    '{"a": [1, 2], "b": 6.0, "c": null, "d": true, "e": "x\\"\\u00e9\\n"}',
+  );
   assert.equal(pythonJsonDumps({ float: -Infinity }), "-Infinity");
   assert.throws(() => pythonJsonDumps(0.5), /not an integer/);
 });
 
 function knownState(nested: boolean): QuantState {
   // A hand-made 4096x4096 bf16 state; only the JSON fields matter here.
-  const base = { packed: new Uint8Array(0), quantMap: codebook("nf4"), quantType: "nf4" as const, blocksize: 64, shape: [4096, 4096], dtype: "bfloat16" as const };
+  const base = {
+    packed: new Uint8Array(0),
+    quantMap: codebook("nf4"),
+    quantType: "nf4" as const,
+    blocksize: 64,
+    shape: [4096, 4096],
+    dtype: "bfloat16" as const,
+  };
   if (!nested) return { ...base, absmax: new Float32Array(0) };
   return {
     ...base,
-    absmax: { qabsmax: new Uint8Array(0), nestedAbsmax: new Float32Array(0), nestedOffset: Math.fround(0.0123), nestedBlocksize: 256, nestedCode: dynamicMap() },
+    absmax: {
+      qabsmax: new Uint8Array(0),
+      nestedAbsmax: new Float32Array(0),
+      nestedOffset: Math.fround(0.0123),
+      nestedBlocksize: 256,
+      nestedCode: dynamicMap(),
+    },
   };
 }
 
@@ -95,7 +111,10 @@ test("toBnbTensors with DQ: the bnb key set, order, dtypes, shapes and bytes", (
     "weight.quant_state.bitsandbytes__nf4": `U8 [${json.length}] ${json.length}`,
   });
   assert.equal(new TextDecoder().decode(t[`${W}.quant_state.bitsandbytes__nf4`].data), json);
-  assert.match(json, /^\{"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": \[300, 70\], "nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": [0-9.e-]+\}$/);
+  assert.match(
+    json,
+    /^\{"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": \[300, 70\], "nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": [0-9.e-]+\}$/,
+  );
   const offset = Number(JSON.parse(json).nested_offset);
   assert.equal(offset, (s.absmax as NestedAbsmax).nestedOffset);
   // quant_map bytes are little-endian float32: 1.0 = 00 00 80 3f at index 15.
@@ -110,7 +129,10 @@ test("toBnbTensors without DQ: F32 absmax, no nested keys", () => {
   assert.deepEqual(t.weight.shape, [65, 1]);
   assert.equal(t["weight.absmax"].dtype, "F32");
   assert.deepEqual(t["weight.absmax"].shape, [3]);
-  assert.equal(new TextDecoder().decode(t["weight.quant_state.bitsandbytes__fp4"].data), '{"quant_type": "fp4", "blocksize": 64, "dtype": "float32", "shape": [129]}');
+  assert.equal(
+    new TextDecoder().decode(t["weight.quant_state.bitsandbytes__fp4"].data),
+    '{"quant_type": "fp4", "blocksize": 64, "dtype": "float32", "shape": [129]}',
+  );
 });
 
 /** Copy each tensor into a fresh buffer at an odd offset, as a safetensors reader may hand them over. */
@@ -125,7 +147,12 @@ function detach(t: BnbTensors): BnbTensors {
 }
 
 test("round trip through the bnb key set preserves every field and the dequantized values", () => {
-  for (const [quantType, doubleQuant, blocksize] of [["nf4", true, 64], ["nf4", false, 128], ["fp4", true, 32], ["fp4", false, 4096]] as const) {
+  for (const [quantType, doubleQuant, blocksize] of [
+    ["nf4", true, 64],
+    ["nf4", false, 128],
+    ["fp4", true, 32],
+    ["fp4", false, 4096],
+  ] as const) {
     const x = normal(33 * 91, 0.05, blocksize);
     const s = quantize4bit(x, { quantType, doubleQuant, blocksize, shape: [33, 91], dtype: "float16" });
     const t = detach(toBnbTensors(PREFIX, s));
@@ -140,7 +167,8 @@ test("round trip through the bnb key set preserves every field and the dequantiz
 test("fromBnbTensors parses a hand-written bnb JSON with a short offset repr", () => {
   const s = quantize4bit(normal(256, 1, 3), { shape: [4, 64] });
   const t = toBnbTensors("", s);
-  const json = '{"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [4, 64], "nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": 0.0123}';
+  const json =
+    '{"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [4, 64], "nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": 0.0123}';
   t["weight.quant_state.bitsandbytes__nf4"] = { dtype: "U8", shape: [json.length], data: new TextEncoder().encode(json) };
   const back = fromBnbTensors("", t);
   assert.equal((back.absmax as NestedAbsmax).nestedOffset, Math.fround(0.0123)); // bnb loads it as a float32 tensor
@@ -158,7 +186,11 @@ test("fromBnbTensors errors name the key and what was expected", () => {
   const qsKey = `${W}.quant_state.bitsandbytes__nf4`;
   const json = JSON.parse(new TextDecoder().decode(good[qsKey].data));
   const without = (k: string) => Object.fromEntries(Object.entries(good).filter(([key]) => key !== k));
-  const expectError = (t: BnbTensors, re: RegExp) => assert.throws(() => fromBnbTensors(PREFIX, t), (e: unknown) => e instanceof BnbFormatError && re.test(e.message));
+  const expectError = (t: BnbTensors, re: RegExp) =>
+    assert.throws(
+      () => fromBnbTensors(PREFIX, t),
+      (e: unknown) => e instanceof BnbFormatError && re.test(e.message),
+    );
 
   expectError(without(qsKey), /expected exactly one "model\.layers\.0\.self_attn\.q_proj\.weight\.quant_state\.bitsandbytes__\{nf4\|fp4\}" tensor, found 0/);
   expectError({ ...good, [`${W}.quant_state.bitsandbytes__fp4`]: good[qsKey] }, /found 2: .*bitsandbytes__nf4, .*bitsandbytes__fp4/);
@@ -171,7 +203,10 @@ test("fromBnbTensors errors name the key and what was expected", () => {
   expectError(withJson(good, qsKey, { ...json, nested_blocksize: 128 }), /nested_blocksize must be 256/);
   expectError(withJson(good, qsKey, { ...json, nested_dtype: "float16" }), /nested_dtype must be "float32"/);
   const { nested_offset: _drop, ...noOffset } = json;
-  expectError(withJson(good, qsKey, noOffset), /must be present exactly when ".*weight\.nested_absmax" is \(tensor present, fields: nested_blocksize, nested_dtype\)/);
+  expectError(
+    withJson(good, qsKey, noOffset),
+    /must be present exactly when ".*weight\.nested_absmax" is \(tensor present, fields: nested_blocksize, nested_dtype\)/,
+  );
   expectError({ ...good, [qsKey]: { dtype: "U8", shape: [3], data: new Uint8Array([0xff, 0xfe, 0x7b]) } }, /is not UTF-8 JSON/);
   expectError({ ...good, [qsKey]: { dtype: "F32", shape: [good[qsKey].data.length], data: good[qsKey].data } }, /must be U8/);
   expectError({ ...good, [W]: { dtype: "U8", shape: [100], data: good[W].data } }, /tensor ".*q_proj\.weight" is U8 \[100\], expected U8 \[100, 1\]/);

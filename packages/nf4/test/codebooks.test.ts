@@ -1,15 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import {
-  codebook,
-  createDynamicMap,
-  dynamicMap,
-  FP4_MAGNITUDE_THRESHOLDS,
-  FP4_VALUES,
-  midpoints,
-  NF4_THRESHOLDS,
-  NF4_VALUES,
-} from "../src/index.ts";
+import { codebook, createDynamicMap, dynamicMap, FP4_MAGNITUDE_THRESHOLDS, FP4_VALUES, midpoints, NF4_THRESHOLDS, NF4_VALUES } from "../src/index.ts";
 
 test("NF4 table: 16 published float32 values, sorted, 7 negative / zero / 8 positive", () => {
   assert.equal(NF4_VALUES.length, 16);
@@ -27,9 +18,9 @@ test("NF4 table: 16 published float32 values, sorted, 7 negative / zero / 8 posi
 test("NF4 thresholds are the float32 values of CUDA dQuantizeNF4's literals", () => {
   // The double literals of the decision tree in csrc/kernels.cu, in ascending order.
   const cuda = [
-    -0.8480964004993439, -0.6106329262256622, -0.4599952697753906, -0.33967943489551544, -0.23460740596055984,
-    -0.13791173323988914, -0.045525018125772476, 0.03979014977812767, 0.1202552504837513, 0.2035212516784668,
-    0.2920137718319893, 0.3893125355243683, 0.5016634166240692, 0.6427869200706482, 0.8614784181118011,
+    -0.8480964004993439, -0.6106329262256622, -0.4599952697753906, -0.33967943489551544, -0.23460740596055984, -0.13791173323988914, -0.045525018125772476,
+    0.03979014977812767, 0.1202552504837513, 0.2035212516784668, 0.2920137718319893, 0.3893125355243683, 0.5016634166240692, 0.6427869200706482,
+    0.8614784181118011,
   ];
   assert.deepEqual(NF4_THRESHOLDS, cuda.map(Math.fround));
   // They are the float32 midpoints of neighbouring codes.
@@ -38,7 +29,10 @@ test("NF4 thresholds are the float32 values of CUDA dQuantizeNF4's literals", ()
 
 test("FP4 table: bnb E2M1 bias-2 values by bit pattern, normalized by 12", () => {
   const raw = [0, 0.0625, 8, 12, 4, 6, 2, 3, 0, -0.0625, -8, -12, -4, -6, -2, -3];
-  assert.deepEqual(FP4_VALUES, raw.map((v) => Math.fround(v / 12)));
+  assert.deepEqual(
+    FP4_VALUES,
+    raw.map((v) => Math.fround(v / 12)),
+  );
   assert.deepEqual(Array.from(codebook("fp4")), FP4_VALUES);
   assert.equal(FP4_VALUES[0b0011], 1);
   assert.equal(FP4_VALUES[0b1011], -1);

@@ -243,7 +243,10 @@ test("every bnb blocksize works; anything else is a RangeError", () => {
     assert.equal((s.absmax as NestedAbsmax).qabsmax.length, Math.ceil(5000 / blocksize));
   }
   for (const bad of [0, 16, 48, 65, 8192, 64.5, -64, NaN]) {
-    assert.throws(() => quantize4bit(x, { blocksize: bad }), (e: unknown) => e instanceof RangeError && /blocksize must be one of 32, 64/.test(e.message));
+    assert.throws(
+      () => quantize4bit(x, { blocksize: bad }),
+      (e: unknown) => e instanceof RangeError && /blocksize must be one of 32, 64/.test(e.message),
+    );
     assert.throws(() => bitsPerParam(100, { blocksize: bad }), RangeError);
   }
 });

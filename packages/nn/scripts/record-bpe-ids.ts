@@ -22,10 +22,15 @@ for (const name of packages) {
   const version = (JSON.parse(readFileSync(join(lenmlDir(name), "package.json"), "utf8")) as { version: string }).version;
   out[name] = {
     version,
-    samples: Object.fromEntries(Object.entries(BPE_SAMPLES).map(([key, text]) => [key, {
-      withSpecial: tok.encode(text, { add_special_tokens: true }),
-      withoutSpecial: tok.encode(text, { add_special_tokens: false }),
-    }])),
+    samples: Object.fromEntries(
+      Object.entries(BPE_SAMPLES).map(([key, text]) => [
+        key,
+        {
+          withSpecial: tok.encode(text, { add_special_tokens: true }),
+          withoutSpecial: tok.encode(text, { add_special_tokens: false }),
+        },
+      ]),
+    ),
   };
 }
 process.stdout.write(`${JSON.stringify(out)}\n`);

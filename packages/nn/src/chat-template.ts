@@ -83,7 +83,10 @@ export class ChatTemplate {
     if (this.#endOfTurn === undefined) {
       this.#endOfTurn = null;
       try {
-        const probe = [{ role: "user", content: "Hi" }, { role: "assistant", content: "Hello" }];
+        const probe = [
+          { role: "user", content: "Hi" },
+          { role: "assistant", content: "Hello" },
+        ];
         const plain = this.render(probe);
         const marked = this.render([probe[0], { role: "assistant", content: `Hello${SENTINEL}` }]);
         const contentEnd = commonPrefixLength(plain, marked);
@@ -137,6 +140,7 @@ export function chatTemplateFromConfig(config: Record<string, unknown>, file: st
     const t = tokenText(config[k]);
     if (t !== null) vars[k] = t;
   }
-  if (Array.isArray(config.additional_special_tokens)) vars.additional_special_tokens = config.additional_special_tokens.map(tokenText).filter((t) => t !== null);
+  if (Array.isArray(config.additional_special_tokens))
+    vars.additional_special_tokens = config.additional_special_tokens.map(tokenText).filter((t) => t !== null);
   return new ChatTemplate(source, { file, vars, specialTokens });
 }

@@ -89,7 +89,12 @@ export async function generateIds(model: CausalLM, promptIds: readonly number[],
  * Stream decoded text. The prompt is a string (encoded with BOS) or ids; the tokenizer's EOS
  * joins the config's stop tokens. Pieces of multi-byte characters are held back until complete.
  */
-export async function* streamText(model: CausalLM, tokenizer: TextTokenizer, prompt: string | readonly number[], opts: GenerateOptions = {}): AsyncGenerator<string, void, undefined> {
+export async function* streamText(
+  model: CausalLM,
+  tokenizer: TextTokenizer,
+  prompt: string | readonly number[],
+  opts: GenerateOptions = {},
+): AsyncGenerator<string, void, undefined> {
   const ids = typeof prompt === "string" ? tokenizer.encode(prompt) : [...prompt];
   const stopTokens = opts.stopTokens ?? [...model.config.eos_token_id, ...(tokenizer.eosTokenId === null ? [] : [tokenizer.eosTokenId])];
   const stream = new TextStream(tokenizer, ids);

@@ -272,11 +272,7 @@ function stateDictMessage(source: string, missing: string[], unexpected: string[
     unexpected.length && `${unexpected.length} unexpected key${unexpected.length === 1 ? "" : "s"}`,
     mismatches.length && `${mismatches.length} mismatch${mismatches.length === 1 ? "" : "es"}`,
   ].filter(Boolean);
-  const lines = [
-    ...missing.map((k) => `  missing: ${k}`),
-    ...unexpected.map((k) => `  unexpected: ${k}`),
-    ...mismatches.map((m) => `  ${m}`),
-  ];
+  const lines = [...missing.map((k) => `  missing: ${k}`), ...unexpected.map((k) => `  unexpected: ${k}`), ...mismatches.map((m) => `  ${m}`)];
   return `${source}: state dict does not match the model (${counts.join(", ")}):\n${lines.join("\n")}`;
 }
 

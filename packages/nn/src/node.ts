@@ -9,5 +9,12 @@ import "@lowrank/safetensors/node";
 export * from "./index.ts";
 export { resolveDataDir, type DataDirOptions } from "./node/data-dir.ts";
 export {
-  downloadHfModel, hubSnapshotDir, isHfRepoId, isModelFile, HubError, ChecksumError, type DownloadHfModelOptions, type HubProgress,
+  downloadHfModel,
+  hubSnapshotDir,
+  isHfRepoId,
+  isModelFile,
+  HubError,
+  ChecksumError,
+  type DownloadHfModelOptions,
+  type HubProgress,
 } from "./node/hub.ts";

@@ -52,7 +52,12 @@ export async function quantizeModel(model: Module, opts: QuantizeModelOptions = 
   const blocksize = opts.blocksize ?? 64;
   const doubleQuant = opts.doubleQuant ?? true;
   const skipModules = opts.skipModules ?? ["lm_head"];
-  const embeddings = new Set(model.namedModules().filter(([, m]) => m instanceof Embedding).map(([, m]) => (m as Embedding).weight));
+  const embeddings = new Set(
+    model
+      .namedModules()
+      .filter(([, m]) => m instanceof Embedding)
+      .map(([, m]) => (m as Embedding).weight),
+  );
   const report: QuantizeModelReport = { quantized: [], skipped: [] };
   let computeDtype: ComputeDtype | undefined;
   for (const [name, m] of model.namedModules()) {

@@ -13,12 +13,28 @@
  *   bias                                     dense, optional (a parameter)
  */
 import {
-  type Backend, type DType, type Quant4bitWeight, type Tensor, checkQuant4bitWeight, dequantize4bitWeight, getDefaultBackend,
-  keep, matmul4bit, scope, tensor,
+  type Backend,
+  type DType,
+  type Quant4bitWeight,
+  type Tensor,
+  checkQuant4bitWeight,
+  dequantize4bitWeight,
+  getDefaultBackend,
+  keep,
+  matmul4bit,
+  scope,
+  tensor,
 } from "@lowrank/tensor";
 import {
-  type NestedAbsmax, type QuantDtype, type QuantizeOptions, type QuantState, type QuantType, NESTED_BLOCKSIZE, isNested,
-  quantStateJson, quantize4bit,
+  type NestedAbsmax,
+  type QuantDtype,
+  type QuantizeOptions,
+  type QuantState,
+  type QuantType,
+  NESTED_BLOCKSIZE,
+  isNested,
+  quantStateJson,
+  quantize4bit,
 } from "@lowrank/nf4";
 import type { Linear } from "./layers.ts";
 import { Module } from "./module.ts";
@@ -116,7 +132,10 @@ export class QuantizedLinear extends Module {
       packed: buf(B.packed),
       absmax: buf(B.absmax),
       code: buf(B.quantMap),
-      nested: this.#nestedOffset === null ? undefined : { absmax: buf(B.nestedAbsmax), code: buf(B.nestedMap), offset: this.#nestedOffset, blocksize: NESTED_BLOCKSIZE },
+      nested:
+        this.#nestedOffset === null
+          ? undefined
+          : { absmax: buf(B.nestedAbsmax), code: buf(B.nestedMap), offset: this.#nestedOffset, blocksize: NESTED_BLOCKSIZE },
       blocksize: this.#blocksize,
       outFeatures: this.outFeatures,
       inFeatures: this.inFeatures,
@@ -146,15 +165,16 @@ export class QuantizedLinear extends Module {
   /** The stored state read back to the host (for merging, re-saving, or comparing with nf4). */
   async quantState(): Promise<QuantState> {
     const read = async (name: string) => (await (this.getBuffer(name) as Tensor).read()) as never;
-    const absmax: QuantState["absmax"] = this.#nestedOffset === null
-      ? await read(B.absmax)
-      : {
-        qabsmax: await read(B.absmax),
-        nestedAbsmax: await read(B.nestedAbsmax),
-        nestedOffset: this.#nestedOffset,
-        nestedBlocksize: NESTED_BLOCKSIZE,
-        nestedCode: await read(B.nestedMap),
-      };
+    const absmax: QuantState["absmax"] =
+      this.#nestedOffset === null
+        ? await read(B.absmax)
+        : {
+            qabsmax: await read(B.absmax),
+            nestedAbsmax: await read(B.nestedAbsmax),
+            nestedOffset: this.#nestedOffset,
+            nestedBlocksize: NESTED_BLOCKSIZE,
+            nestedCode: await read(B.nestedMap),
+          };
     return {
       packed: await read(B.packed),
       absmax,
@@ -175,9 +195,15 @@ export class QuantizedLinear extends Module {
       throw new RangeError(`requantize: ${weight.describe()} is not [${this.outFeatures}, ${this.inFeatures}]`);
     }
     const values = (await weight.read()) as Float32Array;
-    this.#setState(quantize4bit(values, {
-      quantType: this.#quantType, blocksize: this.#blocksize, doubleQuant: this.doubleQuant, shape: [this.outFeatures, this.inFeatures], dtype: this.#dtype,
-    }));
+    this.#setState(
+      quantize4bit(values, {
+        quantType: this.#quantType,
+        blocksize: this.#blocksize,
+        doubleQuant: this.doubleQuant,
+        shape: [this.outFeatures, this.inFeatures],
+        dtype: this.#dtype,
+      }),
+    );
   }
 
   /**

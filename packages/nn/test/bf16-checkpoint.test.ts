@@ -26,19 +26,28 @@ test("a bf16 safetensors checkpoint loads as bf16 (half the bytes) and generates
     await saveHfModel(m16, join(dir, "bf16"));
     const m32 = new LlamaForCausalLM(cfg, { dtype: "f32", init: randomInit(new Rng(7), 0.3) });
     const src = new Map(m16.namedParameters());
-    noGrad(() => { for (const [name, p] of m32.namedParameters()) scope(() => p.assign((src.get(name) as typeof p).cast("f32"))); });
+    noGrad(() => {
+      for (const [name, p] of m32.namedParameters()) scope(() => p.assign((src.get(name) as typeof p).cast("f32")));
+    });
     await saveHfModel(m32, join(dir, "f32"));
     m16.dispose();
     m32.dispose();
 
     const header = readFileSync(join(dir, "bf16", "model.safetensors"));
     const meta = JSON.parse(header.subarray(8, 8 + Number(header.readBigUInt64LE(0))).toString("utf8"));
-    assert.ok(Object.entries(meta).every(([k, v]) => k === "__metadata__" || (v as { dtype: string }).dtype === "BF16"), "every tensor is saved as BF16");
+    assert.ok(
+      Object.entries(meta).every(([k, v]) => k === "__metadata__" || (v as { dtype: string }).dtype === "BF16"),
+      "every tensor is saved as BF16",
+    );
 
     const a = await loadHfModel(join(dir, "bf16"), { backend, dtype: "bf16" });
     const b = await loadHfModel(join(dir, "f32"), { backend, dtype: "f32" });
-    let bytes16 = 0, bytes32 = 0;
-    for (const [, p] of a.namedParameters()) { assert.equal(p.dtype, "bf16"); bytes16 += p.size * 2; }
+    let bytes16 = 0,
+      bytes32 = 0;
+    for (const [, p] of a.namedParameters()) {
+      assert.equal(p.dtype, "bf16");
+      bytes16 += p.size * 2;
+    }
     for (const [, p] of b.namedParameters()) bytes32 += p.size * 4;
     assert.equal(bytes16 * 2, bytes32);
 
@@ -46,12 +55,15 @@ test("a bf16 safetensors checkpoint loads as bf16 (half the bytes) and generates
     // the comparison): every step's logits within the bound, and the same greedy token wherever
     // the f32 choice leads by more than twice the bound.
     const ids = [1, 5, 9, 17];
-    let clear = 0, worst = 0;
+    let clear = 0,
+      worst = 0;
     for (let step = 0; step < 32; step++) {
-      const [la, lb] = noGrad(() => [a, b].map((m) => {
-        const out = m.forward(tensor([ids], { dtype: "i32", backend }), { lastOnly: true });
-        return Float32Array.from(out.cast("f32").readSync() as Float32Array);
-      }));
+      const [la, lb] = noGrad(() =>
+        [a, b].map((m) => {
+          const out = m.forward(tensor([ids], { dtype: "i32", backend }), { lastOnly: true });
+          return Float32Array.from(out.cast("f32").readSync() as Float32Array);
+        }),
+      );
       const scale = Math.max(...lb.map(Math.abs));
       let diff = 0;
       for (let i = 0; i < la.length; i++) diff = Math.max(diff, Math.abs(la[i] - lb[i]));

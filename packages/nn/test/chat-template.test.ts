@@ -32,7 +32,12 @@ test("Llama 3: a 2-turn conversation renders byte for byte as the model card's f
     `${h("user")}What is 2+2?<|eot_id|>${h("assistant")}4.<|eot_id|>` +
     `${h("user")}And in French? 🇫🇷<|eot_id|>${h("assistant")}Quatre.<|eot_id|>${h("assistant")}`;
   assert.equal(t.render(CONVERSATION), want);
-  assert.equal(t.render(CONVERSATION.slice(0, 4), { addGenerationPrompt: true }), `<|begin_of_text|>${h("system")}You are a terse assistant.<|eot_id|>${h("user")}What is 2+2?<|eot_id|>${h("assistant")}4.<|eot_id|>${h("user")}And in French? 🇫🇷<|eot_id|>${h("assistant")}`);
+  assert.equal(
+    t.render(CONVERSATION.slice(0, 4), { addGenerationPrompt: true }),
+    `<|begin_of_text|>${h("system")}You are a terse assistant.<|eot_id|>${h("user")}What is 2+2?<|eot_id|>${h("assistant")}4.<|eot_id|>${h(
+      "user",
+    )}And in French? 🇫🇷<|eot_id|>${h("assistant")}`,
+  );
   assert.equal(t.endOfTurn, "<|eot_id|>");
 });
 
@@ -40,25 +45,48 @@ test("Qwen3: a 2-turn conversation renders byte for byte as ChatML with the fina
   const t = (await loadTokenizer(qwenDir)).chatTemplate as ChatTemplate;
   const m = (role: string, content: string) => `<|im_start|>${role}\n${content}<|im_end|>\n`;
   const want =
-    m("system", "You are a terse assistant.") + m("user", "What is 2+2?") + m("assistant", "4.") +
-    m("user", "And in French? 🇫🇷") + m("assistant", "<think>\n\n</think>\n\nQuatre.");
+    m("system", "You are a terse assistant.") +
+    m("user", "What is 2+2?") +
+    m("assistant", "4.") +
+    m("user", "And in French? 🇫🇷") +
+    m("assistant", "<think>\n\n</think>\n\nQuatre.");
   assert.equal(t.render(CONVERSATION), want);
   const prompt = m("system", "You are a terse assistant.") + m("user", "What is 2+2?");
   assert.equal(t.render(CONVERSATION.slice(0, 2), { addGenerationPrompt: true }), `${prompt}<|im_start|>assistant\n`);
-  assert.equal(t.render(CONVERSATION.slice(0, 2), { addGenerationPrompt: true, vars: { enable_thinking: false } }), `${prompt}<|im_start|>assistant\n<think>\n\n</think>\n\n`);
+  assert.equal(
+    t.render(CONVERSATION.slice(0, 2), { addGenerationPrompt: true, vars: { enable_thinking: false } }),
+    `${prompt}<|im_start|>assistant\n<think>\n\n</think>\n\n`,
+  );
   assert.equal(t.endOfTurn, "<|im_end|>");
 });
 
 test("templates see the special tokens as strings; raise_exception and parse errors name the file", () => {
-  const cfg = { bos_token: { content: "<s>", special: true }, eos_token: "</s>", chat_template: "{{ bos_token }}{% for m in messages %}{{ m.role }}:{{ m.content }}{{ eos_token }}{% endfor %}" };
+  const cfg = {
+    bos_token: { content: "<s>", special: true },
+    eos_token: "</s>",
+    chat_template: "{{ bos_token }}{% for m in messages %}{{ m.role }}:{{ m.content }}{{ eos_token }}{% endfor %}",
+  };
   assert.equal(chatTemplateFromConfig(cfg, "x/tokenizer_config.json")?.render([{ role: "user", content: "hi" }]), "<s>user:hi</s>");
-  const strict = new ChatTemplate("{% if messages[0].role != 'user' %}{{ raise_exception('Conversations must start with a user message') }}{% endif %}ok", { file: "m/tokenizer_config.json" });
-  assert.throws(() => strict.render([{ role: "system", content: "x" }]), /^Error: m\/tokenizer_config.json: chat_template failed to render 1 message\(s\): Conversations must start with a user message$/);
+  const strict = new ChatTemplate("{% if messages[0].role != 'user' %}{{ raise_exception('Conversations must start with a user message') }}{% endif %}ok", {
+    file: "m/tokenizer_config.json",
+  });
+  assert.throws(
+    () => strict.render([{ role: "system", content: "x" }]),
+    /^Error: m\/tokenizer_config.json: chat_template failed to render 1 message\(s\): Conversations must start with a user message$/,
+  );
   assert.throws(() => new ChatTemplate("{% for %}", { file: "m/chat_template.jinja" }), /^Error: m\/chat_template.jinja: chat_template is not a template/);
   assert.equal(chatTemplateFromConfig({}, "f"), null);
-  const named = { chat_template: [{ name: "tool_use", template: "T" }, { name: "default", template: "D" }] };
+  const named = {
+    chat_template: [
+      { name: "tool_use", template: "T" },
+      { name: "default", template: "D" },
+    ],
+  };
   assert.equal(chatTemplateFromConfig(named, "f")?.render([]), "D");
-  assert.throws(() => chatTemplateFromConfig({ chat_template: [{ name: "rag", template: "R" }] }, "f.json"), /f.json: field "chat_template" is a list of named templates \(rag\) without a "default"/);
+  assert.throws(
+    () => chatTemplateFromConfig({ chat_template: [{ name: "rag", template: "R" }] }, "f.json"),
+    /f.json: field "chat_template" is a list of named templates \(rag\) without a "default"/,
+  );
   assert.throws(() => chatTemplateFromConfig({ chat_template: 3 }, "f.json"), /f.json: field "chat_template" must be a string/);
 });
 
@@ -68,7 +96,9 @@ test("chat_template.jinja beside tokenizer_config.json takes precedence (as in t
     const json = {
       model: { type: "WordLevel", vocab: { hi: 0, "[UNK]": 1 }, unk_token: "[UNK]" },
       pre_tokenizer: { type: "Whitespace" },
-      normalizer: null, post_processor: null, decoder: null,
+      normalizer: null,
+      post_processor: null,
+      decoder: null,
       added_tokens: [{ id: 2, content: "<end>", special: true, single_word: false, lstrip: false, rstrip: false, normalized: false }],
     };
     await writeFile(join(dir, "tokenizer.json"), JSON.stringify(json));

@@ -11,7 +11,9 @@ import { noGrad, scope, tensor } from "@lowrank/tensor";
 import { backend, tinyModel } from "./helpers.ts";
 
 async function alone(model: LlamaForCausalLM, cache: KVCache, ids: number[]): Promise<Float32Array> {
-  const t = noGrad(() => scope(() => model.forward(tensor(Int32Array.from(ids), { shape: [1, ids.length], dtype: "i32", backend }), { cache, lastOnly: true })));
+  const t = noGrad(() =>
+    scope(() => model.forward(tensor(Int32Array.from(ids), { shape: [1, ids.length], dtype: "i32", backend }), { cache, lastOnly: true })),
+  );
   const v = Float32Array.from(await t.read());
   t.dispose();
   return v;
@@ -27,7 +29,12 @@ for (const [name, over, capacity] of [
     const model = tinyModel(over as Record<string, unknown>, 5);
     model.eval();
     const V = model.config.vocab_size;
-    const prompts = [[1, 5, 9], [1, 7], [1, 3, 4, 8, 11, 12], [1, 20, 21, 22, 23]];
+    const prompts = [
+      [1, 5, 9],
+      [1, 7],
+      [1, 3, 4, 8, 11, 12],
+      [1, 20, 21, 22, 23],
+    ];
     const late = [1, 30, 31, 32, 33, 34, 35]; // joins at step 2
     const batched = [...prompts, late].map(() => model.createCache({ capacity }));
     const single = [...prompts, late].map(() => model.createCache());
@@ -39,7 +46,12 @@ for (const [name, over, capacity] of [
         segs.splice(1, 0, [...late]);
         active = [active[0], prompts.length, ...active.slice(1)];
       }
-      const t = noGrad(() => model.stepSegments(segs, active.map((i) => batched[i])));
+      const t = noGrad(() =>
+        model.stepSegments(
+          segs,
+          active.map((i) => batched[i]),
+        ),
+      );
       assert.deepEqual(t.shape, [1, active.length, V]);
       const got = Float32Array.from(await t.read());
       t.dispose();
@@ -47,7 +59,10 @@ for (const [name, over, capacity] of [
         const i = active[k];
         const want = await alone(model, single[i], segs[k]);
         for (let j = 0; j < V; j++) {
-          assert.ok(Math.abs(got[k * V + j] - want[j]) <= 1e-5 * (1 + Math.abs(want[j])), `${name} step ${step} sequence ${i} logit ${j}: together ${got[k * V + j]}, alone ${want[j]}`);
+          assert.ok(
+            Math.abs(got[k * V + j] - want[j]) <= 1e-5 * (1 + Math.abs(want[j])),
+            `${name} step ${step} sequence ${i} logit ${j}: together ${got[k * V + j]}, alone ${want[j]}`,
+          );
         }
         assert.equal(batched[i].length, single[i].length);
       }

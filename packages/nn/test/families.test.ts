@@ -11,7 +11,15 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Rng, type Tensor, noGrad, scope, softmax, tensor, where } from "@lowrank/tensor";
 import {
-  LlamaForCausalLM, generateIds, llamaConfigToHf, loadHfModel, parseLlamaConfig, randomInit, ropeInvFreq, saveHfModel, slidingWindowAttention,
+  LlamaForCausalLM,
+  generateIds,
+  llamaConfigToHf,
+  loadHfModel,
+  parseLlamaConfig,
+  randomInit,
+  ropeInvFreq,
+  saveHfModel,
+  slidingWindowAttention,
 } from "../src/node.ts";
 import { maxAbsDiff, tinyConfig, tinyModel, withTempDir } from "./helpers.ts";
 
@@ -57,7 +65,10 @@ test("sliding layers: Mistral all (4096 when absent, none when null), Qwen layer
   assert.deepEqual(types({ model_type: "qwen3", sliding_window: 16, layer_types: ["sliding_attention", "full_attention", "sliding_attention"] }), [16, "SFS"]);
   assert.deepEqual(types({ model_type: "llama", sliding_window: 16 }), [null, "FFF"]); // transformers' Llama ignores the key
   const m = new LlamaForCausalLM(parseLlamaConfig({ ...base, model_type: "qwen2", use_sliding_window: true, sliding_window: 5, max_window_layers: 2 }));
-  assert.deepEqual([...m.model.layers].map((l) => l.self_attn.window), [null, null, 5]);
+  assert.deepEqual(
+    [...m.model.layers].map((l) => l.self_attn.window),
+    [null, null, 5],
+  );
   m.dispose();
 });
 
@@ -78,7 +89,11 @@ function naiveWindow(q: Tensor, k: Tensor, v: Tensor, window: number): Tensor {
     const [, Hkv, S] = k.shape;
     const m = new Uint8Array(T * S);
     for (let t = 0; t < T; t++) for (let j = 0; j < S; j++) m[t * S + j] = Number(j <= S - T + t && j > S - T + t - window);
-    const rep = (x: Tensor) => x.reshape([B, Hkv, 1, S, D]).expand([B, Hkv, Hq / Hkv, S, D]).reshape([B, Hq, S, D]);
+    const rep = (x: Tensor) =>
+      x
+        .reshape([B, Hkv, 1, S, D])
+        .expand([B, Hkv, Hq / Hkv, S, D])
+        .reshape([B, Hq, S, D]);
     const scores = where(tensor(m, { shape: [T, S], dtype: "u8" }), q.matmul(rep(k).transpose(-2, -1)).mul(1 / Math.sqrt(D)), -Infinity);
     return softmax(scores, -1).matmul(rep(v));
   });
@@ -86,8 +101,22 @@ function naiveWindow(q: Tensor, k: Tensor, v: Tensor, window: number): Tensor {
 
 test("slidingWindowAttention equals the masked definition: prefill, cache steps, blocks of any size, grads", () => {
   const rng = new Rng(7);
-  const rand = (shape: number[]) => tensor(Float32Array.from({ length: shape.reduce((a, b) => a * b) }, () => rng.normal()), { shape });
-  for (const [T, S, window, block] of [[12, 12, 4, 4], [12, 12, 4, 5], [12, 12, 4, 64], [3, 15, 5, 2], [1, 15, 5, 64], [6, 6, 8, 64], [9, 9, 1, 3], [6, 8, 5, 2], [40, 40, 7, 128]]) {
+  const rand = (shape: number[]) =>
+    tensor(
+      Float32Array.from({ length: shape.reduce((a, b) => a * b) }, () => rng.normal()),
+      { shape },
+    );
+  for (const [T, S, window, block] of [
+    [12, 12, 4, 4],
+    [12, 12, 4, 5],
+    [12, 12, 4, 64],
+    [3, 15, 5, 2],
+    [1, 15, 5, 64],
+    [6, 6, 8, 64],
+    [9, 9, 1, 3],
+    [6, 8, 5, 2],
+    [40, 40, 7, 128],
+  ]) {
     const q = rand([2, 4, T, 6]);
     const k = rand([2, 2, S, 6]);
     const v = rand([2, 2, S, 6]);
@@ -136,7 +165,7 @@ test("dynamic NTK RoPE: the plain schedule up to max_position_embeddings, a rais
   const cfg = tinyConfig({ max_position_embeddings: 16, rope_scaling: { rope_type: "dynamic", factor: 2 } });
   assert.deepEqual(ropeInvFreq(cfg, 16), ropeInvFreq({ ...cfg, rope_scaling: null }));
   // transformers: base * (factor * 24 / 16 - (factor - 1)) ** (dim / (dim - 2)), dim 4
-  const base = 10000 * (2 * 24 / 16 - 1) ** 2;
+  const base = 10000 * ((2 * 24) / 16 - 1) ** 2;
   assert.ok(Math.abs(ropeInvFreq(cfg, 24)[1] - 1 / Math.sqrt(base)) < 1e-9);
   const ids = tensor([Array.from({ length: 20 }, (_, i) => (i * 7) % 40)], { dtype: "i32" });
   const m = tinyModel({ max_position_embeddings: 16, rope_scaling: { rope_type: "dynamic", factor: 2 } });

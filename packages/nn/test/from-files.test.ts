@@ -21,7 +21,9 @@ test("loadHfModelFromFiles on stories260K-hf: identical logits and tokenizer to 
   const bytes = (f: string) => readFile(join(dir(), f));
   const weights = new Map([["model.safetensors", new Uint8Array(await bytes("model.safetensors"))]]);
   const { model, tokenizer } = await loadHfModelFromFiles({
-    config: new Blob([await bytes("config.json")]), weights, tokenizer: await bytes("tokenizer.json").then((b) => b.toString()),
+    config: new Blob([await bytes("config.json")]),
+    weights,
+    tokenizer: await bytes("tokenizer.json").then((b) => b.toString()),
     tokenizerConfig: JSON.parse((await bytes("tokenizer_config.json")).toString()),
   });
   const ref = await loadHfModel(dir());

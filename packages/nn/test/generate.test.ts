@@ -29,16 +29,27 @@ test("top-k keeps the k best (ties at the k-th kept), top-p the smallest nucleus
     return counts.map((c) => c / n);
   };
   const k1 = draw({ temperature: 1, topK: 1 });
-  assert.deepEqual(k1.map((p) => p > 0), [false, true, false, true, false, false], "k=1 keeps both tied maxima");
+  assert.deepEqual(
+    k1.map((p) => p > 0),
+    [false, true, false, true, false, false],
+    "k=1 keeps both tied maxima",
+  );
   const k3 = draw({ temperature: 1, topK: 3 });
-  assert.deepEqual(k3.map((p) => p > 0), [false, true, true, true, false, false]);
+  assert.deepEqual(
+    k3.map((p) => p > 0),
+    [false, true, true, true, false, false],
+  );
   // Softmax of [1,3,2,3,-1,.5]: tokens 1 and 3 have ~0.38 each, 2 ~0.14.
   const z = [1, 3, 2, 3, -1, 0.5].map(Math.exp);
   const sum = z.reduce((a, b) => a + b);
   const full = draw({ temperature: 1 });
   full.forEach((p, i) => assert.ok(Math.abs(p - z[i] / sum) < 0.03, `token ${i}: ${p} vs ${z[i] / sum}`));
   const nucleus = draw({ temperature: 1, topP: 0.5 });
-  assert.deepEqual(nucleus.map((p) => p > 0), [false, true, false, true, false, false], "0.38 + 0.38 reaches 0.5");
+  assert.deepEqual(
+    nucleus.map((p) => p > 0),
+    [false, true, false, true, false, false],
+    "0.38 + 0.38 reaches 0.5",
+  );
   const cold = draw({ temperature: 0.05 });
   assert.ok(cold[1] + cold[3] > 0.999);
 });

@@ -8,7 +8,14 @@ import { withTempDir } from "./helpers.ts";
 
 test("Llama 3 instruct's file: a list of stop tokens and sampling on", () => {
   // meta-llama/Llama-3.2-1B-Instruct generation_config.json (its published values).
-  const g = parseGenerationConfig({ bos_token_id: 128000, do_sample: true, eos_token_id: [128001, 128008, 128009], temperature: 0.6, top_p: 0.9, transformers_version: "4.45.0" });
+  const g = parseGenerationConfig({
+    bos_token_id: 128000,
+    do_sample: true,
+    eos_token_id: [128001, 128008, 128009],
+    temperature: 0.6,
+    top_p: 0.9,
+    transformers_version: "4.45.0",
+  });
   assert.deepEqual(g.eos_token_id, [128001, 128008, 128009]);
   assert.deepEqual(defaultSampling(g), { temperature: 0.6, topK: 50, topP: 0.9, repetitionPenalty: 1 });
 });

@@ -71,7 +71,6 @@ for (const [family, what] of Object.entries(FAMILIES)) {
   });
 }
 
-
 const gpu = await acquireWebGpu();
 const skip = typeof gpu === "string" ? gpu : false;
 

@@ -95,8 +95,11 @@ function handle(req: IncomingMessage, res: ServerResponse): void {
       return;
     }
     res.writeHead(206, {
-      "content-length": body.length - start, "content-range": `bytes ${start}-${body.length - 1}/${body.length}`,
-      etag, "x-linked-etag": etag, "accept-ranges": "bytes",
+      "content-length": body.length - start,
+      "content-range": `bytes ${start}-${body.length - 1}/${body.length}`,
+      etag,
+      "x-linked-etag": etag,
+      "accept-ranges": "bytes",
     });
     res.end(body.subarray(start));
     return;
@@ -154,7 +157,10 @@ test("an interrupted download resumes with a Range request and checksums", { ski
   const from = seen.length;
   await downloadHfModel(REPO, { cacheDir, endpoint });
   const ranged = downloads(from).filter((s) => s.url.endsWith("/model.safetensors"));
-  assert.deepEqual(ranged.map((s) => s.range), [`bytes=${partial}-`]);
+  assert.deepEqual(
+    ranged.map((s) => s.range),
+    [`bytes=${partial}-`],
+  );
   const bytes = await readFile(join(snap, "model.safetensors"));
   assert.equal(createHash("sha256").update(bytes).digest("hex"), files.get("model.safetensors")?.sha);
   assert.ok(!existsSync(join(snap, "model.safetensors.incomplete")));

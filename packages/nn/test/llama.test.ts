@@ -38,12 +38,21 @@ test("config: unsupported settings fail naming the file, the field and the value
     [{ ...base, model_type: undefined }, /cfg\/config\.json: required field "model_type" is missing/],
     [{ ...base, model_type: "mistral", sliding_window: 0 }, /cfg\/config\.json: sliding_window = 0 must be a positive integer or null/],
     [{ ...base, model_type: "qwen2", use_sliding_window: "yes" }, /cfg\/config\.json: use_sliding_window = "yes" must be true or false/],
-    [{ ...base, model_type: "qwen3", use_sliding_window: true, max_window_layers: -1 }, /cfg\/config\.json: max_window_layers = -1 must be a non-negative integer/],
-    [{ ...base, model_type: "mistral", layer_types: ["full_attention", "sliding_attention"] }, /cfg\/config\.json: layer_types = .* must list "full_attention" or "sliding_attention" for each of the 1 layers/],
+    [
+      { ...base, model_type: "qwen3", use_sliding_window: true, max_window_layers: -1 },
+      /cfg\/config\.json: max_window_layers = -1 must be a non-negative integer/,
+    ],
+    [
+      { ...base, model_type: "mistral", layer_types: ["full_attention", "sliding_attention"] },
+      /cfg\/config\.json: layer_types = .* must list "full_attention" or "sliding_attention" for each of the 1 layers/,
+    ],
     [{ ...base, layer_types: ["sliding_attention"], sliding_window: 8 }, /cfg\/config\.json: layer_types = .* transformers' Llama has no sliding window/],
     [{ ...base, rope_scaling: { type: "yarn", factor: 4 } }, /cfg\/config\.json: rope_scaling\.type = "yarn" is not supported/],
     [{ ...base, rope_scaling: { rope_type: "dynamic", factor: 0.5 } }, /cfg\/config\.json: rope_scaling\.factor = 0\.5 must be at least 1/],
-    [{ ...base, rope_scaling: { rope_type: "longrope", factor: 2 } }, /cfg\/config\.json: rope_scaling\.rope_type = "longrope" is not supported \(supported: default, linear, dynamic, llama3\)/],
+    [
+      { ...base, rope_scaling: { rope_type: "longrope", factor: 2 } },
+      /cfg\/config\.json: rope_scaling\.rope_type = "longrope" is not supported \(supported: default, linear, dynamic, llama3\)/,
+    ],
     [{ ...base, rope_scaling: { rope_type: "llama3", factor: 8 } }, /cfg\/config\.json: rope_scaling\.low_freq_factor = undefined must be a positive number/],
     [{ ...base, hidden_act: "gelu" }, /cfg\/config\.json: hidden_act = "gelu" is not supported/],
     [{ ...base, hidden_size: undefined }, /cfg\/config\.json: required field "hidden_size" is missing/],
@@ -65,44 +74,51 @@ test("llama3 rope scaling reproduces transformers' _compute_llama3_parameters (L
   assert.equal(inv.length, 64);
   // Values from a float32 NumPy transcription of the transformers function.
   const expected: [number, number][] = [
-    [0, 1.0], [20, 0.016560440883040428], [30, 0.0013718936825171113], [35, 9.556212899042293e-5],
-    [40, 3.428102354519069e-5], [45, 1.2297638932068367e-5], [50, 4.411534519022098e-6], [63, 3.068925877869333e-7],
+    [0, 1.0],
+    [20, 0.016560440883040428],
+    [30, 0.0013718936825171113],
+    [35, 9.556212899042293e-5],
+    [40, 3.428102354519069e-5],
+    [45, 1.2297638932068367e-5],
+    [50, 4.411534519022098e-6],
+    [63, 3.068925877869333e-7],
   ];
   for (const [i, v] of expected) assert.ok(Math.abs(inv[i] - v) <= 1e-5 * v, `inv_freq[${i}] = ${inv[i]}, expected ${v}`);
   const linear = ropeInvFreq({ head_dim: 4, rope_theta: 100, rope_scaling: { rope_type: "linear", factor: 2 } });
   assert.deepEqual(Array.from(linear), [0.5, Math.fround(0.05)]);
 });
 
-for (const capacity of [undefined, 1, 5, 11]) test(`KV cache: prefill + one token at a time gives the same logits as a full forward (capacity ${capacity ?? "default"})`, () => {
-  const m = tinyModel();
-  const ids = [1, 7, 3, 12, 9, 30, 4, 4, 18, 2, 25];
-  const full = noGrad(() => m.forward(tensor([ids], { dtype: "i32" }))); // (1, 11, V)
-  const V = m.config.vocab_size;
-  const want = full.readSync();
-  const cache = m.createCache({ capacity });
-  const got: number[] = [];
-  noGrad(() => {
-    const step = (chunk: number[]) => scope(() => Array.from(m.forward(tensor([chunk], { dtype: "i32" }), { cache }).readSync()));
-    got.push(...step(ids.slice(0, 4)));
-    for (const id of ids.slice(4, 6)) got.push(...step([id]));
-    got.push(...step(ids.slice(6))); // a multi-token chunk after cached positions (T < S)
+for (const capacity of [undefined, 1, 5, 11])
+  test(`KV cache: prefill + one token at a time gives the same logits as a full forward (capacity ${capacity ?? "default"})`, () => {
+    const m = tinyModel();
+    const ids = [1, 7, 3, 12, 9, 30, 4, 4, 18, 2, 25];
+    const full = noGrad(() => m.forward(tensor([ids], { dtype: "i32" }))); // (1, 11, V)
+    const V = m.config.vocab_size;
+    const want = full.readSync();
+    const cache = m.createCache({ capacity });
+    const got: number[] = [];
+    noGrad(() => {
+      const step = (chunk: number[]) => scope(() => Array.from(m.forward(tensor([chunk], { dtype: "i32" }), { cache }).readSync()));
+      got.push(...step(ids.slice(0, 4)));
+      for (const id of ids.slice(4, 6)) got.push(...step([id]));
+      got.push(...step(ids.slice(6))); // a multi-token chunk after cached positions (T < S)
+    });
+    assert.equal(cache.length, ids.length);
+    assert.deepEqual(cache.layer(0)![0].shape, [1, 2, ids.length, 4]);
+    // Held in place, it grew by doubling from the capacity asked for (1 -> 4 at the prefill -> 8 -> 16).
+    if (capacity === 1) assert.equal(cache.capacity, 16);
+    // Asked for exactly what it holds (as the server sizes a request's cache): never grown, nothing spare.
+    if (capacity === 11) assert.equal(cache.capacity, ids.length);
+    assert.ok(maxAbsDiff(got, want) < 1e-5, `max diff ${maxAbsDiff(got, want)}`);
+    // lastOnly computes just the final row
+    const last = noGrad(() => m.forward(tensor([ids], { dtype: "i32" }), { lastOnly: true }));
+    assert.deepEqual(last.shape, [1, 1, V]);
+    assert.ok(maxAbsDiff(last.readSync(), want.subarray((ids.length - 1) * V)) < 1e-6);
+    cache.dispose();
+    full.dispose();
+    last.dispose();
+    m.dispose();
   });
-  assert.equal(cache.length, ids.length);
-  assert.deepEqual(cache.layer(0)![0].shape, [1, 2, ids.length, 4]);
-  // Held in place, it grew by doubling from the capacity asked for (1 -> 4 at the prefill -> 8 -> 16).
-  if (capacity === 1) assert.equal(cache.capacity, 16);
-  // Asked for exactly what it holds (as the server sizes a request's cache): never grown, nothing spare.
-  if (capacity === 11) assert.equal(cache.capacity, ids.length);
-  assert.ok(maxAbsDiff(got, want) < 1e-5, `max diff ${maxAbsDiff(got, want)}`);
-  // lastOnly computes just the final row
-  const last = noGrad(() => m.forward(tensor([ids], { dtype: "i32" }), { lastOnly: true }));
-  assert.deepEqual(last.shape, [1, 1, V]);
-  assert.ok(maxAbsDiff(last.readSync(), want.subarray((ids.length - 1) * V)) < 1e-6);
-  cache.dispose();
-  full.dispose();
-  last.dispose();
-  m.dispose();
-});
 
 test("KV-cache generation equals no-cache full recompute (greedy and sampled)", async () => {
   const m = tinyModel({}, 3, 0.5);
@@ -135,7 +151,10 @@ test("f16 and bf16 parameters run and stay close to f32", () => {
   const ids = tensor([[1, 4, 6, 8, 3]], { dtype: "i32" });
   const ref = tinyModel();
   const want = noGrad(() => ref.forward(ids)).readSync();
-  for (const [dtype, tol] of [["f16", 0.02], ["bf16", 0.1]] as const) {
+  for (const [dtype, tol] of [
+    ["f16", 0.02],
+    ["bf16", 0.1],
+  ] as const) {
     const m = new LlamaForCausalLM(tinyConfig(), { dtype, init: randomInit(new Rng(1), 0.3) });
     assert.equal(m.dtype, dtype);
     const got = noGrad(() => m.forward(ids)).readSync();
@@ -149,7 +168,7 @@ test("f16 and bf16 parameters run and stay close to f32", () => {
 test("training path: the loss reaches every parameter, frozen ones get nothing", () => {
   const m = tinyModel({ tie_word_embeddings: true });
   m.setRequiresGrad(true);
-  (m.model.norm.weight).setRequiresGrad(false);
+  m.model.norm.weight.setRequiresGrad(false);
   const ids = [1, 4, 6, 8, 3, 9];
   const loss = scope(() => {
     const logits = m.forward(tensor([ids.slice(0, -1)], { dtype: "i32" }));

@@ -9,8 +9,15 @@ import { join } from "node:path";
 import { noGrad, scope, tensor } from "@lowrank/tensor";
 import { type LazyTensorInput, openSafetensors, writeSafetensors } from "@lowrank/safetensors/node";
 import {
-  type LlamaForCausalLM, Llama2cTokenizer, llama2cFromBytes, loadHfModel, loadLlama2c, loadLlama2cTokenizer, loadTokenizer,
-  resolveDataDir, saveHfModel,
+  type LlamaForCausalLM,
+  Llama2cTokenizer,
+  llama2cFromBytes,
+  loadHfModel,
+  loadLlama2c,
+  loadLlama2cTokenizer,
+  loadTokenizer,
+  resolveDataDir,
+  saveHfModel,
 } from "../src/node.ts";
 import { maxAbsDiff, noData, storiesDir, tinyModel, tokBytes, withTempDir } from "./helpers.ts";
 
@@ -146,7 +153,9 @@ test("loadHfModel errors name the file and the problem", async () => {
     await rm(join(dir, shard));
     assert.match(
       await errorOf(loadHfModel(dir)),
-      new RegExp(`${escape(join(dir, "model.safetensors.index.json"))}: .*shard file "${escape(shard)}" does not exist.*a shard of the sharded checkpoint is missing`),
+      new RegExp(
+        `${escape(join(dir, "model.safetensors.index.json"))}: .*shard file "${escape(shard)}" does not exist.*a shard of the sharded checkpoint is missing`,
+      ),
     );
   });
   m.dispose();
@@ -186,7 +195,15 @@ function exportLlama2c(m: LlamaForCausalLM): Uint8Array {
     new Float32Array(c.max_position_embeddings * hs), // freq_cis_real + freq_cis_imag (ignored)
     ...(c.tie_word_embeddings ? [] : [get("lm_head.weight")]),
   ];
-  const header = new Int32Array([c.hidden_size, c.intermediate_size, L, c.num_attention_heads, c.num_key_value_heads, c.tie_word_embeddings ? c.vocab_size : -c.vocab_size, c.max_position_embeddings]);
+  const header = new Int32Array([
+    c.hidden_size,
+    c.intermediate_size,
+    L,
+    c.num_attention_heads,
+    c.num_key_value_heads,
+    c.tie_word_embeddings ? c.vocab_size : -c.vocab_size,
+    c.max_position_embeddings,
+  ]);
   const total = 28 + 4 * parts.reduce((s, p) => s + p.length, 0);
   const out = new Uint8Array(total);
   out.set(new Uint8Array(header.buffer), 0);
@@ -206,8 +223,14 @@ test("llama2.c bytes (shared and unshared classifier) load to the same model, wi
     const back = llama2cFromBytes(bytes, { file: "tiny.bin" });
     assert.equal(back.config.tie_word_embeddings, tie);
     assert.ok(maxAbsDiff(run(back), run(m)) < 1e-5);
-    assert.throws(() => llama2cFromBytes(bytes.subarray(0, bytes.length - 4), { file: "tiny.bin" }), /^Error: tiny\.bin: truncated: \d+ bytes, but the header .* needs \d+/);
-    assert.throws(() => llama2cFromBytes(bytes.subarray(0, 20), { file: "tiny.bin" }), /tiny\.bin: truncated: 20 bytes, shorter than the 28-byte llama2\.c header/);
+    assert.throws(
+      () => llama2cFromBytes(bytes.subarray(0, bytes.length - 4), { file: "tiny.bin" }),
+      /^Error: tiny\.bin: truncated: \d+ bytes, but the header .* needs \d+/,
+    );
+    assert.throws(
+      () => llama2cFromBytes(bytes.subarray(0, 20), { file: "tiny.bin" }),
+      /tiny\.bin: truncated: 20 bytes, shorter than the 28-byte llama2\.c header/,
+    );
     const extra = new Uint8Array(bytes.length + 8);
     extra.set(bytes);
     assert.throws(() => llama2cFromBytes(extra, { file: "tiny.bin" }), /tiny\.bin: 8 bytes beyond/);
@@ -227,7 +250,10 @@ test("llama2.c stories260K.bin truncated on disk: the error names the file", { s
     const path = join(dir, "stories260K.bin");
     const bytes = await readFile(join(storiesDir as string, "stories260K.bin"));
     await writeFile(path, bytes.subarray(0, 500_000));
-    assert.match(await errorOf(loadLlama2c(path)), new RegExp(`${escape(path)}: truncated: 500000 bytes, but the header \\(dim=64, n_layers=5, vocab_size=512, seq_len=512\\) needs 1056540`));
+    assert.match(
+      await errorOf(loadLlama2c(path)),
+      new RegExp(`${escape(path)}: truncated: 500000 bytes, but the header \\(dim=64, n_layers=5, vocab_size=512, seq_len=512\\) needs 1056540`),
+    );
     const tokPath = join(dir, "tok512.bin");
     await writeFile(tokPath, (await readFile(join(storiesDir as string, "tok512.bin"))).subarray(0, 3000));
     assert.match(await errorOf(loadLlama2cTokenizer(tokPath, 512)), new RegExp(`${escape(tokPath)}: truncated: .* runs past the end \\(3000 bytes\\)`));
@@ -246,7 +272,10 @@ test("resolveDataDir: explicit option, then the env object, then ../shared/data 
   await withTempDir(async (dir) => {
     assert.equal(await resolveDataDir({ dataDir: dir, env: { LOWRANK_DATA_DIR: "/elsewhere" } }), dir);
     assert.equal(await resolveDataDir({ env: { LOWRANK_DATA_DIR: dir } }), dir);
-    assert.match(await errorOf(resolveDataDir({ env: { LOWRANK_DATA_DIR: join(dir, "missing") } })), /missing: data directory \(from LOWRANK_DATA_DIR\) does not exist/);
+    assert.match(
+      await errorOf(resolveDataDir({ env: { LOWRANK_DATA_DIR: join(dir, "missing") } })),
+      /missing: data directory \(from LOWRANK_DATA_DIR\) does not exist/,
+    );
     const repo = join(dir, "repo");
     assert.equal(await resolveDataDir({ repoRoot: repo, env: {} }), null);
     await import("node:fs/promises").then((fs) => fs.mkdir(join(dir, "shared", "data"), { recursive: true }));
@@ -255,7 +284,17 @@ test("resolveDataDir: explicit option, then the env object, then ../shared/data 
 });
 
 test("Llama2cTokenizer parses a synthetic vocabulary and rejects malformed ones", () => {
-  const pieces = ["<unk>", "\n<s>\n", "\n</s>\n", ...Array.from({ length: 256 }, (_, i) => `<0x${i.toString(16).toUpperCase().padStart(2, "0")}>`), " ", "a", "b", "ab", " ab"];
+  const pieces = [
+    "<unk>",
+    "\n<s>\n",
+    "\n</s>\n",
+    ...Array.from({ length: 256 }, (_, i) => `<0x${i.toString(16).toUpperCase().padStart(2, "0")}>`),
+    " ",
+    "a",
+    "b",
+    "ab",
+    " ab",
+  ];
   const bytes = tokBytes(pieces, (i) => (i < 259 ? 0 : -(i - 259)));
   const tok = Llama2cTokenizer.fromBytes(bytes);
   assert.equal(tok.vocabSize, pieces.length);
@@ -265,7 +304,15 @@ test("Llama2cTokenizer parses a synthetic vocabulary and rejects malformed ones"
   assert.equal(tok.decode([1, 263, 263]), "ab ab");
   assert.equal(tok.decode([259, 262]), "ab", "the leading space is dropped at the start");
   assert.throws(() => Llama2cTokenizer.fromBytes(bytes.subarray(0, 101), undefined, "t.bin"), /t\.bin: truncated/);
-  assert.throws(() => Llama2cTokenizer.fromBytes(tokBytes(["<unk>", "a"], () => 0), undefined, "t.bin"), /t\.bin: 2 pieces/);
+  assert.throws(
+    () =>
+      Llama2cTokenizer.fromBytes(
+        tokBytes(["<unk>", "a"], () => 0),
+        undefined,
+        "t.bin",
+      ),
+    /t\.bin: 2 pieces/,
+  );
 });
 
 function escape(s: string): string {

@@ -42,7 +42,14 @@ test("dotted names: namedModules, namedParameters, parameters", () => {
   );
   assert.deepEqual(
     net.namedParameters().map(([n, t]) => `${n}:${t.shape}`),
-    ["layers.0.proj.weight:2,3", "layers.0.proj.bias:2", "layers.0.norm.weight:2", "layers.1.proj.weight:2,3", "layers.1.proj.bias:2", "layers.1.norm.weight:2"],
+    [
+      "layers.0.proj.weight:2,3",
+      "layers.0.proj.bias:2",
+      "layers.0.norm.weight:2",
+      "layers.1.proj.weight:2,3",
+      "layers.1.proj.bias:2",
+      "layers.1.norm.weight:2",
+    ],
   );
   assert.equal(net.parameters().length, 6);
   assert.equal(net.getSubmodule("layers.1.proj"), net.layers.at(1).proj);
@@ -161,7 +168,12 @@ test("setSubmodule swaps a layer in its parent (LoRA injection) and forward uses
   assert.equal(net.getSubmodule("layers.0.proj.base"), old);
   assert.ok(net.namedParameters().some(([n]) => n === "layers.0.proj.base.weight"));
   const after = noGrad(() => net.layers.at(0).proj.forward(x));
-  assert.ok(maxAbsDiff(after.readSync(), Array.from(before.readSync(), (v) => v + 100)) < 1e-5);
+  assert.ok(
+    maxAbsDiff(
+      after.readSync(),
+      Array.from(before.readSync(), (v) => v + 100),
+    ) < 1e-5,
+  );
   assert.throws(() => net.setSubmodule("layers.0.nope", old), /'layers.0.nope' does not exist/);
   // Replacing a whole list entry works too.
   const fresh = new Block();
@@ -186,14 +198,27 @@ test("train/eval propagate; setRequiresGrad freezes and unfreezes", () => {
 
 test("Linear uses the transposed view of W [out, in] and adds the bias; Embedding and RMSNorm match by hand", () => {
   const lin = new Linear(3, 2, { bias: true });
-  lin.loadStateDict({ weight: tensor([[1, 0, -1], [2, 1, 0]]), bias: tensor([0.5, -0.5]) });
+  lin.loadStateDict({
+    weight: tensor([
+      [1, 0, -1],
+      [2, 1, 0],
+    ]),
+    bias: tensor([0.5, -0.5]),
+  });
   const y = lin.forward(tensor([[[1, 2, 3]], [[0, 1, 0]]])); // (2, 1, 3) -> (2, 1, 2)
   assert.deepEqual(y.shape, [2, 1, 2]);
   assert.deepEqual(Array.from(y.readSync()), [-1.5, 3.5, 0.5, 0.5]);
   assert.equal(lin.weight.isContiguous, true, "the weight itself is never transposed in place");
 
   const emb = new Embedding(4, 2);
-  emb.loadStateDict({ weight: tensor([[0, 1], [2, 3], [4, 5], [6, 7]]) });
+  emb.loadStateDict({
+    weight: tensor([
+      [0, 1],
+      [2, 3],
+      [4, 5],
+      [6, 7],
+    ]),
+  });
   assert.deepEqual(Array.from(emb.forward(tensor([[3, 0]], { dtype: "i32" })).readSync()), [6, 7, 0, 1]);
 
   const norm = new RMSNorm(2, { eps: 0 });
@@ -208,7 +233,16 @@ test("gradients reach Linear parameters through the module", () => {
   const lin = new Linear(2, 1, { bias: true });
   lin.loadStateDict({ weight: tensor([[2, 3]]), bias: tensor([1]) });
   lin.setRequiresGrad(true);
-  const loss = scope(() => lin.forward(tensor([[1, 2], [3, 4]])).sum());
+  const loss = scope(() =>
+    lin
+      .forward(
+        tensor([
+          [1, 2],
+          [3, 4],
+        ]),
+      )
+      .sum(),
+  );
   loss.backward();
   assert.deepEqual(Array.from(lin.weight.grad!.readSync()), [4, 6]);
   assert.deepEqual(Array.from(lin.bias!.grad!.readSync()), [2]);

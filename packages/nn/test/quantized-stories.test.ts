@@ -12,8 +12,16 @@ import { crossEntropy, noGrad, scope, tensor } from "@lowrank/tensor";
 import { openSafetensors } from "@lowrank/safetensors/node";
 import { quantize4bit, toBnbTensors } from "@lowrank/nf4";
 import {
-  type LlamaForCausalLM, type QuantizeModelOptions, type TextTokenizer, QuantizedLinear, generateIds, loadHfModel, loadTokenizer,
-  quantizeModel, quantizedMemoryReport, saveHfModel,
+  type LlamaForCausalLM,
+  type QuantizeModelOptions,
+  type TextTokenizer,
+  QuantizedLinear,
+  generateIds,
+  loadHfModel,
+  loadTokenizer,
+  quantizeModel,
+  quantizedMemoryReport,
+  saveHfModel,
 } from "../src/node.ts";
 import { dataDir, noData, storiesHfDir, withTempDir } from "./helpers.ts";
 
@@ -29,12 +37,17 @@ function logitsOf(m: LlamaForCausalLM, ids: number[]): Float32Array {
 function evalLoss(m: LlamaForCausalLM, tok: TextTokenizer, text: string): number {
   let sum = 0;
   let n = 0;
-  for (const story of text.split("<|endoftext|>").map((s) => s.trim()).filter(Boolean)) {
+  for (const story of text
+    .split("<|endoftext|>")
+    .map((s) => s.trim())
+    .filter(Boolean)) {
     const ids = tok.encode(story).slice(0, m.config.max_position_embeddings + 1);
-    sum += noGrad(() => scope(() => {
-      const logits = m.forward(tensor([ids.slice(0, -1)], { dtype: "i32" }));
-      return crossEntropy(logits, tensor([ids.slice(1)], { dtype: "i32" }), { reduction: "sum" }).readSync()[0];
-    }));
+    sum += noGrad(() =>
+      scope(() => {
+        const logits = m.forward(tensor([ids.slice(0, -1)], { dtype: "i32" }));
+        return crossEntropy(logits, tensor([ids.slice(1)], { dtype: "i32" }), { reduction: "sum" }).readSync()[0];
+      }),
+    );
     n += ids.length - 1;
   }
   return sum / n;
@@ -48,7 +61,11 @@ test("stories260K: quantizeModel -> bnb-4bit directory -> reload: identical logi
   for (const [name, w] of dense.stateDict()) if (/_proj\.weight$/.test(name)) weights.set(name, (await w.read()) as Float32Array);
   const report = await quantizeModel(dense);
   assert.equal(report.quantized.length, 5 * 7);
-  assert.deepEqual(report.skipped.map((s) => s.name), ["lm_head"], "the tied head stays dense");
+  assert.deepEqual(
+    report.skipped.map((s) => s.name),
+    ["lm_head"],
+    "the tied head stays dense",
+  );
   const ids = [1, 403, 407, 261, 378, 426, 271, 68, 39, 306];
   const want = logitsOf(dense, ids);
   await withTempDir(async (out) => {
@@ -102,8 +119,15 @@ test("stories260K NF4 + DQ: greedy text stays fluent, held-out loss rises by a s
   const fp4 = await run({ quantType: "fp4" });
   console.log(`# f32 greedy:      ${JSON.stringify(f32.story)}`);
   console.log(`# NF4 + DQ greedy: ${JSON.stringify(nf4.story)}`);
-  for (const [name, r] of [["f32", f32], ["NF4 + DQ", nf4], ["NF4", nf4NoDq], ["FP4 + DQ", fp4]] as const) {
-    const line = `${name}: ${r.loss.toFixed(4)} nats/token (${(r.loss - f32.loss >= 0 ? "+" : "") + (r.loss - f32.loss).toFixed(4)}), ${r.bits.toFixed(3)} bits/param`;
+  for (const [name, r] of [
+    ["f32", f32],
+    ["NF4 + DQ", nf4],
+    ["NF4", nf4NoDq],
+    ["FP4 + DQ", fp4],
+  ] as const) {
+    const line = `${name}: ${r.loss.toFixed(4)} nats/token (${(r.loss - f32.loss >= 0 ? "+" : "") + (r.loss - f32.loss).toFixed(4)}), ${r.bits.toFixed(
+      3,
+    )} bits/param`;
     console.log(`# ${line}`);
     t.diagnostic(line);
   }

@@ -12,7 +12,15 @@ import { gradcheck, withoutFused } from "@lowrank/tensor/testing";
 import { type LazyTensorInput, openSafetensors, writeSafetensors } from "@lowrank/safetensors/node";
 import { bitsPerParam, bnbQuantizationConfig, dequantize4bit, quantize4bit, toBnbTensors } from "@lowrank/nf4";
 import {
-  Linear, type LlamaForCausalLM, Module, QuantizedLinear, loadHfModel, quantizeModel, quantizedMemoryReport, randomInit, saveHfModel,
+  Linear,
+  type LlamaForCausalLM,
+  Module,
+  QuantizedLinear,
+  loadHfModel,
+  quantizeModel,
+  quantizedMemoryReport,
+  randomInit,
+  saveHfModel,
 } from "../src/node.ts";
 import { backend, maxAbsDiff, tinyModel, withTempDir } from "./helpers.ts";
 
@@ -46,7 +54,10 @@ const CASES: [number, number, number, boolean][] = [
   [5, 129, 64, true],
 ];
 
-for (const [label, be] of [["cpu kernel", backend], ["primitive path", withoutFused(backend)]] as [string, Backend][]) {
+for (const [label, be] of [
+  ["cpu kernel", backend],
+  ["primitive path", withoutFused(backend)],
+] as [string, Backend][]) {
   test(`matmul4bit = nf4 dequantize4bit then matmul, both transposes, rows 1/2/9 (${label})`, async () => {
     for (const [out, inF, bs, dq] of CASES) {
       for (const quantType of ["nf4", "fp4"] as const) {
@@ -73,7 +84,10 @@ for (const [label, be] of [["cpu kernel", backend], ["primitive path", withoutFu
 
   test(`QuantizedLinear: gradient for x only (gradcheck), none for the weight, bias trains (${label})`, async () => {
     const state = quantize4bit(weights(7, 45, 3), { shape: [7, 45] });
-    const bias = tensor(Array.from({ length: 7 }, (_, i) => i / 10), { backend: be, requiresGrad: true });
+    const bias = tensor(
+      Array.from({ length: 7 }, (_, i) => i / 10),
+      { backend: be, requiresGrad: true },
+    );
     const q = new QuantizedLinear(state, { backend: be, bias });
     const x0 = Float32Array.from({ length: 2 * 3 * 45 }, (_, i) => Math.cos(i));
     const r = await gradcheck(be, (x) => q.forward(x), [{ data: x0, shape: [2, 3, 45] }]);
@@ -152,9 +166,15 @@ test("a quantized model saves as a bnb-4bit directory and reloads with identical
     await withTempDir(async (dir) => {
       await saveHfModel(dense, dir);
       const config = JSON.parse(await readFile(join(dir, "config.json"), "utf8"));
-      assert.deepEqual(config.quantization_config, bnbQuantizationConfig({
-        quantType: opts.quantType ?? "nf4", doubleQuant: opts.doubleQuant ?? true, computeDtype: "float32", skipModules: ["lm_head"],
-      }));
+      assert.deepEqual(
+        config.quantization_config,
+        bnbQuantizationConfig({
+          quantType: opts.quantType ?? "nf4",
+          doubleQuant: opts.doubleQuant ?? true,
+          computeDtype: "float32",
+          skipModules: ["lm_head"],
+        }),
+      );
       const f = await openSafetensors(join(dir, "model.safetensors"));
       for (const [name, w] of originals) {
         const prefix = name.slice(0, -"weight".length);
@@ -213,7 +233,10 @@ test("loading a broken bnb-4bit directory names the file, the tensor and the fie
       const json = new TextEncoder().encode(new TextDecoder().decode(t.get(qs)!.data as Uint8Array).replace("[24, 16]", "[16, 24]"));
       t.set(qs, { dtype: "U8", shape: [json.length], data: json });
     });
-    assert.match(await errorOf(loadHfModel(dir)), /model\.safetensors: tensor "model\.layers\.0\.mlp\.up_proj\.weight\.quant_state\.bitsandbytes__nf4": shape \[16, 24\] does not match/);
+    assert.match(
+      await errorOf(loadHfModel(dir)),
+      /model\.safetensors: tensor "model\.layers\.0\.mlp\.up_proj\.weight\.quant_state\.bitsandbytes__nf4": shape \[16, 24\] does not match/,
+    );
     await saveHfModel(m, dir);
     const config = JSON.parse(await readFile(join(dir, "config.json"), "utf8"));
     config.quantization_config.bnb_4bit_quant_storage = "bfloat16";
@@ -267,8 +290,14 @@ class TwoLayers extends Module {
 }
 
 test("quantizedMemoryReport: 4.127 bits/param with double quant at 64, 4.5 without (the formula)", async () => {
-  for (const [doubleQuant, expected] of [[true, 4 + 8 / 64 + 32 / (64 * 256)], [false, 4.5]] as const) {
-    const m = new TwoLayers([[256, 256], [512, 1024]]);
+  for (const [doubleQuant, expected] of [
+    [true, 4 + 8 / 64 + 32 / (64 * 256)],
+    [false, 4.5],
+  ] as const) {
+    const m = new TwoLayers([
+      [256, 256],
+      [512, 1024],
+    ]);
     await quantizeModel(m, { doubleQuant, skipModules: [] });
     const r = quantizedMemoryReport(m);
     assert.equal(r.quantizedParams, 256 * 256 + 512 * 1024);
@@ -276,16 +305,33 @@ test("quantizedMemoryReport: 4.127 bits/param with double quant at 64, 4.5 witho
     for (const l of r.layers) assert.equal(l.bitsPerParam, bitsPerParam(l.shape[0] * l.shape[1], { doubleQuant }));
     assert.equal(r.denseParams, 512, "the bias stays dense");
     assert.equal(r.denseBytes, 512 * 4);
-    assert.equal(r.tableBytes, 2 * (64 + (doubleQuant ? 1024 : 0)) + (await Promise.all((m.namedModules().filter(([, x]) => x instanceof QuantizedLinear) as [string, QuantizedLinear][]).map(async ([, q]) => q.stateDict().get(`weight.quant_state.bitsandbytes__nf4`)!.size))).reduce((a, b) => a + b, 0));
+    assert.equal(
+      r.tableBytes,
+      2 * (64 + (doubleQuant ? 1024 : 0)) +
+        (
+          await Promise.all(
+            (m.namedModules().filter(([, x]) => x instanceof QuantizedLinear) as [string, QuantizedLinear][]).map(
+              async ([, q]) => q.stateDict().get(`weight.quant_state.bitsandbytes__nf4`)!.size,
+            ),
+          )
+        ).reduce((a, b) => a + b, 0),
+    );
     assert.equal(r.totalBytes, r.quantizedBytes + r.tableBytes + r.denseBytes);
     assert.ok(r.totalBytes < r.f32Bytes / 7, `${r.totalBytes} B vs ${r.f32Bytes} B in f32`);
-    console.log(`# ${doubleQuant ? "NF4 + DQ" : "NF4"}: ${r.bitsPerParam.toFixed(4)} bits/param (formula ${expected.toFixed(4)}), ${r.totalBytes} B vs ${r.f32Bytes} B f32`);
+    console.log(
+      `# ${doubleQuant ? "NF4 + DQ" : "NF4"}: ${r.bitsPerParam.toFixed(4)} bits/param (formula ${expected.toFixed(4)}), ${r.totalBytes} B vs ${
+        r.f32Bytes
+      } B f32`,
+    );
     m.dispose();
   }
 });
 
 test("f16 compute where the backend has it: quantizeModel on an f16 model computes in f16", async () => {
-  const m = new TwoLayers([[16, 64], [8, 16]]);
+  const m = new TwoLayers([
+    [16, 64],
+    [8, 16],
+  ]);
   const f16 = new Linear(64, 16, { dtype: "f16", init: randomInit(new Rng(3)) });
   m.setSubmodule("a", f16);
   await quantizeModel(m, { skipModules: ["b"] });

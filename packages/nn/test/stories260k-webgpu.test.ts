@@ -18,7 +18,6 @@ interface Reference {
   teacher_forced_loss: { ids: number[]; per_position_cross_entropy: number[] };
 }
 
-
 const gpu = noData ? noData : await acquireWebGpu();
 const skip = typeof gpu === "string" ? gpu : false;
 const ref: Reference | null = !skip && storiesDir ? JSON.parse(await readFile(join(storiesDir, "reference_vectors.json"), "utf8")) : null;
@@ -26,7 +25,14 @@ let model: Promise<LlamaForCausalLM> | null = null;
 const load = () => (model ??= loadHfModel(storiesHfDir as string, { backend: gpu as Backend }));
 
 async function logitsAt(m: LlamaForCausalLM, ids: number[], position: number): Promise<Float32Array> {
-  const t = noGrad(() => scope(() => m.forward(tensor([ids], { dtype: "i32", backend: m.backend })).narrow(1, position, 1).contiguous()));
+  const t = noGrad(() =>
+    scope(() =>
+      m
+        .forward(tensor([ids], { dtype: "i32", backend: m.backend }))
+        .narrow(1, position, 1)
+        .contiguous(),
+    ),
+  );
   try {
     return (await t.read()) as Float32Array;
   } finally {
@@ -38,7 +44,10 @@ test("webgpu: logits after BOS and after the prompt match the reference within 1
   const m = await load();
   const r = ref as Reference;
   const bos = maxAbsDiff(await logitsAt(m, [1], 0), r.logits_after_bos_pos0);
-  const prompt = maxAbsDiff(await logitsAt(m, r.greedy_with_prompt.prompt_ids, r.logits_after_prompt_last_token.position), r.logits_after_prompt_last_token.logits);
+  const prompt = maxAbsDiff(
+    await logitsAt(m, r.greedy_with_prompt.prompt_ids, r.logits_after_prompt_last_token.position),
+    r.logits_after_prompt_last_token.logits,
+  );
   t.diagnostic(`${m.backend.device}: max |logit diff| after BOS ${bos.toExponential(2)}, after prompt ${prompt.toExponential(2)}`);
   assert.ok(bos < 1e-4 && prompt < 1e-4, `${bos}, ${prompt}`);
 });
@@ -52,10 +61,12 @@ test("webgpu: greedy continuation of the prompt is identical to the reference", 
 test("webgpu: per-token teacher-forced loss within 1e-4", { skip, timeout: 300_000 }, async (t) => {
   const m = await load();
   const { ids, per_position_cross_entropy: want } = (ref as Reference).teacher_forced_loss;
-  const loss = noGrad(() => scope(() => {
-    const logits = m.forward(tensor([ids.slice(0, -1)], { dtype: "i32", backend: m.backend }));
-    return crossEntropy(logits, tensor([ids.slice(1)], { dtype: "i32", backend: m.backend }), { reduction: "none" });
-  }));
+  const loss = noGrad(() =>
+    scope(() => {
+      const logits = m.forward(tensor([ids.slice(0, -1)], { dtype: "i32", backend: m.backend }));
+      return crossEntropy(logits, tensor([ids.slice(1)], { dtype: "i32", backend: m.backend }), { reduction: "none" });
+    }),
+  );
   const d = maxAbsDiff((await loss.read()) as Float32Array, want);
   loss.dispose();
   t.diagnostic(`max |loss diff| ${d.toExponential(2)}`);

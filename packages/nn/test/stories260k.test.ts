@@ -8,7 +8,15 @@ import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { crossEntropy, noGrad, scope, tensor } from "@lowrank/tensor";
 import {
-  type LlamaForCausalLM, type TextTokenizer, generate, generateIds, loadHfModel, loadLlama2c, loadLlama2cTokenizer, loadTokenizer, streamText,
+  type LlamaForCausalLM,
+  type TextTokenizer,
+  generate,
+  generateIds,
+  loadHfModel,
+  loadLlama2c,
+  loadLlama2cTokenizer,
+  loadTokenizer,
+  streamText,
 } from "../src/node.ts";
 import { maxAbsDiff, noData, storiesDir, storiesHfDir } from "./helpers.ts";
 
@@ -37,10 +45,12 @@ const model = (name: string) => {
 
 /** Logits (V) at `position` after running `ids`. */
 function logitsAt(m: LlamaForCausalLM, ids: number[], position: number): Float32Array {
-  return noGrad(() => scope(() => {
-    const out = m.forward(tensor([ids], { dtype: "i32" })); // (1, T, V)
-    return out.narrow(1, position, 1).readSync() as Float32Array;
-  }));
+  return noGrad(() =>
+    scope(() => {
+      const out = m.forward(tensor([ids], { dtype: "i32" })); // (1, T, V)
+      return out.narrow(1, position, 1).readSync() as Float32Array;
+    }),
+  );
 }
 
 for (const name of Object.keys(models)) {
@@ -72,11 +82,13 @@ for (const name of Object.keys(models)) {
   test(`${name}: per-token teacher-forced loss within 1e-4`, { skip }, async (t) => {
     const m = await model(name);
     const { ids, per_position_cross_entropy: want, mean_cross_entropy_nats: mean } = R().teacher_forced_loss;
-    const [perToken, avg] = noGrad(() => scope(() => {
-      const logits = m.forward(tensor([ids.slice(0, -1)], { dtype: "i32" }));
-      const targets = tensor([ids.slice(1)], { dtype: "i32" });
-      return [crossEntropy(logits, targets, { reduction: "none" }).readSync(), crossEntropy(logits, targets).readSync()[0]];
-    }));
+    const [perToken, avg] = noGrad(() =>
+      scope(() => {
+        const logits = m.forward(tensor([ids.slice(0, -1)], { dtype: "i32" }));
+        const targets = tensor([ids.slice(1)], { dtype: "i32" });
+        return [crossEntropy(logits, targets, { reduction: "none" }).readSync(), crossEntropy(logits, targets).readSync()[0]];
+      }),
+    );
     const d = maxAbsDiff(perToken, want);
     t.diagnostic(`max |loss diff| ${d.toExponential(2)}; mean ${avg.toFixed(6)} vs ${mean.toFixed(6)}`);
     assert.ok(d < 1e-4, `per-token loss diff ${d}`);

@@ -62,7 +62,10 @@ for (const f of FAMILIES) {
       const pieces = tok.encode(text).map((id) => stream.push(id));
       pieces.push(stream.flush());
       assert.equal(pieces.join(""), text, name);
-      assert.ok(pieces.every((p) => !p.includes("\uFFFD")), name);
+      assert.ok(
+        pieces.every((p) => !p.includes("\uFFFD")),
+        name,
+      );
     }
   });
 

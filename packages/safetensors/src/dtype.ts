@@ -89,22 +89,22 @@ export type TypedArray =
 export type TypedArrayFor<D extends Dtype> = D extends "F32" | "C64"
   ? Float32Array
   : D extends "F64"
-    ? Float64Array
-    : D extends "F16" | "BF16" | "U16"
-      ? Uint16Array
-      : D extends "I16"
-        ? Int16Array
-        : D extends "I32"
-          ? Int32Array
-          : D extends "U32"
-            ? Uint32Array
-            : D extends "I64"
-              ? BigInt64Array
-              : D extends "U64"
-                ? BigUint64Array
-                : D extends "I8"
-                  ? Int8Array
-                  : Uint8Array;
+  ? Float64Array
+  : D extends "F16" | "BF16" | "U16"
+  ? Uint16Array
+  : D extends "I16"
+  ? Int16Array
+  : D extends "I32"
+  ? Int32Array
+  : D extends "U32"
+  ? Uint32Array
+  : D extends "I64"
+  ? BigInt64Array
+  : D extends "U64"
+  ? BigUint64Array
+  : D extends "I8"
+  ? Int8Array
+  : Uint8Array;
 
 /** Safetensors data is little-endian; typed arrays use the host order. */
 export const HOST_IS_LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;

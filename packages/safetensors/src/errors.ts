@@ -56,13 +56,7 @@ export class SafetensorsError extends Error {
   /** The tensor concerned, when there is one. */
   readonly tensor: string | undefined;
 
-  constructor(
-    code: SafetensorsErrorCode,
-    file: string,
-    tensor: string | undefined,
-    problem: string,
-    options?: { cause?: unknown },
-  ) {
+  constructor(code: SafetensorsErrorCode, file: string, tensor: string | undefined, problem: string, options?: { cause?: unknown }) {
     // Names come from untrusted headers: cap what goes into the message (the full name stays in `tensor`).
     const shown = tensor !== undefined && tensor.length > 200 ? `${tensor.slice(0, 200)}...` : tensor;
     const where = shown === undefined ? "" : ` tensor ${JSON.stringify(shown)}:`;

@@ -92,12 +92,7 @@ export function parseHeader(headerBytes: Uint8Array, bufferLength: number, file:
     if (numel === undefined || numel * dtypeSize(dtype) > Number.MAX_SAFE_INTEGER) {
       throw new SafetensorsError("invalid_shape", file, name, `shape ${short(shape)} has too many elements`);
     }
-    if (
-      !Array.isArray(offsets) ||
-      offsets.length !== 2 ||
-      !offsets.every((o) => Number.isSafeInteger(o) && o >= 0) ||
-      offsets[0] > offsets[1]
-    ) {
+    if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every((o) => Number.isSafeInteger(o) && o >= 0) || offsets[0] > offsets[1]) {
       throw new SafetensorsError("invalid_offsets", file, name, `data_offsets ${short(offsets)} is not [begin, end] with 0 <= begin <= end`);
     }
     const begin = (offsets[0] as number) + 0;
@@ -129,20 +124,10 @@ export function parseHeader(headerBytes: Uint8Array, bufferLength: number, file:
   let prev: string | undefined;
   for (const s of spans) {
     if (s.begin < pos) {
-      throw new SafetensorsError(
-        "overlap",
-        file,
-        s.name,
-        `data_offsets [${s.begin}, ${s.end}] overlap ${JSON.stringify(prev)} which ends at ${pos}`,
-      );
+      throw new SafetensorsError("overlap", file, s.name, `data_offsets [${s.begin}, ${s.end}] overlap ${JSON.stringify(prev)} which ends at ${pos}`);
     }
     if (s.begin > pos) {
-      throw new SafetensorsError(
-        "hole",
-        file,
-        s.name,
-        `data_offsets [${s.begin}, ${s.end}] leave bytes [${pos}, ${s.begin}) of the data buffer unused`,
-      );
+      throw new SafetensorsError("hole", file, s.name, `data_offsets [${s.begin}, ${s.end}] leave bytes [${pos}, ${s.begin}) of the data buffer unused`);
     }
     pos = s.end;
     prev = s.name;
@@ -212,9 +197,7 @@ export function encodeHeader(entries: readonly HeaderEntry[], metadata: Record<s
     parts.push(`"__metadata__":{${kv.join(",")}}`);
   }
   for (const e of entries) {
-    parts.push(
-      `${JSON.stringify(e.name)}:{"dtype":"${e.dtype}","shape":[${e.shape.join(",")}],"data_offsets":[${e.begin},${e.end}]}`,
-    );
+    parts.push(`${JSON.stringify(e.name)}:{"dtype":"${e.dtype}","shape":[${e.shape.join(",")}],"data_offsets":[${e.begin},${e.end}]}`);
   }
   const json = new TextEncoder().encode(`{${parts.join(",")}}`);
   const padded = Math.ceil(json.byteLength / 8) * 8;

@@ -64,8 +64,7 @@ export class ShardedSafetensors implements TensorReader {
 
 const indexName = (prefix: string): string => `${prefix}.safetensors.index.json`;
 const singleName = (prefix: string): string => `${prefix}.safetensors`;
-const shardName = (prefix: string, i: number, n: number): string =>
-  `${prefix}-${String(i).padStart(5, "0")}-of-${String(n).padStart(5, "0")}.safetensors`;
+const shardName = (prefix: string, i: number, n: number): string => `${prefix}-${String(i).padStart(5, "0")}-of-${String(n).padStart(5, "0")}.safetensors`;
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
@@ -206,11 +205,7 @@ export interface ShardedWriteOptions extends WriteOptions {
  * use (other shard counts, or the single file vs. the index) are removed
  * afterwards. Returns the file names written.
  */
-export async function writeShardedSafetensors(
-  dir: string,
-  tensors: TensorMap<LazyTensorInput>,
-  options: ShardedWriteOptions = {},
-): Promise<string[]> {
+export async function writeShardedSafetensors(dir: string, tensors: TensorMap<LazyTensorInput>, options: ShardedWriteOptions = {}): Promise<string[]> {
   const fs = storage();
   const join = joinPath;
   const prefix = options.prefix ?? "model";

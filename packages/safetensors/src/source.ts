@@ -24,14 +24,17 @@ export function isBlobLike(v: unknown): v is Blob {
 /** Short read check shared by all sources: never hand back fewer bytes than promised. */
 function checkLength(got: number, want: number, label: string, offset: number): void {
   if (got !== want) {
-    throw new SafetensorsError("truncated", label, undefined, `read ${got} of ${want} bytes at offset ${offset}; the file is shorter than expected (changed while open?)`);
+    throw new SafetensorsError(
+      "truncated",
+      label,
+      undefined,
+      `read ${got} of ${want} bytes at offset ${offset}; the file is shorter than expected (changed while open?)`,
+    );
   }
 }
 
 export function bytesSource(data: ArrayBuffer | ArrayBufferView, label: string): ByteSource {
-  const bytes = ArrayBuffer.isView(data)
-    ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
-    : new Uint8Array(data);
+  const bytes = ArrayBuffer.isView(data) ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength) : new Uint8Array(data);
   return {
     label,
     size: bytes.byteLength,

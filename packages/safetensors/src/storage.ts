@@ -115,7 +115,12 @@ export function isAbsolutePath(p: string): boolean {
 // ---- in memory ----
 
 function fsError(code: string, op: string, path: string): Error {
-  const messages: Record<string, string> = { ENOENT: "no such file or directory", EEXIST: "file already exists", EISDIR: "is a directory", ENOTDIR: "not a directory" };
+  const messages: Record<string, string> = {
+    ENOENT: "no such file or directory",
+    EEXIST: "file already exists",
+    EISDIR: "is a directory",
+    ENOTDIR: "not a directory",
+  };
   return Object.assign(new Error(`${code}: ${messages[code] ?? code}, ${op} '${path}'`), { code, path });
 }
 
@@ -203,7 +208,7 @@ export function memoryStorage(): FileStorage & { files: Map<string, Uint8Array>;
     async openWrite(path, mode) {
       const p = abs(path);
       if (mode === "wx" && files.has(p)) throw fsError("EEXIST", "open", path);
-      put(p, mode === "a" ? (files.get(p) ?? new Uint8Array(0)) : new Uint8Array(0), "open");
+      put(p, mode === "a" ? files.get(p) ?? new Uint8Array(0) : new Uint8Array(0), "open");
       return {
         async write(bytes) {
           files.set(p, concat(files.get(p) ?? new Uint8Array(0), bytes.slice()));
@@ -253,15 +258,18 @@ export function memoryStorage(): FileStorage & { files: Map<string, Uint8Array>;
         return;
       }
       if (!dirs.has(a)) throw fsError("ENOENT", "rename", from);
-      if (dirs.has(b) && [...files.keys(), ...dirs].some((k) => k !== b && under(b)(k))) throw Object.assign(fsError("ENOTEMPTY", "rename", to), { code: "ENOTEMPTY" });
-      for (const k of [...files.keys()]) if (under(a)(k)) {
-        files.set(b + k.slice(a.length), files.get(k)!);
-        files.delete(k);
-      }
-      for (const d of [...dirs]) if (under(a)(d)) {
-        dirs.delete(d);
-        dirs.add(b + d.slice(a.length));
-      }
+      if (dirs.has(b) && [...files.keys(), ...dirs].some((k) => k !== b && under(b)(k)))
+        throw Object.assign(fsError("ENOTEMPTY", "rename", to), { code: "ENOTEMPTY" });
+      for (const k of [...files.keys()])
+        if (under(a)(k)) {
+          files.set(b + k.slice(a.length), files.get(k)!);
+          files.delete(k);
+        }
+      for (const d of [...dirs])
+        if (under(a)(d)) {
+          dirs.delete(d);
+          dirs.add(b + d.slice(a.length));
+        }
     },
     async copyFile(from, to) {
       put(to, await readFile(from), "copyfile");

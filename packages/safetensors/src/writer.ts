@@ -53,12 +53,7 @@ export function checkData(data: unknown, t: { name: string; dtype: Dtype; byteLe
   const elem = (data as { BYTES_PER_ELEMENT?: number }).BYTES_PER_ELEMENT ?? 1;
   // Catches e.g. a Float32Array passed as F16; byte-wide arrays are taken as raw bytes.
   if (elem !== 1 && elem !== dtypeSize(t.dtype) && !(t.dtype === "C64" && elem === 4)) {
-    throw new SafetensorsError(
-      "size_mismatch",
-      file,
-      t.name,
-      `${data.constructor.name} has ${elem}-byte elements but ${t.dtype} needs ${dtypeSize(t.dtype)}`,
-    );
+    throw new SafetensorsError("size_mismatch", file, t.name, `${data.constructor.name} has ${elem}-byte elements but ${t.dtype} needs ${dtypeSize(t.dtype)}`);
   }
   if (data.byteLength !== t.byteLength) {
     throw new SafetensorsError("size_mismatch", file, t.name, `data has ${data.byteLength} bytes but ${t.dtype} shape needs ${t.byteLength}`);
@@ -91,11 +86,7 @@ function checkMetadata(metadata: unknown, file: string): Record<string, string> 
  * stays aligned), then by name in code-point order; `__metadata__` first in
  * the header; header padded with spaces to a multiple of 8.
  */
-export function planSafetensors(
-  tensors: TensorMap<LazyTensorInput>,
-  metadata: Record<string, string> | undefined,
-  file: string,
-): Plan {
+export function planSafetensors(tensors: TensorMap<LazyTensorInput>, metadata: Record<string, string> | undefined, file: string): Plan {
   const meta = checkMetadata(metadata, file);
   const planned: PlannedTensor[] = [];
   for (const [name, t] of entriesOf(tensors)) {
@@ -133,11 +124,7 @@ export function planSafetensors(
 }
 
 /** Serializes tensors to an in-memory safetensors file (browsers; small models). */
-export function serializeSafetensors(
-  tensors: TensorMap<TensorInput>,
-  metadata?: Record<string, string>,
-  options: { label?: string } = {},
-): Uint8Array {
+export function serializeSafetensors(tensors: TensorMap<TensorInput>, metadata?: Record<string, string>, options: { label?: string } = {}): Uint8Array {
   const file = options.label ?? "<serialize>";
   const plan = planSafetensors(tensors, metadata, file);
   const out = new Uint8Array(plan.size);

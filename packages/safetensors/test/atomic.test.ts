@@ -46,11 +46,10 @@ test("a lazy source returning the wrong size aborts the write with a typed error
     const path = join(dir, "model.safetensors");
     await writeSafetensors(path, old);
     const before = await readFile(path);
-    await rejectsWith(
-      writeSafetensors(path, { w: { dtype: "F32", shape: [4], data: () => new Float32Array(3) } }),
-      "size_mismatch",
-      { file: path, tensor: "w" },
-    );
+    await rejectsWith(writeSafetensors(path, { w: { dtype: "F32", shape: [4], data: () => new Float32Array(3) } }), "size_mismatch", {
+      file: path,
+      tensor: "w",
+    });
     assert.deepEqual(await readFile(path), before);
     assert.deepEqual(await readdir(dir), ["model.safetensors"]);
   });

@@ -41,7 +41,7 @@ test("the header must be UTF-8 JSON holding an object", async () => {
   await rejectsWith(open(badUtf8), "invalid_utf8", { file: F });
   const bom = rawFile("\ufeff{}");
   await rejectsWith(open(bom), "invalid_json", { file: F });
-  await rejectsWith(open(rawFile("{\"a\":")), "invalid_json", { file: F });
+  await rejectsWith(open(rawFile('{"a":')), "invalid_json", { file: F });
   await rejectsWith(open(rawFile("[]")), "invalid_header", { file: F });
   await rejectsWith(open(rawFile("null")), "invalid_header", { file: F });
   await rejectsWith(open(rawFile("")), "invalid_json", { file: F });
@@ -92,7 +92,8 @@ test("offsets out of range, size mismatch, overlaps and holes name file and tens
     {
       file: F,
       tensor: "model.layers.0.mlp.up_proj.weight",
-      message: /^model\.safetensors: tensor "model\.layers\.0\.mlp\.up_proj\.weight": data_offsets \[10, 20\] overlap "model\.layers\.0\.mlp\.gate_proj\.weight"/,
+      message:
+        /^model\.safetensors: tensor "model\.layers\.0\.mlp\.up_proj\.weight": data_offsets \[10, 20\] overlap "model\.layers\.0\.mlp\.gate_proj\.weight"/,
     },
   );
   // The same tensor twice (identical offsets) is an overlap too.

@@ -160,7 +160,11 @@ function mutate(rand: () => number, base: Uint8Array): Uint8Array {
     const r = rand();
     const at = Math.min(out.byteLength, int(rand, 0, Math.max(0, (rand() < 0.8 ? headerEnd : out.byteLength) - 1)));
     if (r < 0.35 && at < out.byteLength) out[at] = int(rand, 0, 255);
-    else if (r < 0.55 && at < out.byteLength) out[at] = pick(rand, [...'{}[],:"0123456789-. eE'].map((c) => c.charCodeAt(0)));
+    else if (r < 0.55 && at < out.byteLength)
+      out[at] = pick(
+        rand,
+        [...'{}[],:"0123456789-. eE'].map((c) => c.charCodeAt(0)),
+      );
     else if (r < 0.65) out = out.slice(0, int(rand, 0, out.byteLength));
     else if (r < 0.75) {
       const extra = randomBytes(rand, int(rand, 1, 16));

@@ -55,7 +55,7 @@ test("write -> read is byte-exact for every dtype, including 0-d and empty tenso
 });
 
 test("metadata round-trips, and no metadata means an empty object and no __metadata__ key", async () => {
-  const meta = { format: "pt", "lowrank.note": "ünïcødé ✓ \"quoted\" \n newline", empty: "" };
+  const meta = { format: "pt", "lowrank.note": 'ünïcødé ✓ "quoted" \n newline', empty: "" };
   const bytes = serializeSafetensors({ x: { dtype: "U8", shape: [2], data: new Uint8Array([1, 2]) } }, meta);
   const f = await openSafetensors(bytes);
   assert.deepEqual({ ...f.metadata }, meta);
@@ -68,10 +68,9 @@ test("byte-identical to the reference implementation's own test vectors", () => 
   const floats = new Float32Array([0, 1, 2, 3, 4, 5]);
   // safetensors tensor.rs test_serialization: {"attn.0": F32 [1, 2, 3]}.
   const expected = [
-    64, 0, 0, 0, 0, 0, 0, 0, 123, 34, 97, 116, 116, 110, 46, 48, 34, 58, 123, 34, 100, 116, 121, 112, 101, 34, 58, 34, 70,
-    51, 50, 34, 44, 34, 115, 104, 97, 112, 101, 34, 58, 91, 49, 44, 50, 44, 51, 93, 44, 34, 100, 97, 116, 97, 95, 111,
-    102, 102, 115, 101, 116, 115, 34, 58, 91, 48, 44, 50, 52, 93, 125, 125, 0, 0, 0, 0, 0, 0, 128, 63, 0, 0, 0, 64, 0, 0,
-    64, 64, 0, 0, 128, 64, 0, 0, 160, 64,
+    64, 0, 0, 0, 0, 0, 0, 0, 123, 34, 97, 116, 116, 110, 46, 48, 34, 58, 123, 34, 100, 116, 121, 112, 101, 34, 58, 34, 70, 51, 50, 34, 44, 34, 115, 104, 97,
+    112, 101, 34, 58, 91, 49, 44, 50, 44, 51, 93, 44, 34, 100, 97, 116, 97, 95, 111, 102, 102, 115, 101, 116, 115, 34, 58, 91, 48, 44, 50, 52, 93, 125, 125, 0,
+    0, 0, 0, 0, 0, 128, 63, 0, 0, 0, 64, 0, 0, 64, 64, 0, 0, 128, 64, 0, 0, 160, 64,
   ];
   assert.deepEqual([...serializeSafetensors({ "attn.0": { dtype: "F32", shape: [1, 2, 3], data: floats } })], expected);
   // test_empty: no tensors, with and without metadata.

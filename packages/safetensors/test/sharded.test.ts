@@ -3,14 +3,7 @@ import { existsSync } from "node:fs";
 import { readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
-import {
-  type TensorInput,
-  dtypeSize,
-  openSafetensors,
-  openShardedSafetensors,
-  writeSafetensors,
-  writeShardedSafetensors,
-} from "../src/node.ts";
+import { type TensorInput, dtypeSize, openSafetensors, openShardedSafetensors, writeSafetensors, writeShardedSafetensors } from "../src/node.ts";
 import { STORIES_HF, prng, randomBytes, rejectsWith, withTmpDir } from "./helpers.ts";
 
 /** The stories260K tensors when the shared data is present, else synthetic ones of the same sizes. */
@@ -91,10 +84,7 @@ test("everything in one shard is written as a single model.safetensors, like tra
     await ckpt.close();
     await assertSameTensors(dir, tensors);
     // alwaysIndex forces an index even for one shard, and the stale single file is removed.
-    assert.deepEqual(await writeShardedSafetensors(dir, tensors, { alwaysIndex: true }), [
-      "model-00001-of-00001.safetensors",
-      "model.safetensors.index.json",
-    ]);
+    assert.deepEqual(await writeShardedSafetensors(dir, tensors, { alwaysIndex: true }), ["model-00001-of-00001.safetensors", "model.safetensors.index.json"]);
     assert.deepEqual((await readdir(dir)).sort(), ["model-00001-of-00001.safetensors", "model.safetensors.index.json"]);
     await assertSameTensors(dir, tensors);
   });
@@ -103,9 +93,22 @@ test("everything in one shard is written as a single model.safetensors, like tra
 test("re-saving with fewer shards removes the old shard files; an oversized tensor gets its own shard", async () => {
   const t = (n: number): TensorInput => ({ dtype: "U8", shape: [n], data: new Uint8Array(n).fill(n % 251) });
   await withTmpDir(async (dir) => {
-    await writeShardedSafetensors(dir, new Map([["a", t(10)], ["b", t(10)], ["c", t(10)]]), { maxShardBytes: 10 });
+    await writeShardedSafetensors(
+      dir,
+      new Map([
+        ["a", t(10)],
+        ["b", t(10)],
+        ["c", t(10)],
+      ]),
+      { maxShardBytes: 10 },
+    );
     assert.equal((await readdir(dir)).length, 4);
-    const tensors = new Map([["a", t(3)], ["big", t(50)], ["c", t(4)], ["d", t(4)]]);
+    const tensors = new Map([
+      ["a", t(3)],
+      ["big", t(50)],
+      ["c", t(4)],
+      ["d", t(4)],
+    ]);
     const written = await writeShardedSafetensors(dir, tensors, { maxShardBytes: 10 });
     assert.deepEqual(written, [
       "model-00001-of-00003.safetensors",

@@ -142,7 +142,14 @@ export interface FusedKernels<H = unknown> {
    * (dropout's backward is its own mask again, regenerated from (seed, offset)).
    */
   loraLinearBackward(
-    x: Input<H>, w: Input<H>, a: Input<H>, b: Input<H>, h: Input<H>, gy: Input<H>, scaling: number, drop: DropoutParams | null,
+    x: Input<H>,
+    w: Input<H>,
+    a: Input<H>,
+    b: Input<H>,
+    h: Input<H>,
+    gy: Input<H>,
+    scaling: number,
+    drop: DropoutParams | null,
   ): { gx: H; gA: H; gB: H };
   /**
    * Inverted dropout whose mask is a pure function of (seed, offset + i): element i is kept iff
@@ -174,9 +181,7 @@ export interface FusedKernels<H = unknown> {
    */
   attention(q: Input<H>, k: Input<H>, v: Input<H>, causal: boolean, scale: number): { out: H; lse: H };
   /** Gradients of attention for output gradient gy, recomputing probabilities from lse block by block. */
-  attentionBackward(
-    q: Input<H>, k: Input<H>, v: Input<H>, out: Input<H>, lse: Input<H>, gy: Input<H>, causal: boolean, scale: number,
-  ): { gq: H; gk: H; gv: H };
+  attentionBackward(q: Input<H>, k: Input<H>, v: Input<H>, out: Input<H>, lse: Input<H>, gy: Input<H>, causal: boolean, scale: number): { gq: H; gk: H; gv: H };
   /**
    * One AdamW step IN PLACE on f32 storages p, m, v (each `size` elements, contiguous), with f32
    * gradient g (contiguous, `size` elements), torch semantics:

@@ -6,7 +6,23 @@ import { type Tensor, tensor } from "./tensor.ts";
 import { addRmsNorm, crossEntropyRows, linearCrossEntropyRows, logSoftmax, rmsNorm, softmax } from "./fused.ts";
 
 export { softmax, logSoftmax, rmsNorm, addRmsNorm };
-export { type DecodeCache, type DropoutParams, type RopeTables, adamwStep, attention, attentionDecode, causalMask, dropout, addLoraRows, loraBranch, loraLinear, loraRows, rope, sumOfSquares, swiglu } from "./fused-nn.ts";
+export {
+  type DecodeCache,
+  type DropoutParams,
+  type RopeTables,
+  adamwStep,
+  attention,
+  attentionDecode,
+  causalMask,
+  dropout,
+  addLoraRows,
+  loraBranch,
+  loraLinear,
+  loraRows,
+  rope,
+  sumOfSquares,
+  swiglu,
+} from "./fused-nn.ts";
 import type { RopeTables } from "./fused-nn.ts";
 
 export const silu = (x: Tensor): Tensor => scope(() => x.mul(x.sigmoid()));
@@ -61,11 +77,7 @@ export function ropeTables(headDim: number, maxPos: number, theta = 10000, invFr
 }
 
 /** Cross-entropy of logits [..., V] vs i32 targets [...]; `ignoreIndex` rows are skipped in loss and mean. */
-export function crossEntropy(
-  logits: Tensor,
-  targets: Tensor,
-  opts: { ignoreIndex?: number; reduction?: "mean" | "sum" | "none" } = {},
-): Tensor {
+export function crossEntropy(logits: Tensor, targets: Tensor, opts: { ignoreIndex?: number; reduction?: "mean" | "sum" | "none" } = {}): Tensor {
   return scope(() => {
     const ignore = opts.ignoreIndex ?? -100;
     const V = logits.shape[logits.rank - 1];

@@ -130,8 +130,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, opts: { causal?: bool
       return record(fromHandle(q.backend, r.out, q.shape, q.dtype), "attention", [qc, kc, vc], { causal, scale }, [lse]);
     }
     const rep = Hq / Hkv;
-    const repeat = (t: Tensor) =>
-      rep === 1 ? t : t.reshape([B, Hkv, 1, S, D]).expand([B, Hkv, rep, S, D]).reshape([B, Hq, S, D]);
+    const repeat = (t: Tensor) => (rep === 1 ? t : t.reshape([B, Hkv, 1, S, D]).expand([B, Hkv, rep, S, D]).reshape([B, Hq, S, D]));
     let scores = q.matmul(repeat(k).transpose(-2, -1)).mul(scale);
     if (causal) {
       const allowed = noGrad(() => causalMask(q, T, S));
@@ -230,14 +229,21 @@ export function loraLinear(x: Tensor, weight: Tensor, bias: Tensor | null, A: Te
  * kernel where the backend has loraRows (FusedKernels), else the same four ops. Inference only.
  */
 export function loraRows(x: Tensor, weight: Tensor, bias: Tensor | null, A: Tensor, B: Tensor, mask: Tensor): Tensor {
-  return noGrad(() => scope(() => {
-    const k = x.backend.fused?.loraRows;
-    if (k && x.rank === 2 && [x, weight, A, B, mask, ...(bias ? [bias] : [])].every((t) => t.dtype === "f32")) {
-      return fromHandle(x.backend, k(inp(dense(x)), inp(dense(weight)), bias ? inp(dense(bias)) : null, inp(dense(A)), inp(dense(B)), inp(dense(mask))), [x.shape[0], weight.shape[0]], "f32");
-    }
-    const y = x.matmul(weight.T);
-    return addLoraRows(bias ? y.add(bias) : y, x, A, B, mask);
-  }));
+  return noGrad(() =>
+    scope(() => {
+      const k = x.backend.fused?.loraRows;
+      if (k && x.rank === 2 && [x, weight, A, B, mask, ...(bias ? [bias] : [])].every((t) => t.dtype === "f32")) {
+        return fromHandle(
+          x.backend,
+          k(inp(dense(x)), inp(dense(weight)), bias ? inp(dense(bias)) : null, inp(dense(A)), inp(dense(B)), inp(dense(mask))),
+          [x.shape[0], weight.shape[0]],
+          "f32",
+        );
+      }
+      const y = x.matmul(weight.T);
+      return addLoraRows(bias ? y.add(bias) : y, x, A, B, mask);
+    }),
+  );
 }
 
 /** y + ((x Aᵀ) ⊙ mask) Bᵀ: loraRows' branches added to a base output y [N, out] computed elsewhere (any base). */
@@ -268,24 +274,26 @@ const loraLinearRule = {
  * otherwise it computes new tensors with primitives and assigns them.
  */
 export function adamwStep(p: Tensor, g: Tensor, m: Tensor, v: Tensor, h: AdamWHyper, decay: boolean): void {
-  noGrad(() => scope(() => {
-    const k = p.backend.fused?.adamw;
-    const hd = decay ? h : { ...h, weightDecay: 0 };
-    const ownsAll = [p, m, v].every((t) => t.dtype === "f32" && t.isContiguous && t.offset === 0 && t.size === t.storage.size);
-    if (k && ownsAll && g.dtype === "f32") {
-      k(p.storage.handle, inp(dense(g)), m.storage.handle, v.storage.handle, p.size, hd);
-      return;
-    }
-    const g32 = g.dtype === "f32" ? g : g.cast("f32");
-    const p32 = p.dtype === "f32" ? p : p.cast("f32");
-    const m1 = m.mul(h.beta1).add(g32.mul(1 - h.beta1));
-    const v1 = v.mul(h.beta2).add(g32.square().mul(1 - h.beta2));
-    m.assign(m1);
-    v.assign(v1);
-    const decayed = hd.weightDecay > 0 ? p32.mul(1 - h.lr * hd.weightDecay) : p32;
-    const next = decayed.sub(m1.div(v1.sqrt().div(h.sqrtBc2).add(h.eps)).mul(h.lr / h.bc1));
-    p.assign(next.dtype === p.dtype ? next : next.cast(p.dtype));
-  }));
+  noGrad(() =>
+    scope(() => {
+      const k = p.backend.fused?.adamw;
+      const hd = decay ? h : { ...h, weightDecay: 0 };
+      const ownsAll = [p, m, v].every((t) => t.dtype === "f32" && t.isContiguous && t.offset === 0 && t.size === t.storage.size);
+      if (k && ownsAll && g.dtype === "f32") {
+        k(p.storage.handle, inp(dense(g)), m.storage.handle, v.storage.handle, p.size, hd);
+        return;
+      }
+      const g32 = g.dtype === "f32" ? g : g.cast("f32");
+      const p32 = p.dtype === "f32" ? p : p.cast("f32");
+      const m1 = m.mul(h.beta1).add(g32.mul(1 - h.beta1));
+      const v1 = v.mul(h.beta2).add(g32.square().mul(1 - h.beta2));
+      m.assign(m1);
+      v.assign(v1);
+      const decayed = hd.weightDecay > 0 ? p32.mul(1 - h.lr * hd.weightDecay) : p32;
+      const next = decayed.sub(m1.div(v1.sqrt().div(h.sqrtBc2).add(h.eps)).mul(h.lr / h.bc1));
+      p.assign(next.dtype === p.dtype ? next : next.cast(p.dtype));
+    }),
+  );
 }
 
 /**
@@ -294,16 +302,18 @@ export function adamwStep(p: Tensor, g: Tensor, m: Tensor, v: Tensor, h: AdamWHy
  */
 export function sumOfSquares(xs: readonly Tensor[]): Tensor {
   if (!xs.length) throw new RangeError("sumOfSquares: expected at least one tensor");
-  return noGrad(() => scope(() => {
-    const k = xs[0].backend.fused?.sumSquares;
-    if (k) return fromHandle(xs[0].backend, k(xs.map((x) => inp(dense(x)))), [], "f32");
-    let acc: Tensor | null = null;
-    for (const x of xs) {
-      const s = (x.dtype === "f32" ? x : x.cast("f32")).square().sum();
-      acc = acc ? acc.add(s) : s;
-    }
-    return acc as Tensor;
-  }));
+  return noGrad(() =>
+    scope(() => {
+      const k = xs[0].backend.fused?.sumSquares;
+      if (k) return fromHandle(xs[0].backend, k(xs.map((x) => inp(dense(x)))), [], "f32");
+      let acc: Tensor | null = null;
+      for (const x of xs) {
+        const s = (x.dtype === "f32" ? x : x.cast("f32")).square().sum();
+        acc = acc ? acc.add(s) : s;
+      }
+      return acc as Tensor;
+    }),
+  );
 }
 
 /** A sequence's KV cache for attentionDecode: storages [1, Hkv, C, D] of which the first `length` positions are filled. */
@@ -323,34 +333,39 @@ export interface DecodeCache {
  * `attention`. Inference only.
  */
 export function attentionDecode(q: Tensor, k: Tensor, v: Tensor, caches: readonly DecodeCache[], scale?: number): Tensor {
-  return noGrad(() => scope(() => {
-    const [, Hq, N, D] = q.shape;
-    if (caches.length !== N) throw new RangeError(`attentionDecode: ${N} queries for ${caches.length} caches`);
-    const sc = scale ?? 1 / Math.sqrt(D);
-    const kern = q.backend.fused?.attentionDecode;
-    // One pass over the caches: a decode step calls this once per layer with every sequence.
-    let fused = kern !== undefined && rowsF32(q) && rowsF32(k) && rowsF32(v);
-    const ks: Input[] = [], vs: Input[] = [], lengths: number[] = [];
-    for (const c of caches) {
-      if (c.length >= c.k.shape[2] || c.v.shape[2] !== c.k.shape[2]) throw new RangeError(`attentionDecode: a cache of ${c.k.shape[2]} positions has no room after ${c.length}`);
-      fused &&= rowsF32(c.k) && rowsF32(c.v);
-      if (fused) {
-        ks.push(heads(c.k));
-        vs.push(heads(c.v));
-        lengths.push(c.length);
+  return noGrad(() =>
+    scope(() => {
+      const [, Hq, N, D] = q.shape;
+      if (caches.length !== N) throw new RangeError(`attentionDecode: ${N} queries for ${caches.length} caches`);
+      const sc = scale ?? 1 / Math.sqrt(D);
+      const kern = q.backend.fused?.attentionDecode;
+      // One pass over the caches: a decode step calls this once per layer with every sequence.
+      let fused = kern !== undefined && rowsF32(q) && rowsF32(k) && rowsF32(v);
+      const ks: Input[] = [],
+        vs: Input[] = [],
+        lengths: number[] = [];
+      for (const c of caches) {
+        if (c.length >= c.k.shape[2] || c.v.shape[2] !== c.k.shape[2])
+          throw new RangeError(`attentionDecode: a cache of ${c.k.shape[2]} positions has no room after ${c.length}`);
+        fused &&= rowsF32(c.k) && rowsF32(c.v);
+        if (fused) {
+          ks.push(heads(c.k));
+          vs.push(heads(c.v));
+          lengths.push(c.length);
+        }
       }
-    }
-    if (kern && fused) {
-      const out = kern(heads(q), heads(k), heads(v), ks, vs, lengths, sc);
-      return fromHandle(q.backend, out, [1, N, Hq, D], "f32").permute([0, 2, 1, 3]);
-    }
-    const ys = caches.map((c, i) => {
-      ops.copyInto(c.k.narrow(2, c.length, 1), k.narrow(2, i, 1));
-      ops.copyInto(c.v.narrow(2, c.length, 1), v.narrow(2, i, 1));
-      return attention(q.narrow(2, i, 1), c.k.narrow(2, 0, c.length + 1), c.v.narrow(2, 0, c.length + 1), { causal: false, scale: sc });
-    });
-    return ys.length === 1 ? ys[0] : ops.concat(ys, 2);
-  }));
+      if (kern && fused) {
+        const out = kern(heads(q), heads(k), heads(v), ks, vs, lengths, sc);
+        return fromHandle(q.backend, out, [1, N, Hq, D], "f32").permute([0, 2, 1, 3]);
+      }
+      const ys = caches.map((c, i) => {
+        ops.copyInto(c.k.narrow(2, c.length, 1), k.narrow(2, i, 1));
+        ops.copyInto(c.v.narrow(2, c.length, 1), v.narrow(2, i, 1));
+        return attention(q.narrow(2, i, 1), c.k.narrow(2, 0, c.length + 1), c.v.narrow(2, 0, c.length + 1), { causal: false, scale: sc });
+      });
+      return ys.length === 1 ? ys[0] : ops.concat(ys, 2);
+    }),
+  );
 }
 
 /** f32 with rows of the last axis contiguous: what FusedKernels.attentionDecode reads. */
@@ -363,11 +378,14 @@ function rowsF32(t: Tensor): boolean {
  * per sequence, and a Tensor per view would cost more than the kernel's work on a short cache.
  */
 function heads(t: Tensor): Input {
-  return { handle: t.storage.handle, dtype: t.dtype, view: { shape: [t.shape[1], t.shape[2], t.shape[3]], strides: [t.strides[1], t.strides[2], t.strides[3]], offset: t.offset } };
+  return {
+    handle: t.storage.handle,
+    dtype: t.dtype,
+    view: { shape: [t.shape[1], t.shape[2], t.shape[3]], strides: [t.strides[1], t.strides[2], t.strides[3]], offset: t.offset },
+  };
 }
 
 // ---------------------------------------------------------------- gradient rules
-
 
 export const fusedNnGradRules = {
   dropout: {

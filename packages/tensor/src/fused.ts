@@ -132,7 +132,9 @@ export function linearCrossEntropyRows(h: Tensor, weight: Tensor, bias: Tensor |
     const [N, C] = h.shape;
     const V = weight.shape[0];
     if (h.rank !== 2 || weight.rank !== 2 || weight.shape[1] !== C || (bias && (bias.rank !== 1 || bias.shape[0] !== V))) {
-      throw new RangeError(`linearCrossEntropy: h ${h.describe()}, weight ${weight.describe()}${bias ? `, bias ${bias.describe()}` : ""} must be [N, C], [V, C] and [V]`);
+      throw new RangeError(
+        `linearCrossEntropy: h ${h.describe()}, weight ${weight.describe()}${bias ? `, bias ${bias.describe()}` : ""} must be [N, C], [V, C] and [V]`,
+      );
     }
     if (targets.rank !== 1 || targets.shape[0] !== N) throw new RangeError(`linearCrossEntropy: targets ${targets.describe()} must be [${N}]`);
     const rows = Math.max(1, Math.floor(chunkRows ?? logitsChunkRows(N, V)));
@@ -145,7 +147,8 @@ export function linearCrossEntropyRows(h: Tensor, weight: Tensor, bias: Tensor |
     if (!k || rows >= N || (trainableHead && N <= C) || h.dtype !== "f32" || weight.dtype !== "f32" || (bias && bias.dtype !== "f32")) return plain();
     const tc = ensureContig(targets);
     const [loss, lse] = noGrad(() => {
-      const losses: Tensor[] = [], lses: Tensor[] = [];
+      const losses: Tensor[] = [],
+        lses: Tensor[] = [];
       for (let r0 = 0; r0 < N; r0 += rows) {
         const n = Math.min(rows, N - r0);
         const logits = headLogits(h.narrow(0, r0, n), weight, bias);
@@ -226,12 +229,18 @@ export const fusedGradRules = {
       const gc = ensureContig(g);
       const N = h.shape[0];
       const ghs: Tensor[] = [];
-      let gW: Tensor | null = null, gb: Tensor | null = null;
+      let gW: Tensor | null = null,
+        gb: Tensor | null = null;
       for (let r0 = 0; r0 < N; r0 += rows) {
         const n = Math.min(rows, N - r0);
         const hc = h.narrow(0, r0, n);
         const logits = headLogits(hc, weight, bias);
-        const gl = fromHandle(h.backend, k(inp(logits), inp(targets.narrow(0, r0, n)), inp(lse.narrow(0, r0, n)), inp(gc.narrow(0, r0, n)), ignoreIndex), logits.shape, "f32");
+        const gl = fromHandle(
+          h.backend,
+          k(inp(logits), inp(targets.narrow(0, r0, n)), inp(lse.narrow(0, r0, n)), inp(gc.narrow(0, r0, n)), ignoreIndex),
+          logits.shape,
+          "f32",
+        );
         logits.dispose();
         if (c.needs[0]) ghs.push(gl.matmul(weight));
         const glT = gl.T; // a view holds gl's storage: free both now, not at the scope's end

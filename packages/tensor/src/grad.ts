@@ -47,7 +47,10 @@ const primitiveGradRules: Record<string, GradRule> = {
         const pad = (n: number) => {
           const s = [...cur.shape];
           s[a] = n;
-          return ops.scalarLike(cur, 0).reshape(s.map(() => 1)).expand(s);
+          return ops
+            .scalarLike(cur, 0)
+            .reshape(s.map(() => 1))
+            .expand(s);
         };
         if (before) parts.push(pad(before));
         parts.push(cur);
@@ -85,17 +88,11 @@ const primitiveGradRules: Record<string, GradRule> = {
   },
   div: {
     save: { inputs: [0, 1] },
-    backward: (c, g) => [
-      c.needs[0] ? g.div(x1(c)) : null,
-      c.needs[1] ? g.mul(x0(c)).div(x1(c).square()).neg() : null,
-    ],
+    backward: (c, g) => [c.needs[0] ? g.div(x1(c)) : null, c.needs[1] ? g.mul(x0(c)).div(x1(c).square()).neg() : null],
   },
   pow: {
     save: { inputs: [0, 1], out: true },
-    backward: (c, g) => [
-      c.needs[0] ? g.mul(x1(c)).mul(x0(c).pow(x1(c).sub(1))) : null,
-      c.needs[1] ? g.mul(out(c)).mul(x0(c).log()) : null,
-    ],
+    backward: (c, g) => [c.needs[0] ? g.mul(x1(c)).mul(x0(c).pow(x1(c).sub(1))) : null, c.needs[1] ? g.mul(out(c)).mul(x0(c).log()) : null],
   },
   // Ties split the gradient evenly, like torch.maximum.
   max: {
@@ -121,7 +118,12 @@ const primitiveGradRules: Record<string, GradRule> = {
   reduce_sum: {
     backward: (c, g) => {
       const ones = new Array(c.params as number).fill(1);
-      return [g.reshape([...g.shape, ...ones]).expand([...c.inShapes[0]]).contiguous()];
+      return [
+        g
+          .reshape([...g.shape, ...ones])
+          .expand([...c.inShapes[0]])
+          .contiguous(),
+      ];
     },
   },
   // The gradient goes to every position equal to the max, split evenly among ties.

@@ -10,8 +10,31 @@ export { scope, keep } from "./scope.ts";
 export { gradRules, type GradRule } from "./grad.ts";
 export { gradRuleTable, registerGradRules } from "./autograd.ts";
 export {
-  reshape, permute, transpose, expand, slice, narrow, squeeze, unsqueeze, flatten, contiguous, copyInto, canCopyInto,
-  unary, binary, where, cast, reduce, mean, sumTo, matmul, gather, scatterAdd, embedding, concat, stack,
+  reshape,
+  permute,
+  transpose,
+  expand,
+  slice,
+  narrow,
+  squeeze,
+  unsqueeze,
+  flatten,
+  contiguous,
+  copyInto,
+  canCopyInto,
+  unary,
+  binary,
+  where,
+  cast,
+  reduce,
+  mean,
+  sumTo,
+  matmul,
+  gather,
+  scatterAdd,
+  embedding,
+  concat,
+  stack,
 } from "./ops.ts";
 export * from "./functional.ts";
 export { LOGITS_CHUNK_BYTES, crossEntropyRows, linearCrossEntropyRows, logitsChunkRows } from "./fused.ts";

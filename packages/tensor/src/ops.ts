@@ -228,7 +228,11 @@ export function reduce(op: ReduceOp, x: Tensor, axes?: number | number[], keepdi
     const px = perm.every((p, i) => p === i) ? x : permute(x, perm);
     const outShape = kept.map((i) => x.shape[i]);
     let y = record(fromHandle(x.backend, x.backend.reduce(op, px.input, ax.length), outShape, x.dtype), `reduce_${op}`, [px], ax.length);
-    if (keepdim) y = reshape(y, x.shape.map((d, i) => (ax.includes(i) ? 1 : d)));
+    if (keepdim)
+      y = reshape(
+        y,
+        x.shape.map((d, i) => (ax.includes(i) ? 1 : d)),
+      );
     return y;
   });
 }
@@ -317,13 +321,19 @@ export function concat(xs: Tensor[], axis: number): Tensor {
   }
   const shape = [...xs[0].shape];
   shape[a] = xs.reduce((s, x) => s + x.shape[a], 0);
-  const h = xs[0].backend.concat(xs.map((x) => x.input), a);
+  const h = xs[0].backend.concat(
+    xs.map((x) => x.input),
+    a,
+  );
   return record(fromHandle(xs[0].backend, h, shape, xs[0].dtype), "concat", xs, a);
 }
 
 /** Stack along a new axis. */
 export function stack(xs: Tensor[], axis = 0): Tensor {
   return scope(() => {
-    return concat(xs.map((x) => unsqueeze(x, axis)), axis);
+    return concat(
+      xs.map((x) => unsqueeze(x, axis)),
+      axis,
+    );
   });
 }

@@ -21,10 +21,7 @@ export function uniformAt(seed: number, i: number): number {
 
 /** A small seeded generator for host-side choices (shuffles, init): a counter over `uniformAt`. */
 export class Rng {
-  constructor(
-    public seed: number,
-    public counter = 0,
-  ) {}
+  constructor(public seed: number, public counter = 0) {}
   next(): number {
     return uniformAt(this.seed, this.counter++);
   }

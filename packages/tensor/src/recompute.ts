@@ -28,7 +28,14 @@ export function recompute(fn: (...xs: Tensor[]) => Tensor, ...inputs: Tensor[]):
   out._node = {
     op: "recompute",
     inputs,
-    ctx: { saved, out: null, inShapes: inputs.map((t) => t.shape), inDtypes: inputs.map((t) => t.dtype), needs: inputs.map((t) => t.requiresGrad), params: { fn, draws } satisfies RecomputeParams },
+    ctx: {
+      saved,
+      out: null,
+      inShapes: inputs.map((t) => t.shape),
+      inDtypes: inputs.map((t) => t.dtype),
+      needs: inputs.map((t) => t.requiresGrad),
+      params: { fn, draws } satisfies RecomputeParams,
+    },
   };
   return out;
 }

@@ -348,14 +348,15 @@ function inferShape(data: Nested): number[] {
  * Create a tensor from numbers, nested arrays or a typed array. Typed arrays for f16/bf16 are
  * taken as f32 values and converted; pass `raw: true` to hand over storage bits unchanged.
  */
-export function tensor(
-  data: Nested | ArrayLike<number>,
-  opts: CreateOptions & { shape?: readonly number[]; raw?: boolean } = {},
-): Tensor {
+export function tensor(data: Nested | ArrayLike<number>, opts: CreateOptions & { shape?: readonly number[]; raw?: boolean } = {}): Tensor {
   const backend = opts.backend ?? getDefaultBackend();
   const dtype = opts.dtype ?? (data instanceof Int32Array ? "i32" : data instanceof Uint8Array ? "u8" : "f32");
   const isTyped = ArrayBuffer.isView(data);
-  const flatData: ArrayLike<number> = isTyped ? (data as ArrayLike<number>) : Array.isArray(data) ? (data as number[]).flat(Infinity as 1) as number[] : [data as number];
+  const flatData: ArrayLike<number> = isTyped
+    ? (data as ArrayLike<number>)
+    : Array.isArray(data)
+    ? ((data as number[]).flat(Infinity as 1) as number[])
+    : [data as number];
   const shape = opts.shape ?? (isTyped ? [flatData.length] : inferShape(data as Nested));
   if (numel(shape) !== flatData.length) {
     throw new RangeError(`tensor: ${flatData.length} values do not fill shape ${shapeStr(shape)}`);

@@ -2,7 +2,17 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  Rng, bf16BitsToF32, broadcastShapes, contiguousStrides, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits, isContiguous, keep, scope, uniformAt,
+  Rng,
+  bf16BitsToF32,
+  broadcastShapes,
+  contiguousStrides,
+  f16BitsToF32,
+  f32ToBf16Bits,
+  f32ToF16Bits,
+  isContiguous,
+  keep,
+  scope,
+  uniformAt,
 } from "../src/index.ts";
 import { track } from "../src/scope.ts";
 
@@ -66,7 +76,12 @@ test("random: counter-based stream is deterministic, seed-dependent and uniform"
 test("scope disposes what it created except returned and kept values, also on throw", () => {
   const made: { disposed: boolean; dispose(): void }[] = [];
   const mkD = () => {
-    const d = { disposed: false, dispose() { this.disposed = true; } };
+    const d = {
+      disposed: false,
+      dispose() {
+        this.disposed = true;
+      },
+    };
     made.push(d);
     return track(d);
   };
@@ -76,10 +91,20 @@ test("scope disposes what it created except returned and kept values, also on th
     kept = keep(mkD());
     return { result: mkD() };
   });
-  assert.deepEqual(made.map((d) => d.disposed), [true, false, false]);
+  assert.deepEqual(
+    made.map((d) => d.disposed),
+    [true, false, false],
+  );
   assert.equal(out.result.disposed, false);
   assert.equal(kept!.disposed, false);
-  assert.throws(() => scope(() => { mkD(); throw new Error("boom"); }), /boom/);
+  assert.throws(
+    () =>
+      scope(() => {
+        mkD();
+        throw new Error("boom");
+      }),
+    /boom/,
+  );
   assert.equal(made[3].disposed, true);
   // a returned value moves to the enclosing scope
   const inner = scope(() => scope(() => mkD()));

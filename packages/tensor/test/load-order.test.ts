@@ -16,21 +16,36 @@ import { fileURLToPath } from "node:url";
 const g = globalThis as { Bun?: unknown; Deno?: unknown };
 const skip = g.Bun || g.Deno ? "spawns Node processes with the tsx loader; runs under Node" : false;
 const src = fileURLToPath(new URL("../src/", import.meta.url));
-const MODULES = readdirSync(src).filter((f) => f.endsWith(".ts")).map((f) => f.slice(0, -3));
+const MODULES = readdirSync(src)
+  .filter((f) => f.endsWith(".ts"))
+  .map((f) => f.slice(0, -3));
 const node = (args: string[], env: Record<string, string> = {}) => {
   // Without the parent's test-runner context, a child's --test reports to its own stdout.
   const { NODE_TEST_CONTEXT: _, ...parent } = process.env;
-  return execFileSync(process.execPath, ["--import", "tsx", ...args], { cwd: fileURLToPath(new URL("..", import.meta.url)), encoding: "utf8", env: { ...parent, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  return execFileSync(process.execPath, ["--import", "tsx", ...args], {
+    cwd: fileURLToPath(new URL("..", import.meta.url)),
+    encoding: "utf8",
+    env: { ...parent, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
 };
 
 function tableAfter(order: string[]): string[] {
-  const script = `for (const m of ${JSON.stringify(order)}) await import("./src/" + m + ".ts"); const t = await import("./src/index.ts"); console.log(JSON.stringify(Object.keys(t.gradRules).sort()));`;
+  const script = `for (const m of ${JSON.stringify(
+    order,
+  )}) await import("./src/" + m + ".ts"); const t = await import("./src/index.ts"); console.log(JSON.stringify(Object.keys(t.gradRules).sort()));`;
   return JSON.parse(node(["--input-type=module", "-e", script]).trim()) as string[];
 }
 
 test("the gradient table is the same whichever tensor module loads first", { skip }, () => {
   const reference = tableAfter([]);
-  assert.ok(reference.includes("matmul") && reference.includes("softmax") && reference.includes("matmul4bit") && reference.includes("recompute") && reference.includes("dropout"));
+  assert.ok(
+    reference.includes("matmul") &&
+      reference.includes("softmax") &&
+      reference.includes("matmul4bit") &&
+      reference.includes("recompute") &&
+      reference.includes("dropout"),
+  );
   for (const first of MODULES) assert.deepEqual(tableAfter([first]), reference, `${first}.ts loaded first`);
   assert.deepEqual(tableAfter([...MODULES].reverse()), reference, "all modules in reverse order");
 });

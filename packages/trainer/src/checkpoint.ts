@@ -69,7 +69,10 @@ export async function saveCheckpoint(outputDir: string, parts: SaveParts, opts: 
     await parts.writeExtra?.(tmp);
     await opts.beforeCommit?.(tmp);
     const old = join(outputDir, `.old-checkpoint-${parts.step}-${tag}`);
-    const replaced = await rename(final, old).then(() => true, () => false);
+    const replaced = await rename(final, old).then(
+      () => true,
+      () => false,
+    );
     await rename(tmp, final);
     if (replaced) await rm(old);
   } catch (e) {
@@ -106,8 +109,14 @@ async function prune(outputDir: string, keep: number, newest: number): Promise<v
 
 /** Steps of the complete checkpoints in a directory, ascending. */
 export async function listCheckpoints(outputDir: string): Promise<number[]> {
-  const names = await storage().readdir(outputDir).catch(() => [] as string[]);
-  return names.map((n) => CKPT.exec(n)).filter((m): m is RegExpExecArray => m !== null).map((m) => Number(m[1])).sort((a, b) => a - b);
+  const names = await storage()
+    .readdir(outputDir)
+    .catch(() => [] as string[]);
+  return names
+    .map((n) => CKPT.exec(n))
+    .filter((m): m is RegExpExecArray => m !== null)
+    .map((m) => Number(m[1]))
+    .sort((a, b) => a - b);
 }
 
 /** `path` itself when it is a checkpoint, else its latest checkpoint-* (an output dir). */
@@ -162,7 +171,8 @@ export function restoreParams(params: ReadonlyMap<string, Tensor>, saved: Readon
   for (const [name, t] of params) {
     const s = saved.get(name);
     if (!s) problems.push(`missing: ${name}`);
-    else if (s.shape.length !== t.shape.length || s.shape.some((d, i) => d !== t.shape[i])) problems.push(`shape mismatch for ${name}: checkpoint [${s.shape}], model [${t.shape}]`);
+    else if (s.shape.length !== t.shape.length || s.shape.some((d, i) => d !== t.shape[i]))
+      problems.push(`shape mismatch for ${name}: checkpoint [${s.shape}], model [${t.shape}]`);
   }
   for (const name of saved.keys()) if (!params.has(name)) problems.push(`unexpected: ${name}`);
   if (problems.length) throw new Error(`${source}: the checkpoint does not match the trained parameters:\n  ${problems.join("\n  ")}`);

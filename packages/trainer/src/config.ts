@@ -127,11 +127,17 @@ export function resolveConfig(input: Partial<FinetuneConfig> & Pick<FinetuneConf
   const errors: string[] = [];
   const lora = { ...(loraOptions(given.lora ?? {}, "lora config") as Record<string, unknown>) };
   // PEFT's names for the four LoRA settings the trainer has its own fields for.
-  for (const [peft, own] of [["r", "rank"], ["lora_alpha", "alpha"], ["lora_dropout", "dropout"], ["target_modules", "targetModules"]] as const) {
+  for (const [peft, own] of [
+    ["r", "rank"],
+    ["lora_alpha", "alpha"],
+    ["lora_dropout", "dropout"],
+    ["target_modules", "targetModules"],
+  ] as const) {
     if (!(peft in lora)) continue;
     const v = peft === "target_modules" && typeof lora[peft] === "string" && (lora[peft] as string).toLowerCase() === "all-linear" ? "all-linear" : lora[peft];
     if (given[own] === undefined) (given as Record<string, unknown>)[own] = v;
-    else if (JSON.stringify(given[own]) !== JSON.stringify(v)) errors.push(`lora config ${peft} = ${JSON.stringify(v)} contradicts ${own} ${JSON.stringify(given[own])}; give one of them`);
+    else if (JSON.stringify(given[own]) !== JSON.stringify(v))
+      errors.push(`lora config ${peft} = ${JSON.stringify(v)} contradicts ${own} ${JSON.stringify(given[own])}; give one of them`);
     delete lora[peft];
   }
   const c = { ...DEFAULTS, ...given, lora } as FinetuneConfig;
@@ -149,8 +155,10 @@ export function resolveConfig(input: Partial<FinetuneConfig> & Pick<FinetuneConf
   need(posInt(c.rank), `rank must be a positive integer, got ${c.rank}`);
   need(Number.isFinite(c.alpha) && c.alpha > 0, `alpha must be a positive number, got ${c.alpha}`);
   need(c.dropout >= 0 && c.dropout < 1, `dropout must be in [0, 1), got ${c.dropout}`);
-  need(c.targetModules === "all-linear" || (Array.isArray(c.targetModules) && c.targetModules.length > 0 && c.targetModules.every((t) => /^[\w.]+$/.test(t))),
-    `target modules must be "all-linear" or a comma-separated list of module names, got ${JSON.stringify(c.targetModules)}`);
+  need(
+    c.targetModules === "all-linear" || (Array.isArray(c.targetModules) && c.targetModules.length > 0 && c.targetModules.every((t) => /^[\w.]+$/.test(t))),
+    `target modules must be "all-linear" or a comma-separated list of module names, got ${JSON.stringify(c.targetModules)}`,
+  );
   need(c.quantType === "nf4" || c.quantType === "fp4", `quant type must be nf4 or fp4, got ${c.quantType}`);
   need(posInt(c.blocksize), `blocksize must be a positive integer, got ${c.blocksize}`);
   need(Number.isFinite(c.lr) && c.lr > 0, `lr must be a positive number, got ${c.lr}`);
@@ -161,11 +169,15 @@ export function resolveConfig(input: Partial<FinetuneConfig> & Pick<FinetuneConf
   need(posInt(c.batchSize), `batch size must be a positive integer, got ${c.batchSize}`);
   need(posInt(c.gradAccum), `grad accum must be a positive integer, got ${c.gradAccum}`);
   need(Number.isInteger(c.seqLen) && c.seqLen >= 2, `seq len must be an integer >= 2, got ${c.seqLen}`);
-  need(Number.isFinite(c.warmup) && c.warmup >= 0 && (c.warmup < 1 || Number.isInteger(c.warmup)), `warmup must be a ratio in [0, 1) or a whole number of steps, got ${c.warmup}`);
+  need(
+    Number.isFinite(c.warmup) && c.warmup >= 0 && (c.warmup < 1 || Number.isInteger(c.warmup)),
+    `warmup must be a ratio in [0, 1) or a whole number of steps, got ${c.warmup}`,
+  );
   need(Number.isFinite(c.maxGradNorm) && c.maxGradNorm >= 0, `max grad norm must be >= 0 (0 disables clipping), got ${c.maxGradNorm}`);
   need(nonNegInt(c.seed) && c.seed < 2 ** 32, `seed must be an integer in [0, 2^32), got ${c.seed}`);
   need(c.evalFraction >= 0 && c.evalFraction < 1, `eval fraction must be in [0, 1), got ${c.evalFraction}`);
-  for (const k of ["evalEvery", "evalBatches", "saveEvery", "saveTotalLimit", "sampleTokens"] as const) need(nonNegInt(c[k]), `${k} must be a whole number >= 0, got ${c[k]}`);
+  for (const k of ["evalEvery", "evalBatches", "saveEvery", "saveTotalLimit", "sampleTokens"] as const)
+    need(nonNegInt(c[k]), `${k} must be a whole number >= 0, got ${c[k]}`);
   need(posInt(c.logEvery), `logEvery must be a positive integer, got ${c.logEvery}`);
   if (errors.length) throw new ConfigError(errors.length === 1 ? errors[0] : `invalid configuration:\n  ${errors.join("\n  ")}`);
   if (c.epochs === undefined && c.steps === undefined) c.epochs = 1;
@@ -174,6 +186,42 @@ export function resolveConfig(input: Partial<FinetuneConfig> & Pick<FinetuneConf
 
 /** What a resumed run must share with the run that wrote the checkpoint (the rest may change). */
 export function resumeFingerprint(c: FinetuneConfig): Record<string, unknown> {
-  const { method, rank, alpha, dropout, targetModules, lora, quantType, blocksize, doubleQuant, optimizer, seqLen, batchSize, gradAccum, seed, evalFraction, format, mixedPrecision } = c;
-  return { method, rank, alpha, dropout, targetModules, lora, quantType, blocksize, doubleQuant, optimizer, seqLen, batchSize, gradAccum, seed, evalFraction, format: format ?? null, mixedPrecision };
+  const {
+    method,
+    rank,
+    alpha,
+    dropout,
+    targetModules,
+    lora,
+    quantType,
+    blocksize,
+    doubleQuant,
+    optimizer,
+    seqLen,
+    batchSize,
+    gradAccum,
+    seed,
+    evalFraction,
+    format,
+    mixedPrecision,
+  } = c;
+  return {
+    method,
+    rank,
+    alpha,
+    dropout,
+    targetModules,
+    lora,
+    quantType,
+    blocksize,
+    doubleQuant,
+    optimizer,
+    seqLen,
+    batchSize,
+    gradAccum,
+    seed,
+    evalFraction,
+    format: format ?? null,
+    mixedPrecision,
+  };
 }

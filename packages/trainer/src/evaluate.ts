@@ -12,7 +12,11 @@ export interface EvalResult {
 }
 
 /** Mean per-token loss over the split (or its first `maxBatches` batches). */
-export async function evaluate(model: LlamaForCausalLM, examples: readonly Example[], opts: { batchSize: number; padId: number; maxBatches?: number }): Promise<EvalResult> {
+export async function evaluate(
+  model: LlamaForCausalLM,
+  examples: readonly Example[],
+  opts: { batchSize: number; padId: number; maxBatches?: number },
+): Promise<EvalResult> {
   const wasTraining = model.training;
   model.eval();
   let sum = 0;

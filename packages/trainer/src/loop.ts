@@ -146,7 +146,13 @@ export async function trainLoop(o: LoopOptions): Promise<LoopResult> {
     const peak = backend.memory().peakBytes;
     o.onPeak?.(peak);
     await o.metrics.write({
-      step: done, split: "train", loss, lr, grad_norm: gradNorm, tokens_per_s: tokensPerS, peak_bytes: peak,
+      step: done,
+      split: "train",
+      loss,
+      lr,
+      grad_norm: gradNorm,
+      tokens_per_s: tokensPerS,
+      peak_bytes: peak,
       ...(o.scaler ? { loss_scale: scale } : {}),
       ...(skip ? { skipped: skip } : {}),
     });

@@ -24,7 +24,12 @@ export interface PreparedModel {
   writeOutput(dir: string): Promise<string[]>;
 }
 
-export async function prepareModel(model: LlamaForCausalLM, cfg: FinetuneConfig, modelDir: string, warn: (m: string) => void = () => {}): Promise<PreparedModel> {
+export async function prepareModel(
+  model: LlamaForCausalLM,
+  cfg: FinetuneConfig,
+  modelDir: string,
+  warn: (m: string) => void = () => {},
+): Promise<PreparedModel> {
   if (cfg.method === "full") return prepareFull(model, modelDir);
   if (cfg.method === "qlora") await quantizeBase(model, cfg);
   return prepareLora(model, cfg, modelDir, warn);
@@ -38,7 +43,13 @@ export async function prepareModel(model: LlamaForCausalLM, cfg: FinetuneConfig,
  */
 async function quantizeBase(model: LlamaForCausalLM, cfg: FinetuneConfig): Promise<void> {
   const dtype = computeDtype(cfg.mixedPrecision);
-  await quantizeModel(model, { quantType: cfg.quantType, blocksize: cfg.blocksize, doubleQuant: cfg.doubleQuant, skipModules: ["lm_head"], computeDtype: dtype });
+  await quantizeModel(model, {
+    quantType: cfg.quantType,
+    blocksize: cfg.blocksize,
+    doubleQuant: cfg.doubleQuant,
+    skipModules: ["lm_head"],
+    computeDtype: dtype,
+  });
   // prepare_model_for_kbit_training: every float parameter left dense (norms, embeddings, head)
   // frozen, in f32 (or, mixed precision, the compute dtype the model was loaded in).
   for (const [name, t] of model.namedParameters()) {
@@ -48,15 +59,20 @@ async function quantizeBase(model: LlamaForCausalLM, cfg: FinetuneConfig): Promi
 }
 
 function prepareLora(model: LlamaForCausalLM, cfg: FinetuneConfig, modelDir: string, warn: (m: string) => void): PreparedModel {
-  const peft = getPeftModel(model, {
-    ...cfg.lora,
-    r: cfg.rank,
-    lora_alpha: cfg.alpha,
-    lora_dropout: cfg.dropout,
-    target_modules: cfg.targetModules === "all-linear" ? "all-linear" : [...cfg.targetModules],
-    task_type: "CAUSAL_LM",
-    base_model_name_or_path: modelDir,
-  }, "default", { seed: cfg.seed, warn });
+  const peft = getPeftModel(
+    model,
+    {
+      ...cfg.lora,
+      r: cfg.rank,
+      lora_alpha: cfg.alpha,
+      lora_dropout: cfg.dropout,
+      target_modules: cfg.targetModules === "all-linear" ? "all-linear" : [...cfg.targetModules],
+      task_type: "CAUSAL_LM",
+      base_model_name_or_path: modelDir,
+    },
+    "default",
+    { seed: cfg.seed, warn },
+  );
   const trainable = new Map(peft.namedTrainableParameters());
   return {
     model,
@@ -96,7 +112,9 @@ export function paramSummary(model: LlamaForCausalLM, trainable: ReadonlyMap<str
   for (const [, t] of model.namedParameters()) all += t.size;
   let n = 0;
   for (const t of trainable.values()) n += t.size;
-  return `trainable params: ${n.toLocaleString("en-US")} || all params: ${all.toLocaleString("en-US")} || trainable%: ${((100 * n) / Math.max(1, all)).toFixed(4)}`;
+  return `trainable params: ${n.toLocaleString("en-US")} || all params: ${all.toLocaleString("en-US")} || trainable%: ${((100 * n) / Math.max(1, all)).toFixed(
+    4,
+  )}`;
 }
 
 /** Copy tokenizer.json and tokenizer_config.json next to the result, so the directory is self-contained. */
@@ -104,7 +122,10 @@ export async function copyTokenizer(modelDir: string, dir: string): Promise<stri
   const { copyFile } = storage();
   const out: string[] = [];
   for (const f of ["tokenizer.json", "tokenizer_config.json"]) {
-    const ok = await copyFile(joinPath(modelDir, f), joinPath(dir, f)).then(() => true, () => false);
+    const ok = await copyFile(joinPath(modelDir, f), joinPath(dir, f)).then(
+      () => true,
+      () => false,
+    );
     if (ok) out.push(f);
   }
   return out;

@@ -36,7 +36,11 @@ export class MetricsLog {
     let kept = "";
     if (keepUpTo !== null) {
       const old = await readText(this.path).catch(() => "");
-      kept = old.split("\n").filter((l) => l.trim() && (JSON.parse(l) as MetricRecord).step <= keepUpTo).map((l) => `${l}\n`).join("");
+      kept = old
+        .split("\n")
+        .filter((l) => l.trim() && (JSON.parse(l) as MetricRecord).step <= keepUpTo)
+        .map((l) => `${l}\n`)
+        .join("");
     }
     await writeFile(this.path, kept);
   }

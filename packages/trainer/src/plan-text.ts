@@ -39,11 +39,20 @@ export function planShapeFor(params: number, layers?: number, hidden?: number): 
   const vocab = 32000;
   const attn = 4 * dim * dim;
   const ffn = Math.max(1, Math.round((params - 2 * vocab * dim - L * (attn + 2 * dim)) / (3 * L * dim)));
-  return { shape: { vocab, dim, layers: L, heads, kvHeads: heads, hidden: ffn, tied: false }, how: `derived: ${L} layers, hidden ${dim}, MLP ${ffn} solved from the count (MHA, ${heads} heads, vocab ${vocab}, untied)` };
+  return {
+    shape: { vocab, dim, layers: L, heads, kvHeads: heads, hidden: ffn, tied: false },
+    how: `derived: ${L} layers, hidden ${dim}, MLP ${ffn} solved from the count (MHA, ${heads} heads, vocab ${vocab}, untied)`,
+  };
 }
 
 function humanCount(n: number): string {
-  for (const [d, u] of [[1e12, "T"], [1e9, "B"], [1e6, "M"], [1e3, "K"]] as const) if (n >= d) return `${Number((n / d).toPrecision(3))}${u}`;
+  for (const [d, u] of [
+    [1e12, "T"],
+    [1e9, "B"],
+    [1e6, "M"],
+    [1e3, "K"],
+  ] as const)
+    if (n >= d) return `${Number((n / d).toPrecision(3))}${u}`;
   return `${n}`;
 }
 
@@ -56,8 +65,12 @@ export function planText(i: PlanInput, how: string): string {
   const s = i.shape;
   const lines = [
     `model: ${how}`,
-    `  vocab ${s.vocab}, hidden ${s.dim}, ${s.layers} layers, ${s.heads} heads (${s.kvHeads} kv), MLP ${s.hidden}${s.tied ? ", tied head" : ""}: ${e.params.toLocaleString("en-US")} params`,
-    `method: ${i.method}${i.method === "full" ? "" : `, rank ${i.rank}, targets ${i.targets === "all-linear" ? "all-linear" : i.targets.join(",")}, dropout ${i.dropout}`}; batch ${i.batch} x seq ${i.seq}; f32 compute, AdamW`,
+    `  vocab ${s.vocab}, hidden ${s.dim}, ${s.layers} layers, ${s.heads} heads (${s.kvHeads} kv), MLP ${s.hidden}${
+      s.tied ? ", tied head" : ""
+    }: ${e.params.toLocaleString("en-US")} params`,
+    `method: ${i.method}${
+      i.method === "full" ? "" : `, rank ${i.rank}, targets ${i.targets === "all-linear" ? "all-linear" : i.targets.join(",")}, dropout ${i.dropout}`
+    }; batch ${i.batch} x seq ${i.seq}; f32 compute, AdamW`,
     `trainable params: ${e.trainable.toLocaleString("en-US")}`,
     "",
     `  weights${i.method === "qlora" ? " (NF4 + double quant, blocksize 64; embeddings, norms, head f32)" : " (f32)"}`.padEnd(80) + fmtBytes(e.weightBytes),
@@ -67,7 +80,9 @@ export function planText(i: PlanInput, how: string): string {
     "  activations, each layer recomputed in backward".padEnd(80) + fmtBytes(e.activationBytes.recompute),
     "  activations, all kept for backward".padEnd(80) + fmtBytes(e.activationBytes.none),
     "",
-    `  total, ${e.recompute ? "with" : "without"} recomputation (${i.recompute === undefined ? `the trainer's default for ${i.method}` : "as asked"})`.padEnd(80) + fmtBytes(e.totalBytes),
+    `  total, ${e.recompute ? "with" : "without"} recomputation (${i.recompute === undefined ? `the trainer's default for ${i.method}` : "as asked"})`.padEnd(
+      80,
+    ) + fmtBytes(e.totalBytes),
     `  total, ${e.recompute ? "without" : "with"} recomputation`.padEnd(80) + fmtBytes(e.totalOtherBytes),
     "",
     "Lowrank trains in f32. The formula is checked against measured steps up to 110M params",

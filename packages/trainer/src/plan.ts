@@ -88,7 +88,15 @@ export interface PlanEstimate {
 export function layerLinears(s: PlanShape): [string, number, number][] {
   const hs = s.dim / s.heads;
   const ckv = s.kvHeads * hs;
-  return [["q_proj", s.dim, s.dim], ["k_proj", s.dim, ckv], ["v_proj", s.dim, ckv], ["o_proj", s.dim, s.dim], ["gate_proj", s.dim, s.hidden], ["up_proj", s.dim, s.hidden], ["down_proj", s.hidden, s.dim]];
+  return [
+    ["q_proj", s.dim, s.dim],
+    ["k_proj", s.dim, ckv],
+    ["v_proj", s.dim, ckv],
+    ["o_proj", s.dim, s.dim],
+    ["gate_proj", s.dim, s.hidden],
+    ["up_proj", s.dim, s.hidden],
+    ["down_proj", s.hidden, s.dim],
+  ];
 }
 
 export function paramsOf(s: PlanShape): number {
@@ -209,16 +217,37 @@ export function estimate(i: PlanInput): PlanEstimate {
   const act = (again: boolean) => fbPeak(again) - gradBytes;
   const total = (again: boolean) => fixed + Math.max(fbPeak(again), gradBytes + updateBytes);
   return {
-    params, trainable, weightBytes, loraBytes: 4 * lora, gradBytes, optimizerBytes,
-    activationBytes: { recompute: act(true), none: act(false) }, updateBytes, recompute,
-    totalBytes: total(recompute), totalOtherBytes: total(!recompute),
+    params,
+    trainable,
+    weightBytes,
+    loraBytes: 4 * lora,
+    gradBytes,
+    optimizerBytes,
+    activationBytes: { recompute: act(true), none: act(false) },
+    updateBytes,
+    recompute,
+    totalBytes: total(recompute),
+    totalOtherBytes: total(!recompute),
   };
 }
 
 /** The estimate's shape for a model's config.json fields (Llama-family names). */
-export function planShapeOf(c: { vocab_size: number; hidden_size: number; num_hidden_layers: number; num_attention_heads: number; num_key_value_heads?: number; intermediate_size: number; tie_word_embeddings?: boolean }): PlanShape {
+export function planShapeOf(c: {
+  vocab_size: number;
+  hidden_size: number;
+  num_hidden_layers: number;
+  num_attention_heads: number;
+  num_key_value_heads?: number;
+  intermediate_size: number;
+  tie_word_embeddings?: boolean;
+}): PlanShape {
   return {
-    vocab: c.vocab_size, dim: c.hidden_size, layers: c.num_hidden_layers, heads: c.num_attention_heads,
-    kvHeads: c.num_key_value_heads ?? c.num_attention_heads, hidden: c.intermediate_size, tied: c.tie_word_embeddings ?? false,
+    vocab: c.vocab_size,
+    dim: c.hidden_size,
+    layers: c.num_hidden_layers,
+    heads: c.num_attention_heads,
+    kvHeads: c.num_key_value_heads ?? c.num_attention_heads,
+    hidden: c.intermediate_size,
+    tied: c.tie_word_embeddings ?? false,
   };
 }

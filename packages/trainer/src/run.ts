@@ -105,7 +105,8 @@ export async function run(input: RunSpec, io: RunOptions): Promise<RunResult> {
   const dtype = checkPrecision(cfg, backend);
   const loraOnly: string[] = (["rank", "alpha", "dropout", "targetModules"] as const).filter((k) => input[k] !== undefined);
   if (Object.keys(cfg.lora).length) loraOnly.push(`lora config (${Object.keys(cfg.lora).join(", ")})`);
-  if (cfg.method === "full" && loraOnly.length) rep.info(`warning: ${loraOnly.join(", ")} apply to lora and qlora; --method full trains every weight and ignores them`);
+  if (cfg.method === "full" && loraOnly.length)
+    rep.info(`warning: ${loraOnly.join(", ")} apply to lora and qlora; --method full trains every weight and ignores them`);
 
   // ---- model, method, data: every check before training ----
   const { tokenizer, prepared } = await loadModel(cfg, backend, dtype, rep);
@@ -137,7 +138,10 @@ export async function run(input: RunSpec, io: RunOptions): Promise<RunResult> {
 
     // ---- output dir, metrics ----
     await mkdir(cfg.output);
-    await writeFile(join(cfg.output, "training_args.json"), `${JSON.stringify({ ...cfg, total_steps: totalSteps, warmup_steps: schedule.warmupSteps, backend: backend.name }, null, 2)}\n`);
+    await writeFile(
+      join(cfg.output, "training_args.json"),
+      `${JSON.stringify({ ...cfg, total_steps: totalSteps, warmup_steps: schedule.warmupSteps, backend: backend.name }, null, 2)}\n`,
+    );
     const metrics = new SinkMetrics(join(cfg.output, "metrics.jsonl"), io);
     await metrics.reset(cfg.resume ? startStep : null);
     if (before && !cfg.resume) await metrics.write({ step: 0, split: "eval", eval_loss: before.loss, perplexity: before.perplexity });
@@ -147,12 +151,26 @@ export async function run(input: RunSpec, io: RunOptions): Promise<RunResult> {
       if (io.checkpoints === false) return;
       const dropout = Object.fromEntries([...dropoutStreamMap(model)].map(([k, s]) => [k, { seed: s.seed, counter: s.counter }]));
       const state: TrainerState = {
-        version: 1, global_step: step, total_steps: totalSteps, loader: loader.state(), dropout, fingerprint: resumeFingerprint(cfg), losses: [...losses],
+        version: 1,
+        global_step: step,
+        total_steps: totalSteps,
+        loader: loader.state(),
+        dropout,
+        fingerprint: resumeFingerprint(cfg),
+        losses: [...losses],
         ...(scaler ? { loss_scale: { scale: scaler.scale, good_steps: scaler.goodSteps } } : {}),
       };
-      lastCheckpoint = await saveCheckpoint(cfg.output, {
-        step, params: prepared.trainable, paramsFile: prepared.paramsFile, optimizer: await optimizer.state(), state,
-      }, { keep: cfg.saveTotalLimit, beforeCommit: io.beforeCommit });
+      lastCheckpoint = await saveCheckpoint(
+        cfg.output,
+        {
+          step,
+          params: prepared.trainable,
+          paramsFile: prepared.paramsFile,
+          optimizer: await optimizer.state(),
+          state,
+        },
+        { keep: cfg.saveTotalLimit, beforeCommit: io.beforeCommit },
+      );
     };
     const evalAt = async (step: number) => {
       if (!hasEval) return;
@@ -169,8 +187,23 @@ export async function run(input: RunSpec, io: RunOptions): Promise<RunResult> {
     const t0 = performance.now();
     try {
       loop = await trainLoop({
-        model, params, optimizer, loader, schedule, gradAccum: cfg.gradAccum, maxGradNorm: cfg.maxGradNorm, startStep, stopAt,
-        evalEvery: cfg.evalEvery, saveEvery: cfg.saveEvery, evaluate: evalAt, save, metrics, reporter: rep, losses, scaler,
+        model,
+        params,
+        optimizer,
+        loader,
+        schedule,
+        gradAccum: cfg.gradAccum,
+        maxGradNorm: cfg.maxGradNorm,
+        startStep,
+        stopAt,
+        evalEvery: cfg.evalEvery,
+        saveEvery: cfg.saveEvery,
+        evaluate: evalAt,
+        save,
+        metrics,
+        reporter: rep,
+        losses,
+        scaler,
         afterBackward: io.afterBackward ? (s) => io.afterBackward!(s, prepared.trainable) : undefined,
         onPeak: (b) => (peakBytes = Math.max(peakBytes, b)),
       });
@@ -186,16 +219,32 @@ export async function run(input: RunSpec, io: RunOptions): Promise<RunResult> {
     const after = hasEval ? await evaluate(model, data.eval, evalOpts) : null;
     if (after) {
       await metrics.write({ step: stopAt, split: "eval", eval_loss: after.loss, perplexity: after.perplexity });
-      rep.info(`eval after:  loss ${after.loss.toFixed(4)}, perplexity ${after.perplexity.toFixed(2)}` + (before ? ` (before: ${before.loss.toFixed(4)}, ${before.perplexity.toFixed(2)})` : ""));
+      rep.info(
+        `eval after:  loss ${after.loss.toFixed(4)}, perplexity ${after.perplexity.toFixed(2)}` +
+          (before ? ` (before: ${before.loss.toFixed(4)}, ${before.perplexity.toFixed(2)})` : ""),
+      );
     }
     const sampleAfter = sampleBefore === null ? null : await greedySample(model, tokenizer, promptIds, cfg.sampleTokens);
     const samples = sampleBefore === null ? null : { prompt: tokenizer.decode(promptIds), before: sampleBefore, after: sampleAfter as string };
     if (io.checkpoints !== false && (loop.steps > 0 || !(await listCheckpoints(cfg.output)).includes(stopAt))) await save(stopAt);
     const outputFiles = stopAt === totalSteps || stopped ? await prepared.writeOutput(cfg.output) : [];
     const result: RunResult = {
-      config: cfg, output: cfg.output, steps: stopAt, totalSteps, skipped: loop.skipped, stopped, trainSeconds: loop.seconds, summary: prepared.summary,
+      config: cfg,
+      output: cfg.output,
+      steps: stopAt,
+      totalSteps,
+      skipped: loop.skipped,
+      stopped,
+      trainSeconds: loop.seconds,
+      summary: prepared.summary,
       dataset: { ...data.stats, train: data.train.length, eval: data.eval.length, format: data.format },
-      before, after, samples, losses, checkpoint: lastCheckpoint, outputFiles, peakBytes,
+      before,
+      after,
+      samples,
+      losses,
+      checkpoint: lastCheckpoint,
+      outputFiles,
+      peakBytes,
     };
     await writeFile(join(cfg.output, "eval_report.json"), `${JSON.stringify(reportOf(result), null, 2)}\n`);
     optimizer.dispose();
@@ -211,7 +260,12 @@ export async function run(input: RunSpec, io: RunOptions): Promise<RunResult> {
 }
 
 /** The tokenizer and the model prepared for the method; nothing is left allocated on failure. */
-async function loadModel(cfg: FinetuneConfig, backend: Backend, dtype: "f32" | "f16" | "bf16", rep: Reporter): Promise<{ tokenizer: HfTokenizer; prepared: PreparedModel }> {
+async function loadModel(
+  cfg: FinetuneConfig,
+  backend: Backend,
+  dtype: "f32" | "f16" | "bf16",
+  rep: Reporter,
+): Promise<{ tokenizer: HfTokenizer; prepared: PreparedModel }> {
   const tokenizer = await loadTokenizer(cfg.model);
   // Mixed precision: the frozen base (and so every activation) in the compute dtype, without
   // widening a bf16/f16 checkpoint to f32; adapters and optimizer state stay f32 (PEFT's autocast_adapter_dtype).
@@ -230,28 +284,51 @@ async function loadModel(cfg: FinetuneConfig, backend: Backend, dtype: "f32" | "
 async function setUp(cfg: FinetuneConfig, prepared: PreparedModel, tokenizer: HfTokenizer, backendName: string, rep: Reporter) {
   const again = cfg.recomputeActivations ?? cfg.method === "qlora";
   if (again) recomputeLayers(prepared.model);
-  const text = await storage().readText(cfg.data).catch((e: { code?: string; message: string }) => {
-    throw new DatasetError(cfg.data, null, null, e.code === "ENOENT" ? "no such file" : e.message);
+  const text = await storage()
+    .readText(cfg.data)
+    .catch((e: { code?: string; message: string }) => {
+      throw new DatasetError(cfg.data, null, null, e.code === "ENOENT" ? "no such file" : e.message);
+    });
+  const data = buildDataset(cfg.data, text, tokenizer, {
+    format: cfg.format,
+    seqLen: cfg.seqLen,
+    evalFraction: cfg.evalFraction,
+    seed: cfg.seed,
+    warn: (m) => rep.info(`warning: ${m}`),
   });
-  const data = buildDataset(cfg.data, text, tokenizer, { format: cfg.format, seqLen: cfg.seqLen, evalFraction: cfg.evalFraction, seed: cfg.seed, warn: (m) => rep.info(`warning: ${m}`) });
   const padId = tokenizer.eosTokenId ?? 0;
   const loader = new BatchLoader(data.train, cfg.batchSize, cfg.seed, padId);
   const totalSteps = cfg.steps ?? Math.max(1, Math.ceil(((cfg.epochs as number) * loader.batchesPerEpoch) / cfg.gradAccum));
   const schedule: ScheduleOptions = { name: cfg.scheduler, lr: cfg.lr, totalSteps, warmupSteps: warmupSteps(cfg.warmup, totalSteps) };
   const params = namedParams(prepared.trainable);
-  const optimizer: Optimizer = cfg.optimizer === "sgd"
-    ? new SGD(params, { momentum: cfg.momentum, weightDecay: cfg.weightDecay })
-    : new AdamW(params, { betas: cfg.betas, eps: cfg.eps, weightDecay: cfg.weightDecay });
+  const optimizer: Optimizer =
+    cfg.optimizer === "sgd"
+      ? new SGD(params, { momentum: cfg.momentum, weightDecay: cfg.weightDecay })
+      : new AdamW(params, { betas: cfg.betas, eps: cfg.eps, weightDecay: cfg.weightDecay });
   const st = data.stats;
-  rep.info(`data: ${cfg.data} (${data.format}): ${st.records} record(s), ${st.tokens.toLocaleString("en-US")} tokens -> ${data.train.length} train / ${data.eval.length} eval examples of <= ${cfg.seqLen} tokens` +
-    (st.truncated ? `; ${st.truncated} truncated` : "") + (st.noTargets ? `; ${st.noTargets} dropped (no response tokens)` : ""));
+  rep.info(
+    `data: ${cfg.data} (${data.format}): ${st.records} record(s), ${st.tokens.toLocaleString("en-US")} tokens -> ${data.train.length} train / ${
+      data.eval.length
+    } eval examples of <= ${cfg.seqLen} tokens` +
+      (st.truncated ? `; ${st.truncated} truncated` : "") +
+      (st.noTargets ? `; ${st.noTargets} dropped (no response tokens)` : ""),
+  );
   rep.info(`model: ${cfg.model} (${cfg.method}${again ? ", activations recomputed in backward" : ""}): ${prepared.summary}`);
-  rep.info(`training: ${totalSteps} steps of ${cfg.batchSize} x ${cfg.gradAccum} sequences, ${cfg.optimizer} lr ${cfg.lr} (${cfg.scheduler}, ${schedule.warmupSteps} warmup), backend ${backendName}`);
+  rep.info(
+    `training: ${totalSteps} steps of ${cfg.batchSize} x ${cfg.gradAccum} sequences, ${cfg.optimizer} lr ${cfg.lr} (${cfg.scheduler}, ${schedule.warmupSteps} warmup), backend ${backendName}`,
+  );
   return { data, padId, loader, totalSteps, schedule, params, optimizer };
 }
 
 /** Put a checkpoint's weights, optimizer, data position, dropout streams and loss scale back; returns its step. */
-function restore(resume: LoadedCheckpoint, prepared: PreparedModel, optimizer: Optimizer, loader: BatchLoader, scaler: LossScaler | undefined, losses: number[]): number {
+function restore(
+  resume: LoadedCheckpoint,
+  prepared: PreparedModel,
+  optimizer: Optimizer,
+  loader: BatchLoader,
+  scaler: LossScaler | undefined,
+  losses: number[],
+): number {
   restoreParams(prepared.trainable, resume.params, resume.dir);
   optimizer.loadState(resume.optimizer);
   loader.load(resume.state.loader);
@@ -274,10 +351,14 @@ export const finetune = run;
 function checkPrecision(cfg: FinetuneConfig, backend: Backend): "f32" | "f16" | "bf16" {
   const dtype = computeDtype(cfg.mixedPrecision);
   if (dtype !== "f32" && !backend.dtypes.includes(dtype)) {
-    throw new ConfigError(`--${cfg.mixedPrecision}: the ${backend.name} backend cannot compute in ${dtype}; train in fp32 (drop --${cfg.mixedPrecision}) or choose a backend that can`);
+    throw new ConfigError(
+      `--${cfg.mixedPrecision}: the ${backend.name} backend cannot compute in ${dtype}; train in fp32 (drop --${cfg.mixedPrecision}) or choose a backend that can`,
+    );
   }
   if (dtype !== "f32" && cfg.method === "full") {
-    throw new ConfigError(`--${cfg.mixedPrecision} with --method full: a full fine-tune would need f32 master copies of every weight, which this trainer does not keep; use --method lora or qlora, or train in fp32`);
+    throw new ConfigError(
+      `--${cfg.mixedPrecision} with --method full: a full fine-tune would need f32 master copies of every weight, which this trainer does not keep; use --method lora or qlora, or train in fp32`,
+    );
   }
   return dtype;
 }
@@ -286,8 +367,16 @@ function checkResume(resume: LoadedCheckpoint, cfg: FinetuneConfig, totalSteps: 
   const want = resumeFingerprint(cfg);
   const had: Record<string, unknown> = { lora: {}, ...resume.state.fingerprint }; // checkpoints from before the lora field trained plain LoRA
   const diff = Object.keys(want).filter((k) => JSON.stringify(want[k]) !== JSON.stringify(had[k]));
-  if (diff.length) throw new ConfigError(`--resume ${resume.dir}: the checkpoint was trained with different settings (${diff.map((k) => `${k}: ${JSON.stringify(had[k])} there, ${JSON.stringify(want[k])} now`).join("; ")})`);
-  if (resume.state.total_steps !== totalSteps) throw new ConfigError(`--resume ${resume.dir}: the checkpoint's run has ${resume.state.total_steps} steps, this one ${totalSteps}; the schedule would differ`);
+  if (diff.length)
+    throw new ConfigError(
+      `--resume ${resume.dir}: the checkpoint was trained with different settings (${diff
+        .map((k) => `${k}: ${JSON.stringify(had[k])} there, ${JSON.stringify(want[k])} now`)
+        .join("; ")})`,
+    );
+  if (resume.state.total_steps !== totalSteps)
+    throw new ConfigError(
+      `--resume ${resume.dir}: the checkpoint's run has ${resume.state.total_steps} steps, this one ${totalSteps}; the schedule would differ`,
+    );
 }
 
 /** metrics.jsonl plus the run's sinks: onMetric gets every record, shouldStop is asked after each step. */
@@ -305,11 +394,18 @@ class SinkMetrics extends MetricsLog {
 
 function reportOf(r: RunResult) {
   return {
-    method: r.config.method, model: r.config.model, data: r.config.data, steps: r.steps, total_steps: r.totalSteps, skipped_steps: r.skipped,
-    train_seconds: r.trainSeconds, trainable: r.summary, peak_bytes: r.peakBytes,
+    method: r.config.method,
+    model: r.config.model,
+    data: r.config.data,
+    steps: r.steps,
+    total_steps: r.totalSteps,
+    skipped_steps: r.skipped,
+    train_seconds: r.trainSeconds,
+    trainable: r.summary,
+    peak_bytes: r.peakBytes,
     before: r.before && { eval_loss: r.before.loss, perplexity: r.before.perplexity, tokens: r.before.tokens },
     after: r.after && { eval_loss: r.after.loss, perplexity: r.after.perplexity, tokens: r.after.tokens },
-    samples: r.samples, final_train_loss: r.losses[r.losses.length - 1] ?? null,
+    samples: r.samples,
+    final_train_loss: r.losses[r.losses.length - 1] ?? null,
   };
 }
-

@@ -59,30 +59,49 @@ for (const f of FAMILIES) {
 
 test("Llama 3: replies the template trims are masked as rendered, a single-turn record too", async () => {
   const tok = await loadTokenizer(FAMILIES[0].dir);
-  const msgs = [{ role: "user", content: "Hi" }, { role: "assistant", content: "  Hello there!\n" }];
+  const msgs = [
+    { role: "user", content: "Hi" },
+    { role: "assistant", content: "  Hello there!\n" },
+  ];
   const d = buildDataset("c.jsonl", JSON.stringify({ messages: msgs }), tok, { seqLen: 64, evalFraction: 0 });
   assert.deepEqual(trainedRuns(tok, d.train[0].ids, d.train[0].target), ["Hello there!<|eot_id|>"]);
 });
 
 test("a template whose prompts are not prefixes of the conversation is a DatasetError naming the template", async () => {
   // The generation prompt says "A:" but replies are rendered under "Assistant:".
-  const t = new ChatTemplate("{% for m in messages %}{{ 'Assistant' if m.role == 'assistant' else m.role }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}A:{% endif %}", { file: "odd/tokenizer_config.json" });
-  assert.throws(() => templateSegments(t, CONVERSATION), /^Error: odd\/tokenizer_config.json: chat_template: the generation prompt for messages\[2\] is not a prefix/);
+  const t = new ChatTemplate(
+    "{% for m in messages %}{{ 'Assistant' if m.role == 'assistant' else m.role }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}A:{% endif %}",
+    { file: "odd/tokenizer_config.json" },
+  );
+  assert.throws(
+    () => templateSegments(t, CONVERSATION),
+    /^Error: odd\/tokenizer_config.json: chat_template: the generation prompt for messages\[2\] is not a prefix/,
+  );
   // The Qwen3 tokenizer with this template in place of its own.
   const qwen = await loadTokenizer(FAMILIES[1].dir);
   const odd = Object.assign(Object.create(Object.getPrototypeOf(qwen) as object), qwen, { chatTemplate: t }) as HfTokenizer;
-  assert.throws(() => buildDataset("c.jsonl", `\n${JSON.stringify({ messages: CONVERSATION })}`, odd, { seqLen: 64, evalFraction: 0 }), (err: unknown) => {
-    assert.ok(err instanceof DatasetError);
-    assert.equal(err.line, 2);
-    assert.equal(err.field, "messages");
-    assert.match(err.message, /odd\/tokenizer_config.json: chat_template/);
-    return true;
-  });
+  assert.throws(
+    () => buildDataset("c.jsonl", `\n${JSON.stringify({ messages: CONVERSATION })}`, odd, { seqLen: 64, evalFraction: 0 }),
+    (err: unknown) => {
+      assert.ok(err instanceof DatasetError);
+      assert.equal(err.line, 2);
+      assert.equal(err.field, "messages");
+      assert.match(err.message, /odd\/tokenizer_config.json: chat_template/);
+      return true;
+    },
+  );
 });
 
 test("a template that closes turns in plain text trains the reply up to its content end", () => {
-  const t = new ChatTemplate("{% for m in messages %}### {{ m.role }}\n{{ m.content }}\n\n{% endfor %}{% if add_generation_prompt %}### assistant\n{% endif %}", { specialTokens: ["<s>"] });
-  const segs = templateSegments(t, [{ role: "user", content: "Hi" }, { role: "assistant", content: "Yo" }, { role: "user", content: "<s>" }]);
+  const t = new ChatTemplate(
+    "{% for m in messages %}### {{ m.role }}\n{{ m.content }}\n\n{% endfor %}{% if add_generation_prompt %}### assistant\n{% endif %}",
+    { specialTokens: ["<s>"] },
+  );
+  const segs = templateSegments(t, [
+    { role: "user", content: "Hi" },
+    { role: "assistant", content: "Yo" },
+    { role: "user", content: "<s>" },
+  ]);
   assert.deepEqual(segs, [
     { text: "### user\nHi\n\n### assistant\n", train: false },
     { text: "Yo", train: true },

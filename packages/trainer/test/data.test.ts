@@ -5,7 +5,17 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { loadTokenizer } from "@lowrank/nn/node";
 import {
-  BatchLoader, DatasetError, IGNORE_INDEX, alpacaPrompt, buildDataset, chatPrompt, collate, detectFormat, encodeLong, encodeSegments, parseJsonRecords,
+  BatchLoader,
+  DatasetError,
+  IGNORE_INDEX,
+  alpacaPrompt,
+  buildDataset,
+  chatPrompt,
+  collate,
+  detectFormat,
+  encodeLong,
+  encodeSegments,
+  parseJsonRecords,
 } from "../src/node.ts";
 import { CharTokenizer, SHAKESPEARE, STORIES, dataDir } from "./helpers.ts";
 
@@ -70,15 +80,32 @@ test("chat without a template (ChatML, said once): only assistant turns (content
   assert.equal(warnings.length, 1, "the ChatML fallback is said in one line");
   assert.match(warnings[0], /no chat_template .*ChatML/);
   const e = d.train[0];
-  const trained = Array.from(e.ids).filter((_, i) => e.target[i]).map((i) => (i === 2 ? "</s>" : String.fromCharCode(i - 3))).join("");
+  const trained = Array.from(e.ids)
+    .filter((_, i) => e.target[i])
+    .map((i) => (i === 2 ? "</s>" : String.fromCharCode(i - 3)))
+    .join("");
   assert.equal(trained, "Hello<|im_end|>\nCiao<|im_end|>\n</s>");
   assert.equal(d.samplePrompt.length, [1, ...ids(chatPrompt(messages.slice(0, 2) as never))].length);
 });
 
 test("segment boundaries use the whole-text encoding; a token straddling a boundary belongs to the later segment", () => {
   // A tokenizer that merges "ab" into one id: "xa" + "bc" straddles at the boundary.
-  const merging = { ...tok, vocabSize: 300, bosTokenId: 1, eosTokenId: 2, decode: tok.decode, encode: (s: string) => s.replace(/ab/g, "\u0100").split("").map((c) => (c === "\u0100" ? 299 : 3 + c.charCodeAt(0))) };
-  const e = encodeSegments(merging, [{ text: "xa", train: false }, { text: "bc", train: true }]);
+  const merging = {
+    ...tok,
+    vocabSize: 300,
+    bosTokenId: 1,
+    eosTokenId: 2,
+    decode: tok.decode,
+    encode: (s: string) =>
+      s
+        .replace(/ab/g, "\u0100")
+        .split("")
+        .map((c) => (c === "\u0100" ? 299 : 3 + c.charCodeAt(0))),
+  };
+  const e = encodeSegments(merging, [
+    { text: "xa", train: false },
+    { text: "bc", train: true },
+  ]);
   assert.deepEqual(Array.from(e.ids), [1, 3 + 120, 299, 3 + 99, 2]);
   assert.deepEqual(Array.from(e.target), [0, 0, 1, 1, 1]);
 });
@@ -94,7 +121,10 @@ test("train/eval split and shuffling are seeded: same seed same split and order,
   assert.equal(key(a), key(b));
   assert.notEqual(key(a), key(c));
   const evalSet = new Set(a.eval.map((e) => tok.decode(Array.from(e.ids))));
-  assert.ok(a.train.every((e) => !evalSet.has(tok.decode(Array.from(e.ids)))), "train and eval are disjoint");
+  assert.ok(
+    a.train.every((e) => !evalSet.has(tok.decode(Array.from(e.ids)))),
+    "train and eval are disjoint",
+  );
   const order = (seed: number) => {
     const l = new BatchLoader(a.train, 5, seed, 0);
     return Array.from({ length: 12 }, () => Array.from(l.next().ids.subarray(0, 20)).join(",")).join("/");
@@ -117,14 +147,17 @@ test("the loader resumes exactly from its (epoch, cursor) state and never spans 
 
 test("bad records name the file, the line and the field", () => {
   const bad = (file: string, text: string, re: RegExp, line: number | null, field: string | null) => {
-    assert.throws(() => buildDataset(file, text, tok, { seqLen: 32, evalFraction: 0 }), (e: unknown) => {
-      assert.ok(e instanceof DatasetError, String(e));
-      assert.equal(e.file, file);
-      assert.equal(e.line, line);
-      assert.equal(e.field, field);
-      assert.match(e.message, re);
-      return true;
-    });
+    assert.throws(
+      () => buildDataset(file, text, tok, { seqLen: 32, evalFraction: 0 }),
+      (e: unknown) => {
+        assert.ok(e instanceof DatasetError, String(e));
+        assert.equal(e.file, file);
+        assert.equal(e.line, line);
+        assert.equal(e.field, field);
+        assert.match(e.message, re);
+        return true;
+      },
+    );
   };
   const ok = JSON.stringify({ instruction: "a", input: "", output: "b" });
   bad("x.jsonl", `${ok}\n${ok}\n{"instruction": "a", "input": ""}\n`, /^x\.jsonl:3: field "output": missing/, 3, "output");
@@ -133,7 +166,13 @@ test("bad records name the file, the line and the field", () => {
   bad("x.jsonl", `{"text": "fine"}\n{"text": ""}`, /x\.jsonl:2: field "text": is empty/, 2, "text");
   bad("x.json", `[\n  ${ok},\n  {\n    "instruction": "a",\n    "output": null\n  }\n]`, /x\.json:3: field "output": missing/, 3, "output");
   bad("x.json", `[\n  ${ok},\n  {"instruction": "a", "output": "b"`, /not closed/, 3, null);
-  bad("c.jsonl", `{"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]}`, /c\.jsonl:1: field "messages\[1\]\.role": must be one of system, user, assistant/, 1, "messages[1].role");
+  bad(
+    "c.jsonl",
+    `{"messages": [{"role": "user", "content": "hi"}, {"role": "bot", "content": "x"}]}`,
+    /c\.jsonl:1: field "messages\[1\]\.role": must be one of system, user, assistant/,
+    1,
+    "messages[1].role",
+  );
   bad("c.jsonl", `{"messages": [{"role": "user", "content": "hi"}]}`, /no assistant turn/, 1, "messages");
   bad("c.jsonl", `{"messages": [{"role": "assistant", "content": 3}]}`, /messages\[0\]\.content/, 1, "messages[0].content");
   bad("x.jsonl", `{"prompt": "a"}`, /cannot tell the format/, 1, null);
@@ -142,7 +181,10 @@ test("bad records name the file, the line and the field", () => {
 
 test("JSON arrays keep each element's line; format detection", () => {
   const recs = parseJsonRecords('[\n {"text": "a"},\n\n {"text": "b, [x]"}\n]\n', "f.json");
-  assert.deepEqual(recs.map((r) => r.line), [2, 4]);
+  assert.deepEqual(
+    recs.map((r) => r.line),
+    [2, 4],
+  );
   assert.equal(detectFormat("f.txt", "hello"), "text");
   assert.equal(detectFormat("f.jsonl", '{"text": "x"}\n'), "jsonl");
   assert.equal(detectFormat("f.json", '[{"instruction": "x", "output": "y"}]'), "alpaca");

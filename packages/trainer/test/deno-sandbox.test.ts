@@ -12,7 +12,11 @@ const skip = g.Bun || g.Deno ? "spawns Deno from Node" : existsSync(deno) ? fals
 
 test("the library cores run under `deno run --no-prompt` (no read, env or FFI permission) on an in-memory storage", { skip, timeout: 120_000 }, () => {
   const fixture = fileURLToPath(new URL("./fixtures/deno-sandbox.ts", import.meta.url));
-  const out = execFileSync(deno, ["run", "--no-prompt", fixture], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, NO_COLOR: "1" } });
+  const out = execFileSync(deno, ["run", "--no-prompt", fixture], {
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, NO_COLOR: "1" },
+  });
   const r = JSON.parse(out.trim().split("\n").pop()!) as { values: number[]; files: string[]; adapters: number };
   assert.deepEqual(r.values, [3, 4]);
   assert.deepEqual(r.files, ["/w/adapter/adapter_model.safetensors", "/w/adapter/adapter_config.json"]);

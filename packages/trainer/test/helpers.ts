@@ -17,7 +17,10 @@ export class CharTokenizer implements TextTokenizer {
     return opts.addSpecialTokens ?? true ? [1, ...ids] : ids;
   }
   decode(ids: readonly number[]): string {
-    return ids.filter((i) => i >= 3).map((i) => String.fromCharCode(i - 3)).join("");
+    return ids
+      .filter((i) => i >= 3)
+      .map((i) => String.fromCharCode(i - 3))
+      .join("");
   }
 }
 
@@ -42,7 +45,12 @@ export function tempDir(tag: string): { path: string; remove(): void } {
  * Shakespeare in a temp dir, and `cfg(over)`, a short LoRA run (6 steps, batch 2 x 32) writing to
  * a fresh output directory. `skip` is the reason when the shared data is missing.
  */
-export function storiesRuns(tag: string): { skip: string | false; tmp: ReturnType<typeof tempDir>; slice: string; cfg(over?: Partial<FinetuneInput>): FinetuneInput } {
+export function storiesRuns(tag: string): {
+  skip: string | false;
+  tmp: ReturnType<typeof tempDir>;
+  slice: string;
+  cfg(over?: Partial<FinetuneInput>): FinetuneInput;
+} {
   const data = dataDir();
   const tmp = tempDir(tag);
   const slice = join(tmp.path, "shakespeare-slice.txt");
@@ -53,9 +61,24 @@ export function storiesRuns(tag: string): { skip: string | false; tmp: ReturnTyp
     tmp,
     slice,
     cfg: (over = {}) => ({
-      model: join(data ?? "", STORIES), data: slice, output: join(tmp.path, `run-${runs++}`),
-      method: "lora", targetModules: "all-linear", rank: 4, alpha: 8, dropout: 0.1, lr: 3e-3, steps: 6, batchSize: 2, seqLen: 32,
-      warmup: 1, evalFraction: 0.1, evalBatches: 2, sampleTokens: 0, seed: 3, ...over,
+      model: join(data ?? "", STORIES),
+      data: slice,
+      output: join(tmp.path, `run-${runs++}`),
+      method: "lora",
+      targetModules: "all-linear",
+      rank: 4,
+      alpha: 8,
+      dropout: 0.1,
+      lr: 3e-3,
+      steps: 6,
+      batchSize: 2,
+      seqLen: 32,
+      warmup: 1,
+      evalFraction: 0.1,
+      evalBatches: 2,
+      sampleTokens: 0,
+      seed: 3,
+      ...over,
     }),
   };
 }

@@ -15,7 +15,11 @@ import { storiesRuns } from "./helpers.ts";
 const { skip, tmp, cfg } = storiesRuns("mixed");
 const backend = createCpuBackend();
 const io = (over: Partial<FinetuneIO> = {}): FinetuneIO => ({ backend, skipSamples: true, ...over });
-const records = (dir: string) => readFileSync(join(dir, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l));
+const records = (dir: string) =>
+  readFileSync(join(dir, "metrics.jsonl"), "utf8")
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l));
 
 test.after(() => {
   tmp.remove();
@@ -28,11 +32,14 @@ test("--bf16 and --fp16 (lora, qlora): half-precision base, f32 adapters, the fp
     for (const mp of ["bf16", "fp16"] as const) {
       const c = cfg({ method, mixedPrecision: mp });
       const seen: Record<string, string> = {};
-      const r = await finetune(c, io({
-        afterBackward: (step, params) => {
-          if (step === 0) for (const [name, p] of params) seen[name] = `${p.dtype}/${p.grad?.dtype}`;
-        },
-      }));
+      const r = await finetune(
+        c,
+        io({
+          afterBackward: (step, params) => {
+            if (step === 0) for (const [name, p] of params) seen[name] = `${p.dtype}/${p.grad?.dtype}`;
+          },
+        }),
+      );
       assert.ok(Object.keys(seen).length > 0);
       for (const [name, d] of Object.entries(seen)) assert.equal(d, "f32/f32", `${method} ${mp}: adapter ${name} and its gradient stay f32`);
       const rel = Math.abs(r.after!.loss - f32.after!.loss) / f32.after!.loss;
@@ -50,33 +57,44 @@ test("--bf16 and --fp16 (lora, qlora): half-precision base, f32 adapters, the fp
       const meta = JSON.parse(header.subarray(8, 8 + Number(header.readBigUInt64LE(0))).toString("utf8"));
       for (const [k, v] of Object.entries(meta)) if (k !== "__metadata__") assert.equal((v as { dtype: string }).dtype, "F32", `${k} saved as F32`);
       const train = records(c.output).filter((x) => x.split === "train");
-      assert.equal(train.some((x) => "loss_scale" in x), mp === "fp16", `${mp}: loss_scale recorded only for fp16`);
+      assert.equal(
+        train.some((x) => "loss_scale" in x),
+        mp === "fp16",
+        `${mp}: loss_scale recorded only for fp16`,
+      );
     }
   }
 });
 
-test("fp16 loss scaling: an overflow skips the step and halves the scale without stopping the run; resume continues the scale bit-identically", { skip }, async () => {
-  // Overflow injected on six steps in a row: the scaler backs off each time (no "consecutive skips" stop).
-  const overflow = (steps: number[]) => io({
-    afterBackward: (step, params) => {
-      if (!steps.includes(step)) return;
-      const [, p] = [...params][0];
-      noGrad(() => p.grad!.assign(keep(tensor(new Float32Array(p.size).fill(Infinity), { shape: [...p.shape], backend }))));
-    },
-  });
-  const c = cfg({ mixedPrecision: "fp16", steps: 8 });
-  const r = await finetune(c, overflow([1, 2, 3, 4, 5, 6]));
-  assert.equal(r.skipped, 6);
-  const scales = records(c.output).filter((x) => x.split === "train").map((x) => x.loss_scale);
-  assert.deepEqual(scales, [65536, 65536, 32768, 16384, 8192, 4096, 2048, 1024]);
-  assert.match(records(c.output).find((x) => x.step === 2 && x.split === "train").skipped, /overflow f16 at loss scale 65536/);
+test(
+  "fp16 loss scaling: an overflow skips the step and halves the scale without stopping the run; resume continues the scale bit-identically",
+  { skip },
+  async () => {
+    // Overflow injected on six steps in a row: the scaler backs off each time (no "consecutive skips" stop).
+    const overflow = (steps: number[]) =>
+      io({
+        afterBackward: (step, params) => {
+          if (!steps.includes(step)) return;
+          const [, p] = [...params][0];
+          noGrad(() => p.grad!.assign(keep(tensor(new Float32Array(p.size).fill(Infinity), { shape: [...p.shape], backend }))));
+        },
+      });
+    const c = cfg({ mixedPrecision: "fp16", steps: 8 });
+    const r = await finetune(c, overflow([1, 2, 3, 4, 5, 6]));
+    assert.equal(r.skipped, 6);
+    const scales = records(c.output)
+      .filter((x) => x.split === "train")
+      .map((x) => x.loss_scale);
+    assert.deepEqual(scales, [65536, 65536, 32768, 16384, 8192, 4096, 2048, 1024]);
+    assert.match(records(c.output).find((x) => x.step === 2 && x.split === "train").skipped, /overflow f16 at loss scale 65536/);
 
-  const over = { mixedPrecision: "fp16" as const, steps: 6, saveEvery: 3 };
-  const straight = await finetune(cfg(over), overflow([1]));
-  const first = cfg(over);
-  await finetune(first, { ...overflow([1]), stopAt: 3 });
-  assert.deepEqual((await loadCheckpoint(join(first.output, "checkpoint-3"))).state.loss_scale, { scale: 32768, good_steps: 1 });
-  const resumed = await finetune({ ...first, resume: first.output }, io());
-  assert.deepEqual(resumed.losses, straight.losses);
-  assert.ok(readFileSync(join(first.output, "adapter_model.safetensors")).equals(readFileSync(join(straight.output, "adapter_model.safetensors"))));
-});
+    const over = { mixedPrecision: "fp16" as const, steps: 6, saveEvery: 3 };
+    const straight = await finetune(cfg(over), overflow([1]));
+    const first = cfg(over);
+    await finetune(first, { ...overflow([1]), stopAt: 3 });
+    assert.deepEqual((await loadCheckpoint(join(first.output, "checkpoint-3"))).state.loss_scale, { scale: 32768, good_steps: 1 });
+    const resumed = await finetune({ ...first, resume: first.output }, io());
+    assert.deepEqual(resumed.losses, straight.losses);
+    assert.ok(readFileSync(join(first.output, "adapter_model.safetensors")).equals(readFileSync(join(straight.output, "adapter_model.safetensors"))));
+  },
+);

@@ -27,7 +27,13 @@ test("AdamW matches the f64 reference (decoupled decay, bias correction) for 3 s
   const b = keep(tensor([0.1, -0.2], { requiresGrad: true })); // no decay (vector)
   const [b1, b2, eps, wd] = [0.8, 0.95, 1e-6, 0.1];
   const lrs = [0.1, 0.05, 0.02];
-  const opt = new AdamW(namedParams([["w", w], ["b", b]]), { betas: [b1, b2], eps, weightDecay: wd });
+  const opt = new AdamW(
+    namedParams([
+      ["w", w],
+      ["b", b],
+    ]),
+    { betas: [b1, b2], eps, weightDecay: wd },
+  );
   // reference in f64
   const ref = (p0: number[], decay: boolean) => {
     let p = [...p0];
@@ -43,7 +49,7 @@ test("AdamW matches the f64 reference (decoupled decay, bias correction) for 3 s
         const xd = decay ? x * (1 - lr * wd) : x;
         const mhat = m[i] / (1 - b1 ** t);
         const vhat = v[i] / (1 - b2 ** t);
-        return xd - lr * mhat / (Math.sqrt(vhat) + eps);
+        return xd - (lr * mhat) / (Math.sqrt(vhat) + eps);
       });
       out.push(p);
     }
@@ -78,7 +84,10 @@ test("AdamW state round-trips: a restored optimizer continues bit-identically", 
   const state = await oa.state();
   assert.deepEqual([...state.tensors.keys()], ["p.exp_avg", "p.exp_avg_sq"]);
   ob.loadState(state);
-  for (const [p, o] of [[a, oa], [b, ob]] as const) {
+  for (const [p, o] of [
+    [a, oa],
+    [b, ob],
+  ] as const) {
     setGrad(p, gradAt(Array.from(p.readSync()), 2));
     o.step(0.1);
   }
@@ -104,10 +113,22 @@ test("SGD with momentum and weight decay matches torch's formula", () => {
 
 test("schedules: HF's constant/linear/cosine with warmup", () => {
   const o = { totalSteps: 10, warmupSteps: 2 };
-  assert.deepEqual([0, 1, 2, 5, 9].map((s) => lrFactor(s, { ...o, name: "constant" })), [0, 0.5, 1, 1, 1]);
-  close([0, 1, 2, 6, 10].map((s) => lrFactor(s, { ...o, name: "linear" })), [0, 0.5, 1, 0.5, 0]);
-  close([0, 1, 2, 6, 10].map((s) => lrFactor(s, { ...o, name: "cosine" })), [0, 0.5, 1, 0.5, 0]);
-  close([4].map((s) => lrFactor(s, { ...o, name: "cosine" })), [0.5 * (1 + Math.cos(Math.PI * 0.25))]);
+  assert.deepEqual(
+    [0, 1, 2, 5, 9].map((s) => lrFactor(s, { ...o, name: "constant" })),
+    [0, 0.5, 1, 1, 1],
+  );
+  close(
+    [0, 1, 2, 6, 10].map((s) => lrFactor(s, { ...o, name: "linear" })),
+    [0, 0.5, 1, 0.5, 0],
+  );
+  close(
+    [0, 1, 2, 6, 10].map((s) => lrFactor(s, { ...o, name: "cosine" })),
+    [0, 0.5, 1, 0.5, 0],
+  );
+  close(
+    [4].map((s) => lrFactor(s, { ...o, name: "cosine" })),
+    [0.5 * (1 + Math.cos(Math.PI * 0.25))],
+  );
   assert.equal(learningRate(1, { name: "linear", lr: 2e-4, ...o }), 1e-4);
   assert.equal(lrFactor(0, { name: "cosine", totalSteps: 5, warmupSteps: 0 }), 1);
   assert.equal(warmupSteps(0.1, 25), 3); // ceil, like warmup_ratio

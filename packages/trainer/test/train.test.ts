@@ -50,16 +50,31 @@ test("resume is bit-identical: 6 steps straight == 3, stop, resume, 3 (lora, dro
     assert.ok(bytes(join(first.output, f)).equals(bytes(join(straight.output, f))), `${f} differs after resume`);
   }
   // metrics.jsonl of the resumed run: each train step exactly once
-  const steps = readFileSync(join(first.output, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l)).filter((r) => r.split === "train").map((r) => r.step);
+  const steps = readFileSync(join(first.output, "metrics.jsonl"), "utf8")
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l))
+    .filter((r) => r.split === "train")
+    .map((r) => r.step);
   assert.deepEqual(steps, [1, 2, 3, 4, 5, 6]);
-  await assert.rejects(finetune({ ...first, output: join(tmp.path, "other"), resume: first.output, rank: 8 }, io()), /different settings \(rank: 4 there, 8 now\)/);
+  await assert.rejects(
+    finetune({ ...first, output: join(tmp.path, "other"), resume: first.output, rank: 8 }, io()),
+    /different settings \(rank: 4 there, 8 now\)/,
+  );
 });
 
 test("a failure mid-save leaves the last good checkpoint; resuming from it completes the run identically", { skip }, async () => {
   const c = cfg({ method: "full", targetModules: undefined, steps: 4, saveEvery: 2 });
   const straight = await finetune({ ...c, output: join(tmp.path, "straight-full") }, io());
   await assert.rejects(
-    finetune(c, io({ beforeCommit: (dir) => { if (dir.includes("checkpoint-4")) throw new Error("simulated crash mid-save"); } })),
+    finetune(
+      c,
+      io({
+        beforeCommit: (dir) => {
+          if (dir.includes("checkpoint-4")) throw new Error("simulated crash mid-save");
+        },
+      }),
+    ),
     /simulated crash mid-save/,
   );
   const left = readdirSync(c.output).filter((n) => n.includes("checkpoint"));
@@ -81,16 +96,36 @@ test("a process killed mid-save (SIGKILL) leaves the last good checkpoint, and r
     let err = "";
     child.stderr.on("data", (d: Buffer) => (err += d));
     child.on("error", fail);
-    child.on("close", (c, signal) => (signal === "SIGKILL" || c === 137 ? done(137) : done(c ?? -1), err && c !== 137 && signal !== "SIGKILL" && console.error(err)));
+    child.on(
+      "close",
+      (c, signal) => (signal === "SIGKILL" || c === 137 ? done(137) : done(c ?? -1), err && c !== 137 && signal !== "SIGKILL" && console.error(err)),
+    );
   });
   assert.equal(code, 137, "the child was killed");
   const names = readdirSync(out).filter((n) => n.includes("checkpoint"));
   assert.ok(names.includes("checkpoint-2"), `checkpoint-2 survives (${names})`);
   assert.ok(!names.includes("checkpoint-4"), "the interrupted checkpoint was never committed");
-  assert.ok(names.some((n) => n.startsWith(".tmp-checkpoint-4")), "the half-written save is a temporary directory");
+  assert.ok(
+    names.some((n) => n.startsWith(".tmp-checkpoint-4")),
+    "the half-written save is a temporary directory",
+  );
   const ck = await loadCheckpoint(out);
   assert.equal(ck.state.global_step, 2);
-  const c = { model: join(data as string, STORIES), data: slice, method: "lora" as const, targetModules: "all-linear" as const, rank: 4, steps: 4, saveEvery: 2, batchSize: 2, seqLen: 32, evalFraction: 0.1, evalBatches: 1, sampleTokens: 0, seed: 5 };
+  const c = {
+    model: join(data as string, STORIES),
+    data: slice,
+    method: "lora" as const,
+    targetModules: "all-linear" as const,
+    rank: 4,
+    steps: 4,
+    saveEvery: 2,
+    batchSize: 2,
+    seqLen: 32,
+    evalFraction: 0.1,
+    evalBatches: 1,
+    sampleTokens: 0,
+    seed: 5,
+  };
   const resumed = await finetune({ ...c, output: out, resume: out }, io());
   const straight = await finetune({ ...c, output: join(tmp.path, "killed-straight") }, io());
   assert.deepEqual(resumed.losses, straight.losses);
@@ -100,15 +135,21 @@ test("a process killed mid-save (SIGKILL) leaves the last good checkpoint, and r
 
 test("a non-finite gradient skips the update, is reported, and training goes on", { skip }, async () => {
   const c = cfg({ steps: 4 });
-  const r = await finetune(c, io({
-    afterBackward: (step, params) => {
-      if (step !== 1) return;
-      const [, p] = [...params][0];
-      noGrad(() => p.grad!.assign(keep(tensor(new Float32Array(p.size).fill(NaN), { shape: [...p.shape], backend }))));
-    },
-  }));
+  const r = await finetune(
+    c,
+    io({
+      afterBackward: (step, params) => {
+        if (step !== 1) return;
+        const [, p] = [...params][0];
+        noGrad(() => p.grad!.assign(keep(tensor(new Float32Array(p.size).fill(NaN), { shape: [...p.shape], backend }))));
+      },
+    }),
+  );
   assert.equal(r.skipped, 1);
-  const recs = readFileSync(join(c.output, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l));
+  const recs = readFileSync(join(c.output, "metrics.jsonl"), "utf8")
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l));
   const s2 = recs.find((x) => x.split === "train" && x.step === 2);
   assert.match(s2.skipped, /non-finite gradient norm/);
   const ck = await loadCheckpoint(c.output);
@@ -150,12 +191,27 @@ test("outputs: PEFT adapter, training_args.json, metrics.jsonl, eval_report.json
   const c = cfg({ steps: 3, evalEvery: 2, sampleTokens: 8 });
   const r = await finetune(c, { backend });
   const files = readdirSync(c.output);
-  for (const f of ["adapter_model.safetensors", "adapter_config.json", "training_args.json", "metrics.jsonl", "eval_report.json", "tokenizer.json", "checkpoint-3"]) assert.ok(files.includes(f), `${f} missing (${files})`);
+  for (const f of [
+    "adapter_model.safetensors",
+    "adapter_config.json",
+    "training_args.json",
+    "metrics.jsonl",
+    "eval_report.json",
+    "tokenizer.json",
+    "checkpoint-3",
+  ])
+    assert.ok(files.includes(f), `${f} missing (${files})`);
   const adapterCfg = JSON.parse(readFileSync(join(c.output, "adapter_config.json"), "utf8"));
   assert.equal(adapterCfg.peft_type, "LORA");
   assert.equal(adapterCfg.r, 4);
-  const recs = readFileSync(join(c.output, "metrics.jsonl"), "utf8").trim().split("\n").map((l) => JSON.parse(l));
-  assert.deepEqual(recs.map((x) => `${x.split}@${x.step}`), ["eval@0", "train@1", "train@2", "eval@2", "train@3", "eval@3"]);
+  const recs = readFileSync(join(c.output, "metrics.jsonl"), "utf8")
+    .trim()
+    .split("\n")
+    .map((l) => JSON.parse(l));
+  assert.deepEqual(
+    recs.map((x) => `${x.split}@${x.step}`),
+    ["eval@0", "train@1", "train@2", "eval@2", "train@3", "eval@3"],
+  );
   const t = recs[1];
   assert.deepEqual(Object.keys(t).sort(), ["grad_norm", "loss", "lr", "peak_bytes", "split", "step", "tokens_per_s"]);
   assert.ok(t.peak_bytes > 0 && t.tokens_per_s > 0 && t.lr === 0, "warmup 1: the first update has lr 0 (HF)");

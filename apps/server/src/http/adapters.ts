@@ -55,12 +55,16 @@ export function adapterRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const staged = registry.stagingDir("upload");
     try {
       const { fields, files } = await readMultipart(c.req.raw.body, type, {
-        dir: staged, allowed: UPLOAD_FIELDS, fileFields: [CONFIG_FILE, WEIGHTS_FILE], maxBytes: ctx.limits.maxUploadBytes,
+        dir: staged,
+        allowed: UPLOAD_FIELDS,
+        fileFields: [CONFIG_FILE, WEIGHTS_FILE],
+        maxBytes: ctx.limits.maxUploadBytes,
       });
       const name = checkName(formText(fields, "name", 64) ?? null, "name");
       if (registry.getAlias(name)) throw conflict(`${name} is an alias; adapters and aliases share one namespace`, "name");
       const datasetHash = formText(fields, "dataset_hash", 100);
-      if (datasetHash !== undefined && !/^(sha256:)?[0-9a-f]{64}$/.test(datasetHash)) throw invalid("dataset_hash must be a sha256 hex digest (optionally prefixed sha256:)", "dataset_hash");
+      if (datasetHash !== undefined && !/^(sha256:)?[0-9a-f]{64}$/.test(datasetHash))
+        throw invalid("dataset_hash must be a sha256 hex digest (optionally prefixed sha256:)", "dataset_hash");
       const activate = formText(fields, "activate", 5);
       if (activate !== undefined && activate !== "true" && activate !== "false") throw invalid("activate must be true or false", "activate");
       const hyperparameters = formJsonObject(fields, "hyperparameters");
@@ -76,10 +80,21 @@ export function adapterRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
       // bias or modules_to_save: the header check does not cover them; a trial load does (under the model's queue).
       if (!headerCheckCovers(lora)) await host.exclusive(() => host.check(staged));
       const v = await registry.addVersion({
-        name, stagedDir: staged, base_model: host.id, base_model_hash: host.hash,
+        name,
+        stagedDir: staged,
+        base_model: host.id,
+        base_model_hash: host.hash,
         dataset_hash: datasetHash ? (datasetHash.startsWith("sha256:") ? datasetHash : `sha256:${datasetHash}`) : null,
-        hyperparameters: hyperparameters ?? { r: config.r, lora_alpha: config.lora_alpha, target_modules: config.target_modules, lora_dropout: config.lora_dropout },
-        eval_metrics: evalMetrics ?? {}, source: `upload:${c.get("key").id}`, description: description ?? null, activate: activate !== "false",
+        hyperparameters: hyperparameters ?? {
+          r: config.r,
+          lora_alpha: config.lora_alpha,
+          target_modules: config.target_modules,
+          lora_dropout: config.lora_dropout,
+        },
+        eval_metrics: evalMetrics ?? {},
+        source: `upload:${c.get("key").id}`,
+        description: description ?? null,
+        activate: activate !== "false",
       });
       return c.json(view(v), 201);
     } finally {
@@ -88,7 +103,8 @@ export function adapterRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
   });
 
   app.get("/v1/adapters", requireScope("read"), (c) =>
-    c.json({ object: "list", data: registry.listAdapters().map((a) => ({ object: "adapter", ...a, versions: a.versions.map(view) })) }));
+    c.json({ object: "list", data: registry.listAdapters().map((a) => ({ object: "adapter", ...a, versions: a.versions.map(view) })) }),
+  );
 
   app.get("/v1/adapters/:name", requireScope("read"), (c) => {
     const name = nameParam(c);
@@ -180,7 +196,8 @@ export function adapterRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const name = nameParam(c, "alias");
     const o = asObject(await readJson(c));
     rejectUnknown(o, ["targets"]);
-    if (!Array.isArray(o.targets) || o.targets.length < 1 || o.targets.length > 16) throw invalid("targets must be an array of 1-16 {adapter, weight} objects", "targets");
+    if (!Array.isArray(o.targets) || o.targets.length < 1 || o.targets.length > 16)
+      throw invalid("targets must be an array of 1-16 {adapter, weight} objects", "targets");
     const targets: AliasTarget[] = o.targets.map((raw, i) => {
       const prefix = `targets[${i}]`;
       const t = asObject(raw, prefix);

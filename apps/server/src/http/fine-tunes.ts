@@ -21,11 +21,41 @@ import { readMultipart } from "./multipart.ts";
 import { type Obj, asObject, int, num, oneOf, rejectUnknown, str } from "./validate.ts";
 
 /** PEFT LoraConfig fields a job takes under PEFT's own names (what `lowrank finetune --lora-config` reads). */
-export const LORA_FIELDS = ["use_dora", "use_rslora", "modules_to_save", "bias", "exclude_modules", "layers_to_transform", "layers_pattern", "rank_pattern", "alpha_pattern", "init_lora_weights"];
+export const LORA_FIELDS = [
+  "use_dora",
+  "use_rslora",
+  "modules_to_save",
+  "bias",
+  "exclude_modules",
+  "layers_to_transform",
+  "layers_pattern",
+  "rank_pattern",
+  "alpha_pattern",
+  "init_lora_weights",
+];
 
 const FT_FIELDS = [
-  "adapter_name", "model", "dataset", "data", "data_format", "method", "rank", "alpha", "dropout", "target_modules", "seed",
-  "steps", "epochs", "learning_rate", "batch_size", "seq_len", "warmup", "checkpoint_every", "eval_fraction", "description", ...LORA_FIELDS,
+  "adapter_name",
+  "model",
+  "dataset",
+  "data",
+  "data_format",
+  "method",
+  "rank",
+  "alpha",
+  "dropout",
+  "target_modules",
+  "seed",
+  "steps",
+  "epochs",
+  "learning_rate",
+  "batch_size",
+  "seq_len",
+  "warmup",
+  "checkpoint_every",
+  "eval_fraction",
+  "description",
+  ...LORA_FIELDS,
 ];
 
 /** The LoraConfig fields of a request, checked as the trainer checks them (errors name the field). */
@@ -46,7 +76,8 @@ function targetModules(o: Obj): string[] | "all-linear" {
   const v = o.target_modules;
   if (v === undefined || v === null) return ["q_proj", "v_proj"];
   if (v === "all-linear") return v;
-  if (!Array.isArray(v) || v.length < 1 || v.length > 64) throw invalid('target_modules must be "all-linear" or an array of 1-64 module names', "target_modules");
+  if (!Array.isArray(v) || v.length < 1 || v.length > 64)
+    throw invalid('target_modules must be "all-linear" or an array of 1-64 module names', "target_modules");
   return v.map((m, i) => {
     if (typeof m !== "string" || !/^[\w.]{1,128}$/.test(m)) throw invalid(`target_modules[${i}] must be a module name like "q_proj"`, `target_modules[${i}]`);
     return m;
@@ -56,7 +87,8 @@ function targetModules(o: Obj): string[] | "all-linear" {
 export function parseJobParams(o: Obj, maxSeqLen: number): JobParams {
   rejectUnknown(o, FT_FIELDS);
   const method = oneOf(o, "method", ["lora", "qlora", "full"] as const, "lora");
-  if (method === "full") throw invalid("method full trains every weight and produces a model, not an adapter; the server registers adapters, use lora", "method");
+  if (method === "full")
+    throw invalid("method full trains every weight and produces a model, not an adapter; the server registers adapters, use lora", "method");
   const steps = int(o, "steps", { min: 1, max: 1_000_000 });
   const epochs = num(o, "epochs", { min: 0.001, max: 1000 });
   return {
@@ -69,7 +101,7 @@ export function parseJobParams(o: Obj, maxSeqLen: number): JobParams {
     lora: loraFields(o),
     seed: int(o, "seed", { def: 0, min: 0, max: 2 ** 32 - 1 }),
     steps: steps ?? null,
-    epochs: steps === undefined ? (epochs ?? 1) : null,
+    epochs: steps === undefined ? epochs ?? 1 : null,
     learning_rate: num(o, "learning_rate", { def: 2e-4, min: 1e-9, max: 1 }),
     batch_size: int(o, "batch_size", { def: 8, min: 1, max: 1024 }),
     seq_len: int(o, "seq_len", { def: Math.min(128, maxSeqLen), min: 2, max: maxSeqLen }),
@@ -106,7 +138,13 @@ export function fineTuneRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     try {
       let path: string;
       if (type.startsWith("multipart/form-data")) {
-        const { fields, files } = await readMultipart(c.req.raw.body, type, { dir, allowed: ["file", "name", "format"], fileFields: ["file"], maxBytes: ctx.limits.maxDatasetBytes, maxFieldBytes: 256 });
+        const { fields, files } = await readMultipart(c.req.raw.body, type, {
+          dir,
+          allowed: ["file", "name", "format"],
+          fileFields: ["file"],
+          maxBytes: ctx.limits.maxDatasetBytes,
+          maxFieldBytes: 256,
+        });
         if (!files.file) throw invalid("file is required as a file field (curl -F file=@data.jsonl)", "file");
         path = files.file.path;
         filename = files.file.filename || filename;
@@ -114,7 +152,8 @@ export function fineTuneRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
         if (fields.format) format = fields.format;
       } else path = await streamToFile(c.req.raw.body, join(dir, "body"), ctx.limits.maxDatasetBytes);
       if (name !== undefined) checkName(name, "name");
-      if (format !== undefined && !(DATA_FORMATS as readonly string[]).includes(format)) throw invalid(`format must be one of ${DATA_FORMATS.join(", ")}`, "format");
+      if (format !== undefined && !(DATA_FORMATS as readonly string[]).includes(format))
+        throw invalid(`format must be one of ${DATA_FORMATS.join(", ")}`, "format");
       if ((await stat(path)).size === 0) throw invalid("the dataset is empty", "file");
       const d = await storeDataset(path, { name, filename, format: format as DataFormat | undefined, field: "data" });
       return c.json({ object: "dataset", ...d }, 201);
@@ -146,7 +185,11 @@ export function fineTuneRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     if (registry.getAlias(params.adapter_name)) throw conflict(`${params.adapter_name} is an alias; pick another adapter_name`, "adapter_name");
     const datasetRef = str(o, "dataset", { max: 64 });
     const inline = str(o, "data");
-    if ((datasetRef === undefined) === (inline === undefined)) throw invalid("give exactly one of dataset (a registered dataset id or name) and data (the training text inline)", datasetRef === undefined ? "dataset" : "data");
+    if ((datasetRef === undefined) === (inline === undefined))
+      throw invalid(
+        "give exactly one of dataset (a registered dataset id or name) and data (the training text inline)",
+        datasetRef === undefined ? "dataset" : "data",
+      );
     try {
       resolveConfig(finetuneInput({ model: host.dir, data: "data", output: "out", params }));
     } catch (e) {
@@ -274,13 +317,16 @@ export function fineTuneRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
 
 async function readMetrics(path: string): Promise<Record<string, unknown>[]> {
   const text = await readFile(path, "utf8").catch(() => "");
-  return text.split("\n").filter((l) => l.trim()).flatMap((l) => {
-    try {
-      return [JSON.parse(l) as Record<string, unknown>];
-    } catch {
-      return [];
-    }
-  });
+  return text
+    .split("\n")
+    .filter((l) => l.trim())
+    .flatMap((l) => {
+      try {
+        return [JSON.parse(l) as Record<string, unknown>];
+      } catch {
+        return [];
+      }
+    });
 }
 
 /** Write a request body to `path` as it arrives (memory: one chunk); 413 past `max` bytes. */

@@ -42,7 +42,7 @@ const HEADER_END = Buffer.from("\r\n\r\n");
 export function boundaryOf(contentType: string): string | null {
   if (!/^multipart\/form-data\b/i.test(contentType)) return null;
   const m = /;\s*boundary=(?:"([^"]{1,70})"|([^\s;]{1,70}))/i.exec(contentType);
-  return m ? (m[1] ?? m[2]) : null;
+  return m ? m[1] ?? m[2] : null;
 }
 
 /** Read the body, writing file parts under `o.dir`. Throws ApiErrors (400/413) naming the field. */
@@ -63,10 +63,11 @@ export async function readMultipart(body: ReadableStream<Uint8Array> | null, con
     if (!part || !chunk.length) return;
     part.size += chunk.length;
     if (part.file) {
-      if (!part.file.write(chunk)) await new Promise<void>((r, j) => {
-        part!.file!.once("drain", r);
-        part!.file!.once("error", j);
-      });
+      if (!part.file.write(chunk))
+        await new Promise<void>((r, j) => {
+          part!.file!.once("drain", r);
+          part!.file!.once("error", j);
+        });
     } else {
       if (part.size > maxField) throw invalid(`${part.name} is longer than ${maxField} bytes`, part.name);
       part.text.push(chunk);

@@ -35,7 +35,8 @@ function sampling(o: Obj, maxTokensCap: number, defaultMax: number): Sampling {
     if (num(o, k, { def: 0 }) !== 0) throw invalid(`${k} is not supported; use repetition_penalty`, k);
   }
   if (o.logprobs !== undefined && o.logprobs !== null && o.logprobs !== false && o.logprobs !== 0) throw invalid("logprobs is not supported", "logprobs");
-  if (o.logit_bias !== undefined && o.logit_bias !== null && Object.keys(asObject(o.logit_bias, "logit_bias")).length) throw invalid("logit_bias is not supported", "logit_bias");
+  if (o.logit_bias !== undefined && o.logit_bias !== null && Object.keys(asObject(o.logit_bias, "logit_bias")).length)
+    throw invalid("logit_bias is not supported", "logit_bias");
   const maxKey = o.max_completion_tokens !== undefined && o.max_completion_tokens !== null ? "max_completion_tokens" : "max_tokens";
   const streamOptions = o.stream_options === undefined || o.stream_options === null ? {} : asObject(o.stream_options, "stream_options");
   return {
@@ -64,7 +65,8 @@ function promptOf(o: Obj): string {
   const p = o.prompt;
   if (typeof p === "string") return p;
   if (Array.isArray(p)) {
-    if (p.length !== 1 || typeof p[0] !== "string") throw invalid("prompt must be a string or an array with exactly one string (batches are not supported)", "prompt");
+    if (p.length !== 1 || typeof p[0] !== "string")
+      throw invalid("prompt must be a string or an array with exactly one string (batches are not supported)", "prompt");
     return p[0];
   }
   if (p === undefined || p === null) throw invalid("prompt is required", "prompt");
@@ -83,11 +85,14 @@ function messagesOf(o: Obj): ChatMessage[] {
     if (role !== "system" && role !== "user" && role !== "assistant") throw invalid(`${f}.role must be "system", "user" or "assistant"`, `${f}.role`);
     let content = e.content;
     if (Array.isArray(content)) {
-      content = content.map((part, j) => {
-        const p = asObject(part, `${f}.content[${j}]`);
-        if (p.type !== "text" || typeof p.text !== "string") throw invalid(`${f}.content[${j}] must be {"type": "text", "text": "..."} (only text is supported)`, `${f}.content[${j}]`);
-        return p.text;
-      }).join("");
+      content = content
+        .map((part, j) => {
+          const p = asObject(part, `${f}.content[${j}]`);
+          if (p.type !== "text" || typeof p.text !== "string")
+            throw invalid(`${f}.content[${j}] must be {"type": "text", "text": "..."} (only text is supported)`, `${f}.content[${j}]`);
+          return p.text;
+        })
+        .join("");
     }
     if (typeof content !== "string") throw invalid(`${f}.content must be a string, got ${typeName(content)}`, `${f}.content`);
     return { role, content };
@@ -109,8 +114,14 @@ function adapterHeaders(route: Route): Record<string, string> {
 function genRequest(ctx: ServerContext, route: Route, ids: number[], s: Sampling, stop: string[]): GenRequest {
   return {
     adapter: route.adapter ? { version: route.adapter, dir: ctx.registry.versionDir(route.adapter.name, route.adapter.version) } : null,
-    promptIds: ids, maxTokens: s.maxTokens, temperature: s.temperature, topP: s.topP, topK: s.topK,
-    repetitionPenalty: s.repetitionPenalty, seed: s.seed, stop,
+    promptIds: ids,
+    maxTokens: s.maxTokens,
+    temperature: s.temperature,
+    topP: s.topP,
+    topK: s.topK,
+    repetitionPenalty: s.repetitionPenalty,
+    seed: s.seed,
+    stop,
   };
 }
 
@@ -125,16 +136,18 @@ function sse(run: (send: (chunk: unknown) => void, signal: AbortSignal) => Promi
       const send = (chunk: unknown) => {
         if (!abort.signal.aborted) controller.enqueue(enc.encode(`data: ${JSON.stringify(chunk)}\n\n`));
       };
-      void run(send, abort.signal).catch((e: unknown) => {
-        if (abort.signal.aborted) return;
-        const err: ApiError = isApiError(e) ? withMessage(e, ctx.redact(e.message)) : internal("generation failed; see the server log");
-        if (!isApiError(e)) ctx.log(`error: streaming generation: ${errorMessage(e)}`);
-        send(err.body());
-      }).finally(() => {
-        if (abort.signal.aborted) return;
-        controller.enqueue(enc.encode("data: [DONE]\n\n"));
-        controller.close();
-      });
+      void run(send, abort.signal)
+        .catch((e: unknown) => {
+          if (abort.signal.aborted) return;
+          const err: ApiError = isApiError(e) ? withMessage(e, ctx.redact(e.message)) : internal("generation failed; see the server log");
+          if (!isApiError(e)) ctx.log(`error: streaming generation: ${errorMessage(e)}`);
+          send(err.body());
+        })
+        .finally(() => {
+          if (abort.signal.aborted) return;
+          controller.enqueue(enc.encode("data: [DONE]\n\n"));
+          controller.close();
+        });
     },
     cancel() {
       abort.abort();
@@ -165,10 +178,22 @@ export function openaiRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     ctx.host.assertCapacity();
     const req = genRequest(ctx, route, ids, s, s.stop);
     const id = `cmpl-${randomUUID().replaceAll("-", "")}`;
-    const base = { id, object: "text_completion", created: created(), model: route.model, system_fingerprint: fingerprint, adapter: route.adapter?.ref ?? null, alias: route.alias };
+    const base = {
+      id,
+      object: "text_completion",
+      created: created(),
+      model: route.model,
+      system_fingerprint: fingerprint,
+      adapter: route.adapter?.ref ?? null,
+      alias: route.alias,
+    };
     if (!s.stream) {
       const r = await ctx.host.generate({ ...req, signal: c.req.raw.signal });
-      return c.json({ ...base, choices: [{ text: r.text, index: 0, logprobs: null, finish_reason: r.finishReason }], usage: usage(r) }, 200, adapterHeaders(route));
+      return c.json(
+        { ...base, choices: [{ text: r.text, index: 0, logprobs: null, finish_reason: r.finishReason }], usage: usage(r) },
+        200,
+        adapterHeaders(route),
+      );
     }
     const body = sse(async (send, signal) => {
       const r = await ctx.host.generate({ ...req, signal }, (text) => send({ ...base, choices: [{ text, index: 0, logprobs: null, finish_reason: null }] }));
@@ -194,13 +219,22 @@ export function openaiRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
     const base = { id, created: created(), model: route.model, system_fingerprint: fingerprint, adapter: route.adapter?.ref ?? null, alias: route.alias };
     if (!s.stream) {
       const r = await ctx.host.generate({ ...req, signal: c.req.raw.signal });
-      return c.json({
-        ...base, object: "chat.completion",
-        choices: [{ index: 0, message: { role: "assistant", content: r.text }, logprobs: null, finish_reason: r.finishReason }],
-        usage: usage(r),
-      }, 200, adapterHeaders(route));
+      return c.json(
+        {
+          ...base,
+          object: "chat.completion",
+          choices: [{ index: 0, message: { role: "assistant", content: r.text }, logprobs: null, finish_reason: r.finishReason }],
+          usage: usage(r),
+        },
+        200,
+        adapterHeaders(route),
+      );
     }
-    const chunk = (delta: object, finish: string | null) => ({ ...base, object: "chat.completion.chunk", choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }] });
+    const chunk = (delta: object, finish: string | null) => ({
+      ...base,
+      object: "chat.completion.chunk",
+      choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
+    });
     const body = sse(async (send, signal) => {
       send(chunk({ role: "assistant", content: "" }, null));
       const r = await ctx.host.generate({ ...req, signal }, (text) => send(chunk({ content: text }, null)));
@@ -213,7 +247,10 @@ export function openaiRoutes(app: Hono<AppEnv>, ctx: ServerContext): void {
 
 function tooLongPrompt(ctx: ServerContext, chars: number, cap: number, field: string) {
   const maxPos = ctx.host.model.config.max_position_embeddings;
-  return invalid(`the prompt is ${chars} characters: more than this model's context of ${maxPos} tokens can hold (at most ${cap} characters); it was not tokenized`, field);
+  return invalid(
+    `the prompt is ${chars} characters: more than this model's context of ${maxPos} tokens can hold (at most ${cap} characters); it was not tokenized`,
+    field,
+  );
 }
 
 /**
@@ -240,11 +277,26 @@ export function listModels(ctx: ServerContext): object[] {
       if (v.base_model_hash !== host.hash) continue; // trained on another base: not servable here
       const info = { kind: "adapter", adapter: v.ref, current: v.current, loaded: host.isLoaded(v.id) };
       out.push({ id: `${host.id}:${v.ref}`, object: "model", created: unix(v.created_at), owned_by: "lowrank", parent: host.id, lowrank: info });
-      if (v.current) out.push({ id: `${host.id}:${v.name}`, object: "model", created: unix(v.created_at), owned_by: "lowrank", parent: host.id, lowrank: { ...info, kind: "adapter-current" } });
+      if (v.current)
+        out.push({
+          id: `${host.id}:${v.name}`,
+          object: "model",
+          created: unix(v.created_at),
+          owned_by: "lowrank",
+          parent: host.id,
+          lowrank: { ...info, kind: "adapter-current" },
+        });
     }
   }
   for (const al of registry.listAliases()) {
-    out.push({ id: `${host.id}:${al.name}`, object: "model", created: unix(al.created_at), owned_by: "lowrank", parent: host.id, lowrank: { kind: "alias", targets: al.targets } });
+    out.push({
+      id: `${host.id}:${al.name}`,
+      object: "model",
+      created: unix(al.created_at),
+      owned_by: "lowrank",
+      parent: host.id,
+      lowrank: { kind: "alias", targets: al.targets },
+    });
   }
   return out;
 }

@@ -120,7 +120,8 @@ export function bool(o: Obj, key: string, def: boolean, prefix = ""): boolean {
 export function oneOf<T extends string>(o: Obj, key: string, values: readonly T[], def: T, prefix = ""): T {
   const v = o[key];
   if (v === undefined || v === null) return def;
-  if (typeof v !== "string" || !values.includes(v as T)) throw invalid(`${path(prefix, key)} must be one of ${values.map((x) => JSON.stringify(x)).join(", ")}`, path(prefix, key));
+  if (typeof v !== "string" || !values.includes(v as T))
+    throw invalid(`${path(prefix, key)} must be one of ${values.map((x) => JSON.stringify(x)).join(", ")}`, path(prefix, key));
   return v as T;
 }
 

@@ -104,7 +104,9 @@ export class Batcher {
     const perPosition = cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * 4;
     const kvBytes = perPosition * (spec.promptIds.length + spec.maxNewTokens);
     if (kvBytes > this.#kvBudget) {
-      return Promise.reject(new KvBudgetError(`the prompt and max_tokens need ${kvBytes} bytes of KV cache, more than the server's budget of ${this.#kvBudget}; lower max_tokens`));
+      return Promise.reject(
+        new KvBudgetError(`the prompt and max_tokens need ${kvBytes} bytes of KV cache, more than the server's budget of ${this.#kvBudget}; lower max_tokens`),
+      );
     }
     const p = new Promise<{ completion: number; stopped: boolean }>((resolve, reject) => this.#waiting.push({ spec, kvBytes, resolve, reject }));
     if (!this.#running) void this.#loop();
@@ -162,8 +164,15 @@ export class Batcher {
       tokens += w.spec.promptIds.length;
       this.#active.push({
         // Room for every position it can reach, taken at its first step: exactly the kvBytes admitted.
-        spec: w.spec, cache: this.#m.model.createCache({ capacity: w.spec.promptIds.length + w.spec.maxNewTokens }), ids: [...w.spec.promptIds], generated: 0, rng: new Rng(w.spec.seed),
-        pending: [...w.spec.promptIds], kvBytes: w.kvBytes, done: w.resolve, fail: w.reject,
+        spec: w.spec,
+        cache: this.#m.model.createCache({ capacity: w.spec.promptIds.length + w.spec.maxNewTokens }),
+        ids: [...w.spec.promptIds],
+        generated: 0,
+        rng: new Rng(w.spec.seed),
+        pending: [...w.spec.promptIds],
+        kvBytes: w.kvBytes,
+        done: w.resolve,
+        fail: w.reject,
       });
     }
   }
@@ -175,7 +184,12 @@ export class Batcher {
       this.#m.useRowAdapters(null);
       this.#m.useAdapter(first);
     } else this.#m.useRowAdapters(g.flatMap((a) => a.pending.map(() => a.spec.adapter)));
-    const t = noGrad(() => this.#m.model.stepSegments(g.map((a) => a.pending), g.map((a) => a.cache)));
+    const t = noGrad(() =>
+      this.#m.model.stepSegments(
+        g.map((a) => a.pending),
+        g.map((a) => a.cache),
+      ),
+    );
     this.stats.steps++;
     this.stats.rows += g.length;
     this.stats.maxRows = Math.max(this.stats.maxRows, g.length);

@@ -103,23 +103,26 @@ export class ModelHost {
     this.#eos = [...new Set([...model.config.eos_token_id, ...genEos, ...(tokenizer.eosTokenId === null ? [] : [tokenizer.eosTokenId])])];
     this.#maxQueue = o.maxQueue ?? 256;
     this.#cache = new ByteLru(o.cacheBytes ?? 256 * 2 ** 20, (_, a) => this.#evict(a.internal));
-    this.#batcher = new Batcher({
-      model,
-      // Switching is a walk over the model: skipped when nothing changed since the last step.
-      useAdapter: (a) => {
-        if (this.#peft && this.#current !== a) this.#peft.setAdapter(a ?? []);
-        this.#current = a;
+    this.#batcher = new Batcher(
+      {
+        model,
+        // Switching is a walk over the model: skipped when nothing changed since the last step.
+        useAdapter: (a) => {
+          if (this.#peft && this.#current !== a) this.#peft.setAdapter(a ?? []);
+          this.#current = a;
+        },
+        useRowAdapters: (rows) => {
+          const key = rows ? rows.join("\u0000") : null;
+          if (this.#peft && key === this.#rows) return;
+          if (this.#peft) this.#peft.setRowAdapters(rows);
+          else if (rows?.some((r) => r !== null)) throw new Error("row adapters without any adapter loaded");
+          this.#rows = key;
+        },
+        rowBatchable: (a) => (this.#peft as PeftModel<LlamaForCausalLM>).rowBatchable(a),
+        locked: (fn) => Effect.runPromise(this.#sem.withPermits(1)(Effect.tryPromise({ try: fn, catch: (e) => e }))),
       },
-      useRowAdapters: (rows) => {
-        const key = rows ? rows.join("\u0000") : null;
-        if (this.#peft && key === this.#rows) return;
-        if (this.#peft) this.#peft.setRowAdapters(rows);
-        else if (rows?.some((r) => r !== null)) throw new Error("row adapters without any adapter loaded");
-        this.#rows = key;
-      },
-      rowBatchable: (a) => (this.#peft as PeftModel<LlamaForCausalLM>).rowBatchable(a),
-      locked: (fn) => Effect.runPromise(this.#sem.withPermits(1)(Effect.tryPromise({ try: fn, catch: (e) => e }))),
-    }, { maxBatch: o.maxBatch, kvBudgetBytes: o.kvBudgetBytes });
+      { maxBatch: o.maxBatch, kvBudgetBytes: o.kvBudgetBytes },
+    );
   }
 
   static async load(o: HostOptions): Promise<ModelHost> {
@@ -178,7 +181,10 @@ export class ModelHost {
     const hit = this.#cache.get(v.id);
     if (hit) return hit;
     if (v.base_model_hash !== this.hash) {
-      throw conflict(`${v.ref} was trained on base ${v.base_model} (${v.base_model_hash.slice(0, 19)}...), not on the served ${this.id} (${this.hash.slice(0, 19)}...)`, "model");
+      throw conflict(
+        `${v.ref} was trained on base ${v.base_model} (${v.base_model_hash.slice(0, 19)}...), not on the served ${this.id} (${this.hash.slice(0, 19)}...)`,
+        "model",
+      );
     }
     const internal = `v${v.id}`;
     // Evicted while sequences still used it: it is still loaded; take it back into the cache.
@@ -312,19 +318,29 @@ export class ModelHost {
       emit(text.length - heldBack(text, req.stop));
       return true;
     };
-    const r = await this.#batcher.run({
-      adapter: internal, promptIds: ids, maxNewTokens: maxNew, temperature: req.temperature, topP: req.topP, topK: req.topK,
-      repetitionPenalty: req.repetitionPenalty, seed: req.seed, stopTokens: new Set([...this.#eos, ...(req.stopTokens ?? [])]), signal: req.signal,
-      onToken: (id) => {
-        completion++;
-        return grow(stream.push(id));
-      },
-      onEnd: () => internal && this.#release(internal),
-    }).catch((e) => {
-      if (!(e instanceof KvBudgetError)) throw e;
-      if (internal) this.#release(internal); // refused before joining: onEnd will not run
-      throw invalid(e.message, "max_tokens");
-    });
+    const r = await this.#batcher
+      .run({
+        adapter: internal,
+        promptIds: ids,
+        maxNewTokens: maxNew,
+        temperature: req.temperature,
+        topP: req.topP,
+        topK: req.topK,
+        repetitionPenalty: req.repetitionPenalty,
+        seed: req.seed,
+        stopTokens: new Set([...this.#eos, ...(req.stopTokens ?? [])]),
+        signal: req.signal,
+        onToken: (id) => {
+          completion++;
+          return grow(stream.push(id));
+        },
+        onEnd: () => internal && this.#release(internal),
+      })
+      .catch((e) => {
+        if (!(e instanceof KvBudgetError)) throw e;
+        if (internal) this.#release(internal); // refused before joining: onEnd will not run
+        throw invalid(e.message, "max_tokens");
+      });
     // The rest: a character left partial at the end decodes to U+FFFD, as a whole-completion decode gives it.
     const stopped = r.stopped || !grow(stream.flush());
     if (!stopped) emit(text.length);

@@ -33,7 +33,15 @@ export function defaultJobBudget(maxConcurrent: number): number {
 const MiB = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
 
 export function planJob(p: Pick<JobParams, "method" | "rank" | "target_modules" | "batch_size" | "seq_len" | "dropout">, config: ModelConfig): PlanEstimate {
-  return estimate({ shape: planShapeOf(config), method: p.method, rank: p.rank, targets: p.target_modules, batch: p.batch_size, seq: p.seq_len, dropout: p.dropout });
+  return estimate({
+    shape: planShapeOf(config),
+    method: p.method,
+    rank: p.rank,
+    targets: p.target_modules,
+    batch: p.batch_size,
+    seq: p.seq_len,
+    dropout: p.dropout,
+  });
 }
 
 /** 400 when the planned peak does not fit the budget; returns the planned bytes otherwise. */
@@ -41,7 +49,7 @@ export function checkJobMemory(p: JobParams, config: ModelConfig, budgetBytes: n
   const planned = planJob(p, config).totalBytes + WORKER_OVERHEAD_BYTES;
   if (planned <= budgetBytes) return planned;
   let fit = 0;
-  for (let lo = 1, hi = p.batch_size - 1; lo <= hi;) {
+  for (let lo = 1, hi = p.batch_size - 1; lo <= hi; ) {
     const mid = (lo + hi) >> 1;
     if (planJob({ ...p, batch_size: mid }, config).totalBytes + WORKER_OVERHEAD_BYTES <= budgetBytes) {
       fit = mid;
@@ -51,7 +59,9 @@ export function checkJobMemory(p: JobParams, config: ModelConfig, budgetBytes: n
   const hint = fit > 0 ? `; batch_size ${fit} fits at seq_len ${p.seq_len}` : "; even batch_size 1 does not fit at this seq_len: lower seq_len or rank";
   const field = fit > 0 ? "batch_size" : "seq_len";
   throw invalid(
-    `this job plans to use ${MiB(planned)} (lowrank plan --method ${p.method} --rank ${p.rank} --batch-size ${p.batch_size} --seq-len ${p.seq_len} on the served model, plus ${MiB(WORKER_OVERHEAD_BYTES)} for the worker); the server's job memory budget is ${MiB(budgetBytes)}${hint}`,
+    `this job plans to use ${MiB(planned)} (lowrank plan --method ${p.method} --rank ${p.rank} --batch-size ${p.batch_size} --seq-len ${
+      p.seq_len
+    } on the served model, plus ${MiB(WORKER_OVERHEAD_BYTES)} for the worker); the server's job memory budget is ${MiB(budgetBytes)}${hint}`,
     field,
   );
 }
@@ -60,7 +70,10 @@ export function checkJobMemory(p: JobParams, config: ModelConfig, budgetBytes: n
 export function checkJobQueue(store: JobStore, maxQueued: number): void {
   const waiting = store.list({ status: "queued", limit: maxQueued + 1 }).length;
   if (waiting < maxQueued) return;
-  const etas = store.list({ status: "running", limit: 100 }).map((j) => j.progress?.eta_s).filter((x): x is number => typeof x === "number" && x > 0);
+  const etas = store
+    .list({ status: "running", limit: 100 })
+    .map((j) => j.progress?.eta_s)
+    .filter((x): x is number => typeof x === "number" && x > 0);
   const retry = etas.length ? Math.min(3600, Math.ceil(Math.min(...etas))) : 60;
   throw rateLimited(`${waiting} fine-tuning jobs are already queued (limit ${maxQueued}); retry after ${retry} s or cancel a queued job`, retry);
 }

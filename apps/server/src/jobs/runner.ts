@@ -114,7 +114,10 @@ export class JobRunner {
     const self = this;
     const attempt = Effect.gen(function* () {
       const job = self.store.get(id) as Job;
-      const spec = yield* Effect.tryPromise({ try: () => self.#writeSpec(job), catch: (e) => new WorkerFailed({ message: (e as Error).message, exitCode: null }) });
+      const spec = yield* Effect.tryPromise({
+        try: () => self.#writeSpec(job),
+        catch: (e) => new WorkerFailed({ message: (e as Error).message, exitCode: null }),
+      });
       const resumed = yield* Effect.promise(() => latestCheckpoint(spec.output));
       const running = self.store.transition(id, "running", { resumedFrom: resumed });
       self.events.publish(id, { type: "status", status: running.status, attempt: running.attempts, resumed_from_step: resumed });
@@ -126,21 +129,29 @@ export class JobRunner {
       const result = yield* self.#register(job, spec);
       self.#finish(id, "succeeded", { result });
     });
-    return this.#slots.withPermits(1)(attempt).pipe(
-      Effect.catchTag("WorkerFailed", (e) => Effect.sync(() => void self.#finish(id, "failed", { error: e.message }))),
-      Effect.catchTag("RegisterFailed", (e) => Effect.sync(() => void self.#finish(id, "failed", { error: `training finished but the adapter could not be registered: ${e.message}` }))),
-      Effect.catchTag("WorkerStopped", (e) => Effect.sync(() => {
-        self.#opts.log(`job ${id}: stopped at step ${e.step ?? "?"}; it resumes on the next start`);
-        self.#finish(id, "queued");
-      })),
-      Effect.onInterrupt(() => Effect.sync(() => {
-        const j = self.store.get(id);
-        if (!j || TERMINAL.includes(j.status)) return;
-        if (self.#shuttingDown) {
-          if (j.status === "running") self.#finish(id, "queued");
-        } else self.#finish(id, "cancelled");
-      })),
-    );
+    return this.#slots
+      .withPermits(1)(attempt)
+      .pipe(
+        Effect.catchTag("WorkerFailed", (e) => Effect.sync(() => void self.#finish(id, "failed", { error: e.message }))),
+        Effect.catchTag("RegisterFailed", (e) =>
+          Effect.sync(() => void self.#finish(id, "failed", { error: `training finished but the adapter could not be registered: ${e.message}` })),
+        ),
+        Effect.catchTag("WorkerStopped", (e) =>
+          Effect.sync(() => {
+            self.#opts.log(`job ${id}: stopped at step ${e.step ?? "?"}; it resumes on the next start`);
+            self.#finish(id, "queued");
+          }),
+        ),
+        Effect.onInterrupt(() =>
+          Effect.sync(() => {
+            const j = self.store.get(id);
+            if (!j || TERMINAL.includes(j.status)) return;
+            if (self.#shuttingDown) {
+              if (j.status === "running") self.#finish(id, "queued");
+            } else self.#finish(id, "cancelled");
+          }),
+        ),
+      );
   }
 
   async #writeSpec(job: Job): Promise<WorkerSpec> {
@@ -149,7 +160,14 @@ export class JobRunner {
     const dataset = this.registry.getDataset(job.dataset_id);
     if (!dataset) throw new Error(`job ${job.id}: dataset ${job.dataset_id} is gone`);
     const backend = this.host.backend.name === "webgpu" ? "webgpu" : "cpu";
-    const spec: WorkerSpec = { jobId: job.id, backend, model: this.host.dir, data: this.registry.datasetPath(dataset), output: this.outputDir(job.id), params: job.hyperparameters };
+    const spec: WorkerSpec = {
+      jobId: job.id,
+      backend,
+      model: this.host.dir,
+      data: this.registry.datasetPath(dataset),
+      output: this.outputDir(job.id),
+      params: job.hyperparameters,
+    };
     await writeFile(join(dir, "spec.json"), `${JSON.stringify(spec, null, 2)}\n`);
     return spec;
   }
@@ -157,7 +175,11 @@ export class JobRunner {
   #spawn(spec: WorkerSpec): ChildProcess {
     const [cmd, ...args] = this.#opts.command;
     // detached: its own process group, so a terminal's Ctrl-C reaches only the server, which stops the worker gracefully.
-    const child = spawn(cmd, [...args, WORKER, join(this.jobDir(spec.jobId), "spec.json")], { stdio: ["pipe", "pipe", "pipe"], detached: true, env: { ...process.env, NO_COLOR: "1" } });
+    const child = spawn(cmd, [...args, WORKER, join(this.jobDir(spec.jobId), "spec.json")], {
+      stdio: ["pipe", "pipe", "pipe"],
+      detached: true,
+      env: { ...process.env, NO_COLOR: "1" },
+    });
     child.stdin?.on("error", () => {}); // EPIPE after the worker exited
     return child;
   }
@@ -238,12 +260,24 @@ export class JobRunner {
         const staged = this.registry.stagingDir(`job-${job.id}`);
         for (const f of [CONFIG_FILE, WEIGHTS_FILE]) await copyFile(join(spec.output, f), join(staged, f));
         const report = JSON.parse(await readFile(join(spec.output, "eval_report.json"), "utf8").catch(() => "{}")) as Record<string, unknown>;
-        const evalMetrics = { before: report.before ?? null, after: report.after ?? null, final_train_loss: report.final_train_loss ?? null, train_seconds: report.train_seconds ?? null, steps: report.steps ?? null };
+        const evalMetrics = {
+          before: report.before ?? null,
+          after: report.after ?? null,
+          final_train_loss: report.final_train_loss ?? null,
+          train_seconds: report.train_seconds ?? null,
+          steps: report.steps ?? null,
+        };
         const dataset = this.registry.getDataset(job.dataset_id);
         const v = await this.registry.addVersion({
-          name: job.adapter_name, stagedDir: staged, base_model: this.host.id, base_model_hash: this.host.hash,
-          dataset_hash: dataset ? `sha256:${dataset.sha256}` : null, hyperparameters: { ...job.hyperparameters, dataset_id: job.dataset_id },
-          eval_metrics: evalMetrics, source: `job:${job.id}`, description: job.hyperparameters.description,
+          name: job.adapter_name,
+          stagedDir: staged,
+          base_model: this.host.id,
+          base_model_hash: this.host.hash,
+          dataset_hash: dataset ? `sha256:${dataset.sha256}` : null,
+          hyperparameters: { ...job.hyperparameters, dataset_id: job.dataset_id },
+          eval_metrics: evalMetrics,
+          source: `job:${job.id}`,
+          description: job.hyperparameters.description,
         });
         return { adapter: v.ref, name: v.name, version: v.version, eval_metrics: evalMetrics };
       },
@@ -275,7 +309,10 @@ class MetricsTail {
     if (text.length < this.#offset) this.#offset = 0; // the trainer rewrote it (resume)
     const end = text.lastIndexOf("\n") + 1;
     if (end <= this.#offset) return [];
-    const lines = text.slice(this.#offset, end).split("\n").filter((l) => l.trim());
+    const lines = text
+      .slice(this.#offset, end)
+      .split("\n")
+      .filter((l) => l.trim());
     this.#offset = end;
     return lines.flatMap((l) => {
       try {

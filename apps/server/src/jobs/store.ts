@@ -96,8 +96,15 @@ export class JobStore {
 
   create(params: JobParams, datasetId: string, createdBy: string | null): Job {
     const id = `ftjob-${randomUUID().replaceAll("-", "").slice(0, 20)}`;
-    this.db.run("INSERT INTO jobs (id, status, adapter_name, params, dataset_id, created_by, created_at) VALUES (?, 'queued', ?, ?, ?, ?, ?)",
-      id, params.adapter_name, JSON.stringify(params), datasetId, createdBy, now());
+    this.db.run(
+      "INSERT INTO jobs (id, status, adapter_name, params, dataset_id, created_by, created_at) VALUES (?, 'queued', ?, ?, ?, ?, ?)",
+      id,
+      params.adapter_name,
+      JSON.stringify(params),
+      datasetId,
+      createdBy,
+      now(),
+    );
     return this.get(id) as Job;
   }
 
@@ -126,13 +133,24 @@ export class JobStore {
       if (!NEXT[j.status].includes(to)) throw conflict(`job ${id} is ${j.status}; it cannot become ${to}`, "id");
       const t = now();
       if (to === "running") {
-        this.db.run("UPDATE jobs SET status = ?, started_at = COALESCE(started_at, ?), attempts = attempts + 1, resumed_from = ?, error = NULL WHERE id = ?",
-          to, t, patch.resumedFrom ?? null, id);
+        this.db.run(
+          "UPDATE jobs SET status = ?, started_at = COALESCE(started_at, ?), attempts = attempts + 1, resumed_from = ?, error = NULL WHERE id = ?",
+          to,
+          t,
+          patch.resumedFrom ?? null,
+          id,
+        );
       } else if (to === "queued") {
         this.db.run("UPDATE jobs SET status = ? WHERE id = ?", to, id);
       } else {
-        this.db.run("UPDATE jobs SET status = ?, finished_at = ?, error = ?, result = ? WHERE id = ?",
-          to, t, patch.error ?? null, patch.result ? JSON.stringify(patch.result) : null, id);
+        this.db.run(
+          "UPDATE jobs SET status = ?, finished_at = ?, error = ?, result = ? WHERE id = ?",
+          to,
+          t,
+          patch.error ?? null,
+          patch.result ? JSON.stringify(patch.result) : null,
+          id,
+        );
       }
       return this.get(id) as Job;
     });

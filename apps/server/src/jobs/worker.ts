@@ -49,7 +49,11 @@ async function main(): Promise<number> {
   try {
     backend = await createBackend(spec.backend ?? "cpu");
   } catch (e) {
-    send({ type: "error", kind: "runtime", message: `the ${spec.backend} backend the server runs on is not available to the training worker: ${(e as Error).message}` });
+    send({
+      type: "error",
+      kind: "runtime",
+      message: `the ${spec.backend} backend the server runs on is not available to the training worker: ${(e as Error).message}`,
+    });
     return EXIT_FAILED;
   }
   try {

@@ -36,7 +36,12 @@ export function checkConfigText(text: string): { json: Record<string, unknown>; 
   }
   const scale = (alpha: number, r: number) => (config.use_rslora ? alpha / Math.sqrt(r) : alpha / r);
   const bad = (key: string, alpha: number, r: number) =>
-    invalid(`${CONFIG_FIELD}: ${key} = ${alpha} with r = ${r} scales the adapter by ${scale(alpha, r).toExponential(3)}; the limit is ${MAX_SCALING} in magnitude (typical adapters use lora_alpha between r/4 and 4r)`, `${CONFIG_FIELD}.${key.split("[")[0]}`);
+    invalid(
+      `${CONFIG_FIELD}: ${key} = ${alpha} with r = ${r} scales the adapter by ${scale(alpha, r).toExponential(
+        3,
+      )}; the limit is ${MAX_SCALING} in magnitude (typical adapters use lora_alpha between r/4 and 4r)`,
+      `${CONFIG_FIELD}.${key.split("[")[0]}`,
+    );
   if (!Number.isFinite(config.lora_alpha) || Math.abs(scale(config.lora_alpha, config.r)) > MAX_SCALING) throw bad("lora_alpha", config.lora_alpha, config.r);
   for (const [k, a] of Object.entries(config.alpha_pattern ?? {})) {
     const r = config.rank_pattern?.[k] ?? config.r;
@@ -47,7 +52,7 @@ export function checkConfigText(text: string): { json: Record<string, unknown>; 
 
 /** Whether the header-only shape check covers this config (else the caller does a trial load). */
 export function headerCheckCovers(config: LoraConfig): boolean {
-  return config.bias === "none" && !(config.modules_to_save?.length);
+  return config.bias === "none" && !config.modules_to_save?.length;
 }
 
 /**
@@ -65,7 +70,8 @@ export async function checkWeightsFile(path: string, config: LoraConfig, model: 
     if (!file.names.length) throw invalid(`${WEIGHTS_FIELD} holds no tensors`, WEIGHTS_FIELD);
     for (const n of file.names) {
       const t = file.tensors[n];
-      if (!["F32", "F16", "BF16", "F64"].includes(t.dtype)) throw invalid(`${WEIGHTS_FIELD}: tensor ${n} is ${t.dtype}; adapter weights are float tensors`, WEIGHTS_FIELD);
+      if (!["F32", "F16", "BF16", "F64"].includes(t.dtype))
+        throw invalid(`${WEIGHTS_FIELD}: tensor ${n} is ${t.dtype}; adapter weights are float tensors`, WEIGHTS_FIELD);
       if (!n.startsWith(PEFT_PREFIX)) throw invalid(`${WEIGHTS_FIELD}: tensor ${n} is not a PEFT key (they start with "${PEFT_PREFIX}")`, WEIGHTS_FIELD);
     }
     if (model && headerCheckCovers(config)) checkShapes(file.tensors, config, model);
@@ -102,11 +108,17 @@ function checkShapes(tensors: Header, config: LoraConfig, model: Module): void {
   for (const [k, shape] of expected) {
     const t = tensors[k];
     if (!t) problems.push(`missing: ${k}`);
-    else if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) problems.push(`${k}: shape [${t.shape.join(", ")}], expected [${shape.join(", ")}]`);
+    else if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i]))
+      problems.push(`${k}: shape [${t.shape.join(", ")}], expected [${shape.join(", ")}]`);
   }
   for (const k of Object.keys(tensors)) if (!expected.has(k)) problems.push(`unexpected: ${k}`);
   if (problems.length) {
-    throw invalid(`the adapter does not fit base model weights (${problems.length} problem${problems.length > 1 ? "s" : ""}; r = ${config.r}): ${problems.slice(0, 8).join("; ")}${problems.length > 8 ? `; ... and ${problems.length - 8} more` : ""}`, WEIGHTS_FIELD);
+    throw invalid(
+      `the adapter does not fit base model weights (${problems.length} problem${problems.length > 1 ? "s" : ""}; r = ${config.r}): ${problems
+        .slice(0, 8)
+        .join("; ")}${problems.length > 8 ? `; ... and ${problems.length - 8} more` : ""}`,
+      WEIGHTS_FIELD,
+    );
   }
 }
 
@@ -122,7 +134,10 @@ async function scanTensor(fh: import("node:fs/promises").FileHandle, name: strin
     const bad = firstBad(buf.subarray(0, len), t.dtype);
     if (bad) {
       const index = off / size + bad.index;
-      throw invalid(`${WEIGHTS_FIELD}: tensor ${name} has ${bad.what} at element ${index}; adapter weights must be finite and at most ${MAX_ABS_WEIGHT} in magnitude`, WEIGHTS_FIELD);
+      throw invalid(
+        `${WEIGHTS_FIELD}: tensor ${name} has ${bad.what} at element ${index}; adapter weights must be finite and at most ${MAX_ABS_WEIGHT} in magnitude`,
+        WEIGHTS_FIELD,
+      );
     }
   }
 }
@@ -130,7 +145,8 @@ async function scanTensor(fh: import("node:fs/promises").FileHandle, name: strin
 function firstBad(bytes: Uint8Array, dtype: string): { index: number; what: string } | null {
   const describe = (v: number) => (Number.isNaN(v) ? "NaN" : !Number.isFinite(v) ? (v > 0 ? "+Inf" : "-Inf") : `the value ${v.toExponential(3)}`);
   if (dtype === "F32" || dtype === "F64") {
-    const a = dtype === "F32" ? new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4) : new Float64Array(bytes.buffer, bytes.byteOffset, bytes.length / 8);
+    const a =
+      dtype === "F32" ? new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4) : new Float64Array(bytes.buffer, bytes.byteOffset, bytes.length / 8);
     for (let i = 0; i < a.length; i++) {
       const v = a[i];
       if (!(v <= MAX_ABS_WEIGHT && v >= -MAX_ABS_WEIGHT)) return { index: i, what: describe(v) };
@@ -145,7 +161,7 @@ function firstBad(bytes: Uint8Array, dtype: string): { index: number; what: stri
   const limitBits = bf16 ? bf16Bits(MAX_ABS_WEIGHT) : 0x7bff;
   for (let i = 0; i < h.length; i++) {
     const x = h[i] & 0x7fff;
-    if ((x & expMask) === expMask) return { index: i, what: (x & manMask) ? "NaN" : h[i] & 0x8000 ? "-Inf" : "+Inf" };
+    if ((x & expMask) === expMask) return { index: i, what: x & manMask ? "NaN" : h[i] & 0x8000 ? "-Inf" : "+Inf" };
     if (bf16 && x > limitBits) return { index: i, what: describe(new Float32Array(new Uint32Array([x << 16]).buffer)[0] * (h[i] & 0x8000 ? -1 : 1)) };
   }
   return null;

@@ -14,7 +14,12 @@ export const NAME_RE = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 export function checkName(name: unknown, field: string): string {
   if (typeof name !== "string") throw invalid(`${field} must be a string`, field);
   if (!NAME_RE.test(name)) {
-    throw invalid(`${field} ${JSON.stringify(name.length > 80 ? `${name.slice(0, 80)}...` : name)} is not a valid name: use 1-64 characters a-z, 0-9, '.', '_', '-', starting with a letter or digit`, field);
+    throw invalid(
+      `${field} ${JSON.stringify(
+        name.length > 80 ? `${name.slice(0, 80)}...` : name,
+      )} is not a valid name: use 1-64 characters a-z, 0-9, '.', '_', '-', starting with a letter or digit`,
+      field,
+    );
   }
   return name;
 }

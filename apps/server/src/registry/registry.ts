@@ -140,7 +140,8 @@ export class Registry {
     if (!weights || !files.some((f) => f.name === CONFIG_FILE)) throw invalid(`an adapter needs ${CONFIG_FILE} and ${WEIGHTS_FILE}`);
     const size = files.reduce((n, f) => n + f.size, 0);
     const id = this.db.transaction(() => {
-      if (this.db.get("SELECT 1 FROM aliases WHERE name = ?", input.name)) throw conflict(`${input.name} is an alias; adapters and aliases share one namespace`, "name");
+      if (this.db.get("SELECT 1 FROM aliases WHERE name = ?", input.name))
+        throw conflict(`${input.name} is an alias; adapters and aliases share one namespace`, "name");
       const t = now();
       let a = this.db.get<AdapterRow>("SELECT * FROM adapters WHERE name = ?", input.name);
       if (!a) {
@@ -151,8 +152,19 @@ export class Registry {
       this.db.run(
         `INSERT INTO adapter_versions (name, version, base_model, base_model_hash, dataset_hash, hyperparameters, eval_metrics, source, description, sha256, size_bytes, files, created_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-        input.name, version, input.base_model, input.base_model_hash, input.dataset_hash ?? null, JSON.stringify(input.hyperparameters ?? {}),
-        JSON.stringify(input.eval_metrics ?? {}), input.source, input.description ?? null, weights.sha256, size, JSON.stringify(files), t,
+        input.name,
+        version,
+        input.base_model,
+        input.base_model_hash,
+        input.dataset_hash ?? null,
+        JSON.stringify(input.hyperparameters ?? {}),
+        JSON.stringify(input.eval_metrics ?? {}),
+        input.source,
+        input.description ?? null,
+        weights.sha256,
+        size,
+        JSON.stringify(files),
+        t,
       );
       const current = input.activate === false && a.current_version !== null ? a.current_version : version;
       this.db.run("UPDATE adapters SET current_version = ?, next_version = ?, updated_at = ? WHERE name = ?", current, version + 1, t, input.name);
@@ -166,9 +178,10 @@ export class Registry {
   }
 
   getVersion(name: string, version: number | null = null): AdapterVersion | undefined {
-    const row = version === null
-      ? this.db.get<VersionRow>(`${VERSION_SELECT} WHERE v.name = ? AND v.version = a.current_version`, name)
-      : this.db.get<VersionRow>(`${VERSION_SELECT} WHERE v.name = ? AND v.version = ?`, name, version);
+    const row =
+      version === null
+        ? this.db.get<VersionRow>(`${VERSION_SELECT} WHERE v.name = ? AND v.version = a.current_version`, name)
+        : this.db.get<VersionRow>(`${VERSION_SELECT} WHERE v.name = ? AND v.version = ?`, name, version);
     return row ? toVersion(row) : undefined;
   }
 
@@ -182,7 +195,14 @@ export class Registry {
     const v = this.getVersion(name, version);
     if (v) return v;
     if (!this.hasAdapter(name)) throw notFound(`adapter ${JSON.stringify(name)} not found`, field);
-    throw notFound(`adapter ${name} has no version ${version} (versions: ${this.listVersions(name).map((x) => x.version).join(", ") || "none"})`, field);
+    throw notFound(
+      `adapter ${name} has no version ${version} (versions: ${
+        this.listVersions(name)
+          .map((x) => x.version)
+          .join(", ") || "none"
+      })`,
+      field,
+    );
   }
 
   hasAdapter(name: string): boolean {
@@ -195,7 +215,13 @@ export class Registry {
 
   listAdapters(): AdapterSummary[] {
     const rows = this.db.all<AdapterRow>("SELECT * FROM adapters ORDER BY name");
-    return rows.map((a) => ({ name: a.name, current_version: a.current_version, created_at: a.created_at, updated_at: a.updated_at, versions: this.listVersions(a.name) }));
+    return rows.map((a) => ({
+      name: a.name,
+      current_version: a.current_version,
+      created_at: a.created_at,
+      updated_at: a.updated_at,
+      versions: this.listVersions(a.name),
+    }));
   }
 
   allVersions(): AdapterVersion[] {
@@ -226,7 +252,10 @@ export class Registry {
    * Point the current version back: to `to`, else to the newest version older than the current
    * one. With `deleteCurrent`, the version rolled back from is deleted in the same transaction.
    */
-  async rollback(name: string, opts: { to?: number; deleteCurrent?: boolean } = {}): Promise<{ current: AdapterVersion; previous: number; deleted: AdapterVersion | null }> {
+  async rollback(
+    name: string,
+    opts: { to?: number; deleteCurrent?: boolean } = {},
+  ): Promise<{ current: AdapterVersion; previous: number; deleted: AdapterVersion | null }> {
     const trash: string[] = [];
     const out = this.db.transaction(() => {
       const a = this.db.get<AdapterRow>("SELECT * FROM adapters WHERE name = ?", name);
@@ -238,7 +267,8 @@ export class Registry {
         target = opts.to;
       } else {
         const older = this.db.get<{ v: number | null }>("SELECT MAX(version) AS v FROM adapter_versions WHERE name = ? AND version < ?", name, previous);
-        if (older?.v === null || older?.v === undefined) throw conflict(`adapter ${name} has no version older than the current one (${previous}) to roll back to`, "to");
+        if (older?.v === null || older?.v === undefined)
+          throw conflict(`adapter ${name} has no version older than the current one (${previous}) to roll back to`, "to");
         target = older.v;
       }
       if (target === previous && opts.deleteCurrent) throw conflict(`version ${target} is already current; nothing to roll back from`, "to");
@@ -293,11 +323,18 @@ export class Registry {
       if (this.hasAdapter(name)) throw conflict(`${name} is an adapter name; adapters and aliases share one namespace`, "name");
       targets.forEach((t, i) => {
         const [n, ver] = t.adapter.split("@");
-        if (!this.getVersion(n, ver === undefined ? null : checkVersion(ver, `targets[${i}].adapter`))) throw notFound(`alias target ${t.adapter} not found`, `targets[${i}].adapter`);
+        if (!this.getVersion(n, ver === undefined ? null : checkVersion(ver, `targets[${i}].adapter`)))
+          throw notFound(`alias target ${t.adapter} not found`, `targets[${i}].adapter`);
       });
       const t = now();
       const old = this.db.get<{ created_at: string }>("SELECT created_at FROM aliases WHERE name = ?", name);
-      this.db.run("INSERT OR REPLACE INTO aliases (name, targets, created_at, updated_at) VALUES (?, ?, ?, ?)", name, JSON.stringify(targets), old?.created_at ?? t, t);
+      this.db.run(
+        "INSERT OR REPLACE INTO aliases (name, targets, created_at, updated_at) VALUES (?, ?, ?, ?)",
+        name,
+        JSON.stringify(targets),
+        old?.created_at ?? t,
+        t,
+      );
       return this.getAlias(name) as Alias;
     });
   }
@@ -308,7 +345,8 @@ export class Registry {
   }
 
   listAliases(): Alias[] {
-    return this.db.all<{ name: string; targets: string; created_at: string; updated_at: string }>("SELECT * FROM aliases ORDER BY name")
+    return this.db
+      .all<{ name: string; targets: string; created_at: string; updated_at: string }>("SELECT * FROM aliases ORDER BY name")
       .map((r) => ({ ...r, targets: JSON.parse(r.targets) as AliasTarget[] }));
   }
 
@@ -335,11 +373,26 @@ export class Registry {
       if (opts.name && this.db.get("SELECT 1 FROM datasets WHERE name = ?", opts.name)) throw conflict(`dataset name ${opts.name} is taken`, "name");
       // The same content deleted earlier (a tombstone kept for old jobs) comes back under the same id.
       if (this.db.get("SELECT 1 FROM datasets WHERE id = ? AND deleted_at IS NOT NULL", id)) {
-        this.db.run("UPDATE datasets SET name = ?, filename = ?, size_bytes = ?, format = ?, created_at = ?, deleted_at = NULL WHERE id = ?",
-          opts.name ?? null, `${id}${ext}`, size, opts.format ?? null, now(), id);
+        this.db.run(
+          "UPDATE datasets SET name = ?, filename = ?, size_bytes = ?, format = ?, created_at = ?, deleted_at = NULL WHERE id = ?",
+          opts.name ?? null,
+          `${id}${ext}`,
+          size,
+          opts.format ?? null,
+          now(),
+          id,
+        );
       } else {
-        this.db.run("INSERT INTO datasets (id, name, filename, sha256, size_bytes, format, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-          id, opts.name ?? null, `${id}${ext}`, sha, size, opts.format ?? null, now());
+        this.db.run(
+          "INSERT INTO datasets (id, name, filename, sha256, size_bytes, format, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+          id,
+          opts.name ?? null,
+          `${id}${ext}`,
+          sha,
+          size,
+          opts.format ?? null,
+          now(),
+        );
       }
       renameSync(staged, join(this.home.datasets, `${id}${ext}`));
       return null;

@@ -32,9 +32,13 @@ export class TokenizerPool {
     if (this.#worker) return this.#worker;
     const g = globalThis as { Bun?: unknown; Deno?: unknown };
     const data = { modelDir: this.modelDir };
-    const w = g.Bun !== undefined || g.Deno !== undefined
-      ? new Worker(WORKER_URL, { workerData: data })
-      : new Worker(`import(${JSON.stringify(import.meta.resolve("tsx/esm/api"))}).then((m) => { m.register(); return import(${JSON.stringify(WORKER_URL.href)}); })`, { eval: true, workerData: data });
+    const w =
+      g.Bun !== undefined || g.Deno !== undefined
+        ? new Worker(WORKER_URL, { workerData: data })
+        : new Worker(
+            `import(${JSON.stringify(import.meta.resolve("tsx/esm/api"))}).then((m) => { m.register(); return import(${JSON.stringify(WORKER_URL.href)}); })`,
+            { eval: true, workerData: data },
+          );
     w.unref();
     w.on("message", (r: TokenReply) => {
       const p = this.#pending.get(r.id);
@@ -62,7 +66,13 @@ export class TokenizerPool {
   }
 
   /** Parse and tokenize a staged dataset file (format detection by `label`'s extension). 400 naming `field` when it does not parse. */
-  async dataset(path: string, label: string, format: string | undefined, seqLen: number, field: string): Promise<{ format: string; examples: number; tokens: number }> {
+  async dataset(
+    path: string,
+    label: string,
+    format: string | undefined,
+    seqLen: number,
+    field: string,
+  ): Promise<{ format: string; examples: number; tokens: number }> {
     const r = await this.#ask({ op: "dataset", path, label, format, seqLen });
     if (!r.ok) {
       if (r.kind === "invalid") throw invalid(`the dataset does not parse: ${r.message}`, field);

@@ -93,7 +93,11 @@ export function dataAssets(data: DataDir, log: (m: string) => void = (m) => cons
   const announce = () => {
     if (announced) return;
     announced = true;
-    log(manifest.note ? `lowrank web: ${manifest.note}` : `lowrank web: data from ${data.dir} (${data.from}): ${[...manifest.models, ...manifest.samples].map((x) => x.name).join(", ")}`);
+    log(
+      manifest.note
+        ? `lowrank web: ${manifest.note}`
+        : `lowrank web: data from ${data.dir} (${data.from}): ${[...manifest.models, ...manifest.samples].map((x) => x.name).join(", ")}`,
+    );
   };
   return {
     name: "lowrank-data-assets",

@@ -1,6 +1,11 @@
 /** The loss curve: a small hand-written SVG (train loss per step, eval loss as dots). */
 
-const W = 640, H = 220, LEFT = 44, RIGHT = 12, TOP = 26, BOTTOM = 26;
+const W = 640,
+  H = 220,
+  LEFT = 44,
+  RIGHT = 12,
+  TOP = 26,
+  BOTTOM = 26;
 const NS = "http://www.w3.org/2000/svg";
 const SMOOTHING = 0.6;
 
@@ -54,8 +59,15 @@ export function renderChart(svg: SVGSVGElement, d: ChartData): void {
   // Per-batch losses are noisy: the raw curve faint, an exponential moving average on top.
   line(d.losses, "loss-raw");
   let ema = d.losses[0];
-  line(d.losses.map((l) => (ema = SMOOTHING * ema + (1 - SMOOTHING) * l)), "loss");
-  const legend: [string, string, number][] = [["loss", "train loss (smoothed)", 0], ["loss-raw", "per step", 150], ["eval", "eval loss", 230]];
+  line(
+    d.losses.map((l) => (ema = SMOOTHING * ema + (1 - SMOOTHING) * l)),
+    "loss",
+  );
+  const legend: [string, string, number][] = [
+    ["loss", "train loss (smoothed)", 0],
+    ["loss-raw", "per step", 150],
+    ["eval", "eval loss", 230],
+  ];
   legend.forEach(([cls, label, dx]) => {
     const lx = W - RIGHT - 300 + dx;
     svg.append(cls === "eval" ? el("circle", { cx: lx + 6, cy: 10, r: 4, class: cls }) : el("line", { x1: lx, x2: lx + 14, y1: 10, y2: 10, class: cls }));

@@ -53,11 +53,14 @@ export async function applyAdapterFiles(model: LlamaForCausalLM, files: readonly
     throw new Error(`pick both ${ADAPTER_CONFIG_NAME} and ${ADAPTER_WEIGHTS_NAME}${bin}; got ${files.map((f) => f.name).join(", ") || "nothing"}`);
   }
   const peft = await loadAdapterFromBytes(model, { config: await cfgFile.text(), weights: wFile }, "default", {
-    ignoreBaseModel: true, configLabel: cfgFile.name, weightsLabel: wFile.name,
+    ignoreBaseModel: true,
+    configLabel: cfgFile.name,
+    weightsLabel: wFile.name,
   });
   const config = peft.peftConfig.get("default")!;
   const targets = Array.isArray(config.target_modules) ? config.target_modules.join(", ") : String(config.target_modules);
-  const summary = `r ${config.r}, alpha ${config.lora_alpha}, ${peft.loraLayers().length} layers (${targets})` +
+  const summary =
+    `r ${config.r}, alpha ${config.lora_alpha}, ${peft.loraLayers().length} layers (${targets})` +
     (config.base_model_name_or_path ? `, trained on ${config.base_model_name_or_path}` : "");
   return { peft, summary };
 }

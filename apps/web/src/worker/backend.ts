@@ -9,8 +9,14 @@ import type { BackendInfo, BackendPref, SimdPref } from "../protocol.ts";
 
 /** One forward + backward of a tiny matmul and cross-entropy; returns the loss and the weight gradient. */
 async function probe(backend: Backend): Promise<number[]> {
-  const x = tensor(Array.from({ length: 15 }, (_, i) => Math.sin(i + 1)), { shape: [3, 5], backend });
-  const w = tensor(Array.from({ length: 20 }, (_, i) => Math.cos(i) / 4), { shape: [5, 4], backend, requiresGrad: true });
+  const x = tensor(
+    Array.from({ length: 15 }, (_, i) => Math.sin(i + 1)),
+    { shape: [3, 5], backend },
+  );
+  const w = tensor(
+    Array.from({ length: 20 }, (_, i) => Math.cos(i) / 4),
+    { shape: [5, 4], backend, requiresGrad: true },
+  );
   const loss = scope(() => crossEntropy(x.matmul(w), tensor([1, 3, 0], { dtype: "i32", backend })));
   loss.backward();
   const out = [await loss.item(), ...Array.from(await w.grad!.read())];
@@ -63,7 +69,11 @@ export async function pickBackend(pref: BackendPref, simd: SimdPref = "auto"): P
   let note: string | null = null;
   if (pref !== "cpu") {
     const gpu = await tryWebGpu();
-    if (gpu.backend) return { backend: gpu.backend, info: { kind: "webgpu", device: gpu.backend.device, adapter: gpu.adapter, fallback: gpu.fallback, note: null, isolated, simd: null } };
+    if (gpu.backend)
+      return {
+        backend: gpu.backend,
+        info: { kind: "webgpu", device: gpu.backend.device, adapter: gpu.adapter, fallback: gpu.fallback, note: null, isolated, simd: null },
+      };
     adapter = gpu.adapter;
     note = gpu.note;
     if (pref === "webgpu") note = `WebGPU was asked for but is not usable: ${note}`;

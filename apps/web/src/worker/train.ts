@@ -42,10 +42,23 @@ export function modelPath(name: string): string {
 /** The page's settings as run()'s spec (the fields the page does not show keep the trainer's defaults). */
 export function runSpec(s: TrainSettings, modelName: string, evalFraction = 0.1): RunSpec {
   return {
-    model: modelPath(modelName), data: `/data/${s.textName.replace(/[\\/]/g, "_") || "text"}`, output: OUTPUT_DIR,
-    method: s.method, rank: s.rank, alpha: s.alpha, dropout: s.dropout, targetModules: s.targets, seed: s.seed,
-    steps: s.steps, lr: s.lr, batchSize: s.batchSize, seqLen: s.seqLen, warmup: s.warmup,
-    evalFraction, evalBatches: 8, sampleTokens: 0,
+    model: modelPath(modelName),
+    data: `/data/${s.textName.replace(/[\\/]/g, "_") || "text"}`,
+    output: OUTPUT_DIR,
+    method: s.method,
+    rank: s.rank,
+    alpha: s.alpha,
+    dropout: s.dropout,
+    targetModules: s.targets,
+    seed: s.seed,
+    steps: s.steps,
+    lr: s.lr,
+    batchSize: s.batchSize,
+    seqLen: s.seqLen,
+    warmup: s.warmup,
+    evalFraction,
+    evalBatches: 8,
+    sampleTokens: 0,
   };
 }
 
@@ -54,13 +67,17 @@ export async function stage(files: ModelFiles, spec: RunSpec, text: string): Pro
   const mem = memoryStorage();
   const f = files.files;
   const named: [string, unknown][] = [
-    ["config.json", f.config], ["tokenizer.json", f.tokenizer], ["tokenizer_config.json", f.tokenizerConfig], ["model.safetensors.index.json", f.index],
+    ["config.json", f.config],
+    ["tokenizer.json", f.tokenizer],
+    ["tokenizer_config.json", f.tokenizerConfig],
+    ["model.safetensors.index.json", f.index],
     ...[...f.weights],
   ];
   await mem.mkdir(spec.model);
   for (const [name, v] of named) {
     if (v === undefined) continue;
-    const blob = v instanceof Blob ? v : new Blob([typeof v === "string" || v instanceof ArrayBuffer || v instanceof Uint8Array ? v as BlobPart : JSON.stringify(v)]);
+    const blob =
+      v instanceof Blob ? v : new Blob([typeof v === "string" || v instanceof ArrayBuffer || v instanceof Uint8Array ? (v as BlobPart) : JSON.stringify(v)]);
     await mem.mount(`${spec.model}/${name}`, blob);
   }
   await mem.mkdir("/data");
@@ -109,8 +126,16 @@ async function attempt(ctx: RunContext, s: TrainSettings, evalFraction: number, 
       if (m.step === 1) trainStart = performance.now();
       const elapsedS = (performance.now() - (trainStart || t0)) / 1000;
       ctx.post({
-        type: "step", step: m.step, total: s.steps, loss: m.loss, lr: m.lr, gradNorm: m.grad_norm, tokensPerS: m.tokens_per_s,
-        etaS: (elapsedS / m.step) * (s.steps - m.step), elapsedS, memory: { liveBytes: ctx.backend.memory().liveBytes, peakBytes: m.peak_bytes },
+        type: "step",
+        step: m.step,
+        total: s.steps,
+        loss: m.loss,
+        lr: m.lr,
+        gradNorm: m.grad_norm,
+        tokensPerS: m.tokens_per_s,
+        etaS: (elapsedS / m.step) * (s.steps - m.step),
+        elapsedS,
+        memory: { liveBytes: ctx.backend.memory().liveBytes, peakBytes: m.peak_bytes },
       });
       await macrotask();
     },

@@ -22,7 +22,8 @@ export const BLAS_PARALLEL_MIN_FLOPS = 16e6;
  * one thread, medians of 6): x·Aᵀ 47 -> 87 GFLOP/s, h·Bᵀ 60 -> 74-78 GFLOP/s; blocks of 64 or 256
  * were slower for x·Aᵀ, and blocks without the copy slower for h·Bᵀ.
  */
-const SKINNY = 16, SKINNY_ROWS = 128;
+const SKINNY = 16,
+  SKINNY_ROWS = 128;
 
 export class BlasEngine implements MatmulEngine {
   /** Threads the library reports after we set them (0: it cannot be told). */
@@ -34,7 +35,20 @@ export class BlasEngine implements MatmulEngine {
   }
 
   /** C[M,N] (row stride ldc) = op(A)·op(B) + beta·C; each array starts at its matrix's first element. */
-  gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Float32Array, lda: number, B: Float32Array, ldb: number, C: Float32Array, ldc: number, beta = 0): void {
+  gemm(
+    transA: boolean,
+    transB: boolean,
+    M: number,
+    N: number,
+    K: number,
+    A: Float32Array,
+    lda: number,
+    B: Float32Array,
+    ldb: number,
+    C: Float32Array,
+    ldc: number,
+    beta = 0,
+  ): void {
     if (M === 0 || N === 0) return;
     if (K === 0) {
       if (beta === 1) return;

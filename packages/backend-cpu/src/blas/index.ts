@@ -31,7 +31,13 @@ interface Candidate {
   optimizedOnly?: boolean;
 }
 
-type Proc = { platform?: string; arch?: string; env?: Record<string, string | undefined>; versions?: Record<string, string | undefined>; getBuiltinModule?: (id: string) => unknown };
+type Proc = {
+  platform?: string;
+  arch?: string;
+  env?: Record<string, string | undefined>;
+  versions?: Record<string, string | undefined>;
+  getBuiltinModule?: (id: string) => unknown;
+};
 const proc = (): Proc | undefined => (globalThis as { process?: Proc }).process;
 
 function candidates(): Candidate[] {
@@ -64,7 +70,14 @@ function locate(name: string): string {
   try {
     if (name.includes("/")) return fs.existsSync(name) ? fs.realpathSync(name) : name;
     const triple = p?.arch === "arm64" ? "aarch64-linux-gnu" : "x86_64-linux-gnu";
-    const dirs = [...(p?.env?.LD_LIBRARY_PATH ?? "").split(":").filter(Boolean), `/usr/local/lib`, `/usr/lib/${triple}`, `/lib/${triple}`, "/usr/lib64", "/usr/lib"];
+    const dirs = [
+      ...(p?.env?.LD_LIBRARY_PATH ?? "").split(":").filter(Boolean),
+      `/usr/local/lib`,
+      `/usr/lib/${triple}`,
+      `/lib/${triple}`,
+      "/usr/lib64",
+      "/usr/lib",
+    ];
     for (const dir of dirs) if (fs.existsSync(`${dir}/${name}`)) return fs.realpathSync(`${dir}/${name}`);
   } catch {
     // no read permission (Deno without --allow-read): let the loader search

@@ -4,7 +4,9 @@
  */
 import type { Bound } from "./ffi.ts";
 
-const ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112;
+const ROW_MAJOR = 101,
+  NO_TRANS = 111,
+  TRANS = 112;
 
 export type BlasKind = "openblas" | "mkl" | "blis" | "accelerate" | "blas";
 
@@ -23,7 +25,20 @@ export interface BlasLibrary {
   /** Set the (process-wide) thread count if it differs from the last request; returns what the library reports, 0 if it cannot be set. */
   useThreads(n: number): number;
   /** Row-major C[M,N] = op(A)·op(B) + beta·C (beta 0 by default); A, B, C start at their first element. */
-  sgemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Float32Array, lda: number, B: Float32Array, ldb: number, C: Float32Array, ldc: number, beta?: number): void;
+  sgemm(
+    transA: boolean,
+    transB: boolean,
+    M: number,
+    N: number,
+    K: number,
+    A: Float32Array,
+    lda: number,
+    B: Float32Array,
+    ldb: number,
+    C: Float32Array,
+    ldc: number,
+    beta?: number,
+  ): void;
   /** Row-major y[M or N] = op(A)·x + beta·y for A [M, N] (lda); null when the library lacks cblas_sgemv. */
   sgemv: ((trans: boolean, M: number, N: number, A: Float32Array, lda: number, x: Float32Array, y: Float32Array, beta?: number) => void) | null;
 }
@@ -40,13 +55,20 @@ function mklVersion(get: Fn<[Uint8Array, number], void>): string {
 
 /** Give the bound functions their shapes and find out what the library is. Null when it has no cblas_sgemm. */
 export function describeLibrary(bound: Bound, path: string, via: string): BlasLibrary | null {
-  const sgemm = bound.cblas_sgemm as Fn<[number, number, number, number, number, number, number, Float32Array, number, Float32Array, number, number, Float32Array, number], void> | undefined;
+  const sgemm = bound.cblas_sgemm as
+    | Fn<[number, number, number, number, number, number, number, Float32Array, number, Float32Array, number, number, Float32Array, number], void>
+    | undefined;
   if (!sgemm) return null;
-  const sgemv = bound.cblas_sgemv as Fn<[number, number, number, number, number, Float32Array, number, Float32Array, number, number, Float32Array, number], void> | undefined;
+  const sgemv = bound.cblas_sgemv as
+    | Fn<[number, number, number, number, number, Float32Array, number, Float32Array, number, number, Float32Array, number], void>
+    | undefined;
   const str = (f: unknown) => (f ? String((f as Fn<[], string>)()) : "");
   const int = (f: unknown) => (f ? Number((f as Fn<[], number>)()) : 0);
-  let kind: BlasKind = "blas", version = "", core: string | null = null;
-  let set: Fn<[number], void> | null = null, get: () => number = () => 0;
+  let kind: BlasKind = "blas",
+    version = "",
+    core: string | null = null;
+  let set: Fn<[number], void> | null = null,
+    get: () => number = () => 0;
   if (bound.openblas_get_config) {
     kind = "openblas";
     const config = str(bound.openblas_get_config);
@@ -68,9 +90,14 @@ export function describeLibrary(bound: Bound, path: string, via: string): BlasLi
     kind = "accelerate";
   }
   const label = kind === "blas" ? "blas (reference or unknown)" : `${kind}${version ? ` ${version}` : ""}`;
-  let requested = 0, current = 0;
+  let requested = 0,
+    current = 0;
   return {
-    kind, label, core, path, via,
+    kind,
+    label,
+    core,
+    path,
+    via,
     canSetThreads: set !== null,
     useThreads(n) {
       if (!set) return 0;

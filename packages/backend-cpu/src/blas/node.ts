@@ -21,7 +21,11 @@ export function nodeEdge(): FfiEdge {
       const bound: Bound = {};
       for (const [sym, spec] of Object.entries(SYMBOLS)) {
         try {
-          bound[sym as SymbolName] = lib.func(sym, KOFFI_TYPES[spec.result], spec.args.map((t) => KOFFI_TYPES[t]));
+          bound[sym as SymbolName] = lib.func(
+            sym,
+            KOFFI_TYPES[spec.result],
+            spec.args.map((t) => KOFFI_TYPES[t]),
+          );
         } catch {
           // not exported by this library
         }

@@ -39,8 +39,10 @@ export function appendRows(a: DecodeShape, kNew: Rows, vNew: Rows, ks: Rows[], v
 
 /** Row [a, b] of src to row [c, e] of dst, D elements. */
 function copyRow(src: Rows, a: number, b: number, dst: Rows, c: number, e: number, D: number): void {
-  const s = src.offset + a * src.s0 + b * src.s1, d = dst.offset + c * dst.s0 + e * dst.s1;
-  const from = src.data, to = dst.data;
+  const s = src.offset + a * src.s0 + b * src.s1,
+    d = dst.offset + c * dst.s0 + e * dst.s1;
+  const from = src.data,
+    to = dst.data;
   // A short row is cheaper copied by hand than through a subarray.
   if (D <= 32) for (let x = 0; x < D; x++) to[d + x] = from[s + x];
   else to.set(from.subarray(s, s + D), d);
@@ -50,20 +52,34 @@ function copyRow(src: Rows, a: number, b: number, dst: Rows, c: number, e: numbe
  * q [Hq, N, D], kNew, vNew [Hkv, N, D]; ks[i], vs[i] [Hkv, C_i, D] sequence i's caches with lengths[i]
  * filled positions. Writes row lengths[i] of each cache, then out [N, Hq, D] (contiguous).
  */
-export function attentionDecodeKernel(a: DecodeShape, q: Rows, kNew: Rows, vNew: Rows, ks: Rows[], vs: Rows[], lengths: readonly number[], out: Float32Array): void {
+export function attentionDecodeKernel(
+  a: DecodeShape,
+  q: Rows,
+  kNew: Rows,
+  vNew: Rows,
+  ks: Rows[],
+  vs: Rows[],
+  lengths: readonly number[],
+  out: Float32Array,
+): void {
   const { N, Hq, Hkv, D, scale } = a;
   const group = Hq / Hkv;
   appendRows(a, kNew, vNew, ks, vs, lengths);
   const qd = q.data;
   for (let i = 0; i < N; i++) {
     const S = lengths[i] + 1; // keys after the append
-    const K = ks[i], V = vs[i];
+    const K = ks[i],
+      V = vs[i];
     if (scores.length < S) scores = new Float32Array(Math.max(S, scores.length * 2));
     const sc = scores;
     for (let hq = 0; hq < Hq; hq++) {
       const kh = Math.floor(hq / group);
-      const kd = K.data, k0 = K.offset + kh * K.s0, ksj = K.s1;
-      const vd = V.data, v0 = V.offset + kh * V.s0, vsj = V.s1;
+      const kd = K.data,
+        k0 = K.offset + kh * K.s0,
+        ksj = K.s1;
+      const vd = V.data,
+        v0 = V.offset + kh * V.s0,
+        vsj = V.s1;
       const qo = q.offset + hq * q.s0 + i * q.s1;
       const oo = (i * Hq + hq) * D;
       let max = -Infinity;

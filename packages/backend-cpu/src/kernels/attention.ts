@@ -15,7 +15,18 @@ import { transposeInto } from "./strided.ts";
 export interface AttnOps {
   /** WASM SIMD versions of the row passes below (ElementwiseWasm.attnRows / attnDs); each returns false to decline. */
   rows?: {
-    attnRows(kind: "softmax" | "probs", s: Float32Array, rows: number, S: number, T: number, r0: number, causal: boolean, scale: number, lse: Float32Array, at: number): boolean;
+    attnRows(
+      kind: "softmax" | "probs",
+      s: Float32Array,
+      rows: number,
+      S: number,
+      T: number,
+      r0: number,
+      causal: boolean,
+      scale: number,
+      lse: Float32Array,
+      at: number,
+    ): boolean;
     attnDs(p: Float32Array, dp: Float32Array, rows: number, S: number, delta: Float32Array, at: number, scale: number): boolean;
   } | null;
   /** C[M,N] (+)= op(A)·op(B) on packed row-major operands (op(A) is [M, K], op(B) [K, N]). */
@@ -26,7 +37,8 @@ export interface AttnOps {
 
 /** AttnOps over a packed-only engine: transposes into scratch, accumulates through a temporary. */
 export function engineOps(mm: MatmulEngine, exp: AttnOps["exp"]): AttnOps {
-  let ta: Float32Array = new Float32Array(0), tc: Float32Array = new Float32Array(0);
+  let ta: Float32Array = new Float32Array(0),
+    tc: Float32Array = new Float32Array(0);
   const grow = (a: Float32Array, n: number) => (a.length >= n ? a : new Float32Array(n));
   return {
     gemm(transA, transB, M, N, K, A, B, C, accumulate) {
@@ -67,7 +79,8 @@ function softmaxRows(ops: AttnOps, s: Float32Array, rows: number, r0: number, a:
   const S = a.S;
   const mx = new Float64Array(rows);
   for (let i = 0; i < rows; i++) {
-    const n = visible(a, r0 + i), o = i * S;
+    const n = visible(a, r0 + i),
+      o = i * S;
     let m = -Infinity;
     for (let j = 0; j < n; j++) {
       const x = (s[o + j] *= a.scale);
@@ -78,7 +91,8 @@ function softmaxRows(ops: AttnOps, s: Float32Array, rows: number, r0: number, a:
   }
   ops.exp(s, rows * S);
   for (let i = 0; i < rows; i++) {
-    const n = visible(a, r0 + i), o = i * S;
+    const n = visible(a, r0 + i),
+      o = i * S;
     s.fill(0, o + n, o + S);
     let sum = 0;
     for (let j = 0; j < n; j++) sum += s[o + j];
@@ -99,7 +113,8 @@ export function attentionForward(ops: AttnOps, q: Float32Array, k: Float32Array,
     for (let g = 0; g < Hkv; g++) {
       const kv = (b * Hkv + g) * S * D;
       const q0 = (b * Hkv + g) * R; // first row of this group in [B·Hq·T]
-      const K = k.subarray(kv, kv + S * D), V = v.subarray(kv, kv + S * D);
+      const K = k.subarray(kv, kv + S * D),
+        V = v.subarray(kv, kv + S * D);
       for (let r0 = 0; r0 < R; r0 += rb) {
         const rows = Math.min(rb, R - r0);
         const Q = q.subarray((q0 + r0) * D, (q0 + r0 + rows) * D);
@@ -113,7 +128,14 @@ export function attentionForward(ops: AttnOps, q: Float32Array, k: Float32Array,
 }
 
 export function attentionBackward(
-  ops: AttnOps, q: Float32Array, k: Float32Array, v: Float32Array, out: Float32Array, lse: Float32Array, gy: Float32Array, a: AttnShape,
+  ops: AttnOps,
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  out: Float32Array,
+  lse: Float32Array,
+  gy: Float32Array,
+  a: AttnShape,
 ): { gq: Float32Array; gk: Float32Array; gv: Float32Array } {
   const { B, Hq, Hkv, T, S, D, scale } = a;
   const R = (Hq / Hkv) * T;
@@ -134,17 +156,22 @@ export function attentionBackward(
     for (let g = 0; g < Hkv; g++) {
       const kv = (b * Hkv + g) * S * D;
       const q0 = (b * Hkv + g) * R;
-      const K = k.subarray(kv, kv + S * D), V = v.subarray(kv, kv + S * D);
-      const gK = gk.subarray(kv, kv + S * D), gV = gv.subarray(kv, kv + S * D);
+      const K = k.subarray(kv, kv + S * D),
+        V = v.subarray(kv, kv + S * D);
+      const gK = gk.subarray(kv, kv + S * D),
+        gV = gv.subarray(kv, kv + S * D);
       for (let r0 = 0; r0 < R; r0 += rb) {
         const rows = Math.min(rb, R - r0);
         const span = (t: Float32Array) => t.subarray((q0 + r0) * D, (q0 + r0 + rows) * D);
-        const Q = span(q), dO = span(gy);
+        const Q = span(q),
+          dO = span(gy);
         // P = exp(scale·Q·Kᵀ - lse), zero where masked
         ops.gemm(false, true, rows, S, D, Q, K, P, false);
         if (!ops.rows?.attnRows("probs", P.subarray(0, rows * S), rows, S, a.T, r0, a.causal, scale, lse, q0 + r0)) {
           for (let i = 0; i < rows; i++) {
-            const n = visible(a, r0 + i), o = i * S, l = lse[q0 + r0 + i];
+            const n = visible(a, r0 + i),
+              o = i * S,
+              l = lse[q0 + r0 + i];
             for (let j = 0; j < n; j++) P[o + j] = P[o + j] * scale - l;
           }
           ops.exp(P, rows * S);
@@ -155,7 +182,8 @@ export function attentionBackward(
         ops.gemm(false, true, rows, S, D, dO, V, dP, false);
         if (!ops.rows?.attnDs(P, dP.subarray(0, rows * S), rows, S, delta, q0 + r0, scale)) {
           for (let i = 0; i < rows; i++) {
-            const o = i * S, dl = delta[q0 + r0 + i];
+            const o = i * S,
+              dl = delta[q0 + r0 + i];
             for (let j = 0; j < S; j++) dP[o + j] = P[o + j] * (dP[o + j] - dl) * scale;
           }
         }

@@ -64,8 +64,11 @@ export function swigluBackwardKernel(gate: Float32Array, up: Float32Array, gy: F
 export function ropeKernel(data: Float32Array, view: View, cos: Float32Array, sin: Float32Array, interleaved: boolean, sign: 1 | -1, out: Float32Array): void {
   const { shape, strides, offset } = view;
   const rank = shape.length;
-  const T = shape[rank - 2], D = shape[rank - 1], half = D / 2;
-  const st = strides[rank - 2], sd = strides[rank - 1];
+  const T = shape[rank - 2],
+    D = shape[rank - 1],
+    half = D / 2;
+  const st = strides[rank - 2],
+    sd = strides[rank - 1];
   const lead = shape.slice(0, rank - 2);
   const outer = numel(lead);
   // p, q: positions of a rotated pair within the head; step between pairs.
@@ -79,9 +82,12 @@ export function ropeKernel(data: Float32Array, view: View, cos: Float32Array, si
       const ob = (o * T + t) * D;
       const tb = t * half;
       for (let i = 0; i < half; i++) {
-        const c = cos[tb + i], s = sign * sin[tb + i];
-        const pi = i * step, qi = pi + qOff;
-        const xp = data[xb + pi * sd], xq = data[xb + qi * sd];
+        const c = cos[tb + i],
+          s = sign * sin[tb + i];
+        const pi = i * step,
+          qi = pi + qOff;
+        const xp = data[xb + pi * sd],
+          xq = data[xb + qi * sd];
         out[ob + pi] = xp * c - xq * s;
         out[ob + qi] = xq * c + xp * s;
       }

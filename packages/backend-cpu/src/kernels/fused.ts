@@ -42,12 +42,31 @@ export function rmsNormRows(x: Float32Array, w: Float32Array, rows: number, n: n
 }
 
 /** h = x + res (stored in f32), then rmsNormRows on h as stored. */
-export function addRmsNormRows(x: Float32Array, res: Float32Array, w: Float32Array, rows: number, n: number, eps: number, h: Float32Array, out: Float32Array, rstd: Float32Array): void {
+export function addRmsNormRows(
+  x: Float32Array,
+  res: Float32Array,
+  w: Float32Array,
+  rows: number,
+  n: number,
+  eps: number,
+  h: Float32Array,
+  out: Float32Array,
+  rstd: Float32Array,
+): void {
   for (let i = 0; i < rows * n; i++) h[i] = x[i] + res[i];
   rmsNormRows(h, w, rows, n, eps, out, rstd);
 }
 
-export function rmsNormBackwardRows(x: Float32Array, w: Float32Array, rstd: Float32Array, gy: Float32Array, rows: number, n: number, gx: Float32Array, gw: Float64Array): void {
+export function rmsNormBackwardRows(
+  x: Float32Array,
+  w: Float32Array,
+  rstd: Float32Array,
+  gy: Float32Array,
+  rows: number,
+  n: number,
+  gx: Float32Array,
+  gw: Float64Array,
+): void {
   for (let r = 0; r < rows; r++) {
     const b = r * n;
     const rs = rstd[r];
@@ -62,7 +81,15 @@ export function rmsNormBackwardRows(x: Float32Array, w: Float32Array, rstd: Floa
   }
 }
 
-export function crossEntropyRowsKernel(logits: Float32Array, targets: Int32Array, rows: number, V: number, ignore: number, loss: Float32Array, lse: Float32Array): void {
+export function crossEntropyRowsKernel(
+  logits: Float32Array,
+  targets: Int32Array,
+  rows: number,
+  V: number,
+  ignore: number,
+  loss: Float32Array,
+  lse: Float32Array,
+): void {
   for (let r = 0; r < rows; r++) {
     const b = r * V;
     let m = -Infinity;
@@ -72,17 +99,32 @@ export function crossEntropyRowsKernel(logits: Float32Array, targets: Int32Array
     const l = m + Math.log(s);
     lse[r] = l;
     const t = targets[r];
-    if (t === ignore) { loss[r] = 0; continue; }
+    if (t === ignore) {
+      loss[r] = 0;
+      continue;
+    }
     if (t < 0 || t >= V) throw new RangeError(`crossEntropy: target ${t} at row ${r} out of range [0, ${V})`);
     loss[r] = l - logits[b + t];
   }
 }
 
-export function crossEntropyBackwardRows(logits: Float32Array, targets: Int32Array, lse: Float32Array, g: Float32Array, rows: number, V: number, ignore: number, out: Float32Array): void {
+export function crossEntropyBackwardRows(
+  logits: Float32Array,
+  targets: Int32Array,
+  lse: Float32Array,
+  g: Float32Array,
+  rows: number,
+  V: number,
+  ignore: number,
+  out: Float32Array,
+): void {
   for (let r = 0; r < rows; r++) {
     const b = r * V;
     const t = targets[r];
-    if (t === ignore) { out.fill(0, b, b + V); continue; }
+    if (t === ignore) {
+      out.fill(0, b, b + V);
+      continue;
+    }
     const gr = g[r];
     const l = lse[r];
     for (let i = 0; i < V; i++) out[b + i] = Math.exp(logits[b + i] - l) * gr;

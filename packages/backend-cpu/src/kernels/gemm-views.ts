@@ -44,7 +44,9 @@ export interface StridedF32 {
 /** C[batch, M, N] (contiguous) = a[batch, M, K] · b[batch, K, N]; `pack` gives a contiguous copy of a view BLAS cannot read. */
 export function gemmViews(engine: BlasEngine, a: StridedF32, b: StridedF32, C: Float32Array, pack: (x: StridedF32) => Float32Array): void {
   const r = a.view.shape.length;
-  const M = a.view.shape[r - 2], K = a.view.shape[r - 1], N = b.view.shape[r - 1];
+  const M = a.view.shape[r - 2],
+    K = a.view.shape[r - 1],
+    N = b.view.shape[r - 1];
   if (C.length === 0) return;
   const operand = (x: StridedF32, rows: number, cols: number) => {
     const s = x.view.strides;
@@ -53,7 +55,8 @@ export function gemmViews(engine: BlasEngine, a: StridedF32, b: StridedF32, C: F
     const packed = pack(x);
     return { values: packed, offsets: batchOffsets({ shape: x.view.shape, strides: contiguousStrides(x.view.shape), offset: 0 }), trans: false, ld: cols };
   };
-  const A = operand(a, M, K), B = operand(b, K, N);
+  const A = operand(a, M, K),
+    B = operand(b, K, N);
   for (let i = 0; i < A.offsets.length; i++) {
     engine.gemm(A.trans, B.trans, M, N, K, A.values.subarray(A.offsets[i]), A.ld, B.values.subarray(B.offsets[i]), B.ld, C.subarray(i * M * N), N);
   }

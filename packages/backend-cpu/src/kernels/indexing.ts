@@ -10,7 +10,10 @@ export function gatherKernel(x: Num, xShape: readonly number[], idx: Int32Array 
   const rank = xShape.length;
   const xStrides = new Array<number>(rank);
   let s = 1;
-  for (let d = rank - 1; d >= 0; d--) { xStrides[d] = s; s *= xShape[d]; }
+  for (let d = rank - 1; d >= 0; d--) {
+    xStrides[d] = s;
+    s *= xShape[d];
+  }
   const n = numel(idxShape);
   const coord = new Array<number>(rank).fill(0);
   for (let i = 0; i < n; i++) {
@@ -19,16 +22,29 @@ export function gatherKernel(x: Num, xShape: readonly number[], idx: Int32Array 
     let o = 0;
     for (let d = 0; d < rank; d++) o += (d === axis ? v : coord[d]) * xStrides[d];
     out[i] = x[o];
-    for (let d = rank - 1; d >= 0; d--) { if (++coord[d] < idxShape[d]) break; coord[d] = 0; }
+    for (let d = rank - 1; d >= 0; d--) {
+      if (++coord[d] < idxShape[d]) break;
+      coord[d] = 0;
+    }
   }
 }
 
 /** acc (zeros of outShape) [idx along axis] += src, in f64. */
-export function scatterAddKernel(acc: Float64Array, outShape: readonly number[], idx: Int32Array | Num, src: Num, srcShape: readonly number[], axis: number): void {
+export function scatterAddKernel(
+  acc: Float64Array,
+  outShape: readonly number[],
+  idx: Int32Array | Num,
+  src: Num,
+  srcShape: readonly number[],
+  axis: number,
+): void {
   const rank = outShape.length;
   const oStrides = new Array<number>(rank);
   let s = 1;
-  for (let d = rank - 1; d >= 0; d--) { oStrides[d] = s; s *= outShape[d]; }
+  for (let d = rank - 1; d >= 0; d--) {
+    oStrides[d] = s;
+    s *= outShape[d];
+  }
   const n = numel(srcShape);
   const coord = new Array<number>(rank).fill(0);
   for (let i = 0; i < n; i++) {
@@ -37,7 +53,10 @@ export function scatterAddKernel(acc: Float64Array, outShape: readonly number[],
     let o = 0;
     for (let d = 0; d < rank; d++) o += (d === axis ? v : coord[d]) * oStrides[d];
     acc[o] += src[i];
-    for (let d = rank - 1; d >= 0; d--) { if (++coord[d] < srcShape[d]) break; coord[d] = 0; }
+    for (let d = rank - 1; d >= 0; d--) {
+      if (++coord[d] < srcShape[d]) break;
+      coord[d] = 0;
+    }
   }
 }
 

@@ -30,8 +30,15 @@ export interface LoraDims {
  * per-element [N, r] mask (loraRows: each row's scaling on its adapter's block of the stacked A, B).
  */
 export function loraForward(
-  ops: LoraOps, d: LoraDims, x: Float32Array, W: Float32Array, bias: Float32Array | null, A: Float32Array, B: Float32Array,
-  scaling: number | Float32Array, drop: DropoutParams | null,
+  ops: LoraOps,
+  d: LoraDims,
+  x: Float32Array,
+  W: Float32Array,
+  bias: Float32Array | null,
+  A: Float32Array,
+  B: Float32Array,
+  scaling: number | Float32Array,
+  drop: DropoutParams | null,
 ): { y: Float32Array; h: Float32Array } {
   const { N, inF, outF, r } = d;
   const xd = drop ? ops.take(N * inF) : x;
@@ -49,8 +56,16 @@ export function loraForward(
 }
 
 export function loraBackward(
-  ops: LoraOps, d: LoraDims, x: Float32Array, W: Float32Array, A: Float32Array, B: Float32Array, h: Float32Array, gy: Float32Array,
-  scaling: number, drop: DropoutParams | null,
+  ops: LoraOps,
+  d: LoraDims,
+  x: Float32Array,
+  W: Float32Array,
+  A: Float32Array,
+  B: Float32Array,
+  h: Float32Array,
+  gy: Float32Array,
+  scaling: number,
+  drop: DropoutParams | null,
 ): { gx: Float32Array; gA: Float32Array; gB: Float32Array } {
   const { N, inF, outF, r } = d;
   const gB = ops.take(outF * r);

@@ -17,9 +17,15 @@ export function matmulBlocked(A: Float32Array, B: Float32Array, C: Float32Array,
   C.fill(0, rowStart * N, rowEnd * N);
   let i = rowStart;
   for (; i + 4 <= rowEnd; i += 4) {
-    const c0 = i * N, c1 = c0 + N, c2 = c1 + N, c3 = c2 + N;
+    const c0 = i * N,
+      c1 = c0 + N,
+      c2 = c1 + N,
+      c3 = c2 + N;
     for (let k = 0; k < K; k++) {
-      const a0 = A[i * K + k], a1 = A[(i + 1) * K + k], a2 = A[(i + 2) * K + k], a3 = A[(i + 3) * K + k];
+      const a0 = A[i * K + k],
+        a1 = A[(i + 1) * K + k],
+        a2 = A[(i + 2) * K + k],
+        a3 = A[(i + 3) * K + k];
       const bk = k * N;
       for (let j = 0; j < N; j++) {
         const b = B[bk + j];

@@ -47,7 +47,8 @@ export function blockScales(w: Quant4bitHost): Float32Array {
   const out = new Float32Array(a.length);
   // One nested scale per run of nbs blocks (no division per block): decoding runs this per call.
   for (let b0 = 0, j = 0; b0 < a.length; b0 += nbs, j++) {
-    const s = s2[j], end = Math.min(a.length, b0 + nbs);
+    const s = s2[j],
+      end = Math.min(a.length, b0 + nbs);
     for (let b = b0; b < end; b++) out[b] = Math.fround(c2[a[b]] * s) + offset;
   }
   return out;
@@ -59,7 +60,8 @@ export function blockScales(w: Quant4bitHost): Float32Array {
  */
 function dequantRange(w: Quant4bitHost, scales: Float32Array, start: number, end: number, dst: Float32Array, dOff: number, wasm?: Wasm4bit): void {
   // The 16-aligned middle in WASM SIMD (bit-identical), the ragged ends here.
-  const a = Math.min(end, Math.ceil(start / 16) * 16), b = Math.max(a, end - (end % 16));
+  const a = Math.min(end, Math.ceil(start / 16) * 16),
+    b = Math.max(a, end - (end % 16));
   if (wasm && wasm.dequant4bit(w.packed, scales, w.code, w.blocksize, a, b, dst, dOff + a - start)) {
     dequantScalar(w, scales, start, a, dst, dOff);
     dequantScalar(w, scales, b, end, dst, dOff + b - start);
@@ -105,8 +107,15 @@ function dotCodes(packed: Uint8Array, words: Uint32Array | null, code: Float64Ar
     for (; i < end && i & 7; i++) acc += x[k++] * code[codeAt(packed, i)];
     for (; i + 8 <= end; i += 8, k += 8) {
       const v = words[i >> 3];
-      acc += x[k] * code[(v >>> 4) & 15] + x[k + 1] * code[v & 15] + x[k + 2] * code[(v >>> 12) & 15] + x[k + 3] * code[(v >>> 8) & 15] +
-        x[k + 4] * code[(v >>> 20) & 15] + x[k + 5] * code[(v >>> 16) & 15] + x[k + 6] * code[v >>> 28] + x[k + 7] * code[(v >>> 24) & 15];
+      acc +=
+        x[k] * code[(v >>> 4) & 15] +
+        x[k + 1] * code[v & 15] +
+        x[k + 2] * code[(v >>> 12) & 15] +
+        x[k + 3] * code[(v >>> 8) & 15] +
+        x[k + 4] * code[(v >>> 20) & 15] +
+        x[k + 5] * code[(v >>> 16) & 15] +
+        x[k + 6] * code[v >>> 28] +
+        x[k + 7] * code[(v >>> 24) & 15];
     }
   }
   if (i & 1 && i < end) acc += x[k++] * code[packed[i++ >> 1] & 15];
@@ -119,7 +128,16 @@ function dotCodes(packed: Uint8Array, words: Uint32Array | null, code: Float64Ar
 }
 
 /** acc[aOff + i - start] += f · code(i) for i in [start, end). */
-function axpyCodes(packed: Uint8Array, words: Uint32Array | null, code: Float64Array, f: number, acc: Float64Array, aOff: number, start: number, end: number): void {
+function axpyCodes(
+  packed: Uint8Array,
+  words: Uint32Array | null,
+  code: Float64Array,
+  f: number,
+  acc: Float64Array,
+  aOff: number,
+  start: number,
+  end: number,
+): void {
   let i = start;
   let k = aOff;
   if (words) {
@@ -193,7 +211,12 @@ function matmul4bitSmall(w: Quant4bitHost, scales: Float32Array, x: Float32Array
  * `engine` does the dense panel products; `opts` overrides the path threshold and panel size (tests, benchmarks).
  */
 export function matmul4bitHost(
-  engine: MatmulEngine, w: Quant4bitHost, x: Float32Array, M: number, transpose: boolean, y: Float32Array,
+  engine: MatmulEngine,
+  w: Quant4bitHost,
+  x: Float32Array,
+  M: number,
+  transpose: boolean,
+  y: Float32Array,
   opts: { smallM?: number; panelFloats?: number; wasm?: Wasm4bit } = {},
 ): void {
   const { outFeatures: O, inFeatures: I } = w;
@@ -240,7 +263,17 @@ const isStrided = (e: MatmulEngine): e is BlasEngine => e instanceof BlasEngine;
  * handed to sgemm as they lie: forward y[:, rows] = x·panelᵀ straight into y's columns (ldc = N);
  * input gradient y += x[:, rows]·panel, accumulated over the panels. No transposes, no scatter.
  */
-function panelsStrided(engine: BlasEngine, w: Quant4bitHost, scales: Float32Array, x: Float32Array, M: number, transpose: boolean, y: Float32Array, panelFloats: number, wasm: Wasm4bit): void {
+function panelsStrided(
+  engine: BlasEngine,
+  w: Quant4bitHost,
+  scales: Float32Array,
+  x: Float32Array,
+  M: number,
+  transpose: boolean,
+  y: Float32Array,
+  panelFloats: number,
+  wasm: Wasm4bit,
+): void {
   const { outFeatures: O, inFeatures: I } = w;
   const P = Math.min(O, Math.max(8, Math.floor(panelFloats / I)));
   const panel = new Float32Array(P * I);
@@ -275,7 +308,12 @@ function hostWeight(w: Quant4bitInputs<HostArray>): Quant4bitHost {
     packed: arr<Uint8Array>(w.packed),
     absmax: w.nested ? arr<Uint8Array>(w.absmax) : arr<Float32Array>(w.absmax),
     code: arr<Float32Array>(w.code),
-    nested: w.nested && { absmax: arr<Float32Array>(w.nested.absmax), code: arr<Float32Array>(w.nested.code), offset: w.nested.offset, blocksize: w.nested.blocksize },
+    nested: w.nested && {
+      absmax: arr<Float32Array>(w.nested.absmax),
+      code: arr<Float32Array>(w.nested.code),
+      offset: w.nested.offset,
+      blocksize: w.nested.blocksize,
+    },
     blocksize: w.blocksize,
     outFeatures: w.outFeatures,
     inFeatures: w.inFeatures,

@@ -13,7 +13,10 @@ export function reduceStrided(op: ReduceOp, x: Num, view: View, nReduce: number,
   const k = view.shape.length - nReduce;
   const outer = coalesce(view.shape.slice(0, k), [view.strides.slice(0, k)]);
   const inner = coalesce(view.shape.slice(k), [view.strides.slice(k)]);
-  const oShape = outer.shape, os = outer.strides[0], iShape = inner.shape, is = inner.strides[0];
+  const oShape = outer.shape,
+    os = outer.strides[0],
+    iShape = inner.shape,
+    is = inner.strides[0];
   const starts = rowStarts([...oShape, 1], [...os, 0], view.offset);
   if (out.length === 0) return;
   if (iShape.length === 1 && is[0] === 1) {
@@ -41,7 +44,10 @@ function reduceRuns(op: ReduceOp, x: Num, starts: Int32Array, n: number, out: Ou
       out[o] = s;
     } else {
       // Four independent Math.max chains (NaN-propagating); only a 0 result needs the order: the first zero's sign.
-      let m0 = -Infinity, m1 = -Infinity, m2 = -Infinity, m3 = -Infinity;
+      let m0 = -Infinity,
+        m1 = -Infinity,
+        m2 = -Infinity,
+        m3 = -Infinity;
       let i = base;
       for (; i + 4 <= base + n; i += 4) {
         m0 = Math.max(m0, x[i]);
@@ -51,7 +57,12 @@ function reduceRuns(op: ReduceOp, x: Num, starts: Int32Array, n: number, out: Ou
       }
       for (; i < base + n; i++) m0 = Math.max(m0, x[i]);
       let m = Math.max(Math.max(m0, m1), Math.max(m2, m3));
-      if (m === 0) for (i = base; ; i++) if (x[i] === 0) { m = x[i]; break; }
+      if (m === 0)
+        for (i = base; ; i++)
+          if (x[i] === 0) {
+            m = x[i];
+            break;
+          }
       out[o] = m;
     }
   }
@@ -63,10 +74,11 @@ function reduceColumns(op: ReduceOp, x: Num, offset: number, count: number, inne
   for (let j = 0; j < inner.length; j++) {
     const base = offset + inner[j];
     if (op === "sum") for (let o = 0; o < count; o++) acc[o] += x[base + o];
-    else for (let o = 0; o < count; o++) {
-      const v = x[base + o];
-      if (v > acc[o] || v !== v) acc[o] = v;
-    }
+    else
+      for (let o = 0; o < count; o++) {
+        const v = x[base + o];
+        if (v > acc[o] || v !== v) acc[o] = v;
+      }
   }
   for (let o = 0; o < count; o++) out[o] = acc[o];
 }
@@ -78,10 +90,11 @@ function reduceNested(op: ReduceOp, x: Num, starts: Int32Array, rows: Int32Array
     for (let r = 0; r < rows.length; r++) {
       let i = starts[o] + rows[r];
       if (op === "sum") for (let k = 0; k < n; k++, i += step) s += x[i];
-      else for (let k = 0; k < n; k++, i += step) {
-        const v = x[i];
-        if (v > s || v !== v) s = v;
-      }
+      else
+        for (let k = 0; k < n; k++, i += step) {
+          const v = x[i];
+          if (v > s || v !== v) s = v;
+        }
     }
     out[o] = s;
   }

@@ -63,7 +63,9 @@ export function offsets(view: View): Int32Array {
   const n = numel(view.shape);
   const { shape, strides } = coalesce(view.shape, [view.strides]);
   const s = strides[0];
-  const last = shape.length - 1, inner = shape[last], step = s[last];
+  const last = shape.length - 1,
+    inner = shape[last],
+    step = s[last];
   const starts = rowStarts(shape, s, view.offset);
   const out = new Int32Array(n);
   for (let r = 0, o = 0; r < starts.length; r++) for (let j = 0, i = starts[r]; j < inner; j++, i += step) out[o++] = i;
@@ -72,7 +74,8 @@ export function offsets(view: View): Int32Array {
 
 /** Lowest and one past the highest storage index a non-empty view touches. */
 export function extent(view: View): [number, number] {
-  let lo = view.offset, hi = view.offset;
+  let lo = view.offset,
+    hi = view.offset;
   view.shape.forEach((n, d) => {
     const span = (n - 1) * view.strides[d];
     if (span < 0) lo += span;
@@ -125,7 +128,10 @@ const TILE = 32;
 /** dst[dv] = src[sv] for two views of one shape over arrays of one element type. */
 export function copyView(src: Elems, sv: View, dst: Elems, dv: View): void {
   if (numel(sv.shape) === 0) return;
-  const { shape, strides: [ss, ds] } = coalesce(sv.shape, [sv.strides, dv.strides]);
+  const {
+    shape,
+    strides: [ss, ds],
+  } = coalesce(sv.shape, [sv.strides, dv.strides]);
   const q = shape.length - 1;
   // A permuted source reads its inner dim with a long stride: go tile by tile instead.
   const p = ss.indexOf(1);
@@ -133,10 +139,14 @@ export function copyView(src: Elems, sv: View, dst: Elems, dv: View): void {
     copyTransposed(src, sv.offset, ss, dst, dv.offset, ds, shape, p);
     return;
   }
-  const n = shape[q], si = ss[q], di = ds[q];
-  const sr = rowStarts(shape, ss, sv.offset), dr = rowStarts(shape, ds, dv.offset);
+  const n = shape[q],
+    si = ss[q],
+    di = ds[q];
+  const sr = rowStarts(shape, ss, sv.offset),
+    dr = rowStarts(shape, ds, dv.offset);
   for (let r = 0; r < sr.length; r++) {
-    let i = sr[r], j = dr[r];
+    let i = sr[r],
+      j = dr[r];
     if (si === 1 && di === 1) {
       if (n >= 64) (dst as Uint8Array).set((src as Uint8Array).subarray(i, i + n), j);
       else for (let k = 0; k < n; k++) dst[j + k] = src[i + k];
@@ -151,17 +161,24 @@ export function copyView(src: Elems, sv: View, dst: Elems, dv: View): void {
 /** copyView when source dim p has stride 1 and the last dim a long stride: square tiles of (p, last). */
 function copyTransposed(src: Elems, so: number, ss: number[], dst: Elems, dO: number, ds: number[], shape: number[], p: number): void {
   const q = shape.length - 1;
-  const P = shape[p], Q = shape[q], sq = ss[q], dp = ds[p], dq = ds[q];
+  const P = shape[p],
+    Q = shape[q],
+    sq = ss[q],
+    dp = ds[p],
+    dq = ds[q];
   const rest = shape.map((n, d) => (d === p || d === q ? 1 : n));
-  const restS = ss.map((s, d) => (d === p || d === q ? 0 : s)), restD = ds.map((s, d) => (d === p || d === q ? 0 : s));
-  const sb = rowStarts([...rest, 1], [...restS, 0], so), db = rowStarts([...rest, 1], [...restD, 0], dO);
+  const restS = ss.map((s, d) => (d === p || d === q ? 0 : s)),
+    restD = ds.map((s, d) => (d === p || d === q ? 0 : s));
+  const sb = rowStarts([...rest, 1], [...restS, 0], so),
+    db = rowStarts([...rest, 1], [...restD, 0], dO);
   for (let b = 0; b < sb.length; b++) {
     for (let p0 = 0; p0 < P; p0 += TILE) {
       const p1 = Math.min(P, p0 + TILE);
       for (let q0 = 0; q0 < Q; q0 += TILE) {
         const q1 = Math.min(Q, q0 + TILE);
         for (let ip = p0; ip < p1; ip++) {
-          let i = sb[b] + ip + q0 * sq, j = db[b] + ip * dp + q0 * dq;
+          let i = sb[b] + ip + q0 * sq,
+            j = db[b] + ip * dp + q0 * dq;
           for (let iq = q0; iq < q1; iq++, i += sq, j += dq) dst[j] = src[i];
         }
       }

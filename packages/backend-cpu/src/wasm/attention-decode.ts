@@ -15,7 +15,21 @@ import { tryRelaxed } from "./simd.ts";
 
 interface Kernel {
   heapBase(): number;
-  decode(q: number, qs: number, o: number, os: number, k: number, v: number, hs: number, S: number, Hq: number, Hkv: number, D: number, scale: number, sc: number): void;
+  decode(
+    q: number,
+    qs: number,
+    o: number,
+    os: number,
+    k: number,
+    v: number,
+    hs: number,
+    S: number,
+    Hq: number,
+    Hkv: number,
+    D: number,
+    scale: number,
+    sc: number,
+  ): void;
 }
 
 const PAGE = 65536;
@@ -62,7 +76,11 @@ export class DecodeWasm {
     const qn = (Hq - 1) * q.s0 + (N - 1) * q.s1 + D;
     const S = Math.max(...lengths) + 1;
     const room = Math.max(Hkv * S * D, ...[...ks, ...vs].map((c, i) => block(c, Hkv, lengths[i % N] + 1, D)));
-    const qo = this.#base, oo = align64(qo + qn * 4), so = align64(oo + out.length * 4), ko = align64(so + S * 4), vo = align64(ko + room * 4);
+    const qo = this.#base,
+      oo = align64(qo + qn * 4),
+      so = align64(oo + out.length * 4),
+      ko = align64(so + S * 4),
+      vo = align64(ko + room * 4);
     this.#reserve(vo + room * 4);
     this.#f32.set(q.data.subarray(q.offset, q.offset + qn), qo >> 2);
     for (let i = 0; i < N; i++) {

@@ -63,9 +63,13 @@ interface Operand {
 
 /** The loop of views of one shape as [rows, n] operands, or null when some inner stride is not 0 or 1. */
 function plan(views: View[], data: Store[]): { rows: number; n: number; ops: Operand[] } | null {
-  const { shape, strides } = coalesce(views[0].shape, views.map((v) => v.strides));
+  const { shape, strides } = coalesce(
+    views[0].shape,
+    views.map((v) => v.strides),
+  );
   if (shape.length > 2) return null;
-  const n = shape[shape.length - 1], rows = shape.length === 2 ? shape[0] : 1;
+  const n = shape[shape.length - 1],
+    rows = shape.length === 2 ? shape[0] : 1;
   if (rows * n < MIN_ELEMENTS || (rows > 1 && n < MIN_ROW)) return null;
   const ops = strides.map((s, k) => ({ data: data[k], offset: views[k].offset, s0: s.length === 2 ? s[0] : 0, s1: s[s.length - 1] }));
   return ops.every((o) => o.s1 === 0 || o.s1 === 1) ? { rows, n, ops } : null;
@@ -96,7 +100,8 @@ export class ElementwiseWasm {
     for (const b64 of builds) {
       try {
         const bytes = base64Bytes(b64);
-        if (b64 === ELEMENTWISE_WASM_RELAXED ? validateRelaxed(bytes) : WebAssembly.validate(bytes as BufferSource)) return new ElementwiseWasm(bytes, b64 === ELEMENTWISE_WASM_RELAXED);
+        if (b64 === ELEMENTWISE_WASM_RELAXED ? validateRelaxed(bytes) : WebAssembly.validate(bytes as BufferSource))
+          return new ElementwiseWasm(bytes, b64 === ELEMENTWISE_WASM_RELAXED);
       } catch {
         // try the next build
       }
@@ -130,7 +135,13 @@ export class ElementwiseWasm {
     if (end <= have) return;
     this.memory.grow(Math.ceil((end - have) / 65536));
     const buf = this.memory.buffer;
-    [this.f32, this.i32, this.u8, this.u16, this.f64] = [new Float32Array(buf), new Int32Array(buf), new Uint8Array(buf), new Uint16Array(buf), new Float64Array(buf)];
+    [this.f32, this.i32, this.u8, this.u16, this.f64] = [
+      new Float32Array(buf),
+      new Int32Array(buf),
+      new Uint8Array(buf),
+      new Uint16Array(buf),
+      new Float64Array(buf),
+    ];
   }
 
   /** out = a op b (f32; lt/eq write u8); false when the views do not fit (caller falls back). */
@@ -186,7 +197,8 @@ export class ElementwiseWasm {
    */
   sumRuns(x: Float32Array, starts: Int32Array, n: number, out: Float32Array | Int32Array | Uint8Array): boolean {
     if (n < MIN_ROW || starts.length * n < MIN_ELEMENTS) return false;
-    const a = this.region[0], s = this.sums >> 3;
+    const a = this.region[0],
+      s = this.sums >> 3;
     if (n > CHUNK) {
       for (let r = 0; r < starts.length; r++) {
         let t = 0;
@@ -220,7 +232,8 @@ export class ElementwiseWasm {
    */
   sumColumns(x: Float32Array, offset: number, count: number, inner: Int32Array, out: Float32Array | Int32Array | Uint8Array): boolean {
     if (count > CHUNK || count < MIN_ROW || count * inner.length < MIN_ELEMENTS) return false;
-    const a = this.region[0], s = this.sums >> 3;
+    const a = this.region[0],
+      s = this.sums >> 3;
     this.f64.fill(0, s, s + count);
     const per = Math.floor(CHUNK / count);
     for (let j0 = 0; j0 < inner.length; j0 += per) {
@@ -240,8 +253,10 @@ export class ElementwiseWasm {
   dropout(x: Float32Array, out: Float32Array, p: number, seed: number, offset: number): boolean {
     if (out.length < MIN_ELEMENTS) return false;
     const [a, o] = this.region;
-    const hs = hash32(seed >>> 0) | 0, thr = Math.ceil(p * 16777216), scale = 1 / (1 - p);
-    for (let i = 0; i < out.length;) {
+    const hs = hash32(seed >>> 0) | 0,
+      thr = Math.ceil(p * 16777216),
+      scale = 1 / (1 - p);
+    for (let i = 0; i < out.length; ) {
       // A chunk never crosses a multiple of 2^32 in the counter: its high-word term is one constant.
       const idx = offset + i;
       const m = Math.min(CHUNK, out.length - i, TWO32 - (idx % TWO32));
@@ -284,7 +299,8 @@ export class ElementwiseWasm {
     if (out.length < MIN_ELEMENTS) return false;
     const [g, u, o] = this.region;
     for (let i = 0; i < out.length; i += CHUNK) {
-      const m = Math.min(CHUNK, out.length - i), m4 = (m + 3) & ~3;
+      const m = Math.min(CHUNK, out.length - i),
+        m4 = (m + 3) & ~3;
       this.f32.set(gate.subarray(i, i + m), g >> 2);
       this.f32.set(up.subarray(i, i + m), u >> 2);
       this.f32.fill(0, (g >> 2) + m, (g >> 2) + m4);
@@ -299,7 +315,8 @@ export class ElementwiseWasm {
     if (gy.length < MIN_ELEMENTS) return false;
     const [g, u, y] = this.region;
     for (let i = 0; i < gy.length; i += CHUNK) {
-      const m = Math.min(CHUNK, gy.length - i), m4 = (m + 3) & ~3;
+      const m = Math.min(CHUNK, gy.length - i),
+        m4 = (m + 3) & ~3;
       this.f32.set(gate.subarray(i, i + m), g >> 2);
       this.f32.set(up.subarray(i, i + m), u >> 2);
       this.f32.set(gy.subarray(i, i + m), y >> 2);
@@ -316,9 +333,19 @@ export class ElementwiseWasm {
    * the heap and h written to add.h before it is normed (FusedKernels.addRmsNorm). False for rows
    * wider than half a chunk or small inputs.
    */
-  rmsNorm(x: Float32Array, w: Float32Array, rows: number, n: number, eps: number, out: Float32Array, rstd: Float32Array, add?: { res: Float32Array; h: Float32Array }): boolean {
+  rmsNorm(
+    x: Float32Array,
+    w: Float32Array,
+    rows: number,
+    n: number,
+    eps: number,
+    out: Float32Array,
+    rstd: Float32Array,
+    add?: { res: Float32Array; h: Float32Array },
+  ): boolean {
     if (n > CHUNK / 2 || rows * n < MIN_ELEMENTS) return false;
-    const [a, s, o, wr] = this.region, rs = this.sums;
+    const [a, s, o, wr] = this.region,
+      rs = this.sums;
     this.f32.set(w.subarray(0, n), wr >> 2);
     const per = Math.floor(CHUNK / n);
     for (let r0 = 0; r0 < rows; r0 += per) {
@@ -337,11 +364,21 @@ export class ElementwiseWasm {
   }
 
   /** RMSNorm's gradients (FusedKernels.rmsNormBackward); gw (n f64, zeros on entry) gets the weight gradient. */
-  rmsNormBackward(x: Float32Array, w: Float32Array, rstd: Float32Array, gy: Float32Array, rows: number, n: number, gx: Float32Array, gw: Float64Array): boolean {
+  rmsNormBackward(
+    x: Float32Array,
+    w: Float32Array,
+    rstd: Float32Array,
+    gy: Float32Array,
+    rows: number,
+    n: number,
+    gx: Float32Array,
+    gw: Float64Array,
+  ): boolean {
     if (n > CHUNK / 2 || rows * n < MIN_ELEMENTS) return false;
     const [a, y, o, wr] = this.region;
     // The sums area (CHUNK f64) holds gw's n f64 accumulators, then one chunk's rstd values.
-    const acc = this.sums, rs = this.sums + n * 8;
+    const acc = this.sums,
+      rs = this.sums + n * 8;
     this.f32.set(w.subarray(0, n), wr >> 2);
     this.f64.fill(0, acc >> 3, (acc >> 3) + n);
     const per = Math.floor(CHUNK / n);
@@ -362,7 +399,18 @@ export class ElementwiseWasm {
    * row's visible keys and writes lse[at + i]; "probs" recomputes e^(scale·s - lse[at + i]).
    * Row i of the block is query (r0 + i) % T. False when a row is wider than a chunk.
    */
-  attnRows(kind: "softmax" | "probs", s: Float32Array, rows: number, S: number, T: number, r0: number, causal: boolean, scale: number, lse: Float32Array, at: number): boolean {
+  attnRows(
+    kind: "softmax" | "probs",
+    s: Float32Array,
+    rows: number,
+    S: number,
+    T: number,
+    r0: number,
+    causal: boolean,
+    scale: number,
+    lse: Float32Array,
+    at: number,
+  ): boolean {
     if (S > CHUNK) return false;
     const [a, , l] = this.region;
     const per = Math.floor(CHUNK / S);
@@ -465,8 +513,11 @@ export class ElementwiseWasm {
   gemv4bit(packed: Uint8Array, scales: Float32Array, code: Float32Array, bs: number, x: Float32Array, rows: number, K: number, y: Float32Array): boolean {
     if (bs % 16 || K % bs || code.length !== 16 || x.length < K || rows * K < MIN_ELEMENTS) return false;
     const R = Math.max(1, Math.floor(GEMV_PACKED_BYTES / (K >> 1))); // rows per call
-    const xa = this.extraBase, pa = xa + K * 4, sa = pa + Math.ceil((R * K) / 2 / 64) * 64;
-    const ya = sa + ((R * K) / bs) * 4, t = Math.ceil((ya + R * 4) / 64) * 64;
+    const xa = this.extraBase,
+      pa = xa + K * 4,
+      sa = pa + Math.ceil((R * K) / 2 / 64) * 64;
+    const ya = sa + ((R * K) / bs) * 4,
+      t = Math.ceil((ya + R * 4) / 64) * 64;
     this.ensure(t + 128);
     this.f32.set(x.subarray(0, K), xa >> 2);
     this.f32.set(code, t >> 2);

@@ -17,9 +17,15 @@ export const SLOT = 16;
  * far, chunks finished, 1 if a worker trapped, then from JOB: a, pb, c, m, n, k, rows per chunk,
  * row chunks, column chunks, kc, nc, columns per chunk (a multiple of nc).
  */
-export const NEXT = 0, COPIED = 1, FINISHED = 2, FAIL = 3, JOB = 4;
+export const NEXT = 0,
+  COPIED = 1,
+  FINISHED = 2,
+  FAIL = 3,
+  JOB = 4;
 /** Worker fields: job counter (-1 = quit), 1 ready / -1 failed, its edge-tile scratch. */
-export const SEQ = 0, READY = 1, TMP = 2;
+export const SEQ = 0,
+  READY = 1,
+  TMP = 2;
 /** Chunks per job fit in the low 12 bits of NEXT; the job tag is the low 20 bits of the job counter. */
 export const MAX_CHUNKS = 4095;
 export const jobTag = (seq: number): number => seq & 0xfffff;
@@ -86,7 +92,21 @@ if (typeof require === "function") run(require("node:worker_threads").workerData
 else self.onmessage = (e) => { self.onmessage = null; run(e.data); self.close(); };
 `;
 
-export type GemmPacked = (a: number, lda: number, pb: number, c: number, ldc: number, m: number, n: number, k: number, j0: number, j1: number, kc: number, nc: number, tmp: number) => void;
+export type GemmPacked = (
+  a: number,
+  lda: number,
+  pb: number,
+  c: number,
+  ldc: number,
+  m: number,
+  n: number,
+  k: number,
+  j0: number,
+  j1: number,
+  kc: number,
+  nc: number,
+  tmp: number,
+) => void;
 
 /**
  * Claim chunks of job `tag` in slot 0 until none are left and compute each: chunk i is row chunk
@@ -96,16 +116,32 @@ export type GemmPacked = (a: number, lda: number, pb: number, c: number, ldc: nu
  * The worker script carries the same loop as text (WORKER_SOURCE).
  */
 export function claimChunks(ctl: Int32Array, tag: number, gemm: GemmPacked, tmp: number, done: (r0: number, r1: number, j0: number, j1: number) => void): void {
-  const a = ctl[JOB] >>> 0, pb = ctl[JOB + 1] >>> 0, c = ctl[JOB + 2] >>> 0, m = ctl[JOB + 3], n = ctl[JOB + 4], k = ctl[JOB + 5];
-  const rc = ctl[JOB + 6], blocks = ctl[JOB + 8], total = ctl[JOB + 7] * blocks, kc = ctl[JOB + 9], nc = ctl[JOB + 10], cw = ctl[JOB + 11];
+  const a = ctl[JOB] >>> 0,
+    pb = ctl[JOB + 1] >>> 0,
+    c = ctl[JOB + 2] >>> 0,
+    m = ctl[JOB + 3],
+    n = ctl[JOB + 4],
+    k = ctl[JOB + 5];
+  const rc = ctl[JOB + 6],
+    blocks = ctl[JOB + 8],
+    total = ctl[JOB + 7] * blocks,
+    kc = ctl[JOB + 9],
+    nc = ctl[JOB + 10],
+    cw = ctl[JOB + 11];
   for (;;) {
-    const cur = Atomics.load(ctl, NEXT), i = cur & 0xfff;
+    const cur = Atomics.load(ctl, NEXT),
+      i = cur & 0xfff;
     if (cur >>> 12 !== tag || i >= total) return;
     if (Atomics.compareExchange(ctl, NEXT, cur, cur + 1) !== cur) continue;
-    const ri = Math.floor(i / blocks), ci = i - ri * blocks;
-    let spins = 0, v = 0;
+    const ri = Math.floor(i / blocks),
+      ci = i - ri * blocks;
+    let spins = 0,
+      v = 0;
     while ((v = Atomics.load(ctl, COPIED)) <= ri) if (++spins > 4096) Atomics.wait(ctl, COPIED, v, 1);
-    const r0 = ri * rc, r1 = Math.min(m, r0 + rc), j0 = ci * cw, j1 = Math.min(n, j0 + cw);
+    const r0 = ri * rc,
+      r1 = Math.min(m, r0 + rc),
+      j0 = ci * cw,
+      j1 = Math.min(n, j0 + cw);
     try {
       gemm(a + r0 * k * 4, k, pb, c + r0 * n * 4, n, r1 - r0, n, k, j0, j1, kc, nc, tmp);
       done(r0, r1, j0, j1);
@@ -143,7 +179,9 @@ async function nodeWorkerCtor(): Promise<NodeWorkerCtor | null> {
   const proc = nodeProcess();
   if (!proc?.versions?.node) return null;
   try {
-    const mod = (proc.getBuiltinModule?.("node:worker_threads") ?? (await import(/* @vite-ignore */ "node:" + "worker_threads"))) as { Worker?: NodeWorkerCtor };
+    const mod = (proc.getBuiltinModule?.("node:worker_threads") ?? (await import(/* @vite-ignore */ "node:" + "worker_threads"))) as {
+      Worker?: NodeWorkerCtor;
+    };
     return mod.Worker ?? null;
   } catch {
     return null;
@@ -156,7 +194,7 @@ function nodeWorkerCtorSync(): NodeWorkerCtor | null | undefined {
   if (!proc?.versions?.node) return null;
   if (!proc.getBuiltinModule) return undefined;
   try {
-    return ((proc.getBuiltinModule("node:worker_threads") as { Worker?: NodeWorkerCtor }).Worker) ?? null;
+    return (proc.getBuiltinModule("node:worker_threads") as { Worker?: NodeWorkerCtor }).Worker ?? null;
   } catch {
     return null;
   }

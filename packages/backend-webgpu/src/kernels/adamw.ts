@@ -33,8 +33,16 @@ function shared(h: AdamWHyper): number[] {
 
 function multiCode(gds: DType[]): string {
   const w = new Wgsl().params(64);
-  gds.forEach((gd, j) => w.buffer(1 + 4 * j, `pw${j}`, true).buffer(2 + 4 * j, `mw${j}`, true).buffer(3 + 4 * j, `vw${j}`, true).buffer(4 + 4 * j, `g${j}`, false).loader(`g${j}`, gd));
-  const cases = gds.map((_, j) => `    case ${j}u: {
+  gds.forEach((gd, j) =>
+    w
+      .buffer(1 + 4 * j, `pw${j}`, true)
+      .buffer(2 + 4 * j, `mw${j}`, true)
+      .buffer(3 + 4 * j, `vw${j}`, true)
+      .buffer(4 + 4 * j, `g${j}`, false)
+      .loader(`g${j}`, gd),
+  );
+  const cases = gds.map(
+    (_, j) => `    case ${j}u: {
       let gi = ld_g${j}(p(${18 + 8 * j}u) + li);
       let m = pf(2u) * bitcast<f32>(mw${j}[li]) + pf(3u) * gi;
       let v = pf(4u) * bitcast<f32>(vw${j}[li]) + pf(5u) * gi * gi;
@@ -42,8 +50,12 @@ function multiCode(gds: DType[]): string {
       mw${j}[li] = bitcast<u32>(m);
       vw${j}[li] = bitcast<u32>(v);
       pw${j}[li] = bitcast<u32>(x - pf(6u) * m / (sqrt(v) / pf(7u) + pf(8u)));
-    }`);
-  return w.build(Wgsl.main(WG, `  if (unit >= p(1u)) { return; }
+    }`,
+  );
+  return w.build(
+    Wgsl.main(
+      WG,
+      `  if (unit >= p(1u)) { return; }
   var j = 0u;
   for (var s = 1u; s < ${gds.length}u; s++) { if (unit >= p(16u + 8u * s)) { j = s; } }
   let li = unit - p(16u + 8u * j);
@@ -51,13 +63,18 @@ function multiCode(gds: DType[]): string {
   switch j {
 ${cases.join("\n")}
     default: {}
-  }`));
+  }`,
+    ),
+  );
 }
 
 /** The single-tensor kernel (bases 16 p, 17 m, 18 v, 19 g; 2 is 1 - lr wd): tensors too large for one binding. */
 function singleCode(gd: DType): string {
   const w = new Wgsl().params(64).buffer(1, "pw", true).buffer(2, "mw", true).buffer(3, "vw", true).buffer(4, "g", false).loader("g", gd);
-  return w.build(Wgsl.main(WG, `  if (unit >= p(1u)) { return; }
+  return w.build(
+    Wgsl.main(
+      WG,
+      `  if (unit >= p(1u)) { return; }
   let li = p(0u) + unit;
   let gi = ld_g(p(19u) + li);
   let io = p(16u) + li;
@@ -68,7 +85,9 @@ function singleCode(gd: DType): string {
   let x = bitcast<f32>(pw[io]) * pf(2u);
   mw[mo] = bitcast<u32>(m);
   vw[vo] = bitcast<u32>(v);
-  pw[io] = bitcast<u32>(x - pf(7u) * m / (sqrt(v) / pf(8u) + pf(9u)));`));
+  pw[io] = bitcast<u32>(x - pf(7u) * m / (sqrt(v) / pf(8u) + pf(9u)));`,
+    ),
+  );
 }
 
 function single(ctx: KernelContext, j: Job): void {
@@ -77,7 +96,9 @@ function single(ctx: KernelContext, j: Job): void {
   const params = new Uint32Array(64);
   params.set([1 - h.lr * h.weightDecay, ...shared(h)].map(f32Bits), 2);
   const flat = (s: GpuStorage) => ({ h: s, a: { strides: [1], offset: 0, epw: 1 } });
-  dispatchRuns(ctx, k, [size], [1], [flat(p), flat(m), flat(v), { h: g.handle, a: { strides: [1], offset: g.view.offset, epw: EPW[g.dtype] } }], params, (n) => groupsFor(n, WG));
+  dispatchRuns(ctx, k, [size], [1], [flat(p), flat(m), flat(v), { h: g.handle, a: { strides: [1], offset: g.view.offset, epw: EPW[g.dtype] } }], params, (n) =>
+    groupsFor(n, WG),
+  );
 }
 
 /** The fused adamw entry point: validates now, records later (merged). */
@@ -115,13 +136,18 @@ export function makeAdamw(ctx: KernelContext): (p: GpuStorage, g: GpuInput, m: G
   };
 
   return (p, g, m, v, size, h) => {
-    for (const [what, s] of [["p", p], ["m", m], ["v", v]] as const) {
+    for (const [what, s] of [
+      ["p", p],
+      ["m", m],
+      ["v", v],
+    ] as const) {
       if (s.dtype !== "f32") throw new TypeError(`adamw: ${what} must be an f32 storage, got ${s.dtype}`);
       if (s.size < size) throw new RangeError(`adamw: ${what} holds ${s.size} elements, fewer than size ${size}`);
     }
     if (!isFloat(g.dtype)) throw new TypeError(`adamw: expected a float tensor, got ${g.dtype}`);
     if (numel(g.view.shape) !== size) throw new RangeError(`adamw: g has ${numel(g.view.shape)} elements, expected ${size}`);
-    if (!isContiguous(g.view.shape, g.view.strides)) throw new WebGpuLimitError("adamw", "adamw: the gradient g must be a contiguous view (call .contiguous() first)");
+    if (!isContiguous(g.view.shape, g.view.strides))
+      throw new WebGpuLimitError("adamw", "adamw: the gradient g must be a contiguous view (call .contiguous() first)");
     if (size === 0) return;
     // Calls merge only when they share the step's scalars (one optimizer step); otherwise record the earlier ones first.
     const k = shared(h).join(",");
@@ -133,7 +159,11 @@ export function makeAdamw(ctx: KernelContext): (p: GpuStorage, g: GpuInput, m: G
 }
 
 function dispatchGroup(ctx: KernelContext, group: Job[]): void {
-  const k = ctx.engine.compile({ name: `adamw_x${group.length}`, code: multiCode(group.map((j) => j.g.dtype)), bindings: group.flatMap(() => ["write", "write", "write", "read"] as const) });
+  const k = ctx.engine.compile({
+    name: `adamw_x${group.length}`,
+    code: multiCode(group.map((j) => j.g.dtype)),
+    bindings: group.flatMap(() => ["write", "write", "write", "read"] as const),
+  });
   const params = new Uint32Array(64);
   params.set(shared(group[0].h).map(f32Bits), 2);
   const binds: Bind[] = [];

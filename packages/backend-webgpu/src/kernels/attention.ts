@@ -51,7 +51,10 @@ function queryRows(d: Dims) {
   const { Hq, Hkv, G, T, S, D } = d;
   return {
     space: [d.B, Hkv, G, T],
-    row: (x: GpuStorage, dtype: DType, offset = 0): RunOperand => ({ h: x, a: { strides: [Hq * T * D, G * T * D, T * D, D], offset, epw: EPW[dtype], span: D - 1 } }),
+    row: (x: GpuStorage, dtype: DType, offset = 0): RunOperand => ({
+      h: x,
+      a: { strides: [Hq * T * D, G * T * D, T * D, D], offset, epw: EPW[dtype], span: D - 1 },
+    }),
     one: (x: GpuStorage, dtype: DType, offset = 0): RunOperand => ({ h: x, a: { strides: [Hq * T, G * T, T, 1], offset, epw: EPW[dtype] } }),
     keys: (x: GpuInput): RunOperand => ({ h: x.handle, a: { strides: [Hkv * S * D, S * D, 0, 0], offset: x.view.offset, epw: EPW[x.dtype], span: S * D - 1 } }),
   };
@@ -67,15 +70,35 @@ function attention(ctx: KernelContext, q0: GpuInput, k0: GpuInput, v0: GpuInput,
   const outType = storeDtype(q.dtype, d.D);
   const out = ctx.alloc(outType, rows * d.D);
   const lse = ctx.alloc("f32", rows);
-  const kern = ctx.engine.compile({ name: "attention", code: attentionForwardWgsl(d.D, { q: q.dtype, k: k.dtype, v: v.dtype }, outType), bindings: ["write", "write", "read", "read", "read"] });
+  const kern = ctx.engine.compile({
+    name: "attention",
+    code: attentionForwardWgsl(d.D, { q: q.dtype, k: k.dtype, v: v.dtype }, outType),
+    bindings: ["write", "write", "read", "read", "read"],
+  });
   const s = queryRows(d);
-  dispatchRuns(ctx, kern, s.space, [1, 1, 1, 1], [s.row(out, outType), s.one(lse, "f32"), s.row(q.handle, q.dtype, q.view.offset), s.keys(k), s.keys(v)], params(d, causal, scale), (n) => groupsFor(n, WG));
+  dispatchRuns(
+    ctx,
+    kern,
+    s.space,
+    [1, 1, 1, 1],
+    [s.row(out, outType), s.one(lse, "f32"), s.row(q.handle, q.dtype, q.view.offset), s.keys(k), s.keys(v)],
+    params(d, causal, scale),
+    (n) => groupsFor(n, WG),
+  );
   temps.forEach((t) => ctx.release(t));
   return { out: finish(ctx, out, q.dtype), lse };
 }
 
 function attentionBackward(
-  ctx: KernelContext, q0: GpuInput, k0: GpuInput, v0: GpuInput, o0: GpuInput, lse0: GpuInput, gy0: GpuInput, causal: boolean, scale: number,
+  ctx: KernelContext,
+  q0: GpuInput,
+  k0: GpuInput,
+  v0: GpuInput,
+  o0: GpuInput,
+  lse0: GpuInput,
+  gy0: GpuInput,
+  causal: boolean,
+  scale: number,
 ): { gq: GpuStorage; gk: GpuStorage; gv: GpuStorage } {
   const d = dimsOf("attentionBackward", q0, k0, v0);
   const { B, Hq, Hkv, G, T, S, D } = d;
@@ -89,27 +112,62 @@ function attentionBackward(
   const gq = ctx.alloc(gqType, qRows * D);
   const delta = ctx.alloc("f32", qRows);
   const dt = { q: q.dtype, k: k.dtype, v: v.dtype, out: o.dtype, lse: lse.dtype, gy: gy.dtype };
-  const kq = ctx.engine.compile({ name: "attentionBackward_dq", code: attentionDqWgsl(D, dt, gqType), bindings: ["write", "write", "read", "read", "read", "read", "read", "read"] });
+  const kq = ctx.engine.compile({
+    name: "attentionBackward_dq",
+    code: attentionDqWgsl(D, dt, gqType),
+    bindings: ["write", "write", "read", "read", "read", "read", "read", "read"],
+  });
   const s = queryRows(d);
-  dispatchRuns(ctx, kq, s.space, [1, 1, 1, 1], [
-    s.row(gq, gqType), s.one(delta, "f32"), s.row(q.handle, q.dtype, q.view.offset), s.keys(k), s.keys(v),
-    s.row(o.handle, o.dtype, o.view.offset), s.one(lse.handle, lse.dtype, lse.view.offset), s.row(gy.handle, gy.dtype, gy.view.offset),
-  ], p, (n) => groupsFor(n, WG));
+  dispatchRuns(
+    ctx,
+    kq,
+    s.space,
+    [1, 1, 1, 1],
+    [
+      s.row(gq, gqType),
+      s.one(delta, "f32"),
+      s.row(q.handle, q.dtype, q.view.offset),
+      s.keys(k),
+      s.keys(v),
+      s.row(o.handle, o.dtype, o.view.offset),
+      s.one(lse.handle, lse.dtype, lse.view.offset),
+      s.row(gy.handle, gy.dtype, gy.view.offset),
+    ],
+    p,
+    (n) => groupsFor(n, WG),
+  );
 
   // dk/dv pass over key rows [B, Hkv, S]: each sums over the G query heads sharing its kv head.
   const kRows = B * Hkv * S;
   const [gkType, gvType] = [storeDtype(k.dtype, D), storeDtype(v.dtype, D)];
   const gk = ctx.alloc(gkType, kRows * D);
   const gv = ctx.alloc(gvType, kRows * D);
-  const kkv = ctx.engine.compile({ name: "attentionBackward_dkv", code: attentionDkvWgsl(D, dt, gkType, gvType), bindings: ["write", "write", "read", "read", "read", "read", "read", "read"] });
+  const kkv = ctx.engine.compile({
+    name: "attentionBackward_dkv",
+    code: attentionDkvWgsl(D, dt, gkType, gvType),
+    bindings: ["write", "write", "read", "read", "read", "read", "read", "read"],
+  });
   const keyRow = { strides: [Hkv * S * D, S * D, D], span: D - 1 };
   const allQueries = { strides: [Hq * T * D, G * T * D, 0], span: G * T * D - 1 };
   const allRows = { strides: [Hq * T, G * T, 0], span: G * T - 1 };
-  dispatchRuns(ctx, kkv, [B, Hkv, S], [1, 1, 1], [
-    { h: gk, a: { ...keyRow, offset: 0, epw: EPW[gkType] } }, { h: gv, a: { ...keyRow, offset: 0, epw: EPW[gvType] } },
-    input(q, allQueries), input(k, keyRow), input(v, keyRow), input(gy, allQueries), input(lse, allRows),
-    { h: delta, a: { ...allRows, offset: 0, epw: 1 } },
-  ], p, (n) => groupsFor(n, WG));
+  dispatchRuns(
+    ctx,
+    kkv,
+    [B, Hkv, S],
+    [1, 1, 1],
+    [
+      { h: gk, a: { ...keyRow, offset: 0, epw: EPW[gkType] } },
+      { h: gv, a: { ...keyRow, offset: 0, epw: EPW[gvType] } },
+      input(q, allQueries),
+      input(k, keyRow),
+      input(v, keyRow),
+      input(gy, allQueries),
+      input(lse, allRows),
+      { h: delta, a: { ...allRows, offset: 0, epw: 1 } },
+    ],
+    p,
+    (n) => groupsFor(n, WG),
+  );
 
   ctx.release(delta);
   temps.forEach((t) => ctx.release(t));

@@ -115,7 +115,8 @@ export function elementwise(ctx: KernelContext, spec: EwSpec): GpuStorage {
   // constants before any binding below materializes a storage.
   ctx.engine.drain();
   const consts = spec.operands.map((o) => (spec.bits ? null : inlinable(o.handle)));
-  if (consts.some((c) => c !== null)) spec = { ...spec, operands: spec.operands.map((o, k) => (consts[k] === null ? o : { ...o, strides: o.strides.map(() => 0), offset: 0 })) };
+  if (consts.some((c) => c !== null))
+    spec = { ...spec, operands: spec.operands.map((o, k) => (consts[k] === null ? o : { ...o, strides: o.strides.map(() => 0), offset: 0 })) };
   const outStrides = contiguousStrides(spec.shape);
   // Concat keeps its dims (the region is expressed in them); everything else merges dims first.
   const { shape, strides } = spec.region
@@ -161,7 +162,10 @@ export function elementwise(ctx: KernelContext, spec: EwSpec): GpuStorage {
       opStrides[i].forEach((s, d) => (params[base + 1 + d] = s));
     });
     spec.extras?.forEach((v, i) => (params[P_EXTRA + i] = v));
-    const binds = [bindWords(out, ow.word, ow.words), ...bound.map((i) => bindWords(spec.operands[i].handle, box.windows[i + 1].word, box.windows[i + 1].words))];
+    const binds = [
+      bindWords(out, ow.word, ow.words),
+      ...bound.map((i) => bindWords(spec.operands[i].handle, box.windows[i + 1].word, box.windows[i + 1].words)),
+    ];
     ctx.engine.dispatch(k, params, binds, groupsFor(w1 - w0 + 1, WG));
   }
   return out;
@@ -202,30 +206,54 @@ export function binaryExpr(op: BinaryOp, dtype: DType): (w: Wgsl, x: string[]) =
   if (natOf(dtype) === "f32") {
     return (w, [a, b]) => {
       switch (op) {
-        case "add": return `${a} + ${b}`;
-        case "sub": return `${a} - ${b}`;
-        case "mul": return `${a} * ${b}`;
-        case "div": return `${a} / ${b}`;
-        case "max": w.need("nanmax"); return `nanmax(${a}, ${b})`;
-        case "min": w.need("nanmin"); return `nanmin(${a}, ${b})`;
-        case "pow": w.need("pow"); return `pow_(${a}, ${b})`;
-        case "lt": w.need("isnan"); return `i32(!is_nan(${a}) && !is_nan(${b}) && ${a} < ${b})`;
-        case "eq": w.need("isnan"); return `i32(!is_nan(${a}) && ${a} == ${b})`;
+        case "add":
+          return `${a} + ${b}`;
+        case "sub":
+          return `${a} - ${b}`;
+        case "mul":
+          return `${a} * ${b}`;
+        case "div":
+          return `${a} / ${b}`;
+        case "max":
+          w.need("nanmax");
+          return `nanmax(${a}, ${b})`;
+        case "min":
+          w.need("nanmin");
+          return `nanmin(${a}, ${b})`;
+        case "pow":
+          w.need("pow");
+          return `pow_(${a}, ${b})`;
+        case "lt":
+          w.need("isnan");
+          return `i32(!is_nan(${a}) && !is_nan(${b}) && ${a} < ${b})`;
+        case "eq":
+          w.need("isnan");
+          return `i32(!is_nan(${a}) && ${a} == ${b})`;
       }
     };
   }
   // i32 wraps; u8 is computed in i32 and wrapped to 8 bits by the store, like a Uint8Array.
   return (w, [a, b]) => {
     switch (op) {
-      case "add": return `bitcast<i32>(bitcast<u32>(${a}) + bitcast<u32>(${b}))`;
-      case "sub": return `bitcast<i32>(bitcast<u32>(${a}) - bitcast<u32>(${b}))`;
-      case "mul": return `bitcast<i32>(bitcast<u32>(${a}) * bitcast<u32>(${b}))`;
-      case "div": return `select(0, ${a} / select(${b}, 1, ${b} == 0), ${b} != 0)`;
-      case "max": return `max(${a}, ${b})`;
-      case "min": return `min(${a}, ${b})`;
-      case "pow": w.need("ipow"); return `ipow(${a}, ${b})`;
-      case "lt": return `i32(${a} < ${b})`;
-      case "eq": return `i32(${a} == ${b})`;
+      case "add":
+        return `bitcast<i32>(bitcast<u32>(${a}) + bitcast<u32>(${b}))`;
+      case "sub":
+        return `bitcast<i32>(bitcast<u32>(${a}) - bitcast<u32>(${b}))`;
+      case "mul":
+        return `bitcast<i32>(bitcast<u32>(${a}) * bitcast<u32>(${b}))`;
+      case "div":
+        return `select(0, ${a} / select(${b}, 1, ${b} == 0), ${b} != 0)`;
+      case "max":
+        return `max(${a}, ${b})`;
+      case "min":
+        return `min(${a}, ${b})`;
+      case "pow":
+        w.need("ipow");
+        return `ipow(${a}, ${b})`;
+      case "lt":
+        return `i32(${a} < ${b})`;
+      case "eq":
+        return `i32(${a} == ${b})`;
     }
   };
 }
@@ -249,10 +277,23 @@ export function fullKernel(ctx: KernelContext, size: number, value: number, dtyp
   const out = ctx.alloc(dtype, size);
   if (size === 0) return out;
   const nat = natOf(dtype);
-  out.defer(() => {
-    if (bitsOf === 0) ctx.engine.clear(out.buffer, 0, wordsOf(dtype, size) * 4);
-    else elementwise(ctx, { name: "full", out: dtype, shape: [size], operands: [], extras: [bitsOf], into: out, expr: () => (nat === "f32" ? "pf(59u)" : "bitcast<i32>(p(59u))") });
-  }, bitsOf, () => ctx.engine.drain());
+  out.defer(
+    () => {
+      if (bitsOf === 0) ctx.engine.clear(out.buffer, 0, wordsOf(dtype, size) * 4);
+      else
+        elementwise(ctx, {
+          name: "full",
+          out: dtype,
+          shape: [size],
+          operands: [],
+          extras: [bitsOf],
+          into: out,
+          expr: () => (nat === "f32" ? "pf(59u)" : "bitcast<i32>(p(59u))"),
+        });
+    },
+    bitsOf,
+    () => ctx.engine.drain(),
+  );
   return out;
 }
 
@@ -260,7 +301,10 @@ export function arangeKernel(ctx: KernelContext, size: number, start: number, st
   // Integer dtypes with integer start/step stay exact in i32; otherwise f32 arithmetic then the cast.
   const intExact = natOf(dtype) === "i32" && Number.isInteger(start) && Number.isInteger(step);
   return elementwise(ctx, {
-    name: "arange", out: dtype, shape: [size], operands: [],
+    name: "arange",
+    out: dtype,
+    shape: [size],
+    operands: [],
     extras: intExact ? [start >>> 0, step >>> 0] : [natBits("f32", start), natBits("f32", step)],
     expr: (w) => {
       if (intExact) return "bitcast<i32>(p(59u) + li * p(60u))";
@@ -273,7 +317,10 @@ export function arangeKernel(ctx: KernelContext, size: number, start: number, st
 export function randomKernel(ctx: KernelContext, size: number, seed: number, offset: number): GpuStorage {
   const hi = Math.floor(offset / 4294967296);
   return elementwise(ctx, {
-    name: "random", out: "f32", shape: [size], operands: [],
+    name: "random",
+    out: "f32",
+    shape: [size],
+    operands: [],
     extras: [hash32(seed >>> 0), offset >>> 0, hi >>> 0],
     expr: (w) => (w.need("hash"), "uniform_at(li)"),
   });
@@ -284,7 +331,14 @@ export function randomKernel(ctx: KernelContext, size: number, seed: number, off
 /** A contiguous view of x (copies only when the core hands over a strided one; the copy joins `temps`). */
 export function contig(ctx: KernelContext, x: GpuInput, temps: GpuStorage[]): GpuInput {
   if (isContiguous(x.view.shape, x.view.strides)) return x;
-  const h = elementwise(ctx, { name: "copy", out: x.dtype, shape: x.view.shape, bits: true, expr: () => "", operands: [{ handle: x.handle, dtype: x.dtype, strides: x.view.strides, offset: x.view.offset }] });
+  const h = elementwise(ctx, {
+    name: "copy",
+    out: x.dtype,
+    shape: x.view.shape,
+    bits: true,
+    expr: () => "",
+    operands: [{ handle: x.handle, dtype: x.dtype, strides: x.view.strides, offset: x.view.offset }],
+  });
   temps.push(h);
   return { handle: h, dtype: x.dtype, view: { shape: x.view.shape, strides: contiguousStrides(x.view.shape), offset: 0 } };
 }
@@ -292,7 +346,13 @@ export function contig(ctx: KernelContext, x: GpuInput, temps: GpuStorage[]): Gp
 /** Round an f32 temporary into `dtype` and release the temporary (no-op when h already has that dtype). */
 export function finish(ctx: KernelContext, h: GpuStorage, dtype: DType): GpuStorage {
   if (h.dtype === dtype) return h;
-  const out = elementwise(ctx, { name: "cast_f32", out: dtype, shape: [h.size], operands: [{ handle: h, dtype: "f32", strides: [1], offset: 0 }], expr: (w, [v]) => w.convert("f32", dtype, v) });
+  const out = elementwise(ctx, {
+    name: "cast_f32",
+    out: dtype,
+    shape: [h.size],
+    operands: [{ handle: h, dtype: "f32", strides: [1], offset: 0 }],
+    expr: (w, [v]) => w.convert("f32", dtype, v),
+  });
   ctx.release(h);
   return out;
 }

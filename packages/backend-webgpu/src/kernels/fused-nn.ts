@@ -33,7 +33,10 @@ export function dropout(ctx: KernelContext, x: GpuInput, p: number, seed: number
   if (!Number.isSafeInteger(offset) || offset < 0) throw new RangeError(`dropout: offset must be an integer in [0, 2^53), got ${offset}`);
   const threshold = Math.min(Math.max(Math.ceil(p * 16777216), 0), 16777216) / 16777216;
   return elementwise(ctx, {
-    name: "dropout", out: x.dtype, shape: x.view.shape, operands: [operand(x)],
+    name: "dropout",
+    out: x.dtype,
+    shape: x.view.shape,
+    operands: [operand(x)],
     extras: [hash32(seed >>> 0), offset >>> 0, Math.floor(offset / 4294967296) >>> 0, f32Bits(threshold), f32Bits(1 / (1 - p))],
     expr: (w, [v]) => (w.need("hash"), `select(0.0, ${v} * pf(63u), uniform_at(li) >= pf(62u))`),
   });
@@ -42,7 +45,10 @@ export function dropout(ctx: KernelContext, x: GpuInput, p: number, seed: number
 function swiglu(ctx: KernelContext, gate: GpuInput, up: GpuInput): GpuStorage {
   floatOnly("swiglu", gate, up);
   return elementwise(ctx, {
-    name: "swiglu", out: gate.dtype, shape: gate.view.shape, operands: [operand(gate), operand(up)],
+    name: "swiglu",
+    out: gate.dtype,
+    shape: gate.view.shape,
+    operands: [operand(gate), operand(up)],
     expr: (w, [g, u]) => (w.need("sigmoid"), `${g} * sigmoid_(${g}) * ${u}`),
   });
 }
@@ -52,11 +58,17 @@ function swigluBackward(ctx: KernelContext, gate: GpuInput, up: GpuInput, gy: Gp
   floatOnly("swigluBackward", gate, up, gy);
   const shape = gate.view.shape;
   const gUp = elementwise(ctx, {
-    name: "swiglu_gup", out: up.dtype, shape, operands: [operand(gate), operand(gy)],
+    name: "swiglu_gup",
+    out: up.dtype,
+    shape,
+    operands: [operand(gate), operand(gy)],
     expr: (w, [g, dy]) => (w.need("sigmoid"), `${dy} * ${g} * sigmoid_(${g})`),
   });
   const gGate = elementwise(ctx, {
-    name: "swiglu_ggate", out: gate.dtype, shape, operands: [operand(gate), operand(up), operand(gy)],
+    name: "swiglu_ggate",
+    out: gate.dtype,
+    shape,
+    operands: [operand(gate), operand(up), operand(gy)],
     expr: (w, [g, u, dy]) => (w.need("sigmoid"), `${dy} * ${u} * (sigmoid_(${g}) * (1.0 + ${g} * (1.0 - sigmoid_(${g}))))`),
   });
   return { gGate, gUp };
@@ -72,13 +84,23 @@ function swigluBackward(ctx: KernelContext, gate: GpuInput, up: GpuInput, gy: Gp
  * 18 cos, 19 sin; 24.. batch shape, 32.. x batch strides.
  */
 function ropeCode(xd: DType, cd: DType, sd: DType, out: DType, interleaved: boolean): string {
-  const w = new Wgsl().params(64).buffer(1, "o", true).buffer(2, "x", false).loader("x", xd)
-    .buffer(3, "cs", false).loader("cs", cd).buffer(4, "sn", false).loader("sn", sd);
+  const w = new Wgsl()
+    .params(64)
+    .buffer(1, "o", true)
+    .buffer(2, "x", false)
+    .loader("x", xd)
+    .buffer(3, "cs", false)
+    .loader("cs", cd)
+    .buffer(4, "sn", false)
+    .loader("sn", sd);
   const epw = EPW[out];
   const pair = interleaved
     ? "let i = j >> 1u; let first = (j & 1u) == 0u; let jp = j & ~1u; let jq = jp + 1u;"
     : "let half = D >> 1u; let first = j < half; let i = select(j - half, j, first); let jp = i; let jq = i + half;";
-  return w.build(Wgsl.main(WG, `  let first_li = p(0u) + unit * ${epw}u;
+  return w.build(
+    Wgsl.main(
+      WG,
+      `  let first_li = p(0u) + unit * ${epw}u;
   let end = p(0u) + p(1u);
   if (first_li >= end) { return; }
   let T = p(2u);
@@ -105,7 +127,9 @@ function ropeCode(xd: DType, cd: DType, sd: DType, out: DType, interleaved: bool
     let v = select(xq * c + xp * sn, xp * c - xq * sn, first);
     word = insertBits(word, ${w.encode(out, "v")}, e * ${BITS[out]}u, ${BITS[out]}u);
   }
-  o[(p(16u) + first_li) / ${epw}u] = word;`));
+  o[(p(16u) + first_li) / ${epw}u] = word;`,
+    ),
+  );
 }
 
 function rope(ctx: KernelContext, x: GpuInput, cos: GpuInput, sin: GpuInput, interleaved: boolean, sign: 1 | -1): GpuStorage {
@@ -117,8 +141,12 @@ function rope(ctx: KernelContext, x: GpuInput, cos: GpuInput, sin: GpuInput, int
   const [T, D] = [shape[r - 2], shape[r - 1]];
   if (D % 2 !== 0) throw new RangeError(`${name}: head dim ${D} must be even`);
   const half = D / 2;
-  for (const [what, c] of [["cos", cos], ["sin", sin]] as const) {
-    if (c.view.shape.length !== 2 || c.view.shape[0] !== T || c.view.shape[1] !== half) throw new RangeError(`${name}: ${what} must be [${T}, ${half}], got [${c.view.shape}]`);
+  for (const [what, c] of [
+    ["cos", cos],
+    ["sin", sin],
+  ] as const) {
+    if (c.view.shape.length !== 2 || c.view.shape[0] !== T || c.view.shape[1] !== half)
+      throw new RangeError(`${name}: ${what} must be [${T}, ${half}], got [${c.view.shape}]`);
   }
   const out = ctx.alloc(x.dtype, numel(shape));
   const batchShape = shape.slice(0, r - 2);
@@ -134,14 +162,25 @@ function rope(ctx: KernelContext, x: GpuInput, cos: GpuInput, sin: GpuInput, int
     p[32 + d] = b.strides[0][d];
   });
   const nb = b.shape.length;
-  const table = (c: GpuInput) => ({ h: c.handle, a: { strides: [...new Array<number>(nb).fill(0), c.view.strides[0], 0], offset: c.view.offset, epw: EPW[c.dtype], span: (half - 1) * c.view.strides[1] } });
+  const table = (c: GpuInput) => ({
+    h: c.handle,
+    a: { strides: [...new Array<number>(nb).fill(0), c.view.strides[0], 0], offset: c.view.offset, epw: EPW[c.dtype], span: (half - 1) * c.view.strides[1] },
+  });
   const epw = EPW[x.dtype];
-  dispatchRuns(ctx, k, [...b.shape, T, D], [...new Array<number>(nb).fill(1), 1, D], [
-    { h: out, a: { strides: [...b.strides[1], D, 1], offset: 0, epw } },
-    { h: x.handle, a: { strides: [...b.strides[0], xs[r - 2], xs[r - 1]], offset: x.view.offset, epw } },
-    table(cos),
-    table(sin),
-  ], p, (n) => groupsFor(Math.ceil(n / epw), WG));
+  dispatchRuns(
+    ctx,
+    k,
+    [...b.shape, T, D],
+    [...new Array<number>(nb).fill(1), 1, D],
+    [
+      { h: out, a: { strides: [...b.strides[1], D, 1], offset: 0, epw } },
+      { h: x.handle, a: { strides: [...b.strides[0], xs[r - 2], xs[r - 1]], offset: x.view.offset, epw } },
+      table(cos),
+      table(sin),
+    ],
+    p,
+    (n) => groupsFor(Math.ceil(n / epw), WG),
+  );
   return out;
 }
 

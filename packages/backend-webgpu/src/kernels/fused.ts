@@ -41,7 +41,13 @@ const REDUCE = wgReduce(WG);
  * `<in>(i)` / `<in>(r)` and setters `set_<out>(...)`. Returns the f32 outputs.
  */
 function rowKernel(
-  ctx: KernelContext, name: string, rows: number, n: number, inputs: RowIn[], outs: RowOut[], body: string,
+  ctx: KernelContext,
+  name: string,
+  rows: number,
+  n: number,
+  inputs: RowIn[],
+  outs: RowOut[],
+  body: string,
   opts: { eps?: number; ignore?: number; flags?: boolean; carry?: boolean } = {},
 ): GpuStorage[] {
   const temps: GpuStorage[] = [];
@@ -61,19 +67,27 @@ fn get_${o.name}(${args(o.kind)}) -> f32 { return bitcast<f32>(o_${o.name}[p(${3
   });
   if (opts.flags) w.flags(1 + outs.length + ins.length);
   w.need("inf", "nan").decl(REDUCE);
-  const main = Wgsl.main(WG, `  let r = group;
+  const main = Wgsl.main(
+    WG,
+    `  let r = group;
   if (r >= p(0u)) { return; }
   let n = p(1u);
   let eps = pf(2u);
   let ignore = bitcast<i32>(p(3u));
-${body}`);
+${body}`,
+  );
   const k = ctx.engine.compile({
-    name, code: w.build(main), flags: opts.flags,
+    name,
+    code: w.build(main),
+    flags: opts.flags,
     bindings: [...outs.map(() => "write" as const), ...ins.map(() => "read" as const)],
   });
   const access = (kind: Kind, offset: number, epw: number): Access =>
     kind === "rows" ? { strides: [n], offset, epw, span: n - 1 } : kind === "vec" ? { strides: [0], offset, epw, span: n - 1 } : { strides: [1], offset, epw };
-  const accesses = [...outs.map((o) => access(o.kind, 0, 1)), ...ins.map((i) => access(i.kind, i.x.view.offset, i.x.dtype === "f32" || i.x.dtype === "i32" ? 1 : i.x.dtype === "u8" ? 4 : 2))];
+  const accesses = [
+    ...outs.map((o) => access(o.kind, 0, 1)),
+    ...ins.map((i) => access(i.kind, i.x.view.offset, i.x.dtype === "f32" || i.x.dtype === "i32" ? 1 : i.x.dtype === "u8" ? 4 : 2)),
+  ];
   // Column-sum outputs ("vec") accumulate across row chunks (carry): later chunks add to earlier.
   const boxes = planBoxes(name, [rows], accesses, ctx.maxWords, undefined, undefined, true);
   boxes.forEach((box, bi) => {
@@ -85,7 +99,7 @@ ${body}`);
     p[4] = bi === 0 ? 1 : 0;
     p[5] = box.hi[0] - box.lo[0];
     accesses.forEach((a, j) => {
-      const base = a.offset + (a.strides[0] * box.lo[0]) - box.windows[j].word * a.epw;
+      const base = a.offset + a.strides[0] * box.lo[0] - box.windows[j].word * a.epw;
       p[j < outs.length ? 32 + j : 16 + j - outs.length] = base;
     });
     const handles = [...outputs, ...ins.map((i) => i.x.handle)];
@@ -179,43 +193,140 @@ const CROSS_ENTROPY_BWD = `
 
 export function makeFused(ctx: KernelContext): Partial<FusedKernels<GpuStorage>> {
   return {
-    softmax: (x) => { const { rows, n } = dims(x); return finish(ctx, rowKernel(ctx, "softmax", rows, n, [{ name: "x", x, kind: "rows" }], [{ name: "y", kind: "rows" }], SOFTMAX(false))[0], x.dtype); },
-    logSoftmax: (x) => { const { rows, n } = dims(x); return finish(ctx, rowKernel(ctx, "logSoftmax", rows, n, [{ name: "x", x, kind: "rows" }], [{ name: "y", kind: "rows" }], SOFTMAX(true))[0], x.dtype); },
+    softmax: (x) => {
+      const { rows, n } = dims(x);
+      return finish(ctx, rowKernel(ctx, "softmax", rows, n, [{ name: "x", x, kind: "rows" }], [{ name: "y", kind: "rows" }], SOFTMAX(false))[0], x.dtype);
+    },
+    logSoftmax: (x) => {
+      const { rows, n } = dims(x);
+      return finish(ctx, rowKernel(ctx, "logSoftmax", rows, n, [{ name: "x", x, kind: "rows" }], [{ name: "y", kind: "rows" }], SOFTMAX(true))[0], x.dtype);
+    },
     softmaxBackward: (y, gy) => {
       const { rows, n } = dims(y);
-      return finish(ctx, rowKernel(ctx, "softmaxBackward", rows, n, [{ name: "y", x: y, kind: "rows" }, { name: "gy", x: gy, kind: "rows" }], [{ name: "g", kind: "rows" }], SOFTMAX_BWD(false))[0], y.dtype);
+      return finish(
+        ctx,
+        rowKernel(
+          ctx,
+          "softmaxBackward",
+          rows,
+          n,
+          [
+            { name: "y", x: y, kind: "rows" },
+            { name: "gy", x: gy, kind: "rows" },
+          ],
+          [{ name: "g", kind: "rows" }],
+          SOFTMAX_BWD(false),
+        )[0],
+        y.dtype,
+      );
     },
     logSoftmaxBackward: (y, gy) => {
       const { rows, n } = dims(y);
-      return finish(ctx, rowKernel(ctx, "logSoftmaxBackward", rows, n, [{ name: "y", x: y, kind: "rows" }, { name: "gy", x: gy, kind: "rows" }], [{ name: "g", kind: "rows" }], SOFTMAX_BWD(true))[0], y.dtype);
+      return finish(
+        ctx,
+        rowKernel(
+          ctx,
+          "logSoftmaxBackward",
+          rows,
+          n,
+          [
+            { name: "y", x: y, kind: "rows" },
+            { name: "gy", x: gy, kind: "rows" },
+          ],
+          [{ name: "g", kind: "rows" }],
+          SOFTMAX_BWD(true),
+        )[0],
+        y.dtype,
+      );
     },
     rmsNorm: (x, w, eps) => {
       const { rows, n } = dims(x);
-      const [y, rstd] = rowKernel(ctx, "rmsNorm", rows, n, [{ name: "x", x, kind: "rows" }, { name: "w", x: w, kind: "vec" }], [{ name: "y", kind: "rows" }, { name: "rstd", kind: "perrow" }], RMSNORM, { eps });
+      const [y, rstd] = rowKernel(
+        ctx,
+        "rmsNorm",
+        rows,
+        n,
+        [
+          { name: "x", x, kind: "rows" },
+          { name: "w", x: w, kind: "vec" },
+        ],
+        [
+          { name: "y", kind: "rows" },
+          { name: "rstd", kind: "perrow" },
+        ],
+        RMSNORM,
+        { eps },
+      );
       return { out: finish(ctx, y, x.dtype), rstd };
     },
     addRmsNorm: (x, res, w, eps) => {
       const { rows, n } = dims(x);
-      const ins: RowIn[] = [{ name: "x", x, kind: "rows" }, { name: "res", x: res, kind: "rows" }, { name: "w", x: w, kind: "vec" }];
-      const [h, y, rstd] = rowKernel(ctx, "addRmsNorm", rows, n, ins, [{ name: "h", kind: "rows" }, { name: "y", kind: "rows" }, { name: "rstd", kind: "perrow" }], ADD_RMSNORM, { eps });
+      const ins: RowIn[] = [
+        { name: "x", x, kind: "rows" },
+        { name: "res", x: res, kind: "rows" },
+        { name: "w", x: w, kind: "vec" },
+      ];
+      const [h, y, rstd] = rowKernel(
+        ctx,
+        "addRmsNorm",
+        rows,
+        n,
+        ins,
+        [
+          { name: "h", kind: "rows" },
+          { name: "y", kind: "rows" },
+          { name: "rstd", kind: "perrow" },
+        ],
+        ADD_RMSNORM,
+        { eps },
+      );
       return { h: finish(ctx, h, x.dtype), out: finish(ctx, y, x.dtype), rstd };
     },
     rmsNormBackward: (x, w, rstd, gy) => {
       const { rows, n } = dims(x);
-      const ins: RowIn[] = [{ name: "x", x, kind: "rows" }, { name: "w", x: w, kind: "vec" }, { name: "rstd", x: rstd, kind: "perrow" }, { name: "gy", x: gy, kind: "rows" }];
+      const ins: RowIn[] = [
+        { name: "x", x, kind: "rows" },
+        { name: "w", x: w, kind: "vec" },
+        { name: "rstd", x: rstd, kind: "perrow" },
+        { name: "gy", x: gy, kind: "rows" },
+      ];
       const [gx] = rowKernel(ctx, "rmsNormBackward", rows, n, ins, [{ name: "gx", kind: "rows" }], RMSNORM_BWD);
       const [gw] = rowKernel(ctx, "rmsNormGradW", rows, n, [ins[0], ins[2], ins[3]], [{ name: "gw", kind: "vec" }], RMSNORM_GW, { carry: true });
       return { gx: finish(ctx, gx, x.dtype), gw: finish(ctx, gw, w.dtype) };
     },
     crossEntropy: (logits, targets, ignore) => {
       const { rows, n } = dims(logits);
-      const [loss, lse] = rowKernel(ctx, "crossEntropy", rows, n, [{ name: "x", x: logits, kind: "rows" }, { name: "tg", x: targets, kind: "perrow" }], [{ name: "loss", kind: "perrow" }, { name: "lse", kind: "perrow" }], CROSS_ENTROPY, { ignore, flags: true });
+      const [loss, lse] = rowKernel(
+        ctx,
+        "crossEntropy",
+        rows,
+        n,
+        [
+          { name: "x", x: logits, kind: "rows" },
+          { name: "tg", x: targets, kind: "perrow" },
+        ],
+        [
+          { name: "loss", kind: "perrow" },
+          { name: "lse", kind: "perrow" },
+        ],
+        CROSS_ENTROPY,
+        { ignore, flags: true },
+      );
       return { loss: finish(ctx, loss, logits.dtype), lse };
     },
     crossEntropyBackward: (logits, targets, lse, g, ignore) => {
       const { rows, n } = dims(logits);
-      const ins: RowIn[] = [{ name: "x", x: logits, kind: "rows" }, { name: "tg", x: targets, kind: "perrow" }, { name: "lse", x: lse, kind: "perrow" }, { name: "g", x: g, kind: "perrow" }];
-      return finish(ctx, rowKernel(ctx, "crossEntropyBackward", rows, n, ins, [{ name: "gl", kind: "rows" }], CROSS_ENTROPY_BWD, { ignore, flags: true })[0], logits.dtype);
+      const ins: RowIn[] = [
+        { name: "x", x: logits, kind: "rows" },
+        { name: "tg", x: targets, kind: "perrow" },
+        { name: "lse", x: lse, kind: "perrow" },
+        { name: "g", x: g, kind: "perrow" },
+      ];
+      return finish(
+        ctx,
+        rowKernel(ctx, "crossEntropyBackward", rows, n, ins, [{ name: "gl", kind: "rows" }], CROSS_ENTROPY_BWD, { ignore, flags: true })[0],
+        logits.dtype,
+      );
     },
     ...makeFusedNn(ctx),
     ...makeAttention(ctx),

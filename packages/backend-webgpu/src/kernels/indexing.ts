@@ -25,7 +25,8 @@ const WG = 64;
 /** Bind a whole storage (index scratch buffers). */
 function whole(ctx: KernelContext, kernel: string, h: GpuStorage) {
   const words = wordsOf(h.dtype, h.size);
-  if (words > ctx.maxWords) throw new WebGpuLimitError(kernel, `${kernel}: a ${words * 4}-byte operand exceeds the ${ctx.maxWords * 4}-byte storage binding limit`);
+  if (words > ctx.maxWords)
+    throw new WebGpuLimitError(kernel, `${kernel}: a ${words * 4}-byte operand exceeds the ${ctx.maxWords * 4}-byte storage binding limit`);
   return bindWords(h, 0, Math.max(1, words));
 }
 
@@ -52,7 +53,8 @@ function windowed(ctx: KernelContext, kernel: string, name: string, x: GpuInput,
   const total = Math.floor(maxOff / epw) + 1 - first;
   const per = Math.floor(ctx.maxWords / ALIGN_WORDS) * ALIGN_WORDS;
   const count = Math.max(1, Math.ceil(total / per));
-  if (count > MAX_WINDOWS) throw new WebGpuLimitError(kernel, `${kernel}: the ${name} operand spans ${total * 4} bytes, above ${MAX_WINDOWS} storage bindings of ${per * 4} bytes`);
+  if (count > MAX_WINDOWS)
+    throw new WebGpuLimitError(kernel, `${kernel}: the ${name} operand spans ${total * 4} bytes, above ${MAX_WINDOWS} storage bindings of ${per * 4} bytes`);
   for (let k = 0; k < count; k++) w.buffer(binding + k, `${name}${k}`, false);
   const pick = Array.from({ length: count }, (_, k) => `if (k == ${k}u) { word = ${name}${k}[lw]; }`).join(" else ");
   w.decl(`fn bits_${name}(o: u32) -> u32 {
@@ -115,10 +117,18 @@ export function gatherKernel(ctx: KernelContext, x: GpuInput, idx: GpuInput, axi
   const epw = EPW[x.dtype];
   const { code, win } = gatherCode(x, ctx);
   const k = ctx.engine.compile({ name: `gather_${x.dtype}`, code, bindings: ["write", "read", ...win.binds.map(() => "read" as const)], flags: true });
-  const boxes = planBoxes("gather", shape, [
-    { strides: contiguousStrides(shape), offset: 0, epw },
-    { strides: idx.view.strides, offset: idx.view.offset, epw: 1 },
-  ], ctx.maxWords, undefined, undefined, true);
+  const boxes = planBoxes(
+    "gather",
+    shape,
+    [
+      { strides: contiguousStrides(shape), offset: 0, epw },
+      { strides: idx.view.strides, offset: idx.view.offset, epw: 1 },
+    ],
+    ctx.maxWords,
+    undefined,
+    undefined,
+    true,
+  );
   for (const box of boxes) {
     const [ow, iw] = box.windows;
     const cs = contiguousStrides(shape);
@@ -153,7 +163,15 @@ export function gatherKernel(ctx: KernelContext, x: GpuInput, idx: GpuInput, axi
 // ---------------------------------------------------------------- scatterAdd
 
 /** Pass 1: stable rank of each index within its column. Params: 0 units, 1 L, 2 -, 3 rank, 4 axis, 5 idx base, 6 shared, 8.. idx shape, 16.. idx strides. */
-const RANK_CODE = new Wgsl().params(64).buffer(1, "perm", true).buffer(2, "keys", true).buffer(3, "idx", false).build(Wgsl.main(WG, `  if (unit >= p(0u)) { return; }
+const RANK_CODE = new Wgsl()
+  .params(64)
+  .buffer(1, "perm", true)
+  .buffer(2, "keys", true)
+  .buffer(3, "idx", false)
+  .build(
+    Wgsl.main(
+      WG,
+      `  if (unit >= p(0u)) { return; }
   let L = p(1u);
   let col = unit / L;
   let j = unit % L;
@@ -178,7 +196,9 @@ const RANK_CODE = new Wgsl().params(64).buffer(1, "perm", true).buffer(2, "keys"
     if (u < v || (u == v && q < j)) { pos++; }
   }
   perm[col * L + pos] = j;
-  keys[col * L + pos] = bitcast<u32>(v);`));
+  keys[col * L + pos] = bitcast<u32>(v);`,
+    ),
+  );
 
 /**
  * Pass 2 params: 0 first word, 1 words, 2 elements, 3 rank, 4 axis, 5 L, 6 shared, 7 src base,
@@ -273,7 +293,12 @@ export function scatterAddKernel(ctx: KernelContext, shape: readonly number[], d
     ctx.engine.dispatch(k1, p, [whole(ctx, "scatterAdd", perm), whole(ctx, "scatterAdd", keys), whole(ctx, "scatterAdd", idx.handle)], groupsFor(cols * L, WG));
   }
   const { code, win } = accumulateCode(ctx, src);
-  const k2 = ctx.engine.compile({ name: `scatterAdd_${dtype}`, code, bindings: ["write", "read", "read", ...win.binds.map(() => "read" as const)], flags: true });
+  const k2 = ctx.engine.compile({
+    name: `scatterAdd_${dtype}`,
+    code,
+    bindings: ["write", "read", "read", ...win.binds.map(() => "read" as const)],
+    flags: true,
+  });
   const epw = EPW[dtype];
   const cs = contiguousStrides(shape);
   const boxes = planBoxes("scatterAdd", shape, [{ strides: cs, offset: 0, epw }], ctx.maxWords, undefined, undefined, true);
@@ -297,14 +322,14 @@ export function scatterAddKernel(ctx: KernelContext, shape: readonly number[], d
       p[8 + d] = s;
       p[16 + d] = ishape[d];
       p[24 + d] = src.view.strides[d];
-  });
-  p[32] = box.windows[0].word;
-  p[33] = bi === 0 ? 1 : 0;
-  p[34] = linLo;
-  p[35] = linHi + 1;
-  p[36] = box.full ? 0 : 1;
-  p[56] = cols;
-  ctx.engine.dispatch(k2, p, [bindWords(out, box.windows[0].word, box.windows[0].words), ...binds], groupsFor(w1 - w0 + 1, WG));
+    });
+    p[32] = box.windows[0].word;
+    p[33] = bi === 0 ? 1 : 0;
+    p[34] = linLo;
+    p[35] = linHi + 1;
+    p[36] = box.full ? 0 : 1;
+    p[56] = cols;
+    ctx.engine.dispatch(k2, p, [bindWords(out, box.windows[0].word, box.windows[0].words), ...binds], groupsFor(w1 - w0 + 1, WG));
   });
   ctx.release(perm);
   ctx.release(keys);
@@ -328,7 +353,13 @@ export function concatKernel(ctx: KernelContext, xs: GpuInput[], axis: number): 
       lo[axis] = start;
       hi[axis] = start + len;
       elementwise(ctx, {
-        name: "concat", out: dtype, shape, bits: true, expr: () => "", into: out, region: { lo, hi },
+        name: "concat",
+        out: dtype,
+        shape,
+        bits: true,
+        expr: () => "",
+        into: out,
+        region: { lo, hi },
         operands: [{ handle: x.handle, dtype, strides: x.view.strides, offset: x.view.offset - start * x.view.strides[axis] }],
       });
     }

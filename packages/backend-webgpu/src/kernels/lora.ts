@@ -70,7 +70,8 @@ function run(ctx: KernelContext, name: string, jobs: Job[], drop: DropoutParams 
     wx: Math.min(16, pow2ceil(Math.ceil(j.N / 4))),
   }));
   const k = ctx.engine.compile({
-    name, code: loraWgsl(shaders),
+    name,
+    code: loraWgsl(shaders),
     bindings: jobs.flatMap((j) => ["write" as const, ...j.segs.flatMap(() => ["read" as const, "read" as const]), ...(j.bias ? ["read" as const] : [])]),
   });
   const p = new Uint32Array(64);
@@ -95,7 +96,8 @@ function run(ctx: KernelContext, name: string, jobs: Job[], drop: DropoutParams 
     groups += tiles;
   });
   if (drop) {
-    if (!Number.isSafeInteger(drop.offset) || drop.offset < 0) throw new RangeError(`loraLinear: dropout offset must be an integer in [0, 2^53), got ${drop.offset}`);
+    if (!Number.isSafeInteger(drop.offset) || drop.offset < 0)
+      throw new RangeError(`loraLinear: dropout offset must be an integer in [0, 2^53), got ${drop.offset}`);
     const threshold = Math.min(Math.max(Math.ceil(drop.p * 16777216), 0), 16777216) / 16777216;
     p.set([hash32(drop.seed >>> 0), drop.offset >>> 0, Math.floor(drop.offset / 4294967296) >>> 0, f32Bits(threshold), f32Bits(1 / (1 - drop.p))], 59);
   }
@@ -105,8 +107,15 @@ function run(ctx: KernelContext, name: string, jobs: Job[], drop: DropoutParams 
 
 // ---------------------------------------------------------------- composite (operands past one binding)
 
-const view2 = (h: GpuStorage, rows: number, cols: number): GpuInput => ({ handle: h, dtype: "f32", view: { shape: [rows, cols], strides: [cols, 1], offset: 0 } });
-const T = (x: GpuInput): GpuInput => ({ ...x, view: { shape: [x.view.shape[1], x.view.shape[0]], strides: [x.view.strides[1], x.view.strides[0]], offset: x.view.offset } });
+const view2 = (h: GpuStorage, rows: number, cols: number): GpuInput => ({
+  handle: h,
+  dtype: "f32",
+  view: { shape: [rows, cols], strides: [cols, 1], offset: 0 },
+});
+const T = (x: GpuInput): GpuInput => ({
+  ...x,
+  view: { shape: [x.view.shape[1], x.view.shape[0]], strides: [x.view.strides[1], x.view.strides[0]], offset: x.view.offset },
+});
 
 /** a + b as a new f32 storage (b may broadcast through its strides). */
 function add(ctx: KernelContext, a: GpuInput, b: GpuInput): GpuStorage {
@@ -126,7 +135,16 @@ function swap(ctx: KernelContext, old: GpuStorage, next: GpuStorage): GpuStorage
   return next;
 }
 
-function compositeForward(ctx: KernelContext, x: GpuInput, w: GpuInput, bias: GpuInput | null, a: GpuInput, b: GpuInput, s: number, drop: DropoutParams | null) {
+function compositeForward(
+  ctx: KernelContext,
+  x: GpuInput,
+  w: GpuInput,
+  bias: GpuInput | null,
+  a: GpuInput,
+  b: GpuInput,
+  s: number,
+  drop: DropoutParams | null,
+) {
   const [N, r, out] = [x.view.shape[0], a.view.shape[0], w.view.shape[0]];
   const xd = drop ? view2(dropout(ctx, x, drop.p, drop.seed, drop.offset), N, x.view.shape[1]) : x;
   const h0 = matmulKernel(ctx, xd, T(a), "tiled");
@@ -140,7 +158,17 @@ function compositeForward(ctx: KernelContext, x: GpuInput, w: GpuInput, bias: Gp
   return { y, h };
 }
 
-function compositeBackward(ctx: KernelContext, x: GpuInput, w: GpuInput, a: GpuInput, b: GpuInput, h: GpuInput, gy: GpuInput, s: number, drop: DropoutParams | null) {
+function compositeBackward(
+  ctx: KernelContext,
+  x: GpuInput,
+  w: GpuInput,
+  a: GpuInput,
+  b: GpuInput,
+  h: GpuInput,
+  gy: GpuInput,
+  s: number,
+  drop: DropoutParams | null,
+) {
   const [N, inF, r] = [x.view.shape[0], x.view.shape[1], a.view.shape[0]];
   const gB = matmulKernel(ctx, T(gy), h, "tiled");
   const gh0 = matmulKernel(ctx, gy, b, "tiled");
@@ -165,23 +193,54 @@ export function makeLora(ctx: KernelContext): Pick<FusedKernels<GpuStorage>, "lo
       if (!fits(ctx, [x, w, a, b, ...(bias ? [bias] : [])])) return compositeForward(ctx, x, w, bias, a, b, s, drop);
       const [N, inF, out, r] = [x.view.shape[0], x.view.shape[1], w.view.shape[0], a.view.shape[0]];
       const [h] = run(ctx, "lora_h", [{ M: N, N: r, maskStride: inF, segs: [{ a: rowMajor(x), b: transposed(a), K: inF, scale: s, mask: "a" }] }], drop);
-      const [y] = run(ctx, "lora_y", [{
-        M: N, N: out, maskStride: inF, bias: bias && { h: bias.handle, off: bias.view.offset, s1: 0, s2: 1 },
-        segs: [{ a: rowMajor(x), b: transposed(w), K: inF, scale: 1 }, { a: fresh(h, r), b: transposed(b), K: r, scale: 1 }],
-      }], null);
+      const [y] = run(
+        ctx,
+        "lora_y",
+        [
+          {
+            M: N,
+            N: out,
+            maskStride: inF,
+            bias: bias && { h: bias.handle, off: bias.view.offset, s1: 0, s2: 1 },
+            segs: [
+              { a: rowMajor(x), b: transposed(w), K: inF, scale: 1 },
+              { a: fresh(h, r), b: transposed(b), K: r, scale: 1 },
+            ],
+          },
+        ],
+        null,
+      );
       return { y, h };
     },
     loraLinearBackward: (x, w, a, b, h, gy, s, drop) => {
       if (!fits(ctx, [x, w, a, b, h, gy])) return compositeBackward(ctx, x, w, a, b, h, gy, s, drop);
       const [N, inF, out, r] = [x.view.shape[0], x.view.shape[1], w.view.shape[0], a.view.shape[0]];
-      const [gh, gB] = run(ctx, "lora_gh_gb", [
-        { M: N, N: r, maskStride: inF, segs: [{ a: rowMajor(gy), b: rowMajor(b), K: out, scale: s }] },
-        { M: out, N: r, maskStride: inF, segs: [{ a: transposed(gy), b: rowMajor(h), K: N, scale: 1 }] },
-      ], null);
-      const [gA, gx] = run(ctx, "lora_ga_gx", [
-        { M: r, N: inF, maskStride: inF, segs: [{ a: transposed(view2(gh, N, r)), b: rowMajor(x), K: N, scale: 1, mask: "b" }] },
-        { M: N, N: inF, maskStride: inF, segs: [{ a: rowMajor(gy), b: rowMajor(w), K: out, scale: 1 }, { a: fresh(gh, r), b: rowMajor(a), K: r, scale: 1, mask: "out" }] },
-      ], drop);
+      const [gh, gB] = run(
+        ctx,
+        "lora_gh_gb",
+        [
+          { M: N, N: r, maskStride: inF, segs: [{ a: rowMajor(gy), b: rowMajor(b), K: out, scale: s }] },
+          { M: out, N: r, maskStride: inF, segs: [{ a: transposed(gy), b: rowMajor(h), K: N, scale: 1 }] },
+        ],
+        null,
+      );
+      const [gA, gx] = run(
+        ctx,
+        "lora_ga_gx",
+        [
+          { M: r, N: inF, maskStride: inF, segs: [{ a: transposed(view2(gh, N, r)), b: rowMajor(x), K: N, scale: 1, mask: "b" }] },
+          {
+            M: N,
+            N: inF,
+            maskStride: inF,
+            segs: [
+              { a: rowMajor(gy), b: rowMajor(w), K: out, scale: 1 },
+              { a: fresh(gh, r), b: rowMajor(a), K: r, scale: 1, mask: "out" },
+            ],
+          },
+        ],
+        drop,
+      );
       ctx.release(gh);
       return { gx, gA, gB };
     },

@@ -24,7 +24,9 @@ const aligned = (xs: readonly number[]) => xs.every((s) => s % 4 === 0);
 /** Cast a view to a contiguous f32 temporary. */
 function toF32(ctx: KernelContext, x: GpuInput): GpuStorage {
   return elementwise(ctx, {
-    name: `cast_${x.dtype}`, out: "f32", shape: x.view.shape,
+    name: `cast_${x.dtype}`,
+    out: "f32",
+    shape: x.view.shape,
     operands: [{ handle: x.handle, dtype: x.dtype, strides: x.view.strides, offset: x.view.offset }],
     expr: (w, [v]) => w.convert(x.dtype, "f32", v),
   });
@@ -35,12 +37,22 @@ export function matmulKernel(ctx: KernelContext, a: GpuInput, b: GpuInput, varia
   if (dtype === "i32" || dtype === "u8") {
     const af = toF32(ctx, a);
     const bf = toF32(ctx, b);
-    const view = (x: GpuInput, h: GpuStorage): GpuInput => ({ handle: h, dtype: "f32", view: { shape: x.view.shape, strides: contiguousStrides(x.view.shape), offset: 0 } });
+    const view = (x: GpuInput, h: GpuStorage): GpuInput => ({
+      handle: h,
+      dtype: "f32",
+      view: { shape: x.view.shape, strides: contiguousStrides(x.view.shape), offset: 0 },
+    });
     const c = matmulKernel(ctx, view(a, af), view(b, bf), variant);
     ctx.release(af);
     ctx.release(bf);
     const n = numel(a.view.shape.slice(0, -1)) * b.view.shape[b.view.shape.length - 1];
-    const out = elementwise(ctx, { name: "cast_f32", out: dtype, shape: [n], operands: [{ handle: c, dtype: "f32", strides: [1], offset: 0 }], expr: (w, [v]) => w.convert("f32", dtype, v) });
+    const out = elementwise(ctx, {
+      name: "cast_f32",
+      out: dtype,
+      shape: [n],
+      operands: [{ handle: c, dtype: "f32", strides: [1], offset: 0 }],
+      expr: (w, [v]) => w.convert("f32", dtype, v),
+    });
     ctx.release(c);
     return out;
   }
@@ -53,14 +65,29 @@ export function matmulKernel(ctx: KernelContext, a: GpuInput, b: GpuInput, varia
   if (dtype !== "f32") {
     // Halves: f32 result, then one rounding into the dtype.
     const c = matmulF32(ctx, a, b, variant, M, K, N, batchShape);
-    const out = elementwise(ctx, { name: "cast_f32", out: dtype, shape: [batch * M * N], operands: [{ handle: c, dtype: "f32", strides: [1], offset: 0 }], expr: (w, [v]) => w.convert("f32", dtype, v) });
+    const out = elementwise(ctx, {
+      name: "cast_f32",
+      out: dtype,
+      shape: [batch * M * N],
+      operands: [{ handle: c, dtype: "f32", strides: [1], offset: 0 }],
+      expr: (w, [v]) => w.convert("f32", dtype, v),
+    });
     ctx.release(c);
     return out;
   }
   return matmulF32(ctx, a, b, variant, M, K, N, batchShape);
 }
 
-function matmulF32(ctx: KernelContext, a: GpuInput, b: GpuInput, variant: MatmulVariant, M: number, K: number, N: number, batchShape: readonly number[]): GpuStorage {
+function matmulF32(
+  ctx: KernelContext,
+  a: GpuInput,
+  b: GpuInput,
+  variant: MatmulVariant,
+  M: number,
+  K: number,
+  N: number,
+  batchShape: readonly number[],
+): GpuStorage {
   const batch = numel(batchShape);
   if (batch * M * N === 0 || K === 0) return fullKernel(ctx, batch * M * N, 0, "f32");
   const r = a.view.shape.length;
@@ -74,10 +101,18 @@ function matmulF32(ctx: KernelContext, a: GpuInput, b: GpuInput, variant: Matmul
   checkRank("matmul", bshape.length);
   const ao = a.view.offset;
   const bo = b.view.offset;
-  const aLay: Layout = sak === 1 && sam % 4 === 0 && ao % 4 === 0 && aligned(aB) ? "row"
-    : sam === 1 && M % 4 === 0 && sak % 4 === 0 && ao % 4 === 0 && aligned(aB) ? "col" : "any";
-  const bLay: Layout = sbn === 1 && N % 4 === 0 && sbk % 4 === 0 && bo % 4 === 0 && aligned(bB) ? "row"
-    : sbk === 1 && sbn % 4 === 0 && bo % 4 === 0 && aligned(bB) ? "col" : "any";
+  const aLay: Layout =
+    sak === 1 && sam % 4 === 0 && ao % 4 === 0 && aligned(aB)
+      ? "row"
+      : sam === 1 && M % 4 === 0 && sak % 4 === 0 && ao % 4 === 0 && aligned(aB)
+      ? "col"
+      : "any";
+  const bLay: Layout =
+    sbn === 1 && N % 4 === 0 && sbk % 4 === 0 && bo % 4 === 0 && aligned(bB)
+      ? "row"
+      : sbk === 1 && sbn % 4 === 0 && bo % 4 === 0 && aligned(bB)
+      ? "col"
+      : "any";
   const naive = variant === "naive";
   // Narrow outputs (LoRA's rank-16 side) get narrow workgroups so no lane idles, and no taller
   // than leaves ~8 workgroups along M to spread over the cores.
@@ -93,11 +128,17 @@ function matmulF32(ctx: KernelContext, a: GpuInput, b: GpuInput, variant: Matmul
   const nb = bshape.length;
   let boxes: Box[];
   try {
-    boxes = planBoxes(name, space, [
-      { strides: [...oB, N, 1], offset: 0, epw: 1 },
-      { strides: [...aB, sam, 0], offset: ao, epw: EPW[a.dtype], span: (K - 1) * sak },
-      { strides: [...bB, 0, sbn], offset: bo, epw: EPW[b.dtype], span: (K - 1) * sbk },
-    ], ctx.maxWords, [...bshape.map(() => 1), 4, 4]);
+    boxes = planBoxes(
+      name,
+      space,
+      [
+        { strides: [...oB, N, 1], offset: 0, epw: 1 },
+        { strides: [...aB, sam, 0], offset: ao, epw: EPW[a.dtype], span: (K - 1) * sak },
+        { strides: [...bB, 0, sbn], offset: bo, epw: EPW[b.dtype], span: (K - 1) * sbk },
+      ],
+      ctx.maxWords,
+      [...bshape.map(() => 1), 4, 4],
+    );
   } catch (err) {
     if (!(err instanceof WebGpuLimitError) || K < 2) throw err;
     return splitK(ctx, a, b, variant, M, K, N, batchShape);
@@ -141,7 +182,16 @@ function matmulF32(ctx: KernelContext, a: GpuInput, b: GpuInput, variant: Matmul
 }
 
 /** Operand rows wider than one binding (a row-major B with huge N): C = A[:, :h] B[:h] + A[:, h:] B[h:]. */
-function splitK(ctx: KernelContext, a: GpuInput, b: GpuInput, variant: MatmulVariant, M: number, K: number, N: number, batchShape: readonly number[]): GpuStorage {
+function splitK(
+  ctx: KernelContext,
+  a: GpuInput,
+  b: GpuInput,
+  variant: MatmulVariant,
+  M: number,
+  K: number,
+  N: number,
+  batchShape: readonly number[],
+): GpuStorage {
   const r = a.view.shape.length;
   const h = K > 8 ? Math.ceil(K / 8) * 4 : Math.ceil(K / 2);
   const part = (x: GpuInput, axis: number, start: number, len: number): GpuInput => {
@@ -152,7 +202,13 @@ function splitK(ctx: KernelContext, a: GpuInput, b: GpuInput, variant: MatmulVar
   const c1 = matmulF32(ctx, part(a, r - 1, 0, h), part(b, r - 2, 0, h), variant, M, h, N, batchShape);
   const c2 = matmulF32(ctx, part(a, r - 1, h, K - h), part(b, r - 2, h, K - h), variant, M, K - h, N, batchShape);
   const n = numel(batchShape) * M * N;
-  const c = elementwise(ctx, { name: "binary_add", out: "f32", shape: [n], operands: [c1, c2].map((x) => ({ handle: x, dtype: "f32" as const, strides: [1], offset: 0 })), expr: binaryExpr("add", "f32") });
+  const c = elementwise(ctx, {
+    name: "binary_add",
+    out: "f32",
+    shape: [n],
+    operands: [c1, c2].map((x) => ({ handle: x, dtype: "f32" as const, strides: [1], offset: 0 })),
+    expr: binaryExpr("add", "f32"),
+  });
   ctx.release(c1);
   ctx.release(c2);
   return c;

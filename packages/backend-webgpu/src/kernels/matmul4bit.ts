@@ -83,16 +83,29 @@ fn sc(b: u32) -> f32 {
 const Q8_LOOP = `for (; k + 8u <= kEnd; k += 8u) {
     ${[0, 1, 2, 3].map((i) => `let a${i} = X4(xo + r${i} * K + k); let h${i} = X4(xo + r${i} * K + k + 4u);`).join("\n    ")}
     ${[0, 1, 2, 3].map((j) => `let e${j} = c${j} * I + k; let w${j} = PK[(p(12u) + e${j}) >> 3u]; let s${j} = sc(e${j} >> p(15u));`).join("\n    ")}
-    let lo = transpose(mat4x4<f32>(${[0, 1, 2, 3].map((j) => `vec4<f32>(cb[(w${j} >> 4u) & 15u], cb[w${j} & 15u], cb[(w${j} >> 12u) & 15u], cb[(w${j} >> 8u) & 15u]) * s${j}`).join(", ")}));
-    let hi = transpose(mat4x4<f32>(${[0, 1, 2, 3].map((j) => `vec4<f32>(cb[(w${j} >> 20u) & 15u], cb[(w${j} >> 16u) & 15u], cb[w${j} >> 28u], cb[(w${j} >> 24u) & 15u]) * s${j}`).join(", ")}));
-    ${[0, 1, 2, 3].map((i) => `acc${i} += a${i}.x * lo[0] + a${i}.y * lo[1] + a${i}.z * lo[2] + a${i}.w * lo[3] + h${i}.x * hi[0] + h${i}.y * hi[1] + h${i}.z * hi[2] + h${i}.w * hi[3];`).join("\n    ")}
+    let lo = transpose(mat4x4<f32>(${[0, 1, 2, 3]
+      .map((j) => `vec4<f32>(cb[(w${j} >> 4u) & 15u], cb[w${j} & 15u], cb[(w${j} >> 12u) & 15u], cb[(w${j} >> 8u) & 15u]) * s${j}`)
+      .join(", ")}));
+    let hi = transpose(mat4x4<f32>(${[0, 1, 2, 3]
+      .map((j) => `vec4<f32>(cb[(w${j} >> 20u) & 15u], cb[(w${j} >> 16u) & 15u], cb[w${j} >> 28u], cb[(w${j} >> 24u) & 15u]) * s${j}`)
+      .join(", ")}));
+    ${[0, 1, 2, 3]
+      .map(
+        (i) =>
+          `acc${i} += a${i}.x * lo[0] + a${i}.y * lo[1] + a${i}.z * lo[2] + a${i}.w * lo[3] + h${i}.x * hi[0] + h${i}.y * hi[1] + h${i}.z * hi[2] + h${i}.w * hi[3];`,
+      )
+      .join("\n    ")}
   }`;
 
 /** The 4 A (x) rows a0..a3 over k..k+3. */
 function loadX(s: Shader): string {
-  return [0, 1, 2, 3].map((i) => s.xvec
-    ? `let a${i} = X4(xo + r${i} * K + k);`
-    : `let a${i} = vec4<f32>(X1(xo + r${i} * K + k), X1(xo + r${i} * K + k + 1u), X1(xo + r${i} * K + k + 2u), X1(xo + r${i} * K + k + 3u));`).join("\n    ");
+  return [0, 1, 2, 3]
+    .map((i) =>
+      s.xvec
+        ? `let a${i} = X4(xo + r${i} * K + k);`
+        : `let a${i} = vec4<f32>(X1(xo + r${i} * K + k), X1(xo + r${i} * K + k + 1u), X1(xo + r${i} * K + k + 2u), X1(xo + r${i} * K + k + 3u));`,
+    )
+    .join("\n    ");
 }
 
 /**
@@ -139,8 +152,15 @@ fn dq4(e: u32) -> vec4<f32> {
 }`;
   // Later K chunks add to what the earlier ones stored (p(22) != 0).
   const store = s.vecOut
-    ? [0, 1, 2, 3].map((i) => `if (row0 + ${i}u < mEnd) { let o = (yo + (row0 + ${i}u) * N + col0) >> 2u; Y[o] = acc${i} + select(vec4<f32>(0.0), Y[o], carry); }`).join("\n  ")
-    : [0, 1, 2, 3].map((i) => `if (row0 + ${i}u < mEnd) { for (var j = 0u; j < 4u; j++) { if (col0 + j < nEnd) { let o = yo + (row0 + ${i}u) * N + col0 + j; Y[o] = acc${i}[j] + select(0.0, Y[o], carry); } } }`).join("\n  ");
+    ? [0, 1, 2, 3]
+        .map((i) => `if (row0 + ${i}u < mEnd) { let o = (yo + (row0 + ${i}u) * N + col0) >> 2u; Y[o] = acc${i} + select(vec4<f32>(0.0), Y[o], carry); }`)
+        .join("\n  ")
+    : [0, 1, 2, 3]
+        .map(
+          (i) =>
+            `if (row0 + ${i}u < mEnd) { for (var j = 0u; j < 4u; j++) { if (col0 + j < nEnd) { let o = yo + (row0 + ${i}u) * N + col0 + j; Y[o] = acc${i}[j] + select(0.0, Y[o], carry); } } }`,
+        )
+        .join("\n  ");
   // The k tail (K % 4 != 0; forward q4 never has one since K = I).
   const tail = `for (; k < kEnd; k++) {
     let bk = vec4<f32>(${[0, 1, 2, 3].map((j) => `dq1(${e("k", `c${j}`)})`).join(", ")});
@@ -204,12 +224,23 @@ export function matmul4bit(ctx: KernelContext, x: GpuInput, wq: Quant4bitInputs<
   const wy = Math.min(256 / wx, pow2ceil(Math.ceil(M / 32)));
   const pow2 = isPow2(bs) && (!nested || isPow2(nested.blocksize));
   const shader: Shader = {
-    transpose, decode: q4 ? "q4" : "any", xdtype: x.dtype, xvec: K % 4 === 0 && xo % 4 === 0,
-    nested: !!nested, q8: !transpose && q4 && I % 8 === 0 && po % 8 === 0 && bs % 8 === 0 && K % 4 === 0 && xo % 4 === 0 && pow2, pow2, vecOut: N % 4 === 0, wx, wy,
+    transpose,
+    decode: q4 ? "q4" : "any",
+    xdtype: x.dtype,
+    xvec: K % 4 === 0 && xo % 4 === 0,
+    nested: !!nested,
+    q8: !transpose && q4 && I % 8 === 0 && po % 8 === 0 && bs % 8 === 0 && K % 4 === 0 && xo % 4 === 0 && pow2,
+    pow2,
+    vecOut: N % 4 === 0,
+    wx,
+    wy,
   };
-  const name = `matmul4bit_${transpose ? "t" : "n"}_${shader.q8 ? "q8" : shader.decode}${shader.nested ? "_dq" : ""}${shader.pow2 ? "" : "_div"}_${x.dtype}${shader.xvec ? "_v" : ""}${shader.vecOut ? "_vo" : ""}`;
+  const name = `matmul4bit_${transpose ? "t" : "n"}_${shader.q8 ? "q8" : shader.decode}${shader.nested ? "_dq" : ""}${shader.pow2 ? "" : "_div"}_${x.dtype}${
+    shader.xvec ? "_v" : ""
+  }${shader.vecOut ? "_vo" : ""}`;
   const k = ctx.engine.compile({
-    name: `${name}_${wx}x${wy}`, code: matmul4bitWgsl(shader),
+    name: `${name}_${wx}x${wy}`,
+    code: matmul4bitWgsl(shader),
     bindings: ["write", "read", "read", "read", "read", ...(nested ? (["read", "read"] as const) : [])],
   });
 

@@ -126,10 +126,18 @@ export function reduceKernel(ctx: KernelContext, op: ReduceOp, x: GpuInput, nRed
   const name = `reduce_${op}_${x.dtype}${outDtype === x.dtype ? "" : `_${outDtype}`}${perGroup ? "_wg" : ""}`;
   const k = ctx.engine.compile({ name, code: code(op, x, perGroup, outDtype), bindings: ["write", "read"] });
   const epwOut = EPW[outDtype];
-  const boxes = planBoxes(name, outer.shape, [
-    { strides: outer.strides[0], offset: 0, epw: epwOut },
-    { strides: outer.strides[1], offset, epw: EPW[x.dtype], span },
-  ], ctx.maxWords, undefined, undefined, true);
+  const boxes = planBoxes(
+    name,
+    outer.shape,
+    [
+      { strides: outer.strides[0], offset: 0, epw: epwOut },
+      { strides: outer.strides[1], offset, epw: EPW[x.dtype], span },
+    ],
+    ctx.maxWords,
+    undefined,
+    undefined,
+    true,
+  );
   for (const box of boxes) {
     const params = new Uint32Array(64);
     const linLo = box.lo.reduce((a, l, d) => a + l * outer.strides[0][d], 0);
@@ -156,7 +164,12 @@ export function reduceKernel(ctx: KernelContext, op: ReduceOp, x: GpuInput, nRed
       params[24 + d] = s;
       params[32 + d] = inner.strides[0][d];
     });
-    ctx.engine.dispatch(k, params, [bindWords(out, ow.word, ow.words), bindWords(x.handle, xw.word, xw.words)], perGroup ? w1 - w0 + 1 : groupsFor(w1 - w0 + 1, WG));
+    ctx.engine.dispatch(
+      k,
+      params,
+      [bindWords(out, ow.word, ow.words), bindWords(x.handle, xw.word, xw.words)],
+      perGroup ? w1 - w0 + 1 : groupsFor(w1 - w0 + 1, WG),
+    );
   }
   return out;
 }
@@ -167,19 +180,43 @@ function splitReduce(ctx: KernelContext, op: ReduceOp, x: GpuInput, r: number, i
   const e0 = inner.shape[0];
   const s0 = inner.strides[0][0];
   const half = Math.ceil(e0 / 2);
-  const piece = (start: number, len: number): GpuStorage => reduceKernel(ctx, op, {
-    handle: x.handle, dtype: x.dtype,
-    view: { shape: [...x.view.shape.slice(0, r), len, ...inner.shape.slice(1)], strides: [...x.view.strides.slice(0, r), s0, ...inner.strides[0].slice(1)], offset: x.view.offset + start * s0 },
-  }, 1 + inner.shape.length - 1, nat);
+  const piece = (start: number, len: number): GpuStorage =>
+    reduceKernel(
+      ctx,
+      op,
+      {
+        handle: x.handle,
+        dtype: x.dtype,
+        view: {
+          shape: [...x.view.shape.slice(0, r), len, ...inner.shape.slice(1)],
+          strides: [...x.view.strides.slice(0, r), s0, ...inner.strides[0].slice(1)],
+          offset: x.view.offset + start * s0,
+        },
+      },
+      1 + inner.shape.length - 1,
+      nat,
+    );
   const a = piece(0, half);
   const b = piece(half, e0 - half);
   const rows = numel(x.view.shape.slice(0, r));
   const ops = [a, b].map((h) => ({ handle: h, dtype: nat, strides: [1], offset: 0 }));
-  const c = elementwise(ctx, { name: `binary_${op === "sum" ? "add" : "max"}`, out: nat, shape: [rows], operands: ops, expr: binaryExpr(op === "sum" ? "add" : "max", nat) });
+  const c = elementwise(ctx, {
+    name: `binary_${op === "sum" ? "add" : "max"}`,
+    out: nat,
+    shape: [rows],
+    operands: ops,
+    expr: binaryExpr(op === "sum" ? "add" : "max", nat),
+  });
   ctx.release(a);
   ctx.release(b);
   if (outDtype === nat) return c;
-  const out = elementwise(ctx, { name: `cast_${nat}`, out: outDtype, shape: [rows], operands: [{ handle: c, dtype: nat, strides: [1], offset: 0 }], expr: (w, [v]) => w.convert(nat, outDtype, v) });
+  const out = elementwise(ctx, {
+    name: `cast_${nat}`,
+    out: outDtype,
+    shape: [rows],
+    operands: [{ handle: c, dtype: nat, strides: [1], offset: 0 }],
+    expr: (w, [v]) => w.convert(nat, outDtype, v),
+  });
   ctx.release(c);
   return out;
 }

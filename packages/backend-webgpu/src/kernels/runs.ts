@@ -26,18 +26,36 @@ export const P_BASE = 16;
  * entire); `groups(length)` is the workgroup count of a run.
  */
 export function dispatchRuns(
-  ctx: KernelContext, k: Compiled, space: readonly number[], grain: readonly number[], ops: RunOperand[], params: Uint32Array,
+  ctx: KernelContext,
+  k: Compiled,
+  space: readonly number[],
+  grain: readonly number[],
+  ops: RunOperand[],
+  params: Uint32Array,
   groups: (length: number) => number,
 ): void {
   if (space.some((s) => s === 0)) return;
   const lin = contiguousStrides(space);
-  for (const box of planBoxes(k.spec.name, space, ops.map((o) => o.a), ctx.maxWords, grain, undefined, true)) {
+  for (const box of planBoxes(
+    k.spec.name,
+    space,
+    ops.map((o) => o.a),
+    ctx.maxWords,
+    grain,
+    undefined,
+    true,
+  )) {
     const p = params.slice();
     const length = box.hi.reduce((acc, h, d) => acc * (h - box.lo[d]), 1);
     p[0] = box.lo.reduce((acc, l, d) => acc + l * lin[d], 0);
     p[1] = length;
     ops.forEach((o, j) => (p[P_BASE + j] = o.a.offset - box.windows[j].word * o.a.epw));
-    ctx.engine.dispatch(k, p, ops.map((o, j) => bindWords(o.h, box.windows[j].word, box.windows[j].words)), groups(length));
+    ctx.engine.dispatch(
+      k,
+      p,
+      ops.map((o, j) => bindWords(o.h, box.windows[j].word, box.windows[j].words)),
+      groups(length),
+    );
   }
 }
 

@@ -94,7 +94,11 @@ function windowOf(a: Access, lo: readonly number[], hi: readonly number[]): Wind
  * `region` restricts the work to a sub-box (then `full` is false).
  */
 export function planBoxes(
-  kernel: string, shape: readonly number[], accesses: Access[], maxWords: number, grain?: readonly number[],
+  kernel: string,
+  shape: readonly number[],
+  accesses: Access[],
+  maxWords: number,
+  grain?: readonly number[],
   region?: { lo: readonly number[]; hi: readonly number[] },
   /** Split only the outermost splittable dim, so every box is one contiguous run of the index space. */
   runs = false,
@@ -115,7 +119,7 @@ export function planBoxes(
     for (let d = 0; d < shape.length; d++) {
       const g = grain?.[d] ?? 1;
       if (hi[d] - lo[d] <= g) continue;
-      const span = Math.max(...accesses.map((a) => (hi[d] - lo[d] - 1) * a.strides[d] / a.epw));
+      const span = Math.max(...accesses.map((a) => ((hi[d] - lo[d] - 1) * a.strides[d]) / a.epw));
       if (span > bestSpan) {
         bestSpan = span;
         best = d;

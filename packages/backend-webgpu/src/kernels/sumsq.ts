@@ -23,7 +23,10 @@ const REDUCE = wgReduce(WG);
 function groupCode(xs: GpuInput[]): string {
   const w = new Wgsl().params(64).buffer(1, "part", true);
   xs.forEach((x, j) => w.buffer(2 + j, `x${j}`, false).loader(`x${j}`, x.dtype));
-  const cases = xs.map((_, j) => `    case ${j}u: { for (var e = 0u; e < ${PER}u; e++) { let i = lo + e * ${WG}u + lid; if (i < n) { let v = ld_x${j}(base + i); acc += v * v; } } }`);
+  const cases = xs.map(
+    (_, j) =>
+      `    case ${j}u: { for (var e = 0u; e < ${PER}u; e++) { let i = lo + e * ${WG}u + lid; if (i < n) { let v = ld_x${j}(base + i); acc += v * v; } } }`,
+  );
   return w.build(`${REDUCE}
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -62,11 +65,15 @@ export function sumSquares(ctx: KernelContext, inputs: GpuInput[]): GpuStorage {
     if (numel(x.view.shape) === 0) continue;
     const c = contig(ctx, x, temps);
     const n = numel(c.view.shape);
-    if (n > 2 ** 31 || Math.ceil((c.view.offset + n) / EPW[c.dtype]) > ctx.maxWords) throw new RangeError(`sumSquares: a ${n}-element tensor exceeds one storage binding (${ctx.maxWords} words)`);
+    if (n > 2 ** 31 || Math.ceil((c.view.offset + n) / EPW[c.dtype]) > ctx.maxWords)
+      throw new RangeError(`sumSquares: a ${n}-element tensor exceeds one storage binding (${ctx.maxWords} words)`);
     xs.push(c);
   }
   const groupsOf = (x: GpuInput) => Math.ceil(numel(x.view.shape) / CHUNK);
-  const totalParts = Math.max(1, xs.reduce((a, x) => a + groupsOf(x), 0));
+  const totalParts = Math.max(
+    1,
+    xs.reduce((a, x) => a + groupsOf(x), 0),
+  );
   const part = ctx.alloc("f32", totalParts);
   const out = ctx.alloc("f32", 1);
   let first = 0;
@@ -87,7 +94,11 @@ export function sumSquares(ctx: KernelContext, inputs: GpuInput[]): GpuStorage {
     ctx.engine.dispatch(k, params, binds, g);
     first += g;
   }
-  const fk = ctx.engine.compile({ name: "sumSquares_final", code: new Wgsl().params(64).buffer(1, "out", true).buffer(2, "part", false).build(FINAL), bindings: ["write", "read"] });
+  const fk = ctx.engine.compile({
+    name: "sumSquares_final",
+    code: new Wgsl().params(64).buffer(1, "out", true).buffer(2, "part", false).build(FINAL),
+    bindings: ["write", "read"],
+  });
   const fp = new Uint32Array(64);
   fp[0] = first;
   ctx.engine.dispatch(fk, fp, [bindWords(out, 0, 1), bindWords(part, 0, totalParts)], 1);

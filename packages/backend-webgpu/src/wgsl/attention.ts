@@ -87,8 +87,17 @@ const hsum = (v: string) => `dot(${v}, vec4<f32>(1.0))`;
 
 /** Bindings: 1 out, 2 lse (f32), 3 q, 4 k, 5 v. */
 export function attentionForwardWgsl(D: number, dt: AttentionDtypes, out: DType): string {
-  const w = header(D, [["out", null], ["lse", null], ["q", dt.q], ["k", dt.k], ["v", dt.v]]);
-  return w.build(Wgsl.main(WG, `  if (unit >= p(1u)) { return; }${QUERY}
+  const w = header(D, [
+    ["out", null],
+    ["lse", null],
+    ["q", dt.q],
+    ["k", dt.k],
+    ["v", dt.v],
+  ]);
+  return w.build(
+    Wgsl.main(
+      WG,
+      `  if (unit >= p(1u)) { return; }${QUERY}
   var qv: array<vec4<f32>, DV>;
   let qo = p(18u) + r * D;
   for (var i = 0u; i < D4; i++) { qv[i] = ld4_q(qo, i) * scale; }
@@ -120,13 +129,27 @@ export function attentionForwardWgsl(D: number, dt: AttentionDtypes, out: DType)
   // A row that sees no key (only when S < T) gives out 0 and lse -inf.
   lse[p(17u) + r] = bitcast<u32>(select(m + log(l), -inf_f32(), l == 0.0));
   let inv = select(1.0 / l, 0.0, l == 0.0);
-  ${storeRow(w, "out", out, "p(16u) + r * D", "acc[i] * inv")}`));
+  ${storeRow(w, "out", out, "p(16u) + r * D", "acc[i] * inv")}`,
+    ),
+  );
 }
 
 /** Bindings: 1 gq, 2 delta (f32), 3 q, 4 k, 5 v, 6 out, 7 lse, 8 gy. */
 export function attentionDqWgsl(D: number, dt: AttentionDtypes & { out: DType; lse: DType; gy: DType }, gq: DType): string {
-  const w = header(D, [["gq", null], ["delta", null], ["q", dt.q], ["k", dt.k], ["v", dt.v], ["out", dt.out], ["lse", dt.lse], ["gy", dt.gy]]);
-  return w.build(Wgsl.main(WG, `  if (unit >= p(1u)) { return; }${QUERY}
+  const w = header(D, [
+    ["gq", null],
+    ["delta", null],
+    ["q", dt.q],
+    ["k", dt.k],
+    ["v", dt.v],
+    ["out", dt.out],
+    ["lse", dt.lse],
+    ["gy", dt.gy],
+  ]);
+  return w.build(
+    Wgsl.main(
+      WG,
+      `  if (unit >= p(1u)) { return; }${QUERY}
   var qv: array<vec4<f32>, DV>;
   var gv: array<vec4<f32>, DV>;
   var dq: array<vec4<f32>, DV>;
@@ -154,13 +177,27 @@ export function attentionDqWgsl(D: number, dt: AttentionDtypes & { out: DType; l
     for (var i = 0u; i < D4; i++) { dq[i] += ds * ld4_k(ko, i); }
   }
   delta[p(17u) + r] = bitcast<u32>(dl);
-  ${storeRow(w, "gq", gq, "p(16u) + r * D", "dq[i] * scale")}`));
+  ${storeRow(w, "gq", gq, "p(16u) + r * D", "dq[i] * scale")}`,
+    ),
+  );
 }
 
 /** Bindings: 1 gk, 2 gv, 3 q, 4 k, 5 v, 6 gy, 7 lse, 8 delta. Rows are key rows over [B, Hkv, S]. */
 export function attentionDkvWgsl(D: number, dt: AttentionDtypes & { gy: DType; lse: DType }, gk: DType, gvd: DType): string {
-  const w = header(D, [["gk", null], ["gv", null], ["q", dt.q], ["k", dt.k], ["v", dt.v], ["gy", dt.gy], ["lse", dt.lse], ["delta", "f32"]]);
-  return w.build(Wgsl.main(WG, `  if (unit >= p(1u)) { return; }${ROW}
+  const w = header(D, [
+    ["gk", null],
+    ["gv", null],
+    ["q", dt.q],
+    ["k", dt.k],
+    ["v", dt.v],
+    ["gy", dt.gy],
+    ["lse", dt.lse],
+    ["delta", "f32"],
+  ]);
+  return w.build(
+    Wgsl.main(
+      WG,
+      `  if (unit >= p(1u)) { return; }${ROW}
   let kr = p(0u) + unit;
   let s = kr % S;
   let bk = kr / S;
@@ -196,5 +233,7 @@ export function attentionDkvWgsl(D: number, dt: AttentionDtypes & { gy: DType; l
     }
   }
   ${storeRow(w, "gk", gk, "p(16u) + kr * D", "dk[i] * scale")}
-  ${storeRow(w, "gv", gvd, "p(17u) + kr * D", "dv[i]")}`));
+  ${storeRow(w, "gv", gvd, "p(17u) + kr * D", "dv[i]")}`,
+    ),
+  );
 }

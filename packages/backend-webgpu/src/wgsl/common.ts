@@ -218,22 +218,35 @@ fn pf(i: u32) -> f32 { return bitcast<f32>(p(i)); }`);
   /** Natural value of a raw field. */
   decode(dtype: DType, bits: string): string {
     switch (dtype) {
-      case "f32": return `bitcast<f32>(${bits})`;
-      case "i32": return `bitcast<i32>(${bits})`;
-      case "u8": return `i32(${bits})`;
-      case "bf16": return `bitcast<f32>((${bits}) << 16u)`;
-      case "f16": this.need("f16dec"); return `f16_dec(${bits})`;
+      case "f32":
+        return `bitcast<f32>(${bits})`;
+      case "i32":
+        return `bitcast<i32>(${bits})`;
+      case "u8":
+        return `i32(${bits})`;
+      case "bf16":
+        return `bitcast<f32>((${bits}) << 16u)`;
+      case "f16":
+        this.need("f16dec");
+        return `f16_dec(${bits})`;
     }
   }
 
   /** Raw field (low bits of a u32) of a natural value. */
   encode(dtype: DType, v: string): string {
     switch (dtype) {
-      case "f32": return `bitcast<u32>(${v})`;
-      case "i32": return `bitcast<u32>(${v})`;
-      case "u8": return `(bitcast<u32>(${v}) & 0xffu)`;
-      case "f16": this.need("f16enc"); return `f16_enc(${v})`;
-      case "bf16": this.need("bf16enc"); return `bf16_enc(${v})`;
+      case "f32":
+        return `bitcast<u32>(${v})`;
+      case "i32":
+        return `bitcast<u32>(${v})`;
+      case "u8":
+        return `(bitcast<u32>(${v}) & 0xffu)`;
+      case "f16":
+        this.need("f16enc");
+        return `f16_enc(${v})`;
+      case "bf16":
+        this.need("bf16enc");
+        return `bf16_enc(${v})`;
     }
   }
 

@@ -80,7 +80,9 @@ function job(j: number, js: LoraJobShader): string {
     : "";
   const store = js.vecOut
     ? [0, 1, 2, 3].map((i) => `if (r${i} < mEnd) { C${j}[(co + r${i} * nEnd + col0) >> 2u] = t${i}; }`).join("\n  ")
-    : [0, 1, 2, 3].map((i) => `if (r${i} < mEnd) { for (var q = 0u; q < 4u; q++) { if (col0 + q < nEnd) { C${j}[co + r${i} * nEnd + col0 + q] = t${i}[q]; } } }`).join("\n  ");
+    : [0, 1, 2, 3]
+        .map((i) => `if (r${i} < mEnd) { for (var q = 0u; q < 4u; q++) { if (col0 + q < nEnd) { C${j}[co + r${i} * nEnd + col0 + q] = t${i}[q]; } } }`)
+        .join("\n  ");
   return `fn job${j}(g: u32, li: u32) {
   let mEnd = p(${J}u);
   let nEnd = p(${J + 1}u);

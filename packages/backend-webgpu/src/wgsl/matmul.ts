@@ -99,7 +99,12 @@ export function loadA(l: Layout, n: OperandNames = A_NAMES): string {
     return `let at = transpose(mat4x4<f32>(${buf}4(${o} + k * ${sak} + row0), ${buf}4(${o} + (k + 1u) * ${sak} + row0), ${buf}4(${o} + (k + 2u) * ${sak} + row0), ${buf}4(${o} + (k + 3u) * ${sak} + row0)));
     let a0 = at[0]; let a1 = at[1]; let a2 = at[2]; let a3 = at[3];`;
   }
-  return [0, 1, 2, 3].map((i) => `let a${i} = vec4<f32>(${buf}1(${o} + r${i} * ${sam} + k * ${sak}), ${buf}1(${o} + r${i} * ${sam} + (k + 1u) * ${sak}), ${buf}1(${o} + r${i} * ${sam} + (k + 2u) * ${sak}), ${buf}1(${o} + r${i} * ${sam} + (k + 3u) * ${sak}));`).join("\n    ");
+  return [0, 1, 2, 3]
+    .map(
+      (i) =>
+        `let a${i} = vec4<f32>(${buf}1(${o} + r${i} * ${sam} + k * ${sak}), ${buf}1(${o} + r${i} * ${sam} + (k + 1u) * ${sak}), ${buf}1(${o} + r${i} * ${sam} + (k + 2u) * ${sak}), ${buf}1(${o} + r${i} * ${sam} + (k + 3u) * ${sak}));`,
+    )
+    .join("\n    ");
 }
 
 /** The four B rows b0..b3 (vec4 over n..n+3) for k..k+3. */
@@ -110,7 +115,12 @@ export function loadB(l: Layout, n: OperandNames = B_NAMES): string {
     return `let bt = transpose(mat4x4<f32>(${buf}4(${o} + c0 * ${sbn} + k), ${buf}4(${o} + c1 * ${sbn} + k), ${buf}4(${o} + c2 * ${sbn} + k), ${buf}4(${o} + c3 * ${sbn} + k)));
     let b0 = bt[0]; let b1 = bt[1]; let b2 = bt[2]; let b3 = bt[3];`;
   }
-  return [0, 1, 2, 3].map((j) => `let b${j} = vec4<f32>(${buf}1(${o} + (k + ${j}u) * ${sbk} + c0 * ${sbn}), ${buf}1(${o} + (k + ${j}u) * ${sbk} + c1 * ${sbn}), ${buf}1(${o} + (k + ${j}u) * ${sbk} + c2 * ${sbn}), ${buf}1(${o} + (k + ${j}u) * ${sbk} + c3 * ${sbn}));`).join("\n    ");
+  return [0, 1, 2, 3]
+    .map(
+      (j) =>
+        `let b${j} = vec4<f32>(${buf}1(${o} + (k + ${j}u) * ${sbk} + c0 * ${sbn}), ${buf}1(${o} + (k + ${j}u) * ${sbk} + c1 * ${sbn}), ${buf}1(${o} + (k + ${j}u) * ${sbk} + c2 * ${sbn}), ${buf}1(${o} + (k + ${j}u) * ${sbk} + c3 * ${sbn}));`,
+    )
+    .join("\n    ");
 }
 
 const PROLOGUE = `  let g = wid.y * nwg.x + wid.x;
@@ -166,7 +176,11 @@ ${PROLOGUE}
   }
   const store = s.vecOut
     ? [0, 1, 2, 3].map((i) => `if (row0 + ${i}u < mEnd) { C[(oo + (row0 + ${i}u) * N + col0) >> 2u] = acc${i}; }`).join("\n  ")
-    : [0, 1, 2, 3].map((i) => `if (row0 + ${i}u < mEnd) { for (var j = 0u; j < 4u; j++) { if (col0 + j < nEnd) { C[oo + (row0 + ${i}u) * N + col0 + j] = acc${i}[j]; } } }`).join("\n  ");
+    : [0, 1, 2, 3]
+        .map(
+          (i) => `if (row0 + ${i}u < mEnd) { for (var j = 0u; j < 4u; j++) { if (col0 + j < nEnd) { C[oo + (row0 + ${i}u) * N + col0 + j] = acc${i}[j]; } } }`,
+        )
+        .join("\n  ");
   return `${head}
 ${sig}
 ${PROLOGUE}

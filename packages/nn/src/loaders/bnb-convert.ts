@@ -4,8 +4,17 @@
  * a time: only the 4-bit results (about 1/8 of f32) are held until they are written.
  */
 import {
-  BnbFormatError, type QuantDtype, type QuantState, type QuantType, bitsPerParam, bnbQuantizationConfig, dequantize4bit, fromBnbTensors,
-  quantize4bit, quantizedBytes, toBnbTensors,
+  BnbFormatError,
+  type QuantDtype,
+  type QuantState,
+  type QuantType,
+  bitsPerParam,
+  bnbQuantizationConfig,
+  dequantize4bit,
+  fromBnbTensors,
+  quantize4bit,
+  quantizedBytes,
+  toBnbTensors,
 } from "@lowrank/nf4";
 import { type LazyTensorInput, openShardedSafetensors, writeShardedSafetensors } from "@lowrank/safetensors";
 import { type Backend, fromF32, getDefaultBackend, toF32, viewBytes } from "@lowrank/tensor";
@@ -95,9 +104,15 @@ export async function quantizeHfCheckpoint(inDir: string, outDir: string, opts: 
   // Which checkpoint tensors are Linear weights: the module tree with one-element placeholders.
   const linears = new Map<string, { path: string; out: number; in: number }>();
   const shell = new LlamaForCausalLM(config, { backend: opts.backend ?? getDefaultBackend() });
-  const tied = new Set(shell.namedModules().filter(([, m]) => m instanceof Embedding).map(([, m]) => (m as Embedding).weight));
+  const tied = new Set(
+    shell
+      .namedModules()
+      .filter(([, m]) => m instanceof Embedding)
+      .map(([, m]) => (m as Embedding).weight),
+  );
   for (const [path, m] of shell.namedModules()) {
-    if (m instanceof Linear && !matchesModule(path, skipModules) && !tied.has(m.weight)) linears.set(`${path}.weight`, { path, out: m.outFeatures, in: m.inFeatures });
+    if (m instanceof Linear && !matchesModule(path, skipModules) && !tied.has(m.weight))
+      linears.set(`${path}.weight`, { path, out: m.outFeatures, in: m.inFeatures });
   }
   shell.dispose();
 
@@ -106,7 +121,9 @@ export async function quantizeHfCheckpoint(inDir: string, outDir: string, opts: 
     const where = async (name: string) => joinPath(inDir, ckpt.tensors[name].shard);
     const tensors = new Map<string, LazyTensorInput>();
     const report: ConvertReport = { files: [], layers: [], params: 0, bytesIn: 0, bytesOut: 0 };
-    for (const name of linears.keys()) if (!ckpt.tensors[name]) throw new Error(`${ckpt.index ?? await joinPath(inDir, "model.safetensors")}: no tensor "${name}" (the weight of Linear ${linears.get(name)!.path})`);
+    for (const name of linears.keys())
+      if (!ckpt.tensors[name])
+        throw new Error(`${ckpt.index ?? (await joinPath(inDir, "model.safetensors"))}: no tensor "${name}" (the weight of Linear ${linears.get(name)!.path})`);
     for (const name of ckpt.names) {
       const info = ckpt.tensors[name];
       const lin = linears.get(name);
@@ -128,7 +145,12 @@ export async function quantizeHfCheckpoint(inDir: string, outDir: string, opts: 
       report.params += n;
       report.bytesIn += n * FLOAT_BYTES[info.dtype];
       report.bytesOut += quantizedBytes(state);
-      log(`quantize: ${name} [${lin.out}, ${lin.in}] ${info.dtype} -> ${quantType}${doubleQuant ? " + double quant" : ""}, ${bitsPerParam(n, { blocksize, doubleQuant }).toFixed(3)} bits/param (${report.layers.length}/${linears.size})`);
+      log(
+        `quantize: ${name} [${lin.out}, ${lin.in}] ${info.dtype} -> ${quantType}${doubleQuant ? " + double quant" : ""}, ${bitsPerParam(n, {
+          blocksize,
+          doubleQuant,
+        }).toFixed(3)} bits/param (${report.layers.length}/${linears.size})`,
+      );
     }
     await storage().mkdir(outDir);
     report.files.push(...(await writeShardedSafetensors(outDir, tensors, { maxShardBytes: opts.maxShardBytes, metadata: { format: "pt" } })));
@@ -171,7 +193,8 @@ export async function dequantizeHfCheckpoint(inDir: string, outDir: string, opts
       const tensors: Record<string, { dtype: "U8" | "F32"; shape: number[]; data: Uint8Array }> = {};
       for (const k of keys) {
         const t = await ckpt.read(k);
-        if (t.dtype !== "U8" && t.dtype !== "F32") throw new Error(`${await where(k)}: tensor "${k}" has dtype ${t.dtype}; bitsandbytes 4-bit tensors are U8 or F32`);
+        if (t.dtype !== "U8" && t.dtype !== "F32")
+          throw new Error(`${await where(k)}: tensor "${k}" has dtype ${t.dtype}; bitsandbytes 4-bit tensors are U8 or F32`);
         tensors[k] = { dtype: t.dtype, shape: [...t.shape], data: t.data };
         owned.add(k);
       }
@@ -182,7 +205,8 @@ export async function dequantizeHfCheckpoint(inDir: string, outDir: string, opts
         throw e;
       }
     }
-    if (states.size === 0) throw new Error(`${inDir}: config.json says bitsandbytes 4-bit, but no tensor ends in ".weight.quant_state.bitsandbytes__nf4" or "__fp4"`);
+    if (states.size === 0)
+      throw new Error(`${inDir}: config.json says bitsandbytes 4-bit, but no tensor ends in ".weight.quant_state.bitsandbytes__nf4" or "__fp4"`);
 
     const tensors = new Map<string, LazyTensorInput>();
     const report: ConvertReport = { files: [], layers: [], params: 0, bytesIn: 0, bytesOut: 0 };

@@ -40,7 +40,8 @@ export function parseBnbConfig(json: unknown, file: string): BnbConfig | null {
   const compute = c.bnb_4bit_compute_dtype ?? "float32";
   if (compute !== "float32" && compute !== "float16" && compute !== "bfloat16") throw bad("bnb_4bit_compute_dtype", "must be float32, float16 or bfloat16");
   const skip = c.llm_int8_skip_modules ?? null;
-  if (skip !== null && !(Array.isArray(skip) && skip.every((s) => typeof s === "string"))) throw bad("llm_int8_skip_modules", "must be null or a list of module names");
+  if (skip !== null && !(Array.isArray(skip) && skip.every((s) => typeof s === "string")))
+    throw bad("llm_int8_skip_modules", "must be null or a list of module names");
   return { quantType, doubleQuant: dq, skipModules: skip as string[] | null, computeDtype: compute };
 }
 
@@ -59,10 +60,19 @@ const QUANT_STATE = /^(?:(.*)\.)?weight\.quant_state\.bitsandbytes__(nf4|fp4)$/;
  * parameters of the new layer and load with the dense tensors.
  */
 export async function loadBnbLayers(
-  model: Module, ckpt: ShardedSafetensors, where: (name: string) => string, cfg: BnbConfig, opts: { backend: Backend; dtype: DType },
+  model: Module,
+  ckpt: ShardedSafetensors,
+  where: (name: string) => string,
+  cfg: BnbConfig,
+  opts: { backend: Backend; dtype: DType },
 ): Promise<Map<string, TensorSpec>> {
   const consumed = new Map<string, TensorSpec>();
-  const embeddings = new Set(model.namedModules().filter(([, m]) => m instanceof Embedding).map(([, m]) => (m as Embedding).weight));
+  const embeddings = new Set(
+    model
+      .namedModules()
+      .filter(([, m]) => m instanceof Embedding)
+      .map(([, m]) => (m as Embedding).weight),
+  );
   const computeDtype: ComputeDtype = opts.dtype === "f16" || opts.dtype === "bf16" ? opts.dtype : "f32";
   for (const name of ckpt.names) {
     const match = QUANT_STATE.exec(name);
@@ -97,7 +107,11 @@ export async function loadBnbLayers(
     }
     const [out, inF] = state.shape;
     if (state.shape.length !== 2 || out !== target.outFeatures || inF !== target.inFeatures) {
-      throw new Error(`${file}: tensor "${name}": shape [${state.shape.join(", ")}] does not match ${path} = Linear(in ${target.inFeatures}, out ${target.outFeatures}), expected [${target.outFeatures}, ${target.inFeatures}]`);
+      throw new Error(
+        `${file}: tensor "${name}": shape [${state.shape.join(", ")}] does not match ${path} = Linear(in ${target.inFeatures}, out ${
+          target.outFeatures
+        }), expected [${target.outFeatures}, ${target.inFeatures}]`,
+      );
     }
     // The JSON bytes are kept as stored, so a file written by Python's bnb re-saves byte for byte.
     const q = new QuantizedLinear(state, { backend: opts.backend, computeDtype, bias: target.bias, stateJson: tensors[name].data });
@@ -108,7 +122,8 @@ export async function loadBnbLayers(
       consumed.set(k, { shape: info.shape, dtype: info.dtype === "U8" ? "u8" : "f32" });
     }
   }
-  if (consumed.size === 0) throw new Error(`config.json says bitsandbytes 4-bit, but the checkpoint has no "*.weight.quant_state.bitsandbytes__${cfg.quantType}" tensors`);
+  if (consumed.size === 0)
+    throw new Error(`config.json says bitsandbytes 4-bit, but the checkpoint has no "*.weight.quant_state.bitsandbytes__${cfg.quantType}" tensors`);
   setQuantizationConfig(model, { quantType: cfg.quantType, doubleQuant: cfg.doubleQuant, skipModules: cfg.skipModules, computeDtype: cfg.computeDtype });
   return consumed;
 }

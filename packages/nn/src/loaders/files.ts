@@ -9,7 +9,6 @@ export async function joinPath(...parts: string[]): Promise<string> {
   return join(...parts);
 }
 
-
 /** The whole file; a missing or unreadable file is an error naming it and `what` it should be. */
 export async function readBytes(path: string, what: string): Promise<Uint8Array> {
   try {

@@ -4,7 +4,13 @@
  */
 import { type Backend, type DType, fromF32, getDefaultBackend, scope } from "@lowrank/tensor";
 import {
-  type LazyTensorInput, SafetensorsError, type SafetensorsFile, ShardedSafetensors, type ShardedTensorInfo, openSafetensors, openShardedSafetensors,
+  type LazyTensorInput,
+  SafetensorsError,
+  type SafetensorsFile,
+  ShardedSafetensors,
+  type ShardedTensorInfo,
+  openSafetensors,
+  openShardedSafetensors,
   writeShardedSafetensors,
   storage,
 } from "@lowrank/safetensors";
@@ -72,7 +78,13 @@ export async function loadHfModelFromFiles(files: HfModelFiles, opts: LoadOption
     const config = files.tokenizerConfig !== undefined ? await jsonOf(files.tokenizerConfig, "tokenizer_config.json") : {};
     tokenizer = tokenizerFromJson(json, config, "tokenizer.json");
   }
-  const model = await loadHfCore(raw, "config.json", () => openCheckpointFiles(files), (shard) => shard, opts);
+  const model = await loadHfCore(
+    raw,
+    "config.json",
+    () => openCheckpointFiles(files),
+    (shard) => shard,
+    opts,
+  );
   return { model, tokenizer };
 }
 
@@ -83,7 +95,11 @@ function checkDtype(fn: string, opts: LoadOptions): void {
 
 /** The shared loader: `raw` is config.json's value, `label` names a shard in errors. */
 async function loadHfCore(
-  raw: unknown, configPath: string, open: () => Promise<ShardedSafetensors>, label: (shard: string) => string | Promise<string>, opts: LoadOptions,
+  raw: unknown,
+  configPath: string,
+  open: () => Promise<ShardedSafetensors>,
+  label: (shard: string) => string | Promise<string>,
+  opts: LoadOptions,
 ): Promise<LlamaForCausalLM> {
   const backend = opts.backend ?? getDefaultBackend();
   const dtype = opts.dtype ?? "f32";
@@ -102,7 +118,8 @@ async function loadHfCore(
     for (const name of ckpt.names) {
       if (IGNORED.test(name) || consumed.has(name)) continue;
       const info = ckpt.tensors[name];
-      if (!SOURCE_FLOATS.includes(info.dtype)) badDtype.push(`${where(name)}: tensor "${name}" has dtype ${info.dtype}, expected a float weight (F32, F16 or BF16)`);
+      if (!SOURCE_FLOATS.includes(info.dtype))
+        badDtype.push(`${where(name)}: tensor "${name}" has dtype ${info.dtype}, expected a float weight (F32, F16 or BF16)`);
       given.set(name, { shape: info.shape, dtype }); // dtype is converted on read, so only names and shapes are compared here
     }
     if (badDtype.length) throw new Error(badDtype.join("\n"));
@@ -114,7 +131,8 @@ async function loadHfCore(
       const target = model.tensorAt(name);
       if (!target || consumed.has(name)) continue;
       const info = ckpt.tensors[name];
-      if (dtype === "f32" && (info.dtype === "BF16" || info.dtype === "F16")) widened.set(info.dtype, (widened.get(info.dtype) ?? 0) + info.shape.reduce((a, b) => a * b, 1));
+      if (dtype === "f32" && (info.dtype === "BF16" || info.dtype === "F16"))
+        widened.set(info.dtype, (widened.get(info.dtype) ?? 0) + info.shape.reduce((a, b) => a * b, 1));
       const data = await ckpt.read(name).catch((e: unknown) => {
         throw explain(e);
       });
@@ -122,7 +140,9 @@ async function loadHfCore(
     }
     for (const [src, n] of widened) {
       const mib = (b: number) => (b / 2 ** 20).toFixed(1);
-      opts.log?.(`${source}: ${n} ${src} weights widened to f32 at load (${mib(2 * n)} -> ${mib(4 * n)} MiB); load them as ${src.toLowerCase()} to keep their precision`);
+      opts.log?.(
+        `${source}: ${n} ${src} weights widened to f32 at load (${mib(2 * n)} -> ${mib(4 * n)} MiB); load them as ${src.toLowerCase()} to keep their precision`,
+      );
     }
   } catch (e) {
     model.dispose();
@@ -161,7 +181,8 @@ async function jsonOf(v: JsonFile, file: string): Promise<unknown> {
 async function openCheckpointFiles(files: HfModelFiles): Promise<ShardedSafetensors> {
   if (files.index === undefined) {
     const bytes = files.weights.get(SINGLE_NAME);
-    if (bytes === undefined) throw new SafetensorsError("not_found", SINGLE_NAME, undefined, `not among the given files (${[...files.weights.keys()].join(", ") || "none"})`);
+    if (bytes === undefined)
+      throw new SafetensorsError("not_found", SINGLE_NAME, undefined, `not among the given files (${[...files.weights.keys()].join(", ") || "none"})`);
     const shard = SINGLE_NAME;
     const file = await openSafetensors(bytes, { label: shard });
     const tensors: Record<string, ShardedTensorInfo> = Object.create(null);
@@ -170,10 +191,12 @@ async function openCheckpointFiles(files: HfModelFiles): Promise<ShardedSafetens
   }
   const json = await jsonOf(files.index, INDEX_NAME);
   const isObject = (v: unknown): v is Record<string, unknown> => typeof v === "object" && v !== null && !Array.isArray(v);
-  if (!isObject(json) || !isObject(json.weight_map)) throw new SafetensorsError("invalid_index", INDEX_NAME, undefined, 'index is not an object with a "weight_map" object');
+  if (!isObject(json) || !isObject(json.weight_map))
+    throw new SafetensorsError("invalid_index", INDEX_NAME, undefined, 'index is not an object with a "weight_map" object');
   const byShard = new Map<string, string[]>();
   for (const [name, shard] of Object.entries(json.weight_map)) {
-    if (typeof shard !== "string" || shard === "") throw new SafetensorsError("invalid_index", INDEX_NAME, name, `weight_map value ${JSON.stringify(shard)} is not a shard file name`);
+    if (typeof shard !== "string" || shard === "")
+      throw new SafetensorsError("invalid_index", INDEX_NAME, name, `weight_map value ${JSON.stringify(shard)} is not a shard file name`);
     const list = byShard.get(shard);
     if (list) list.push(name);
     else byShard.set(shard, [name]);
@@ -182,7 +205,12 @@ async function openCheckpointFiles(files: HfModelFiles): Promise<ShardedSafetens
   for (const shard of shardFiles) {
     if (!files.weights.has(shard)) {
       const users = byShard.get(shard)!;
-      throw new SafetensorsError("missing_shard", INDEX_NAME, users[0], `shard file ${JSON.stringify(shard)} is not among the given files (needed by ${users.length} tensor${users.length === 1 ? "" : "s"})`);
+      throw new SafetensorsError(
+        "missing_shard",
+        INDEX_NAME,
+        users[0],
+        `shard file ${JSON.stringify(shard)} is not among the given files (needed by ${users.length} tensor${users.length === 1 ? "" : "s"})`,
+      );
     }
   }
   const opened = new Map<string, SafetensorsFile>();
@@ -194,7 +222,13 @@ async function openCheckpointFiles(files: HfModelFiles): Promise<ShardedSafetens
       opened.set(shard, file);
       const wanted = new Set(byShard.get(shard));
       for (const name of wanted) {
-        if (!file.has(name)) throw new SafetensorsError("invalid_index", INDEX_NAME, name, `weight_map says the tensor is in ${JSON.stringify(shard)} but that file has no such tensor`);
+        if (!file.has(name))
+          throw new SafetensorsError(
+            "invalid_index",
+            INDEX_NAME,
+            name,
+            `weight_map says the tensor is in ${JSON.stringify(shard)} but that file has no such tensor`,
+          );
       }
       for (const name of file.names) {
         if (!wanted.has(name)) continue;

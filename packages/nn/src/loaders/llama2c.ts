@@ -33,7 +33,9 @@ export function readLlama2cHeader(bytes: Uint8Array, file = "<bytes>"): Llama2cH
   if (bytes.byteLength < 28) throw new Error(`${file}: truncated: ${bytes.byteLength} bytes, shorter than the 28-byte llama2.c header`);
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   if (dv.getUint32(0, true) === V1_MAGIC) {
-    throw new Error(`${file}: llama2.c version ${dv.getInt32(4, true)} export (magic "ak42") is not supported; export with --version 0 or use the Hugging Face export`);
+    throw new Error(
+      `${file}: llama2.c version ${dv.getInt32(4, true)} export (magic "ak42") is not supported; export with --version 0 or use the Hugging Face export`,
+    );
   }
   const v = Array.from({ length: 7 }, (_, i) => dv.getInt32(4 * i, true));
   const [dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab, seq_len] = v;
@@ -123,7 +125,9 @@ export function llama2cFromBytes(bytes: Uint8Array, opts: LoadOptions & { file?:
   const count = (shape: number[], stacked: boolean) => shape.reduce((a, b) => a * b, 1) * (stacked ? L : 1);
   const expected = 28 + 4 * layout.reduce((s, [, shape, stacked]) => s + count(shape, stacked), 0);
   if (bytes.byteLength < expected) {
-    throw new Error(`${file}: truncated: ${bytes.byteLength} bytes, but the header (dim=${dim}, n_layers=${L}, vocab_size=${V}, seq_len=${seq_len}) needs ${expected}`);
+    throw new Error(
+      `${file}: truncated: ${bytes.byteLength} bytes, but the header (dim=${dim}, n_layers=${L}, vocab_size=${V}, seq_len=${seq_len}) needs ${expected}`,
+    );
   }
   if (bytes.byteLength > expected) {
     throw new Error(`${file}: ${bytes.byteLength - expected} bytes beyond the ${expected} the header describes; not a llama2.c legacy checkpoint?`);

@@ -41,7 +41,7 @@ export class HfTokenizer implements TextTokenizer {
     const cfg = tokenizerConfig as Record<string, unknown>;
     const id = (tok: unknown): number | null => {
       const content = typeof tok === "string" ? tok : (tok as { content?: unknown } | null)?.content;
-      return typeof content === "string" ? (this.tokenizer.token_to_id(content) ?? null) : null;
+      return typeof content === "string" ? this.tokenizer.token_to_id(content) ?? null : null;
     };
     this.bosTokenId = id(cfg.bos_token);
     this.eosTokenId = id(cfg.eos_token);

@@ -58,7 +58,13 @@ function maskedAttention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor): Tens
     const rep = Hq / Hkv;
     const f32 = (t: Tensor) => (t.dtype === "f32" ? t : t.cast("f32"));
     const repeat = (t: Tensor) => (rep === 1 ? t : t.reshape([B, Hkv, 1, S, D]).expand([B, Hkv, rep, S, D]).reshape([B, Hq, S, D]));
-    const scores = where(allowed, f32(q).matmul(repeat(f32(k)).transpose(-2, -1)).mul(1 / Math.sqrt(D)), -Infinity);
+    const scores = where(
+      allowed,
+      f32(q)
+        .matmul(repeat(f32(k)).transpose(-2, -1))
+        .mul(1 / Math.sqrt(D)),
+      -Infinity,
+    );
     const y = softmax(scores, -1).matmul(repeat(f32(v)));
     return y.dtype === q.dtype ? y : y.cast(q.dtype);
   });

@@ -86,9 +86,14 @@ export function parseLlamaConfig(json: unknown, file = "config.json"): LlamaConf
   const act = c.hidden_act ?? c.hidden_activation ?? "silu";
   if (act !== "silu") throw bad(c.hidden_act !== undefined ? "hidden_act" : "hidden_activation", 'is not supported (only "silu": SwiGLU MLP)');
   if (c.quantization_config != null) {
-    throw new Error(`${file}: quantization_config is present (${JSON.stringify((c.quantization_config as Record<string, unknown>).quant_method ?? "unknown method")}): pre-quantized checkpoints are not supported; load the float weights`);
+    throw new Error(
+      `${file}: quantization_config is present (${JSON.stringify(
+        (c.quantization_config as Record<string, unknown>).quant_method ?? "unknown method",
+      )}): pre-quantized checkpoints are not supported; load the float weights`,
+    );
   }
-  if (c.partial_rotary_factor !== undefined && c.partial_rotary_factor !== 1) throw bad("partial_rotary_factor", "is not supported (RoPE on the whole head only)");
+  if (c.partial_rotary_factor !== undefined && c.partial_rotary_factor !== 1)
+    throw bad("partial_rotary_factor", "is not supported (RoPE on the whole head only)");
 
   const hidden = int("hidden_size");
   const heads = int("num_attention_heads");
@@ -103,7 +108,11 @@ export function parseLlamaConfig(json: unknown, file = "config.json"): LlamaConf
   // transformers v5 moves rope_theta and rope_scaling into rope_parameters.
   const ropeParams = (c.rope_parameters ?? null) as Record<string, unknown> | null;
   const theta = real("rope_theta", (ropeParams?.rope_theta as number | undefined) ?? d.rope_theta);
-  const scaling = parseRopeScaling((c.rope_scaling ?? ropeParams ?? null) as Record<string, unknown> | null, c.rope_scaling != null ? "rope_scaling" : "rope_parameters", file);
+  const scaling = parseRopeScaling(
+    (c.rope_scaling ?? ropeParams ?? null) as Record<string, unknown> | null,
+    c.rope_scaling != null ? "rope_scaling" : "rope_parameters",
+    file,
+  );
 
   const { window, layerTypes } = parseSlidingWindow(c, type, layers, file, bad);
 
@@ -149,7 +158,11 @@ export function parseLlamaConfig(json: unknown, file = "config.json"): LlamaConf
  * kept: it costs nothing, since the windowed path runs only when a query has more keys than it.
  */
 function parseSlidingWindow(
-  c: Record<string, unknown>, type: ModelType, layers: number, file: string, bad: (field: string, why: string) => Error,
+  c: Record<string, unknown>,
+  type: ModelType,
+  layers: number,
+  file: string,
+  bad: (field: string, why: string) => Error,
 ): { window: number | null; layerTypes: LayerType[] } {
   const positiveInt = (field: string): number => {
     const v = c[field];
@@ -165,9 +178,14 @@ function parseSlidingWindow(
     if (c.use_sliding_window != null && typeof c.use_sliding_window !== "boolean") throw bad("use_sliding_window", "must be true or false");
     if (c.use_sliding_window === true) {
       window = c.sliding_window === undefined ? 4096 : c.sliding_window === null ? null : positiveInt("sliding_window");
-      const from = c.max_window_layers == null ? 28 : Number.isSafeInteger(c.max_window_layers) && (c.max_window_layers as number) >= 0
-        ? (c.max_window_layers as number)
-        : (() => { throw bad("max_window_layers", "must be a non-negative integer"); })();
+      const from =
+        c.max_window_layers == null
+          ? 28
+          : Number.isSafeInteger(c.max_window_layers) && (c.max_window_layers as number) >= 0
+          ? (c.max_window_layers as number)
+          : (() => {
+              throw bad("max_window_layers", "must be a non-negative integer");
+            })();
       sliding = (i) => window !== null && i >= from;
     }
   } // Llama: transformers ignores a sliding_window key (LlamaAttention has no window), and so does this.
@@ -229,7 +247,10 @@ function parseRopeScaling(s: Record<string, unknown> | null, field: string, file
  * (_compute_dynamic_ntk_parameters) raises the base once the sequence `seqLen` outgrows
  * max_position_embeddings, and is the plain schedule below it.
  */
-export function ropeInvFreq(cfg: Pick<LlamaConfig, "head_dim" | "rope_theta" | "rope_scaling"> & { max_position_embeddings?: number }, seqLen = 0): Float32Array {
+export function ropeInvFreq(
+  cfg: Pick<LlamaConfig, "head_dim" | "rope_theta" | "rope_scaling"> & { max_position_embeddings?: number },
+  seqLen = 0,
+): Float32Array {
   const hs = cfg.head_dim;
   const s = cfg.rope_scaling;
   let base = cfg.rope_theta;
@@ -252,7 +273,10 @@ export function ropeInvFreq(cfg: Pick<LlamaConfig, "head_dim" | "rope_theta" | "
 }
 
 const ARCHITECTURES: Record<ModelType, string> = {
-  llama: "LlamaForCausalLM", mistral: "MistralForCausalLM", qwen2: "Qwen2ForCausalLM", qwen3: "Qwen3ForCausalLM",
+  llama: "LlamaForCausalLM",
+  mistral: "MistralForCausalLM",
+  qwen2: "Qwen2ForCausalLM",
+  qwen3: "Qwen3ForCausalLM",
 };
 
 /** The config.json object for a config (what a save next to model.safetensors needs); parseLlamaConfig reads it back equal. */

@@ -9,7 +9,21 @@
  * nkv key/value heads, hs head size, V vocab.
  */
 import {
-  type DecodeCache, type RopeTables, type Tensor, attention, attentionDecode, concat, crossEntropy, embedding, linearCrossEntropy, noGrad, rope, ropeTables, scope, swiglu, tensor,
+  type DecodeCache,
+  type RopeTables,
+  type Tensor,
+  attention,
+  attentionDecode,
+  concat,
+  crossEntropy,
+  embedding,
+  linearCrossEntropy,
+  noGrad,
+  rope,
+  ropeTables,
+  scope,
+  swiglu,
+  tensor,
 } from "@lowrank/tensor";
 import { KVCache, type KVCacheOptions } from "../kv-cache.ts";
 import { Embedding, Linear, RMSNorm } from "../layers.ts";
@@ -18,10 +32,16 @@ import { slidingWindowAttention } from "./attention.ts";
 import { type LlamaConfig, ropeInvFreq } from "./llama-config.ts";
 
 export {
-  type LayerType, type LlamaConfig, type ModelType, type RopeScaling, SUPPORTED_TYPES, llamaConfigToHf, parseLlamaConfig, ropeInvFreq,
+  type LayerType,
+  type LlamaConfig,
+  type ModelType,
+  type RopeScaling,
+  SUPPORTED_TYPES,
+  llamaConfigToHf,
+  parseLlamaConfig,
+  ropeInvFreq,
 } from "./llama-config.ts";
 export { slidingWindowAttention } from "./attention.ts";
-
 
 // ---------------------------------------------------------------- modules
 
@@ -103,8 +123,19 @@ export class LlamaAttention extends Module {
     const all = dec.length === seg.caches.length;
     let decoded: Tensor | null = null; // (1, nh, decoding sequences, hs)
     if (dec.length) {
-      const pick = (t: Tensor) => (all ? t : rowsAt(t, dec.map((i) => starts[i])));
-      decoded = attentionDecode(pick(q), pick(k), pick(v), dec.map((i) => slots[i] as DecodeCache));
+      const pick = (t: Tensor) =>
+        all
+          ? t
+          : rowsAt(
+              t,
+              dec.map((i) => starts[i]),
+            );
+      decoded = attentionDecode(
+        pick(q),
+        pick(k),
+        pick(v),
+        dec.map((i) => slots[i] as DecodeCache),
+      );
       if (all) return decoded.permute([0, 2, 1, 3]); // (1, N, nh, hs)
     }
     const ys = seg.caches.map((cache, i) => {
@@ -121,7 +152,10 @@ export class LlamaAttention extends Module {
 /** Positions `at` of axis 2 of t (1, n, L, hs), in order: one view when they are consecutive. */
 function rowsAt(t: Tensor, at: readonly number[]): Tensor {
   if (at.every((p, i) => p === at[0] + i)) return t.narrow(2, at[0], at.length);
-  return concat(at.map((p) => t.narrow(2, p, 1)), 2);
+  return concat(
+    at.map((p) => t.narrow(2, p, 1)),
+    2,
+  );
 }
 
 /** SwiGLU: down(silu(gate(x)) * up(x)). */

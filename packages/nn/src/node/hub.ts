@@ -72,8 +72,15 @@ export function isModelFile(name: string): boolean {
   return name.endsWith(".safetensors") || KEEP.has(name);
 }
 const KEEP = new Set([
-  "config.json", "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
-  "adapter_config.json", "special_tokens_map.json", "chat_template.jinja", "chat_template.json",
+  "config.json",
+  "model.safetensors.index.json",
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "generation_config.json",
+  "adapter_config.json",
+  "special_tokens_map.json",
+  "chat_template.jinja",
+  "chat_template.json",
 ]);
 
 /** "org/name" or "name" with Hub-legal characters. */
@@ -141,7 +148,17 @@ export async function downloadHfModel(repoId: string, opts: DownloadHfModelOptio
     await fs.mkdir(dirname(dest), { recursive: true });
     const sib = byName.get(file);
     const url = `${endpoint}/${repoId}/resolve/${encodeURIComponent(revision)}/${file.split("/").map(encodeURIComponent).join("/")}`;
-    await downloadFile(doFetch, url, headers, file, dest, sib, (loaded, total) => opts.onProgress?.({ file, loaded, total, index: i, count: wanted.length }), repoId, revision);
+    await downloadFile(
+      doFetch,
+      url,
+      headers,
+      file,
+      dest,
+      sib,
+      (loaded, total) => opts.onProgress?.({ file, loaded, total, index: i, count: wanted.length }),
+      repoId,
+      revision,
+    );
   }
   return snapshot;
 }
@@ -195,8 +212,15 @@ function expectedSha(sib: Sibling | undefined, res: Response): string | null {
 }
 
 async function downloadFile(
-  doFetch: typeof globalThis.fetch, url: string, baseHeaders: Record<string, string>, file: string, dest: string, sib: Sibling | undefined,
-  progress: (loaded: number, total: number | null) => void, repoId: string, revision: string,
+  doFetch: typeof globalThis.fetch,
+  url: string,
+  baseHeaders: Record<string, string>,
+  file: string,
+  dest: string,
+  sib: Sibling | undefined,
+  progress: (loaded: number, total: number | null) => void,
+  repoId: string,
+  revision: string,
 ): Promise<void> {
   const partial = `${dest}.incomplete`;
   let have = 0;
@@ -229,7 +253,7 @@ async function downloadFile(
     append = true;
   } else have = 0; // 200: the whole file, written from the start
   const len = Number(res.headers.get("content-length") ?? NaN);
-  const total = Number.isFinite(len) ? have + len : (sib?.lfs?.size ?? sib?.size ?? null);
+  const total = Number.isFinite(len) ? have + len : sib?.lfs?.size ?? sib?.size ?? null;
   const expected = expectedSha(sib, res);
 
   const handle = await fs.open(partial, append ? "a" : "w");
@@ -246,7 +270,9 @@ async function downloadFile(
           const cause = (e as { cause?: { message?: string } }).cause?.message;
           throw new HubError(
             `${url}: download interrupted after ${loaded} bytes (${(e as Error).message}${cause ? `: ${cause}` : ""}); run again to resume`,
-            url, 0, { cause: e },
+            url,
+            0,
+            { cause: e },
           );
         }
         if (chunk.done || !chunk.value) break;

@@ -10,12 +10,26 @@ import * as O from "./oracle.ts";
 import { type SuiteOptions, expectClose, mk, rnd, withoutFused } from "./util.ts";
 
 const unaryRef: Record<UnaryOp, (v: number) => number> = {
-  neg: (v) => -v, exp: Math.exp, log: Math.log, sqrt: Math.sqrt, recip: (v) => 1 / v, sin: Math.sin, cos: Math.cos,
-  tanh: Math.tanh, sigmoid: (v) => 1 / (1 + Math.exp(-v)), abs: Math.abs, relu: (v) => Math.max(v, 0),
+  neg: (v) => -v,
+  exp: Math.exp,
+  log: Math.log,
+  sqrt: Math.sqrt,
+  recip: (v) => 1 / v,
+  sin: Math.sin,
+  cos: Math.cos,
+  tanh: Math.tanh,
+  sigmoid: (v) => 1 / (1 + Math.exp(-v)),
+  abs: Math.abs,
+  relu: (v) => Math.max(v, 0),
 };
 const binaryRef: Record<Exclude<BinaryOp, "lt" | "eq">, (a: number, b: number) => number> = {
-  add: (a, b) => a + b, sub: (a, b) => a - b, mul: (a, b) => a * b, div: (a, b) => a / b,
-  max: Math.max, min: Math.min, pow: Math.pow,
+  add: (a, b) => a + b,
+  sub: (a, b) => a - b,
+  mul: (a, b) => a * b,
+  div: (a, b) => a / b,
+  max: Math.max,
+  min: Math.min,
+  pow: Math.pow,
 };
 
 export function forwardSuite(opts: SuiteOptions): void {
@@ -29,7 +43,13 @@ export function forwardSuite(opts: SuiteOptions): void {
     await expectClose(arange(5, { backend }), [0, 1, 2, 3, 4], "arange i32", 0, 0);
     await expectClose(arange(4, { backend, dtype: "f32", start: 1, step: 0.5 }), [1, 1.5, 2, 2.5], "arange f32");
     const r = rand([3, 5], 42, 7, { backend });
-    await expectClose(r, Array.from({ length: 15 }, (_, i) => uniformAt(42, 7 + i)), "rand", 0, 0);
+    await expectClose(
+      r,
+      Array.from({ length: 15 }, (_, i) => uniformAt(42, 7 + i)),
+      "rand",
+      0,
+      0,
+    );
   });
 
   run("unary ops vs Math", async () => {
@@ -44,7 +64,18 @@ export function forwardSuite(opts: SuiteOptions): void {
   });
 
   run("binary ops with broadcasting", async () => {
-    const shapes: [number[], number[]][] = [[[2, 3, 4], [3, 1]], [[4], [2, 1, 1]], [[1, 5], [3, 1]], [[3], []]];
+    const shapes: [number[], number[]][] = [
+      [
+        [2, 3, 4],
+        [3, 1],
+      ],
+      [[4], [2, 1, 1]],
+      [
+        [1, 5],
+        [3, 1],
+      ],
+      [[3], []],
+    ];
     for (const [sa, sb] of shapes) {
       const na = sa.reduce((a, b) => a * b, 1);
       const nb = sb.reduce((a, b) => a * b, 1);
@@ -56,7 +87,13 @@ export function forwardSuite(opts: SuiteOptions): void {
       }
       const lt = T(a, sa).lt(T(b, sb));
       if (lt.dtype !== "u8") throw new Error(`lt gives ${lt.dtype}, expected u8`);
-      await expectClose(lt, O.elementwise([O.host(a, sa), O.host(b, sb)], (p, q) => (p < q ? 1 : 0)), "lt", 0, 0);
+      await expectClose(
+        lt,
+        O.elementwise([O.host(a, sa), O.host(b, sb)], (p, q) => (p < q ? 1 : 0)),
+        "lt",
+        0,
+        0,
+      );
     }
     await expectClose(T([1, 2, 3], [3]).eq(T([1, 0, 3], [3])), [1, 0, 1], "eq", 0, 0);
   });
@@ -72,7 +109,13 @@ export function forwardSuite(opts: SuiteOptions): void {
 
   run("reductions over axes, keepdim", async () => {
     const d = rnd(60, 5);
-    const cases: [number[], boolean][] = [[[0], false], [[1, 2], true], [[2], false], [[0, 1, 2], false], [[1], true]];
+    const cases: [number[], boolean][] = [
+      [[0], false],
+      [[1, 2], true],
+      [[2], false],
+      [[0, 1, 2], false],
+      [[1], true],
+    ];
     for (const [axes, keep] of cases) {
       await expectClose(T(d, [3, 4, 5]).sum(axes, keep), O.reduce(O.host(d, [3, 4, 5]), axes, "sum", keep), `sum ${axes}`, 1e-5 * tol);
       await expectClose(T(d, [3, 4, 5]).max(axes, keep), O.reduce(O.host(d, [3, 4, 5]), axes, "max", keep), `max ${axes}`, 0, 0);
@@ -106,9 +149,23 @@ export function forwardSuite(opts: SuiteOptions): void {
     for (let k = 0; k < 4; k++) for (let i = 0; i < 2; i++) for (let j = 0; j < 3; j++) ref.push(i * 12 + j * 4 + k);
     await expectClose(p.contiguous(), ref, "permute");
     await expectClose(p.reshape([4, 6]), ref, "reshape of permuted");
-    await expectClose(x.slice([[1, 2], [1, 3], [0, 4]]), [16, 17, 18, 19, 20, 21, 22, 23], "slice");
+    await expectClose(
+      x.slice([
+        [1, 2],
+        [1, 3],
+        [0, 4],
+      ]),
+      [16, 17, 18, 19, 20, 21, 22, 23],
+      "slice",
+    );
     await expectClose(x.narrow(2, 1, 2).add(1), [2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23], "op on sliced view");
-    await expectClose(T([1, 2], [2, 1]).expand([2, 3]).mul(T([1, 10, 100], [3])), [1, 10, 100, 2, 20, 200], "expand");
+    await expectClose(
+      T([1, 2], [2, 1])
+        .expand([2, 3])
+        .mul(T([1, 10, 100], [3])),
+      [1, 10, 100, 2, 20, 200],
+      "expand",
+    );
     // element (j, i) of the permuted [3, 2, 4] view sums i*12 + j*4 + k over k
     await expectClose(x.permute(1, 0, 2).sum(-1), [6, 54, 22, 70, 38, 86], "reduce of permuted");
   });
@@ -149,7 +206,10 @@ export function forwardSuite(opts: SuiteOptions): void {
     await expectClose(T([3, 200], [2], "u8").cast("f32"), [3, 200], "u8->f32", 0, 0);
   });
 
-  for (const [label, be] of [["fused", backend], ["composite", withoutFused(backend)]] as const) {
+  for (const [label, be] of [
+    ["fused", backend],
+    ["composite", withoutFused(backend)],
+  ] as const) {
     const M = mk(be);
     run(`softmax, logSoftmax, rmsNorm, crossEntropy (${label})`, async () => {
       const d = rnd(4 * 9, 13, -3, 3);
@@ -161,8 +221,20 @@ export function forwardSuite(opts: SuiteOptions): void {
       const lsm = O.softmaxRows(O.host(d, [4, 9]), true).data;
       const rows = targets.map((t, r) => (t === -100 ? 0 : -lsm[r * 9 + t]));
       await expectClose(F.crossEntropy(M(d, [4, 9]), M(targets, [4], "i32"), { reduction: "none" }), rows, "crossEntropy none", 1e-5 * tol, 1e-5 * tol);
-      await expectClose(F.crossEntropy(M(d, [4, 9]), M(targets, [4], "i32")), [(rows[0] + rows[2] + rows[3]) / 3], "crossEntropy mean skips ignored", 1e-5 * tol, 1e-5 * tol);
-      await expectClose(F.crossEntropy(M(d, [2, 2, 9]), M(targets, [2, 2], "i32"), { reduction: "sum" }), [rows[0] + rows[2] + rows[3]], "crossEntropy sum 3-D", 1e-5 * tol, 1e-5 * tol);
+      await expectClose(
+        F.crossEntropy(M(d, [4, 9]), M(targets, [4], "i32")),
+        [(rows[0] + rows[2] + rows[3]) / 3],
+        "crossEntropy mean skips ignored",
+        1e-5 * tol,
+        1e-5 * tol,
+      );
+      await expectClose(
+        F.crossEntropy(M(d, [2, 2, 9]), M(targets, [2, 2], "i32"), { reduction: "sum" }),
+        [rows[0] + rows[2] + rows[3]],
+        "crossEntropy sum 3-D",
+        1e-5 * tol,
+        1e-5 * tol,
+      );
     });
   }
 
@@ -199,15 +271,39 @@ export function forwardSuite(opts: SuiteOptions): void {
 
   run("silu, gelu, layerNorm, dropout", async () => {
     const d = rnd(16, 19, -3, 3);
-    await expectClose(F.silu(T(d, [16])), Array.from(d, (v) => v / (1 + Math.exp(-v))), "silu", 1e-6 * tol, 1e-5 * tol);
+    await expectClose(
+      F.silu(T(d, [16])),
+      Array.from(d, (v) => v / (1 + Math.exp(-v))),
+      "silu",
+      1e-6 * tol,
+      1e-5 * tol,
+    );
     const erfRef = (v: number) => {
       // high-precision series/continued fraction via the complementary error function's Taylor series
-      let s = 0, term = v, n = 0;
-      while (Math.abs(term) > 1e-17 && n < 200) { s += term / (2 * n + 1); n++; term *= (-v * v) / n; }
+      let s = 0,
+        term = v,
+        n = 0;
+      while (Math.abs(term) > 1e-17 && n < 200) {
+        s += term / (2 * n + 1);
+        n++;
+        term *= (-v * v) / n;
+      }
       return (2 / Math.sqrt(Math.PI)) * s;
     };
-    await expectClose(F.gelu(T(d, [16])), Array.from(d, (v) => 0.5 * v * (1 + erfRef(v / Math.SQRT2))), "gelu exact", 1e-6 * tol, 1e-5 * tol);
-    await expectClose(F.gelu(T(d, [16]), "tanh"), Array.from(d, (v) => 0.5 * v * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (v + 0.044715 * v ** 3)))), "gelu tanh", 1e-6 * tol, 1e-5 * tol);
+    await expectClose(
+      F.gelu(T(d, [16])),
+      Array.from(d, (v) => 0.5 * v * (1 + erfRef(v / Math.SQRT2))),
+      "gelu exact",
+      1e-6 * tol,
+      1e-5 * tol,
+    );
+    await expectClose(
+      F.gelu(T(d, [16]), "tanh"),
+      Array.from(d, (v) => 0.5 * v * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (v + 0.044715 * v ** 3)))),
+      "gelu tanh",
+      1e-6 * tol,
+      1e-5 * tol,
+    );
     const ln = F.layerNorm(T(d, [2, 8]), T(new Array(8).fill(2), [8]), T(new Array(8).fill(1), [8]));
     const lnRef: number[] = [];
     for (let r = 0; r < 2; r++) {
@@ -224,7 +320,8 @@ export function forwardSuite(opts: SuiteOptions): void {
     if (a.some((v, i) => v !== b[i])) throw new Error("dropout: same seed gave different masks");
     if (kept.some((v) => Math.abs(v - 1 / 0.75) > 1e-6)) throw new Error("dropout: kept values not scaled by 1/(1-p)");
     if (Math.abs(kept.length / 4000 - 0.75) > 0.03) throw new Error(`dropout: kept fraction ${kept.length / 4000}, expected ~0.75`);
-    for (let i = 0; i < 4000; i++) if ((a[i] !== 0) !== uniformAt(99, i) >= 0.25) throw new Error(`dropout: element ${i} does not follow the counter-based mask`);
+    for (let i = 0; i < 4000; i++)
+      if ((a[i] !== 0) !== uniformAt(99, i) >= 0.25) throw new Error(`dropout: element ${i} does not follow the counter-based mask`);
   });
 
   test("memory: dispose and scopes return live bytes to the baseline", () => {

@@ -35,7 +35,11 @@ export function fusedNnSuite(opts: SuiteOptions): void {
   test("dropout: the fused mask is the counter-based stream, equal to the composite, on any offset", async () => {
     const n = 3000;
     const x = rnd(n, 80, 0.5, 2);
-    for (const [p, seed, offset] of [[0.1, 7, 0], [0.5, 123456789, 1001], [0.9, 3, 4294967290]] as const) {
+    for (const [p, seed, offset] of [
+      [0.1, 7, 0],
+      [0.5, 123456789, 1001],
+      [0.9, 3, 4294967290],
+    ] as const) {
       const ref = Array.from(x, (v, i) => (uniformAt(seed, offset + i) >= p ? Math.fround(v * (1 / (1 - p))) : 0));
       await expectClose(F.dropout(T(x, [30, 100]), p, seed, offset), ref, `dropout p=${p} offset=${offset}`, 1e-6 * tol, 1e-6 * tol);
       await expectClose(F.dropout(C(x, [30, 100]), p, seed, offset), ref, `composite dropout p=${p}`, 1e-6 * tol, 1e-6 * tol);
@@ -67,7 +71,11 @@ export function fusedNnSuite(opts: SuiteOptions): void {
   });
 
   test("attention: fused equals the oracle (GQA, causal with S > T, non-causal, rows past a block)", async () => {
-    for (const [B, H, Hkv, Tq, S, D, causal] of [[1, 4, 2, 3, 7, 8, true], [2, 2, 1, 33, 33, 16, true], [1, 2, 2, 5, 9, 4, false]] as const) {
+    for (const [B, H, Hkv, Tq, S, D, causal] of [
+      [1, 4, 2, 3, 7, 8, true],
+      [2, 2, 1, 33, 33, 16, true],
+      [1, 2, 2, 5, 9, 4, false],
+    ] as const) {
       const q = rnd(B * H * Tq * D, 84);
       const k = rnd(B * Hkv * S * D, 85);
       const v = rnd(B * Hkv * S * D, 86);
@@ -79,7 +87,9 @@ export function fusedNnSuite(opts: SuiteOptions): void {
 
   test("loraBranch: equals B(A(dropout(x)))·s, and its gradients equal the composite's", async () => {
     const [N, inF, r, outF] = [6, 10, 3, 7];
-    const xs = rnd(N * inF, 87), As = rnd(r * inF, 88), Bs = rnd(outF * r, 89);
+    const xs = rnd(N * inF, 87),
+      As = rnd(r * inF, 88),
+      Bs = rnd(outF * r, 89);
     const drop = { p: 0.25, seed: 11, offset: 5 };
     const grads = async (be: typeof backend) => {
       const M = mk(be);
@@ -94,15 +104,25 @@ export function fusedNnSuite(opts: SuiteOptions): void {
     const names = ["y", "dx", "dA", "dB"];
     f.forEach((a, j) => {
       for (let i = 0; i < a.length; i++) {
-        if (Math.abs(a[i] - c[j][i]) > 1e-4 * tol * (1 + Math.abs(c[j][i]))) throw new Error(`loraBranch ${names[j]}[${i}]: fused ${a[i]}, composite ${c[j][i]}`);
+        if (Math.abs(a[i] - c[j][i]) > 1e-4 * tol * (1 + Math.abs(c[j][i])))
+          throw new Error(`loraBranch ${names[j]}[${i}]: fused ${a[i]}, composite ${c[j][i]}`);
       }
     });
   });
 
   test("loraLinear: the fused layer equals x Wᵀ + b + the composite branch, values and gradients", async () => {
     // Aligned shapes (vector loads), odd ones (scalar loads, partial tiles), dropout at an offset, bias.
-    for (const [N, inF, r, outF, p, bias] of [[8, 16, 4, 12, 0.25, true], [7, 10, 3, 9, 0.5, false], [33, 20, 8, 36, 0, true]] as const) {
-      const xs = rnd(N * inF, 100), Ws = rnd(outF * inF, 101), bs = rnd(outF, 102), As = rnd(r * inF, 103), Bs = rnd(outF * r, 104), gs = rnd(N * outF, 105);
+    for (const [N, inF, r, outF, p, bias] of [
+      [8, 16, 4, 12, 0.25, true],
+      [7, 10, 3, 9, 0.5, false],
+      [33, 20, 8, 36, 0, true],
+    ] as const) {
+      const xs = rnd(N * inF, 100),
+        Ws = rnd(outF * inF, 101),
+        bs = rnd(outF, 102),
+        As = rnd(r * inF, 103),
+        Bs = rnd(outF * r, 104),
+        gs = rnd(N * outF, 105);
       const drop = p > 0 ? { p, seed: 77, offset: 1001 } : null;
       const grads = async (be: typeof backend, fusedLayer: boolean) => {
         const M = mk(be);
@@ -128,10 +148,20 @@ export function fusedNnSuite(opts: SuiteOptions): void {
 
   test("loraRows: base plus stacked adapters masked per row equals the composite (bias, a base-only row)", async () => {
     const [N, inF, outF, R] = [6, 12, 10, 7];
-    const xs = rnd(N * inF, 140), Ws = rnd(outF * inF, 141), bs = rnd(outF, 142), As = rnd(R * inF, 143), Bs = rnd(outF * R, 144);
+    const xs = rnd(N * inF, 140),
+      Ws = rnd(outF * inF, 141),
+      bs = rnd(outF, 142),
+      As = rnd(R * inF, 143),
+      Bs = rnd(outF * R, 144);
     // Two adapters (ranks 4 and 3): rows 0, 3 on the first (scaling 2), rows 1, 4, 5 on the second (0.5), row 2 on none.
     const mask = new Float32Array(N * R);
-    [[0, 0, 4, 2], [3, 0, 4, 2], [1, 4, 3, 0.5], [4, 4, 3, 0.5], [5, 4, 3, 0.5]].forEach(([row, at, n, s]) => mask.fill(s, row * R + at, row * R + at + n));
+    [
+      [0, 0, 4, 2],
+      [3, 0, 4, 2],
+      [1, 4, 3, 0.5],
+      [4, 4, 3, 0.5],
+      [5, 4, 3, 0.5],
+    ].forEach(([row, at, n, s]) => mask.fill(s, row * R + at, row * R + at + n));
     const run = async (be: typeof backend) => {
       const M = mk(be);
       return F.loraRows(M(xs, [N, inF]), M(Ws, [outF, inF]), M(bs, [outF]), M(As, [R, inF]), M(Bs, [outF, R]), M(mask, [N, R])).read();
@@ -141,8 +171,12 @@ export function fusedNnSuite(opts: SuiteOptions): void {
       if (Math.abs(f[i] - c[i]) > 1e-5 * tol * (1 + Math.abs(c[i]))) throw new Error(`loraRows [${i}]: fused ${f[i]}, composite ${c[i]}`);
     }
     // Row 2 (no adapter) is the base alone.
-    const base = await mk(composite)(xs, [N, inF]).matmul(mk(composite)(Ws, [outF, inF]).T).add(mk(composite)(bs, [outF])).read();
-    for (let j = 0; j < outF; j++) if (Math.abs(f[2 * outF + j] - base[2 * outF + j]) > 1e-5 * tol) throw new Error(`loraRows: the base-only row differs at ${j}`);
+    const base = await mk(composite)(xs, [N, inF])
+      .matmul(mk(composite)(Ws, [outF, inF]).T)
+      .add(mk(composite)(bs, [outF]))
+      .read();
+    for (let j = 0; j < outF; j++)
+      if (Math.abs(f[2 * outF + j] - base[2 * outF + j]) > 1e-5 * tol) throw new Error(`loraRows: the base-only row differs at ${j}`);
   });
 
   test("copyInto: a strided source written into a view of a storage, in place, seen by every alias", async () => {
@@ -168,7 +202,9 @@ export function fusedNnSuite(opts: SuiteOptions): void {
     const [Hq, Hkv, D] = [4, 2, 8];
     const lens = [3, 1, 7, 5];
     const N = lens.length;
-    const qs = rnd(Hq * N * D, 110), kn = rnd(Hkv * N * D, 111), vn = rnd(Hkv * N * D, 112);
+    const qs = rnd(Hq * N * D, 110),
+      kn = rnd(Hkv * N * D, 111),
+      vn = rnd(Hkv * N * D, 112);
     // Capacity length + 2: the row after the new one holds a value that would show in any output that read it.
     const SENTINEL = 1e4;
     const fill = (S: number, seed: number) => {
@@ -180,42 +216,60 @@ export function fusedNnSuite(opts: SuiteOptions): void {
     const caches = lens.map((S, i) => [fill(S, 120 + i), fill(S, 130 + i)]);
     const run = async (be: typeof backend) => {
       const M = mk(be);
-      const ks = caches.map(([k], i) => M(k, [1, Hkv, lens[i] + 2, D])), vs = caches.map(([, v], i) => M(v, [1, Hkv, lens[i] + 2, D]));
+      const ks = caches.map(([k], i) => M(k, [1, Hkv, lens[i] + 2, D])),
+        vs = caches.map(([, v], i) => M(v, [1, Hkv, lens[i] + 2, D]));
       // v arrives as the head permute of a projection's output [1, N, Hkv, D], as in the model.
       const v = M(vn, [1, N, Hkv, D]).permute(0, 2, 1, 3);
-      const out = F.attentionDecode(M(qs, [1, Hq, N, D]), M(kn, [1, Hkv, N, D]), v, lens.map((length, i) => ({ k: ks[i], v: vs[i], length })));
+      const out = F.attentionDecode(
+        M(qs, [1, Hq, N, D]),
+        M(kn, [1, Hkv, N, D]),
+        v,
+        lens.map((length, i) => ({ k: ks[i], v: vs[i], length })),
+      );
       return [await out.read(), ...(await Promise.all(ks.map((t) => t.read()))), ...(await Promise.all(vs.map((t) => t.read())))];
     };
     const [f, c] = [await run(backend), await run(composite)];
     f.forEach((a, j) => {
       for (let i = 0; i < a.length; i++) {
-        if (Math.abs(a[i] - c[j][i]) > 1e-5 * tol * (1 + Math.abs(c[j][i]))) throw new Error(`attentionDecode output ${j} [${i}]: fused ${a[i]}, composite ${c[j][i]}`);
+        if (Math.abs(a[i] - c[j][i]) > 1e-5 * tol * (1 + Math.abs(c[j][i])))
+          throw new Error(`attentionDecode output ${j} [${i}]: fused ${a[i]}, composite ${c[j][i]}`);
       }
     });
     // Plain-JS reference of the output: softmax(q·kᵀ/√D)·v over the old rows plus the new one.
     const scale = 1 / Math.sqrt(D);
     for (let i = 0; i < N; i++) {
-      const S = lens[i] + 1, C = lens[i] + 2;
+      const S = lens[i] + 1,
+        C = lens[i] + 2;
       for (let h = 0; h < Hq; h++) {
         const kv = Math.floor(h / (Hq / Hkv));
         const row = (a: Float32Array, fresh: number[], j: number, d: number) => (j < S - 1 ? a[(kv * C + j) * D + d] : fresh[d]);
         const [kRow, vRow] = [Array.from({ length: D }, (_, d) => kn[(kv * N + i) * D + d]), Array.from({ length: D }, (_, d) => vn[(i * Hkv + kv) * D + d])];
-        const s = Array.from({ length: S }, (_, j) => scale * Array.from({ length: D }, (_, d) => qs[(h * N + i) * D + d] * row(caches[i][0], kRow, j, d)).reduce((x, y) => x + y, 0));
-        const m = Math.max(...s), e = s.map((x) => Math.exp(x - m)), z = e.reduce((x, y) => x + y, 0);
+        const s = Array.from(
+          { length: S },
+          (_, j) => scale * Array.from({ length: D }, (_, d) => qs[(h * N + i) * D + d] * row(caches[i][0], kRow, j, d)).reduce((x, y) => x + y, 0),
+        );
+        const m = Math.max(...s),
+          e = s.map((x) => Math.exp(x - m)),
+          z = e.reduce((x, y) => x + y, 0);
         for (let d = 0; d < D; d++) {
           const want = e.reduce((acc, p, j) => acc + (p / z) * row(caches[i][1], vRow, j, d), 0);
           const got = f[0][(h * N + i) * D + d];
-          if (Math.abs(got - want) > 1e-5 * tol * (1 + Math.abs(want))) throw new Error(`attentionDecode sequence ${i} head ${h} [${d}]: ${got}, reference ${want}`);
+          if (Math.abs(got - want) > 1e-5 * tol * (1 + Math.abs(want)))
+            throw new Error(`attentionDecode sequence ${i} head ${h} [${d}]: ${got}, reference ${want}`);
         }
       }
       // The new key and value sit at row lens[i]; the rows before are unchanged and the spare one is untouched.
       const freshAt = [(kv: number, d: number) => kn[(kv * N + i) * D + d], (kv: number, d: number) => vn[(i * Hkv + kv) * D + d]];
-      for (const [t, old, fresh] of [[f[1 + i], caches[i][0], freshAt[0]], [f[1 + N + i], caches[i][1], freshAt[1]]] as const) {
+      for (const [t, old, fresh] of [
+        [f[1 + i], caches[i][0], freshAt[0]],
+        [f[1 + N + i], caches[i][1], freshAt[1]],
+      ] as const) {
         for (let kv = 0; kv < Hkv; kv++) {
           for (let j = 0; j < C; j++) {
             for (let d = 0; d < D; d++) {
               const want = j === lens[i] ? Math.fround(fresh(kv, d)) : old[(kv * C + j) * D + d];
-              if (t[(kv * C + j) * D + d] !== want) throw new Error(`attentionDecode: cache of sequence ${i} kv head ${kv} row ${j} [${d}] is ${t[(kv * C + j) * D + d]}, expected ${want}`);
+              if (t[(kv * C + j) * D + d] !== want)
+                throw new Error(`attentionDecode: cache of sequence ${i} kv head ${kv} row ${j} [${d}] is ${t[(kv * C + j) * D + d]}, expected ${want}`);
             }
           }
         }
@@ -249,11 +303,15 @@ export function fusedNnSuite(opts: SuiteOptions): void {
   test("adamwStep: fused in place equals the composite and the torch formula; no parameter-sized temporaries", async () => {
     const n = 1000;
     const h0 = { lr: 0.01, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1 };
-    const p0 = rnd(n, 93), grads = [rnd(n, 94), rnd(n, 95), rnd(n, 96)];
+    const p0 = rnd(n, 93),
+      grads = [rnd(n, 94), rnd(n, 95), rnd(n, 96)];
     // Reference in f64, torch.optim.AdamW order.
-    const p = Float64Array.from(p0), m = new Float64Array(n), v = new Float64Array(n);
+    const p = Float64Array.from(p0),
+      m = new Float64Array(n),
+      v = new Float64Array(n);
     grads.forEach((g, t) => {
-      const bc1 = 1 - h0.beta1 ** (t + 1), sq = Math.sqrt(1 - h0.beta2 ** (t + 1));
+      const bc1 = 1 - h0.beta1 ** (t + 1),
+        sq = Math.sqrt(1 - h0.beta2 ** (t + 1));
       for (let i = 0; i < n; i++) {
         p[i] *= 1 - h0.lr * h0.weightDecay;
         m[i] = h0.beta1 * m[i] + (1 - h0.beta1) * g[i];
@@ -281,8 +339,14 @@ export function fusedNnSuite(opts: SuiteOptions): void {
   });
 
   test("addRmsNorm: fused h and norm equal x + r and rmsNorm (odd widths, rows past a chunk)", async () => {
-    for (const [rows, n] of [[3, 7], [300, 24], [5, 1030]] as const) {
-      const xs = rnd(rows * n, 104), rs = rnd(rows * n, 105), ws = rnd(n, 106, 0.5, 1.5);
+    for (const [rows, n] of [
+      [3, 7],
+      [300, 24],
+      [5, 1030],
+    ] as const) {
+      const xs = rnd(rows * n, 104),
+        rs = rnd(rows * n, 105),
+        ws = rnd(n, 106, 0.5, 1.5);
       const hRef = xs.map((v, i) => Math.fround(v + rs[i]));
       const yRef: number[] = [];
       for (let r = 0; r < rows; r++) {
@@ -301,7 +365,9 @@ export function fusedNnSuite(opts: SuiteOptions): void {
 
   test("linearCrossEntropy: chunked equals h·Wᵀ + crossEntropy (loss, dh, dW, db); its peak never holds the logits", async () => {
     const [N, Cd, V] = [200, 8, 300];
-    const hs = rnd(N * Cd, 101), ws = rnd(V * Cd, 102), bs = rnd(V, 103);
+    const hs = rnd(N * Cd, 101),
+      ws = rnd(V * Cd, 102),
+      bs = rnd(V, 103);
     const ts = Array.from({ length: N }, (_, i) => (i % 7 === 3 ? -100 : (i * 41) % V));
     const run = (be: typeof backend, chunkRows: number | null) => {
       const M = mk(be);
@@ -310,20 +376,26 @@ export function fusedNnSuite(opts: SuiteOptions): void {
       const t = M(ts, [N], "i32");
       be.resetPeak();
       const base = be.memory().liveBytes;
-      const loss = chunkRows === null
-        ? F.crossEntropy(h.matmul(w.T).add(b), t, { reduction: "sum" })
-        : F.linearCrossEntropy(h, w, t, { bias: b, chunkRows, reduction: "sum" });
+      const loss =
+        chunkRows === null
+          ? F.crossEntropy(h.matmul(w.T).add(b), t, { reduction: "sum" })
+          : F.linearCrossEntropy(h, w, t, { bias: b, chunkRows, reduction: "sum" });
       loss.backward();
       const peak = be.memory().peakBytes - base;
       return { peak, values: Promise.all([loss.read(), h.grad!.read(), w.grad!.read(), b.grad!.read()]) };
     };
     const ref = await run(composite, null).values;
     const names = ["loss", "dh", "dW", "db"];
-    for (const [be, rows] of [[backend, 5], [backend, N], [composite, 8]] as const) {
+    for (const [be, rows] of [
+      [backend, 5],
+      [backend, N],
+      [composite, 8],
+    ] as const) {
       const got = await run(be, rows).values;
       got.forEach((a, j) => {
         for (let i = 0; i < a.length; i++) {
-          if (Math.abs(a[i] - ref[j][i]) > 2e-4 * tol * (1 + Math.abs(ref[j][i]))) throw new Error(`linearCrossEntropy rows ${rows} ${names[j]}[${i}]: ${a[i]}, reference ${ref[j][i]}`);
+          if (Math.abs(a[i] - ref[j][i]) > 2e-4 * tol * (1 + Math.abs(ref[j][i])))
+            throw new Error(`linearCrossEntropy rows ${rows} ${names[j]}[${i}]: ${a[i]}, reference ${ref[j][i]}`);
         }
       });
     }
@@ -336,12 +408,14 @@ export function fusedNnSuite(opts: SuiteOptions): void {
 
   test("fused ops inside noGrad and scope leave no storage behind", () => {
     const before = backend.memory().liveBytes;
-    noGrad(() => scope(() => {
-      const x: Tensor = T(rnd(64, 97), [1, 2, 4, 8]);
-      F.attention(x, x, x);
-      F.swiglu(x, x);
-      F.dropout(x, 0.5, 1);
-    }));
+    noGrad(() =>
+      scope(() => {
+        const x: Tensor = T(rnd(64, 97), [1, 2, 4, 8]);
+        F.attention(x, x, x);
+        F.swiglu(x, x);
+        F.dropout(x, 0.5, 1);
+      }),
+    );
     if (backend.memory().liveBytes !== before) throw new Error(`${backend.memory().liveBytes - before} bytes leaked`);
   });
 }

@@ -56,9 +56,7 @@ export async function gradcheck(
     if ((inp.dtype ?? "f32") !== "f32") constant.add(i);
   });
   const make = (values: (Float32Array | Int32Array | Uint8Array)[], grad: boolean) =>
-    inputs.map((inp, i) =>
-      tensor(values[i], { shape: inp.shape, dtype: inp.dtype ?? "f32", backend, requiresGrad: grad && !constant.has(i) }),
-    );
+    inputs.map((inp, i) => tensor(values[i], { shape: inp.shape, dtype: inp.dtype ?? "f32", backend, requiresGrad: grad && !constant.has(i) }));
   const base = inputs.map((i) => i.data);
 
   // Projection weights, from the first output's shape.

@@ -117,8 +117,7 @@ export function attention(q: Host, k: Host, v: Host, causal: boolean): Host {
         const m = Math.max(...scores);
         const e = scores.map((x) => Math.exp(x - m));
         const z = e.reduce((a, x) => a + x, 0);
-        for (let s = 0; s <= lim; s++)
-          for (let d = 0; d < D; d++) out[((b * H + h) * T + t) * D + d] += (e[s] / z) * v.data[((b * Hkv + hk) * S + s) * D + d];
+        for (let s = 0; s <= lim; s++) for (let d = 0; d < D; d++) out[((b * H + h) * T + t) * D + d] += (e[s] / z) * v.data[((b * Hkv + hk) * S + s) * D + d];
       }
     }
   return { data: out, shape: [...q.shape] };

@@ -31,7 +31,11 @@ export function quant4bitCase(out: number, inF: number, blocksize: number, neste
   if (!nested) return { out, in: inF, blocksize, packed, code, absmax: rnd(nb, seed + 2, 0.01, 0.5) };
   const nestedCode = Float32Array.from({ length: 256 }, (_, i) => (i - 127.5) / 128);
   return {
-    out, in: inF, blocksize, packed, code,
+    out,
+    in: inF,
+    blocksize,
+    packed,
+    code,
     absmax: Uint8Array.from({ length: nb }, (_, i) => Math.floor(uniformAt(seed + 3, i) * 256)),
     nested: { absmax: rnd(Math.ceil(nb / 256), seed + 4, 0.05, 0.2), code: nestedCode, offset: Math.fround(0.25 + uniformAt(seed, 99) / 10), blocksize: 256 },
   };
@@ -60,7 +64,12 @@ export function quant4bitWeight(backend: Backend, c: Quant4bitCase): Quant4bitWe
     packed: t(c.packed, [(n + 1) >> 1, 1]),
     absmax: t(c.absmax, [c.absmax.length]),
     code: t(c.code, [16]),
-    nested: c.nested && { absmax: t(c.nested.absmax, [c.nested.absmax.length]), code: t(c.nested.code, [256]), offset: c.nested.offset, blocksize: c.nested.blocksize },
+    nested: c.nested && {
+      absmax: t(c.nested.absmax, [c.nested.absmax.length]),
+      code: t(c.nested.code, [256]),
+      offset: c.nested.offset,
+      blocksize: c.nested.blocksize,
+    },
     blocksize: c.blocksize,
     outFeatures: c.out,
     inFeatures: c.in,
@@ -105,7 +114,10 @@ const SHAPES: [number, number, number, boolean][] = [
 export function quantForwardSuite(opts: SuiteOptions): void {
   const { backend, test } = opts;
   const tol = opts.tolScale ?? 1;
-  for (const [label, be] of [["fused", backend], ["composite", withoutFused(backend)]] as const) {
+  for (const [label, be] of [
+    ["fused", backend],
+    ["composite", withoutFused(backend)],
+  ] as const) {
     test(`matmul4bit vs dequantize-then-matmul, both transposes, tails, double quant (${label})`, async () => {
       for (const [out, inF, bs, nested] of SHAPES) {
         const c = quant4bitCase(out, inF, bs, nested, out * 31 + inF);
@@ -115,12 +127,18 @@ export function quantForwardSuite(opts: SuiteOptions): void {
         await checked(dequantize4bitWeight(w), (t) => expectClose(t, Array.from(W), `dequantize4bitWeight ${what}`, 0, 2e-7));
         for (const transpose of [false, true]) {
           const K = transpose ? out : inF;
-          for (const shape of [[1, K], [4, K], [2, 3, K]]) {
+          for (const shape of [
+            [1, K],
+            [4, K],
+            [2, 3, K],
+          ]) {
             const rows = shape.slice(0, -1).reduce((a, b) => a * b, 1);
             const x = rnd(rows * K, out + inF + rows, -1, 1);
             const ref = { data: matmulCaseRef(x, rows, W, out, inF, transpose), shape: [...shape.slice(0, -1), transpose ? inF : out] };
             const xt = tensor(x, { shape, backend: be });
-            await checked(matmul4bit(xt, w, transpose), (y) => expectClose(y, ref, `matmul4bit ${what} transpose=${transpose} x [${shape}]`, 2e-5 * tol, 1e-5 * tol));
+            await checked(matmul4bit(xt, w, transpose), (y) =>
+              expectClose(y, ref, `matmul4bit ${what} transpose=${transpose} x [${shape}]`, 2e-5 * tol, 1e-5 * tol),
+            );
             xt.dispose();
           }
         }
@@ -143,7 +161,10 @@ export function quantForwardSuite(opts: SuiteOptions): void {
         x16.dispose();
       }
       // A transposed view as x: x [66, 2]ᵀ.
-      const xt = tensor(Array.from({ length: 132 }, (_, i) => x[(i % 2) * 66 + Math.floor(i / 2)]), { shape: [66, 2], backend: be });
+      const xt = tensor(
+        Array.from({ length: 132 }, (_, i) => x[(i % 2) * 66 + Math.floor(i / 2)]),
+        { shape: [66, 2], backend: be },
+      );
       await checked(matmul4bit(xt.T, w), (y) => expectClose(y, ref, "matmul4bit of a transposed view", 2e-5 * tol, 1e-5 * tol));
       xt.dispose();
       // Only x is differentiable, even when someone marks a float buffer of the weight.
@@ -192,6 +213,10 @@ export function quantGradCases(be: Backend): { name: string; fn: (x: Tensor) => 
   const c2 = quant4bitCase(6, 20, 64, false, 22);
   return [
     { name: "matmul4bit (x · Wᵀ, double quant, tails)", fn: (x) => matmul4bit(x, quant4bitWeight(be, c)), inputs: [{ data: rnd(2 * 37, 80), shape: [2, 37] }] },
-    { name: "matmul4bit transposed (x · W, batch dims)", fn: (x) => matmul4bit(x, quant4bitWeight(be, c2), true), inputs: [{ data: rnd(2 * 2 * 6, 81), shape: [2, 2, 6] }] },
+    {
+      name: "matmul4bit transposed (x · W, batch dims)",
+      fn: (x) => matmul4bit(x, quant4bitWeight(be, c2), true),
+      inputs: [{ data: rnd(2 * 2 * 6, 81), shape: [2, 2, 6] }],
+    },
   ];
 }

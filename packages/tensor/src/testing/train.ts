@@ -8,7 +8,12 @@ import { type Tensor, tensor, zeros } from "../tensor.ts";
 /** A leaf parameter with N(0, scale²) values, kept out of scopes. */
 export function testParam(backend: Backend, shape: number[], rng: Rng, scale: number): Tensor {
   const n = shape.reduce((a, b) => a * b, 1);
-  return keep(tensor(Float32Array.from({ length: n }, () => rng.normal() * scale), { shape, requiresGrad: true, backend }));
+  return keep(
+    tensor(
+      Float32Array.from({ length: n }, () => rng.normal() * scale),
+      { shape, requiresGrad: true, backend },
+    ),
+  );
 }
 
 /** Minimal Adam: `step()` updates every parameter in place (Tensor.assign) and clears its grad. */
@@ -27,7 +32,19 @@ export function testAdam(backend: Backend, params: Tensor[], lr: number): { step
         v[i].dispose();
         m[i] = keep(nm);
         v[i] = keep(nv);
-        const upd = scope(() => p.sub(nm.div(1 - 0.9 ** t).div(nv.div(1 - 0.999 ** t).sqrt().add(1e-8)).mul(lr)));
+        const upd = scope(() =>
+          p.sub(
+            nm
+              .div(1 - 0.9 ** t)
+              .div(
+                nv
+                  .div(1 - 0.999 ** t)
+                  .sqrt()
+                  .add(1e-8),
+              )
+              .mul(lr),
+          ),
+        );
         p.assign(upd);
         upd.dispose();
         p.zeroGrad();

@@ -27,8 +27,7 @@ export function spread(n: number, seed: number, gap = 0.05): Float32Array {
 }
 
 export function mk(backend: Backend) {
-  return (data: ArrayLike<number>, shape: number[], dtype: DType = "f32"): Tensor =>
-    tensor(Array.from(data), { shape, dtype, backend });
+  return (data: ArrayLike<number>, shape: number[], dtype: DType = "f32"): Tensor => tensor(Array.from(data), { shape, dtype, backend });
 }
 
 /** Assert a tensor equals a host reference within atol + rtol*|ref|; NaN must match NaN. */

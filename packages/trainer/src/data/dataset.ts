@@ -58,7 +58,12 @@ export function detectFormat(file: string, text: string): DataFormat {
   if ("messages" in obj) return "chat";
   if ("instruction" in obj) return "alpaca";
   if ("text" in obj) return "jsonl";
-  throw new DatasetError(file, first.line, null, `cannot tell the format from the record keys (${Object.keys(obj).join(", ")}); expected "text", "instruction"/"output" or "messages", or pass --format`);
+  throw new DatasetError(
+    file,
+    first.line,
+    null,
+    `cannot tell the format from the record keys (${Object.keys(obj).join(", ")}); expected "text", "instruction"/"output" or "messages", or pass --format`,
+  );
 }
 
 /** End of the first JSONL line (a JSON array is parsed whole; detection only reads element 0 of it). */
@@ -102,7 +107,10 @@ export function buildDataset(file: string, text: string, tok: TextTokenizer, opt
 
   if (format === "text") {
     const sep = opts.docSeparator ?? DOC_SEPARATOR;
-    const docs = text.split(sep).map((d) => d.trim()).filter((d) => d.length > 0);
+    const docs = text
+      .split(sep)
+      .map((d) => d.trim())
+      .filter((d) => d.length > 0);
     if (!docs.length) throw new DatasetError(file, null, null, "the file has no text");
     for (const d of docs) addWindows(encodeDocument(tok, d));
     records = docs.length;
@@ -115,7 +123,10 @@ export function buildDataset(file: string, text: string, tok: TextTokenizer, opt
     const template = tok.chatTemplate ?? null;
     if (format === "chat") {
       chatLayout = template ? "template" : "chatml";
-      if (!template) (opts.warn ?? ((l) => console.warn(`warning: ${l}`)))("the tokenizer has no chat_template (tokenizer_config.json); chat records use the ChatML layout <|im_start|>{role}\\n{content}<|im_end|>");
+      if (!template)
+        (opts.warn ?? ((l) => console.warn(`warning: ${l}`)))(
+          "the tokenizer has no chat_template (tokenizer_config.json); chat records use the ChatML layout <|im_start|>{role}\\n{content}<|im_end|>",
+        );
     }
     for (const [k, p] of parsed.entries()) {
       if (format === "jsonl") addWindows(encodeDocument(tok, p as string));
@@ -138,9 +149,16 @@ export function buildDataset(file: string, text: string, tok: TextTokenizer, opt
   if (!(frac >= 0 && frac < 1)) throw new RangeError(`evalFraction must be in [0, 1), got ${frac}`);
   const order = permutation(units.length, new Rng(((opts.seed ?? 0) ^ 0x5eed5911) >>> 0));
   const nEval = frac > 0 ? Math.min(units.length - 1, Math.max(1, Math.round(units.length * frac))) : 0;
-  if (frac > 0 && nEval < 1) throw new DatasetError(file, null, null, `only ${units.length} example(s): too few to hold out an eval split; use --eval-fraction 0`);
-  const evalSet = order.slice(0, nEval).sort((a, b) => a - b).map((i) => units[i]);
-  const trainSet = order.slice(nEval).sort((a, b) => a - b).map((i) => units[i]);
+  if (frac > 0 && nEval < 1)
+    throw new DatasetError(file, null, null, `only ${units.length} example(s): too few to hold out an eval split; use --eval-fraction 0`);
+  const evalSet = order
+    .slice(0, nEval)
+    .sort((a, b) => a - b)
+    .map((i) => units[i]);
+  const trainSet = order
+    .slice(nEval)
+    .sort((a, b) => a - b)
+    .map((i) => units[i]);
   let tokens = 0;
   let targetTokens = 0;
   for (const u of units) {
@@ -180,7 +198,8 @@ function parseRecord(format: DataFormat, rec: JsonRecord, file: string): string 
     const field = `messages[${i}]`;
     if (typeof m !== "object" || m === null || Array.isArray(m)) throw new DatasetError(file, rec.line, field, `must be an object, got ${describe(m)}`);
     const { role, content } = m as Record<string, unknown>;
-    if (!CHAT_ROLES.includes(role as ChatRole)) throw new DatasetError(file, rec.line, `${field}.role`, `must be one of ${CHAT_ROLES.join(", ")}, got ${describe(role)}`);
+    if (!CHAT_ROLES.includes(role as ChatRole))
+      throw new DatasetError(file, rec.line, `${field}.role`, `must be one of ${CHAT_ROLES.join(", ")}, got ${describe(role)}`);
     if (typeof content !== "string") throw new DatasetError(file, rec.line, `${field}.content`, `must be a string, got ${describe(content)}`);
     return { role: role as ChatRole, content };
   });

@@ -54,13 +54,7 @@ export class BatchLoader {
   #order: number[] | null = null;
   #orderEpoch = -1;
 
-  constructor(
-    readonly examples: readonly Example[],
-    readonly batchSize: number,
-    readonly seed: number,
-    readonly padId: number,
-    readonly shuffle = true,
-  ) {
+  constructor(readonly examples: readonly Example[], readonly batchSize: number, readonly seed: number, readonly padId: number, readonly shuffle = true) {
     if (!examples.length) throw new RangeError("BatchLoader: no examples");
     if (!Number.isInteger(batchSize) || batchSize < 1) throw new RangeError(`batch size must be a positive integer, got ${batchSize}`);
   }
@@ -78,7 +72,10 @@ export class BatchLoader {
     }
     const order = this.orderOf(this.epoch);
     const end = Math.min(this.examples.length, this.cursor + this.batchSize);
-    const batch = collate(order.slice(this.cursor, end).map((i) => this.examples[i]), this.padId);
+    const batch = collate(
+      order.slice(this.cursor, end).map((i) => this.examples[i]),
+      this.padId,
+    );
     this.cursor = end;
     return batch;
   }

@@ -6,12 +6,7 @@
 /** A dataset problem found before training: which file, which line (1-based), which field. */
 export class DatasetError extends Error {
   override readonly name = "DatasetError";
-  constructor(
-    readonly file: string,
-    readonly line: number | null,
-    readonly field: string | null,
-    readonly problem: string,
-  ) {
+  constructor(readonly file: string, readonly line: number | null, readonly field: string | null, readonly problem: string) {
     super(`${file}${line === null ? "" : `:${line}`}${field === null ? "" : `: field "${field}"`}: ${problem}`);
   }
 }

@@ -53,7 +53,11 @@ export function chatSegments(messages: readonly ChatMessage[]): Segment[] {
 
 /** The ChatML prompt that asks the model for the next assistant turn. */
 export function chatPrompt(messages: readonly ChatMessage[]): string {
-  return chatSegments(messages).map((s) => s.text).join("") + "<|im_start|>assistant\n";
+  return (
+    chatSegments(messages)
+      .map((s) => s.text)
+      .join("") + "<|im_start|>assistant\n"
+  );
 }
 
 /** What generation needs to ask a model for its next chat reply. */
@@ -111,12 +115,16 @@ export function templateSegments(template: ChatTemplate, messages: readonly { ro
     if (messages[i].role !== "assistant") continue;
     const prompt = template.render(messages.slice(0, i), { addGenerationPrompt: true });
     if (!full.startsWith(prompt)) {
-      throw new Error(`${template.file}: chat_template: the generation prompt for messages[${i}] is not a prefix of the whole conversation's rendering, so the assistant turn cannot be located for loss masking`);
+      throw new Error(
+        `${template.file}: chat_template: the generation prompt for messages[${i}] is not a prefix of the whole conversation's rendering, so the assistant turn cannot be located for loss masking`,
+      );
     }
     const marked = template.render(messages.map((m, j) => (j === i ? { ...m, content: m.content + SENTINEL } : m)));
     const contentEnd = commonPrefixLength(full, marked);
     if (contentEnd < prompt.length || contentEnd < pos) {
-      throw new Error(`${template.file}: chat_template: cannot find where the content of messages[${i}] ends in the rendering (it differs before the turn starts)`);
+      throw new Error(
+        `${template.file}: chat_template: cannot find where the content of messages[${i}] ends in the rendering (it differs before the turn starts)`,
+      );
     }
     const end = template.markerEnd(full, contentEnd) ?? contentEnd;
     if (prompt.length > pos) out.push({ text: full.slice(pos, prompt.length), train: false });
