@@ -3,7 +3,7 @@
 //   1. typecheck (tsc -p tsconfig.json), the size budget (scripts/size-budget.mjs), the runtime
 //      edges (scripts/check-edges.mjs: no node: import in packages/*/src outside the edge files),
 //      the workspace source map (scripts/workspace-map.mjs --check: tsconfig.paths.json and
-//      deno.json's imports match the packages' exports) and, once CHECK_FORMAT is on, the
+//      deno.json's imports match the packages' exports) and the
 //      formatting (prettier --check, .prettierrc.json / .prettierignore);
 //   2. every packages/* and apps/* directory with test/*.test.ts, then the repository's own test/
 //      (packed tarballs, turbo, lockfiles), under Node (node --import tsx --test);
@@ -39,11 +39,8 @@ const EXTRA = [
   { runtime: "bun", rel: "packages/backend-webgpu", files: ["test/smoke.test.ts"], flags: [] },
 ];
 const RUNTIMES = ["node", "bun", "deno"];
-/**
- * Whether `npm test` fails on unformatted files. Off until the whole tree has been formatted once
- * (`npm run format`, in one commit of its own); then set it to true.
- */
-const CHECK_FORMAT = false;
+/** Whether `npm test` fails on unformatted files (on since the tree was formatted in one commit, see .git-blame-ignore-revs). */
+const CHECK_FORMAT = true;
 /** Dawn prints these in every process that loads it; harmless. */
 const DAWN_NOISE = /^Warning: maxDynamic\w+ artificially reduced.*$/;
 const ANSI = /\x1b\[[0-9;]*m/g;
