@@ -1,5 +1,5 @@
 /** Test helpers: the stories260K model, throwaway adapters, a server on 127.0.0.1:0, and a tiny fetch client. */
-import { existsSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -24,8 +24,16 @@ export const TINYSTORIES = data ? join(data, "datasets", "tinystories", "tinysto
 /** Pass as the `skip` option of a test that needs the model. */
 export const NEED_MODEL: string | false = data ? false : "stories260K-hf not found: set LOWRANK_DATA_DIR or put shared/data beside the repository";
 
+const made = new Set<string>();
+// Every test file runs in its own process: whatever a test left in its temporary directories goes when it exits.
+process.on("exit", () => {
+  for (const dir of made) rmSync(dir, { recursive: true, force: true });
+});
+
 export async function tempDir(prefix: string): Promise<string> {
-  return mkdtemp(join(tmpdir(), `lowrank-server-${prefix}-`));
+  const dir = await mkdtemp(join(tmpdir(), `lowrank-server-${prefix}-`));
+  made.add(dir);
+  return dir;
 }
 
 /**
