@@ -12,10 +12,9 @@
  */
 import { matmulBlocked } from "./kernels/matmul.ts";
 import { transposeInto } from "./kernels/strided.ts";
-import { validateRelaxed } from "./wasm/relaxed.ts";
+import { firstBuild } from "./wasm/relaxed.ts";
 import { tryRelaxed } from "./wasm/simd.ts";
 import { MATMUL_WASM_PLAIN, MATMUL_WASM_PLAIN_RELAXED, MATMUL_WASM_SHARED, MATMUL_WASM_SHARED_RELAXED } from "./wasm/matmul-wasm.ts";
-import { base64Bytes } from "./wasm/base64.ts";
 import {
   COPIED,
   FAIL,
@@ -246,43 +245,36 @@ class WasmEngine implements WasmMatmulEngine {
     this.useRelaxed = opts.relaxed !== false;
     // Threads need a shared build (threads feature, SharedArrayBuffer, a caller that may block);
     // otherwise an unshared one runs on the calling thread alone.
-    const bytes = requested > 0 && canShare() && canBlock() ? this.pick(MATMUL_WASM_SHARED_RELAXED, MATMUL_WASM_SHARED) : null;
-    const mem = bytes ? createMemory(true) : null;
+    const build = requested > 0 && canShare() && canBlock() ? this.pick(MATMUL_WASM_SHARED_RELAXED, MATMUL_WASM_SHARED) : null;
+    const mem = build ? createMemory(true) : null;
     this.nWorkers = mem ? requested : 0;
     if (mem) {
-      this.shared = new KernelHeap(bytes!, mem.memory, Math.min(this.maxHeapBytes, mem.maxBytes), this.nWorkers + 1);
+      this.relaxed = build!.relaxed;
+      this.shared = new KernelHeap(build!.bytes, mem.memory, Math.min(this.maxHeapBytes, mem.maxBytes), this.nWorkers + 1);
       this.ctl = new Int32Array(new SharedArrayBuffer((this.nWorkers + 1) * SLOT * 4));
     } else this.plainHeap();
   }
 
   /** The first of the two builds that validates (relaxed SIMD first unless turned off). */
-  private pick(relaxed: string, plain: string): Uint8Array | null {
-    for (const b64 of this.useRelaxed ? [relaxed, plain] : [plain]) {
-      const b = base64Bytes(b64);
-      if (b64 === relaxed ? validateRelaxed(b) : WebAssembly.validate(b as BufferSource)) {
-        this.relaxed = b64 === relaxed;
-        return b;
-      }
-    }
-    return null;
+  private pick(relaxed: string, plain: string): { bytes: Uint8Array; relaxed: boolean } | null {
+    return firstBuild(relaxed, plain, this.useRelaxed, (bytes, isRelaxed) => ({ bytes, relaxed: isRelaxed }));
   }
 
   /** The unshared heap, made on first call; null where it cannot be (then the shared one serves). */
   private plainHeap(): KernelHeap | null {
     if (this.plain === undefined) {
       this.plain = null;
-      const relaxed = this.relaxed;
-      const bytes = this.pick(MATMUL_WASM_PLAIN_RELAXED, MATMUL_WASM_PLAIN);
+      const build = this.pick(MATMUL_WASM_PLAIN_RELAXED, MATMUL_WASM_PLAIN);
       // Both heaps run the same arithmetic (one build family), so a product's bytes do not depend on its size.
-      if (bytes && (!this.shared || this.relaxed === relaxed)) {
+      if (build && (!this.shared || build.relaxed === this.relaxed)) {
         const mem = createMemory(false);
         try {
-          if (mem) this.plain = new KernelHeap(bytes, mem.memory, Math.min(this.maxHeapBytes, mem.maxBytes), 1);
+          if (mem) this.plain = new KernelHeap(build.bytes, mem.memory, Math.min(this.maxHeapBytes, mem.maxBytes), 1);
         } catch {
           // the shared heap serves
         }
+        if (this.plain && !this.shared) this.relaxed = build.relaxed;
       }
-      if (this.shared) this.relaxed = relaxed;
     }
     return this.plain;
   }

@@ -9,8 +9,7 @@
  */
 import { type DecodeShape, type Rows, appendRows } from "../kernels/attention-decode.ts";
 import { ATTENTION_DECODE_WASM, ATTENTION_DECODE_WASM_RELAXED } from "./attention-decode-wasm.ts";
-import { base64Bytes } from "./base64.ts";
-import { validateRelaxed } from "./relaxed.ts";
+import { firstBuild } from "./relaxed.ts";
 import { tryRelaxed } from "./simd.ts";
 
 interface Kernel {
@@ -49,15 +48,7 @@ export class DecodeWasm {
   /** The relaxed-SIMD build where the runtime validates it, else the plain SIMD one; null without WASM SIMD. */
   static create(opts: { relaxed?: boolean } = {}): DecodeWasm | null {
     if (typeof WebAssembly !== "object") return null;
-    for (const b64 of tryRelaxed(opts.relaxed) ? [ATTENTION_DECODE_WASM_RELAXED, ATTENTION_DECODE_WASM] : [ATTENTION_DECODE_WASM]) {
-      try {
-        const bytes = base64Bytes(b64);
-        if (b64 === ATTENTION_DECODE_WASM_RELAXED ? validateRelaxed(bytes) : WebAssembly.validate(bytes as BufferSource)) return new DecodeWasm(bytes);
-      } catch {
-        // try the next build
-      }
-    }
-    return null;
+    return firstBuild(ATTENTION_DECODE_WASM_RELAXED, ATTENTION_DECODE_WASM, tryRelaxed(opts.relaxed), (bytes) => new DecodeWasm(bytes));
   }
 
   private constructor(bytes: Uint8Array) {

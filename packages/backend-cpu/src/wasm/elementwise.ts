@@ -13,9 +13,8 @@
 import { type BinaryOp, type View, hash32 } from "@lowrank/tensor";
 import { coalesce } from "../kernels/strided.ts";
 import { ELEMENTWISE_WASM, ELEMENTWISE_WASM_RELAXED } from "./elementwise-wasm.ts";
-import { validateRelaxed } from "./relaxed.ts";
+import { firstBuild } from "./relaxed.ts";
 import { tryRelaxed } from "./simd.ts";
-import { base64Bytes } from "./base64.ts";
 
 /** Op codes of `binary` in assembly/elementwise.ts. */
 const BINARY_OPS: Partial<Record<BinaryOp, number>> = { add: 0, sub: 1, mul: 2, div: 3, max: 4, min: 5, lt: 6, eq: 7 };
@@ -96,17 +95,7 @@ export class ElementwiseWasm {
    */
   static create(opts: { relaxed?: boolean } = {}): ElementwiseWasm | null {
     if (typeof WebAssembly !== "object") return null;
-    const builds = tryRelaxed(opts.relaxed) ? [ELEMENTWISE_WASM_RELAXED, ELEMENTWISE_WASM] : [ELEMENTWISE_WASM];
-    for (const b64 of builds) {
-      try {
-        const bytes = base64Bytes(b64);
-        if (b64 === ELEMENTWISE_WASM_RELAXED ? validateRelaxed(bytes) : WebAssembly.validate(bytes as BufferSource))
-          return new ElementwiseWasm(bytes, b64 === ELEMENTWISE_WASM_RELAXED);
-      } catch {
-        // try the next build
-      }
-    }
-    return null;
+    return firstBuild(ELEMENTWISE_WASM_RELAXED, ELEMENTWISE_WASM, tryRelaxed(opts.relaxed), (bytes, relaxed) => new ElementwiseWasm(bytes, relaxed));
   }
 
   private constructor(

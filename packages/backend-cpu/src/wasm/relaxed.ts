@@ -9,6 +9,8 @@
  * Which build runs is chosen in simd.ts (`simd: "plain"` or LOWRANK_SIMD=plain keeps the plain ones).
  */
 
+import { base64Bytes } from "./base64.ts";
+
 type Proc = {
   versions?: Record<string, string | undefined>;
   getBuiltinModule?: (id: string) => unknown;
@@ -36,4 +38,21 @@ export function validateRelaxed(bytes: Uint8Array): boolean {
     return false;
   }
   return WebAssembly.validate(bytes as BufferSource);
+}
+
+/**
+ * The first of a module's two builds (base64) that this runtime validates and `make` accepts,
+ * relaxed first when `relaxed` (simd.ts tryRelaxed), or null: how every WASM module here picks.
+ */
+export function firstBuild<T>(relaxedB64: string, plainB64: string, relaxed: boolean, make: (bytes: Uint8Array, relaxed: boolean) => T): T | null {
+  for (const b64 of relaxed ? [relaxedB64, plainB64] : [plainB64]) {
+    try {
+      const bytes = base64Bytes(b64);
+      const isRelaxed = b64 === relaxedB64;
+      if (isRelaxed ? validateRelaxed(bytes) : WebAssembly.validate(bytes as BufferSource)) return make(bytes, isRelaxed);
+    } catch {
+      // try the next build
+    }
+  }
+  return null;
 }
