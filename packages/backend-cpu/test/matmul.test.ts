@@ -183,40 +183,38 @@ describe("matmul engine", () => {
   });
 });
 
-describe("process exit", () => {
+describe("child processes", () => {
   const here = fileURLToPath(new URL(".", import.meta.url));
   const g = globalThis as { Bun?: unknown; Deno?: unknown };
   const cmd = g.Deno ? ["run", "-A", "--no-check"] : g.Bun ? [] : ["--import", "tsx"];
-  for (const mode of ["dispose", "keep"]) {
-    test(`a process that used a threaded engine exits by itself (${mode})`, () => {
-      const r = spawnSync(process.execPath, [...cmd, `${here}fixtures/exit-child.ts`, mode], { encoding: "utf8", timeout: 30_000, cwd: here });
-      assert.equal(r.error, undefined, `child did not exit: ${r.error}`);
-      assert.equal(r.status, 0, r.stderr);
-      assert.match(r.stdout, /^ok 128 2 threads, wasm-simd( fma)? active=2/m);
-    });
-  }
-});
-
-describe("relaxed SIMD", () => {
-  const here = fileURLToPath(new URL(".", import.meta.url));
-  const g = globalThis as { Bun?: unknown; Deno?: unknown };
-  const cmd = g.Deno ? ["run", "-A", "--no-check"] : g.Bun ? [] : ["--import", "tsx"];
-  const child = (env: Record<string, string>) => {
-    const r = spawnSync(process.execPath, [...cmd, `${here}fixtures/relaxed-child.ts`], {
+  /** fixtures/exit-child.ts in a fresh process: it prints one line and must exit on its own. */
+  const child = (mode: "dispose" | "keep", env: Record<string, string> = {}) => {
+    const r = spawnSync(process.execPath, [...cmd, `${here}fixtures/exit-child.ts`, mode], {
       encoding: "utf8",
       timeout: 30_000,
       cwd: here,
       env: { ...process.env, ...env },
     });
+    assert.equal(r.error, undefined, `child did not exit: ${r.error}`);
     assert.equal(r.status, 0, r.stderr);
-    assert.equal(r.stderr, "", "nothing on stderr (an unknown V8 flag would print there)");
-    return r.stdout.trim();
+    return r;
   };
+  for (const mode of ["dispose", "keep"] as const) {
+    test(`a process that used a threaded engine exits by itself (${mode})`, () => {
+      assert.match(child(mode).stdout, /^ok 128 2 threads, wasm-simd( fma)? active=2/m);
+    });
+  }
   // Node 20 validates relaxed SIMD only after wasm/relaxed.ts sets V8's flag; Node >= 22, Bun and
-  // Deno validate it anyway. Either way a fresh process runs the FMA builds, and the opt-out works.
+  // Deno validate it anyway. Either way a fresh process runs the FMA builds, and the opt-out works
+  // (the V8 flag and LOWRANK_SIMD are process-wide, so each case needs its own process).
   test("a fresh process runs the relaxed builds; LOWRANK_SIMD=plain keeps the plain ones", () => {
-    assert.match(child({ LOWRANK_SIMD: "" }), /^matmul=true elementwise=true c=128 2 threads, wasm-simd fma$/);
-    assert.match(child({ LOWRANK_SIMD: "plain" }), /^matmul=false elementwise=false c=128 2 threads, wasm-simd$/);
+    const line = (env: Record<string, string>) => {
+      const r = child("dispose", env);
+      assert.equal(r.stderr, "", "nothing on stderr (an unknown V8 flag would print there)");
+      return r.stdout.trim();
+    };
+    assert.match(line({ LOWRANK_SIMD: "" }), /^ok 128 2 threads, wasm-simd fma active=2 relaxed matmul=true elementwise=true$/);
+    assert.match(line({ LOWRANK_SIMD: "plain" }), /^ok 128 2 threads, wasm-simd active=2 relaxed matmul=false elementwise=false$/);
   });
 });
 

@@ -9,26 +9,13 @@
  * score block is bounded (ROW_BLOCK_FLOATS), so memory does not grow with T·S.
  */
 import type { MatmulEngine } from "../matmul.ts";
+import type { ElementwiseWasm } from "../wasm/elementwise.ts";
 import { transposeInto } from "./strided.ts";
 
 /** What the kernels need from the backend: a packed gemm, an in-place exp, optional WASM row kernels. */
 export interface AttnOps {
   /** WASM SIMD versions of the row passes below (ElementwiseWasm.attnRows / attnDs); each returns false to decline. */
-  rows?: {
-    attnRows(
-      kind: "softmax" | "probs",
-      s: Float32Array,
-      rows: number,
-      S: number,
-      T: number,
-      r0: number,
-      causal: boolean,
-      scale: number,
-      lse: Float32Array,
-      at: number,
-    ): boolean;
-    attnDs(p: Float32Array, dp: Float32Array, rows: number, S: number, delta: Float32Array, at: number, scale: number): boolean;
-  } | null;
+  rows?: Pick<ElementwiseWasm, "attnRows" | "attnDs"> | null;
   /** C[M,N] (+)= op(A)·op(B) on packed row-major operands (op(A) is [M, K], op(B) [K, N]). */
   gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Float32Array, B: Float32Array, C: Float32Array, accumulate: boolean): void;
   /** x <- e^x for the first n elements. */
