@@ -1,24 +1,12 @@
 /**
  * A consumer's web page: Vite bundles a module from the consumer project (its @lowrank imports
- * resolve to the installed tarballs), then headless Chromium (playwright-core, the same launch as
- * apps/web/test/browser.test.ts) opens it from 127.0.0.1 and reports what the page wrote.
+ * resolve to the installed tarballs), then headless Chromium (apps/web/test/chromium.ts, the web
+ * app tests' launch and server) opens it from 127.0.0.1 and reports what the page wrote.
  */
-import { existsSync, readFileSync } from "node:fs";
-import { type Server, createServer } from "node:http";
-import { extname, join, normalize, sep } from "node:path";
+import { join } from "node:path";
+import { launchChromium, serveDir } from "../../apps/web/test/chromium.ts";
 
-export const chromiumPath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
-const ARGS = [
-  "--no-sandbox",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--no-first-run",
-  "--disable-quic",
-  "--disable-dev-shm-usage",
-  "--enable-unsafe-webgpu",
-];
-const MIME: Record<string, string> = { ".html": "text/html; charset=utf-8", ".js": "text/javascript", ".wasm": "application/wasm" };
+export { chromiumPath } from "../../apps/web/test/chromium.ts";
 
 /** Errors end up in the title, so the test can tell a failed page from a slow one. */
 const HTML = `<!doctype html>
@@ -45,24 +33,13 @@ export async function buildPage(dir: string, outDir: string, main: string): Prom
   });
 }
 
-function serve(dir: string): Promise<{ server: Server; url: string }> {
-  const server = createServer((req, res) => {
-    const path = decodeURIComponent(new URL(req.url ?? "/", "http://x").pathname);
-    const file = normalize(join(dir, path.endsWith("/") ? `${path}index.html` : path));
-    if (!file.startsWith(dir + sep) || !existsSync(file)) return void res.writeHead(404).end("not found");
-    res.writeHead(200, { "Content-Type": MIME[extname(file)] ?? "application/octet-stream", "Cache-Control": "no-store" }).end(readFileSync(file));
-  });
-  return new Promise((done) => server.listen(0, "127.0.0.1", () => done({ server, url: `http://127.0.0.1:${(server.address() as { port: number }).port}/` })));
-}
-
 /**
  * Opens the built page and waits for it to write its body (or fail). Returns the body text, or
  * throws with the page's error and console.
  */
 export async function runPage(outDir: string, timeoutMs = 60_000): Promise<string> {
-  const { server, url } = await serve(outDir);
-  const { chromium } = await import("playwright-core");
-  const browser = await chromium.launch({ executablePath: chromiumPath, headless: true, args: ARGS });
+  const { server, url } = await serveDir(outDir, false);
+  const browser = await launchChromium();
   const log: string[] = [];
   try {
     const page = await browser.newPage();

@@ -5,27 +5,15 @@
  * "one spec, identical losses") share it.
  */
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { type Server, createServer } from "node:http";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { extname, join, normalize, sep } from "node:path";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Browser, Page } from "playwright-core";
 import { type DataDir, planDataAssets, resolveWebDataDir } from "../src/build/data-assets.ts";
+import { chromiumPath, launchChromium, serveDir } from "./chromium.ts";
 
 const webRoot = fileURLToPath(new URL("..", import.meta.url));
-export const chromiumPath = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
-const ARGS = [
-  "--no-sandbox",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  "--no-first-run",
-  "--disable-quic",
-  "--disable-dev-shm-usage",
-  "--enable-unsafe-webgpu",
-];
-
 /** The data directory the page bundles its model from (as `vite build` finds it). */
 export const pageData: DataDir = resolveWebDataDir({ argv: process.argv, env: process.env, repoRoot: join(webRoot, "..", "..") });
 
@@ -34,40 +22,6 @@ export function pageSkip(): string | false {
   if (!existsSync(chromiumPath)) return `no Chromium at ${chromiumPath} (install it with scripts/install-system.sh, or set CHROMIUM_PATH)`;
   const bundled = planDataAssets(pageData).manifest;
   return bundled.models.length ? false : `no model to bundle: ${bundled.note}`;
-}
-
-const MIME: Record<string, string> = {
-  ".html": "text/html; charset=utf-8",
-  ".js": "text/javascript",
-  ".css": "text/css",
-  ".json": "application/json",
-  ".txt": "text/plain; charset=utf-8",
-  ".safetensors": "application/octet-stream",
-  ".wasm": "application/wasm",
-};
-
-/** dist/ over http with the cross-origin isolation headers (COOP/COEP), like the dev and preview servers. */
-function serve(dir: string): Promise<{ server: Server; url: string }> {
-  const server = createServer((req, res) => {
-    const path = decodeURIComponent(new URL(req.url ?? "/", "http://x").pathname);
-    const file = normalize(join(dir, path.endsWith("/") ? `${path}index.html` : path));
-    if (!file.startsWith(dir + sep) || !existsSync(file)) {
-      res.writeHead(404).end("not found");
-      return;
-    }
-    res.writeHead(200, {
-      "Content-Type": MIME[extname(file)] ?? "application/octet-stream",
-      "Cross-Origin-Opener-Policy": "same-origin",
-      "Cross-Origin-Embedder-Policy": "require-corp",
-      "Cache-Control": "no-store",
-    });
-    res.end(readFileSync(file));
-  });
-  return new Promise((resolve) =>
-    server.listen(0, "127.0.0.1", () => {
-      resolve({ server, url: `http://127.0.0.1:${(server.address() as { port: number }).port}/` });
-    }),
-  );
 }
 
 export interface PageHost {
@@ -83,9 +37,8 @@ export async function startPage(): Promise<PageHost> {
   const outDir = mkdtempSync(join(tmpdir(), "lowrank-web-dist-"));
   const { build } = await import("vite");
   await build({ configFile: join(webRoot, "vite.config.ts"), logLevel: "error", build: { outDir, emptyOutDir: true } });
-  const { server, url } = await serve(outDir);
-  const { chromium } = await import("playwright-core");
-  const browser = await chromium.launch({ executablePath: chromiumPath, headless: true, args: ARGS });
+  const { server, url } = await serveDir(outDir, true);
+  const browser = await launchChromium();
   return {
     url,
     browser,
