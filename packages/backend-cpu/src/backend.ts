@@ -394,13 +394,13 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
       return out(x.dtype, y);
     };
   const blas = be.engine instanceof BlasEngine ? be.engine : null;
+  const arrays = { take: (n: number) => be.pool.take(n), give: (a: Float32Array) => be.pool.put(a) };
   const attn: AttnOps = blas
-    ? { gemm: (tA, tB, M, N, K, A, B, C, acc) => blas.gemm(tA, tB, M, N, K, A, tA ? M : K, B, tB ? K : N, C, N, acc ? 1 : 0), exp, rows: be.ew }
-    : { ...engineOps(be.engine, exp), rows: be.ew };
+    ? { gemm: (tA, tB, M, N, K, A, B, C, acc) => blas.gemm(tA, tB, M, N, K, A, tA ? M : K, B, tB ? K : N, C, N, acc ? 1 : 0), exp, rows: be.ew, ...arrays }
+    : { ...engineOps(be.engine, exp, arrays), rows: be.ew };
   const lora: LoraOps = {
     gemm: attn.gemm,
-    take: (n) => be.pool.take(n),
-    give: (a) => be.pool.put(a),
+    ...arrays,
     dropout: (x, y, d) => {
       if (!be.ew?.dropout(x, y, d.p, d.seed, d.offset)) dropoutKernel(x, d.p, d.seed, d.offset, y);
     },

@@ -104,6 +104,28 @@ test("attention: the WASM row kernels and the TypeScript passes give the same va
   }
 });
 
+test("attention takes its outputs and scratch from the output pool and overwrites every stale value", async () => {
+  const { createCpuBackend } = await import("../src/index.ts");
+  const { attention, tensor } = await import("@lowrank/tensor");
+  const [B, H, T, D] = [2, 2, 64, 32];
+  const run = async (blas: "off" | "auto", poison: boolean) => {
+    const backend = createCpuBackend({ threads: 0, blas });
+    // Poisoned: every array handed out by the pool is NaN-filled, as a recycled one may hold anything.
+    const take = backend.pool.take.bind(backend.pool);
+    if (poison) backend.pool.take = (n: number) => take(n).fill(NaN);
+    const mk = (seed: number) => tensor(rnd(B * H * T * D, seed), { shape: [B, H, T, D], backend, requiresGrad: true });
+    const [q, k, v] = [mk(21), mk(22), mk(23)];
+    const y = attention(q, k, v);
+    y.mul(y).sum().backward();
+    const out = [await y.read(), await q.grad!.read(), await k.grad!.read(), await v.grad!.read()];
+    backend.dispose();
+    return out;
+  };
+  for (const blas of ["auto", "off"] as const) {
+    const [clean, stale] = [await run(blas, false), await run(blas, true)];
+    stale.forEach((a, j) => assert.deepEqual(a, clean[j], `blas ${blas}: output ${j} depends on what the pool held`));
+  }
+});
 test(
   "WASM decode attention equals the TypeScript kernel: GQA, head sizes of 1 to 4 vectors past the 4-vector blocks (one not of whole vectors: declined), caches laid out [Hkv, C, D] and [C, Hkv, D], new rows as a head permute",
   { skip: DecodeWasm.create() ? false : "no WASM SIMD here" },

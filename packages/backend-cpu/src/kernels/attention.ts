@@ -12,7 +12,7 @@ import type { MatmulEngine } from "../matmul.ts";
 import type { ElementwiseWasm } from "../wasm/elementwise.ts";
 import { transposeInto } from "./strided.ts";
 
-/** What the kernels need from the backend: a packed gemm, an in-place exp, optional WASM row kernels. */
+/** What the kernels need from the backend: a packed gemm, an in-place exp, optional WASM row kernels, arrays. */
 export interface AttnOps {
   /** WASM SIMD versions of the row passes below (ElementwiseWasm.attnRows / attnDs); each returns false to decline. */
   rows?: Pick<ElementwiseWasm, "attnRows" | "attnDs"> | null;
@@ -20,10 +20,17 @@ export interface AttnOps {
   gemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Float32Array, B: Float32Array, C: Float32Array, accumulate: boolean): void;
   /** x <- e^x for the first n elements. */
   exp(x: Float32Array, n: number): void;
+  /**
+   * A (pooled) f32 array of n elements, contents undefined, and the way back for a temporary. A
+   * fresh array costs a page fault per 4 KiB on first write: on the 2-core VM the 9 MiB an
+   * attention backward of d256 allocated took 2,250 faults, about 20 ms of a 300 ms step.
+   */
+  take(n: number): Float32Array;
+  give(a: Float32Array): void;
 }
 
 /** AttnOps over a packed-only engine: transposes into scratch, accumulates through a temporary. */
-export function engineOps(mm: MatmulEngine, exp: AttnOps["exp"]): AttnOps {
+export function engineOps(mm: MatmulEngine, exp: AttnOps["exp"], arrays: Pick<AttnOps, "take" | "give">): AttnOps {
   let ta: Float32Array = new Float32Array(0),
     tc: Float32Array = new Float32Array(0);
   const grow = (a: Float32Array, n: number) => (a.length >= n ? a : new Float32Array(n));
@@ -35,6 +42,7 @@ export function engineOps(mm: MatmulEngine, exp: AttnOps["exp"]): AttnOps {
       if (accumulate) for (let i = 0; i < M * N; i++) C[i] += tc[i];
     },
     exp,
+    ...arrays,
   };
 }
 
@@ -93,9 +101,9 @@ export function attentionForward(ops: AttnOps, q: Float32Array, k: Float32Array,
   const { B, Hq, Hkv, T, S, D } = a;
   const R = (Hq / Hkv) * T;
   const rb = rowBlock(a);
-  const out = new Float32Array(B * Hq * T * D);
-  const lse = new Float32Array(B * Hq * T);
-  const scores = new Float32Array(rb * S);
+  const out = ops.take(B * Hq * T * D);
+  const lse = ops.take(B * Hq * T);
+  const scores = ops.take(rb * S);
   for (let b = 0; b < B; b++) {
     for (let g = 0; g < Hkv; g++) {
       const kv = (b * Hkv + g) * S * D;
@@ -111,6 +119,7 @@ export function attentionForward(ops: AttnOps, q: Float32Array, k: Float32Array,
       }
     }
   }
+  ops.give(scores);
   return { out, lse };
 }
 
@@ -127,18 +136,18 @@ export function attentionBackward(
   const { B, Hq, Hkv, T, S, D, scale } = a;
   const R = (Hq / Hkv) * T;
   const rb = rowBlock(a);
-  const gq = new Float32Array(q.length);
-  const gk = new Float32Array(k.length);
-  const gv = new Float32Array(v.length);
+  const gq = ops.take(q.length); // every row is written by its block's dQ = dS·K
+  const gk = ops.take(k.length).fill(0); // dK and dV accumulate over the row blocks
+  const gv = ops.take(v.length).fill(0);
   // delta[row] = Σ_d gy·out: the softmax backward's row term, from the output instead of P.
-  const delta = new Float32Array(B * Hq * T);
+  const delta = ops.take(B * Hq * T);
   for (let r = 0; r < delta.length; r++) {
     let s = 0;
     for (let d = 0; d < D; d++) s += gy[r * D + d] * out[r * D + d];
     delta[r] = s;
   }
-  const P = new Float32Array(rb * S);
-  const dP = new Float32Array(rb * S);
+  const P = ops.take(rb * S);
+  const dP = ops.take(rb * S);
   for (let b = 0; b < B; b++) {
     for (let g = 0; g < Hkv; g++) {
       const kv = (b * Hkv + g) * S * D;
@@ -179,5 +188,6 @@ export function attentionBackward(
       }
     }
   }
+  for (const t of [delta, P, dP]) ops.give(t);
   return { gq, gk, gv };
 }
