@@ -355,6 +355,62 @@ export function rmsNormBackward(x: usize, w: usize, gy: usize, gx: usize, gw: us
   }
 }
 
+// ---- RoPE, rotate-half layout (kernels/fused-nn.ts ropeKernel is the reference) ----
+
+// @ts-ignore: decorator
+@inline function lo64(x: v128): v128 {
+  return f64x2.promote_low_f32x4(x);
+}
+
+// @ts-ignore: decorator
+@inline function hi64(x: v128): v128 {
+  return f64x2.promote_low_f32x4(i32x4.shuffle(x, x, 2, 3, 0, 1));
+}
+
+/** Four f32 lanes a·c - b·s in f64, rounded once to f32 (a·c and b·s are exact in f64). */
+// @ts-ignore: decorator
+@inline function rotSub(a: v128, b: v128, c: v128, s: v128): v128 {
+  const l = f64x2.sub(f64x2.mul(lo64(a), lo64(c)), f64x2.mul(lo64(b), lo64(s)));
+  const h = f64x2.sub(f64x2.mul(hi64(a), hi64(c)), f64x2.mul(hi64(b), hi64(s)));
+  return i32x4.shuffle(f32x4.demote_f64x2_zero(l), f32x4.demote_f64x2_zero(h), 0, 1, 4, 5);
+}
+
+/** Four f32 lanes a·c + b·s, as rotSub. */
+// @ts-ignore: decorator
+@inline function rotAdd(a: v128, b: v128, c: v128, s: v128): v128 {
+  const l = f64x2.add(f64x2.mul(lo64(a), lo64(c)), f64x2.mul(lo64(b), lo64(s)));
+  const h = f64x2.add(f64x2.mul(hi64(a), hi64(c)), f64x2.mul(hi64(b), hi64(s)));
+  return i32x4.shuffle(f32x4.demote_f64x2_zero(l), f32x4.demote_f64x2_zero(h), 0, 1, 4, 5);
+}
+
+/**
+ * o[h, t, :] = rotate(x[h·sh + t·st + :]) for h < H, t < rows: with p = x[i], q = x[i + D/2],
+ * o[i] = p·c - q·s and o[i + D/2] = q·c + p·s, c and s = sign·sin from row t of the [rows, D/2]
+ * tables. sh, st in elements; D/2 a multiple of 4. The products are exact in f64 and each result
+ * is rounded as the TypeScript kernel rounds it (f64, then f32), so both give the same bits.
+ */
+export function ropeHalf(x: usize, sh: i32, st: i32, H: i32, rows: i32, D: i32, cos: usize, sin: usize, sign: f32, o: usize): void {
+  const sg = f32x4.splat(sign);
+  const half = D >> 1;
+  for (let h = 0; h < H; h++) {
+    for (let t = 0; t < rows; t++) {
+      const src = x + ((<usize>(h * sh + t * st)) << 2),
+        dst = o + ((<usize>((h * rows + t) * D)) << 2),
+        tb = (<usize>(t * half)) << 2;
+      for (let i = 0; i < half; i += 4) {
+        const k = <usize>i << 2,
+          kq = (<usize>(i + half)) << 2;
+        const p = v128.load(src + k),
+          q = v128.load(src + kq),
+          c = v128.load(cos + tb + k),
+          s = f32x4.mul(v128.load(sin + tb + k), sg);
+        v128.store(dst + k, rotSub(p, q, c, s));
+        v128.store(dst + kq, rotAdd(q, p, c, s));
+      }
+    }
+  }
+}
+
 // ---- attention rows (kernels/attention.ts): a block of score rows, each row S wide ----
 
 /** Keys row i of the block may see: all S, or S - T + t + 1 for its query t = (r0 + i) % T. */

@@ -390,7 +390,8 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
     (sign: 1 | -1) =>
     (x: Input<CpuHandle>, cos: Input<CpuHandle>, sin: Input<CpuHandle>, interleaved: boolean): CpuHandle => {
       const y = be.pool.take(numel(x.view.shape));
-      ropeKernel(numeric(x.dtype, x.handle) as Float32Array, x.view, be.packedF32(cos), be.packedF32(sin), interleaved, sign, y);
+      const [data, c, s] = [numeric(x.dtype, x.handle) as Float32Array, be.packedF32(cos), be.packedF32(sin)];
+      if (interleaved || !(data instanceof Float32Array) || !be.ew?.rope(data, x.view, c, s, sign, y)) ropeKernel(data, x.view, c, s, interleaved, sign, y);
       return out(x.dtype, y);
     };
   const blas = be.engine instanceof BlasEngine ? be.engine : null;

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { uniformAt } from "@lowrank/tensor";
 import { ElementwiseWasm } from "../src/wasm/elementwise.ts";
-import { dropoutKernel, swigluBackwardKernel, swigluKernel } from "../src/kernels/fused-nn.ts";
+import { dropoutKernel, ropeKernel, swigluBackwardKernel, swigluKernel } from "../src/kernels/fused-nn.ts";
 import { attentionDecodeKernel } from "../src/kernels/attention-decode.ts";
 import { DecodeWasm } from "../src/wasm/attention-decode.ts";
 
@@ -26,6 +26,37 @@ test("WASM dropout equals the TypeScript kernel bit for bit", { skip: ew ? false
     for (let i = 0; i < n; i += 97) assert.equal(a[i] !== 0, uniformAt(seed, offset + i) >= p, `element ${i}`);
   }
 });
+
+test(
+  "WASM RoPE (rotate-half) equals the TypeScript kernel bit for bit, through strided head views and block splits",
+  { skip: ew ? false : "no WASM SIMD here" },
+  () => {
+    // [lead, H, T, D] views: q as a head view of [B, T, H, D] (T split in blocks), contiguous heads
+    // (heads split in groups), rank 3, an offset view, and a head size of 12 (declined: not 8k).
+    const cases: { shape: number[]; strides: number[]; offset: number; length: number; declined?: boolean }[] = [
+      { shape: [2, 8, 300, 64], strides: [300 * 8 * 64, 64, 8 * 64, 1], offset: 0, length: 2 * 300 * 8 * 64 },
+      { shape: [1, 4, 512, 64], strides: [4 * 512 * 64, 512 * 64, 64, 1], offset: 0, length: 4 * 512 * 64 },
+      { shape: [3, 40, 16], strides: [40 * 16, 16, 1], offset: 0, length: 3 * 40 * 16 },
+      { shape: [2, 3, 33, 32], strides: [2 * 3 * 33 * 32, 32, 3 * 32, 1], offset: 3 * 33 * 32, length: 4 * 3 * 33 * 32 },
+      { shape: [2, 4, 64, 12], strides: [4 * 64 * 12, 64 * 12, 12, 1], offset: 0, length: 2 * 4 * 64 * 12, declined: true },
+    ];
+    for (const c of cases) {
+      const [T, D] = c.shape.slice(-2);
+      const x = rnd(c.length, 31),
+        cos = rnd((T * D) / 2, 32),
+        sin = rnd((T * D) / 2, 33);
+      const n = c.shape.reduce((a, b) => a * b, 1);
+      for (const sign of [1, -1] as const) {
+        const [a, b] = [new Float32Array(n).fill(NaN), new Float32Array(n)];
+        const view = { shape: c.shape, strides: c.strides, offset: c.offset };
+        assert.equal(ew!.rope(x, view, cos, sin, sign, a), !c.declined, `${c.shape}: taken`);
+        if (c.declined) continue;
+        ropeKernel(x, view, cos, sin, false, sign, b);
+        assert.deepEqual(a, b, `${c.shape} sign ${sign}`);
+      }
+    }
+  },
+);
 
 test("WASM SwiGLU forward and backward within 4 ulp of the TypeScript kernels", { skip: ew ? false : "no WASM SIMD here" }, () => {
   for (const n of [1024, 4099, 4096 * 2 + 3]) {

@@ -26,6 +26,8 @@ const MIN_ELEMENTS = 1024;
 /** Shorter rows stay in TypeScript: per-row setup would dominate. */
 const MIN_ROW = 16;
 const TWO32 = 4294967296;
+/** Floats of a RoPE call's staged input span and of its output block (256 KiB each, above extraBase). */
+const ROPE_SPAN = 65536;
 /** Packed weight bytes per gemv4 call: a cache-sized slab of rows. */
 const GEMV_PACKED_BYTES = 64 * 1024;
 
@@ -44,6 +46,7 @@ interface Kernel {
   attnSoftmax(s: number, rows: number, S: number, T: number, r0: number, causal: number, scale: number, lse: number): void;
   attnProbs(s: number, rows: number, S: number, T: number, r0: number, causal: number, scale: number, lse: number): void;
   attnDs(p: number, dp: number, rows: number, S: number, delta: number, scale: number): void;
+  ropeHalf(x: number, sh: number, st: number, H: number, rows: number, D: number, cos: number, sin: number, sign: number, o: number): void;
   bf16Decode(a: number, o: number, n: number): void;
   bf16Encode(a: number, o: number, n: number): void;
   dequant4(packed: number, scales: number, code: number, lut: number, o: number, n: number, phase: number, bs: number): void;
@@ -380,6 +383,63 @@ export class ElementwiseWasm {
       gx.set(this.f32.subarray(o >> 2, (o >> 2) + m * n), r0 * n);
     }
     gw.set(this.f64.subarray(acc >> 3, (acc >> 3) + n));
+    return true;
+  }
+
+  /**
+   * RoPE in the rotate-half layout (FusedKernels.rope, sign -1 for its backward) of a view
+   * [...lead, H, T, D] with contiguous rows, into packed out: the same bits as ropeKernel. Heads
+   * are read in place through their strides (q as a [B, H, T, D] view of [B, T, H, D] needs no
+   * copy first): a block of hg heads x tc positions is staged as one span. False when D is not a
+   * multiple of 8, a stride is negative or the input is small (the caller runs ropeKernel).
+   */
+  rope(x: Float32Array, view: View, cos: Float32Array, sin: Float32Array, sign: 1 | -1, out: Float32Array): boolean {
+    const { shape, strides, offset } = view;
+    const rank = shape.length;
+    if (rank < 2 || out.length < MIN_ELEMENTS) return false;
+    const D = shape[rank - 1],
+      T = shape[rank - 2],
+      half = D / 2;
+    const H = rank > 2 ? shape[rank - 3] : 1,
+      sh = rank > 2 ? strides[rank - 3] : 0,
+      st = strides[rank - 2];
+    if (D % 8 !== 0 || strides[rank - 1] !== 1 || sh < 0 || st < 0 || cos.length < T * half || sin.length < T * half) return false;
+    // The largest block of heads x positions whose span and output fit, shrinking along the wider stride first.
+    let hg = H,
+      tc = T;
+    const span = () => (hg - 1) * sh + (tc - 1) * st + D;
+    while (span() > ROPE_SPAN || hg * tc * D > ROPE_SPAN) {
+      if ((sh >= st && hg > 1) || tc === 1) hg = Math.ceil(hg / 2);
+      else tc = Math.ceil(tc / 2);
+    }
+    const xa = this.extraBase,
+      oa = xa + ROPE_SPAN * 4,
+      ca = oa + ROPE_SPAN * 4,
+      sa = ca + tc * half * 4;
+    this.ensure(sa + tc * half * 4);
+    const lead = shape.slice(0, Math.max(0, rank - 3)),
+      idx = new Array<number>(lead.length).fill(0);
+    let base = offset;
+    for (let o = 0, outer = lead.reduce((a, b) => a * b, 1); o < outer; o++) {
+      for (let t0 = 0; t0 < T; t0 += tc) {
+        const r = Math.min(tc, T - t0);
+        this.f32.set(cos.subarray(t0 * half, (t0 + r) * half), ca >> 2);
+        this.f32.set(sin.subarray(t0 * half, (t0 + r) * half), sa >> 2);
+        for (let h0 = 0; h0 < H; h0 += hg) {
+          const g = Math.min(hg, H - h0),
+            from = base + h0 * sh + t0 * st;
+          this.f32.set(x.subarray(from, from + (g - 1) * sh + (r - 1) * st + D), xa >> 2);
+          this.k.ropeHalf(xa, sh, st, g, r, D, ca, sa, sign, oa);
+          for (let j = 0; j < g; j++) out.set(this.f32.subarray((oa >> 2) + j * r * D, (oa >> 2) + (j + 1) * r * D), ((o * H + h0 + j) * T + t0) * D);
+        }
+      }
+      for (let d = lead.length - 1; d >= 0; d--) {
+        base += strides[d];
+        if (++idx[d] < lead[d]) break;
+        base -= strides[d] * lead[d];
+        idx[d] = 0;
+      }
+    }
     return true;
   }
 
