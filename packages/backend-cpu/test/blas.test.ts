@@ -154,6 +154,10 @@ describe("matmul on the BLAS path", { skip: noBlas }, () => {
     ["skinny h·Bᵀ with strided B", () => [t(random(300 * 8, 22), [300, 8]), t(random(N * 12, 24), [N, 12]).narrow(1, 2, 8).T]],
     ["skinny transposed x", () => [t(random(K * 300, 25), [K, 300]).T, t(random(K * 8, 26), [K, 8])]],
     ["skinny strided x and C", () => [t(random(300 * (K + 6), 27), [300, K + 6]).narrow(1, 6, K), t(random(K * 16, 28), [K, 16])]],
+    // Transposed-A products with a skinny side and a deep sum (LoRA's gA, gB) sum over blocks of rows.
+    ["skinny deep ghᵀ·x (LoRA gA)", () => [t(random(600 * 8, 29), [600, 8]).T, t(random(600 * 40, 30), [600, 40])]],
+    ["skinny deep gyᵀ·h (LoRA gB)", () => [t(random(600 * 40, 31), [600, 40]).T, t(random(600 * 8, 32), [600, 8])]],
+    ["skinny deep, strided", () => [t(random(600 * 50, 33), [600, 50]).narrow(1, 5, 40).T, t(random(600 * 12, 34), [600, 12]).narrow(1, 1, 8)]],
     // One row goes through cblas_sgemv (decoding a token), W as stored or B as given, strided rows too.
     ["row vector", () => [t(random(K, 12), [1, K]), t(random(K * N, 2), [K, N])]],
     ["row vector · Wᵀ", () => [t(random(K, 12), [1, K]), t(random(N * K, 4), [N, K]).T]],
@@ -168,6 +172,31 @@ describe("matmul on the BLAS path", { skip: noBlas }, () => {
       assertClose(got.readSync() as Float32Array, reference(x, y), name);
     });
   }
+
+  test("skinny deep products accumulate into C with beta = 1 and ignore C's old values with beta = 0", () => {
+    const engine = backend.engine as BlasEngine;
+    for (const [M, N] of [
+      [8, 40],
+      [40, 8],
+    ]) {
+      const K = 600;
+      const A = random(K * M, 35),
+        B = random(K * N, 36),
+        C0 = random(M * N, 37);
+      const want = new Float32Array(M * N);
+      for (let i = 0; i < M; i++) for (let j = 0; j < N; j++) for (let k = 0; k < K; k++) want[i * N + j] += A[k * M + i] * B[k * N + j];
+      const fresh = new Float32Array(M * N).fill(NaN);
+      engine.gemm(true, false, M, N, K, A, M, B, N, fresh, N, 0);
+      assertClose(fresh, want, `${M}x${N} beta 0`);
+      const acc = C0.slice();
+      engine.gemm(true, false, M, N, K, A, M, B, N, acc, N, 1);
+      assertClose(
+        acc,
+        want.map((v, i) => v + C0[i]),
+        `${M}x${N} beta 1`,
+      );
+    }
+  });
 
   test("transposed and strided views reach cblas_sgemm without a copy", () => {
     const engine = backend.engine as BlasEngine;
