@@ -430,6 +430,14 @@ export function ropeHalf(x: usize, sh: i32, st: i32, H: i32, rows: i32, D: i32, 
   }
 }
 
+// ---- row copies (kernels/strided.ts copyView): rows of n 4-byte elements gathered to packed rows ----
+
+/** dst row r = the n elements at src + starts[r] (element offsets, i32). */
+export function copyRows(src: usize, starts: usize, rows: i32, n: i32, dst: usize): void {
+  const bytes = <usize>n << 2;
+  for (let r = 0; r < rows; r++) memory.copy(dst + <usize>r * bytes, src + ((<usize>load<i32>(starts + (<usize>r << 2))) << 2), bytes);
+}
+
 // ---- attention rows (kernels/attention.ts): a block of score rows, each row S wide ----
 
 /** Keys row i of the block may see: all S, or S - T + t + 1 for its query t = (r0 + i) % T. */

@@ -262,7 +262,7 @@ export class CpuBackend implements Backend<CpuHandle> {
   copy(x: Input<CpuHandle>): CpuHandle {
     const shape = x.view.shape;
     const out = x.dtype === "f32" ? this.pool.take(numel(shape)) : hostArray(x.dtype, numel(shape));
-    copyView(x.handle, x.view, out, { shape, strides: contiguous(shape), offset: 0 });
+    copyView(x.handle, x.view, out, { shape, strides: contiguous(shape), offset: 0 }, this.ew);
     return this.own(out);
   }
 

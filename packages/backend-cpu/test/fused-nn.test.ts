@@ -8,6 +8,7 @@ import { ElementwiseWasm } from "../src/wasm/elementwise.ts";
 import { dropoutKernel, ropeKernel, swigluBackwardKernel, swigluKernel } from "../src/kernels/fused-nn.ts";
 import { attentionDecodeKernel } from "../src/kernels/attention-decode.ts";
 import { DecodeWasm } from "../src/wasm/attention-decode.ts";
+import { copyView } from "../src/kernels/strided.ts";
 
 const ew = ElementwiseWasm.create();
 const rnd = (n: number, s: number) => Float32Array.from({ length: n }, (_, i) => 8 * uniformAt(s, i) - 4);
@@ -55,6 +56,37 @@ test(
         assert.deepEqual(a, b, `${c.shape} sign ${sign}`);
       }
     }
+  },
+);
+
+test(
+  "WASM row copies equal copyView's own loop bit for bit: head permutes, far-apart rows, i32, NaN payloads; short, long and mixed-type rows declined",
+  { skip: ew ? false : "no WASM SIMD here" },
+  () => {
+    // Quiet NaNs with payloads (the JS loop quiets a signaling one; WASM and set() copy bits).
+    const nan = new Float32Array(new Int32Array([0x7fc01234, 0xffc00001]).buffer);
+    const cases: { shape: number[]; strides: number[]; offset: number; length: number; i32?: boolean; taken: boolean }[] = [
+      { shape: [8, 128, 4, 64], strides: [32768, 64, 8192, 1], offset: 0, length: 8 * 4 * 128 * 64, taken: true }, // [B, H, T, D] -> [B, T, H, D]
+      { shape: [3, 40, 5, 16], strides: [3200, 16, 640, 1], offset: 0, length: 3 * 5 * 40 * 16, i32: true, taken: true },
+      { shape: [300, 8], strides: [70001, 1], offset: 5, length: 300 * 70001, taken: true }, // one row per staged group
+      { shape: [2, 700, 3, 2], strides: [4200, 2, 1400, 1], offset: 0, length: 8400, taken: false }, // rows of 2
+      { shape: [4, 2, 1100], strides: [1100, 4400, 1], offset: 0, length: 8800, taken: false }, // rows of 1,100: set() is fast there
+    ];
+    for (const c of cases) {
+      const n = c.shape.reduce((a, b) => a * b, 1);
+      const src = c.i32 ? Int32Array.from(rnd(c.length, 41), (v) => Math.round(v * 1e6)) : rnd(c.length, 41);
+      if (!c.i32) src.set(nan, 7);
+      const make = () => (c.i32 ? new Int32Array(n) : new Float32Array(n));
+      const [a, b] = [make(), make()];
+      let called = 0;
+      const copier = { copyRows: (...args: Parameters<ElementwiseWasm["copyRows"]>) => (called++, ew!.copyRows(...args)) };
+      const dv = { shape: c.shape, strides: c.shape.map((_, d) => c.shape.slice(d + 1).reduce((x, y) => x * y, 1)), offset: 0 };
+      copyView(src, { shape: c.shape, strides: c.strides, offset: c.offset }, a, dv, copier);
+      copyView(src, { shape: c.shape, strides: c.strides, offset: c.offset }, b, dv);
+      assert.deepEqual(new Int32Array(a.buffer), new Int32Array(b.buffer), `${c.shape}`);
+      if (c.taken) assert.equal(called, 1, `${c.shape}: staged through WASM`);
+    }
+    assert.equal(ew!.copyRows(new Float32Array(4096), new Int32Array(64), 64, new Int32Array(4096), 0), false, "mixed types");
   },
 );
 

@@ -6,6 +6,7 @@
  */
 import { type DType, type HostArray, type View, isContiguous, numel } from "@lowrank/tensor";
 import { decodeHalf, isHalf } from "./half.ts";
+import type { ElementwiseWasm } from "../wasm/elementwise.ts";
 
 export type Num = Float32Array | Float64Array | Int32Array | Uint8Array;
 /** A storage array or a decoded one: anything indexable by element. */
@@ -126,7 +127,10 @@ export function contiguous(shape: readonly number[]): number[] {
 const TILE = 32;
 
 /** dst[dv] = src[sv] for two views of one shape over arrays of one element type. */
-export function copyView(src: Elems, sv: View, dst: Elems, dv: View): void {
+/** The WASM row copy (ElementwiseWasm.copyRows), where the backend has one. */
+export type RowCopier = Pick<ElementwiseWasm, "copyRows">;
+
+export function copyView(src: Elems, sv: View, dst: Elems, dv: View, rows: RowCopier | null = null): void {
   if (numel(sv.shape) === 0) return;
   const {
     shape,
@@ -144,6 +148,17 @@ export function copyView(src: Elems, sv: View, dst: Elems, dv: View): void {
     di = ds[q];
   const sr = rowStarts(shape, ss, sv.offset),
     dr = rowStarts(shape, ds, dv.offset);
+  if (
+    rows &&
+    si === 1 &&
+    di === 1 &&
+    (src instanceof Float32Array || src instanceof Int32Array) &&
+    (dst instanceof Float32Array || dst instanceof Int32Array)
+  ) {
+    let packed = true;
+    for (let r = 1; r < dr.length && packed; r++) packed = dr[r] === dr[0] + r * n;
+    if (packed && rows.copyRows(src, sr, n, dst, dr[0])) return;
+  }
   for (let r = 0; r < sr.length; r++) {
     let i = sr[r],
       j = dr[r];
