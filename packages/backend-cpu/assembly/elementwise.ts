@@ -430,6 +430,40 @@ export function ropeHalf(x: usize, sh: i32, st: i32, H: i32, rows: i32, D: i32, 
   }
 }
 
+// ---- cross-entropy rows (kernels/fused.ts has the TypeScript reference) ----
+
+/** lse[i] = m + log Σ_j e^(row_i[j] - m), m the row's max, for rows of V at s (left holding the exps). */
+export function rowLse(s: usize, rows: i32, V: i32, lse: usize): void {
+  const V4 = V & ~3;
+  for (let i = 0; i < rows; i++) {
+    let vm = f32x4.splat(-Infinity);
+    for (let j = 0; j < V4; j += 4) vm = f32x4.max(vm, v128.load(s + (<usize>j << 2)));
+    let m = max(max(f32x4.extract_lane(vm, 0), f32x4.extract_lane(vm, 1)), max(f32x4.extract_lane(vm, 2), f32x4.extract_lane(vm, 3)));
+    for (let j = V4; j < V; j++) m = max(m, load<f32>(s + (<usize>j << 2)));
+    const sum = expRow(s, V, m);
+    store<f32>(lse + (<usize>i << 2), <f32>(<f64>m + Math.log(sum)));
+    s += <usize>V << 2;
+  }
+}
+
+/** In place: row_i[j] = e^(row_i[j] - lse[i]) · g[i] (cross-entropy's gradient before the target's -g[i]). */
+export function rowSoftmaxGrad(s: usize, rows: i32, V: i32, lse: usize, g: usize): void {
+  const V4 = V & ~3;
+  for (let i = 0; i < rows; i++) {
+    const l = load<f32>(lse + (<usize>i << 2)), gi = load<f32>(g + (<usize>i << 2));
+    const vl = f32x4.splat(l), vg = f32x4.splat(gi);
+    for (let j = 0; j < V4; j += 4) {
+      const p = s + (<usize>j << 2);
+      v128.store(p, f32x4.mul(expv(f32x4.sub(v128.load(p), vl)), vg));
+    }
+    for (let j = V4; j < V; j++) {
+      const p = s + (<usize>j << 2);
+      store<f32>(p, f32x4.extract_lane(expv(f32x4.splat(load<f32>(p) - l)), 0) * gi);
+    }
+    s += <usize>V << 2;
+  }
+}
+
 // ---- row copies (kernels/strided.ts copyView): rows of n 4-byte elements gathered to packed rows ----
 
 /** dst row r = the n elements at src + starts[r] (element offsets, i32). */

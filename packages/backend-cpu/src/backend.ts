@@ -476,14 +476,17 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
       const loss = new Float32Array(rows);
       const lse = new Float32Array(rows);
       const t = gatherValues(targets.handle as Num, targets.view) as Int32Array;
-      crossEntropyRowsKernel(be.packedF32(logits), t, rows, n, ignore, loss, lse);
+      const x = be.packedF32(logits);
+      crossEntropyRowsKernel(x, t, rows, n, ignore, loss, lse, be.ew?.crossEntropyRows(x, rows, n, lse) ?? false);
       return { loss: out(logits.dtype, loss), lse: be.own(lse) };
     },
     crossEntropyBackward: (logits, targets, lse, g, ignore) => {
       const { rows, n } = rowsOf(logits);
       const gl = be.pool.take(rows * n);
       const t = gatherValues(targets.handle as Num, targets.view) as Int32Array;
-      crossEntropyBackwardRows(be.packedF32(logits), t, be.packedF32(lse), be.packedF32(g), rows, n, ignore, gl);
+      const [x, l, gv] = [be.packedF32(logits), be.packedF32(lse), be.packedF32(g)];
+      const done = be.ew?.crossEntropyRows(x, rows, n, l, { g: gv, out: gl }) ?? false;
+      crossEntropyBackwardRows(x, t, l, gv, rows, n, ignore, gl, done);
       return out(logits.dtype, gl);
     },
     matmul4bit: (x, w, transpose) => matmul4bitKernel(be, x, w, transpose),

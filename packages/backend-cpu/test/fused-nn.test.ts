@@ -9,6 +9,7 @@ import { dropoutKernel, ropeKernel, swigluBackwardKernel, swigluKernel } from ".
 import { attentionDecodeKernel } from "../src/kernels/attention-decode.ts";
 import { DecodeWasm } from "../src/wasm/attention-decode.ts";
 import { copyView } from "../src/kernels/strided.ts";
+import { crossEntropyBackwardRows, crossEntropyRowsKernel } from "../src/kernels/fused.ts";
 
 const ew = ElementwiseWasm.create();
 const rnd = (n: number, s: number) => Float32Array.from({ length: n }, (_, i) => 8 * uniformAt(s, i) - 4);
@@ -87,6 +88,40 @@ test(
       if (c.taken) assert.equal(called, 1, `${c.shape}: staged through WASM`);
     }
     assert.equal(ew!.copyRows(new Float32Array(4096), new Int32Array(64), 64, new Int32Array(4096), 0), false, "mixed types");
+  },
+);
+
+test(
+  "WASM cross-entropy rows (lse, gradient) agree with the f64 TypeScript kernel: vocabularies off the vector width and past one staged block, -inf logits, ignored rows",
+  { skip: ew ? false : "no WASM SIMD here" },
+  () => {
+    for (const [rows, V] of [
+      [37, 515],
+      [3, 70001],
+    ]) {
+      const x = rnd(rows * V, 51);
+      x.fill(-Infinity, 5, 9); // masked logits in row 0
+      const targets = Int32Array.from({ length: rows }, (_, r) => (r === 1 ? -100 : (r * 7919) % V));
+      const g = rnd(rows, 52);
+      const [lossT, lseT, lossW, lseW] = [0, 0, 0, 0].map(() => new Float32Array(rows));
+      crossEntropyRowsKernel(x, targets, rows, V, -100, lossT, lseT);
+      assert.equal(ew!.crossEntropyRows(x, rows, V, lseW), true);
+      crossEntropyRowsKernel(x, targets, rows, V, -100, lossW, lseW, true);
+      for (let r = 0; r < rows; r++) {
+        assert.ok(Math.abs(lseW[r] - lseT[r]) <= 2e-6 * (1 + Math.abs(lseT[r])), `V ${V} lse[${r}] ${lseW[r]} vs ${lseT[r]}`);
+        assert.ok(Math.abs(lossW[r] - lossT[r]) <= 2e-6 * (1 + Math.abs(lseT[r])), `V ${V} loss[${r}] ${lossW[r]} vs ${lossT[r]}`);
+      }
+      const [gT, gW] = [new Float32Array(rows * V), new Float32Array(rows * V).fill(NaN)];
+      crossEntropyBackwardRows(x, targets, lseT, g, rows, V, -100, gT);
+      assert.equal(ew!.crossEntropyRows(x, rows, V, lseT, { g, out: gW }), true);
+      crossEntropyBackwardRows(x, targets, lseT, g, rows, V, -100, gW, true);
+      for (let i = 0; i < gT.length; i++)
+        assert.ok(Math.abs(gW[i] - gT[i]) <= 2e-6 * Math.abs(g[Math.floor(i / V)]) + 1e-7 * Math.abs(gT[i]), `V ${V} grad[${i}] ${gW[i]} vs ${gT[i]}`);
+      assert.ok(
+        gW.subarray(V, 2 * V).every((v) => v === 0),
+        "an ignored row has a zero gradient",
+      );
+    }
   },
 );
 

@@ -81,6 +81,7 @@ export function rmsNormBackwardRows(
   }
 }
 
+/** `lseDone`: lse already holds each row's logsumexp (ElementwiseWasm.crossEntropyRows); only the losses are left. */
 export function crossEntropyRowsKernel(
   logits: Float32Array,
   targets: Int32Array,
@@ -89,15 +90,19 @@ export function crossEntropyRowsKernel(
   ignore: number,
   loss: Float32Array,
   lse: Float32Array,
+  lseDone = false,
 ): void {
   for (let r = 0; r < rows; r++) {
     const b = r * V;
-    let m = -Infinity;
-    for (let i = 0; i < V; i++) if (logits[b + i] > m) m = logits[b + i];
-    let s = 0;
-    for (let i = 0; i < V; i++) s += Math.exp(logits[b + i] - m);
-    const l = m + Math.log(s);
-    lse[r] = l;
+    let l = lse[r];
+    if (!lseDone) {
+      let m = -Infinity;
+      for (let i = 0; i < V; i++) if (logits[b + i] > m) m = logits[b + i];
+      let s = 0;
+      for (let i = 0; i < V; i++) s += Math.exp(logits[b + i] - m);
+      l = m + Math.log(s);
+      lse[r] = l;
+    }
     const t = targets[r];
     if (t === ignore) {
       loss[r] = 0;
@@ -108,6 +113,7 @@ export function crossEntropyRowsKernel(
   }
 }
 
+/** `expDone`: out already holds e^(logit - lse)·g for every row (ElementwiseWasm.crossEntropyRows); only the targets' -g and the ignored rows are left. */
 export function crossEntropyBackwardRows(
   logits: Float32Array,
   targets: Int32Array,
@@ -117,6 +123,7 @@ export function crossEntropyBackwardRows(
   V: number,
   ignore: number,
   out: Float32Array,
+  expDone = false,
 ): void {
   for (let r = 0; r < rows; r++) {
     const b = r * V;
@@ -127,7 +134,7 @@ export function crossEntropyBackwardRows(
     }
     const gr = g[r];
     const l = lse[r];
-    for (let i = 0; i < V; i++) out[b + i] = Math.exp(logits[b + i] - l) * gr;
+    if (!expDone) for (let i = 0; i < V; i++) out[b + i] = Math.exp(logits[b + i] - l) * gr;
     out[b + t] -= gr;
   }
 }
