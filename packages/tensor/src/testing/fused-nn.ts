@@ -75,6 +75,10 @@ export function fusedNnSuite(opts: SuiteOptions): void {
       [1, 4, 2, 3, 7, 8, true],
       [2, 2, 1, 33, 33, 16, true],
       [1, 2, 2, 5, 9, 4, false],
+      // Long enough for a backend to cut the causal rows into blocks (blocks that skip masked keys,
+      // blocks across two heads' queries, a partial last block, a KV prefix S > T).
+      [1, 4, 2, 150, 150, 8, true],
+      [1, 2, 2, 70, 100, 8, true],
     ] as const) {
       const q = rnd(B * H * Tq * D, 84);
       const k = rnd(B * Hkv * S * D, 85);
@@ -82,6 +86,35 @@ export function fusedNnSuite(opts: SuiteOptions): void {
       const ref = O.attention(O.host(q, [B, H, Tq, D]), O.host(k, [B, Hkv, S, D]), O.host(v, [B, Hkv, S, D]), causal);
       const y = F.attention(T(q, [B, H, Tq, D]), T(k, [B, Hkv, S, D]), T(v, [B, Hkv, S, D]), { causal });
       await expectClose(y, ref, `attention B${B} H${H}/${Hkv} T${Tq} S${S} causal=${causal}`, 1e-5 * tol, 1e-4 * tol);
+    }
+  });
+
+  test("attention: gradients equal the composite's on rows past a block (causal GQA, S > T)", async () => {
+    for (const [H, Hkv, Tq, S, D] of [
+      [4, 2, 150, 150, 8],
+      [2, 2, 70, 100, 8],
+    ] as const) {
+      const qs = rnd(H * Tq * D, 95),
+        ks = rnd(Hkv * S * D, 96),
+        vs = rnd(Hkv * S * D, 97),
+        ws = rnd(H * Tq * D, 98);
+      const grads = async (be: typeof backend) => {
+        const M = mk(be);
+        const [q, k, v] = [M(qs, [1, H, Tq, D]), M(ks, [1, Hkv, S, D]), M(vs, [1, Hkv, S, D])];
+        for (const t of [q, k, v]) t.requiresGrad = true;
+        F.attention(q, k, v)
+          .mul(M(ws, [1, H, Tq, D]))
+          .sum()
+          .backward();
+        return [await q.grad!.read(), await k.grad!.read(), await v.grad!.read()];
+      };
+      const [f, c] = [await grads(backend), await grads(composite)];
+      f.forEach((a, j) => {
+        for (let i = 0; i < a.length; i++) {
+          if (Math.abs(a[i] - c[j][i]) > 1e-4 * tol * (1 + Math.abs(c[j][i])))
+            throw new Error(`attention T${Tq} S${S} ${["dq", "dk", "dv"][j]}[${i}]: fused ${a[i]}, composite ${c[j][i]}`);
+        }
+      });
     }
   });
 
