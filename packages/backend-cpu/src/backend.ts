@@ -395,10 +395,11 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
       return out(x.dtype, y);
     };
   const blas = be.engine instanceof BlasEngine ? be.engine : null;
+  const flat = (n: number): View => ({ shape: [n], strides: [1], offset: 0 });
   const arrays = { take: (n: number) => be.pool.take(n), give: (a: Float32Array) => be.pool.put(a) };
   const attn: AttnOps = blas
     ? { gemm: (tA, tB, M, N, K, A, B, C, acc) => blas.gemm(tA, tB, M, N, K, A, tA ? M : K, B, tB ? K : N, C, N, acc ? 1 : 0), exp, rows: be.ew, ...arrays }
-    : { ...engineOps(be.engine, exp, arrays), rows: be.ew };
+    : { ...engineOps(be.engine, exp, arrays, (acc, x) => be.ew?.binary("add", acc, flat(acc.length), x, flat(x.length), acc) ?? false), rows: be.ew };
   const lora: LoraOps = {
     gemm: attn.gemm,
     ...arrays,

@@ -29,17 +29,39 @@ export interface AttnOps {
   give(a: Float32Array): void;
 }
 
-/** AttnOps over a packed-only engine: transposes into scratch, accumulates through a temporary. */
-export function engineOps(mm: MatmulEngine, exp: AttnOps["exp"], arrays: Pick<AttnOps, "take" | "give">): AttnOps {
+/**
+ * AttnOps over a packed-only engine (the WASM matmul): a transposed A is copied transposed into
+ * scratch, or, where that moves fewer values, the product is taken as its transpose Cᵀ = op(B)ᵀ·A
+ * (LoRA's gB = gyᵀ·h: h and the [outF, r] result are small, gy [N, outF] is not; 704k values per
+ * d256 MLP layer before). Accumulation goes through a temporary and `add` (WASM SIMD where given).
+ */
+export function engineOps(
+  mm: MatmulEngine,
+  exp: AttnOps["exp"],
+  arrays: Pick<AttnOps, "take" | "give">,
+  add: (acc: Float32Array, x: Float32Array) => boolean = () => false,
+): AttnOps {
   let ta: Float32Array = new Float32Array(0),
     tc: Float32Array = new Float32Array(0);
   const grow = (a: Float32Array, n: number) => (a.length >= n ? a : new Float32Array(n));
   return {
     gemm(transA, transB, M, N, K, A, B, C, accumulate) {
+      if (transA && K * N + M * N < M * K) {
+        // Cᵀ [N, M] = op(B)ᵀ·A with A read as stored ([K, M]); op(B)ᵀ is B as stored when transB.
+        if (!transB) transposeInto(B, K, N, (ta = grow(ta, N * K)), K, 0);
+        const Ct = (tc = grow(tc, M * N));
+        mm.matmul(transB ? B.subarray(0, N * K) : ta.subarray(0, N * K), A.subarray(0, K * M), Ct.subarray(0, M * N), N, M, K, false);
+        for (let i = 0; i < M; i++) {
+          const c = i * N;
+          if (accumulate) for (let j = 0; j < N; j++) C[c + j] += Ct[j * M + i];
+          else for (let j = 0; j < N; j++) C[c + j] = Ct[j * M + i];
+        }
+        return;
+      }
       if (transA) transposeInto(A, K, M, (ta = grow(ta, M * K)), K, 0);
       const out = accumulate ? (tc = grow(tc, M * N)) : C;
       mm.matmul(transA ? ta.subarray(0, M * K) : A.subarray(0, M * K), B.subarray(0, K * N), out.subarray(0, M * N), M, N, K, transB);
-      if (accumulate) for (let i = 0; i < M * N; i++) C[i] += tc[i];
+      if (accumulate && !add(C.subarray(0, M * N), tc.subarray(0, M * N))) for (let i = 0; i < M * N; i++) C[i] += tc[i];
     },
     exp,
     ...arrays,
