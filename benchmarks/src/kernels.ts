@@ -150,7 +150,7 @@ export function nf4Case(name: string, M: number, K: number, N: number): Case {
 }
 
 export function attentionCase(B: number, H: number, T: number, D: number, backward: boolean): Case {
-  const fwd = 4 * B * H * T * T * D; // QKᵀ and PV (full T x T: the kernel does not skip the masked half)
+  const fwd = 4 * B * H * T * T * D; // QKᵀ and PV over the full T x T (the CPU kernel skips most of the masked half: an effective rate)
   return {
     kernel: "attention",
     name: `causal attention ${backward ? "fwd+bwd" : "fwd"} B${B} heads ${H} T${T} hs${D}`,

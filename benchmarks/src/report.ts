@@ -344,7 +344,9 @@ function kernelsSection(k: KernelsResult, file: string): string[] {
       .map((b) => `${b}: ${k.peak[b].gflops.toFixed(2)} GFLOP/s at ${k.peak[b].from}`)
       .join("; ")}); for reference a JS scalar multiply-add loop on one thread does ${k.scalarLoopGflops.toFixed(
       2,
-    )} GFLOP/s. Attention FLOPs count QKᵀ and PV over the full T×T (fwd+bwd = 3× fwd).`,
+    )} GFLOP/s. Attention FLOPs count QKᵀ and PV over the full T×T (fwd+bwd = 3× fwd); the CPU kernel skips most of the masked half (blocks of 64 query rows), so its figure is an effective rate.`,
+    "",
+    "The LoRA A/B rows (target: 50% of the peak) are 4 MFLOP products that run on one thread by design: waking a second thread costs more than it saves at this size (OpenBLAS's own threads and the WASM worker pool both measured slower), so their ceiling is one core against a two-thread peak, and one core's best here is about half of it. On the WASM path the 1 MiB operand is also copied into the kernel's heap, which takes about as long as the arithmetic. Inside a d256 training step the same shapes read operands that are no longer in cache and run at 15-60 GFLOP/s (timed per shape over a step); what pays there is fewer passes over the activations, not a faster thin kernel.",
     "",
     table(
       ["kernel", "case", ...(k.torch ? ["PyTorch GFLOP/s"] : []), ...bs.flatMap((b) => [`${b} GFLOP/s`, `${b} % peak`, ...(k.torch ? [`${b} % torch`] : [])])],
