@@ -312,7 +312,9 @@ function wasmPeerSection(p: PeerResult, file: string): string[] {
     "",
     "### Without a BLAS: `LOWRANK_BLAS=off` (WASM SIMD matmul, the path a browser takes)",
     "",
-    `Command: \`${p.config.command}\` → \`${rel(file)}\`; torch measured in the same run as above.`,
+    `Command: \`${p.config.command}\` → \`${rel(
+      file,
+    )}\`; PyTorch measured again within that run (the table's PyTorch column), so its ratio, too, is within one run.`,
     "",
     table(
       ["model (batch × seq)", "method", "Lowrank tokens/s (wasm)", "PyTorch tokens/s", "ratio"],
