@@ -230,7 +230,7 @@ export function addRows(acc: usize, a: usize, rows: i32, n: i32): void {
   return v128.xor(h, i32x4.shr_u(h, 16));
 }
 
-export function dropout(a: usize, o: usize, n: i32, hs: i32, lo: i32, hi: i32, thr: i32, scale: f32): void {
+export function dropout(a: usize, o: usize, n: i32, hs: i32, lo: i32, hi: i32, thr: i32, scale: f32, m: usize): void {
   const vs = f32x4.splat(scale), vt = i32x4.splat(thr), vhs = i32x4.splat(hs), vhi = i32x4.splat(hi);
   let idx = i32x4.add(i32x4.splat(lo), i32x4(0, 1, 2, 3));
   const four = i32x4.splat(4), sixteen = i32x4.splat(16);
@@ -248,12 +248,15 @@ export function dropout(a: usize, o: usize, n: i32, hs: i32, lo: i32, hi: i32, t
     v128.store(o + k, v128.and(f32x4.mul(v128.load(a + k, 16), vs), k1), 16);
     v128.store(o + k, v128.and(f32x4.mul(v128.load(a + k, 32), vs), k2), 32);
     v128.store(o + k, v128.and(f32x4.mul(v128.load(a + k, 48), vs), k3), 48);
+    // The keep mask as bytes (0xff / 0), for a second pass with the same mask (maskApply).
+    if (m) v128.store(m + <usize>i, i8x16.narrow_i16x8_s(i16x8.narrow_i32x4_s(k0, k1), i16x8.narrow_i32x4_s(k2, k3)));
     idx = i32x4.add(idx, sixteen);
   }
   const n4 = n & ~3;
   for (let i = n16; i < n4; i += 4) {
     const keep = i32x4.ge_s(i32x4.shr_u(dropoutHash(idx, vhs, vhi), 8), vt);
     v128.store(o + (<usize>i << 2), v128.and(f32x4.mul(v128.load(a + (<usize>i << 2)), vs), keep));
+    if (m) store<i32>(m + <usize>i, i32x4.extract_lane(i8x16.narrow_i16x8_s(i16x8.narrow_i32x4_s(keep, keep), i16x8.narrow_i32x4_s(keep, keep)), 0));
     idx = i32x4.add(idx, four);
   }
   for (let i = n4; i < n; i++) {
@@ -264,7 +267,24 @@ export function dropout(a: usize, o: usize, n: i32, hs: i32, lo: i32, hi: i32, t
     h *= 0x846ca68b;
     h ^= h >>> 16;
     store<f32>(o + (<usize>i << 2), (h >>> 8) >= thr ? load<f32>(a + (<usize>i << 2)) * scale : 0);
+    if (m) store<u8>(m + <usize>i, (h >>> 8) >= thr ? 0xff : 0);
   }
+}
+
+/** o = m ? a · scale : 0 with dropout's keep-mask bytes m (0xff / 0): the same values dropout gives. n a multiple of 16 or the tail. */
+export function maskApply(a: usize, m: usize, o: usize, n: i32, scale: f32): void {
+  const vs = f32x4.splat(scale);
+  const n16 = n & ~15;
+  for (let i = 0; i < n16; i += 16) {
+    const k = <usize>i << 2;
+    const b = v128.load(m + <usize>i);
+    const lo = i16x8.extend_low_i8x16_s(b), hi = i16x8.extend_high_i8x16_s(b);
+    v128.store(o + k, v128.and(f32x4.mul(v128.load(a + k), vs), i32x4.extend_low_i16x8_s(lo)));
+    v128.store(o + k, v128.and(f32x4.mul(v128.load(a + k, 16), vs), i32x4.extend_high_i16x8_s(lo)), 16);
+    v128.store(o + k, v128.and(f32x4.mul(v128.load(a + k, 32), vs), i32x4.extend_low_i16x8_s(hi)), 32);
+    v128.store(o + k, v128.and(f32x4.mul(v128.load(a + k, 48), vs), i32x4.extend_high_i16x8_s(hi)), 48);
+  }
+  for (let i = n16; i < n; i++) store<f32>(o + (<usize>i << 2), load<u8>(m + <usize>i) ? load<f32>(a + (<usize>i << 2)) * scale : 0);
 }
 
 // @ts-ignore: decorator

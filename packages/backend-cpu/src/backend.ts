@@ -400,11 +400,17 @@ function makeFused(be: CpuBackend): Partial<FusedKernels<CpuHandle>> {
   const attn: AttnOps = blas
     ? { gemm: (tA, tB, M, N, K, A, B, C, acc) => blas.gemm(tA, tB, M, N, K, A, tA ? M : K, B, tB ? K : N, C, N, acc ? 1 : 0), exp, rows: be.ew, ...arrays }
     : { ...engineOps(be.engine, exp, arrays, (acc, x) => be.ew?.binary("add", acc, flat(acc.length), x, flat(x.length), acc) ?? false), rows: be.ew };
+  let keepBytes = new Uint8Array(0);
   const lora: LoraOps = {
     gemm: attn.gemm,
     ...arrays,
-    dropout: (x, y, d) => {
-      if (!be.ew?.dropout(x, y, d.p, d.seed, d.offset)) dropoutKernel(x, d.p, d.seed, d.offset, y);
+    // One byte per element, reused by every backward (they run one at a time); `ready` says it holds this call's mask.
+    dropout: (x, y, d, mask) => {
+      if (mask?.ready && be.ew?.maskApply(x, keepBytes, d.p, y)) return;
+      if (mask && keepBytes.length < x.length) keepBytes = new Uint8Array(x.length);
+      if (be.ew?.dropout(x, y, d.p, d.seed, d.offset, mask ? keepBytes.subarray(0, x.length) : undefined)) {
+        if (mask) mask.ready = true;
+      } else dropoutKernel(x, d.p, d.seed, d.offset, y);
     },
   };
   const loraDims = (x: Input<CpuHandle>, w: Input<CpuHandle>, a: Input<CpuHandle>) => ({

@@ -29,6 +29,25 @@ test("WASM dropout equals the TypeScript kernel bit for bit", { skip: ew ? false
   }
 });
 
+test("WASM dropout's keep mask, applied to another tensor, gives what dropout gives it, bit for bit", { skip: ew ? false : "no WASM SIMD here" }, () => {
+  for (const [n, p, seed, offset] of [
+    [1027, 0.1, 3, 0],
+    [9001, 0.5, 0xdeadbeef, 4294967296 - 4097],
+  ]) {
+    const [x, x2] = [rnd(n, 1), rnd(n, 2)];
+    const mask = new Uint8Array(n);
+    assert.ok(ew!.dropout(x, new Float32Array(n), p, seed, offset, mask));
+    const [a, b] = [new Float32Array(n).fill(NaN), new Float32Array(n)];
+    assert.ok(ew!.maskApply(x2, mask, p, a));
+    dropoutKernel(x2, p, seed, offset, b);
+    assert.deepEqual(a, b, `n ${n} p ${p}`);
+    assert.ok(
+      mask.every((m, i) => m === (uniformAt(seed, offset + i) >= p ? 0xff : 0)),
+      "mask bytes",
+    );
+  }
+});
+
 test(
   "WASM RoPE (rotate-half) equals the TypeScript kernel bit for bit, through strided head views and block splits",
   { skip: ew ? false : "no WASM SIMD here" },

@@ -13,8 +13,17 @@ export interface LoraOps {
   take(n: number): Float32Array;
   /** Return a temporary from take() to the pool. */
   give(a: Float32Array): void;
-  /** out = dropout(x) with the `dropout` kernel's mask (x and out may be the same array). */
-  dropout(x: Float32Array, out: Float32Array, d: DropoutParams): void;
+  /**
+   * out = dropout(x) with the `dropout` kernel's mask (x and out may be the same array). Given
+   * `mask`, a backend may record the keep mask in it (setting `ready`) and, when it is ready,
+   * apply it instead of regenerating it: the backward masks two tensors with one mask.
+   */
+  dropout(x: Float32Array, out: Float32Array, d: DropoutParams, mask?: KeepMask): void;
+}
+
+/** A dropout keep mask kept between the two masked passes of one backward (never stored past it). */
+export interface KeepMask {
+  ready: boolean;
 }
 
 /** Shapes: x [N, inF], W [outF, inF], A [r, inF], B [outF, r]. */
@@ -75,12 +84,13 @@ export function loraBackward(
   for (let i = 0; i < N * r; i++) gh[i] *= scaling;
   const gA = ops.take(r * inF);
   const t = ops.take(N * inF);
-  if (drop) ops.dropout(x, t, drop);
+  const mask: KeepMask = { ready: false };
+  if (drop) ops.dropout(x, t, drop, mask);
   ops.gemm(true, false, r, inF, N, gh, drop ? t : x, gA, false);
   // gx = gy W + dropout(gh A): the branch's term (masked) first, then the base's accumulated onto it.
   const gx = ops.take(N * inF);
   ops.gemm(false, false, N, inF, r, gh, A, drop ? t : gx, false);
-  if (drop) ops.dropout(t, gx, drop);
+  if (drop) ops.dropout(t, gx, drop, mask);
   ops.gemm(false, false, N, inF, outF, gy, W, gx, true);
   ops.give(t);
   ops.give(gh);

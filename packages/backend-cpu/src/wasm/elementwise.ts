@@ -38,7 +38,8 @@ interface Kernel {
   unary(op: number, a: number, o: number, n: number): void;
   sumRows(a: number, rows: number, n: number, o: number): void;
   addRows(acc: number, a: number, rows: number, n: number): void;
-  dropout(a: number, o: number, n: number, hs: number, lo: number, hi: number, thr: number, scale: number): void;
+  dropout(a: number, o: number, n: number, hs: number, lo: number, hi: number, thr: number, scale: number, m: number): void;
+  maskApply(a: number, m: number, o: number, n: number, scale: number): void;
   swiglu(g: number, u: number, o: number, n: number): void;
   swigluBackward(g: number, u: number, gy: number, n: number): void;
   rmsNorm(x: number, w: number, o: number, rstd: number, rows: number, n: number, eps: number): void;
@@ -245,9 +246,14 @@ export class ElementwiseWasm {
   }
 
   /** Dropout of packed f32 (FusedKernels.dropout's mask, bit for bit); false for small inputs. */
-  dropout(x: Float32Array, out: Float32Array, p: number, seed: number, offset: number): boolean {
+  /**
+   * Inverted dropout (the counter-based mask of `dropoutKernel`). With `mask` (one byte per
+   * element), also writes the keep mask (0xff / 0), so a second pass with the same mask can take
+   * `maskApply` instead of hashing again (the LoRA backward masks two tensors).
+   */
+  dropout(x: Float32Array, out: Float32Array, p: number, seed: number, offset: number, mask?: Uint8Array): boolean {
     if (out.length < MIN_ELEMENTS) return false;
-    const [a, o] = this.region;
+    const [a, o, mb] = this.region;
     const hs = hash32(seed >>> 0) | 0,
       thr = Math.ceil(p * 16777216),
       scale = 1 / (1 - p);
@@ -256,9 +262,24 @@ export class ElementwiseWasm {
       const idx = offset + i;
       const m = Math.min(CHUNK, out.length - i, TWO32 - (idx % TWO32));
       this.f32.set(x.subarray(i, i + m), a >> 2);
-      this.k.dropout(a, o, m, hs, idx | 0, Math.imul((idx / TWO32) >>> 0, 0x9e3779b9), thr, scale);
+      this.k.dropout(a, o, m, hs, idx | 0, Math.imul((idx / TWO32) >>> 0, 0x9e3779b9), thr, scale, mask ? mb : 0);
       out.set(this.f32.subarray(o >> 2, (o >> 2) + m), i);
+      if (mask) mask.set(this.u8.subarray(mb, mb + m), i);
       i += m;
+    }
+    return true;
+  }
+
+  /** out = dropout(x) with the keep mask a `dropout(..., mask)` call wrote (same values as hashing again); false for small inputs. */
+  maskApply(x: Float32Array, mask: Uint8Array, p: number, out: Float32Array): boolean {
+    if (out.length < MIN_ELEMENTS) return false;
+    const [a, o, mb] = this.region;
+    for (let i = 0; i < out.length; i += CHUNK) {
+      const m = Math.min(CHUNK, out.length - i);
+      this.f32.set(x.subarray(i, i + m), a >> 2);
+      this.u8.set(mask.subarray(i, i + m), mb);
+      this.k.maskApply(a, mb, o, m, 1 / (1 - p));
+      out.set(this.f32.subarray(o >> 2, (o >> 2) + m), i);
     }
     return true;
   }

@@ -149,6 +149,8 @@ export function fusedNnSuite(opts: SuiteOptions): void {
       [8, 16, 4, 12, 0.25, true],
       [7, 10, 3, 9, 0.5, false],
       [33, 20, 8, 36, 0, true],
+      // Past the CPU's WASM thresholds (N·inF ≥ 1,024, a partial 16-lane tail): the backward reuses the keep mask.
+      [70, 37, 4, 20, 0.3, false],
     ] as const) {
       const xs = rnd(N * inF, 100),
         Ws = rnd(outF * inF, 101),
