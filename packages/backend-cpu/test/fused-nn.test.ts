@@ -88,7 +88,8 @@ test(
     const cases: { shape: number[]; strides: number[]; offset: number; length: number; i32?: boolean; taken: boolean }[] = [
       { shape: [8, 128, 4, 64], strides: [32768, 64, 8192, 1], offset: 0, length: 8 * 4 * 128 * 64, taken: true }, // [B, H, T, D] -> [B, T, H, D]
       { shape: [3, 40, 5, 16], strides: [3200, 16, 640, 1], offset: 0, length: 3 * 5 * 40 * 16, i32: true, taken: true },
-      { shape: [300, 8], strides: [70001, 1], offset: 5, length: 300 * 70001, taken: true }, // one row per staged group
+      { shape: [300, 8], strides: [70001, 1], offset: 5, length: 300 * 70001, taken: true }, // rows far apart: copied one by one
+      { shape: [1, 256, 9, 64], strides: [147456, 64, 16384, 1], offset: 0, length: 147456, taken: true }, // SmolLM2's heads: one span past 64k floats
       { shape: [2, 700, 3, 2], strides: [4200, 2, 1400, 1], offset: 0, length: 8400, taken: false }, // rows of 2
       { shape: [4, 2, 1100], strides: [1100, 4400, 1], offset: 0, length: 8800, taken: false }, // rows of 1,100: set() is fast there
     ];

@@ -28,6 +28,11 @@ const MIN_ROW = 16;
 const TWO32 = 4294967296;
 /** Floats of a RoPE call's staged input span and of its output block (256 KiB each, above extraBase). */
 const ROPE_SPAN = 65536;
+/**
+ * Floats of copyRows' staged source span and of its output block (4 MiB each): enough that one
+ * batch of a head permute is one dense span (SmolLM2's [9, 256, 64] is 147k floats).
+ */
+const COPY_SPAN = 1 << 20;
 /** Packed weight bytes per gemv4 call: a cache-sized slab of rows. */
 const GEMV_PACKED_BYTES = 64 * 1024;
 
@@ -445,7 +450,7 @@ export class ElementwiseWasm {
    * them contiguously and dst's follow each other): a head permute [B, H, T, D] -> [B, T, H, D] is
    * 4,096 rows of 64 per d256 batch, and TypedArray.set on a subarray costs about 150 ns a row
    * here (2.3 ns per element) against 0.4-0.5 staged through the heap. Rows are staged in groups
-   * whose source span and output fit ROPE_SPAN floats each. Same-typed 4-byte arrays only (bits
+   * whose source span and output fit COPY_SPAN floats each. Same-typed 4-byte arrays only (bits
    * are copied, NaN payloads kept); false otherwise or when rows are short or long (the caller
    * copies them itself).
    */
@@ -453,9 +458,9 @@ export class ElementwiseWasm {
     const rows = starts.length;
     if (n < 4 || n >= 1024 || rows * n < MIN_ELEMENTS || src.constructor !== dst.constructor) return false;
     const sa = this.extraBase,
-      oa = sa + ROPE_SPAN * 4,
-      ia = oa + ROPE_SPAN * 4,
-      maxRows = Math.floor(ROPE_SPAN / n);
+      oa = sa + COPY_SPAN * 4,
+      ia = oa + COPY_SPAN * 4,
+      maxRows = Math.floor(COPY_SPAN / n);
     this.ensure(ia + maxRows * 4);
     const h = src instanceof Float32Array ? this.f32 : this.i32; // after ensure(): growing re-makes the views
     for (let r0 = 0; r0 < rows; ) {
@@ -467,8 +472,15 @@ export class ElementwiseWasm {
         const s = starts[r0 + g];
         const l = Math.min(lo, s),
           h = Math.max(hi, s + n);
-        if (h - l > ROPE_SPAN) break;
+        if (h - l > COPY_SPAN) break;
         [lo, hi, g] = [l, h, g + 1];
+      }
+      if (hi - lo > 8 * g * n) {
+        // Rows far apart (a head permute whose heads are each longer than the span): staging would
+        // copy mostly what lies between them, so these rows are copied one by one.
+        for (let r = r0; r < r0 + g; r++) dst.set(src.subarray(starts[r], starts[r] + n), dOff + r * n);
+        r0 += g;
+        continue;
       }
       for (let r = 0; r < g; r++) this.i32[(ia >> 2) + r] = starts[r0 + r] - lo;
       h.set(src.subarray(lo, hi), sa >> 2);
