@@ -2,6 +2,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
+  LOGITS_CHUNK_BYTES,
+  logitsChunkRows,
   Rng,
   bf16BitsToF32,
   broadcastShapes,
@@ -109,4 +111,19 @@ test("scope disposes what it created except returned and kept values, also on th
   // a returned value moves to the enclosing scope
   const inner = scope(() => scope(() => mkD()));
   assert.equal(inner.disposed, false);
+});
+
+test("logitsChunkRows: whole when the logits fit one chunk, else the fewest equal chunks that fit", () => {
+  const V = 49152,
+    most = Math.floor(LOGITS_CHUNK_BYTES / (4 * V));
+  assert.equal(logitsChunkRows(30, V), 30);
+  assert.equal(logitsChunkRows(1, 10 ** 7), 1);
+  for (const N of [most, most + 1, 256, 1000, 4097]) {
+    const rows = logitsChunkRows(N, V),
+      chunks = Math.ceil(N / rows);
+    assert.ok(rows <= most, `N ${N}: ${rows} rows per chunk, at most ${most}`);
+    assert.equal(chunks, Math.ceil(N / most), `N ${N}: as few chunks as fit`);
+    assert.ok(N - (chunks - 1) * rows > rows - chunks, `N ${N}: the last chunk (${N - (chunks - 1) * rows} rows) is not a sliver of ${rows}`);
+  }
+  assert.equal(logitsChunkRows(256, V), 37);
 });
